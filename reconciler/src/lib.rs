@@ -1,0 +1,5 @@
+//! Hadron: a git-driven reconciler for AI-agent change requests.
+//!
+//! The flow is readable from the modules: `source` (git) → `model` (parse and
+//! validate) → `plan` → `execute` (store, workers, forge) → `status` (write back).
+#![forbid(unsafe_code)]
