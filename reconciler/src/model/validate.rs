@@ -1,0 +1,685 @@
+//! Semantic checks: per object (names, budgets, URLs, secrets, templates,
+//! stage/gate consistency) and across files (unknown agent, unknown request
+//! or gate). Pure functions over parsed objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::diag::{Code, Diagnostic, Severity};
+use super::kinds::{
+    AgentSpec, Approval, Budget, ChangeRequest, EnvVar, GateType, Metadata, RequestStatus, Settings, Stage,
+};
+use super::load::{self, FileRole, Loaded, Object, ParsedFile};
+use super::spans::FieldPath;
+
+/// A problem found in a parsed object, located by field path; the loader
+/// turns it into a [`Diagnostic`] with line and column.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Offending field.
+    pub field: FieldPath,
+    /// Stable code.
+    pub code: Code,
+    /// Error or warning.
+    pub severity: Severity,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub help: String,
+}
+
+impl Finding {
+    /// An error at `field` (dotted path).
+    pub fn error(field: &str, code: Code, message: impl Into<String>, help: impl Into<String>) -> Self {
+        Finding { field: load::field(field), code, severity: Severity::Error, message: message.into(), help: help.into() }
+    }
+
+    /// A warning at `field` (dotted path).
+    pub fn warning(field: &str, code: Code, message: impl Into<String>, help: impl Into<String>) -> Self {
+        Finding { severity: Severity::Warning, ..Finding::error(field, code, message, help) }
+    }
+}
+
+/// Whether `name` is a DNS-1123 label.
+pub fn is_dns_label(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn check_label(out: &mut Vec<Finding>, field: &str, what: &str, name: &str) {
+    if !is_dns_label(name) {
+        let suggestion: String = name
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect::<String>()
+            .trim_matches('-')
+            .to_owned();
+        let help = if is_dns_label(&suggestion) {
+            format!("use lower-case letters, digits and `-` only (at most 63), e.g. `{suggestion}`")
+        } else {
+            "use lower-case letters, digits and `-` only, at most 63 characters, starting and ending with a letter or digit"
+                .to_owned()
+        };
+        out.push(Finding::error(field, Code::InvalidName, format!("{what} `{name}` is not a DNS-1123 label"), help));
+    }
+}
+
+/// Checks that only need the object itself and where it sits.
+pub fn check_object(object: &Object, role: &FileRole, stem: &str) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let (api, kind, meta) = match object {
+        Object::Settings(o) => (&o.api_version, &o.kind, &o.metadata),
+        Object::Agent(o) => (&o.api_version, &o.kind, &o.metadata),
+        Object::Request(o) => (&o.api_version, &o.kind, &o.metadata),
+        Object::Approval(o) => (&o.api_version, &o.kind, &o.metadata),
+        Object::Status(o) => (&o.api_version, &o.kind, &o.metadata),
+    };
+    out.extend(load::header_findings(Some(api), Some(kind), role));
+    check_metadata(&mut out, meta, role, stem);
+    match object {
+        Object::Settings(s) => check_settings(&mut out, s),
+        Object::Agent(a) => check_agent(&mut out, &a.spec),
+        Object::Request(r) => check_request(&mut out, r),
+        Object::Approval(a) => check_approval(&mut out, a, role, stem),
+        Object::Status(s) => check_status(&mut out, s),
+    }
+    out
+}
+
+fn check_metadata(out: &mut Vec<Finding>, meta: &Metadata, role: &FileRole, stem: &str) {
+    check_label(out, "metadata.name", "the name", &meta.name);
+    let expected = match role {
+        FileRole::Settings => return,
+        FileRole::Approval { request } => format!("{request}-{stem}"),
+        _ => stem.to_owned(),
+    };
+    if is_dns_label(&meta.name) && meta.name != expected {
+        let help = match role {
+            FileRole::Approval { .. } => format!("set `name: {expected}` (`<request>-<gate>` from the file's path)"),
+            _ => format!("set `name: {expected}`, or rename the file to `{}.yaml`", meta.name),
+        };
+        out.push(Finding::error(
+            "metadata.name",
+            Code::NameMismatch,
+            format!("`metadata.name: {}` does not match the file name `{stem}.yaml`", meta.name),
+            help,
+        ));
+    }
+}
+
+fn check_settings(out: &mut Vec<Finding>, s: &Settings) {
+    let d = &s.spec.defaults;
+    if let Some(agent) = &d.agent {
+        check_label(out, "spec.defaults.agent", "the agent name", agent);
+    }
+    check_stages(out, "spec.defaults.stages", &d.stages);
+    if let Some(b) = &d.budget {
+        check_budget(out, "spec.defaults.budget", b);
+    }
+    if d.max_attempts == Some(0) {
+        out.push(Finding::error(
+            "spec.defaults.maxAttempts",
+            Code::NonPositiveValue,
+            "`maxAttempts: 0` would never run a worker",
+            "set it to 1 or more (1 means no retry)",
+        ));
+    }
+    if s.spec.limits.max_concurrent_workers == Some(0) {
+        out.push(Finding::error(
+            "spec.limits.maxConcurrentWorkers",
+            Code::NonPositiveValue,
+            "`maxConcurrentWorkers: 0` would never run a worker",
+            "set it to 1 or more, or remove it for the default (4)",
+        ));
+    }
+    if let Some(p) = &s.spec.poll_interval {
+        if p.as_duration().is_zero() {
+            out.push(Finding::error(
+                "spec.pollInterval",
+                Code::NonPositiveValue,
+                "a zero poll interval would fetch in a busy loop",
+                "set a duration such as `60s`",
+            ));
+        }
+    }
+    for (i, team) in s.spec.approvers.teams.iter().enumerate() {
+        let parts: Vec<&str> = team.split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            out.push(Finding::error(
+                &format!("spec.approvers.teams[{i}]"),
+                Code::WrongType,
+                format!("team `{team}` is not of the form `org/team`"),
+                "write the organisation and the team, e.g. `acme/maintainers`",
+            ));
+        }
+    }
+}
+
+fn check_stages(out: &mut Vec<Finding>, field: &str, stages: &[Stage]) {
+    let mut seen = BTreeSet::new();
+    for (i, stage) in stages.iter().enumerate() {
+        check_label(out, &format!("{field}[{i}].name"), "the stage name", &stage.name);
+        if !seen.insert(stage.name.as_str()) {
+            out.push(Finding::error(
+                &format!("{field}[{i}].name"),
+                Code::DuplicateStage,
+                format!("stage `{}` is listed twice", stage.name),
+                "give every stage its own name",
+            ));
+        }
+        if let Some(prompt) = &stage.prompt {
+            check_template(out, &format!("{field}[{i}].prompt"), prompt);
+        }
+    }
+}
+
+fn check_template(out: &mut Vec<Finding>, field: &str, text: &str) {
+    if let Err(e) = handlebars::Template::compile(text) {
+        out.push(Finding::error(
+            field,
+            Code::InvalidTemplate,
+            format!("the handlebars template does not compile: {e}"),
+            "fix the `{{ }}` expressions (every `{{#if}}`/`{{#each}}` needs its `{{/if}}`/`{{/each}}`)",
+        ));
+    }
+}
+
+fn check_budget(out: &mut Vec<Finding>, field: &str, b: &Budget) {
+    let bad = |out: &mut Vec<Finding>, key: &str, what: String| {
+        out.push(Finding::error(
+            &format!("{field}.{key}"),
+            Code::NonPositiveBudget,
+            what,
+            format!("set `{key}` to a positive value, or remove it for no limit"),
+        ));
+    };
+    if let Some(c) = b.max_cost_usd {
+        if !(c.is_finite() && c > 0.0) {
+            bad(out, "maxCostUSD", format!("`maxCostUSD: {c}` is not a positive amount"));
+        }
+    }
+    if b.max_tokens == Some(0) {
+        bad(out, "maxTokens", "`maxTokens: 0` allows no work at all".to_owned());
+    }
+    if let Some(t) = &b.max_wall_time {
+        if t.as_duration().is_zero() {
+            bad(out, "maxWallTime", format!("`maxWallTime: {t}` allows no work at all"));
+        }
+    }
+}
+
+/// Names that say "this is a secret" when they carry a literal value.
+const SECRET_NAME_WORDS: [&str; 7] = ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE"];
+
+/// Prefixes of well-known credential formats.
+const SECRET_VALUE_PREFIXES: [&str; 9] = ["sk-", "ghp_", "gho_", "ghs_", "github_pat_", "glpat-", "xoxb-", "xoxp-", "AKIA"];
+
+/// Whether a literal looks like a credential.
+pub fn looks_like_secret_value(value: &str) -> bool {
+    SECRET_VALUE_PREFIXES.iter().any(|p| value.starts_with(p) && value.len() >= p.len() + 12)
+        || value.contains("-----BEGIN")
+}
+
+fn check_agent(out: &mut Vec<Finding>, spec: &AgentSpec) {
+    if spec.command.is_empty() || spec.command[0].trim().is_empty() {
+        out.push(Finding::error(
+            "spec.command",
+            Code::EmptyCommand,
+            "the agent has no command to run",
+            "list the program and its arguments, e.g. `command: [sh, scripts/agent.sh, \"{{promptFile}}\"]`",
+        ));
+    }
+    for (i, arg) in spec.command.iter().enumerate() {
+        check_template(out, &format!("spec.command[{i}]"), arg);
+        if looks_like_secret_value(arg) {
+            out.push(Finding::error(
+                &format!("spec.command[{i}]"),
+                Code::InlineSecret,
+                "this argument looks like a credential written into the repo",
+                "remove it; pass the secret through `env` with a `secretRef`, and rotate the exposed credential",
+            ));
+        }
+    }
+    for (stage, text) in &spec.prompts {
+        check_template(out, &format!("spec.prompts.{stage}"), text);
+    }
+    let mut names = BTreeSet::new();
+    for (i, var) in spec.env.iter().enumerate() {
+        check_env(out, i, var);
+        if !names.insert(var.name.as_str()) {
+            out.push(Finding::error(
+                &format!("spec.env[{i}].name"),
+                Code::DuplicateName,
+                format!("environment variable `{}` is set twice", var.name),
+                "keep one entry per variable",
+            ));
+        }
+    }
+    if spec.concurrency == Some(0) {
+        out.push(Finding::error(
+            "spec.concurrency",
+            Code::NonPositiveValue,
+            "`concurrency: 0` would never run this agent",
+            "set it to 1 or more, or remove it",
+        ));
+    }
+    if let Some(p) = &spec.pricing {
+        for (key, v) in [("inputPerMillion", p.input_per_million), ("outputPerMillion", p.output_per_million)] {
+            if !(v.is_finite() && v >= 0.0) {
+                out.push(Finding::error(
+                    &format!("spec.pricing.{key}"),
+                    Code::NonPositiveValue,
+                    format!("price `{v}` is not a non-negative amount"),
+                    "write the price in USD per million tokens, e.g. `3.0`",
+                ));
+            }
+        }
+    }
+}
+
+fn check_env(out: &mut Vec<Finding>, i: usize, var: &EnvVar) {
+    let field = format!("spec.env[{i}]");
+    let valid_name = !var.name.is_empty()
+        && !var.name.starts_with(|c: char| c.is_ascii_digit())
+        && var.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid_name {
+        out.push(Finding::error(
+            &format!("{field}.name"),
+            Code::InvalidName,
+            format!("`{}` is not an environment variable name", var.name),
+            "use letters, digits and `_`, not starting with a digit",
+        ));
+    }
+    match (&var.value, &var.secret_ref) {
+        (Some(_), Some(_)) => out.push(Finding::error(
+            &format!("{field}.value"),
+            Code::FieldNotAllowed,
+            "both `value` and `secretRef` are set",
+            "keep one: `secretRef` for secrets, `value` for plain settings",
+        )),
+        (None, None) => out.push(Finding::error(
+            &field,
+            Code::MissingField,
+            format!("`{}` has neither `value` nor `secretRef`", var.name),
+            "add `secretRef: {name: <secret>, key: <key>}` or a plain `value`",
+        )),
+        (Some(value), None) => {
+            let upper = var.name.to_ascii_uppercase();
+            let secret_name = SECRET_NAME_WORDS.iter().any(|w| upper.contains(w));
+            if (secret_name && !value.is_empty()) || looks_like_secret_value(value) {
+                out.push(Finding::error(
+                    &format!("{field}.value"),
+                    Code::InlineSecret,
+                    format!("`{}` carries a secret value inline", var.name),
+                    format!(
+                        "replace `value:` with `secretRef: {{name: <secret>, key: <key>}}` and rotate the exposed value; locally, `name` is the environment variable of the Hadron process that holds it (e.g. `{}`)",
+                        var.name
+                    ),
+                ));
+            }
+        }
+        (None, Some(r)) => {
+            if r.name.is_empty() {
+                out.push(Finding::error(
+                    &format!("{field}.secretRef.name"),
+                    Code::MissingField,
+                    "the secret reference has an empty name",
+                    "name the Kubernetes Secret (or, locally, the environment variable) holding the value",
+                ));
+            }
+        }
+    }
+}
+
+/// Why a target-repo URL is refused, if it is.
+pub fn repo_url_problem(url: &str) -> Option<&'static str> {
+    if url.trim().is_empty() {
+        return Some("it is empty");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("it contains white space or control characters");
+    }
+    if url.starts_with('-') {
+        return Some("it starts with `-` and would be read as a git option");
+    }
+    if let Some((scheme, rest)) = url.split_once("://") {
+        return match scheme {
+            "https" | "http" | "ssh" | "git" => {
+                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+                let host = host.rsplit('@').next().unwrap_or("");
+                if host.is_empty() || host.starts_with(':') {
+                    Some("it has no host")
+                } else if rest.len() <= host.len() + 1 + rest.find(host).unwrap_or(0) {
+                    Some("it names no repository path")
+                } else {
+                    None
+                }
+            }
+            "file" => (rest.is_empty() || rest == "/").then_some("it names no path"),
+            _ => Some("the scheme is not one git clones from here (https, http, ssh, git, file)"),
+        };
+    }
+    if url.contains("::") {
+        return Some("`<transport>::` remote helpers are refused: they can run commands");
+    }
+    if url.starts_with("./") || url.starts_with("../") || url.starts_with('/') {
+        return None;
+    }
+    // scp-like: [user@]host:path
+    if let Some((host, path)) = url.split_once(':') {
+        if !host.is_empty() && !host.contains('/') && !path.is_empty() {
+            return None;
+        }
+    }
+    Some("it is neither a URL, an scp-like `git@host:path`, nor a `./` or `../` relative path")
+}
+
+/// Whether a branch name is one git accepts (`git check-ref-format --branch`, simplified).
+pub fn is_branch_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && !name.ends_with(".lock")
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && !name.contains("@{")
+        && !name.contains("//")
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c))
+}
+
+fn check_request(out: &mut Vec<Finding>, r: &ChangeRequest) {
+    let s = &r.spec;
+    if s.title.trim().is_empty() {
+        out.push(Finding::error(
+            "spec.title",
+            Code::MissingField,
+            "the title is empty",
+            "say in one line what to change; it becomes the commit and PR title",
+        ));
+    }
+    if let Some(agent) = &s.agent {
+        check_label(out, "spec.agent", "the agent name", agent);
+    }
+    if s.repos.is_empty() {
+        out.push(Finding::error(
+            "spec.repos",
+            Code::NoRepos,
+            "the request lists no target repo",
+            "add `- url: <clone URL>` under `repos:`",
+        ));
+    }
+    let mut urls = BTreeSet::new();
+    for (i, repo) in s.repos.iter().enumerate() {
+        if let Some(why) = repo_url_problem(&repo.url) {
+            out.push(Finding::error(
+                &format!("spec.repos[{i}].url"),
+                Code::InvalidRepoUrl,
+                format!("`{}` is not a repo URL: {why}", repo.url),
+                "write a clone URL such as `https://gitea.example.com/acme/app.git`, `git@host:acme/app.git` or `../app.git` (relative to the control repo)",
+            ));
+        } else if !urls.insert(repo.url.as_str()) {
+            out.push(Finding::error(
+                &format!("spec.repos[{i}].url"),
+                Code::DuplicateName,
+                format!("repo `{}` is listed twice", repo.url),
+                "list each target repo once",
+            ));
+        }
+        if let Some(branch) = &repo.branch {
+            if !is_branch_name(branch) {
+                out.push(Finding::error(
+                    &format!("spec.repos[{i}].branch"),
+                    Code::WrongType,
+                    format!("`{branch}` is not a valid branch name"),
+                    "write a branch name git accepts, e.g. `main`",
+                ));
+            }
+        }
+    }
+    check_stages(out, "spec.stages", &s.stages);
+    let mut gates = BTreeSet::new();
+    for (i, gate) in s.gates.iter().enumerate() {
+        check_label(out, &format!("spec.gates[{i}].name"), "the gate name", &gate.name);
+        if !gates.insert(gate.name.as_str()) {
+            out.push(Finding::error(
+                &format!("spec.gates[{i}].name"),
+                Code::DuplicateStage,
+                format!("gate `{}` is listed twice", gate.name),
+                "give every gate its own name",
+            ));
+        }
+        if gate.gate_type == GateType::Approval && !gate.contexts.is_empty() {
+            out.push(Finding::error(
+                &format!("spec.gates[{i}].contexts"),
+                Code::FieldNotAllowed,
+                "`contexts` only applies to `type: ci` gates",
+                "remove `contexts`, or set `type: ci`",
+            ));
+        }
+    }
+    if let Some(b) = &s.budget {
+        check_budget(out, "spec.budget", b);
+    }
+}
+
+fn check_approval(out: &mut Vec<Finding>, a: &Approval, role: &FileRole, stem: &str) {
+    if let FileRole::Approval { request } = role {
+        if &a.spec.request != request || a.spec.gate != stem {
+            out.push(Finding::error(
+                "spec",
+                Code::InvalidPath,
+                format!(
+                    "the approval is for `{}/{}` but sits at `approvals/{request}/{stem}.yaml`",
+                    a.spec.request, a.spec.gate
+                ),
+                format!("move it to `approvals/{}/{}.yaml`", a.spec.request, a.spec.gate),
+            ));
+        }
+    }
+    if a.spec.generation.trim().is_empty() {
+        out.push(Finding::error(
+            "spec.generation",
+            Code::MissingField,
+            "the approval names no spec generation",
+            "approve through the branch Hadron opened: it carries the generation being approved",
+        ));
+    }
+}
+
+fn check_status(out: &mut Vec<Finding>, s: &RequestStatus) {
+    if s.status.observed_generation.is_empty() {
+        out.push(Finding::warning(
+            "status.observedGeneration",
+            Code::MissingField,
+            "the status names no generation",
+            "status files are written by Hadron; revert manual edits",
+        ));
+    }
+}
+
+/// The agent a request runs: its own, else the default.
+pub fn effective_agent<'a>(request: &'a ChangeRequest, settings: &'a Settings) -> Option<&'a str> {
+    request.spec.agent.as_deref().or(settings.spec.defaults.agent.as_deref())
+}
+
+/// The stages a request runs: its own, else the defaults.
+pub fn effective_stages<'a>(request: &'a ChangeRequest, settings: &'a Settings) -> &'a [Stage] {
+    if request.spec.stages.is_empty() { &settings.spec.defaults.stages } else { &request.spec.stages }
+}
+
+/// Builds the desired state from parsed files and runs the cross-file checks.
+pub(crate) fn assemble(files: &BTreeMap<String, ParsedFile>) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut diags: Vec<Diagnostic> = Vec::new();
+    let mut bad_agents = BTreeSet::new();
+    let mut requests: Vec<(&str, &ParsedFile, &Arc<ChangeRequest>)> = Vec::new();
+    let mut approvals: Vec<(&str, &ParsedFile, &Arc<Approval>)> = Vec::new();
+    let mut settings_file = None;
+
+    for (path, file) in files {
+        diags.extend(file.diagnostics.iter().cloned());
+        match (&file.role, &file.object) {
+            (Some(FileRole::Settings), Some(Object::Settings(s))) => {
+                loaded.desired.settings = s.clone();
+                settings_file = Some((path.as_str(), file));
+            }
+            (Some(FileRole::Settings), None) => settings_file = Some((path.as_str(), file)),
+            (Some(FileRole::Agent), Some(Object::Agent(a))) => {
+                loaded.desired.agents.insert(a.metadata.name.clone(), a.clone());
+            }
+            (Some(FileRole::Agent), None) => {
+                bad_agents.insert(file.stem.clone());
+            }
+            (Some(FileRole::Request), Some(Object::Request(r))) => requests.push((path, file, r)),
+            (Some(FileRole::Request), None) => {
+                let errors: Vec<Diagnostic> = file.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
+                loaded.desired.invalid_requests.insert(file.stem.clone(), errors);
+            }
+            (Some(FileRole::Approval { .. }), Some(Object::Approval(a))) => approvals.push((path, file, a)),
+            (Some(FileRole::Status), Some(Object::Status(s))) => {
+                loaded.desired.statuses.insert(s.metadata.name.clone(), s.clone());
+            }
+            _ => {}
+        }
+    }
+
+    let settings = loaded.desired.settings.clone();
+    match settings_file {
+        None => diags.push(Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::file_error(
+                "hadron.yaml",
+                Code::MissingSettings,
+                "there is no `hadron.yaml`; built-in defaults apply (no default agent, no default stages, no approvers)",
+                "copy `hadron.yaml` from example-repo/ and adjust it",
+            )
+        }),
+        Some((path, file)) => {
+            if let Some(agent) = &settings.spec.defaults.agent {
+                if !loaded.desired.agents.contains_key(agent) {
+                    diags.extend(load::locate_in(path, file, vec![unknown_agent("spec.defaults.agent", agent, &bad_agents, &loaded)]));
+                }
+            }
+        }
+    }
+
+    for (path, file, request) in requests {
+        let mut findings = Vec::new();
+        match effective_agent(request, &settings) {
+            None => findings.push(Finding::error(
+                "spec",
+                Code::NoAgent,
+                "the request names no agent and `hadron.yaml` has no `defaults.agent`",
+                "add `agent: <name>` to the spec, or set `spec.defaults.agent` in hadron.yaml",
+            )),
+            Some(agent) if !loaded.desired.agents.contains_key(agent) => {
+                let field = if request.spec.agent.is_some() { "spec.agent" } else { "spec" };
+                findings.push(unknown_agent(field, agent, &bad_agents, &loaded));
+            }
+            Some(_) => {}
+        }
+        let stages = effective_stages(request, &settings);
+        if stages.is_empty() {
+            findings.push(Finding::error(
+                "spec",
+                Code::NoStages,
+                "the request has no stages and `hadron.yaml` has no `defaults.stages`",
+                "add `stages: [{name: implement}]` to the spec, or default stages to hadron.yaml",
+            ));
+        }
+        for (i, gate) in request.spec.gates.iter().enumerate() {
+            if !stages.iter().any(|s| s.name == gate.after) {
+                let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+                let help = match load::did_you_mean(&gate.after, &names) {
+                    Some(best) => format!("did you mean `{best}`? (stages: {})", names.join(", ")),
+                    None => format!("name one of the stages: {}", names.join(", ")),
+                };
+                findings.push(Finding::error(
+                    &format!("spec.gates[{i}].after"),
+                    Code::UnknownStage,
+                    format!("gate `{}` comes after stage `{}`, which the pipeline does not have", gate.name, gate.after),
+                    help,
+                ));
+            }
+        }
+        let name = request.metadata.name.clone();
+        if findings.is_empty() {
+            loaded.desired.requests.insert(name, request.clone());
+        } else {
+            let located = load::locate_in(path, file, findings);
+            let errors: Vec<Diagnostic> = located.iter().filter(|d| d.is_error()).cloned().collect();
+            diags.extend(located);
+            loaded.desired.invalid_requests.insert(name, errors);
+        }
+    }
+
+    for (path, file, approval) in approvals {
+        let spec = &approval.spec;
+        let finding = if let Some(request) = loaded.desired.requests.get(&spec.request) {
+            match request.spec.gates.iter().find(|g| g.name == spec.gate) {
+                Some(g) if g.gate_type == GateType::Approval => None,
+                Some(_) => Some(Finding::error(
+                    "spec.gate",
+                    Code::UnknownGate,
+                    format!("gate `{}` of request `{}` is a `ci` gate; it is passed by CI, not approved", spec.gate, spec.request),
+                    "delete this approval",
+                )),
+                None => {
+                    let names: Vec<&str> = request.spec.gates.iter().map(|g| g.name.as_str()).collect();
+                    Some(Finding::error(
+                        "spec.gate",
+                        Code::UnknownGate,
+                        format!("request `{}` has no gate `{}`", spec.request, spec.gate),
+                        match load::did_you_mean(&spec.gate, &names) {
+                            Some(best) => format!("did you mean `{best}`?"),
+                            None => format!("its gates: {}", if names.is_empty() { "none".to_owned() } else { names.join(", ") }),
+                        },
+                    ))
+                }
+            }
+        } else if loaded.desired.invalid_requests.contains_key(&spec.request) {
+            None
+        } else {
+            Some(Finding::error(
+                "spec.request",
+                Code::UnknownRequest,
+                format!("there is no request `{}`", spec.request),
+                format!("add `requests/{}.yaml`, or delete this approval", spec.request),
+            ))
+        };
+        match finding {
+            Some(f) => diags.extend(load::locate_in(path, file, vec![f])),
+            None => {
+                loaded.desired.approvals.insert((spec.request.clone(), spec.gate.clone()), approval.clone());
+            }
+        }
+    }
+
+    diags.sort_by(|a, b| (&a.path, a.line, a.column, a.code).cmp(&(&b.path, b.line, b.column, b.code)));
+    loaded.diagnostics = diags;
+    loaded
+}
+
+fn unknown_agent(field: &str, agent: &str, bad_agents: &BTreeSet<String>, loaded: &Loaded) -> Finding {
+    if bad_agents.contains(agent) {
+        return Finding::error(
+            field,
+            Code::UnknownAgent,
+            format!("agent `{agent}` has errors in `agents/{agent}.yaml`"),
+            format!("fix `agents/{agent}.yaml` (see its own diagnostics)"),
+        );
+    }
+    let names: Vec<&str> = loaded.desired.agents.keys().map(String::as_str).collect();
+    let help = match load::did_you_mean(agent, &names) {
+        Some(best) => format!("did you mean `{best}`?"),
+        None if names.is_empty() => format!("add `agents/{agent}.yaml`"),
+        None => format!("add `agents/{agent}.yaml`, or use one of: {}", names.join(", ")),
+    };
+    Finding::error(field, Code::UnknownAgent, format!("there is no agent `{agent}`"), help)
+}
