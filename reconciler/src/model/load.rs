@@ -212,7 +212,9 @@ pub fn parse_file(path: &str, bytes: &[u8]) -> Option<ParsedFile> {
     let findings = validate::check_object(&object, &role, &stem);
     let text: Arc<str> = Arc::from(text);
     file.diagnostics = resolve(path, &text, findings);
-    if !file.diagnostics.iter().any(Diagnostic::is_error) {
+    // Settings with errors still give their defaults (clamped where a value
+    // is out of range), so one bad field does not invalidate every request.
+    if !file.diagnostics.iter().any(Diagnostic::is_error) || role == FileRole::Settings {
         file.object = Some(object);
     }
     file.text = Some(text);
@@ -383,11 +385,14 @@ fn yaml_error(path: &str, err: &YamlError) -> Diagnostic {
             "the file holds more than one YAML document".to_owned(),
             "put one object per file: split at the `---` line".to_owned(),
         ),
-        YamlError::Eof { .. } => (
-            Code::EmptyFile,
-            "the file holds no YAML document".to_owned(),
-            "write the object (see example-repo/) or delete the file".to_owned(),
-        ),
+        YamlError::Eof { .. } => {
+            return Diagnostic::file_error(
+                path,
+                Code::EmptyFile,
+                "the file holds no YAML document",
+                "write the object (see example-repo/) or delete the file",
+            );
+        }
         YamlError::Budget { breach, .. } => (
             Code::YamlTooComplex,
             format!("the YAML is too complex to accept ({breach:?})"),
@@ -401,9 +406,16 @@ fn yaml_error(path: &str, err: &YamlError) -> Diagnostic {
             "YAML aliases expand too far (an alias bomb?)".to_owned(),
             "write values out instead of chaining anchors and aliases".to_owned(),
         ),
-        YamlError::Message { .. } | YamlError::InvalidScalar { .. } | YamlError::SerdeInvalidLength { .. } => {
-            (Code::WrongType, err.to_string(), "correct the value as the message says".to_owned())
+        YamlError::InvalidScalar { ty, .. } => {
+            let want = scalar_name(ty);
+            (Code::WrongType, format!("this value is not {want}"), format!("write {want} here"))
         }
+        YamlError::Message { msg, .. } => (Code::WrongType, msg.clone(), "correct the value as the message says".to_owned()),
+        YamlError::SerdeInvalidLength { len, expected, .. } => (
+            Code::WrongType,
+            format!("{len} elements where {expected} was expected"),
+            format!("write {expected} here"),
+        ),
         other => (
             Code::YamlSyntax,
             format!("not valid YAML: {other}"),
@@ -411,6 +423,17 @@ fn yaml_error(path: &str, err: &YamlError) -> Diagnostic {
         ),
     };
     Diagnostic { path: path.to_owned(), line, column, severity: Severity::Error, code, field: None, message, help }
+}
+
+/// A person's name for a Rust scalar type in an error.
+fn scalar_name(ty: &str) -> &'static str {
+    match ty {
+        "bool" => "`true` or `false`",
+        "f32" | "f64" => "a number",
+        t if t.starts_with('u') => "a whole number, zero or more",
+        t if t.starts_with('i') => "a whole number",
+        _ => "a value of the right type",
+    }
 }
 
 fn list(names: &[&str]) -> String {

@@ -180,10 +180,14 @@ fn check_stages(out: &mut Vec<Finding>, field: &str, stages: &[Stage]) {
 
 fn check_template(out: &mut Vec<Finding>, field: &str, text: &str) {
     if let Err(e) = handlebars::Template::compile(text) {
+        let (line, col) = e.pos().unwrap_or((1, 1));
         out.push(Finding::error(
             field,
             Code::InvalidTemplate,
-            format!("the handlebars template does not compile: {e}"),
+            format!(
+                "the handlebars template does not compile (template line {line}, column {col}): {}",
+                e.reason().to_string().split(": expected").next().unwrap_or_default()
+            ),
             "fix the `{{ }}` expressions (every `{{#if}}`/`{{#each}}` needs its `{{/if}}`/`{{/each}}`)",
         ));
     }
@@ -341,6 +345,9 @@ pub fn repo_url_problem(url: &str) -> Option<&'static str> {
     if url.trim().is_empty() {
         return Some("it is empty");
     }
+    if url.contains("::") && !url.contains("://") {
+        return Some("`<transport>::` remote helpers are refused: they can run commands");
+    }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Some("it contains white space or control characters");
     }
@@ -363,9 +370,6 @@ pub fn repo_url_problem(url: &str) -> Option<&'static str> {
             "file" => (rest.is_empty() || rest == "/").then_some("it names no path"),
             _ => Some("the scheme is not one git clones from here (https, http, ssh, git, file)"),
         };
-    }
-    if url.contains("::") {
-        return Some("`<transport>::` remote helpers are refused: they can run commands");
     }
     if url.starts_with("./") || url.starts_with("../") || url.starts_with('/') {
         return None;
