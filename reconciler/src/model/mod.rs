@@ -26,3 +26,85 @@ impl ChangeRequest {
         hex::encode(&digest[..8])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUEST: &str = "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: fix\nspec:\n  title: Fix it\n  agent: a\n  repos: [{url: ../app.git}]\n  stages: [{name: implement}]\n";
+    const AGENT: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: a\nspec:\n  command: [sh, run.sh]\n";
+
+    fn request(text: &str) -> std::sync::Arc<ChangeRequest> {
+        let loaded = Catalog::load([("requests/fix.yaml", text.as_bytes()), ("agents/a.yaml", AGENT.as_bytes())]);
+        assert_eq!(loaded.error_count(), 0, "{:?}", loaded.diagnostics);
+        loaded.desired.requests["fix"].clone()
+    }
+
+    #[test]
+    fn generation_follows_the_spec_only() {
+        let base = request(REQUEST).generation();
+        assert_eq!(base.len(), 16);
+        let relabelled = REQUEST.replace("  name: fix\n", "  name: fix\n  labels: {team: a}\n# a comment\n");
+        assert_eq!(request(&relabelled).generation(), base, "metadata and comments are not the spec");
+        let edited = REQUEST.replace("Fix it", "Fix it now");
+        assert_ne!(request(&edited).generation(), base, "a spec edit is a new generation");
+    }
+
+    #[test]
+    fn catalog_updates_file_by_file() {
+        let mut catalog = Catalog::new();
+        catalog.upsert("agents/a.yaml", AGENT.as_bytes());
+        catalog.upsert("requests/fix.yaml", b"not: [valid");
+        catalog.upsert("README.md", b"ignored");
+        assert_eq!(catalog.len(), 2, "files Hadron does not read are not kept");
+        let loaded = catalog.snapshot();
+        assert!(loaded.desired.invalid_requests.contains_key("fix"));
+        catalog.upsert("requests/fix.yaml", REQUEST.as_bytes());
+        let loaded = catalog.snapshot();
+        assert!(loaded.desired.requests.contains_key("fix"));
+        assert!(loaded.desired.invalid_requests.is_empty());
+        catalog.remove("agents/a.yaml");
+        let loaded = catalog.snapshot();
+        assert_eq!(loaded.desired.invalid_requests["fix"][0].code, Code::UnknownAgent);
+    }
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "fix-1", "0abc", &"a".repeat(63)] {
+            assert!(validate::is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "a/b", "..", &"a".repeat(64)] {
+            assert!(!validate::is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn repo_urls() {
+        for ok in [
+            "https://gitea.example.com/acme/app.git",
+            "ssh://git@host:2222/acme/app.git",
+            "git@host:acme/app.git",
+            "file:///srv/git/app.git",
+            "../app.git",
+            "./app.git",
+            "/srv/git/app.git",
+        ] {
+            assert_eq!(validate::repo_url_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "https://", "https:///x", "ftp://h/x", "ext::sh -c x", "-uhack", "app", "https://h/a b"] {
+            assert!(validate::repo_url_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_by_name_or_shape() {
+        assert!(validate::looks_like_secret_value("sk-ant-api03-0123456789abcdef"));
+        assert!(validate::looks_like_secret_value("-----BEGIN OPENSSH PRIVATE KEY-----"));
+        assert!(!validate::looks_like_secret_value("sk-"));
+        let agent = AGENT.replace("  command: [sh, run.sh]\n", "  command: [sh, run.sh]\n  env:\n    - name: DB_PASSWORD\n      value: hunter2\n");
+        let loaded = Catalog::load([("agents/a.yaml", agent.as_bytes())]);
+        let codes: Vec<Code> = loaded.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.code).collect();
+        assert_eq!(codes, [Code::InlineSecret]);
+        assert!(!loaded.diagnostics.iter().any(|d| d.message.contains("hunter2") || d.help.contains("hunter2")), "a diagnostic must not repeat the secret");
+    }
+}
