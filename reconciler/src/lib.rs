@@ -7,3 +7,4 @@
 pub mod model;
 pub mod cli;
 pub mod schema;
+pub mod workers;

@@ -1,0 +1,169 @@
+//! What a worker is asked to do (`run.json`) and what it reports back
+//! (`result.json`). Both drivers (local processes, Kubernetes Jobs) run the
+//! same `hadron worker --run <run.json>` entrypoint with these files.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::kinds::Pricing;
+
+/// The deterministic name of a worker: one per (request, generation, stage,
+/// repo, attempt). Names are DNS-1123 labels (they become Job names), at most
+/// 63 characters: `hadron-<request>-<stage>-<attempt>-<hash>` where the hash
+/// covers the generation and the repo, shortened when the request name is long.
+pub fn worker_name(request: &str, generation: &str, stage: &str, repo_url: &str, attempt: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{request}\n{generation}\n{stage}\n{repo_url}").as_bytes());
+    let hash = hex::encode(&digest[..4]);
+    let tail = format!("-{attempt}-{hash}");
+    let mut head = format!("hadron-{request}-{stage}");
+    let room = 63 - tail.len();
+    if head.len() > room {
+        head.truncate(room);
+        while head.ends_with('-') {
+            head.pop();
+        }
+    }
+    format!("{head}{tail}")
+}
+
+/// Where an environment variable's value comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnvSource {
+    /// A literal, non-secret value from the agent file.
+    Value(String),
+    /// The name of an environment variable of the Hadron process (locally)
+    /// or a Secret key (Kubernetes) holding the value; never the value.
+    Secret {
+        /// Secret / variable name.
+        name: String,
+        /// Key in the Secret (Kubernetes only).
+        key: Option<String>,
+    },
+}
+
+/// One result of an earlier stage, for the prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousStage {
+    /// Stage name.
+    pub name: String,
+    /// Repo URL as written in the request.
+    pub repo: String,
+    /// What the agent said.
+    pub summary: String,
+}
+
+/// `run.json`: everything a worker needs, resolved by the reconciler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSpec {
+    /// Deterministic worker name (see [`worker_name`]).
+    pub worker: String,
+    /// Request name.
+    pub request: String,
+    /// Spec generation of the request.
+    pub generation: String,
+    /// Stage name.
+    pub stage: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Repo URL as written in the request (for display and status).
+    pub repo: String,
+    /// Resolved clone URL or absolute path (relative URLs already resolved).
+    pub clone_url: String,
+    /// Base branch the work starts from when `work_branch` does not exist yet.
+    pub base_branch: String,
+    /// The branch the worker commits to and pushes: `hadron/<request>`.
+    pub work_branch: String,
+    /// Request title.
+    pub title: String,
+    /// Request description.
+    pub description: String,
+    /// Handlebars prompt template, already chosen (stage > agent > shipped default).
+    pub prompt_template: String,
+    /// Results of the stages before this one, for the prompt.
+    #[serde(default)]
+    pub previous_stages: Vec<PreviousStage>,
+    /// Agent command: argument list, each element a handlebars template.
+    pub command: Vec<String>,
+    /// Model name for `{{model}}`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Agent environment.
+    #[serde(default)]
+    pub env: Vec<(String, EnvSource)>,
+    /// Whether a run that changes nothing fails.
+    pub require_change: bool,
+    /// Token prices, for cost when the agent reports tokens but no cost.
+    #[serde(default)]
+    pub pricing: Option<Pricing>,
+    /// Wall-time limit for the agent, in seconds.
+    #[serde(default)]
+    pub wall_time_secs: Option<u64>,
+    /// Author and committer of the worker's commit: (name, email).
+    pub git_author: (String, String),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The agent ran and its change (if any) was pushed.
+    Succeeded,
+    /// It did not; `reason` says why.
+    Failed,
+}
+
+/// `result.json`: what the worker reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResult {
+    /// Worker name, echoed.
+    pub worker: String,
+    /// Succeeded or Failed.
+    pub outcome: Outcome,
+    /// Stable CamelCase reason: `Completed`, `AgentExitNonZero`, `WallTimeExceeded`,
+    /// `NoChange`, `CloneFailed`, `PushFailed`, `TemplateFailed`, `SecretMissing`, …
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// Commit pushed to `work_branch`, when there was one.
+    #[serde(default)]
+    pub pushed_commit: Option<String>,
+    /// Input tokens the agent reported.
+    #[serde(default)]
+    pub tokens_in: u64,
+    /// Output tokens the agent reported.
+    #[serde(default)]
+    pub tokens_out: u64,
+    /// Cost in USD: the agent's own figure, else tokens × prices.
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// What the agent said it did.
+    #[serde(default)]
+    pub summary: String,
+    /// Path of the log file (local driver) or log reference.
+    #[serde(default)]
+    pub log_path: String,
+    /// Start and finish, RFC 3339 UTC.
+    pub started_at: String,
+    /// Finish time, RFC 3339 UTC.
+    pub finished_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_names_are_deterministic_labels() {
+        let a = worker_name("add-greeting", "0011223344556677", "implement", "../demo-app.git", 1);
+        assert_eq!(a, worker_name("add-greeting", "0011223344556677", "implement", "../demo-app.git", 1));
+        assert!(a.starts_with("hadron-add-greeting-implement-1-"), "{a}");
+        assert!(crate::model::validate::is_dns_label(&a));
+        assert_ne!(a, worker_name("add-greeting", "0011223344556677", "implement", "../demo-docs.git", 1));
+        assert_ne!(a, worker_name("add-greeting", "ffff223344556677", "implement", "../demo-app.git", 1));
+        let long = worker_name(&"r".repeat(63), "g", &"s".repeat(63), "u", 12);
+        assert!(long.len() <= 63 && crate::model::validate::is_dns_label(&long), "{long}");
+    }
+}
