@@ -136,10 +136,7 @@ impl WriterError {
         }
     }
 
-    fn git(
-        context: &'static str,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    fn git(context: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         WriterError::Git {
             context,
             source: Box::new(source),
@@ -165,8 +162,8 @@ impl Default for Identity {
     }
 }
 
-/// Configuration of a [`StatusWriter`].
-#[derive(Debug, Clone)]
+/// Configuration of a [`StatusWriter`]. Its `Debug` output hides credentials in `remote_url`.
+#[derive(Clone)]
 pub struct WriterConfig {
     /// Local path or URL of the control repo (anything `git fetch`/`git push` accept).
     pub remote_url: String,
@@ -187,7 +184,11 @@ pub struct WriterConfig {
 impl WriterConfig {
     /// A configuration with the default identity (`hadron <hadron@localhost>`),
     /// 10 attempts and a backoff from 100 ms up to 10 s.
-    pub fn new(remote_url: impl Into<String>, branch: impl Into<String>, work_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        remote_url: impl Into<String>,
+        branch: impl Into<String>,
+        work_dir: impl Into<PathBuf>,
+    ) -> Self {
         WriterConfig {
             remote_url: remote_url.into(),
             branch: branch.into(),
@@ -197,6 +198,20 @@ impl WriterConfig {
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
         }
+    }
+}
+
+impl std::fmt::Debug for WriterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterConfig")
+            .field("remote_url", &redact_url(&self.remote_url))
+            .field("branch", &self.branch)
+            .field("work_dir", &self.work_dir)
+            .field("author", &self.author)
+            .field("max_attempts", &self.max_attempts)
+            .field("base_backoff", &self.base_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
     }
 }
 
@@ -440,7 +455,14 @@ impl StatusWriter {
         })?;
         let target = self.branch_ref();
         let refspec = format!("{commit}:{target}");
-        let output = self.run_git(&["push", "--porcelain", "--no-verify", "--", &self.config.remote_url, &refspec])?;
+        let output = self.run_git(&[
+            "push",
+            "--porcelain",
+            "--no-verify",
+            "--",
+            &self.config.remote_url,
+            &refspec,
+        ])?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = self.redact(&String::from_utf8_lossy(&output.stderr));
         let line = stdout.lines().find_map(|line| {
@@ -453,7 +475,9 @@ impl StatusWriter {
         });
         match line {
             // " " fast-forward, "*" new branch, "=" already there.
-            Some((flag, _)) if output.status.success() && matches!(flag.as_str(), "" | "*" | "=") => {
+            Some((flag, _))
+                if output.status.success() && matches!(flag.as_str(), "" | "*" | "=") =>
+            {
                 Ok(PushResult::Pushed)
             }
             Some((flag, summary)) if flag == "!" && is_retryable_rejection(&summary) => {
@@ -610,7 +634,11 @@ fn redact_url(url: &str) -> String {
 /// Build the commit message: `message` (or a default subject) and the revision trailer.
 fn commit_message(message: &str, revision: &str) -> String {
     let body = message.trim();
-    let body = if body.is_empty() { "Update status" } else { body };
+    let body = if body.is_empty() {
+        "Update status"
+    } else {
+        body
+    };
     format!("{body}\n\n{REVISION_TRAILER_KEY}: {revision}\n")
 }
 
@@ -644,7 +672,9 @@ pub fn validate_status_path(path: &str) -> Result<(), WriterError> {
 }
 
 fn validate_changes(changes: &BTreeMap<String, Option<Vec<u8>>>) -> Result<(), WriterError> {
-    changes.keys().try_for_each(|path| validate_status_path(path))
+    changes
+        .keys()
+        .try_for_each(|path| validate_status_path(path))
 }
 
 fn validate_revision(revision: &str) -> Result<(), WriterError> {
@@ -676,9 +706,14 @@ fn validate_config(config: &WriterConfig) -> Result<(), WriterError> {
     if config.max_attempts == 0 {
         return refuse("max_attempts must be at least 1".to_owned());
     }
-    for (what, value) in [("author name", &config.author.name), ("author email", &config.author.email)] {
+    for (what, value) in [
+        ("author name", &config.author.name),
+        ("author email", &config.author.email),
+    ] {
         if value.is_empty() || value.contains(['<', '>', '\n', '\r', '\0']) {
-            return refuse(format!("{what} {value:?} cannot be used in a git signature"));
+            return refuse(format!(
+                "{what} {value:?} cannot be used in a git signature"
+            ));
         }
     }
     Ok(())
@@ -719,7 +754,12 @@ mod tests {
             "https://***@git.example/org/repo.git"
         );
         assert_eq!(redact_url("/srv/git/control.git"), "/srv/git/control.git");
-        assert_eq!(redact_url("https://git.example/a@b"), "https://git.example/a@b");
+        assert_eq!(
+            redact_url("https://git.example/a@b"),
+            "https://git.example/a@b"
+        );
+        let config = WriterConfig::new("https://u:tok3n@git.example/c.git", "main", "/tmp/w");
+        assert!(!format!("{config:?}").contains("tok3n"));
     }
 
     #[test]
@@ -728,6 +768,9 @@ mod tests {
             commit_message("status: 2 requests\n", "abc123"),
             "status: 2 requests\n\nHadron-Revision: abc123\n"
         );
-        assert_eq!(commit_message("  ", "abcd"), "Update status\n\nHadron-Revision: abcd\n");
+        assert_eq!(
+            commit_message("  ", "abcd"),
+            "Update status\n\nHadron-Revision: abcd\n"
+        );
     }
 }
