@@ -248,6 +248,40 @@ fn publish_writes_one_commit_skips_unchanged_and_deletes() -> Result<()> {
 }
 
 #[test]
+fn deleting_every_status_file_removes_the_folder_and_objects_are_sound() -> Result<()> {
+    let fx = Fixture::new()?;
+    let mut writer = fx.writer("work")?;
+    writer.publish(&changes(&[("status/x/y.yaml", Some("deep\n"))]), "add", REV)?;
+    assert_eq!(fx.show("status/x/y.yaml")?.as_deref(), Some("deep\n"));
+    let out = writer.publish(
+        &changes(&[("status/x/y.yaml", None), ("status/human-note.md", None)]),
+        "remove all",
+        REV,
+    )?;
+    assert!(out.pushed);
+    assert_eq!(
+        git(
+            &fx.bare,
+            &[
+                "ls-tree",
+                "-r",
+                "--name-only",
+                "refs/heads/main",
+                "--",
+                "status"
+            ]
+        )?,
+        ""
+    );
+    assert_eq!(
+        git(&fx.bare, &["ls-tree", "--name-only", "refs/heads/main"])?,
+        "hadron.yaml\nrequests"
+    );
+    git(&fx.bare, &["fsck", "--strict", "--no-dangling"])?;
+    Ok(())
+}
+
+#[test]
 fn paths_outside_status_are_refused_and_nothing_is_pushed() -> Result<()> {
     let fx = Fixture::new()?;
     let mut writer = fx.writer("work")?;
@@ -650,5 +684,6 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
         previous = new.clone();
     }
     assert_eq!(previous, head);
+    git(&fx.bare, &["fsck", "--strict", "--no-dangling"])?;
     Ok(())
 }

@@ -23,7 +23,11 @@
 //! is a hex object id. Global git configuration cannot change identities or run hooks.
 //!
 //! All calls block (child processes and sleeps); call them from a blocking thread
-//! (for example `tokio::task::spawn_blocking`).
+//! (for example `tokio::task::spawn_blocking`). The branch must already exist on the remote
+//! (a control repo always has one commit with `hadron.yaml`); a missing branch is a
+//! [`WriterError::Fetch`]. Use one writer per `work_dir` at a time (Hadron's leader
+//! election guarantees a single writer); separate writers on separate `work_dir`s may
+//! race each other freely, like a human does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
