@@ -4,7 +4,8 @@
 //! validate) → `plan` → `execute` (store, workers, forge) → `status` (write back).
 #![forbid(unsafe_code)]
 
-pub mod model;
 pub mod cli;
+pub mod model;
 pub mod schema;
+pub mod status;
 pub mod workers;

@@ -1,0 +1,780 @@
+//! The single git writer for Hadron's `status/**` files.
+//!
+//! [`StatusWriter::publish`] makes Hadron's own files appear on the control repo's branch
+//! without ever losing a human commit:
+//!
+//! 1. fetch the branch head from the remote into a private bare clone (`work_dir`, under
+//!    Hadron's data dir) with the `git` CLI;
+//! 2. apply the requested changes (write or delete, paths under `status/` only) onto the
+//!    head's tree with gix's tree editor; every other path keeps exactly what the head has;
+//! 3. if the tree did not change, stop: no empty commits, so publishing the same content
+//!    twice is a no-op (this is what makes re-publishing from the outbox after a crash
+//!    exactly-once);
+//! 4. otherwise write one commit (explicit `hadron <hadron@localhost>` author and committer,
+//!    the message plus a `Hadron-Revision: <sha>` trailer, the fetched head as its only
+//!    parent) with gix;
+//! 5. push it with `git push -- <remote> <commit>:refs/heads/<branch>`: fast-forward only,
+//!    never `--force`, never a `+` refspec. If the push is rejected because someone pushed
+//!    meanwhile, go back to 1 after a jittered exponential backoff, up to `max_attempts`.
+//!
+//! gix cannot push, so pushing (and, to use the same transport, credentials and URL handling,
+//! fetching) is done with the `git` CLI. Every argument is built by Hadron itself: the
+//! remote URL comes after `--`, the branch is validated as a ref name, and the pushed source
+//! is a hex object id. Global git configuration cannot change identities or run hooks.
+//!
+//! All calls block (child processes and sleeps); call them from a blocking thread
+//! (for example `tokio::task::spawn_blocking`). The branch must already exist on the remote
+//! (a control repo always has one commit with `hadron.yaml`); a missing branch is a
+//! [`WriterError::Fetch`]. Use one writer per `work_dir` at a time (Hadron's leader
+//! election guarantees a single writer); separate writers on separate `work_dir`s may
+//! race each other freely, like a human does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use gix::object::tree::EntryKind;
+use rand::Rng;
+
+/// The only top-level folder Hadron writes in the control repo.
+pub const STATUS_DIR: &str = "status";
+
+/// The trailer key naming the control-repo revision a status commit was computed from.
+pub const REVISION_TRAILER_KEY: &str = "Hadron-Revision";
+
+/// Private ref in `work_dir` holding the last fetched head of the remote branch.
+const UPSTREAM_REF: &str = "refs/hadron/upstream";
+
+/// Private ref in `work_dir` holding the last commit prepared for pushing, so it survives
+/// garbage collection until it is pushed or superseded.
+const PENDING_REF: &str = "refs/hadron/pending";
+
+/// Errors of the status writer.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    /// A path in the change set is not a clean relative path under `status/`.
+    #[error("path {path:?} is not a clean relative path under status/; nothing was written")]
+    PathOutsideStatus {
+        /// The refused path.
+        path: String,
+    },
+    /// A path in the change set names a folder on the branch head, not a file.
+    #[error("path {path:?} is a folder on the branch head, not a file; nothing was written")]
+    PathIsFolder {
+        /// The refused path.
+        path: String,
+    },
+    /// The revision given for the trailer is not a hex commit id.
+    #[error("revision {value:?} for the Hadron-Revision trailer is not a hex commit id")]
+    InvalidRevision {
+        /// The refused value.
+        value: String,
+    },
+    /// The writer configuration cannot be used.
+    #[error("invalid status writer configuration: {detail}")]
+    Config {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The `git` program could not be started.
+    #[error("could not run git: {source}")]
+    GitUnavailable {
+        /// The operating-system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Fetching the branch head from the remote failed.
+    #[error("fetching branch {branch:?} from {remote} failed: {detail}")]
+    Fetch {
+        /// The branch that was fetched.
+        branch: String,
+        /// The remote, with any credentials removed.
+        remote: String,
+        /// What git reported (credentials removed).
+        detail: String,
+    },
+    /// Every push attempt was rejected because the branch kept moving.
+    #[error("push to branch {branch:?} rejected after {attempts} attempts: {detail}")]
+    PushRejected {
+        /// The branch pushed to.
+        branch: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// What git reported for the last attempt (credentials removed).
+        detail: String,
+    },
+    /// Pushing failed for a reason that retrying on a new head does not fix
+    /// (transport failure, a hook or branch protection declining the update).
+    #[error("push to branch {branch:?} failed: {detail}")]
+    Push {
+        /// The branch pushed to.
+        branch: String,
+        /// What git reported (credentials removed).
+        detail: String,
+    },
+    /// Reading or writing objects or refs in the private clone failed.
+    #[error("git object database error while {context}: {source}")]
+    Git {
+        /// What the writer was doing.
+        context: &'static str,
+        /// The underlying gix error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl WriterError {
+    /// A stable CamelCase reason, for status conditions, metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WriterError::PathOutsideStatus { .. } => "PathOutsideStatus",
+            WriterError::PathIsFolder { .. } => "PathIsFolder",
+            WriterError::InvalidRevision { .. } => "InvalidRevision",
+            WriterError::Config { .. } => "InvalidWriterConfig",
+            WriterError::GitUnavailable { .. } => "GitUnavailable",
+            WriterError::Fetch { .. } => "FetchFailed",
+            WriterError::PushRejected { .. } => "PushRejected",
+            WriterError::Push { .. } => "PushFailed",
+            WriterError::Git { .. } => "GitError",
+        }
+    }
+
+    fn git(context: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        WriterError::Git {
+            context,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Name and email used as both author and committer of status commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Display name, e.g. `hadron`.
+    pub name: String,
+    /// Email address, e.g. `hadron@localhost`.
+    pub email: String,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            name: "hadron".to_owned(),
+            email: "hadron@localhost".to_owned(),
+        }
+    }
+}
+
+/// Configuration of a [`StatusWriter`]. Its `Debug` output hides credentials in `remote_url`.
+#[derive(Clone)]
+pub struct WriterConfig {
+    /// Local path or URL of the control repo (anything `git fetch`/`git push` accept).
+    pub remote_url: String,
+    /// Branch of the control repo to publish to, without `refs/heads/` (e.g. `main`).
+    pub branch: String,
+    /// Folder of the private bare clone used for writing; created if missing.
+    pub work_dir: PathBuf,
+    /// Author and committer of status commits.
+    pub author: Identity,
+    /// How many fetch-apply-commit-push rounds to try before giving up (at least 1).
+    pub max_attempts: u32,
+    /// Backoff before the second round; doubles each round, with jitter.
+    pub base_backoff: Duration,
+    /// Upper bound of one backoff.
+    pub max_backoff: Duration,
+}
+
+impl WriterConfig {
+    /// A configuration with the default identity (`hadron <hadron@localhost>`),
+    /// 10 attempts and a backoff from 100 ms up to 10 s.
+    pub fn new(
+        remote_url: impl Into<String>,
+        branch: impl Into<String>,
+        work_dir: impl Into<PathBuf>,
+    ) -> Self {
+        WriterConfig {
+            remote_url: remote_url.into(),
+            branch: branch.into(),
+            work_dir: work_dir.into(),
+            author: Identity::default(),
+            max_attempts: 10,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for WriterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterConfig")
+            .field("remote_url", &redact_url(&self.remote_url))
+            .field("branch", &self.branch)
+            .field("work_dir", &self.work_dir)
+            .field("author", &self.author)
+            .field("max_attempts", &self.max_attempts)
+            .field("base_backoff", &self.base_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
+    }
+}
+
+/// What [`StatusWriter::publish`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// The status commit now on the branch, or `None` when the branch already had this content.
+    pub commit: Option<String>,
+    /// How many fetch-apply-push rounds were needed (1 when nothing was rejected).
+    pub attempts: u32,
+    /// Whether a commit was pushed.
+    pub pushed: bool,
+}
+
+/// A status commit written in the private clone but not yet pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedCommit {
+    /// Hex id of the new commit.
+    pub commit: String,
+    /// Hex id of the fetched branch head it was built on (its only parent).
+    pub parent: String,
+}
+
+/// Result of one push attempt that reached the remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushResult {
+    /// The branch now points at the pushed commit.
+    Pushed,
+    /// The remote refused the update because it is not a fast-forward of the current head
+    /// (someone pushed meanwhile). Fetching again and re-applying is the remedy.
+    Rejected {
+        /// What git reported (credentials removed).
+        detail: String,
+    },
+}
+
+/// Hadron's single git writer for `status/**` files of one branch of the control repo.
+#[derive(Debug)]
+pub struct StatusWriter {
+    config: WriterConfig,
+}
+
+impl StatusWriter {
+    /// Check the configuration and open (or create) the private bare clone in `work_dir`.
+    pub fn new(config: WriterConfig) -> Result<Self, WriterError> {
+        validate_config(&config)?;
+        let dir = &config.work_dir;
+        std::fs::create_dir_all(dir).map_err(|e| WriterError::Config {
+            detail: format!("cannot create work_dir {}: {e}", dir.display()),
+        })?;
+        if open_repo(dir).is_err() {
+            let empty = std::fs::read_dir(dir)
+                .map_err(|e| WriterError::Config {
+                    detail: format!("cannot read work_dir {}: {e}", dir.display()),
+                })?
+                .next()
+                .is_none();
+            if !empty {
+                return Err(WriterError::Config {
+                    detail: format!(
+                        "work_dir {} is neither empty nor a git repository",
+                        dir.display()
+                    ),
+                });
+            }
+            gix::init_bare(dir).map_err(|e| WriterError::git("creating the private clone", e))?;
+        }
+        Ok(StatusWriter { config })
+    }
+
+    /// The configuration this writer was built with.
+    pub fn config(&self) -> &WriterConfig {
+        &self.config
+    }
+
+    /// Publish `changes` (path → `Some(content)` to write, `None` to delete) to the branch
+    /// as one commit with `message` and a `Hadron-Revision: <revision>` trailer.
+    ///
+    /// Only the given paths are touched; all must be clean relative paths under `status/`,
+    /// otherwise nothing is written. When the branch already has exactly this content, no
+    /// commit is made (`commit: None`), which makes repeated calls idempotent. A push
+    /// rejected because the branch moved is retried on the new head.
+    pub fn publish(
+        &mut self,
+        changes: &BTreeMap<String, Option<Vec<u8>>>,
+        message: &str,
+        revision: &str,
+    ) -> Result<PublishOutcome, WriterError> {
+        validate_changes(changes)?;
+        validate_revision(revision)?;
+        let max = self.config.max_attempts;
+        let mut last_detail = String::new();
+        for attempt in 1..=max {
+            let Some(prepared) = self.prepare(changes, message, revision)? else {
+                tracing::debug!(branch = %self.config.branch, attempt, "status already published");
+                return Ok(PublishOutcome {
+                    commit: None,
+                    attempts: attempt,
+                    pushed: false,
+                });
+            };
+            match self.push(&prepared)? {
+                PushResult::Pushed => {
+                    tracing::info!(
+                        branch = %self.config.branch,
+                        commit = %prepared.commit,
+                        attempt,
+                        "published status commit"
+                    );
+                    return Ok(PublishOutcome {
+                        commit: Some(prepared.commit),
+                        attempts: attempt,
+                        pushed: true,
+                    });
+                }
+                PushResult::Rejected { detail } => {
+                    tracing::debug!(
+                        branch = %self.config.branch,
+                        attempt,
+                        %detail,
+                        "status push rejected; fetching the new head"
+                    );
+                    last_detail = detail;
+                    if attempt < max {
+                        std::thread::sleep(self.backoff(attempt));
+                    }
+                }
+            }
+        }
+        Err(WriterError::PushRejected {
+            branch: self.config.branch.clone(),
+            attempts: max,
+            detail: last_detail,
+        })
+    }
+
+    /// Steps 1–4 of [`publish`](Self::publish) without pushing: fetch the branch head, apply
+    /// `changes` onto its tree and, unless the tree is unchanged (`Ok(None)`), write the
+    /// status commit in the private clone. Push it with [`push`](Self::push).
+    pub fn prepare(
+        &mut self,
+        changes: &BTreeMap<String, Option<Vec<u8>>>,
+        message: &str,
+        revision: &str,
+    ) -> Result<Option<PreparedCommit>, WriterError> {
+        validate_changes(changes)?;
+        validate_revision(revision)?;
+        self.fetch()?;
+        let repo = open_repo(&self.config.work_dir)
+            .map_err(|e| WriterError::git("opening the private clone", e))?;
+        let head_id = repo
+            .find_reference(UPSTREAM_REF)
+            .map_err(|e| WriterError::git("reading the fetched head", e))?
+            .into_fully_peeled_id()
+            .map_err(|e| WriterError::git("peeling the fetched head", e))?
+            .detach();
+        let head_tree = repo
+            .find_commit(head_id)
+            .map_err(|e| WriterError::git("reading the head commit", e))?
+            .tree()
+            .map_err(|e| WriterError::git("reading the head tree", e))?;
+        let head_tree_id = head_tree.id;
+
+        for path in changes.keys() {
+            let entry = head_tree
+                .lookup_entry_by_path(path)
+                .map_err(|e| WriterError::git("looking up a status path", e))?;
+            if entry.is_some_and(|e| e.mode().is_tree()) {
+                return Err(WriterError::PathIsFolder { path: path.clone() });
+            }
+        }
+
+        let mut editor = repo
+            .edit_tree(head_tree_id)
+            .map_err(|e| WriterError::git("starting the tree edit", e))?;
+        for (path, content) in changes {
+            match content {
+                Some(bytes) => {
+                    let blob = repo
+                        .write_blob(bytes)
+                        .map_err(|e| WriterError::git("writing a status blob", e))?
+                        .detach();
+                    editor
+                        .upsert(path.as_str(), EntryKind::Blob, blob)
+                        .map_err(|e| WriterError::git("editing the tree", e))?;
+                }
+                None => {
+                    editor
+                        .remove(path.as_str())
+                        .map_err(|e| WriterError::git("editing the tree", e))?;
+                }
+            }
+        }
+        let new_tree = editor
+            .write()
+            .map_err(|e| WriterError::git("writing the tree", e))?
+            .detach();
+        if new_tree == head_tree_id {
+            return Ok(None);
+        }
+
+        let author = &self.config.author;
+        let signature = gix::actor::Signature {
+            name: author.name.as_str().into(),
+            email: author.email.as_str().into(),
+            time: gix::date::Time::now_utc(),
+        };
+        let mut time_buf = gix::date::parse::TimeBuf::default();
+        let sig_ref = signature.to_ref(&mut time_buf);
+        let commit = repo
+            .new_commit_as(
+                sig_ref,
+                sig_ref,
+                commit_message(message, revision),
+                new_tree,
+                [head_id],
+            )
+            .map_err(|e| WriterError::git("writing the status commit", e))?
+            .id;
+        repo.reference(
+            PENDING_REF,
+            commit,
+            gix::refs::transaction::PreviousValue::Any,
+            "hadron: prepared status commit",
+        )
+        .map_err(|e| WriterError::git("recording the prepared commit", e))?;
+        Ok(Some(PreparedCommit {
+            commit: commit.to_string(),
+            parent: head_id.to_string(),
+        }))
+    }
+
+    /// Step 5 of [`publish`](Self::publish): push a prepared commit to the branch,
+    /// fast-forward only. A non-fast-forward refusal is [`PushResult::Rejected`]; any other
+    /// failure is an error.
+    pub fn push(&mut self, prepared: &PreparedCommit) -> Result<PushResult, WriterError> {
+        let commit = gix::ObjectId::from_hex(prepared.commit.as_bytes()).map_err(|_| {
+            WriterError::InvalidRevision {
+                value: prepared.commit.clone(),
+            }
+        })?;
+        let target = self.branch_ref();
+        let refspec = format!("{commit}:{target}");
+        let output = self.run_git(&[
+            "push",
+            "--porcelain",
+            "--no-verify",
+            "--",
+            &self.config.remote_url,
+            &refspec,
+        ])?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = self.redact(&String::from_utf8_lossy(&output.stderr));
+        let line = stdout.lines().find_map(|line| {
+            let mut fields = line.splitn(3, '\t');
+            let flag = fields.next()?;
+            let spec = fields.next()?;
+            let summary = fields.next().unwrap_or_default();
+            spec.ends_with(&format!(":{target}"))
+                .then(|| (flag.trim().to_owned(), summary.to_owned()))
+        });
+        match line {
+            // " " fast-forward, "*" new branch, "=" already there.
+            Some((flag, _))
+                if output.status.success() && matches!(flag.as_str(), "" | "*" | "=") =>
+            {
+                Ok(PushResult::Pushed)
+            }
+            Some((flag, summary)) if flag == "!" && is_retryable_rejection(&summary) => {
+                Ok(PushResult::Rejected {
+                    detail: self.redact(summary.trim()),
+                })
+            }
+            Some((flag, summary)) => Err(WriterError::Push {
+                branch: self.config.branch.clone(),
+                detail: format!("{flag} {} {}", self.redact(summary.trim()), stderr.trim())
+                    .trim()
+                    .to_owned(),
+            }),
+            None => Err(WriterError::Push {
+                branch: self.config.branch.clone(),
+                detail: stderr.trim().to_owned(),
+            }),
+        }
+    }
+
+    /// Fetch the branch head from the remote into [`UPSTREAM_REF`] of the private clone.
+    fn fetch(&self) -> Result<(), WriterError> {
+        let refspec = format!("+{}:{UPSTREAM_REF}", self.branch_ref());
+        let output = self.run_git(&[
+            "fetch",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--no-recurse-submodules",
+            "--quiet",
+            "--",
+            &self.config.remote_url,
+            &refspec,
+        ])?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(WriterError::Fetch {
+                branch: self.config.branch.clone(),
+                remote: redact_url(&self.config.remote_url),
+                detail: self
+                    .redact(&String::from_utf8_lossy(&output.stderr))
+                    .trim()
+                    .to_owned(),
+            })
+        }
+    }
+
+    fn branch_ref(&self) -> String {
+        format!("refs/heads/{}", self.config.branch)
+    }
+
+    /// Jittered exponential backoff after the failed round `attempt` (1-based).
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(20);
+        let full = self
+            .config
+            .base_backoff
+            .saturating_mul(1u32 << exp)
+            .min(self.config.max_backoff);
+        let nanos = u64::try_from(full.as_nanos()).unwrap_or(u64::MAX);
+        if nanos < 2 {
+            return full;
+        }
+        Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos))
+    }
+
+    /// Run `git` on the private clone with a fixed, config-independent environment.
+    fn run_git(&self, args: &[&str]) -> Result<Output, WriterError> {
+        let author = &self.config.author;
+        let mut command = Command::new("git");
+        command
+            .args([
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "protocol.ext.allow=never",
+                "-c",
+                "push.gpgSign=false",
+                "-c",
+                "push.followTags=false",
+                "-c",
+                "push.recurseSubmodules=no",
+                "-c",
+                "gc.autoDetach=false",
+            ])
+            .args(args)
+            .env("GIT_DIR", &self.config.work_dir)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_AUTHOR_NAME", &author.name)
+            .env("GIT_AUTHOR_EMAIL", &author.email)
+            .env("GIT_COMMITTER_NAME", &author.name)
+            .env("GIT_COMMITTER_EMAIL", &author.email)
+            .env("LC_ALL", "C")
+            .env_remove("GIT_WORK_TREE")
+            .env_remove("GIT_INDEX_FILE")
+            .env_remove("GIT_OBJECT_DIRECTORY")
+            .env_remove("GIT_ALTERNATE_OBJECT_DIRECTORIES")
+            .env_remove("GIT_NAMESPACE")
+            .env_remove("GIT_CONFIG_PARAMETERS")
+            .env_remove("GIT_CONFIG_COUNT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+            .output()
+            .map_err(|source| WriterError::GitUnavailable { source })
+    }
+
+    /// Remove the credentials of the remote URL from git's output.
+    fn redact(&self, text: &str) -> String {
+        let url = &self.config.remote_url;
+        let redacted = redact_url(url);
+        if redacted == *url {
+            text.to_owned()
+        } else {
+            text.replace(url.as_str(), &redacted)
+        }
+    }
+}
+
+/// Open the private clone ignoring global and system git configuration.
+fn open_repo(dir: &Path) -> Result<gix::Repository, gix::Error> {
+    gix::open_opts(dir, gix::open::Options::isolated())
+}
+
+/// Whether a `!` push summary means "the branch moved; fetch and re-apply".
+fn is_retryable_rejection(summary: &str) -> bool {
+    let s = summary.to_ascii_lowercase();
+    if s.contains("[rejected]") {
+        // Client-side: "fetch first", "non-fast-forward", "stale info".
+        return true;
+    }
+    // Server-side races: the ref moved between advertisement and update.
+    s.contains("non-fast-forward")
+        || s.contains("failed to update ref")
+        || s.contains("cannot lock ref")
+        || s.contains("failed to lock")
+        || s.contains("incorrect old value")
+}
+
+/// Replace the user-info part of a URL (`https://user:token@host/…`) with `***`.
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme_end + 3], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Build the commit message: `message` (or a default subject) and the revision trailer.
+fn commit_message(message: &str, revision: &str) -> String {
+    let body = message.trim();
+    let body = if body.is_empty() {
+        "Update status"
+    } else {
+        body
+    };
+    format!("{body}\n\n{REVISION_TRAILER_KEY}: {revision}\n")
+}
+
+/// Check that `path` is a clean relative path of a file under `status/`:
+/// `status/<component>[/<component>…]`, no empty, `.`, `..` or `.git` components,
+/// no leading `/`, no backslash, NUL or newline.
+pub fn validate_status_path(path: &str) -> Result<(), WriterError> {
+    let refuse = || WriterError::PathOutsideStatus {
+        path: path.to_owned(),
+    };
+    let mut components = path.split('/');
+    if components.next() != Some(STATUS_DIR) {
+        return Err(refuse());
+    }
+    let mut count = 0usize;
+    for component in components {
+        count += 1;
+        if component.is_empty()
+            || component == "."
+            || component == ".."
+            || component.eq_ignore_ascii_case(".git")
+            || component.contains(['\\', '\0', '\n', '\r'])
+        {
+            return Err(refuse());
+        }
+    }
+    if count == 0 {
+        return Err(refuse());
+    }
+    Ok(())
+}
+
+fn validate_changes(changes: &BTreeMap<String, Option<Vec<u8>>>) -> Result<(), WriterError> {
+    changes
+        .keys()
+        .try_for_each(|path| validate_status_path(path))
+}
+
+fn validate_revision(revision: &str) -> Result<(), WriterError> {
+    let ok = (4..=64).contains(&revision.len()) && revision.bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        Ok(())
+    } else {
+        Err(WriterError::InvalidRevision {
+            value: revision.to_owned(),
+        })
+    }
+}
+
+fn validate_config(config: &WriterConfig) -> Result<(), WriterError> {
+    let refuse = |detail: String| Err(WriterError::Config { detail });
+    let url = &config.remote_url;
+    if url.is_empty() || url.starts_with('-') || url.contains(['\0', '\n', '\r']) {
+        return refuse(format!("remote_url {:?} is not usable", redact_url(url)));
+    }
+    let branch = &config.branch;
+    let full = format!("refs/heads/{branch}");
+    if branch.is_empty()
+        || branch.starts_with('-')
+        || branch.contains(':')
+        || gix::refs::FullName::try_from(full.as_str()).is_err()
+    {
+        return refuse(format!("branch {branch:?} is not a valid branch name"));
+    }
+    if config.max_attempts == 0 {
+        return refuse("max_attempts must be at least 1".to_owned());
+    }
+    for (what, value) in [
+        ("author name", &config.author.name),
+        ("author email", &config.author.email),
+    ] {
+        if value.is_empty() || value.contains(['<', '>', '\n', '\r', '\0']) {
+            return refuse(format!(
+                "{what} {value:?} cannot be used in a git signature"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_paths_are_validated() {
+        for good in ["status/a.yaml", "status/sub/b.yaml", "status/.keep"] {
+            assert!(validate_status_path(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "requests/x.yaml",
+            "status/../hadron.yaml",
+            "/etc/x",
+            "/status/a.yaml",
+            "status",
+            "status/",
+            "status//a",
+            "status/./a",
+            "status/.git/config",
+            "status/a\\b",
+            "statusx/a",
+            "",
+        ] {
+            let err = validate_status_path(bad).expect_err(bad);
+            assert_eq!(err.reason(), "PathOutsideStatus");
+        }
+    }
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url("https://user:secret@git.example/org/repo.git"),
+            "https://***@git.example/org/repo.git"
+        );
+        assert_eq!(redact_url("/srv/git/control.git"), "/srv/git/control.git");
+        assert_eq!(
+            redact_url("https://git.example/a@b"),
+            "https://git.example/a@b"
+        );
+        let config = WriterConfig::new("https://u:tok3n@git.example/c.git", "main", "/tmp/w");
+        assert!(!format!("{config:?}").contains("tok3n"));
+    }
+
+    #[test]
+    fn commit_message_carries_the_trailer() {
+        assert_eq!(
+            commit_message("status: 2 requests\n", "abc123"),
+            "status: 2 requests\n\nHadron-Revision: abc123\n"
+        );
+        assert_eq!(
+            commit_message("  ", "abcd"),
+            "Update status\n\nHadron-Revision: abcd\n"
+        );
+    }
+}

@@ -1,0 +1,689 @@
+//! The status writer against real git: a bare control repo that refuses non-fast-forward
+//! updates and deletions, and the `git` CLI acting as the human.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use hadron::status::writer::{Identity, PushResult, StatusWriter, WriterConfig};
+use tempfile::TempDir;
+
+const REV: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Run git in `dir` as the human, isolated from the machine's git configuration.
+fn git_output(dir: &Path, args: &[&str]) -> Result<Output> {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "human")
+        .env("GIT_AUTHOR_EMAIL", "human@example.com")
+        .env("GIT_COMMITTER_NAME", "human")
+        .env("GIT_COMMITTER_EMAIL", "human@example.com")
+        .output()
+        .context("running git")
+}
+
+/// Run git and return trimmed stdout, failing on a non-zero exit.
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = git_output(dir, args)?;
+    if !out.status.success() {
+        bail!(
+            "git {:?} in {} failed: {}",
+            args,
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A bare control repo seeded by a human, plus a scratch folder.
+struct Fixture {
+    tmp: TempDir,
+    bare: PathBuf,
+    seed: String,
+}
+
+impl Fixture {
+    fn new() -> Result<Self> {
+        let tmp = TempDir::new()?;
+        let bare = tmp.path().join("control.git");
+        std::fs::create_dir(&bare)?;
+        git(&bare, &["init", "--bare", "--initial-branch=main"])?;
+        git(&bare, &["config", "receive.denyNonFastForwards", "true"])?;
+        git(&bare, &["config", "receive.denyDeletes", "true"])?;
+        git(&bare, &["config", "core.logAllRefUpdates", "always"])?;
+        let human = tmp.path().join("seed");
+        let bare_str = bare.to_str().context("utf-8 temp path")?;
+        let human_str = human.to_str().context("utf-8 temp path")?;
+        git(tmp.path(), &["clone", "--quiet", bare_str, human_str])?;
+        write(&human, "hadron.yaml", "kind: Settings\n")?;
+        write(&human, "requests/a.yaml", "kind: ChangeRequest\n")?;
+        write(&human, "status/human-note.md", "written by a person\n")?;
+        git(&human, &["add", "-A"])?;
+        git(&human, &["commit", "--quiet", "-m", "seed"])?;
+        git(
+            &human,
+            &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
+        )?;
+        let seed = git(&bare, &["rev-parse", "refs/heads/main"])?;
+        Ok(Fixture { tmp, bare, seed })
+    }
+
+    fn url(&self) -> String {
+        self.bare.to_string_lossy().into_owned()
+    }
+
+    fn config(&self, work: &str) -> WriterConfig {
+        let mut config = WriterConfig::new(self.url(), "main", self.tmp.path().join(work));
+        config.base_backoff = Duration::from_millis(1);
+        config.max_backoff = Duration::from_millis(50);
+        config.max_attempts = 500;
+        config
+    }
+
+    fn writer(&self, work: &str) -> Result<StatusWriter> {
+        Ok(StatusWriter::new(self.config(work))?)
+    }
+
+    /// A fresh human clone in `name`.
+    fn human_clone(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.tmp.path().join(name);
+        let dir_str = dir.to_str().context("utf-8 temp path")?.to_owned();
+        git(
+            self.tmp.path(),
+            &["clone", "--quiet", &self.url(), &dir_str],
+        )?;
+        Ok(dir)
+    }
+
+    fn head(&self) -> Result<String> {
+        git(&self.bare, &["rev-parse", "refs/heads/main"])
+    }
+
+    /// Content of `path` at the branch head, `None` if absent.
+    fn show(&self, path: &str) -> Result<Option<String>> {
+        let out = git_output(&self.bare, &["show", &format!("refs/heads/main:{path}")])?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// Commits on the branch touching `path`.
+    fn commits_touching(&self, path: &str) -> Result<Vec<String>> {
+        let log = git(
+            &self.bare,
+            &["log", "--format=%H", "refs/heads/main", "--", path],
+        )?;
+        Ok(log.lines().map(str::to_owned).collect())
+    }
+
+    fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool> {
+        let out = git_output(
+            &self.bare,
+            &["merge-base", "--is-ancestor", ancestor, descendant],
+        )?;
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => bail!(
+                "merge-base failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+}
+
+fn write(dir: &Path, path: &str, content: &str) -> Result<()> {
+    let full = dir.join(path);
+    if let Some(parent) = full.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(full, content)?;
+    Ok(())
+}
+
+fn changes(items: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<Vec<u8>>> {
+    items
+        .iter()
+        .map(|(p, c)| ((*p).to_owned(), c.map(|c| c.as_bytes().to_vec())))
+        .collect()
+}
+
+#[test]
+fn publish_writes_one_commit_skips_unchanged_and_deletes() -> Result<()> {
+    let fx = Fixture::new()?;
+    let mut writer = fx.writer("work")?;
+    let set = changes(&[
+        ("status/a.yaml", Some("phase: Running\n")),
+        ("status/b.yaml", Some("phase: Pending\n")),
+    ]);
+    let outcome = writer.publish(&set, "status: 2 requests", REV)?;
+    assert!(outcome.pushed);
+    assert_eq!(outcome.attempts, 1);
+    let commit = outcome.commit.context("a commit was expected")?;
+    assert_eq!(fx.head()?, commit);
+    assert_eq!(git(&fx.bare, &["rev-parse", "refs/heads/main^"])?, fx.seed);
+    let ident = git(
+        &fx.bare,
+        &["show", "-s", "--format=%an <%ae>|%cn <%ce>", &commit],
+    )?;
+    assert_eq!(ident, "hadron <hadron@localhost>|hadron <hadron@localhost>");
+    let trailer = git(
+        &fx.bare,
+        &[
+            "show",
+            "-s",
+            "--format=%(trailers:key=Hadron-Revision,valueonly)",
+            &commit,
+        ],
+    )?;
+    assert_eq!(trailer, REV);
+    assert_eq!(
+        git(&fx.bare, &["show", "-s", "--format=%s", &commit])?,
+        "status: 2 requests"
+    );
+    let touched = git(
+        &fx.bare,
+        &["diff-tree", "--no-commit-id", "--name-only", "-r", &commit],
+    )?;
+    assert_eq!(touched, "status/a.yaml\nstatus/b.yaml");
+    assert_eq!(
+        fx.show("status/a.yaml")?.as_deref(),
+        Some("phase: Running\n")
+    );
+    assert_eq!(
+        fx.show("status/b.yaml")?.as_deref(),
+        Some("phase: Pending\n")
+    );
+    assert_eq!(fx.show("hadron.yaml")?.as_deref(), Some("kind: Settings\n"));
+    assert_eq!(
+        fx.show("status/human-note.md")?.as_deref(),
+        Some("written by a person\n")
+    );
+
+    // Same content again: no commit.
+    let again = writer.publish(&set, "status: 2 requests", REV)?;
+    assert_eq!(again.commit, None);
+    assert!(!again.pushed);
+    assert_eq!(fx.head()?, commit);
+
+    // Delete a status file, with a configured identity.
+    let mut config = fx.config("work");
+    config.author = Identity {
+        name: "hadron-bot".to_owned(),
+        email: "bot@example.com".to_owned(),
+    };
+    let mut bot = StatusWriter::new(config)?;
+    let deleted = bot.publish(&changes(&[("status/b.yaml", None)]), "status: b gone", REV)?;
+    let del_commit = deleted.commit.context("deletion commit expected")?;
+    assert_eq!(fx.head()?, del_commit);
+    assert_eq!(fx.show("status/b.yaml")?, None);
+    assert_eq!(
+        fx.show("status/a.yaml")?.as_deref(),
+        Some("phase: Running\n")
+    );
+    let ident = git(
+        &fx.bare,
+        &["show", "-s", "--format=%an <%ae>|%cn <%ce>", &del_commit],
+    )?;
+    assert_eq!(
+        ident,
+        "hadron-bot <bot@example.com>|hadron-bot <bot@example.com>"
+    );
+    // Deleting what is already gone: no commit.
+    let gone = bot.publish(&changes(&[("status/b.yaml", None)]), "status: b gone", REV)?;
+    assert_eq!(gone.commit, None);
+    assert_eq!(fx.head()?, del_commit);
+    Ok(())
+}
+
+#[test]
+fn deleting_every_status_file_removes_the_folder_and_objects_are_sound() -> Result<()> {
+    let fx = Fixture::new()?;
+    let mut writer = fx.writer("work")?;
+    writer.publish(&changes(&[("status/x/y.yaml", Some("deep\n"))]), "add", REV)?;
+    assert_eq!(fx.show("status/x/y.yaml")?.as_deref(), Some("deep\n"));
+    let out = writer.publish(
+        &changes(&[("status/x/y.yaml", None), ("status/human-note.md", None)]),
+        "remove all",
+        REV,
+    )?;
+    assert!(out.pushed);
+    assert_eq!(
+        git(
+            &fx.bare,
+            &[
+                "ls-tree",
+                "-r",
+                "--name-only",
+                "refs/heads/main",
+                "--",
+                "status"
+            ]
+        )?,
+        ""
+    );
+    assert_eq!(
+        git(&fx.bare, &["ls-tree", "--name-only", "refs/heads/main"])?,
+        "hadron.yaml\nrequests"
+    );
+    git(&fx.bare, &["fsck", "--strict", "--no-dangling"])?;
+    Ok(())
+}
+
+#[test]
+fn paths_outside_status_are_refused_and_nothing_is_pushed() -> Result<()> {
+    let fx = Fixture::new()?;
+    let mut writer = fx.writer("work")?;
+    for bad in [
+        "requests/x.yaml",
+        "status/../hadron.yaml",
+        "/etc/x",
+        "status",
+        "status//x.yaml",
+        "status/./x.yaml",
+        "status/.git/config",
+    ] {
+        for content in [Some("x: 1\n"), None] {
+            let set = changes(&[("status/ok.yaml", Some("fine\n")), (bad, content)]);
+            let err = writer
+                .publish(&set, "bad", REV)
+                .expect_err("a path outside status/ must be refused");
+            assert_eq!(err.reason(), "PathOutsideStatus", "{bad}: {err}");
+            let err = writer
+                .prepare(&set, "bad", REV)
+                .expect_err("prepare refuses too");
+            assert_eq!(err.reason(), "PathOutsideStatus", "{bad}: {err}");
+            assert_eq!(fx.head()?, fx.seed, "{bad} must not change the branch");
+        }
+    }
+    assert_eq!(fx.show("status/ok.yaml")?, None);
+
+    // A status path that is a folder on the head is refused too.
+    let human = fx.human_clone("human")?;
+    write(&human, "status/dir/x.yaml", "human\n")?;
+    git(&human, &["add", "-A"])?;
+    git(&human, &["commit", "--quiet", "-m", "human folder"])?;
+    git(
+        &human,
+        &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
+    )?;
+    let head = fx.head()?;
+    let err = writer
+        .publish(&changes(&[("status/dir", Some("blob\n"))]), "bad", REV)
+        .expect_err("a folder is not a status file");
+    assert_eq!(err.reason(), "PathIsFolder");
+    assert_eq!(fx.head()?, head);
+    assert_eq!(fx.show("status/dir/x.yaml")?.as_deref(), Some("human\n"));
+
+    // A revision that is not hex is refused.
+    let err = writer
+        .publish(
+            &changes(&[("status/ok.yaml", Some("x\n"))]),
+            "m",
+            "main; rm -rf",
+        )
+        .expect_err("bad revision");
+    assert_eq!(err.reason(), "InvalidRevision");
+    assert_eq!(fx.head()?, head);
+    Ok(())
+}
+
+#[test]
+fn invalid_configuration_and_fetch_failures_are_typed() -> Result<()> {
+    let fx = Fixture::new()?;
+    for branch in ["", "-x", "a..b", "a:b", "ma in", "main.lock"] {
+        let mut config = fx.config("work-bad");
+        config.branch = branch.to_owned();
+        let err = StatusWriter::new(config).expect_err("invalid branch");
+        assert_eq!(err.reason(), "InvalidWriterConfig", "{branch:?}");
+    }
+    let mut config = fx.config("work-bad");
+    config.remote_url = "--upload-pack=touch /tmp/pwned".to_owned();
+    assert_eq!(
+        StatusWriter::new(config)
+            .map(|_| ())
+            .expect_err("bad url")
+            .reason(),
+        "InvalidWriterConfig"
+    );
+
+    let mut config = fx.config("work-missing");
+    config.remote_url = fx
+        .tmp
+        .path()
+        .join("no-such-repo.git")
+        .to_string_lossy()
+        .into_owned();
+    let mut writer = StatusWriter::new(config)?;
+    let err = writer
+        .publish(&changes(&[("status/a.yaml", Some("x\n"))]), "m", REV)
+        .expect_err("missing remote");
+    assert_eq!(err.reason(), "FetchFailed");
+
+    let mut config = fx.config("work-branch");
+    config.branch = "no-such-branch".to_owned();
+    let mut writer = StatusWriter::new(config)?;
+    let err = writer
+        .publish(&changes(&[("status/a.yaml", Some("x\n"))]), "m", REV)
+        .expect_err("missing branch");
+    assert_eq!(err.reason(), "FetchFailed");
+    assert_eq!(fx.head()?, fx.seed);
+    Ok(())
+}
+
+#[test]
+fn a_push_declined_by_a_hook_is_a_push_error_not_retried() -> Result<()> {
+    let fx = Fixture::new()?;
+    let hook = fx.bare.join("hooks").join("pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n")?;
+    let status = Command::new("chmod").arg("+x").arg(&hook).status()?;
+    ensure!(status.success(), "chmod failed");
+    let mut writer = fx.writer("work")?;
+    let err = writer
+        .publish(&changes(&[("status/a.yaml", Some("x\n"))]), "m", REV)
+        .expect_err("the hook declines every push");
+    assert_eq!(err.reason(), "PushFailed", "{err}");
+    assert!(err.to_string().contains("declined"), "{err}");
+    assert_eq!(fx.head()?, fx.seed);
+    Ok(())
+}
+
+#[test]
+fn a_stale_prepared_commit_is_rejected_not_forced() -> Result<()> {
+    let fx = Fixture::new()?;
+    let mut writer = fx.writer("work")?;
+    let prepared = writer
+        .prepare(&changes(&[("status/a.yaml", Some("v1\n"))]), "m", REV)?
+        .context("a commit was expected")?;
+    assert_eq!(prepared.parent, fx.seed);
+    // A human pushes meanwhile.
+    let human = fx.human_clone("human")?;
+    write(&human, "requests/h.yaml", "human\n")?;
+    git(&human, &["add", "-A"])?;
+    git(&human, &["commit", "--quiet", "-m", "human"])?;
+    git(
+        &human,
+        &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
+    )?;
+    let human_head = fx.head()?;
+    match writer.push(&prepared)? {
+        PushResult::Rejected { detail } => assert!(!detail.is_empty()),
+        PushResult::Pushed => bail!("a stale commit must not be pushed"),
+    }
+    assert_eq!(fx.head()?, human_head);
+    // publish re-applies on the new head.
+    let outcome = writer.publish(&changes(&[("status/a.yaml", Some("v1\n"))]), "m", REV)?;
+    let commit = outcome.commit.context("a commit was expected")?;
+    assert_eq!(
+        git(&fx.bare, &["rev-parse", &format!("{commit}^")])?,
+        human_head
+    );
+    assert_eq!(fx.show("requests/h.yaml")?.as_deref(), Some("human\n"));
+    assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("v1\n"));
+    Ok(())
+}
+
+#[test]
+fn crash_between_commit_and_push_publishes_exactly_once() -> Result<()> {
+    let fx = Fixture::new()?;
+    let set = changes(&[("status/r.yaml", Some("phase: Succeeded\n"))]);
+    {
+        let mut writer = fx.writer("work")?;
+        let prepared = writer
+            .prepare(&set, "status: r", REV)?
+            .context("a commit was expected")?;
+        // Committed in the private clone, never pushed: the process "crashes" here.
+        let work = fx.tmp.path().join("work");
+        assert_eq!(git(&work, &["cat-file", "-t", &prepared.commit])?, "commit");
+        assert_eq!(fx.head()?, fx.seed);
+        assert!(fx.commits_touching("status/r.yaml")?.is_empty());
+    }
+    // Restart on the same work_dir; the outbox re-publishes the same content.
+    let mut restarted = fx.writer("work")?;
+    let outcome = restarted.publish(&set, "status: r", REV)?;
+    assert!(outcome.pushed);
+    assert_eq!(fx.commits_touching("status/r.yaml")?.len(), 1);
+    assert_eq!(
+        fx.show("status/r.yaml")?.as_deref(),
+        Some("phase: Succeeded\n")
+    );
+
+    // Crash after the push but before the outbox recorded it: publishing again is a no-op.
+    let mut again = fx.writer("work")?;
+    let outcome = again.publish(&set, "status: r", REV)?;
+    assert_eq!(outcome.commit, None);
+    assert_eq!(fx.commits_touching("status/r.yaml")?.len(), 1);
+
+    // Same with the step functions: prepared and pushed, then "restart" and re-publish.
+    let set2 = changes(&[("status/r.yaml", Some("phase: Failed\n"))]);
+    let mut stepper = fx.writer("work")?;
+    let prepared = stepper
+        .prepare(&set2, "status: r", REV)?
+        .context("commit expected")?;
+    assert_eq!(stepper.push(&prepared)?, PushResult::Pushed);
+    drop(stepper);
+    let mut after = fx.writer("work")?;
+    assert_eq!(after.publish(&set2, "status: r", REV)?.commit, None);
+    assert_eq!(fx.commits_touching("status/r.yaml")?.len(), 2);
+    assert_eq!(fx.head()?, prepared.commit);
+    Ok(())
+}
+
+#[test]
+fn human_edits_to_status_files_survive_unless_hadron_rewrites_that_file() -> Result<()> {
+    let fx = Fixture::new()?;
+    let mut writer = fx.writer("work")?;
+    writer.publish(
+        &changes(&[
+            ("status/a.yaml", Some("hadron a1\n")),
+            ("status/b.yaml", Some("hadron b1\n")),
+        ]),
+        "status",
+        REV,
+    )?;
+    let human = fx.human_clone("human")?;
+    write(&human, "status/a.yaml", "human edit\n")?;
+    git(
+        &human,
+        &["commit", "--quiet", "-am", "human edits a status file"],
+    )?;
+    git(
+        &human,
+        &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
+    )?;
+
+    let out = writer.publish(
+        &changes(&[("status/b.yaml", Some("hadron b2\n"))]),
+        "status",
+        REV,
+    )?;
+    assert!(out.pushed);
+    assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("human edit\n"));
+    assert_eq!(fx.show("status/b.yaml")?.as_deref(), Some("hadron b2\n"));
+    let out = writer.publish(
+        &changes(&[("status/b.yaml", Some("hadron b2\n"))]),
+        "status",
+        REV,
+    )?;
+    assert_eq!(out.commit, None);
+    assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("human edit\n"));
+    assert_eq!(
+        fx.show("status/human-note.md")?.as_deref(),
+        Some("written by a person\n")
+    );
+
+    let out = writer.publish(
+        &changes(&[("status/a.yaml", Some("hadron a2\n"))]),
+        "status",
+        REV,
+    )?;
+    assert!(out.pushed);
+    assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("hadron a2\n"));
+    Ok(())
+}
+
+#[test]
+fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
+    const UPDATES: usize = 200;
+    let fx = Fixture::new()?;
+    let human = fx.human_clone("human")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let human_pushes = Arc::new(AtomicUsize::new(0));
+
+    let human_thread = {
+        let stop = Arc::clone(&stop);
+        let human_pushes = Arc::clone(&human_pushes);
+        let human = human.clone();
+        std::thread::spawn(move || -> Result<Vec<String>> {
+            let mut pushed = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                write(
+                    &human,
+                    &format!("requests/human-{n}.yaml"),
+                    &format!("n: {n}\n"),
+                )?;
+                git(&human, &["add", "-A"])?;
+                git(&human, &["commit", "--quiet", "-m", &format!("human {n}")])?;
+                loop {
+                    let out = git_output(
+                        &human,
+                        &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
+                    )?;
+                    if out.status.success() {
+                        break;
+                    }
+                    git(&human, &["pull", "--quiet", "--rebase", "origin", "main"])?;
+                }
+                pushed.push(git(&human, &["rev-parse", "HEAD"])?);
+                human_pushes.fetch_add(1, Ordering::SeqCst);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            Ok(pushed)
+        })
+    };
+
+    // Start once the human is pushing (generous deadline, no timing assertion).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while human_pushes.load(Ordering::SeqCst) == 0 {
+        ensure!(Instant::now() < deadline, "the human never pushed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let mut writer = fx.writer("work")?;
+    let mut retries = 0u32;
+    let mut writer_commits = Vec::new();
+    let mut publish_result = Ok(());
+    for i in 0..UPDATES {
+        let path = format!("status/r-{}.yaml", i % 20);
+        let content = format!("update: {i}\n");
+        let set = changes(&[(path.as_str(), Some(content.as_str()))]);
+        match writer.publish(&set, &format!("status update {i}"), REV) {
+            Ok(outcome) => {
+                retries += outcome.attempts - 1;
+                match outcome.commit {
+                    Some(c) => writer_commits.push(c),
+                    None => {
+                        publish_result = Err(anyhow::anyhow!(
+                            "update {i} changed content but made no commit"
+                        ));
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                publish_result = Err(e.into());
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let human_commits = human_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("human thread panicked"))??;
+    publish_result?;
+    println!(
+        "race: {} status commits, {} human commits, {} writer push retries",
+        writer_commits.len(),
+        human_commits.len(),
+        retries
+    );
+
+    let head = fx.head()?;
+    ensure!(!human_commits.is_empty());
+    for c in human_commits.iter().chain(&writer_commits) {
+        assert!(fx.is_ancestor(c, &head)?, "commit {c} was lost");
+    }
+    for r in 0..20 {
+        let last = (0..UPDATES)
+            .filter(|i| i % 20 == r)
+            .max()
+            .context("non-empty")?;
+        assert_eq!(
+            fx.show(&format!("status/r-{r}.yaml"))?,
+            Some(format!("update: {last}\n"))
+        );
+    }
+    for n in 0..human_commits.len() {
+        assert_eq!(
+            fx.show(&format!("requests/human-{n}.yaml"))?,
+            Some(format!("n: {n}\n"))
+        );
+    }
+    let status_commits = git(
+        &fx.bare,
+        &[
+            "log",
+            "--format=%H",
+            &format!("{}..refs/heads/main", fx.seed),
+            "--",
+            "status/",
+        ],
+    )?;
+    assert_eq!(
+        status_commits.lines().count(),
+        UPDATES,
+        "exactly one commit per update"
+    );
+
+    // The remote's reflog: every update of main moved it forward from where it was.
+    let reflog = std::fs::read_to_string(fx.bare.join("logs/refs/heads/main"))?;
+    let entries: Vec<(String, String)> = reflog
+        .lines()
+        .map(|l| {
+            let mut f = l.split(' ');
+            (
+                f.next().unwrap_or_default().to_owned(),
+                f.next().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(entries.len(), 1 + UPDATES + human_commits.len());
+    let zero = "0".repeat(40);
+    let mut previous = zero.clone();
+    for (old, new) in &entries {
+        assert_eq!(old, &previous, "the head jumped");
+        if *old != zero {
+            assert!(
+                fx.is_ancestor(old, new)?,
+                "{old} -> {new} is not a fast-forward"
+            );
+        }
+        previous = new.clone();
+    }
+    assert_eq!(previous, head);
+    git(&fx.bare, &["fsck", "--strict", "--no-dangling"])?;
+    Ok(())
+}
