@@ -321,7 +321,8 @@ pub struct Budget {
     /// Most tokens (input plus output) all workers may use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
-    /// Most wall time one worker may run, e.g. `30m`; it is cancelled after.
+    /// Most wall time all workers of the request may run together (per spec
+    /// generation), e.g. `30m`; running workers are cancelled when it is reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wall_time: Option<DurationSpec>,
 }
