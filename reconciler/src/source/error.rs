@@ -123,7 +123,13 @@ impl SourceError {
     ///
     /// gix classifies most of its errors itself ([`gix::error::Class`]); we map the
     /// dominant class, then fall back to the I/O error kinds found in the chain.
-    pub(crate) fn from_remote(err: &gix::Error, url: &str) -> Self {
+    ///
+    /// For a local remote (`local`: plain path or `file://`) the "server" is a
+    /// `git upload-pack` child process; if it ends mid-conversation while the path exists,
+    /// the repository is damaged (git refuses to serve broken objects), so such
+    /// end-of-stream errors are reported as [`SourceError::Corrupt`] rather than
+    /// [`SourceError::Network`].
+    pub(crate) fn from_remote(err: &gix::Error, url: &str, local: bool) -> Self {
         let url = redact_url(url);
         let message = chain_message(err);
         match err.dominant_class() {
@@ -143,6 +149,13 @@ impl SourceError {
                 use std::io::ErrorKind as K;
                 match io.kind() {
                     K::NotFound => return SourceError::RepoNotFound { url, message },
+                    K::UnexpectedEof | K::BrokenPipe if local => {
+                        return SourceError::Corrupt {
+                            message: format!(
+                                "git upload-pack for {url} ended unexpectedly (damaged repository?): {message}"
+                            ),
+                        };
+                    }
                     K::PermissionDenied => return SourceError::AuthFailed { url, message },
                     K::ConnectionRefused
                     | K::ConnectionReset

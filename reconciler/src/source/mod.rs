@@ -283,7 +283,6 @@ pub struct Source {
     url: gix::Url,
     tracking_ref: String,
     opts: LoadOptions,
-    repo: Option<gix::Repository>,
     last_good: Option<Revision>,
     loaded: Option<(Revision, ObjectId)>,
     blobs_read: u64,
@@ -322,15 +321,13 @@ impl Source {
             url,
             tracking_ref,
             opts,
-            repo: None,
             last_good: None,
             loaded: None,
             blobs_read: 0,
             interrupt: Arc::new(AtomicBool::new(false)),
         };
         if source.mirror_path().join("HEAD").is_file() {
-            let path = source.mirror_path();
-            let repo = open_mirror(&mut source.repo, &path)?;
+            let repo = source.mirror()?;
             let found = repo
                 .try_find_reference(source.tracking_ref.as_str())
                 .map_err(|e| SourceError::from_local(&e))?;
@@ -382,10 +379,11 @@ impl Source {
         Arc::clone(&self.interrupt)
     }
 
-    /// Open the mirror, creating it on first use.
-    fn mirror(&mut self) -> Result<&gix::Repository, SourceError> {
-        let path = self.mirror_path();
-        open_mirror(&mut self.repo, &path)
+    /// Open the mirror, creating it on first use. The repository handle is opened per
+    /// operation (cheap: config and refs only) so that `Source` stays `Send` with gix
+    /// built without its `parallel` feature.
+    fn mirror(&self) -> Result<gix::Repository, SourceError> {
+        open_mirror(&self.mirror_path())
     }
 
     /// Fetch the branch from the remote into the mirror and return its commit.
@@ -404,9 +402,10 @@ impl Source {
         let tracking = self.tracking_ref.clone();
         let url = self.url.clone();
         let interrupt = Arc::clone(&self.interrupt);
-        let remote_err = |e: gix::Error| SourceError::from_remote(&e, &raw_url);
+        let local = url.scheme == gix::url::Scheme::File;
+        let remote_err = |e: gix::Error| SourceError::from_remote(&e, &raw_url, local);
 
-        if url.scheme == gix::url::Scheme::File {
+        if local {
             let path = PathBuf::from(url.path.to_string());
             if !path.exists() {
                 return Err(SourceError::RepoNotFound {
@@ -507,9 +506,8 @@ impl Source {
 
     fn read_tree(&mut self, root: ObjectId) -> Result<FileMap, SourceError> {
         let mut blobs: Vec<(String, ObjectId)> = Vec::new();
+        let repo = self.mirror()?;
         {
-            let path = self.mirror_path();
-            let repo = open_mirror(&mut self.repo, &path)?;
             let filter = &self.opts.filter;
             let mut stack: Vec<(String, ObjectId)> = vec![(String::new(), root)];
             while let Some((dir, tree_id)) = stack.pop() {
@@ -542,7 +540,7 @@ impl Source {
         }
         let mut files = FileMap::new();
         for (path, id) in blobs {
-            let blob = self.read_blob(id)?;
+            let blob = read_blob(&repo, id, self.opts.max_blob_size, &mut self.blobs_read)?;
             files.insert(path, blob);
         }
         Ok(files)
@@ -557,9 +555,8 @@ impl Source {
         use gix::object::tree::diff::ChangeDetached as Change;
         let mut upserts: Vec<(String, ObjectId)> = Vec::new();
         let mut deletes: Vec<String> = Vec::new();
+        let repo = self.mirror()?;
         if old_tree != new_tree {
-            let path = self.mirror_path();
-            let repo = open_mirror(&mut self.repo, &path)?;
             let old = repo.find_tree(old_tree).map_err(|e| SourceError::from_local(&e))?;
             let new = repo.find_tree(new_tree).map_err(|e| SourceError::from_local(&e))?;
             let mut options = gix::diff::Options::default().with_rewrites(None);
@@ -639,7 +636,7 @@ impl Source {
         deletes.retain(|d| upserts.binary_search_by(|(p, _)| p.as_str().cmp(d.as_str())).is_err());
         let mut read = Vec::with_capacity(upserts.len());
         for (path, id) in upserts {
-            read.push((path, self.read_blob(id)?));
+            read.push((path, read_blob(&repo, id, self.opts.max_blob_size, &mut self.blobs_read)?));
         }
         Ok(ChangeSet {
             revision: rev,
@@ -648,42 +645,33 @@ impl Source {
             deletes,
         })
     }
-
-    fn read_blob(&mut self, id: ObjectId) -> Result<Blob, SourceError> {
-        let cap = self.opts.max_blob_size;
-        let path = self.mirror_path();
-        let repo = open_mirror(&mut self.repo, &path)?;
-        let header = repo.find_header(id).map_err(|e| SourceError::from_local(&e))?;
-        let size = header.size();
-        if size > cap {
-            return Ok(Blob::TooLarge { size });
-        }
-        let data = repo
-            .find_blob(id)
-            .map_err(|e| SourceError::from_local(&e))?
-            .take_data();
-        self.blobs_read += 1;
-        Ok(Blob::Data(data))
-    }
 }
 
-/// Open (or create) the mirror at `path` into `slot` unless it is open already.
-fn open_mirror<'a>(
-    slot: &'a mut Option<gix::Repository>,
-    path: &Path,
-) -> Result<&'a gix::Repository, SourceError> {
-    if slot.is_none() {
-        let mut repo = if path.join("HEAD").is_file() {
-            gix::open(path).map_err(|e| SourceError::from_local(&e))?
-        } else {
-            std::fs::create_dir_all(path)
-                .map_err(|e| SourceError::io(format!("creating {}", path.display()), e))?;
-            gix::init_bare(path).map_err(|e| SourceError::from_local(&e))?
-        };
-        configure_mirror(&mut repo)?;
-        *slot = Some(repo);
+/// Read blob `id` unless it is larger than `cap`; counts reads in `counter`.
+fn read_blob(repo: &gix::Repository, id: ObjectId, cap: u64, counter: &mut u64) -> Result<Blob, SourceError> {
+    let size = repo.find_header(id).map_err(|e| SourceError::from_local(&e))?.size();
+    if size > cap {
+        return Ok(Blob::TooLarge { size });
     }
-    Ok(slot.as_ref().expect("set just above"))
+    let data = repo
+        .find_blob(id)
+        .map_err(|e| SourceError::from_local(&e))?
+        .take_data();
+    *counter += 1;
+    Ok(Blob::Data(data))
+}
+
+/// Open the mirror at `path`, creating it if needed.
+fn open_mirror(path: &Path) -> Result<gix::Repository, SourceError> {
+    let mut repo = if path.join("HEAD").is_file() {
+        gix::open(path).map_err(|e| SourceError::from_local(&e))?
+    } else {
+        std::fs::create_dir_all(path)
+            .map_err(|e| SourceError::io(format!("creating {}", path.display()), e))?;
+        gix::init_bare(path).map_err(|e| SourceError::from_local(&e))?
+    };
+    configure_mirror(&mut repo)?;
+    Ok(repo)
 }
 
 /// Make fetches non-interactive: never prompt on a terminal for credentials
