@@ -479,10 +479,17 @@ impl Source {
     }
 
     /// Load revision `rev`: a full listing the first time (or after
-    /// [`reset_loaded`](Self::reset_loaded)), otherwise the changes since the last load.
+    /// [`reset_loaded`](Self::reset_loaded), or if the mirror no longer holds the last
+    /// loaded tree), otherwise the changes since the last load.
     pub fn load(&mut self, rev: Revision) -> Result<ChangeSet, SourceError> {
         let new_tree = self.tree_of(rev)?;
-        let changes = match self.loaded {
+        // If the mirror lost the previously loaded tree (data dir wiped), fall back to a
+        // full listing: the caller replaces its map and nothing is missed.
+        let base = match self.loaded {
+            Some((_, old_tree)) if self.mirror()?.has_object(old_tree) => Some(old_tree),
+            _ => None,
+        };
+        let changes = match base {
             None => {
                 let files = self.read_tree(new_tree)?;
                 ChangeSet {
@@ -492,7 +499,7 @@ impl Source {
                     deletes: Vec::new(),
                 }
             }
-            Some((_, old_tree)) => self.diff(rev, old_tree, new_tree)?,
+            Some(old_tree) => self.diff(rev, old_tree, new_tree)?,
         };
         self.loaded = Some((rev, new_tree));
         Ok(changes)

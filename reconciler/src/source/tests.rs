@@ -742,7 +742,7 @@ fn urls_are_redacted() {
     assert_eq!(redact_url("https://example.com/x.git"), "https://example.com/x.git");
     assert_eq!(redact_url("git@example.com:org/x.git"), "git@example.com:org/x.git");
     let err = SourceError::from_remote(
-        &gix::error::ErrorExt::raise(gix::error::message("boom")).into(),
+        &gix::error::ErrorExt::raise(gix::error::message("boom")),
         "https://token@example.com/x.git",
         false,
     );
@@ -800,5 +800,31 @@ async fn remote_sources_are_polled() -> Result<()> {
         assert!(matches!(got, Ok(Some(()))), "no poll trigger: {got:?}");
     }
     drop(handle);
+    Ok(())
+}
+
+#[test]
+fn wiped_mirror_falls_back_to_a_full_load() -> Result<()> {
+    let fx = Fixture::new()?;
+    fx.write("hadron.yaml", b"x\n")?;
+    fx.commit_push("one", "main")?;
+    let mut source = fx.source()?;
+    let first = source.fetch()?;
+    assert!(source.load(first)?.full);
+
+    // The data dir is wiped and the branch is rewritten with unrelated history.
+    std::fs::remove_dir_all(source.mirror_path())?;
+    git(&fx.work, &["checkout", "-q", "--orphan", "fresh"])?;
+    git(&fx.work, &["rm", "-q", "-r", "-f", "--", "."])?;
+    fx.write("agents/a.yaml", b"a\n")?;
+    git(&fx.work, &["add", "-A"])?;
+    git(&fx.work, &["commit", "-q", "-m", "rewritten"])?;
+    git(&fx.work, &["push", "-q", "origin", "+HEAD:refs/heads/main"])?;
+    let second = source.fetch()?;
+    let changes = source.load(second)?;
+    assert!(changes.full, "the old tree is gone from the fresh mirror, so the load is full");
+    let mut files = FileMap::new();
+    apply(&mut files, &changes);
+    assert_eq!(files, files_on_disk(&fx.work)?);
     Ok(())
 }
