@@ -98,7 +98,10 @@ impl SourceError {
 
     /// `true` for the repository-or-branch-is-missing errors.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, SourceError::RepoNotFound { .. } | SourceError::BranchNotFound { .. })
+        matches!(
+            self,
+            SourceError::RepoNotFound { .. } | SourceError::BranchNotFound { .. }
+        )
     }
 
     /// `true` if retrying the same operation soon may succeed without anyone changing

@@ -104,9 +104,10 @@ impl SourceConfig {
 
 /// Parse a source URL; a relative local path is made absolute against the current directory.
 fn parse_url(raw: &str) -> Result<gix::Url, SourceError> {
-    let mut url = gix::url::parse(gix::bstr::BStr::new(raw)).map_err(|e| SourceError::InvalidConfig {
-        message: format!("cannot parse url {:?}: {e}", redact_url(raw)),
-    })?;
+    let mut url =
+        gix::url::parse(gix::bstr::BStr::new(raw)).map_err(|e| SourceError::InvalidConfig {
+            message: format!("cannot parse url {:?}: {e}", redact_url(raw)),
+        })?;
     if url.scheme == gix::url::Scheme::File {
         let path = PathBuf::from(url.path.to_string());
         if path.is_relative() {
@@ -307,8 +308,10 @@ impl Source {
     pub fn new(cfg: SourceConfig, opts: LoadOptions) -> Result<Self, SourceError> {
         let url = parse_url(&cfg.url)?;
         let branch_ref = format!("refs/heads/{}", cfg.branch);
-        gix::refs::FullName::try_from(branch_ref.as_str()).map_err(|e| SourceError::InvalidConfig {
-            message: format!("invalid branch name {:?}: {e}", cfg.branch),
+        gix::refs::FullName::try_from(branch_ref.as_str()).map_err(|e| {
+            SourceError::InvalidConfig {
+                message: format!("invalid branch name {:?}: {e}", cfg.branch),
+            }
         })?;
         if cfg.branch.starts_with('-') || cfg.branch.contains(':') || cfg.branch.contains('*') {
             return Err(SourceError::InvalidConfig {
@@ -373,8 +376,8 @@ impl Source {
         self.blobs_read
     }
 
-    /// A flag that interrupts a running fetch when set (for shutdown). The source
-    /// clears it at the start of each fetch.
+    /// A flag that interrupts a running fetch when set (for shutdown). While it is set,
+    /// every fetch fails with [`SourceError::Interrupted`]; whoever set it clears it.
     pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.interrupt)
     }
@@ -389,7 +392,9 @@ impl Source {
     /// Fetch the branch from the remote into the mirror and return its commit.
     /// On failure the last good revision stays as it was.
     pub fn fetch(&mut self) -> Result<Revision, SourceError> {
-        self.interrupt.store(false, std::sync::atomic::Ordering::Relaxed);
+        if self.interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(SourceError::Interrupted);
+        }
         let rev = self.fetch_inner()?;
         self.last_good = Some(rev);
         Ok(rev)
@@ -518,7 +523,9 @@ impl Source {
             let filter = &self.opts.filter;
             let mut stack: Vec<(String, ObjectId)> = vec![(String::new(), root)];
             while let Some((dir, tree_id)) = stack.pop() {
-                let tree = repo.find_tree(tree_id).map_err(|e| SourceError::from_local(&e))?;
+                let tree = repo
+                    .find_tree(tree_id)
+                    .map_err(|e| SourceError::from_local(&e))?;
                 for entry in tree.iter() {
                     let entry = entry.map_err(|e| SourceError::Corrupt {
                         message: format!("tree {tree_id}: {e}"),
@@ -564,15 +571,20 @@ impl Source {
         let mut deletes: Vec<String> = Vec::new();
         let repo = self.mirror()?;
         if old_tree != new_tree {
-            let old = repo.find_tree(old_tree).map_err(|e| SourceError::from_local(&e))?;
-            let new = repo.find_tree(new_tree).map_err(|e| SourceError::from_local(&e))?;
+            let old = repo
+                .find_tree(old_tree)
+                .map_err(|e| SourceError::from_local(&e))?;
+            let new = repo
+                .find_tree(new_tree)
+                .map_err(|e| SourceError::from_local(&e))?;
             let mut options = gix::diff::Options::default().with_rewrites(None);
             options.track_path();
             let changes = repo
                 .diff_tree_to_tree(&old, &new, options)
                 .map_err(|e| SourceError::from_local(&e))?;
             let filter = &self.opts.filter;
-            let is_file = |kind: EntryKind| matches!(kind, EntryKind::Blob | EntryKind::BlobExecutable);
+            let is_file =
+                |kind: EntryKind| matches!(kind, EntryKind::Blob | EntryKind::BlobExecutable);
             for change in changes {
                 match change {
                     Change::Addition {
@@ -623,7 +635,10 @@ impl Source {
                         ..
                     } => {
                         let old_path = source_location.to_string();
-                        if !copy && is_file(source_entry_mode.kind()) && filter.matches_file(&old_path) {
+                        if !copy
+                            && is_file(source_entry_mode.kind())
+                            && filter.matches_file(&old_path)
+                        {
                             deletes.push(old_path);
                         }
                         let path = location.to_string();
@@ -640,10 +655,17 @@ impl Source {
         upserts.dedup_by(|a, b| a.0 == b.0);
         deletes.sort();
         deletes.dedup();
-        deletes.retain(|d| upserts.binary_search_by(|(p, _)| p.as_str().cmp(d.as_str())).is_err());
+        deletes.retain(|d| {
+            upserts
+                .binary_search_by(|(p, _)| p.as_str().cmp(d.as_str()))
+                .is_err()
+        });
         let mut read = Vec::with_capacity(upserts.len());
         for (path, id) in upserts {
-            read.push((path, read_blob(&repo, id, self.opts.max_blob_size, &mut self.blobs_read)?));
+            read.push((
+                path,
+                read_blob(&repo, id, self.opts.max_blob_size, &mut self.blobs_read)?,
+            ));
         }
         Ok(ChangeSet {
             revision: rev,
@@ -655,8 +677,16 @@ impl Source {
 }
 
 /// Read blob `id` unless it is larger than `cap`; counts reads in `counter`.
-fn read_blob(repo: &gix::Repository, id: ObjectId, cap: u64, counter: &mut u64) -> Result<Blob, SourceError> {
-    let size = repo.find_header(id).map_err(|e| SourceError::from_local(&e))?.size();
+fn read_blob(
+    repo: &gix::Repository,
+    id: ObjectId,
+    cap: u64,
+    counter: &mut u64,
+) -> Result<Blob, SourceError> {
+    let size = repo
+        .find_header(id)
+        .map_err(|e| SourceError::from_local(&e))?
+        .size();
     if size > cap {
         return Ok(Blob::TooLarge { size });
     }
@@ -686,7 +716,10 @@ fn open_mirror(path: &Path) -> Result<gix::Repository, SourceError> {
 fn configure_mirror(repo: &mut gix::Repository) -> Result<(), SourceError> {
     let mut snapshot = repo.config_snapshot_mut();
     snapshot
-        .append_config(["gitoxide.credentials.terminalPrompt=false"], gix::config::Source::Api)
+        .append_config(
+            ["gitoxide.credentials.terminalPrompt=false"],
+            gix::config::Source::Api,
+        )
         .map_err(|e| SourceError::from_local(&e))?;
     snapshot.commit().map_err(|e| SourceError::from_local(&e))?;
     Ok(())

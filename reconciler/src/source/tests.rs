@@ -63,7 +63,16 @@ impl Fixture {
         std::fs::create_dir_all(&work)?;
         git(&remote, &["init", "--bare", "-q", "-b", "main"])?;
         git(&work, &["init", "-q", "-b", "main"])?;
-        git(&work, &["remote", "add", "origin", "--", remote.to_str().context("utf8")?])?;
+        git(
+            &work,
+            &[
+                "remote",
+                "add",
+                "origin",
+                "--",
+                remote.to_str().context("utf8")?,
+            ],
+        )?;
         Ok(Fixture {
             _tmp: tmp,
             remote,
@@ -90,7 +99,10 @@ impl Fixture {
     fn commit_push(&self, msg: &str, branch: &str) -> Result<String> {
         git(&self.work, &["add", "-A"])?;
         git(&self.work, &["commit", "-q", "--allow-empty", "-m", msg])?;
-        git(&self.work, &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")])?;
+        git(
+            &self.work,
+            &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")],
+        )?;
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
@@ -134,7 +146,10 @@ fn files_on_disk(root: &Path) -> Result<FileMap> {
 /// Number of blobs that must be read to go from `old` to `new` per `git diff-tree`:
 /// added or modified entries whose new side is a regular file.
 fn changed_files(work: &Path, old: &str, new: &str) -> Result<u64> {
-    let raw = git(work, &["diff-tree", "-r", "--no-renames", "--raw", old, new])?;
+    let raw = git(
+        work,
+        &["diff-tree", "-r", "--no-renames", "--raw", old, new],
+    )?;
     let mut n = 0;
     for line in raw.lines().filter(|l| l.starts_with(':')) {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -184,7 +199,10 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
                 Ok(())
             }),
         ),
-        ("delete", Box::new(|fx: &Fixture| fx.remove("agents/b.yaml"))),
+        (
+            "delete",
+            Box::new(|fx: &Fixture| fx.remove("agents/b.yaml")),
+        ),
         (
             "rename folder",
             Box::new(|fx: &Fixture| {
@@ -222,7 +240,10 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
         (
             "executable bit",
             Box::new(|fx: &Fixture| {
-                git(&fx.work, &["update-index", "--chmod=+x", "--", "hadron.yaml"])?;
+                git(
+                    &fx.work,
+                    &["update-index", "--chmod=+x", "--", "hadron.yaml"],
+                )?;
                 Ok(())
             }),
         ),
@@ -233,13 +254,22 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
                 Ok(())
             }),
         ),
-        ("only unrelated change", Box::new(|fx: &Fixture| fx.write("docs/readme.md", b"# docs v2\n"))),
+        (
+            "only unrelated change",
+            Box::new(|fx: &Fixture| fx.write("docs/readme.md", b"# docs v2\n")),
+        ),
         ("nothing at all", Box::new(|_: &Fixture| Ok(()))),
-        ("delete a whole folder", Box::new(|fx: &Fixture| fx.remove("agents"))),
+        (
+            "delete a whole folder",
+            Box::new(|fx: &Fixture| fx.remove("agents")),
+        ),
         (
             "rename a file within the same commit as an edit elsewhere",
             Box::new(|fx: &Fixture| {
-                git(&fx.work, &["mv", "--", "requests/r1.yaml", "requests/renamed.yaml"])?;
+                git(
+                    &fx.work,
+                    &["mv", "--", "requests/r1.yaml", "requests/renamed.yaml"],
+                )?;
                 fx.write("hadron.yaml", b"kind: Settings\nversion: 2\n")?;
                 Ok(())
             }),
@@ -262,7 +292,11 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
         step(&fx)?;
         let commit = fx.commit_push(name, "main")?;
         let rev = source.fetch()?;
-        assert_eq!(rev.to_string(), commit, "step {i} ({name}): fetched revision");
+        assert_eq!(
+            rev.to_string(),
+            commit,
+            "step {i} ({name}): fetched revision"
+        );
         assert_eq!(source.last_good(), Some(rev));
 
         let before = source.blobs_read();
@@ -275,7 +309,10 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
                 assert_eq!(read, changes.upserts.len() as u64);
             }
             Some(prev) => {
-                assert!(!changes.full, "step {i} ({name}): later loads are incremental");
+                assert!(
+                    !changes.full,
+                    "step {i} ({name}): later loads are incremental"
+                );
                 let expected = changed_files(&fx.work, prev, &commit)?;
                 assert_eq!(read, expected, "step {i} ({name}): blobs read");
                 assert_eq!(changes.upserts.len() as u64, expected);
@@ -284,8 +321,15 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
         apply(&mut files, &changes);
 
         let full = source.read_full(rev)?;
-        assert_eq!(files, full, "step {i} ({name}): incremental map equals full load");
-        assert_eq!(files, files_on_disk(&fx.work)?, "step {i} ({name}): map equals the committed tree");
+        assert_eq!(
+            files, full,
+            "step {i} ({name}): incremental map equals full load"
+        );
+        assert_eq!(
+            files,
+            files_on_disk(&fx.work)?,
+            "step {i} ({name}): map equals the committed tree"
+        );
         assert_eq!(source.last_loaded(), Some(rev));
         prev_commit = Some(commit);
     }
@@ -293,7 +337,10 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
     assert!(files.contains_key("approvals/r9/nested/deep.yaml"));
     assert!(!files.keys().any(|k| k.starts_with("approvals/r1/")));
     assert!(!files.contains_key("link.yaml"), "symlinks are not files");
-    assert_eq!(files.get("status/empty-too.yaml"), Some(&Blob::Data(Vec::new())));
+    assert_eq!(
+        files.get("status/empty-too.yaml"),
+        Some(&Blob::Data(Vec::new()))
+    );
 
     // Loading the same revision again changes nothing and reads nothing.
     let rev = source.last_good().context("fetched")?;
@@ -316,7 +363,10 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
 fn incremental_load_can_jump_over_several_commits_and_back() -> Result<()> {
     let fx = Fixture::new()?;
     for i in 0..20 {
-        fx.write(&format!("requests/r{i}.yaml"), format!("n: {i}\n").as_bytes())?;
+        fx.write(
+            &format!("requests/r{i}.yaml"),
+            format!("n: {i}\n").as_bytes(),
+        )?;
     }
     let first = fx.commit_push("twenty", "main")?;
     fx.write("requests/r3.yaml", b"n: changed\n")?;
@@ -356,7 +406,10 @@ fn path_filter_skips_unrelated_trees_and_large_blobs_are_markers() -> Result<()>
     fx.write("agentsx/a.yaml", b"not wanted\n")?;
     fx.write("status/r.yaml", b"s\n")?;
     for i in 0..50 {
-        fx.write(&format!("src/module{i}/lib.rs"), format!("// {i}\n").as_bytes())?;
+        fx.write(
+            &format!("src/module{i}/lib.rs"),
+            format!("// {i}\n").as_bytes(),
+        )?;
     }
     let big = vec![b'x'; 2 * 1024 * 1024 + 7];
     fx.write("requests/big.yaml", &big)?;
@@ -374,7 +427,12 @@ fn path_filter_skips_unrelated_trees_and_large_blobs_are_markers() -> Result<()>
     let paths: Vec<&str> = changes.upserts.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
         paths,
-        vec!["agents/a.yaml", "hadron.yaml", "requests/big.yaml", "status/r.yaml"]
+        vec![
+            "agents/a.yaml",
+            "hadron.yaml",
+            "requests/big.yaml",
+            "status/r.yaml"
+        ]
     );
     assert_eq!(source.blobs_read(), 3, "the large blob is not read");
     let big_blob = changes
@@ -382,7 +440,12 @@ fn path_filter_skips_unrelated_trees_and_large_blobs_are_markers() -> Result<()>
         .iter()
         .find(|(p, _)| p == "requests/big.yaml")
         .map(|(_, b)| b.clone());
-    assert_eq!(big_blob, Some(Blob::TooLarge { size: big.len() as u64 }));
+    assert_eq!(
+        big_blob,
+        Some(Blob::TooLarge {
+            size: big.len() as u64
+        })
+    );
 
     // A commit touching only unrelated paths yields an empty change set and reads nothing.
     fx.write("src/module3/lib.rs", b"// changed\n")?;
@@ -401,7 +464,10 @@ fn path_filter_skips_unrelated_trees_and_large_blobs_are_markers() -> Result<()>
     let changes = source.load(rev3)?;
     assert_eq!(
         changes.upserts,
-        vec![("requests/big.yaml".to_owned(), Blob::Data(b"small now\n".to_vec()))]
+        vec![(
+            "requests/big.yaml".to_owned(),
+            Blob::Data(b"small now\n".to_vec())
+        )]
     );
     Ok(())
 }
@@ -414,7 +480,10 @@ fn path_filter_semantics() {
     assert!(f.matches_file("agents/a.yaml"));
     assert!(f.matches_file("agents/deep/a.yaml"));
     assert!(!f.matches_file("agentsx/a.yaml"));
-    assert!(f.matches_file("agents"), "an entry matches the path equal to it");
+    assert!(
+        f.matches_file("agents"),
+        "an entry matches the path equal to it"
+    );
     assert!(f.matches_file("approvals/r1/gate.yaml"));
     assert!(!f.matches_file("approvals/r2/gate.yaml"));
     assert!(f.may_contain("approvals"));
@@ -439,7 +508,10 @@ fn other_branch_is_read() -> Result<()> {
     let rev = source.fetch()?;
     assert_eq!(rev.to_string(), control);
     let files = source.read_full(rev)?;
-    assert_eq!(files.get("hadron.yaml"), Some(&Blob::Data(b"on control\n".to_vec())));
+    assert_eq!(
+        files.get("hadron.yaml"),
+        Some(&Blob::Data(b"on control\n".to_vec()))
+    );
     assert!(files.contains_key("agents/x.yaml"));
     Ok(())
 }
@@ -451,7 +523,10 @@ fn missing_branch_is_branch_not_found() -> Result<()> {
     fx.commit_push("main", "main")?;
     let mut source = Source::new(fx.cfg().with_branch("nope"), LoadOptions::default())?;
     let err = source.fetch().err().context("must fail")?;
-    assert!(matches!(err, SourceError::BranchNotFound { ref branch, .. } if branch == "nope"), "{err:?}");
+    assert!(
+        matches!(err, SourceError::BranchNotFound { ref branch, .. } if branch == "nope"),
+        "{err:?}"
+    );
     assert_eq!(err.reason(), "BranchNotFound");
     assert!(err.is_not_found());
     assert_eq!(source.last_good(), None);
@@ -492,9 +567,15 @@ fn missing_repo_is_repo_not_found() -> Result<()> {
         missing.to_string_lossy().into_owned(),
         format!("file://{}", missing.display()),
     ] {
-        let mut source = Source::new(SourceConfig::new(&url, tmp.path().join("data")), LoadOptions::default())?;
+        let mut source = Source::new(
+            SourceConfig::new(&url, tmp.path().join("data")),
+            LoadOptions::default(),
+        )?;
         let err = source.fetch().err().context("must fail")?;
-        assert!(matches!(err, SourceError::RepoNotFound { .. }), "{url}: {err:?}");
+        assert!(
+            matches!(err, SourceError::RepoNotFound { .. }),
+            "{url}: {err:?}"
+        );
         assert_eq!(err.reason(), "RepoNotFound");
         assert!(!err.is_transient());
     }
@@ -515,7 +596,10 @@ fn garbage_path_is_a_typed_error() -> Result<()> {
     let err = source.fetch().err().context("must fail")?;
     eprintln!("garbage path: {err:?} / {}", err.reason());
     assert!(
-        matches!(err, SourceError::RepoNotFound { .. } | SourceError::Corrupt { .. }),
+        matches!(
+            err,
+            SourceError::RepoNotFound { .. } | SourceError::Corrupt { .. }
+        ),
         "{err:?}"
     );
     assert_eq!(source.last_good(), None);
@@ -528,8 +612,16 @@ fn corrupt_remote_object_is_a_typed_error() -> Result<()> {
     fx.write("hadron.yaml", b"x\n")?;
     let commit = fx.commit_push("main", "main")?;
     // Overwrite the commit's loose object in the remote with garbage.
-    let object = fx.remote.join("objects").join(&commit[..2]).join(&commit[2..]);
-    ensure!(object.is_file(), "expected a loose object at {}", object.display());
+    let object = fx
+        .remote
+        .join("objects")
+        .join(&commit[..2])
+        .join(&commit[2..]);
+    ensure!(
+        object.is_file(),
+        "expected a loose object at {}",
+        object.display()
+    );
     let mut perms = std::fs::metadata(&object)?.permissions();
     #[allow(clippy::permissions_set_readonly_false)]
     perms.set_readonly(false);
@@ -538,10 +630,7 @@ fn corrupt_remote_object_is_a_typed_error() -> Result<()> {
     let mut source = fx.source()?;
     let err = source.fetch().err().context("must fail")?;
     eprintln!("corrupt remote: {err:?} / {}", err.reason());
-    assert!(
-        matches!(err, SourceError::Corrupt { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, SourceError::Corrupt { .. }), "{err:?}");
     assert!(!err.is_transient());
     assert_eq!(source.last_good(), None);
     Ok(())
@@ -638,9 +727,18 @@ fn relative_path_is_resolved() -> Result<()> {
     let local = cfg.local_path().context("a local path")?;
     assert!(local.is_absolute());
     assert!(local.ends_with("some/relative/repo"));
-    assert_eq!(SourceConfig::new("https://example.com/x.git", "/d").local_path(), None);
-    assert_eq!(SourceConfig::new("git@example.com:org/x.git", "/d").local_path(), None);
-    assert_eq!(SourceConfig::new("ssh://git@example.com/org/x.git", "/d").local_path(), None);
+    assert_eq!(
+        SourceConfig::new("https://example.com/x.git", "/d").local_path(),
+        None
+    );
+    assert_eq!(
+        SourceConfig::new("git@example.com:org/x.git", "/d").local_path(),
+        None
+    );
+    assert_eq!(
+        SourceConfig::new("ssh://git@example.com/org/x.git", "/d").local_path(),
+        None
+    );
     Ok(())
 }
 
@@ -669,7 +767,10 @@ fn non_bare_repo_reads_the_branch_commit_not_the_working_tree() -> Result<()> {
         let files = source.read_full(rev)?;
         let expected: FileMap = BTreeMap::from([
             ("agents/a.yaml".to_owned(), Blob::Data(b"a\n".to_vec())),
-            ("hadron.yaml".to_owned(), Blob::Data(b"committed\n".to_vec())),
+            (
+                "hadron.yaml".to_owned(),
+                Blob::Data(b"committed\n".to_vec()),
+            ),
         ]);
         assert_eq!(files, expected, "{url}");
     }
@@ -690,7 +791,11 @@ fn retry_with_backoff_retries_only_transient_errors() {
     let mut calls = 0;
     let out = retry_with_backoff(policy, || {
         calls += 1;
-        if calls < 3 { Err(transient()) } else { Ok(calls) }
+        if calls < 3 {
+            Err(transient())
+        } else {
+            Ok(calls)
+        }
     });
     assert_eq!(out.ok(), Some(3));
 
@@ -739,8 +844,14 @@ fn urls_are_redacted() {
         redact_url("https://user:s3cret@example.com/org/repo.git"),
         "https://***@example.com/org/repo.git"
     );
-    assert_eq!(redact_url("https://example.com/x.git"), "https://example.com/x.git");
-    assert_eq!(redact_url("git@example.com:org/x.git"), "git@example.com:org/x.git");
+    assert_eq!(
+        redact_url("https://example.com/x.git"),
+        "https://example.com/x.git"
+    );
+    assert_eq!(
+        redact_url("git@example.com:org/x.git"),
+        "git@example.com:org/x.git"
+    );
     let err = SourceError::from_remote(
         &gix::error::ErrorExt::raise(gix::error::message("boom")),
         "https://token@example.com/x.git",
@@ -766,7 +877,10 @@ async fn push_into_local_bare_repo_triggers_the_watcher() -> Result<()> {
     git(&fx.work, &["push", "-q", "origin", "HEAD:refs/heads/main"])?;
     let pushed = Instant::now();
     let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
-    assert!(matches!(got, Ok(Some(()))), "no trigger within 10 s: {got:?}");
+    assert!(
+        matches!(got, Ok(Some(()))),
+        "no trigger within 10 s: {got:?}"
+    );
     eprintln!(
         "watch trigger: {:?} after `git push` started, {:?} after it returned (debounce {:?})",
         start.elapsed(),
@@ -778,7 +892,10 @@ async fn push_into_local_bare_repo_triggers_the_watcher() -> Result<()> {
     while rx.try_recv().is_ok() {}
     git(&fx.remote, &["pack-refs", "--all"])?;
     let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
-    assert!(matches!(got, Ok(Some(()))), "no trigger for packed-refs: {got:?}");
+    assert!(
+        matches!(got, Ok(Some(()))),
+        "no trigger for packed-refs: {got:?}"
+    );
 
     // The trigger leads to a fetch that sees the pushed commit.
     let mut source = Source::new(cfg.clone(), LoadOptions::default())?;
@@ -822,9 +939,31 @@ fn wiped_mirror_falls_back_to_a_full_load() -> Result<()> {
     git(&fx.work, &["push", "-q", "origin", "+HEAD:refs/heads/main"])?;
     let second = source.fetch()?;
     let changes = source.load(second)?;
-    assert!(changes.full, "the old tree is gone from the fresh mirror, so the load is full");
+    assert!(
+        changes.full,
+        "the old tree is gone from the fresh mirror, so the load is full"
+    );
     let mut files = FileMap::new();
     apply(&mut files, &changes);
     assert_eq!(files, files_on_disk(&fx.work)?);
+    Ok(())
+}
+
+#[test]
+fn interrupted_fetch_keeps_last_good() -> Result<()> {
+    let fx = Fixture::new()?;
+    fx.write("hadron.yaml", b"x\n")?;
+    fx.commit_push("one", "main")?;
+    let mut source = fx.source()?;
+    let good = source.fetch()?;
+    fx.write("hadron.yaml", b"y\n")?;
+    let newer = fx.commit_push("two", "main")?;
+    let flag = source.interrupt_flag();
+    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = source.fetch().err().context("must fail")?;
+    assert_eq!(err.reason(), "Interrupted");
+    assert_eq!(source.last_good(), Some(good));
+    flag.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(source.fetch()?.to_string(), newer);
     Ok(())
 }

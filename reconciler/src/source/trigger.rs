@@ -49,7 +49,9 @@ pub struct TriggerHandle {
 
 impl std::fmt::Debug for TriggerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TriggerHandle").field("mode", &self.mode).finish()
+        f.debug_struct("TriggerHandle")
+            .field("mode", &self.mode)
+            .finish()
     }
 }
 
@@ -80,16 +82,18 @@ pub fn spawn_triggers(cfg: &SourceConfig, tx: Sender<()>) -> TriggerHandle {
     let watcher = cfg
         .local_path()
         .and_then(|path| super::refs_dir_of(&path))
-        .and_then(|common_dir| match watch_refs(&common_dir, control.clone()) {
-            Ok(watcher) => Some(watcher),
-            Err(err) => {
-                tracing::warn!(
-                    path = %common_dir.display(),
-                    "cannot watch git refs, falling back to polling: {err}"
-                );
-                None
-            }
-        });
+        .and_then(
+            |common_dir| match watch_refs(&common_dir, control.clone()) {
+                Ok(watcher) => Some(watcher),
+                Err(err) => {
+                    tracing::warn!(
+                        path = %common_dir.display(),
+                        "cannot watch git refs, falling back to polling: {err}"
+                    );
+                    None
+                }
+            },
+        );
     let mode = if watcher.is_some() {
         TriggerMode::Watch
     } else {
@@ -114,11 +118,18 @@ pub fn spawn_triggers(cfg: &SourceConfig, tx: Sender<()>) -> TriggerHandle {
     }
 }
 
-fn watch_refs(common_dir: &Path, control: mpsc::Sender<Msg>) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_refs(
+    common_dir: &Path,
+    control: mpsc::Sender<Msg>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let refs = common_dir.join("refs");
     let relevant = {
         let refs = refs.clone();
-        move |p: &PathBuf| p.starts_with(&refs) || p.file_name().is_some_and(|n| n == "packed-refs" || n == "packed-refs.lock")
+        move |p: &PathBuf| {
+            p.starts_with(&refs)
+                || p.file_name()
+                    .is_some_and(|n| n == "packed-refs" || n == "packed-refs.lock")
+        }
     };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
