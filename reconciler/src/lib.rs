@@ -6,6 +6,9 @@
 
 pub mod cli;
 pub mod model;
+pub mod plan;
 pub mod schema;
+pub mod source;
 pub mod status;
+pub mod time;
 pub mod workers;
