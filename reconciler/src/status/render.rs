@@ -1,0 +1,114 @@
+//! Rendering `status/<request>.yaml`: pure and deterministic. The same
+//! request state always gives the same bytes, and a status whose content did
+//! not change keeps its revision and timestamps, so no commit is made.
+
+use std::collections::BTreeMap;
+
+use crate::model::kinds::{API_VERSION, Condition, Metadata, Output, Phase, RequestStatus, RequestStatusBody, StageResult};
+use crate::plan::RequestView;
+use crate::time::{Millis, rfc3339};
+
+/// Builds the status of one request. `prev` is the status file as last
+/// written; `revision` the control-repo commit this pass read.
+pub fn render(view: &RequestView, prev: Option<&RequestStatus>, revision: &str, now: Millis, pull_requests: &BTreeMap<String, String>) -> RequestStatus {
+    let stages: Vec<StageResult> = view
+        .attempts
+        .iter()
+        .map(|a| StageResult {
+            name: a.stage.clone(),
+            repo: a.repo.clone(),
+            worker: a.worker.clone(),
+            attempt: a.attempt,
+            state: a.state.as_str().to_owned(),
+            started_at: a.started_at.map(rfc3339),
+            finished_at: a.finished_at.map(rfc3339),
+            pushed_commit: a.pushed_commit.clone(),
+            cost_usd: round6(a.cost_usd),
+            tokens: a.tokens,
+            summary: a.summary.clone(),
+        })
+        .collect();
+    let mut outputs: BTreeMap<&str, Output> = BTreeMap::new();
+    for a in &view.attempts {
+        let out = outputs.entry(a.repo.as_str()).or_insert_with(|| Output {
+            repo: a.repo.clone(),
+            branch: view.work_branch.clone(),
+            commit: None,
+            pull_request: pull_requests.get(&a.repo).cloned(),
+        });
+        if a.pushed_commit.is_some() {
+            out.commit = a.pushed_commit.clone();
+        }
+    }
+    let outputs: Vec<Output> = outputs.into_values().filter(|o| o.commit.is_some()).collect();
+
+    let (ready, reconciling, stalled) = match view.phase {
+        Phase::Succeeded => ("True", "False", "False"),
+        Phase::Pending | Phase::Running => ("False", "True", "False"),
+        Phase::Failed | Phase::Invalid => ("False", "False", "True"),
+        Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Cancelled => ("False", "False", "False"),
+    };
+    let prev_conditions: &[Condition] = prev.map(|p| p.status.conditions.as_slice()).unwrap_or_default();
+    let condition = |kind: &str, status: &str, reason: &str, message: &str| {
+        let old = prev_conditions.iter().find(|c| c.condition_type == kind);
+        let time = match old {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => Some(rfc3339(now)),
+        };
+        Condition {
+            condition_type: kind.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            last_transition_time: time,
+        }
+    };
+    let progressing = if reconciling == "True" { "Progressing" } else { view.reason.as_str() };
+    let conditions = vec![
+        condition("Ready", ready, &view.reason, &view.message),
+        condition("Reconciling", reconciling, progressing, if reconciling == "True" { &view.message } else { "" }),
+        condition("Stalled", stalled, &view.reason, if stalled == "True" { &view.message } else { "" }),
+    ];
+
+    let mut status = RequestStatus {
+        api_version: API_VERSION.to_owned(),
+        kind: "RequestStatus".to_owned(),
+        metadata: Metadata { name: view.name.clone(), labels: Default::default(), annotations: Default::default() },
+        status: RequestStatusBody {
+            observed_revision: revision.to_owned(),
+            observed_generation: view.generation.clone(),
+            phase: view.phase,
+            stage: view.stage.clone(),
+            total_cost_usd: round6(view.attempts.iter().map(|a| a.cost_usd).sum()),
+            total_tokens: view.attempts.iter().map(|a| a.tokens).sum(),
+            stages,
+            conditions,
+            outputs,
+            message: view.message.clone(),
+        },
+    };
+    // Nothing but the revision changed: keep the old one, so the file (and git) stay as they are.
+    if let Some(prev) = prev {
+        let mut same = status.clone();
+        same.status.observed_revision = prev.status.observed_revision.clone();
+        if &same == prev {
+            status = same;
+        }
+    }
+    status
+}
+
+fn round6(v: f64) -> f64 {
+    (v * 1e6).round() / 1e6
+}
+
+/// The YAML text of a status file: stable key order, a header comment.
+pub fn to_yaml(status: &RequestStatus) -> String {
+    let body = serde_saphyr::to_string(status).expect("because a status of plain strings and numbers always serialises");
+    format!("# Written by Hadron; edits are overwritten. History: git log -p -- status/{}.yaml\n{body}", status.metadata.name)
+}
+
+/// Path of a request's status file.
+pub fn path_of(request: &str) -> String {
+    format!("status/{request}.yaml")
+}
