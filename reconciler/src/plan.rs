@@ -774,3 +774,7 @@ fn invalid_view(name: &str, diags: &[Diagnostic]) -> RequestView {
 pub fn previous<'a>(desired: &'a DesiredState, name: &str) -> Option<&'a RequestStatus> {
     desired.statuses.get(name).map(|s| s.as_ref())
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

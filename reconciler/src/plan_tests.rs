@@ -1,0 +1,457 @@
+//! Scenario and property tests of the planner, against a simulated world
+//! that applies the plan's effects the way the executor does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::Catalog;
+use crate::status::render;
+
+const AGENT: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: a\nspec:\n  command: [sh, run.sh]\n";
+
+fn settings(max_workers: u32) -> String {
+    format!("apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: a\n    maxAttempts: 2\n  limits:\n    maxConcurrentWorkers: {max_workers}\n")
+}
+
+#[derive(Debug, Clone)]
+struct Req {
+    name: String,
+    stages: u8,
+    repos: u8,
+    gate_after: Option<u8>,
+    priority: i32,
+    suspend: bool,
+    title_rev: u8,
+    budget_tokens: Option<u64>,
+}
+
+impl Req {
+    fn yaml(&self) -> String {
+        let mut s = format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {}\nspec:\n  title: Do it v{}\n  priority: {}\n  suspend: {}\n  repos:\n",
+            self.name, self.title_rev, self.priority, self.suspend
+        );
+        for r in 0..self.repos {
+            s.push_str(&format!("    - url: ../repo-{r}.git\n"));
+        }
+        s.push_str("  stages:\n");
+        for st in 0..self.stages {
+            s.push_str(&format!("    - name: s{st}\n"));
+        }
+        if let Some(g) = self.gate_after {
+            s.push_str(&format!("  gates:\n    - name: review\n      type: approval\n      after: s{}\n", g.min(self.stages - 1)));
+        }
+        if let Some(t) = self.budget_tokens {
+            s.push_str(&format!("  budget:\n    maxTokens: {t}\n"));
+        }
+        s
+    }
+}
+
+/// The world: the store, the driver and git, as the executor would leave them.
+#[derive(Default)]
+struct World {
+    store: BTreeMap<String, Attempt>,
+    runs: BTreeMap<String, DriverRun>,
+    approvals: BTreeMap<(String, String), ApprovalState>,
+    branches: BTreeMap<(String, String), String>,
+    statuses: BTreeMap<String, Arc<RequestStatus>>,
+    known: BTreeMap<String, String>,
+}
+
+impl World {
+    fn observed(&self) -> Observed {
+        Observed {
+            attempts: self.store.values().cloned().collect(),
+            runs: self.runs.values().cloned().collect(),
+            approvals: self.approvals.clone(),
+            approval_branches: self.branches.clone(),
+            ci: BTreeMap::new(),
+            known_requests: self.known.clone(),
+        }
+    }
+
+    fn apply(&mut self, plan: &Plan, now: Millis) {
+        for action in &plan.actions {
+            match action {
+                Action::Start(a) => {
+                    let a = Attempt { state: AttemptState::Running, started_at: Some(now), ..a.clone() };
+                    self.store.insert(a.worker.clone(), a.clone());
+                    self.runs.insert(a.worker.clone(), DriverRun { attempt: a, state: RunState::Running });
+                }
+                Action::Cancel { worker, .. } => {
+                    if let Some(a) = self.store.get_mut(worker) {
+                        a.state = AttemptState::Cancelled;
+                        a.finished_at = Some(now);
+                        let a = a.clone();
+                        self.runs.insert(worker.clone(), DriverRun { attempt: a, state: RunState::Finished });
+                    }
+                }
+                Action::Adopt(a) | Action::Record(a) => {
+                    self.store.insert(a.worker.clone(), a.clone());
+                }
+                Action::OpenApproval { request, gate, generation, .. } => {
+                    self.branches.insert((request.clone(), gate.clone()), generation.clone());
+                }
+                Action::Forget { request } => {
+                    self.known.remove(request);
+                }
+            }
+        }
+        for (name, view) in &plan.requests {
+            if !view.generation.is_empty() {
+                self.known.insert(name.clone(), view.generation.clone());
+            }
+            let prev = self.statuses.get(name).map(|s| s.as_ref());
+            let status = render::render(view, prev, "rev", now, &BTreeMap::new());
+            self.statuses.insert(name.clone(), Arc::new(status));
+        }
+        for name in &plan.deleted {
+            self.statuses.remove(name);
+        }
+    }
+
+    fn finish(&mut self, worker: &str, ok: bool, now: Millis) {
+        if let Some(run) = self.runs.get_mut(worker) {
+            if run.state == RunState::Running {
+                run.state = RunState::Finished;
+                run.attempt.state = if ok { AttemptState::Succeeded } else { AttemptState::Failed };
+                run.attempt.finished_at = Some(now);
+                run.attempt.tokens = 10;
+                run.attempt.pushed_commit = ok.then(|| format!("c-{worker}"));
+                run.attempt.reason = if ok { "Completed".into() } else { "AgentExitNonZero".into() };
+            }
+        }
+    }
+}
+
+fn desired(reqs: &[Req], max_workers: u32, world: &World) -> DesiredState {
+    let settings = settings(max_workers);
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        ("hadron.yaml".into(), settings.into_bytes()),
+        ("agents/a.yaml".into(), AGENT.as_bytes().to_vec()),
+    ];
+    for r in reqs {
+        files.push((format!("requests/{}.yaml", r.name), r.yaml().into_bytes()));
+    }
+    let loaded = Catalog::load(files.iter().map(|(p, b)| (p.as_str(), b.as_slice())));
+    assert_eq!(loaded.error_count(), 0, "{:?}", loaded.diagnostics);
+    let mut d = loaded.desired;
+    d.statuses = world.statuses.clone();
+    d
+}
+
+fn req(name: &str) -> Req {
+    Req { name: name.into(), stages: 2, repos: 2, gate_after: None, priority: 0, suspend: false, title_rev: 0, budget_tokens: None }
+}
+
+fn starts(plan: &Plan) -> Vec<&Attempt> {
+    plan.actions.iter().filter_map(|a| if let Action::Start(a) = a { Some(a) } else { None }).collect()
+}
+
+#[test]
+fn runs_stages_in_order_one_worker_per_repo() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![req("r")];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    let s: Vec<(&str, &str, u32)> = starts(&p).iter().map(|a| (a.stage.as_str(), a.repo.as_str(), a.attempt)).collect();
+    assert_eq!(s, [("s0", "../repo-0.git", 1), ("s0", "../repo-1.git", 1)]);
+    world.apply(&p, 0);
+    assert_eq!(world.statuses["r"].status.phase, Phase::Running);
+    // One repo done: the next stage waits for the other.
+    let w0 = starts(&p)[0].worker.clone();
+    let w1 = starts(&p)[1].worker.clone();
+    world.finish(&w0, true, 10);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 10, &cfg);
+    assert!(starts(&p).is_empty());
+    world.apply(&p, 10);
+    world.finish(&w1, true, 20);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 20, &cfg);
+    assert_eq!(starts(&p).iter().map(|a| a.stage.as_str()).collect::<Vec<_>>(), ["s1", "s1"]);
+    world.apply(&p, 20);
+    for w in starts(&p).iter().map(|a| a.worker.clone()).collect::<Vec<_>>() {
+        world.finish(&w, true, 30);
+    }
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 30, &cfg);
+    world.apply(&p, 30);
+    let st = &world.statuses["r"].status;
+    assert_eq!(st.phase, Phase::Succeeded);
+    assert_eq!(st.stages.len(), 4);
+    assert_eq!(st.total_tokens, 40);
+    assert_eq!(st.conditions[0].status, "True");
+}
+
+#[test]
+fn retries_after_backoff_then_fails() {
+    let cfg = PlanConfig { backoff_base_ms: 1000, ..PlanConfig::default() };
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 1, ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let w = starts(&p)[0].worker.clone();
+    world.finish(&w, false, 100);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 200, &cfg);
+    assert!(starts(&p).is_empty(), "no retry before the backoff");
+    let wake = p.wake_at.expect("a wake-up for the retry");
+    assert!((100 + 800..=100 + 1200).contains(&wake), "backoff with jitter: {wake}");
+    world.apply(&p, 200);
+    assert!(world.statuses["r"].status.message.contains("retrying"), "{}", world.statuses["r"].status.message);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), wake, &cfg);
+    let s = starts(&p);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].attempt, 2);
+    world.apply(&p, wake);
+    let w2 = s[0].worker.clone();
+    world.finish(&w2, false, wake + 10);
+    // maxAttempts: 2 in settings → Failed, no third attempt.
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), wake + 1_000_000, &cfg);
+    assert!(starts(&p).is_empty());
+    assert_eq!(p.requests["r"].phase, Phase::Failed);
+    assert_eq!(p.requests["r"].reason, "StageFailed");
+}
+
+#[test]
+fn approval_gate_waits_goes_stale_on_edit_and_resumes() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let mut reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
+    let mut now = 0;
+    // Run stage s0.
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+    world.apply(&p, now);
+    world.finish(&starts(&p)[0].worker.clone(), true, 1);
+    now = 2;
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+    assert!(p.actions.iter().any(|a| matches!(a, Action::OpenApproval { gate, .. } if gate == "review")));
+    assert_eq!(p.requests["r"].phase, Phase::WaitingForApproval);
+    world.apply(&p, now);
+    // Opening again is not repeated.
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::OpenApproval { .. })));
+    let gen1 = p.requests["r"].generation.clone();
+    // Approve, then edit the request: a new generation starts over.
+    world.approvals.insert(("r".into(), "review".into()), ApprovalState::Approved { by: "bob".into() });
+    reqs[0].title_rev = 1;
+    let d = desired(&reqs, 8, &world);
+    let gen2 = d.requests["r"].generation();
+    assert_ne!(gen1, gen2);
+    world.approvals.insert(("r".into(), "review".into()), ApprovalState::Stale { given_for: gen1.clone() });
+    let p = plan(&d, &world.observed(), now, &cfg);
+    assert_eq!(starts(&p).len(), 1, "the new generation starts at stage s0 again");
+    assert!(p.requests["r"].message.contains("spec changed"), "{}", p.requests["r"].message);
+    world.apply(&p, now);
+    world.finish(&starts(&p)[0].worker.clone(), true, 3);
+    now = 4;
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+    assert_eq!(p.requests["r"].phase, Phase::WaitingForApproval);
+    assert!(p.requests["r"].message.contains("request changed"), "{}", p.requests["r"].message);
+    world.apply(&p, now);
+    world.approvals.insert(("r".into(), "review".into()), ApprovalState::Approved { by: "bob".into() });
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+    assert_eq!(starts(&p).iter().map(|a| a.stage.as_str()).collect::<Vec<_>>(), ["s1"]);
+}
+
+#[test]
+fn budget_exceeded_fails_and_cancels() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 2, stages: 2, budget_tokens: Some(10), ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let first = starts(&p)[0].worker.clone();
+    world.finish(&first, true, 5); // 10 tokens: the budget is reached
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
+    assert_eq!(p.requests["r"].phase, Phase::Failed);
+    assert_eq!(p.requests["r"].reason, "BudgetExceeded");
+    assert!(p.actions.iter().any(|a| matches!(a, Action::Cancel { reason, .. } if reason == "BudgetExceeded")));
+    assert!(starts(&p).is_empty());
+}
+
+#[test]
+fn lost_worker_is_marked_failed_and_orphan_is_adopted() {
+    let cfg = PlanConfig { backoff_base_ms: 0, ..PlanConfig::default() };
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 1, ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let w = starts(&p)[0].worker.clone();
+    world.runs.remove(&w); // the driver forgot it: stopped reporting
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 10, &cfg);
+    assert!(p.actions.iter().any(|a| matches!(a, Action::Record(a) if a.worker == w && a.reason == "WorkerLost")));
+    assert_eq!(starts(&p).len(), 1, "retried as attempt 2");
+    // The store is deleted; the driver still knows a run: adopted, not restarted.
+    let mut fresh = World::default();
+    let run = DriverRun { attempt: Attempt { state: AttemptState::Running, ..starts(&p)[0].clone() }, state: RunState::Running };
+    fresh.runs.insert(run.attempt.worker.clone(), run.clone());
+    let p2 = plan(&desired(&reqs, 8, &fresh), &fresh.observed(), 20, &cfg);
+    assert!(p2.actions.iter().any(|a| matches!(a, Action::Adopt(a) if a.worker == run.attempt.worker)));
+    assert!(starts(&p2).is_empty());
+}
+
+#[test]
+fn finished_stages_survive_a_deleted_store_through_status_files() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 2, ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    world.finish(&starts(&p)[0].worker.clone(), true, 1);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 2, &cfg);
+    world.apply(&p, 2); // s1 started, status written
+    // Store and run records gone; only git's status files remain.
+    let rebuilt = World { statuses: world.statuses.clone(), ..World::default() };
+    let p = plan(&desired(&reqs, 8, &rebuilt), &rebuilt.observed(), 3, &cfg);
+    let s = starts(&p);
+    assert_eq!(s.iter().map(|a| (a.stage.as_str(), a.attempt)).collect::<Vec<_>>(), [("s1", 2)], "s0 is not run again; s1's lost attempt is retried");
+}
+
+#[test]
+fn deleted_and_suspended_requests_cancel_their_workers() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let mut reqs = vec![req("a"), req("b")];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    reqs[0].suspend = true;
+    reqs.remove(1);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 1, &cfg);
+    let cancels: Vec<&str> = p.actions.iter().filter_map(|a| if let Action::Cancel { reason, .. } = a { Some(reason.as_str()) } else { None }).collect();
+    assert_eq!(cancels.iter().filter(|r| **r == "Suspended").count(), 2);
+    assert_eq!(cancels.iter().filter(|r| **r == "Deleted").count(), 2);
+    assert_eq!(p.requests["a"].phase, Phase::Cancelled);
+    world.apply(&p, 1);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 2, &cfg);
+    assert!(p.actions.iter().any(|a| matches!(a, Action::Forget { request } if request == "b")));
+    assert_eq!(p.deleted, ["b"]);
+}
+
+#[test]
+fn priority_decides_who_gets_scarce_slots() {
+    let cfg = PlanConfig::default();
+    let world = World::default();
+    let reqs = vec![Req { repos: 1, ..req("low") }, Req { repos: 1, priority: 5, ..req("high") }];
+    let p = plan(&desired(&reqs, 1, &world), &world.observed(), 0, &cfg);
+    assert_eq!(starts(&p).iter().map(|a| a.request.as_str()).collect::<Vec<_>>(), ["high"]);
+    assert_eq!(p.requests["low"].phase, Phase::Pending);
+}
+
+// ---- properties ----
+
+#[derive(Debug, Clone)]
+enum Event {
+    Finish { pick: usize, ok: bool },
+    Tick(i64),
+    Approve(usize),
+    Edit(usize),
+    ToggleSuspend(usize),
+    Delete(usize),
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        4 => (any::<usize>(), prop::bool::weighted(0.8)).prop_map(|(pick, ok)| Event::Finish { pick, ok }),
+        2 => (1i64..100_000).prop_map(Event::Tick),
+        1 => any::<usize>().prop_map(Event::Approve),
+        1 => any::<usize>().prop_map(Event::Edit),
+        1 => any::<usize>().prop_map(Event::ToggleSuspend),
+        1 => any::<usize>().prop_map(Event::Delete),
+    ]
+}
+
+fn request_strategy() -> impl Strategy<Value = Vec<Req>> {
+    prop::collection::vec((1u8..4, 1u8..3, prop::option::of(0u8..3), -2i32..3, prop::option::of(20u64..80)), 1..5).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (stages, repos, gate_after, priority, budget_tokens))| Req {
+                name: format!("r{i}"),
+                stages,
+                repos,
+                gate_after,
+                priority,
+                suspend: false,
+                title_rev: 0,
+                budget_tokens,
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_over_random_histories(
+        mut reqs in request_strategy(),
+        max_workers in 1u32..5,
+        events in prop::collection::vec(event(), 1..60),
+    ) {
+        let cfg = PlanConfig { backoff_base_ms: 1000, ..PlanConfig::default() };
+        let mut world = World::default();
+        let mut now: Millis = 0;
+        let mut terminal: BTreeMap<(String, String), Phase> = BTreeMap::new();
+        for ev in events {
+            let d = desired(&reqs, max_workers, &world);
+            let p = plan(&d, &world.observed(), now, &cfg);
+            world.apply(&p, now);
+
+            // Never two live workers for one (request, generation, stage, repo).
+            let mut live = BTreeMap::new();
+            for a in world.store.values().filter(|a| a.state.is_live()) {
+                let key = (a.request.clone(), a.generation.clone(), a.stage.clone(), a.repo.clone());
+                prop_assert!(live.insert(key, a.worker.clone()).is_none(), "two live workers for one key");
+            }
+            // Never more than the global limit.
+            prop_assert!(live.len() as u32 <= max_workers, "{} live > limit {max_workers}", live.len());
+            // Re-planning after applying the effects starts nothing new.
+            let again = plan(&desired(&reqs, max_workers, &world), &world.observed(), now, &cfg);
+            prop_assert!(starts(&again).is_empty(), "re-plan started {:?}", starts(&again));
+            // Terminal phases stay terminal for their generation.
+            for (name, view) in &p.requests {
+                let key = (name.clone(), view.generation.clone());
+                if let Some(before) = terminal.get(&key) {
+                    prop_assert_eq!(*before, view.phase, "{} left a terminal phase", name);
+                }
+                if matches!(view.phase, Phase::Succeeded | Phase::Failed) {
+                    terminal.insert(key, view.phase);
+                }
+            }
+
+            match ev {
+                Event::Finish { pick, ok } => {
+                    let running: Vec<String> = world.runs.values().filter(|r| r.state == RunState::Running).map(|r| r.attempt.worker.clone()).collect();
+                    if !running.is_empty() {
+                        world.finish(&running[pick % running.len()], ok, now);
+                    }
+                }
+                Event::Tick(ms) => now += ms,
+                Event::Approve(i) => {
+                    let r = &reqs[i % reqs.len()];
+                    let generation = desired(&reqs, max_workers, &world).requests[&r.name].generation();
+                    let _ = generation;
+                    world.approvals.insert((r.name.clone(), "review".into()), ApprovalState::Approved { by: "bob".into() });
+                }
+                Event::Edit(i) => {
+                    let n = reqs.len();
+                    let r = &mut reqs[i % n];
+                    r.title_rev = r.title_rev.wrapping_add(1);
+                    world.approvals.remove(&(r.name.clone(), "review".into()));
+                }
+                Event::ToggleSuspend(i) => {
+                    let n = reqs.len();
+                    reqs[i % n].suspend = !reqs[i % n].suspend;
+                }
+                Event::Delete(i) => {
+                    if reqs.len() > 1 {
+                        let n = reqs.len();
+                        reqs.remove(i % n);
+                    }
+                }
+            }
+            now += 1;
+        }
+    }
+}
