@@ -3,3 +3,4 @@
 //! The flow is readable from the modules: `source` (git) → `model` (parse and
 //! validate) → `plan` → `execute` (store, workers, forge) → `status` (write back).
 #![forbid(unsafe_code)]
+pub mod store;
