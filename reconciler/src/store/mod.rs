@@ -82,6 +82,9 @@ pub use records::{
 /// The SQLite file name inside the data directory.
 pub const SQLITE_FILE_NAME: &str = "hadron.db";
 
+/// How long [`Store::connect_postgres`] retries an unreachable server.
+pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Advisory-lock key (PostgreSQL) that orders event appends; "hadronev" in ASCII.
 const EVENT_ORDER_LOCK_KEY: i64 = 0x6861_6472_6f6e_6576;
 
@@ -189,8 +192,18 @@ impl Store {
         })
     }
 
-    /// Connects to PostgreSQL at `url` and applies migrations.
+    /// Connects to PostgreSQL at `url` and applies migrations, waiting up to
+    /// [`POSTGRES_CONNECT_TIMEOUT`] for the server (it may still be starting).
     pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+        Self::connect_postgres_with_timeout(url, POSTGRES_CONNECT_TIMEOUT).await
+    }
+
+    /// Like [`Store::connect_postgres`], giving up on the server after `timeout`
+    /// (which also bounds how long a query waits for a free connection).
+    pub async fn connect_postgres_with_timeout(
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let location = redact_url(url);
         let options =
             PgConnectOptions::from_str(url).map_err(|source| StoreError::PostgresConnect {
@@ -199,7 +212,7 @@ impl Store {
             })?;
         let pool = PgPoolOptions::new()
             .max_connections(10)
-            .acquire_timeout(Duration::from_secs(15))
+            .acquire_timeout(timeout)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::PostgresConnect {

@@ -18,6 +18,11 @@ use super::*;
 /// The maintenance database used to create and drop test databases.
 const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// The admin URL: [`PG_ADMIN_URL`] unless `HADRON_TEST_PG_URL` names another server.
+fn pg_admin_url() -> String {
+    std::env::var("HADRON_TEST_PG_URL").unwrap_or_else(|_| PG_ADMIN_URL.to_owned())
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Sqlite,
@@ -49,11 +54,13 @@ impl TestDb {
                     eprintln!("HADRON_SKIP_PG=1: skipping this PostgreSQL test");
                     return Ok(None);
                 }
-                let mut admin = PgConnection::connect(PG_ADMIN_URL).await.with_context(|| {
+                let admin_url = pg_admin_url();
+                let mut admin = PgConnection::connect(&admin_url).await.with_context(|| {
                     format!(
-                        "PostgreSQL is unreachable at {PG_ADMIN_URL}; start it (e.g. \
+                        "PostgreSQL is unreachable at {}; start it (e.g. \
                          `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`) \
-                         or set HADRON_SKIP_PG=1 to skip the PostgreSQL half of the store tests"
+                         or set HADRON_SKIP_PG=1 to skip the PostgreSQL half of the store tests",
+                        redact_url(&admin_url)
                     )
                 })?;
                 let name = format!("hadron_test_{:016x}", rand::random::<u64>());
@@ -62,8 +69,10 @@ impl TestDb {
                     .await
                     .with_context(|| format!("creating test database {name}"))?;
                 admin.close().await?;
+                let base = admin_url.split('?').next().unwrap_or(&admin_url);
+                let server = base.rsplit_once('/').map_or(base, |(server, _db)| server);
                 Ok(Some(Self {
-                    target: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+                    target: format!("{server}/{name}"),
                     _dir: None,
                     pg_name: Some(name),
                 }))
@@ -79,7 +88,7 @@ impl TestDb {
     /// Drops the PostgreSQL database, best effort.
     async fn cleanup(&self) {
         if let Some(name) = &self.pg_name
-            && let Ok(mut admin) = PgConnection::connect(PG_ADMIN_URL).await
+            && let Ok(mut admin) = PgConnection::connect(&pg_admin_url()).await
         {
             let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
             if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
@@ -736,7 +745,10 @@ async fn unsupported_targets_are_refused() -> anyhow::Result<()> {
 async fn unreachable_postgres_names_the_url_without_password() -> anyhow::Result<()> {
     // Port 1 on loopback: nothing listens there, so the connection is refused.
     let url = "postgresql://hadron:s3cret@127.0.0.1:1/hadron";
-    let e = expect_reason(Store::connect(url).await, "StoreConnect")?;
+    let e = expect_reason(
+        Store::connect_postgres_with_timeout(url, std::time::Duration::from_secs(1)).await,
+        "StoreConnect",
+    )?;
     let message = e.to_string();
     ensure!(!message.contains("s3cret"), "password leaked: {message}");
     ensure!(message.contains("postgresql://hadron:***@127.0.0.1:1/hadron"), "{message}");
