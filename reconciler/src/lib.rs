@@ -10,5 +10,6 @@ pub mod plan;
 pub mod schema;
 pub mod source;
 pub mod status;
+pub mod store;
 pub mod time;
 pub mod workers;

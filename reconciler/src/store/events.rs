@@ -1,0 +1,76 @@
+//! The `events` table: the append-only audit log.
+//!
+//! There is no update or delete API, and the database refuses both (triggers).
+
+use super::{Event, NewEvent, Store, StoreError};
+
+/// Appends `$event` inside the open transaction `$tx`; evaluates to the new id.
+macro_rules! insert_event {
+    ($tx:expr, $event:expr, $op:expr) => {
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO events (at, request, actor, action, revision, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind($event.at)
+        .bind(&$event.request)
+        .bind(&$event.actor)
+        .bind(&$event.action)
+        .bind(&$event.revision)
+        .bind(&$event.detail)
+        .fetch_one(&mut *$tx)
+        .await
+        .map_err(|e| $crate::store::StoreError::query($op, e))
+    };
+}
+pub(super) use insert_event;
+
+impl Store {
+    /// Appends an event and returns its id (larger than every earlier id).
+    pub async fn append_event(&self, event: &NewEvent) -> Result<i64, StoreError> {
+        const OP: &str = "append event";
+        with_pool!(self, pool => {
+            let mut tx = begin_write!(self, pool, OP).await?;
+            let id = insert_event!(tx, event, OP)?;
+            tx.commit().await.map_err(|e| StoreError::query(OP, e))?;
+            Ok(id)
+        })
+    }
+
+    /// The events about `request`, oldest first; at most `limit`, the most recent ones.
+    pub async fn events_for_request(
+        &self,
+        request: &str,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut events = with_pool!(self, pool => {
+            sqlx::query_as::<_, Event>(
+                "SELECT id, at, request, actor, action, revision, detail FROM events \
+                 WHERE request = $1 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(request)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(|e| StoreError::query("list events of a request", e))?
+        });
+        events.reverse();
+        Ok(events)
+    }
+
+    /// The events with an id greater than `after_id`, oldest first, at most `limit`.
+    ///
+    /// Pass `0` to read from the start, then the last id seen to tail the log.
+    pub async fn events_after(&self, after_id: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, Event>(
+                "SELECT id, at, request, actor, action, revision, detail FROM events \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(|e| StoreError::query("tail events", e))
+        })
+    }
+}

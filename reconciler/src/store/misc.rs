@@ -1,0 +1,71 @@
+//! Small tables: webhook delivery dedup (`webhook_deliveries`) and the
+//! key-value table holding the last reconciled revision (`kv`).
+
+use super::{Store, StoreError};
+
+/// `kv` key of the last control-repo revision fully reconciled.
+const LAST_REVISION_KEY: &str = "source.last_revision";
+
+impl Store {
+    /// Records webhook delivery `delivery_id`; returns `false` when it was seen before.
+    pub async fn record_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        received_at: i64,
+    ) -> Result<bool, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (delivery_id, event, received_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT (delivery_id) DO NOTHING",
+            )
+            .bind(delivery_id)
+            .bind(event)
+            .bind(received_at)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+            .map_err(|e| StoreError::query("record webhook delivery", e))
+        })
+    }
+
+    /// Forgets deliveries received before `before` (unix ms); returns how many.
+    pub async fn prune_deliveries(&self, before: i64) -> Result<u64, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
+                .bind(before)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(|e| StoreError::query("prune webhook deliveries", e))
+        })
+    }
+
+    /// The last control-repo revision fully reconciled, if any.
+    pub async fn last_revision(&self) -> Result<Option<String>, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>("SELECT value FROM kv WHERE key = $1")
+                .bind(LAST_REVISION_KEY)
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| StoreError::query("read last revision", e))
+        })
+    }
+
+    /// Sets the last control-repo revision fully reconciled.
+    pub async fn set_last_revision(&self, revision: &str, at: i64) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO kv (key, value, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(LAST_REVISION_KEY)
+            .bind(revision)
+            .bind(at)
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::query("set last revision", e))
+        })
+    }
+}

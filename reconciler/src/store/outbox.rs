@@ -1,0 +1,148 @@
+//! The `outbox` table: status writes recorded before they are pushed, so a
+//! crash between commit and push loses nothing.
+
+use super::{OutboxEntry, OutboxFiles, OutboxState, Store, StoreError};
+
+/// An `outbox` row as the databases return it.
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    created_at: i64,
+    message: String,
+    files: String,
+    state: String,
+    published_commit: Option<String>,
+    published_at: Option<i64>,
+}
+
+impl TryFrom<OutboxRow> for OutboxEntry {
+    type Error = StoreError;
+
+    fn try_from(row: OutboxRow) -> Result<Self, StoreError> {
+        let files: OutboxFiles = serde_json::from_str(&row.files).map_err(|e| {
+            StoreError::corrupt(format!(
+                "files of outbox entry {} are not a JSON map of path to content or null: {e}",
+                row.id
+            ))
+        })?;
+        Ok(OutboxEntry {
+            id: row.id,
+            created_at: row.created_at,
+            message: row.message,
+            files,
+            state: row.state.parse()?,
+            published_commit: row.published_commit,
+            published_at: row.published_at,
+        })
+    }
+}
+
+macro_rules! outbox_columns {
+    () => {
+        "id, created_at, message, files, state, published_commit, published_at"
+    };
+}
+
+impl Store {
+    /// Records a pending status write (commit `message` changing `files`) and returns its id.
+    pub async fn put_outbox(
+        &self,
+        message: &str,
+        files: &OutboxFiles,
+        created_at: i64,
+    ) -> Result<i64, StoreError> {
+        const OP: &str = "put outbox entry";
+        let files = serde_json::to_string(files).map_err(|e| StoreError::Conflict {
+            op: OP,
+            detail: format!("files cannot be encoded as JSON: {e}"),
+        })?;
+        with_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO outbox (created_at, message, files, state) \
+                 VALUES ($1, $2, $3, 'pending') RETURNING id",
+            )
+            .bind(created_at)
+            .bind(message)
+            .bind(&files)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| StoreError::query(OP, e))
+        })
+    }
+
+    /// The pending entries, oldest first (publish them in this order).
+    pub async fn pending_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as::<_, OutboxRow>(concat!(
+                "SELECT ", outbox_columns!(), " FROM outbox WHERE state = 'pending' ORDER BY id"
+            ))
+            .fetch_all(pool)
+            .await
+            .map_err(|e| StoreError::query("list pending outbox entries", e))?
+        });
+        rows.into_iter().map(OutboxEntry::try_from).collect()
+    }
+
+    /// The entry with `id`, pending or published.
+    pub async fn get_outbox(&self, id: i64) -> Result<Option<OutboxEntry>, StoreError> {
+        let row = with_pool!(self, pool => {
+            sqlx::query_as::<_, OutboxRow>(concat!(
+                "SELECT ", outbox_columns!(), " FROM outbox WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| StoreError::query("get outbox entry", e))?
+        });
+        row.map(OutboxEntry::try_from).transpose()
+    }
+
+    /// Marks entry `id` as published by `commit`.
+    ///
+    /// Repeating it with the same commit is a no-op; a different commit for an
+    /// entry already published is a [`StoreError::Conflict`]; an unknown id is
+    /// [`StoreError::NotFound`].
+    pub async fn mark_published(
+        &self,
+        id: i64,
+        commit: &str,
+        published_at: i64,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "mark outbox entry published";
+        let changed = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE outbox SET state = 'published', published_commit = $2, published_at = $3 \
+                 WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(id)
+            .bind(commit)
+            .bind(published_at)
+            .execute(pool)
+            .await
+            .map_err(|e| StoreError::query(OP, e))?
+            .rows_affected()
+        });
+        if changed == 1 {
+            return Ok(());
+        }
+        match self.get_outbox(id).await? {
+            None => Err(StoreError::NotFound {
+                kind: "outbox entry",
+                key: id.to_string(),
+            }),
+            Some(entry)
+                if entry.state == OutboxState::Published
+                    && entry.published_commit.as_deref() == Some(commit) =>
+            {
+                Ok(())
+            }
+            Some(entry) => Err(StoreError::Conflict {
+                op: OP,
+                detail: format!(
+                    "outbox entry {id} was already published as {}; it cannot also be {commit}",
+                    entry.published_commit.as_deref().unwrap_or("an unknown commit")
+                ),
+            }),
+        }
+    }
+}

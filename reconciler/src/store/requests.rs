@@ -1,0 +1,75 @@
+//! The `requests` table: what Hadron last observed about each change request.
+
+use super::{RequestRecord, Store, StoreError};
+
+impl Store {
+    /// Inserts or replaces the record for `record.name`.
+    pub async fn upsert_request(&self, record: &RequestRecord) -> Result<(), StoreError> {
+        const OP: &str = "upsert request";
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO requests \
+                     (name, generation, observed_revision, phase, stage, message, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (name) DO UPDATE SET \
+                     generation = excluded.generation, \
+                     observed_revision = excluded.observed_revision, \
+                     phase = excluded.phase, \
+                     stage = excluded.stage, \
+                     message = excluded.message, \
+                     updated_at = excluded.updated_at",
+            )
+            .bind(&record.name)
+            .bind(&record.generation)
+            .bind(&record.observed_revision)
+            .bind(&record.phase)
+            .bind(&record.stage)
+            .bind(&record.message)
+            .bind(record.updated_at)
+            .execute(pool)
+            .await
+            .map_err(|e| StoreError::query(OP, e))?;
+        });
+        Ok(())
+    }
+
+    /// The record for request `name`, if any.
+    pub async fn get_request(&self, name: &str) -> Result<Option<RequestRecord>, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, RequestRecord>(
+                "SELECT name, generation, observed_revision, phase, stage, message, updated_at \
+                 FROM requests WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| StoreError::query("get request", e))
+        })
+    }
+
+    /// All request records, ordered by name.
+    pub async fn list_requests(&self) -> Result<Vec<RequestRecord>, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, RequestRecord>(
+                "SELECT name, generation, observed_revision, phase, stage, message, updated_at \
+                 FROM requests ORDER BY name",
+            )
+            .fetch_all(pool)
+            .await
+            .map_err(|e| StoreError::query("list requests", e))
+        })
+    }
+
+    /// Deletes the record for `name` together with its attempts (events stay).
+    /// Returns whether a record existed.
+    pub async fn delete_request(&self, name: &str) -> Result<bool, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM requests WHERE name = $1")
+                .bind(name)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() > 0)
+                .map_err(|e| StoreError::query("delete request", e))
+        })
+    }
+}
