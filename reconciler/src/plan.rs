@@ -357,14 +357,7 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
         by_request.entry(a.request.as_str()).or_default().push(a);
     }
 
-    // Live workers count against the limits whatever their request.
-    let mut live_total = 0u32;
-    let mut live_by_agent: BTreeMap<String, u32> = BTreeMap::new();
-    for a in attempts.iter().filter(|a| a.state.is_live()) {
-        live_total += 1;
-        *live_by_agent.entry(a.agent.clone()).or_default() += 1;
-    }
-
+    let mut candidates: Vec<(String, Option<u32>, Vec<Attempt>)> = Vec::new();
     let mut cancels: BTreeSet<String> = BTreeSet::new();
     let mut cancel = |out: &mut Plan, a: &Attempt, reason: &str| {
         if a.state.is_live() && cancels.insert(a.worker.clone()) {
@@ -588,7 +581,22 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
             view.message = format!("spec changed (now generation {generation}): the pipeline starts again; {}", view.message);
         }
 
-        // Admit starts within the limits.
+        if !starts.is_empty() {
+            candidates.push((name.to_owned(), agent_limit, starts));
+        }
+        out.requests.insert(name.to_owned(), view);
+    }
+
+    // Admit starts within the limits, in priority order. Live workers count
+    // whatever their request, except those this plan cancels (the executor
+    // cancels before it starts).
+    let mut live_total = 0u32;
+    let mut live_by_agent: BTreeMap<String, u32> = BTreeMap::new();
+    for a in attempts.iter().filter(|a| a.state.is_live() && !cancels.contains(&a.worker)) {
+        live_total += 1;
+        *live_by_agent.entry(a.agent.clone()).or_default() += 1;
+    }
+    for (name, agent_limit, starts) in candidates {
         let mut admitted_any = false;
         for start in starts {
             let agent_live = live_by_agent.get(&start.agent).copied().unwrap_or(0);
@@ -600,13 +608,13 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
             out.actions.push(Action::Start(start));
             admitted_any = true;
         }
-        if view.phase == Phase::Pending && !admitted_any && !view.message.is_empty() && view.attempts.is_empty() {
-            view.message = format!("{}; waiting for a free worker slot", view.message);
+        if let Some(view) = out.requests.get_mut(&name) {
+            if admitted_any {
+                view.phase = Phase::Running;
+            } else if view.phase == Phase::Pending {
+                view.message = format!("{}; waiting for a free worker slot", view.message);
+            }
         }
-        if admitted_any {
-            view.phase = Phase::Running;
-        }
-        out.requests.insert(name.to_owned(), view);
     }
     out
 }

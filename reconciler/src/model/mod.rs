@@ -19,9 +19,13 @@ pub use load::{Catalog, DesiredState, Loaded, MAX_FILE_BYTES};
 
 impl ChangeRequest {
     /// The spec generation: a short hash of the spec's canonical JSON form.
-    /// Any edit of the spec changes it; edits of metadata or comments do not.
+    /// Any edit of what the work is changes it; edits of metadata, comments,
+    /// `priority` and `suspend` (which say when to run, not what) do not.
     pub fn generation(&self) -> String {
-        let json = serde_json::to_vec(&self.spec).expect("because a spec of plain strings and numbers always serialises");
+        let mut spec = self.spec.clone();
+        spec.priority = 0;
+        spec.suspend = false;
+        let json = serde_json::to_vec(&spec).expect("because a spec of plain strings and numbers always serialises");
         let digest = Sha256::digest(&json);
         hex::encode(&digest[..8])
     }
@@ -46,6 +50,8 @@ mod tests {
         assert_eq!(base.len(), 16);
         let relabelled = REQUEST.replace("  name: fix\n", "  name: fix\n  labels: {team: a}\n# a comment\n");
         assert_eq!(request(&relabelled).generation(), base, "metadata and comments are not the spec");
+        let paused = REQUEST.replace("  title: Fix it\n", "  title: Fix it\n  suspend: true\n  priority: 9\n");
+        assert_eq!(request(&paused).generation(), base, "suspend and priority are not the work");
         let edited = REQUEST.replace("Fix it", "Fix it now");
         assert_ne!(request(&edited).generation(), base, "a spec edit is a new generation");
     }
