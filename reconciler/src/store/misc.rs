@@ -43,29 +43,72 @@ impl Store {
 
     /// The last control-repo revision fully reconciled, if any.
     pub async fn last_revision(&self) -> Result<Option<String>, StoreError> {
-        with_pool!(self, pool => {
-            sqlx::query_scalar::<_, String>("SELECT value FROM kv WHERE key = $1")
-                .bind(LAST_REVISION_KEY)
-                .fetch_optional(pool)
-                .await
-                .map_err(|e| StoreError::query("read last revision", e))
-        })
+        self.kv_get(LAST_REVISION_KEY).await
     }
 
     /// Sets the last control-repo revision fully reconciled.
     pub async fn set_last_revision(&self, revision: &str, at: i64) -> Result<(), StoreError> {
+        self.kv_set(LAST_REVISION_KEY, revision, at).await
+    }
+
+    /// A value of the `kv` table.
+    pub async fn kv_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>("SELECT value FROM kv WHERE key = $1")
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| StoreError::query("read kv", e))
+        })
+    }
+
+    /// Sets a value of the `kv` table.
+    pub async fn kv_set(&self, key: &str, value: &str, at: i64) -> Result<(), StoreError> {
         with_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO kv (key, value, updated_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             )
-            .bind(LAST_REVISION_KEY)
-            .bind(revision)
+            .bind(key)
+            .bind(value)
             .bind(at)
             .execute(pool)
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::query("set last revision", e))
+            .map_err(|e| StoreError::query("set kv", e))
+        })
+    }
+
+    /// Records a commit status (`pending`, `success` or `failure`) of a target-repo commit.
+    pub async fn set_commit_status(&self, repo: &str, commit: &str, context: &str, state: &str, at: i64) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO commit_statuses (repo, commit_sha, context, state, at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (repo, commit_sha, context) DO UPDATE SET state = excluded.state, at = excluded.at",
+            )
+            .bind(repo)
+            .bind(commit)
+            .bind(context)
+            .bind(state)
+            .bind(at)
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::query("set commit status", e))
+        })
+    }
+
+    /// Every commit status of one commit: (context, state).
+    pub async fn commit_statuses(&self, repo: &str, commit: &str) -> Result<Vec<(String, String)>, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT context, state FROM commit_statuses WHERE repo = $1 AND commit_sha = $2 ORDER BY context",
+            )
+            .bind(repo)
+            .bind(commit)
+            .fetch_all(pool)
+            .await
+            .map_err(|e| StoreError::query("read commit statuses", e))
         })
     }
 }

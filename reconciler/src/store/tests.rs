@@ -646,6 +646,22 @@ store_test!(last_revision_get_set, |db| {
     Ok(())
 });
 
+store_test!(kv_and_commit_statuses, |db| {
+    let store = db.open().await?;
+    ensure!(store.kv_get("approval/a/review").await?.is_none());
+    store.kv_set("approval/a/review", "gen1", 1).await?;
+    store.kv_set("approval/a/review", "gen2", 2).await?;
+    ensure!(store.kv_get("approval/a/review").await?.as_deref() == Some("gen2"));
+    store.set_commit_status("../app.git", "abc", "hadron/local", "pending", 1).await?;
+    store.set_commit_status("../app.git", "abc", "hadron/local", "success", 2).await?;
+    store.set_commit_status("../app.git", "abc", "ci/lint", "failure", 3).await?;
+    store.set_commit_status("../app.git", "def", "ci/lint", "success", 3).await?;
+    let got = store.commit_statuses("../app.git", "abc").await?;
+    ensure!(got == vec![("ci/lint".to_owned(), "failure".to_owned()), ("hadron/local".to_owned(), "success".to_owned())], "{got:?}");
+    ensure!(store.set_commit_status("../app.git", "abc", "x", "maybe", 4).await.is_err(), "unknown states are refused");
+    Ok(())
+});
+
 store_test!(data_survives_reopen, |db| {
     let store = db.open().await?;
     store.upsert_request(&request("alpha", "Running", 1)).await?;
