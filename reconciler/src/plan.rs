@@ -307,6 +307,10 @@ fn merge_observations(desired: &DesiredState, observed: &Observed, now: Millis, 
             }
         }
     }
+    // Intent recorded but the worker never started (a crash between the two):
+    // forget the intent here, so the same attempt, under the same name, is
+    // started again.
+    by_worker.retain(|w, a| a.state != AttemptState::Pending || driver.contains_key(w.as_str()));
     // A Running attempt the driver no longer knows stopped reporting.
     for attempt in by_worker.values_mut() {
         if attempt.state == AttemptState::Running && !driver.contains_key(attempt.worker.as_str()) {

@@ -458,3 +458,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn intent_without_a_started_worker_is_started_again_under_the_same_name() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 1, ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    let first = starts(&p)[0].clone();
+    // The executor stored the intent, then crashed before the driver started it.
+    world.store.insert(first.worker.clone(), first.clone());
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 1, &cfg);
+    let again = starts(&p);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].worker, first.worker);
+    assert_eq!(again[0].attempt, 1);
+}

@@ -1,0 +1,209 @@
+//! Step 5, execute: each action as store transaction (intent) → side
+//! effect → store (result). A failed action is logged and retried on the
+//! next pass; it never stops the other requests.
+
+use crate::model::kinds::ChangeRequest;
+use crate::model::validate::effective_stages;
+use crate::model::DesiredState;
+use crate::plan::{self, Action, Attempt, AttemptState, Observed, Plan};
+use crate::store::{self, AttemptUpdate, NewAttempt, NewEvent, RequestRecord};
+use crate::time::Millis;
+use crate::workers::spec::{EnvSource, PreviousStage, RunSpec};
+
+use super::observe::approval_branch_key;
+use super::{Context, ReconcileError, urls};
+
+/// The prompt template shipped with Hadron (`templates/prompt.md.hbs`).
+pub const DEFAULT_PROMPT: &str = include_str!("../../../templates/prompt.md.hbs");
+
+/// Author of the commits workers make in target repos.
+pub const WORKER_AUTHOR: (&str, &str) = ("hadron-agent", "hadron-agent@localhost");
+
+fn to_store(state: AttemptState) -> store::AttemptState {
+    match state {
+        AttemptState::Pending => store::AttemptState::Pending,
+        AttemptState::Running => store::AttemptState::Running,
+        AttemptState::Succeeded => store::AttemptState::Succeeded,
+        AttemptState::Failed => store::AttemptState::Failed,
+        AttemptState::Cancelled => store::AttemptState::Cancelled,
+    }
+}
+
+fn event(t: Millis, request: &str, action: &str, revision: &str, detail: String) -> NewEvent {
+    NewEvent {
+        at: t,
+        request: Some(request.to_owned()),
+        actor: "hadron".into(),
+        action: action.into(),
+        revision: Some(revision.to_owned()),
+        detail,
+    }
+}
+
+fn update_of(a: &Attempt, t: Millis) -> AttemptUpdate {
+    AttemptUpdate {
+        state: to_store(a.state),
+        at: a.finished_at.or(a.started_at).unwrap_or(t),
+        cost_usd: Some(a.cost_usd),
+        tokens_in: Some(a.tokens),
+        tokens_out: Some(0),
+        result: Some(serde_json::json!({ "reason": a.reason, "summary": a.summary })),
+        pushed_commit: a.pushed_commit.clone(),
+    }
+}
+
+/// Builds `run.json` for an attempt from the desired state.
+pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all: &[Attempt], t: Millis) -> Option<RunSpec> {
+    let request: &ChangeRequest = desired.requests.get(&a.request)?;
+    let agent = desired.agents.get(&a.agent)?;
+    let stages = effective_stages(request, &desired.settings);
+    let stage = stages.iter().find(|s| s.name == a.stage)?;
+    let repo = request.spec.repos.iter().find(|r| r.url == a.repo)?;
+    let prompt_template = stage
+        .prompt
+        .clone()
+        .or_else(|| agent.spec.prompts.get(&stage.name).cloned())
+        .unwrap_or_else(|| DEFAULT_PROMPT.to_owned());
+    let before: Vec<&str> = stages.iter().take_while(|s| s.name != a.stage).map(|s| s.name.as_str()).collect();
+    let previous_stages = all
+        .iter()
+        .filter(|x| x.request == a.request && x.generation == a.generation && x.state == AttemptState::Succeeded)
+        .filter(|x| before.contains(&x.stage.as_str()))
+        .map(|x| PreviousStage { name: x.stage.clone(), repo: x.repo.clone(), summary: x.summary.clone() })
+        .collect();
+    let env = agent
+        .spec
+        .env
+        .iter()
+        .filter_map(|e| match (&e.value, &e.secret_ref) {
+            (Some(v), _) => Some((e.name.clone(), EnvSource::Value(v.clone()))),
+            (None, Some(r)) => Some((e.name.clone(), EnvSource::Secret { name: r.name.clone(), key: r.key.clone() })),
+            (None, None) => None,
+        })
+        .collect();
+    Some(RunSpec {
+        worker: a.worker.clone(),
+        request: a.request.clone(),
+        generation: a.generation.clone(),
+        stage: a.stage.clone(),
+        attempt: a.attempt,
+        repo: a.repo.clone(),
+        clone_url: urls::resolve(ctx_control_url, &repo.url),
+        base_branch: repo.branch.clone().unwrap_or_else(|| "main".to_owned()),
+        work_branch: format!("hadron/{}", a.request),
+        title: request.spec.title.clone(),
+        description: request.spec.description.clone(),
+        prompt_template,
+        previous_stages,
+        command: agent.spec.command.clone(),
+        model: agent.spec.model.clone(),
+        env,
+        require_change: agent.spec.require_change.unwrap_or(true),
+        pricing: agent.spec.pricing.clone(),
+        wall_time_secs: plan::remaining_wall_secs(request, desired, all, t),
+        git_author: (WORKER_AUTHOR.0.to_owned(), WORKER_AUTHOR.1.to_owned()),
+    })
+}
+
+/// Runs the plan's actions in order.
+pub async fn execute(ctx: &mut Context, plan: &Plan, observed: &Observed, revision: &str, t: Millis) -> Result<(), ReconcileError> {
+    let all: Vec<Attempt> = plan.requests.values().flat_map(|v| v.attempts.iter().cloned()).chain(observed.attempts.iter().cloned()).collect();
+    for action in &plan.actions {
+        if let Err(e) = execute_one(ctx, action, &all, revision, t).await {
+            tracing::warn!(reason = e.reason(), error = %e, ?action, "action failed; the next pass retries it");
+        }
+    }
+    for (name, view) in &plan.requests {
+        ctx.store
+            .upsert_request(&RequestRecord {
+                name: name.clone(),
+                generation: view.generation.clone(),
+                observed_revision: revision.to_owned(),
+                phase: view.phase.as_str().to_owned(),
+                stage: view.stage.clone(),
+                message: view.message.clone(),
+                updated_at: t,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revision: &str, t: Millis) -> Result<(), ReconcileError> {
+    let driver_name = ctx.cfg.driver_name.clone();
+    let new_attempt = |a: &Attempt| NewAttempt {
+        worker_name: a.worker.clone(),
+        request: a.request.clone(),
+        generation: a.generation.clone(),
+        stage: a.stage.clone(),
+        repo: a.repo.clone(),
+        attempt: a.attempt,
+        driver: driver_name.clone(),
+        created_at: t,
+    };
+    match action {
+        Action::Start(a) => {
+            // Intent first: a crash after this line restarts the same worker name.
+            let inserted = ctx
+                .store
+                .insert_attempt(&new_attempt(a), Some(&event(t, &a.request, "worker.start", revision, format!("{} on {} (attempt {})", a.stage, a.repo, a.attempt))))
+                .await?;
+            if inserted.existed && inserted.attempt.state != store::AttemptState::Pending {
+                return Ok(());
+            }
+            let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.loaded.desired, a, all, t) else {
+                return Ok(());
+            };
+            let driver = ctx.driver.clone();
+            tokio::task::spawn_blocking(move || driver.start(&spec)).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
+            ctx.store.update_attempt(&a.worker, &AttemptUpdate::state(store::AttemptState::Running, t), None).await?;
+        }
+        Action::Cancel { worker, reason } => {
+            let driver = ctx.driver.clone();
+            let w = worker.clone();
+            tokio::task::spawn_blocking(move || driver.cancel(&w)).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
+            if let Some(known) = ctx.store.get_attempt(worker).await? {
+                if !known.state.is_terminal() {
+                    let mut update = AttemptUpdate::state(store::AttemptState::Cancelled, t);
+                    update.result = Some(serde_json::json!({ "reason": reason, "summary": format!("cancelled: {reason}") }));
+                    ctx.store
+                        .update_attempt(worker, &update, Some(&event(t, &known.request, "worker.cancel", revision, reason.clone())))
+                        .await?;
+                }
+            }
+        }
+        Action::Adopt(a) => {
+            let inserted = ctx
+                .store
+                .insert_attempt(&new_attempt(a), Some(&event(t, &a.request, "worker.adopt", revision, a.worker.clone())))
+                .await?;
+            if a.state != AttemptState::Pending && !inserted.attempt.state.is_terminal() {
+                ctx.store.update_attempt(&a.worker, &update_of(a, t), None).await?;
+            }
+        }
+        Action::Record(a) => {
+            if let Some(known) = ctx.store.get_attempt(&a.worker).await? {
+                if !known.state.is_terminal() {
+                    ctx.store
+                        .update_attempt(&a.worker, &update_of(a, t), Some(&event(t, &a.request, &format!("worker.{}", a.state.as_str().to_lowercase()), revision, a.reason.clone())))
+                        .await?;
+                }
+            }
+        }
+        Action::OpenApproval { request, gate, generation, summary } => {
+            let gates = ctx.gates.clone();
+            let (url, branch) = (ctx.cfg.control_url.clone(), ctx.cfg.branch.clone());
+            let (r, g, gen_, s) = (request.clone(), gate.clone(), generation.clone(), summary.clone());
+            tokio::task::spawn_blocking(move || gates.open(&url, &branch, &r, &g, &gen_, &s))
+                .await
+                .map_err(|e| ReconcileError::Join(e.to_string()))??;
+            ctx.store.kv_set(&approval_branch_key(request, gate), generation, t).await?;
+            ctx.store.append_event(&event(t, request, "approval.open", revision, format!("hadron/approve/{request}/{gate}"))).await?;
+        }
+        Action::Forget { request } => {
+            ctx.store.delete_request(request).await?;
+            ctx.store.append_event(&event(t, request, "request.deleted", revision, String::new())).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! The reconcile loop. Triggers (file watch, poll, worker exit, webhooks)
+//! go into one coalescing channel; each pass runs ordered steps
+//!
+//! source → model → observe → plan → execute → status
+//!
+//! and summarises every request's status once, at the end of the pass.
+//! Intent is stored before each side effect; side effects carry
+//! deterministic names, so a crash at any point and a restart continue
+//! without doing finished work again.
+
+pub mod execute;
+pub mod observe;
+pub mod seed;
+pub mod urls;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::model::kinds::Phase;
+use crate::model::{Catalog, Loaded};
+use crate::plan::{self, Plan, PlanConfig};
+use crate::source::{Blob, LoadOptions, PathFilter, Source, SourceConfig, SourceError};
+use crate::status::render;
+use crate::status::writer::{StatusWriter, WriterConfig, WriterError};
+use crate::store::{Store, StoreError};
+use crate::time::{Millis, now};
+use crate::workers::{Driver, DriverError};
+
+/// Why a pass failed. Each is retried on the next trigger; none stops the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The control repo could not be fetched or read.
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The status could not be published.
+    #[error("status: {0}")]
+    Writer(#[from] WriterError),
+    /// The worker driver failed.
+    #[error("driver: {0}")]
+    Driver(#[from] DriverError),
+    /// An approval branch could not be opened or read.
+    #[error("gate: {0}")]
+    Gate(#[from] crate::gates::GateError),
+    /// A blocking task panicked or was cancelled.
+    #[error("internal: {0}")]
+    Join(String),
+}
+
+impl ReconcileError {
+    /// Stable reason string, for conditions, metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Source(e) => e.reason(),
+            ReconcileError::Store(e) => e.reason(),
+            ReconcileError::Writer(e) => e.reason(),
+            ReconcileError::Driver(e) => e.reason(),
+            ReconcileError::Gate(e) => e.reason(),
+            ReconcileError::Join(_) => "InternalError",
+        }
+    }
+}
+
+/// How the loop is set up.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Control repo URL or path.
+    pub control_url: String,
+    /// Branch of the control repo.
+    pub branch: String,
+    /// Hadron's data dir (mirror, writer clone, gate clone).
+    pub data_dir: PathBuf,
+    /// Poll interval when nothing else triggers.
+    pub poll_interval: Duration,
+    /// Planner tunables.
+    pub plan: PlanConfig,
+    /// Name of the driver recorded with attempts (`local`, `kubernetes`).
+    pub driver_name: String,
+}
+
+/// A phase change, for progress output and the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseChange {
+    /// Request name.
+    pub request: String,
+    /// Phase before (None for a new request).
+    pub from: Option<Phase>,
+    /// Phase now.
+    pub to: Phase,
+    /// Stage now.
+    pub stage: Option<String>,
+    /// The status message.
+    pub message: String,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default)]
+pub struct PassReport {
+    /// Control-repo revision read.
+    pub revision: String,
+    /// Phase changes.
+    pub changes: Vec<PhaseChange>,
+    /// Phases of every request after the pass.
+    pub phases: BTreeMap<String, (Phase, Option<String>, String)>,
+    /// Live workers after the pass.
+    pub live_workers: usize,
+    /// Status commit made, if any.
+    pub status_commit: Option<String>,
+    /// When to run again without a trigger (a retry backoff expiring).
+    pub wake_at: Option<Millis>,
+    /// Whether every request is terminal or waiting on a person.
+    pub idle: bool,
+}
+
+/// Everything a pass needs: the context of the loop.
+pub struct Context {
+    /// Configuration.
+    pub cfg: LoopConfig,
+    /// The store.
+    pub store: Store,
+    /// The worker driver.
+    pub driver: Arc<dyn Driver>,
+    source: Arc<Mutex<Source>>,
+    writer: Arc<Mutex<StatusWriter>>,
+    gates: Arc<crate::gates::branch::ApprovalBranches>,
+    catalog: Catalog,
+    loaded: Loaded,
+    /// Status files Hadron wrote last, to tell its own commits from people's.
+    written: BTreeMap<String, Vec<u8>>,
+    phases: BTreeMap<String, Phase>,
+}
+
+impl Context {
+    /// Opens the source mirror, the status writer and the gate clone under the data dir.
+    pub fn new(cfg: LoopConfig, store: Store, driver: Arc<dyn Driver>) -> Result<Self, ReconcileError> {
+        let source_cfg = SourceConfig::new(cfg.control_url.clone(), cfg.data_dir.join("source"))
+            .with_branch(cfg.branch.clone())
+            .with_poll_interval(cfg.poll_interval);
+        let opts = LoadOptions { filter: PathFilter::hadron(), ..LoadOptions::default() };
+        let source = Source::new(source_cfg, opts)?;
+        let writer = StatusWriter::new(WriterConfig::new(cfg.control_url.clone(), cfg.branch.clone(), cfg.data_dir.join("writer")))?;
+        let gates = crate::gates::branch::ApprovalBranches::new(cfg.data_dir.join("gates"));
+        Ok(Context {
+            cfg,
+            store,
+            driver,
+            source: Arc::new(Mutex::new(source)),
+            writer: Arc::new(Mutex::new(writer)),
+            gates: Arc::new(gates),
+            catalog: Catalog::new(),
+            loaded: Loaded::default(),
+            written: BTreeMap::new(),
+            phases: BTreeMap::new(),
+        })
+    }
+
+    /// The source's trigger config (for `spawn_triggers`).
+    pub fn source_config(&self) -> SourceConfig {
+        SourceConfig::new(self.cfg.control_url.clone(), self.cfg.data_dir.join("source"))
+            .with_branch(self.cfg.branch.clone())
+            .with_poll_interval(self.cfg.poll_interval)
+    }
+
+    /// The desired state of the last pass.
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
+    }
+
+    /// Step 1, source: fetch and feed the changed blobs to the catalog.
+    /// Returns the revision and whether anything but Hadron's own status
+    /// files changed.
+    async fn step_source(&mut self) -> Result<(String, bool), ReconcileError> {
+        let source = self.source.clone();
+        let changes = tokio::task::spawn_blocking(move || {
+            let mut source = source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?;
+            let rev = source.fetch()?;
+            Ok::<_, ReconcileError>(source.load(rev)?)
+        })
+        .await
+        .map_err(|e| ReconcileError::Join(e.to_string()))??;
+        let mut meaningful = changes.full;
+        for (path, blob) in &changes.upserts {
+            match blob {
+                Blob::Data(bytes) => {
+                    let ours = self.written.get(path).is_some_and(|w| w == bytes);
+                    meaningful |= !ours;
+                    self.catalog.upsert(path, bytes);
+                }
+                Blob::TooLarge { size } => {
+                    meaningful = true;
+                    self.catalog.upsert_too_large(path, *size);
+                }
+            }
+        }
+        for path in &changes.deletes {
+            meaningful |= !(path.starts_with("status/") && !self.written.contains_key(path));
+            self.catalog.remove(path);
+        }
+        Ok((changes.revision.to_string(), meaningful))
+    }
+
+    /// One pass: source → model → observe → plan → execute → status.
+    pub async fn pass(&mut self) -> Result<PassReport, ReconcileError> {
+        // Publish what a crash left in the outbox before anything else.
+        self.flush_outbox().await?;
+
+        let (revision, _meaningful) = self.step_source().await?;
+        // Model.
+        self.loaded = self.catalog.snapshot();
+        let t = now();
+        // Observe.
+        let observed = observe::observe(self, &revision).await?;
+        // Plan.
+        let plan: Plan = plan::plan(&self.loaded.desired, &observed, t, &self.cfg.plan);
+        // Execute.
+        execute::execute(self, &plan, &observed, &revision, t).await?;
+        // Status, summarised once at the end of the pass.
+        let report = self.step_status(&plan, &revision, t).await?;
+        self.store.set_last_revision(&revision, t).await?;
+        Ok(report)
+    }
+
+    async fn step_status(&mut self, plan: &Plan, revision: &str, t: Millis) -> Result<PassReport, ReconcileError> {
+        let mut changes: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        let mut report = PassReport { revision: revision.to_owned(), wake_at: plan.wake_at, ..PassReport::default() };
+        let outputs = BTreeMap::new();
+        for (name, view) in &plan.requests {
+            let prev = plan::previous(&self.loaded.desired, name);
+            let status = render::render(view, prev, revision, t, &outputs);
+            let text = render::to_yaml(&status).into_bytes();
+            let path = render::path_of(name);
+            let same = prev.is_some_and(|p| *p == status);
+            if !same {
+                changes.insert(path, Some(text));
+            }
+            let before = self.phases.get(name).copied().or(prev.map(|p| p.status.phase));
+            if before != Some(view.phase) {
+                report.changes.push(PhaseChange {
+                    request: name.clone(),
+                    from: before,
+                    to: view.phase,
+                    stage: view.stage.clone(),
+                    message: view.message.clone(),
+                });
+            }
+            self.phases.insert(name.clone(), view.phase);
+            report.phases.insert(name.clone(), (view.phase, view.stage.clone(), view.message.clone()));
+        }
+        for name in &plan.deleted {
+            changes.insert(render::path_of(name), None);
+            self.phases.remove(name);
+        }
+        for change in &report.changes {
+            let _ = self
+                .store
+                .append_event(&crate::store::NewEvent {
+                    at: t,
+                    request: Some(change.request.clone()),
+                    actor: "hadron".into(),
+                    action: format!("phase.{}", change.to.as_str()),
+                    revision: Some(revision.to_owned()),
+                    detail: change.message.clone(),
+                })
+                .await?;
+        }
+        if !changes.is_empty() {
+            let names: Vec<String> = changes.keys().map(|p| p.trim_start_matches("status/").trim_end_matches(".yaml").to_owned()).collect();
+            let message = status_message(&names, &report);
+            let files: crate::store::OutboxFiles = changes
+                .iter()
+                .map(|(p, c)| (p.clone(), c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())))
+                .collect();
+            let id = self.store.put_outbox(&message, &files, t).await?;
+            report.status_commit = self.publish(id, changes, message, revision.to_owned()).await?;
+        }
+        report.live_workers = plan.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
+            + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
+        report.idle = report.live_workers == 0
+            && plan.wake_at.is_none()
+            && plan.requests.values().all(|v| {
+                v.phase.is_terminal()
+                    || matches!(v.phase, Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Cancelled)
+            });
+        Ok(report)
+    }
+
+    async fn publish(
+        &mut self,
+        outbox_id: i64,
+        changes: BTreeMap<String, Option<Vec<u8>>>,
+        message: String,
+        revision: String,
+    ) -> Result<Option<String>, ReconcileError> {
+        let writer = self.writer.clone();
+        let to_publish = changes.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut writer = writer.lock().map_err(|_| ReconcileError::Join("writer lock poisoned".into()))?;
+            Ok::<_, ReconcileError>(writer.publish(&to_publish, &message, &revision)?)
+        })
+        .await
+        .map_err(|e| ReconcileError::Join(e.to_string()))??;
+        let commit = outcome.commit.clone();
+        self.store.mark_published(outbox_id, commit.as_deref().unwrap_or("unchanged"), now()).await?;
+        // Our own files, as now in git: the next fetch brings them back and
+        // must not count as a change.
+        for (path, content) in changes {
+            match content {
+                Some(bytes) => {
+                    self.catalog.upsert(&path, &bytes);
+                    self.written.insert(path, bytes);
+                }
+                None => {
+                    self.catalog.remove(&path);
+                    self.written.remove(&path);
+                }
+            }
+        }
+        Ok(commit)
+    }
+
+    /// Publishes pending outbox entries (left by a crash between commit and push).
+    async fn flush_outbox(&mut self) -> Result<(), ReconcileError> {
+        for entry in self.store.pending_outbox().await? {
+            let changes: BTreeMap<String, Option<Vec<u8>>> =
+                entry.files.iter().map(|(p, c)| (p.clone(), c.as_ref().map(|s| s.clone().into_bytes()))).collect();
+            let revision = self.store.last_revision().await?.unwrap_or_default();
+            let revision = if revision.len() == 40 { revision } else { "0".repeat(40) };
+            self.publish(entry.id, changes, entry.message.clone(), revision).await?;
+        }
+        Ok(())
+    }
+}
+
+fn status_message(names: &[String], report: &PassReport) -> String {
+    let mut subject = match names {
+        [one] => format!("status: {one}"),
+        many => format!("status: {} requests", many.len()),
+    };
+    if let [change] = report.changes.as_slice() {
+        subject = format!("{subject} is {}", change.to.as_str());
+    }
+    let mut body = String::new();
+    for name in names {
+        match report.phases.get(name) {
+            Some((phase, stage, _)) => {
+                body.push_str(&format!("- {name}: {}{}\n", phase.as_str(), stage.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()))
+            }
+            None => body.push_str(&format!("- {name}: deleted\n")),
+        }
+    }
+    format!("{subject}\n\n{body}")
+}
+
+/// Runs passes until `stop` says so: coalesces triggers, wakes for retries
+/// and to watch live workers, never stops on a failed pass.
+pub async fn run(
+    ctx: &mut Context,
+    mut triggers: mpsc::Receiver<()>,
+    mut on_pass: impl FnMut(&Result<PassReport, ReconcileError>) -> bool,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let result = ctx.pass().await;
+        let mut delay = ctx.cfg.poll_interval;
+        match &result {
+            Ok(report) => {
+                failures = 0;
+                if report.live_workers > 0 {
+                    delay = delay.min(Duration::from_millis(250));
+                }
+                if let Some(at) = report.wake_at {
+                    let wait = u64::try_from((at - now()).max(0)).unwrap_or(0);
+                    delay = delay.min(Duration::from_millis(wait));
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(reason = e.reason(), error = %e, "reconcile pass failed; retrying");
+                delay = delay.min(Duration::from_millis(250 * u64::from(failures.min(20))));
+            }
+        }
+        if !on_pass(&result) {
+            return;
+        }
+        tokio::select! {
+            got = triggers.recv() => {
+                if got.is_none() {
+                    tokio::time::sleep(delay).await;
+                }
+                // Coalesce: everything queued is one more pass.
+                while triggers.try_recv().is_ok() {}
+            }
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}

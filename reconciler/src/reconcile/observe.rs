@@ -1,0 +1,204 @@
+//! Step 3, observe: what the store, the driver, the control repo's history
+//! (approvals) and CI say, gathered into [`Observed`] for the planner.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::gates::{self, GateDecision};
+use crate::model::kinds::GateType;
+use crate::model::validate::effective_agent;
+use crate::plan::{self, ApprovalState, AttemptState, CiState, DriverRun, Observed, RunState};
+use crate::store;
+use crate::workers::spec::{Outcome, RunResult};
+use crate::workers::{Observation, RunPhase};
+
+use super::{Context, ReconcileError};
+
+/// Key in the store's `kv` table recording the generation an approval branch was opened for.
+pub fn approval_branch_key(request: &str, gate: &str) -> String {
+    format!("approval-branch/{request}/{gate}")
+}
+
+fn state_of(s: store::AttemptState) -> AttemptState {
+    match s {
+        store::AttemptState::Pending => AttemptState::Pending,
+        store::AttemptState::Running => AttemptState::Running,
+        store::AttemptState::Succeeded => AttemptState::Succeeded,
+        store::AttemptState::Failed => AttemptState::Failed,
+        store::AttemptState::Cancelled => AttemptState::Cancelled,
+    }
+}
+
+/// A store attempt as the planner sees it.
+pub fn from_store(a: &store::Attempt, agent: &str) -> plan::Attempt {
+    let field = |k: &str| a.result.as_ref().and_then(|r| r.get(k)).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    plan::Attempt {
+        worker: a.worker_name.clone(),
+        request: a.request.clone(),
+        generation: a.generation.clone(),
+        stage: a.stage.clone(),
+        repo: a.repo.clone(),
+        attempt: a.attempt,
+        agent: agent.to_owned(),
+        state: state_of(a.state),
+        started_at: a.started_at,
+        finished_at: a.finished_at,
+        cost_usd: a.cost_usd.unwrap_or(0.0),
+        tokens: a.tokens_in.unwrap_or(0) + a.tokens_out.unwrap_or(0),
+        pushed_commit: a.pushed_commit.clone(),
+        reason: field("reason"),
+        summary: field("summary"),
+    }
+}
+
+/// A driver observation as the planner sees it.
+pub fn from_run(obs: &Observation, agent: &str) -> DriverRun {
+    let spec = &obs.spec;
+    let mut attempt = plan::Attempt {
+        worker: spec.worker.clone(),
+        request: spec.request.clone(),
+        generation: spec.generation.clone(),
+        stage: spec.stage.clone(),
+        repo: spec.repo.clone(),
+        attempt: spec.attempt,
+        agent: agent.to_owned(),
+        state: AttemptState::Running,
+        started_at: obs.started_at,
+        finished_at: None,
+        cost_usd: 0.0,
+        tokens: 0,
+        pushed_commit: None,
+        reason: String::new(),
+        summary: String::new(),
+    };
+    let state = match &obs.phase {
+        RunPhase::Running => RunState::Running,
+        RunPhase::Lost { reason } => {
+            attempt.reason = reason.clone();
+            RunState::Lost
+        }
+        RunPhase::Finished(result) => {
+            apply_result(&mut attempt, result);
+            RunState::Finished
+        }
+    };
+    DriverRun { attempt, state }
+}
+
+/// Copies a worker's result into an attempt.
+pub fn apply_result(attempt: &mut plan::Attempt, result: &RunResult) {
+    attempt.state = match result.outcome {
+        Outcome::Succeeded => AttemptState::Succeeded,
+        Outcome::Failed if result.reason == "Cancelled" => AttemptState::Cancelled,
+        Outcome::Failed => AttemptState::Failed,
+    };
+    attempt.finished_at = crate::time::parse_rfc3339(&result.finished_at).or(attempt.finished_at);
+    attempt.started_at = attempt.started_at.or_else(|| crate::time::parse_rfc3339(&result.started_at));
+    attempt.cost_usd = result.cost_usd;
+    attempt.tokens = result.tokens_in + result.tokens_out;
+    attempt.pushed_commit = result.pushed_commit.clone();
+    attempt.reason = result.reason.clone();
+    attempt.summary = if result.summary.is_empty() { result.message.clone() } else { result.summary.clone() };
+}
+
+/// Gathers the observed state for one pass.
+pub async fn observe(ctx: &Context, _revision: &str) -> Result<Observed, ReconcileError> {
+    let desired = &ctx.loaded.desired;
+    let agent_of = |request: &str| -> String {
+        desired
+            .requests
+            .get(request)
+            .and_then(|r| effective_agent(r, &desired.settings).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let mut observed = Observed::default();
+    let records = ctx.store.list_requests().await?;
+    let mut names: BTreeSet<String> = records.iter().map(|r| r.name.clone()).collect();
+    names.extend(desired.requests.keys().cloned());
+    names.extend(desired.invalid_requests.keys().cloned());
+    observed.known_requests = records.into_iter().map(|r| (r.name, r.generation)).collect();
+    for name in &names {
+        let agent = agent_of(name);
+        for a in ctx.store.list_attempts(name).await? {
+            observed.attempts.push(from_store(&a, &agent));
+        }
+    }
+    let driver = ctx.driver.clone();
+    let runs = tokio::task::spawn_blocking(move || driver.observe())
+        .await
+        .map_err(|e| ReconcileError::Join(e.to_string()))??;
+    observed.runs = runs.iter().map(|o| from_run(o, &agent_of(&o.spec.request))).collect();
+
+    // Gates.
+    let mirror = ctx.source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?.mirror_path();
+    let head = ctx.source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?.last_loaded();
+    for (name, request) in &desired.requests {
+        let generation = request.generation();
+        for gate in &request.spec.gates {
+            let key = (name.clone(), gate.name.clone());
+            if let Some(opened_for) = ctx.store.kv_get(&approval_branch_key(name, &gate.name)).await? {
+                observed.approval_branches.insert(key.clone(), opened_for);
+            }
+            match gate.gate_type {
+                GateType::Approval => {
+                    let Some(approval) = desired.approvals.get(&key) else {
+                        observed.approvals.insert(key, ApprovalState::Waiting);
+                        continue;
+                    };
+                    let (approver, requester) = match head {
+                        Some(head) => {
+                            let mirror = mirror.clone();
+                            let (name, gate_name) = (name.clone(), gate.name.clone());
+                            tokio::task::spawn_blocking(move || {
+                                let repo = gix::open(&mirror).ok()?;
+                                let head = head.id();
+                                Some((
+                                    gates::history::approver_of(&repo, head, &name, &gate_name),
+                                    gates::history::requester_of(&repo, head, &name),
+                                ))
+                            })
+                            .await
+                            .map_err(|e| ReconcileError::Join(e.to_string()))?
+                            .unwrap_or((None, None))
+                        }
+                        None => (None, None),
+                    };
+                    let decision =
+                        gates::decide(Some(approval), approver.as_ref(), requester.as_ref(), &desired.settings.spec.approvers, &generation);
+                    let state = match decision {
+                        GateDecision::Approved { by } => ApprovalState::Approved { by },
+                        GateDecision::Waiting => ApprovalState::Waiting,
+                        GateDecision::Stale { given_for } => ApprovalState::Stale { given_for },
+                        GateDecision::Rejected { by, why } => ApprovalState::Rejected { by, why },
+                    };
+                    observed.approvals.insert(key, state);
+                }
+                GateType::Ci => {
+                    for a in observed.attempts.iter().filter(|a| a.request == *name && a.generation == generation) {
+                        let Some(commit) = &a.pushed_commit else { continue };
+                        let statuses = ctx.store.commit_statuses(&a.repo, commit).await?;
+                        observed.ci.insert((a.repo.clone(), commit.clone()), ci_state(&statuses, &gate.contexts));
+                    }
+                }
+            }
+        }
+    }
+    Ok(observed)
+}
+
+/// Combines commit statuses: every required context (or, with none listed,
+/// every reported one, at least one) must succeed; any failure fails.
+pub fn ci_state(statuses: &[(String, String)], required: &[String]) -> CiState {
+    let by_context: BTreeMap<&str, &str> = statuses.iter().map(|(c, s)| (c.as_str(), s.as_str())).collect();
+    let relevant: Vec<&str> = if required.is_empty() {
+        by_context.values().copied().collect()
+    } else {
+        required.iter().map(|c| by_context.get(c.as_str()).copied().unwrap_or("pending")).collect()
+    };
+    if relevant.contains(&"failure") {
+        CiState::Failure
+    } else if !relevant.is_empty() && relevant.iter().all(|s| *s == "success") {
+        CiState::Success
+    } else {
+        CiState::Pending
+    }
+}
