@@ -104,7 +104,7 @@ struct Report<'a> {
 /// `hadron validate DIR`: exit 0 when clean, 1 on any error, 2 when the
 /// folder cannot be read.
 pub fn validate(dir: &Path, format: Format, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let (catalog, files) = match catalog_from_dir(dir) {
+    let (mut catalog, files) = match catalog_from_dir(dir) {
         Ok(found) => found,
         Err(e) => {
             let _ = writeln!(err, "error[{}]: {e}", e.reason());

@@ -169,7 +169,7 @@ fn unreadable_folder_exits_2_and_bad_usage_exits_2() {
 fn other_requests_load_beside_a_broken_one() {
     // Bad input never stops the rest: the example's three requests stay valid.
     let dir = materialise("yaml-syntax");
-    let (catalog, _) = hadron::cli::catalog_from_dir(dir.path()).expect("read dir");
+    let (mut catalog, _) = hadron::cli::catalog_from_dir(dir.path()).expect("read dir");
     let loaded = catalog.snapshot();
     let valid: Vec<&str> = loaded.desired.requests.keys().map(String::as_str).collect();
     assert_eq!(valid, ["add-greeting", "add-healthz", "document-usage"]);

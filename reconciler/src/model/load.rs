@@ -5,7 +5,7 @@
 //! the whole desired state back from [`Catalog::snapshot`]. Parsing a file
 //! is pure: no I/O, no clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -452,7 +452,7 @@ pub(crate) fn did_you_mean<'a>(given: &str, allowed: &[&'a str]) -> Option<&'a s
 
 /// The desired state of a control repo: every valid object, and the
 /// requests that are invalid with their diagnostics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredState {
     /// `hadron.yaml`, or the defaults when it is missing or invalid.
     pub settings: Arc<Settings>,
@@ -481,7 +481,7 @@ impl Default for Settings {
 
 /// The result of loading: desired state plus every diagnostic, sorted by
 /// path, line and column.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Loaded {
     /// What the repo asks for.
     pub desired: DesiredState,
@@ -496,28 +496,52 @@ impl Loaded {
     }
 }
 
-/// Every parsed file of a control repo, updated file by file.
+/// Every parsed file of a control repo, updated file by file. The desired
+/// state is kept too and patched per changed file, so a commit that changes
+/// one request costs one parse and one request's checks, whatever the size
+/// of the repo; a change of `hadron.yaml` or an agent re-checks everything.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     files: BTreeMap<String, ParsedFile>,
+    cache: Loaded,
+    bad_agents: BTreeSet<String>,
+    dirty_all: bool,
+    dirty: BTreeSet<String>,
+    fresh: bool,
 }
 
 impl Catalog {
     /// An empty catalog.
     pub fn new() -> Self {
-        Self::default()
+        Catalog { dirty_all: true, ..Self::default() }
+    }
+
+    fn touch(&mut self, path: &str) {
+        let incremental = path.starts_with("requests/") || path.starts_with("approvals/") || path.starts_with("status/");
+        if incremental && self.files.get(path).is_none_or(|f| f.role.is_some()) {
+            self.dirty.insert(path.to_owned());
+        } else if classify(path).map_or(true, |c| c.is_some()) {
+            self.dirty_all = true;
+        }
     }
 
     /// Parses and records one file (added or modified).
     pub fn upsert(&mut self, path: &str, bytes: &[u8]) {
         match parse_file(path, bytes) {
             Some(parsed) => {
+                let unclean = parsed.role.is_none();
                 self.files.insert(path.to_owned(), parsed);
+                if unclean {
+                    self.dirty_all = true;
+                }
             }
             None => {
-                self.files.remove(path);
+                if self.files.remove(path).is_none() {
+                    return;
+                }
             }
         }
+        self.touch(path);
     }
 
     /// Records a file known to be over [`MAX_FILE_BYTES`] without reading it.
@@ -527,17 +551,28 @@ impl Catalog {
                 ParsedFile { role: Some(role), stem, object: None, diagnostics: vec![too_large(path, size)], text: None }
             }
             Ok(None) => {
-                self.files.remove(path);
+                if self.files.remove(path).is_some() {
+                    self.touch(path);
+                }
                 return;
             }
-            Err(diag) => ParsedFile { role: None, stem: String::new(), object: None, diagnostics: vec![diag], text: None },
+            Err(diag) => {
+                self.dirty_all = true;
+                ParsedFile { role: None, stem: String::new(), object: None, diagnostics: vec![diag], text: None }
+            }
         };
         self.files.insert(path.to_owned(), parsed);
+        self.touch(path);
     }
 
     /// Forgets a deleted file.
     pub fn remove(&mut self, path: &str) {
-        self.files.remove(path);
+        if let Some(old) = self.files.remove(path) {
+            if old.role.is_none() {
+                self.dirty_all = true;
+            }
+            self.touch(path);
+        }
     }
 
     /// Number of files Hadron reads (ignored files are not counted).
@@ -550,9 +585,75 @@ impl Catalog {
         self.files.is_empty()
     }
 
-    /// Builds the desired state and runs the cross-file checks.
-    pub fn snapshot(&self) -> Loaded {
-        validate::assemble(&self.files)
+    /// Brings the desired state up to date with the files and returns it.
+    pub fn refresh(&mut self) -> &Loaded {
+        if self.dirty_all || !self.fresh {
+            let (loaded, bad_agents) = validate::assemble(&self.files);
+            self.cache = loaded;
+            self.bad_agents = bad_agents;
+            self.dirty_all = false;
+            self.dirty.clear();
+            self.fresh = true;
+            return &self.cache;
+        }
+        if self.dirty.is_empty() {
+            return &self.cache;
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        // Approvals depend on their request: re-check those of changed requests.
+        let changed_requests: Vec<String> = dirty
+            .iter()
+            .filter_map(|p| p.strip_prefix("requests/").and_then(|f| f.strip_suffix(".yaml")).map(str::to_owned))
+            .collect();
+        for name in &changed_requests {
+            let prefix = format!("approvals/{name}/");
+            dirty.extend(self.files.range(prefix.clone()..).take_while(|(p, _)| p.starts_with(&prefix)).map(|(p, _)| p.clone()));
+        }
+        let cache = &mut self.cache;
+        cache.diagnostics.retain(|d| !dirty.contains(&d.path));
+        for path in &dirty {
+            let segs: Vec<&str> = path.split('/').collect();
+            let stem = segs.last().and_then(|f| f.strip_suffix(".yaml")).unwrap_or("");
+            match segs[0] {
+                "requests" => {
+                    cache.desired.requests.remove(stem);
+                    cache.desired.invalid_requests.remove(stem);
+                }
+                "approvals" if segs.len() == 3 => {
+                    cache.desired.approvals.retain(|(r, g), _| !(r == segs[1] && g == stem));
+                }
+                "status" => {
+                    cache.desired.statuses.remove(stem);
+                }
+                _ => {}
+            }
+        }
+        for path in dirty.iter().filter(|p| p.starts_with("requests/")) {
+            if let Some(file) = self.files.get(path) {
+                validate::eval_request(path, file, cache, &self.bad_agents);
+            }
+        }
+        for path in dirty.iter().filter(|p| !p.starts_with("requests/")) {
+            if let Some(file) = self.files.get(path) {
+                match file.role {
+                    Some(FileRole::Approval { .. }) => validate::eval_approval(path, file, cache),
+                    Some(FileRole::Status) => validate::eval_status(file, cache),
+                    _ => {}
+                }
+            }
+        }
+        validate::sort_diagnostics(&mut cache.diagnostics);
+        &self.cache
+    }
+
+    /// The desired state as of the last [`Catalog::refresh`].
+    pub fn loaded(&self) -> &Loaded {
+        &self.cache
+    }
+
+    /// Refreshes and returns a copy of the desired state.
+    pub fn snapshot(&mut self) -> Loaded {
+        self.refresh().clone()
     }
 
     /// Loads a whole set of files at once.

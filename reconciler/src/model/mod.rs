@@ -74,6 +74,64 @@ mod tests {
         assert_eq!(loaded.desired.invalid_requests["fix"][0].code, Code::UnknownAgent);
     }
 
+    /// Files for the incremental-equals-full property: settings, agents,
+    /// requests (some broken, some with gates), approvals, statuses.
+    fn variant(path: &str, v: u8) -> Option<String> {
+        let req = |name: &str, agent: &str, title: &str, gated: bool| {
+            let mut s = format!("apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: {title}\n  agent: {agent}\n  repos: [{{url: ../app.git}}]\n  stages: [{{name: implement}}]\n");
+            if gated {
+                s.push_str("  gates: [{name: review, type: approval, after: implement}]\n");
+            }
+            s
+        };
+        let stem = path.rsplit('/').next()?.strip_suffix(".yaml")?;
+        Some(match (path.split('/').next()?, v % 5) {
+            (_, 4) => return None,
+            ("hadron.yaml", n) => format!("apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: {}\n", ["a", "b", "zz", "a"][n as usize]),
+            ("agents", 3) => "kind: Agent\nbroken: [".to_owned(),
+            ("agents", _) => format!("apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: {stem}\nspec:\n  command: [sh, run.sh]\n"),
+            ("requests", 0) => req(stem, "a", "Do it", true),
+            ("requests", 1) => req(stem, "b", "Do it again", false),
+            ("requests", 2) => req(stem, "nope", "Lost", true),
+            ("requests", _) => "not: [valid".to_owned(),
+            ("approvals", n) => {
+                let request = path.split('/').nth(1)?;
+                let gate = if n == 1 { "other" } else { stem };
+                format!("apiVersion: hadron.dev/v1alpha1\nkind: Approval\nmetadata:\n  name: {request}-{stem}\nspec:\n  request: {request}\n  gate: {gate}\n  generation: g{n}\n")
+            }
+            ("status", n) => format!("apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: {stem}\nstatus:\n  observedRevision: r\n  observedGeneration: g{n}\n  phase: Running\n"),
+            _ => return None,
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        #[test]
+        fn incremental_catalog_equals_a_full_load(edits in proptest::collection::vec((0usize..10, 0u8..10), 1..40)) {
+            const PATHS: [&str; 10] = [
+                "hadron.yaml", "agents/a.yaml", "agents/b.yaml", "requests/x.yaml", "requests/y.yaml",
+                "requests/z.yaml", "approvals/x/review.yaml", "approvals/y/review.yaml", "status/x.yaml", "status/q.yaml",
+            ];
+            let mut files: std::collections::BTreeMap<&str, String> = Default::default();
+            let mut catalog = Catalog::new();
+            for (i, v) in edits {
+                let path = PATHS[i];
+                match variant(path, v) {
+                    Some(text) => {
+                        catalog.upsert(path, text.as_bytes());
+                        files.insert(path, text);
+                    }
+                    None => {
+                        catalog.remove(path);
+                        files.remove(path);
+                    }
+                }
+                let full = Catalog::load(files.iter().map(|(p, t)| (*p, t.as_bytes())));
+                proptest::prop_assert_eq!(catalog.refresh(), &full);
+            }
+        }
+    }
+
     #[test]
     fn dns_labels() {
         for ok in ["a", "fix-1", "0abc", &"a".repeat(63)] {

@@ -1,0 +1,168 @@
+//! Benchmarks of issue "git source, incremental loading, store and status
+//! write-back". Prints figures; asserts nothing about time.
+//!
+//! B1 cold load (fetch + read + parse + validate) beside `git cat-file --batch`
+//! over the same blobs; B2 incremental load after a one-request commit; B3 a
+//! status pass writing 1,000 changed files. Run: `cargo bench --bench load`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use hadron::model::Catalog;
+use hadron::source::{Blob, ChangeSet, LoadOptions, PathFilter, Source, SourceConfig};
+use hadron::status::writer::{StatusWriter, WriterConfig};
+
+fn git(cwd: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", "-c", "user.name=bench", "-c", "user.email=bench@localhost"])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn request(i: usize, rev: usize) -> String {
+    format!(
+        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: req-{i}\n  labels:\n    team: t{}\nspec:\n  title: Change number {i} revision {rev}\n  description: |\n    Update the thing in module {i}. Keep the change small and add a test.\n  agent: script\n  repos:\n    - url: ../app-{}.git\n      branch: main\n  stages:\n    - name: implement\n    - name: review\n  budget:\n    maxCostUSD: 2.5\n    maxWallTime: 30m\n",
+        i % 7,
+        i % 13
+    )
+}
+
+const SETTINGS: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n";
+const AGENT: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: script\nspec:\n  command: [sh, run.sh]\n";
+
+/// A bare control repo with `n` requests, and a work clone to change it.
+fn make_repo(root: &Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let bare = root.join(format!("control-{n}.git"));
+    let work = root.join(format!("work-{n}"));
+    std::fs::create_dir_all(work.join("requests")).expect("mkdir");
+    std::fs::create_dir_all(work.join("agents")).expect("mkdir");
+    std::fs::write(work.join("hadron.yaml"), SETTINGS).expect("write");
+    std::fs::write(work.join("agents/script.yaml"), AGENT).expect("write");
+    for i in 0..n {
+        std::fs::write(work.join(format!("requests/req-{i}.yaml")), request(i, 0)).expect("write");
+    }
+    git(root, &["init", "-q", "--bare", bare.to_str().expect("utf-8")]);
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "seed"]);
+    git(&work, &["push", "-q", bare.to_str().expect("utf-8"), "HEAD:refs/heads/main"]);
+    (bare, work)
+}
+
+fn feed(catalog: &mut Catalog, changes: &ChangeSet) {
+    for (path, blob) in &changes.upserts {
+        match blob {
+            Blob::Data(bytes) => catalog.upsert(path, bytes),
+            Blob::TooLarge { size } => catalog.upsert_too_large(path, *size),
+        }
+    }
+    for path in &changes.deletes {
+        catalog.remove(path);
+    }
+}
+
+/// `git cat-file --batch` over every blob of the branch: the git baseline.
+fn cat_file_baseline(bare: &Path) -> (f64, usize) {
+    let start = Instant::now();
+    let listing = git(bare, &["ls-tree", "-r", "main"]);
+    let ids: Vec<&str> = listing.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+    let mut child = Command::new("git")
+        .args(["cat-file", "--batch"])
+        .current_dir(bare)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cat-file");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = ids.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let mut out = Vec::new();
+    child.stdout.take().expect("stdout").read_to_end(&mut out).expect("read");
+    writer.join().expect("join").expect("write ids");
+    child.wait().expect("wait");
+    (start.elapsed().as_secs_f64() * 1000.0, out.len())
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let root = tempfile::tempdir().expect("temp dir");
+    println!("machine: {} cores; {}", std::thread::available_parallelism().map_or(0, |n| n.get()), std::env::consts::ARCH);
+    let mut b2_base = None;
+    for n in [100, 1_000, 10_000] {
+        let (bare, work) = make_repo(root.path(), n);
+        // B1: cold load.
+        let data = root.path().join(format!("data-{n}"));
+        let start = Instant::now();
+        let mut source = Source::new(
+            SourceConfig::new(bare.to_str().expect("utf-8"), &data),
+            LoadOptions { filter: PathFilter::hadron(), ..LoadOptions::default() },
+        )
+        .expect("source");
+        let rev = source.fetch().expect("fetch");
+        let changes = source.load(rev).expect("load");
+        let mut catalog = Catalog::new();
+        feed(&mut catalog, &changes);
+        let loaded = catalog.refresh();
+        let cold_ms = start.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(loaded.desired.requests.len(), n, "{:?}", loaded.diagnostics.first());
+        let (git_ms, bytes) = cat_file_baseline(&bare);
+        println!(
+            "B1 cold load  n={n:>6}: {cold_ms:>8.1} ms (fetch+read+parse+validate); git cat-file --batch {git_ms:>7.1} ms ({bytes} bytes); ratio {:.2}x",
+            cold_ms / git_ms
+        );
+
+        // B2: incremental load after a commit that changes one request.
+        std::fs::write(work.join("requests/req-1.yaml"), request(1, 1)).expect("write");
+        git(&work, &["commit", "-q", "-am", "edit one request"]);
+        git(&work, &["push", "-q", bare.to_str().expect("utf-8"), "HEAD:refs/heads/main"]);
+        let start = Instant::now();
+        let rev = source.fetch().expect("fetch");
+        let fetched = start.elapsed();
+        let changes = source.load(rev).expect("load");
+        let diffed = start.elapsed();
+        feed(&mut catalog, &changes);
+        let loaded = catalog.refresh();
+        let inc_ms = start.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(changes.upserts.len(), 1);
+        assert!(loaded.desired.requests["req-1"].spec.title.ends_with("revision 1"));
+        let base = *b2_base.get_or_insert(inc_ms);
+        println!(
+            "B2 incremental n={n:>6}: {inc_ms:>8.1} ms ({} blob read; fetch {:.1} ms, diff+read {:.1} ms, model {:.1} ms); ratio to n=100: {:.2}x",
+            changes.upserts.len(),
+            fetched.as_secs_f64() * 1000.0,
+            (diffed - fetched).as_secs_f64() * 1000.0,
+            inc_ms - diffed.as_secs_f64() * 1000.0,
+            inc_ms / base
+        );
+    }
+
+    // B3: one status pass writing 1,000 changed files.
+    let (bare, _) = make_repo(root.path(), 10);
+    let mut writer = StatusWriter::new(WriterConfig::new(bare.to_str().expect("utf-8"), "main", root.path().join("writer"))).expect("writer");
+    let files: BTreeMap<String, Option<Vec<u8>>> = (0..1000)
+        .map(|i| (format!("status/req-{i}.yaml"), Some(format!("apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: req-{i}\nstatus:\n  phase: Running\n").into_bytes())))
+        .collect();
+    let before: usize = git(&bare, &["rev-list", "--count", "main"]).trim().parse().expect("count");
+    let start = Instant::now();
+    let outcome = writer.publish(&files, "status: 1000 requests", &"0".repeat(40)).expect("publish");
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let after: usize = git(&bare, &["rev-list", "--count", "main"]).trim().parse().expect("count");
+    println!("B3 status pass: 1000 files in {ms:.1} ms, {} commit(s), {} push attempt(s)", after - before, outcome.attempts);
+    println!("peak RSS: {:.1} MiB", peak_rss_mib());
+}
