@@ -57,12 +57,14 @@ fn make_repo(root: &Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf) 
 }
 
 fn feed(catalog: &mut Catalog, changes: &ChangeSet) {
+    let mut data = Vec::new();
     for (path, blob) in &changes.upserts {
         match blob {
-            Blob::Data(bytes) => catalog.upsert(path, bytes),
+            Blob::Data(bytes) => data.push((path.as_str(), bytes.as_slice())),
             Blob::TooLarge { size } => catalog.upsert_too_large(path, *size),
         }
     }
+    catalog.upsert_all(&data);
     for path in &changes.deletes {
         catalog.remove(path);
     }

@@ -544,6 +544,39 @@ impl Catalog {
         self.touch(path);
     }
 
+    /// Parses many files at once, spread over the machine's cores (a cold
+    /// load of a large repo), then records them as [`Catalog::upsert`] does.
+    pub fn upsert_all(&mut self, items: &[(&str, &[u8])]) {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let chunk = items.len().div_ceil(threads).max(64);
+        let parsed: Vec<Option<ParsedFile>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = items
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(|(p, b)| parse_file(p, b)).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        for ((path, _), parsed) in items.iter().zip(parsed) {
+            match parsed {
+                Some(parsed) => {
+                    if parsed.role.is_none() {
+                        self.dirty_all = true;
+                    }
+                    self.files.insert((*path).to_owned(), parsed);
+                }
+                None => {
+                    if self.files.remove(*path).is_none() {
+                        continue;
+                    }
+                }
+            }
+            self.touch(path);
+        }
+    }
+
     /// Records a file known to be over [`MAX_FILE_BYTES`] without reading it.
     pub fn upsert_too_large(&mut self, path: &str, size: u64) {
         let parsed = match classify(path) {
@@ -659,9 +692,8 @@ impl Catalog {
     /// Loads a whole set of files at once.
     pub fn load<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Loaded {
         let mut catalog = Catalog::new();
-        for (path, bytes) in files {
-            catalog.upsert(path, bytes);
-        }
+        let items: Vec<(&str, &[u8])> = files.into_iter().collect();
+        catalog.upsert_all(&items);
         catalog.snapshot()
     }
 }

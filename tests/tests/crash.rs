@@ -1,0 +1,141 @@
+//! Crash tests: `kill -9` Hadron at random moments while 50 requests run
+//! with a script agent, restart it each time; every request ends terminal,
+//! and the agent's own append-only log shows each worker (request, stage,
+//! repo, attempt) ran exactly once per attempt that the status reports. The
+//! same again with the store deleted between restarts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hadron_tests::hadron_bin;
+
+const REQUESTS: usize = 50;
+const KILLS: usize = 20;
+
+fn git(cwd: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "init.defaultBranch=main", "-c", "user.name=tester", "-c", "user.email=tester@example.com"])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A control-repo folder: 50 requests, two stages, an agent that logs every
+/// run to `log` (outside any repo) and changes a file in the target repo.
+fn control_folder(root: &Path, log: &Path) -> std::path::PathBuf {
+    let dir = root.join("ctl");
+    std::fs::create_dir_all(dir.join("agents")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("requests")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("targets/app")).expect("mkdir");
+    std::fs::write(dir.join("targets/app/README.md"), "# app\n").expect("write");
+    std::fs::write(
+        dir.join("hadron.yaml"),
+        "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: counter\n    maxAttempts: 3\n    stages:\n      - name: implement\n      - name: review\n  limits:\n    maxConcurrentWorkers: 4\n",
+    )
+    .expect("write");
+    let agent = format!(
+        "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: counter\nspec:\n  command:\n    - sh\n    - -c\n    - |\n      set -eu\n      printf '%s %s %s\\n' \"$HADRON_WORKER\" \"$2\" \"$3\" >> \"$AGENT_LOG\"\n      mkdir -p notes\n      printf '%s\\n' \"$3\" >> \"notes/$2.md\"\n      sleep 0.$(( $(od -An -N1 -tu1 /dev/urandom) % 5 + 1 ))\n    - counter\n    - \"{{{{promptFile}}}}\"\n    - \"{{{{request}}}}\"\n    - \"{{{{stage}}}}\"\n  env:\n    - name: AGENT_LOG\n      value: {}\n",
+        log.display()
+    );
+    std::fs::write(dir.join("agents/counter.yaml"), agent).expect("write");
+    for i in 0..REQUESTS {
+        std::fs::write(
+            dir.join(format!("requests/req-{i:02}.yaml")),
+            format!("apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: req-{i:02}\nspec:\n  title: Change {i}\n  repos:\n    - url: ../app.git\n"),
+        )
+        .expect("write");
+    }
+    dir
+}
+
+fn up(cwd: &Path, dir: &Path, exit_when_idle: bool) -> std::process::Child {
+    let mut cmd = Command::new(hadron_bin!());
+    cmd.args(["up", dir.to_str().expect("utf-8"), "--poll-seconds", "1", "--backoff-ms", "100"])
+        .current_dir(cwd)
+        .env_remove("DATABASE_URL")
+        .env_remove("HADRON_DATA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if exit_when_idle {
+        cmd.arg("--exit-when-idle");
+    }
+    cmd.spawn().expect("hadron up starts")
+}
+
+/// A small deterministic pseudo-random sequence (no clock, no extra crate).
+struct Lcg(u64);
+impl Lcg {
+    fn next_ms(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        lo + (self.0 >> 33) % (hi - lo)
+    }
+}
+
+fn crash_and_restart(delete_store: bool, seed: u64) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let log = tmp.path().join("agent.log");
+    let dir = control_folder(tmp.path(), &log);
+    let data = tmp.path().join(".hadron");
+    let mut rng = Lcg(seed);
+    for _ in 0..KILLS {
+        let mut child = up(tmp.path(), &dir, false);
+        std::thread::sleep(Duration::from_millis(rng.next_ms(200, 2500)));
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+        if delete_store {
+            for f in ["hadron.db", "hadron.db-wal", "hadron.db-shm"] {
+                let _ = std::fs::remove_file(data.join(f));
+            }
+        }
+    }
+    // Let it finish: a last run that exits when idle (with a generous guard).
+    let mut child = up(tmp.path(), &dir, true);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "the final hadron up failed: {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("hadron up did not become idle in 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let control = data.join("repos/control.git");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for line in log_text.lines() {
+        let worker = line.split_whitespace().next().unwrap_or("").to_owned();
+        *runs.entry(worker).or_default() += 1;
+    }
+    let mut reported = 0;
+    for i in 0..REQUESTS {
+        let status = git(&control, &["show", &format!("main:status/req-{i:02}.yaml")]);
+        assert!(status.contains("phase: Succeeded"), "req-{i:02} is not terminal:\n{status}");
+        let workers: Vec<&str> = status.lines().filter_map(|l| l.trim().strip_prefix("worker: ")).collect();
+        assert_eq!(workers.len(), 2, "two stages, one repo, one attempt each:\n{status}");
+        for w in workers {
+            reported += 1;
+            assert_eq!(runs.get(w).copied().unwrap_or(0), 1, "worker {w} ran {} times", runs.get(w).copied().unwrap_or(0));
+        }
+    }
+    assert_eq!(runs.values().sum::<usize>(), reported, "the agent ran for attempts the status does not report: {runs:?}");
+    println!("crash test (delete_store={delete_store}): {KILLS} kills, {reported} attempts, each run exactly once");
+}
+
+#[test]
+fn kill_9_at_random_moments_runs_every_stage_exactly_once() {
+    crash_and_restart(false, 7);
+}
+
+#[test]
+fn kill_9_with_the_store_deleted_between_restarts_runs_every_stage_exactly_once() {
+    crash_and_restart(true, 11);
+}
