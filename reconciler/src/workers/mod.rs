@@ -1,4 +1,118 @@
 //! Workers: the `Driver` trait, the local driver, and the `hadron worker`
 //! entrypoint that both drivers run.
+//!
+//! A driver starts a worker for a [`RunSpec`], reports what each worker is
+//! doing ([`Observation`]) and cancels workers. Workers carry deterministic
+//! names, so starting one twice is a no-op and a restarted Hadron finds its
+//! workers again from the driver alone.
 
+pub mod entry;
+pub mod local;
+pub mod proc;
 pub mod spec;
+pub mod usage;
+
+pub use entry::{WorkerError, run_worker};
+pub use local::{LocalDriver, WorkerCommand};
+pub use spec::{RunResult, RunSpec};
+
+/// What a driver sees of one worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Worker name.
+    pub worker: String,
+    /// Running, finished with a result, or lost.
+    pub state: RunState,
+    /// When the worker was started (RFC 3339 UTC), when known.
+    pub started_at: Option<String>,
+}
+
+/// The state of one worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    /// The worker process runs.
+    Running,
+    /// The worker finished (or was cancelled or stopped at its wall time)
+    /// and left this result.
+    Finished(RunResult),
+    /// The worker is gone without a result: killed, crashed, the machine
+    /// restarted, or it was never started. `reason` is CamelCase
+    /// (`ProcessGone`, `PidReused`, `NotStarted`).
+    Lost {
+        /// Why it counts as lost.
+        reason: String,
+    },
+}
+
+/// Errors of a driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The worker name is not a DNS-1123 label, so it cannot name a run.
+    #[error("invalid worker name `{0}`")]
+    InvalidWorkerName(String),
+    /// No such worker was ever started.
+    #[error("unknown worker `{0}`")]
+    UnknownWorker(String),
+    /// The worker process could not be started.
+    #[error("cannot start worker `{worker}`: {source}")]
+    Spawn {
+        /// Worker name.
+        worker: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A file of the driver's state could not be read or written.
+    #[error("cannot use {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A signal could not be sent.
+    #[error("cannot signal worker `{worker}`: {source}")]
+    Signal {
+        /// Worker name.
+        worker: String,
+        /// OS error.
+        source: nix::errno::Errno,
+    },
+}
+
+impl DriverError {
+    /// Stable CamelCase reason for status conditions, metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DriverError::InvalidWorkerName(_) => "InvalidWorkerName",
+            DriverError::UnknownWorker(_) => "UnknownWorker",
+            DriverError::Spawn { .. } => "SpawnFailed",
+            DriverError::Io { .. } => "DriverIo",
+            DriverError::Signal { .. } => "SignalFailed",
+        }
+    }
+
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> DriverError {
+        DriverError::Io { path: path.display().to_string(), source }
+    }
+}
+
+/// Runs workers somewhere: local processes or Kubernetes Jobs. Every method
+/// is idempotent, and a new driver on the same backing store (a runs folder,
+/// a namespace) sees the workers an earlier one started.
+pub trait Driver: Send + Sync {
+    /// Short name of the driver for logs and metrics (`local`, `kubernetes`).
+    fn name(&self) -> &'static str;
+
+    /// Starts the worker `spec.worker` unless it was already started
+    /// (running or finished): then it does nothing.
+    fn start(&self, spec: &RunSpec) -> Result<(), DriverError>;
+
+    /// Every worker the driver knows, with its state. Also enforces each
+    /// worker's wall-time limit from outside (a hung worker is stopped and
+    /// reported as failed with `WallTimeExceeded`).
+    fn observe(&self) -> Result<Vec<Observation>, DriverError>;
+
+    /// Stops the worker and records a `Cancelled` result unless it already
+    /// has a result.
+    fn cancel(&self, worker: &str) -> Result<(), DriverError>;
+}

@@ -1,0 +1,296 @@
+//! The local driver: workers are child processes, one folder per worker.
+//!
+//! `<runs dir>/<worker>/` holds `run.json` (what to do), `pid.json` (the
+//! worker process: pid, start time), `stdout.log` / `stderr.log`, and, once
+//! the worker is done, `result.json`. Each worker runs in its own process
+//! group, so it outlives a Hadron restart; a new driver on the same runs
+//! folder finds every run again from these files alone.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::entry::{AGENT_FILE, LOG_FILE, RESULT_FILE, RUN_FILE, WorkerError};
+use super::proc::{ProcessId, now_rfc3339, signal_group, unix_now, write_atomic, write_new_atomic};
+use super::spec::{RunResult, RunSpec};
+use super::{Driver, DriverError, Observation, RunState};
+use crate::model::validate::is_dns_label;
+
+/// `pid.json`: the worker process.
+pub const PID_FILE: &str = "pid.json";
+
+/// The program the driver starts for a worker; the path of `run.json` is
+/// appended as the last argument.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerCommand {
+    /// The program.
+    pub program: PathBuf,
+    /// Arguments before the `run.json` path.
+    pub args: Vec<OsString>,
+}
+
+impl WorkerCommand {
+    /// `<exe> worker --run <run.json>`: the Hadron binary's worker entrypoint.
+    pub fn hadron(exe: impl Into<PathBuf>) -> WorkerCommand {
+        WorkerCommand { program: exe.into(), args: vec!["worker".into(), "--run".into()] }
+    }
+
+    /// Any program and arguments (tests use stand-in workers).
+    pub fn new(program: impl Into<PathBuf>, args: impl IntoIterator<Item = impl Into<OsString>>) -> WorkerCommand {
+        WorkerCommand { program: program.into(), args: args.into_iter().map(Into::into).collect() }
+    }
+}
+
+type ExitHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Runs workers as local child processes. See the module documentation.
+pub struct LocalDriver {
+    runs_dir: PathBuf,
+    command: WorkerCommand,
+    wall_time_grace: Duration,
+    stop_grace: Duration,
+    lock: Mutex<()>,
+    on_exit: Option<ExitHook>,
+}
+
+impl LocalDriver {
+    /// A driver keeping its runs in `runs_dir` (created if missing) and
+    /// starting workers with `command`.
+    pub fn new(runs_dir: impl Into<PathBuf>, command: WorkerCommand) -> Result<LocalDriver, DriverError> {
+        let runs_dir = runs_dir.into();
+        std::fs::create_dir_all(&runs_dir).map_err(|e| DriverError::io(&runs_dir, e))?;
+        let runs_dir = std::path::absolute(&runs_dir).map_err(|e| DriverError::io(&runs_dir, e))?;
+        Ok(LocalDriver {
+            runs_dir,
+            command,
+            wall_time_grace: Duration::from_secs(120),
+            stop_grace: Duration::from_secs(10),
+            lock: Mutex::new(()),
+            on_exit: None,
+        })
+    }
+
+    /// How long past its `wall_time_secs` a worker may run (clone and push
+    /// take time too) before the driver stops it. Default 120 s.
+    pub fn with_wall_time_grace(mut self, grace: Duration) -> LocalDriver {
+        self.wall_time_grace = grace;
+        self
+    }
+
+    /// Time between SIGTERM and SIGKILL when stopping a worker. Default 10 s.
+    pub fn with_stop_grace(mut self, grace: Duration) -> LocalDriver {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// Calls `hook(worker)` whenever a worker this driver started exits, so
+    /// the reconciler can run at once instead of at its next poll.
+    pub fn with_exit_hook(mut self, hook: impl Fn(&str) + Send + Sync + 'static) -> LocalDriver {
+        self.on_exit = Some(Arc::new(hook));
+        self
+    }
+
+    /// The runs folder.
+    pub fn runs_dir(&self) -> &Path {
+        &self.runs_dir
+    }
+
+    /// The folder of one worker's run.
+    pub fn run_dir(&self, worker: &str) -> PathBuf {
+        self.runs_dir.join(worker)
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn spawn(&self, spec: &RunSpec, dir: &Path) -> Result<(), DriverError> {
+        let worker = &spec.worker;
+        std::fs::create_dir_all(dir).map_err(|e| DriverError::io(dir, e))?;
+        let run_json = dir.join(RUN_FILE);
+        let json = serde_json::to_vec_pretty(spec).map_err(|e| DriverError::io(&run_json, std::io::Error::other(e)))?;
+        write_atomic(&run_json, &json).map_err(|e| DriverError::io(&run_json, e))?;
+        let open = |name: &str| {
+            let path = dir.join(name);
+            OpenOptions::new().create(true).append(true).open(&path).map_err(|e| DriverError::io(&path, e))
+        };
+        let stdout = open("stdout.log")?;
+        let stderr = open("stderr.log")?;
+        let mut child = Command::new(&self.command.program)
+            .args(&self.command.args)
+            .arg(&run_json)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| DriverError::Spawn { worker: worker.clone(), source })?;
+        let pid = child.id();
+        // The child is not reaped yet, so /proc still has it even if it exited.
+        let id = ProcessId::of(pid).unwrap_or(ProcessId {
+            pid,
+            start_time: 0,
+            started_at: now_rfc3339(),
+            started_at_unix: unix_now(),
+        });
+        let pid_json = dir.join(PID_FILE);
+        let recorded = serde_json::to_vec(&id)
+            .map_err(std::io::Error::other)
+            .and_then(|json| write_atomic(&pid_json, &json))
+            .map_err(|e| DriverError::io(&pid_json, e));
+        let hook = self.on_exit.clone();
+        let name = worker.clone();
+        std::thread::Builder::new()
+            .name(format!("reap-{pid}"))
+            .spawn(move || {
+                let _ = child.wait();
+                if let Some(hook) = hook {
+                    hook(&name);
+                }
+            })
+            .map_err(|source| DriverError::Spawn { worker: worker.clone(), source })?;
+        recorded
+    }
+
+    fn read_pid(dir: &Path) -> Option<ProcessId> {
+        serde_json::from_slice(&std::fs::read(dir.join(PID_FILE)).ok()?).ok()
+    }
+
+    fn read_agent(dir: &Path) -> Option<ProcessId> {
+        serde_json::from_slice(&std::fs::read(dir.join(AGENT_FILE)).ok()?).ok()
+    }
+
+    /// Stops the worker's process group and its agent's, if they still run:
+    /// SIGTERM, up to the stop grace, then SIGKILL.
+    fn stop(&self, worker: &str, dir: &Path) -> Result<(), DriverError> {
+        let groups: Vec<ProcessId> =
+            [Self::read_pid(dir), Self::read_agent(dir)].into_iter().flatten().filter(ProcessId::is_alive).collect();
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let signal = |sig| -> Result<(), DriverError> {
+            for id in &groups {
+                signal_group(id.pid, Some(sig)).map_err(|source| DriverError::Signal { worker: worker.to_owned(), source })?;
+            }
+            Ok(())
+        };
+        signal(Signal::SIGTERM)?;
+        let deadline = Instant::now() + self.stop_grace;
+        while Instant::now() < deadline && groups.iter().any(ProcessId::is_alive) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal(Signal::SIGKILL)
+    }
+
+    /// Records a failed result unless the run already has one, and returns
+    /// whichever result is there afterwards.
+    fn record_failure(&self, spec_worker: &str, dir: &Path, error: &WorkerError, message: Option<String>) -> Result<RunResult, DriverError> {
+        let started_at = Self::read_pid(dir).map(|p| p.started_at).unwrap_or_else(now_rfc3339);
+        let mut result = RunResult::failed(spec_worker, error, &dir.join(LOG_FILE), &started_at);
+        if let Some(message) = message {
+            result.message = message;
+        }
+        let path = dir.join(RESULT_FILE);
+        let json = serde_json::to_vec_pretty(&result).map_err(|e| DriverError::io(&path, std::io::Error::other(e)))?;
+        write_new_atomic(&path, &json).map_err(|e| DriverError::io(&path, e))?;
+        Ok(RunResult::read(&path).unwrap_or(result))
+    }
+
+    fn observe_one(&self, worker: &str, dir: &Path) -> Result<Observation, DriverError> {
+        let pid = Self::read_pid(dir);
+        let started_at = pid.as_ref().map(|p| p.started_at.clone());
+        let observation = |state| Observation { worker: worker.to_owned(), state, started_at: started_at.clone() };
+        if let Some(result) = RunResult::read(&dir.join(RESULT_FILE)) {
+            return Ok(observation(RunState::Finished(result)));
+        }
+        let Some(pid) = pid else {
+            return Ok(observation(RunState::Lost { reason: "NotStarted".to_owned() }));
+        };
+        if pid.is_alive() {
+            let limit = std::fs::read(dir.join(RUN_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok())
+                .and_then(|s| s.wall_time_secs);
+            if let Some(limit) = limit {
+                let allowed = limit.saturating_add(self.wall_time_grace.as_secs());
+                if unix_now().saturating_sub(pid.started_at_unix) > allowed {
+                    self.stop(worker, dir)?;
+                    let message = format!(
+                        "the worker ran longer than its wall-time limit of {limit} s plus a grace of {} s and was stopped by the driver",
+                        self.wall_time_grace.as_secs()
+                    );
+                    let result = self.record_failure(worker, dir, &WorkerError::WallTimeExceeded(limit), Some(message))?;
+                    return Ok(observation(RunState::Finished(result)));
+                }
+            }
+            return Ok(observation(RunState::Running));
+        }
+        // It may have written its result between the first look and now.
+        if let Some(result) = RunResult::read(&dir.join(RESULT_FILE)) {
+            return Ok(observation(RunState::Finished(result)));
+        }
+        let reused = pid.is_reused();
+        if !reused {
+            // The leader is gone; processes it left in its group (and its
+            // agent's group) go too. A reused pid is never signalled.
+            let _ = signal_group(pid.pid, Some(Signal::SIGKILL));
+        }
+        if let Some(agent) = Self::read_agent(dir).filter(ProcessId::is_alive) {
+            let _ = signal_group(agent.pid, Some(Signal::SIGKILL));
+        }
+        let reason = if reused { "PidReused" } else { "ProcessGone" };
+        Ok(observation(RunState::Lost { reason: reason.to_owned() }))
+    }
+}
+
+impl Driver for LocalDriver {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn start(&self, spec: &RunSpec) -> Result<(), DriverError> {
+        if !is_dns_label(&spec.worker) {
+            return Err(DriverError::InvalidWorkerName(spec.worker.clone()));
+        }
+        let _guard = self.guard();
+        let dir = self.run_dir(&spec.worker);
+        if dir.join(PID_FILE).exists() || dir.join(RESULT_FILE).exists() {
+            return Ok(());
+        }
+        self.spawn(spec, &dir)
+    }
+
+    fn observe(&self) -> Result<Vec<Observation>, DriverError> {
+        let _guard = self.guard();
+        let entries = std::fs::read_dir(&self.runs_dir).map_err(|e| DriverError::io(&self.runs_dir, e))?;
+        let mut workers: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| is_dns_label(name))
+            .collect();
+        workers.sort();
+        workers.iter().map(|w| self.observe_one(w, &self.run_dir(w))).collect()
+    }
+
+    fn cancel(&self, worker: &str) -> Result<(), DriverError> {
+        if !is_dns_label(worker) {
+            return Err(DriverError::InvalidWorkerName(worker.to_owned()));
+        }
+        let _guard = self.guard();
+        let dir = self.run_dir(worker);
+        if !dir.is_dir() {
+            return Err(DriverError::UnknownWorker(worker.to_owned()));
+        }
+        self.stop(worker, &dir)?;
+        self.record_failure(worker, &dir, &WorkerError::Cancelled, None)?;
+        Ok(())
+    }
+}

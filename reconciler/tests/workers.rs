@@ -1,0 +1,472 @@
+//! The worker entrypoint and the local driver, against real git repositories
+//! (bare repos seeded with the git CLI) and real processes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hadron::model::Catalog;
+use hadron::model::kinds::Pricing;
+use hadron::workers::proc::group_exists;
+use hadron::workers::spec::{EnvSource, Outcome, PreviousStage, RunResult, RunSpec, worker_name};
+use hadron::workers::{Driver, DriverError, LocalDriver, RunState, WorkerCommand, run_worker};
+
+const PROMPT: &str = include_str!("../../templates/prompt.md.hbs");
+
+/// Runs git as the human would, with a fixed identity; panics on failure.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=Human", "-c", "user.email=human@example.com", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?} in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A temp folder with `target.git` (bare, `main` with one commit) and a runs folder.
+struct Fixture {
+    tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        git(root, &["init", "-q", "--bare", "target.git"]);
+        git(root, &["clone", "-q", "target.git", "seed"]);
+        let seed = root.join("seed");
+        std::fs::write(seed.join("README.md"), "# target\n").expect("write");
+        git(&seed, &["add", "-A"]);
+        git(&seed, &["commit", "-q", "-m", "initial"]);
+        git(&seed, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+        Fixture { tmp }
+    }
+
+    fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn bare(&self) -> PathBuf {
+        self.root().join("target.git")
+    }
+
+    fn remote(&self, args: &[&str]) -> String {
+        git(&self.bare(), args)
+    }
+
+    /// A run spec for `stage` of request `add-greeting` with `command`.
+    fn spec(&self, stage: &str, command: Vec<String>) -> RunSpec {
+        let url = self.bare().display().to_string();
+        RunSpec {
+            worker: worker_name("add-greeting", "0011223344556677", stage, &url, 1),
+            request: "add-greeting".into(),
+            generation: "0011223344556677".into(),
+            stage: stage.into(),
+            attempt: 1,
+            repo: "../target.git".into(),
+            clone_url: url,
+            base_branch: "main".into(),
+            work_branch: "hadron/add-greeting".into(),
+            title: "Add a greeting".into(),
+            description: "Print hello.".into(),
+            prompt_template: PROMPT.into(),
+            previous_stages: vec![],
+            command,
+            model: None,
+            env: vec![("LC_ALL".into(), EnvSource::Value("C".into()))],
+            require_change: true,
+            pricing: Some(Pricing { input_per_million: 0.0, output_per_million: 0.0 }),
+            wall_time_secs: Some(600),
+            git_author: ("Hadron".into(), "hadron@example.com".into()),
+        }
+    }
+
+    /// Writes `run.json` for `spec` into `runs/<worker>/` and returns its path.
+    fn run_json(&self, spec: &RunSpec) -> PathBuf {
+        let dir = self.root().join("runs").join(&spec.worker);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("run.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(spec).expect("json")).expect("write run.json");
+        path
+    }
+}
+
+/// The script agent's command, from the example control repo.
+fn script_command() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../example-repo/agents/script.yaml");
+    let text = std::fs::read(&path).expect("read script.yaml");
+    let loaded = Catalog::load([("agents/script.yaml", text.as_slice())]);
+    assert_eq!(loaded.error_count(), 0, "{:?}", loaded.diagnostics);
+    loaded.desired.agents["script"].spec.command.clone()
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into(), "agent".into()]
+}
+
+fn log_of(result: &RunResult) -> String {
+    std::fs::read_to_string(&result.log_path).unwrap_or_default()
+}
+
+/// Polls `f` until it gives a value, for up to two minutes.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn fresh_repo_then_a_second_stage_on_the_same_branch() {
+    let fx = Fixture::new();
+    let spec = fx.spec("implement", script_command());
+    let result = run_worker(&fx.run_json(&spec));
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    assert_eq!(result.reason, "Completed");
+    let first = result.pushed_commit.clone().expect("a pushed commit");
+    assert_eq!(fx.remote(&["rev-parse", "refs/heads/hadron/add-greeting"]), first);
+    let note = fx.remote(&["show", &format!("{first}:hadron-notes/add-greeting.md")]);
+    assert!(note.contains("## implement") && note.contains("Task: Add a greeting"), "{note}");
+    assert_eq!(fx.remote(&["show", &format!("{first}:CHANGES.md")]), "- add-greeting: implement done");
+    let message = fx.remote(&["log", "-1", "--format=%B", &first]);
+    assert!(message.starts_with("Add a greeting\n\nStage: implement\nHadron-Request: add-greeting\n"), "{message}");
+    assert!(message.contains(&format!("Hadron-Worker: {}", spec.worker)), "{message}");
+    assert_eq!(fx.remote(&["log", "-1", "--format=%an <%ae> / %cn <%ce>", &first]), "Hadron <hadron@example.com> / Hadron <hadron@example.com>");
+    assert_eq!(fx.remote(&["rev-parse", &format!("{first}^")]), fx.remote(&["rev-parse", "refs/heads/main"]), "branched from main");
+    assert!(result.tokens_in > 10, "tokens from report.json: {result:?}");
+    assert_eq!(result.tokens_out, 20);
+    assert_eq!(result.summary, "implement: wrote hadron-notes/add-greeting.md");
+    let on_disk = RunResult::read(&fx.root().join("runs").join(&spec.worker).join("result.json")).expect("result.json");
+    assert_eq!(on_disk, result);
+
+    let mut review = fx.spec("review", script_command());
+    review.previous_stages = vec![PreviousStage { name: "implement".into(), repo: "../target.git".into(), summary: result.summary.clone() }];
+    let second = run_worker(&fx.run_json(&review));
+    assert_eq!(second.outcome, Outcome::Succeeded, "{second:?}\n{}", log_of(&second));
+    let head = second.pushed_commit.clone().expect("pushed");
+    assert_eq!(fx.remote(&["rev-parse", &format!("{head}^")]), first, "the second stage builds on the first");
+    let note = fx.remote(&["show", &format!("{head}:hadron-notes/add-greeting.md")]);
+    assert!(note.contains("## implement") && note.contains("## review"), "{note}");
+    assert!(note.contains("- implement on ../target.git: implement: wrote hadron-notes/add-greeting.md"), "{note}");
+    let prompt = std::fs::read_to_string(fx.root().join("runs").join(&review.worker).join("prompt.md")).expect("prompt.md");
+    assert!(prompt.contains("on the branch hadron/add-greeting") && prompt.contains("stage \"review\""), "{prompt}");
+}
+
+#[test]
+fn hostile_title_is_data_not_code() {
+    let fx = Fixture::new();
+    let marker = fx.root().join("pwned");
+    let marker2 = fx.root().join("pwned2");
+    let title = format!("Fix \"it\"; $(touch {}) `touch {}` && echo '&lt;b&gt;' <b> | cat {{{{x}}}}", marker.display(), marker2.display());
+    let mut spec = fx.spec("implement", script_command());
+    spec.title = title.clone();
+    spec.description = format!("$(touch {})\n-rf --upload-pack=touch", marker.display());
+    let result = run_worker(&fx.run_json(&spec));
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    assert!(!marker.exists() && !marker2.exists(), "a command in the title ran");
+    let prompt = std::fs::read_to_string(fx.root().join("runs").join(&spec.worker).join("prompt.md")).expect("prompt");
+    assert!(prompt.contains(&format!("Task: {title}\n")), "title verbatim, not escaped or rendered: {prompt}");
+    let commit = result.pushed_commit.expect("pushed");
+    assert_eq!(fx.remote(&["log", "-1", "--format=%s", &commit]), title, "commit subject is the title verbatim");
+}
+
+#[test]
+fn failures_carry_the_right_reason() {
+    let fx = Fixture::new();
+
+    let nonzero = run_worker(&fx.run_json(&fx.spec("exit", sh("echo partial > f.txt; exit 3"))));
+    assert_eq!((nonzero.outcome, nonzero.reason.as_str()), (Outcome::Failed, "AgentExitNonZero"), "{nonzero:?}");
+    assert!(nonzero.message.contains("code 3") && nonzero.message.contains(&nonzero.log_path), "{}", nonzero.message);
+    assert!(nonzero.pushed_commit.is_none());
+
+    let mut slow = fx.spec("slow", sh("sleep 30"));
+    slow.wall_time_secs = Some(1);
+    let slow = run_worker(&fx.run_json(&slow));
+    assert_eq!((slow.outcome, slow.reason.as_str()), (Outcome::Failed, "WallTimeExceeded"), "{slow:?}");
+
+    let unchanged = run_worker(&fx.run_json(&fx.spec("idle", sh("true"))));
+    assert_eq!((unchanged.outcome, unchanged.reason.as_str()), (Outcome::Failed, "NoChange"), "{unchanged:?}");
+
+    let mut optional = fx.spec("optional", sh("true"));
+    optional.require_change = false;
+    let optional = run_worker(&fx.run_json(&optional));
+    assert_eq!((optional.outcome, optional.reason.as_str()), (Outcome::Succeeded, "Completed"), "{optional:?}");
+    assert_eq!(optional.pushed_commit.as_deref(), Some(fx.remote(&["rev-parse", "refs/heads/main"]).as_str()), "the current head");
+
+    let mut secret = fx.spec("secret", sh("echo x > f.txt"));
+    secret.env.push(("API_KEY".into(), EnvSource::Secret { name: "HADRON_TEST_SECRET_NOT_SET_4242".into(), key: None }));
+    let secret = run_worker(&fx.run_json(&secret));
+    assert_eq!((secret.outcome, secret.reason.as_str()), (Outcome::Failed, "SecretMissing"), "{secret:?}");
+    assert!(secret.message.contains("HADRON_TEST_SECRET_NOT_SET_4242"), "{}", secret.message);
+
+    let mut no_base = fx.spec("nobase", script_command());
+    no_base.base_branch = "develop".into();
+    no_base.work_branch = "hadron/other".into();
+    let no_base = run_worker(&fx.run_json(&no_base));
+    assert_eq!(no_base.reason, "BaseBranchMissing", "{no_base:?}");
+
+    let mut bad_branch = fx.spec("badbranch", script_command());
+    bad_branch.work_branch = "--force".into();
+    assert_eq!(run_worker(&fx.run_json(&bad_branch)).reason, "InvalidRunSpec");
+
+    let mut bad_url = fx.spec("badurl", script_command());
+    bad_url.clone_url = fx.root().join("missing.git").display().to_string();
+    assert_eq!(run_worker(&fx.run_json(&bad_url)).reason, "CloneFailed");
+
+    assert_eq!(fx.remote(&["for-each-ref", "--format=%(refname)", "refs/heads/"]), "refs/heads/main", "no failed run pushed anything");
+}
+
+#[test]
+fn the_agent_runs_once_per_worker() {
+    let fx = Fixture::new();
+    let counter = fx.root().join("agent-runs.log");
+    let command = sh(&format!("echo run >> '{}'; echo change >> file.txt", counter.display()));
+    let spec = fx.spec("implement", command);
+    let run_json = fx.run_json(&spec);
+    let first = run_worker(&run_json);
+    assert_eq!(first.outcome, Outcome::Succeeded, "{first:?}\n{}", log_of(&first));
+    let second = run_worker(&run_json);
+    assert_eq!(second, first, "the second call returns the recorded result");
+    assert_eq!(std::fs::read_to_string(&counter).expect("counter"), "run\n");
+    assert_eq!(fx.remote(&["rev-list", "--count", "main..hadron/add-greeting"]), "1");
+
+    // A crash after the push but before result.json: the commit's trailer
+    // is found on the remote (from a fresh clone, too) and the agent does not run again.
+    let dir = run_json.parent().expect("run dir");
+    std::fs::remove_file(dir.join("result.json")).expect("rm result");
+    std::fs::remove_dir_all(dir.join("workspace")).expect("rm workspace");
+    let third = run_worker(&run_json);
+    assert_eq!(third.outcome, Outcome::Succeeded, "{third:?}\n{}", log_of(&third));
+    assert_eq!(third.pushed_commit, first.pushed_commit);
+    assert_eq!(std::fs::read_to_string(&counter).expect("counter"), "run\n", "the agent ran again");
+    assert_eq!(fx.remote(&["rev-list", "--count", "main..hadron/add-greeting"]), "1");
+}
+
+#[test]
+fn a_branch_that_moved_is_rebased_onto_never_forced() {
+    let fx = Fixture::new();
+    let human = fx.root().join("human");
+    git(fx.root(), &["clone", "-q", "target.git", "human"]);
+    // While the agent works, a person pushes to the work branch.
+    let script = format!(
+        "cd '{h}' && echo by-hand > human.txt && git add human.txt && git -c user.name=H -c user.email=h@example.com commit -q -m human \
+         && git push -q origin HEAD:refs/heads/hadron/add-greeting && cd - >/dev/null && echo agent > agent.txt",
+        h = human.display()
+    );
+    let result = run_worker(&fx.run_json(&fx.spec("implement", sh(&script))));
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    let head = result.pushed_commit.clone().expect("pushed");
+    let human_commit = git(&human, &["rev-parse", "HEAD"]);
+    assert_eq!(fx.remote(&["rev-parse", "hadron/add-greeting"]), head);
+    assert_eq!(fx.remote(&["rev-parse", &format!("{head}^")]), human_commit, "the human commit is kept under the agent's");
+    assert_eq!(fx.remote(&["show", &format!("{head}:human.txt")]), "by-hand");
+    assert_eq!(fx.remote(&["show", &format!("{head}:agent.txt")]), "agent");
+    assert!(result.message.contains("rebase"), "{}", result.message);
+}
+
+#[test]
+fn usage_from_claude_style_stdout_is_priced() {
+    let fx = Fixture::new();
+    let script = r#"echo change > f.txt; echo '{"type":"result","result":"done it","usage":{"input_tokens":2000000,"output_tokens":1000000}}'"#;
+    let mut spec = fx.spec("implement", sh(script));
+    spec.pricing = Some(Pricing { input_per_million: 3.0, output_per_million: 15.0 });
+    let result = run_worker(&fx.run_json(&spec));
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    assert_eq!((result.tokens_in, result.tokens_out, result.summary.as_str()), (2_000_000, 1_000_000, "done it"));
+    assert!((result.cost_usd - 21.0).abs() < 1e-9, "{}", result.cost_usd);
+}
+
+/// Runs this test binary as a child process whose only test is
+/// [`worker_child_entry`], with `run.json` as the last argument.
+fn child_command() -> WorkerCommand {
+    let exe = std::env::current_exe().expect("test binary path");
+    WorkerCommand::new(exe, ["--ignored", "--exact", "worker_child_entry", "--nocapture", "--test-threads=1"])
+}
+
+/// The worker process of [`secrets_reach_the_agent_but_never_the_log`] and
+/// [`driver_runs_the_real_entrypoint`]: it calls `run_worker` on the
+/// `run.json` named in its arguments, as `hadron worker --run` does.
+#[test]
+#[ignore = "entry point of child worker processes started by other tests"]
+fn worker_child_entry() {
+    let Some(run) = std::env::args().find(|a| a.ends_with("run.json")) else { return };
+    let result = run_worker(Path::new(&run));
+    assert!(!result.worker.is_empty(), "{result:?}");
+}
+
+#[test]
+fn secrets_reach_the_agent_but_never_the_log() {
+    let fx = Fixture::new();
+    let secret_value = "sk-test-0123456789-abcdefghij";
+    let mut spec = fx.spec("implement", sh("echo \"token=$TOKEN\"; echo \"err $TOKEN\" >&2; printf %s \"${#TOKEN}\" > token-length.txt"));
+    spec.env.push(("TOKEN".into(), EnvSource::Secret { name: "HADRON_TEST_TOKEN".into(), key: None }));
+    let run_json = fx.run_json(&spec);
+    let cmd = child_command();
+    let status = Command::new(&cmd.program)
+        .args(&cmd.args)
+        .arg(&run_json)
+        .env("HADRON_TEST_TOKEN", secret_value)
+        .output()
+        .expect("child runs");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stdout));
+    let result = RunResult::read(&run_json.with_file_name("result.json")).expect("result.json");
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    let commit = result.pushed_commit.clone().expect("pushed");
+    assert_eq!(fx.remote(&["show", &format!("{commit}:token-length.txt")]), secret_value.len().to_string());
+    let log = log_of(&result);
+    assert!(log.contains("token=***") && log.contains("err ***"), "{log}");
+    for file in ["worker.log", "result.json", "run.json"] {
+        let text = std::fs::read_to_string(run_json.with_file_name(file)).expect("read");
+        assert!(!text.contains(secret_value), "{file} holds the secret");
+    }
+}
+
+/// A stand-in worker: sleeps, then writes a successful result.json.
+fn fake_worker(worker: &str, sleep: &str) -> WorkerCommand {
+    let result = RunResult {
+        worker: worker.into(),
+        outcome: Outcome::Succeeded,
+        reason: "Completed".into(),
+        message: "fake".into(),
+        pushed_commit: Some("0".repeat(40)),
+        tokens_in: 1,
+        tokens_out: 2,
+        cost_usd: 0.0,
+        summary: "fake worker".into(),
+        log_path: String::new(),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        finished_at: "2026-01-01T00:00:01Z".into(),
+    };
+    let json = serde_json::to_string(&result).expect("json");
+    let script = format!("sleep {sleep} & wait; d=$(dirname \"$1\"); printf '%s' '{json}' > \"$d/r.tmp\" && mv \"$d/r.tmp\" \"$d/result.json\"");
+    WorkerCommand::new("sh", ["-c", script.as_str(), "fake-worker"])
+}
+
+fn state_of(driver: &LocalDriver, worker: &str) -> Option<RunState> {
+    driver.observe().expect("observe").into_iter().find(|o| o.worker == worker).map(|o| o.state)
+}
+
+fn pid_of(driver: &LocalDriver, worker: &str) -> u32 {
+    let text = std::fs::read(driver.run_dir(worker).join("pid.json")).expect("pid.json");
+    let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
+    u32::try_from(v["pid"].as_u64().expect("pid")).expect("u32")
+}
+
+#[test]
+fn driver_starts_once_and_observes_the_result() {
+    let fx = Fixture::new();
+    let spec = fx.spec("implement", vec!["unused".into()]);
+    let (tx, rx) = mpsc::channel();
+    let driver = LocalDriver::new(fx.root().join("runs"), fake_worker(&spec.worker, "1"))
+        .expect("driver")
+        .with_exit_hook(move |w| {
+            let _ = tx.send(w.to_owned());
+        });
+    driver.start(&spec).expect("start");
+    let pid = pid_of(&driver, &spec.worker);
+    driver.start(&spec).expect("second start is a no-op");
+    assert_eq!(pid_of(&driver, &spec.worker), pid, "no second process");
+    let result = wait_for("the fake worker's result", || match state_of(&driver, &spec.worker) {
+        Some(RunState::Finished(r)) => Some(r),
+        Some(RunState::Running) => None,
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!((result.worker.as_str(), result.summary.as_str()), (spec.worker.as_str(), "fake worker"));
+    assert_eq!(rx.recv_timeout(Duration::from_secs(120)).expect("exit hook"), spec.worker);
+    driver.start(&spec).expect("start after finish is a no-op");
+    assert_eq!(pid_of(&driver, &spec.worker), pid);
+
+    let mut bad = spec.clone();
+    bad.worker = "../escape".into();
+    assert_eq!(driver.start(&bad).map_err(|e| e.reason()), Err("InvalidWorkerName"));
+    assert!(matches!(driver.cancel("never-started"), Err(DriverError::UnknownWorker(_))));
+}
+
+#[test]
+fn a_new_driver_finds_running_work_and_cancels_it() {
+    let fx = Fixture::new();
+    let spec = fx.spec("implement", vec!["unused".into()]);
+    let runs = fx.root().join("runs");
+    let command = fake_worker(&spec.worker, "300");
+    {
+        let driver = LocalDriver::new(&runs, command.clone()).expect("driver");
+        driver.start(&spec).expect("start");
+    }
+    let driver = LocalDriver::new(&runs, command).expect("a new driver on the same runs").with_stop_grace(Duration::from_secs(5));
+    let observed = driver.observe().expect("observe");
+    assert_eq!(observed.len(), 1);
+    assert_eq!(observed[0].state, RunState::Running);
+    assert!(observed[0].started_at.is_some());
+    let pgid = pid_of(&driver, &spec.worker);
+    assert!(group_exists(pgid));
+    driver.cancel(&spec.worker).expect("cancel");
+    match state_of(&driver, &spec.worker) {
+        Some(RunState::Finished(r)) => assert_eq!((r.outcome, r.reason.as_str()), (Outcome::Failed, "Cancelled")),
+        other => panic!("expected a cancelled result, got {other:?}"),
+    }
+    wait_for("the process group to go", || (!group_exists(pgid)).then_some(()));
+    driver.cancel(&spec.worker).expect("cancelling again is harmless");
+}
+
+#[test]
+fn a_killed_worker_is_lost() {
+    let fx = Fixture::new();
+    let spec = fx.spec("implement", vec!["unused".into()]);
+    let driver = LocalDriver::new(fx.root().join("runs"), fake_worker(&spec.worker, "300")).expect("driver");
+    driver.start(&spec).expect("start");
+    let pid = pid_of(&driver, &spec.worker);
+    let raw = i32::try_from(pid).expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    let reason = wait_for("the run to be lost", || match state_of(&driver, &spec.worker) {
+        Some(RunState::Lost { reason }) => Some(reason),
+        Some(RunState::Running) => None,
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!(reason, "ProcessGone");
+    wait_for("the orphaned sleep to be stopped", || (!group_exists(pid)).then_some(()));
+}
+
+#[test]
+fn the_driver_stops_a_worker_past_its_wall_time() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec("implement", vec!["unused".into()]);
+    spec.wall_time_secs = Some(1);
+    let driver = LocalDriver::new(fx.root().join("runs"), fake_worker(&spec.worker, "300"))
+        .expect("driver")
+        .with_wall_time_grace(Duration::from_secs(1))
+        .with_stop_grace(Duration::from_secs(2));
+    driver.start(&spec).expect("start");
+    let pid = pid_of(&driver, &spec.worker);
+    let result = wait_for("the wall-time stop", || match state_of(&driver, &spec.worker) {
+        Some(RunState::Finished(r)) => Some(r),
+        Some(RunState::Running) => None,
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!((result.outcome, result.reason.as_str()), (Outcome::Failed, "WallTimeExceeded"), "{result:?}");
+    wait_for("the process group to go", || (!group_exists(pid)).then_some(()));
+}
+
+#[test]
+fn driver_runs_the_real_entrypoint() {
+    let fx = Fixture::new();
+    let spec = fx.spec("implement", script_command());
+    let driver = LocalDriver::new(fx.root().join("runs"), child_command()).expect("driver");
+    driver.start(&spec).expect("start");
+    let result = wait_for("the worker's result", || match state_of(&driver, &spec.worker) {
+        Some(RunState::Finished(r)) => Some(r),
+        Some(RunState::Running) => None,
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    assert_eq!(fx.remote(&["rev-parse", "refs/heads/hadron/add-greeting"]), result.pushed_commit.expect("pushed"));
+    assert_eq!(result.tokens_out, 20);
+}
