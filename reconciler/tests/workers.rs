@@ -470,3 +470,26 @@ fn driver_runs_the_real_entrypoint() {
     assert_eq!(fx.remote(&["rev-parse", "refs/heads/hadron/add-greeting"]), result.pushed_commit.expect("pushed"));
     assert_eq!(result.tokens_out, 20);
 }
+
+#[test]
+fn cancelling_a_real_worker_stops_its_agent_too() {
+    let fx = Fixture::new();
+    let spec = fx.spec("implement", sh("sleep 300"));
+    let driver = LocalDriver::new(fx.root().join("runs"), child_command()).expect("driver").with_stop_grace(Duration::from_secs(5));
+    driver.start(&spec).expect("start");
+    let agent_json = driver.run_dir(&spec.worker).join("agent.json");
+    let agent_pid = wait_for("the agent to start", || {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&agent_json).ok()?).ok()?;
+        v["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+    });
+    let worker_pid = pid_of(&driver, &spec.worker);
+    assert_ne!(agent_pid, worker_pid, "the agent has its own process group");
+    assert!(group_exists(agent_pid));
+    driver.cancel(&spec.worker).expect("cancel");
+    match state_of(&driver, &spec.worker) {
+        Some(RunState::Finished(r)) => assert_eq!(r.reason, "Cancelled"),
+        other => panic!("expected a cancelled result, got {other:?}"),
+    }
+    wait_for("the agent's group to go", || (!group_exists(agent_pid)).then_some(()));
+    wait_for("the worker's group to go", || (!group_exists(worker_pid)).then_some(()));
+}

@@ -266,10 +266,13 @@ fn finish(spec: &RunSpec, outcome: Result<Done, WorkerError>, usage: Option<Usag
     result
 }
 
+/// The agent's own environment variables.
+type AgentEnv = Vec<(String, OsString)>;
+
 /// Resolves the agent's environment: literal values as they are, secrets
 /// from the worker's own environment. Returns the variables and the secret
 /// values (for redaction).
-fn resolve_env(spec: &RunSpec) -> Result<(Vec<(String, OsString)>, Vec<String>), WorkerError> {
+fn resolve_env(spec: &RunSpec) -> Result<(AgentEnv, Vec<String>), WorkerError> {
     let mut env = Vec::new();
     let mut secrets = Vec::new();
     for (name, source) in &spec.env {
@@ -356,7 +359,7 @@ struct Worker<'a> {
     run_dir: PathBuf,
     workspace: PathBuf,
     log: Arc<Log>,
-    env: Vec<(String, OsString)>,
+    env: AgentEnv,
     usage: Option<Usage>,
 }
 
@@ -653,10 +656,9 @@ impl Worker<'_> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Background processes the agent left behind go with it.
-        if let Ok(true) = signal_group(pid, Some(nix::sys::signal::Signal::SIGKILL)) {
-            self.log.line("stopped processes the agent left running");
-        }
+        // Background processes the agent left behind go with it. The leader
+        // is not reaped yet, so the group id cannot have been reused.
+        let _ = signal_group(pid, Some(nix::sys::signal::Signal::SIGKILL));
         let status = child.wait();
         let _ = std::fs::remove_file(self.run_dir.join(AGENT_FILE));
 
