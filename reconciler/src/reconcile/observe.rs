@@ -9,7 +9,7 @@ use crate::model::validate::effective_agent;
 use crate::plan::{self, ApprovalState, AttemptState, CiState, DriverRun, Observed, RunState};
 use crate::store;
 use crate::workers::spec::{Outcome, RunResult};
-use crate::workers::{Observation, RunPhase};
+use crate::workers::{Observation, RunState as DriverState};
 
 use super::{Context, ReconcileError};
 
@@ -50,9 +50,9 @@ pub fn from_store(a: &store::Attempt, agent: &str) -> plan::Attempt {
     }
 }
 
-/// A driver observation as the planner sees it.
-pub fn from_run(obs: &Observation, agent: &str) -> DriverRun {
-    let spec = &obs.spec;
+/// A driver observation as the planner sees it (`None` without a readable run.json).
+pub fn from_run(obs: &Observation, agent: &str) -> Option<DriverRun> {
+    let spec = obs.spec.as_ref()?;
     let mut attempt = plan::Attempt {
         worker: spec.worker.clone(),
         request: spec.request.clone(),
@@ -62,7 +62,7 @@ pub fn from_run(obs: &Observation, agent: &str) -> DriverRun {
         attempt: spec.attempt,
         agent: agent.to_owned(),
         state: AttemptState::Running,
-        started_at: obs.started_at,
+        started_at: obs.started_at.as_deref().and_then(crate::time::parse_rfc3339),
         finished_at: None,
         cost_usd: 0.0,
         tokens: 0,
@@ -70,18 +70,18 @@ pub fn from_run(obs: &Observation, agent: &str) -> DriverRun {
         reason: String::new(),
         summary: String::new(),
     };
-    let state = match &obs.phase {
-        RunPhase::Running => RunState::Running,
-        RunPhase::Lost { reason } => {
+    let state = match &obs.state {
+        DriverState::Running => RunState::Running,
+        DriverState::Lost { reason } => {
             attempt.reason = reason.clone();
             RunState::Lost
         }
-        RunPhase::Finished(result) => {
+        DriverState::Finished(result) => {
             apply_result(&mut attempt, result);
             RunState::Finished
         }
     };
-    DriverRun { attempt, state }
+    Some(DriverRun { attempt, state })
 }
 
 /// Copies a worker's result into an attempt.
@@ -126,7 +126,10 @@ pub async fn observe(ctx: &Context, _revision: &str) -> Result<Observed, Reconci
     let runs = tokio::task::spawn_blocking(move || driver.observe())
         .await
         .map_err(|e| ReconcileError::Join(e.to_string()))??;
-    observed.runs = runs.iter().map(|o| from_run(o, &agent_of(&o.spec.request))).collect();
+    observed.runs = runs
+        .iter()
+        .filter_map(|o| from_run(o, &o.spec.as_ref().map(|s| agent_of(&s.request)).unwrap_or_default()))
+        .collect();
 
     // Gates.
     let mirror = ctx.source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?.mirror_path();

@@ -178,6 +178,24 @@ impl RunResult {
     }
 }
 
+/// The lock a live worker holds on its run directory for its whole life.
+pub const LOCK_FILE: &str = "worker.lock";
+
+/// Takes the run directory's lock; `Ok(None)` when another process holds it.
+pub fn lock_run(run_dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(run_dir.join(LOCK_FILE))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Whether a live worker holds the run directory's lock.
+pub fn run_is_locked(run_dir: &Path) -> bool {
+    run_dir.join(LOCK_FILE).exists() && matches!(lock_run(run_dir), Ok(None))
+}
+
 /// Runs the worker described by `run_json` and writes `result.json` beside it.
 ///
 /// Effectively once: when `result.json` already holds this worker's result it
@@ -194,6 +212,34 @@ pub fn run_worker(run_json: &Path) -> RunResult {
     let result_path = run_dir.join(RESULT_FILE);
     let log_path = run_dir.join(LOG_FILE);
     let started_at = now_rfc3339();
+
+    // One worker per run directory: a second process started for the same
+    // run (a driver that crashed between spawning and recording the pid)
+    // finds the lock held and leaves without doing anything.
+    let _lock = match lock_run(&run_dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            return RunResult {
+                worker: String::new(),
+                outcome: Outcome::Failed,
+                reason: "AlreadyRunning".to_owned(),
+                message: format!("another worker holds {}", run_dir.join(LOCK_FILE).display()),
+                pushed_commit: None,
+                tokens_in: 0,
+                tokens_out: 0,
+                cost_usd: 0.0,
+                summary: String::new(),
+                log_path: log_path.display().to_string(),
+                started_at: started_at.clone(),
+                finished_at: started_at,
+            };
+        }
+        Err(e) => {
+            let result = RunResult::failed("", &WorkerError::io(&run_dir.join(LOCK_FILE), e), &log_path, &started_at);
+            let _ = result.write(&result_path);
+            return result;
+        }
+    };
 
     let spec: RunSpec = match std::fs::read(run_json)
         .map_err(|e| e.to_string())

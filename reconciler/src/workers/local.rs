@@ -206,14 +206,20 @@ impl LocalDriver {
     fn observe_one(&self, worker: &str, dir: &Path) -> Result<Observation, DriverError> {
         let pid = Self::read_pid(dir);
         let started_at = pid.as_ref().map(|p| p.started_at.clone());
-        let observation = |state| Observation { worker: worker.to_owned(), state, started_at: started_at.clone() };
+        let spec = std::fs::read(dir.join(RUN_FILE)).ok().and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok());
+        let observation =
+            |state| Observation { worker: worker.to_owned(), state, started_at: started_at.clone(), spec: spec.clone() };
         if let Some(result) = RunResult::read(&dir.join(RESULT_FILE)) {
             return Ok(observation(RunState::Finished(result)));
         }
+        let locked = crate::workers::entry::run_is_locked(dir);
         let Some(pid) = pid else {
+            if locked {
+                return Ok(observation(RunState::Running));
+            }
             return Ok(observation(RunState::Lost { reason: "NotStarted".to_owned() }));
         };
-        if pid.is_alive() {
+        if pid.is_alive() || locked {
             let limit = std::fs::read(dir.join(RUN_FILE))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok())
@@ -261,7 +267,7 @@ impl Driver for LocalDriver {
         }
         let _guard = self.guard();
         let dir = self.run_dir(&spec.worker);
-        if dir.join(PID_FILE).exists() || dir.join(RESULT_FILE).exists() {
+        if dir.join(PID_FILE).exists() || dir.join(RESULT_FILE).exists() || crate::workers::entry::run_is_locked(&dir) {
             return Ok(());
         }
         self.spawn(spec, &dir)

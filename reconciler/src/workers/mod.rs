@@ -25,6 +25,9 @@ pub struct Observation {
     pub state: RunState,
     /// When the worker was started (RFC 3339 UTC), when known.
     pub started_at: Option<String>,
+    /// What the worker was asked to do (its `run.json`), when readable: lets
+    /// the reconciler adopt a run its store does not know.
+    pub spec: Option<RunSpec>,
 }
 
 /// The state of one worker.
