@@ -8,3 +8,4 @@ pub mod model;
 pub mod cli;
 pub mod schema;
 pub mod workers;
+pub mod gates;
