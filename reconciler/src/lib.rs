@@ -13,3 +13,4 @@ pub mod status;
 pub mod store;
 pub mod time;
 pub mod workers;
+pub mod gates;

@@ -1,0 +1,69 @@
+//! Approving locally, as a person would: merge the approval branch into the
+//! base branch with `git merge --no-ff` and push. Only the `git` CLI is used,
+//! exactly as a person at a terminal would, so what Hadron sees afterwards is
+//! what it sees after any human merge.
+
+use std::path::Path;
+
+use super::cli::{args, check_url, git, git_ok, push};
+use super::{GateError, Person, approval_branch, check_names};
+use crate::model::validate::is_branch_name;
+
+/// Clones `remote_url` into `work_dir/approve-<request>-<gate>` (replacing an
+/// earlier clone of that name), merges `hadron/approve/<request>/<gate>` into
+/// `base_branch` with `--no-ff` as `user_name <user_email>` (author and
+/// committer), pushes `base_branch` without force, and returns the merge
+/// commit's id.
+pub fn approve_as_person(
+    remote_url: &str,
+    base_branch: &str,
+    request: &str,
+    gate: &str,
+    work_dir: &Path,
+    user_name: &str,
+    user_email: &str,
+) -> Result<String, GateError> {
+    check_names(request, gate)?;
+    check_url(remote_url)?;
+    if !is_branch_name(base_branch) {
+        return Err(GateError::InvalidBranch(base_branch.to_owned()));
+    }
+    let who = Person::new(user_name, user_email);
+    who.check_writable()?;
+
+    let checkout = work_dir.join(format!("approve-{request}-{gate}"));
+    if checkout.exists() {
+        std::fs::remove_dir_all(&checkout)
+            .map_err(|source| GateError::Io { op: "remove old clone", path: checkout.display().to_string(), source })?;
+    }
+    std::fs::create_dir_all(work_dir)
+        .map_err(|source| GateError::Io { op: "create work folder", path: work_dir.display().to_string(), source })?;
+
+    let branch = approval_branch(request, gate);
+    let mut clone = args(["clone", "--quiet", "--no-tags", "--branch", base_branch, "--", remote_url]);
+    clone.push(checkout.clone().into_os_string());
+    git_ok("clone", work_dir, &who, &clone)?;
+
+    let remote_ref = format!("refs/remotes/origin/{branch}");
+    let verify = git(&checkout, &who, &args(["rev-parse", "--verify", "--quiet", &format!("{remote_ref}^{{commit}}")]))?;
+    if !verify.success {
+        return Err(GateError::ApprovalBranchMissing(branch));
+    }
+    let before = git_ok("rev-parse", &checkout, &who, &args(["rev-parse", "HEAD"]))?.trim().to_owned();
+    let message = format!("Approve {request}/{gate}\n\nMerge {branch} into {base_branch}.");
+    git_ok(
+        "merge",
+        &checkout,
+        &who,
+        &args(["merge", "--no-ff", "--no-edit", "--no-verify", "-m", &message, &remote_ref]),
+    )?;
+    let after = git_ok("rev-parse", &checkout, &who, &args(["rev-parse", "HEAD"]))?.trim().to_owned();
+    if after == before {
+        return Err(GateError::AlreadyMerged(branch));
+    }
+    let dst = format!("refs/heads/{base_branch}");
+    if let Some(detail) = push(&checkout, &who, "origin", &dst, &dst)? {
+        return Err(GateError::PushRejected { refname: dst, attempts: 1, detail });
+    }
+    Ok(after)
+}
