@@ -8,6 +8,7 @@
 //! approval file, so merging it changes nothing outside `approvals/`.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gix::ObjectId;
@@ -51,10 +52,15 @@ pub enum OpenOutcome {
 }
 
 /// Opens approval branches in control repos, as one identity (Hadron's).
+///
+/// Calls block (git processes and object-store I/O): from async code, run
+/// them on a blocking thread. Calls on one instance (and its clones) are
+/// serialised, so they never fetch into the same mirror at once.
 #[derive(Debug, Clone)]
 pub struct ApprovalBranches {
     work_dir: PathBuf,
     identity: Person,
+    serial: Arc<Mutex<()>>,
 }
 
 impl ApprovalBranches {
@@ -62,7 +68,7 @@ impl ApprovalBranches {
     /// (author and committer).
     pub fn new(work_dir: impl Into<PathBuf>, identity: Person) -> Result<Self, GateError> {
         identity.check_writable()?;
-        Ok(ApprovalBranches { work_dir: work_dir.into(), identity })
+        Ok(ApprovalBranches { work_dir: work_dir.into(), identity, serial: Arc::new(Mutex::new(())) })
     }
 
     /// The private bare mirror used for `remote_url`.
@@ -103,6 +109,9 @@ impl ApprovalBranches {
             return Err(GateError::InvalidName { what: "generation", value: generation.to_owned() });
         }
         let content = render_approval(request, gate, generation, summary)?;
+        // A poisoned lock only means another call panicked; the mirror is
+        // re-fetched below either way.
+        let _serial = self.serial.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mirror = self.mirror_dir(remote_url);
         ensure_mirror(&mirror)?;
         let branch = approval_branch(request, gate);
@@ -239,12 +248,11 @@ fn plan(
     }
 
     let head = resolve(repo, &format!("refs/remotes/origin/{}", approval_branch(request, gate)))?;
-    if let Some(head) = head {
-        if let Some(blob) = entry_at(repo, tree_of(repo, head)?, &path, false)? {
-            if blob_bytes(repo, blob)? == content.as_bytes() {
-                return Ok(Plan::Done(OpenOutcome::AlreadyOpen { commit: head.to_string() }));
-            }
-        }
+    if let Some(head) = head
+        && let Some(blob) = entry_at(repo, tree_of(repo, head)?, &path, false)?
+        && blob_bytes(repo, blob)? == content.as_bytes()
+    {
+        return Ok(Plan::Done(OpenOutcome::AlreadyOpen { commit: head.to_string() }));
     }
 
     let blob = repo.write_blob(content.as_bytes()).map_err(|e| GateError::object("write blob", e))?.detach();

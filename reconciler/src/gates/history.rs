@@ -183,12 +183,12 @@ pub fn requester_of(repo: &gix::Repository, head: ObjectId, request: &str) -> Re
     for _ in 0..MAX_SIDE_BRANCH_DEPTH {
         let mut deeper = None;
         for &side in found.parents.iter().skip(1) {
-            if let Some(s) = step(repo, side)? {
-                if probe.blob(repo, s.tree)?.is_some() {
-                    deeper = oldest_addition(repo, side, &mut probe)?;
-                    if deeper.is_some() {
-                        break;
-                    }
+            if let Some(s) = step(repo, side)?
+                && probe.blob(repo, s.tree)?.is_some()
+            {
+                deeper = oldest_addition(repo, side, &mut probe)?;
+                if deeper.is_some() {
+                    break;
                 }
             }
         }

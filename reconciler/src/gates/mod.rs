@@ -246,16 +246,16 @@ pub fn decide(
     };
     let by = Some(approver.clone());
     let who = approver.person();
-    if let Some(requester) = requester {
-        if who.same_as(requester) {
-            return GateDecision::Rejected {
-                by,
-                why: format!(
-                    "{} <{}> is the requester of this change request and may not approve it; another allowed approver must merge the approval branch",
-                    approver.name, approver.email
-                ),
-            };
-        }
+    if let Some(requester) = requester
+        && who.same_as(requester)
+    {
+        return GateDecision::Rejected {
+            by,
+            why: format!(
+                "{} <{}> is the requester of this change request and may not approve it; another allowed approver must merge the approval branch",
+                approver.name, approver.email
+            ),
+        };
     }
     if policy.users.is_empty() {
         let teams = if policy.teams.is_empty() {
