@@ -1,16 +1,19 @@
 //! Hadron: a git-driven reconciler for AI-agent change requests.
 //!
 //! The flow is readable from the modules: `source` (git) → `model` (parse and
-//! validate) → `plan` → `execute` (store, workers, forge) → `status` (write back).
+//! validate) → `plan` → `reconcile` (observe, execute: store, workers,
+//! gates) → `status` (write back). `up` is the embedded default.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod gates;
 pub mod model;
 pub mod plan;
+pub mod reconcile;
 pub mod schema;
 pub mod source;
 pub mod status;
 pub mod store;
 pub mod time;
+pub mod up;
 pub mod workers;
-pub mod gates;

@@ -3,9 +3,11 @@
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use hadron::cli::{self, Format};
+use hadron::up::{self, UpOptions};
 
 /// Hadron: a git-driven reconciler for AI-agent change requests.
 ///
@@ -19,8 +21,97 @@ struct Cli {
     command: Command,
 }
 
+/// Where Hadron keeps its state, shared by the commands that need it.
+#[derive(clap::Args, Clone)]
+struct DataArgs {
+    /// Hadron's data dir: mirror, writer clone, run directories, SQLite store.
+    #[arg(long, env = "HADRON_DATA_DIR", default_value = ".hadron")]
+    data_dir: PathBuf,
+    /// PostgreSQL (`postgres://…`) or SQLite URL of the store; default: SQLite in the data dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run Hadron on a control repo: seed local repos if needed, then reconcile.
+    ///
+    /// DIR is a control-repo folder such as `example-repo` (seeded once into
+    /// bare repos under the data dir, with one target repo per `targets/<name>/`)
+    /// or a git repository used as it is. Prints a line per phase change.
+    /// Running it again in the same directory reuses the data dir and loses
+    /// nothing pushed to the seeded repos.
+    Up {
+        /// Control-repo folder or git repository.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Branch of the control repo.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Return once every request is terminal or waiting on a person, with a summary.
+        #[arg(long)]
+        exit_when_idle: bool,
+        /// Fetch the control repo at least this often (seconds); pushes to a local repo trigger at once.
+        #[arg(long, default_value_t = 60)]
+        poll_seconds: u64,
+        /// First retry delay of a failed worker (milliseconds); doubles per attempt.
+        #[arg(long, default_value_t = 10_000)]
+        backoff_ms: u64,
+    },
+    /// Run one worker (started by a driver, not by people): `--run <run.json>`.
+    ///
+    /// Clones the target repo, checks out `hadron/<request>`, renders the
+    /// prompt, runs the agent, commits and pushes, and writes `result.json`
+    /// beside run.json. Exit status 0 when the stage succeeded, 1 otherwise.
+    Worker {
+        /// The run description written by the driver.
+        #[arg(long)]
+        run: PathBuf,
+    },
+    /// Approve a gate as a person would: merge `hadron/approve/<request>/<gate>`.
+    ///
+    /// Clones the control repo, merges the approval branch into the branch
+    /// with `git merge --no-ff` as the given person, and pushes. The person
+    /// must be an approver in hadron.yaml and not the requester.
+    Approve {
+        /// Request name.
+        request: String,
+        /// Gate name.
+        gate: String,
+        /// Control repo (default: the one `hadron up` seeded in the data dir).
+        #[arg(long)]
+        control: Option<String>,
+        /// Branch of the control repo.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Approver's name (the merge's committer).
+        #[arg(long = "as")]
+        name: String,
+        /// Approver's email.
+        #[arg(long)]
+        email: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Record a CI result for a `ci` gate: the commit status of `hadron/<request>`'s head.
+    CiStatus {
+        /// Request name.
+        request: String,
+        /// Target repo URL as written in the request (e.g. `../demo-app.git`).
+        repo: String,
+        /// `success`, `failure` or `pending`.
+        state: String,
+        /// Status context.
+        #[arg(long, default_value = "hadron/local")]
+        context: String,
+        /// Control repo (default: the one `hadron up` seeded in the data dir).
+        #[arg(long)]
+        control: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Check a control repo folder: YAML syntax, fields, names, references.
     ///
     /// Prints `path:line:col: error[Code]: message` with a `help:` line per
@@ -46,9 +137,77 @@ enum Command {
     },
 }
 
+fn default_control(control: Option<String>, data_dir: &std::path::Path) -> String {
+    control.unwrap_or_else(|| {
+        let seeded = data_dir.join("repos/control.git");
+        std::path::absolute(&seeded).unwrap_or(seeded).to_string_lossy().into_owned()
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("because a tokio runtime starts on any supported OS")
+}
+
 fn main() -> ExitCode {
     let args = Cli::parse();
+    if !matches!(args.command, Command::Worker { .. }) {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_writer(io::stderr)
+            .try_init();
+    }
     let code = match args.command {
+        Command::Up { dir, data, branch, exit_when_idle, poll_seconds, backoff_ms } => {
+            let opts = UpOptions {
+                dir,
+                data_dir: data.data_dir,
+                branch,
+                exit_when_idle,
+                poll_interval: Duration::from_secs(poll_seconds.max(1)),
+                database_url: data.database_url,
+                worker_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hadron")),
+                backoff_base: Duration::from_millis(backoff_ms),
+            };
+            let mut stdout = io::stdout();
+            match runtime().block_on(up::up(opts, &mut stdout)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error[{}]: {e}", e.reason());
+                    2
+                }
+            }
+        }
+        Command::Worker { run } => {
+            let result = hadron::workers::entry::run_worker(&run);
+            i32::from(result.outcome != hadron::workers::spec::Outcome::Succeeded)
+        }
+        Command::Approve { request, gate, control, branch, name, email, data } => {
+            let control = default_control(control, &data.data_dir);
+            let email = email.unwrap_or_else(|| format!("{name}@localhost"));
+            match up::approve(&control, &branch, &request, &gate, &name, &email, &data.data_dir) {
+                Ok(commit) => {
+                    println!("approved {request}/{gate} as {name}: merge commit {commit} pushed to {branch}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error[{}]: {e}", e.reason());
+                    1
+                }
+            }
+        }
+        Command::CiStatus { request, repo, state, context, control, data } => {
+            let control = default_control(control, &data.data_dir);
+            match runtime().block_on(up::ci_status(&control, &request, &repo, &state, &context, data.database_url.as_deref(), &data.data_dir)) {
+                Ok(head) => {
+                    println!("recorded {state} ({context}) for {repo} at {head}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error[{}]: {e}", e.reason());
+                    1
+                }
+            }
+        }
         Command::Validate { dir, format } => cli::validate(&dir, format, &mut io::stdout(), &mut io::stderr()),
         Command::Schema { out, check } => match cli::schema(&out, check, &mut io::stdout()) {
             Ok(code) => code,

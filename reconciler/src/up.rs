@@ -12,7 +12,7 @@ use crate::model::Phase;
 use crate::plan::PlanConfig;
 use crate::reconcile::{self, Context, LoopConfig, PassReport, ReconcileError, seed, urls};
 use crate::store::Store;
-use crate::workers::local::LocalDriver;
+use crate::workers::{LocalDriver, WorkerCommand};
 
 /// Why `up` (or a helper command) could not run.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +119,15 @@ pub async fn up(opts: UpOptions, out: &mut (dyn Write + Send)) -> Result<i32, Up
     let control = control_repo(&opts.dir, &data_dir, out)?;
     let store = open_store(opts.database_url.as_deref(), &data_dir).await?;
     let _ = writeln!(out, "store: {}", store.location());
-    let driver = Arc::new(LocalDriver::new(data_dir.join("runs"), opts.worker_program.clone(), vec!["worker".into(), "--run".into()]));
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    // A worker exit is a trigger, like a push.
+    let exit_tx = tx.clone();
+    let driver = LocalDriver::new(data_dir.join("runs"), WorkerCommand::hadron(opts.worker_program.clone()))
+        .map_err(ReconcileError::from)?
+        .with_exit_hook(move |_| {
+            let _ = exit_tx.try_send(());
+        });
+    let driver = Arc::new(driver);
     let cfg = LoopConfig {
         control_url: control.to_string_lossy().into_owned(),
         branch: opts.branch.clone(),
@@ -129,7 +137,6 @@ pub async fn up(opts: UpOptions, out: &mut (dyn Write + Send)) -> Result<i32, Up
         driver_name: "local".into(),
     };
     let mut ctx = Context::new(cfg, store, driver)?;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
     let _triggers = crate::source::spawn_triggers(&ctx.source_config(), tx);
     let stop = Arc::new(AtomicBool::new(false));
     {

@@ -130,6 +130,6 @@ fn example_repo_end_to_end_as_a_person_would() {
         assert!(history.contains(needle), "`{needle}` missing from git log -p -- status/");
     }
     // Hadron never wrote outside status/ on main (approval branches are separate).
-    let touched = git(&clone, "carol", &["log", "--author=<hadron@localhost>", "--name-only", "--format=", "main"]);
+    let touched = git(&clone, "carol", &["log", "--first-parent", "--author=<hadron@localhost>", "--name-only", "--format=", "main"]);
     assert!(touched.lines().filter(|l| !l.is_empty()).all(|l| l.starts_with("status/")), "{touched}");
 }

@@ -29,7 +29,7 @@ CREATE TABLE attempts (
     tokens_out    INTEGER CHECK (tokens_out >= 0),
     result        TEXT,
     pushed_commit TEXT,
-    UNIQUE (request, stage, repo, attempt)
+    UNIQUE (request, generation, stage, repo, attempt)
 );
 
 CREATE INDEX attempts_by_request ON attempts (request, stage, attempt);

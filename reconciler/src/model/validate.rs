@@ -3,7 +3,6 @@
 //! or gate). Pure functions over parsed objects.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use super::diag::{Code, Diagnostic, Severity};
 use super::kinds::{

@@ -108,11 +108,7 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
 /// Runs the plan's actions in order.
 pub async fn execute(ctx: &mut Context, plan: &Plan, observed: &Observed, revision: &str, t: Millis) -> Result<(), ReconcileError> {
     let all: Vec<Attempt> = plan.requests.values().flat_map(|v| v.attempts.iter().cloned()).chain(observed.attempts.iter().cloned()).collect();
-    for action in &plan.actions {
-        if let Err(e) = execute_one(ctx, action, &all, revision, t).await {
-            tracing::warn!(reason = e.reason(), error = %e, ?action, "action failed; the next pass retries it");
-        }
-    }
+    // Request records first: attempts refer to them.
     for (name, view) in &plan.requests {
         ctx.store
             .upsert_request(&RequestRecord {
@@ -125,6 +121,11 @@ pub async fn execute(ctx: &mut Context, plan: &Plan, observed: &Observed, revisi
                 updated_at: t,
             })
             .await?;
+    }
+    for action in &plan.actions {
+        if let Err(e) = execute_one(ctx, action, &all, revision, t).await {
+            tracing::warn!(reason = e.reason(), error = %e, ?action, "action failed; the next pass retries it");
+        }
     }
     Ok(())
 }

@@ -145,7 +145,7 @@ impl Context {
         let opts = LoadOptions { filter: PathFilter::hadron(), ..LoadOptions::default() };
         let source = Source::new(source_cfg, opts)?;
         let writer = StatusWriter::new(WriterConfig::new(cfg.control_url.clone(), cfg.branch.clone(), cfg.data_dir.join("writer")))?;
-        let gates = crate::gates::branch::ApprovalBranches::new(cfg.data_dir.join("gates"));
+        let gates = crate::gates::branch::ApprovalBranches::new(cfg.data_dir.join("gates"), crate::gates::Person::new("hadron", "hadron@localhost"))?;
         Ok(Context {
             cfg,
             store,

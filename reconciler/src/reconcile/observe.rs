@@ -155,8 +155,8 @@ pub async fn observe(ctx: &Context, _revision: &str) -> Result<Observed, Reconci
                                 let repo = gix::open(&mirror).ok()?;
                                 let head = head.id();
                                 Some((
-                                    gates::history::approver_of(&repo, head, &name, &gate_name),
-                                    gates::history::requester_of(&repo, head, &name),
+                                    gates::history::approver_of(&repo, head, &name, &gate_name).ok().flatten(),
+                                    gates::history::requester_of(&repo, head, &name).ok().flatten(),
                                 ))
                             })
                             .await
@@ -168,10 +168,12 @@ pub async fn observe(ctx: &Context, _revision: &str) -> Result<Observed, Reconci
                     let decision =
                         gates::decide(Some(approval), approver.as_ref(), requester.as_ref(), &desired.settings.spec.approvers, &generation);
                     let state = match decision {
-                        GateDecision::Approved { by } => ApprovalState::Approved { by },
+                        GateDecision::Approved { by } => ApprovalState::Approved { by: by.name },
                         GateDecision::Waiting => ApprovalState::Waiting,
                         GateDecision::Stale { given_for } => ApprovalState::Stale { given_for },
-                        GateDecision::Rejected { by, why } => ApprovalState::Rejected { by, why },
+                        GateDecision::Rejected { by, why } => {
+                            ApprovalState::Rejected { by: by.map_or_else(|| "someone".to_owned(), |b| b.name), why }
+                        }
                     };
                     observed.approvals.insert(key, state);
                 }

@@ -79,7 +79,7 @@ impl Store {
     /// Returns the stored attempt and whether it already existed: this is how a
     /// repeated action finds the earlier worker instead of starting a second one.
     /// `event` is appended in the same transaction, only when the row is new.
-    /// A different worker name for the same (request, stage, repo, attempt) is a
+    /// A different worker name for the same (request, generation, stage, repo, attempt) is a
     /// [`StoreError::Conflict`], as is an unknown request.
     pub async fn insert_attempt(
         &self,

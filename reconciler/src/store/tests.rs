@@ -279,10 +279,14 @@ store_test!(attempt_insert_if_absent_finds_the_earlier_worker, |db| {
     let events = store.events_for_request("alpha", 100).await?;
     ensure!(events.len() == 1 && events[0].at == 100, "{events:?}");
 
-    // Another name for the same (request, stage, repo, attempt) is a conflict.
+    // Another name for the same (request, generation, stage, repo, attempt) is a conflict.
     let mut clash = new.clone();
     clash.worker_name = "hadron-alpha-implement-1-x".to_owned();
     expect_reason(store.insert_attempt(&clash, None).await, "StoreConflict")?;
+    // The same slot of a new spec generation is a new attempt.
+    let mut next_generation = clash.clone();
+    next_generation.generation = format!("{}-next", new.generation);
+    ensure!(!store.insert_attempt(&next_generation, None).await?.existed);
 
     // An attempt for an unknown request is refused (foreign keys are on), and
     // the failed transaction leaves no event behind.
@@ -294,7 +298,7 @@ store_test!(attempt_insert_if_absent_finds_the_earlier_worker, |db| {
         "StoreConflict",
     )?;
     ensure!(store.events_for_request("ghost", 10).await?.is_empty());
-    ensure!(store.list_attempts("alpha").await?.len() == 1);
+    ensure!(store.list_attempts("alpha").await?.len() == 2, "the first generation's attempt and the next one's");
     Ok(())
 });
 
