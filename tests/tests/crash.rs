@@ -55,12 +55,16 @@ fn control_folder(root: &Path, log: &Path) -> std::path::PathBuf {
 
 fn up(cwd: &Path, dir: &Path, exit_when_idle: bool) -> std::process::Child {
     let mut cmd = Command::new(hadron_bin!());
+    let log = |name: &str| {
+        std::fs::OpenOptions::new().create(true).append(true).open(cwd.join(name)).map_or_else(|_| Stdio::null(), Stdio::from)
+    };
     cmd.args(["up", dir.to_str().expect("utf-8"), "--poll-seconds", "1", "--backoff-ms", "100"])
         .current_dir(cwd)
         .env_remove("DATABASE_URL")
         .env_remove("HADRON_DATA_DIR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .env("RUST_LOG", "hadron=info")
+        .stdout(log("up.out"))
+        .stderr(log("up.err"));
     if exit_when_idle {
         cmd.arg("--exit-when-idle");
     }
@@ -103,7 +107,11 @@ fn crash_and_restart(delete_store: bool, seed: u64) {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("hadron up did not become idle in 10 minutes");
+            let tail = |name: &str| {
+                let text = std::fs::read_to_string(tmp.path().join(name)).unwrap_or_default();
+                text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            };
+            panic!("hadron up did not become idle in 10 minutes\n--- stdout\n{}\n--- stderr\n{}", tail("up.out"), tail("up.err"));
         }
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -182,18 +182,25 @@ impl RunResult {
 pub const LOCK_FILE: &str = "worker.lock";
 
 /// Takes the run directory's lock; `Ok(None)` when another process holds it.
+/// A driver probing the lock holds it for an instant only, so the worker
+/// retries for a while before it concludes that another worker runs.
 pub fn lock_run(run_dir: &Path) -> std::io::Result<Option<std::fs::File>> {
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(run_dir.join(LOCK_FILE))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    for _ in 0..200 {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
     }
+    Ok(None)
 }
 
-/// Whether a live worker holds the run directory's lock.
+/// Whether a live worker holds the run directory's lock. Probes with a
+/// shared lock, released at once.
 pub fn run_is_locked(run_dir: &Path) -> bool {
-    run_dir.join(LOCK_FILE).exists() && matches!(lock_run(run_dir), Ok(None))
+    let Ok(file) = std::fs::File::open(run_dir.join(LOCK_FILE)) else { return false };
+    matches!(file.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 /// Runs the worker described by `run_json` and writes `result.json` beside it.
