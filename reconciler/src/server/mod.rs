@@ -370,7 +370,12 @@ pub async fn serve(
 
 /// Binds a listening socket on `addr` (port 0 picks a free port).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops gracefully:
@@ -402,16 +407,25 @@ mod tests {
     #[test]
     fn repo_names_from_urls_and_full_names() {
         assert_eq!(repo_full_name("Org/App"), "org/app");
-        assert_eq!(repo_full_name("https://git.example.com/Org/App.git"), "org/app");
+        assert_eq!(
+            repo_full_name("https://git.example.com/Org/App.git"),
+            "org/app"
+        );
         assert_eq!(repo_full_name("http://gitea:3000/org/app/"), "org/app");
         assert_eq!(repo_full_name("git@git.example.com:org/app.git"), "org/app");
-        assert_eq!(repo_full_name("https://user@host/sub/org/app.git"), "org/app");
+        assert_eq!(
+            repo_full_name("https://user@host/sub/org/app.git"),
+            "org/app"
+        );
     }
 
     #[test]
     fn secret_is_never_printed() {
         let s = WebhookSecret::new("hunter2").expect("non-empty");
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert!(matches!(WebhookSecret::new(""), Err(ServerError::EmptySecret)));
+        assert!(matches!(
+            WebhookSecret::new(""),
+            Err(ServerError::EmptySecret)
+        ));
     }
 }
