@@ -11,6 +11,7 @@ pub mod model;
 pub mod plan;
 pub mod reconcile;
 pub mod schema;
+pub mod server;
 pub mod source;
 pub mod status;
 pub mod store;

@@ -1,0 +1,175 @@
+//! Errors of the HTTP server, each with a stable reason string and an HTTP status.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::store::StoreError;
+
+/// Everything the server can answer with an error, or fail on at start.
+///
+/// Messages never contain the webhook secret nor the signature a client sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The request body is larger than the configured limit.
+    #[error(
+        "the request body is larger than {limit} bytes; Gitea payloads are far smaller, check the sender"
+    )]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+
+    /// The request body could not be read from the connection.
+    #[error("cannot read the request body: {detail}")]
+    BodyRead {
+        /// What the transport reported.
+        detail: String,
+    },
+
+    /// No webhook secret is configured, so no delivery can be verified.
+    #[error(
+        "webhooks are disabled: Hadron has no webhook secret configured; set one in Hadron and in the Gitea webhook"
+    )]
+    SecretNotConfigured,
+
+    /// The delivery carries no (or an empty) `X-Gitea-Signature` header.
+    #[error(
+        "the delivery is not signed (no X-Gitea-Signature); give the Gitea webhook the same secret as Hadron"
+    )]
+    SignatureMissing,
+
+    /// The signature does not match the body under the configured secret.
+    #[error(
+        "the X-Gitea-Signature does not match the body; the webhook secret in Gitea differs from Hadron's, or the body was altered"
+    )]
+    SignatureMismatch,
+
+    /// A header Gitea always sends is missing or not valid text.
+    #[error(
+        "the header {header} is missing or not valid; Hadron accepts deliveries from Gitea webhooks only"
+    )]
+    MissingHeader {
+        /// The header name.
+        header: &'static str,
+    },
+
+    /// A signed payload of an event Hadron acts on does not have the expected shape.
+    #[error("the {event} payload does not have the shape Hadron expects: {source}")]
+    InvalidPayload {
+        /// The `X-Gitea-Event` value.
+        event: String,
+        /// What serde reported.
+        source: serde_json::Error,
+    },
+
+    /// The trigger queue of the reconcile loop is full; the delivery was not recorded.
+    #[error(
+        "the reconcile loop is busy (trigger queue full); the delivery was not recorded, redeliver it from Gitea"
+    )]
+    QueueFull,
+
+    /// The reconcile loop no longer takes triggers (Hadron is stopping).
+    #[error("Hadron is shutting down and takes no more triggers; redeliver once it is back")]
+    ShuttingDown,
+
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    /// The control repo has not been fetched yet.
+    #[error("not ready: the control repo has not been fetched yet")]
+    NotReady,
+
+    /// No object of that kind and name exists.
+    #[error("no {kind} named {name:?}")]
+    NotFound {
+        /// The kind, e.g. `request`.
+        kind: &'static str,
+        /// The name looked up.
+        name: String,
+    },
+
+    /// The configured webhook secret is empty.
+    #[error(
+        "the webhook secret is empty; use a long random string, or configure no secret to disable webhooks"
+    )]
+    EmptySecret,
+
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}; check that the address is free and allowed")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+
+    /// The server stopped with an I/O error.
+    #[error("the HTTP server failed: {source}")]
+    Serve {
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl ServerError {
+    /// A stable CamelCase reason for HTTP bodies, metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "PayloadTooLarge",
+            Self::BodyRead { .. } => "BodyRead",
+            Self::SecretNotConfigured => "WebhookSecretNotConfigured",
+            Self::SignatureMissing => "SignatureMissing",
+            Self::SignatureMismatch => "SignatureMismatch",
+            Self::MissingHeader { .. } => "MissingHeader",
+            Self::InvalidPayload { .. } => "InvalidPayload",
+            Self::QueueFull => "TriggerQueueFull",
+            Self::ShuttingDown => "ShuttingDown",
+            Self::Store(e) => e.reason(),
+            Self::NotReady => "NotReady",
+            Self::NotFound { .. } => "NotFound",
+            Self::EmptySecret => "EmptyWebhookSecret",
+            Self::Bind { .. } => "Bind",
+            Self::Serve { .. } => "Serve",
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyRead { .. } | Self::MissingHeader { .. } | Self::InvalidPayload { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::SecretNotConfigured | Self::SignatureMissing | Self::SignatureMismatch => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::QueueFull | Self::ShuttingDown | Self::Store(_) | Self::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::EmptySecret | Self::Bind { .. } | Self::Serve { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// The `result` label of `hadron_webhook_deliveries_total` for a delivery failing so.
+    pub fn delivery_result(&self) -> &'static str {
+        match self.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "error",
+        }
+    }
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.reason(), "message": self.to_string() });
+        (self.status(), Json(body)).into_response()
+    }
+}

@@ -1,0 +1,431 @@
+//! Hadron's HTTP server (axum): the Gitea webhook, probes, metrics, a
+//! read-only JSON API and a server-sent event stream.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /hooks/gitea` | verify (size limit, HMAC-SHA256), record the delivery, send a [`Trigger`] |
+//! | `GET /healthz` | 200 while the process answers |
+//! | `GET /readyz` | 200 once the store answers and the control repo was fetched, else 503 |
+//! | `GET /metrics` | Prometheus text format 0.0.4 ([`Metrics`]) |
+//! | `GET /api/v1/requests`, `GET /api/v1/requests/{name}` | request records from the store |
+//! | `GET /api/v1/events` | one SSE `phase` event per [`PhaseEvent`] sent by the loop |
+//!
+//! The server does no reconcile work: it only verifies, records and triggers.
+//! Error bodies are JSON `{ "error": reason, "message": … }`.
+
+mod api;
+mod error;
+pub mod metrics;
+pub mod webhook;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::routing::{get, post};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+
+pub use api::RequestView;
+pub use error::ServerError;
+pub use metrics::Metrics;
+
+use crate::model::Phase;
+use crate::reconcile::PhaseChange;
+use crate::store::Store;
+
+/// Default limit of a webhook body: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Why the reconcile loop should run a pass now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// The control branch moved (a push to it); `after` is the new head.
+    ControlPush {
+        /// The commit the branch points at after the push.
+        after: String,
+    },
+    /// Something happened in a watched target repo (a push or a commit status).
+    TargetActivity {
+        /// The repo's `owner/name`.
+        repo: String,
+        /// The commit concerned, if the event names one (none for a deleted branch).
+        commit: Option<String>,
+    },
+    /// An approval PR (`hadron/approve/<request>/<gate>`) was merged into the control branch.
+    ApprovalMerged {
+        /// The request name.
+        request: String,
+        /// The gate name.
+        gate: String,
+        /// Forge login of who merged (`merged_by`, else the event's sender).
+        merged_by_login: String,
+        /// The merge commit, when Gitea names it.
+        merge_commit: Option<String>,
+    },
+    /// The poll interval expired.
+    Poll,
+}
+
+impl Trigger {
+    /// The variant's name, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ControlPush { .. } => "ControlPush",
+            Self::TargetActivity { .. } => "TargetActivity",
+            Self::ApprovalMerged { .. } => "ApprovalMerged",
+            Self::Poll => "Poll",
+        }
+    }
+}
+
+/// A request changed phase; sent by the loop, streamed on `GET /api/v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseEvent {
+    /// Request name.
+    pub request: String,
+    /// Phase before (none for a new request).
+    pub from: Option<Phase>,
+    /// Phase now.
+    pub to: Phase,
+    /// Stage now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// The status message.
+    pub message: String,
+    /// Control-repo revision of the pass that saw the change.
+    pub revision: String,
+}
+
+impl PhaseEvent {
+    /// The event for one change of a pass over `revision`.
+    pub fn from_change(change: &PhaseChange, revision: &str) -> Self {
+        Self {
+            request: change.request.clone(),
+            from: change.from,
+            to: change.to,
+            stage: change.stage.clone(),
+            message: change.message.clone(),
+            revision: revision.to_owned(),
+        }
+    }
+}
+
+/// The webhook secret shared with Gitea. Never printed: `Debug` shows `***`.
+#[derive(Clone)]
+pub struct WebhookSecret(Arc<[u8]>);
+
+impl WebhookSecret {
+    /// Wraps `secret`; an empty secret is refused.
+    pub fn new(secret: impl AsRef<[u8]>) -> Result<Self, ServerError> {
+        let bytes = secret.as_ref();
+        if bytes.is_empty() {
+            return Err(ServerError::EmptySecret);
+        }
+        Ok(Self(Arc::from(bytes)))
+    }
+
+    /// The secret's bytes, for computing the HMAC.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(***)")
+    }
+}
+
+/// Which repositories Hadron watches, as Gitea names them in payloads.
+///
+/// Repositories are compared by `owner/name`, case-insensitively (as Gitea
+/// does). Targets may be given as `owner/name` or as clone URLs
+/// (`https://host/owner/name.git`, `git@host:owner/name.git`): a URL matches by
+/// its last two path segments, so the internal and public URL of the same
+/// Gitea both match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlRepoId {
+    /// The control repo's `owner/name`.
+    pub full_name: String,
+    /// The control branch, e.g. `main`.
+    pub branch: String,
+    /// The watched target repos, as `owner/name` (lower case).
+    pub targets: BTreeSet<String>,
+}
+
+impl ControlRepoId {
+    /// The control repo `repo` (an `owner/name` or a clone URL) on `branch`, no targets.
+    pub fn new(repo: &str, branch: &str) -> Self {
+        Self {
+            full_name: repo_full_name(repo),
+            branch: branch.to_owned(),
+            targets: BTreeSet::new(),
+        }
+    }
+
+    /// Adds a watched target repo (an `owner/name` or a clone URL).
+    pub fn with_target(mut self, repo: &str) -> Self {
+        self.add_target(repo);
+        self
+    }
+
+    /// Adds a watched target repo (an `owner/name` or a clone URL).
+    pub fn add_target(&mut self, repo: &str) {
+        self.targets.insert(repo_full_name(repo));
+    }
+
+    /// Whether `full_name` (from a payload) is the control repo.
+    pub fn is_control(&self, full_name: &str) -> bool {
+        self.full_name.eq_ignore_ascii_case(full_name)
+    }
+
+    /// Whether `full_name` (from a payload) is a watched target repo.
+    pub fn watches(&self, full_name: &str) -> bool {
+        self.targets.contains(&full_name.to_ascii_lowercase())
+    }
+}
+
+/// The lower-case `owner/name` of a repo given as `owner/name` or as a clone URL.
+pub fn repo_full_name(repo: &str) -> String {
+    let repo = repo.trim().trim_end_matches('/');
+    let repo = repo.strip_suffix(".git").unwrap_or(repo);
+    let path = if let Some((_, rest)) = repo.split_once("://") {
+        rest.split_once('/').map_or("", |(_, path)| path)
+    } else if let Some((_, path)) = repo.split_once(':').filter(|(host, _)| !host.contains('/')) {
+        path
+    } else {
+        repo
+    };
+    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
+    let name = segments.next().unwrap_or_default();
+    match segments.next() {
+        Some(owner) => format!("{owner}/{name}").to_ascii_lowercase(),
+        None => name.to_ascii_lowercase(),
+    }
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    webhook_secret: Option<WebhookSecret>,
+    control: ControlRepoId,
+    triggers: mpsc::Sender<Trigger>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    events: broadcast::Sender<PhaseEvent>,
+    body_limit: usize,
+    /// Set when the server shuts down, to end event streams.
+    closing: watch::Sender<bool>,
+}
+
+/// How to build a [`ServerState`]; every field but the required ones has a default.
+pub struct ServerConfig {
+    /// The store.
+    pub store: Store,
+    /// The webhook secret; with none, every webhook is refused (401).
+    pub webhook_secret: Option<WebhookSecret>,
+    /// The control repo and the watched targets.
+    pub control: ControlRepoId,
+    /// Where triggers go (the reconcile loop).
+    pub triggers: mpsc::Sender<Trigger>,
+    /// The metrics (shared with the loop).
+    pub metrics: Arc<Metrics>,
+    /// Set by the loop once the control repo was fetched.
+    pub ready: Arc<AtomicBool>,
+    /// Phase events from the loop.
+    pub events: broadcast::Sender<PhaseEvent>,
+    /// Largest webhook body accepted, in bytes.
+    pub body_limit: usize,
+}
+
+impl ServerConfig {
+    /// A configuration with no secret, fresh metrics, not ready, a 1 MiB body limit
+    /// and a new event channel (capacity 256).
+    pub fn new(store: Store, control: ControlRepoId, triggers: mpsc::Sender<Trigger>) -> Self {
+        Self {
+            store,
+            webhook_secret: None,
+            control,
+            triggers,
+            metrics: Arc::new(Metrics::new()),
+            ready: Arc::new(AtomicBool::new(false)),
+            events: broadcast::channel(256).0,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+impl ServerState {
+    /// The state of a server configured by `config`.
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store: config.store,
+                webhook_secret: config.webhook_secret,
+                control: config.control,
+                triggers: config.triggers,
+                metrics: config.metrics,
+                ready: config.ready,
+                events: config.events,
+                body_limit: config.body_limit,
+                closing: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The webhook secret, if configured.
+    pub fn webhook_secret(&self) -> Option<&WebhookSecret> {
+        self.inner.webhook_secret.as_ref()
+    }
+
+    /// The control repo and watched targets.
+    pub fn control(&self) -> &ControlRepoId {
+        &self.inner.control
+    }
+
+    /// The trigger channel of the loop.
+    pub fn triggers(&self) -> &mpsc::Sender<Trigger> {
+        &self.inner.triggers
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The readiness flag (the loop sets it once the control repo was fetched).
+    pub fn ready_flag(&self) -> &Arc<AtomicBool> {
+        &self.inner.ready
+    }
+
+    /// Whether the control repo was fetched at least once.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// The sender of phase events (the loop sends on it).
+    pub fn events(&self) -> &broadcast::Sender<PhaseEvent> {
+        &self.inner.events
+    }
+
+    /// The webhook body limit in bytes.
+    pub fn body_limit(&self) -> usize {
+        self.inner.body_limit
+    }
+
+    fn subscribe_events(&self) -> broadcast::Receiver<PhaseEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
+    /// Ends the event streams, so that a graceful shutdown does not wait on them.
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
+    }
+}
+
+/// All routes of the server.
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/hooks/gitea", post(webhook::gitea))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/api/v1/requests", get(api::list_requests))
+        .route("/api/v1/requests/{name}", get(api::get_request))
+        .route("/api/v1/events", get(api::events))
+        .fallback(api::not_found)
+        .with_state(state)
+}
+
+/// Binds `addr` and serves until `shutdown` completes (see [`serve_listener`]).
+pub async fn serve(
+    addr: SocketAddr,
+    state: ServerState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let listener = bind(addr).await?;
+    serve_listener(listener, state, shutdown).await
+}
+
+/// Binds a listening socket on `addr` (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops gracefully:
+/// no new connections, event streams end, requests in flight finish.
+pub async fn serve_listener(
+    listener: TcpListener,
+    state: ServerState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, webhooks = state.webhook_secret().is_some(), "HTTP server listening");
+    }
+    let app = router(state.clone());
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("HTTP server shutting down");
+        state.close_streams();
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
+        .map_err(|source| ServerError::Serve { source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_names_from_urls_and_full_names() {
+        assert_eq!(repo_full_name("Org/App"), "org/app");
+        assert_eq!(
+            repo_full_name("https://git.example.com/Org/App.git"),
+            "org/app"
+        );
+        assert_eq!(repo_full_name("http://gitea:3000/org/app/"), "org/app");
+        assert_eq!(repo_full_name("git@git.example.com:org/app.git"), "org/app");
+        assert_eq!(
+            repo_full_name("https://user@host/sub/org/app.git"),
+            "org/app"
+        );
+    }
+
+    #[test]
+    fn secret_is_never_printed() {
+        let s = WebhookSecret::new("hunter2").expect("non-empty");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(matches!(
+            WebhookSecret::new(""),
+            Err(ServerError::EmptySecret)
+        ));
+    }
+}
