@@ -25,7 +25,7 @@ const SECRET: &str = "correct horse battery staple";
 fn fixtures() -> PathBuf {
     std::env::var_os("HADRON_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/fixtures"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
 }
 
 fn webhook_dir() -> PathBuf {
