@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod forge;
 pub mod gates;
 pub mod model;
 pub mod plan;

@@ -1,0 +1,472 @@
+//! The Gitea client against a Gitea double that checks every request against
+//! the Gitea 1.22 and 1.14 API descriptions, plus decoding of the recorded
+//! Gitea API answers.
+
+#[path = "support/gitea_double.rs"]
+mod gitea_double;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use gitea_double::{GiteaDouble, gitea_fixtures};
+use hadron::forge::gitea::{Branch, CommitStatus, PullRequest, Repository, User};
+use hadron::forge::{
+    ApprovalPrView, ApproverDecision, CombinedState, CommitState, CommitView, GiteaClient, GiteaConfig, GiteaError,
+    PrAction, RepoRef, RetryPolicy, StageView, TargetPrView, TokenSource,
+};
+use hadron::model::kinds::ApproverPolicy;
+
+const TOKEN: &str = "t0k3n-for-tests-only";
+const CONTROL: &str = "hadron/control";
+
+struct Setup {
+    double: GiteaDouble,
+    client: GiteaClient,
+    _dir: tempfile::TempDir,
+}
+
+fn fast_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy { max_attempts, initial_delay: Duration::from_millis(5), max_delay: Duration::from_millis(50) }
+}
+
+fn client_for(base_url: &str, token: &str, dir: &tempfile::TempDir, retry: RetryPolicy) -> Result<GiteaClient> {
+    let token_file = dir.path().join(format!("token-{}", rand_suffix()));
+    std::fs::write(&token_file, format!("{token}\n"))?;
+    let mut config = GiteaConfig::new(base_url, TokenSource::File(token_file), RepoRef::parse(CONTROL)?);
+    config.retry = retry;
+    config.timeout = Duration::from_secs(60);
+    Ok(GiteaClient::new(config)?)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn setup() -> Result<Setup> {
+    let double = GiteaDouble::start(TOKEN, "hadron-bot").await;
+    double.add_repo(CONTROL, "main");
+    double.add_repo("acme/api", "trunk");
+    let dir = tempfile::tempdir()?;
+    let client = client_for(&double.base_url(), TOKEN, &dir, fast_retry(4))?;
+    Ok(Setup { double, client, _dir: dir })
+}
+
+fn approval_view(client: &GiteaClient) -> ApprovalPrView {
+    let sha = "4f5e7d8f15cf79387cfd8a0d30c58855ab61e138";
+    ApprovalPrView {
+        request: "add-login".to_owned(),
+        gate: "review".to_owned(),
+        request_title: "Add a login page".to_owned(),
+        generation: "3".to_owned(),
+        requester: Some("alice".to_owned()),
+        stages: vec![StageView {
+            name: "implement".to_owned(),
+            repo: "acme/api".to_owned(),
+            state: "Succeeded".to_owned(),
+            summary: Some("Added /login | with\ntests".to_owned()),
+            cost: Some("$0.42".to_owned()),
+            pr_url: None,
+        }],
+        commits: vec![CommitView::new(
+            "acme/api",
+            sha,
+            client.commit_url(&RepoRef::new("acme", "api"), sha),
+            "Add login page\n\nlong text",
+        )],
+        cost: Some("$0.42".to_owned()),
+        budget: Some("$5.00".to_owned()),
+    }
+}
+
+#[test]
+fn every_fixture_for_a_call_we_make_decodes() -> Result<()> {
+    let api = gitea_fixtures().join("api");
+    let read = |name: &str| std::fs::read_to_string(api.join(name));
+    let pr: PullRequest = serde_json::from_str(&read("pr.json")?)?;
+    assert_eq!((pr.number, pr.state.as_str(), pr.head.ref_name.as_str()), (1, "open", "feature"));
+    assert_eq!(pr.base.ref_name, "master");
+    assert_eq!(pr.html_url, "https://try.gitea.io/jcitizen/my-repo/pulls/1");
+    assert!(!pr.merged && pr.merged_by.is_none());
+    let prs: Vec<PullRequest> = serde_json::from_str(&read("prs.json")?)?;
+    assert!(!prs.is_empty());
+    let status: CommitStatus = serde_json::from_str(&read("status.json")?)?;
+    assert_eq!(status.status.as_deref(), Some("success"));
+    assert_eq!(status.context, "continuous-integration/drone");
+    let statuses: Vec<CommitStatus> = serde_json::from_str(&read("statuses.json")?)?;
+    assert_eq!(statuses[0].status.as_deref(), Some("success"));
+    let repo: Repository = serde_json::from_str(&read("repo.json")?)?;
+    assert_eq!(repo.full_name, "go-gitea/gitea");
+    assert_eq!(repo.default_branch, "master");
+    let user: User = serde_json::from_str(&read("user.json")?)?;
+    assert_eq!(user.login, "jcitizen");
+    let branch: Branch = serde_json::from_str(&read("branch.json")?)?;
+    assert_eq!(branch.name, "master");
+    assert_eq!(branch.commit.id, "f05f642b892d59a0a9ef6a31f6c905a24b5db13a");
+    Ok(())
+}
+
+#[tokio::test]
+async fn approval_pr_is_opened_once_then_updated_in_place() -> Result<()> {
+    let s = setup().await?;
+    let mut view = approval_view(&s.client);
+    let first = s.client.ensure_approval_pr(&view).await?;
+    assert_eq!(first.action, PrAction::Opened);
+    assert_eq!(first.html_url, format!("{}/{CONTROL}/pulls/1", s.double.base_url()));
+
+    let again = s.client.ensure_approval_pr(&view).await?;
+    assert_eq!(again.action, PrAction::Unchanged);
+    assert_eq!(again.number, first.number);
+
+    view.stages.push(StageView {
+        name: "docs".to_owned(),
+        repo: "acme/docs".to_owned(),
+        state: "Succeeded".to_owned(),
+        summary: Some("Documented the login".to_owned()),
+        cost: None,
+        pr_url: Some("https://gitea.example/acme/docs/pulls/7".to_owned()),
+    });
+    view.cost = Some("$0.61".to_owned());
+    let updated = s.client.ensure_approval_pr(&view).await?;
+    assert_eq!(updated.action, PrAction::Updated);
+    assert_eq!(updated.number, first.number);
+
+    let pulls = s.double.pulls(CONTROL);
+    assert_eq!(pulls.len(), 1, "no duplicate PR: {pulls:?}");
+    let pr = &pulls[0];
+    assert_eq!(pr.head, "hadron/approve/add-login/review");
+    assert_eq!(pr.base, "main");
+    assert_eq!(pr.title, "Approve review of add-login: Add a login page");
+    for needle in [
+        "| implement | acme/api | Succeeded | $0.42 | Added /login \\| with tests |",
+        "Documented the login ([PR](https://gitea.example/acme/docs/pulls/7))",
+        &format!("[`4f5e7d8f15`]({}/acme/api/commit/4f5e7d8f15cf79387cfd8a0d30c58855ab61e138) Add login page", s.double.base_url()),
+        "Spent so far: **$0.61** (budget $5.00)",
+        "## What merging means",
+        "adds `approvals/add-login/review.yaml` to `main`",
+        "Requested by **alice**, who may not approve it.",
+    ] {
+        assert!(pr.body.contains(needle), "body lacks {needle:?}:\n{}", pr.body);
+    }
+    assert!(!pr.body.contains("long text"), "only the commit subject goes in");
+    assert_eq!(s.double.count("POST", &format!("/api/v1/repos/{CONTROL}/pulls")), 1);
+    assert_eq!(s.double.count("PATCH", &format!("/api/v1/repos/{CONTROL}/pulls/1")), 1);
+    let requests = s.double.requests();
+    assert!(requests.iter().all(|r| r.authorized), "every request carries `Authorization: token …`");
+    let list = requests.iter().find(|r| r.method == "GET").expect("a list call");
+    assert!(list.query.contains(&("state".to_owned(), "open".to_owned())), "{:?}", list.query);
+    let create = requests.iter().find(|r| r.method == "POST").and_then(|r| r.body.clone()).expect("a create body");
+    assert_eq!(create["head"], "hadron/approve/add-login/review");
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_conflict_on_create_updates_the_pr_that_appeared_meanwhile() -> Result<()> {
+    let s = setup().await?;
+    let repo = RepoRef::new("acme", "api");
+    let first = s.client.ensure_pr(&repo, "hadron/x", "trunk", "T", "one").await?;
+    assert_eq!(first.action, PrAction::Opened);
+    // The first list call is answered "none open" by a stale replica: the
+    // create then meets 409 and the client must fall back to updating.
+    s.double.stale_pr_list_once("acme/api");
+    let pulls_before = s.double.pulls("acme/api").len();
+    let second = s.client.ensure_pr(&repo, "hadron/x", "trunk", "T", "two").await?;
+    assert_eq!(second.action, PrAction::Updated);
+    assert_eq!(s.double.pulls("acme/api").len(), pulls_before);
+    assert_eq!(s.double.pulls("acme/api")[0].body, "two");
+    assert_eq!(s.double.count("POST", "/api/v1/repos/acme/api/pulls"), 2, "the second create met 409");
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test]
+async fn commit_status_is_set_with_context_description_and_link() -> Result<()> {
+    let s = setup().await?;
+    let repo = RepoRef::new("acme", "api");
+    let sha = "aa11bb22cc33dd44ee55ff6677889900aabbccdd";
+    let got = s
+        .client
+        .set_status(&repo, sha, "add-login", CommitState::Pending, "waiting for approval", Some("https://hadron.example/r/add-login"))
+        .await?;
+    assert_eq!(got.status.as_deref(), Some("pending"));
+    assert_eq!(got.context, "hadron/add-login");
+    s.client.set_status(&repo, sha, "add-login", CommitState::Error, &"x".repeat(400), None).await?;
+    let stored = s.double.statuses("acme/api", sha);
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].state, "pending");
+    assert_eq!(stored[0].context, "hadron/add-login");
+    assert_eq!(stored[0].description, "waiting for approval");
+    assert_eq!(stored[0].target_url, "https://hadron.example/r/add-login");
+    assert_eq!(stored[1].state, "error");
+    assert!(stored[1].description.chars().count() <= 255);
+    assert_eq!(s.client.combined_status(&repo, sha, None).await?, CombinedState::Failure);
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test]
+async fn combined_status_decodes_success_failure_pending_and_contexts() -> Result<()> {
+    let s = setup().await?;
+    let repo = RepoRef::new("acme", "api");
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let ctx = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(s.client.combined_status(&repo, sha, None).await?, CombinedState::Pending, "no statuses yet");
+    s.double.add_status("acme/api", sha, "ci/build", "pending");
+    assert_eq!(s.client.combined_status(&repo, sha, None).await?, CombinedState::Pending);
+    s.double.add_status("acme/api", sha, "ci/build", "success");
+    assert_eq!(s.client.combined_status(&repo, sha, None).await?, CombinedState::Success);
+    s.double.add_status("acme/api", sha, "ci/lint", "failure");
+    assert_eq!(s.client.combined_status(&repo, sha, None).await?, CombinedState::Failure);
+    assert_eq!(s.client.combined_status(&repo, sha, Some(&ctx(&["ci/build"]))).await?, CombinedState::Success);
+    assert_eq!(
+        s.client.combined_status(&repo, sha, Some(&ctx(&["ci/build", "ci/test"]))).await?,
+        CombinedState::Pending,
+        "a required context without a status is pending"
+    );
+    assert_eq!(
+        s.client.combined_status(&repo, sha, Some(&ctx(&["ci/build", "ci/lint"]))).await?,
+        CombinedState::Failure
+    );
+    // More contexts than one page: the wanted one is on the second page.
+    let many = "1111111111111111111111111111111111111111";
+    for i in 0..60 {
+        s.double.add_status("acme/api", many, &format!("ctx/{i:02}"), "success");
+    }
+    s.double.add_status("acme/api", many, "ctx/59", "failure");
+    assert_eq!(s.client.combined_status(&repo, many, Some(&ctx(&["ctx/00", "ctx/59"]))).await?, CombinedState::Failure);
+    assert_eq!(s.client.combined_status(&repo, many, Some(&ctx(&["ctx/00", "ctx/58"]))).await?, CombinedState::Success);
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test]
+async fn target_pr_is_opened_to_the_default_branch_and_its_url_returned() -> Result<()> {
+    let s = setup().await?;
+    let repo = RepoRef::new("acme", "api");
+    let sha = "5555555555555555555555555555555555555555";
+    let view = TargetPrView {
+        request: "add-login".to_owned(),
+        request_title: "Add a login page".to_owned(),
+        description: Some("Users need to log in.".to_owned()),
+        stages: vec![StageView {
+            name: "implement".to_owned(),
+            repo: "acme/api".to_owned(),
+            state: "Succeeded".to_owned(),
+            summary: Some("Added /login".to_owned()),
+            cost: Some("$0.42".to_owned()),
+            pr_url: None,
+        }],
+        commits: vec![CommitView::new("acme/api", sha, s.client.commit_url(&repo, sha), "Add login page")],
+        cost: Some("$0.42".to_owned()),
+        status_url: Some("https://gitea.example/hadron/control/src/branch/main/status/add-login.yaml".to_owned()),
+    };
+    let pr = s.client.ensure_target_pr(&repo, None, &view).await?;
+    assert_eq!(pr.action, PrAction::Opened);
+    assert_eq!(pr.html_url, format!("{}/acme/api/pulls/1", s.double.base_url()));
+    let stored = s.double.pulls("acme/api");
+    assert_eq!(stored.len(), 1);
+    assert_eq!((stored[0].head.as_str(), stored[0].base.as_str()), ("hadron/add-login", "trunk"));
+    assert_eq!(stored[0].title, "Add a login page (hadron/add-login)");
+    assert!(stored[0].body.contains("Users need to log in."), "{}", stored[0].body);
+    assert!(stored[0].body.contains("- **implement** (Succeeded), cost $0.42: Added /login"), "{}", stored[0].body);
+    assert!(stored[0].body.contains(&format!("/acme/api/commit/{sha}")), "{}", stored[0].body);
+    let again = s.client.ensure_target_pr(&repo, Some("trunk"), &view).await?;
+    assert_eq!((again.action, again.html_url), (PrAction::Unchanged, pr.html_url));
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test]
+async fn merged_by_is_read_from_the_pr() -> Result<()> {
+    let s = setup().await?;
+    let control = RepoRef::parse(CONTROL)?;
+    let pr = s.client.ensure_approval_pr(&approval_view(&s.client)).await?;
+    let open = s.client.merge_info(&control, pr.number).await?;
+    assert!(!open.merged);
+    assert_eq!(open.merged_by, None);
+    s.double.merge_pr(CONTROL, pr.number, "bob");
+    let merged = s.client.merge_info(&control, pr.number).await?;
+    assert!(merged.merged);
+    assert_eq!(merged.merged_by.as_deref(), Some("bob"));
+    assert!(merged.merge_commit_sha.is_some());
+    let e = s.client.merge_info(&control, 99).await.expect_err("no PR 99");
+    assert_eq!(e.reason(), "GiteaNotFound");
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test]
+async fn team_membership_decides_approvers() -> Result<()> {
+    let s = setup().await?;
+    s.double.add_team("acme", "Owners", &["root"]);
+    s.double.add_team("acme", "Leads", &["carol"]);
+    assert!(s.client.is_team_member("acme/leads", "carol").await?);
+    assert!(s.client.is_team_member("acme/Leads", "CAROL").await?);
+    assert!(!s.client.is_team_member("acme/leads", "dave").await?);
+    let e = s.client.is_team_member("acme/nope", "carol").await.expect_err("no such team");
+    assert_eq!(e.reason(), "GiteaTeamNotFound");
+    let e = s.client.is_team_member("ghost/leads", "carol").await.expect_err("no such org");
+    assert_eq!(e.reason(), "GiteaNotFound");
+    let e = s.client.is_team_member("acme", "carol").await.expect_err("not org/team");
+    assert_eq!(e.reason(), "GiteaConfigInvalid");
+
+    let policy = ApproverPolicy { users: vec!["bob".to_owned()], teams: vec!["acme/leads".to_owned()] };
+    let searches_before = s.double.count("GET", "/api/v1/orgs/acme/teams/search");
+    assert_eq!(s.client.approver_decision("bob", Some("alice"), &policy).await?, ApproverDecision::AllowedAsUser);
+    assert_eq!(s.client.approver_decision("alice", Some("alice"), &policy).await?, ApproverDecision::Requester);
+    assert_eq!(
+        s.double.count("GET", "/api/v1/orgs/acme/teams/search"),
+        searches_before,
+        "the users list decides without asking Gitea"
+    );
+    assert_eq!(
+        s.client.approver_decision("carol", Some("alice"), &policy).await?,
+        ApproverDecision::AllowedByTeam { team: "acme/leads".to_owned() }
+    );
+    assert_eq!(s.client.approver_decision("carol", Some("carol"), &policy).await?, ApproverDecision::Requester);
+    assert_eq!(s.client.approver_decision("dave", Some("alice"), &policy).await?, ApproverDecision::NotAllowed);
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test]
+async fn rate_limit_then_success_is_retried() -> Result<()> {
+    let s = setup().await?;
+    s.double.fail_next("GET", "/api/v1/user", &[429, 429], Some(0));
+    let user = s.client.current_user().await?;
+    assert_eq!(user.login, "hadron-bot");
+    assert_eq!(s.double.count("GET", "/api/v1/user"), 3);
+    // A 502 on a POST is retried too, and the status is set once.
+    let sha = "abababababababababababababababababababab";
+    s.double.fail_next("POST", &format!("/api/v1/repos/acme/api/statuses/{sha}"), &[502], None);
+    s.client.set_status(&RepoRef::new("acme", "api"), sha, "r", CommitState::Success, "done", None).await?;
+    assert_eq!(s.double.statuses("acme/api", sha).len(), 1);
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_errors_give_up_after_bounded_attempts() -> Result<()> {
+    let s = setup().await?;
+    s.double.fail_next("GET", "/api/v1/repos/acme/api", &[500, 503, 500, 500, 500], None);
+    let e = s.client.repository(&RepoRef::new("acme", "api")).await.expect_err("always 5xx");
+    assert!(matches!(e, GiteaError::Server { status: 500, attempts: 4, .. }), "{e:?}");
+    assert_eq!(e.reason(), "GiteaServerError");
+    assert!(e.is_transient());
+    assert_eq!(s.double.count("GET", "/api/v1/repos/acme/api"), 4);
+    s.double.fail_next("GET", "/api/v1/user", &[429, 429, 429, 429], None);
+    let e = s.client.current_user().await.expect_err("always 429");
+    assert_eq!(e.reason(), "GiteaRateLimited");
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test]
+async fn unauthorized_forbidden_and_not_found_are_typed_and_not_retried() -> Result<()> {
+    let s = setup().await?;
+    let dir = tempfile::tempdir()?;
+    let wrong = client_for(&s.double.base_url(), "wrong-token", &dir, fast_retry(4))?;
+    let e = wrong.current_user().await.expect_err("wrong token");
+    assert!(matches!(e, GiteaError::Unauthorized { .. }), "{e:?}");
+    assert_eq!(e.reason(), "GiteaUnauthorized");
+    assert!(!e.is_transient());
+    assert!(!e.to_string().contains("wrong-token") && !format!("{e:?}").contains("wrong-token"));
+    assert!(!format!("{wrong:?}").contains("wrong-token"));
+    assert_eq!(s.double.count("GET", "/api/v1/user"), 1, "401 is not retried");
+
+    let sha = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
+    let path = format!("/api/v1/repos/acme/api/statuses/{sha}");
+    s.double.fail_next("POST", &path, &[403], None);
+    let e = s
+        .client
+        .set_status(&RepoRef::new("acme", "api"), sha, "r", CommitState::Pending, "x", None)
+        .await
+        .expect_err("forbidden");
+    assert_eq!(e.reason(), "GiteaForbidden");
+    assert_eq!(s.double.count("POST", &path), 1, "403 is not retried");
+
+    let e = s.client.repository(&RepoRef::new("ghost", "repo")).await.expect_err("no such repo");
+    assert!(matches!(e, GiteaError::NotFound { ref path, .. } if path == "/api/v1/repos/ghost/repo"), "{e:?}");
+    assert_eq!(e.reason(), "GiteaNotFound");
+    assert_eq!(s.client.branch_head(&RepoRef::new("acme", "api"), "nope").await?, None);
+    s.double.add_branch("acme/api", "hadron/add-login", "1234512345123451234512345123451234512345");
+    assert_eq!(
+        s.client.branch_head(&RepoRef::new("acme", "api"), "hadron/add-login").await?.as_deref(),
+        Some("1234512345123451234512345123451234512345")
+    );
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_typed_transient_error() -> Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    let dir = tempfile::tempdir()?;
+    let client = client_for(&format!("http://{addr}"), TOKEN, &dir, fast_retry(2))?;
+    let e = client.current_user().await.expect_err("nothing listens");
+    assert!(matches!(e, GiteaError::Unreachable { attempts: 2, .. }), "{e:?}");
+    assert_eq!(e.reason(), "GiteaUnreachable");
+    Ok(())
+}
+
+#[test]
+fn bad_configuration_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let e = client_for("https://user:pw@gitea.example", TOKEN, &dir, fast_retry(1)).expect_err("userinfo");
+    assert_eq!(e.downcast_ref::<GiteaError>().map(GiteaError::reason), Some("GiteaConfigInvalid"));
+    let e = client_for("ftp://gitea.example", TOKEN, &dir, fast_retry(1)).expect_err("scheme");
+    assert_eq!(e.downcast_ref::<GiteaError>().map(GiteaError::reason), Some("GiteaConfigInvalid"));
+    let e = client_for("https://gitea.example", TOKEN, &dir, fast_retry(0)).expect_err("zero attempts");
+    assert_eq!(e.downcast_ref::<GiteaError>().map(GiteaError::reason), Some("GiteaConfigInvalid"));
+    let ok = client_for("https://gitea.example/sub/", TOKEN, &dir, fast_retry(1))?;
+    assert_eq!(ok.commit_url(&RepoRef::new("a", "b"), "abc"), "https://gitea.example/sub/a/b/commit/abc");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_double_records_requests_that_do_not_match_the_swagger() -> Result<()> {
+    let s = setup().await?;
+    let http = reqwest::Client::new();
+    let base = s.double.base_url();
+    let auth = format!("token {TOKEN}");
+    // An unknown field in a body (a typo Gitea would silently ignore).
+    http.post(format!("{base}/api/v1/repos/acme/api/pulls"))
+        .header("Authorization", &auth)
+        .header("Content-Type", "application/json")
+        .body(r#"{"title":"t","head":"h","base":"trunk","heads":"typo"}"#)
+        .send()
+        .await?;
+    // A wrong type in a body.
+    http.post(format!("{base}/api/v1/repos/acme/api/statuses/abc"))
+        .header("Authorization", &auth)
+        .header("Content-Type", "application/json")
+        .body(r#"{"state":"success","context":7}"#)
+        .send()
+        .await?;
+    // A non-integer index, an unknown path, an undeclared query parameter.
+    http.get(format!("{base}/api/v1/repos/acme/api/pulls/first")).header("Authorization", &auth).send().await?;
+    http.get(format!("{base}/api/v1/repos/acme/api/pullz")).header("Authorization", &auth).send().await?;
+    let r = http.get(format!("{base}/api/v1/repos/acme/api/pulls?status=open")).header("Authorization", &auth).send().await?;
+    assert_eq!(r.status().as_u16(), 404, "a mismatched request is not served");
+    // A request that matches is recorded as fine.
+    let ok = http.get(format!("{base}/api/v1/user")).header("Authorization", &auth).send().await?;
+    assert_eq!(ok.status().as_u16(), 200);
+
+    let m = s.double.mismatches();
+    let has = |needle: &str| m.iter().any(|x| x.contains(needle));
+    assert!(has("swagger.v1.json: POST /repos/{owner}/{repo}/pulls: body does not match CreatePullRequestOption"), "{m:#?}");
+    assert!(has("swagger.v1.14.json: POST /repos/{owner}/{repo}/pulls: body does not match CreatePullRequestOption"), "{m:#?}");
+    assert!(has("body does not match CreateStatusOption"), "{m:#?}");
+    assert!(has("path parameter index = \"first\" is not an integer"), "{m:#?}");
+    assert!(has("no operation GET /repos/acme/api/pullz"), "{m:#?}");
+    assert!(has("undeclared query parameter status"), "{m:#?}");
+    assert!(!has("/user"), "{m:#?}");
+    let double = s.double.clone();
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || double.assert_all_requests_matched_swagger()));
+    assert!(failed.is_err(), "the final assertion fails when any request mismatched");
+    Ok(())
+}
