@@ -19,16 +19,6 @@ pub const DEFAULT_PROMPT: &str = include_str!("../../../templates/prompt.md.hbs"
 /// Author of the commits workers make in target repos.
 pub const WORKER_AUTHOR: (&str, &str) = ("hadron-agent", "hadron-agent@localhost");
 
-fn to_store(state: AttemptState) -> store::AttemptState {
-    match state {
-        AttemptState::Pending => store::AttemptState::Pending,
-        AttemptState::Running => store::AttemptState::Running,
-        AttemptState::Succeeded => store::AttemptState::Succeeded,
-        AttemptState::Failed => store::AttemptState::Failed,
-        AttemptState::Cancelled => store::AttemptState::Cancelled,
-    }
-}
-
 fn event(t: Millis, request: &str, action: &str, revision: &str, detail: String) -> NewEvent {
     NewEvent {
         at: t,
@@ -42,7 +32,7 @@ fn event(t: Millis, request: &str, action: &str, revision: &str, detail: String)
 
 fn update_of(a: &Attempt, t: Millis) -> AttemptUpdate {
     AttemptUpdate {
-        state: to_store(a.state),
+        state: a.state,
         at: a.finished_at.or(a.started_at).unwrap_or(t),
         cost_usd: Some(a.cost_usd),
         tokens_in: Some(a.tokens),

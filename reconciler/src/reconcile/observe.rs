@@ -18,16 +18,6 @@ pub fn approval_branch_key(request: &str, gate: &str) -> String {
     format!("approval-branch/{request}/{gate}")
 }
 
-fn state_of(s: store::AttemptState) -> AttemptState {
-    match s {
-        store::AttemptState::Pending => AttemptState::Pending,
-        store::AttemptState::Running => AttemptState::Running,
-        store::AttemptState::Succeeded => AttemptState::Succeeded,
-        store::AttemptState::Failed => AttemptState::Failed,
-        store::AttemptState::Cancelled => AttemptState::Cancelled,
-    }
-}
-
 /// A store attempt as the planner sees it.
 pub fn from_store(a: &store::Attempt, agent: &str) -> plan::Attempt {
     let field = |k: &str| a.result.as_ref().and_then(|r| r.get(k)).and_then(|v| v.as_str()).unwrap_or("").to_owned();
@@ -39,7 +29,7 @@ pub fn from_store(a: &store::Attempt, agent: &str) -> plan::Attempt {
         repo: a.repo.clone(),
         attempt: a.attempt,
         agent: agent.to_owned(),
-        state: state_of(a.state),
+        state: a.state,
         started_at: a.started_at,
         finished_at: a.finished_at,
         cost_usd: a.cost_usd.unwrap_or(0.0),

@@ -28,20 +28,8 @@ pub struct RequestRecord {
     pub updated_at: i64,
 }
 
-/// The life cycle of one worker run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AttemptState {
-    /// Intent recorded; the worker may not exist yet.
-    Pending,
-    /// The worker has started.
-    Running,
-    /// The worker finished and reported success.
-    Succeeded,
-    /// The worker finished with an error, or was lost.
-    Failed,
-    /// Hadron cancelled the worker.
-    Cancelled,
-}
+/// The life cycle of one worker run: the planner's type, stored by name.
+pub use crate::plan::AttemptState;
 
 impl AttemptState {
     /// Every state, in life-cycle order.
@@ -52,17 +40,6 @@ impl AttemptState {
         Self::Failed,
         Self::Cancelled,
     ];
-
-    /// The name stored in the database and shown to users.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "Pending",
-            Self::Running => "Running",
-            Self::Succeeded => "Succeeded",
-            Self::Failed => "Failed",
-            Self::Cancelled => "Cancelled",
-        }
-    }
 
     /// Whether the attempt is over (no further transition is allowed).
     pub fn is_terminal(self) -> bool {
