@@ -272,9 +272,14 @@ pub fn backoff(cfg: &PlanConfig, next: u32, worker: &str) -> Millis {
 fn merge_observations(desired: &DesiredState, observed: &Observed, now: Millis, actions: &mut Vec<Action>) -> Vec<Attempt> {
     let mut by_worker: BTreeMap<String, Attempt> =
         observed.attempts.iter().map(|a| (a.worker.clone(), a.clone())).collect();
-    let driver: BTreeMap<&str, &DriverRun> = observed.runs.iter().map(|r| (r.attempt.worker.as_str(), r)).collect();
+    // A run directory whose worker was never spawned (a crash between
+    // writing run.json and spawning) is intent, not a failed attempt: the
+    // same attempt is started again under the same name.
+    let started: Vec<&DriverRun> =
+        observed.runs.iter().filter(|r| !(r.state == RunState::Lost && r.attempt.reason == "NotStarted")).collect();
+    let driver: BTreeMap<&str, &DriverRun> = started.iter().map(|r| (r.attempt.worker.as_str(), *r)).collect();
 
-    for run in &observed.runs {
+    for run in started.iter().copied() {
         match by_worker.get_mut(&run.attempt.worker) {
             None => {
                 let mut adopted = run.attempt.clone();

@@ -474,3 +474,19 @@ fn intent_without_a_started_worker_is_started_again_under_the_same_name() {
     assert_eq!(again[0].worker, first.worker);
     assert_eq!(again[0].attempt, 1);
 }
+
+#[test]
+fn a_run_that_never_started_is_started_again_not_counted_as_failed() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 1, ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    let first = starts(&p)[0].clone();
+    world.store.insert(first.worker.clone(), first.clone());
+    let lost = Attempt { reason: "NotStarted".into(), ..first.clone() };
+    world.runs.insert(first.worker.clone(), DriverRun { attempt: lost, state: RunState::Lost });
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 1, &cfg);
+    let again = starts(&p);
+    assert_eq!(again.iter().map(|a| (a.worker.as_str(), a.attempt)).collect::<Vec<_>>(), [(first.worker.as_str(), 1)]);
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::Record(_) | Action::Adopt(_))), "{:?}", p.actions);
+}

@@ -142,7 +142,7 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             if inserted.existed && inserted.attempt.state != store::AttemptState::Pending {
                 return Ok(());
             }
-            let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.loaded.desired, a, all, t) else {
+            let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.catalog.loaded().desired, a, all, t) else {
                 return Ok(());
             };
             let driver = ctx.driver.clone();

@@ -130,7 +130,7 @@ pub struct Context {
     writer: Arc<Mutex<StatusWriter>>,
     gates: Arc<crate::gates::branch::ApprovalBranches>,
     catalog: Catalog,
-    loaded: Loaded,
+    last_report: Option<PassReport>,
     /// Status files Hadron wrote last, to tell its own commits from people's.
     written: BTreeMap<String, Vec<u8>>,
     phases: BTreeMap<String, Phase>,
@@ -154,7 +154,7 @@ impl Context {
             writer: Arc::new(Mutex::new(writer)),
             gates: Arc::new(gates),
             catalog: Catalog::new(),
-            loaded: Loaded::default(),
+            last_report: None,
             written: BTreeMap::new(),
             phases: BTreeMap::new(),
         })
@@ -169,7 +169,7 @@ impl Context {
 
     /// The desired state of the last pass.
     pub fn loaded(&self) -> &Loaded {
-        &self.loaded
+        self.catalog.loaded()
     }
 
     /// Step 1, source: fetch and feed the changed blobs to the catalog.
@@ -210,19 +210,32 @@ impl Context {
         // Publish what a crash left in the outbox before anything else.
         self.flush_outbox().await?;
 
-        let (revision, _meaningful) = self.step_source().await?;
-        // Model.
-        self.loaded = self.catalog.snapshot();
+        let (revision, meaningful) = self.step_source().await?;
         let t = now();
+        // After an idle pass, a commit holding only Hadron's own status files
+        // changes nothing to decide, unless CI is awaited (CI results arrive
+        // in the store, not in git).
+        if let Some(prev) = self.last_report.as_ref().filter(|_| !meaningful) {
+            let quiet = prev.idle
+                && prev.live_workers == 0
+                && prev.wake_at.is_none_or(|w| w > t)
+                && !prev.phases.values().any(|(p, _, _)| *p == Phase::WaitingForCI);
+            if quiet {
+                return Ok(PassReport { revision, changes: Vec::new(), status_commit: None, ..prev.clone() });
+            }
+        }
+        // Model: patched per changed file, read by reference below.
+        self.catalog.refresh();
         // Observe.
         let observed = observe::observe(self, &revision).await?;
         // Plan.
-        let plan: Plan = plan::plan(&self.loaded.desired, &observed, t, &self.cfg.plan);
+        let plan: Plan = plan::plan(&self.catalog.loaded().desired, &observed, t, &self.cfg.plan);
         // Execute.
         execute::execute(self, &plan, &observed, &revision, t).await?;
         // Status, summarised once at the end of the pass.
         let report = self.step_status(&plan, &revision, t).await?;
         self.store.set_last_revision(&revision, t).await?;
+        self.last_report = Some(report.clone());
         Ok(report)
     }
 
@@ -231,7 +244,7 @@ impl Context {
         let mut report = PassReport { revision: revision.to_owned(), wake_at: plan.wake_at, ..PassReport::default() };
         let outputs = BTreeMap::new();
         for (name, view) in &plan.requests {
-            let prev = plan::previous(&self.loaded.desired, name);
+            let prev = plan::previous(&self.catalog.loaded().desired, name);
             let status = render::render(view, prev, revision, t, &outputs);
             let text = render::to_yaml(&status).into_bytes();
             let path = render::path_of(name);

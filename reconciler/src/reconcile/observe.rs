@@ -92,7 +92,7 @@ pub fn apply_result(attempt: &mut plan::Attempt, result: &RunResult) {
 
 /// Gathers the observed state for one pass.
 pub async fn observe(ctx: &Context, _revision: &str) -> Result<Observed, ReconcileError> {
-    let desired = &ctx.loaded.desired;
+    let desired = &ctx.catalog.loaded().desired;
     let agent_of = |request: &str| -> String {
         desired
             .requests
