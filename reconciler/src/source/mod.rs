@@ -70,6 +70,8 @@ pub struct SourceConfig {
     pub data_dir: PathBuf,
     /// How often remote sources are polled (local ones are watched, and polled as a safety net).
     pub poll_interval: Duration,
+    /// Whether a local repository's refs are watched (else it is only polled).
+    pub watch: bool,
 }
 
 impl SourceConfig {
@@ -80,7 +82,15 @@ impl SourceConfig {
             branch: DEFAULT_BRANCH.to_owned(),
             data_dir: data_dir.into(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            watch: true,
         }
+    }
+
+    /// Builder: do not watch a local repository's refs; poll only (webhooks
+    /// then say when to look sooner).
+    pub fn without_watch(mut self) -> Self {
+        self.watch = false;
+        self
     }
 
     /// Builder: use `branch` instead of `main`.
@@ -699,13 +709,27 @@ fn read_blob(
 }
 
 /// Open the mirror at `path`, creating it if needed.
+///
+/// The mirror is created in a sibling folder and renamed into place, so a
+/// crash during creation leaves no half-made mirror; a folder without `HEAD`
+/// (left by a crash of an older version) is removed, as the mirror is only
+/// a cache of the control repo.
 fn open_mirror(path: &Path) -> Result<gix::Repository, SourceError> {
     let mut repo = if path.join("HEAD").is_file() {
         gix::open(path).map_err(|e| SourceError::from_local(&e))?
     } else {
-        std::fs::create_dir_all(path)
-            .map_err(|e| SourceError::io(format!("creating {}", path.display()), e))?;
-        gix::init_bare(path).map_err(|e| SourceError::from_local(&e))?
+        let io = |what: &str, p: &Path, e| SourceError::io(format!("{what} {}", p.display()), e);
+        if path.exists() {
+            std::fs::remove_dir_all(path).map_err(|e| io("removing the half-made mirror", path, e))?;
+        }
+        let tmp = path.with_extension(format!("init-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io("removing", &tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| io("creating", &tmp, e))?;
+        drop(gix::init_bare(&tmp).map_err(|e| SourceError::from_local(&e))?);
+        std::fs::rename(&tmp, path).map_err(|e| io("moving the new mirror to", path, e))?;
+        gix::open(path).map_err(|e| SourceError::from_local(&e))?
     };
     configure_mirror(&mut repo)?;
     Ok(repo)

@@ -517,6 +517,21 @@ fn other_branch_is_read() -> Result<()> {
 }
 
 #[test]
+fn a_half_made_mirror_left_by_a_crash_is_made_again() -> Result<()> {
+    let fx = Fixture::new()?;
+    fx.write("hadron.yaml", b"x\n")?;
+    let head = fx.commit_push("main", "main")?;
+    // What a kill -9 during the first `init` can leave: the folder, no HEAD.
+    let mirror = fx.data.join("mirror.git");
+    std::fs::create_dir_all(mirror.join("refs"))?;
+    std::fs::write(mirror.join("config"), b"[core]\n")?;
+    let mut source = fx.source()?;
+    assert_eq!(source.fetch()?.to_string(), head);
+    assert!(mirror.join("HEAD").is_file());
+    Ok(())
+}
+
+#[test]
 fn missing_branch_is_branch_not_found() -> Result<()> {
     let fx = Fixture::new()?;
     fx.write("hadron.yaml", b"x\n")?;
