@@ -32,6 +32,75 @@ struct DataArgs {
     database_url: Option<String>,
 }
 
+/// The HTTP server and the forge, shared by `up` and `serve`.
+///
+/// The forge connection is deliberately not read from the control repo:
+/// whoever can commit there must not be able to point Hadron's token at
+/// another server.
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// Address of the HTTP server (webhooks, health, metrics, API); port 0 picks a free port.
+    #[arg(long, env = "HADRON_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Do not watch a local control repo's refs; rely on webhooks and polling.
+    #[arg(long)]
+    no_watch: bool,
+    /// The forge: `none` (approvals are merges of local branches) or `gitea`.
+    #[arg(long, env = "HADRON_FORGE", value_enum, default_value_t = ForgeKind::None)]
+    forge: ForgeKind,
+    /// Gitea web address, e.g. `https://gitea.example.com` (with --forge gitea).
+    #[arg(long, env = "HADRON_GITEA_URL")]
+    gitea_url: Option<String>,
+    /// `owner/repo` of the control repo on Gitea; default: the last two parts of the control URL.
+    #[arg(long, env = "HADRON_GITEA_REPO")]
+    gitea_repo: Option<String>,
+    /// Environment variable holding the Gitea API token.
+    #[arg(long, env = "HADRON_GITEA_TOKEN_ENV", default_value = "GITEA_TOKEN")]
+    gitea_token_env: String,
+    /// File holding the Gitea API token (instead of --gitea-token-env), e.g. a mounted Secret.
+    #[arg(long, env = "HADRON_GITEA_TOKEN_FILE")]
+    gitea_token_file: Option<PathBuf>,
+    /// Environment variable holding the webhook secret (as set in Gitea's webhook).
+    #[arg(long, env = "HADRON_WEBHOOK_SECRET_ENV", default_value = "HADRON_WEBHOOK_SECRET")]
+    webhook_secret_env: String,
+    /// File holding the webhook secret (instead of --webhook-secret-env).
+    #[arg(long, env = "HADRON_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<PathBuf>,
+}
+
+/// Which forge Hadron talks to.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ForgeKind {
+    /// No forge: the local flow.
+    None,
+    /// Gitea through its REST API.
+    Gitea,
+}
+
+impl ServeArgs {
+    fn forge(&self) -> Result<up::ForgeOptions, String> {
+        Ok(match self.forge {
+            ForgeKind::None => up::ForgeOptions::None,
+            ForgeKind::Gitea => up::ForgeOptions::Gitea {
+                base_url: self.gitea_url.clone().ok_or("--forge gitea needs --gitea-url (or HADRON_GITEA_URL)")?,
+                repo: self.gitea_repo.clone(),
+                token: match &self.gitea_token_file {
+                    Some(f) => hadron::forge::TokenSource::File(f.clone()),
+                    None => hadron::forge::TokenSource::Env(self.gitea_token_env.clone()),
+                },
+            },
+        })
+    }
+
+    fn webhook_secret(&self) -> Option<up::SecretSource> {
+        match &self.webhook_secret_file {
+            Some(f) => Some(up::SecretSource::File(f.clone())),
+            // Webhooks are taken only when the variable is set (the forge requires it).
+            None => std::env::var_os(&self.webhook_secret_env).map(|_| up::SecretSource::Env(self.webhook_secret_env.clone())),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run Hadron on a control repo: seed local repos if needed, then reconcile.
@@ -59,6 +128,34 @@ enum Command {
         /// First retry delay of a failed worker (milliseconds); doubles per attempt.
         #[arg(long, default_value_t = 10_000)]
         backoff_ms: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Run Hadron as a service on a control repo given by URL (no seeding).
+    ///
+    /// Fetches REPO (an https/ssh URL or a path), reconciles on every
+    /// webhook, file-watch event or poll, and serves webhooks, health,
+    /// metrics and the JSON API. With `--forge gitea` it opens approval PRs,
+    /// target PRs and commit statuses through the Gitea API. SIGTERM lets
+    /// the running pass finish; workers keep running and are adopted on the
+    /// next start.
+    Serve {
+        /// Control repo URL or path.
+        #[arg(long, env = "HADRON_REPO")]
+        repo: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Branch of the control repo.
+        #[arg(long, env = "HADRON_BRANCH", default_value = "main")]
+        branch: String,
+        /// Fetch the control repo at least this often (seconds).
+        #[arg(long, env = "HADRON_POLL_SECONDS", default_value_t = 60)]
+        poll_seconds: u64,
+        /// First retry delay of a failed worker (milliseconds); doubles per attempt.
+        #[arg(long, default_value_t = 10_000)]
+        backoff_ms: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Run one worker (started by a driver, not by people): `--run <run.json>`.
     ///
@@ -144,6 +241,52 @@ fn default_control(control: Option<String>, data_dir: &std::path::Path) -> Strin
     })
 }
 
+#[allow(clippy::too_many_arguments)]
+fn run_service(
+    dir: PathBuf,
+    repo: Option<String>,
+    data: DataArgs,
+    branch: String,
+    exit_when_idle: bool,
+    poll_seconds: u64,
+    backoff_ms: u64,
+    serve: &ServeArgs,
+) -> i32 {
+    let forge = match serve.forge() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error[Usage]: {e}");
+            return 2;
+        }
+    };
+    let opts = UpOptions {
+        dir,
+        data_dir: data.data_dir,
+        branch,
+        exit_when_idle,
+        poll_interval: Duration::from_secs(poll_seconds.max(1)),
+        database_url: data.database_url,
+        worker_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hadron")),
+        backoff_base: Duration::from_millis(backoff_ms),
+        listen: serve.listen,
+        watch: !serve.no_watch,
+        forge,
+        webhook_secret: serve.webhook_secret(),
+    };
+    let mut stdout = io::stdout();
+    let result = match repo {
+        Some(repo) => runtime().block_on(up::serve(opts, repo, &mut stdout)),
+        None => runtime().block_on(up::up(opts, &mut stdout)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error[{}]: {e}", e.reason());
+            2
+        }
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("because a tokio runtime starts on any supported OS")
 }
@@ -157,25 +300,11 @@ fn main() -> ExitCode {
             .try_init();
     }
     let code = match args.command {
-        Command::Up { dir, data, branch, exit_when_idle, poll_seconds, backoff_ms } => {
-            let opts = UpOptions {
-                dir,
-                data_dir: data.data_dir,
-                branch,
-                exit_when_idle,
-                poll_interval: Duration::from_secs(poll_seconds.max(1)),
-                database_url: data.database_url,
-                worker_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hadron")),
-                backoff_base: Duration::from_millis(backoff_ms),
-            };
-            let mut stdout = io::stdout();
-            match runtime().block_on(up::up(opts, &mut stdout)) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("error[{}]: {e}", e.reason());
-                    2
-                }
-            }
+        Command::Up { dir, data, branch, exit_when_idle, poll_seconds, backoff_ms, serve } => {
+            run_service(dir, None, data, branch, exit_when_idle, poll_seconds, backoff_ms, &serve)
+        }
+        Command::Serve { repo, data, branch, poll_seconds, backoff_ms, serve } => {
+            run_service(PathBuf::new(), Some(repo), data, branch, false, poll_seconds, backoff_ms, &serve)
         }
         Command::Worker { run } => {
             let result = hadron::workers::entry::run_worker(&run);

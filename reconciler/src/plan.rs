@@ -138,6 +138,8 @@ pub enum ApprovalState {
         by: String,
         /// Why it does not count.
         why: String,
+        /// The commit that brought the approval file (empty when unknown).
+        commit: String,
     },
 }
 
@@ -214,6 +216,13 @@ pub enum Action {
         generation: String,
         /// Results so far, for the approver.
         summary: String,
+        /// What the branch is opened for, recorded once it is: the
+        /// generation, or after a merge that did not count, the generation
+        /// and that merge (see [`approval_token`]).
+        opened_for: String,
+        /// Open it again although the base branch already holds an approval
+        /// for this generation (that approval did not count).
+        reopen: bool,
     },
     /// Forget a deleted request once nothing of it runs.
     Forget {
@@ -524,12 +533,20 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
                     GateType::Approval => match observed.approvals.get(&key).cloned().unwrap_or(ApprovalState::Waiting) {
                         ApprovalState::Approved { .. } => {}
                         other => {
-                            if observed.approval_branches.get(&key) != Some(&generation) {
+                            let opened_for = approval_token(&generation, &other);
+                            if observed.approval_branches.get(&key) != Some(&opened_for) {
+                                let mut summary = summary_of(&view.attempts);
+                                let reopen = matches!(other, ApprovalState::Rejected { .. });
+                                if let ApprovalState::Rejected { by, why, .. } = &other {
+                                    summary = format!("{summary}\nOpened again: the earlier merge by {by} did not count ({why}).");
+                                }
                                 out.actions.push(Action::OpenApproval {
                                     request: name.to_owned(),
                                     gate: gate.name.clone(),
                                     generation: generation.clone(),
-                                    summary: summary_of(&view.attempts),
+                                    summary,
+                                    opened_for,
+                                    reopen,
                                 });
                             }
                             view.phase = Phase::WaitingForApproval;
@@ -539,9 +556,9 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
                                     "gate {}: the approval was given for generation {given_for}, but the request changed (now {generation}); merge the updated branch hadron/approve/{name}/{} to approve again",
                                     gate.name, gate.name
                                 ),
-                                ApprovalState::Rejected { by, why } => format!(
-                                    "gate {}: the approval merged by {by} does not count ({why}); waiting for an allowed approver",
-                                    gate.name
+                                ApprovalState::Rejected { by, why, .. } => format!(
+                                    "gate {}: the approval merged by {by} does not count ({why}); an allowed approver must merge the re-opened branch hadron/approve/{name}/{}",
+                                    gate.name, gate.name
                                 ),
                                 _ => format!(
                                     "gate {}: waiting for approval; merge branch hadron/approve/{name}/{} into main",
@@ -755,6 +772,16 @@ pub fn remaining_wall_secs(request: &ChangeRequest, desired: &DesiredState, atte
         .sum();
     let max_ms = i64::try_from(max.as_duration().as_millis()).unwrap_or(i64::MAX);
     Some(u64::try_from((max_ms - used).max(1000) / 1000).unwrap_or(1))
+}
+
+/// What an approval branch must be opened for, given the gate's state: the
+/// generation, or after a merge that did not count, the generation and that
+/// merge's commit (so the branch is opened once more per rejected merge).
+pub fn approval_token(generation: &str, state: &ApprovalState) -> String {
+    match state {
+        ApprovalState::Rejected { commit, .. } => format!("{generation} after {commit}"),
+        _ => generation.to_owned(),
+    }
 }
 
 fn summary_of(attempts: &[Attempt]) -> String {

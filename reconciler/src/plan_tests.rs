@@ -93,8 +93,8 @@ impl World {
                 Action::Adopt(a) | Action::Record(a) => {
                     self.store.insert(a.worker.clone(), a.clone());
                 }
-                Action::OpenApproval { request, gate, generation, .. } => {
-                    self.branches.insert((request.clone(), gate.clone()), generation.clone());
+                Action::OpenApproval { request, gate, opened_for, .. } => {
+                    self.branches.insert((request.clone(), gate.clone()), opened_for.clone());
                 }
                 Action::Forget { request } => {
                     self.known.remove(request);
@@ -252,6 +252,45 @@ fn approval_gate_waits_goes_stale_on_edit_and_resumes() {
     world.apply(&p, now);
     world.approvals.insert(("r".into(), "review".into()), ApprovalState::Approved { by: "bob".into() });
     let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+    assert_eq!(starts(&p).iter().map(|a| a.stage.as_str()).collect::<Vec<_>>(), ["s1"]);
+}
+
+#[test]
+fn a_rejected_approval_reopens_the_branch_once_per_rejected_merge_and_keeps_waiting() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    world.finish(&starts(&p)[0].worker.clone(), true, 1);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 2, &cfg);
+    world.apply(&p, 2);
+    let key = ("r".to_owned(), "review".to_owned());
+    let rejected = |by: &str, commit: &str| ApprovalState::Rejected { by: by.into(), why: "not allowed".into(), commit: commit.into() };
+    world.approvals.insert(key.clone(), rejected("mallory", "c1"));
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 3, &cfg);
+    assert_eq!(p.requests["r"].phase, Phase::WaitingForApproval);
+    assert!(starts(&p).is_empty(), "a rejected approval starts nothing");
+    assert!(p.requests["r"].message.contains("mallory"), "{}", p.requests["r"].message);
+    let reopened: Vec<_> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::OpenApproval { reopen, opened_for, summary, .. } => Some((*reopen, opened_for.clone(), summary.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reopened.len(), 1, "{reopened:?}");
+    assert!(reopened[0].0 && reopened[0].1.ends_with("after c1") && reopened[0].2.contains("mallory"), "{reopened:?}");
+    world.apply(&p, 3);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 4, &cfg);
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::OpenApproval { .. })), "not re-opened twice for one merge");
+    world.approvals.insert(key.clone(), rejected("alice", "c2"));
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 5, &cfg);
+    assert!(p.actions.iter().any(|a| matches!(a, Action::OpenApproval { opened_for, .. } if opened_for.ends_with("after c2"))));
+    world.apply(&p, 5);
+    world.approvals.insert(key, ApprovalState::Approved { by: "bob".into() });
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
     assert_eq!(starts(&p).iter().map(|a| a.stage.as_str()).collect::<Vec<_>>(), ["s1"]);
 }
 

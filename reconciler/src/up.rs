@@ -3,14 +3,20 @@
 //! path — and the two things a person does to it by hand.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::forge::{GiteaClient, GiteaConfig, RepoRef, TokenSource};
 use crate::model::Phase;
 use crate::plan::PlanConfig;
-use crate::reconcile::{self, Context, LoopConfig, PassReport, ReconcileError, seed, urls};
+use crate::reconcile::forge::ForgeLink;
+use crate::reconcile::{self, Context, LoopConfig, PassReport, ReconcileError, Telemetry, seed, urls};
+use crate::server::{self, ControlRepoId, Metrics, ServerConfig, ServerState, Trigger, WebhookSecret};
 use crate::store::Store;
 use crate::workers::{LocalDriver, WorkerCommand};
 
@@ -32,6 +38,12 @@ pub enum UpError {
     /// Something else the user must fix.
     #[error("{0}")]
     Usage(String),
+    /// The Gitea connection is misconfigured.
+    #[error("{0}")]
+    Forge(#[from] crate::forge::GiteaError),
+    /// The HTTP server could not start.
+    #[error("{0}")]
+    Server(#[from] crate::server::ServerError),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -51,6 +63,8 @@ impl UpError {
             UpError::Reconcile(e) => e.reason(),
             UpError::Gate(e) => e.reason(),
             UpError::Usage(_) => "Usage",
+            UpError::Forge(e) => e.reason(),
+            UpError::Server(e) => e.reason(),
             UpError::Io { .. } => "Io",
         }
     }
@@ -75,6 +89,55 @@ pub struct UpOptions {
     pub worker_program: PathBuf,
     /// First retry delay.
     pub backoff_base: Duration,
+    /// Where the HTTP server listens (port 0: any free port, printed).
+    pub listen: SocketAddr,
+    /// Watch a local control repo's refs (pushes trigger at once).
+    pub watch: bool,
+    /// The forge, if any.
+    pub forge: ForgeOptions,
+    /// Where the webhook secret comes from (none: webhooks are refused).
+    pub webhook_secret: Option<SecretSource>,
+}
+
+/// Where a secret comes from: never the control repo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// This environment variable.
+    Env(String),
+    /// This file (for example a mounted Kubernetes Secret), trimmed.
+    File(PathBuf),
+}
+
+impl SecretSource {
+    fn load(&self) -> Result<String, UpError> {
+        let (from, value) = match self {
+            SecretSource::Env(name) => (format!("environment variable {name}"), std::env::var(name).map_err(|e| e.to_string())),
+            SecretSource::File(path) => (format!("file {}", path.display()), std::fs::read_to_string(path).map_err(|e| e.to_string())),
+        };
+        match value {
+            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+            Ok(_) => Err(UpError::Usage(format!("the webhook secret in {from} is empty; set it to the secret configured in the Gitea webhook"))),
+            Err(why) => Err(UpError::Usage(format!(
+                "the webhook secret could not be read from {from}: {why}; set it to the secret configured in the Gitea webhook"
+            ))),
+        }
+    }
+}
+
+/// Which forge Hadron talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForgeOptions {
+    /// None: approvals are merges of local branches, CI statuses come from `hadron ci-status`.
+    None,
+    /// Gitea at `base_url`.
+    Gitea {
+        /// Web address, e.g. `https://gitea.example.com`.
+        base_url: String,
+        /// `owner/repo` of the control repo; default: from the control URL.
+        repo: Option<String>,
+        /// Where the API token comes from.
+        token: TokenSource,
+    },
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, UpError> {
@@ -112,45 +175,153 @@ pub fn control_repo(dir: &Path, data_dir: &Path, out: &mut dyn Write) -> Result<
     Ok(control)
 }
 
-/// `hadron up`.
+/// `hadron up`: seeds a control-repo folder if needed, then runs Hadron on it.
 pub async fn up(opts: UpOptions, out: &mut (dyn Write + Send)) -> Result<i32, UpError> {
     let data_dir = absolute(&opts.data_dir)?;
     std::fs::create_dir_all(&data_dir).map_err(|source| UpError::Io { path: data_dir.clone(), source })?;
     let control = control_repo(&opts.dir, &data_dir, out)?;
+    run(opts, control.to_string_lossy().into_owned(), data_dir, out).await
+}
+
+/// `hadron serve`: runs Hadron on the control repo at `control_url` as it is.
+pub async fn serve(opts: UpOptions, control_url: String, out: &mut (dyn Write + Send)) -> Result<i32, UpError> {
+    let data_dir = absolute(&opts.data_dir)?;
+    std::fs::create_dir_all(&data_dir).map_err(|source| UpError::Io { path: data_dir.clone(), source })?;
+    run(opts, control_url, data_dir, out).await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut (dyn Write + Send)) -> Result<i32, UpError> {
+    let secret = match &opts.webhook_secret {
+        Some(source) => Some(WebhookSecret::new(source.load()?)?),
+        None => None,
+    };
+    let forge = match &opts.forge {
+        ForgeOptions::None => None,
+        ForgeOptions::Gitea { base_url, repo, token } => {
+            if secret.is_none() {
+                return Err(UpError::Usage(
+                    "with --forge gitea a webhook secret is needed: set HADRON_WEBHOOK_SECRET or pass --webhook-secret-env/--webhook-secret-file"
+                        .to_owned(),
+                ));
+            }
+            let control = match repo {
+                Some(r) => RepoRef::parse(r)?,
+                None => RepoRef::parse(&server::repo_full_name(&control_url)).map_err(|_| {
+                    UpError::Usage(format!("cannot tell the Gitea owner/repo of {control_url}; pass --gitea-repo OWNER/REPO"))
+                })?,
+            };
+            let client = GiteaClient::new(GiteaConfig::new(base_url.clone(), token.clone(), control))?;
+            Some(client)
+        }
+    };
     let store = open_store(opts.database_url.as_deref(), &data_dir).await?;
     let _ = writeln!(out, "store: {}", store.location());
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let (tx, rx) = mpsc::channel::<Trigger>(256);
     // A worker exit is a trigger, like a push.
     let exit_tx = tx.clone();
     let driver = LocalDriver::new(data_dir.join("runs"), WorkerCommand::hadron(opts.worker_program.clone()))
         .map_err(ReconcileError::from)?
         .with_exit_hook(move |_| {
-            let _ = exit_tx.try_send(());
+            let _ = exit_tx.try_send(Trigger::WorkerExited);
         });
     let driver = Arc::new(driver);
     let cfg = LoopConfig {
-        control_url: control.to_string_lossy().into_owned(),
+        control_url: control_url.clone(),
         branch: opts.branch.clone(),
         data_dir: data_dir.clone(),
         poll_interval: opts.poll_interval,
         plan: PlanConfig { backoff_base_ms: i64::try_from(opts.backoff_base.as_millis()).unwrap_or(10_000), ..PlanConfig::default() },
         driver_name: "local".into(),
     };
-    let mut ctx = Context::new(cfg, store, driver)?;
-    let _triggers = crate::source::spawn_triggers(&ctx.source_config(), tx);
-    let stop = Arc::new(AtomicBool::new(false));
+    let telemetry = Telemetry {
+        metrics: Arc::new(Metrics::new()),
+        ready: Arc::new(AtomicBool::new(false)),
+        events: broadcast::channel(256).0,
+    };
+    let mut ctx = Context::new(cfg, store.clone(), driver)?.with_telemetry(telemetry.clone());
+    let forge_name = forge.as_ref().map(|c| c.control().to_string());
+    if let Some(client) = forge {
+        ctx = ctx.with_forge(ForgeLink::new(client, opts.poll_interval));
+    }
+
+    // Watch and poll the control repo; each is a trigger for the loop.
+    let (source_tx, mut source_rx) = mpsc::channel::<()>(16);
+    let mut source_cfg = ctx.source_config();
+    if !opts.watch {
+        source_cfg = source_cfg.without_watch();
+    }
+    let _source_triggers = crate::source::spawn_triggers(&source_cfg, source_tx);
     {
-        let stop = stop.clone();
+        let tx = tx.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::SeqCst);
+            while source_rx.recv().await.is_some() {
+                if tx.send(Trigger::Poll).await.is_err() {
+                    return;
+                }
             }
         });
     }
-    let _ = writeln!(out, "watching {} (branch {}); Ctrl-C stops (workers keep running and are adopted on restart)", control.display(), opts.branch);
+
+    // The HTTP server.
+    let control_id = ControlRepoId::new(forge_name.as_deref().unwrap_or(&control_url), &opts.branch).watching_all_targets();
+    let mut server_cfg = ServerConfig::new(store, control_id, tx.clone());
+    server_cfg.webhook_secret = secret;
+    server_cfg.metrics = telemetry.metrics.clone();
+    server_cfg.ready = telemetry.ready.clone();
+    server_cfg.events = telemetry.events.clone();
+    let listener = server::bind(opts.listen).await?;
+    let addr = listener.local_addr().map_err(|e| UpError::Io { path: PathBuf::from(opts.listen.to_string()), source: e })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server_task = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(server::serve_listener(listener, ServerState::new(server_cfg), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            terminated().await;
+            stop_tx.send_replace(true);
+        });
+    }
+    let _ = writeln!(out, "serving http://{addr} (webhooks: POST /hooks/gitea; /healthz /readyz /metrics /api/v1/requests /api/v1/events)");
+    match &forge_name {
+        Some(repo) => {
+            let _ = writeln!(out, "forge: gitea, control repo {repo}");
+        }
+        None => {
+            let _ = writeln!(out, "forge: none (approve by merging hadron/approve/* branches; CI via `hadron ci-status`)");
+        }
+    }
+    let _ = writeln!(out, "watching {control_url} (branch {}); Ctrl-C or SIGTERM stops (workers keep running and are adopted on restart)", opts.branch);
+    let _ = out.flush();
     let mut last: Option<PassReport> = None;
     let exit_when_idle = opts.exit_when_idle;
-    reconcile::run(&mut ctx, rx, |result| {
+    reconcile::run(&mut ctx, rx, stop_rx, |result| {
         match result {
             Ok(report) => {
                 for c in &report.changes {
@@ -166,6 +337,7 @@ pub async fn up(opts: UpOptions, out: &mut (dyn Write + Send)) -> Result<i32, Up
                         c.message
                     );
                 }
+                let _ = out.flush();
                 let idle = report.idle;
                 last = Some(report.clone());
                 if exit_when_idle && idle {
@@ -176,16 +348,23 @@ pub async fn up(opts: UpOptions, out: &mut (dyn Write + Send)) -> Result<i32, Up
                 let _ = writeln!(out, "{}  pass failed [{}]: {e}", crate::time::rfc3339(crate::time::now()), e.reason());
             }
         }
-        !stop.load(Ordering::SeqCst)
+        true
     })
     .await;
-    if let Some(report) = last {
-        summary(&report, &control, out);
+    stop_tx.send_replace(true);
+    match server_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(reason = e.reason(), error = %e, "HTTP server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
     }
+    if let Some(report) = last {
+        summary(&report, &control_url, out);
+    }
+    let _ = writeln!(out, "stopped; workers still running are adopted on the next start");
     Ok(0)
 }
 
-fn summary(report: &PassReport, control: &Path, out: &mut dyn Write) {
+fn summary(report: &PassReport, control: &str, out: &mut dyn Write) {
     let _ = writeln!(out, "\n{:<24} {:<20} {:<12} MESSAGE", "REQUEST", "PHASE", "STAGE");
     for (name, (phase, stage, message)) in &report.phases {
         let _ = writeln!(out, "{name:<24} {:<20} {:<12} {message}", phase.as_str(), stage.as_deref().unwrap_or("-"));
@@ -195,7 +374,7 @@ fn summary(report: &PassReport, control: &Path, out: &mut dyn Write) {
     for name in waiting {
         let _ = writeln!(out, "approve with: hadron approve {name} <gate> --as <approver from hadron.yaml>");
     }
-    let _ = writeln!(out, "status history: git -C {} log -p -- status/", control.display());
+    let _ = writeln!(out, "status history: git -C {control} log -p -- status/");
 }
 
 /// `hadron approve REQUEST GATE`: merges the approval branch into the

@@ -2,6 +2,7 @@
 //! the Gitea 1.22 and 1.14 API descriptions, plus decoding of the recorded
 //! Gitea API answers.
 
+#[allow(dead_code)] // each test crate uses a part of the double
 #[path = "support/gitea_double.rs"]
 mod gitea_double;
 

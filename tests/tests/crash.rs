@@ -58,7 +58,7 @@ fn up(cwd: &Path, dir: &Path, exit_when_idle: bool) -> std::process::Child {
     let log = |name: &str| {
         std::fs::OpenOptions::new().create(true).append(true).open(cwd.join(name)).map_or_else(|_| Stdio::null(), Stdio::from)
     };
-    cmd.args(["up", dir.to_str().expect("utf-8"), "--poll-seconds", "1", "--backoff-ms", "100"])
+    cmd.args(["up", dir.to_str().expect("utf-8"), "--poll-seconds", "1", "--backoff-ms", "100", "--listen", "127.0.0.1:0"])
         .current_dir(cwd)
         .env_remove("DATABASE_URL")
         .env_remove("HADRON_DATA_DIR")

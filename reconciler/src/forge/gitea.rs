@@ -440,6 +440,13 @@ pub struct BranchCommit {
     pub id: String,
 }
 
+/// `GET /repos/{owner}/{repo}/git/commits/{sha}`: only the matched author.
+#[derive(Debug, Deserialize)]
+struct SingleCommit {
+    #[serde(default)]
+    author: Option<User>,
+}
+
 #[derive(Debug, Deserialize)]
 struct GiteaMessage {
     #[serde(default)]
@@ -1036,6 +1043,24 @@ impl GiteaClient {
             Some(wanted) => Ok(combine_contexts(&statuses, wanted)),
             None => Ok(CombinedState::Pending),
         }
+    }
+
+    /// The login of the Gitea user Gitea matched to the author of commit
+    /// `sha` (by email), or `None` when the author is no Gitea user.
+    pub async fn commit_author_login(&self, repo: &RepoRef, sha: &str) -> Result<Option<String>, GiteaError> {
+        let commit: SingleCommit = self.get(&["repos", &repo.owner, &repo.repo, "git", "commits", sha], &[]).await?;
+        Ok(commit.author.map(|u| u.login).filter(|l| !l.trim().is_empty()))
+    }
+
+    /// The web address of a file on a branch of `repo`
+    /// (`<base>/<owner>/<repo>/src/branch/<branch>/<path>`).
+    pub fn file_url(&self, repo: &RepoRef, branch: &str, path: &str) -> String {
+        let mut url = self.base.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().extend([repo.owner.as_str(), repo.repo.as_str(), "src", "branch", branch]);
+            segs.extend(path.split('/'));
+        }
+        url.to_string()
     }
 
     /// The id of team `team` of organisation `org`

@@ -100,6 +100,37 @@ impl ApprovalBranches {
         generation: &str,
         summary: &str,
     ) -> Result<OpenOutcome, GateError> {
+        self.open_with(remote_url, base_branch, request, gate, generation, summary, false)
+    }
+
+    /// [`ApprovalBranches::open`], also when the base branch already holds
+    /// an approval for this generation: that approval did not count (it was
+    /// merged by someone not allowed), so the branch is opened once more with
+    /// this `summary` (which must differ from the merged one) for an allowed
+    /// approver to merge.
+    pub fn reopen(
+        &self,
+        remote_url: &str,
+        base_branch: &str,
+        request: &str,
+        gate: &str,
+        generation: &str,
+        summary: &str,
+    ) -> Result<OpenOutcome, GateError> {
+        self.open_with(remote_url, base_branch, request, gate, generation, summary, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_with(
+        &self,
+        remote_url: &str,
+        base_branch: &str,
+        request: &str,
+        gate: &str,
+        generation: &str,
+        summary: &str,
+        reopen: bool,
+    ) -> Result<OpenOutcome, GateError> {
         check_names(request, gate)?;
         check_url(remote_url)?;
         if !is_branch_name(base_branch) {
@@ -119,7 +150,7 @@ impl ApprovalBranches {
         for _ in 0..PUSH_ATTEMPTS {
             self.fetch(&mirror, remote_url)?;
             let repo = gix::open(&mirror).map_err(|e| GateError::object("open mirror", e))?;
-            let plan = plan(&repo, &self.identity, base_branch, request, gate, generation, &content)?;
+            let plan = plan(&repo, &self.identity, base_branch, request, gate, generation, &content, reopen)?;
             let (commit, previous) = match plan {
                 Plan::Done(outcome) => return Ok(outcome),
                 Plan::Push { commit, previous } => (commit, previous),
@@ -224,6 +255,7 @@ fn plan(
     gate: &str,
     generation: &str,
     content: &str,
+    reopen: bool,
 ) -> Result<Plan, GateError> {
     let base = resolve(repo, &format!("refs/remotes/origin/{base_branch}"))?
         .ok_or_else(|| GateError::BaseBranchMissing(base_branch.to_owned()))?;
@@ -242,7 +274,7 @@ fn plan(
             .ok()
             .and_then(|text| serde_saphyr::from_str::<Approval>(text).ok())
             .is_some_and(|a| a.spec.generation == generation);
-        if approved {
+        if approved && (!reopen || bytes == content.as_bytes()) {
             return Ok(Plan::Done(OpenOutcome::AlreadyApproved { commit: base.to_string() }));
         }
     }

@@ -94,6 +94,42 @@ fn person(sig: gix::actor::SignatureRef<'_>) -> Person {
     Person::new(sig.name.to_str_lossy().into_owned(), sig.email.to_str_lossy().into_owned())
 }
 
+/// The commit on the first-parent history of `head` that brought the present
+/// content of the probed file; `None` when the file is not at `head` or the
+/// history is cut short.
+fn introducer(repo: &gix::Repository, head: ObjectId, probe: &mut Probe<'_>) -> Result<Option<ObjectId>, GateError> {
+    let Some(mut current) = step(repo, head)? else {
+        return Ok(None);
+    };
+    let Some(content) = probe.blob(repo, current.tree)? else {
+        return Ok(None);
+    };
+    loop {
+        let Some(&parent_id) = current.parents.first() else {
+            return Ok(Some(current.id));
+        };
+        let Some(parent) = step(repo, parent_id)? else {
+            return Ok(None);
+        };
+        if probe.blob(repo, parent.tree)? != Some(content) {
+            return Ok(Some(current.id));
+        }
+        current = parent;
+    }
+}
+
+/// The commit on the first-parent history of `head` that brought the present
+/// content of `requests/<request>.yaml` (the merge commit when it arrived by a
+/// merged pull request): the commit Hadron sets the request's commit status on.
+pub fn request_commit_of(repo: &gix::Repository, head: ObjectId, request: &str) -> Result<Option<ObjectId>, GateError> {
+    if !is_dns_label(request) {
+        return Ok(None);
+    }
+    let file = format!("{request}.yaml");
+    let mut probe = Probe::new("requests", vec![file.as_str()]);
+    introducer(repo, head, &mut probe)
+}
+
 /// The committer of the commit on the first-parent history of `head` that
 /// brought the present content of `approvals/<request>/<gate>.yaml`: the merge
 /// commit when the approval branch was merged, or the commit itself when the
@@ -113,23 +149,8 @@ pub fn approver_of(
     }
     let file = format!("{gate}.yaml");
     let mut probe = Probe::new("approvals", vec![request, file.as_str()]);
-    let Some(mut current) = step(repo, head)? else {
+    let Some(introducer) = introducer(repo, head, &mut probe)? else {
         return Ok(None);
-    };
-    let Some(content) = probe.blob(repo, current.tree)? else {
-        return Ok(None);
-    };
-    let introducer = loop {
-        let Some(&parent_id) = current.parents.first() else {
-            break current.id;
-        };
-        let Some(parent) = step(repo, parent_id)? else {
-            return Ok(None);
-        };
-        if probe.blob(repo, parent.tree)? != Some(content) {
-            break current.id;
-        }
-        current = parent;
     };
     let commit = repo.find_commit(introducer).map_err(|e| GateError::object("read commit", e))?;
     let committer = person(commit.committer().map_err(|e| GateError::object("decode committer", e))?);
@@ -172,6 +193,16 @@ fn oldest_addition(repo: &gix::Repository, start: ObjectId, probe: &mut Probe<'_
 /// merged side is followed the same way, so the requester is the author of
 /// the commit that really added the file, not the person who merged it.
 pub fn requester_of(repo: &gix::Repository, head: ObjectId, request: &str) -> Result<Option<Person>, GateError> {
+    Ok(requester_commit_of(repo, head, request)?.map(|(person, _)| person))
+}
+
+/// [`requester_of`] with the id of the commit whose author is the requester
+/// (a forge maps that commit's author to a user login).
+pub fn requester_commit_of(
+    repo: &gix::Repository,
+    head: ObjectId,
+    request: &str,
+) -> Result<Option<(Person, ObjectId)>, GateError> {
     if !is_dns_label(request) {
         return Ok(None);
     }
@@ -198,5 +229,5 @@ pub fn requester_of(repo: &gix::Repository, head: ObjectId, request: &str) -> Re
         }
     }
     let commit = repo.find_commit(found.id).map_err(|e| GateError::object("read commit", e))?;
-    Ok(Some(person(commit.author().map_err(|e| GateError::object("decode author", e))?)))
+    Ok(Some((person(commit.author().map_err(|e| GateError::object("decode author", e))?), found.id)))
 }

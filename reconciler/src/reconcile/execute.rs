@@ -181,14 +181,16 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
                 }
             }
         }
-        Action::OpenApproval { request, gate, generation, summary } => {
+        Action::OpenApproval { request, gate, generation, summary, opened_for, reopen } => {
             let gates = ctx.gates.clone();
             let (url, branch) = (ctx.cfg.control_url.clone(), ctx.cfg.branch.clone());
-            let (r, g, gen_, s) = (request.clone(), gate.clone(), generation.clone(), summary.clone());
-            tokio::task::spawn_blocking(move || gates.open(&url, &branch, &r, &g, &gen_, &s))
-                .await
-                .map_err(|e| ReconcileError::Join(e.to_string()))??;
-            ctx.store.kv_set(&approval_branch_key(request, gate), generation, t).await?;
+            let (r, g, gen_, s, again) = (request.clone(), gate.clone(), generation.clone(), summary.clone(), *reopen);
+            tokio::task::spawn_blocking(move || {
+                if again { gates.reopen(&url, &branch, &r, &g, &gen_, &s) } else { gates.open(&url, &branch, &r, &g, &gen_, &s) }
+            })
+            .await
+            .map_err(|e| ReconcileError::Join(e.to_string()))??;
+            ctx.store.kv_set(&approval_branch_key(request, gate), opened_for, t).await?;
             ctx.store.append_event(&event(t, request, "approval.open", revision, format!("hadron/approve/{request}/{gate}"))).await?;
         }
         Action::Forget { request } => {

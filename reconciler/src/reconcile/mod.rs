@@ -9,20 +9,23 @@
 //! without doing finished work again.
 
 pub mod execute;
+pub mod forge;
 pub mod observe;
 pub mod seed;
 pub mod urls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::model::kinds::Phase;
 use crate::model::{Catalog, Loaded};
 use crate::plan::{self, Plan, PlanConfig};
+use crate::server::{Metrics, PhaseEvent, Trigger};
 use crate::source::{Blob, LoadOptions, PathFilter, Source, SourceConfig, SourceError};
 use crate::status::render;
 use crate::status::writer::{StatusWriter, WriterConfig, WriterError};
@@ -116,6 +119,19 @@ pub struct PassReport {
     pub wake_at: Option<Millis>,
     /// Whether every request is terminal or waiting on a person.
     pub idle: bool,
+    /// Whether a forge call failed and the next pass should try again.
+    pub forge_retry: bool,
+}
+
+/// Where a pass reports what it did, for the HTTP server.
+#[derive(Clone)]
+pub struct Telemetry {
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set once the control repo was fetched and the store answered.
+    pub ready: Arc<AtomicBool>,
+    /// Phase changes, for `GET /api/v1/events`.
+    pub events: broadcast::Sender<PhaseEvent>,
 }
 
 /// Everything a pass needs: the context of the loop.
@@ -134,6 +150,8 @@ pub struct Context {
     /// Status files Hadron wrote last, to tell its own commits from people's.
     written: BTreeMap<String, Vec<u8>>,
     phases: BTreeMap<String, Phase>,
+    forge: Option<forge::ForgeLink>,
+    telemetry: Option<Telemetry>,
 }
 
 impl Context {
@@ -157,7 +175,32 @@ impl Context {
             last_report: None,
             written: BTreeMap::new(),
             phases: BTreeMap::new(),
+            forge: None,
+            telemetry: None,
         })
+    }
+
+    /// Works with Gitea through `link`: approval and target PRs, commit
+    /// statuses, approvers by login and team, CI from combined statuses.
+    pub fn with_forge(mut self, link: forge::ForgeLink) -> Self {
+        self.forge = Some(link);
+        self
+    }
+
+    /// Reports passes to the HTTP server's metrics, readiness and events.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Takes note of a trigger before the pass it causes.
+    pub fn note(&mut self, trigger: &Trigger) {
+        if let Some(t) = &self.telemetry {
+            t.metrics.inc_trigger(trigger.kind());
+        }
+        if let (Trigger::TargetActivity { repo, .. }, Some(forge)) = (trigger, self.forge.as_mut()) {
+            forge.target_activity(repo);
+        }
     }
 
     /// The source's trigger config (for `spawn_triggers`).
@@ -177,6 +220,7 @@ impl Context {
     /// files changed.
     async fn step_source(&mut self) -> Result<(String, bool), ReconcileError> {
         let source = self.source.clone();
+        let started = Instant::now();
         let changes = tokio::task::spawn_blocking(move || {
             let mut source = source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?;
             let rev = source.fetch()?;
@@ -184,6 +228,9 @@ impl Context {
         })
         .await
         .map_err(|e| ReconcileError::Join(e.to_string()))??;
+        if let Some(t) = &self.telemetry {
+            t.metrics.observe_fetch(started.elapsed());
+        }
         let mut meaningful = changes.full;
         for (path, blob) in &changes.upserts {
             match blob {
@@ -205,8 +252,32 @@ impl Context {
         Ok((changes.revision.to_string(), meaningful))
     }
 
-    /// One pass: source → model → observe → plan → execute → status.
+    /// One pass: source → model → observe → plan → execute → forge → status.
     pub async fn pass(&mut self) -> Result<PassReport, ReconcileError> {
+        let started = Instant::now();
+        let result = self.pass_steps().await;
+        if let Some(t) = &self.telemetry {
+            t.metrics.observe_pass(started.elapsed(), result.is_ok());
+            if let Ok(report) = &result {
+                t.ready.store(true, Ordering::Release);
+                let mut by_phase: BTreeMap<&str, u64> = BTreeMap::new();
+                for (phase, _, _) in report.phases.values() {
+                    *by_phase.entry(phase.as_str()).or_default() += 1;
+                }
+                t.metrics.set_requests_by_phase(by_phase);
+                if report.status_commit.is_some() {
+                    t.metrics.inc_status_commits();
+                }
+                for change in &report.changes {
+                    // No subscriber is fine.
+                    let _ = t.events.send(PhaseEvent::from_change(change, &report.revision));
+                }
+            }
+        }
+        result
+    }
+
+    async fn pass_steps(&mut self) -> Result<PassReport, ReconcileError> {
         // Publish what a crash left in the outbox before anything else.
         self.flush_outbox().await?;
 
@@ -214,9 +285,11 @@ impl Context {
         let t = now();
         // After an idle pass, a commit holding only Hadron's own status files
         // changes nothing to decide, unless CI is awaited (CI results arrive
-        // in the store, not in git).
+        // in the store or through the forge, not in git) or a forge call
+        // waits to be retried.
         if let Some(prev) = self.last_report.as_ref().filter(|_| !meaningful) {
             let quiet = prev.idle
+                && !prev.forge_retry
                 && prev.live_workers == 0
                 && prev.wake_at.is_none_or(|w| w > t)
                 && !prev.phases.values().any(|(p, _, _)| *p == Phase::WaitingForCI);
@@ -226,26 +299,95 @@ impl Context {
         }
         // Model: patched per changed file, read by reference below.
         self.catalog.refresh();
-        // Observe.
-        let observed = observe::observe(self, &revision).await?;
+        // Observe. The forge link is taken out for the call and put back
+        // whatever happens.
+        let mut forge = self.forge.take();
+        if let Some(f) = forge.as_mut() {
+            f.begin_pass();
+        }
+        let observed = observe::observe(self, forge.as_mut()).await;
+        self.forge = forge;
+        let observed = observed?;
         // Plan.
         let plan: Plan = plan::plan(&self.catalog.loaded().desired, &observed, t, &self.cfg.plan);
         // Execute.
         execute::execute(self, &plan, &observed, &revision, t).await?;
+        // Forge: PRs and commit statuses.
+        let outputs = self.step_forge(&plan, t).await?;
         // Status, summarised once at the end of the pass.
-        let report = self.step_status(&plan, &revision, t).await?;
+        let report = self.step_status(&plan, &revision, t, &outputs).await?;
+        if let Some(t) = &self.telemetry {
+            let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+            for a in plan.requests.values().flat_map(|v| v.attempts.iter()) {
+                *by_state.entry(a.state.as_str()).or_default() += 1;
+            }
+            t.metrics.set_workers_by_state(by_state);
+        }
         self.store.set_last_revision(&revision, t).await?;
         self.last_report = Some(report.clone());
         Ok(report)
     }
 
-    async fn step_status(&mut self, plan: &Plan, revision: &str, t: Millis) -> Result<PassReport, ReconcileError> {
+    /// Step 6, forge: approval PRs, target PRs, commit statuses (nothing
+    /// without a forge).
+    async fn step_forge(&mut self, plan: &Plan, t: Millis) -> Result<forge::ForgeOutputs, ReconcileError> {
+        let Some(mut link) = self.forge.take() else {
+            return Ok(forge::ForgeOutputs::default());
+        };
+        let result = async {
+            let due = link.control_status_due(&self.store, plan).await?;
+            let commits = self.request_commits(due).await?;
+            link.act(&self.store, &self.cfg.control_url, &self.cfg.branch, &self.catalog.loaded().desired, plan, &commits, t).await
+        }
+        .await;
+        self.forge = Some(link);
+        result
+    }
+
+    /// The control-repo commit that brought each request's present content.
+    async fn request_commits(&self, names: Vec<String>) -> Result<BTreeMap<String, String>, ReconcileError> {
+        if names.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let (mirror, head) = {
+            let source = self.source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?;
+            (source.mirror_path(), source.last_loaded())
+        };
+        let Some(head) = head else { return Ok(BTreeMap::new()) };
+        tokio::task::spawn_blocking(move || {
+            let repo = gix::open(&mirror).map_err(|e| ReconcileError::Join(format!("open mirror: {e}")))?;
+            let mut out = BTreeMap::new();
+            for name in names {
+                if let Some(commit) = crate::gates::history::request_commit_of(&repo, head.id(), &name)? {
+                    out.insert(name, commit.to_string());
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ReconcileError::Join(e.to_string()))?
+    }
+
+    async fn step_status(
+        &mut self,
+        plan: &Plan,
+        revision: &str,
+        t: Millis,
+        forge: &forge::ForgeOutputs,
+    ) -> Result<PassReport, ReconcileError> {
         let mut changes: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        let mut report = PassReport { revision: revision.to_owned(), wake_at: plan.wake_at, ..PassReport::default() };
-        let outputs = BTreeMap::new();
+        let mut report = PassReport {
+            revision: revision.to_owned(),
+            wake_at: plan.wake_at,
+            forge_retry: forge.retry,
+            ..PassReport::default()
+        };
+        let none = BTreeMap::new();
         for (name, view) in &plan.requests {
             let prev = plan::previous(&self.catalog.loaded().desired, name);
-            let status = render::render(view, prev, revision, t, &outputs);
+            let prs = forge.pull_requests.get(name).unwrap_or(&none);
+            let stalled = forge.stalled.get(name).map(|(r, m)| (r.as_str(), m.as_str()));
+            let status = render::render_with(view, prev, revision, t, prs, stalled);
             let text = render::to_yaml(&status).into_bytes();
             let path = render::path_of(name);
             let same = prev.is_some_and(|p| *p == status);
@@ -370,15 +512,21 @@ fn status_message(names: &[String], report: &PassReport) -> String {
     format!("{subject}\n\n{body}")
 }
 
-/// Runs passes until `stop` says so: coalesces triggers, wakes for retries
-/// and to watch live workers, never stops on a failed pass.
+/// Runs passes until `on_pass` returns false or `shutdown` turns true:
+/// coalesces triggers, wakes for retries and to watch live workers, never
+/// stops on a failed pass. A shutdown lets the running pass finish and
+/// leaves workers running (the next start adopts them).
 pub async fn run(
     ctx: &mut Context,
-    mut triggers: mpsc::Receiver<()>,
+    mut triggers: mpsc::Receiver<Trigger>,
+    mut shutdown: watch::Receiver<bool>,
     mut on_pass: impl FnMut(&Result<PassReport, ReconcileError>) -> bool,
 ) {
     let mut failures: u32 = 0;
     loop {
+        if *shutdown.borrow() {
+            return;
+        }
         let result = ctx.pass().await;
         let mut delay = ctx.cfg.poll_interval;
         match &result {
@@ -403,13 +551,29 @@ pub async fn run(
         }
         tokio::select! {
             got = triggers.recv() => {
-                if got.is_none() {
-                    tokio::time::sleep(delay).await;
+                match got {
+                    Some(trigger) => ctx.note(&trigger),
+                    None => tokio::time::sleep(delay).await,
                 }
                 // Coalesce: everything queued is one more pass.
-                while triggers.try_recv().is_ok() {}
+                while let Ok(trigger) = triggers.try_recv() {
+                    ctx.note(&trigger);
+                }
             }
             () = tokio::time::sleep(delay) => {}
+            () = shutdown_requested(&mut shutdown) => {}
+        }
+    }
+}
+
+/// Resolves once `shutdown` turns true; never when its sender is gone.
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -91,7 +91,9 @@ pub fn apply_result(attempt: &mut plan::Attempt, result: &RunResult) {
 }
 
 /// Gathers the observed state for one pass.
-pub async fn observe(ctx: &Context, _revision: &str) -> Result<Observed, ReconcileError> {
+/// `forge` is taken out of the context for the call, so that it can be
+/// borrowed mutably beside the context.
+pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLink>) -> Result<Observed, ReconcileError> {
     let desired = &ctx.catalog.loaded().desired;
     let agent_of = |request: &str| -> String {
         desired
@@ -122,6 +124,7 @@ pub async fn observe(ctx: &Context, _revision: &str) -> Result<Observed, Reconci
         .collect();
 
     // Gates.
+    let mut ci_heads: Vec<(String, String, String, Vec<String>)> = Vec::new();
     let mirror = ctx.source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?.mirror_path();
     let head = ctx.source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?.last_loaded();
     for (name, request) in &desired.requests {
@@ -146,7 +149,10 @@ pub async fn observe(ctx: &Context, _revision: &str) -> Result<Observed, Reconci
                                 let head = head.id();
                                 Some((
                                     gates::history::approver_of(&repo, head, &name, &gate_name).ok().flatten(),
-                                    gates::history::requester_of(&repo, head, &name).ok().flatten(),
+                                    gates::history::requester_commit_of(&repo, head, &name)
+                                        .ok()
+                                        .flatten()
+                                        .map(|(p, c)| (p, c.to_string())),
                                 ))
                             })
                             .await
@@ -155,27 +161,44 @@ pub async fn observe(ctx: &Context, _revision: &str) -> Result<Observed, Reconci
                         }
                         None => (None, None),
                     };
-                    let decision =
-                        gates::decide(Some(approval), approver.as_ref(), requester.as_ref(), &desired.settings.spec.approvers, &generation);
-                    let state = match decision {
-                        GateDecision::Approved { by } => ApprovalState::Approved { by: by.name },
-                        GateDecision::Waiting => ApprovalState::Waiting,
-                        GateDecision::Stale { given_for } => ApprovalState::Stale { given_for },
-                        GateDecision::Rejected { by, why } => {
-                            ApprovalState::Rejected { by: by.map_or_else(|| "someone".to_owned(), |b| b.name), why }
+                    let policy = &desired.settings.spec.approvers;
+                    let state = if let Some(forge) = forge.as_deref_mut() {
+                        forge
+                            .decide_approval(&ctx.store, name, &gate.name, Some(approval), approver.as_ref(), requester.as_ref(), policy, &generation)
+                            .await?
+                    } else {
+                        match gates::decide(Some(approval), approver.as_ref(), requester.as_ref().map(|(p, _)| p), policy, &generation) {
+                            GateDecision::Approved { by } => ApprovalState::Approved { by: by.name },
+                            GateDecision::Waiting => ApprovalState::Waiting,
+                            GateDecision::Stale { given_for } => ApprovalState::Stale { given_for },
+                            GateDecision::Rejected { by, why } => ApprovalState::Rejected {
+                                commit: by.as_ref().map(|b| b.commit.clone()).unwrap_or_default(),
+                                by: by.map_or_else(|| "someone".to_owned(), |b| b.name),
+                                why,
+                            },
                         }
                     };
                     observed.approvals.insert(key, state);
                 }
                 GateType::Ci => {
                     for a in observed.attempts.iter().filter(|a| a.request == *name && a.generation == generation) {
+                        if a.stage != gate.after || a.state != AttemptState::Succeeded {
+                            continue;
+                        }
                         let Some(commit) = &a.pushed_commit else { continue };
-                        let statuses = ctx.store.commit_statuses(&a.repo, commit).await?;
-                        observed.ci.insert((a.repo.clone(), commit.clone()), ci_state(&statuses, &gate.contexts));
+                        if forge.is_some() {
+                            ci_heads.push((name.clone(), a.repo.clone(), commit.clone(), gate.contexts.clone()));
+                        } else {
+                            let statuses = ctx.store.commit_statuses(&a.repo, commit).await?;
+                            observed.ci.insert((a.repo.clone(), commit.clone()), ci_state(&statuses, &gate.contexts));
+                        }
                     }
                 }
             }
         }
+    }
+    if let Some(forge) = forge.as_deref_mut() {
+        forge.observe_ci(&ctx.cfg.control_url, &ci_heads, &mut observed.ci).await;
     }
     Ok(observed)
 }

@@ -70,6 +70,8 @@ pub enum Trigger {
     },
     /// The poll interval expired.
     Poll,
+    /// A worker process ended.
+    WorkerExited,
 }
 
 impl Trigger {
@@ -80,6 +82,7 @@ impl Trigger {
             Self::TargetActivity { .. } => "TargetActivity",
             Self::ApprovalMerged { .. } => "ApprovalMerged",
             Self::Poll => "Poll",
+            Self::WorkerExited => "WorkerExited",
         }
     }
 }
@@ -158,6 +161,10 @@ pub struct ControlRepoId {
     pub branch: String,
     /// The watched target repos, as `owner/name` (lower case).
     pub targets: BTreeSet<String>,
+    /// Whether every repository but the control repo counts as a target
+    /// (the requests name their targets, and they change with every push;
+    /// the loop ignores activity in repos it does not wait on).
+    pub all_targets: bool,
 }
 
 impl ControlRepoId {
@@ -167,7 +174,14 @@ impl ControlRepoId {
             full_name: repo_full_name(repo),
             branch: branch.to_owned(),
             targets: BTreeSet::new(),
+            all_targets: false,
         }
+    }
+
+    /// Counts every repository but the control repo as a watched target.
+    pub fn watching_all_targets(mut self) -> Self {
+        self.all_targets = true;
+        self
     }
 
     /// Adds a watched target repo (an `owner/name` or a clone URL).
@@ -188,7 +202,7 @@ impl ControlRepoId {
 
     /// Whether `full_name` (from a payload) is a watched target repo.
     pub fn watches(&self, full_name: &str) -> bool {
-        self.targets.contains(&full_name.to_ascii_lowercase())
+        (self.all_targets && !self.is_control(full_name)) || self.targets.contains(&full_name.to_ascii_lowercase())
     }
 }
 

@@ -334,6 +334,16 @@ async fn handle(
     {
         return Ok(Outcome::Duplicate);
     }
+    if let Trigger::ApprovalMerged { request, gate, merged_by_login, merge_commit } = &trigger {
+        // Recorded for the approval check in the loop (which also asks the
+        // API, so a lost record only costs a call).
+        let record = crate::reconcile::forge::MergeRecord { login: merged_by_login.clone(), commit: merge_commit.clone() };
+        let text = serde_json::to_string(&record).expect("a merge record serialises");
+        state
+            .store()
+            .kv_set(&crate::reconcile::forge::approval_merged_key(request, gate), &text, crate::time::now())
+            .await?;
+    }
     let kind = trigger.kind();
     tracing::info!(event, delivery, trigger = kind, "webhook delivery accepted");
     permit.send(trigger);

@@ -81,6 +81,7 @@ pub fn spawn_triggers(cfg: &SourceConfig, tx: Sender<()>) -> TriggerHandle {
     let (control, events) = mpsc::channel::<Msg>();
     let watcher = cfg
         .local_path()
+        .filter(|_| cfg.watch)
         .and_then(|path| super::refs_dir_of(&path))
         .and_then(
             |common_dir| match watch_refs(&common_dir, control.clone()) {

@@ -11,6 +11,20 @@ use crate::time::{Millis, rfc3339};
 /// Builds the status of one request. `prev` is the status file as last
 /// written; `revision` the control-repo commit this pass read.
 pub fn render(view: &RequestView, prev: Option<&RequestStatus>, revision: &str, now: Millis, pull_requests: &BTreeMap<String, String>) -> RequestStatus {
+    render_with(view, prev, revision, now, pull_requests, None)
+}
+
+/// [`render`], with a forge error that stalls the request: `(reason,
+/// message)` makes the `Stalled` condition true with that reason, whatever
+/// the phase (the phase stays what the pipeline says).
+pub fn render_with(
+    view: &RequestView,
+    prev: Option<&RequestStatus>,
+    revision: &str,
+    now: Millis,
+    pull_requests: &BTreeMap<String, String>,
+    stalled_by: Option<(&str, &str)>,
+) -> RequestStatus {
     let stages: Vec<StageResult> = view
         .attempts
         .iter()
@@ -67,7 +81,10 @@ pub fn render(view: &RequestView, prev: Option<&RequestStatus>, revision: &str, 
     let conditions = vec![
         condition("Ready", ready, &view.reason, &view.message),
         condition("Reconciling", reconciling, progressing, if reconciling == "True" { &view.message } else { "" }),
-        condition("Stalled", stalled, &view.reason, if stalled == "True" { &view.message } else { "" }),
+        match stalled_by {
+            Some((reason, message)) => condition("Stalled", "True", reason, message),
+            None => condition("Stalled", stalled, &view.reason, if stalled == "True" { &view.message } else { "" }),
+        },
     ];
 
     let mut status = RequestStatus {

@@ -352,6 +352,10 @@ struct StateInner {
     stale_lists: Vec<String>,
     requests: Vec<Recorded>,
     mismatches: Vec<String>,
+    /// email → login, as Gitea matches commit authors to users.
+    users: BTreeMap<String, String>,
+    /// `owner/repo` → the real bare repository behind it.
+    git_dirs: BTreeMap<String, PathBuf>,
 }
 
 struct Inner {
@@ -385,7 +389,7 @@ impl GiteaDouble {
         let dir = gitea_fixtures();
         let specs = vec![Swagger::load(&dir.join("swagger.v1.json")), Swagger::load(&dir.join("swagger.v1.14.json"))];
         let mut fixtures = BTreeMap::new();
-        for name in ["pr", "status", "repo", "user", "branch", "organization"] {
+        for name in ["pr", "status", "repo", "user", "branch", "organization", "commit"] {
             fixtures.insert(name, read_json(&dir.join("api").join(format!("{name}.json"))));
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
@@ -438,6 +442,23 @@ impl GiteaDouble {
             members: members.iter().map(|m| (*m).to_owned()).collect(),
         });
         id
+    }
+
+    /// A Gitea user with this email: commits authored with it map to `login`.
+    pub fn add_user(&self, login: &str, email: &str) {
+        self.st().users.insert(email.to_ascii_lowercase(), login.to_owned());
+    }
+
+    /// The real bare repository behind `owner/repo`: commits and branch
+    /// heads are read from it with the `git` CLI, as Gitea reads its own.
+    pub fn link_git_dir(&self, repo: &str, dir: &Path) {
+        self.st().git_dirs.insert(repo.to_owned(), dir.to_owned());
+    }
+
+    fn git(&self, repo: &str, args: &[&str]) -> Option<String> {
+        let dir = self.st().git_dirs.get(repo).cloned()?;
+        let out = std::process::Command::new("git").arg("-C").arg(&dir).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// A person merges PR `number` of `repo`.
@@ -627,16 +648,16 @@ impl GiteaDouble {
                 let (Some(head), Some(base)) = (str_field("head"), str_field("base")) else {
                     return message(422, "head and base are required");
                 };
-                let mut st = self.st();
+                let st = self.st();
                 if st.pulls.iter().any(|pr| pr.repo == repo && pr.head == head && pr.base == base && pr.state == "open") {
                     return message(409, "pull request already exists for these targets");
                 }
                 let number = st.pulls.iter().filter(|pr| pr.repo == repo).count() as u64 + 1;
-                let head_sha = st
-                    .branches
-                    .get(&(repo.clone(), head.clone()))
-                    .cloned()
-                    .unwrap_or_else(|| format!("{:040x}", 0xabc000 + number));
+                let known = st.branches.get(&(repo.clone(), head.clone())).cloned();
+                drop(st);
+                let from_git = self.git(&repo, &["rev-parse", "--verify", "--quiet", &format!("refs/heads/{head}")]);
+                let mut st = self.st();
+                let head_sha = known.or(from_git).unwrap_or_else(|| format!("{:040x}", 0xabc000 + number));
                 let pr = PrRec {
                     repo: repo.clone(),
                     number,
@@ -752,6 +773,20 @@ impl GiteaDouble {
                     Some(false) => message(404, "user is not a member of the team"),
                     None => message(404, "team does not exist"),
                 }
+            }
+            "repoGetSingleCommit" => {
+                let sha = p["sha"].clone();
+                let Some(email) = self.git(&repo, &["log", "-1", "--format=%ae", &sha, "--"]) else {
+                    return message(404, "commit does not exist");
+                };
+                let login = self.st().users.get(&email.to_ascii_lowercase()).cloned();
+                let mut v = self.inner.fixtures["commit"].clone();
+                v["sha"] = json!(sha);
+                v["author"] = match login {
+                    Some(l) => self.user_json(&l),
+                    None => Value::Null,
+                };
+                json_response(200, &v)
             }
             other => message(501, &format!("the double does not implement {other}")),
         }

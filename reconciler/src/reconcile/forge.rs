@@ -1,0 +1,527 @@
+//! The forge side of a pass, when Hadron runs against Gitea.
+//!
+//! Observe: who merged an approval PR (recorded from the webhook, else asked
+//! through the API) and whether that user may approve (users, teams, never
+//! the requester); the combined commit status of pushed heads at a `ci`
+//! gate (re-read after a webhook from that repo, and polled as a safety net).
+//!
+//! Act, after the executor and before the status is rendered: open or update
+//! the approval PR of a gate whose branch is open, open or update a PR in each
+//! target repo when a request succeeded (their URLs go into
+//! `status.outputs`), and set the request's commit status in the control
+//! repo when its phase or stage changes. Every write is idempotent and
+//! recorded in the store's `kv` once done, so a restart repeats nothing that
+//! finished. A 401, 403 or 404 marks the request Stalled with the error's
+//! reason until a later call succeeds; rate limits and 5xx are retried by the
+//! client and then by the next pass.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::forge::{
+    ApprovalPrView, CombinedState, CommitState, CommitView, GiteaClient, GiteaError, RepoRef, StageView, TargetPrView,
+};
+use crate::gates::{Approver, GateDecision, Person};
+use crate::model::kinds::{Approval, ApproverPolicy, Phase};
+use crate::model::DesiredState;
+use crate::plan::{ApprovalState, Attempt, AttemptState, CiState, Plan, RequestView};
+use crate::server::repo_full_name;
+use crate::store::Store;
+use crate::time::Millis;
+
+use super::{ReconcileError, urls};
+
+/// `kv` key: the merger of an approval PR, as the webhook reported it.
+pub fn approval_merged_key(request: &str, gate: &str) -> String {
+    format!("approval-merged/{request}/{gate}")
+}
+
+/// `kv` key: the approval PR of a gate and what it was opened for.
+pub fn approval_pr_key(request: &str, gate: &str) -> String {
+    format!("approval-pr/{request}/{gate}")
+}
+
+/// `kv` key: the PR opened in a target repo for a request.
+pub fn target_pr_key(request: &str, repo: &str) -> String {
+    format!("target-pr/{request}/{repo}")
+}
+
+/// `kv` key: the last commit status Hadron set for a request in the control repo.
+pub fn control_status_key(request: &str) -> String {
+    format!("control-status/{request}")
+}
+
+/// A merge of an approval PR, as recorded from the webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeRecord {
+    /// Gitea login of whoever merged.
+    pub login: String,
+    /// The merge commit, when the payload named it.
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PrRecord {
+    number: u64,
+    url: String,
+    /// Generation (target PRs) or approval token (approval PRs) it was made for.
+    made_for: String,
+}
+
+/// The forge's state between passes: caches of answers that cannot change
+/// and the errors that stall requests.
+pub struct ForgeLink {
+    client: GiteaClient,
+    control: RepoRef,
+    /// Re-read a head's CI state at least this often while it is pending.
+    ci_poll: Duration,
+    ci: BTreeMap<(String, String), (CiState, Instant)>,
+    ci_dirty: BTreeSet<String>,
+    /// (request, gate, generation, approval commit) → decision.
+    decisions: BTreeMap<(String, String, String, String), ApprovalState>,
+    /// Requester commit → Gitea login.
+    logins: BTreeMap<String, String>,
+    /// Request → commit and state last set in the control repo.
+    control_status: BTreeMap<String, String>,
+    /// Request → generation → repo → PR URL.
+    target_prs: BTreeMap<String, (String, BTreeMap<String, String>)>,
+    /// Request → (reason, message) of the forge error that stalls it.
+    stalled: BTreeMap<String, (String, String)>,
+    /// Whether something failed in a way the next pass should retry.
+    retry: bool,
+}
+
+impl std::fmt::Debug for ForgeLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForgeLink").field("client", &self.client).field("stalled", &self.stalled).finish_non_exhaustive()
+    }
+}
+
+/// What the status step needs from the forge.
+#[derive(Debug, Clone, Default)]
+pub struct ForgeOutputs {
+    /// Request → repo URL as written → PR URL.
+    pub pull_requests: BTreeMap<String, BTreeMap<String, String>>,
+    /// Request → (reason, message) of a forge error that stalls it.
+    pub stalled: BTreeMap<String, (String, String)>,
+    /// Whether a forge write failed and should be retried on the next pass.
+    pub retry: bool,
+}
+
+impl ForgeLink {
+    /// A link through `client`; pending CI is re-read every `ci_poll`.
+    pub fn new(client: GiteaClient, ci_poll: Duration) -> Self {
+        let control = client.control().clone();
+        ForgeLink {
+            client,
+            control,
+            ci_poll,
+            ci: BTreeMap::new(),
+            ci_dirty: BTreeSet::new(),
+            decisions: BTreeMap::new(),
+            logins: BTreeMap::new(),
+            control_status: BTreeMap::new(),
+            target_prs: BTreeMap::new(),
+            stalled: BTreeMap::new(),
+            retry: false,
+        }
+    }
+
+    /// Called at the start of each pass.
+    pub fn begin_pass(&mut self) {
+        self.retry = false;
+    }
+
+    /// The control repo on the forge.
+    pub fn control(&self) -> &RepoRef {
+        &self.control
+    }
+
+    /// A webhook said something happened in `repo` (`owner/name`): re-read
+    /// the CI state of its heads on the next pass.
+    pub fn target_activity(&mut self, repo: &str) {
+        self.ci_dirty.insert(repo.to_ascii_lowercase());
+    }
+
+    fn stall(&mut self, request: &str, what: &str, e: &GiteaError) {
+        if e.is_transient() {
+            tracing::warn!(request, reason = e.reason(), error = %e, "{what} failed; the next pass retries");
+            self.retry = true;
+            return;
+        }
+        tracing::warn!(request, reason = e.reason(), error = %e, "{what} failed; the request is stalled until it works");
+        let fix = match e {
+            GiteaError::Unauthorized { .. } => "check the token Hadron is given (--gitea-token-env/--gitea-token-file)",
+            GiteaError::Forbidden { .. } => "give Hadron's Gitea user write access to this repository",
+            GiteaError::NotFound { .. } => "check that the repository exists on Gitea under this owner/name",
+            _ => "fix the cause; Hadron retries on the next pass",
+        };
+        self.stalled.insert(request.to_owned(), (e.reason().to_owned(), format!("{what} failed: {e}; {fix}")));
+        self.retry = true;
+    }
+
+    fn unstall(&mut self, request: &str) {
+        self.stalled.remove(request);
+    }
+
+    /// The forge repo of a target repo URL as written in a request.
+    fn repo_of(&self, control_url: &str, url: &str) -> Option<RepoRef> {
+        let full = repo_full_name(&urls::resolve(control_url, url));
+        RepoRef::parse(&full).ok()
+    }
+
+    /// Decides an approval gate with the forge: `approver` and `requester`
+    /// come from git history, the merger and the requester's login from Gitea.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn decide_approval(
+        &mut self,
+        store: &Store,
+        request: &str,
+        gate: &str,
+        approval: Option<&Approval>,
+        approver: Option<&Approver>,
+        requester: Option<&(Person, String)>,
+        policy: &ApproverPolicy,
+        generation: &str,
+    ) -> Result<ApprovalState, ReconcileError> {
+        // Waiting and stale need no forge.
+        match crate::gates::decide(approval, approver, requester.map(|(p, _)| p), policy, generation) {
+            GateDecision::Waiting => return Ok(ApprovalState::Waiting),
+            GateDecision::Stale { given_for } => return Ok(ApprovalState::Stale { given_for }),
+            _ => {}
+        }
+        let commit = approver.map(|a| a.commit.clone()).unwrap_or_default();
+        let key = (request.to_owned(), gate.to_owned(), generation.to_owned(), commit.clone());
+        if let Some(known) = self.decisions.get(&key) {
+            return Ok(known.clone());
+        }
+        // Who merged: the webhook's record, else the PR through the API,
+        // else the committer of the merge (a merge made outside Gitea's UI).
+        let mut login = None;
+        if let Some(text) = store.kv_get(&approval_merged_key(request, gate)).await?
+            && let Ok(rec) = serde_json::from_str::<MergeRecord>(&text)
+            && rec.commit.as_deref().is_none_or(|c| c == commit)
+        {
+            login = Some(rec.login);
+        }
+        if login.is_none()
+            && let Some(text) = store.kv_get(&approval_pr_key(request, gate)).await?
+            && let Ok(pr) = serde_json::from_str::<PrRecord>(&text)
+        {
+            match self.client.merge_info(&self.control, pr.number).await {
+                Ok(info) if info.merged => login = info.merged_by,
+                Ok(_) => {}
+                Err(e) => {
+                    self.stall(request, "reading who merged the approval PR", &e);
+                    return Ok(ApprovalState::Waiting);
+                }
+            }
+        }
+        let from_forge = login.is_some();
+        let Some(login) = login.or_else(|| approver.map(|a| a.name.clone())) else {
+            return Ok(ApprovalState::Rejected {
+                by: "someone".into(),
+                why: "no merge of the approval could be found, so the approver is unknown".into(),
+                commit,
+            });
+        };
+        let requester_login = match requester {
+            Some((person, requester_commit)) => match self.logins.get(requester_commit) {
+                Some(l) => Some(l.clone()),
+                None => match self.client.commit_author_login(&self.control, requester_commit).await {
+                    Ok(found) => {
+                        let l = found.unwrap_or_else(|| person.name.clone());
+                        self.logins.insert(requester_commit.clone(), l.clone());
+                        Some(l)
+                    }
+                    Err(e) => {
+                        self.stall(request, "looking up the requester's Gitea user", &e);
+                        return Ok(ApprovalState::Waiting);
+                    }
+                },
+            },
+            None => None,
+        };
+        let decision = match self.client.approver_decision(&login, requester_login.as_deref(), policy).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.stall(request, "resolving the approver's teams", &e);
+                return Ok(ApprovalState::Waiting);
+            }
+        };
+        self.unstall(request);
+        let state = match decision {
+            crate::forge::ApproverDecision::AllowedAsUser | crate::forge::ApproverDecision::AllowedByTeam { .. } => {
+                ApprovalState::Approved { by: login.clone() }
+            }
+            crate::forge::ApproverDecision::Requester => ApprovalState::Rejected {
+                by: login.clone(),
+                why: format!("{login} is the requester of this change request and may not approve it"),
+                commit,
+            },
+            crate::forge::ApproverDecision::NotAllowed => ApprovalState::Rejected {
+                by: login.clone(),
+                why: format!(
+                    "{login} is not an allowed approver: list them under spec.approvers.users or in a team of spec.approvers.teams in hadron.yaml"
+                ),
+                commit,
+            },
+        };
+        if from_forge {
+            self.decisions.insert(key, state.clone());
+        }
+        Ok(state)
+    }
+
+    /// Reads the combined CI state of the pushed heads at `ci` gates.
+    /// `heads` are (request, repo URL as written, commit, required contexts).
+    pub async fn observe_ci(
+        &mut self,
+        control_url: &str,
+        heads: &[(String, String, String, Vec<String>)],
+        out: &mut BTreeMap<(String, String), CiState>,
+    ) {
+        let now = Instant::now();
+        for (request, repo_url, commit, contexts) in heads {
+            let key = (repo_url.clone(), commit.clone());
+            let Some(repo) = self.repo_of(control_url, repo_url) else { continue };
+            let dirty = self.ci_dirty.contains(&repo.to_string().to_ascii_lowercase());
+            let cached = self.ci.get(&key).copied();
+            let fresh = match cached {
+                Some((CiState::Success | CiState::Failure, _)) => true,
+                Some((CiState::Pending, at)) => !dirty && now.duration_since(at) < self.ci_poll,
+                None => false,
+            };
+            if !fresh {
+                match self.client.combined_status(&repo, commit, Some(contexts)).await {
+                    Ok(state) => {
+                        let state = match state {
+                            CombinedState::Success => CiState::Success,
+                            CombinedState::Failure => CiState::Failure,
+                            CombinedState::Pending => CiState::Pending,
+                        };
+                        self.ci.insert(key.clone(), (state, now));
+                        self.unstall(request);
+                    }
+                    Err(e) => self.stall(request, &format!("reading the commit status of {repo}@{commit}"), &e),
+                }
+            }
+            if let Some((state, _)) = self.ci.get(&key) {
+                out.insert(key, *state);
+            }
+        }
+        self.ci_dirty.clear();
+    }
+
+    /// Requests whose commit status in the control repo must be set this
+    /// pass (their generation, phase or stage changed since the last one).
+    pub async fn control_status_due(&mut self, store: &Store, plan: &Plan) -> Result<Vec<String>, ReconcileError> {
+        let mut due = Vec::new();
+        for (name, view) in &plan.requests {
+            if view.generation.is_empty() {
+                continue;
+            }
+            if !self.control_status.contains_key(name)
+                && let Some(known) = store.kv_get(&control_status_key(name)).await?
+            {
+                self.control_status.insert(name.clone(), known);
+            }
+            if self.control_status.get(name) != Some(&status_marker(view)) {
+                due.push(name.clone());
+            }
+        }
+        Ok(due)
+    }
+
+    /// The forge writes of a pass; see the module docs. `request_commits`
+    /// holds the control-repo commit of each request in
+    /// [`ForgeLink::control_status_due`].
+    pub async fn act(
+        &mut self,
+        store: &Store,
+        control_url: &str,
+        branch: &str,
+        desired: &DesiredState,
+        plan: &Plan,
+        request_commits: &BTreeMap<String, String>,
+        t: Millis,
+    ) -> Result<ForgeOutputs, ReconcileError> {
+        for (name, view) in &plan.requests {
+            let Some(request) = desired.requests.get(name) else { continue };
+            // Approval PRs of gates whose branch is open.
+            if view.phase == Phase::WaitingForApproval {
+                for gate in request.spec.gates.iter().filter(|g| g.gate_type == crate::model::kinds::GateType::Approval) {
+                    let Some(token) = store.kv_get(&super::observe::approval_branch_key(name, &gate.name)).await? else {
+                        continue;
+                    };
+                    let key = approval_pr_key(name, &gate.name);
+                    let recorded = store.kv_get(&key).await?.and_then(|t| serde_json::from_str::<PrRecord>(&t).ok());
+                    if recorded.is_some_and(|r| r.made_for == token) {
+                        continue;
+                    }
+                    let pr_view = ApprovalPrView {
+                        request: name.clone(),
+                        gate: gate.name.clone(),
+                        request_title: request.spec.title.clone(),
+                        generation: view.generation.clone(),
+                        requester: None,
+                        stages: self.stage_views(view),
+                        commits: self.commit_views(control_url, view),
+                        cost: cost_of(&view.attempts),
+                        budget: request.spec.budget.as_ref().or(desired.settings.spec.defaults.budget.as_ref()).and_then(|b| {
+                            b.max_cost_usd.map(|c| format!("${c:.2}"))
+                        }),
+                    };
+                    match self.client.ensure_approval_pr(&pr_view).await {
+                        Ok(pr) => {
+                            let rec = PrRecord { number: pr.number, url: pr.html_url.clone(), made_for: token };
+                            store.kv_set(&key, &serde_json::to_string(&rec).expect("a PR record serialises"), t).await?;
+                            tracing::info!(request = %name, gate = %gate.name, number = pr.number, action = ?pr.action, "approval PR ready");
+                            self.unstall(name);
+                        }
+                        Err(e) => self.stall(name, "opening the approval PR", &e),
+                    }
+                }
+            }
+            // Target PRs once the request succeeded.
+            if view.phase == Phase::Succeeded {
+                self.ensure_target_prs(store, control_url, branch, name, view, desired, t).await?;
+            }
+            // The request's commit status in the control repo.
+            if let Some(commit) = request_commits.get(name) {
+                let state = match view.phase {
+                    Phase::Succeeded => CommitState::Success,
+                    Phase::Failed | Phase::Invalid => CommitState::Failure,
+                    Phase::Cancelled => CommitState::Error,
+                    _ => CommitState::Pending,
+                };
+                let target = self.client.file_url(&self.control, branch, &format!("status/{name}.yaml"));
+                let description = format!("{}: {}", view.phase.as_str(), view.message);
+                match self.client.set_status(&self.control, commit, name, state, &description, Some(&target)).await {
+                    Ok(_) => {
+                        let marker = status_marker(view);
+                        store.kv_set(&control_status_key(name), &marker, t).await?;
+                        self.control_status.insert(name.clone(), marker);
+                    }
+                    Err(e) => self.stall(name, "setting the request's commit status", &e),
+                }
+            }
+        }
+        // Requests that are gone keep no stall.
+        self.stalled.retain(|name, _| plan.requests.contains_key(name));
+        let mut out = ForgeOutputs { stalled: self.stalled.clone(), retry: self.retry, ..ForgeOutputs::default() };
+        for (name, view) in &plan.requests {
+            if let Some((generation, prs)) = self.target_prs.get(name)
+                && *generation == view.generation
+            {
+                out.pull_requests.insert(name.clone(), prs.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn ensure_target_prs(
+        &mut self,
+        store: &Store,
+        control_url: &str,
+        branch: &str,
+        name: &str,
+        view: &RequestView,
+        desired: &DesiredState,
+        t: Millis,
+    ) -> Result<(), ReconcileError> {
+        let Some(request) = desired.requests.get(name) else { return Ok(()) };
+        let with_commits: Vec<&str> = request
+            .spec
+            .repos
+            .iter()
+            .filter(|r| view.attempts.iter().any(|a| a.repo == r.url && a.pushed_commit.is_some()))
+            .map(|r| r.url.as_str())
+            .collect();
+        if let Some((generation, prs)) = self.target_prs.get(name)
+            && *generation == view.generation
+            && with_commits.iter().all(|r| prs.contains_key(*r))
+        {
+            return Ok(());
+        }
+        let mut urls_by_repo = BTreeMap::new();
+        for repo in &request.spec.repos {
+            if !view.attempts.iter().any(|a| a.repo == repo.url && a.pushed_commit.is_some()) {
+                continue;
+            }
+            let key = target_pr_key(name, &repo.url);
+            let recorded = store.kv_get(&key).await?.and_then(|t| serde_json::from_str::<PrRecord>(&t).ok());
+            if let Some(r) = recorded.filter(|r| r.made_for == view.generation) {
+                urls_by_repo.insert(repo.url.clone(), r.url);
+                continue;
+            }
+            let Some(repo_ref) = self.repo_of(control_url, &repo.url) else { continue };
+            let pr_view = TargetPrView {
+                request: name.to_owned(),
+                request_title: request.spec.title.clone(),
+                description: Some(request.spec.description.clone()).filter(|d| !d.trim().is_empty()),
+                stages: self.stage_views(view).into_iter().filter(|s| s.repo == repo.url).collect(),
+                commits: self.commit_views(control_url, view).into_iter().filter(|c| c.repo == repo.url).collect(),
+                cost: cost_of(&view.attempts),
+                status_url: Some(self.client.file_url(&self.control, branch, &format!("status/{name}.yaml"))),
+            };
+            match self.client.ensure_target_pr(&repo_ref, repo.branch.as_deref(), &pr_view).await {
+                Ok(pr) => {
+                    let rec = PrRecord { number: pr.number, url: pr.html_url.clone(), made_for: view.generation.clone() };
+                    store.kv_set(&key, &serde_json::to_string(&rec).expect("a PR record serialises"), t).await?;
+                    tracing::info!(request = name, repo = %repo_ref, number = pr.number, "target PR ready");
+                    urls_by_repo.insert(repo.url.clone(), pr.html_url);
+                    self.unstall(name);
+                }
+                Err(e) => self.stall(name, &format!("opening the pull request in {repo_ref}"), &e),
+            }
+        }
+        self.target_prs.insert(name.to_owned(), (view.generation.clone(), urls_by_repo));
+        Ok(())
+    }
+
+    fn stage_views(&self, view: &RequestView) -> Vec<StageView> {
+        view.attempts
+            .iter()
+            .filter(|a| a.state != AttemptState::Cancelled)
+            .map(|a| StageView {
+                name: a.stage.clone(),
+                repo: a.repo.clone(),
+                state: a.state.as_str().to_owned(),
+                summary: Some(a.summary.clone()).filter(|s| !s.trim().is_empty()),
+                cost: (a.cost_usd > 0.0).then(|| format!("${:.2}", a.cost_usd)),
+                pr_url: None,
+            })
+            .collect()
+    }
+
+    fn commit_views(&self, control_url: &str, view: &RequestView) -> Vec<CommitView> {
+        let mut seen = BTreeSet::new();
+        view.attempts
+            .iter()
+            .filter(|a| a.state == AttemptState::Succeeded)
+            .filter_map(|a: &Attempt| {
+                let sha = a.pushed_commit.clone()?;
+                if !seen.insert(sha.clone()) {
+                    return None;
+                }
+                let url = self.repo_of(control_url, &a.repo).map(|r| self.client.commit_url(&r, &sha)).unwrap_or_default();
+                Some(CommitView::new(a.repo.clone(), sha, url, &format!("{}: {}", a.stage, a.summary)))
+            })
+            .collect()
+    }
+}
+
+/// What a commit status was last set for: generation, phase and stage.
+fn status_marker(view: &RequestView) -> String {
+    format!("{} {} {}", view.generation, view.phase.as_str(), view.stage.as_deref().unwrap_or("-"))
+}
+
+fn cost_of(attempts: &[Attempt]) -> Option<String> {
+    let total: f64 = attempts.iter().map(|a| a.cost_usd).sum();
+    (total > 0.0).then(|| format!("${total:.2}"))
+}

@@ -1,0 +1,444 @@
+//! End to end with Gitea: `hadron serve --forge gitea` as a subprocess, real
+//! bare repos driven by the `git` CLI as the people, and the Gitea double
+//! (which checks every API call against Gitea's swagger) standing in for the
+//! Gitea server. Webhooks are the real fixture payloads, adapted to these
+//! repos and signed as Gitea signs them.
+//!
+//! The control repo is not watched and polled only hourly, so everything
+//! after the first pass happens because of a webhook or a worker exit.
+
+#[allow(dead_code)] // each test crate uses a part of the double
+#[path = "support/gitea_double.rs"]
+mod gitea_double;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use gitea_double::{GiteaDouble, gitea_fixtures};
+use hadron::model::kinds::{Phase, RequestStatus};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "e2e-token-not-a-secret";
+const SECRET: &str = "e2e-webhook-secret";
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git").arg("-C").arg(dir).args(args).env("GIT_TERMINAL_PROMPT", "0").output()?;
+    ensure!(out.status.success(), "git {args:?} in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A person's clone of a repo, committing as them.
+struct Person {
+    dir: PathBuf,
+}
+
+impl Person {
+    fn clone_as(url: &Path, dir: PathBuf, name: &str, email: &str) -> Result<Person> {
+        let out = Command::new("git").arg("clone").arg("--quiet").arg(url).arg(&dir).output()?;
+        ensure!(out.status.success(), "clone: {}", String::from_utf8_lossy(&out.stderr));
+        git(&dir, &["config", "user.name", name])?;
+        git(&dir, &["config", "user.email", email])?;
+        Ok(Person { dir })
+    }
+
+    fn commit_file(&self, path: &str, text: &str, message: &str) -> Result<String> {
+        if !git(&self.dir, &["ls-remote", "--heads", "origin", "main"])?.is_empty() {
+            git(&self.dir, &["pull", "--quiet", "--rebase", "origin", "main"])?;
+        }
+        let full = self.dir.join(path);
+        std::fs::create_dir_all(full.parent().context("parent")?)?;
+        std::fs::write(&full, text)?;
+        git(&self.dir, &["add", path])?;
+        git(&self.dir, &["commit", "--quiet", "-m", message])?;
+        self.push()
+    }
+
+    /// Pushes to main; when Hadron pushed a status commit meanwhile, pulls
+    /// (rebasing, or re-merging for a merge) and pushes again, as a person would.
+    fn push(&self) -> Result<String> {
+        for _ in 0..10 {
+            if git(&self.dir, &["push", "--quiet", "origin", "HEAD:main"]).is_ok() {
+                return git(&self.dir, &["rev-parse", "HEAD"]);
+            }
+            git(&self.dir, &["pull", "--quiet", "--rebase=merges", "origin", "main"])?;
+        }
+        bail!("push kept being rejected")
+    }
+
+    /// Merges a branch with a merge commit, as Gitea's merge button does.
+    fn merge(&self, branch: &str) -> Result<String> {
+        git(&self.dir, &["fetch", "--quiet", "origin"])?;
+        git(&self.dir, &["reset", "--quiet", "--hard", "origin/main"])?;
+        git(&self.dir, &["merge", "--quiet", "--no-ff", "-m", &format!("Merge {branch}"), &format!("origin/{branch}")])?;
+        self.push()
+    }
+}
+
+fn bare(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path)?;
+    git(path, &["init", "--quiet", "--bare", "--initial-branch=main"])?;
+    Ok(())
+}
+
+struct Hadron {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Hadron {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Hadron {
+    fn start(control: &Path, data: &Path, gitea: &str) -> Result<Hadron> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hadron"))
+            .args(["serve", "--repo"])
+            .arg(control)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--no-watch", "--poll-seconds", "3600", "--backoff-ms", "200"])
+            .args(["--forge", "gitea", "--gitea-url", gitea, "--gitea-repo", "acme/control"])
+            .env("GITEA_TOKEN", TOKEN)
+            .env("HADRON_WEBHOOK_SECRET", SECRET)
+            .env("RUST_LOG", "hadron=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().context("stderr")?;
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().expect("log lock").push_str(&format!("{line}\n"));
+                }
+            });
+        }
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.strip_prefix("serving http://") {
+                        let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().expect("log lock").push_str(&format!("{line}\n"));
+                }
+            });
+        }
+        let addr = rx.recv_timeout(Duration::from_secs(60)).context("hadron serve printed no address")?;
+        Ok(Hadron { child, base: format!("http://{addr}"), log })
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+}
+
+/// Sends a fixture webhook, signed with the secret; returns the HTTP status.
+async fn send_hook(http: &reqwest::Client, hadron: &Hadron, event: &str, payload: &Value) -> Result<u16> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DELIVERY: AtomicU64 = AtomicU64::new(1);
+    let body = serde_json::to_vec(payload)?;
+    let signature = hadron::server::webhook::sign(SECRET.as_bytes(), &body);
+    let delivery = format!("e2e-{}-{}", std::process::id(), DELIVERY.fetch_add(1, Ordering::Relaxed));
+    let resp = http
+        .post(format!("{}/hooks/gitea", hadron.base))
+        .header("Content-Type", "application/json")
+        .header("X-Gitea-Event", event)
+        .header("X-Gitea-Delivery", delivery)
+        .header("X-Gitea-Signature", signature)
+        .body(body)
+        .send()
+        .await?;
+    Ok(resp.status().as_u16())
+}
+
+fn fixture(name: &str) -> Result<Value> {
+    let path = gitea_fixtures().join("webhooks").join(name);
+    Ok(serde_json::from_slice(&std::fs::read(&path)?)?)
+}
+
+fn push_payload(repo: &str, after: &str) -> Result<Value> {
+    let mut v = fixture("push.json")?;
+    v["ref"] = json!("refs/heads/main");
+    v["after"] = json!(after);
+    v["repository"]["full_name"] = json!(repo);
+    v["repository"]["name"] = json!(repo.split('/').nth(1));
+    Ok(v)
+}
+
+fn merged_payload(number: u64, branch: &str, by: &str, merge_commit: &str) -> Result<Value> {
+    let mut v = fixture("pull_request_merged.json")?;
+    v["number"] = json!(number);
+    v["repository"]["full_name"] = json!("acme/control");
+    let pr = &mut v["pull_request"];
+    pr["number"] = json!(number);
+    pr["merged"] = json!(true);
+    pr["merge_commit_sha"] = json!(merge_commit);
+    pr["base"]["ref"] = json!("main");
+    pr["head"]["ref"] = json!(branch);
+    pr["head"]["repo"]["full_name"] = json!("acme/control");
+    pr["merged_by"]["login"] = json!(by);
+    v["sender"]["login"] = json!(by);
+    Ok(v)
+}
+
+fn status_of(control: &Path, name: &str) -> Option<RequestStatus> {
+    let text = git(control, &["show", &format!("main:status/{name}.yaml")]).ok()?;
+    serde_saphyr::from_str(&text).ok()
+}
+
+async fn wait_for(
+    hadron: &Hadron,
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Result<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return Ok(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("timed out waiting for {what}; hadron's output:\n{}", hadron.log())
+}
+
+fn phase(control: &Path, name: &str) -> Option<Phase> {
+    status_of(control, name).map(|s| s.status.phase)
+}
+
+fn request(name: &str, gate: &str) -> String {
+    format!(
+        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: {name} for the e2e test\n  repos:\n    - url: ../app.git\n  stages:\n    - name: implement\n    - name: polish\n{gate}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let git_root = tmp.path().join("git/acme");
+    let (control, app) = (git_root.join("control.git"), git_root.join("app.git"));
+    bare(&control)?;
+    bare(&app)?;
+    let dev = Person::clone_as(&app, tmp.path().join("dev-app"), "dev", "dev@example.com")?;
+    dev.commit_file("README.md", "# app\n", "start")?;
+
+    // Carol asks for work; Alice (listed) and Dave (team acme/maintainers) may approve.
+    let carol = Person::clone_as(&control, tmp.path().join("carol"), "Carol Requester", "carol@example.com")?;
+    let settings = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n    maxAttempts: 2\n  approvers:\n    users: [alice]\n    teams: [acme/maintainers]\n";
+    carol.commit_file("hadron.yaml", settings, "settings")?;
+    let agent = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../example-repo/agents/script.yaml"))?;
+    carol.commit_file("agents/script.yaml", &agent, "agent")?;
+
+    let double = GiteaDouble::start(TOKEN, "hadron-bot").await;
+    for (repo, dir) in [("acme/control", &control), ("acme/app", &app)] {
+        double.add_repo(repo, "main");
+        double.link_git_dir(repo, dir);
+    }
+    double.add_user("carol", "carol@example.com");
+    double.add_team("acme", "maintainers", &["dave"]);
+    // The first target PR Hadron opens is refused once: that request is
+    // Stalled until a later pass succeeds.
+    double.fail_next("POST", "/api/v1/repos/acme/app/pulls", &[403], None);
+
+    let hadron = Hadron::start(&control, &tmp.path().join("data"), &double.base_url())?;
+    let http = reqwest::Client::new();
+    wait_for(&hadron, "readiness", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(hadron.base.trim_start_matches("http://")).is_ok()
+    })
+    .await?;
+
+    // 1. A push webhook starts a new request without waiting for the poll.
+    let plain = carol.commit_file("requests/plain.yaml", &request("plain", ""), "ask for plain")?;
+    let sent = Instant::now();
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &plain)?).await? == 202);
+    let mut seen = false;
+    let started = loop {
+        let resp = http.get(format!("{}/api/v1/requests/plain", hadron.base)).send().await?;
+        if resp.status().is_success() {
+            seen = true;
+            break sent.elapsed();
+        }
+        if sent.elapsed() > Duration::from_secs(60) {
+            break sent.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    ensure!(seen, "the request never appeared; hadron's output:\n{}", hadron.log());
+    println!("webhook → request known to Hadron: {:.1} ms (poll interval 3600 s, no file watch)", started.as_secs_f64() * 1000.0);
+
+    // 2. Approval gate, CI gates.
+    let gated = request("gated", "  gates:\n    - name: review\n      type: approval\n      after: implement\n");
+    let ci = |name: &str| request(name, "  gates:\n    - name: checks\n      type: ci\n      after: implement\n      contexts: [build]\n");
+    carol.commit_file("requests/gated.yaml", &gated, "ask for gated")?;
+    carol.commit_file("requests/ci-pass.yaml", &ci("ci-pass"), "ask for ci-pass")?;
+    let head = carol.commit_file("requests/ci-fail.yaml", &ci("ci-fail"), "ask for ci-fail")?;
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &head)?).await? == 202);
+
+    wait_for(&hadron, "plain to succeed", Duration::from_secs(120), || phase(&control, "plain") == Some(Phase::Succeeded)).await?;
+    wait_for(&hadron, "gated to wait for approval", Duration::from_secs(120), || {
+        phase(&control, "gated") == Some(Phase::WaitingForApproval)
+    })
+    .await?;
+    for name in ["ci-pass", "ci-fail"] {
+        wait_for(&hadron, "a CI gate to wait", Duration::from_secs(120), || phase(&control, name) == Some(Phase::WaitingForCI)).await?;
+    }
+
+    // The approval PR is opened once, and stays one PR after more passes.
+    let branch = "hadron/approve/gated/review";
+    let approval_prs = || double.pulls("acme/control").into_iter().filter(|p| p.head == branch).collect::<Vec<_>>();
+    wait_for(&hadron, "the approval PR", Duration::from_secs(30), || approval_prs().len() == 1).await?;
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &head)?).await? == 202);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let prs = approval_prs();
+    ensure!(prs.len() == 1 && prs[0].state == "open", "one open approval PR: {prs:?}");
+    ensure!(prs[0].body.contains("What merging means"), "the body comes from the template: {}", prs[0].body);
+
+    // 3. CI: the double reports statuses; a webhook from the target repo makes Hadron re-read them.
+    let pushed = |name: &str| git(&app, &["rev-parse", &format!("refs/heads/hadron/{name}")]);
+    double.add_status("acme/app", &pushed("ci-pass")?, "build", "success");
+    double.add_status("acme/app", &pushed("ci-fail")?, "build", "failure");
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/app", &pushed("ci-pass")?)?).await? == 202);
+    let ci_latency = wait_for(&hadron, "ci-pass to succeed", Duration::from_secs(120), || {
+        phase(&control, "ci-pass") == Some(Phase::Succeeded)
+    })
+    .await?;
+    println!("target-repo webhook → CI gate passed and the request finished: {:.0} ms", ci_latency.as_secs_f64() * 1000.0);
+    wait_for(&hadron, "ci-fail to fail", Duration::from_secs(60), || phase(&control, "ci-fail") == Some(Phase::Failed)).await?;
+    let failed = status_of(&control, "ci-fail").context("status")?;
+    ensure!(failed.status.conditions.iter().any(|c| c.reason == "CIFailed"), "{failed:?}");
+
+    // 4. The requester merges the approval PR: it does not count, the
+    //    request keeps waiting and the branch is opened again as a new PR.
+    let merge_as = |who: &str, login: &str, number: u64| -> Result<String> {
+        let person = Person::clone_as(&control, tmp.path().join(format!("merge-{login}-{number}")), who, &format!("{login}@example.com"))?;
+        let commit = person.merge(branch)?;
+        double.merge_pr("acme/control", number, login);
+        Ok(commit)
+    };
+    let first = prs[0].number;
+    let commit = merge_as("Carol Requester", "carol", first)?;
+    ensure!(send_hook(&http, &hadron, "pull_request", &merged_payload(first, branch, "carol", &commit)?).await? == 202);
+    wait_for(&hadron, "the requester's merge to be rejected", Duration::from_secs(60), || {
+        status_of(&control, "gated").is_some_and(|s| s.status.phase == Phase::WaitingForApproval && s.status.message.contains("carol"))
+    })
+    .await?;
+    let message = status_of(&control, "gated").context("status")?.status.message;
+    ensure!(message.contains("requester"), "{message}");
+    wait_for(&hadron, "a second approval PR", Duration::from_secs(30), || {
+        approval_prs().iter().filter(|p| p.state == "open").count() == 1 && approval_prs().len() == 2
+    })
+    .await?;
+
+    // 5. An outsider merges it: also rejected.
+    let second = approval_prs().into_iter().find(|p| p.state == "open").context("open PR")?.number;
+    let commit = merge_as("Mallory", "mallory", second)?;
+    ensure!(send_hook(&http, &hadron, "pull_request", &merged_payload(second, branch, "mallory", &commit)?).await? == 202);
+    wait_for(&hadron, "the outsider's merge to be rejected", Duration::from_secs(60), || {
+        status_of(&control, "gated").is_some_and(|s| s.status.message.contains("mallory"))
+    })
+    .await?;
+    ensure!(phase(&control, "gated") == Some(Phase::WaitingForApproval));
+    ensure!(!git(&app, &["log", "--format=%s", "refs/heads/hadron/gated"])?.contains("polish"), "polish must not run yet");
+
+    // 6. Dave, in team acme/maintainers, merges the third: the request finishes.
+    wait_for(&hadron, "a third approval PR", Duration::from_secs(30), || approval_prs().len() == 3).await?;
+    let third = approval_prs().into_iter().find(|p| p.state == "open").context("open PR")?.number;
+    let commit = merge_as("Dave Maintainer", "dave", third)?;
+    ensure!(send_hook(&http, &hadron, "pull_request", &merged_payload(third, branch, "dave", &commit)?).await? == 202);
+    wait_for(&hadron, "gated to succeed", Duration::from_secs(120), || phase(&control, "gated") == Some(Phase::Succeeded)).await?;
+
+    // 7. Target PRs: one per succeeded request, URL in status.outputs; the
+    //    403 stalled one request once, and a later pass opened its PR.
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &commit)?).await? == 202);
+    for name in ["plain", "gated", "ci-pass"] {
+        wait_for(&hadron, "a target PR URL in the status", Duration::from_secs(60), || {
+            status_of(&control, name).is_some_and(|s| s.status.outputs.iter().any(|o| o.pull_request.is_some()))
+        })
+        .await?;
+        let status = status_of(&control, name).context("status")?;
+        let url = status.status.outputs[0].pull_request.clone().context("url")?;
+        let prs: Vec<_> = double.pulls("acme/app").into_iter().filter(|p| p.head == format!("hadron/{name}")).collect();
+        ensure!(prs.len() == 1, "{name}: one target PR: {prs:?}");
+        ensure!(url.ends_with(&format!("/acme/app/pulls/{}", prs[0].number)), "{url}");
+        ensure!(prs[0].base == "main");
+        ensure!(
+            !status.status.conditions.iter().any(|c| c.condition_type == "Stalled" && c.status == "True"),
+            "{name} is no longer stalled: {:?}",
+            status.status.conditions
+        );
+    }
+    ensure!(double.pulls("acme/app").iter().all(|p| p.head != "hadron/ci-fail"), "no PR for a failed request");
+    let history = git(&control, &["log", "-p", "main", "--", "status/"])?;
+    ensure!(history.contains("reason: GiteaForbidden"), "the 403 showed as a Stalled condition in some status commit");
+
+    // 8. Commit statuses on the requests' commits in the control repo.
+    let finals = double.statuses("acme/control", &plain);
+    let last = finals.iter().filter(|s| s.context == "hadron/plain").max_by_key(|s| s.id).context("a status for plain")?;
+    ensure!(last.state == "success", "{finals:?}");
+    ensure!(last.target_url.ends_with("/acme/control/src/branch/main/status/plain.yaml"), "{}", last.target_url);
+    ensure!(finals.iter().any(|s| s.context == "hadron/plain" && s.state == "pending"), "pending while it ran: {finals:?}");
+
+    // Every call matched the swagger and carried the token.
+    double.assert_all_requests_matched_swagger();
+    ensure!(double.requests().iter().all(|r| r.authorized), "every call carried the token");
+    let metrics = http.get(format!("{}/metrics", hadron.base)).send().await?.text().await?;
+    ensure!(metrics.contains("ControlPush"), "triggers are counted by kind:\n{metrics}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_on_sigterm_and_leaves_workers_running() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let control = tmp.path().join("git/acme/control.git");
+    bare(&control)?;
+    let app = tmp.path().join("git/acme/app.git");
+    bare(&app)?;
+    Person::clone_as(&app, tmp.path().join("dev"), "dev", "dev@example.com")?.commit_file("README.md", "x\n", "start")?;
+    let carol = Person::clone_as(&control, tmp.path().join("carol"), "Carol", "carol@example.com")?;
+    // A slow agent, so a worker is running when Hadron is told to stop.
+    let agent = "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: slow\nspec:\n  command: [sh, -c, 'sleep 3; echo done >> slow.txt']\n  requireChange: true\n";
+    carol.commit_file("agents/slow.yaml", agent, "agent")?;
+    let req = "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: slow\nspec:\n  title: slow\n  agent: slow\n  repos:\n    - url: ../app.git\n  stages:\n    - name: implement\n";
+    carol.commit_file("requests/slow.yaml", req, "ask")?;
+    let double = GiteaDouble::start(TOKEN, "hadron-bot").await;
+    double.add_repo("acme/control", "main");
+    double.add_repo("acme/app", "main");
+    let mut hadron = Hadron::start(&control, &tmp.path().join("data"), &double.base_url())?;
+    let runs = tmp.path().join("data/runs");
+    wait_for(&hadron, "a worker to start", Duration::from_secs(60), || {
+        std::fs::read_dir(&runs).map(|d| d.count() > 0).unwrap_or(false)
+    })
+    .await?;
+    let pid = hadron.child.id();
+    let out = Command::new("kill").args(["-TERM", &pid.to_string()]).output()?;
+    ensure!(out.status.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = hadron.child.try_wait()? {
+            break status;
+        }
+        ensure!(start.elapsed() < Duration::from_secs(30), "hadron did not stop on SIGTERM:\n{}", hadron.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    ensure!(status.success(), "clean exit on SIGTERM: {status:?}\n{}", hadron.log());
+    ensure!(hadron.log().contains("stopped; workers still running"), "{}", hadron.log());
+    // The worker was left running and finishes on its own: its push arrives.
+    wait_for(&hadron, "the orphaned worker to push", Duration::from_secs(60), || {
+        git(&app, &["rev-parse", "--verify", "--quiet", "refs/heads/hadron/slow"]).is_ok()
+    })
+    .await?;
+    Ok(())
+}
