@@ -394,8 +394,28 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     // Every call matched the swagger and carried the token.
     double.assert_all_requests_matched_swagger();
     ensure!(double.requests().iter().all(|r| r.authorized), "every call carried the token");
-    let metrics = http.get(format!("{}/metrics", hadron.base)).send().await?.text().await?;
-    ensure!(metrics.contains("ControlPush"), "triggers are counted by kind:\n{metrics}");
+    // The loop's figures reach /metrics, which parses as Prometheus text.
+    let text = http.get(format!("{}/metrics", hadron.base)).send().await?.text().await?;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    ensure!(value("hadron_ready", None) == 1.0, "{text}");
+    ensure!(value("hadron_requests", Some(("phase", "Succeeded"))) == 3.0, "{text}");
+    ensure!(value("hadron_requests", Some(("phase", "Failed"))) == 1.0, "{text}");
+    ensure!(value("hadron_triggers_total", Some(("kind", "ControlPush"))) >= 3.0, "{text}");
+    ensure!(value("hadron_triggers_total", Some(("kind", "ApprovalMerged"))) == 3.0, "{text}");
+    ensure!(value("hadron_triggers_total", Some(("kind", "TargetActivity"))) == 1.0, "{text}");
+    ensure!(value("hadron_status_commits_total", None) >= 4.0, "{text}");
+    ensure!(value("hadron_reconcile_passes_total", Some(("result", "ok"))) >= 5.0, "{text}");
     Ok(())
 }
 

@@ -152,7 +152,11 @@ pub struct Context {
     phases: BTreeMap<String, Phase>,
     forge: Option<forge::ForgeLink>,
     telemetry: Option<Telemetry>,
+    pruned_at: Option<Instant>,
 }
+
+/// How long webhook delivery ids are kept for deduplication (7 days).
+pub const DELIVERY_RETENTION_MS: Millis = 7 * 24 * 3600 * 1000;
 
 impl Context {
     /// Opens the source mirror, the status writer and the gate clone under the data dir.
@@ -177,6 +181,7 @@ impl Context {
             phases: BTreeMap::new(),
             forge: None,
             telemetry: None,
+            pruned_at: None,
         })
     }
 
@@ -195,7 +200,8 @@ impl Context {
 
     /// Takes note of a trigger before the pass it causes.
     pub fn note(&mut self, trigger: &Trigger) {
-        if let Some(t) = &self.telemetry {
+        // Webhook triggers are counted by the server that received them.
+        if let (Some(t), Trigger::Poll | Trigger::WorkerExited) = (&self.telemetry, trigger) {
             t.metrics.inc_trigger(trigger.kind());
         }
         if let (Trigger::TargetActivity { repo, .. }, Some(forge)) = (trigger, self.forge.as_mut()) {
@@ -230,6 +236,8 @@ impl Context {
         .map_err(|e| ReconcileError::Join(e.to_string()))??;
         if let Some(t) = &self.telemetry {
             t.metrics.observe_fetch(started.elapsed());
+            // Ready: the control repo was fetched (and the store answers, which `/readyz` checks itself).
+            t.ready.store(true, Ordering::Release);
         }
         let mut meaningful = changes.full;
         for (path, blob) in &changes.upserts {
@@ -259,7 +267,6 @@ impl Context {
         if let Some(t) = &self.telemetry {
             t.metrics.observe_pass(started.elapsed(), result.is_ok());
             if let Ok(report) = &result {
-                t.ready.store(true, Ordering::Release);
                 let mut by_phase: BTreeMap<&str, u64> = BTreeMap::new();
                 for (phase, _, _) in report.phases.values() {
                     *by_phase.entry(phase.as_str()).or_default() += 1;
@@ -324,6 +331,12 @@ impl Context {
             t.metrics.set_workers_by_state(by_state);
         }
         self.store.set_last_revision(&revision, t).await?;
+        if self.pruned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
+            // Webhook delivery ids are kept for a week: Gitea redelivers within hours.
+            let pruned = self.store.prune_deliveries(t - DELIVERY_RETENTION_MS).await?;
+            tracing::debug!(pruned, "old webhook delivery ids pruned");
+            self.pruned_at = Some(Instant::now());
+        }
         self.last_report = Some(report.clone());
         Ok(report)
     }
@@ -461,6 +474,9 @@ impl Context {
         .await
         .map_err(|e| ReconcileError::Join(e.to_string()))??;
         let commit = outcome.commit.clone();
+        if let Some(t) = &self.telemetry {
+            t.metrics.add_push_retries(u64::from(outcome.attempts.saturating_sub(1)));
+        }
         self.store.mark_published(outbox_id, commit.as_deref().unwrap_or("unchanged"), now()).await?;
         // Our own files, as now in git: the next fetch brings them back and
         // must not count as a change.

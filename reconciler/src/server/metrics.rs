@@ -254,7 +254,7 @@ impl Metrics {
             &mut out,
             "hadron_triggers_total",
             "counter",
-            "Triggers sent to the reconcile loop by the server, by kind",
+            "Triggers of the reconcile loop, by kind (webhooks, polls and file-watch events, worker exits)",
         );
         for (kind, n) in &inner.triggers {
             let _ = writeln!(out, "hadron_triggers_total{{kind=\"{kind}\"}} {n}");
