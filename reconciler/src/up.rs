@@ -374,7 +374,11 @@ fn summary(report: &PassReport, control: &str, out: &mut dyn Write) {
     for name in waiting {
         let _ = writeln!(out, "approve with: hadron approve {name} <gate> --as <approver from hadron.yaml>");
     }
-    let _ = writeln!(out, "status history: git -C {control} log -p -- status/");
+    if Path::new(control).is_dir() {
+        let _ = writeln!(out, "status history: git -C {control} log -p -- status/");
+    } else {
+        let _ = writeln!(out, "status history: git log -p -- status/ in a clone of {control}");
+    }
 }
 
 /// `hadron approve REQUEST GATE`: merges the approval branch into the

@@ -164,6 +164,25 @@ async fn send_hook(http: &reqwest::Client, hadron: &Hadron, event: &str, payload
     Ok(resp.status().as_u16())
 }
 
+/// `/metrics`, parsed as Prometheus text (parsing fails on malformed output).
+async fn scrape(http: &reqwest::Client, hadron: &Hadron) -> Result<prometheus_parse::Scrape> {
+    let text = http.get(format!("{}/metrics", hadron.base)).send().await?.text().await?;
+    Ok(prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?)
+}
+
+/// The sum of the samples of `name` (with `label`, when given).
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 fn fixture(name: &str) -> Result<Value> {
     let path = gitea_fixtures().join("webhooks").join(name);
     Ok(serde_json::from_slice(&std::fs::read(&path)?)?)
@@ -300,8 +319,14 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     let branch = "hadron/approve/gated/review";
     let approval_prs = || double.pulls("acme/control").into_iter().filter(|p| p.head == branch).collect::<Vec<_>>();
     wait_for(&hadron, "the approval PR", Duration::from_secs(30), || approval_prs().len() == 1).await?;
+    // Another pass runs (counted in /metrics) and opens nothing new.
+    let before = metric(&scrape(&http, &hadron).await?, "hadron_reconcile_passes_total", Some(("result", "ok")));
     ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &head)?).await? == 202);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&scrape(&http, &hadron).await?, "hadron_reconcile_passes_total", Some(("result", "ok"))) <= before {
+        ensure!(Instant::now() < deadline, "no pass after the webhook:\n{}", hadron.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let prs = approval_prs();
     ensure!(prs.len() == 1 && prs[0].state == "open", "one open approval PR: {prs:?}");
     ensure!(prs[0].body.contains("What merging means"), "the body comes from the template: {}", prs[0].body);
@@ -395,19 +420,9 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     double.assert_all_requests_matched_swagger();
     ensure!(double.requests().iter().all(|r| r.authorized), "every call carried the token");
     // The loop's figures reach /metrics, which parses as Prometheus text.
-    let text = http.get(format!("{}/metrics", hadron.base)).send().await?.text().await?;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
-    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
-    };
+    let scrape = scrape(&http, &hadron).await?;
+    let text = format!("{:?}", scrape.samples);
+    let value = |name: &str, label: Option<(&str, &str)>| metric(&scrape, name, label);
     ensure!(value("hadron_ready", None) == 1.0, "{text}");
     ensure!(value("hadron_requests", Some(("phase", "Succeeded"))) == 3.0, "{text}");
     ensure!(value("hadron_requests", Some(("phase", "Failed"))) == 1.0, "{text}");
