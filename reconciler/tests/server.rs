@@ -1,5 +1,5 @@
 //! The HTTP server over real loopback HTTP, with a real SQLite store and the real Gitea
-//! payloads of `shared/fixtures/gitea/webhooks`, signed exactly as Gitea signs them.
+//! payloads of `tests/fixtures/gitea/webhooks`, signed exactly as Gitea signs them.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -21,11 +21,9 @@ use tower::ServiceExt;
 
 const SECRET: &str = "correct horse battery staple";
 
-/// Where the shared reference data lives (`HADRON_FIXTURES` overrides).
+/// The workspace's copies of real third-party data (`tests/fixtures`, see its README).
 fn fixtures() -> PathBuf {
-    std::env::var_os("HADRON_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
 fn webhook_dir() -> PathBuf {

@@ -10,9 +10,9 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("because tests/ sits in the workspace root").to_owned()
 }
 
-/// `../shared/fixtures` beside the workspace.
+/// `tests/fixtures` in the workspace: copies of real third-party data (see its README).
 pub fn fixtures() -> PathBuf {
-    workspace_root().join("../shared/fixtures")
+    workspace_root().join("tests/fixtures")
 }
 
 /// Path of the built `hadron` binary. A macro because Cargo defines

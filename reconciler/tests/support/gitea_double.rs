@@ -1,6 +1,6 @@
 //! A Gitea double for tests: an axum server on 127.0.0.1:0 that implements
 //! the endpoints the Hadron client calls, answers with the fixture JSON of
-//! `shared/fixtures/gitea/api/` (fields adjusted) and checks every request
+//! `tests/fixtures/gitea/api/` (fields adjusted) and checks every request
 //! against BOTH Gitea API descriptions (1.22 `swagger.v1.json` and 1.14
 //! `swagger.v1.14.json`): the method and templated path exist, integer path
 //! parameters are integers, query parameters are declared, and a JSON body
@@ -18,9 +18,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-/// `shared/fixtures/gitea` beside the workspace.
+/// `tests/fixtures/gitea` in the workspace (copies of Gitea's own data, see its README).
 pub fn gitea_fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/gitea")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gitea")
 }
 
 fn read_json(path: &Path) -> Value {
