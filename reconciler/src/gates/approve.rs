@@ -13,7 +13,9 @@ use crate::model::validate::is_branch_name;
 /// earlier clone of that name), merges `hadron/approve/<request>/<gate>` into
 /// `base_branch` with `--no-ff` as `user_name <user_email>` (author and
 /// committer), pushes `base_branch` without force, and returns the merge
-/// commit's id.
+/// commit's id. A push rejected because the branch moved meanwhile (a
+/// running Hadron commits `status/` at any time) is retried on the new head,
+/// up to [`PUSH_ATTEMPTS`] times.
 pub fn approve_as_person(
     remote_url: &str,
     base_branch: &str,
@@ -31,6 +33,9 @@ pub fn approve_as_person(
     let who = Person::new(user_name, user_email);
     who.check_writable()?;
 
+    // git runs in several folders: one absolute path for all of them.
+    let work_dir = &std::path::absolute(work_dir)
+        .map_err(|source| GateError::Io { op: "resolve work folder", path: work_dir.display().to_string(), source })?;
     let checkout = work_dir.join(format!("approve-{request}-{gate}"));
     if checkout.exists() {
         std::fs::remove_dir_all(&checkout)
@@ -49,21 +54,34 @@ pub fn approve_as_person(
     if !verify.success {
         return Err(GateError::ApprovalBranchMissing(branch));
     }
-    let before = git_ok("rev-parse", &checkout, &who, &args(["rev-parse", "HEAD"]))?.trim().to_owned();
     let message = format!("Approve {request}/{gate}\n\nMerge {branch} into {base_branch}.");
-    git_ok(
-        "merge",
-        &checkout,
-        &who,
-        &args(["merge", "--no-ff", "--no-edit", "--no-verify", "-m", &message, &remote_ref]),
-    )?;
-    let after = git_ok("rev-parse", &checkout, &who, &args(["rev-parse", "HEAD"]))?.trim().to_owned();
-    if after == before {
-        return Err(GateError::AlreadyMerged(branch));
-    }
     let dst = format!("refs/heads/{base_branch}");
-    if let Some(detail) = push(&checkout, &who, "origin", &dst, &dst)? {
-        return Err(GateError::PushRejected { refname: dst, attempts: 1, detail });
+    let upstream = format!("refs/remotes/origin/{base_branch}");
+    let mut last = String::new();
+    for attempt in 1..=PUSH_ATTEMPTS {
+        if attempt > 1 {
+            git_ok("fetch", &checkout, &who, &args(["fetch", "--quiet", "--no-tags", "origin"]))?;
+            git_ok("reset", &checkout, &who, &args(["reset", "--quiet", "--hard", &upstream]))?;
+        }
+        let before = git_ok("rev-parse", &checkout, &who, &args(["rev-parse", "HEAD"]))?.trim().to_owned();
+        git_ok(
+            "merge",
+            &checkout,
+            &who,
+            &args(["merge", "--no-ff", "--no-edit", "--no-verify", "-m", &message, &remote_ref]),
+        )?;
+        let after = git_ok("rev-parse", &checkout, &who, &args(["rev-parse", "HEAD"]))?.trim().to_owned();
+        if after == before {
+            return Err(GateError::AlreadyMerged(branch));
+        }
+        match push(&checkout, &who, "origin", &dst, &dst)? {
+            None => return Ok(after),
+            Some(detail) => last = detail,
+        }
     }
-    Ok(after)
+    Err(GateError::PushRejected { refname: dst, attempts: PUSH_ATTEMPTS, detail: last })
 }
+
+/// How often `approve_as_person` tries to push before giving up.
+pub const PUSH_ATTEMPTS: u32 = 5;
+
