@@ -40,8 +40,11 @@ struct DataArgs {
 #[derive(clap::Args, Clone)]
 struct ServeArgs {
     /// Address of the HTTP server (webhooks, health, metrics, API); port 0 picks a free port.
-    #[arg(long, env = "HADRON_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: std::net::SocketAddr,
+    ///
+    /// Default: 127.0.0.1:8080, or a free port (printed) when that one is taken, so two
+    /// projects can run `hadron up` side by side. An address given here must be free.
+    #[arg(long, env = "HADRON_LISTEN", value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
     /// Do not watch a local control repo's refs; rely on webhooks and polling.
     #[arg(long)]
     no_watch: bool,

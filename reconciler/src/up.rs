@@ -89,8 +89,9 @@ pub struct UpOptions {
     pub worker_program: PathBuf,
     /// First retry delay.
     pub backoff_base: Duration,
-    /// Where the HTTP server listens (port 0: any free port, printed).
-    pub listen: SocketAddr,
+    /// Where the HTTP server listens (port 0: any free port, printed). None:
+    /// [`DEFAULT_LISTEN`], or any free port when that one is taken.
+    pub listen: Option<SocketAddr>,
     /// Watch a local control repo's refs (pushes trigger at once).
     pub watch: bool,
     /// The forge, if any.
@@ -213,6 +214,30 @@ async fn terminated() {
     }
 }
 
+/// The HTTP server's address when none is given.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+/// Binds the HTTP server: the address asked for, or the default and, when
+/// that one is taken, any free port on loopback.
+async fn listen(asked: Option<SocketAddr>, out: &mut (dyn Write + Send)) -> Result<tokio::net::TcpListener, UpError> {
+    match asked {
+        Some(addr) => server::bind(addr).await.map_err(|e| {
+            UpError::Usage(format!(
+                "{e}; pass --listen 127.0.0.1:0 (or set HADRON_LISTEN=127.0.0.1:0) to take any free port, or free {addr}"
+            ))
+        }),
+        None => match server::bind(DEFAULT_LISTEN).await {
+            Ok(listener) => Ok(listener),
+            Err(e) => {
+                tracing::debug!(error = %e, "default address taken");
+                let _ = writeln!(out, "{DEFAULT_LISTEN} is taken (another hadron?); using a free port instead (--listen sets one)");
+                let any = SocketAddr::new(DEFAULT_LISTEN.ip(), 0);
+                Ok(server::bind(any).await?)
+            }
+        },
+    }
+}
+
 async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut (dyn Write + Send)) -> Result<i32, UpError> {
     let secret = match &opts.webhook_secret {
         Some(source) => Some(WebhookSecret::new(source.load()?)?),
@@ -292,8 +317,8 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
     server_cfg.metrics = telemetry.metrics.clone();
     server_cfg.ready = telemetry.ready.clone();
     server_cfg.events = telemetry.events.clone();
-    let listener = server::bind(opts.listen).await?;
-    let addr = listener.local_addr().map_err(|e| UpError::Io { path: PathBuf::from(opts.listen.to_string()), source: e })?;
+    let listener = listen(opts.listen, out).await?;
+    let addr = listener.local_addr().map_err(|e| UpError::Io { path: PathBuf::from("listening socket"), source: e })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let server_task = {
         let mut stop = stop_rx.clone();
