@@ -601,7 +601,10 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
         if !decided {
             view.phase = Phase::Succeeded;
             view.reason = "Succeeded".into();
-            view.message = format!("all {} stages succeeded", stages.len());
+            view.message = match stages {
+                [only] => format!("stage {} succeeded", only.name),
+                all => format!("all {} stages succeeded", all.len()),
+            };
         }
         if restarted && matches!(view.phase, Phase::Pending | Phase::Running) && view.attempts.is_empty() {
             view.message = format!("spec changed (now generation {generation}): the pipeline starts again; {}", view.message);

@@ -508,14 +508,22 @@ impl Context {
     }
 }
 
+/// The status commit's message: a subject that says what happened (each
+/// request and its phase for up to three, counts by phase beyond), and one
+/// body line per written file.
 fn status_message(names: &[String], report: &PassReport) -> String {
-    let mut subject = match names {
-        [one] => format!("status: {one}"),
-        many => format!("status: {} requests", many.len()),
+    let phase_of = |name: &String| report.phases.get(name).map_or("deleted", |(p, _, _)| p.as_str());
+    let subject = if names.len() <= 3 {
+        let parts: Vec<String> = names.iter().map(|n| format!("{n} {}", phase_of(n))).collect();
+        format!("status: {}", parts.join(", "))
+    } else {
+        let mut by_phase: BTreeMap<&str, usize> = BTreeMap::new();
+        for name in names {
+            *by_phase.entry(phase_of(name)).or_default() += 1;
+        }
+        let counts: Vec<String> = by_phase.iter().map(|(p, n)| format!("{n} {p}")).collect();
+        format!("status: {} requests ({})", names.len(), counts.join(", "))
     };
-    if let [change] = report.changes.as_slice() {
-        subject = format!("{subject} is {}", change.to.as_str());
-    }
     let mut body = String::new();
     for name in names {
         match report.phases.get(name) {
@@ -590,6 +598,40 @@ async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
         }
         if shutdown.changed().await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(phases: &[(&str, Phase)]) -> PassReport {
+        PassReport {
+            phases: phases.iter().map(|(n, p)| ((*n).to_owned(), (*p, None, String::new()))).collect(),
+            ..PassReport::default()
+        }
+    }
+
+    #[test]
+    fn status_subject_names_each_request_and_its_phase() {
+        let r = report(&[("add-greeting", Phase::Succeeded), ("add-healthz", Phase::WaitingForApproval), ("other", Phase::Running)]);
+        let names = vec!["add-greeting".to_owned(), "add-healthz".to_owned()];
+        let msg = status_message(&names, &r);
+        assert_eq!(msg.lines().next(), Some("status: add-greeting Succeeded, add-healthz WaitingForApproval"));
+        let gone = status_message(&["old".to_owned()], &r);
+        assert_eq!(gone.lines().next(), Some("status: old deleted"));
+    }
+
+    #[test]
+    fn status_subject_counts_by_phase_beyond_three() {
+        let r = report(&[("a", Phase::Running), ("b", Phase::Running), ("c", Phase::Pending), ("d", Phase::WaitingForApproval)]);
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| (*s).to_owned()).collect();
+        let msg = status_message(&names, &r);
+        let subject = msg.lines().next().expect("subject");
+        assert!(subject.starts_with("status: 5 requests ("), "{subject}");
+        for part in ["2 Running", "1 Pending", "1 WaitingForApproval", "1 deleted"] {
+            assert!(subject.contains(part), "{subject} lacks {part}");
         }
     }
 }

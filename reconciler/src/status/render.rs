@@ -115,8 +115,10 @@ pub fn render_with(
     status
 }
 
+/// Rounds to a millionth of a dollar; `-0.0` (the sum of nothing) becomes `0.0`.
 fn round6(v: f64) -> f64 {
-    (v * 1e6).round() / 1e6
+    let r = (v * 1e6).round() / 1e6;
+    if r == 0.0 { 0.0 } else { r }
 }
 
 /// The YAML text of a status file: stable key order, a header comment.
