@@ -346,21 +346,12 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
     let _ = out.flush();
     let mut last: Option<PassReport> = None;
     let exit_when_idle = opts.exit_when_idle;
+    let local_forge = forge_name.is_none();
     reconcile::run(&mut ctx, rx, stop_rx, |result| {
         match result {
             Ok(report) => {
                 for c in &report.changes {
-                    let from = c.from.map_or("new".to_owned(), |p| p.as_str().to_owned());
-                    let stage = c.stage.as_ref().map(|s| format!(" [{s}]")).unwrap_or_default();
-                    let _ = writeln!(
-                        out,
-                        "{}  {:<24} {} -> {}{stage}  {}",
-                        crate::time::rfc3339(crate::time::now()),
-                        c.request,
-                        from,
-                        c.to.as_str(),
-                        c.message
-                    );
+                    let _ = writeln!(out, "{}", change_line(c, crate::time::now(), local_forge));
                 }
                 let _ = out.flush();
                 let idle = report.idle;
@@ -387,6 +378,26 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
     }
     let _ = writeln!(out, "stopped; workers still running are adopted on the next start");
     Ok(0)
+}
+
+/// One line (two with a hint) for the `up` terminal: what changed for a
+/// request and, when a person is waited on, what they do.
+pub fn change_line(c: &reconcile::PhaseChange, at: crate::time::Millis, local_forge: bool) -> String {
+    let stage = c.stage.as_ref().map(|s| format!(" [{s}]")).unwrap_or_default();
+    let phases = match c.from {
+        Some(from) if from == c.to => format!("{}{stage} ({})", c.to.as_str(), c.reason),
+        Some(from) => format!("{} -> {}{stage}", from.as_str(), c.to.as_str()),
+        None => format!("new -> {}{stage}", c.to.as_str()),
+    };
+    let phases = if c.reason == "Deleted" { format!("{} -> deleted", c.from.map_or("new", |p| p.as_str())) } else { phases };
+    let mut line = format!("{}  {:<24} {phases}  {}", crate::time::rfc3339(at), c.request, c.message);
+    if local_forge && c.to == Phase::WaitingForCI {
+        line.push_str(&format!(
+            "\n{:<22}report the CI result with: hadron ci-status {} <repo as in the request> success|failure",
+            "", c.request
+        ));
+    }
+    line
 }
 
 fn summary(report: &PassReport, control: &str, out: &mut dyn Write) {

@@ -764,6 +764,7 @@ async fn server_sent_events_deliver_phase_events_and_end_on_shutdown() -> Result
         from: Some(Phase::Pending),
         to: Phase::Running,
         stage: Some("implement".into()),
+        reason: "Progressing".into(),
         message: "implementing".into(),
         revision: "abc123".into(),
     };

@@ -98,8 +98,38 @@ pub struct PhaseChange {
     pub to: Phase,
     /// Stage now.
     pub stage: Option<String>,
+    /// The stable reason: the Ready condition's, `Stalled…` while stalled,
+    /// `Deleted` for a removed request.
+    pub reason: String,
     /// The status message.
     pub message: String,
+}
+
+/// What a person waits to see of a request: any change of it is a
+/// [`PhaseChange`], printed by `up` and sent on `/api/v1/events`, even when
+/// the phase stays (a rejected approval merge, a stale approval, a stall).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    phase: Phase,
+    stage: Option<String>,
+    reason: String,
+    /// The message, except while Pending or Running (where it only counts down retries).
+    message: Option<String>,
+    /// The Stalled condition's reason and message, when true.
+    stalled: Option<(String, String)>,
+}
+
+impl Seen {
+    fn of(status: &crate::model::RequestStatusBody) -> Self {
+        let condition = |t: &str| status.conditions.iter().find(|c| c.condition_type == t);
+        Seen {
+            phase: status.phase,
+            stage: status.stage.clone(),
+            reason: condition("Ready").map(|c| c.reason.clone()).unwrap_or_default(),
+            message: (!matches!(status.phase, Phase::Pending | Phase::Running)).then(|| status.message.clone()),
+            stalled: condition("Stalled").filter(|c| c.status == "True").map(|c| (c.reason.clone(), c.message.clone())),
+        }
+    }
 }
 
 /// What one pass did.
@@ -149,7 +179,8 @@ pub struct Context {
     last_report: Option<PassReport>,
     /// Status files Hadron wrote last, to tell its own commits from people's.
     written: BTreeMap<String, Vec<u8>>,
-    phases: BTreeMap<String, Phase>,
+    /// What was last shown of each request.
+    seen: BTreeMap<String, Seen>,
     forge: Option<forge::ForgeLink>,
     telemetry: Option<Telemetry>,
     pruned_at: Option<Instant>,
@@ -178,7 +209,7 @@ impl Context {
             catalog: Catalog::new(),
             last_report: None,
             written: BTreeMap::new(),
-            phases: BTreeMap::new(),
+            seen: BTreeMap::new(),
             forge: None,
             telemetry: None,
             pruned_at: None,
@@ -407,22 +438,38 @@ impl Context {
             if !same {
                 changes.insert(path, Some(text));
             }
-            let before = self.phases.get(name).copied().or(prev.map(|p| p.status.phase));
-            if before != Some(view.phase) {
+            let now_seen = Seen::of(&status.status);
+            let before = self.seen.get(name).cloned().or_else(|| prev.map(|p| Seen::of(&p.status)));
+            if before.as_ref() != Some(&now_seen) {
+                let (reason, message) = match &now_seen.stalled {
+                    Some((r, m)) => (r.clone(), format!("Stalled: {m}; {}", view.message)),
+                    None => (now_seen.reason.clone(), view.message.clone()),
+                };
                 report.changes.push(PhaseChange {
                     request: name.clone(),
-                    from: before,
+                    from: before.map(|b| b.phase),
                     to: view.phase,
                     stage: view.stage.clone(),
-                    message: view.message.clone(),
+                    reason,
+                    message,
                 });
             }
-            self.phases.insert(name.clone(), view.phase);
+            self.seen.insert(name.clone(), now_seen);
             report.phases.insert(name.clone(), (view.phase, view.stage.clone(), view.message.clone()));
         }
         for name in &plan.deleted {
             changes.insert(render::path_of(name), None);
-            self.phases.remove(name);
+            let before = self.seen.remove(name).map(|s| s.phase).or_else(|| plan::previous(&self.catalog.loaded().desired, name).map(|p| p.status.phase));
+            report.changes.push(PhaseChange {
+                request: name.clone(),
+                from: before,
+                to: Phase::Cancelled,
+                stage: None,
+                reason: "Deleted".into(),
+                message: format!(
+                    "requests/{name}.yaml was deleted: its workers are cancelled and status/{name}.yaml is removed (history: git log -p -- status/{name}.yaml)"
+                ),
+            });
         }
         for change in &report.changes {
             let _ = self

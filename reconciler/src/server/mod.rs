@@ -100,6 +100,8 @@ pub struct PhaseEvent {
     /// Stage now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// Stable reason (`AwaitingApproval`, `Deleted`, a Stalled reason, …).
+    pub reason: String,
     /// The status message.
     pub message: String,
     /// Control-repo revision of the pass that saw the change.
@@ -114,6 +116,7 @@ impl PhaseEvent {
             from: change.from,
             to: change.to,
             stage: change.stage.clone(),
+            reason: change.reason.clone(),
             message: change.message.clone(),
             revision: revision.to_owned(),
         }
