@@ -310,6 +310,9 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
         });
     }
 
+    // `hadron ci-status` on this data dir triggers a pass at once.
+    let _nudges = watch_nudges(&data_dir, tx.clone())?;
+
     // The HTTP server.
     let control_id = ControlRepoId::new(forge_name.as_deref().unwrap_or(&control_url), &opts.branch).watching_all_targets();
     let mut server_cfg = ServerConfig::new(store, control_id, tx.clone());
@@ -447,11 +450,53 @@ pub async fn ci_status(
         .env("GIT_TERMINAL_PROMPT", "0")
         .output()
         .map_err(|source| UpError::Io { path: PathBuf::from("git"), source })?;
+    if !out.status.success() {
+        let why = crate::gates::redact_text(String::from_utf8_lossy(&out.stderr).trim());
+        return Err(UpError::Usage(format!(
+            "target repo {url} (`{repo}` resolved against the control repo {control}) does not exist or cannot be read: {why}; \
+             name the repo exactly as the request's spec.repos[].url does, e.g. ../demo-app.git"
+        )));
+    }
     let head = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_owned();
     if head.len() != 40 {
-        return Err(UpError::Usage(format!("{url} has no branch hadron/{request} yet: nothing to report CI for")));
+        return Err(UpError::Usage(format!(
+            "{url} has no branch hadron/{request} yet: no worker of `{request}` has pushed there, so there is nothing to report CI for"
+        )));
     }
     let store = open_store(database_url, data_dir).await?;
     store.set_commit_status(repo, &head, context, state, crate::time::now()).await?;
+    nudge(data_dir, "ci-status")?;
     Ok(head)
+}
+
+/// Folder in the data dir that a running `hadron up`/`serve` watches: a
+/// file written there by another command of the same data dir (such as
+/// `hadron ci-status`) triggers a pass at once.
+pub const NUDGE_DIR: &str = "nudge";
+
+/// Tells a `hadron up` running on `data_dir` that something changed in its store.
+pub fn nudge(data_dir: &Path, what: &str) -> Result<(), UpError> {
+    let dir = data_dir.join(NUDGE_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| UpError::Io { path: dir.clone(), source })?;
+    let file = dir.join(what);
+    std::fs::write(&file, crate::time::rfc3339(crate::time::now())).map_err(|source| UpError::Io { path: file, source })
+}
+
+/// Watches the nudge folder of `data_dir`; every change sends [`Trigger::CiRecorded`].
+/// The watch lasts as long as the returned watcher.
+pub fn watch_nudges(data_dir: &Path, tx: mpsc::Sender<Trigger>) -> Result<notify::RecommendedWatcher, UpError> {
+    use notify::Watcher;
+    let dir = data_dir.join(NUDGE_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| UpError::Io { path: dir.clone(), source })?;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| e.kind.is_create() || e.kind.is_modify()) {
+            // A full channel already holds a pending trigger.
+            let _ = tx.try_send(Trigger::CiRecorded);
+        }
+    })
+    .map_err(|e| UpError::Io { path: dir.clone(), source: std::io::Error::other(e) })?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| UpError::Io { path: dir.clone(), source: std::io::Error::other(e) })?;
+    Ok(watcher)
 }

@@ -88,7 +88,7 @@ pub(crate) fn push(dir: &Path, who: &Person, url: &str, src: &str, dst: &str) ->
 }
 
 /// Replaces the user-info part of every `scheme://user:pass@host` in `text` with `***`.
-pub(crate) fn redact(text: &str) -> String {
+pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find("://") {

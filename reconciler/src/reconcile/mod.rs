@@ -232,7 +232,7 @@ impl Context {
     /// Takes note of a trigger before the pass it causes.
     pub fn note(&mut self, trigger: &Trigger) {
         // Webhook triggers are counted by the server that received them.
-        if let (Some(t), Trigger::Poll | Trigger::WorkerExited) = (&self.telemetry, trigger) {
+        if let (Some(t), Trigger::Poll | Trigger::WorkerExited | Trigger::CiRecorded) = (&self.telemetry, trigger) {
             t.metrics.inc_trigger(trigger.kind());
         }
         if let (Trigger::TargetActivity { repo, .. }, Some(forge)) = (trigger, self.forge.as_mut()) {

@@ -72,6 +72,8 @@ pub enum Trigger {
     Poll,
     /// A worker process ended.
     WorkerExited,
+    /// `hadron ci-status` recorded a CI result in this data dir's store.
+    CiRecorded,
 }
 
 impl Trigger {
@@ -83,6 +85,7 @@ impl Trigger {
             Self::ApprovalMerged { .. } => "ApprovalMerged",
             Self::Poll => "Poll",
             Self::WorkerExited => "WorkerExited",
+            Self::CiRecorded => "CiRecorded",
         }
     }
 }
