@@ -2,7 +2,8 @@
 //! copy fixture trees.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 
 /// The workspace root (the folder with the top-level Cargo.toml).
@@ -42,4 +43,87 @@ pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long a test waits for Hadron to show a reaction.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A live `hadron` process (`up` or `serve`) started in `cwd`, its standard
+/// output in `cwd/up.out`, its log in `cwd/up.err`; stopped with SIGTERM on drop.
+pub struct Live {
+    cwd: PathBuf,
+    child: Child,
+}
+
+impl Live {
+    /// Starts `bin args…` in `cwd` with the data dir, store and listen
+    /// address left to their defaults (unless `args` name them).
+    pub fn start(bin: &str, cwd: &Path, args: &[&str]) -> Self {
+        let file = |name: &str| std::fs::File::create(cwd.join(name)).expect("because the test folder is writable");
+        let child = Command::new(bin)
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("DATABASE_URL")
+            .env_remove("HADRON_DATA_DIR")
+            .env_remove("HADRON_LISTEN")
+            .env("RUST_LOG", "hadron=info")
+            .stdout(Stdio::from(file("up.out")))
+            .stderr(Stdio::from(file("up.err")))
+            .spawn()
+            .expect("because the hadron binary was built for these tests");
+        Live { cwd: cwd.to_owned(), child }
+    }
+
+    /// What it printed so far.
+    pub fn out(&self) -> String {
+        std::fs::read_to_string(self.cwd.join("up.out")).unwrap_or_default()
+    }
+
+    /// Its output and the tail of its log, for failure messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- up.out\n{}\n--- up.err (tail)\n{}",
+            self.out(),
+            tail(&std::fs::read_to_string(self.cwd.join("up.err")).unwrap_or_default(), 40)
+        )
+    }
+
+    /// Waits (up to [`WAIT`]) for an output line holding every needle and returns it.
+    pub fn wait_for_line(&self, needles: &[&str], why: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.out().lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_owned();
+            }
+            assert!(started.elapsed() < WAIT, "{why}: no line with {needles:?} after {WAIT:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address of its HTTP server, as printed.
+    pub fn address(&self) -> String {
+        let line = self.wait_for_line(&["serving http://"], "the server address is printed");
+        line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).expect("because the line names an address").to_owned()
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

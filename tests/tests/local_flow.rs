@@ -1,0 +1,117 @@
+//! The local commands a person types next to `hadron up`, with the defaults
+//! (relative `.hadron` data dir, default listen address): `hadron approve`,
+//! `hadron ci-status` acting at once on a live `up`, and `up` finding a free
+//! port when 127.0.0.1:8080 is taken.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use hadron_tests::{Live, copy_tree, hadron_bin, workspace_root};
+
+fn hadron(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(hadron_bin!())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("DATABASE_URL")
+        .env_remove("HADRON_DATA_DIR")
+        .env_remove("HADRON_LISTEN")
+        .output()
+        .expect("hadron runs")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn example_in(root: &Path) {
+    copy_tree(&workspace_root().join("example-repo"), &root.join("example-repo")).expect("copy the example");
+}
+
+#[test]
+fn approve_works_from_the_folder_of_up_with_the_default_data_dir() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_in(root);
+    let up = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
+    assert_eq!(up.status.code(), Some(0), "{}", text(&up));
+    assert!(text(&up).contains("add-healthz") && text(&up).contains("WaitingForApproval"), "{}", text(&up));
+
+    let first = hadron(root, &["approve", "add-healthz", "review", "--as", "bob"]);
+    assert_eq!(first.status.code(), Some(0), "approve with the defaults: {}", text(&first));
+    assert!(text(&first).contains("approved add-healthz/review as bob"), "{}", text(&first));
+    assert!(!root.join(".hadron/approve/.hadron").exists(), "the work folder is not doubled");
+
+    // The approval is on main of the seeded control repo.
+    let control = root.join(".hadron/repos/control.git");
+    let shown = Command::new("git").arg("-C").arg(&control).args(["show", "main:approvals/add-healthz/review.yaml"]).output().expect("git");
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+
+    // A second approval says it is already merged, not that a folder exists.
+    let second = hadron(root, &["approve", "add-healthz", "review", "--as", "bob"]);
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    assert!(!text(&second).contains("already exists"), "{}", text(&second));
+    assert!(text(&second).contains("AlreadyMerged") || text(&second).to_lowercase().contains("already merged"), "{}", text(&second));
+}
+
+#[test]
+fn ci_status_acts_at_once_on_a_live_up_and_refuses_unknown_repos() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_in(root);
+    // Only the CI-gated request: the example's others are not needed here.
+    for f in ["add-greeting", "add-healthz", "document-usage"] {
+        std::fs::remove_file(root.join(format!("example-repo/requests/{f}.yaml"))).expect("remove");
+    }
+    std::fs::write(
+        root.join("example-repo/requests/ci-check.yaml"),
+        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: ci-check\nspec:\n  title: Wait for CI\n  repos:\n    - url: ../demo-app.git\n  stages:\n    - name: implement\n    - name: finish\n  gates:\n    - name: tests\n      type: ci\n      after: implement\n",
+    )
+    .expect("write request");
+    // A one-hour poll: only the nudge of ci-status can explain a quick reaction.
+    let live = Live::start(hadron_bin!(), root, &["up", "example-repo", "--poll-seconds", "3600", "--listen", "127.0.0.1:0"]);
+    live.wait_for_line(&["ci-check", "-> WaitingForCI"], "the request waits for CI");
+    live.wait_for_line(&["hadron ci-status ci-check"], "the up terminal names the command to report CI");
+
+    let unknown = hadron(root, &["ci-status", "ci-check", "../no-such-repo.git", "success"]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert!(text(&unknown).contains("does not exist"), "{}", text(&unknown));
+
+    let started = Instant::now();
+    let ok = hadron(root, &["ci-status", "ci-check", "../demo-app.git", "success"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    live.wait_for_line(&["ci-check", "-> Succeeded"], "a CI success lets the request finish without waiting for the poll");
+    eprintln!("ci-status → Succeeded shown: {:?} (poll interval 3600 s)", started.elapsed());
+}
+
+#[test]
+fn up_takes_a_free_port_when_8080_is_taken_unless_one_was_asked_for() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_in(root);
+    // Hold 8080 (if something else holds it, it is just as taken).
+    let _held = std::net::TcpListener::bind("127.0.0.1:8080");
+    let up = hadron(root, &["up", "example-repo", "--exit-when-idle"]);
+    let said = text(&up);
+    assert_eq!(up.status.code(), Some(0), "{said}");
+    assert!(said.contains("127.0.0.1:8080 is taken"), "{said}");
+    let serving = said.lines().find(|l| l.starts_with("serving http://")).expect("the address is printed");
+    assert!(!serving.contains("127.0.0.1:8080 "), "{serving}");
+
+    // Asked for explicitly: a clear error naming the fix.
+    let data = root.join("other-data");
+    for (args, env) in [
+        (vec!["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:8080", "--data-dir", data.to_str().expect("utf-8")], None),
+        (vec!["up", "example-repo", "--exit-when-idle", "--data-dir", data.to_str().expect("utf-8")], Some("127.0.0.1:8080")),
+    ] {
+        let mut cmd = Command::new(hadron_bin!());
+        cmd.args(&args).current_dir(root).env_remove("DATABASE_URL").env_remove("HADRON_LISTEN");
+        if let Some(v) = env {
+            cmd.env("HADRON_LISTEN", v);
+        }
+        let out = cmd.output().expect("hadron runs");
+        let err = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--listen 127.0.0.1:0") && err.contains("HADRON_LISTEN"), "{err}");
+    }
+}
