@@ -41,6 +41,7 @@ const CASES: &[(&str, &str, &str, u64)] = &[
     ("inline-secret-env", "InlineSecret", "agents/leaky.yaml", 9),
     ("inline-secret-arg", "InlineSecret", "agents/argy.yaml", 9),
     ("bad-template", "InvalidTemplate", "agents/tmpl.yaml", 8),
+    ("unknown-template-variable", "UnknownTemplateVariable", "agents/typo.yaml", 9),
     ("empty-command", "EmptyCommand", "agents/idle.yaml", 6),
     ("settings-zero-attempts", "NonPositiveValue", "hadron.yaml", 15),
     ("multiple-documents", "MultipleDocuments", "requests/two.yaml", 10),
