@@ -154,7 +154,7 @@ fn text_output_names_file_line_column_code_and_help() {
         text.contains("requests/lost.yaml:9:3: error[UnknownAgent]: there is no agent `scrpt`\n  help: did you mean `script`?"),
         "{text}"
     );
-    assert!(text.lines().last().unwrap_or("").starts_with("1 errors"), "{text}");
+    assert!(text.lines().last().unwrap_or("").starts_with("1 error, 0 warnings in "), "{text}");
 }
 
 #[test]
