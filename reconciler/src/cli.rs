@@ -101,8 +101,15 @@ struct Report<'a> {
     diagnostics: &'a [Diagnostic],
 }
 
+/// `n word` with the word in the plural unless `n` is 1: `1 error`, `0 errors`.
+pub fn count(n: usize, word: &str) -> String {
+    if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") }
+}
+
 /// `hadron validate DIR`: exit 0 when clean, 1 on any error, 2 when the
-/// folder cannot be read.
+/// folder cannot be read or the report cannot be written. A reader that goes
+/// away early (`hadron validate | head`) is not an error: the exit code is
+/// the validation's and nothing more is printed.
 pub fn validate(dir: &Path, format: Format, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let (mut catalog, files) = match catalog_from_dir(dir) {
         Ok(found) => found,
@@ -114,29 +121,56 @@ pub fn validate(dir: &Path, format: Format, out: &mut dyn Write, err: &mut dyn W
     let loaded: Loaded = catalog.snapshot();
     let errors = loaded.error_count();
     let warnings = loaded.diagnostics.len() - errors;
+    let code = i32::from(errors > 0);
+    let mut out = io::BufWriter::new(out);
     let written = match format {
         Format::Json => {
             let report = Report { files, errors, warnings, diagnostics: &loaded.diagnostics };
-            serde_json::to_writer_pretty(&mut *out, &report).map_err(io::Error::other).and_then(|()| writeln!(out))
+            // `io::Error::from` keeps the kind of a write error (a broken pipe).
+            serde_json::to_writer_pretty(&mut out, &report).map_err(io::Error::from).and_then(|()| writeln!(out))
         }
         Format::Text => (|| {
             for d in &loaded.diagnostics {
                 writeln!(out, "{d}")?;
             }
-            let r = loaded.desired.requests.len();
-            let a = loaded.desired.agents.len();
+            let requests = loaded.desired.requests.len();
+            let agents = loaded.desired.agents.len();
             if errors == 0 {
-                writeln!(out, "ok: {files} files, {r} requests, {a} agents, {warnings} warnings")
+                writeln!(
+                    out,
+                    "ok: {}, {}, {}, {}",
+                    count(files, "file"),
+                    count(requests, "request"),
+                    count(agents, "agent"),
+                    count(warnings, "warning")
+                )
             } else {
-                writeln!(out, "{errors} errors, {warnings} warnings in {files} files ({r} valid requests, {a} valid agents)")
+                writeln!(
+                    out,
+                    "{}, {} in {} ({}, {})",
+                    count(errors, "error"),
+                    count(warnings, "warning"),
+                    count(files, "file"),
+                    count(requests, "valid request"),
+                    count(agents, "valid agent")
+                )
             }
         })(),
-    };
-    if let Err(e) = written {
-        let _ = writeln!(err, "error[WriteFailed]: cannot write the report: {e}");
-        return 2;
     }
-    i32::from(errors > 0)
+    .and_then(|()| out.flush());
+    match written {
+        Ok(()) => code,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            // Drop what is still buffered: flushing it again would fail again.
+            let _ = out.into_parts();
+            code
+        }
+        Err(e) => {
+            let _ = out.into_parts();
+            let _ = writeln!(err, "error[WriteFailed]: cannot write the report: {e}");
+            2
+        }
+    }
 }
 
 /// `hadron schema --out DIR`: writes one JSON Schema per kind. With

@@ -226,6 +226,23 @@ fn failures_carry_the_right_reason() {
 }
 
 #[test]
+fn a_misspelt_template_variable_fails_the_run_instead_of_vanishing() {
+    let fx = Fixture::new();
+    let mut command = sh("echo \"$1\" > f.txt");
+    command.push("{{promptFil}}".into());
+    let typo = run_worker(&fx.run_json(&fx.spec("typo", command)));
+    assert_eq!((typo.outcome, typo.reason.as_str()), (Outcome::Failed, "TemplateFailed"), "{typo:?}");
+    assert!(typo.message.contains("command element 4") && typo.message.contains("{{promptFil}}"), "{}", typo.message);
+
+    let mut prompt = fx.spec("prompt-typo", sh("echo x > f.txt"));
+    prompt.prompt_template = "Do {{titel}}".into();
+    let prompt = run_worker(&fx.run_json(&prompt));
+    assert_eq!((prompt.outcome, prompt.reason.as_str()), (Outcome::Failed, "TemplateFailed"), "{prompt:?}");
+    assert!(prompt.message.starts_with("template error: prompt:") && prompt.message.contains("{{titel}}"), "{}", prompt.message);
+    assert_eq!(fx.remote(&["for-each-ref", "--format=%(refname)", "refs/heads/"]), "refs/heads/main", "nothing ran, nothing pushed");
+}
+
+#[test]
 fn the_agent_runs_once_per_worker() {
     let fx = Fixture::new();
     let counter = fx.root().join("agent-runs.log");

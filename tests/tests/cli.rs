@@ -72,3 +72,87 @@ fn help_lists_commands_and_explains_them() {
     let flat = validate.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(flat.contains("Exit status: 0 when clean"), "{validate}");
 }
+
+/// A control repo with `n` unparseable requests: a long report.
+fn many_broken_requests(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("requests")).expect("mkdir requests");
+    for i in 0..n {
+        std::fs::write(dir.path().join(format!("requests/broken-{i}.yaml")), "kind: ChangeRequest\nspec: [unclosed\n")
+            .expect("write request");
+    }
+    dir
+}
+
+#[test]
+fn validate_stops_quietly_when_the_reader_goes_away() {
+    use std::io::BufRead;
+    // Thousands of diagnostics: far more than a pipe holds (64 KiB), so the
+    // writes after the reader leaves really fail with EPIPE.
+    let dir = many_broken_requests(3000);
+    for format in ["json", "text"] {
+        let mut child = Command::new(hadron_bin!())
+            .args(["validate", "--format", format, dir.path().to_str().expect("utf-8 temp path")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("hadron runs");
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut first).expect("read a line");
+        // The reader (and the pipe) is dropped here, like `| head -1`.
+        assert!(!first.is_empty(), "{format}: validate printed nothing");
+        let out = child.wait_with_output().expect("hadron exits");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for bad in ["Broken pipe", "WriteFailed", "panicked"] {
+            assert!(!err.contains(bad), "{format}: stderr mentions {bad}: {err}");
+        }
+        assert_eq!(out.status.code(), Some(1), "{format}: the exit code is the validation's (errors found): {err}");
+    }
+}
+
+#[test]
+fn validate_summary_counts_in_the_singular_and_the_plural() {
+    let one = many_broken_requests(1);
+    let out = run(hadron_bin!(), &["validate", one.path().to_str().expect("utf-8")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("");
+    // One error in the request, and the warning that hadron.yaml is missing.
+    assert_eq!(last, "1 error, 1 warning in 1 file (0 valid requests, 0 valid agents)", "{text}");
+    let two = many_broken_requests(2);
+    let out = run(hadron_bin!(), &["validate", two.path().to_str().expect("utf-8")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().last().unwrap_or(""), "2 errors, 1 warning in 2 files (0 valid requests, 0 valid agents)", "{text}");
+    let example = hadron_tests::workspace_root().join("example-repo");
+    let out = run(hadron_bin!(), &["validate", example.to_str().expect("utf-8")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("ok: ") && text.trim_end().ends_with(", 0 warnings"), "{text}");
+    assert_eq!(hadron::cli::count(1, "error"), "1 error");
+    assert_eq!(hadron::cli::count(0, "warning"), "0 warnings");
+}
+
+/// A writer whose reader has gone: every write fails with EPIPE.
+struct ClosedPipe;
+
+impl std::io::Write for ClosedPipe {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+}
+
+#[test]
+fn a_closed_pipe_is_not_reported_but_another_write_error_is() {
+    let dir = many_broken_requests(1);
+    for format in [hadron::cli::Format::Json, hadron::cli::Format::Text] {
+        let mut err = Vec::new();
+        let code = hadron::cli::validate(dir.path(), format, &mut ClosedPipe, &mut err);
+        assert_eq!((code, String::from_utf8_lossy(&err).into_owned()), (1, String::new()), "{format:?}");
+    }
+    let mut full = [0u8; 16];
+    let mut err = Vec::new();
+    let code = hadron::cli::validate(dir.path(), hadron::cli::Format::Text, &mut &mut full[..], &mut err);
+    assert_eq!(code, 2);
+    assert!(String::from_utf8_lossy(&err).contains("error[WriteFailed]"), "{}", String::from_utf8_lossy(&err));
+}

@@ -41,6 +41,7 @@ const CASES: &[(&str, &str, &str, u64)] = &[
     ("inline-secret-env", "InlineSecret", "agents/leaky.yaml", 9),
     ("inline-secret-arg", "InlineSecret", "agents/argy.yaml", 9),
     ("bad-template", "InvalidTemplate", "agents/tmpl.yaml", 8),
+    ("unknown-template-variable", "UnknownTemplateVariable", "agents/typo.yaml", 9),
     ("empty-command", "EmptyCommand", "agents/idle.yaml", 6),
     ("settings-zero-attempts", "NonPositiveValue", "hadron.yaml", 15),
     ("multiple-documents", "MultipleDocuments", "requests/two.yaml", 10),
@@ -153,7 +154,7 @@ fn text_output_names_file_line_column_code_and_help() {
         text.contains("requests/lost.yaml:9:3: error[UnknownAgent]: there is no agent `scrpt`\n  help: did you mean `script`?"),
         "{text}"
     );
-    assert!(text.lines().last().unwrap_or("").starts_with("1 errors"), "{text}");
+    assert!(text.lines().last().unwrap_or("").starts_with("1 error, 0 warnings in "), "{text}");
 }
 
 #[test]

@@ -56,6 +56,9 @@ pub enum Code {
     InlineSecret,
     /// A handlebars template does not compile.
     InvalidTemplate,
+    /// A handlebars template uses a variable (or helper) Hadron does not
+    /// pass: it would fail to render.
+    UnknownTemplateVariable,
     /// An agent command is empty.
     EmptyCommand,
     /// A field that only applies to another variant (e.g. `contexts` on an approval gate).
@@ -103,6 +106,7 @@ impl Code {
             Code::InvalidRepoUrl => "InvalidRepoUrl",
             Code::InlineSecret => "InlineSecret",
             Code::InvalidTemplate => "InvalidTemplate",
+            Code::UnknownTemplateVariable => "UnknownTemplateVariable",
             Code::EmptyCommand => "EmptyCommand",
             Code::FieldNotAllowed => "FieldNotAllowed",
             Code::FileTooLarge => "FileTooLarge",

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod kinds;
 pub mod load;
 pub mod spans;
+pub mod template_vars;
 pub mod validate;
 
 use sha2::{Digest, Sha256};
