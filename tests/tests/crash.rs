@@ -147,3 +147,67 @@ fn kill_9_at_random_moments_runs_every_stage_exactly_once() {
 fn kill_9_with_the_store_deleted_between_restarts_runs_every_stage_exactly_once() {
     crash_and_restart(true, 11);
 }
+
+/// Waits for `child` up to `limit`; kills it and fails with its output when it does not end.
+fn finishes(mut child: std::process::Child, cwd: &Path, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = std::fs::read_to_string(cwd.join("up.out")).unwrap_or_default();
+            let err = std::fs::read_to_string(cwd.join("up.err")).unwrap_or_default();
+            assert!(status.success(), "{what}: hadron up failed: {status}\n{out}\n{err}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = std::fs::read_to_string(cwd.join("up.out")).unwrap_or_default();
+            panic!("{what}: hadron up --exit-when-idle did not finish in {limit:?}\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kill_9_during_seeding_never_leaves_a_half_made_repo() {
+    const ROUNDS: usize = 20;
+    let mut rng = Lcg(23);
+    let mut staged_left = 0;
+    let mut missing_left = 0;
+    for round in 0..ROUNDS {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        // A control folder with two target repos and no requests: the finishing run is quick.
+        let dir = tmp.path().join("ctl");
+        for target in ["app", "docs"] {
+            std::fs::create_dir_all(dir.join("targets").join(target)).expect("mkdir");
+            std::fs::write(dir.join("targets").join(target).join("README.md"), format!("# {target}\n")).expect("write");
+        }
+        std::fs::write(dir.join("hadron.yaml"), "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec: {}\n").expect("write");
+        let mut child = up(tmp.path(), &dir, true);
+        // Seeding three repos takes about 200 ms with a debug build: kill anywhere in it.
+        std::thread::sleep(Duration::from_millis(rng.next_ms(0, 260)));
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+        let repos = tmp.path().join(".hadron/repos");
+        let names: Vec<String> = std::fs::read_dir(&repos)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        staged_left += usize::from(names.iter().any(|n| n.starts_with(".seeding-")));
+        missing_left += usize::from(!names.iter().any(|n| n == "control.git"));
+        finishes(up(tmp.path(), &dir, true), tmp.path(), Duration::from_secs(60), &format!("round {round}"));
+        for repo in ["control.git", "app.git", "docs.git"] {
+            let head = git(&repos.join(repo), &["rev-parse", "--verify", "refs/heads/main"]);
+            assert_eq!(head.trim().len(), 40, "round {round}: {repo} has main");
+        }
+        let settings = git(&repos.join("control.git"), &["show", "main:hadron.yaml"]);
+        assert!(settings.contains("kind: Settings"), "round {round}: the control repo holds the folder");
+        let left: Vec<String> = std::fs::read_dir(&repos)
+            .expect("repos")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".seeding-"))
+            .collect();
+        assert!(left.is_empty(), "round {round}: staging folders left: {left:?}");
+    }
+    println!("seeding crash test: {ROUNDS} kills; {staged_left} left a staging folder, {missing_left} left no control repo; every restart finished");
+}
