@@ -196,6 +196,11 @@ enum Command {
         data: DataArgs,
     },
     /// Record a CI result for a `ci` gate: the commit status of `hadron/<request>`'s head.
+    ///
+    /// Run it where `hadron up` runs (or with the same `--data-dir`): the result goes into
+    /// that store, and a running `hadron up` reacts at once. REPO is written as in the
+    /// request's `spec.repos[].url` (e.g. `../demo-app.git`); a repo that does not exist,
+    /// or has no `hadron/<request>` branch yet, is refused.
     CiStatus {
         /// Request name.
         request: String,
@@ -331,7 +336,7 @@ fn main() -> ExitCode {
             let control = default_control(control, &data.data_dir);
             match runtime().block_on(up::ci_status(&control, &request, &repo, &state, &context, data.database_url.as_deref(), &data.data_dir)) {
                 Ok(head) => {
-                    println!("recorded {state} ({context}) for {repo} at {head}");
+                    println!("recorded {state} ({context}) for {repo} at {head}; a hadron up running on this data dir reacts at once");
                     0
                 }
                 Err(e) => {

@@ -129,17 +129,37 @@ fn seed_repo(content: &Path, bare: &Path, skip_top: &[&str], message: &str) -> R
     Ok(())
 }
 
-/// Removes staging folders an interrupted seeding left in `repos`.
-fn remove_stale_staging(repos: &Path) -> Result<(), SeedError> {
-    let Ok(entries) = std::fs::read_dir(repos) else { return Ok(()) };
-    for entry in entries {
-        let entry = entry.map_err(io(repos))?;
-        if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
-            let path = entry.path();
-            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+/// Removes staging folders an interrupted seeding left in `repos`. Best
+/// effort: a `git` child of the killed process may still be writing there
+/// for a moment, so removal is retried briefly, and a folder that stays is
+/// only logged (its random name never collides with a new seeding).
+fn remove_stale_staging(repos: &Path) {
+    let Ok(entries) = std::fs::read_dir(repos) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        if !entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let mut last = None;
+        // Up to 5 s: time for an orphaned git to finish, even on a loaded machine.
+        for _ in 0..100 {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if let Some(e) = last {
+            tracing::warn!(folder = %path.display(), error = %e, "could not remove a staging folder of an interrupted seeding; delete it by hand");
         }
     }
-    Ok(())
 }
 
 /// What a seeded repo's folder holds.
@@ -218,7 +238,7 @@ pub fn seed(dir: &Path, data_dir: &Path) -> Result<Seeded, SeedError> {
         }
     }
     names.sort();
-    remove_stale_staging(&repos)?;
+    remove_stale_staging(&repos);
     for name in names {
         let bare = repos.join(format!("{name}.git"));
         ensure_repo(&targets_dir.join(&name), &bare, &[], &format!("Seed {name} from {}", dir.display()))?;

@@ -131,3 +131,18 @@ pub fn to_yaml(status: &RequestStatus) -> String {
 pub fn path_of(request: &str) -> String {
     format!("status/{request}.yaml")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cost_of_no_work_is_zero_not_minus_zero() {
+        // The float sum of nothing is -0.0, which YAML would show as `-0.0`.
+        let nothing: f64 = std::iter::empty::<f64>().sum();
+        assert!(nothing.is_sign_negative(), "the premise: an empty f64 sum is -0.0");
+        let rounded = round6(nothing);
+        assert!(rounded == 0.0 && rounded.is_sign_positive());
+        assert_eq!(round6(0.123_456_789), 0.123_457);
+    }
+}
