@@ -186,6 +186,26 @@ fn runs_stages_in_order_one_worker_per_repo() {
 }
 
 #[test]
+fn success_message_counts_stages_in_words_that_fit() {
+    let cfg = PlanConfig::default();
+    for (stages, message) in [(1, "stage s0 succeeded"), (2, "all 2 stages succeeded")] {
+        let mut world = World::default();
+        let reqs = vec![Req { stages, repos: 1, ..req("r") }];
+        for t in 0..=u64::from(stages) {
+            let t = i64::try_from(t).expect("small") * 10;
+            let p = plan(&desired(&reqs, 8, &world), &world.observed(), t, &cfg);
+            world.apply(&p, t);
+            for w in starts(&p).iter().map(|a| a.worker.clone()).collect::<Vec<_>>() {
+                world.finish(&w, true, t + 5);
+            }
+        }
+        let st = &world.statuses["r"].status;
+        assert_eq!(st.phase, Phase::Succeeded);
+        assert_eq!(st.message, message);
+    }
+}
+
+#[test]
 fn retries_after_backoff_then_fails() {
     let cfg = PlanConfig { backoff_base_ms: 1000, ..PlanConfig::default() };
     let mut world = World::default();

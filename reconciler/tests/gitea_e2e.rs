@@ -408,6 +408,12 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     ensure!(double.pulls("acme/app").iter().all(|p| p.head != "hadron/ci-fail"), "no PR for a failed request");
     let history = git(&control, &["log", "-p", "main", "--", "status/"])?;
     ensure!(history.contains("reason: GiteaForbidden"), "the 403 showed as a Stalled condition in some status commit");
+    // ... and as a line in the terminal, though the phase did not change.
+    let log = hadron.log();
+    ensure!(
+        log.lines().any(|l| l.contains("(GiteaForbidden)") && l.contains("Stalled: ")),
+        "the stall is shown where a person watches:\n{log}"
+    );
 
     // 8. Commit statuses on the requests' commits in the control repo.
     let finals = double.statuses("acme/control", &plain);

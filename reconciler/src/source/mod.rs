@@ -430,6 +430,7 @@ impl Source {
             }
         }
 
+        remove_stale_locks(&self.mirror_path(), STALE_LOCK_AGE);
         let repo = self.mirror()?;
         let branch_ref = format!("refs/heads/{branch}");
         let refspec = format!("+{branch_ref}:{tracking}");
@@ -706,6 +707,39 @@ fn read_blob(
         .take_data();
     *counter += 1;
     Ok(Blob::Data(data))
+}
+
+/// A lock file older than this in the private mirror was left by a killed
+/// process: a live fetch holds its ref locks for milliseconds.
+pub const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
+
+/// Removes `*.lock` files older than `age` from a git dir's top level and
+/// `refs/` (left by a `kill -9` during a fetch; gix would otherwise refuse
+/// every later ref update). Only for Hadron's private mirror.
+pub fn remove_stale_locks(git_dir: &Path, age: Duration) -> usize {
+    fn walk(dir: &Path, age: Duration, recurse: bool, removed: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                if recurse {
+                    walk(&path, age, true, removed);
+                }
+                continue;
+            }
+            let stale = path.extension().is_some_and(|e| e == "lock")
+                && entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= age));
+            if stale && std::fs::remove_file(&path).is_ok() {
+                tracing::warn!(file = %path.display(), "removed a stale lock file left by an interrupted fetch");
+                *removed += 1;
+            }
+        }
+    }
+    let mut removed = 0;
+    walk(git_dir, age, false, &mut removed);
+    walk(&git_dir.join("refs"), age, true, &mut removed);
+    removed
 }
 
 /// Open the mirror at `path`, creating it if needed.

@@ -517,6 +517,30 @@ fn other_branch_is_read() -> Result<()> {
 }
 
 #[test]
+fn a_ref_lock_left_by_a_killed_fetch_is_removed_once_stale() -> Result<()> {
+    let fx = Fixture::new()?;
+    fx.write("hadron.yaml", b"x\n")?;
+    fx.commit_push("main", "main")?;
+    let mut source = fx.source()?;
+    source.fetch()?;
+    fx.write("hadron.yaml", b"y\n")?;
+    let head = fx.commit_push("main", "main")?;
+    // What a kill -9 in the middle of a fetch leaves: the tracking ref's lock.
+    let mirror = fx.data.join("mirror.git");
+    let tracking = std::fs::read_dir(mirror.join("refs/remotes"))?.next().context("a remote folder")??.path();
+    let lock = tracking.join("main.lock");
+    std::fs::write(&lock, b"0000000000000000000000000000000000000000\n")?;
+    // A fresh lock may belong to a live fetch: it stays, and the fetch fails.
+    assert!(source.fetch().is_err(), "a fresh lock is respected");
+    assert!(lock.exists());
+    let old = std::time::SystemTime::now() - STALE_LOCK_AGE - Duration::from_secs(1);
+    std::fs::File::options().write(true).open(&lock)?.set_modified(old)?;
+    assert_eq!(source.fetch()?.to_string(), head, "a stale lock is removed and the fetch goes on");
+    assert!(!lock.exists());
+    Ok(())
+}
+
+#[test]
 fn a_half_made_mirror_left_by_a_crash_is_made_again() -> Result<()> {
     let fx = Fixture::new()?;
     fx.write("hadron.yaml", b"x\n")?;
