@@ -411,7 +411,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     // ... and as a line in the terminal, though the phase did not change.
     let log = hadron.log();
     ensure!(
-        log.lines().any(|l| l.contains("(GiteaForbidden)") && l.contains("Stalled: ")),
+        log.lines().any(|l| l.contains(" plain ") && l.contains("Stalled: ") && l.contains("(403)")),
         "the stall is shown where a person watches:\n{log}"
     );
 
