@@ -8,6 +8,7 @@
 //! after backoff, cancel, adopt, mark lost, open an approval, or nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -169,6 +170,10 @@ pub struct Observed {
     pub ci: BTreeMap<(String, String), CiState>,
     /// Requests the store knows (to notice deletions): name → generation.
     pub known_requests: BTreeMap<String, String>,
+    /// Status files verified as Hadron's own (their content is what Hadron
+    /// last published, by the digest kept in the store). Only these inform
+    /// decisions; any other status file is output to overwrite, never input.
+    pub own_statuses: BTreeMap<String, Arc<RequestStatus>>,
 }
 
 /// Tunables that are not part of the control repo.
@@ -278,7 +283,7 @@ pub fn backoff(cfg: &PlanConfig, next: u32, worker: &str) -> Millis {
 /// Merges the store's attempts, the driver's runs and the last status files
 /// into one view per worker, and the actions that bring the store up to date
 /// (adopt unknown runs, record finished or lost ones).
-fn merge_observations(desired: &DesiredState, observed: &Observed, now: Millis, actions: &mut Vec<Action>) -> Vec<Attempt> {
+fn merge_observations(observed: &Observed, now: Millis, actions: &mut Vec<Action>) -> Vec<Attempt> {
     let mut by_worker: BTreeMap<String, Attempt> =
         observed.attempts.iter().map(|a| (a.worker.clone(), a.clone())).collect();
     // A run directory whose worker was never spawned (a crash between
@@ -332,10 +337,13 @@ fn merge_observations(desired: &DesiredState, observed: &Observed, now: Millis, 
             actions.push(Action::Record(attempt.clone()));
         }
     }
-    // Finished attempts recorded only in status files (the store was deleted
-    // and the run records are gone): they still count, so finished stages
-    // are not run again.
-    for (name, status) in &desired.statuses {
+    // Finished attempts recorded only in Hadron's own status files (the run
+    // records are gone but the store still vouches for the file): they still
+    // count, so finished stages are not run again. A status file the store
+    // cannot vouch for (hand-edited, or the store was lost) adds nothing: a
+    // stage run again under its deterministic worker name finds its pushed
+    // commit by the `Hadron-Worker:` trailer instead of running the agent.
+    for (name, status) in &observed.own_statuses {
         for result in &status.status.stages {
             if by_worker.contains_key(&result.worker) {
                 continue;
@@ -368,7 +376,7 @@ fn merge_observations(desired: &DesiredState, observed: &Observed, now: Millis, 
 /// The plan. Pure: same inputs, same output.
 pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &PlanConfig) -> Plan {
     let mut out = Plan::default();
-    let attempts = merge_observations(desired, observed, now, &mut out.actions);
+    let attempts = merge_observations(observed, now, &mut out.actions);
 
     let mut by_request: BTreeMap<&str, Vec<&Attempt>> = BTreeMap::new();
     for a in &attempts {
@@ -423,7 +431,7 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
         for a in &old {
             cancel(&mut out, a, "SpecChanged");
         }
-        let restarted = !old.is_empty() || desired.statuses.get(name).is_some_and(|s| s.status.observed_generation != generation);
+        let restarted = !old.is_empty() || observed.own_statuses.get(name).is_some_and(|s| s.status.observed_generation != generation);
         let agent = effective_agent(request, &desired.settings).unwrap_or_default().to_owned();
         let agent_limit = desired.agents.get(&agent).and_then(|a| a.spec.concurrency).filter(|n| *n > 0);
         let mut view = RequestView {
@@ -445,7 +453,7 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
         view.attempts = current_sorted;
 
         // A terminal phase recorded for this generation stays terminal.
-        if let Some(prev) = desired.statuses.get(name).filter(|s| s.status.observed_generation == generation) {
+        if let Some(prev) = observed.own_statuses.get(name).filter(|s| s.status.observed_generation == generation) {
             if matches!(prev.status.phase, Phase::Succeeded | Phase::Failed) {
                 for a in &current {
                     cancel(&mut out, a, "Terminal");

@@ -71,6 +71,8 @@ impl World {
             approval_branches: self.branches.clone(),
             ci: BTreeMap::new(),
             known_requests: self.known.clone(),
+            // The simulated Hadron wrote every status file itself.
+            own_statuses: self.statuses.clone(),
         }
     }
 
@@ -352,7 +354,7 @@ fn lost_worker_is_marked_failed_and_orphan_is_adopted() {
 }
 
 #[test]
-fn finished_stages_survive_a_deleted_store_through_status_files() {
+fn finished_stages_in_hadrons_own_status_files_are_not_run_again() {
     let cfg = PlanConfig::default();
     let mut world = World::default();
     let reqs = vec![Req { repos: 1, stages: 2, ..req("r") }];
@@ -361,7 +363,8 @@ fn finished_stages_survive_a_deleted_store_through_status_files() {
     world.finish(&starts(&p)[0].worker.clone(), true, 1);
     let p = plan(&desired(&reqs, 8, &world), &world.observed(), 2, &cfg);
     world.apply(&p, 2); // s1 started, status written
-    // Store and run records gone; only git's status files remain.
+    // Attempt and run records gone; the status files are Hadron's own (the
+    // store still holds their digests).
     let rebuilt = World { statuses: world.statuses.clone(), ..World::default() };
     let p = plan(&desired(&reqs, 8, &rebuilt), &rebuilt.observed(), 3, &cfg);
     let s = starts(&p);
@@ -369,6 +372,88 @@ fn finished_stages_survive_a_deleted_store_through_status_files() {
     // name, so a driver that still has that run finds it instead of starting twice.
     assert_eq!(s.iter().map(|a| (a.stage.as_str(), a.attempt)).collect::<Vec<_>>(), [("s1", 1)]);
     assert_eq!(s[0].worker, world.store.values().find(|a| a.stage == "s1").map(|a| a.worker.clone()).unwrap_or_default());
+}
+
+/// A status file Hadron cannot vouch for: in git (desired), not among its own.
+fn untrusted(world: &World) -> Observed {
+    Observed { own_statuses: BTreeMap::new(), ..world.observed() }
+}
+
+#[test]
+fn a_status_file_hadron_cannot_vouch_for_decides_nothing() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 2, ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let s0 = starts(&p)[0].worker.clone();
+    world.finish(&s0, true, 1);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 2, &cfg);
+    world.apply(&p, 2);
+    // The store was lost with the run records: the status file in git says
+    // s0 succeeded, but nothing Hadron keeps vouches for it.
+    let rebuilt = World { statuses: world.statuses.clone(), ..World::default() };
+    let p = plan(&desired(&reqs, 8, &rebuilt), &untrusted(&rebuilt), 3, &cfg);
+    let s = starts(&p);
+    // s0 runs again under the same deterministic worker name: the worker
+    // finds its pushed commit by the `Hadron-Worker:` trailer instead of
+    // running the agent twice.
+    assert_eq!(s.iter().map(|a| (a.stage.as_str(), a.worker.as_str())).collect::<Vec<_>>(), [("s0", s0.as_str())]);
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::Adopt(_))), "nothing adopted from the file");
+}
+
+#[test]
+fn a_forged_succeeded_at_an_approval_gate_is_not_obeyed() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    world.finish(&starts(&p)[0].worker.clone(), true, 1);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 2, &cfg);
+    world.apply(&p, 2);
+    assert_eq!(p.requests["r"].phase, Phase::WaitingForApproval);
+    // A person edits status/r.yaml: phase Succeeded.
+    let mut forged = (*world.statuses["r"]).clone();
+    forged.status.phase = Phase::Succeeded;
+    let mut d = desired(&reqs, 8, &world);
+    d.statuses.insert("r".into(), Arc::new(forged.clone()));
+    let mut obs = world.observed();
+    obs.own_statuses.remove("r");
+    let p = plan(&d, &obs, 3, &cfg);
+    assert_eq!(p.requests["r"].phase, Phase::WaitingForApproval, "{}", p.requests["r"].message);
+    assert!(starts(&p).is_empty(), "polish does not start without the approval");
+    // The same edit on a request with a live worker cancels nothing.
+    let reqs2 = vec![Req { repos: 1, stages: 1, ..req("q") }];
+    let mut w2 = World::default();
+    let p = plan(&desired(&reqs2, 8, &w2), &w2.observed(), 0, &cfg);
+    w2.apply(&p, 0);
+    let mut forged = (*w2.statuses["q"]).clone();
+    forged.status.phase = Phase::Succeeded;
+    let mut d = desired(&reqs2, 8, &w2);
+    d.statuses.insert("q".into(), Arc::new(forged));
+    let p = plan(&d, &untrusted(&w2), 1, &cfg);
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::Cancel { .. })), "{:?}", p.actions);
+    assert_eq!(p.requests["q"].phase, Phase::Running);
+}
+
+#[test]
+fn a_new_request_pushed_with_a_status_claiming_success_still_runs() {
+    let cfg = PlanConfig::default();
+    // What Hadron would write after running it: rendered in another world.
+    let mut other = World::default();
+    let reqs = vec![Req { repos: 1, stages: 1, ..req("n") }];
+    let p = plan(&desired(&reqs, 8, &other), &other.observed(), 0, &cfg);
+    other.apply(&p, 0);
+    other.finish(&starts(&p)[0].worker.clone(), true, 1);
+    let p = plan(&desired(&reqs, 8, &other), &other.observed(), 2, &cfg);
+    other.apply(&p, 2);
+    assert_eq!(other.statuses["n"].status.phase, Phase::Succeeded);
+    // Pushed together with the request into a fresh control repo.
+    let fresh = World { statuses: other.statuses.clone(), ..World::default() };
+    let p = plan(&desired(&reqs, 8, &fresh), &untrusted(&fresh), 3, &cfg);
+    assert_eq!(starts(&p).len(), 1, "the stage runs: a status file is no evidence");
+    assert_ne!(p.requests["n"].phase, Phase::Succeeded);
 }
 
 #[test]

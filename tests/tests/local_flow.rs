@@ -115,3 +115,93 @@ fn up_takes_a_free_port_when_8080_is_taken_unless_one_was_asked_for() {
         assert!(err.contains("--listen 127.0.0.1:0") && err.contains("HADRON_LISTEN"), "{err}");
     }
 }
+
+fn git_in(cwd: &Path, who: &str, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "commit.gpgsign=false", "-c", &format!("user.name={who}"), "-c", &format!("user.email={who}@example.com")])
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Pushes `edit` of the status file as mallory, retrying when Hadron pushed in between.
+fn push_forged_status(clone: &Path, request: &str, edit: impl Fn(&str) -> String) {
+    for _ in 0..10 {
+        git_in(clone, "mallory", &["pull", "-q", "--rebase"]);
+        let path = clone.join(format!("status/{request}.yaml"));
+        let text = std::fs::read_to_string(&path).expect("status file");
+        std::fs::write(&path, edit(&text)).expect("write");
+        git_in(clone, "mallory", &["commit", "-q", "-am", &format!("Mark {request} done")]);
+        let pushed = Command::new("git").args(["push", "-q", "origin", "main"]).current_dir(clone).output().expect("git push");
+        if pushed.status.success() {
+            return;
+        }
+        git_in(clone, "mallory", &["reset", "-q", "--hard", "origin/main"]);
+    }
+    panic!("the forged status could not be pushed");
+}
+
+#[test]
+fn a_hand_edited_status_file_is_overwritten_and_never_obeyed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_in(root);
+    let live = Live::start(hadron_bin!(), root, &["up", "example-repo", "--listen", "127.0.0.1:0"]);
+    live.wait_for_line(&["add-healthz", "-> WaitingForApproval"], "the gated request waits");
+    live.wait_for_line(&["add-greeting", "-> Succeeded"], "the plain request finishes");
+    let control = root.join(".hadron/repos/control.git");
+    let clone = root.join("mallory");
+    git_in(root, "mallory", &["clone", "-q", control.to_str().expect("utf-8"), "mallory"]);
+
+    // Mallory marks the waiting request Succeeded by hand.
+    push_forged_status(&clone, "add-healthz", |t| t.replace("phase: WaitingForApproval", "phase: Succeeded"));
+    let started = std::time::Instant::now();
+    let status = loop {
+        git_in(&clone, "mallory", &["fetch", "-q", "origin"]);
+        let text = git_in(&clone, "mallory", &["show", "origin/main:status/add-healthz.yaml"]);
+        let author = git_in(&clone, "mallory", &["log", "-1", "--format=%an", "origin/main", "--", "status/add-healthz.yaml"]);
+        if author.trim() == "hadron" {
+            break text;
+        }
+        assert!(started.elapsed() < hadron_tests::WAIT, "Hadron did not rewrite the forged status\n{}", live.logs());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.contains("phase: WaitingForApproval"), "the gate still waits:\n{status}");
+    assert!(!live.out().contains("add-healthz              WaitingForApproval -> Succeeded"), "{}", live.out());
+    // polish never ran: its notes are not on the agent's branch.
+    let notes = git_in(&root.join(".hadron/repos/demo-app.git"), "x", &["show", "hadron/add-healthz:hadron-notes/add-healthz.md"]);
+    assert!(!notes.contains("## polish"), "{notes}");
+
+    // A finished request marked Failed by hand is written back as Succeeded.
+    push_forged_status(&clone, "add-greeting", |t| t.replace("phase: Succeeded", "phase: Failed"));
+    let started = std::time::Instant::now();
+    loop {
+        git_in(&clone, "mallory", &["fetch", "-q", "origin"]);
+        let author = git_in(&clone, "mallory", &["log", "-1", "--format=%an", "origin/main", "--", "status/add-greeting.yaml"]);
+        if author.trim() == "hadron" {
+            let text = git_in(&clone, "mallory", &["show", "origin/main:status/add-greeting.yaml"]);
+            assert!(text.contains("phase: Succeeded"), "{text}");
+            break;
+        }
+        assert!(started.elapsed() < hadron_tests::WAIT, "Hadron did not rewrite the second forged status\n{}", live.logs());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // Each edit is an event in the store.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let events = rt.block_on(async {
+        let store = hadron::store::Store::open_data_dir(&root.join(".hadron")).await.expect("store");
+        let mut all = Vec::new();
+        for name in ["add-healthz", "add-greeting"] {
+            all.extend(store.events_for_request(name, 1000).await.expect("events"));
+        }
+        all
+    });
+    let untrusted: Vec<_> = events.iter().filter(|e| e.action == "status.untrusted").collect();
+    assert_eq!(untrusted.len(), 2, "one event per edit: {untrusted:#?}");
+    assert!(untrusted.iter().all(|e| e.detail.contains("differs from what Hadron last wrote")), "{untrusted:#?}");
+}

@@ -181,10 +181,19 @@ pub struct Context {
     written: BTreeMap<String, Vec<u8>>,
     /// What was last shown of each request.
     seen: BTreeMap<String, Seen>,
+    /// Digest of each status file's re-rendered text, cached by the parsed
+    /// file it was computed from (recomputed only when the file changes).
+    status_digests: BTreeMap<String, (Arc<crate::model::RequestStatus>, String)>,
+    /// Status files reported as not Hadron's own (name → digest), so each
+    /// edit is one event, not one per pass.
+    reported_untrusted: BTreeMap<String, String>,
     forge: Option<forge::ForgeLink>,
     telemetry: Option<Telemetry>,
     pruned_at: Option<Instant>,
 }
+
+/// `kv` key prefix of the digest of the status file Hadron last published, per request.
+pub const STATUS_DIGEST_PREFIX: &str = "status-digest/";
 
 /// How long webhook delivery ids are kept for deduplication (7 days).
 pub const DELIVERY_RETENTION_MS: Millis = 7 * 24 * 3600 * 1000;
@@ -210,6 +219,8 @@ impl Context {
             last_report: None,
             written: BTreeMap::new(),
             seen: BTreeMap::new(),
+            status_digests: BTreeMap::new(),
+            reported_untrusted: BTreeMap::new(),
             forge: None,
             telemetry: None,
             pruned_at: None,
@@ -345,7 +356,8 @@ impl Context {
         }
         let observed = observe::observe(self, forge.as_mut()).await;
         self.forge = forge;
-        let observed = observed?;
+        let mut observed = observed?;
+        observed.own_statuses = self.verify_statuses(t).await?;
         // Plan.
         let plan: Plan = plan::plan(&self.catalog.loaded().desired, &observed, t, &self.cfg.plan);
         // Execute.
@@ -370,6 +382,62 @@ impl Context {
         }
         self.last_report = Some(report.clone());
         Ok(report)
+    }
+
+    /// The status files that are Hadron's own: their re-rendered text has the
+    /// digest Hadron recorded when it published them. Every other status
+    /// file (hand-edited, pushed with a new request, or left from before the
+    /// store was lost) is reported once as an event and never informs a
+    /// decision; the status step overwrites it.
+    async fn verify_statuses(&mut self, t: Millis) -> Result<BTreeMap<String, Arc<crate::model::RequestStatus>>, ReconcileError> {
+        let recorded: BTreeMap<String, String> = self
+            .store
+            .kv_with_prefix(STATUS_DIGEST_PREFIX)
+            .await?
+            .into_iter()
+            .map(|(k, v)| (k[STATUS_DIGEST_PREFIX.len()..].to_owned(), v))
+            .collect();
+        let statuses = self.catalog.loaded().desired.statuses.clone();
+        self.status_digests.retain(|name, _| statuses.contains_key(name));
+        self.reported_untrusted.retain(|name, _| statuses.contains_key(name));
+        let mut own = BTreeMap::new();
+        for (name, status) in statuses {
+            let digest = match self.status_digests.get(&name) {
+                Some((parsed, digest)) if Arc::ptr_eq(parsed, &status) => digest.clone(),
+                _ => {
+                    let digest = render::digest(render::to_yaml(&status).as_bytes());
+                    self.status_digests.insert(name.clone(), (status.clone(), digest.clone()));
+                    digest
+                }
+            };
+            if recorded.get(&name) == Some(&digest) {
+                self.reported_untrusted.remove(&name);
+                own.insert(name, status);
+                continue;
+            }
+            if self.reported_untrusted.get(&name) == Some(&digest) {
+                continue;
+            }
+            let why = if recorded.contains_key(&name) {
+                "differs from what Hadron last wrote (edited by hand?)"
+            } else {
+                "was not written by Hadron (pushed by someone, or Hadron's store was reset)"
+            };
+            let detail = format!("status/{name}.yaml {why}: it is ignored for decisions and rewritten from Hadron's own observations");
+            tracing::warn!(request = %name, "{detail}");
+            self.store
+                .append_event(&crate::store::NewEvent {
+                    at: t,
+                    request: Some(name.clone()),
+                    actor: "git".into(),
+                    action: "status.untrusted".into(),
+                    revision: None,
+                    detail,
+                })
+                .await?;
+            self.reported_untrusted.insert(name, digest);
+        }
+        Ok(own)
     }
 
     /// Step 6, forge: approval PRs, target PRs, commit statuses (nothing
@@ -437,6 +505,11 @@ impl Context {
             let same = prev.is_some_and(|p| *p == status);
             if !same {
                 changes.insert(path, Some(text));
+            } else if self.reported_untrusted.contains_key(name) {
+                // A file Hadron did not write that holds exactly what Hadron
+                // decided (say, from before its store was reset): vouch for it.
+                self.store.kv_set(&format!("{STATUS_DIGEST_PREFIX}{name}"), &render::digest(&text), t).await?;
+                self.reported_untrusted.remove(name);
             }
             let now_seen = Seen::of(&status.status);
             let before = self.seen.get(name).cloned().or_else(|| prev.map(|p| Seen::of(&p.status)));
@@ -525,6 +598,16 @@ impl Context {
             t.metrics.add_push_retries(u64::from(outcome.attempts.saturating_sub(1)));
         }
         self.store.mark_published(outbox_id, commit.as_deref().unwrap_or("unchanged"), now()).await?;
+        // What Hadron published is what it will trust when it reads it back.
+        for (path, content) in &changes {
+            let name = path.trim_start_matches("status/").trim_end_matches(".yaml");
+            let key = format!("{STATUS_DIGEST_PREFIX}{name}");
+            match content {
+                Some(bytes) => self.store.kv_set(&key, &render::digest(bytes), now()).await?,
+                None => self.store.kv_delete(&key).await?,
+            }
+            self.reported_untrusted.remove(name);
+        }
         // Our own files, as now in git: the next fetch brings them back and
         // must not count as a change.
         for (path, content) in changes {

@@ -115,6 +115,14 @@ pub fn render_with(
     status
 }
 
+/// The digest Hadron keeps of a status file it published: SHA-256 of the
+/// file's text. A status file read back from git is Hadron's own when the
+/// digest of its re-rendered text ([`to_yaml`]) is the one kept.
+pub fn digest(text: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text))
+}
+
 /// Rounds to a millionth of a dollar; `-0.0` (the sum of nothing) becomes `0.0`.
 fn round6(v: f64) -> f64 {
     let r = (v * 1e6).round() / 1e6;

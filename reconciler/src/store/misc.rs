@@ -79,6 +79,34 @@ impl Store {
         })
     }
 
+    /// Every `kv` entry whose key starts with `prefix`, in key order (one query).
+    pub async fn kv_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        // A key range instead of LIKE: no escaping of `%` and `_` in names.
+        let mut upper = prefix.to_owned();
+        let last = upper.pop().map_or('\u{10FFFF}', |c| char::from_u32(u32::from(c) + 1).unwrap_or('\u{10FFFF}'));
+        upper.push(last);
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, String)>("SELECT key, value FROM kv WHERE key >= $1 AND key < $2 ORDER BY key")
+                .bind(prefix)
+                .bind(&upper)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| StoreError::query("read kv by prefix", e))
+        })
+    }
+
+    /// Removes a `kv` entry (nothing when absent).
+    pub async fn kv_delete(&self, key: &str) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM kv WHERE key = $1")
+                .bind(key)
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::query("delete kv", e))
+        })
+    }
+
     /// Records a commit status (`pending`, `success` or `failure`) of a target-repo commit.
     pub async fn set_commit_status(&self, repo: &str, commit: &str, context: &str, state: &str, at: i64) -> Result<(), StoreError> {
         with_pool!(self, pool => {

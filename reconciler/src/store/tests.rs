@@ -666,6 +666,23 @@ store_test!(kv_and_commit_statuses, |db| {
     Ok(())
 });
 
+store_test!(kv_by_prefix_and_delete, |db| {
+    let store = db.open().await?;
+    for (k, v) in [("status-digest/a", "1"), ("status-digest/b_%", "2"), ("status-digest0", "no"), ("status-digesT/c", "no"), ("other", "no")] {
+        store.kv_set(k, v, 1).await?;
+    }
+    let got = store.kv_with_prefix("status-digest/").await?;
+    ensure!(
+        got == vec![("status-digest/a".to_owned(), "1".to_owned()), ("status-digest/b_%".to_owned(), "2".to_owned())],
+        "only keys under the prefix, `_` and `%` taken literally: {got:?}"
+    );
+    store.kv_delete("status-digest/a").await?;
+    store.kv_delete("status-digest/never").await?;
+    ensure!(store.kv_get("status-digest/a").await?.is_none());
+    ensure!(store.kv_with_prefix("status-digest/").await?.len() == 1);
+    Ok(())
+});
+
 store_test!(data_survives_reopen, |db| {
     let store = db.open().await?;
     store.upsert_request(&request("alpha", "Running", 1)).await?;
