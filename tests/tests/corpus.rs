@@ -37,6 +37,7 @@ const CASES: &[(&str, &str, &str, u64)] = &[
     ("bad-duration", "WrongType", "requests/slow.yaml", 10),
     ("bad-repo-url", "InvalidRepoUrl", "requests/ftp.yaml", 8),
     ("ext-repo-url", "InvalidRepoUrl", "requests/ext.yaml", 8),
+    ("credentials-in-repo-url", "InlineSecret", "requests/creds.yaml", 8),
     ("no-repos", "NoRepos", "requests/nowhere.yaml", 7),
     ("inline-secret-env", "InlineSecret", "agents/leaky.yaml", 9),
     ("inline-secret-arg", "InlineSecret", "agents/argy.yaml", 9),
@@ -175,4 +176,16 @@ fn other_requests_load_beside_a_broken_one() {
     let valid: Vec<&str> = loaded.desired.requests.keys().map(String::as_str).collect();
     assert_eq!(valid, ["add-greeting", "add-healthz", "document-usage"]);
     assert_eq!(loaded.desired.invalid_requests.keys().collect::<Vec<_>>(), ["broken"]);
+}
+
+#[test]
+fn credentials_in_a_repo_url_are_refused_and_never_printed() {
+    let dir = materialise("credentials-in-repo-url");
+    for format in ["text", "json"] {
+        let out = hadron(&["validate", dir.path().to_str().expect("utf-8"), "--format", format]);
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(all.contains("InlineSecret") && all.contains("https://***@gitea.example.com/acme/app.git"), "{all}");
+        assert!(!all.contains("hunter2") && !all.contains("bob:"), "the password is never printed: {all}");
+    }
 }

@@ -397,6 +397,25 @@ fn check_env(out: &mut Vec<Finding>, i: usize, var: &EnvVar) {
     }
 }
 
+/// Whether a URL carries credentials: any user part of an `http(s)://` URL
+/// (tokens travel as the user name), or a `user:password@` of any scheme.
+pub fn url_has_credentials(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let Some((userinfo, _host)) = authority.rsplit_once('@') else { return false };
+    matches!(scheme, "http" | "https") || userinfo.contains(':')
+}
+
+/// `url` with the user part of its authority replaced by `***`.
+pub fn mask_url_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Why a target-repo URL is refused, if it is.
 pub fn repo_url_problem(url: &str) -> Option<&'static str> {
     if url.trim().is_empty() {
@@ -477,7 +496,14 @@ fn check_request(out: &mut Vec<Finding>, r: &ChangeRequest) {
     }
     let mut urls = BTreeSet::new();
     for (i, repo) in s.repos.iter().enumerate() {
-        if let Some(why) = repo_url_problem(&repo.url) {
+        if url_has_credentials(&repo.url) {
+            out.push(Finding::error(
+                &format!("spec.repos[{i}].url"),
+                Code::InlineSecret,
+                format!("`{}` carries credentials in the URL (shown here with them masked)", mask_url_credentials(&repo.url)),
+                "remove the user and password (or token) from the URL: Hadron authenticates with its own credentials, configured outside the repo; rotate the exposed credential",
+            ));
+        } else if let Some(why) = repo_url_problem(&repo.url) {
             out.push(Finding::error(
                 &format!("spec.repos[{i}].url"),
                 Code::InvalidRepoUrl,
