@@ -96,6 +96,13 @@ pub enum ServerError {
     )]
     EmptySecret,
 
+    /// The client did not send the body in time.
+    #[error("the request body did not arrive within {seconds} s; send the whole body at once")]
+    BodyTimeout {
+        /// The limit.
+        seconds: u64,
+    },
+
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}; check that the address is free and allowed")]
     Bind {
@@ -119,6 +126,7 @@ impl ServerError {
         match self {
             Self::TooLarge { .. } => "PayloadTooLarge",
             Self::BodyRead { .. } => "BodyRead",
+            Self::BodyTimeout { .. } => "BodyTimeout",
             Self::SecretNotConfigured => "WebhookSecretNotConfigured",
             Self::SignatureMissing => "SignatureMissing",
             Self::SignatureMismatch => "SignatureMismatch",
@@ -139,6 +147,7 @@ impl ServerError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead { .. } | Self::MissingHeader { .. } | Self::InvalidPayload { .. } => {
                 StatusCode::BAD_REQUEST
             }
@@ -161,6 +170,7 @@ impl ServerError {
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::REQUEST_TIMEOUT => "timeout",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "error",
         }

@@ -246,6 +246,7 @@ struct Inner {
     ready: Arc<AtomicBool>,
     events: broadcast::Sender<PhaseEvent>,
     body_limit: usize,
+    limits: Limits,
     /// Set when the server shuts down, to end event streams.
     closing: watch::Sender<bool>,
 }
@@ -268,6 +269,31 @@ pub struct ServerConfig {
     pub events: broadcast::Sender<PhaseEvent>,
     /// Largest webhook body accepted, in bytes.
     pub body_limit: usize,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
+}
+
+/// How long a client may take and how many may connect at once, so idle or
+/// slow connections cannot exhaust the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time to send a request line and headers, from the connection's start
+    /// and again while a kept-alive connection waits for its next request.
+    pub header_read_timeout: std::time::Duration,
+    /// Time to send a webhook body once the headers are in.
+    pub body_read_timeout: std::time::Duration,
+    /// Connections served at once; more are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: std::time::Duration::from_secs(10),
+            body_read_timeout: std::time::Duration::from_secs(30),
+            max_connections: 256,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -283,6 +309,7 @@ impl ServerConfig {
             ready: Arc::new(AtomicBool::new(false)),
             events: broadcast::channel(256).0,
             body_limit: DEFAULT_BODY_LIMIT,
+            limits: Limits::default(),
         }
     }
 }
@@ -300,6 +327,7 @@ impl ServerState {
                 ready: config.ready,
                 events: config.events,
                 body_limit: config.body_limit,
+                limits: config.limits,
                 closing: watch::channel(false).0,
             }),
         }
@@ -348,6 +376,11 @@ impl ServerState {
     /// The webhook body limit in bytes.
     pub fn body_limit(&self) -> usize {
         self.inner.body_limit
+    }
+
+    /// Connection limits and timeouts.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
     }
 
     fn subscribe_events(&self) -> broadcast::Receiver<PhaseEvent> {
@@ -409,15 +442,54 @@ pub async fn serve_listener(
         tracing::info!(%addr, webhooks = state.webhook_secret().is_some(), "HTTP server listening");
     }
     let app = router(state.clone());
-    let signal = async move {
+    let limits = state.limits();
+    let mut signal = std::pin::pin!(async move {
         shutdown.await;
         tracing::info!("HTTP server shutting down");
         state.close_streams();
-    };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await
-        .map_err(|source| ServerError::Serve { source })
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut signal => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = limits.max_connections, "connection limit reached; closing a new connection");
+            drop(stream);
+            continue;
+        };
+        let service = hyper::service::service_fn({
+            let app = app.clone();
+            move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut app = app.clone();
+                tower_service::Service::call(&mut app, request.map(axum::body::Body::new))
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    // Requests in flight finish; event streams were told to end.
+    graceful.shutdown().await;
+    Ok(())
 }
 
 #[cfg(test)]

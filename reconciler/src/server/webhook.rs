@@ -286,7 +286,11 @@ async fn handle(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ServerError::TooLarge { limit });
     }
-    let body = Limited::new(body, limit).collect().await.map_err(|e| {
+    let timeout = state.limits().body_read_timeout;
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ServerError::BodyTimeout { seconds: timeout.as_secs() })?;
+    let body = collected.map_err(|e| {
         if e.downcast_ref::<LengthLimitError>().is_some() {
             ServerError::TooLarge { limit }
         } else {
