@@ -259,7 +259,7 @@ fn approve_as_person_is_attributed_to_bob() -> Result<()> {
 
     let approval = fx.approval_in_main("review")?;
     let policy = ApproverPolicy { users: vec!["bob".into()], teams: vec![] };
-    let decision = decide(Some(&approval), Some(&approver), Some(&requester), &policy, "gen1");
+    let decision = decide(Some(&approval), Ok(&approver), Ok(&requester), &policy, "gen1");
     assert_eq!(decision, GateDecision::Approved { by: approver.clone() });
 
     // Opening again for the approved generation: already approved. The
@@ -272,7 +272,7 @@ fn approve_as_person_is_attributed_to_bob() -> Result<()> {
 
     // After an edit the approval is stale; a new branch commit sits on main.
     assert_eq!(
-        decide(Some(&approval), Some(&approver), Some(&requester), &policy, "gen2"),
+        decide(Some(&approval), Ok(&approver), Ok(&requester), &policy, "gen2"),
         GateDecision::Stale { given_for: "gen1".into() }
     );
     match branches.open(&fx.url, "main", "fix", "review", "gen2", "")? {
@@ -346,7 +346,7 @@ fn plain_git_merge_by_bob_and_request_from_a_merged_pr() -> Result<()> {
     assert_eq!((hadron.name.as_str(), hadron.commit.as_str()), ("hadron", ff.as_str()));
     let approval: Approval = serde_saphyr::from_str(&fx.show("main:approvals/fix/review.yaml")?)?;
     let policy = ApproverPolicy { users: vec!["bob".into()], teams: vec![] };
-    assert!(matches!(decide(Some(&approval), Some(&hadron), None, &policy, "g1"), GateDecision::Rejected { .. }));
+    assert!(matches!(decide(Some(&approval), Ok(&hadron), Ok(&Person::new(ALICE.0, ALICE.1)), &policy, "g1"), GateDecision::Rejected { .. }));
 
     // Later commits on main do not change who approved.
     let later = oid(&fx.move_main(CAROL, "later.md")?)?;
@@ -373,7 +373,7 @@ fn decisions_for_requester_outsider_stale_and_missing() -> Result<()> {
     let review = fx.approval_in_main("review")?;
     let alice = approver_of(&repo, head, "fix", "review")?.context("an approver")?;
     assert_eq!((alice.name.as_str(), alice.commit.as_str()), ("alice", by_alice.as_str()));
-    match decide(Some(&review), Some(&alice), Some(&requester), &policy, "gen1") {
+    match decide(Some(&review), Ok(&alice), Ok(&requester), &policy, "gen1") {
         GateDecision::Rejected { by, why } => {
             assert_eq!(by.as_ref(), Some(&alice));
             assert!(why.contains("requester"), "{why}");
@@ -384,29 +384,72 @@ fn decisions_for_requester_outsider_stale_and_missing() -> Result<()> {
     let security = fx.approval_in_main("security")?;
     let carol = approver_of(&repo, head, "fix", "security")?.context("an approver")?;
     assert_eq!((carol.name.as_str(), carol.commit.as_str()), ("carol", by_carol.as_str()));
-    match decide(Some(&security), Some(&carol), Some(&requester), &policy, "gen1") {
+    match decide(Some(&security), Ok(&carol), Ok(&requester), &policy, "gen1") {
         GateDecision::Rejected { why, .. } => {
             assert!(why.contains("not an allowed approver") && why.contains("hadron.yaml"), "{why}")
         }
         other => bail!("expected Rejected, got {other:?}"),
     }
     let nobody = ApproverPolicy::default();
-    match decide(Some(&security), Some(&carol), Some(&requester), &nobody, "gen1") {
+    match decide(Some(&security), Ok(&carol), Ok(&requester), &nobody, "gen1") {
         GateDecision::Rejected { why, .. } => assert!(why.contains("spec.approvers.users in hadron.yaml"), "{why}"),
         other => bail!("expected Rejected, got {other:?}"),
     }
     let carol_allowed = ApproverPolicy { users: vec!["carol".into()], teams: vec![] };
-    assert!(matches!(decide(Some(&security), Some(&carol), Some(&requester), &carol_allowed, "gen1"), GateDecision::Approved { .. }));
+    assert!(matches!(decide(Some(&security), Ok(&carol), Ok(&requester), &carol_allowed, "gen1"), GateDecision::Approved { .. }));
     assert_eq!(
-        decide(Some(&security), Some(&carol), Some(&requester), &carol_allowed, "gen2"),
+        decide(Some(&security), Ok(&carol), Ok(&requester), &carol_allowed, "gen2"),
         GateDecision::Stale { given_for: "gen1".into() }
     );
-    assert_eq!(decide(None, None, Some(&requester), &carol_allowed, "gen1"), GateDecision::Waiting);
+    assert_eq!(decide(None, Err("no approval"), Ok(&requester), &carol_allowed, "gen1"), GateDecision::Waiting);
 
     // Same person under another name: the email decides.
     let alias = hadron::gates::Approver { name: "Alice A.".into(), email: "ALICE@example.com".into(), commit: by_alice };
     let lenient = ApproverPolicy { users: vec!["Alice A.".into()], teams: vec![] };
-    assert!(matches!(decide(Some(&review), Some(&alias), Some(&requester), &lenient, "gen1"), GateDecision::Rejected { .. }));
+    assert!(matches!(decide(Some(&review), Ok(&alias), Ok(&requester), &lenient, "gen1"), GateDecision::Rejected { .. }));
+    Ok(())
+}
+
+/// Alice asked with alice <alice@example.com>. Merging the approval branch as
+/// herself under another email, or under another name with her email, is
+/// still her: one identity rule (name OR email) for the requester check and
+/// the allow-list, so listing her does not let her approve her own request.
+#[test]
+fn the_requester_cannot_approve_under_another_email_or_name() -> Result<()> {
+    let fx = Fixture::new()?;
+    let branches = fx.branches()?;
+    let work = fx.root.join("approvals");
+    let policy = ApproverPolicy { users: vec!["alice".into(), "alice@example.com".into(), "bob".into()], teams: vec![] };
+    for (gate, who) in [("review", ("alice", "other@example.com")), ("security", ("Alice Liddell", "ALICE@example.com"))] {
+        branches.open(&fx.url, "main", "fix", gate, "gen1", "")?;
+        // What `hadron approve fix <gate> --as <name> --email <email>` does.
+        let merge = approve_as_person(&fx.url, "main", "fix", gate, &work, who.0, who.1)?;
+        let repo = fx.repo()?;
+        let head = oid(&fx.rev("refs/heads/main")?)?;
+        let approver = approver_of(&repo, head, "fix", gate)?.context("an approver")?;
+        assert_eq!((approver.name.as_str(), approver.email.as_str(), approver.commit.as_str()), (who.0, who.1, merge.as_str()));
+        let requester = requester_of(&repo, head, "fix")?.context("a requester")?;
+        assert_eq!(requester, Person::new(ALICE.0, ALICE.1));
+        match decide(Some(&fx.approval_in_main(gate)?), Ok(&approver), Ok(&requester), &policy, "gen1") {
+            GateDecision::Rejected { by, why } => {
+                assert_eq!(by.as_ref(), Some(&approver));
+                assert!(why.contains("is the requester") && why.contains("may not approve"), "{gate}: {why}");
+            }
+            other => bail!("{who:?} is the requester alice and must not approve: {other:?}"),
+        }
+        // The unknown requester (a lookup that failed) stops it too.
+        let unknown = decide(Some(&fx.approval_in_main(gate)?), Ok(&approver), Err("history unreadable"), &policy, "gen1");
+        assert!(matches!(&unknown, GateDecision::Rejected { why, .. } if why.contains("could not be determined")), "{unknown:?}");
+    }
+    // Bob, listed, is someone else: his merge counts.
+    branches.open(&fx.url, "main", "fix", "review", "gen2", "")?;
+    approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1)?;
+    let repo = fx.repo()?;
+    let head = oid(&fx.rev("refs/heads/main")?)?;
+    let bob = approver_of(&repo, head, "fix", "review")?.context("an approver")?;
+    let requester = requester_of(&repo, head, "fix")?.context("a requester")?;
+    let approval = fx.approval_in_main("review")?;
+    assert_eq!(decide(Some(&approval), Ok(&bob), Ok(&requester), &policy, "gen2"), GateDecision::Approved { by: bob.clone() });
     Ok(())
 }
 

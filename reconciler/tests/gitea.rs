@@ -471,3 +471,160 @@ async fn the_double_records_requests_that_do_not_match_the_swagger() -> Result<(
     assert!(failed.is_err(), "the final assertion fails when any request mismatched");
     Ok(())
 }
+
+/// The approval decision with the forge, at the level of
+/// `reconcile::forge::ForgeLink::decide_approval`: the approver is the
+/// login Gitea reports as the merger of the approval PR, never the name a
+/// commit carries.
+mod approval_identity {
+    use super::*;
+    use hadron::gates::{Approver, Person, approval_object};
+    use hadron::plan::ApprovalState;
+    use hadron::reconcile::forge::{ForgeLink, approval_pr_key};
+    use hadron::store::Store;
+
+    /// The merge commit the double reports for every merged PR.
+    const DOUBLE_MERGE_SHA: &str = "9d6f6a1c0c3b0f0e6a0d2c1b4a5e6f708192a3b4";
+
+    fn git(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .envs(env.iter().copied())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    struct World {
+        s: Setup,
+        store: Store,
+        link: ForgeLink,
+        pr: u64,
+        requester: (Person, String),
+        /// The commit that put the approval file on main: alice's direct push.
+        direct: String,
+        _tmp: tempfile::TempDir,
+    }
+
+    /// Carol asks (a real commit Gitea maps to her); Hadron opened approval
+    /// PR #n; then someone pushes the approval file straight to main with
+    /// `GIT_COMMITTER_NAME=alice`, without merging any PR.
+    async fn world() -> Result<World> {
+        let s = setup().await?;
+        let tmp = tempfile::tempdir()?;
+        let repo = tmp.path().join("control");
+        std::fs::create_dir_all(&repo)?;
+        git(&repo, &["init", "--quiet", "--initial-branch=main"], &[])?;
+        let carol = [
+            ("GIT_AUTHOR_NAME", "carol"),
+            ("GIT_AUTHOR_EMAIL", "carol@example.com"),
+            ("GIT_COMMITTER_NAME", "carol"),
+            ("GIT_COMMITTER_EMAIL", "carol@example.com"),
+        ];
+        std::fs::create_dir_all(repo.join("requests"))?;
+        std::fs::write(repo.join("requests/add-login.yaml"), "spec: {}\n")?;
+        git(&repo, &["add", "-A"], &[])?;
+        git(&repo, &["commit", "--quiet", "-m", "Ask for add-login"], &carol)?;
+        let asked = git(&repo, &["rev-parse", "HEAD"], &[])?;
+        let forged = [
+            ("GIT_AUTHOR_NAME", "mallory"),
+            ("GIT_AUTHOR_EMAIL", "mallory@example.com"),
+            ("GIT_COMMITTER_NAME", "alice"),
+            ("GIT_COMMITTER_EMAIL", "alice@example.com"),
+        ];
+        std::fs::create_dir_all(repo.join("approvals/add-login"))?;
+        std::fs::write(repo.join("approvals/add-login/review.yaml"), "spec: {}\n")?;
+        git(&repo, &["add", "-A"], &[])?;
+        git(&repo, &["commit", "--quiet", "-m", "Approve"], &forged)?;
+        let direct = git(&repo, &["rev-parse", "HEAD"], &[])?;
+        assert_eq!(git(&repo, &["log", "-1", "--format=%cn", &direct], &[])?, "alice");
+        s.double.link_git_dir(CONTROL, &repo);
+        s.double.add_user("carol", "carol@example.com");
+
+        let pr = s.client.ensure_approval_pr(&approval_view(&s.client)).await?.number;
+        let store = Store::open_sqlite(&tmp.path().join("store.db")).await?;
+        let record = serde_json::json!({ "number": pr, "url": format!("{}/{CONTROL}/pulls/{pr}", s.double.base_url()), "made_for": "g1" });
+        store.kv_set(&approval_pr_key("add-login", "review"), &record.to_string(), 1).await?;
+        let link = ForgeLink::new(s.client.clone(), Duration::from_secs(60));
+        Ok(World { s, store, link, pr, requester: (Person::new("carol", "carol@example.com"), asked), direct, _tmp: tmp })
+    }
+
+    fn alice(commit: &str) -> Approver {
+        Approver { name: "alice".into(), email: "alice@example.com".into(), commit: commit.into() }
+    }
+
+    #[tokio::test]
+    async fn a_direct_push_committed_as_alice_is_no_approval() -> Result<()> {
+        let mut w = world().await?;
+        let approval = approval_object("add-login", "review", "g1", "");
+        let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
+        let by_push = alice(&w.direct);
+        let state = w
+            .link
+            .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&by_push), Ok(&w.requester), &policy, "g1")
+            .await?;
+        match state {
+            ApprovalState::Rejected { why, commit, .. } => {
+                assert!(why.contains("without a merged approval PR"), "{why}");
+                assert!(why.contains(&format!("merge PR #{}", w.pr)), "{why}");
+                assert_eq!(commit, w.direct);
+            }
+            other => anyhow::bail!("a direct push must not count: {other:?}"),
+        }
+
+        // Someone merges the PR on Gitea: its merge is another commit than the
+        // one that brought the file, so the direct push still does not count.
+        w.s.double.merge_pr(CONTROL, w.pr, "alice");
+        let state = w
+            .link
+            .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&by_push), Ok(&w.requester), &policy, "g1")
+            .await?;
+        match state {
+            ApprovalState::Rejected { why, .. } => assert!(why.contains("not in the merge of the approval PR"), "{why}"),
+            other => anyhow::bail!("a direct push must not count: {other:?}"),
+        }
+
+        // The file arriving with the PR's merge: alice, as Gitea reports her, approves.
+        let by_merge = alice(DOUBLE_MERGE_SHA);
+        let state = w
+            .link
+            .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&by_merge), Ok(&w.requester), &policy, "g1")
+            .await?;
+        assert_eq!(state, ApprovalState::Approved { by: "alice".into() });
+        w.s.double.assert_all_requests_matched_swagger();
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unknown_requester_stops_a_merged_approval() -> Result<()> {
+        let mut w = world().await?;
+        w.s.double.merge_pr(CONTROL, w.pr, "alice");
+        let approval = approval_object("add-login", "review", "g1", "");
+        let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
+        let state = w
+            .link
+            .decide_approval(
+                &w.store,
+                "add-login",
+                "review",
+                Some(&approval),
+                Ok(&alice(DOUBLE_MERGE_SHA)),
+                Err("reading the history failed: object not found"),
+                &policy,
+                "g1",
+            )
+            .await?;
+        match state {
+            ApprovalState::Rejected { why, .. } => {
+                assert!(why.contains("requester") && why.contains("could not be determined"), "{why}");
+                assert!(why.contains("object not found"), "{why}");
+            }
+            other => anyhow::bail!("an unknown requester must stop the approval: {other:?}"),
+        }
+        Ok(())
+    }
+}

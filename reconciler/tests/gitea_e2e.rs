@@ -345,6 +345,33 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     let failed = status_of(&control, "ci-fail").context("status")?;
     ensure!(failed.status.conditions.iter().any(|c| c.reason == "CIFailed"), "{failed:?}");
 
+    // 3b. Someone pushes the approval file straight to main as committer
+    //     "alice" (listed), without merging the PR: it does not count, and
+    //     the status says which PR to merge.
+    let pusher = Person::clone_as(&control, tmp.path().join("direct-push"), "Mallory", "mallory@example.com")?;
+    let file = "approvals/gated/review.yaml";
+    git(&pusher.dir, &["checkout", &format!("origin/{branch}"), "--", file])?;
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(&pusher.dir)
+        .args(["commit", "--quiet", "-m", "Approve gated"])
+        .env("GIT_COMMITTER_NAME", "alice")
+        .env("GIT_COMMITTER_EMAIL", "alice@example.com")
+        .output()?;
+    ensure!(out.status.success(), "commit: {}", String::from_utf8_lossy(&out.stderr));
+    let direct = pusher.push()?;
+    ensure!(git(&control, &["log", "-1", "--format=%cn", &direct])? == "alice");
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &direct)?).await? == 202);
+    wait_for(&hadron, "the direct push to be refused", Duration::from_secs(60), || {
+        status_of(&control, "gated").is_some_and(|s| s.status.message.contains("without a merged approval PR"))
+    })
+    .await?;
+    let status = status_of(&control, "gated").context("status")?.status;
+    ensure!(status.phase == Phase::WaitingForApproval, "{status:?}");
+    ensure!(status.message.contains(&format!("merge PR #{} on Gitea", prs[0].number)), "{}", status.message);
+    ensure!(!git(&app, &["log", "--format=%s", "refs/heads/hadron/gated"])?.contains("polish"), "polish must not run");
+    ensure!(approval_prs().len() == 1, "the same PR stays open: {:?}", approval_prs());
+
     // 4. The requester merges the approval PR: it does not count, the
     //    request keeps waiting and the branch is opened again as a new PR.
     let merge_as = |who: &str, login: &str, number: u64| -> Result<String> {

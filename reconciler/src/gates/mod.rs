@@ -148,16 +148,26 @@ impl Person {
         Ok(())
     }
 
-    /// Whether two records name the same person: by email when both have one
-    /// (case-insensitive), by name otherwise.
+    /// Whether two records name the same person. This is Hadron's one
+    /// identity rule without a forge, used both for the requester check and
+    /// for `spec.approvers.users`: the same person when the names are equal
+    /// (trimmed, not empty) OR the emails are equal (trimmed, not empty,
+    /// case-insensitively). Matching on either field means a requester cannot
+    /// approve their own request by changing only their name or only their
+    /// email.
     pub fn same_as(&self, other: &Person) -> bool {
-        let (a, b) = (self.email.trim(), other.email.trim());
-        if !a.is_empty() && !b.is_empty() {
-            a.eq_ignore_ascii_case(b)
-        } else {
-            let (a, b) = (self.name.trim(), other.name.trim());
-            !a.is_empty() && a == b
+        let (a, b) = (self.name.trim(), other.name.trim());
+        if !a.is_empty() && a == b {
+            return true;
         }
+        let (a, b) = (self.email.trim(), other.email.trim());
+        !a.is_empty() && a.eq_ignore_ascii_case(b)
+    }
+
+    /// Whether an entry of `spec.approvers.users` (a name or an email) names
+    /// this person, by [`Person::same_as`].
+    pub fn listed_as(&self, entry: &str) -> bool {
+        self.same_as(&Person::new(entry, entry))
     }
 }
 
@@ -219,16 +229,20 @@ impl GateDecision {
 
 /// Decides an approval gate. Pure.
 ///
+/// `approver` and `requester` are what the history says, or why it could not
+/// say (a lookup error, a shallow history): an unknown one never skips a rule,
+/// the approval then does not count.
+///
 /// * no approval file → [`GateDecision::Waiting`];
 /// * an approval for another generation → [`GateDecision::Stale`];
-/// * the approver unknown, the approver the requester (by email, or by name
-///   when an email is missing), no `users` configured, or the approver not in
-///   `policy.users` (matched by name or email) → [`GateDecision::Rejected`];
+/// * the approver unknown, the requester unknown, the approver the requester
+///   ([`Person::same_as`]), no `users` configured, or the approver not in
+///   `policy.users` ([`Person::listed_as`]) → [`GateDecision::Rejected`];
 /// * otherwise [`GateDecision::Approved`].
 pub fn decide(
     approval: Option<&Approval>,
-    approver: Option<&Approver>,
-    requester: Option<&Person>,
+    approver: Result<&Approver, &str>,
+    requester: Result<&Person, &str>,
     policy: &ApproverPolicy,
     current_generation: &str,
 ) -> GateDecision {
@@ -238,23 +252,31 @@ pub fn decide(
     if approval.spec.generation != current_generation {
         return GateDecision::Stale { given_for: approval.spec.generation.clone() };
     }
-    let Some(approver) = approver else {
-        return GateDecision::Rejected {
-            by: None,
-            why: "no commit on the base branch could be found that added the approval file, so the approver is unknown"
-                .to_owned(),
-        };
+    let approver = match approver {
+        Ok(approver) => approver,
+        Err(why) => {
+            return GateDecision::Rejected { by: None, why: format!("the approver is unknown: {why}") };
+        }
     };
     let by = Some(approver.clone());
     let who = approver.person();
-    if let Some(requester) = requester
-        && who.same_as(requester)
-    {
+    let requester = match requester {
+        Ok(requester) => requester,
+        Err(why) => {
+            return GateDecision::Rejected {
+                by,
+                why: format!(
+                    "the requester of this change request could not be determined ({why}), so no approval counts: the requester may not approve their own request"
+                ),
+            };
+        }
+    };
+    if who.same_as(requester) {
         return GateDecision::Rejected {
             by,
             why: format!(
-                "{} <{}> is the requester of this change request and may not approve it; another allowed approver must merge the approval branch",
-                approver.name, approver.email
+                "{} <{}> is the requester of this change request (added by {} <{}>) and may not approve it; another allowed approver must merge the approval branch",
+                approver.name, approver.email, requester.name, requester.email
             ),
         };
     }
@@ -271,11 +293,7 @@ pub fn decide(
             ),
         };
     }
-    let allowed = policy.users.iter().any(|u| {
-        let u = u.trim();
-        !u.is_empty() && (u == approver.name.trim() || u.eq_ignore_ascii_case(approver.email.trim()))
-    });
-    if !allowed {
+    if !policy.users.iter().any(|u| who.listed_as(u)) {
         return GateDecision::Rejected {
             by,
             why: format!(
@@ -362,22 +380,62 @@ mod tests {
     }
 
     #[test]
-    fn same_person_by_email_then_name() {
+    fn same_person_when_name_or_email_matches() {
         assert!(Person::new("Alice", "Alice@Example.com").same_as(&Person::new("alice2", "alice@example.com")));
-        assert!(!Person::new("alice", "a@x").same_as(&Person::new("alice", "b@x")), "emails decide when both present");
+        assert!(Person::new("alice", "a@x").same_as(&Person::new("alice", "b@x")), "the name alone is enough");
+        assert!(Person::new("alice", "A@x").same_as(&Person::new("Other", "a@X")), "the email alone is enough");
         assert!(Person::new("alice", "").same_as(&Person::new("alice", "a@x")));
-        assert!(!Person::new("", "").same_as(&Person::new("", "")));
+        assert!(!Person::new("alice", "a@x").same_as(&Person::new("bob", "b@x")));
+        assert!(!Person::new("", "").same_as(&Person::new("", "")), "empty fields never match");
+        assert!(!Person::new("Alice", "").same_as(&Person::new("alice", "")), "names compare exactly");
+    }
+
+    #[test]
+    fn the_allow_list_uses_the_same_rule() {
+        let bob = Person::new("bob", "bob@example.com");
+        assert!(bob.listed_as("bob") && bob.listed_as(" BOB@example.com "));
+        assert!(!bob.listed_as("Bob") && !bob.listed_as("other@example.com") && !bob.listed_as(""));
+    }
+
+    #[test]
+    fn the_requester_with_another_email_or_name_is_rejected() {
+        let approval = approval_object("fix", "review", "g1", "");
+        let policy = ApproverPolicy { users: vec!["bob".into(), "bob@example.com".into()], teams: vec![] };
+        let requester = Person::new("bob", "bob@example.com");
+        for (name, email) in [("bob", "other@example.com"), ("Robert", "BOB@example.com")] {
+            match decide(Some(&approval), Ok(&approver(name, email)), Ok(&requester), &policy, "g1") {
+                GateDecision::Rejected { why, .. } => assert!(why.contains("is the requester"), "{why}"),
+                other => panic!("{name} <{email}>: {other:?}"),
+            }
+        }
+        let d = decide(Some(&approval), Ok(&approver("bob", "bob@example.com")), Ok(&Person::new("alice", "a@x")), &policy, "g1");
+        assert!(matches!(d, GateDecision::Approved { .. }), "{d:?}");
+    }
+
+    #[test]
+    fn an_unknown_requester_means_the_approval_does_not_count() {
+        let approval = approval_object("fix", "review", "g1", "");
+        let policy = ApproverPolicy { users: vec!["bob".into()], teams: vec![] };
+        let bob = approver("bob", "bob@example.com");
+        match decide(Some(&approval), Ok(&bob), Err("reading the history failed: object missing"), &policy, "g1") {
+            GateDecision::Rejected { by, why } => {
+                assert_eq!(by, Some(bob.clone()));
+                assert!(why.contains("requester") && why.contains("could not be determined"), "{why}");
+                assert!(why.contains("object missing"), "the cause is named: {why}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn rejected_without_approver_or_with_teams_only() {
         let approval = approval_object("fix", "review", "g1", "");
         let policy = ApproverPolicy { users: vec![], teams: vec!["acme/leads".into()] };
-        match decide(Some(&approval), None, None, &policy, "g1") {
+        match decide(Some(&approval), Err("no commit brought the file"), Err("-"), &policy, "g1") {
             GateDecision::Rejected { by: None, why } => assert!(why.contains("unknown"), "{why}"),
             other => panic!("{other:?}"),
         }
-        match decide(Some(&approval), Some(&approver("bob", "bob@x")), None, &policy, "g1") {
+        match decide(Some(&approval), Ok(&approver("bob", "bob@x")), Ok(&Person::new("alice", "a@x")), &policy, "g1") {
             GateDecision::Rejected { why, .. } => {
                 assert!(why.contains("hadron.yaml") && why.contains("forge"), "{why}")
             }
@@ -389,7 +447,7 @@ mod tests {
     fn users_match_name_or_email() {
         let approval = approval_object("fix", "review", "g1", "");
         let by_email = ApproverPolicy { users: vec!["BOB@x".into()], teams: vec![] };
-        let d = decide(Some(&approval), Some(&approver("Robert", "bob@x")), None, &by_email, "g1");
+        let d = decide(Some(&approval), Ok(&approver("Robert", "bob@x")), Ok(&Person::new("alice", "a@x")), &by_email, "g1");
         assert!(matches!(d, GateDecision::Approved { .. }), "{d:?}");
         assert_eq!(d.reason(), "Approved");
     }

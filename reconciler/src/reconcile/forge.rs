@@ -173,8 +173,17 @@ impl ForgeLink {
         RepoRef::parse(&full).ok()
     }
 
-    /// Decides an approval gate with the forge: `approver` and `requester`
-    /// come from git history, the merger and the requester's login from Gitea.
+    /// Decides an approval gate with the forge: `approver` (the commit that
+    /// brought the approval file) and `requester` come from git history, or
+    /// why they could not be found; the merger and the requester's login from
+    /// Gitea.
+    ///
+    /// The only approver is the login Gitea reports as the merger of Hadron's
+    /// approval PR (the webhook's record, else `GET pulls/{n}`), and only when
+    /// that merge is the commit that brought the file. A file that reached
+    /// the base branch any other way (a direct push, whatever its committer
+    /// name) does not count, and neither does any approval while the
+    /// requester is unknown.
     #[allow(clippy::too_many_arguments)]
     pub async fn decide_approval(
         &mut self,
@@ -182,24 +191,39 @@ impl ForgeLink {
         request: &str,
         gate: &str,
         approval: Option<&Approval>,
-        approver: Option<&Approver>,
-        requester: Option<&(Person, String)>,
+        approver: Result<&Approver, &str>,
+        requester: Result<&(Person, String), &str>,
         policy: &ApproverPolicy,
         generation: &str,
     ) -> Result<ApprovalState, ReconcileError> {
-        // Waiting and stale need no forge.
-        match crate::gates::decide(approval, approver, requester.map(|(p, _)| p), policy, generation) {
+        // Waiting and stale need no forge; neither does an unknown commit or requester.
+        let decision = crate::gates::decide(approval, approver, requester.map(|(p, _)| p), policy, generation);
+        match &decision {
             GateDecision::Waiting => return Ok(ApprovalState::Waiting),
-            GateDecision::Stale { given_for } => return Ok(ApprovalState::Stale { given_for }),
+            GateDecision::Stale { given_for } => return Ok(ApprovalState::Stale { given_for: given_for.clone() }),
             _ => {}
         }
-        let commit = approver.map(|a| a.commit.clone()).unwrap_or_default();
+        let (approver, (requester_person, requester_commit)) = match (approver, requester) {
+            (Ok(approver), Ok(requester)) => (approver, requester),
+            _ => {
+                let (by, why) = match decision {
+                    GateDecision::Rejected { by, why } => (by, why),
+                    other => (None, format!("the approver or the requester is unknown ({})", other.reason())),
+                };
+                return Ok(ApprovalState::Rejected {
+                    commit: by.as_ref().map(|b| b.commit.clone()).unwrap_or_default(),
+                    by: by.map_or_else(|| "someone".to_owned(), |b| b.name),
+                    why,
+                });
+            }
+        };
+        let commit = approver.commit.clone();
         let key = (request.to_owned(), gate.to_owned(), generation.to_owned(), commit.clone());
         if let Some(known) = self.decisions.get(&key) {
             return Ok(known.clone());
         }
-        // Who merged: the webhook's record, else the PR through the API,
-        // else the committer of the merge (a merge made outside Gitea's UI).
+        // Who merged: the webhook's record of a merge that is this commit,
+        // else the PR through the API when its merge is this commit.
         let mut login = None;
         if let Some(text) = store.kv_get(&approval_merged_key(request, gate)).await?
             && let Ok(rec) = serde_json::from_str::<MergeRecord>(&text)
@@ -207,12 +231,18 @@ impl ForgeLink {
         {
             login = Some(rec.login);
         }
+        let mut pr_number = None;
+        let mut merged_elsewhere = None;
         if login.is_none()
             && let Some(text) = store.kv_get(&approval_pr_key(request, gate)).await?
             && let Ok(pr) = serde_json::from_str::<PrRecord>(&text)
         {
+            pr_number = Some(pr.number);
             match self.client.merge_info(&self.control, pr.number).await {
-                Ok(info) if info.merged => login = info.merged_by,
+                Ok(info) if info.merged => match info.merge_commit_sha {
+                    Some(sha) if !sha.eq_ignore_ascii_case(&commit) => merged_elsewhere = Some(sha),
+                    _ => login = info.merged_by.filter(|l| !l.trim().is_empty()),
+                },
                 Ok(_) => {}
                 Err(e) => {
                     self.stall(request, "reading who merged the approval PR", &e);
@@ -220,32 +250,41 @@ impl ForgeLink {
                 }
             }
         }
-        let from_forge = login.is_some();
-        let Some(login) = login.or_else(|| approver.map(|a| a.name.clone())) else {
+        let Some(login) = login else {
+            // No merge of Hadron's approval PR brought the file: whatever the
+            // commit says about its committer, nobody approved on Gitea.
+            self.unstall(request);
+            let pr = match pr_number {
+                Some(n) => format!("merge PR #{n} on Gitea"),
+                None => format!("merge the approval PR of branch {} on Gitea", crate::gates::approval_branch(request, gate)),
+            };
+            let how = match merged_elsewhere {
+                Some(sha) => format!(
+                    "the approval file reached main in commit {commit}, not in the merge of the approval PR ({sha})"
+                ),
+                None => "the approval file reached main without a merged approval PR".to_owned(),
+            };
             return Ok(ApprovalState::Rejected {
-                by: "someone".into(),
-                why: "no merge of the approval could be found, so the approver is unknown".into(),
+                by: format!("{} (git committer, not a Gitea merge)", approver.name),
+                why: format!("{how}; {pr}"),
                 commit,
             });
         };
-        let requester_login = match requester {
-            Some((person, requester_commit)) => match self.logins.get(requester_commit) {
-                Some(l) => Some(l.clone()),
-                None => match self.client.commit_author_login(&self.control, requester_commit).await {
-                    Ok(found) => {
-                        let l = found.unwrap_or_else(|| person.name.clone());
-                        self.logins.insert(requester_commit.clone(), l.clone());
-                        Some(l)
-                    }
-                    Err(e) => {
-                        self.stall(request, "looking up the requester's Gitea user", &e);
-                        return Ok(ApprovalState::Waiting);
-                    }
-                },
+        let requester_login = match self.logins.get(requester_commit) {
+            Some(l) => l.clone(),
+            None => match self.client.commit_author_login(&self.control, requester_commit).await {
+                Ok(found) => {
+                    let l = found.unwrap_or_else(|| requester_person.name.clone());
+                    self.logins.insert(requester_commit.clone(), l.clone());
+                    l
+                }
+                Err(e) => {
+                    self.stall(request, "looking up the requester's Gitea user", &e);
+                    return Ok(ApprovalState::Waiting);
+                }
             },
-            None => None,
         };
-        let decision = match self.client.approver_decision(&login, requester_login.as_deref(), policy).await {
+        let decision = match self.client.approver_decision(&login, Some(&requester_login), policy).await {
             Ok(d) => d,
             Err(e) => {
                 self.stall(request, "resolving the approver's teams", &e);
@@ -270,9 +309,7 @@ impl ForgeLink {
                 commit,
             },
         };
-        if from_forge {
-            self.decisions.insert(key, state.clone());
-        }
+        self.decisions.insert(key, state.clone());
         Ok(state)
     }
 

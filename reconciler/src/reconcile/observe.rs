@@ -144,30 +144,38 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
                         Some(head) => {
                             let mirror = mirror.clone();
                             let (name, gate_name) = (name.clone(), gate.name.clone());
-                            tokio::task::spawn_blocking(move || {
-                                let repo = gix::open(&mirror).ok()?;
-                                let head = head.id();
-                                Some((
-                                    gates::history::approver_of(&repo, head, &name, &gate_name).ok().flatten(),
-                                    gates::history::requester_commit_of(&repo, head, &name)
-                                        .ok()
-                                        .flatten()
-                                        .map(|(p, c)| (p, c.to_string())),
-                                ))
-                            })
-                            .await
-                            .map_err(|e| ReconcileError::Join(e.to_string()))?
-                            .unwrap_or((None, None))
+                            tokio::task::spawn_blocking(move || history_facts(&mirror, head.id(), &name, &gate_name))
+                                .await
+                                .map_err(|e| ReconcileError::Join(e.to_string()))?
                         }
-                        None => (None, None),
+                        None => {
+                            let why = "the control repo has not been read yet".to_owned();
+                            (Err(why.clone()), Err(why))
+                        }
                     };
                     let policy = &desired.settings.spec.approvers;
                     let state = if let Some(forge) = forge.as_deref_mut() {
                         forge
-                            .decide_approval(&ctx.store, name, &gate.name, Some(approval), approver.as_ref(), requester.as_ref(), policy, &generation)
+                            .decide_approval(
+                                &ctx.store,
+                                name,
+                                &gate.name,
+                                Some(approval),
+                                approver.as_ref().map_err(String::as_str),
+                                requester.as_ref().map_err(String::as_str),
+                                policy,
+                                &generation,
+                            )
                             .await?
                     } else {
-                        match gates::decide(Some(approval), approver.as_ref(), requester.as_ref().map(|(p, _)| p), policy, &generation) {
+                        let decision = gates::decide(
+                            Some(approval),
+                            approver.as_ref().map_err(String::as_str),
+                            requester.as_ref().map(|(p, _)| p).map_err(String::as_str),
+                            policy,
+                            &generation,
+                        );
+                        match decision {
                             GateDecision::Approved { by } => ApprovalState::Approved { by: by.name },
                             GateDecision::Waiting => ApprovalState::Waiting,
                             GateDecision::Stale { given_for } => ApprovalState::Stale { given_for },
@@ -201,6 +209,40 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
         forge.observe_ci(&ctx.cfg.control_url, &ci_heads, &mut observed.ci).await;
     }
     Ok(observed)
+}
+
+/// Who approved and who asked, from the history of `head` in the mirror, or
+/// why each could not be found (never silently nothing: the decision must
+/// know a fact is missing, see [`gates::decide`]). The requester comes with
+/// the id of the commit that added the request.
+pub fn history_facts(
+    mirror: &std::path::Path,
+    head: gix::ObjectId,
+    request: &str,
+    gate: &str,
+) -> (Result<gates::Approver, String>, Result<(gates::Person, String), String>) {
+    let repo = match gix::open(mirror) {
+        Ok(repo) => repo,
+        Err(e) => {
+            let why = format!("opening the control repo mirror failed: {e}");
+            return (Err(why.clone()), Err(why));
+        }
+    };
+    let approver = match gates::history::approver_of(&repo, head, request, gate) {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(format!(
+            "no commit on the first-parent history of the base branch could be found that brought approvals/{request}/{gate}.yaml (is the history shallow?)"
+        )),
+        Err(e) => Err(format!("reading the history failed: {e}")),
+    };
+    let requester = match gates::history::requester_commit_of(&repo, head, request) {
+        Ok(Some((p, c))) => Ok((p, c.to_string())),
+        Ok(None) => Err(format!(
+            "no commit adding requests/{request}.yaml could be found in the history of the base branch (is the history shallow?)"
+        )),
+        Err(e) => Err(format!("reading the history failed: {e}")),
+    };
+    (approver, requester)
 }
 
 /// Combines commit statuses: every required context (or, with none listed,
