@@ -288,6 +288,30 @@ fn approval_payload(file: &str, head: &str, drop_merged_by: bool) -> Result<(Vec
 }
 
 #[tokio::test]
+async fn a_merge_whose_record_could_not_be_written_is_taken_again_on_redelivery() -> Result<()> {
+    let (body, v) = approval_payload("pull_request_merged.json", "hadron/approve/fix/review", false)?;
+    let repo = v["repository"]["full_name"].as_str().context("repo")?;
+    let base = v["pull_request"]["base"]["ref"].as_str().context("base")?;
+    let mut h = Harness::with_control(ControlRepoId::new(repo, base)).await?;
+    // Break the merge-record write (and only it) from a second connection.
+    let db = h._dir.path().join("hadron.db");
+    let side = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await?;
+    sqlx::query("ALTER TABLE kv RENAME TO kv_away").execute(&side).await?;
+    let (status, json) = h.post_signed("pull_request", &delivery_id(7), body.clone()).await?;
+    ensure!(status >= 500, "the failed write is an error Gitea will redeliver: {status} {json}");
+    ensure!(h.drain().is_empty(), "nothing triggered");
+    sqlx::query("ALTER TABLE kv_away RENAME TO kv").execute(&side).await?;
+    // Gitea redelivers the same delivery id: it is taken, not called a duplicate.
+    let (status, json) = h.post_signed("pull_request", &delivery_id(7), body).await?;
+    ensure!(status == 202 && json["trigger"] == "ApprovalMerged", "{status} {json}");
+    let key = hadron::reconcile::forge::approval_merged_key("fix", "review");
+    ensure!(h.store.kv_get(&key).await?.is_some(), "the merger is recorded");
+    side.close().await;
+    h.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn merged_approval_prs_yield_approval_merged() -> Result<()> {
     for file in [
         "pull_request_merged.json",

@@ -331,22 +331,25 @@ async fn handle(
         TrySendError::Full(()) => ServerError::QueueFull,
         TrySendError::Closed(()) => ServerError::ShuttingDown,
     })?;
+    if let Trigger::ApprovalMerged { request, gate, merged_by_login, merge_commit } = &trigger {
+        // Recorded for the approval check in the loop, BEFORE the delivery
+        // id: if this write fails, the delivery is not marked seen, so
+        // Gitea's redelivery is processed again instead of being answered
+        // "duplicate" with the merger lost. Writing the same record twice
+        // is harmless.
+        let record = crate::reconcile::forge::MergeRecord { login: merged_by_login.clone(), commit: merge_commit.clone() };
+        let text = serde_json::to_string(&record).expect("because a merge record of two strings serialises");
+        state
+            .store()
+            .kv_set(&crate::reconcile::forge::approval_merged_key(request, gate), &text, crate::time::now())
+            .await?;
+    }
     if !state
         .store()
         .record_delivery(delivery, event, crate::time::now())
         .await?
     {
         return Ok(Outcome::Duplicate);
-    }
-    if let Trigger::ApprovalMerged { request, gate, merged_by_login, merge_commit } = &trigger {
-        // Recorded for the approval check in the loop (which also asks the
-        // API, so a lost record only costs a call).
-        let record = crate::reconcile::forge::MergeRecord { login: merged_by_login.clone(), commit: merge_commit.clone() };
-        let text = serde_json::to_string(&record).expect("a merge record serialises");
-        state
-            .store()
-            .kv_set(&crate::reconcile::forge::approval_merged_key(request, gate), &text, crate::time::now())
-            .await?;
     }
     let kind = trigger.kind();
     tracing::info!(event, delivery, trigger = kind, "webhook delivery accepted");
