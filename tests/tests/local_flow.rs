@@ -205,3 +205,50 @@ fn a_hand_edited_status_file_is_overwritten_and_never_obeyed() {
     assert_eq!(untrusted.len(), 2, "one event per edit: {untrusted:#?}");
     assert!(untrusted.iter().all(|e| e.detail.contains("differs from what Hadron last wrote")), "{untrusted:#?}");
 }
+
+#[test]
+fn bad_file_names_and_an_unpublishable_outbox_entry_stop_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_in(root);
+    // Two request files whose names cannot be status files, and a status
+    // file an older Hadron wrote for one of them.
+    let request = |name: &str| format!("apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: t\n  repos:\n    - url: ../demo-app.git\n");
+    std::fs::write(root.join("example-repo/requests/has space.yaml"), request("has-space")).expect("write");
+    std::fs::write(root.join("example-repo/requests/nl\nx.yaml"), request("nl-x")).expect("write");
+    // An outbox entry no writer can ever publish (left by an older Hadron).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let data = root.join(".hadron");
+    rt.block_on(async {
+        let store = hadron::store::Store::open_data_dir(&data).await.expect("store");
+        let files: hadron::store::OutboxFiles = [("status/nl\nx.yaml".to_owned(), Some("x".to_owned()))].into_iter().collect();
+        store.put_outbox("status: old entry", &files, 1).await.expect("outbox");
+    });
+    let first = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
+    let said = text(&first);
+    assert_eq!(first.status.code(), Some(0), "{said}");
+    assert!(!said.contains("pass failed"), "no pass fails: {said}");
+    assert!(said.contains("add-greeting") && said.contains("-> Succeeded"), "the others carry on: {said}");
+
+    // A person adds a badly named status file; the next run removes it.
+    let control = root.join(".hadron/repos/control.git");
+    let clone = root.join("person");
+    git_in(root, "carol", &["clone", "-q", control.to_str().expect("utf-8"), "person"]);
+    std::fs::write(clone.join("status/has space.yaml"), "phase: Succeeded\n").expect("write");
+    git_in(&clone, "carol", &["add", "status"]);
+    git_in(&clone, "carol", &["commit", "-q", "-m", "old status"]);
+    git_in(&clone, "carol", &["push", "-q", "origin", "main"]);
+    let second = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert!(!text(&second).contains("pass failed"), "{}", text(&second));
+    let listed = git_in(&control, "x", &["ls-tree", "-r", "--name-only", "main", "status/"]);
+    assert!(!listed.contains("has space") && !listed.contains("nl"), "no status file for bad names: {listed}");
+    assert!(listed.contains("status/add-greeting.yaml"), "{listed}");
+
+    let events = rt.block_on(async {
+        let store = hadron::store::Store::open_data_dir(&data).await.expect("store");
+        store.events_after(0, 10_000).await.expect("events")
+    });
+    let dead: Vec<_> = events.iter().filter(|e| e.action == "outbox.dead_letter").collect();
+    assert_eq!(dead.len(), 1, "the unpublishable entry is set aside once: {dead:#?}");
+}

@@ -511,6 +511,11 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// The paths of every file held under `prefix` (e.g. `status/`), parsed or not.
+    pub fn paths_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.files.range(prefix.to_owned()..).map(|(p, _)| p.as_str()).take_while(move |p| p.starts_with(prefix))
+    }
+
     /// An empty catalog.
     pub fn new() -> Self {
         Catalog { dirty_all: true, ..Self::default() }

@@ -14,7 +14,7 @@ pub mod observe;
 pub mod seed;
 pub mod urls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -184,6 +184,8 @@ pub struct Context {
     /// Digest of each status file's re-rendered text, cached by the parsed
     /// file it was computed from (recomputed only when the file changes).
     status_digests: BTreeMap<String, (Arc<crate::model::RequestStatus>, String)>,
+    /// Requests with names that cannot become a status file, already logged.
+    reported_unnamed: BTreeSet<String>,
     /// Status files reported as not Hadron's own (name → digest), so each
     /// edit is one event, not one per pass.
     reported_untrusted: BTreeMap<String, String>,
@@ -221,6 +223,7 @@ impl Context {
             seen: BTreeMap::new(),
             status_digests: BTreeMap::new(),
             reported_untrusted: BTreeMap::new(),
+            reported_unnamed: BTreeSet::new(),
             forge: None,
             telemetry: None,
             pruned_at: None,
@@ -503,7 +506,14 @@ impl Context {
             let text = render::to_yaml(&status).into_bytes();
             let path = render::path_of(name);
             let same = prev.is_some_and(|p| *p == status);
-            if !same {
+            if !crate::model::validate::is_dns_label(name) {
+                // `requests/<bad name>.yaml` is Invalid (its diagnostic says
+                // why), but its name cannot be a status file: a person sees
+                // it in the log, the terminal and `hadron validate`.
+                if self.reported_unnamed.insert(name.clone()) {
+                    tracing::warn!(request = ?name, "a request file whose name is not a DNS label gets no status file: {}", view.message);
+                }
+            } else if !same {
                 changes.insert(path, Some(text));
             } else if self.reported_untrusted.contains_key(name) {
                 // A file Hadron did not write that holds exactly what Hadron
@@ -529,6 +539,15 @@ impl Context {
             }
             self.seen.insert(name.clone(), now_seen);
             report.phases.insert(name.clone(), (view.phase, view.stage.clone(), view.message.clone()));
+        }
+        // Status files Hadron would never write (a name that is not a DNS
+        // label, from an older Hadron or a person) are removed: status/ is Hadron's.
+        for path in self.catalog.paths_under("status/") {
+            let stem = path.trim_start_matches("status/").strip_suffix(".yaml").unwrap_or("");
+            let mine = !path["status/".len()..].contains('/') && crate::model::validate::is_dns_label(stem);
+            if !mine && crate::status::writer::validate_status_path(path).is_ok() {
+                changes.insert(path.to_owned(), None);
+            }
         }
         for name in &plan.deleted {
             changes.insert(render::path_of(name), None);
@@ -632,7 +651,31 @@ impl Context {
                 entry.files.iter().map(|(p, c)| (p.clone(), c.as_ref().map(|s| s.clone().into_bytes()))).collect();
             let revision = self.store.last_revision().await?.unwrap_or_default();
             let revision = if revision.len() == 40 { revision } else { "0".repeat(40) };
-            self.publish(entry.id, changes, entry.message.clone(), revision).await?;
+            match self.publish(entry.id, changes, entry.message.clone(), revision).await {
+                Err(ReconcileError::Writer(e)) if e.is_permanent() => {
+                    // This row can never be published: set it aside with an
+                    // event, so it does not stop every later pass.
+                    let detail = format!("outbox entry {} ({}) can never be published and was set aside: {e}", entry.id, entry.message.lines().next().unwrap_or(""));
+                    tracing::error!(reason = e.reason(), "{detail}");
+                    self.store.mark_published(entry.id, "dead-letter", now()).await?;
+                    self.store
+                        .append_event(&crate::store::NewEvent {
+                            at: now(),
+                            request: None,
+                            actor: "hadron".into(),
+                            action: "outbox.dead_letter".into(),
+                            revision: None,
+                            detail,
+                        })
+                        .await?;
+                    if let Some(t) = &self.telemetry {
+                        t.metrics.inc_dead_letters();
+                    }
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(())
     }

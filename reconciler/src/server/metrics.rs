@@ -82,6 +82,7 @@ struct Inner {
     deliveries: BTreeMap<&'static str, u64>,
     triggers: BTreeMap<&'static str, u64>,
     status_commits: u64,
+    dead_letters: u64,
     push_retries: u64,
 }
 
@@ -153,6 +154,11 @@ impl Metrics {
     /// Counts one status commit pushed to the control repo.
     pub fn inc_status_commits(&self) {
         self.lock().status_commits += 1;
+    }
+
+    /// Counts an outbox entry set aside because it can never be published.
+    pub fn inc_dead_letters(&self) {
+        self.lock().dead_letters += 1;
     }
 
     /// Counts `n` retried pushes (after a rejected non-fast-forward push).
@@ -266,6 +272,13 @@ impl Metrics {
             "Status commits pushed to the control repo",
         );
         let _ = writeln!(out, "hadron_status_commits_total {}", inner.status_commits);
+        family(
+            &mut out,
+            "hadron_outbox_dead_letters_total",
+            "counter",
+            "Status outbox entries set aside because they can never be published (see the outbox.dead_letter events)",
+        );
+        let _ = writeln!(out, "hadron_outbox_dead_letters_total {}", inner.dead_letters);
         family(
             &mut out,
             "hadron_push_retries_total",

@@ -125,6 +125,12 @@ pub enum WriterError {
 }
 
 impl WriterError {
+    /// Whether publishing the same change set again can never succeed (a
+    /// path Hadron refuses to write), as opposed to a transient failure.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, WriterError::PathOutsideStatus { .. } | WriterError::PathIsFolder { .. })
+    }
+
     /// A stable CamelCase reason, for status conditions, metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
