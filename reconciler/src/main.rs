@@ -69,6 +69,14 @@ struct ServeArgs {
     /// File holding the webhook secret (instead of --webhook-secret-env).
     #[arg(long, env = "HADRON_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<PathBuf>,
+    /// An environment variable of Hadron that agents may name as a secret (`secretRef.name`);
+    /// repeat, or comma-separate in HADRON_AGENT_SECRETS.
+    ///
+    /// Workers start from a clean environment: only PATH, HOME, locale and proxy settings and
+    /// the secrets listed here (when a run references them) reach them. Hadron's own
+    /// credentials (the Gitea token, the webhook secret, DATABASE_URL, HADRON_*) are refused.
+    #[arg(long = "agent-secret", env = "HADRON_AGENT_SECRETS", value_delimiter = ',', value_name = "NAME")]
+    agent_secrets: Vec<String>,
 }
 
 /// Which forge Hadron talks to.
@@ -280,6 +288,7 @@ fn run_service(
         watch: !serve.no_watch,
         forge,
         webhook_secret: serve.webhook_secret(),
+        agent_secrets: serve.agent_secrets.clone(),
     };
     let mut stdout = io::stdout();
     let result = match repo {

@@ -98,6 +98,27 @@ pub struct UpOptions {
     pub forge: ForgeOptions,
     /// Where the webhook secret comes from (none: webhooks are refused).
     pub webhook_secret: Option<SecretSource>,
+    /// Variables of Hadron's environment agents may name in `secretRef`.
+    pub agent_secrets: Vec<String>,
+}
+
+/// Variables that hold Hadron's own credentials or configuration: never an agent's secret.
+pub const RESERVED_SECRETS: &[&str] = &["DATABASE_URL", "GITEA_TOKEN", "HADRON_WEBHOOK_SECRET"];
+
+/// Refuses an agent-secret allow-list that names one of Hadron's own credentials.
+pub fn check_agent_secrets(allowed: &[String], own: &[&str]) -> Result<(), UpError> {
+    for name in allowed {
+        let reserved = RESERVED_SECRETS.contains(&name.as_str()) || own.contains(&name.as_str()) || name.starts_with("HADRON_");
+        if reserved {
+            return Err(UpError::Usage(format!(
+                "--agent-secret {name} names one of Hadron's own credentials or settings; give the agent a variable of its own (e.g. AGENT_{name}) holding only what it needs"
+            )));
+        }
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(UpError::Usage(format!("--agent-secret `{name}` is not an environment variable name (letters, digits, `_`)")));
+        }
+    }
+    Ok(())
 }
 
 /// Where a secret comes from: never the control repo.
@@ -262,6 +283,13 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
             Some(client)
         }
     };
+    let own: Vec<&str> = match (&opts.forge, &opts.webhook_secret) {
+        (ForgeOptions::Gitea { token: TokenSource::Env(name), .. }, Some(SecretSource::Env(secret))) => vec![name.as_str(), secret.as_str()],
+        (ForgeOptions::Gitea { token: TokenSource::Env(name), .. }, _) => vec![name.as_str()],
+        (_, Some(SecretSource::Env(secret))) => vec![secret.as_str()],
+        _ => Vec::new(),
+    };
+    check_agent_secrets(&opts.agent_secrets, &own)?;
     let store = open_store(opts.database_url.as_deref(), &data_dir).await?;
     let _ = writeln!(out, "store: {}", store.location());
     let (tx, rx) = mpsc::channel::<Trigger>(256);
@@ -269,6 +297,7 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
     let exit_tx = tx.clone();
     let driver = LocalDriver::new(data_dir.join("runs"), WorkerCommand::hadron(opts.worker_program.clone()))
         .map_err(ReconcileError::from)?
+        .with_agent_secrets(opts.agent_secrets.iter().cloned())
         .with_exit_hook(move |_| {
             let _ = exit_tx.try_send(Trigger::WorkerExited);
         });

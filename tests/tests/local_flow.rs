@@ -252,3 +252,64 @@ fn bad_file_names_and_an_unpublishable_outbox_entry_stop_nothing() {
     let dead: Vec<_> = events.iter().filter(|e| e.action == "outbox.dead_letter").collect();
     assert_eq!(dead.len(), 1, "the unpublishable entry is set aside once: {dead:#?}");
 }
+
+#[test]
+fn agents_see_only_the_secrets_the_operator_allowed_and_never_hadrons_own() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_in(root);
+    for f in ["add-greeting", "add-healthz", "document-usage"] {
+        std::fs::remove_file(root.join(format!("example-repo/requests/{f}.yaml"))).expect("remove");
+    }
+    // An agent that writes everything it and its parent (the worker) can see into the target repo.
+    let agent = |name: &str, secret: &str| {
+        format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: {name}\nspec:\n  command:\n    - sh\n    - -c\n    - |\n      env > agent-env.txt\n      tr '\\000' '\\n' < /proc/$PPID/environ > worker-env.txt\n  env:\n    - name: THE_SECRET\n      secretRef:\n        name: {secret}\n"
+        )
+    };
+    std::fs::write(root.join("example-repo/agents/snoop.yaml"), agent("snoop", "DEMO_KEY")).expect("write");
+    std::fs::write(root.join("example-repo/agents/greedy.yaml"), agent("greedy", "GITEA_TOKEN")).expect("write");
+    let request = |name: &str, agent: &str| {
+        format!("apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: t\n  agent: {agent}\n  repos:\n    - url: ../demo-app.git\n  stages:\n    - name: implement\n")
+    };
+    std::fs::write(root.join("example-repo/requests/snoop.yaml"), request("snoop", "snoop")).expect("write");
+    std::fs::write(root.join("example-repo/requests/greedy.yaml"), request("greedy", "greedy")).expect("write");
+
+    let run = |extra: &[&str]| {
+        Command::new(hadron_bin!())
+            .args(["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0", "--backoff-ms", "50"])
+            .args(extra)
+            .current_dir(root)
+            .env_remove("DATABASE_URL")
+            .env_remove("HADRON_DATA_DIR")
+            .env_remove("HADRON_AGENT_SECRETS")
+            .env("GITEA_TOKEN", "tok-hadrons-own-0001")
+            .env("HADRON_WEBHOOK_SECRET", "whs-hadrons-own-0002")
+            .env("DEMO_KEY", "demo-allowed-0003")
+            .env("UNRELATED_SECRET", "other-0004")
+            .output()
+            .expect("hadron runs")
+    };
+    // Hadron's own credentials cannot be allowed.
+    let refused = run(&["--agent-secret", "GITEA_TOKEN"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("--agent-secret GITEA_TOKEN names one of Hadron's own"), "{}", text(&refused));
+
+    let out = run(&["--agent-secret", "DEMO_KEY"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("snoop") && said.contains("-> Succeeded"), "{said}");
+    let greedy = said.lines().filter(|l| l.contains("greedy")).last().unwrap_or_default().to_owned();
+    assert!(greedy.contains("Failed") && greedy.contains("--agent-secret GITEA_TOKEN"), "the refusal names the fix: {said}");
+
+    let app = root.join(".hadron/repos/demo-app.git");
+    let seen = format!(
+        "{}\n{}",
+        git_in(&app, "x", &["show", "hadron/snoop:agent-env.txt"]),
+        git_in(&app, "x", &["show", "hadron/snoop:worker-env.txt"])
+    );
+    assert!(seen.contains("THE_SECRET=demo-allowed-0003"), "the allowed secret reaches the agent:\n{seen}");
+    for leaked in ["tok-hadrons-own-0001", "whs-hadrons-own-0002", "other-0004"] {
+        assert!(!seen.contains(leaked), "`{leaked}` reached the agent or its worker:\n{seen}");
+    }
+}

@@ -52,7 +52,7 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 const STDOUT_KEEP: usize = 8 << 20;
 /// Environment variables of the worker passed through to the agent; the
 /// rest of the worker's environment (which may hold other secrets) is not.
-const PASSTHROUGH_ENV: &[&str] = &[
+pub const PASSTHROUGH_ENV: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "SHELL", "TERM", "HTTP_PROXY", "HTTPS_PROXY",
     "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR",
 ];
@@ -64,7 +64,10 @@ pub enum WorkerError {
     #[error("invalid run spec: {0}")]
     InvalidRunSpec(String),
     /// A secret the agent needs is not in the worker's environment.
-    #[error("secret `{secret}` for the agent's variable `{variable}` is not set in the worker's environment")]
+    #[error(
+        "secret `{secret}` for the agent's variable `{variable}` is not available to the worker: \
+         the operator must allow it (`hadron up|serve --agent-secret {secret}` or HADRON_AGENT_SECRETS) and set it in Hadron's environment"
+    )]
     SecretMissing {
         /// The agent's variable.
         variable: String,

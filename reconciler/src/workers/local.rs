@@ -57,7 +57,13 @@ pub struct LocalDriver {
     stop_grace: Duration,
     lock: Mutex<()>,
     on_exit: Option<ExitHook>,
+    /// Names of Hadron's environment variables that agents may reference as secrets.
+    agent_secrets: std::collections::BTreeSet<String>,
 }
+
+/// Variables a worker needs besides the agent's passthrough set: git's
+/// transport settings. Nothing else of Hadron's environment reaches a worker.
+const WORKER_ENV: &[&str] = &["SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "LC_ALL", "LC_CTYPE", "RUST_BACKTRACE"];
 
 impl LocalDriver {
     /// A driver keeping its runs in `runs_dir` (created if missing) and
@@ -73,7 +79,15 @@ impl LocalDriver {
             stop_grace: Duration::from_secs(10),
             lock: Mutex::new(()),
             on_exit: None,
+            agent_secrets: std::collections::BTreeSet::new(),
         })
+    }
+
+    /// Lets agents reference these variables of Hadron's environment as
+    /// secrets (`secretRef.name`); no other variable reaches a worker.
+    pub fn with_agent_secrets(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.agent_secrets = names.into_iter().collect();
+        self
     }
 
     /// How long past its `wall_time_secs` a worker may run (clone and push
@@ -122,7 +136,27 @@ impl LocalDriver {
         };
         let stdout = open("stdout.log")?;
         let stderr = open("stderr.log")?;
-        let mut child = Command::new(&self.command.program)
+        let mut cmd = Command::new(&self.command.program);
+        // A clean environment: an agent can read its parent's environment
+        // (/proc/$PPID/environ), so the worker holds nothing of Hadron's own
+        // credentials, only the passthrough set and the secrets this run
+        // references that the operator allowed.
+        cmd.env_clear();
+        for name in crate::workers::entry::PASSTHROUGH_ENV.iter().chain(WORKER_ENV) {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
+        for (_, source) in &spec.env {
+            if let crate::workers::spec::EnvSource::Secret { name, .. } = source {
+                if self.agent_secrets.contains(name) {
+                    if let Some(v) = std::env::var_os(name) {
+                        cmd.env(name, v);
+                    }
+                }
+            }
+        }
+        let mut child = cmd
             .args(&self.command.args)
             .arg(&run_json)
             .current_dir(dir)
