@@ -120,7 +120,8 @@ impl World {
                 run.state = RunState::Finished;
                 run.attempt.state = if ok { AttemptState::Succeeded } else { AttemptState::Failed };
                 run.attempt.finished_at = Some(now);
-                run.attempt.tokens = 10;
+                run.attempt.tokens_in = 6;
+                run.attempt.tokens_out = 4;
                 run.attempt.pushed_commit = ok.then(|| format!("c-{worker}"));
                 run.attempt.reason = if ok { "Completed".into() } else { "AgentExitNonZero".into() };
             }
@@ -548,4 +549,80 @@ fn a_run_that_never_started_is_started_again_not_counted_as_failed() {
     let again = starts(&p);
     assert_eq!(again.iter().map(|a| (a.worker.as_str(), a.attempt)).collect::<Vec<_>>(), [(first.worker.as_str(), 1)]);
     assert!(!p.actions.iter().any(|a| matches!(a, Action::Record(_) | Action::Adopt(_))), "{:?}", p.actions);
+}
+
+// ---- untrusted numbers and text ----
+
+#[test]
+fn huge_token_sums_exceed_the_budget_instead_of_wrapping() {
+    use crate::workers::usage::MAX_TOKENS_PER_ATTEMPT;
+    let cfg = PlanConfig { backoff_base_ms: 0, ..PlanConfig::default() };
+    // Sane per attempt, huge in sum: four repos at the per-attempt maximum
+    // in and out are 8·10^12 tokens, over a budget of 7·10^12.
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 4, stages: 1, budget_tokens: Some(7 * MAX_TOKENS_PER_ATTEMPT), ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let workers: Vec<String> = starts(&p).iter().map(|a| a.worker.clone()).collect();
+    assert_eq!(workers.len(), 4);
+    for w in &workers {
+        world.finish(w, true, 5);
+        let run = world.runs.get_mut(w).expect("the run was started");
+        run.attempt.tokens_in = MAX_TOKENS_PER_ATTEMPT;
+        run.attempt.tokens_out = MAX_TOKENS_PER_ATTEMPT;
+    }
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
+    assert_eq!((p.requests["r"].phase, p.requests["r"].reason.as_str()), (Phase::Failed, "BudgetExceeded"));
+    assert!(p.requests["r"].message.contains("used 8000000000000 of maxTokens 7000000000000"), "{}", p.requests["r"].message);
+    world.apply(&p, 6);
+    assert_eq!(world.statuses["r"].status.total_tokens, 8 * MAX_TOKENS_PER_ATTEMPT);
+
+    // Sums that would wrap (attempts the store can hold, i64::MAX each way)
+    // saturate: the budget of 1000 is exceeded, not reset to a tiny sum.
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 2, stages: 1, budget_tokens: Some(1000), ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    for a in starts(&p) {
+        world.finish(&a.worker, true, 5);
+        let run = world.runs.get_mut(&a.worker).expect("the run was started");
+        run.attempt.tokens_in = i64::MAX as u64;
+        run.attempt.tokens_out = i64::MAX as u64 + 2;
+    }
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
+    assert_eq!((p.requests["r"].phase, p.requests["r"].reason.as_str()), (Phase::Failed, "BudgetExceeded"));
+    world.apply(&p, 6);
+    assert_eq!(world.statuses["r"].status.total_tokens, u64::MAX);
+}
+
+#[test]
+fn cost_sums_count_nan_as_infinite_and_negative_as_zero() {
+    let a = |cost_usd: f64| Attempt { cost_usd, ..Attempt::from_test("w") };
+    assert_eq!(total_cost(&[a(1.5), a(-100.0), a(2.0)]), 3.5);
+    assert_eq!(total_cost(&[a(1.0), a(f64::NAN)]), f64::INFINITY);
+    assert_eq!(total_cost(&[a(f64::MAX), a(f64::MAX)]), f64::INFINITY);
+    assert_eq!(total_tokens(&[Attempt { tokens_in: u64::MAX, tokens_out: 1, ..a(0.0) }, a(0.0)]), u64::MAX);
+}
+
+impl Attempt {
+    fn from_test(worker: &str) -> Attempt {
+        Attempt {
+            worker: worker.into(),
+            request: "r".into(),
+            generation: "g".into(),
+            stage: "s0".into(),
+            repo: "../repo-0.git".into(),
+            attempt: 1,
+            agent: "a".into(),
+            state: AttemptState::Succeeded,
+            started_at: None,
+            finished_at: None,
+            cost_usd: 0.0,
+            tokens_in: 0,
+            tokens_out: 0,
+            pushed_commit: None,
+            reason: String::new(),
+            summary: String::new(),
+        }
+    }
 }

@@ -151,6 +151,24 @@ pub struct RunResult {
     pub finished_at: String,
 }
 
+impl RunResult {
+    /// Refuses a usage report outside sane bounds: the result becomes a
+    /// failure with reason `InvalidUsageReport`, and the figures are not
+    /// kept (they would overflow the sums or not fit the store).
+    pub fn refuse_insane_usage(&mut self) {
+        if let Err(e) = super::usage::check(self.tokens_in, self.tokens_out, self.cost_usd) {
+            self.outcome = Outcome::Failed;
+            self.reason = e.reason().to_owned();
+            self.message = e.to_string();
+            self.summary = String::new();
+            self.pushed_commit = None;
+            self.tokens_in = 0;
+            self.tokens_out = 0;
+            self.cost_usd = 0.0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
