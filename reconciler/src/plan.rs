@@ -821,7 +821,8 @@ fn summary_of(attempts: &[Attempt]) -> String {
         .iter()
         .filter(|a| a.state == AttemptState::Succeeded)
         .map(|a| {
-            let commit = a.pushed_commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("-");
+            // By characters: the commit may come from a hand-edited status file.
+            let commit = a.pushed_commit.as_deref().map(|c| c.char_indices().nth(12).map_or(c, |(i, _)| &c[..i])).unwrap_or("-");
             format!("{} on {}: {} (commit {commit})", a.stage, a.repo, a.summary)
         })
         .collect::<Vec<_>>()
