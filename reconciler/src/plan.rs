@@ -88,14 +88,38 @@ pub struct Attempt {
     pub finished_at: Option<Millis>,
     /// Cost in USD.
     pub cost_usd: f64,
-    /// Tokens, input plus output.
-    pub tokens: u64,
+    /// Input tokens.
+    pub tokens_in: u64,
+    /// Output tokens.
+    pub tokens_out: u64,
     /// Commit pushed to `hadron/<request>`.
     pub pushed_commit: Option<String>,
     /// Stable reason of the outcome (`Completed`, `AgentExitNonZero`, `WorkerLost` …).
     pub reason: String,
     /// What the agent said.
     pub summary: String,
+}
+
+impl Attempt {
+    /// Tokens, input plus output (saturating: reports are not trusted to be small).
+    pub fn tokens(&self) -> u64 {
+        self.tokens_in.saturating_add(self.tokens_out)
+    }
+}
+
+/// Sum of the tokens of `attempts`, saturating at `u64::MAX`.
+pub fn total_tokens<'a>(attempts: impl IntoIterator<Item = &'a Attempt>) -> u64 {
+    attempts.into_iter().fold(0, |sum, a| sum.saturating_add(a.tokens()))
+}
+
+/// Sum of the cost of `attempts` in USD. A cost that is not a number counts
+/// as infinite and a negative one as zero, so no report can lower the sum
+/// or hide it from a budget check; the sum saturates at infinity.
+pub fn total_cost<'a>(attempts: impl IntoIterator<Item = &'a Attempt>) -> f64 {
+    attempts
+        .into_iter()
+        .map(|a| if a.cost_usd.is_nan() { f64::INFINITY } else { a.cost_usd.max(0.0) })
+        .fold(0.0, |sum, c| sum + c)
 }
 
 /// What the driver reports about a run.
@@ -361,7 +385,9 @@ fn merge_observations(observed: &Observed, now: Millis, actions: &mut Vec<Action
                 started_at: result.started_at.as_deref().and_then(parse_rfc3339),
                 finished_at: result.finished_at.as_deref().and_then(parse_rfc3339),
                 cost_usd: result.cost_usd,
-                tokens: result.tokens,
+                // A status file records only the sum.
+                tokens_in: result.tokens,
+                tokens_out: 0,
                 pushed_commit: result.pushed_commit.clone(),
                 reason: "FromStatus".into(),
                 summary: result.summary.clone(),
@@ -700,7 +726,8 @@ fn stage_state<'a>(
             started_at: None,
             finished_at: None,
             cost_usd: 0.0,
-            tokens: 0,
+            tokens_in: 0,
+            tokens_out: 0,
             pushed_commit: None,
             reason: String::new(),
             summary: String::new(),
@@ -712,7 +739,7 @@ fn stage_state<'a>(
                 done.insert(repo.url.as_str(), a.pushed_commit.clone());
             }
             // A cancelled attempt (suspend, then resume) is run again under a new number.
-            Some(a) if a.state == AttemptState::Cancelled => starts.push(next(a.attempt + 1)),
+            Some(a) if a.state == AttemptState::Cancelled => starts.push(next(a.attempt.saturating_add(1))),
             Some(a) => {
                 let failures = attempts
                     .iter()
@@ -724,8 +751,8 @@ fn stage_state<'a>(
                         stage.name, repo.url, a.summary, a.reason
                     ));
                 }
-                let n = a.attempt + 1;
-                let at = a.finished_at.unwrap_or(now) + backoff(cfg, n, &a.worker);
+                let n = a.attempt.saturating_add(1);
+                let at = a.finished_at.unwrap_or(now).saturating_add(backoff(cfg, n, &a.worker));
                 if now >= at {
                     starts.push(next(n));
                 } else {
@@ -746,14 +773,12 @@ fn stage_state<'a>(
 fn budget_exceeded(request: &ChangeRequest, desired: &DesiredState, attempts: &[&Attempt], now: Millis) -> Option<String> {
     let defaults = desired.settings.spec.defaults.budget.clone().unwrap_or_default();
     let own = request.spec.budget.clone().unwrap_or_default();
-    let cost: f64 = attempts.iter().map(|a| a.cost_usd).sum();
-    let tokens: u64 = attempts.iter().map(|a| a.tokens).sum();
-    let wall: Millis = attempts
-        .iter()
-        .filter_map(|a| a.started_at.map(|s| a.finished_at.unwrap_or(now).max(s) - s))
-        .sum();
+    let cost = total_cost(attempts.iter().copied());
+    let tokens = total_tokens(attempts.iter().copied());
+    let wall = wall_time(attempts.iter().copied(), now);
     if let Some(max) = own.max_cost_usd.or(defaults.max_cost_usd) {
-        if cost >= max {
+        // `total_cost` is never NaN; a NaN limit allows nothing.
+        if cost >= max || max.is_nan() {
             return Some(format!("budget exceeded: spent ${cost:.4} of maxCostUSD ${max:.4}"));
         }
     }
@@ -776,13 +801,17 @@ pub fn remaining_wall_secs(request: &ChangeRequest, desired: &DesiredState, atte
     let defaults = desired.settings.spec.defaults.budget.clone().unwrap_or_default();
     let max = request.spec.budget.as_ref().and_then(|b| b.max_wall_time.clone()).or(defaults.max_wall_time)?;
     let generation = request.generation();
-    let used: Millis = attempts
-        .iter()
-        .filter(|a| a.request == request.metadata.name && a.generation == generation)
-        .filter_map(|a| a.started_at.map(|s| a.finished_at.unwrap_or(now).max(s) - s))
-        .sum();
+    let used = wall_time(attempts.iter().filter(|a| a.request == request.metadata.name && a.generation == generation), now);
     let max_ms = i64::try_from(max.as_duration().as_millis()).unwrap_or(i64::MAX);
-    Some(u64::try_from((max_ms - used).max(1000) / 1000).unwrap_or(1))
+    Some(u64::try_from(max_ms.saturating_sub(used).max(1000) / 1000).unwrap_or(1))
+}
+
+/// Wall time the workers of `attempts` ran, in milliseconds (saturating).
+fn wall_time<'a>(attempts: impl IntoIterator<Item = &'a Attempt>, now: Millis) -> Millis {
+    attempts
+        .into_iter()
+        .filter_map(|a| a.started_at.map(|s| a.finished_at.unwrap_or(now).max(s).saturating_sub(s)))
+        .fold(0, Millis::saturating_add)
 }
 
 /// What an approval branch must be opened for, given the gate's state: the
@@ -800,7 +829,8 @@ fn summary_of(attempts: &[Attempt]) -> String {
         .iter()
         .filter(|a| a.state == AttemptState::Succeeded)
         .map(|a| {
-            let commit = a.pushed_commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("-");
+            // By characters: the commit may come from a hand-edited status file.
+            let commit = a.pushed_commit.as_deref().map(|c| c.char_indices().nth(12).map_or(c, |(i, _)| &c[..i])).unwrap_or("-");
             format!("{} on {}: {} (commit {commit})", a.stage, a.repo, a.summary)
         })
         .collect::<Vec<_>>()

@@ -122,7 +122,8 @@ impl World {
                 run.state = RunState::Finished;
                 run.attempt.state = if ok { AttemptState::Succeeded } else { AttemptState::Failed };
                 run.attempt.finished_at = Some(now);
-                run.attempt.tokens = 10;
+                run.attempt.tokens_in = 6;
+                run.attempt.tokens_out = 4;
                 run.attempt.pushed_commit = ok.then(|| format!("c-{worker}"));
                 run.attempt.reason = if ok { "Completed".into() } else { "AgentExitNonZero".into() };
             }
@@ -633,4 +634,242 @@ fn a_run_that_never_started_is_started_again_not_counted_as_failed() {
     let again = starts(&p);
     assert_eq!(again.iter().map(|a| (a.worker.as_str(), a.attempt)).collect::<Vec<_>>(), [(first.worker.as_str(), 1)]);
     assert!(!p.actions.iter().any(|a| matches!(a, Action::Record(_) | Action::Adopt(_))), "{:?}", p.actions);
+}
+
+// ---- untrusted numbers and text ----
+
+#[test]
+fn huge_token_sums_exceed_the_budget_instead_of_wrapping() {
+    use crate::workers::usage::MAX_TOKENS_PER_ATTEMPT;
+    let cfg = PlanConfig { backoff_base_ms: 0, ..PlanConfig::default() };
+    // Sane per attempt, huge in sum: four repos at the per-attempt maximum
+    // in and out are 8·10^12 tokens, over a budget of 7·10^12.
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 4, stages: 1, budget_tokens: Some(7 * MAX_TOKENS_PER_ATTEMPT), ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let workers: Vec<String> = starts(&p).iter().map(|a| a.worker.clone()).collect();
+    assert_eq!(workers.len(), 4);
+    for w in &workers {
+        world.finish(w, true, 5);
+        let run = world.runs.get_mut(w).expect("the run was started");
+        run.attempt.tokens_in = MAX_TOKENS_PER_ATTEMPT;
+        run.attempt.tokens_out = MAX_TOKENS_PER_ATTEMPT;
+    }
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
+    assert_eq!((p.requests["r"].phase, p.requests["r"].reason.as_str()), (Phase::Failed, "BudgetExceeded"));
+    assert!(p.requests["r"].message.contains("used 8000000000000 of maxTokens 7000000000000"), "{}", p.requests["r"].message);
+    world.apply(&p, 6);
+    assert_eq!(world.statuses["r"].status.total_tokens, 8 * MAX_TOKENS_PER_ATTEMPT);
+
+    // Sums that would wrap (attempts the store can hold, i64::MAX each way)
+    // saturate: the budget of 1000 is exceeded, not reset to a tiny sum.
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 2, stages: 1, budget_tokens: Some(1000), ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    for a in starts(&p) {
+        world.finish(&a.worker, true, 5);
+        let run = world.runs.get_mut(&a.worker).expect("the run was started");
+        run.attempt.tokens_in = i64::MAX as u64;
+        run.attempt.tokens_out = i64::MAX as u64 + 2;
+    }
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
+    assert_eq!((p.requests["r"].phase, p.requests["r"].reason.as_str()), (Phase::Failed, "BudgetExceeded"));
+    world.apply(&p, 6);
+    assert_eq!(world.statuses["r"].status.total_tokens, u64::MAX);
+}
+
+#[test]
+fn cost_sums_count_nan_as_infinite_and_negative_as_zero() {
+    let a = |cost_usd: f64| Attempt { cost_usd, ..Attempt::from_test("w") };
+    assert_eq!(total_cost(&[a(1.5), a(-100.0), a(2.0)]), 3.5);
+    assert_eq!(total_cost(&[a(1.0), a(f64::NAN)]), f64::INFINITY);
+    assert_eq!(total_cost(&[a(f64::MAX), a(f64::MAX)]), f64::INFINITY);
+    assert_eq!(total_tokens(&[Attempt { tokens_in: u64::MAX, tokens_out: 1, ..a(0.0) }, a(0.0)]), u64::MAX);
+}
+
+impl Attempt {
+    fn from_test(worker: &str) -> Attempt {
+        Attempt {
+            worker: worker.into(),
+            request: "r".into(),
+            generation: "g".into(),
+            stage: "s0".into(),
+            repo: "../repo-0.git".into(),
+            attempt: 1,
+            agent: "a".into(),
+            state: AttemptState::Succeeded,
+            started_at: None,
+            finished_at: None,
+            cost_usd: 0.0,
+            tokens_in: 0,
+            tokens_out: 0,
+            pushed_commit: None,
+            reason: String::new(),
+            summary: String::new(),
+        }
+    }
+}
+
+#[test]
+fn a_multibyte_pushed_commit_does_not_panic_the_approval_summary() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let w = starts(&p)[0].worker.clone();
+    world.finish(&w, true, 5);
+    world.runs.get_mut(&w).expect("the run was started").attempt.pushed_commit = Some("ééééééééééééé".into());
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
+    let summary = p
+        .actions
+        .iter()
+        .find_map(|a| if let Action::OpenApproval { summary, .. } = a { Some(summary.clone()) } else { None })
+        .expect("the approval branch is opened");
+    assert!(summary.contains("(commit éééééééééééé)"), "12 characters, not 12 bytes: {summary}");
+}
+
+/// Fragments of control-repo YAML, for trees that are almost right.
+const FRAGMENTS: &[&str] = &[
+    "apiVersion: hadron.dev/v1alpha1\n",
+    "kind: ChangeRequest\n",
+    "kind: RequestStatus\n",
+    "kind: Agent\n",
+    "kind: Approval\n",
+    "metadata:\n  name: r\n",
+    "spec:\n",
+    "status:\n",
+    "  observedGeneration: x\n",
+    "  stages:\n",
+    "    - name: s0\n",
+    "      pushedCommit: \"é€😀\"\n",
+    "      tokens: 18446744073709551615\n",
+    "      costUSD: .nan\n",
+    "      attempt: 4294967295\n",
+    "  repos:\n    - url: ../repo-0.git\n",
+    "  budget:\n    maxTokens: 18446744073709551615\n",
+    "  gates:\n    - name: review\n      type: approval\n      after: s0\n",
+    "&a [*a, *a]\n",
+    "- ",
+    ": ",
+    "{",
+    "[",
+    "é",
+    "\u{0}",
+    "\t",
+    "  ",
+];
+
+fn yamlish() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        prop::collection::vec(prop::sample::select(FRAGMENTS), 0..12).prop_map(|f| f.concat().into_bytes()),
+    ]
+}
+
+fn tree_path() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(&["", "requests/", "status/", "agents/", "approvals/", "approvals/r/", "requests/x/", "../", "/"][..]),
+        "[a-zé.-]{0,6}",
+        prop::sample::select(&[".yaml", ".yml", "", "/"][..]),
+    )
+        .prop_map(|(dir, stem, ext)| format!("{dir}{stem}{ext}"))
+}
+
+/// One stage entry of a status file: fields either right or arbitrary.
+fn stage_entry() -> impl Strategy<Value = (u8, bool, String, u32, String, Option<String>, String, String)> {
+    (
+        0u8..3,
+        prop::bool::weighted(0.8),
+        "\\PC{0,16}",
+        prop_oneof![6 => Just(1u32), 1 => Just(2u32), 1 => Just(0u32), 1 => Just(u32::MAX), 1 => any::<u32>()],
+        prop::sample::select(&["Succeeded", "Succeeded", "Succeeded", "Failed", "Cancelled", "Running", "Pending", "é"][..])
+            .prop_map(str::to_owned),
+        prop::option::weighted(
+            0.8,
+            prop_oneof![
+                "[0-9a-f]{40}",
+                "\\PC{0,44}",
+                Just("ééééééééééééééééééééé".to_owned()),
+            ]
+        ),
+        // Mostly numbers that parse, so that most files load and their
+        // entries reach the planner; some that do not.
+        prop_oneof![
+            6 => (0u64..100_000).prop_map(|t| t.to_string()),
+            2 => any::<u64>().prop_map(|t| t.to_string()),
+            1 => prop::sample::select(&["18446744073709551616", "-1", "1e30"][..]).prop_map(str::to_owned),
+        ],
+        prop_oneof![
+            6 => (0.0..10.0f64).prop_map(|c| format!("{c:?}")),
+            2 => any::<f64>().prop_map(|c| format!("{c:?}")),
+            2 => prop::sample::select(&[".nan", ".inf", "-.inf", "-0.5", "1e300", "NaN"][..]).prop_map(str::to_owned),
+        ],
+    )
+}
+
+fn status_file(generation: &str, entries: &[(u8, bool, String, u32, String, Option<String>, String, String)]) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    let mut s = format!(
+        "apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: r\nstatus:\n  observedRevision: rev\n  observedGeneration: {}\n  phase: Running\n  stages:\n",
+        q(generation)
+    );
+    for (stage, right_worker, worker, attempt, state, commit, tokens, cost) in entries {
+        let stage = format!("s{stage}");
+        let repo = "../repo-0.git";
+        let worker = if *right_worker { worker_name("r", generation, &stage, repo, *attempt) } else { worker.clone() };
+        s.push_str(&format!(
+            "    - name: {stage}\n      repo: {repo}\n      worker: {}\n      attempt: {attempt}\n      state: {state}\n      tokens: {tokens}\n      costUSD: {cost}\n",
+            q(&worker)
+        ));
+        if let Some(c) = commit {
+            s.push_str(&format!("      pushedCommit: {}\n", q(c)));
+        }
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Whatever people write into status files and the rest of the control
+    /// repo, loading and planning (and rendering the statuses) do not panic,
+    /// and what the planner adopts from a status file is what Hadron writes.
+    #[test]
+    fn hand_edited_control_repos_never_panic(
+        entries in prop::collection::vec(stage_entry(), 0..6),
+        tree in prop::collection::vec((tree_path(), yamlish()), 0..6),
+        gate in any::<bool>(),
+        budget in prop::option::of(prop_oneof![Just(u64::MAX), 1u64..100]),
+    ) {
+        let r = Req { repos: 1, stages: 2, gate_after: gate.then_some(0), budget_tokens: budget, ..req("r") };
+        let generation = desired(std::slice::from_ref(&r), 8, &World::default()).requests["r"].generation();
+        let mut files: Vec<(String, Vec<u8>)> = vec![
+            ("hadron.yaml".into(), settings(8).into_bytes()),
+            ("agents/a.yaml".into(), AGENT.as_bytes().to_vec()),
+            ("requests/r.yaml".into(), r.yaml().into_bytes()),
+            ("status/r.yaml".into(), status_file(&generation, &entries).into_bytes()),
+        ];
+        files.extend(tree);
+        let loaded = Catalog::load(files.iter().map(|(p, b)| (p.as_str(), b.as_slice())));
+        let cfg = PlanConfig::default();
+        let p = plan(&loaded.desired, &Observed::default(), 0, &cfg);
+        let mut observed = Observed::default();
+        for action in &p.actions {
+            if let Action::Adopt(a) = action {
+                prop_assert!(a.pushed_commit.as_deref().is_none_or(crate::model::validate::is_commit_id), "{:?}", a.pushed_commit);
+                prop_assert!(a.tokens() <= crate::workers::usage::MAX_TOTAL_TOKENS_PER_ATTEMPT);
+                prop_assert!(crate::workers::usage::cost_is_sane(a.cost_usd), "{}", a.cost_usd);
+                observed.attempts.push(a.clone());
+            }
+        }
+        // Plan again with the adopted attempts in the store, as the next pass does.
+        let p = plan(&loaded.desired, &observed, 1, &cfg);
+        for view in p.requests.values() {
+            let prev = loaded.desired.statuses.get(&view.name).map(|s| s.as_ref());
+            let _ = render::render(view, prev, "rev", 1, &BTreeMap::new());
+        }
+    }
 }

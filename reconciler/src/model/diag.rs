@@ -77,6 +77,10 @@ pub enum Code {
     MissingSettings,
     /// A request has no agent and `hadron.yaml` names no default agent.
     NoAgent,
+    /// An entry of a status file that Hadron cannot have written (a commit
+    /// that is not 40 hex digits, a worker name that does not match the
+    /// entry, usage outside sane bounds): ignored, never trusted.
+    InvalidStatusEntry,
 }
 
 impl Code {
@@ -116,6 +120,7 @@ impl Code {
             Code::WrongExtension => "WrongExtension",
             Code::MissingSettings => "MissingSettings",
             Code::NoAgent => "NoAgent",
+            Code::InvalidStatusEntry => "InvalidStatusEntry",
         }
     }
 }

@@ -195,12 +195,16 @@ pub fn parse_file(path: &str, bytes: &[u8]) -> Option<ParsedFile> {
             return Some(file);
         }
     };
+    let mut sanitized = Vec::new();
     let parsed = match &role {
         FileRole::Settings => parse_kind::<Settings>(path, text, &role).map(|s| Object::Settings(Arc::new(s))),
         FileRole::Agent => parse_kind::<Agent>(path, text, &role).map(|s| Object::Agent(Arc::new(s))),
         FileRole::Request => parse_kind::<ChangeRequest>(path, text, &role).map(|s| Object::Request(Arc::new(s))),
         FileRole::Approval { .. } => parse_kind::<Approval>(path, text, &role).map(|s| Object::Approval(Arc::new(s))),
-        FileRole::Status => parse_kind::<RequestStatus>(path, text, &role).map(|s| Object::Status(Arc::new(s))),
+        FileRole::Status => parse_kind::<RequestStatus>(path, text, &role).map(|mut s| {
+            sanitized = validate::sanitize_status(&mut s);
+            Object::Status(Arc::new(s))
+        }),
     };
     let object = match parsed {
         Ok(object) => object,
@@ -209,7 +213,8 @@ pub fn parse_file(path: &str, bytes: &[u8]) -> Option<ParsedFile> {
             return Some(file);
         }
     };
-    let findings = validate::check_object(&object, &role, &stem);
+    let mut findings = validate::check_object(&object, &role, &stem);
+    findings.extend(sanitized);
     let text: Arc<str> = Arc::from(text);
     file.diagnostics = resolve(path, &text, findings);
     // Settings with errors still give their defaults (clamped where a value

@@ -590,6 +590,57 @@ fn check_status(out: &mut Vec<Finding>, s: &RequestStatus) {
     }
 }
 
+/// Whether `commit` is a full git object id as Hadron writes it: 40 lower-case hex digits.
+pub fn is_commit_id(commit: &str) -> bool {
+    commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Removes the entries of a status file that Hadron cannot have written, with
+/// a warning for each: status files live in git and can be edited by hand,
+/// and the planner adopts their entries as finished work. An entry is kept
+/// only when its worker name is the one Hadron derives from the request, the
+/// generation, the stage, the repo and the attempt, its pushed commit (if
+/// any) is 40 lower-case hex digits, and its tokens and cost are within the
+/// bounds a worker's report is held to.
+pub fn sanitize_status(s: &mut RequestStatus) -> Vec<Finding> {
+    use crate::workers::usage::{MAX_TOTAL_TOKENS_PER_ATTEMPT, cost_is_sane};
+    let mut out = Vec::new();
+    let request = s.metadata.name.clone();
+    let generation = s.status.observed_generation.clone();
+    let mut index = 0;
+    s.status.stages.retain(|e| {
+        let field = |f: &str| format!("status.stages[{index}].{f}");
+        let expected = crate::workers::spec::worker_name(&request, &generation, &e.name, &e.repo, e.attempt);
+        let problem = if e.attempt == 0 {
+            Some((field("attempt"), "attempt 0 does not exist: attempts count from 1".to_owned()))
+        } else if e.worker != expected {
+            Some((field("worker"), format!("worker `{}` is not the name Hadron gives this stage, repo and attempt", e.worker.escape_debug())))
+        } else if let Some(c) = e.pushed_commit.as_deref().filter(|c| !is_commit_id(c)) {
+            Some((field("pushedCommit"), format!("pushedCommit `{}` is not a commit id (40 lower-case hex digits)", c.escape_debug())))
+        } else if e.tokens > MAX_TOTAL_TOKENS_PER_ATTEMPT {
+            Some((field("tokens"), format!("{} tokens is more than one attempt may use ({MAX_TOTAL_TOKENS_PER_ATTEMPT})", e.tokens)))
+        } else if !cost_is_sane(e.cost_usd) {
+            Some((field("costUSD"), format!("a cost of {} USD is not one an attempt may report", e.cost_usd)))
+        } else {
+            None
+        };
+        index += 1;
+        match problem {
+            Some((field, message)) => {
+                out.push(Finding::warning(
+                    &field,
+                    Code::InvalidStatusEntry,
+                    format!("{message}; the entry is ignored"),
+                    "status files are written by Hadron; revert manual edits",
+                ));
+                false
+            }
+            None => true,
+        }
+    });
+    out
+}
+
 /// The agent a request runs: its own, else the default.
 pub fn effective_agent<'a>(request: &'a ChangeRequest, settings: &'a Settings) -> Option<&'a str> {
     request.spec.agent.as_deref().or(settings.spec.defaults.agent.as_deref())
@@ -883,5 +934,59 @@ mod tests {
         assert!(super::template_findings("prompt", &template, super::TemplateUse::Prompt).is_empty());
         let as_command = super::template_findings("command", &template, super::TemplateUse::Command);
         assert!(!as_command.is_empty(), "the check is not vacuous: prompt variables are not command variables");
+    }
+
+    #[test]
+    fn status_entries_hadron_cannot_have_written_are_ignored_with_a_warning() {
+        let generation = "0011223344556677";
+        let good = crate::workers::spec::worker_name("r", generation, "s0", "../a.git", 1);
+        let commit = "a".repeat(40);
+        // Seven lines per entry.
+        let entry = |worker: &str, commit: &str, last: &str| {
+            format!("    - name: s0\n      repo: ../a.git\n      worker: {worker}\n      attempt: 1\n      state: Succeeded\n      pushedCommit: \"{commit}\"\n      {last}\n")
+        };
+        let entries = [
+            entry(&good, &commit, "tokens: 5"),
+            entry(&good, "ééééééééééééé", "tokens: 5"),
+            entry(&good, &"A".repeat(40), "tokens: 5"),
+            entry("hadron-r-s0-1-00000000", &commit, "tokens: 5"),
+            entry(&good, &commit, "tokens: 18446744073709551615"),
+            entry(&good, &commit, "costUSD: 1.0e7"),
+            entry(&good, &commit, "costUSD: -1"),
+        ];
+        let text = format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: r\nstatus:\n  observedRevision: x\n  observedGeneration: \"{generation}\"\n  phase: Running\n  stages:\n{}",
+            entries.concat()
+        );
+        let loaded = Catalog::load([("status/r.yaml", text.as_bytes())]);
+        let stages = &loaded.desired.statuses["r"].status.stages;
+        assert_eq!(stages.iter().map(|e| (e.worker.as_str(), e.tokens)).collect::<Vec<_>>(), [(good.as_str(), 5)]);
+        let mut warnings: Vec<(u64, &str)> = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.code == Code::InvalidStatusEntry)
+            .map(|d| (d.line, d.field.as_deref().unwrap_or("")))
+            .collect();
+        warnings.sort();
+        // Entry n (from 0) starts on line 10 + 7n.
+        assert_eq!(
+            warnings,
+            [
+                (22, "status.stages[1].pushedCommit"),
+                (29, "status.stages[2].pushedCommit"),
+                (33, "status.stages[3].worker"),
+                (44, "status.stages[4].tokens"),
+                (51, "status.stages[5].costUSD"),
+                (58, "status.stages[6].costUSD"),
+            ]
+        );
+        // Not a number, infinite: refused too (the span tree cannot hold
+        // them, so the warnings point at the file's first line).
+        for cost in [".nan", ".inf"] {
+            let text = text.replace("costUSD: 1.0e7", &format!("costUSD: {cost}"));
+            let loaded = Catalog::load([("status/r.yaml", text.as_bytes())]);
+            assert_eq!(loaded.desired.statuses["r"].status.stages.len(), 1, "{cost}");
+            assert_eq!(loaded.diagnostics.iter().filter(|d| d.code == Code::InvalidStatusEntry).count(), 6, "{cost}");
+        }
     }
 }

@@ -35,8 +35,8 @@ fn update_of(a: &Attempt, t: Millis) -> AttemptUpdate {
         state: a.state,
         at: a.finished_at.or(a.started_at).unwrap_or(t),
         cost_usd: Some(a.cost_usd),
-        tokens_in: Some(a.tokens),
-        tokens_out: Some(0),
+        tokens_in: Some(a.tokens_in),
+        tokens_out: Some(a.tokens_out),
         result: Some(serde_json::json!({ "reason": a.reason, "summary": a.summary })),
         pushed_commit: a.pushed_commit.clone(),
     }
@@ -199,4 +199,33 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_update_keeps_tokens_out() {
+        let a = Attempt {
+            worker: "w".into(),
+            request: "r".into(),
+            generation: "g".into(),
+            stage: "s".into(),
+            repo: "../a.git".into(),
+            attempt: 1,
+            agent: "a".into(),
+            state: AttemptState::Succeeded,
+            started_at: Some(1),
+            finished_at: Some(2),
+            cost_usd: 0.5,
+            tokens_in: 11,
+            tokens_out: 7,
+            pushed_commit: None,
+            reason: "Completed".into(),
+            summary: String::new(),
+        };
+        let update = update_of(&a, 3);
+        assert_eq!((update.tokens_in, update.tokens_out), (Some(11), Some(7)));
+    }
 }

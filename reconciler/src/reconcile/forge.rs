@@ -559,6 +559,6 @@ fn status_marker(view: &RequestView) -> String {
 }
 
 fn cost_of(attempts: &[Attempt]) -> Option<String> {
-    let total: f64 = attempts.iter().map(|a| a.cost_usd).sum();
+    let total = crate::plan::total_cost(attempts);
     (total > 0.0).then(|| format!("${total:.2}"))
 }

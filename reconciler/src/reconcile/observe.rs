@@ -33,7 +33,8 @@ pub fn from_store(a: &store::Attempt, agent: &str) -> plan::Attempt {
         started_at: a.started_at,
         finished_at: a.finished_at,
         cost_usd: a.cost_usd.unwrap_or(0.0),
-        tokens: a.tokens_in.unwrap_or(0) + a.tokens_out.unwrap_or(0),
+        tokens_in: a.tokens_in.unwrap_or(0),
+        tokens_out: a.tokens_out.unwrap_or(0),
         pushed_commit: a.pushed_commit.clone(),
         reason: field("reason"),
         summary: field("summary"),
@@ -55,7 +56,8 @@ pub fn from_run(obs: &Observation, agent: &str) -> Option<DriverRun> {
         started_at: obs.started_at.as_deref().and_then(crate::time::parse_rfc3339),
         finished_at: None,
         cost_usd: 0.0,
-        tokens: 0,
+        tokens_in: 0,
+        tokens_out: 0,
         pushed_commit: None,
         reason: String::new(),
         summary: String::new(),
@@ -74,8 +76,17 @@ pub fn from_run(obs: &Observation, agent: &str) -> Option<DriverRun> {
     Some(DriverRun { attempt, state })
 }
 
-/// Copies a worker's result into an attempt.
+/// Copies a worker's result into an attempt. A usage report outside sane
+/// bounds is refused: the attempt fails with `InvalidUsageReport`.
 pub fn apply_result(attempt: &mut plan::Attempt, result: &RunResult) {
+    let mut checked;
+    let result = if crate::workers::usage::check(result.tokens_in, result.tokens_out, result.cost_usd).is_ok() {
+        result
+    } else {
+        checked = result.clone();
+        checked.refuse_insane_usage();
+        &checked
+    };
     attempt.state = match result.outcome {
         Outcome::Succeeded => AttemptState::Succeeded,
         Outcome::Failed if result.reason == "Cancelled" => AttemptState::Cancelled,
@@ -84,7 +95,8 @@ pub fn apply_result(attempt: &mut plan::Attempt, result: &RunResult) {
     attempt.finished_at = crate::time::parse_rfc3339(&result.finished_at).or(attempt.finished_at);
     attempt.started_at = attempt.started_at.or_else(|| crate::time::parse_rfc3339(&result.started_at));
     attempt.cost_usd = result.cost_usd;
-    attempt.tokens = result.tokens_in + result.tokens_out;
+    attempt.tokens_in = result.tokens_in;
+    attempt.tokens_out = result.tokens_out;
     attempt.pushed_commit = result.pushed_commit.clone();
     attempt.reason = result.reason.clone();
     attempt.summary = if result.summary.is_empty() { result.message.clone() } else { result.summary.clone() };
@@ -260,5 +272,89 @@ pub fn ci_state(statuses: &[(String, String)], required: &[String]) -> CiState {
         CiState::Success
     } else {
         CiState::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(tokens_in: u64, tokens_out: u64, cost_usd: f64) -> RunResult {
+        RunResult {
+            worker: "w".into(),
+            outcome: Outcome::Succeeded,
+            reason: "Completed".into(),
+            message: "pushed".into(),
+            pushed_commit: Some("a".repeat(40)),
+            tokens_in,
+            tokens_out,
+            cost_usd,
+            summary: "did it".into(),
+            log_path: String::new(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: "2026-01-01T00:01:00Z".into(),
+        }
+    }
+
+    fn attempt() -> plan::Attempt {
+        plan::Attempt {
+            worker: "w".into(),
+            request: "r".into(),
+            generation: "g".into(),
+            stage: "s".into(),
+            repo: "../a.git".into(),
+            attempt: 1,
+            agent: "a".into(),
+            state: AttemptState::Running,
+            started_at: None,
+            finished_at: None,
+            cost_usd: 0.0,
+            tokens_in: 0,
+            tokens_out: 0,
+            pushed_commit: None,
+            reason: String::new(),
+            summary: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_overflowing_usage_report_fails_the_attempt() {
+        let mut a = attempt();
+        apply_result(&mut a, &result(u64::MAX, 1, 0.5));
+        assert_eq!((a.state, a.reason.as_str()), (AttemptState::Failed, "InvalidUsageReport"));
+        assert_eq!((a.tokens_in, a.tokens_out, a.cost_usd, a.pushed_commit.as_ref()), (0, 0, 0.0, None));
+        assert!(a.summary.contains("18446744073709551615 input tokens"), "{}", a.summary);
+        for cost in [f64::NAN, -1.0, 1e7] {
+            let mut a = attempt();
+            apply_result(&mut a, &result(1, 1, cost));
+            assert_eq!((a.state, a.reason.as_str()), (AttemptState::Failed, "InvalidUsageReport"), "{cost}");
+        }
+    }
+
+    #[test]
+    fn tokens_in_and_out_stay_apart() {
+        let mut a = attempt();
+        apply_result(&mut a, &result(1_000_000_000_000, 7, 0.5));
+        assert_eq!((a.state, a.tokens_in, a.tokens_out), (AttemptState::Succeeded, 1_000_000_000_000, 7));
+        let stored = store::Attempt {
+            worker_name: "w".into(),
+            request: "r".into(),
+            generation: "g".into(),
+            stage: "s".into(),
+            repo: "../a.git".into(),
+            attempt: 1,
+            driver: "local".into(),
+            state: AttemptState::Succeeded,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            cost_usd: None,
+            tokens_in: Some(3),
+            tokens_out: Some(4),
+            result: None,
+            pushed_commit: None,
+        };
+        let planned = from_store(&stored, "a");
+        assert_eq!((planned.tokens_in, planned.tokens_out, planned.tokens()), (3, 4, 7));
     }
 }

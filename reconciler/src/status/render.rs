@@ -38,7 +38,7 @@ pub fn render_with(
             finished_at: a.finished_at.map(rfc3339),
             pushed_commit: a.pushed_commit.clone(),
             cost_usd: round6(a.cost_usd),
-            tokens: a.tokens,
+            tokens: a.tokens(),
             summary: a.summary.clone(),
         })
         .collect();
@@ -96,8 +96,8 @@ pub fn render_with(
             observed_generation: view.generation.clone(),
             phase: view.phase,
             stage: view.stage.clone(),
-            total_cost_usd: round6(view.attempts.iter().map(|a| a.cost_usd).sum()),
-            total_tokens: view.attempts.iter().map(|a| a.tokens).sum(),
+            total_cost_usd: round6(crate::plan::total_cost(&view.attempts)),
+            total_tokens: crate::plan::total_tokens(&view.attempts),
             stages,
             conditions,
             outputs,

@@ -327,6 +327,41 @@ store_test!(concurrent_inserts_create_one_worker, |db| {
     Ok(())
 });
 
+// The largest usage the planner accepts for one attempt (a worker's report,
+// or the token sum a status file records, adopted as input tokens) fits.
+store_test!(attempt_usage_round_trips_the_largest_accepted_values, |db| {
+    use crate::workers::usage::{
+        MAX_COST_USD_PER_ATTEMPT, MAX_TOKENS_PER_ATTEMPT, MAX_TOTAL_TOKENS_PER_ATTEMPT,
+    };
+    let store = db.open().await?;
+    store.upsert_request(&request("alpha", "Running", 1)).await?;
+    store
+        .insert_attempt(&new_attempt("alpha", "implement", 1, 100), None)
+        .await?;
+    let mut done = AttemptUpdate::state(AttemptState::Succeeded, 200);
+    done.tokens_in = Some(MAX_TOTAL_TOKENS_PER_ATTEMPT);
+    done.tokens_out = Some(MAX_TOKENS_PER_ATTEMPT);
+    done.cost_usd = Some(MAX_COST_USD_PER_ATTEMPT);
+    let stored = store
+        .update_attempt("hadron-alpha-implement-1", &done, None)
+        .await?;
+    ensure!(stored.tokens_in == Some(MAX_TOTAL_TOKENS_PER_ATTEMPT));
+    ensure!(stored.tokens_out == Some(MAX_TOKENS_PER_ATTEMPT));
+    let listed = store.list_attempts("alpha").await?;
+    ensure!(listed.len() == 1);
+    ensure!(
+        (listed[0].tokens_in, listed[0].tokens_out, listed[0].cost_usd)
+            == (
+                Some(MAX_TOTAL_TOKENS_PER_ATTEMPT),
+                Some(MAX_TOKENS_PER_ATTEMPT),
+                Some(MAX_COST_USD_PER_ATTEMPT)
+            ),
+        "{:?}",
+        listed[0]
+    );
+    Ok(())
+});
+
 store_test!(attempt_state_transitions, |db| {
     let store = db.open().await?;
     store.upsert_request(&request("alpha", "Running", 1)).await?;

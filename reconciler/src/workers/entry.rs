@@ -317,6 +317,7 @@ fn finish(spec: &RunSpec, outcome: Result<Done, WorkerError>, usage: Option<Usag
         result.tokens_out = usage.tokens_out;
         result.cost_usd = usage.cost(spec.pricing.as_ref());
         result.summary = usage.summary;
+        result.refuse_insane_usage();
     }
     let _ = result.write(&run_dir.join(RESULT_FILE));
     result

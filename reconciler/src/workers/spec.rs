@@ -16,9 +16,11 @@ pub fn worker_name(request: &str, generation: &str, stage: &str, repo_url: &str,
     let hash = hex::encode(&digest[..4]);
     let tail = format!("-{attempt}-{hash}");
     let mut head = format!("hadron-{request}-{stage}");
-    let room = 63 - tail.len();
+    let room = 63usize.saturating_sub(tail.len());
     if head.len() > room {
-        head.truncate(room);
+        // On a character boundary: names come from files people write.
+        let cut = (0..=room).rev().find(|&i| head.is_char_boundary(i)).unwrap_or(0);
+        head.truncate(cut);
         while head.ends_with('-') {
             head.pop();
         }
@@ -151,6 +153,24 @@ pub struct RunResult {
     pub finished_at: String,
 }
 
+impl RunResult {
+    /// Refuses a usage report outside sane bounds: the result becomes a
+    /// failure with reason `InvalidUsageReport`, and the figures are not
+    /// kept (they would overflow the sums or not fit the store).
+    pub fn refuse_insane_usage(&mut self) {
+        if let Err(e) = super::usage::check(self.tokens_in, self.tokens_out, self.cost_usd) {
+            self.outcome = Outcome::Failed;
+            self.reason = e.reason().to_owned();
+            self.message = e.to_string();
+            self.summary = String::new();
+            self.pushed_commit = None;
+            self.tokens_in = 0;
+            self.tokens_out = 0;
+            self.cost_usd = 0.0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +185,12 @@ mod tests {
         assert_ne!(a, worker_name("add-greeting", "ffff223344556677", "implement", "../demo-app.git", 1));
         let long = worker_name(&"r".repeat(63), "g", &"s".repeat(63), "u", 12);
         assert!(long.len() <= 63 && crate::model::validate::is_dns_label(&long), "{long}");
+    }
+
+    #[test]
+    fn long_multibyte_names_are_cut_on_a_character_boundary() {
+        let name = worker_name(&"é".repeat(40), "g", "s", "u", 1);
+        assert!(name.len() <= 63, "{name}");
+        assert!(name.starts_with("hadron-éé") && name.contains("é-1-"), "{name}");
     }
 }

@@ -7,6 +7,61 @@ use serde_json::Value;
 
 use crate::model::kinds::Pricing;
 
+/// Most input (or output) tokens one attempt may report. Far above what
+/// any agent run uses; a larger figure is a broken or hostile report.
+pub const MAX_TOKENS_PER_ATTEMPT: u64 = 1_000_000_000_000;
+
+/// Most tokens, input plus output, one attempt may carry (a status file
+/// records only the sum).
+pub const MAX_TOTAL_TOKENS_PER_ATTEMPT: u64 = 2 * MAX_TOKENS_PER_ATTEMPT;
+
+/// Most US dollars one attempt may report.
+pub const MAX_COST_USD_PER_ATTEMPT: f64 = 1_000_000.0;
+
+/// A usage report outside sane bounds: refused, never summed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UsageError {
+    /// More tokens than [`MAX_TOKENS_PER_ATTEMPT`] in one direction.
+    #[error("the agent reported {value} {what} tokens, more than the {MAX_TOKENS_PER_ATTEMPT} one attempt may use")]
+    TooManyTokens {
+        /// `input` or `output`.
+        what: &'static str,
+        /// The reported figure.
+        value: u64,
+    },
+    /// A cost that is not a number, negative, or above [`MAX_COST_USD_PER_ATTEMPT`].
+    #[error("the agent reported a cost of {0} USD, outside 0 ..= {MAX_COST_USD_PER_ATTEMPT}")]
+    BadCost(f64),
+}
+
+impl UsageError {
+    /// Stable CamelCase reason: the attempt fails with it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UsageError::TooManyTokens { .. } | UsageError::BadCost(_) => "InvalidUsageReport",
+        }
+    }
+}
+
+/// Whether a cost is one a single attempt may report.
+pub fn cost_is_sane(cost: f64) -> bool {
+    cost.is_finite() && (0.0..=MAX_COST_USD_PER_ATTEMPT).contains(&cost)
+}
+
+/// Checks one attempt's reported usage against the bounds above.
+pub fn check(tokens_in: u64, tokens_out: u64, cost_usd: f64) -> Result<(), UsageError> {
+    if tokens_in > MAX_TOKENS_PER_ATTEMPT {
+        return Err(UsageError::TooManyTokens { what: "input", value: tokens_in });
+    }
+    if tokens_out > MAX_TOKENS_PER_ATTEMPT {
+        return Err(UsageError::TooManyTokens { what: "output", value: tokens_out });
+    }
+    if !cost_is_sane(cost_usd) {
+        return Err(UsageError::BadCost(cost_usd));
+    }
+    Ok(())
+}
+
 /// Usage reported by an agent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Usage {
@@ -91,6 +146,23 @@ mod tests {
         let u = Usage::from_report(r#"{"tokensIn": 12, "tokensOut": 20, "costUSD": 0.5, "summary": "did it"}"#).expect("parses");
         assert_eq!((u.tokens_in, u.tokens_out, u.cost_usd, u.summary.as_str()), (12, 20, Some(0.5), "did it"));
         assert!(Usage::from_report("not json").is_none());
+    }
+
+    #[test]
+    fn reports_outside_sane_bounds_are_refused() {
+        let u = Usage::from_report(r#"{"tokensIn": 18446744073709551615, "tokensOut": 1}"#).expect("parses");
+        assert_eq!(u.tokens_in, u64::MAX);
+        let err = check(u.tokens_in, u.tokens_out, u.cost(None)).expect_err("u64::MAX tokens are refused");
+        assert_eq!(err.reason(), "InvalidUsageReport");
+        assert!(check(1, MAX_TOKENS_PER_ATTEMPT + 1, 0.0).is_err());
+        assert!(check(MAX_TOKENS_PER_ATTEMPT, MAX_TOKENS_PER_ATTEMPT, MAX_COST_USD_PER_ATTEMPT).is_ok());
+        for cost in [f64::NAN, f64::INFINITY, -0.01, MAX_COST_USD_PER_ATTEMPT * 2.0] {
+            assert!(matches!(check(0, 0, cost), Err(UsageError::BadCost(_))), "{cost}");
+        }
+        // Priced tokens can exceed the cost bound although the tokens are sane.
+        let pricing = Pricing { input_per_million: 1.0e6, output_per_million: 0.0 };
+        let u = Usage { tokens_in: 10_000_000, ..Usage::default() };
+        assert!(check(u.tokens_in, u.tokens_out, u.cost(Some(&pricing))).is_err());
     }
 
     #[test]
