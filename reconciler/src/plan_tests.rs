@@ -155,6 +155,19 @@ fn starts(plan: &Plan) -> Vec<&Attempt> {
     plan.actions.iter().filter_map(|a| if let Action::Start(a) = a { Some(a) } else { None }).collect()
 }
 
+/// Request `r` (two stages, an approval gate after the first) run to the
+/// gate: the world after applying the plan that stops there, and that plan.
+fn waiting_at_the_gate(cfg: &PlanConfig) -> (World, Vec<Req>, Plan) {
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, cfg);
+    world.apply(&p, 0);
+    world.finish(&starts(&p)[0].worker.clone(), true, 1);
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 2, cfg);
+    world.apply(&p, 2);
+    (world, reqs, p)
+}
+
 #[test]
 fn runs_stages_in_order_one_worker_per_repo() {
     let cfg = PlanConfig::default();
@@ -281,13 +294,7 @@ fn approval_gate_waits_goes_stale_on_edit_and_resumes() {
 #[test]
 fn a_rejected_approval_reopens_the_branch_once_per_rejected_merge_and_keeps_waiting() {
     let cfg = PlanConfig::default();
-    let mut world = World::default();
-    let reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
-    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
-    world.apply(&p, 0);
-    world.finish(&starts(&p)[0].worker.clone(), true, 1);
-    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 2, &cfg);
-    world.apply(&p, 2);
+    let (mut world, reqs, _) = waiting_at_the_gate(&cfg);
     let key = ("r".to_owned(), "review".to_owned());
     let rejected = |by: &str, commit: &str| ApprovalState::Rejected { by: by.into(), why: "not allowed".into(), commit: commit.into() };
     world.approvals.insert(key.clone(), rejected("mallory", "c1"));
@@ -406,13 +413,7 @@ fn a_status_file_hadron_cannot_vouch_for_decides_nothing() {
 #[test]
 fn a_forged_succeeded_at_an_approval_gate_is_not_obeyed() {
     let cfg = PlanConfig::default();
-    let mut world = World::default();
-    let reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
-    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
-    world.apply(&p, 0);
-    world.finish(&starts(&p)[0].worker.clone(), true, 1);
-    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 2, &cfg);
-    world.apply(&p, 2);
+    let (world, reqs, p) = waiting_at_the_gate(&cfg);
     assert_eq!(p.requests["r"].phase, Phase::WaitingForApproval);
     // A person edits status/r.yaml: phase Succeeded.
     let mut forged = (*world.statuses["r"]).clone();
