@@ -357,6 +357,13 @@ async fn server_errors_give_up_after_bounded_attempts() -> Result<()> {
     assert_eq!(e.reason(), "GiteaServerError");
     assert!(e.is_transient());
     assert_eq!(s.double.count("GET", "/api/v1/repos/acme/api"), 4);
+    // The circuit is open: until the next pass closes it, calls fail at once
+    // without reaching Gitea, so one outage costs one call's retries per pass.
+    let before = s.double.count("GET", "/api/v1/user");
+    let e = s.client.current_user().await.expect_err("circuit open");
+    assert!(matches!(&e, GiteaError::Unreachable { attempts: 0, message, .. } if message.contains("not tried")), "{e:?}");
+    assert_eq!(s.double.count("GET", "/api/v1/user"), before, "no request was sent");
+    s.client.close_circuit();
     s.double.fail_next("GET", "/api/v1/user", &[429, 429, 429, 429], None);
     let e = s.client.current_user().await.expect_err("always 429");
     assert_eq!(e.reason(), "GiteaRateLimited");

@@ -65,9 +65,15 @@ impl Live {
     /// Starts `bin args…` in `cwd` with the data dir, store and listen
     /// address left to their defaults (unless `args` name them).
     pub fn start(bin: &str, cwd: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(bin, cwd, args, &[])
+    }
+
+    /// [`Live::start`] with extra environment variables.
+    pub fn start_with_env(bin: &str, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let file = |name: &str| std::fs::File::create(cwd.join(name)).expect("because the test folder is writable");
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(cwd)
             .env_remove("DATABASE_URL")
             .env_remove("HADRON_DATA_DIR")
@@ -110,6 +116,21 @@ impl Live {
     pub fn address(&self) -> String {
         let line = self.wait_for_line(&["serving http://"], "the server address is printed");
         line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).expect("because the line names an address").to_owned()
+    }
+}
+
+impl Live {
+    /// Sends SIGTERM and waits (up to `limit`) for the process to exit; returns how long it took.
+    pub fn terminate(&mut self, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        while started.elapsed() < limit {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
 

@@ -313,3 +313,57 @@ fn agents_see_only_the_secrets_the_operator_allowed_and_never_hadrons_own() {
         assert!(!seen.contains(leaked), "`{leaked}` reached the agent or its worker:\n{seen}");
     }
 }
+
+#[test]
+fn gitea_down_stalls_nothing_but_the_forge_and_shutdown_stays_quick() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_in(root);
+    for f in ["add-greeting", "add-healthz", "document-usage"] {
+        std::fs::remove_file(root.join(format!("example-repo/requests/{f}.yaml"))).expect("remove");
+    }
+    // Seed the control and target repos (nothing to run yet).
+    let seeded = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
+    assert_eq!(seeded.status.code(), Some(0), "{}", text(&seeded));
+    let control = root.join(".hadron/repos/control.git");
+    // A Gitea that is down: a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let gitea = format!("http://127.0.0.1:{port}");
+    let mut live = Live::start_with_env(
+        hadron_bin!(),
+        root,
+        &[
+            "serve", "--repo", control.to_str().expect("utf-8"), "--data-dir", "serve-data", "--listen", "127.0.0.1:0",
+            "--poll-seconds", "3600", "--forge", "gitea", "--gitea-url", &gitea, "--gitea-repo", "acme/control",
+        ],
+        &[("GITEA_TOKEN", "t0ken"), ("HADRON_WEBHOOK_SECRET", "s3cret")],
+    );
+    live.wait_for_line(&["watching"], "serve starts");
+    let clone = root.join("person");
+    git_in(root, "carol", &["clone", "-q", control.to_str().expect("utf-8"), "person"]);
+    std::fs::create_dir_all(clone.join("requests")).expect("mkdir");
+    std::fs::write(
+        clone.join("requests/plain.yaml"),
+        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: plain\nspec:\n  title: t\n  repos:\n    - url: ../demo-app.git\n  stages:\n    - name: implement\n    - name: review\n",
+    )
+    .expect("write");
+    git_in(&clone, "carol", &["add", "requests"]);
+    git_in(&clone, "carol", &["commit", "-q", "-m", "ask"]);
+    let pushed = Instant::now();
+    git_in(&clone, "carol", &["push", "-q", "origin", "main"]);
+    live.wait_for_line(&["plain", "-> Succeeded"], "the workers and status go on while Gitea is down");
+    let took = pushed.elapsed();
+    // The outage is visible: Stalled with a Gitea reason, in the status file.
+    let started = Instant::now();
+    loop {
+        let status = git_in(&control, "x", &["show", "main:status/plain.yaml"]);
+        if status.contains("reason: GiteaUnreachable") {
+            break;
+        }
+        assert!(started.elapsed() < hadron_tests::WAIT, "no Stalled condition with GiteaUnreachable:\n{status}\n{}", live.logs());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let stopped = live.terminate(std::time::Duration::from_secs(30));
+    println!("Gitea down: push -> Succeeded {took:?}; SIGTERM -> exit {stopped:?}");
+    assert!(stopped.is_some(), "serve did not stop within 30 s of SIGTERM while Gitea was down\n{}", live.logs());
+}

@@ -264,7 +264,9 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 5, initial_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30) }
+        // Short on purpose: retries happen inside a pass, and the next pass
+        // (and the circuit breaker) handle a longer outage.
+        RetryPolicy { max_attempts: 3, initial_delay: Duration::from_millis(500), max_delay: Duration::from_secs(2) }
     }
 }
 
@@ -649,6 +651,10 @@ pub struct GiteaClient {
     control: RepoRef,
     retry: RetryPolicy,
     templates: std::sync::Arc<Handlebars<'static>>,
+    /// Open after a call failed for want of Gitea (no answer, or 5xx after
+    /// every retry): further calls fail at once until [`Self::close_circuit`],
+    /// so one outage costs one call's retries per pass, not every call's.
+    circuit: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for GiteaClient {
@@ -700,6 +706,7 @@ impl GiteaClient {
             control: config.control,
             retry: config.retry,
             templates: std::sync::Arc::new(templates),
+            circuit: std::sync::Arc::default(),
         })
     }
 
@@ -740,6 +747,33 @@ impl GiteaClient {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
+        if let Some(why) = self.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+            return Err(GiteaError::Unreachable {
+                method: method.to_string(),
+                path,
+                attempts: 0,
+                message: format!("not tried: Gitea failed earlier in this pass ({why})"),
+            });
+        }
+        let result = self.send_with_retries(method, url, path, body).await;
+        if let Err(e @ (GiteaError::Unreachable { .. } | GiteaError::Server { .. })) = &result {
+            *self.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+        }
+        result
+    }
+
+    /// Lets calls through again (at the start of a pass).
+    pub fn close_circuit(&self) {
+        *self.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    async fn send_with_retries(
+        &self,
+        method: Method,
+        url: Url,
+        path: String,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, GiteaError> {
         let max = self.retry.max_attempts;
         let mut attempt = 0;
         loop {

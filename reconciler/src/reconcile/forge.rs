@@ -133,6 +133,7 @@ impl ForgeLink {
     /// Called at the start of each pass.
     pub fn begin_pass(&mut self) {
         self.retry = false;
+        self.client.close_circuit();
     }
 
     /// The control repo on the forge.
@@ -147,13 +148,11 @@ impl ForgeLink {
     }
 
     fn stall(&mut self, request: &str, what: &str, e: &GiteaError) {
-        if e.is_transient() {
-            tracing::warn!(request, reason = e.reason(), error = %e, "{what} failed; the next pass retries");
-            self.retry = true;
-            return;
-        }
         tracing::warn!(request, reason = e.reason(), error = %e, "{what} failed; the request is stalled until it works");
         let fix = match e {
+            GiteaError::Unreachable { .. } | GiteaError::Server { .. } | GiteaError::RateLimited { .. } => {
+                "Gitea is down or overloaded: the workers and status/ go on, and every pass tries again"
+            }
             GiteaError::Unauthorized { .. } => "check the token Hadron is given (--gitea-token-env/--gitea-token-file)",
             GiteaError::Forbidden { .. } => "give Hadron's Gitea user write access to this repository",
             GiteaError::NotFound { .. } => "check that the repository exists on Gitea under this owner/name",
