@@ -314,6 +314,7 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
         metrics: Arc::new(Metrics::new()),
         ready: Arc::new(AtomicBool::new(false)),
         events: broadcast::channel(256).0,
+        failing: Arc::default(),
     };
     let mut ctx = Context::new(cfg, store.clone(), driver)?.with_telemetry(telemetry.clone());
     let forge_name = forge.as_ref().map(|c| c.control().to_string());
@@ -348,6 +349,7 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
     server_cfg.webhook_secret = secret;
     server_cfg.metrics = telemetry.metrics.clone();
     server_cfg.ready = telemetry.ready.clone();
+    server_cfg.failing = telemetry.failing.clone();
     server_cfg.events = telemetry.events.clone();
     let listener = listen(opts.listen, out).await?;
     let addr = listener.local_addr().map_err(|e| UpError::Io { path: PathBuf::from("listening socket"), source: e })?;

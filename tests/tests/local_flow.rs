@@ -367,3 +367,49 @@ fn gitea_down_stalls_nothing_but_the_forge_and_shutdown_stays_quick() {
     println!("Gitea down: push -> Succeeded {took:?}; SIGTERM -> exit {stopped:?}");
     assert!(stopped.is_some(), "serve did not stop within 30 s of SIGTERM while Gitea was down\n{}", live.logs());
 }
+
+/// `GET path` on `addr`: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
+}
+
+#[test]
+fn readyz_says_not_ready_with_the_reason_while_passes_keep_failing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_in(root);
+    for f in ["add-greeting", "add-healthz", "document-usage"] {
+        std::fs::remove_file(root.join(format!("example-repo/requests/{f}.yaml"))).expect("remove");
+    }
+    let seeded = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
+    assert_eq!(seeded.status.code(), Some(0), "{}", text(&seeded));
+    let control = root.join(".hadron/repos/control.git");
+    let live = Live::start(hadron_bin!(), root, &["serve", "--repo", control.to_str().expect("utf-8"), "--data-dir", "serve-data", "--listen", "127.0.0.1:0"]);
+    let addr = live.address();
+    let wait_for = |want: u16, needle: &str| {
+        let started = Instant::now();
+        loop {
+            let (code, body) = http_get(&addr, "/readyz");
+            if code == want && body.contains(needle) {
+                return body;
+            }
+            assert!(started.elapsed() < hadron_tests::WAIT, "/readyz never answered {want} with {needle}: {code} {body}\n{}", live.logs());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for(200, "ready");
+    // The branch disappears: every pass fails.
+    let head = git_in(&control, "x", &["rev-parse", "main"]);
+    git_in(&control, "x", &["update-ref", "-d", "refs/heads/main"]);
+    let body = wait_for(503, "PassesFailing");
+    assert!(body.contains("BranchNotFound"), "the reason is in the body: {body}");
+    // It comes back: ready again without a restart.
+    git_in(&control, "x", &["update-ref", "refs/heads/main", head.trim()]);
+    wait_for(200, "ready");
+}

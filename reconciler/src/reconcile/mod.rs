@@ -162,7 +162,12 @@ pub struct Telemetry {
     pub ready: Arc<AtomicBool>,
     /// Phase changes, for `GET /api/v1/events`.
     pub events: broadcast::Sender<PhaseEvent>,
+    /// Why passes keep failing (after [`FAILING_AFTER`] in a row), for `/readyz`.
+    pub failing: Arc<std::sync::Mutex<Option<String>>>,
 }
+
+/// Failed passes in a row after which `/readyz` says not ready.
+pub const FAILING_AFTER: u32 = 3;
 
 /// Everything a pass needs: the context of the loop.
 pub struct Context {
@@ -729,6 +734,9 @@ pub async fn run(
         match &result {
             Ok(report) => {
                 failures = 0;
+                if let Some(t) = &ctx.telemetry {
+                    *t.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                }
                 if report.live_workers > 0 {
                     delay = delay.min(Duration::from_millis(250));
                 }
@@ -739,6 +747,10 @@ pub async fn run(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                if let (Some(t), true) = (&ctx.telemetry, failures >= FAILING_AFTER) {
+                    *t.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(format!("{failures} passes in a row failed; the last with {}: {e}", e.reason()));
+                }
                 tracing::warn!(reason = e.reason(), error = %e, "reconcile pass failed; retrying");
                 delay = delay.min(Duration::from_millis(250 * u64::from(failures.min(20))));
             }

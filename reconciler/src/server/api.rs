@@ -30,6 +30,9 @@ pub async fn readyz(State(state): State<ServerState>) -> Response {
     if !state.is_ready() {
         return ServerError::NotReady.into_response();
     }
+    if let Some(why) = state.failing() {
+        return ServerError::PassesFailing(why).into_response();
+    }
     Json(serde_json::json!({ "status": "ready" })).into_response()
 }
 

@@ -81,6 +81,10 @@ pub enum ServerError {
     #[error("not ready: the control repo has not been fetched yet")]
     NotReady,
 
+    /// Reconcile passes keep failing.
+    #[error("reconcile passes keep failing: {0}")]
+    PassesFailing(String),
+
     /// No object of that kind and name exists.
     #[error("no {kind} named {name:?}")]
     NotFound {
@@ -136,6 +140,7 @@ impl ServerError {
             Self::ShuttingDown => "ShuttingDown",
             Self::Store(e) => e.reason(),
             Self::NotReady => "NotReady",
+            Self::PassesFailing(_) => "PassesFailing",
             Self::NotFound { .. } => "NotFound",
             Self::EmptySecret => "EmptyWebhookSecret",
             Self::Bind { .. } => "Bind",
@@ -154,7 +159,7 @@ impl ServerError {
             Self::SecretNotConfigured | Self::SignatureMissing | Self::SignatureMismatch => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::QueueFull | Self::ShuttingDown | Self::Store(_) | Self::NotReady => {
+            Self::QueueFull | Self::ShuttingDown | Self::Store(_) | Self::NotReady | Self::PassesFailing(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::NotFound { .. } => StatusCode::NOT_FOUND,

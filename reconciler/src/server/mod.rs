@@ -244,6 +244,7 @@ struct Inner {
     triggers: mpsc::Sender<Trigger>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    failing: Arc<std::sync::Mutex<Option<String>>>,
     events: broadcast::Sender<PhaseEvent>,
     body_limit: usize,
     limits: Limits,
@@ -265,6 +266,8 @@ pub struct ServerConfig {
     pub metrics: Arc<Metrics>,
     /// Set by the loop once the control repo was fetched.
     pub ready: Arc<AtomicBool>,
+    /// Set by the loop while passes keep failing (why), cleared by a good pass.
+    pub failing: Arc<std::sync::Mutex<Option<String>>>,
     /// Phase events from the loop.
     pub events: broadcast::Sender<PhaseEvent>,
     /// Largest webhook body accepted, in bytes.
@@ -307,6 +310,7 @@ impl ServerConfig {
             triggers,
             metrics: Arc::new(Metrics::new()),
             ready: Arc::new(AtomicBool::new(false)),
+            failing: Arc::default(),
             events: broadcast::channel(256).0,
             body_limit: DEFAULT_BODY_LIMIT,
             limits: Limits::default(),
@@ -325,6 +329,7 @@ impl ServerState {
                 triggers: config.triggers,
                 metrics: config.metrics,
                 ready: config.ready,
+                failing: config.failing,
                 events: config.events,
                 body_limit: config.body_limit,
                 limits: config.limits,
@@ -366,6 +371,11 @@ impl ServerState {
     /// Whether the control repo was fetched at least once.
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Why passes keep failing, while they do.
+    pub fn failing(&self) -> Option<String> {
+        self.inner.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The sender of phase events (the loop sends on it).
