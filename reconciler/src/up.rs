@@ -418,12 +418,12 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
 /// request and, when a person is waited on, what they do.
 pub fn change_line(c: &reconcile::PhaseChange, at: crate::time::Millis, local_forge: bool) -> String {
     let stage = c.stage.as_ref().map(|s| format!(" [{s}]")).unwrap_or_default();
+    let from = c.from.map_or("new", |p| p.as_str());
     let phases = match c.from {
-        Some(from) if from == c.to => format!("{}{stage} ({})", c.to.as_str(), c.reason),
-        Some(from) => format!("{} -> {}{stage}", from.as_str(), c.to.as_str()),
-        None => format!("new -> {}{stage}", c.to.as_str()),
+        _ if c.reason == "Deleted" => format!("{from} -> deleted"),
+        Some(before) if before == c.to => format!("{}{stage} ({})", c.to.as_str(), c.reason),
+        _ => format!("{from} -> {}{stage}", c.to.as_str()),
     };
-    let phases = if c.reason == "Deleted" { format!("{} -> deleted", c.from.map_or("new", |p| p.as_str())) } else { phases };
     let mut line = format!("{}  {:<24} {phases}  {}", crate::time::rfc3339(at), c.request, c.message);
     if local_forge && c.to == Phase::WaitingForCI {
         line.push_str(&format!(

@@ -28,6 +28,20 @@ fn example_in(root: &Path) {
     copy_tree(&workspace_root().join("example-repo"), &root.join("example-repo")).expect("copy the example");
 }
 
+/// The example's settings, agents and targets, without its three requests.
+fn example_without_requests(root: &Path) {
+    example_in(root);
+    for f in ["add-greeting", "add-healthz", "document-usage"] {
+        std::fs::remove_file(root.join(format!("example-repo/requests/{f}.yaml"))).expect("remove");
+    }
+}
+
+/// Seeds `.hadron/repos/` from `root/example-repo` (an `up` that has nothing to run).
+fn seed_only(root: &Path) {
+    let seeded = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
+    assert_eq!(seeded.status.code(), Some(0), "{}", text(&seeded));
+}
+
 #[test]
 fn approve_works_from_the_folder_of_up_with_the_default_data_dir() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -257,10 +271,7 @@ fn bad_file_names_and_an_unpublishable_outbox_entry_stop_nothing() {
 fn agents_see_only_the_secrets_the_operator_allowed_and_never_hadrons_own() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
-    example_in(root);
-    for f in ["add-greeting", "add-healthz", "document-usage"] {
-        std::fs::remove_file(root.join(format!("example-repo/requests/{f}.yaml"))).expect("remove");
-    }
+    example_without_requests(root);
     // An agent that writes everything it and its parent (the worker) can see into the target repo.
     let agent = |name: &str, secret: &str| {
         format!(
@@ -318,13 +329,9 @@ fn agents_see_only_the_secrets_the_operator_allowed_and_never_hadrons_own() {
 fn gitea_down_stalls_nothing_but_the_forge_and_shutdown_stays_quick() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
-    example_in(root);
-    for f in ["add-greeting", "add-healthz", "document-usage"] {
-        std::fs::remove_file(root.join(format!("example-repo/requests/{f}.yaml"))).expect("remove");
-    }
+    example_without_requests(root);
     // Seed the control and target repos (nothing to run yet).
-    let seeded = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
-    assert_eq!(seeded.status.code(), Some(0), "{}", text(&seeded));
+    seed_only(root);
     let control = root.join(".hadron/repos/control.git");
     // A Gitea that is down: a port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
@@ -383,12 +390,8 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 fn readyz_says_not_ready_with_the_reason_while_passes_keep_failing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
-    example_in(root);
-    for f in ["add-greeting", "add-healthz", "document-usage"] {
-        std::fs::remove_file(root.join(format!("example-repo/requests/{f}.yaml"))).expect("remove");
-    }
-    let seeded = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
-    assert_eq!(seeded.status.code(), Some(0), "{}", text(&seeded));
+    example_without_requests(root);
+    seed_only(root);
     let control = root.join(".hadron/repos/control.git");
     let live = Live::start(hadron_bin!(), root, &["serve", "--repo", control.to_str().expect("utf-8"), "--data-dir", "serve-data", "--listen", "127.0.0.1:0"]);
     let addr = live.address();
