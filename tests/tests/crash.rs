@@ -183,11 +183,27 @@ fn kill_9_during_seeding_never_leaves_a_half_made_repo() {
             std::fs::write(dir.join("targets").join(target).join("README.md"), format!("# {target}\n")).expect("write");
         }
         std::fs::write(dir.join("hadron.yaml"), "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec: {}\n").expect("write");
-        let mut child = up(tmp.path(), &dir, true);
+        // In a process group of its own, so the kill takes its git children
+        // too, as a machine crash would (an orphaned `git init` finishing
+        // after the next run's clean-up would otherwise re-create a staging
+        // folder under the test's feet).
+        let mut cmd = Command::new(hadron_bin!());
+        cmd.args(["up", dir.to_str().expect("utf-8"), "--exit-when-idle", "--listen", "127.0.0.1:0"])
+            .current_dir(tmp.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("HADRON_DATA_DIR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().expect("hadron up starts");
         // Seeding three repos takes about 200 ms with a debug build: kill anywhere in it.
         std::thread::sleep(Duration::from_millis(rng.next_ms(0, 260)));
-        child.kill().expect("kill -9");
+        let group = format!("-{}", child.id());
+        let killed = Command::new("kill").args(["-KILL", "--", &group]).status().expect("kill runs");
+        assert!(killed.success(), "kill -9 of the process group");
         child.wait().expect("reap");
+        // Let the kernel finish tearing the group down.
+        std::thread::sleep(Duration::from_millis(20));
         let repos = tmp.path().join(".hadron/repos");
         let names: Vec<String> = std::fs::read_dir(&repos)
             .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
