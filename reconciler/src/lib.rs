@@ -8,8 +8,10 @@
 pub mod cli;
 pub mod forge;
 pub mod gates;
+pub mod git;
 pub mod model;
 pub mod plan;
+pub mod redact;
 pub mod reconcile;
 pub mod schema;
 pub mod server;

@@ -476,19 +476,20 @@ pub async fn ci_status(
         return Err(UpError::Usage(format!("`{request}` is not a request name")));
     }
     let url = urls::resolve(control, repo);
-    let out = std::process::Command::new("git")
-        .args(["ls-remote", "--", &url, &format!("refs/heads/hadron/{request}")])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .map_err(|source| UpError::Io { path: PathBuf::from("git"), source })?;
-    if !out.status.success() {
-        let why = crate::gates::redact_text(String::from_utf8_lossy(&out.stderr).trim());
+    let git = crate::git::Git::nowhere(crate::git::Identity::default());
+    let branch = format!("refs/heads/hadron/{request}");
+    let out = git.run(["ls-remote", "--", crate::git::absolute_local(&url).as_str(), branch.as_str()]).map_err(|e| match e {
+        crate::git::GitError::Unavailable { source } => UpError::Io { path: PathBuf::from("git"), source },
+        other => UpError::Usage(other.to_string()),
+    })?;
+    if !out.success {
+        let why = out.stderr.trim();
         return Err(UpError::Usage(format!(
             "target repo {url} (`{repo}` resolved against the control repo {control}) does not exist or cannot be read: {why}; \
              name the repo exactly as the request's spec.repos[].url does, e.g. ../demo-app.git"
         )));
     }
-    let head = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_owned();
+    let head = out.stdout.split_whitespace().next().unwrap_or("").to_owned();
     if head.len() != 40 {
         return Err(UpError::Usage(format!(
             "{url} has no branch hadron/{request} yet: no worker of `{request}` has pushed there, so there is nothing to report CI for"

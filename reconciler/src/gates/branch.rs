@@ -149,7 +149,7 @@ impl ApprovalBranches {
         let mut last_rejection = String::new();
         for _ in 0..PUSH_ATTEMPTS {
             self.fetch(&mirror, remote_url)?;
-            let repo = gix::open(&mirror).map_err(|e| GateError::object("open mirror", e))?;
+            let repo = crate::git::open(&mirror).map_err(|e| GateError::object("open mirror", e))?;
             let plan = plan(&repo, &self.identity, base_branch, request, gate, generation, &content, reopen)?;
             let (commit, previous) = match plan {
                 Plan::Done(outcome) => return Ok(outcome),

@@ -1,56 +1,39 @@
-//! Running the `git` CLI with arguments Hadron builds itself.
-//!
-//! Every command gets an explicit identity, `GIT_TERMINAL_PROMPT=0`, and
-//! `protocol.ext.allow=never`; untrusted text only ever follows a `--` or is
-//! validated first by the callers. Standard error is redacted of URL
-//! credentials before it enters an error.
+//! The gates' use of the `git` CLI, through Hadron's one runner
+//! ([`crate::git`]): untrusted text only ever follows a `--` or is validated
+//! first by the callers.
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::Command;
 
 use super::{GateError, Person};
+use crate::git::{Git, GitError, Identity};
 use crate::model::validate::repo_url_problem;
 
-/// What a finished `git` command said.
-pub(crate) struct Ran {
-    pub success: bool,
-    pub stdout: String,
-    pub stderr: String,
+pub(crate) use crate::git::Ran;
+
+impl From<&Person> for Identity {
+    fn from(who: &Person) -> Identity {
+        Identity::new(who.name.clone(), who.email.clone())
+    }
 }
 
-/// Runs `git -C <dir> <args>` with `who` as author and committer.
+impl From<GitError> for GateError {
+    fn from(err: GitError) -> GateError {
+        match err {
+            GitError::Unavailable { source } => GateError::Io { op: "run", path: "git".to_owned(), source },
+            GitError::Failed { op, detail } => GateError::GitCommand { op, detail },
+        }
+    }
+}
+
+/// Runs `git <args>` in `dir` with `who` as author and committer.
 pub(crate) fn git(dir: &Path, who: &Person, args: &[OsString]) -> Result<Ran, GateError> {
-    let mut cmd = Command::new("git");
-    cmd.arg("-C")
-        .arg(dir)
-        .args(["-c", "protocol.ext.allow=never", "-c", "core.askPass=", "-c", "credential.interactive=never"])
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_MERGE_AUTOEDIT", "no")
-        .env("GIT_AUTHOR_NAME", &who.name)
-        .env("GIT_AUTHOR_EMAIL", &who.email)
-        .env("GIT_COMMITTER_NAME", &who.name)
-        .env("GIT_COMMITTER_EMAIL", &who.email)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE");
-    let out = cmd.output().map_err(|source| GateError::Io { op: "run git in", path: dir.display().to_string(), source })?;
-    Ok(Ran {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: redact(&String::from_utf8_lossy(&out.stderr)),
-    })
+    Ok(Git::in_dir(dir, who.into()).run(args)?)
 }
 
 /// Runs a git command and fails with [`GateError::GitCommand`] unless it succeeds.
 pub(crate) fn git_ok(op: &'static str, dir: &Path, who: &Person, args: &[OsString]) -> Result<String, GateError> {
-    let ran = git(dir, who, args)?;
-    if ran.success {
-        Ok(ran.stdout)
-    } else {
-        Err(GateError::GitCommand { op, detail: ran.stderr.trim().to_owned() })
-    }
+    Ok(Git::in_dir(dir, who.into()).run_ok(op, args)?)
 }
 
 /// Builds an argument list from strings and paths.
@@ -83,44 +66,13 @@ pub(crate) fn push(dir: &Path, who: &Person, url: &str, src: &str, dst: &str) ->
     if rejected.is_empty() {
         Err(GateError::GitCommand { op: "push", detail: ran.stderr.trim().to_owned() })
     } else {
-        Ok(Some(redact(&rejected.join("; "))))
+        Ok(Some(rejected.join("; ")))
     }
-}
-
-/// Replaces the user-info part of every `scheme://user:pass@host` in `text` with `***`.
-pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let (head, tail) = rest.split_at(pos + 3);
-        out.push_str(head);
-        let end = tail.find(|c: char| c == '/' || c.is_whitespace()).unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                out.push_str(&tail[at..end]);
-            }
-            None => out.push_str(&tail[..end]),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_credentials() {
-        assert_eq!(
-            redact("fatal: unable to access 'https://bob:s3cret@git.example.com/acme/ctl.git/': 403"),
-            "fatal: unable to access 'https://***@git.example.com/acme/ctl.git/': 403"
-        );
-        assert_eq!(redact("file:///srv/x.git and ssh://git@h/x"), "file:///srv/x.git and ssh://***@h/x");
-        assert!(!redact("https://tok@h/x https://u:p@h2/y").contains("tok"));
-    }
 
     #[test]
     fn urls_checked() {

@@ -22,7 +22,6 @@ use crate::model::validate::is_dns_label;
 use crate::model::{API_VERSION, Approval, ApprovalSpec, ApproverPolicy, Metadata};
 
 pub use approve::approve_as_person;
-pub use cli::redact as redact_text;
 pub use branch::{ApprovalBranches, OpenOutcome};
 pub use history::{approver_of, requester_of};
 

@@ -165,7 +165,7 @@ mod tests {
     fn credentials_in_urls() {
         for with in ["https://bob:pw@h/a.git", "https://TOKEN@h/a.git", "http://u@h/a.git", "ssh://git:pw@h/a.git"] {
             assert!(validate::url_has_credentials(with), "{with}");
-            assert!(!validate::mask_url_credentials(with).contains("pw") && validate::mask_url_credentials(with).contains("***@h/"), "{with}");
+            assert!(!crate::redact::url_credentials(with).contains("pw") && crate::redact::url_credentials(with).contains("***@h/"), "{with}");
         }
         for without in ["ssh://git@host:2222/acme/app.git", "git@host:acme/app.git", "https://h/a@b.git", "../app.git", "https://h/x"] {
             assert!(!validate::url_has_credentials(without), "{without}");

@@ -406,15 +406,6 @@ pub fn url_has_credentials(url: &str) -> bool {
     matches!(scheme, "http" | "https") || userinfo.contains(':')
 }
 
-/// `url` with the user part of its authority replaced by `***`.
-pub fn mask_url_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => url.to_owned(),
-    }
-}
 
 /// Why a target-repo URL is refused, if it is.
 pub fn repo_url_problem(url: &str) -> Option<&'static str> {
@@ -500,7 +491,7 @@ fn check_request(out: &mut Vec<Finding>, r: &ChangeRequest) {
             out.push(Finding::error(
                 &format!("spec.repos[{i}].url"),
                 Code::InlineSecret,
-                format!("`{}` carries credentials in the URL (shown here with them masked)", mask_url_credentials(&repo.url)),
+                format!("`{}` carries credentials in the URL (shown here with them masked)", crate::redact::url_credentials(&repo.url)),
                 "remove the user and password (or token) from the URL: Hadron authenticates with its own credentials, configured outside the repo; rotate the exposed credential",
             ));
         } else if let Some(why) = repo_url_problem(&repo.url) {

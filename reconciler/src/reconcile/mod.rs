@@ -475,7 +475,7 @@ impl Context {
         };
         let Some(head) = head else { return Ok(BTreeMap::new()) };
         tokio::task::spawn_blocking(move || {
-            let repo = gix::open(&mirror).map_err(|e| crate::gates::GateError::object("open the control-repo mirror", e))?;
+            let repo = crate::git::open(&mirror).map_err(|e| crate::gates::GateError::object("open the control-repo mirror", e))?;
             let mut out = BTreeMap::new();
             for name in names {
                 if let Some(commit) = crate::gates::history::request_commit_of(&repo, head.id(), &name)? {

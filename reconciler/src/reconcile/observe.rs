@@ -233,7 +233,7 @@ pub fn history_facts(
     request: &str,
     gate: &str,
 ) -> (Result<gates::Approver, String>, Result<(gates::Person, String), String>) {
-    let repo = match gix::open(mirror) {
+    let repo = match crate::git::open(mirror) {
         Ok(repo) => repo,
         Err(e) => {
             let why = format!("opening the control repo mirror failed: {e}");

@@ -4,7 +4,6 @@
 //! later `up` reuses the repos and loses nothing pushed to them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Why seeding failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,23 +63,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SeedError + '_ {
     move |source| SeedError::Io { path: path.to_owned(), source }
 }
 
-/// Runs git with a fixed identity so the user's config does not matter.
+/// Runs git (through Hadron's one runner) as `hadron-seed`.
 pub(crate) fn git(cwd: &Path, args: &[&str]) -> Result<String, SeedError> {
-    let out = Command::new("git")
-        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
-        .args(args)
-        .current_dir(cwd)
-        .env("GIT_AUTHOR_NAME", "hadron-seed")
-        .env("GIT_AUTHOR_EMAIL", "hadron-seed@localhost")
-        .env("GIT_COMMITTER_NAME", "hadron-seed")
-        .env("GIT_COMMITTER_EMAIL", "hadron-seed@localhost")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .map_err(|source| SeedError::Io { path: PathBuf::from("git"), source })?;
-    if !out.status.success() {
-        return Err(SeedError::Git { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
+    let git = crate::git::Git::in_dir(cwd, crate::git::Identity::new("hadron-seed", "hadron-seed@localhost"));
+    let out = git.run(args).map_err(|e| match e {
+        crate::git::GitError::Unavailable { source } => SeedError::Io { path: PathBuf::from("git"), source },
+        other => SeedError::Git { args: args.join(" "), stderr: other.to_string() },
+    })?;
+    if !out.success {
+        return Err(SeedError::Git { args: args.join(" "), stderr: out.stderr.trim().to_owned() });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 fn copy_dir(from: &Path, to: &Path, skip_top: &[&str]) -> Result<(), SeedError> {

@@ -6,7 +6,7 @@ use gix::error::Class;
 ///
 /// Each variant maps to a stable CamelCase [`reason`](SourceError::reason) used in
 /// status conditions, metrics and logs. Messages never contain credentials: URLs are
-/// shown with any user info stripped (see [`redact_url`]).
+/// shown with any user info stripped (see [`crate::redact::url_credentials`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The configuration itself is unusable (bad URL, bad branch name).
@@ -133,7 +133,7 @@ impl SourceError {
     /// end-of-stream errors are reported as [`SourceError::Corrupt`] rather than
     /// [`SourceError::Network`].
     pub(crate) fn from_remote(err: &gix::Error, url: &str, local: bool) -> Self {
-        let url = redact_url(url);
+        let url = crate::redact::url_credentials(url);
         let message = chain_message(err);
         match err.dominant_class() {
             Some(Class::Cancelled) => return SourceError::Interrupted,
@@ -226,17 +226,3 @@ fn chain_message(err: &gix::Error) -> String {
     }
 }
 
-/// Strip user info (`user:password@`) from a URL so it can be shown in errors and logs.
-/// scp-like ssh addresses (`git@host:path`) keep their user name, which is not a secret.
-pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if let Some((_, host)) = authority.rsplit_once('@') {
-            return format!("{scheme}://***@{host}{path}");
-        }
-    }
-    url.to_owned()
-}

@@ -47,7 +47,7 @@ use std::time::Duration;
 use gix::ObjectId;
 use gix::objs::tree::EntryKind;
 
-pub use error::{SourceError, redact_url};
+pub use error::SourceError;
 pub use retry::{RetryPolicy, fetch_with_retry, retry_with_backoff};
 pub use trigger::{TriggerHandle, spawn_triggers};
 
@@ -116,7 +116,7 @@ impl SourceConfig {
 fn parse_url(raw: &str) -> Result<gix::Url, SourceError> {
     let mut url =
         gix::url::parse(gix::bstr::BStr::new(raw)).map_err(|e| SourceError::InvalidConfig {
-            message: format!("cannot parse url {:?}: {e}", redact_url(raw)),
+            message: format!("cannot parse url {:?}: {e}", crate::redact::url_credentials(raw)),
         })?;
     if url.scheme == gix::url::Scheme::File {
         let path = PathBuf::from(url.path.to_string());
@@ -303,7 +303,7 @@ pub struct Source {
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Source")
-            .field("url", &redact_url(&self.cfg.url))
+            .field("url", &crate::redact::url_credentials(&self.cfg.url))
             .field("branch", &self.cfg.branch)
             .field("mirror", &self.mirror_path())
             .field("last_good", &self.last_good)
@@ -424,13 +424,13 @@ impl Source {
             let path = PathBuf::from(url.path.to_string());
             if !path.exists() {
                 return Err(SourceError::RepoNotFound {
-                    url: redact_url(&raw_url),
+                    url: crate::redact::url_credentials(&raw_url),
                     message: format!("{} does not exist", path.display()),
                 });
             }
         }
 
-        remove_stale_locks(&self.mirror_path(), STALE_LOCK_AGE);
+        crate::git::remove_stale_locks(&self.mirror_path(), crate::git::STALE_LOCK_AGE);
         let repo = self.mirror()?;
         let branch_ref = format!("refs/heads/{branch}");
         let refspec = format!("+{branch_ref}:{tracking}");
@@ -453,7 +453,7 @@ impl Source {
             .any(|r| r.unpack().0 == branch_ref.as_str());
         if !advertised {
             return Err(SourceError::BranchNotFound {
-                url: redact_url(&raw_url),
+                url: crate::redact::url_credentials(&raw_url),
                 branch,
             });
         }
@@ -709,39 +709,6 @@ fn read_blob(
     Ok(Blob::Data(data))
 }
 
-/// A lock file older than this in the private mirror was left by a killed
-/// process: a live fetch holds its ref locks for milliseconds.
-pub const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
-
-/// Removes `*.lock` files older than `age` from a git dir's top level and
-/// `refs/` (left by a `kill -9` during a fetch; gix would otherwise refuse
-/// every later ref update). Only for Hadron's private mirror.
-pub fn remove_stale_locks(git_dir: &Path, age: Duration) -> usize {
-    fn walk(dir: &Path, age: Duration, recurse: bool, removed: &mut usize) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for entry in entries.filter_map(Result::ok) {
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
-            if kind.is_dir() {
-                if recurse {
-                    walk(&path, age, true, removed);
-                }
-                continue;
-            }
-            let stale = path.extension().is_some_and(|e| e == "lock")
-                && entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= age));
-            if stale && std::fs::remove_file(&path).is_ok() {
-                tracing::warn!(file = %path.display(), "removed a stale lock file left by an interrupted fetch");
-                *removed += 1;
-            }
-        }
-    }
-    let mut removed = 0;
-    walk(git_dir, age, false, &mut removed);
-    walk(&git_dir.join("refs"), age, true, &mut removed);
-    removed
-}
-
 /// Open the mirror at `path`, creating it if needed.
 ///
 /// The mirror is created in a sibling folder and renamed into place, so a
@@ -750,7 +717,7 @@ pub fn remove_stale_locks(git_dir: &Path, age: Duration) -> usize {
 /// a cache of the control repo.
 fn open_mirror(path: &Path) -> Result<gix::Repository, SourceError> {
     let mut repo = if path.join("HEAD").is_file() {
-        gix::open(path).map_err(|e| SourceError::from_local(&e))?
+        crate::git::open(path).map_err(|e| SourceError::from_local(&e))?
     } else {
         let io = |what: &str, p: &Path, e| SourceError::io(format!("{what} {}", p.display()), e);
         if path.exists() {
@@ -763,7 +730,7 @@ fn open_mirror(path: &Path) -> Result<gix::Repository, SourceError> {
         std::fs::create_dir_all(&tmp).map_err(|e| io("creating", &tmp, e))?;
         drop(gix::init_bare(&tmp).map_err(|e| SourceError::from_local(&e))?);
         std::fs::rename(&tmp, path).map_err(|e| io("moving the new mirror to", path, e))?;
-        gix::open(path).map_err(|e| SourceError::from_local(&e))?
+        crate::git::open(path).map_err(|e| SourceError::from_local(&e))?
     };
     configure_mirror(&mut repo)?;
     Ok(repo)
@@ -786,6 +753,6 @@ fn configure_mirror(repo: &mut gix::Repository) -> Result<(), SourceError> {
 /// Is `path` the git directory or work tree of a git repository we can watch?
 /// Returns the folder holding `refs/` and `packed-refs`.
 pub(crate) fn refs_dir_of(path: &Path) -> Option<PathBuf> {
-    let repo = gix::open(path).ok()?;
+    let repo = crate::git::open(path).ok()?;
     Some(repo.common_dir().to_path_buf())
 }

@@ -533,7 +533,7 @@ fn a_ref_lock_left_by_a_killed_fetch_is_removed_once_stale() -> Result<()> {
     // A fresh lock may belong to a live fetch: it stays, and the fetch fails.
     assert!(source.fetch().is_err(), "a fresh lock is respected");
     assert!(lock.exists());
-    let old = std::time::SystemTime::now() - STALE_LOCK_AGE - Duration::from_secs(1);
+    let old = std::time::SystemTime::now() - crate::git::STALE_LOCK_AGE - Duration::from_secs(1);
     std::fs::File::options().write(true).open(&lock)?.set_modified(old)?;
     assert_eq!(source.fetch()?.to_string(), head, "a stale lock is removed and the fetch goes on");
     assert!(!lock.exists());
@@ -880,15 +880,15 @@ fn backoff_grows_exponentially_and_is_capped() {
 #[test]
 fn urls_are_redacted() {
     assert_eq!(
-        redact_url("https://user:s3cret@example.com/org/repo.git"),
+        crate::redact::url_credentials("https://user:s3cret@example.com/org/repo.git"),
         "https://***@example.com/org/repo.git"
     );
     assert_eq!(
-        redact_url("https://example.com/x.git"),
+        crate::redact::url_credentials("https://example.com/x.git"),
         "https://example.com/x.git"
     );
     assert_eq!(
-        redact_url("git@example.com:org/x.git"),
+        crate::redact::url_credentials("git@example.com:org/x.git"),
         "git@example.com:org/x.git"
     );
     let err = SourceError::from_remote(

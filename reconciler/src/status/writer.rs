@@ -31,7 +31,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use gix::object::tree::EntryKind;
@@ -155,22 +154,7 @@ impl WriterError {
 }
 
 /// Name and email used as both author and committer of status commits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Display name, e.g. `hadron`.
-    pub name: String,
-    /// Email address, e.g. `hadron@localhost`.
-    pub email: String,
-}
-
-impl Default for Identity {
-    fn default() -> Self {
-        Identity {
-            name: "hadron".to_owned(),
-            email: "hadron@localhost".to_owned(),
-        }
-    }
-}
+pub use crate::git::Identity;
 
 /// Configuration of a [`StatusWriter`]. Its `Debug` output hides credentials in `remote_url`.
 #[derive(Clone)]
@@ -214,7 +198,7 @@ impl WriterConfig {
 impl std::fmt::Debug for WriterConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriterConfig")
-            .field("remote_url", &redact_url(&self.remote_url))
+            .field("remote_url", &crate::redact::url_credentials(&self.remote_url))
             .field("branch", &self.branch)
             .field("work_dir", &self.work_dir)
             .field("author", &self.author)
@@ -369,6 +353,9 @@ impl StatusWriter {
     ) -> Result<Option<PreparedCommit>, WriterError> {
         validate_changes(changes)?;
         validate_revision(revision)?;
+        // A `kill -9` during a ref update leaves its lock behind; this clone
+        // is Hadron's alone, so an old lock is nobody's.
+        crate::git::remove_stale_locks(&self.config.work_dir, crate::git::STALE_LOCK_AGE);
         self.fetch()?;
         let repo = open_repo(&self.config.work_dir)
             .map_err(|e| WriterError::git("opening the private clone", e))?;
@@ -473,8 +460,8 @@ impl StatusWriter {
             &self.config.remote_url,
             &refspec,
         ])?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = self.redact(&String::from_utf8_lossy(&output.stderr));
+        let stdout = &output.stdout;
+        let stderr = &output.stderr;
         let line = stdout.lines().find_map(|line| {
             let mut fields = line.splitn(3, '\t');
             let flag = fields.next()?;
@@ -486,18 +473,18 @@ impl StatusWriter {
         match line {
             // " " fast-forward, "*" new branch, "=" already there.
             Some((flag, _))
-                if output.status.success() && matches!(flag.as_str(), "" | "*" | "=") =>
+                if output.success && matches!(flag.as_str(), "" | "*" | "=") =>
             {
                 Ok(PushResult::Pushed)
             }
             Some((flag, summary)) if flag == "!" && is_retryable_rejection(&summary) => {
                 Ok(PushResult::Rejected {
-                    detail: self.redact(summary.trim()),
+                    detail: summary.trim().to_owned(),
                 })
             }
             Some((flag, summary)) => Err(WriterError::Push {
                 branch: self.config.branch.clone(),
-                detail: format!("{flag} {} {}", self.redact(summary.trim()), stderr.trim())
+                detail: format!("{flag} {} {}", summary.trim(), stderr.trim())
                     .trim()
                     .to_owned(),
             }),
@@ -521,16 +508,13 @@ impl StatusWriter {
             &self.config.remote_url,
             &refspec,
         ])?;
-        if output.status.success() {
+        if output.success {
             Ok(())
         } else {
             Err(WriterError::Fetch {
                 branch: self.config.branch.clone(),
-                remote: redact_url(&self.config.remote_url),
-                detail: self
-                    .redact(&String::from_utf8_lossy(&output.stderr))
-                    .trim()
-                    .to_owned(),
+                remote: crate::redact::url_credentials(&self.config.remote_url),
+                detail: output.stderr.trim().to_owned(),
             })
         }
     }
@@ -554,63 +538,23 @@ impl StatusWriter {
         Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos))
     }
 
-    /// Run `git` on the private clone with a fixed, config-independent environment.
-    fn run_git(&self, args: &[&str]) -> Result<Output, WriterError> {
-        let author = &self.config.author;
-        let mut command = Command::new("git");
-        command
-            .args([
-                "-c",
-                "core.hooksPath=/dev/null",
-                "-c",
-                "protocol.ext.allow=never",
-                "-c",
-                "push.gpgSign=false",
-                "-c",
-                "push.followTags=false",
-                "-c",
-                "push.recurseSubmodules=no",
-                "-c",
-                "gc.autoDetach=false",
-            ])
-            .args(args)
-            .env("GIT_DIR", &self.config.work_dir)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_AUTHOR_NAME", &author.name)
-            .env("GIT_AUTHOR_EMAIL", &author.email)
-            .env("GIT_COMMITTER_NAME", &author.name)
-            .env("GIT_COMMITTER_EMAIL", &author.email)
-            .env("LC_ALL", "C")
-            .env_remove("GIT_WORK_TREE")
-            .env_remove("GIT_INDEX_FILE")
-            .env_remove("GIT_OBJECT_DIRECTORY")
-            .env_remove("GIT_ALTERNATE_OBJECT_DIRECTORIES")
-            .env_remove("GIT_NAMESPACE")
-            .env_remove("GIT_CONFIG_PARAMETERS")
-            .env_remove("GIT_CONFIG_COUNT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
-            .output()
-            .map_err(|source| WriterError::GitUnavailable { source })
-    }
-
-    /// Remove the credentials of the remote URL from git's output.
-    fn redact(&self, text: &str) -> String {
-        let url = &self.config.remote_url;
-        let redacted = redact_url(url);
-        if redacted == *url {
-            text.to_owned()
-        } else {
-            text.replace(url.as_str(), &redacted)
-        }
+    /// Run `git` on the private clone through Hadron's one git runner.
+    fn run_git(&self, args: &[&str]) -> Result<crate::git::Ran, WriterError> {
+        crate::git::Git::bare(&self.config.work_dir, self.config.author.clone())
+            .run(args)
+            .map_err(|e| match e {
+                crate::git::GitError::Unavailable { source } => WriterError::GitUnavailable { source },
+                crate::git::GitError::Failed { detail, .. } => WriterError::Push {
+                    branch: self.config.branch.clone(),
+                    detail,
+                },
+            })
     }
 }
 
 /// Open the private clone ignoring global and system git configuration.
 fn open_repo(dir: &Path) -> Result<gix::Repository, gix::Error> {
-    gix::open_opts(dir, gix::open::Options::isolated())
+    crate::git::open(dir)
 }
 
 /// Whether a `!` push summary means "the branch moved; fetch and re-apply".
@@ -626,19 +570,6 @@ fn is_retryable_rejection(summary: &str) -> bool {
         || s.contains("cannot lock ref")
         || s.contains("failed to lock")
         || s.contains("incorrect old value")
-}
-
-/// Replace the user-info part of a URL (`https://user:token@host/…`) with `***`.
-fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..scheme_end + 3], &rest[at..]),
-        None => url.to_owned(),
-    }
 }
 
 /// Build the commit message: `message` (or a default subject) and the revision trailer.
@@ -702,7 +633,7 @@ fn validate_config(config: &WriterConfig) -> Result<(), WriterError> {
     let refuse = |detail: String| Err(WriterError::Config { detail });
     let url = &config.remote_url;
     if url.is_empty() || url.starts_with('-') || url.contains(['\0', '\n', '\r']) {
-        return refuse(format!("remote_url {:?} is not usable", redact_url(url)));
+        return refuse(format!("remote_url {:?} is not usable", crate::redact::url_credentials(url)));
     }
     let branch = &config.branch;
     let full = format!("refs/heads/{branch}");
@@ -760,12 +691,12 @@ mod tests {
     #[test]
     fn url_credentials_are_redacted() {
         assert_eq!(
-            redact_url("https://user:secret@git.example/org/repo.git"),
+            crate::redact::url_credentials("https://user:secret@git.example/org/repo.git"),
             "https://***@git.example/org/repo.git"
         );
-        assert_eq!(redact_url("/srv/git/control.git"), "/srv/git/control.git");
+        assert_eq!(crate::redact::url_credentials("/srv/git/control.git"), "/srv/git/control.git");
         assert_eq!(
-            redact_url("https://git.example/a@b"),
+            crate::redact::url_credentials("https://git.example/a@b"),
             "https://git.example/a@b"
         );
         let config = WriterConfig::new("https://u:tok3n@git.example/c.git", "main", "/tmp/w");

@@ -389,20 +389,6 @@ impl Log {
     }
 }
 
-/// Hides `user:password@` in URLs.
-fn redact_url(text: &str) -> String {
-    match text.find("://") {
-        Some(i) => {
-            let rest = &text[i + 3..];
-            let host_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..host_end].rfind('@') {
-                Some(at) => format!("{}://***@{}", &text[..i], &rest[at + 1..]),
-                None => text.to_owned(),
-            }
-        }
-        None => text.to_owned(),
-    }
-}
 
 /// What a git command printed.
 struct GitOut {
@@ -510,43 +496,20 @@ impl Worker<'_> {
         S: AsRef<OsStr>,
     {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let shown: Vec<String> = args.iter().map(|a| redact_url(&a.to_string_lossy())).collect();
+        let shown: Vec<String> = args.iter().map(|a| crate::redact::url_credentials(&a.to_string_lossy())).collect();
         self.log.line(&format!("$ git {}", shown.join(" ")));
         let (name, email) = &self.spec.git_author;
-        let out = Command::new("git")
-            .arg("-c")
-            .arg("protocol.ext.allow=never")
-            .arg("-c")
-            .arg("core.hooksPath=/dev/null")
-            .arg("-c")
-            .arg("commit.gpgSign=false")
-            .arg("-c")
-            .arg(format!("user.name={name}"))
-            .arg("-c")
-            .arg(format!("user.email={email}"))
-            .args(&args)
-            .current_dir(dir)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_AUTHOR_NAME", name)
-            .env("GIT_AUTHOR_EMAIL", email)
-            .env("GIT_COMMITTER_NAME", name)
-            .env("GIT_COMMITTER_EMAIL", email)
-            .env("LC_ALL", "C")
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE")
-            .env_remove("GIT_INDEX_FILE")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| WorkerError::GitFailed(format!("cannot run git: {e}")))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let out = crate::git::Git::in_dir(dir, crate::git::Identity::new(name.clone(), email.clone()))
+            .run(&args)
+            .map_err(|e| WorkerError::GitFailed(e.to_string()))?;
+        let (stdout, stderr) = (out.stdout, out.stderr);
         if !stdout.is_empty() {
             self.log.write(&stdout);
         }
         if !stderr.is_empty() {
             self.log.write(&stderr);
         }
-        Ok(GitOut { ok: out.status.success(), stdout, stderr })
+        Ok(GitOut { ok: out.success, stdout, stderr })
     }
 
     fn git<I, S>(&self, args: I) -> Result<GitOut, WorkerError>
@@ -564,7 +527,7 @@ impl Worker<'_> {
         S: AsRef<OsStr>,
     {
         let out = self.git(args)?;
-        if out.ok { Ok(out.stdout.trim().to_owned()) } else { Err(error(self.log.redact(&redact_url(out.stderr.trim())))) }
+        if out.ok { Ok(out.stdout.trim().to_owned()) } else { Err(error(self.log.redact(out.stderr.trim()))) }
     }
 
     /// The commit a ref points at, if it exists.
@@ -598,7 +561,7 @@ impl Worker<'_> {
         ];
         let out = self.git_in(&self.run_dir, args)?;
         if !out.ok {
-            return Err(WorkerError::CloneFailed(self.log.redact(&redact_url(out.stderr.trim()))));
+            return Err(WorkerError::CloneFailed(self.log.redact(out.stderr.trim())));
         }
         std::fs::rename(&partial, &self.workspace).map_err(|e| WorkerError::io(&self.workspace, e))
     }
@@ -754,7 +717,7 @@ impl Worker<'_> {
                 let message = if attempt == 1 { "pushed".to_owned() } else { format!("pushed after {} rebase(s)", attempt - 1) };
                 return Ok(Done { commit: head, message });
             }
-            last_error = self.log.redact(&redact_url(out.stderr.trim()));
+            last_error = self.log.redact(out.stderr.trim());
             if !self.git(["fetch", "-q", "--prune", "origin"])?.ok {
                 break;
             }
@@ -862,9 +825,9 @@ mod tests {
 
     #[test]
     fn urls_lose_their_credentials_in_logs() {
-        assert_eq!(redact_url("https://bot:s3cret@gitea.example.com/a/b.git"), "https://***@gitea.example.com/a/b.git");
-        assert_eq!(redact_url("https://gitea.example.com/a@b.git"), "https://gitea.example.com/a@b.git");
-        assert_eq!(redact_url("/srv/git/app.git"), "/srv/git/app.git");
+        assert_eq!(crate::redact::url_credentials("https://bot:s3cret@gitea.example.com/a/b.git"), "https://***@gitea.example.com/a/b.git");
+        assert_eq!(crate::redact::url_credentials("https://gitea.example.com/a@b.git"), "https://gitea.example.com/a@b.git");
+        assert_eq!(crate::redact::url_credentials("/srv/git/app.git"), "/srv/git/app.git");
     }
 
     fn spec() -> RunSpec {

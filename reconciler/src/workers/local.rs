@@ -63,7 +63,7 @@ pub struct LocalDriver {
 
 /// Variables a worker needs besides the agent's passthrough set: git's
 /// transport settings. Nothing else of Hadron's environment reaches a worker.
-const WORKER_ENV: &[&str] = &["SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "LC_ALL", "LC_CTYPE", "RUST_BACKTRACE"];
+const WORKER_ENV: &[&str] = &["SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", crate::git::OPERATOR_CONFIG_ENV, "LC_ALL", "LC_CTYPE", "RUST_BACKTRACE"];
 
 impl LocalDriver {
     /// A driver keeping its runs in `runs_dir` (created if missing) and
