@@ -187,8 +187,10 @@ impl ApprovalBranches {
 }
 
 /// Creates the bare mirror if it is not there yet.
+/// Locks a killed git left in it are removed once stale: the mirror is Hadron's alone.
 fn ensure_mirror(mirror: &Path) -> Result<(), GateError> {
     if mirror.join("HEAD").is_file() {
+        crate::git::remove_stale_locks(mirror, crate::git::STALE_LOCK_AGE);
         return Ok(());
     }
     std::fs::create_dir_all(mirror)
