@@ -77,6 +77,17 @@ struct ServeArgs {
     /// credentials (the Gitea token, the webhook secret, DATABASE_URL, HADRON_*) are refused.
     #[arg(long = "agent-secret", env = "HADRON_AGENT_SECRETS", value_delimiter = ',', value_name = "NAME")]
     agent_secrets: Vec<String>,
+    /// Hours the run directory of a finished worker (result.json, worker.log) is kept once its
+    /// result is recorded and published; its workspace clone goes at once. 0: removed at once.
+    #[arg(long, env = "HADRON_RUN_RETENTION_HOURS", default_value_t = 168, value_name = "HOURS")]
+    run_retention_hours: u64,
+    /// Days the event log (the store's audit trail of every request) and CI results are kept; 0 keeps them forever.
+    #[arg(long, env = "HADRON_EVENT_RETENTION_DAYS", default_value_t = 90, value_name = "DAYS")]
+    event_retention_days: u64,
+    /// Seconds between housekeeping sweeps (old run directories, published outbox entries, store
+    /// keys of deleted requests, events past retention).
+    #[arg(long, env = "HADRON_HOUSEKEEPING_SECONDS", default_value_t = 600, value_name = "SECONDS")]
+    housekeeping_seconds: u64,
 }
 
 /// Which forge Hadron talks to.
@@ -101,6 +112,14 @@ impl ServeArgs {
                 },
             },
         })
+    }
+
+    fn retention(&self) -> hadron::reconcile::housekeeping::Retention {
+        hadron::reconcile::housekeeping::Retention {
+            runs: Duration::from_secs(self.run_retention_hours.saturating_mul(3600)),
+            events: (self.event_retention_days > 0).then(|| Duration::from_secs(self.event_retention_days.saturating_mul(86_400))),
+            interval: Duration::from_secs(self.housekeeping_seconds.max(1)),
+        }
     }
 
     fn webhook_secret(&self) -> Option<up::SecretSource> {
@@ -289,6 +308,7 @@ fn run_service(
         forge,
         webhook_secret: serve.webhook_secret(),
         agent_secrets: serve.agent_secrets.clone(),
+        retention: serve.retention(),
     };
     let mut stdout = io::stdout();
     let result = match repo {

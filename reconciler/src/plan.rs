@@ -260,6 +260,20 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// What the action does, in a few words, for logs and step failures.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Start(a) => format!("starting worker {} ({}/{})", a.worker, a.request, a.stage),
+            Action::Cancel { worker, reason } => format!("cancelling worker {worker} ({reason})"),
+            Action::Adopt(a) => format!("adopting worker {}", a.worker),
+            Action::Record(a) => format!("recording worker {} as {}", a.worker, a.state.as_str()),
+            Action::OpenApproval { request, gate, .. } => format!("opening approval branch hadron/approve/{request}/{gate}"),
+            Action::Forget { request } => format!("forgetting deleted request {request}"),
+        }
+    }
+}
+
 /// Where one request stands after planning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestView {

@@ -16,6 +16,7 @@ use crate::model::Phase;
 use crate::plan::PlanConfig;
 use crate::reconcile::forge::ForgeLink;
 use crate::reconcile::{self, Context, LoopConfig, PassReport, ReconcileError, Telemetry, seed, urls};
+use crate::reconcile::steps::StepFailure;
 use crate::server::{self, ControlRepoId, Metrics, ServerConfig, ServerState, Trigger, WebhookSecret};
 use crate::store::Store;
 use crate::workers::{LocalDriver, WorkerCommand};
@@ -100,6 +101,8 @@ pub struct UpOptions {
     pub webhook_secret: Option<SecretSource>,
     /// Variables of Hadron's environment agents may name in `secretRef`.
     pub agent_secrets: Vec<String>,
+    /// What is kept how long.
+    pub retention: crate::reconcile::housekeeping::Retention,
 }
 
 /// Variables that hold Hadron's own credentials or configuration: never an agent's secret.
@@ -309,6 +312,7 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
         poll_interval: opts.poll_interval,
         plan: PlanConfig { backoff_base_ms: i64::try_from(opts.backoff_base.as_millis()).unwrap_or(10_000), ..PlanConfig::default() },
         driver_name: "local".into(),
+        retention: opts.retention.clone(),
     };
     let telemetry = Telemetry {
         metrics: Arc::new(Metrics::new()),
@@ -386,6 +390,10 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
             Ok(report) => {
                 for c in &report.changes {
                     let _ = writeln!(out, "{}", change_line(c, crate::time::now(), local_forge));
+                }
+                let before = last.as_ref().map_or(&[][..], |l| l.degraded.as_slice());
+                for line in degraded_lines(before, &report.degraded, crate::time::now()) {
+                    let _ = writeln!(out, "{line}");
                 }
                 let _ = out.flush();
                 let idle = report.idle;
@@ -499,6 +507,22 @@ pub async fn ci_status(
     store.set_commit_status(repo, &head, context, state, crate::time::now()).await?;
     nudge(data_dir, "ci-status")?;
     Ok(head)
+}
+
+/// The terminal lines for steps that started or stopped failing between two
+/// passes: each failure is shown once when it starts (with where to look)
+/// and once when it is over, not once per pass.
+pub fn degraded_lines(before: &[StepFailure], now: &[StepFailure], t: crate::time::Millis) -> Vec<String> {
+    let at = crate::time::rfc3339(t);
+    let key = |f: &StepFailure| (f.step, f.reason.clone());
+    let mut lines = Vec::new();
+    for f in now.iter().filter(|f| !before.iter().any(|b| key(b) == key(f))) {
+        lines.push(format!("{at}  {} step failing [{}]: {}", f.step.as_str(), f.reason, f.message));
+    }
+    for f in before.iter().filter(|b| !now.iter().any(|f| key(b) == key(f))) {
+        lines.push(format!("{at}  {} step recovered [{}]", f.step.as_str(), f.reason));
+    }
+    lines
 }
 
 /// Folder in the data dir that a running `hadron up`/`serve` watches: a

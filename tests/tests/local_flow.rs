@@ -416,3 +416,101 @@ fn readyz_says_not_ready_with_the_reason_while_passes_keep_failing() {
     git_in(&control, "x", &["update-ref", "refs/heads/main", head.trim()]);
     wait_for(200, "ready");
 }
+
+/// A pre-receive hook on the control repo that declines Hadron's commits
+/// (as branch protection would) while `decline` exists; people's pushes pass.
+fn decline_hadron_pushes(control: &Path, decline: &Path) {
+    let hook = control.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nwhile read old new ref; do\n  if [ -e '{}' ] && [ \"$(git log -1 --format=%an \"$new\")\" = hadron ]; then\n    echo \"protected branch: Hadron may not push now\" >&2\n    exit 1\n  fi\ndone\nexit 0\n",
+            decline.display()
+        ),
+    )
+    .expect("write hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod hook");
+}
+
+#[test]
+fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_without_requests(root);
+    seed_only(root);
+    let control = root.join(".hadron/repos/control.git");
+    let decline = root.join("decline");
+    std::fs::write(&decline, "").expect("decline marker");
+    decline_hadron_pushes(&control, &decline);
+
+    let live = Live::start(hadron_bin!(), root, &["up", "example-repo", "--listen", "127.0.0.1:0", "--poll-seconds", "3600"]);
+    let addr = live.address();
+    // A person pushes two requests: one quick, one whose agent outlives its wall-time budget.
+    let clone = root.join("alice");
+    git_in(root, "alice", &["clone", "-q", control.to_str().expect("utf-8"), "alice"]);
+    std::fs::create_dir_all(clone.join("requests")).expect("requests folder");
+    std::fs::write(
+        clone.join("agents/sleepy.yaml"),
+        "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: sleepy\nspec:\n  command: [sh, -c, 'sleep 60']\n",
+    )
+    .expect("agent");
+    std::fs::write(
+        clone.join("requests/quick.yaml"),
+        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: quick\nspec:\n  title: Quick\n  repos:\n    - url: ../demo-app.git\n",
+    )
+    .expect("request");
+    std::fs::write(
+        clone.join("requests/slow.yaml"),
+        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: slow\nspec:\n  title: Slow\n  agent: sleepy\n  budget:\n    maxWallTime: 3s\n  repos:\n    - url: ../demo-app.git\n",
+    )
+    .expect("request");
+    git_in(&clone, "alice", &["add", "-A"]);
+    git_in(&clone, "alice", &["commit", "-q", "-m", "Add quick and slow"]);
+    git_in(&clone, "alice", &["push", "-q", "origin", "main"]);
+
+    // Publishing fails, and says so once; workers, plans and limits go on.
+    live.wait_for_line(&["publish step failing [StatusPublishFailed]", "protected branch"], "the declined push is shown with git's words");
+    live.wait_for_line(&["quick", "-> Succeeded"], "the quick request finishes while publishing fails");
+    live.wait_for_line(&["slow", "-> Failed", "maxWallTime"], "the wall-time budget is enforced while publishing fails");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(metrics.contains("hadron_status_publish_failing 1"), "{metrics}");
+    assert!(metrics.contains("hadron_status_publish_failures_total{reason=\"PushFailed\"}"), "{metrics}");
+    let started = Instant::now();
+    loop {
+        let (code, body) = http_get(&addr, "/readyz");
+        if code == 503 && body.contains("StatusPublishFailed") {
+            break;
+        }
+        assert!(started.elapsed() < hadron_tests::WAIT, "/readyz never said StatusPublishFailed: {code} {body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let in_git = git_in(&control, "x", &["ls-tree", "--name-only", "main", "status/"]);
+    assert!(!in_git.contains("status/quick.yaml"), "nothing was pushed while declined: {in_git}");
+    let outbox_rows = || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let store = hadron::store::Store::open_data_dir(&root.join(".hadron")).await.expect("store");
+            store.pending_outbox().await.expect("outbox").len()
+        })
+    };
+    assert!(outbox_rows() <= 1, "one entry waits, not one per pass");
+
+    // The protection is lifted: the statuses catch up without a restart or a push.
+    std::fs::remove_file(&decline).expect("lift");
+    let started = Instant::now();
+    loop {
+        let quick = Command::new("git").arg("-C").arg(&control).args(["show", "main:status/quick.yaml"]).output().expect("git");
+        let slow = Command::new("git").arg("-C").arg(&control).args(["show", "main:status/slow.yaml"]).output().expect("git");
+        let (quick, slow) = (String::from_utf8_lossy(&quick.stdout).into_owned(), String::from_utf8_lossy(&slow.stdout).into_owned());
+        if quick.contains("phase: Succeeded") && slow.contains("phase: Failed") {
+            break;
+        }
+        assert!(started.elapsed() < hadron_tests::WAIT, "statuses did not catch up:\n{quick}\n{slow}\n{}", live.logs());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!("statuses caught up {:?} after the protection was lifted", started.elapsed());
+    live.wait_for_line(&["publish step recovered [StatusPublishFailed]"], "the recovery is shown");
+    assert_eq!(outbox_rows(), 0, "nothing is left waiting");
+    let (code, body) = http_get(&addr, "/readyz");
+    assert_eq!(code, 200, "{body}");
+}

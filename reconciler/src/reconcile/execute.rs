@@ -11,6 +11,7 @@ use crate::time::Millis;
 use crate::workers::spec::{EnvSource, PreviousStage, RunSpec};
 
 use super::observe::approval_branch_key;
+use super::steps::StepFailure;
 use super::{Context, ReconcileError, urls};
 
 /// The prompt template shipped with Hadron (`templates/prompt.md.hbs`).
@@ -95,8 +96,9 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
     })
 }
 
-/// Runs the plan's actions in order.
-pub async fn execute(ctx: &mut Context, plan: &Plan, observed: &Observed, revision: &str, t: Millis) -> Result<(), ReconcileError> {
+/// Runs the plan's actions in order. A failed action is returned (and
+/// logged); the others still run.
+pub async fn execute(ctx: &mut Context, plan: &Plan, observed: &Observed, revision: &str, t: Millis) -> Result<Vec<StepFailure>, ReconcileError> {
     let all: Vec<Attempt> = plan.requests.values().flat_map(|v| v.attempts.iter().cloned()).chain(observed.attempts.iter().cloned()).collect();
     // Request records first: attempts refer to them.
     for (name, view) in &plan.requests {
@@ -112,12 +114,14 @@ pub async fn execute(ctx: &mut Context, plan: &Plan, observed: &Observed, revisi
             })
             .await?;
     }
+    let mut failed = Vec::new();
     for action in &plan.actions {
         if let Err(e) = execute_one(ctx, action, &all, revision, t).await {
             tracing::warn!(reason = e.reason(), error = %e, ?action, "action failed; the next pass retries it");
+            failed.push(StepFailure::execute(&e, &action.describe()));
         }
     }
-    Ok(())
+    Ok(failed)
 }
 
 async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revision: &str, t: Millis) -> Result<(), ReconcileError> {

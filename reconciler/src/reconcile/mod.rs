@@ -10,8 +10,10 @@
 
 pub mod execute;
 pub mod forge;
+pub mod housekeeping;
 pub mod observe;
 pub mod seed;
+pub mod steps;
 pub mod urls;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,6 +87,8 @@ pub struct LoopConfig {
     pub plan: PlanConfig,
     /// Name of the driver recorded with attempts (`local`, `kubernetes`).
     pub driver_name: String,
+    /// What is kept how long, and how often housekeeping runs.
+    pub retention: housekeeping::Retention,
 }
 
 /// A phase change, for progress output and the event log.
@@ -151,6 +155,10 @@ pub struct PassReport {
     pub idle: bool,
     /// Whether a forge call failed and the next pass should try again.
     pub forge_retry: bool,
+    /// Steps that failed while the rest of the pass went on.
+    pub degraded: Vec<steps::StepFailure>,
+    /// Status files decided but not pushed (publishing failed or backs off).
+    pub unpublished: usize,
 }
 
 /// Where a pass reports what it did, for the HTTP server.
@@ -197,13 +205,15 @@ pub struct Context {
     forge: Option<forge::ForgeLink>,
     telemetry: Option<Telemetry>,
     pruned_at: Option<Instant>,
+    /// Publishing status files: skipped while it backs off after failures.
+    publish_retry: steps::Retry,
+    /// The last publish failure, reported while publishing backs off.
+    publish_failure: Option<steps::StepFailure>,
 }
 
 /// `kv` key prefix of the digest of the status file Hadron last published, per request.
 pub const STATUS_DIGEST_PREFIX: &str = "status-digest/";
 
-/// How long webhook delivery ids are kept for deduplication (7 days).
-pub const DELIVERY_RETENTION_MS: Millis = 7 * 24 * 3600 * 1000;
 
 impl Context {
     /// Opens the source mirror, the status writer and the gate clone under the data dir.
@@ -232,6 +242,8 @@ impl Context {
             forge: None,
             telemetry: None,
             pruned_at: None,
+            publish_retry: steps::Retry::default(),
+            publish_failure: None,
         })
     }
 
@@ -256,6 +268,11 @@ impl Context {
         }
         if let (Trigger::TargetActivity { repo, .. }, Some(forge)) = (trigger, self.forge.as_mut()) {
             forge.target_activity(repo);
+        }
+        // A push to the control repo may be the fix (a person made room for
+        // Hadron's commits): publish again at once.
+        if matches!(trigger, Trigger::ControlPush { .. }) {
+            self.publish_retry.now();
         }
     }
 
@@ -335,18 +352,38 @@ impl Context {
     }
 
     async fn pass_steps(&mut self) -> Result<PassReport, ReconcileError> {
-        // Publish what a crash left in the outbox before anything else.
-        self.flush_outbox().await?;
+        let mut degraded = Vec::new();
+        // Publish what an earlier pass (or a crash) left in the outbox first,
+        // unless publishing backs off; a failure does not stop the pass.
+        let publishing = self.step_flush().await?;
+        if let Some(failure) = self.publish_failure.clone().filter(|_| !publishing) {
+            degraded.push(failure);
+        }
 
-        let (revision, meaningful) = self.step_source().await?;
+        // Fetch; on failure, go on with the last good catalog (if there is one).
+        let (revision, meaningful) = match self.step_source().await {
+            Ok(fetched) => fetched,
+            Err(e) => match self.last_report.as_ref() {
+                Some(last) => {
+                    let failure = steps::StepFailure::fetch(&e);
+                    tracing::warn!(reason = e.reason(), "{}", failure.message);
+                    degraded.push(failure);
+                    (last.revision.clone(), true)
+                }
+                _ => return Err(e),
+            },
+        };
         let t = now();
         // After an idle pass, a commit holding only Hadron's own status files
         // changes nothing to decide, unless CI is awaited (CI results arrive
-        // in the store or through the forge, not in git) or a forge call
-        // waits to be retried.
-        if let Some(prev) = self.last_report.as_ref().filter(|_| !meaningful) {
+        // in the store or through the forge, not in git), a forge call
+        // waits to be retried, or a step of that pass failed.
+        if let Some(prev) = self.last_report.as_ref().filter(|_| !meaningful && degraded.is_empty()) {
             let quiet = prev.idle
+                && self.housekeeping_wait() > Duration::ZERO
                 && !prev.forge_retry
+                && prev.degraded.is_empty()
+                && prev.unpublished == 0
                 && prev.live_workers == 0
                 && prev.wake_at.is_none_or(|w| w > t)
                 && !prev.phases.values().any(|(p, _, _)| *p == Phase::WaitingForCI);
@@ -369,11 +406,18 @@ impl Context {
         // Plan.
         let plan: Plan = plan::plan(&self.catalog.loaded().desired, &observed, t, &self.cfg.plan);
         // Execute.
-        execute::execute(self, &plan, &observed, &revision, t).await?;
+        degraded.extend(execute::execute(self, &plan, &observed, &revision, t).await?);
         // Forge: PRs and commit statuses.
         let outputs = self.step_forge(&plan, t).await?;
         // Status, summarised once at the end of the pass.
-        let report = self.step_status(&plan, &revision, t, &outputs).await?;
+        let mut report = self.step_status(&plan, &revision, t, &outputs, publishing).await?;
+        if let Some(failure) = self.publish_failure.clone().filter(|_| publishing) {
+            degraded.push(failure);
+        }
+        if !degraded.is_empty() {
+            report.idle = false;
+        }
+        report.degraded = degraded;
         if let Some(t) = &self.telemetry {
             let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
             for a in plan.requests.values().flat_map(|v| v.attempts.iter()) {
@@ -382,10 +426,10 @@ impl Context {
             t.metrics.set_workers_by_state(by_state);
         }
         self.store.set_last_revision(&revision, t).await?;
-        if self.pruned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
-            // Webhook delivery ids are kept for a week: Gitea redelivers within hours.
-            let pruned = self.store.prune_deliveries(t - DELIVERY_RETENTION_MS).await?;
-            tracing::debug!(pruned, "old webhook delivery ids pruned");
+        if self.housekeeping_wait() == Duration::ZERO {
+            let published = report.unpublished == 0 && self.publish_failure.is_none();
+            let swept = housekeeping::sweep(self, &observed, t, published).await?;
+            tracing::debug!(?swept, "housekeeping");
             self.pruned_at = Some(Instant::now());
         }
         self.last_report = Some(report.clone());
@@ -494,6 +538,7 @@ impl Context {
         revision: &str,
         t: Millis,
         forge: &forge::ForgeOutputs,
+        publishing: bool,
     ) -> Result<PassReport, ReconcileError> {
         let mut changes: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
         let mut report = PassReport {
@@ -581,15 +626,28 @@ impl Context {
                 })
                 .await?;
         }
-        if !changes.is_empty() {
+        if !changes.is_empty() && !publishing {
+            // Publishing fails or backs off: nothing is queued behind the
+            // entry already waiting; these files are decided again (from the
+            // store and the workers) once it goes through.
+            report.unpublished = changes.len();
+        } else if !changes.is_empty() {
             let names: Vec<String> = changes.keys().map(|p| p.trim_start_matches("status/").trim_end_matches(".yaml").to_owned()).collect();
             let message = status_message(&names, &report);
             let files: crate::store::OutboxFiles = changes
                 .iter()
                 .map(|(p, c)| (p.clone(), c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())))
                 .collect();
+            let count = changes.len();
             let id = self.store.put_outbox(&message, &files, t).await?;
-            report.status_commit = self.publish(id, changes, message, revision.to_owned()).await?;
+            match self.publish(id, changes, message, revision.to_owned()).await {
+                Ok(commit) => report.status_commit = commit,
+                Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
+                    report.unpublished = count;
+                    self.publish_failed(&e);
+                }
+                Err(e) => return Err(e),
+            }
         }
         report.live_workers = plan.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
             + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
@@ -622,6 +680,7 @@ impl Context {
             t.metrics.add_push_retries(u64::from(outcome.attempts.saturating_sub(1)));
         }
         self.store.mark_published(outbox_id, commit.as_deref().unwrap_or("unchanged"), now()).await?;
+        self.publish_succeeded();
         // What Hadron published is what it will trust when it reads it back.
         for (path, content) in &changes {
             let name = path.trim_start_matches("status/").trim_end_matches(".yaml");
@@ -649,7 +708,54 @@ impl Context {
         Ok(commit)
     }
 
-    /// Publishes pending outbox entries (left by a crash between commit and push).
+    /// Time until housekeeping is due (zero: now).
+    fn housekeeping_wait(&self) -> Duration {
+        self.pruned_at.map_or(Duration::ZERO, |at| self.cfg.retention.interval.saturating_sub(at.elapsed()))
+    }
+
+    /// Step 0, flush: publishes what earlier passes queued. Returns whether
+    /// this pass publishes (false while publishing fails or backs off).
+    async fn step_flush(&mut self) -> Result<bool, ReconcileError> {
+        if !self.publish_retry.due() {
+            return Ok(false);
+        }
+        match self.flush_outbox().await {
+            Ok(()) => {
+                // Nothing waits in the outbox any more.
+                self.publish_succeeded();
+                Ok(true)
+            }
+            Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
+                self.publish_failed(&e);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn publish_succeeded(&mut self) {
+        if let Some(failure) = self.publish_failure.take() {
+            tracing::info!(after = self.publish_retry.failures(), "status files are published again (they were not: {})", failure.message);
+        }
+        self.publish_retry.succeeded();
+        if let Some(t) = &self.telemetry {
+            t.metrics.set_status_publish_failing(false);
+        }
+    }
+
+    fn publish_failed(&mut self, err: &ReconcileError) {
+        let failure = steps::StepFailure::publish(err);
+        let wait = self.publish_retry.failed(failure.severity, self.cfg.poll_interval.min(Duration::from_secs(60)));
+        tracing::warn!(reason = err.reason(), retry_in = ?wait, "{}", failure.message);
+        if let Some(t) = &self.telemetry {
+            t.metrics.inc_status_publish_failures(err.reason());
+            t.metrics.set_status_publish_failing(true);
+        }
+        self.publish_failure = Some(failure);
+    }
+
+    /// Publishes pending outbox entries (left by a crash between commit and
+    /// push, or by a failed publish).
     async fn flush_outbox(&mut self) -> Result<(), ReconcileError> {
         for entry in self.store.pending_outbox().await? {
             let changes: BTreeMap<String, Option<Vec<u8>>> =
@@ -725,6 +831,7 @@ pub async fn run(
     mut on_pass: impl FnMut(&Result<PassReport, ReconcileError>) -> bool,
 ) {
     let mut failures: u32 = 0;
+    let mut degraded_passes: u32 = 0;
     loop {
         if *shutdown.borrow() {
             return;
@@ -734,9 +841,20 @@ pub async fn run(
         match &result {
             Ok(report) => {
                 failures = 0;
+                degraded_passes = if report.degraded.is_empty() { 0 } else { degraded_passes.saturating_add(1) };
                 if let Some(t) = &ctx.telemetry {
-                    *t.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                    // A pass that went on without a step is not a good pass
+                    // for `/readyz` once it keeps happening.
+                    let why = (degraded_passes >= FAILING_AFTER).then(|| {
+                        let steps: Vec<String> = report.degraded.iter().map(|f| format!("{} [{}]: {}", f.step.as_str(), f.reason, f.message)).collect();
+                        format!("{degraded_passes} passes in a row went on without a step: {}", steps.join("; "))
+                    });
+                    *t.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why;
                 }
+                if let Some(wait) = ctx.publish_retry.wait() {
+                    delay = delay.min(wait);
+                }
+                delay = delay.min(ctx.housekeeping_wait().max(Duration::from_millis(250)));
                 if report.live_workers > 0 {
                     delay = delay.min(Duration::from_millis(250));
                 }
@@ -751,8 +869,10 @@ pub async fn run(
                     *t.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                         Some(format!("{failures} passes in a row failed; the last with {}: {e}", e.reason()));
                 }
-                tracing::warn!(reason = e.reason(), error = %e, "reconcile pass failed; retrying");
-                delay = delay.min(Duration::from_millis(250 * u64::from(failures.min(20))));
+                let severity = steps::severity_of(e);
+                let wait = steps::backoff(severity, failures, ctx.cfg.poll_interval.min(Duration::from_secs(60)));
+                tracing::warn!(reason = e.reason(), error = %e, ?severity, retry_in = ?wait, "reconcile pass failed; retrying");
+                delay = delay.min(wait);
             }
         }
         if !on_pass(&result) {

@@ -84,6 +84,8 @@ struct Inner {
     status_commits: u64,
     dead_letters: u64,
     push_retries: u64,
+    publish_failures: BTreeMap<&'static str, u64>,
+    publish_failing: bool,
 }
 
 /// Counters, gauges and histograms of one Hadron process.
@@ -159,6 +161,16 @@ impl Metrics {
     /// Counts an outbox entry set aside because it can never be published.
     pub fn inc_dead_letters(&self) {
         self.lock().dead_letters += 1;
+    }
+
+    /// Counts a failed publish of status files, by the cause's reason.
+    pub fn inc_status_publish_failures(&self, reason: &'static str) {
+        *self.lock().publish_failures.entry(reason).or_default() += 1;
+    }
+
+    /// Whether status files currently fail to publish.
+    pub fn set_status_publish_failing(&self, failing: bool) {
+        self.lock().publish_failing = failing;
     }
 
     /// Counts `n` retried pushes (after a rejected non-fast-forward push).
@@ -279,6 +291,22 @@ impl Metrics {
             "Status outbox entries set aside because they can never be published (see the outbox.dead_letter events)",
         );
         let _ = writeln!(out, "hadron_outbox_dead_letters_total {}", inner.dead_letters);
+        family(
+            &mut out,
+            "hadron_status_publish_failures_total",
+            "counter",
+            "Failed pushes of status files, by reason (PushFailed: a hook or branch protection declined Hadron's commit)",
+        );
+        for (reason, n) in &inner.publish_failures {
+            let _ = writeln!(out, "hadron_status_publish_failures_total{{reason=\"{reason}\"}} {n}");
+        }
+        family(
+            &mut out,
+            "hadron_status_publish_failing",
+            "gauge",
+            "1 while status files cannot be pushed (condition StatusPublishFailed); workers and plans go on",
+        );
+        let _ = writeln!(out, "hadron_status_publish_failing {}", u8::from(inner.publish_failing));
         family(
             &mut out,
             "hadron_push_retries_total",

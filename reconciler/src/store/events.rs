@@ -1,6 +1,8 @@
 //! The `events` table: the append-only audit log.
 //!
-//! There is no update or delete API, and the database refuses both (triggers).
+//! There is no update API and the database refuses updates (triggers); the
+//! only deletion is [`Store::prune_events`], which first moves the retention
+//! cut-off forward: the database refuses to delete any event newer than it.
 
 use super::{Event, NewEvent, Store, StoreError};
 
@@ -33,6 +35,28 @@ impl Store {
             let id = insert_event!(tx, event, OP)?;
             tx.commit().await.map_err(|e| StoreError::query(OP, e))?;
             Ok(id)
+        })
+    }
+
+    /// Deletes the events older than `before` (unix ms), the retention
+    /// window's end; returns how many. The cut-off never moves back.
+    pub async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
+        const OP: &str = "prune events";
+        with_pool!(self, pool => {
+            let mut tx = begin_write!(self, pool, OP).await?;
+            sqlx::query("UPDATE event_retention SET pruned_before = $1 WHERE id = 1 AND pruned_before < $1")
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::query(OP, e))?;
+            let deleted = sqlx::query("DELETE FROM events WHERE at < $1")
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::query(OP, e))?
+                .rows_affected();
+            tx.commit().await.map_err(|e| StoreError::query(OP, e))?;
+            Ok(deleted)
         })
     }
 

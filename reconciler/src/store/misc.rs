@@ -95,6 +95,35 @@ impl Store {
         })
     }
 
+    /// Removes the `kv` entries of requests that are gone: every key
+    /// `<prefix><request>` or `<prefix><request>/…` under one of `prefixes`
+    /// whose request is not in `keep`. Returns how many.
+    pub async fn kv_prune_requests(&self, prefixes: &[&str], keep: &std::collections::BTreeSet<String>) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for prefix in prefixes {
+            for (key, _) in self.kv_with_prefix(prefix).await? {
+                let request = key[prefix.len()..].split('/').next().unwrap_or("");
+                if !keep.contains(request) {
+                    self.kv_delete(&key).await?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Forgets CI results recorded before `before` (unix ms); returns how many.
+    pub async fn prune_commit_statuses(&self, before: i64) -> Result<u64, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM commit_statuses WHERE at < $1")
+                .bind(before)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(|e| StoreError::query("prune commit statuses", e))
+        })
+    }
+
     /// Removes a `kv` entry (nothing when absent).
     pub async fn kv_delete(&self, key: &str) -> Result<(), StoreError> {
         with_pool!(self, pool => {

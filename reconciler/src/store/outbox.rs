@@ -145,4 +145,18 @@ impl Store {
             }),
         }
     }
+
+    /// Deletes entries published before `before` (unix ms), dead letters
+    /// included; pending entries are never touched. Returns how many.
+    pub async fn prune_outbox(&self, before: i64) -> Result<u64, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM outbox WHERE state = 'published' AND published_at < $1")
+                .bind(before)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(|e| StoreError::query("prune outbox", e))
+        })
+    }
+
 }

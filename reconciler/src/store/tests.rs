@@ -593,6 +593,47 @@ store_test!(events_are_append_only_and_ordered, |db| {
     Ok(())
 });
 
+store_test!(retention_prunes_old_rows_and_the_database_guards_the_rest, |db| {
+    let store = db.open().await?;
+    for at in [10, 20, 30, 40] {
+        store.append_event(&event(Some("alpha"), &format!("at{at}"), at)).await?;
+    }
+    ensure!(store.prune_events(25).await? == 2, "the two events before 25 go");
+    let left: Vec<i64> = store.events_after(0, 10).await?.into_iter().map(|e| e.at).collect();
+    ensure!(left == [30, 40], "{left:?}");
+    // Inside the window the log stays append-only, and the cut-off never moves back.
+    let delete = with_pool!(store, pool => {
+        sqlx::query("DELETE FROM events WHERE at = 30").execute(pool).await.map(|_| ())
+    });
+    ensure!(delete.is_err(), "an event inside the retention window was deleted");
+    let back = with_pool!(store, pool => {
+        sqlx::query("UPDATE event_retention SET pruned_before = 0").execute(pool).await.map(|_| ())
+    });
+    ensure!(back.is_err(), "the cut-off moved back");
+    ensure!(store.prune_events(5).await? == 0, "an older cut-off deletes nothing");
+
+    // Published outbox entries go once old; pending ones never.
+    let files: OutboxFiles = [("status/a.yaml".to_owned(), Some("x".to_owned()))].into_iter().collect();
+    let old = store.put_outbox("old", &files, 1).await?;
+    store.mark_published(old, "c0ffee", 2).await?;
+    let pending = store.put_outbox("pending", &files, 1).await?;
+    let fresh = store.put_outbox("fresh", &files, 50).await?;
+    store.mark_published(fresh, "beef", 60).await?;
+    ensure!(store.prune_outbox(30).await? == 1);
+    ensure!(store.get_outbox(old).await?.is_none() && store.get_outbox(fresh).await?.is_some());
+    ensure!(store.pending_outbox().await?.iter().map(|e| e.id).collect::<Vec<_>>() == [pending]);
+
+    // kv entries of requests that are gone go; others stay.
+    for key in ["status-digest/alpha", "status-digest/gone", "approval-pr/gone/review", "approval-pr/alpha/review", "other/gone"] {
+        store.kv_set(key, "v", 1).await?;
+    }
+    let keep: std::collections::BTreeSet<String> = ["alpha".to_owned()].into_iter().collect();
+    ensure!(store.kv_prune_requests(&["status-digest/", "approval-pr/"], &keep).await? == 2);
+    ensure!(store.kv_get("status-digest/gone").await?.is_none() && store.kv_get("approval-pr/gone/review").await?.is_none());
+    ensure!(store.kv_get("status-digest/alpha").await?.is_some() && store.kv_get("other/gone").await?.is_some());
+    Ok(())
+});
+
 store_test!(concurrent_appends_keep_every_event_in_order, |db| {
     let store = db.open().await?;
     let mut tasks = Vec::new();

@@ -284,6 +284,14 @@ pub fn run_worker(run_json: &Path) -> RunResult {
     let usage = worker.usage.take();
     let result = finish(&spec, outcome, usage.map(|u| redact_usage(&log, u)), &run_dir, &started_at);
     log.line(&format!("result: {:?} {} {}", result.outcome, result.reason, result.pushed_commit.as_deref().unwrap_or("")));
+    // The result is written and the work pushed: the workspace (a clone of
+    // the target repo) is not needed again. A retry is a new attempt with a
+    // run directory of its own.
+    match std::fs::remove_dir_all(&worker.workspace) {
+        Ok(()) => log.line("workspace removed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log.line(&format!("could not remove the workspace {}: {e}", worker.workspace.display())),
+    }
     result
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::entry::{AGENT_FILE, LOG_FILE, RESULT_FILE, RUN_FILE, WorkerError};
+use super::entry::{AGENT_FILE, LOG_FILE, RESULT_FILE, RUN_FILE, WORKSPACE_DIR, WorkerError};
 use super::proc::{ProcessId, now_rfc3339, signal_group, unix_now, write_atomic, write_new_atomic};
 use super::spec::{RunResult, RunSpec};
 use super::{Driver, DriverError, Observation, RunState};
@@ -332,5 +332,34 @@ impl Driver for LocalDriver {
         self.stop(worker, &dir)?;
         self.record_failure(worker, &dir, &WorkerError::Cancelled, None)?;
         Ok(())
+    }
+
+    fn prune(&self, finished: &[String], retention: Duration) -> Result<usize, DriverError> {
+        let _guard = self.guard();
+        let mut removed = 0;
+        for worker in finished.iter().filter(|w| is_dns_label(w)) {
+            let dir = self.run_dir(worker);
+            let result = dir.join(RESULT_FILE);
+            let Ok(written) = std::fs::metadata(&result).and_then(|m| m.modified()) else { continue };
+            if crate::workers::entry::run_is_locked(&dir) {
+                continue;
+            }
+            let expired = written.elapsed().is_ok_and(|age| age >= retention);
+            let doomed: Vec<PathBuf> = if expired {
+                vec![dir.clone()]
+            } else {
+                // A worker killed before it cleaned up leaves its clone behind.
+                [WORKSPACE_DIR, "workspace.partial"].iter().map(|d| dir.join(d)).filter(|d| d.exists()).collect()
+            };
+            for path in doomed {
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(DriverError::io(&path, e)),
+                }
+            }
+            removed += usize::from(expired);
+        }
+        Ok(removed)
     }
 }

@@ -118,4 +118,11 @@ pub trait Driver: Send + Sync {
     /// Stops the worker and records a `Cancelled` result unless it already
     /// has a result.
     fn cancel(&self, worker: &str) -> Result<(), DriverError>;
+
+    /// Frees what the finished workers `finished` left behind (their
+    /// results are recorded in the store and published): bulky leftovers at
+    /// once, the whole record once its result is older than `retention`.
+    /// Unknown or still live workers are skipped. Returns how many records
+    /// were removed entirely.
+    fn prune(&self, finished: &[String], retention: std::time::Duration) -> Result<usize, DriverError>;
 }

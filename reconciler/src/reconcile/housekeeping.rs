@@ -1,0 +1,124 @@
+//! Housekeeping: nothing Hadron keeps grows without bound.
+//!
+//! Run every [`Retention::interval`] at the end of a pass: webhook delivery
+//! ids after a week, published outbox entries and the run directories of
+//! finished workers after [`Retention::runs`] (the workspace clone goes as
+//! soon as the worker is done), `kv` entries of requests that are gone at
+//! once, events and CI results after [`Retention::events`].
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::plan::{Observed, RunState};
+use crate::time::Millis;
+
+use super::{Context, ReconcileError};
+
+/// How long what is kept is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Run directories of finished workers (their result and log) and
+    /// published outbox entries.
+    pub runs: Duration,
+    /// Events of the audit log and CI results; `None` keeps them forever.
+    pub events: Option<Duration>,
+    /// How often housekeeping runs.
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    /// Runs for 7 days, events for 90 days, every 10 minutes.
+    fn default() -> Retention {
+        Retention {
+            runs: Duration::from_secs(7 * 24 * 3600),
+            events: Some(Duration::from_secs(90 * 24 * 3600)),
+            interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How long webhook delivery ids are kept for deduplication (7 days):
+/// Gitea redelivers within hours.
+pub const DELIVERY_RETENTION_MS: Millis = 7 * 24 * 3600 * 1000;
+
+/// `kv` prefixes whose next path segment is a request name.
+pub const REQUEST_KV_PREFIXES: &[&str] = &[
+    super::STATUS_DIGEST_PREFIX,
+    "approval-branch/",
+    "approval-merged/",
+    "approval-pr/",
+    "target-pr/",
+    "control-status/",
+];
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Webhook delivery ids.
+    pub deliveries: u64,
+    /// Published outbox entries.
+    pub outbox: u64,
+    /// `kv` entries of requests that are gone.
+    pub kv: u64,
+    /// Events.
+    pub events: u64,
+    /// CI results.
+    pub commit_statuses: u64,
+    /// Whole run directories.
+    pub runs: usize,
+}
+
+fn ms(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
+/// Workers whose records may go: finished on the driver's side, and either
+/// terminal in the store or left by a request that no longer exists.
+pub fn finished_workers(observed: &Observed, requests: &BTreeSet<String>) -> Vec<String> {
+    observed
+        .runs
+        .iter()
+        .filter(|run| run.state == RunState::Finished)
+        .filter(|run| match observed.attempts.iter().find(|a| a.worker == run.attempt.worker) {
+            Some(stored) => stored.state.is_terminal(),
+            None => !requests.contains(&run.attempt.request),
+        })
+        .map(|run| run.attempt.worker.clone())
+        .collect()
+}
+
+/// One sweep. `published` says whether every status is pushed: run
+/// directories are pruned only then, so nothing a status still needs goes.
+pub async fn sweep(ctx: &Context, observed: &Observed, t: Millis, published: bool) -> Result<Swept, ReconcileError> {
+    let retention = &ctx.cfg.retention;
+    let desired = &ctx.catalog.loaded().desired;
+    let mut swept = Swept {
+        deliveries: ctx.store.prune_deliveries(t - DELIVERY_RETENTION_MS).await?,
+        outbox: ctx.store.prune_outbox(t - ms(retention.runs)).await?,
+        ..Swept::default()
+    };
+    let live: BTreeSet<String> = desired
+        .requests
+        .keys()
+        .chain(desired.statuses.keys())
+        .chain(observed.known_requests.keys())
+        .cloned()
+        .collect();
+    swept.kv = ctx.store.kv_prune_requests(REQUEST_KV_PREFIXES, &live).await?;
+    if let Some(keep) = retention.events {
+        swept.events = ctx.store.prune_events(t - ms(keep)).await?;
+        swept.commit_statuses = ctx.store.prune_commit_statuses(t - ms(keep)).await?;
+    }
+    if published {
+        let requests: BTreeSet<String> = desired.requests.keys().cloned().collect();
+        let finished = finished_workers(observed, &requests);
+        if !finished.is_empty() {
+            let driver = ctx.driver.clone();
+            let keep = retention.runs;
+            swept.runs = tokio::task::spawn_blocking(move || driver.prune(&finished, keep))
+                .await
+                .map_err(|e| ReconcileError::Join(e.to_string()))??;
+        }
+    }
+    Ok(swept)
+}
