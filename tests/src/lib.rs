@@ -45,6 +45,42 @@ pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `hadron` run in `cwd` without the store, data-dir and listen settings of
+/// the test's own environment (so every test gets the defaults it expects).
+pub fn hadron_command(bin: &str, cwd: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(cwd).env_remove("DATABASE_URL").env_remove("HADRON_DATA_DIR").env_remove("HADRON_LISTEN");
+    cmd
+}
+
+/// Runs `git` in `cwd` as the person `who` (`who@example.com`), reading no
+/// global or system git config; panics with git's words when it fails.
+pub fn git_as(cwd: &Path, who: &str, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+        .args(["-c", &format!("user.name={who}"), "-c", &format!("user.email={who}@example.com")])
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?} in {}: {}", cwd.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `GET path` on a live server over plain HTTP/1.1: the status code and the whole response text.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
+}
+
 /// How long a test waits for Hadron to show a reaction.
 pub const WAIT: Duration = Duration::from_secs(90);
 

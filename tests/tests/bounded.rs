@@ -9,20 +9,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use hadron_tests::{Live, copy_tree, hadron_bin, workspace_root};
+use hadron_tests::{Live, copy_tree, git_as, hadron_bin, http_get, workspace_root};
 
 const WAVES: usize = 10;
 const PER_WAVE: usize = 50;
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=alice", "-c", "user.email=alice@example.com", "-c", "commit.gpgsign=false"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    git_as(dir, "alice", args)
 }
 
 /// Pushes after pulling in Hadron's status commits (retrying a raced push).
@@ -45,18 +38,9 @@ fn size_of(path: &Path) -> u64 {
     std::fs::read_dir(path).map_or(0, |entries| entries.filter_map(Result::ok).map(|e| size_of(&e.path())).sum())
 }
 
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read");
-    text
-}
-
 /// Requests the store knows, and how many of them succeeded.
 fn requests(addr: &str) -> (usize, usize) {
-    let text = http_get(addr, "/api/v1/requests");
+    let (_, text) = http_get(addr, "/api/v1/requests");
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     let list: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     let items = list["items"].as_array().cloned().unwrap_or_default();

@@ -15,14 +15,7 @@ const REQUESTS: usize = 50;
 const KILLS: usize = 20;
 
 fn git(cwd: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "init.defaultBranch=main", "-c", "user.name=tester", "-c", "user.email=tester@example.com"])
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    hadron_tests::git_as(cwd, "tester", args)
 }
 
 /// A control-repo folder: 50 requests, two stages, an agent that logs every

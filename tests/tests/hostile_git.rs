@@ -10,9 +10,9 @@
 //! does on a clean machine.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use hadron_tests::{copy_tree, hadron_bin, workspace_root};
+use hadron_tests::{copy_tree, git_as, hadron_bin, hadron_command, workspace_root};
 
 struct Hostile {
     home: PathBuf,
@@ -44,12 +44,8 @@ impl Hostile {
 
     /// `hadron <args>` in `cwd` with the hostile environment.
     fn hadron(&self, cwd: &Path, args: &[&str]) -> Output {
-        Command::new(hadron_bin!())
+        hadron_command(hadron_bin!(), cwd)
             .args(args)
-            .current_dir(cwd)
-            .env_remove("DATABASE_URL")
-            .env_remove("HADRON_DATA_DIR")
-            .env_remove("HADRON_LISTEN")
             .env("HOME", &self.home)
             .env("XDG_CONFIG_HOME", &self.home)
             .env("GIT_CONFIG_PARAMETERS", format!("'core.hookspath'='{}'", self.home.join("hooks").display()))
@@ -73,16 +69,7 @@ fn text(out: &Output) -> String {
 
 /// `git` for the test's own checks, with a clean configuration.
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    git_as(dir, "tester", args)
 }
 
 #[test]

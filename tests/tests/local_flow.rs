@@ -7,17 +7,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use hadron_tests::{Live, copy_tree, hadron_bin, workspace_root};
+use hadron_tests::{Live, copy_tree, git_as, hadron_bin, hadron_command, http_get, workspace_root};
 
 fn hadron(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(hadron_bin!())
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("DATABASE_URL")
-        .env_remove("HADRON_DATA_DIR")
-        .env_remove("HADRON_LISTEN")
-        .output()
-        .expect("hadron runs")
+    hadron_command(hadron_bin!(), cwd).args(args).output().expect("hadron runs")
 }
 
 fn text(out: &Output) -> String {
@@ -131,15 +124,7 @@ fn up_takes_a_free_port_when_8080_is_taken_unless_one_was_asked_for() {
 }
 
 fn git_in(cwd: &Path, who: &str, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "commit.gpgsign=false", "-c", &format!("user.name={who}"), "-c", &format!("user.email={who}@example.com")])
-        .args(args)
-        .current_dir(cwd)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    git_as(cwd, who, args)
 }
 
 /// Pushes `edit` of the status file as mallory, retrying when Hadron pushed in between.
@@ -376,16 +361,6 @@ fn gitea_down_stalls_nothing_but_the_forge_and_shutdown_stays_quick() {
 }
 
 /// `GET path` on `addr`: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read");
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text)
-}
-
 #[test]
 fn readyz_says_not_ready_with_the_reason_while_passes_keep_failing() {
     let tmp = tempfile::tempdir().expect("tempdir");
