@@ -854,6 +854,12 @@ pub async fn run(
                 if let Some(wait) = ctx.publish_retry.wait() {
                     delay = delay.min(wait);
                 }
+                // A step that failed is tried again like a failed pass.
+                if !report.degraded.is_empty() {
+                    let stalling = report.degraded.iter().any(|f| f.severity == steps::Severity::Stalling);
+                    let severity = if stalling { steps::Severity::Stalling } else { steps::Severity::Transient };
+                    delay = delay.min(steps::backoff(severity, degraded_passes, ctx.cfg.poll_interval.min(Duration::from_secs(60))));
+                }
                 delay = delay.min(ctx.housekeeping_wait().max(Duration::from_millis(250)));
                 if report.live_workers > 0 {
                     delay = delay.min(Duration::from_millis(250));
