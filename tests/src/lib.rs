@@ -53,6 +53,22 @@ pub fn hadron_command(bin: &str, cwd: &Path) -> Command {
     cmd
 }
 
+/// [`git_as`] that says whether git succeeded instead of panicking.
+pub fn git_try(cwd: &Path, who: &str, args: &[&str]) -> bool {
+    Command::new("git")
+        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+        .args(["-c", &format!("user.name={who}"), "-c", &format!("user.email={who}@example.com")])
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Runs `git` in `cwd` as the person `who` (`who@example.com`), reading no
 /// global or system git config; panics with git's words when it fails.
 pub fn git_as(cwd: &Path, who: &str, args: &[&str]) -> String {
@@ -156,6 +172,12 @@ impl Live {
 }
 
 impl Live {
+    /// Kills it with SIGKILL, as a crash would, and reaps it.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits (up to `limit`) for the process to exit; returns how long it took.
     pub fn terminate(&mut self, limit: Duration) -> Option<Duration> {
         let started = Instant::now();

@@ -86,6 +86,7 @@ struct Inner {
     push_retries: u64,
     publish_failures: BTreeMap<&'static str, u64>,
     publish_failing: bool,
+    pass_max: f64,
 }
 
 /// Counters, gauges and histograms of one Hadron process.
@@ -128,6 +129,7 @@ impl Metrics {
             .entry(if ok { "ok" } else { "error" })
             .or_default() += 1;
         inner.pass_duration.observe(duration.as_secs_f64());
+        inner.pass_max = inner.pass_max.max(duration.as_secs_f64());
     }
 
     /// Records how long one fetch of the control repo took.
@@ -291,6 +293,13 @@ impl Metrics {
             "Status outbox entries set aside because they can never be published (see the outbox.dead_letter events)",
         );
         let _ = writeln!(out, "hadron_outbox_dead_letters_total {}", inner.dead_letters);
+        family(
+            &mut out,
+            "hadron_pass_duration_seconds_max",
+            "gauge",
+            "The longest reconcile pass since Hadron started",
+        );
+        let _ = writeln!(out, "hadron_pass_duration_seconds_max {}", inner.pass_max);
         family(
             &mut out,
             "hadron_status_publish_failures_total",
