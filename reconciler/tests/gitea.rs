@@ -487,7 +487,7 @@ mod approval_identity {
     use super::*;
     use hadron::gates::{Approver, Person, approval_object};
     use hadron::plan::ApprovalState;
-    use hadron::reconcile::forge::{ForgeLink, approval_pr_key};
+    use hadron::reconcile::forge::{ForgeLink, approval_merged_key, approval_pr_key};
     use hadron::store::Store;
 
     /// The merge commit the double reports for every merged PR.
@@ -634,4 +634,47 @@ mod approval_identity {
         }
         Ok(())
     }
+
+    #[tokio::test]
+    async fn a_requester_without_a_gitea_user_is_not_taken_by_name() -> Result<()> {
+        let mut w = world().await?;
+        w.s.double.merge_pr(CONTROL, w.pr, "alice");
+        let approval = approval_object("add-login", "review", "g1", "");
+        let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
+        // The request's commit is mallory's (no Gitea user) with author name "bob":
+        // the name must not stand in for a Gitea login.
+        let requester = (Person::new("bob", "mallory@example.com"), w.direct.clone());
+        let state = w
+            .link
+            .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&alice(DOUBLE_MERGE_SHA)), Ok(&requester), &policy, "g1")
+            .await?;
+        match state {
+            ApprovalState::Rejected { why, .. } => {
+                assert!(why.contains("requester could not be determined") && why.contains("no user"), "{why}");
+                assert!(why.contains("mallory@example.com"), "{why}");
+            }
+            other => anyhow::bail!("a requester Gitea does not know must stop the approval: {other:?}"),
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_merge_record_without_its_commit_proves_nothing() -> Result<()> {
+        let mut w = world().await?;
+        // A webhook record naming alice but no merge commit; the approval
+        // file came by a direct push and the PR was never merged.
+        w.store.kv_set(&approval_merged_key("add-login", "review"), r#"{"login":"alice"}"#, 1).await?;
+        let approval = approval_object("add-login", "review", "g1", "");
+        let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
+        let state = w
+            .link
+            .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&alice(&w.direct)), Ok(&w.requester), &policy, "g1")
+            .await?;
+        match state {
+            ApprovalState::Rejected { why, .. } => assert!(why.contains("without a merged approval PR"), "{why}"),
+            other => anyhow::bail!("a merge record without a commit must not approve: {other:?}"),
+        }
+        Ok(())
+    }
+
 }

@@ -226,7 +226,9 @@ impl ForgeLink {
         let mut login = None;
         if let Some(text) = store.kv_get(&approval_merged_key(request, gate)).await?
             && let Ok(rec) = serde_json::from_str::<MergeRecord>(&text)
-            && rec.commit.as_deref().is_none_or(|c| c == commit)
+            // A record that does not name the merge commit proves nothing
+            // about this commit: the API is asked instead.
+            && rec.commit.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(&commit))
         {
             login = Some(rec.login);
         }
@@ -272,10 +274,23 @@ impl ForgeLink {
         let requester_login = match self.logins.get(requester_commit) {
             Some(l) => l.clone(),
             None => match self.client.commit_author_login(&self.control, requester_commit).await {
-                Ok(found) => {
-                    let l = found.unwrap_or_else(|| requester_person.name.clone());
+                Ok(Some(l)) => {
                     self.logins.insert(requester_commit.clone(), l.clone());
                     l
+                }
+                Ok(None) => {
+                    // The author name of a commit is whatever its author
+                    // typed: without a Gitea user, nobody can tell the
+                    // requester from the approver, so the approval does not count.
+                    self.unstall(request);
+                    return Ok(ApprovalState::Rejected {
+                        by: login,
+                        why: format!(
+                            "the requester could not be determined: Gitea maps the commit that added requests/{request}.yaml ({requester_commit}, author {} <{}>) to no user, so Hadron cannot check that the approver is not the requester; the author adds that e-mail to their Gitea account, or commits the request again as a Gitea user",
+                            requester_person.name, requester_person.email
+                        ),
+                        commit,
+                    });
                 }
                 Err(e) => {
                     self.stall(request, "looking up the requester's Gitea user", &e);
