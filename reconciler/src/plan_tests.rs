@@ -198,6 +198,10 @@ fn runs_stages_in_order_one_worker_per_repo() {
     assert_eq!(st.phase, Phase::Succeeded);
     assert_eq!(st.stages.len(), 4);
     assert_eq!(st.total_tokens, 40);
+    assert_eq!((st.total_tokens_in, st.total_tokens_out), (24, 16), "input and output tokens apart, as budgets bill them");
+    assert!(st.stages.iter().all(|s| (s.tokens_in, s.tokens_out, s.tokens) == (6, 4, 10)), "{:?}", st.stages);
+    let yaml = crate::status::render::to_yaml(&world.statuses["r"]);
+    assert!(yaml.contains("totalTokensIn: 24") && yaml.contains("tokensOut: 4"), "{yaml}");
     assert_eq!(st.conditions[0].status, "True");
 }
 

@@ -441,6 +441,12 @@ pub struct RequestStatusBody {
     /// Sum of tokens (input plus output) of all workers of this generation.
     #[serde(default)]
     pub total_tokens: u64,
+    /// Sum of input tokens of all workers of this generation.
+    #[serde(default)]
+    pub total_tokens_in: u64,
+    /// Sum of output tokens of all workers of this generation.
+    #[serde(default)]
+    pub total_tokens_out: u64,
     /// Branches and pull requests produced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<Output>,
@@ -478,6 +484,12 @@ pub struct StageResult {
     /// Tokens used by this worker (input plus output).
     #[serde(default)]
     pub tokens: u64,
+    /// Input tokens of this worker.
+    #[serde(default)]
+    pub tokens_in: u64,
+    /// Output tokens of this worker.
+    #[serde(default)]
+    pub tokens_out: u64,
     /// What the agent or Hadron said about the result.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub summary: String,

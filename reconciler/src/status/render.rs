@@ -39,6 +39,8 @@ pub fn render_with(
             pushed_commit: a.pushed_commit.clone(),
             cost_usd: round6(a.cost_usd),
             tokens: a.tokens(),
+            tokens_in: a.tokens_in,
+            tokens_out: a.tokens_out,
             summary: a.summary.clone(),
         })
         .collect();
@@ -98,6 +100,8 @@ pub fn render_with(
             stage: view.stage.clone(),
             total_cost_usd: round6(crate::plan::total_cost(&view.attempts)),
             total_tokens: crate::plan::total_tokens(&view.attempts),
+            total_tokens_in: view.attempts.iter().fold(0, |sum, a| sum.saturating_add(a.tokens_in)),
+            total_tokens_out: view.attempts.iter().fold(0, |sum, a| sum.saturating_add(a.tokens_out)),
             stages,
             conditions,
             outputs,
