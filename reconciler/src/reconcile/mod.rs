@@ -209,6 +209,8 @@ pub struct Context {
     publish_retry: steps::Retry,
     /// The last publish failure, reported while publishing backs off.
     publish_failure: Option<steps::StepFailure>,
+    /// What the last good forge step produced.
+    forge_outputs: forge::ForgeOutputs,
 }
 
 /// `kv` key prefix of the digest of the status file Hadron last published, per request.
@@ -244,6 +246,7 @@ impl Context {
             pruned_at: None,
             publish_retry: steps::Retry::default(),
             publish_failure: None,
+            forge_outputs: forge::ForgeOutputs::default(),
         })
     }
 
@@ -407,8 +410,20 @@ impl Context {
         let plan: Plan = plan::plan(&self.catalog.loaded().desired, &observed, t, &self.cfg.plan);
         // Execute.
         degraded.extend(execute::execute(self, &plan, &observed, &revision, t).await?);
-        // Forge: PRs and commit statuses.
-        let outputs = self.step_forge(&plan, t).await?;
+        // Forge: PRs and commit statuses. A failure keeps the last outputs
+        // (the PR links stay in the status files) and is retried next pass.
+        let outputs = match self.step_forge(&plan, t).await {
+            Ok(outputs) => {
+                self.forge_outputs = outputs.clone();
+                outputs
+            }
+            Err(e) => {
+                let failure = steps::StepFailure::forge(&e);
+                tracing::warn!(reason = e.reason(), "{}", failure.message);
+                degraded.push(failure);
+                forge::ForgeOutputs { retry: true, ..self.forge_outputs.clone() }
+            }
+        };
         // Status, summarised once at the end of the pass.
         let mut report = self.step_status(&plan, &revision, t, &outputs, publishing).await?;
         if let Some(failure) = self.publish_failure.clone().filter(|_| publishing) {

@@ -97,6 +97,16 @@ impl StepFailure {
         }
     }
 
+    /// The forge step failed; the status keeps the last pull-request links.
+    pub fn forge(err: &ReconcileError) -> StepFailure {
+        StepFailure {
+            step: Step::Forge,
+            reason: err.reason().to_owned(),
+            message: format!("the forge step failed: {err}; pull requests and commit statuses are retried next pass"),
+            severity: severity_of(err),
+        }
+    }
+
     /// An action of the execute step failed; the next pass retries it.
     pub fn execute(err: &ReconcileError, what: &str) -> StepFailure {
         StepFailure {
