@@ -510,3 +510,74 @@ async fn serve_stops_on_sigterm_and_leaves_workers_running() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// The chaos suite's Gitea row (see `tests/tests/chaos.rs`): Gitea answers
+/// only 502/503 (every third call after a hang) for a while; the request
+/// runs to the end meanwhile, the outage shows as `Stalled` with a Gitea
+/// reason, and once Gitea is back the target PR is opened exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitea_outage_stalls_only_the_forge_and_nothing_is_done_twice() -> Result<()> {
+    let length = Duration::from_secs(if std::env::var("HADRON_CHAOS").as_deref() == Ok("long") { 30 } else { 10 });
+    let tmp = tempfile::tempdir()?;
+    let git_root = tmp.path().join("git/acme");
+    let (control, app) = (git_root.join("control.git"), git_root.join("app.git"));
+    bare(&control)?;
+    bare(&app)?;
+    Person::clone_as(&app, tmp.path().join("dev"), "dev", "dev@example.com")?.commit_file("README.md", "# app\n", "start")?;
+    let carol = Person::clone_as(&control, tmp.path().join("carol"), "Carol", "carol@example.com")?;
+    let settings = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n    maxAttempts: 2\n";
+    carol.commit_file("hadron.yaml", settings, "settings")?;
+    let agent = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../example-repo/agents/script.yaml"))?;
+    carol.commit_file("agents/script.yaml", &agent, "agent")?;
+    let double = GiteaDouble::start(TOKEN, "hadron-bot").await;
+    for (repo, dir) in [("acme/control", &control), ("acme/app", &app)] {
+        double.add_repo(repo, "main");
+        double.link_git_dir(repo, dir);
+    }
+    double.add_user("carol", "carol@example.com");
+    let hadron = Hadron::start(&control, &tmp.path().join("data"), &double.base_url())?;
+    let http = reqwest::Client::new();
+    wait_for(&hadron, "readiness", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(hadron.base.trim_start_matches("http://")).is_ok()
+    })
+    .await?;
+
+    double.outage(length, Duration::from_secs(2));
+    let started = Instant::now();
+    let head = carol.commit_file("requests/plain.yaml", &request("plain", ""), "ask for plain")?;
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &head)?).await? == 202);
+    wait_for(&hadron, "plain to succeed while Gitea is down", length + Duration::from_secs(60), || {
+        phase(&control, "plain") == Some(Phase::Succeeded)
+    })
+    .await?;
+    let succeeded = started.elapsed();
+    let history = git(&control, &["log", "-p", "main", "--", "status/"])?;
+    ensure!(
+        history.contains("reason: GiteaServerError") || history.contains("reason: GiteaUnreachable"),
+        "the outage showed as a Stalled condition:\n{history}"
+    );
+    // Gitea is back: the target PR is opened once and the stall clears.
+    wait_for(&hadron, "the target PR after the outage", length + Duration::from_secs(60), || {
+        status_of(&control, "plain").is_some_and(|s| {
+            s.status.outputs.iter().any(|o| o.pull_request.is_some())
+                && !s.status.conditions.iter().any(|c| c.condition_type == "Stalled" && c.status == "True")
+        })
+    })
+    .await?;
+    let prs: Vec<_> = double.pulls("acme/app").into_iter().filter(|p| p.head == "hadron/plain").collect();
+    ensure!(prs.len() == 1, "one target PR: {prs:?}");
+    let max_pass = metric(&scrape(&http, &hadron).await?, "hadron_pass_duration_seconds_max", None);
+    println!(
+        "{:<42} {:>8} {:>8} {:>11} {:>11} {:>13.3}  yes (Succeeded after {succeeded:.1?}, {} calls failed)",
+        format!("Gitea 502/503 and hangs for {}s", length.as_secs()),
+        1,
+        1,
+        0,
+        0,
+        max_pass,
+        double.outage_answers()
+    );
+    ensure!(double.outage_answers() > 0, "the outage was never hit");
+    double.assert_all_requests_matched_swagger();
+    Ok(())
+}

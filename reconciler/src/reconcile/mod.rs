@@ -847,6 +847,7 @@ pub async fn run(
 ) {
     let mut failures: u32 = 0;
     let mut degraded_passes: u32 = 0;
+    let mut forge_retries: u32 = 0;
     loop {
         if *shutdown.borrow() {
             return;
@@ -868,6 +869,13 @@ pub async fn run(
                 }
                 if let Some(wait) = ctx.publish_retry.wait() {
                     delay = delay.min(wait);
+                }
+                // A forge call that failed is tried again soon, not at the
+                // next poll (which may be an hour away), backing off while
+                // the forge stays down.
+                forge_retries = if report.forge_retry { forge_retries.saturating_add(1) } else { 0 };
+                if report.forge_retry {
+                    delay = delay.min(steps::backoff(steps::Severity::Stalling, forge_retries, ctx.cfg.poll_interval.min(Duration::from_secs(60))));
                 }
                 // A step that failed is tried again like a failed pass.
                 if !report.degraded.is_empty() {

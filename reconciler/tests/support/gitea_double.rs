@@ -356,6 +356,18 @@ struct StateInner {
     users: BTreeMap<String, String>,
     /// `owner/repo` → the real bare repository behind it.
     git_dirs: BTreeMap<String, PathBuf>,
+    /// Until when every call fails, and how.
+    outage: Option<Outage>,
+    /// Calls answered during an outage.
+    outage_answers: usize,
+}
+
+/// A Gitea that is down: every call answers 502 or 503, and every third one
+/// first hangs (a slow proxy in front of a dead backend), until `until`.
+#[derive(Clone, Copy)]
+struct Outage {
+    until: std::time::Instant,
+    hang: std::time::Duration,
 }
 
 struct Inner {
@@ -492,6 +504,17 @@ impl GiteaDouble {
         for s in statuses {
             st.faults.push_back(Fault { method: method.to_owned(), path: path.to_owned(), status: *s, retry_after });
         }
+    }
+
+    /// From now on, for `length`, every call fails with 502 or 503, and
+    /// every third call first hangs for `hang`.
+    pub fn outage(&self, length: std::time::Duration, hang: std::time::Duration) {
+        self.st().outage = Some(Outage { until: std::time::Instant::now() + length, hang });
+    }
+
+    /// How many calls the outage answered.
+    pub fn outage_answers(&self) -> usize {
+        self.st().outage_answers
     }
 
     /// The next PR list of `repo` answers as if no PR existed (a lagging
@@ -801,6 +824,20 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let double = GiteaDouble { inner: inner.clone() };
+    let down = {
+        let mut st = double.st();
+        let outage = st.outage.filter(|o| std::time::Instant::now() < o.until);
+        if outage.is_some() {
+            st.outage_answers += 1;
+        }
+        outage.map(|o| (o, st.outage_answers))
+    };
+    if let Some((outage, n)) = down {
+        if n % 3 == 0 {
+            tokio::time::sleep(outage.hang).await;
+        }
+        return message(if n % 2 == 0 { 502 } else { 503 }, "Gitea is down (injected by the test)");
+    }
     let path = uri.path().to_owned();
     let query = parse_query(uri.query().unwrap_or(""));
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
