@@ -5,10 +5,12 @@
 //! gates) → `status` (write back). `up` is the embedded default.
 #![forbid(unsafe_code)]
 
+pub mod attempt;
 pub mod cli;
 pub mod forge;
 pub mod gates;
 pub mod git;
+pub mod ids;
 pub mod model;
 pub mod plan;
 pub mod redact;
@@ -18,6 +20,7 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod telemetry;
 pub mod time;
 pub mod up;
 pub mod workers;

@@ -16,52 +16,9 @@ use crate::model::kinds::{ChangeRequest, GateType, Phase, RequestStatus, Stage};
 use crate::model::validate::{effective_agent, effective_stages};
 use crate::model::{DesiredState, Diagnostic};
 use crate::time::{Millis, parse_rfc3339};
-use crate::workers::spec::worker_name;
+use crate::ids::worker_name;
 
-/// State of one attempt (one worker run).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum AttemptState {
-    /// Intent recorded; the worker may not have started yet.
-    Pending,
-    /// The worker is running.
-    Running,
-    /// It finished and pushed.
-    Succeeded,
-    /// It finished without success, or was lost.
-    Failed,
-    /// It was cancelled by Hadron.
-    Cancelled,
-}
-
-impl AttemptState {
-    /// Pending or Running.
-    pub fn is_live(self) -> bool {
-        matches!(self, AttemptState::Pending | AttemptState::Running)
-    }
-
-    /// The stable string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptState::Pending => "Pending",
-            AttemptState::Running => "Running",
-            AttemptState::Succeeded => "Succeeded",
-            AttemptState::Failed => "Failed",
-            AttemptState::Cancelled => "Cancelled",
-        }
-    }
-
-    /// Parses [`AttemptState::as_str`].
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "Pending" => AttemptState::Pending,
-            "Running" => AttemptState::Running,
-            "Succeeded" => AttemptState::Succeeded,
-            "Failed" => AttemptState::Failed,
-            "Cancelled" => AttemptState::Cancelled,
-            _ => return None,
-        })
-    }
-}
+pub use crate::attempt::AttemptState;
 
 /// One attempt as the store (or a status file, or the driver) knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -278,7 +278,7 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
             }
             let control = match repo {
                 Some(r) => RepoRef::parse(r)?,
-                None => RepoRef::parse(&server::repo_full_name(&control_url)).map_err(|_| {
+                None => RepoRef::parse(&crate::forge::repo_full_name(&control_url)).map_err(|_| {
                     UpError::Usage(format!("cannot tell the Gitea owner/repo of {control_url}; pass --gitea-repo OWNER/REPO"))
                 })?,
             };
@@ -480,7 +480,7 @@ pub async fn ci_status(
     if !matches!(state, "success" | "failure" | "pending") {
         return Err(UpError::Usage(format!("state `{state}` is not one of success, failure, pending")));
     }
-    if !crate::model::validate::is_dns_label(request) {
+    if !crate::ids::is_dns_label(request) {
         return Err(UpError::Usage(format!("`{request}` is not a request name")));
     }
     let url = urls::resolve(control, repo);

@@ -10,7 +10,7 @@ use axum::body::Body;
 use hadron::model::Phase;
 use hadron::server::webhook::{sign, verify_signature};
 use hadron::server::{
-    ControlRepoId, PhaseEvent, ServerConfig, ServerError, ServerState, Trigger, WebhookSecret,
+    ControlRepoId, ServerConfig, ServerError, ServerState, Trigger, WebhookSecret,
 };
 use hadron::store::{RequestRecord, Store};
 use serde_json::Value;
@@ -783,7 +783,7 @@ async fn server_sent_events_deliver_phase_events_and_end_on_shutdown() -> Result
     ensure!(ctype.starts_with("text/event-stream"), "{ctype}");
 
     // The handler subscribed before answering, so this event reaches the stream.
-    let event = PhaseEvent {
+    let event = hadron::reconcile::PhaseChange {
         request: "add-login".into(),
         from: Some(Phase::Pending),
         to: Phase::Running,

@@ -179,3 +179,22 @@ mod tests {
         assert_eq!(names, ["pending", "success", "failure", "error"]);
     }
 }
+
+/// The lower-case `owner/name` of a repo given as `owner/name` or as a clone URL.
+pub fn repo_full_name(repo: &str) -> String {
+    let repo = repo.trim().trim_end_matches('/');
+    let repo = repo.strip_suffix(".git").unwrap_or(repo);
+    let path = if let Some((_, rest)) = repo.split_once("://") {
+        rest.split_once('/').map_or("", |(_, path)| path)
+    } else if let Some((_, path)) = repo.split_once(':').filter(|(host, _)| !host.contains('/')) {
+        path
+    } else {
+        repo
+    };
+    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
+    let name = segments.next().unwrap_or_default();
+    match segments.next() {
+        Some(owner) => format!("{owner}/{name}").to_ascii_lowercase(),
+        None => name.to_ascii_lowercase(),
+    }
+}

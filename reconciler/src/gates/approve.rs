@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::cli::{args, check_url, git, git_ok, push};
 use super::{GateError, Person, approval_branch, check_names};
-use crate::model::validate::is_branch_name;
+use crate::ids::is_branch_name;
 
 /// Clones `remote_url` into `work_dir/approve-<request>-<gate>` (replacing an
 /// earlier clone of that name), merges `hadron/approve/<request>/<gate>` into

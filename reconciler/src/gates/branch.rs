@@ -18,7 +18,7 @@ use super::cli::{args, check_url, git_ok, push};
 use super::history::entry_at;
 use super::{GateError, Person, approval_branch, approval_path, check_names, render_approval};
 use crate::model::Approval;
-use crate::model::validate::is_branch_name;
+use crate::ids::is_branch_name;
 
 /// How many times a rejected push is retried after a fresh fetch.
 const PUSH_ATTEMPTS: u32 = 3;

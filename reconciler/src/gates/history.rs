@@ -13,7 +13,7 @@ use gix::ObjectId;
 use gix::bstr::ByteSlice;
 
 use super::{Approver, GateError, Person, check_names};
-use crate::model::validate::is_dns_label;
+use crate::ids::is_dns_label;
 
 /// How deep [`requester_of`] follows merged side branches to find the
 /// commit that really added a request.

@@ -18,7 +18,7 @@ pub mod branch;
 mod cli;
 pub mod history;
 
-use crate::model::validate::is_dns_label;
+use crate::ids::is_dns_label;
 use crate::model::{API_VERSION, Approval, ApprovalSpec, ApproverPolicy, Metadata};
 
 pub use approve::approve_as_person;

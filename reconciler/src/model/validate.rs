@@ -11,6 +11,7 @@ use super::kinds::{
 use super::load::{self, FileRole, Loaded, Object, ParsedFile};
 use super::spans::FieldPath;
 use super::template_vars;
+pub use crate::ids::{is_branch_name, is_dns_label};
 
 /// A problem found in a parsed object, located by field path; the loader
 /// turns it into a [`Diagnostic`] with line and column.
@@ -40,15 +41,6 @@ impl Finding {
     }
 }
 
-/// Whether `name` is a DNS-1123 label.
-pub fn is_dns_label(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
 
 fn check_label(out: &mut Vec<Finding>, field: &str, what: &str, name: &str) {
     if !is_dns_label(name) {
@@ -450,19 +442,6 @@ pub fn repo_url_problem(url: &str) -> Option<&'static str> {
     Some("it is neither a URL, an scp-like `git@host:path`, nor a `./` or `../` relative path")
 }
 
-/// Whether a branch name is one git accepts (`git check-ref-format --branch`, simplified).
-pub fn is_branch_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('-')
-        && !name.starts_with('/')
-        && !name.ends_with('/')
-        && !name.ends_with(".lock")
-        && !name.ends_with('.')
-        && !name.contains("..")
-        && !name.contains("@{")
-        && !name.contains("//")
-        && !name.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c))
-}
 
 fn check_request(out: &mut Vec<Finding>, r: &ChangeRequest) {
     let s = &r.spec;
@@ -594,14 +573,14 @@ pub fn is_commit_id(commit: &str) -> bool {
 /// any) is 40 lower-case hex digits, and its tokens and cost are within the
 /// bounds a worker's report is held to.
 pub fn sanitize_status(s: &mut RequestStatus) -> Vec<Finding> {
-    use crate::workers::usage::{MAX_TOTAL_TOKENS_PER_ATTEMPT, cost_is_sane};
+    use crate::attempt::{MAX_TOTAL_TOKENS_PER_ATTEMPT, cost_is_sane};
     let mut out = Vec::new();
     let request = s.metadata.name.clone();
     let generation = s.status.observed_generation.clone();
     let mut index = 0;
     s.status.stages.retain(|e| {
         let field = |f: &str| format!("status.stages[{index}].{f}");
-        let expected = crate::workers::spec::worker_name(&request, &generation, &e.name, &e.repo, e.attempt);
+        let expected = crate::ids::worker_name(&request, &generation, &e.name, &e.repo, e.attempt);
         let problem = if e.attempt == 0 {
             Some((field("attempt"), "attempt 0 does not exist: attempts count from 1".to_owned()))
         } else if e.worker != expected {
@@ -930,7 +909,7 @@ mod tests {
     #[test]
     fn status_entries_hadron_cannot_have_written_are_ignored_with_a_warning() {
         let generation = "0011223344556677";
-        let good = crate::workers::spec::worker_name("r", generation, "s0", "../a.git", 1);
+        let good = crate::ids::worker_name("r", generation, "s0", "../a.git", 1);
         let commit = "a".repeat(40);
         // Seven lines per entry.
         let entry = |worker: &str, commit: &str, last: &str| {

@@ -27,16 +27,12 @@ use crate::gates::{Approver, GateDecision, Person};
 use crate::model::kinds::{Approval, ApproverPolicy, Phase};
 use crate::model::DesiredState;
 use crate::plan::{ApprovalState, Attempt, AttemptState, CiState, Plan, RequestView};
-use crate::server::repo_full_name;
+use crate::forge::repo_full_name;
 use crate::store::Store;
 use crate::time::Millis;
 
 use super::{ReconcileError, urls};
 
-/// `kv` key: the merger of an approval PR, as the webhook reported it.
-pub fn approval_merged_key(request: &str, gate: &str) -> String {
-    format!("approval-merged/{request}/{gate}")
-}
 
 /// `kv` key: the approval PR of a gate and what it was opened for.
 pub fn approval_pr_key(request: &str, gate: &str) -> String {
@@ -53,15 +49,7 @@ pub fn control_status_key(request: &str) -> String {
     format!("control-status/{request}")
 }
 
-/// A merge of an approval PR, as recorded from the webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MergeRecord {
-    /// Gitea login of whoever merged.
-    pub login: String,
-    /// The merge commit, when the payload named it.
-    #[serde(default)]
-    pub commit: Option<String>,
-}
+pub use crate::store::{MergeRecord, approval_merged_key};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct PrRecord {
@@ -224,8 +212,7 @@ impl ForgeLink {
         // Who merged: the webhook's record of a merge that is this commit,
         // else the PR through the API when its merge is this commit.
         let mut login = None;
-        if let Some(text) = store.kv_get(&approval_merged_key(request, gate)).await?
-            && let Ok(rec) = serde_json::from_str::<MergeRecord>(&text)
+        if let Some(rec) = store.approval_merge(request, gate).await?
             // A record that does not name the merge commit proves nothing
             // about this commit: the API is asked instead.
             && rec.commit.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(&commit))

@@ -45,7 +45,7 @@ pub const DELIVERY_RETENTION_MS: Millis = 7 * 24 * 3600 * 1000;
 pub const REQUEST_KV_PREFIXES: &[&str] = &[
     super::STATUS_DIGEST_PREFIX,
     "approval-branch/",
-    "approval-merged/",
+    crate::store::APPROVAL_MERGED_PREFIX,
     "approval-pr/",
     "target-pr/",
     "control-status/",

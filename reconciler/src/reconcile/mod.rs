@@ -14,6 +14,7 @@ pub mod housekeeping;
 pub mod observe;
 pub mod seed;
 pub mod steps;
+pub mod trigger;
 pub mod urls;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,7 +28,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::model::kinds::Phase;
 use crate::model::{Catalog, Loaded};
 use crate::plan::{self, Plan, PlanConfig};
-use crate::server::{Metrics, PhaseEvent, Trigger};
+use crate::telemetry::Metrics;
+use trigger::Trigger;
 use crate::source::{Blob, LoadOptions, PathFilter, Source, SourceConfig, SourceError};
 use crate::status::render;
 use crate::status::writer::{StatusWriter, WriterConfig, WriterError};
@@ -91,8 +93,11 @@ pub struct LoopConfig {
     pub retention: housekeeping::Retention,
 }
 
-/// A phase change, for progress output and the event log.
-#[derive(Debug, Clone, PartialEq)]
+/// The loop's output for people: a request changed (its phase, or what it
+/// waits for, or a stall). Printed by `up`, appended to the event log and
+/// streamed on `GET /api/v1/events` as it is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PhaseChange {
     /// Request name.
     pub request: String,
@@ -101,12 +106,15 @@ pub struct PhaseChange {
     /// Phase now.
     pub to: Phase,
     /// Stage now.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
     /// The stable reason: the Ready condition's, `Stalled…` while stalled,
     /// `Deleted` for a removed request.
     pub reason: String,
     /// The status message.
     pub message: String,
+    /// Control-repo revision of the pass that saw the change.
+    pub revision: String,
 }
 
 /// What a person waits to see of a request: any change of it is a
@@ -169,7 +177,7 @@ pub struct Telemetry {
     /// Set once the control repo was fetched and the store answered.
     pub ready: Arc<AtomicBool>,
     /// Phase changes, for `GET /api/v1/events`.
-    pub events: broadcast::Sender<PhaseEvent>,
+    pub events: broadcast::Sender<PhaseChange>,
     /// Why passes keep failing (after [`FAILING_AFTER`] in a row), for `/readyz`.
     pub failing: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -347,7 +355,7 @@ impl Context {
                 }
                 for change in &report.changes {
                     // No subscriber is fine.
-                    let _ = t.events.send(PhaseEvent::from_change(change, &report.revision));
+                    let _ = t.events.send(change.clone());
                 }
             }
         }
@@ -571,7 +579,7 @@ impl Context {
             let text = render::to_yaml(&status).into_bytes();
             let path = render::path_of(name);
             let same = prev.is_some_and(|p| *p == status);
-            if !crate::model::validate::is_dns_label(name) {
+            if !crate::ids::is_dns_label(name) {
                 // `requests/<bad name>.yaml` is Invalid (its diagnostic says
                 // why), but its name cannot be a status file: a person sees
                 // it in the log, the terminal and `hadron validate`.
@@ -600,6 +608,7 @@ impl Context {
                     stage: view.stage.clone(),
                     reason,
                     message,
+                    revision: revision.to_owned(),
                 });
             }
             self.seen.insert(name.clone(), now_seen);
@@ -609,7 +618,7 @@ impl Context {
         // label, from an older Hadron or a person) are removed: status/ is Hadron's.
         for path in self.catalog.paths_under("status/") {
             let stem = path.trim_start_matches("status/").strip_suffix(".yaml").unwrap_or("");
-            let mine = !path["status/".len()..].contains('/') && crate::model::validate::is_dns_label(stem);
+            let mine = !path["status/".len()..].contains('/') && crate::ids::is_dns_label(stem);
             if !mine && crate::status::writer::validate_status_path(path).is_ok() {
                 changes.insert(path.to_owned(), None);
             }
@@ -626,6 +635,7 @@ impl Context {
                 message: format!(
                     "requests/{name}.yaml was deleted: its workers are cancelled and status/{name}.yaml is removed (history: git log -p -- status/{name}.yaml)"
                 ),
+                revision: revision.to_owned(),
             });
         }
         for change in &report.changes {

@@ -104,7 +104,7 @@ pub async fn get_request(
     }
 }
 
-/// `GET /api/v1/events`: one `phase` event per [`super::PhaseEvent`] sent on
+/// `GET /api/v1/events`: one `phase` event per [`crate::reconcile::PhaseChange`] sent on
 /// the broadcast channel, as JSON. A client too slow to keep up gets a
 /// `lagged` event with the number of events it missed. The stream ends when
 /// the server shuts down.

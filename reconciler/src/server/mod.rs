@@ -8,15 +8,17 @@
 //! | `GET /readyz` | 200 once the store answers and the control repo was fetched, else 503 |
 //! | `GET /metrics` | Prometheus text format 0.0.4 ([`Metrics`]) |
 //! | `GET /api/v1/requests`, `GET /api/v1/requests/{name}` | request records from the store |
-//! | `GET /api/v1/events` | one SSE `phase` event per [`PhaseEvent`] sent by the loop |
+//! | `GET /api/v1/events` | one SSE `phase` event per [`PhaseChange`] sent by the loop |
 //!
 //! The server does no reconcile work: it only verifies, records and triggers.
 //! Error bodies are JSON `{ "error": reason, "message": … }`.
 
 mod api;
 mod error;
-pub mod metrics;
 pub mod webhook;
+
+/// The metrics the server renders live below both the server and the loop.
+pub use crate::telemetry as metrics;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -27,104 +29,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::routing::{get, post};
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 
 pub use api::RequestView;
 pub use error::ServerError;
-pub use metrics::Metrics;
+pub use crate::forge::repo_full_name;
+pub use crate::reconcile::trigger::Trigger;
+pub use crate::telemetry::Metrics;
 
-use crate::model::Phase;
 use crate::reconcile::PhaseChange;
 use crate::store::Store;
 
 /// Default limit of a webhook body: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
-
-/// Why the reconcile loop should run a pass now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
-    /// The control branch moved (a push to it); `after` is the new head.
-    ControlPush {
-        /// The commit the branch points at after the push.
-        after: String,
-    },
-    /// Something happened in a watched target repo (a push or a commit status).
-    TargetActivity {
-        /// The repo's `owner/name`.
-        repo: String,
-        /// The commit concerned, if the event names one (none for a deleted branch).
-        commit: Option<String>,
-    },
-    /// An approval PR (`hadron/approve/<request>/<gate>`) was merged into the control branch.
-    ApprovalMerged {
-        /// The request name.
-        request: String,
-        /// The gate name.
-        gate: String,
-        /// Forge login of who merged (`merged_by`, else the event's sender).
-        merged_by_login: String,
-        /// The merge commit, when Gitea names it.
-        merge_commit: Option<String>,
-    },
-    /// The poll interval expired.
-    Poll,
-    /// A worker process ended.
-    WorkerExited,
-    /// `hadron ci-status` recorded a CI result in this data dir's store.
-    CiRecorded,
-}
-
-impl Trigger {
-    /// The variant's name, for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::ControlPush { .. } => "ControlPush",
-            Self::TargetActivity { .. } => "TargetActivity",
-            Self::ApprovalMerged { .. } => "ApprovalMerged",
-            Self::Poll => "Poll",
-            Self::WorkerExited => "WorkerExited",
-            Self::CiRecorded => "CiRecorded",
-        }
-    }
-}
-
-/// A request changed phase; sent by the loop, streamed on `GET /api/v1/events`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PhaseEvent {
-    /// Request name.
-    pub request: String,
-    /// Phase before (none for a new request).
-    pub from: Option<Phase>,
-    /// Phase now.
-    pub to: Phase,
-    /// Stage now.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage: Option<String>,
-    /// Stable reason (`AwaitingApproval`, `Deleted`, a Stalled reason, …).
-    pub reason: String,
-    /// The status message.
-    pub message: String,
-    /// Control-repo revision of the pass that saw the change.
-    pub revision: String,
-}
-
-impl PhaseEvent {
-    /// The event for one change of a pass over `revision`.
-    pub fn from_change(change: &PhaseChange, revision: &str) -> Self {
-        Self {
-            request: change.request.clone(),
-            from: change.from,
-            to: change.to,
-            stage: change.stage.clone(),
-            reason: change.reason.clone(),
-            message: change.message.clone(),
-            revision: revision.to_owned(),
-        }
-    }
-}
 
 /// The webhook secret shared with Gitea. Never printed: `Debug` shows `***`.
 #[derive(Clone)]
@@ -212,24 +130,6 @@ impl ControlRepoId {
     }
 }
 
-/// The lower-case `owner/name` of a repo given as `owner/name` or as a clone URL.
-pub fn repo_full_name(repo: &str) -> String {
-    let repo = repo.trim().trim_end_matches('/');
-    let repo = repo.strip_suffix(".git").unwrap_or(repo);
-    let path = if let Some((_, rest)) = repo.split_once("://") {
-        rest.split_once('/').map_or("", |(_, path)| path)
-    } else if let Some((_, path)) = repo.split_once(':').filter(|(host, _)| !host.contains('/')) {
-        path
-    } else {
-        repo
-    };
-    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
-    let name = segments.next().unwrap_or_default();
-    match segments.next() {
-        Some(owner) => format!("{owner}/{name}").to_ascii_lowercase(),
-        None => name.to_ascii_lowercase(),
-    }
-}
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -245,7 +145,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     failing: Arc<std::sync::Mutex<Option<String>>>,
-    events: broadcast::Sender<PhaseEvent>,
+    events: broadcast::Sender<PhaseChange>,
     body_limit: usize,
     limits: Limits,
     /// Set when the server shuts down, to end event streams.
@@ -269,7 +169,7 @@ pub struct ServerConfig {
     /// Set by the loop while passes keep failing (why), cleared by a good pass.
     pub failing: Arc<std::sync::Mutex<Option<String>>>,
     /// Phase events from the loop.
-    pub events: broadcast::Sender<PhaseEvent>,
+    pub events: broadcast::Sender<PhaseChange>,
     /// Largest webhook body accepted, in bytes.
     pub body_limit: usize,
     /// Connection limits and timeouts.
@@ -379,7 +279,7 @@ impl ServerState {
     }
 
     /// The sender of phase events (the loop sends on it).
-    pub fn events(&self) -> &broadcast::Sender<PhaseEvent> {
+    pub fn events(&self) -> &broadcast::Sender<PhaseChange> {
         &self.inner.events
     }
 
@@ -393,7 +293,7 @@ impl ServerState {
         self.inner.limits
     }
 
-    fn subscribe_events(&self) -> broadcast::Receiver<PhaseEvent> {
+    fn subscribe_events(&self) -> broadcast::Receiver<PhaseChange> {
         self.inner.events.subscribe()
     }
 

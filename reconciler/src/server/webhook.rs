@@ -20,7 +20,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::{ControlRepoId, ServerError, ServerState, Trigger, WebhookSecret};
-use crate::model::validate::is_dns_label;
+use crate::ids::is_dns_label;
 
 /// Header carrying the event name, e.g. `push`.
 pub const EVENT_HEADER: &str = "X-Gitea-Event";
@@ -337,12 +337,8 @@ async fn handle(
         // Gitea's redelivery is processed again instead of being answered
         // "duplicate" with the merger lost. Writing the same record twice
         // is harmless.
-        let record = crate::reconcile::forge::MergeRecord { login: merged_by_login.clone(), commit: merge_commit.clone() };
-        let text = serde_json::to_string(&record).expect("because a merge record of two strings serialises");
-        state
-            .store()
-            .kv_set(&crate::reconcile::forge::approval_merged_key(request, gate), &text, crate::time::now())
-            .await?;
+        let record = crate::store::MergeRecord { login: merged_by_login.clone(), commit: merge_commit.clone() };
+        state.store().record_approval_merge(request, gate, &record, crate::time::now()).await?;
     }
     if !state
         .store()

@@ -1,7 +1,7 @@
 //! Small tables: webhook delivery dedup (`webhook_deliveries`) and the
 //! key-value table holding the last reconciled revision (`kv`).
 
-use super::{Store, StoreError};
+use super::{MergeRecord, Store, StoreError};
 
 /// `kv` key of the last control-repo revision fully reconciled.
 const LAST_REVISION_KEY: &str = "source.last_revision";
@@ -95,6 +95,18 @@ impl Store {
         })
     }
 
+    /// Records who merged the approval PR of `request`'s `gate` (from a webhook).
+    pub async fn record_approval_merge(&self, request: &str, gate: &str, record: &MergeRecord, at: i64) -> Result<(), StoreError> {
+        let text = serde_json::to_string(record).expect("because a merge record of strings serialises");
+        self.kv_set(&approval_merged_key(request, gate), &text, at).await
+    }
+
+    /// The merge of the approval PR of `request`'s `gate`, if a webhook
+    /// reported one; an unreadable record counts as none.
+    pub async fn approval_merge(&self, request: &str, gate: &str) -> Result<Option<MergeRecord>, StoreError> {
+        Ok(self.kv_get(&approval_merged_key(request, gate)).await?.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
     /// Removes the `kv` entries of requests that are gone: every key
     /// `<prefix><request>` or `<prefix><request>/…` under one of `prefixes`
     /// whose request is not in `keep`. Returns how many.
@@ -168,4 +180,12 @@ impl Store {
             .map_err(|e| StoreError::query("read commit statuses", e))
         })
     }
+}
+
+/// `kv` key prefix of approval merges reported by webhooks.
+pub const APPROVAL_MERGED_PREFIX: &str = "approval-merged/";
+
+/// `kv` key: the merger of an approval PR, as the webhook reported it.
+pub fn approval_merged_key(request: &str, gate: &str) -> String {
+    format!("{APPROVAL_MERGED_PREFIX}{request}/{gate}")
 }

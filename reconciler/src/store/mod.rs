@@ -74,9 +74,10 @@ mod requests;
 mod tests;
 
 pub use error::{StoreError, redact_url};
+pub use misc::{APPROVAL_MERGED_PREFIX, approval_merged_key};
 pub use records::{
-    Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, NewAttempt, NewEvent,
-    OutboxEntry, OutboxFiles, OutboxState, RequestRecord,
+    Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, MergeRecord, NewAttempt,
+    NewEvent, OutboxEntry, OutboxFiles, OutboxState, RequestRecord,
 };
 
 /// The SQLite file name inside the data directory.

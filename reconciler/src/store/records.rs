@@ -4,7 +4,6 @@
 //! tests and the planner control time.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::str::FromStr;
 
 use super::StoreError;
@@ -28,52 +27,14 @@ pub struct RequestRecord {
     pub updated_at: i64,
 }
 
-/// The life cycle of one worker run: the planner's type, stored by name.
-pub use crate::plan::AttemptState;
-
-impl AttemptState {
-    /// Every state, in life-cycle order.
-    pub const ALL: [AttemptState; 5] = [
-        Self::Pending,
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    /// Whether the attempt is over (no further transition is allowed).
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-
-    /// The states an attempt may be in for an update to `self` to apply.
-    ///
-    /// `Pending` → `Pending`; `Pending | Running` → `Running`; and
-    /// `Pending | Running` → any terminal state. A finished attempt is final.
-    pub fn allowed_predecessors(self) -> &'static [AttemptState] {
-        match self {
-            Self::Pending => &[Self::Pending],
-            Self::Running | Self::Succeeded | Self::Failed | Self::Cancelled => {
-                &[Self::Pending, Self::Running]
-            }
-        }
-    }
-}
-
-impl fmt::Display for AttemptState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The life cycle of one worker run, stored by name.
+pub use crate::attempt::AttemptState;
 
 impl FromStr for AttemptState {
     type Err = StoreError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| StoreError::corrupt(format!("unknown attempt state {s:?}")))
+        AttemptState::parse(s).ok_or_else(|| StoreError::corrupt(format!("unknown attempt state {s:?}")))
     }
 }
 
@@ -268,4 +229,14 @@ pub struct OutboxEntry {
     pub published_commit: Option<String>,
     /// When it was published (unix ms).
     pub published_at: Option<i64>,
+}
+
+/// A merge of an approval PR, as the webhook reported it (kept in `kv`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MergeRecord {
+    /// Gitea login of whoever merged.
+    pub login: String,
+    /// The merge commit, when the payload named it.
+    #[serde(default)]
+    pub commit: Option<String>,
 }

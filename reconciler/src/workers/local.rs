@@ -20,7 +20,7 @@ use super::entry::{AGENT_FILE, LOG_FILE, RESULT_FILE, RUN_FILE, WORKSPACE_DIR, W
 use super::proc::{ProcessId, now_rfc3339, signal_group, unix_now, write_atomic, write_new_atomic};
 use super::spec::{RunResult, RunSpec};
 use super::{Driver, DriverError, Observation, RunState};
-use crate::model::validate::is_dns_label;
+use crate::ids::is_dns_label;
 
 /// `pid.json`: the worker process.
 pub const PID_FILE: &str = "pid.json";

@@ -6,27 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::kinds::Pricing;
 
-/// The deterministic name of a worker: one per (request, generation, stage,
-/// repo, attempt). Names are DNS-1123 labels (they become Job names), at most
-/// 63 characters: `hadron-<request>-<stage>-<attempt>-<hash>` where the hash
-/// covers the generation and the repo, shortened when the request name is long.
-pub fn worker_name(request: &str, generation: &str, stage: &str, repo_url: &str, attempt: u32) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{request}\n{generation}\n{stage}\n{repo_url}").as_bytes());
-    let hash = hex::encode(&digest[..4]);
-    let tail = format!("-{attempt}-{hash}");
-    let mut head = format!("hadron-{request}-{stage}");
-    let room = 63usize.saturating_sub(tail.len());
-    if head.len() > room {
-        // On a character boundary: names come from files people write.
-        let cut = (0..=room).rev().find(|&i| head.is_char_boundary(i)).unwrap_or(0);
-        head.truncate(cut);
-        while head.ends_with('-') {
-            head.pop();
-        }
-    }
-    format!("{head}{tail}")
-}
+pub use crate::ids::worker_name;
+
 
 /// Where an environment variable's value comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,11 +161,11 @@ mod tests {
         let a = worker_name("add-greeting", "0011223344556677", "implement", "../demo-app.git", 1);
         assert_eq!(a, worker_name("add-greeting", "0011223344556677", "implement", "../demo-app.git", 1));
         assert!(a.starts_with("hadron-add-greeting-implement-1-"), "{a}");
-        assert!(crate::model::validate::is_dns_label(&a));
+        assert!(crate::ids::is_dns_label(&a));
         assert_ne!(a, worker_name("add-greeting", "0011223344556677", "implement", "../demo-docs.git", 1));
         assert_ne!(a, worker_name("add-greeting", "ffff223344556677", "implement", "../demo-app.git", 1));
         let long = worker_name(&"r".repeat(63), "g", &"s".repeat(63), "u", 12);
-        assert!(long.len() <= 63 && crate::model::validate::is_dns_label(&long), "{long}");
+        assert!(long.len() <= 63 && crate::ids::is_dns_label(&long), "{long}");
     }
 
     #[test]

@@ -7,16 +7,7 @@ use serde_json::Value;
 
 use crate::model::kinds::Pricing;
 
-/// Most input (or output) tokens one attempt may report. Far above what
-/// any agent run uses; a larger figure is a broken or hostile report.
-pub const MAX_TOKENS_PER_ATTEMPT: u64 = 1_000_000_000_000;
-
-/// Most tokens, input plus output, one attempt may carry (a status file
-/// records only the sum).
-pub const MAX_TOTAL_TOKENS_PER_ATTEMPT: u64 = 2 * MAX_TOKENS_PER_ATTEMPT;
-
-/// Most US dollars one attempt may report.
-pub const MAX_COST_USD_PER_ATTEMPT: f64 = 1_000_000.0;
+pub use crate::attempt::{MAX_COST_USD_PER_ATTEMPT, MAX_TOKENS_PER_ATTEMPT, MAX_TOTAL_TOKENS_PER_ATTEMPT, cost_is_sane};
 
 /// A usage report outside sane bounds: refused, never summed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -43,10 +34,6 @@ impl UsageError {
     }
 }
 
-/// Whether a cost is one a single attempt may report.
-pub fn cost_is_sane(cost: f64) -> bool {
-    cost.is_finite() && (0.0..=MAX_COST_USD_PER_ATTEMPT).contains(&cost)
-}
 
 /// Checks one attempt's reported usage against the bounds above.
 pub fn check(tokens_in: u64, tokens_out: u64, cost_usd: f64) -> Result<(), UsageError> {

@@ -1,7 +1,8 @@
-//! Hadron's metrics, rendered in the Prometheus text format 0.0.4.
+//! Telemetry: Hadron's metrics, rendered in the Prometheus text format 0.0.4.
 //!
-//! The reconcile loop feeds [`Metrics`] through its methods; `GET /metrics`
-//! renders a snapshot. Everything sits behind one mutex: updates are a few per
+//! It sits below both the loop and the HTTP server and imports neither: the
+//! reconcile loop (and the webhook handler) feed [`Metrics`] through its
+//! methods; the server's `GET /metrics` renders a snapshot. Everything sits behind one mutex: updates are a few per
 //! pass or delivery, far from contended.
 
 use std::collections::BTreeMap;

@@ -1,0 +1,52 @@
+//! The loop's input: why a pass should run now. Webhooks, the file watch,
+//! the poll timer and worker exits all send a [`Trigger`] into one
+//! coalescing channel.
+
+/// Why the reconcile loop should run a pass now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// The control branch moved (a push to it); `after` is the new head.
+    ControlPush {
+        /// The commit the branch points at after the push.
+        after: String,
+    },
+    /// Something happened in a watched target repo (a push or a commit status).
+    TargetActivity {
+        /// The repo's `owner/name`.
+        repo: String,
+        /// The commit concerned, if the event names one (none for a deleted branch).
+        commit: Option<String>,
+    },
+    /// An approval PR (`hadron/approve/<request>/<gate>`) was merged into the control branch.
+    ApprovalMerged {
+        /// The request name.
+        request: String,
+        /// The gate name.
+        gate: String,
+        /// Forge login of who merged (`merged_by`, else the event's sender).
+        merged_by_login: String,
+        /// The merge commit, when Gitea names it.
+        merge_commit: Option<String>,
+    },
+    /// The poll interval expired.
+    Poll,
+    /// A worker process ended.
+    WorkerExited,
+    /// `hadron ci-status` recorded a CI result in this data dir's store.
+    CiRecorded,
+}
+
+impl Trigger {
+    /// The variant's name, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ControlPush { .. } => "ControlPush",
+            Self::TargetActivity { .. } => "TargetActivity",
+            Self::ApprovalMerged { .. } => "ApprovalMerged",
+            Self::Poll => "Poll",
+            Self::WorkerExited => "WorkerExited",
+            Self::CiRecorded => "CiRecorded",
+        }
+    }
+}
+
