@@ -3,7 +3,7 @@
 //!
 //! The lists are the one source of truth: `hadron validate` checks agent
 //! commands and prompts against them, and the worker builds its render data
-//! with exactly these keys (see `workers::entry`).
+//! with exactly these keys (see `workers::template`).
 
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
 use handlebars::{Path, PathSeg};

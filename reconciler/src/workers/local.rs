@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::entry::{AGENT_FILE, LOG_FILE, RESULT_FILE, RUN_FILE, WORKSPACE_DIR, WorkerError};
+use super::error::WorkerError;
 use super::proc::{ProcessId, now_rfc3339, signal_group, unix_now, write_atomic, write_new_atomic};
+use super::run_dir::{AGENT_FILE, LOG_FILE, RESULT_FILE, RUN_FILE, WORKSPACE_DIR, run_is_locked};
 use super::spec::{RunResult, RunSpec};
 use super::{Driver, DriverError, Observation, RunState};
 use crate::ids::is_dns_label;
@@ -142,7 +143,7 @@ impl LocalDriver {
         // credentials, only the passthrough set and the secrets this run
         // references that the operator allowed.
         cmd.env_clear();
-        for name in crate::workers::entry::PASSTHROUGH_ENV.iter().chain(WORKER_ENV) {
+        for name in crate::workers::agent_env::PASSTHROUGH_ENV.iter().chain(WORKER_ENV) {
             if let Some(v) = std::env::var_os(name) {
                 cmd.env(name, v);
             }
@@ -246,7 +247,7 @@ impl LocalDriver {
         if let Some(result) = RunResult::read(&dir.join(RESULT_FILE)) {
             return Ok(observation(RunState::Finished(result)));
         }
-        let locked = crate::workers::entry::run_is_locked(dir);
+        let locked = run_is_locked(dir);
         let Some(pid) = pid else {
             if locked {
                 return Ok(observation(RunState::Running));
@@ -301,7 +302,7 @@ impl Driver for LocalDriver {
         }
         let _guard = self.guard();
         let dir = self.run_dir(&spec.worker);
-        if dir.join(PID_FILE).exists() || dir.join(RESULT_FILE).exists() || crate::workers::entry::run_is_locked(&dir) {
+        if dir.join(PID_FILE).exists() || dir.join(RESULT_FILE).exists() || run_is_locked(&dir) {
             return Ok(());
         }
         self.spawn(spec, &dir)
@@ -341,7 +342,7 @@ impl Driver for LocalDriver {
             let dir = self.run_dir(worker);
             let result = dir.join(RESULT_FILE);
             let Ok(written) = std::fs::metadata(&result).and_then(|m| m.modified()) else { continue };
-            if crate::workers::entry::run_is_locked(&dir) {
+            if run_is_locked(&dir) {
                 continue;
             }
             let expired = written.elapsed().is_ok_and(|age| age >= retention);

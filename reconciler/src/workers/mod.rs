@@ -6,13 +6,23 @@
 //! names, so starting one twice is a no-op and a restarted Hadron finds its
 //! workers again from the driver alone.
 
+mod agent;
+pub mod agent_env;
 pub mod entry;
+pub mod error;
 pub mod local;
+mod log;
 pub mod proc;
+mod result;
+pub mod run_dir;
 pub mod spec;
+mod template;
 pub mod usage;
+mod worker;
+mod workspace;
 
-pub use entry::{WorkerError, run_worker};
+pub use entry::run_worker;
+pub use error::WorkerError;
 pub use local::{LocalDriver, WorkerCommand};
 pub use spec::{RunResult, RunSpec};
 

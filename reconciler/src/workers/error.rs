@@ -1,0 +1,108 @@
+//! [`WorkerError`]: why a worker run failed, with the stable reason that
+//! becomes `RunResult::reason`.
+
+use std::path::Path;
+
+/// Why a worker run failed. [`WorkerError::reason`] becomes `RunResult::reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// `run.json` is missing, unreadable or asks for something invalid.
+    #[error("invalid run spec: {0}")]
+    InvalidRunSpec(String),
+    /// A secret the agent needs is not in the worker's environment.
+    #[error(
+        "secret `{secret}` for the agent's variable `{variable}` is not available to the worker: \
+         the operator must allow it (`hadron up|serve --agent-secret {secret}` or HADRON_AGENT_SECRETS) and set it in Hadron's environment"
+    )]
+    SecretMissing {
+        /// The agent's variable.
+        variable: String,
+        /// Where the value should have come from.
+        secret: String,
+    },
+    /// The target repo could not be cloned or fetched.
+    #[error("cannot clone or fetch the target repo: {0}")]
+    CloneFailed(String),
+    /// Neither the work branch nor the base branch exists on the remote.
+    #[error("the base branch `{0}` does not exist on the remote")]
+    BaseBranchMissing(String),
+    /// The prompt or a command element does not render.
+    #[error("template error: {0}")]
+    TemplateFailed(String),
+    /// The agent command could not be started.
+    #[error("cannot start the agent `{program}`: {detail}")]
+    AgentSpawnFailed {
+        /// Program name.
+        program: String,
+        /// OS error.
+        detail: String,
+    },
+    /// The agent exited with a non-zero status or was killed by a signal.
+    #[error("the agent {status}; see {log}")]
+    AgentExitNonZero {
+        /// `exited with code N` or `was killed by signal N`.
+        status: String,
+        /// Log file.
+        log: String,
+    },
+    /// The agent ran past its wall-time limit and was killed.
+    #[error("the agent ran longer than its wall-time limit of {0} s and was killed")]
+    WallTimeExceeded(u64),
+    /// The agent changed nothing although the stage requires a change.
+    #[error("the agent changed no file and the stage requires a change")]
+    NoChange,
+    /// A local git step (checkout, commit, rebase) failed.
+    #[error("git failed: {0}")]
+    GitFailed(String),
+    /// The push was rejected and retrying did not help.
+    #[error("push failed: {0}")]
+    PushFailed(String),
+    /// A file in the run dir could not be written or read.
+    #[error("cannot use {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The run was cancelled (written by a driver).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl WorkerError {
+    /// Stable CamelCase reason for status conditions, metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WorkerError::InvalidRunSpec(_) => "InvalidRunSpec",
+            WorkerError::SecretMissing { .. } => "SecretMissing",
+            WorkerError::CloneFailed(_) => "CloneFailed",
+            WorkerError::BaseBranchMissing(_) => "BaseBranchMissing",
+            WorkerError::TemplateFailed(_) => "TemplateFailed",
+            WorkerError::AgentSpawnFailed { .. } => "AgentSpawnFailed",
+            WorkerError::AgentExitNonZero { .. } => "AgentExitNonZero",
+            WorkerError::WallTimeExceeded(_) => "WallTimeExceeded",
+            WorkerError::NoChange => "NoChange",
+            WorkerError::GitFailed(_) => "GitFailed",
+            WorkerError::PushFailed(_) => "PushFailed",
+            WorkerError::Io { .. } => "Io",
+            WorkerError::Cancelled => "Cancelled",
+        }
+    }
+
+    pub(super) fn io(path: &Path, source: std::io::Error) -> WorkerError {
+        WorkerError::Io { path: path.display().to_string(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_stable() {
+        assert_eq!(WorkerError::NoChange.reason(), "NoChange");
+        assert_eq!(WorkerError::WallTimeExceeded(1).reason(), "WallTimeExceeded");
+        assert_eq!(WorkerError::SecretMissing { variable: "A".into(), secret: "B".into() }.reason(), "SecretMissing");
+    }
+}

@@ -1,0 +1,79 @@
+//! The run's result: building a [`RunResult`] from the outcome, and reading
+//! and writing `result.json`.
+
+use std::path::Path;
+
+use super::error::WorkerError;
+use super::proc::{now_rfc3339, write_atomic};
+use super::run_dir::{LOG_FILE, RESULT_FILE};
+use super::spec::{Outcome, RunResult, RunSpec};
+use super::usage::Usage;
+
+impl RunResult {
+    /// A failed result for `worker` with the error's reason and message.
+    pub fn failed(worker: &str, error: &WorkerError, log_path: &Path, started_at: &str) -> RunResult {
+        RunResult {
+            worker: worker.to_owned(),
+            outcome: Outcome::Failed,
+            reason: error.reason().to_owned(),
+            message: error.to_string(),
+            pushed_commit: None,
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_usd: 0.0,
+            summary: String::new(),
+            log_path: log_path.display().to_string(),
+            started_at: started_at.to_owned(),
+            finished_at: now_rfc3339(),
+        }
+    }
+
+    /// Reads a `result.json`, if there is a readable one.
+    pub fn read(path: &Path) -> Option<RunResult> {
+        let text = std::fs::read(path).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Writes this result to `path` atomically.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_atomic(path, &json)
+    }
+}
+
+/// A successful run.
+pub(super) struct Done {
+    pub(super) commit: String,
+    pub(super) message: String,
+}
+
+/// Builds the result, writes it and returns it.
+pub(super) fn finish(spec: &RunSpec, outcome: Result<Done, WorkerError>, usage: Option<Usage>, run_dir: &Path, started_at: &str) -> RunResult {
+    let log_path = run_dir.join(LOG_FILE);
+    let mut result = match &outcome {
+        Ok(done) => RunResult {
+            worker: spec.worker.clone(),
+            outcome: Outcome::Succeeded,
+            reason: "Completed".to_owned(),
+            message: done.message.clone(),
+            pushed_commit: Some(done.commit.clone()),
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_usd: 0.0,
+            summary: String::new(),
+            log_path: log_path.display().to_string(),
+            started_at: started_at.to_owned(),
+            finished_at: now_rfc3339(),
+        },
+        Err(error) => RunResult::failed(&spec.worker, error, &log_path, started_at),
+    };
+    if let Some(usage) = usage {
+        result.tokens_in = usage.tokens_in;
+        result.tokens_out = usage.tokens_out;
+        result.cost_usd = usage.cost(spec.pricing.as_ref());
+        result.summary = usage.summary;
+        result.refuse_insane_usage();
+    }
+    let _ = result.write(&run_dir.join(RESULT_FILE));
+    result
+}

@@ -1,0 +1,159 @@
+//! Rendering the prompt and the agent command from their Handlebars
+//! templates, strictly, with exactly the variables `hadron validate` knows.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::error::WorkerError;
+use super::spec::RunSpec;
+use super::worker::Worker;
+
+impl Worker<'_> {
+    pub(super) fn render_prompt(&self) -> Result<String, WorkerError> {
+        handlebars()
+            .render_template(&self.spec.prompt_template, &prompt_data(self.spec))
+            .map_err(|e| WorkerError::TemplateFailed(format!("prompt: {}", render_error(&e))))
+    }
+
+    pub(super) fn render_command(&self, prompt_path: &Path) -> Result<Vec<String>, WorkerError> {
+        let data = command_data(self.spec, prompt_path, &self.workspace);
+        let hb = handlebars();
+        self.spec
+            .command
+            .iter()
+            .enumerate()
+            .map(|(i, element)| {
+                hb.render_template(element, &data)
+                    .map_err(|e| WorkerError::TemplateFailed(format!("command element {i}: {}", render_error(&e))))
+            })
+            .collect()
+    }
+
+}
+
+/// The data a prompt template renders with: every name of
+/// [`PROMPT_VARIABLES`](crate::model::template_vars::PROMPT_VARIABLES), always present (strict mode fails on a missing one).
+fn prompt_data(s: &RunSpec) -> serde_json::Value {
+    json!({
+        "request": s.request,
+        "title": s.title,
+        "description": s.description,
+        "stage": s.stage,
+        "repo": s.repo,
+        "branch": s.work_branch,
+        "previousStages": s.previous_stages,
+    })
+}
+
+/// The data a command element renders with: every name of
+/// [`COMMAND_VARIABLES`](crate::model::template_vars::COMMAND_VARIABLES), always present (`model` is empty when unset).
+fn command_data(s: &RunSpec, prompt_path: &Path, workspace: &Path) -> serde_json::Value {
+    json!({
+        "promptFile": prompt_path.display().to_string(),
+        "workspace": workspace.display().to_string(),
+        "request": s.request,
+        "stage": s.stage,
+        "repo": s.repo,
+        "model": s.model.clone().unwrap_or_default(),
+    })
+}
+
+/// A render error in one line: what failed and where in the template.
+fn render_error(e: &handlebars::RenderError) -> String {
+    let mut text = match e.reason() {
+        handlebars::RenderErrorReason::MissingVariable(Some(path)) => {
+            format!("the template uses `{{{{{path}}}}}`, which Hadron does not pass (`hadron validate` names the variables)")
+        }
+        handlebars::RenderErrorReason::HelperNotFound(name) => {
+            format!("the template calls the helper `{name}`, which does not exist")
+        }
+        other => other.to_string(),
+    };
+    if let (Some(line), Some(column)) = (e.line_no, e.column_no) {
+        text.push_str(&format!(" (template line {line}, column {column})"));
+    }
+    text
+}
+
+/// A registry that renders strictly (a name missing from the data is an
+/// error, not an empty string) and does not HTML-escape.
+fn handlebars() -> handlebars::Handlebars<'static> {
+    let mut hb = handlebars::Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    hb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            worker: "hadron-fix-implement-1-abcd".into(),
+            request: "fix".into(),
+            generation: "0011223344556677".into(),
+            stage: "implement".into(),
+            attempt: 1,
+            repo: "../app.git".into(),
+            clone_url: "/srv/git/app.git".into(),
+            base_branch: "main".into(),
+            work_branch: "hadron/fix".into(),
+            title: "Fix it".into(),
+            description: String::new(),
+            prompt_template: crate::reconcile::execute::DEFAULT_PROMPT.into(),
+            previous_stages: vec![],
+            command: vec!["agent".into(), "{{promptFile}}".into()],
+            model: None,
+            env: vec![],
+            require_change: true,
+            pricing: None,
+            wall_time_secs: None,
+            git_author: ("Hadron".into(), "hadron@example.com".into()),
+        }
+    }
+
+    fn keys(value: &serde_json::Value) -> std::collections::BTreeSet<&str> {
+        value.as_object().expect("because the data is a JSON object").keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn render_data_has_exactly_the_validated_variables() {
+        use crate::model::template_vars::{COMMAND_VARIABLES, PROMPT_VARIABLES};
+        let s = spec();
+        assert_eq!(keys(&prompt_data(&s)), PROMPT_VARIABLES.iter().copied().collect());
+        let data = command_data(&s, Path::new("/run/prompt.md"), Path::new("/run/workspace"));
+        assert_eq!(keys(&data), COMMAND_VARIABLES.iter().copied().collect());
+        assert_eq!(data["model"], "", "an unset model is an empty string, not a missing key");
+    }
+
+    #[test]
+    fn the_shipped_prompt_renders_strictly_with_and_without_optional_parts() {
+        let mut s = spec();
+        let plain = handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders with no description and no earlier stage");
+        assert!(plain.contains("Task: Fix it") && !plain.contains("Earlier stages"), "{plain}");
+        s.description = "Details.".into();
+        s.previous_stages = vec![crate::workers::spec::PreviousStage {
+            name: "implement".into(),
+            repo: "../app.git".into(),
+            summary: "wrote it".into(),
+        }];
+        let full = handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders with everything");
+        assert!(full.contains("Details.") && full.contains("- implement on ../app.git: wrote it"), "{full}");
+    }
+
+    #[test]
+    fn a_misspelt_variable_fails_to_render_instead_of_vanishing() {
+        let data = command_data(&spec(), Path::new("/run/prompt.md"), Path::new("/run/workspace"));
+        let e = handlebars().render_template("--file={{promptFil}}", &data).expect_err("strict mode refuses a missing variable");
+        let text = render_error(&e);
+        assert!(text.contains("`{{promptFil}}`") && text.contains("hadron validate"), "{text}");
+        // `if` tolerates a missing argument even in strict mode; `hadron
+        // validate` (UnknownTemplateVariable) is what catches `{{#if titel}}`.
+        let lenient = handlebars().render_template("{{#if titel}}x{{/if}}", &prompt_data(&spec())).expect("if is lenient");
+        assert_eq!(lenient, "");
+        let ok = handlebars().render_template("{{promptFile}} {{model}}", &data).expect("known variables render");
+        assert_eq!(ok, "/run/prompt.md ");
+    }
+}

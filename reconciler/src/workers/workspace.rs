@@ -1,0 +1,159 @@
+//! The target repo checkout in the run dir: git in the workspace (clone,
+//! fetch, refs), the commit message, and the push that rebases onto a moved
+//! branch.
+
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+
+use super::error::WorkerError;
+use super::result::Done;
+use super::worker::Worker;
+
+/// How many times a rejected push is retried after rebasing.
+const PUSH_ATTEMPTS: u32 = 4;
+
+/// What a git command printed.
+pub(super) struct GitOut {
+    pub(super) ok: bool,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
+}
+
+impl Worker<'_> {
+    /// Runs git in the workspace (or the run dir before the clone).
+    fn git_in<I, S>(&self, dir: &Path, args: I) -> Result<GitOut, WorkerError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let shown: Vec<String> = args.iter().map(|a| crate::redact::url_credentials(&a.to_string_lossy())).collect();
+        self.log.line(&format!("$ git {}", shown.join(" ")));
+        let (name, email) = &self.spec.git_author;
+        let out = crate::git::Git::in_dir(dir, crate::git::Identity::new(name.clone(), email.clone()))
+            .run(&args)
+            .map_err(|e| WorkerError::GitFailed(e.to_string()))?;
+        let (stdout, stderr) = (out.stdout, out.stderr);
+        if !stdout.is_empty() {
+            self.log.write(&stdout);
+        }
+        if !stderr.is_empty() {
+            self.log.write(&stderr);
+        }
+        Ok(GitOut { ok: out.success, stdout, stderr })
+    }
+
+    pub(super) fn git<I, S>(&self, args: I) -> Result<GitOut, WorkerError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.git_in(&self.workspace, args)
+    }
+
+    /// Runs git and maps a non-zero exit to `error(stderr)`.
+    pub(super) fn git_ok<I, S>(&self, args: I, error: fn(String) -> WorkerError) -> Result<String, WorkerError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = self.git(args)?;
+        if out.ok { Ok(out.stdout.trim().to_owned()) } else { Err(error(self.log.redact(out.stderr.trim()))) }
+    }
+
+    /// The commit a ref points at, if it exists.
+    pub(super) fn rev(&self, name: &str) -> Result<Option<String>, WorkerError> {
+        let out = self.git(["rev-parse", "--verify", "--quiet", &format!("{name}^{{commit}}")])?;
+        Ok(if out.ok { Some(out.stdout.trim().to_owned()) } else { None })
+    }
+
+    /// Clones into `workspace` (through a temporary folder, so a crash never
+    /// leaves a half clone), or fetches when an earlier attempt cloned.
+    pub(super) fn prepare_workspace(&self) -> Result<(), WorkerError> {
+        if self.workspace.join(".git").is_dir() {
+            let fetched = self.git(["fetch", "-q", "--prune", "origin"])?;
+            if fetched.ok {
+                return Ok(());
+            }
+            self.log.line("fetch into the existing workspace failed; cloning again");
+            std::fs::remove_dir_all(&self.workspace).map_err(|e| WorkerError::io(&self.workspace, e))?;
+        }
+        let partial = self.run_dir.join("workspace.partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| WorkerError::io(&partial, e))?;
+        }
+        let args: Vec<OsString> = vec![
+            "clone".into(),
+            "-q".into(),
+            "--no-checkout".into(),
+            "--".into(),
+            self.spec.clone_url.clone().into(),
+            partial.clone().into_os_string(),
+        ];
+        let out = self.git_in(&self.run_dir, args)?;
+        if !out.ok {
+            return Err(WorkerError::CloneFailed(self.log.redact(out.stderr.trim())));
+        }
+        std::fs::rename(&partial, &self.workspace).map_err(|e| WorkerError::io(&self.workspace, e))
+    }
+
+    /// The newest commit on `branch` whose message has this worker's trailer.
+    pub(super) fn commit_of_this_worker(&self, branch: &str) -> Result<Option<String>, WorkerError> {
+        // The worker name is a validated DNS label: no regex metacharacters.
+        let grep = format!("--grep=^Hadron-Worker: {}$", self.spec.worker);
+        let out = self.git(["log", "-1", "--format=%H", "-E", grep.as_str(), branch, "--"])?;
+        let commit = out.stdout.trim();
+        Ok(if out.ok && !commit.is_empty() { Some(commit.to_owned()) } else { None })
+    }
+
+    pub(super) fn commit_message(&self) -> String {
+        let s = self.spec;
+        let title = s.title.split_whitespace().collect::<Vec<_>>().join(" ");
+        let title = if title.is_empty() { format!("Hadron: {}", s.request) } else { title };
+        format!("{title}\n\nStage: {}\nHadron-Request: {}\nHadron-Worker: {}\n", s.stage, s.request, s.worker)
+    }
+
+    /// Pushes HEAD to the work branch without force. A rejection because the
+    /// branch moved is met by fetching, rebasing onto it and trying again.
+    pub(super) fn push(&self) -> Result<Done, WorkerError> {
+        let branch = &self.spec.work_branch;
+        let refspec = format!("HEAD:refs/heads/{branch}");
+        let remote = format!("refs/remotes/origin/{branch}");
+        let mut last_error = String::new();
+        for attempt in 1..=PUSH_ATTEMPTS {
+            let out = self.git(["push", "-q", "origin", refspec.as_str()])?;
+            if out.ok {
+                let head = self.rev("HEAD")?.ok_or_else(|| WorkerError::GitFailed("no HEAD after commit".to_owned()))?;
+                let message = if attempt == 1 { "pushed".to_owned() } else { format!("pushed after {} rebase(s)", attempt - 1) };
+                return Ok(Done { commit: head, message });
+            }
+            last_error = self.log.redact(out.stderr.trim());
+            if !self.git(["fetch", "-q", "--prune", "origin"])?.ok {
+                break;
+            }
+            let Some(tip) = self.rev(&remote)? else { break };
+            if self.git(["merge-base", "--is-ancestor", tip.as_str(), "HEAD"])?.ok {
+                // The branch did not move under us: the rejection is something else.
+                break;
+            }
+            self.log.line(&format!("the branch moved to {tip}; rebasing (attempt {attempt})"));
+            if !self.git(["rebase", "-q", tip.as_str()])?.ok {
+                let _ = self.git(["rebase", "--abort"]);
+                return Err(WorkerError::PushFailed(format!(
+                    "{branch} moved and the agent's change does not rebase cleanly onto {tip}"
+                )));
+            }
+        }
+        Err(WorkerError::PushFailed(last_error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_lose_their_credentials_in_logs() {
+        assert_eq!(crate::redact::url_credentials("https://bot:s3cret@gitea.example.com/a/b.git"), "https://***@gitea.example.com/a/b.git");
+        assert_eq!(crate::redact::url_credentials("https://gitea.example.com/a@b.git"), "https://gitea.example.com/a@b.git");
+        assert_eq!(crate::redact::url_credentials("/srv/git/app.git"), "/srv/git/app.git");
+    }
+}
