@@ -1,8 +1,12 @@
 //! Hadron: a git-driven reconciler for AI-agent change requests.
 //!
-//! The flow is readable from the modules: `source` (git) → `model` (parse and
-//! validate) → `plan` → `reconcile` (observe, execute: store, workers,
-//! gates) → `status` (write back). `up` is the embedded default.
+//! The flow of a pass is described once, in [`reconcile`], in the order the
+//! code runs it. The layers, from the bottom: shared domain modules (`ids`,
+//! `attempt`, `time`, `redact`), the pure `model` and `plan`; the I/O layers
+//! `git`, `source`, `store`, `workers`, `gates`, `forge`, `status`,
+//! `telemetry`; the loop (`reconcile`); the HTTP `server`, which depends on
+//! the loop's inputs and outputs and on nothing that depends on it; and the
+//! composition root `up`. `tests/tests/layers.rs` keeps it so.
 #![forbid(unsafe_code)]
 
 pub mod attempt;

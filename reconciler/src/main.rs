@@ -334,6 +334,8 @@ fn main() -> ExitCode {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_writer(io::stderr)
+            // Colours only for a person at a terminal, never into a log file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
             .try_init();
     }
     let code = match args.command {

@@ -218,6 +218,17 @@ pub enum Action {
 }
 
 impl Action {
+    /// The request, stage and worker the action is about (empty when none),
+    /// for log spans.
+    pub fn subject(&self) -> (&str, &str, &str) {
+        match self {
+            Action::Start(a) | Action::Adopt(a) | Action::Record(a) => (&a.request, &a.stage, &a.worker),
+            Action::Cancel { worker, .. } => ("", "", worker),
+            Action::OpenApproval { request, gate, .. } => (request, gate, ""),
+            Action::Forget { request } => (request, "", ""),
+        }
+    }
+
     /// What the action does, in a few words, for logs and step failures.
     pub fn describe(&self) -> String {
         match self {

@@ -485,6 +485,10 @@ fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart
     }
     eprintln!("statuses caught up {:?} after the protection was lifted", started.elapsed());
     live.wait_for_line(&["publish step recovered [StatusPublishFailed]"], "the recovery is shown");
+    // Log lines name their pass (number, triggers, revision) and their action (request, stage, worker).
+    let log = std::fs::read_to_string(root.join("up.err")).expect("log");
+    assert!(log.lines().any(|l| l.contains("pass{n=") && l.contains("revision=") && l.contains("could not be pushed")), "{}", hadron_tests::tail(&log, 20));
+    assert!(log.lines().any(|l| l.contains("action{request=slow stage=implement worker=hadron-slow-")), "{}", hadron_tests::tail(&log, 20));
     assert_eq!(outbox_rows(), 0, "nothing is left waiting");
     let (code, body) = http_get(&addr, "/readyz");
     assert_eq!(code, 200, "{body}");

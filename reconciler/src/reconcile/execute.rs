@@ -116,8 +116,20 @@ pub async fn execute(ctx: &mut Context, plan: &Plan, observed: &Observed, revisi
     }
     let mut failed = Vec::new();
     for action in &plan.actions {
-        if let Err(e) = execute_one(ctx, action, &all, revision, t).await {
-            tracing::warn!(reason = e.reason(), error = %e, ?action, "action failed; the next pass retries it");
+        use tracing::Instrument;
+        // Every log line of an action names its request, stage and worker.
+        let (request, stage, worker) = action.subject();
+        let span = tracing::info_span!("action", request = %request, stage = %stage, worker = %worker);
+        let result = async {
+            let result = execute_one(ctx, action, &all, revision, t).await;
+            if let Err(e) = &result {
+                tracing::warn!(reason = e.reason(), error = %e, "{} failed; the next pass retries it", action.describe());
+            }
+            result
+        }
+        .instrument(span)
+        .await;
+        if let Err(e) = result {
             failed.push(StepFailure::execute(&e, &action.describe()));
         }
     }
@@ -152,11 +164,13 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             let driver = ctx.driver.clone();
             tokio::task::spawn_blocking(move || driver.start(&spec)).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
             ctx.store.update_attempt(&a.worker, &AttemptUpdate::state(store::AttemptState::Running, t), None).await?;
+            tracing::info!(attempt = a.attempt, repo = %a.repo, "worker started");
         }
         Action::Cancel { worker, reason } => {
             let driver = ctx.driver.clone();
             let w = worker.clone();
             tokio::task::spawn_blocking(move || driver.cancel(&w)).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
+            tracing::info!(%reason, "worker cancelled");
             if let Some(known) = ctx.store.get_attempt(worker).await? {
                 if !known.state.is_terminal() {
                     let mut update = AttemptUpdate::state(store::AttemptState::Cancelled, t);

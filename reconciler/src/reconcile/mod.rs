@@ -1,12 +1,29 @@
-//! The reconcile loop. Triggers (file watch, poll, worker exit, webhooks)
-//! go into one coalescing channel; each pass runs ordered steps
+//! The reconcile loop: the one description of a pass.
 //!
-//! source → model → observe → plan → execute → status
+//! Triggers ([`trigger::Trigger`]: file watch, poll, worker exit, webhooks,
+//! `hadron ci-status`) go into one coalescing channel; [`run`] runs a pass
+//! per batch of triggers, and each pass ([`Context::pass`]) runs these steps
+//! in this order:
 //!
-//! and summarises every request's status once, at the end of the pass.
-//! Intent is stored before each side effect; side effects carry
-//! deterministic names, so a crash at any point and a restart continue
-//! without doing finished work again.
+//! 1. **flush**: publish what earlier passes queued in the outbox (skipped
+//!    while publishing backs off);
+//! 2. **fetch + load** (`source`, `model`): fetch the control repo, read the
+//!    changed blobs, patch the desired state; on failure go on with the last
+//!    good revision. A pass that brought only Hadron's own status files after
+//!    an idle pass stops here;
+//! 3. **observe** (`observe`): attempts from the store, runs from the driver,
+//!    approvals, CI; then verify which status files are Hadron's own;
+//! 4. **plan** (`crate::plan`, pure): actions and every request's view;
+//! 5. **execute** (`execute`): intent into the store, then each side effect;
+//! 6. **forge** (`forge`): approval and target PRs, commit statuses;
+//! 7. **status**: render every status file once, queue the changed ones in
+//!    the outbox and publish them as one commit;
+//! 8. **housekeeping** (`housekeeping`), every few minutes.
+//!
+//! A step that fails is reported ([`steps::StepFailure`]) and the steps
+//! after it still run. Intent is stored before each side effect; side
+//! effects carry deterministic names, so a crash at any point and a restart
+//! continue without doing finished work again.
 
 pub mod execute;
 pub mod forge;
@@ -219,6 +236,10 @@ pub struct Context {
     publish_failure: Option<steps::StepFailure>,
     /// What the last good forge step produced.
     forge_outputs: forge::ForgeOutputs,
+    /// Passes run so far (the `n` of the `pass` span).
+    passes: u64,
+    /// Kinds of the triggers noted since the last pass.
+    noted: BTreeSet<&'static str>,
 }
 
 /// `kv` key prefix of the digest of the status file Hadron last published, per request.
@@ -255,6 +276,8 @@ impl Context {
             publish_retry: steps::Retry::default(),
             publish_failure: None,
             forge_outputs: forge::ForgeOutputs::default(),
+            passes: 0,
+            noted: BTreeSet::new(),
         })
     }
 
@@ -273,6 +296,7 @@ impl Context {
 
     /// Takes note of a trigger before the pass it causes.
     pub fn note(&mut self, trigger: &Trigger) {
+        self.noted.insert(trigger.kind());
         // Webhook triggers are counted by the server that received them.
         if let (Some(t), Trigger::Poll | Trigger::WorkerExited | Trigger::CiRecorded) = (&self.telemetry, trigger) {
             t.metrics.inc_trigger(trigger.kind());
@@ -340,8 +364,14 @@ impl Context {
 
     /// One pass: source → model → observe → plan → execute → forge → status.
     pub async fn pass(&mut self) -> Result<PassReport, ReconcileError> {
+        use tracing::Instrument;
+        self.passes += 1;
+        let triggers: Vec<&str> = std::mem::take(&mut self.noted).into_iter().collect();
+        // Every log line of the pass carries its number, its triggers and
+        // (once fetched) the revision it reconciles.
+        let span = tracing::info_span!("pass", n = self.passes, triggers = %triggers.join(","), revision = tracing::field::Empty);
         let started = Instant::now();
-        let result = self.pass_steps().await;
+        let result = self.pass_steps().instrument(span).await;
         if let Some(t) = &self.telemetry {
             t.metrics.observe_pass(started.elapsed(), result.is_ok());
             if let Ok(report) = &result {
@@ -373,7 +403,10 @@ impl Context {
 
         // Fetch; on failure, go on with the last good catalog (if there is one).
         let (revision, meaningful) = match self.step_source().await {
-            Ok(fetched) => fetched,
+            Ok(fetched) => {
+                tracing::Span::current().record("revision", tracing::field::display(&fetched.0));
+                fetched
+            }
             Err(e) => match self.last_report.as_ref() {
                 Some(last) => {
                     let failure = steps::StepFailure::fetch(&e);
