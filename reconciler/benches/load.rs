@@ -34,7 +34,8 @@ fn request(i: usize, rev: usize) -> String {
     )
 }
 
-const SETTINGS: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n";
+const SETTINGS: &str =
+    "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n";
 const AGENT: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: script\nspec:\n  command: [sh, run.sh]\n";
 
 /// A bare control repo with `n` requests, and a work clone to change it.
@@ -156,9 +157,20 @@ fn main() {
 
     // B3: one status pass writing 1,000 changed files.
     let (bare, _) = make_repo(root.path(), 10);
-    let mut writer = StatusWriter::new(WriterConfig::new(bare.to_str().expect("utf-8"), "main", root.path().join("writer"))).expect("writer");
+    let mut writer =
+        StatusWriter::new(WriterConfig::new(bare.to_str().expect("utf-8"), "main", root.path().join("writer"))).expect("writer");
     let files: BTreeMap<String, Option<Vec<u8>>> = (0..1000)
-        .map(|i| (format!("status/req-{i}.yaml"), Some(format!("apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: req-{i}\nstatus:\n  phase: Running\n").into_bytes())))
+        .map(|i| {
+            (
+                format!("status/req-{i}.yaml"),
+                Some(
+                    format!(
+                        "apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: req-{i}\nstatus:\n  phase: Running\n"
+                    )
+                    .into_bytes(),
+                ),
+            )
+        })
         .collect();
     let before: usize = git(&bare, &["rev-list", "--count", "main"]).trim().parse().expect("count");
     let start = Instant::now();

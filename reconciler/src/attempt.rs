@@ -48,13 +48,7 @@ impl AttemptState {
     }
 
     /// Every state, in life-cycle order.
-    pub const ALL: [AttemptState; 5] = [
-        Self::Pending,
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-    ];
+    pub const ALL: [AttemptState; 5] = [Self::Pending, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled];
 
     /// Whether the attempt is over (no further transition is allowed).
     pub fn is_terminal(self) -> bool {
@@ -68,9 +62,7 @@ impl AttemptState {
     pub fn allowed_predecessors(self) -> &'static [AttemptState] {
         match self {
             Self::Pending => &[Self::Pending],
-            Self::Running | Self::Succeeded | Self::Failed | Self::Cancelled => {
-                &[Self::Pending, Self::Running]
-            }
+            Self::Running | Self::Succeeded | Self::Failed | Self::Cancelled => &[Self::Pending, Self::Running],
         }
     }
 }

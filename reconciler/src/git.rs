@@ -34,8 +34,23 @@ pub const OPERATOR_CONFIG_ENV: &str = "HADRON_GIT_CONFIG";
 /// are, the locale and time zone, and how to reach a remote (proxies, CA
 /// bundles, the SSH agent and command), all set by the operator.
 pub const INHERITED_ENV: &[&str] = &[
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-    "http_proxy", "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "SSH_AUTH_SOCK", "GIT_SSH_COMMAND",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "TZ",
+    "TMPDIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "SSH_AUTH_SOCK",
+    "GIT_SSH_COMMAND",
     "GIT_SSL_CAINFO",
 ];
 
@@ -220,12 +235,8 @@ impl Git {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let out = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|source| GitError::Unavailable { source })?;
+        let out =
+            self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|source| GitError::Unavailable { source })?;
         Ok(Ran {
             success: out.status.success(),
             stdout: crate::redact::url_credentials(&String::from_utf8_lossy(&out.stdout)),
@@ -240,11 +251,7 @@ impl Git {
         S: AsRef<OsStr>,
     {
         let ran = self.run(args)?;
-        if ran.success {
-            Ok(ran.stdout)
-        } else {
-            Err(GitError::Failed { op, detail: ran.stderr.trim().to_owned() })
-        }
+        if ran.success { Ok(ran.stdout) } else { Err(GitError::Failed { op, detail: ran.stderr.trim().to_owned() }) }
     }
 }
 

@@ -365,7 +365,15 @@ fn main() -> ExitCode {
         }
         Command::CiStatus { request, repo, state, context, control, data } => {
             let control = default_control(control, &data.data_dir);
-            match runtime().block_on(up::ci_status(&control, &request, &repo, &state, &context, data.database_url.as_deref(), &data.data_dir)) {
+            match runtime().block_on(up::ci_status(
+                &control,
+                &request,
+                &repo,
+                &state,
+                &context,
+                data.database_url.as_deref(),
+                &data.data_dir,
+            )) {
                 Ok(head) => {
                     println!("recorded {state} ({context}) for {repo} at {head}; a hadron up running on this data dir reacts at once");
                     0

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::worker_name;
 use crate::model::kinds::{ChangeRequest, GateType, Phase, RequestStatus, Stage};
 use crate::model::validate::{effective_agent, effective_stages};
 use crate::model::{DesiredState, Diagnostic};
 use crate::time::{Millis, parse_rfc3339};
-use crate::ids::worker_name;
 
 pub use crate::attempt::AttemptState;
 
@@ -73,10 +73,7 @@ pub fn total_tokens<'a>(attempts: impl IntoIterator<Item = &'a Attempt>) -> u64 
 /// as infinite and a negative one as zero, so no report can lower the sum
 /// or hide it from a budget check; the sum saturates at infinity.
 pub fn total_cost<'a>(attempts: impl IntoIterator<Item = &'a Attempt>) -> f64 {
-    attempts
-        .into_iter()
-        .map(|a| if a.cost_usd.is_nan() { f64::INFINITY } else { a.cost_usd.max(0.0) })
-        .fold(0.0, |sum, c| sum + c)
+    attempts.into_iter().map(|a| if a.cost_usd.is_nan() { f64::INFINITY } else { a.cost_usd.max(0.0) }).fold(0.0, |sum, c| sum + c)
 }
 
 /// What the driver reports about a run.
@@ -290,8 +287,7 @@ pub fn backoff(cfg: &PlanConfig, next: u32, worker: &str) -> Millis {
 /// into one view per worker, and the actions that bring the store up to date
 /// (adopt unknown runs, record finished or lost ones).
 fn merge_observations(observed: &Observed, now: Millis, actions: &mut Vec<Action>) -> Vec<Attempt> {
-    let mut by_worker: BTreeMap<String, Attempt> =
-        observed.attempts.iter().map(|a| (a.worker.clone(), a.clone())).collect();
+    let mut by_worker: BTreeMap<String, Attempt> = observed.attempts.iter().map(|a| (a.worker.clone(), a.clone())).collect();
     // A run directory whose worker was never spawned (a crash between
     // writing run.json and spawning) is intent, not a failed attempt: the
     // same attempt is started again under the same name.
@@ -313,16 +309,15 @@ fn merge_observations(observed: &Observed, now: Millis, actions: &mut Vec<Action
             }
             Some(known) => {
                 let updated = match run.state {
-                    RunState::Running if known.state == AttemptState::Pending => {
-                        Some(Attempt { state: AttemptState::Running, started_at: run.attempt.started_at.or(known.started_at), ..known.clone() })
-                    }
-                    RunState::Finished if known.state.is_live() => Some(run.attempt.clone()),
-                    RunState::Lost if known.state.is_live() => Some(Attempt {
-                        state: AttemptState::Failed,
-                        reason: "WorkerLost".into(),
-                        finished_at: Some(now),
+                    RunState::Running if known.state == AttemptState::Pending => Some(Attempt {
+                        state: AttemptState::Running,
+                        started_at: run.attempt.started_at.or(known.started_at),
                         ..known.clone()
                     }),
+                    RunState::Finished if known.state.is_live() => Some(run.attempt.clone()),
+                    RunState::Lost if known.state.is_live() => {
+                        Some(Attempt { state: AttemptState::Failed, reason: "WorkerLost".into(), finished_at: Some(now), ..known.clone() })
+                    }
                     _ => None,
                 };
                 if let Some(updated) = updated {
@@ -428,8 +423,7 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
     // Valid requests, highest priority first for the limits.
     let mut order: Vec<&ChangeRequest> = desired.requests.values().map(|r| r.as_ref()).collect();
     order.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then_with(|| a.metadata.name.cmp(&b.metadata.name)));
-    let max_workers =
-        desired.settings.spec.limits.max_concurrent_workers.filter(|n| *n > 0).unwrap_or(cfg.default_max_workers);
+    let max_workers = desired.settings.spec.limits.max_concurrent_workers.filter(|n| *n > 0).unwrap_or(cfg.default_max_workers);
 
     for request in order {
         let name = request.metadata.name.as_str();
@@ -455,27 +449,25 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
         let mut current_sorted: Vec<Attempt> = current.iter().map(|a| (*a).clone()).collect();
         let stages = effective_stages(request, &desired.settings);
         let stage_index = |s: &str| stages.iter().position(|x| x.name == s).unwrap_or(usize::MAX);
-        current_sorted.sort_by(|a, b| {
-            (stage_index(&a.stage), &a.repo, a.attempt).cmp(&(stage_index(&b.stage), &b.repo, b.attempt))
-        });
+        current_sorted.sort_by(|a, b| (stage_index(&a.stage), &a.repo, a.attempt).cmp(&(stage_index(&b.stage), &b.repo, b.attempt)));
         view.attempts = current_sorted;
 
         // A terminal phase recorded for this generation stays terminal.
-        if let Some(prev) = observed.own_statuses.get(name).filter(|s| s.status.observed_generation == generation) {
-            if matches!(prev.status.phase, Phase::Succeeded | Phase::Failed) {
-                for a in &current {
-                    cancel(&mut out, a, "Terminal");
-                }
-                view.phase = prev.status.phase;
-                view.stage = prev.status.stage.clone();
-                view.reason = prev.status.conditions.iter().find(|c| c.condition_type == "Ready").map_or_else(
-                    || if prev.status.phase == Phase::Succeeded { "Succeeded".into() } else { "Failed".into() },
-                    |c| c.reason.clone(),
-                );
-                view.message = prev.status.message.clone();
-                out.requests.insert(name.to_owned(), view);
-                continue;
+        if let Some(prev) = observed.own_statuses.get(name).filter(|s| s.status.observed_generation == generation)
+            && matches!(prev.status.phase, Phase::Succeeded | Phase::Failed)
+        {
+            for a in &current {
+                cancel(&mut out, a, "Terminal");
             }
+            view.phase = prev.status.phase;
+            view.stage = prev.status.stage.clone();
+            view.reason = prev.status.conditions.iter().find(|c| c.condition_type == "Ready").map_or_else(
+                || if prev.status.phase == Phase::Succeeded { "Succeeded".into() } else { "Failed".into() },
+                |c| c.reason.clone(),
+            );
+            view.message = prev.status.message.clone();
+            out.requests.insert(name.to_owned(), view);
+            continue;
         }
 
         if request.spec.suspend {
@@ -588,9 +580,7 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
                         let mut states = Vec::new();
                         for repo in &request.spec.repos {
                             let commit = previous_commits.get(repo.url.as_str()).cloned().flatten();
-                            let state = commit
-                                .and_then(|c| observed.ci.get(&(repo.url.clone(), c)).copied())
-                                .unwrap_or(CiState::Pending);
+                            let state = commit.and_then(|c| observed.ci.get(&(repo.url.clone(), c)).copied()).unwrap_or(CiState::Pending);
                             states.push((repo.url.as_str(), state));
                         }
                         if let Some((repo, _)) = states.iter().find(|(_, s)| *s == CiState::Failure) {
@@ -692,10 +682,7 @@ fn stage_state<'a>(
     let mut running = false;
     let mut retry_at: Option<Millis> = None;
     for repo in &request.spec.repos {
-        let latest = attempts
-            .iter()
-            .filter(|a| a.stage == stage.name && a.repo == repo.url)
-            .max_by_key(|a| a.attempt);
+        let latest = attempts.iter().filter(|a| a.stage == stage.name && a.repo == repo.url).max_by_key(|a| a.attempt);
         let next = |n: u32| Attempt {
             worker: worker_name(name, generation, &stage.name, &repo.url, n),
             request: name.to_owned(),
@@ -723,10 +710,8 @@ fn stage_state<'a>(
             // A cancelled attempt (suspend, then resume) is run again under a new number.
             Some(a) if a.state == AttemptState::Cancelled => starts.push(next(a.attempt.saturating_add(1))),
             Some(a) => {
-                let failures = attempts
-                    .iter()
-                    .filter(|x| x.stage == stage.name && x.repo == repo.url && x.state == AttemptState::Failed)
-                    .count();
+                let failures =
+                    attempts.iter().filter(|x| x.stage == stage.name && x.repo == repo.url && x.state == AttemptState::Failed).count();
                 if u32::try_from(failures).unwrap_or(u32::MAX) >= max_attempts {
                     return StageState::Failed(format!(
                         "stage {} failed on {} after {failures} attempts: {} ({})",
@@ -764,10 +749,10 @@ fn budget_exceeded(request: &ChangeRequest, desired: &DesiredState, attempts: &[
             return Some(format!("budget exceeded: spent ${cost:.4} of maxCostUSD ${max:.4}"));
         }
     }
-    if let Some(max) = own.max_tokens.or(defaults.max_tokens) {
-        if tokens >= max {
-            return Some(format!("budget exceeded: used {tokens} of maxTokens {max}"));
-        }
+    if let Some(max) = own.max_tokens.or(defaults.max_tokens)
+        && tokens >= max
+    {
+        return Some(format!("budget exceeded: used {tokens} of maxTokens {max}"));
     }
     if let Some(max) = own.max_wall_time.or(defaults.max_wall_time) {
         let max_ms = i64::try_from(max.as_duration().as_millis()).unwrap_or(i64::MAX);

@@ -13,7 +13,9 @@ use crate::status::render;
 const AGENT: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: a\nspec:\n  command: [sh, run.sh]\n";
 
 fn settings(max_workers: u32) -> String {
-    format!("apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: a\n    maxAttempts: 2\n  limits:\n    maxConcurrentWorkers: {max_workers}\n")
+    format!(
+        "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: a\n    maxAttempts: 2\n  limits:\n    maxConcurrentWorkers: {max_workers}\n"
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -117,26 +119,24 @@ impl World {
     }
 
     fn finish(&mut self, worker: &str, ok: bool, now: Millis) {
-        if let Some(run) = self.runs.get_mut(worker) {
-            if run.state == RunState::Running {
-                run.state = RunState::Finished;
-                run.attempt.state = if ok { AttemptState::Succeeded } else { AttemptState::Failed };
-                run.attempt.finished_at = Some(now);
-                run.attempt.tokens_in = 6;
-                run.attempt.tokens_out = 4;
-                run.attempt.pushed_commit = ok.then(|| format!("c-{worker}"));
-                run.attempt.reason = if ok { "Completed".into() } else { "AgentExitNonZero".into() };
-            }
+        if let Some(run) = self.runs.get_mut(worker)
+            && run.state == RunState::Running
+        {
+            run.state = RunState::Finished;
+            run.attempt.state = if ok { AttemptState::Succeeded } else { AttemptState::Failed };
+            run.attempt.finished_at = Some(now);
+            run.attempt.tokens_in = 6;
+            run.attempt.tokens_out = 4;
+            run.attempt.pushed_commit = ok.then(|| format!("c-{worker}"));
+            run.attempt.reason = if ok { "Completed".into() } else { "AgentExitNonZero".into() };
         }
     }
 }
 
 fn desired(reqs: &[Req], max_workers: u32, world: &World) -> DesiredState {
     let settings = settings(max_workers);
-    let mut files: Vec<(String, Vec<u8>)> = vec![
-        ("hadron.yaml".into(), settings.into_bytes()),
-        ("agents/a.yaml".into(), AGENT.as_bytes().to_vec()),
-    ];
+    let mut files: Vec<(String, Vec<u8>)> =
+        vec![("hadron.yaml".into(), settings.into_bytes()), ("agents/a.yaml".into(), AGENT.as_bytes().to_vec())];
     for r in reqs {
         files.push((format!("requests/{}.yaml", r.name), r.yaml().into_bytes()));
     }
@@ -472,7 +472,8 @@ fn deleted_and_suspended_requests_cancel_their_workers() {
     reqs[0].suspend = true;
     reqs.remove(1);
     let p = plan(&desired(&reqs, 8, &world), &world.observed(), 1, &cfg);
-    let cancels: Vec<&str> = p.actions.iter().filter_map(|a| if let Action::Cancel { reason, .. } = a { Some(reason.as_str()) } else { None }).collect();
+    let cancels: Vec<&str> =
+        p.actions.iter().filter_map(|a| if let Action::Cancel { reason, .. } = a { Some(reason.as_str()) } else { None }).collect();
     assert_eq!(cancels.iter().filter(|r| **r == "Suspended").count(), 2);
     assert_eq!(cancels.iter().filter(|r| **r == "Deleted").count(), 2);
     assert_eq!(p.requests["a"].phase, Phase::Cancelled);
@@ -792,14 +793,7 @@ fn stage_entry() -> impl Strategy<Value = (u8, bool, String, u32, String, Option
         prop_oneof![6 => Just(1u32), 1 => Just(2u32), 1 => Just(0u32), 1 => Just(u32::MAX), 1 => any::<u32>()],
         prop::sample::select(&["Succeeded", "Succeeded", "Succeeded", "Failed", "Cancelled", "Running", "Pending", "é"][..])
             .prop_map(str::to_owned),
-        prop::option::weighted(
-            0.8,
-            prop_oneof![
-                "[0-9a-f]{40}",
-                "\\PC{0,44}",
-                Just("ééééééééééééééééééééé".to_owned()),
-            ]
-        ),
+        prop::option::weighted(0.8, prop_oneof!["[0-9a-f]{40}", "\\PC{0,44}", Just("ééééééééééééééééééééé".to_owned()),]),
         // Mostly numbers that parse, so that most files load and their
         // entries reach the planner; some that do not.
         prop_oneof![
@@ -815,7 +809,10 @@ fn stage_entry() -> impl Strategy<Value = (u8, bool, String, u32, String, Option
     )
 }
 
-fn status_file(generation: &str, entries: &[(u8, bool, String, u32, String, Option<String>, String, String)]) -> String {
+/// One `stages` entry of a hand-written status file: stage index, whether to use the right worker name, a worker name otherwise, attempt, state, pushed commit, tokens, cost (as YAML text).
+type StatusEntry = (u8, bool, String, u32, String, Option<String>, String, String);
+
+fn status_file(generation: &str, entries: &[StatusEntry]) -> String {
     let q = |s: &str| serde_json::to_string(s).expect("a string serialises");
     let mut s = format!(
         "apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: r\nstatus:\n  observedRevision: rev\n  observedGeneration: {}\n  phase: Running\n  stages:\n",

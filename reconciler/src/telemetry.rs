@@ -14,21 +14,11 @@ use std::time::Duration;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every `result` of a webhook delivery, shown at zero before the first one.
-pub const DELIVERY_RESULTS: [&str; 8] = [
-    "accepted",
-    "duplicate",
-    "unauthorized",
-    "too_large",
-    "ignored",
-    "bad_request",
-    "unavailable",
-    "error",
-];
+pub const DELIVERY_RESULTS: [&str; 8] =
+    ["accepted", "duplicate", "unauthorized", "too_large", "ignored", "bad_request", "unavailable", "error"];
 
 /// Upper bounds (seconds) of the duration histogram buckets.
-const BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-];
+const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 /// A cumulative histogram of durations in seconds.
 #[derive(Debug, Clone, Default)]
@@ -53,21 +43,10 @@ impl Histogram {
         let mut cumulative = 0;
         for (le, n) in BUCKETS.iter().zip(self.counts) {
             cumulative += n;
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
         let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
         let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
@@ -112,9 +91,7 @@ impl Metrics {
         for result in ["ok", "error"] {
             inner.passes.insert(result, 0);
         }
-        Self {
-            inner: Mutex::new(inner),
-        }
+        Self { inner: Mutex::new(inner) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -125,10 +102,7 @@ impl Metrics {
     /// Records one reconcile pass: how long it took and whether it succeeded.
     pub fn observe_pass(&self, duration: Duration, ok: bool) {
         let mut inner = self.lock();
-        *inner
-            .passes
-            .entry(if ok { "ok" } else { "error" })
-            .or_default() += 1;
+        *inner.passes.entry(if ok { "ok" } else { "error" }).or_default() += 1;
         inner.pass_duration.observe(duration.as_secs_f64());
         inner.pass_max = inner.pass_max.max(duration.as_secs_f64());
     }
@@ -140,19 +114,13 @@ impl Metrics {
 
     /// Sets the number of requests per phase (e.g. `Running` → 3). Phases seen
     /// before and missing now are set to zero, so their series do not vanish.
-    pub fn set_requests_by_phase<K: Into<String>>(
-        &self,
-        counts: impl IntoIterator<Item = (K, u64)>,
-    ) {
+    pub fn set_requests_by_phase<K: Into<String>>(&self, counts: impl IntoIterator<Item = (K, u64)>) {
         replace_gauges(&mut self.lock().requests, counts);
     }
 
     /// Sets the number of workers (attempts) per state (e.g. `Running` → 2).
     /// States seen before and missing now are set to zero.
-    pub fn set_workers_by_state<K: Into<String>>(
-        &self,
-        counts: impl IntoIterator<Item = (K, u64)>,
-    ) {
+    pub fn set_workers_by_state<K: Into<String>>(&self, counts: impl IntoIterator<Item = (K, u64)>) {
         replace_gauges(&mut self.lock().workers, counts);
     }
 
@@ -201,75 +169,30 @@ impl Metrics {
     pub fn render(&self, ready: bool) -> String {
         let inner = self.lock();
         let mut out = String::with_capacity(4096);
-        family(
-            &mut out,
-            "hadron_ready",
-            "gauge",
-            "1 once the control repo was fetched at least once",
-        );
+        family(&mut out, "hadron_ready", "gauge", "1 once the control repo was fetched at least once");
         let _ = writeln!(out, "hadron_ready {}", u8::from(ready));
 
-        family(
-            &mut out,
-            "hadron_reconcile_passes_total",
-            "counter",
-            "Reconcile passes, by result",
-        );
+        family(&mut out, "hadron_reconcile_passes_total", "counter", "Reconcile passes, by result");
         for (result, n) in &inner.passes {
-            let _ = writeln!(
-                out,
-                "hadron_reconcile_passes_total{{result=\"{result}\"}} {n}"
-            );
+            let _ = writeln!(out, "hadron_reconcile_passes_total{{result=\"{result}\"}} {n}");
         }
-        family(
-            &mut out,
-            "hadron_reconcile_pass_duration_seconds",
-            "histogram",
-            "Duration of reconcile passes",
-        );
-        inner
-            .pass_duration
-            .render(&mut out, "hadron_reconcile_pass_duration_seconds", "");
-        family(
-            &mut out,
-            "hadron_fetch_duration_seconds",
-            "histogram",
-            "Duration of control repo fetches",
-        );
-        inner
-            .fetch_duration
-            .render(&mut out, "hadron_fetch_duration_seconds", "");
+        family(&mut out, "hadron_reconcile_pass_duration_seconds", "histogram", "Duration of reconcile passes");
+        inner.pass_duration.render(&mut out, "hadron_reconcile_pass_duration_seconds", "");
+        family(&mut out, "hadron_fetch_duration_seconds", "histogram", "Duration of control repo fetches");
+        inner.fetch_duration.render(&mut out, "hadron_fetch_duration_seconds", "");
 
-        family(
-            &mut out,
-            "hadron_workers",
-            "gauge",
-            "Workers (attempts) by state",
-        );
+        family(&mut out, "hadron_workers", "gauge", "Workers (attempts) by state");
         for (state, n) in &inner.workers {
             let _ = writeln!(out, "hadron_workers{{state=\"{}\"}} {n}", escape(state));
         }
-        family(
-            &mut out,
-            "hadron_requests",
-            "gauge",
-            "Change requests by phase",
-        );
+        family(&mut out, "hadron_requests", "gauge", "Change requests by phase");
         for (phase, n) in &inner.requests {
             let _ = writeln!(out, "hadron_requests{{phase=\"{}\"}} {n}", escape(phase));
         }
 
-        family(
-            &mut out,
-            "hadron_webhook_deliveries_total",
-            "counter",
-            "Webhook deliveries, by result",
-        );
+        family(&mut out, "hadron_webhook_deliveries_total", "counter", "Webhook deliveries, by result");
         for (result, n) in &inner.deliveries {
-            let _ = writeln!(
-                out,
-                "hadron_webhook_deliveries_total{{result=\"{result}\"}} {n}"
-            );
+            let _ = writeln!(out, "hadron_webhook_deliveries_total{{result=\"{result}\"}} {n}");
         }
         family(
             &mut out,
@@ -280,12 +203,7 @@ impl Metrics {
         for (kind, n) in &inner.triggers {
             let _ = writeln!(out, "hadron_triggers_total{{kind=\"{kind}\"}} {n}");
         }
-        family(
-            &mut out,
-            "hadron_status_commits_total",
-            "counter",
-            "Status commits pushed to the control repo",
-        );
+        family(&mut out, "hadron_status_commits_total", "counter", "Status commits pushed to the control repo");
         let _ = writeln!(out, "hadron_status_commits_total {}", inner.status_commits);
         family(
             &mut out,
@@ -294,12 +212,7 @@ impl Metrics {
             "Status outbox entries set aside because they can never be published (see the outbox.dead_letter events)",
         );
         let _ = writeln!(out, "hadron_outbox_dead_letters_total {}", inner.dead_letters);
-        family(
-            &mut out,
-            "hadron_pass_duration_seconds_max",
-            "gauge",
-            "The longest reconcile pass since Hadron started",
-        );
+        family(&mut out, "hadron_pass_duration_seconds_max", "gauge", "The longest reconcile pass since Hadron started");
         let _ = writeln!(out, "hadron_pass_duration_seconds_max {}", inner.pass_max);
         family(
             &mut out,
@@ -317,22 +230,14 @@ impl Metrics {
             "1 while status files cannot be pushed (condition StatusPublishFailed); workers and plans go on",
         );
         let _ = writeln!(out, "hadron_status_publish_failing {}", u8::from(inner.publish_failing));
-        family(
-            &mut out,
-            "hadron_push_retries_total",
-            "counter",
-            "Pushes retried after a rejection",
-        );
+        family(&mut out, "hadron_push_retries_total", "counter", "Pushes retried after a rejection");
         let _ = writeln!(out, "hadron_push_retries_total {}", inner.push_retries);
         out
     }
 }
 
 /// Replaces gauge values, keeping old keys at zero.
-fn replace_gauges<K: Into<String>>(
-    gauges: &mut BTreeMap<String, u64>,
-    counts: impl IntoIterator<Item = (K, u64)>,
-) {
+fn replace_gauges<K: Into<String>>(gauges: &mut BTreeMap<String, u64>, counts: impl IntoIterator<Item = (K, u64)>) {
     for value in gauges.values_mut() {
         *value = 0;
     }
@@ -387,18 +292,9 @@ mod tests {
         m.set_requests_by_phase([("Succeeded", 3)]);
         m.set_workers_by_state([("we\"ird\\\n", 1)]);
         let text = m.render(false);
-        assert!(
-            text.contains("hadron_requests{phase=\"Running\"} 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("hadron_requests{phase=\"Succeeded\"} 3\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("hadron_workers{state=\"we\\\"ird\\\\\\n\"} 1\n"),
-            "{text}"
-        );
+        assert!(text.contains("hadron_requests{phase=\"Running\"} 0\n"), "{text}");
+        assert!(text.contains("hadron_requests{phase=\"Succeeded\"} 3\n"), "{text}");
+        assert!(text.contains("hadron_workers{state=\"we\\\"ird\\\\\\n\"} 1\n"), "{text}");
         assert!(text.contains("hadron_ready 0\n"), "{text}");
     }
 }

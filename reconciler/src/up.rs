@@ -15,8 +15,8 @@ use crate::forge::{GiteaClient, GiteaConfig, RepoRef, TokenSource};
 use crate::model::Phase;
 use crate::plan::PlanConfig;
 use crate::reconcile::forge::ForgeLink;
-use crate::reconcile::{self, Context, LoopConfig, PassReport, ReconcileError, Telemetry, seed, urls};
 use crate::reconcile::steps::StepFailure;
+use crate::reconcile::{self, Context, LoopConfig, PassReport, ReconcileError, Telemetry, seed, urls};
 use crate::server::{self, ControlRepoId, Metrics, ServerConfig, ServerState, Trigger, WebhookSecret};
 use crate::store::Store;
 use crate::workers::{LocalDriver, WorkerCommand};
@@ -141,7 +141,9 @@ impl SecretSource {
         };
         match value {
             Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
-            Ok(_) => Err(UpError::Usage(format!("the webhook secret in {from} is empty; set it to the secret configured in the Gitea webhook"))),
+            Ok(_) => {
+                Err(UpError::Usage(format!("the webhook secret in {from} is empty; set it to the secret configured in the Gitea webhook")))
+            }
             Err(why) => Err(UpError::Usage(format!(
                 "the webhook secret could not be read from {from}: {why}; set it to the secret configured in the Gitea webhook"
             ))),
@@ -287,7 +289,9 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
         }
     };
     let own: Vec<&str> = match (&opts.forge, &opts.webhook_secret) {
-        (ForgeOptions::Gitea { token: TokenSource::Env(name), .. }, Some(SecretSource::Env(secret))) => vec![name.as_str(), secret.as_str()],
+        (ForgeOptions::Gitea { token: TokenSource::Env(name), .. }, Some(SecretSource::Env(secret))) => {
+            vec![name.as_str(), secret.as_str()]
+        }
         (ForgeOptions::Gitea { token: TokenSource::Env(name), .. }, _) => vec![name.as_str()],
         (_, Some(SecretSource::Env(secret))) => vec![secret.as_str()],
         _ => Vec::new(),
@@ -380,7 +384,11 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
             let _ = writeln!(out, "forge: none (approve by merging hadron/approve/* branches; CI via `hadron ci-status`)");
         }
     }
-    let _ = writeln!(out, "watching {control_url} (branch {}); Ctrl-C or SIGTERM stops (workers keep running and are adopted on restart)", opts.branch);
+    let _ = writeln!(
+        out,
+        "watching {control_url} (branch {}); Ctrl-C or SIGTERM stops (workers keep running and are adopted on restart)",
+        opts.branch
+    );
     let _ = out.flush();
     let mut last: Option<PassReport> = None;
     let exit_when_idle = opts.exit_when_idle;
@@ -447,8 +455,7 @@ fn summary(report: &PassReport, control: &str, out: &mut dyn Write) {
     for (name, (phase, stage, message)) in &report.phases {
         let _ = writeln!(out, "{name:<24} {:<20} {:<12} {message}", phase.as_str(), stage.as_deref().unwrap_or("-"));
     }
-    let waiting: Vec<&String> =
-        report.phases.iter().filter(|(_, (p, _, _))| *p == Phase::WaitingForApproval).map(|(n, _)| n).collect();
+    let waiting: Vec<&String> = report.phases.iter().filter(|(_, (p, _, _))| *p == Phase::WaitingForApproval).map(|(n, _)| n).collect();
     for name in waiting {
         let _ = writeln!(out, "approve with: hadron approve {name} <gate> --as <approver from hadron.yaml>");
     }
@@ -461,7 +468,15 @@ fn summary(report: &PassReport, control: &str, out: &mut dyn Write) {
 
 /// `hadron approve REQUEST GATE`: merges the approval branch into the
 /// control repo's branch as the given person, with the `git` CLI.
-pub fn approve(control: &str, branch: &str, request: &str, gate: &str, name: &str, email: &str, data_dir: &Path) -> Result<String, UpError> {
+pub fn approve(
+    control: &str,
+    branch: &str,
+    request: &str,
+    gate: &str,
+    name: &str,
+    email: &str,
+    data_dir: &Path,
+) -> Result<String, UpError> {
     let work = data_dir.join("approve");
     Ok(crate::gates::approve_as_person(control, branch, request, gate, &work, name, email)?)
 }

@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use hadron::gates::{
-    ApprovalBranches, GateDecision, OpenOutcome, Person, approve_as_person, approver_of, decide, render_approval,
-    requester_of,
+    ApprovalBranches, GateDecision, OpenOutcome, Person, approve_as_person, approver_of, decide, render_approval, requester_of,
 };
 use hadron::model::{Approval, ApproverPolicy};
 
@@ -17,7 +16,8 @@ const BOB: (&str, &str) = ("bob", "bob@example.com");
 const CAROL: (&str, &str) = ("carol", "carol@example.com");
 const ADMIN: (&str, &str) = ("admin", "admin@example.com");
 
-const SETTINGS: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  approvers:\n    users: [bob]\n";
+const SETTINGS: &str =
+    "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  approvers:\n    users: [bob]\n";
 const REQUEST: &str = "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: fix\nspec:\n  title: Fix it\n  repos: [{url: ../app.git}]\n  stages: [{name: implement}]\n  gates:\n    - {name: review, type: approval, after: implement}\n    - {name: security, type: approval, after: implement}\n";
 
 /// Runs git as a person, isolated from the machine's git configuration.
@@ -271,10 +271,7 @@ fn approve_as_person_is_attributed_to_bob() -> Result<()> {
     assert_eq!(approver_of(&mirror, mirror_main, "fix", "review")?, Some(approver.clone()));
 
     // After an edit the approval is stale; a new branch commit sits on main.
-    assert_eq!(
-        decide(Some(&approval), Ok(&approver), Ok(&requester), &policy, "gen2"),
-        GateDecision::Stale { given_for: "gen1".into() }
-    );
+    assert_eq!(decide(Some(&approval), Ok(&approver), Ok(&requester), &policy, "gen2"), GateDecision::Stale { given_for: "gen1".into() });
     match branches.open(&fx.url, "main", "fix", "review", "gen2", "")? {
         OpenOutcome::Updated { commit, .. } => assert_eq!(fx.rev(&format!("{commit}^"))?, merge),
         other => bail!("expected Updated, got {other:?}"),
@@ -346,7 +343,10 @@ fn plain_git_merge_by_bob_and_request_from_a_merged_pr() -> Result<()> {
     assert_eq!((hadron.name.as_str(), hadron.commit.as_str()), ("hadron", ff.as_str()));
     let approval: Approval = serde_saphyr::from_str(&fx.show("main:approvals/fix/review.yaml")?)?;
     let policy = ApproverPolicy { users: vec!["bob".into()], teams: vec![] };
-    assert!(matches!(decide(Some(&approval), Ok(&hadron), Ok(&Person::new(ALICE.0, ALICE.1)), &policy, "g1"), GateDecision::Rejected { .. }));
+    assert!(matches!(
+        decide(Some(&approval), Ok(&hadron), Ok(&Person::new(ALICE.0, ALICE.1)), &policy, "g1"),
+        GateDecision::Rejected { .. }
+    ));
 
     // Later commits on main do not change who approved.
     let later = oid(&fx.move_main(CAROL, "later.md")?)?;
@@ -468,7 +468,10 @@ fn history_lookup_on_two_thousand_commits() -> Result<()> {
     let mut mark = 0u32;
     let mut commit = |s: &mut String, who: (&str, &str), t: u64, msg: &str, from: Option<u32>, merge: Option<u32>, file: (&str, &str)| {
         mark += 1;
-        s.push_str(&format!("commit refs/heads/{}\nmark :{mark}\n", if merge.is_none() && from == Some(u32::MAX) { "side" } else { "main" }));
+        s.push_str(&format!(
+            "commit refs/heads/{}\nmark :{mark}\n",
+            if merge.is_none() && from == Some(u32::MAX) { "side" } else { "main" }
+        ));
         s.push_str(&format!("author {} <{}> {t} +0000\ncommitter {} <{}> {t} +0000\n", who.0, who.1, who.0, who.1));
         s.push_str(&format!("data {}\n{msg}\n", msg.len()));
         if let Some(f) = from.filter(|f| *f != u32::MAX) {
@@ -490,10 +493,19 @@ fn history_lookup_on_two_thousand_commits() -> Result<()> {
         if i == 1500 {
             // The approval commit on a side branch from main's head, then bob's merge.
             stream.push_str(&format!("reset refs/heads/side\nfrom :{last}\n\n"));
-            let side = commit(&mut stream, ("hadron", "hadron@localhost"), t, "Open approval", Some(u32::MAX), None, ("approvals/fix/review.yaml", &render_approval("fix", "review", "g1", "")?));
+            let side = commit(
+                &mut stream,
+                ("hadron", "hadron@localhost"),
+                t,
+                "Open approval",
+                Some(u32::MAX),
+                None,
+                ("approvals/fix/review.yaml", &render_approval("fix", "review", "g1", "")?),
+            );
             // fast-import does not merge trees: the merge names the file it brings.
             let approval = render_approval("fix", "review", "g1", "")?;
-            merge_mark = commit(&mut stream, BOB, t + 1, "Approve fix/review", Some(last), Some(side), ("approvals/fix/review.yaml", &approval));
+            merge_mark =
+                commit(&mut stream, BOB, t + 1, "Approve fix/review", Some(last), Some(side), ("approvals/fix/review.yaml", &approval));
             last = merge_mark;
             continue;
         }

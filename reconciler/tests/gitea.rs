@@ -12,8 +12,8 @@ use anyhow::Result;
 use gitea_double::{GiteaDouble, gitea_fixtures};
 use hadron::forge::gitea::{Branch, CommitStatus, PullRequest, Repository, User};
 use hadron::forge::{
-    ApprovalPrView, ApproverDecision, CombinedState, CommitState, CommitView, GiteaClient, GiteaConfig, GiteaError,
-    PrAction, RepoRef, RetryPolicy, StageView, TargetPrView, TokenSource,
+    ApprovalPrView, ApproverDecision, CombinedState, CommitState, CommitView, GiteaClient, GiteaConfig, GiteaError, PrAction, RepoRef,
+    RetryPolicy, StageView, TargetPrView, TokenSource,
 };
 use hadron::model::kinds::ApproverPolicy;
 
@@ -226,10 +226,7 @@ async fn combined_status_decodes_success_failure_pending_and_contexts() -> Resul
         CombinedState::Pending,
         "a required context without a status is pending"
     );
-    assert_eq!(
-        s.client.combined_status(&repo, sha, Some(&ctx(&["ci/build", "ci/lint"]))).await?,
-        CombinedState::Failure
-    );
+    assert_eq!(s.client.combined_status(&repo, sha, Some(&ctx(&["ci/build", "ci/lint"]))).await?, CombinedState::Failure);
     // More contexts than one page: the wanted one is on the second page.
     let many = "1111111111111111111111111111111111111111";
     for i in 0..60 {
@@ -317,11 +314,7 @@ async fn team_membership_decides_approvers() -> Result<()> {
     let searches_before = s.double.count("GET", "/api/v1/orgs/acme/teams/search");
     assert_eq!(s.client.approver_decision("bob", Some("alice"), &policy).await?, ApproverDecision::AllowedAsUser);
     assert_eq!(s.client.approver_decision("alice", Some("alice"), &policy).await?, ApproverDecision::Requester);
-    assert_eq!(
-        s.double.count("GET", "/api/v1/orgs/acme/teams/search"),
-        searches_before,
-        "the users list decides without asking Gitea"
-    );
+    assert_eq!(s.double.count("GET", "/api/v1/orgs/acme/teams/search"), searches_before, "the users list decides without asking Gitea");
     assert_eq!(
         s.client.approver_decision("carol", Some("alice"), &policy).await?,
         ApproverDecision::AllowedByTeam { team: "acme/leads".to_owned() }
@@ -387,11 +380,7 @@ async fn unauthorized_forbidden_and_not_found_are_typed_and_not_retried() -> Res
     let sha = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
     let path = format!("/api/v1/repos/acme/api/statuses/{sha}");
     s.double.fail_next("POST", &path, &[403], None);
-    let e = s
-        .client
-        .set_status(&RepoRef::new("acme", "api"), sha, "r", CommitState::Pending, "x", None)
-        .await
-        .expect_err("forbidden");
+    let e = s.client.set_status(&RepoRef::new("acme", "api"), sha, "r", CommitState::Pending, "x", None).await.expect_err("forbidden");
     assert_eq!(e.reason(), "GiteaForbidden");
     assert_eq!(s.double.count("POST", &path), 1, "403 is not retried");
 
@@ -570,10 +559,8 @@ mod approval_identity {
         let approval = approval_object("add-login", "review", "g1", "");
         let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
         let by_push = alice(&w.direct);
-        let state = w
-            .link
-            .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&by_push), Ok(&w.requester), &policy, "g1")
-            .await?;
+        let state =
+            w.link.decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&by_push), Ok(&w.requester), &policy, "g1").await?;
         match state {
             ApprovalState::Rejected { why, commit, .. } => {
                 assert!(why.contains("without a merged approval PR"), "{why}");
@@ -586,10 +573,8 @@ mod approval_identity {
         // Someone merges the PR on Gitea: its merge is another commit than the
         // one that brought the file, so the direct push still does not count.
         w.s.double.merge_pr(CONTROL, w.pr, "alice");
-        let state = w
-            .link
-            .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&by_push), Ok(&w.requester), &policy, "g1")
-            .await?;
+        let state =
+            w.link.decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&by_push), Ok(&w.requester), &policy, "g1").await?;
         match state {
             ApprovalState::Rejected { why, .. } => assert!(why.contains("not in the merge of the approval PR"), "{why}"),
             other => anyhow::bail!("a direct push must not count: {other:?}"),
@@ -676,5 +661,4 @@ mod approval_identity {
         }
         Ok(())
     }
-
 }

@@ -218,12 +218,7 @@ fn status_of(control: &Path, name: &str) -> Option<RequestStatus> {
     serde_saphyr::from_str(&text).ok()
 }
 
-async fn wait_for(
-    hadron: &Hadron,
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> bool,
-) -> Result<Duration> {
+async fn wait_for(hadron: &Hadron, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if check() {
@@ -336,10 +331,8 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     double.add_status("acme/app", &pushed("ci-pass")?, "build", "success");
     double.add_status("acme/app", &pushed("ci-fail")?, "build", "failure");
     ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/app", &pushed("ci-pass")?)?).await? == 202);
-    let ci_latency = wait_for(&hadron, "ci-pass to succeed", Duration::from_secs(120), || {
-        phase(&control, "ci-pass") == Some(Phase::Succeeded)
-    })
-    .await?;
+    let ci_latency =
+        wait_for(&hadron, "ci-pass to succeed", Duration::from_secs(120), || phase(&control, "ci-pass") == Some(Phase::Succeeded)).await?;
     println!("target-repo webhook → CI gate passed and the request finished: {:.0} ms", ci_latency.as_secs_f64() * 1000.0);
     wait_for(&hadron, "ci-fail to fail", Duration::from_secs(60), || phase(&control, "ci-fail") == Some(Phase::Failed)).await?;
     let failed = status_of(&control, "ci-fail").context("status")?;
@@ -486,10 +479,8 @@ async fn serve_stops_on_sigterm_and_leaves_workers_running() -> Result<()> {
     double.add_repo("acme/app", "main");
     let mut hadron = Hadron::start(&control, &tmp.path().join("data"), &double.base_url())?;
     let runs = tmp.path().join("data/runs");
-    wait_for(&hadron, "a worker to start", Duration::from_secs(60), || {
-        std::fs::read_dir(&runs).map(|d| d.count() > 0).unwrap_or(false)
-    })
-    .await?;
+    wait_for(&hadron, "a worker to start", Duration::from_secs(60), || std::fs::read_dir(&runs).map(|d| d.count() > 0).unwrap_or(false))
+        .await?;
     let pid = hadron.child.id();
     let out = Command::new("kill").args(["-TERM", &pid.to_string()]).output()?;
     ensure!(out.status.success());

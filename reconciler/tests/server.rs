@@ -9,9 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use axum::body::Body;
 use hadron::model::Phase;
 use hadron::server::webhook::{sign, verify_signature};
-use hadron::server::{
-    ControlRepoId, ServerConfig, ServerError, ServerState, Trigger, WebhookSecret,
-};
+use hadron::server::{ControlRepoId, ServerConfig, ServerError, ServerState, Trigger, WebhookSecret};
 use hadron::store::{RequestRecord, Store};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -63,11 +61,7 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start(
-        control: ControlRepoId,
-        secret: Option<&str>,
-        body_limit: usize,
-    ) -> Result<Self> {
+    async fn start(control: ControlRepoId, secret: Option<&str>, body_limit: usize) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let store = Store::open_data_dir(dir.path()).await?;
         let (tx, triggers) = mpsc::channel(64);
@@ -78,13 +72,9 @@ impl Harness {
         let listener = hadron::server::bind("127.0.0.1:0".parse()?).await?;
         let base = format!("http://{}", listener.local_addr()?);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(hadron::server::serve_listener(
-            listener,
-            state.clone(),
-            async move {
-                let _ = shutdown_rx.await;
-            },
-        ));
+        let server = tokio::spawn(hadron::server::serve_listener(listener, state.clone(), async move {
+            let _ = shutdown_rx.await;
+        }));
         Ok(Self {
             _dir: dir,
             store,
@@ -103,13 +93,7 @@ impl Harness {
 
     /// Posts `body` with the headers Gitea sends; `signature` is the `X-Gitea-Signature`
     /// value (None leaves the header out).
-    async fn post_raw(
-        &self,
-        event: &str,
-        delivery: &str,
-        signature: Option<&str>,
-        body: impl Into<reqwest::Body>,
-    ) -> Result<(u16, Value)> {
+    async fn post_raw(&self, event: &str, delivery: &str, signature: Option<&str>, body: impl Into<reqwest::Body>) -> Result<(u16, Value)> {
         let mut req = self
             .client
             .post(format!("{}/hooks/gitea", self.base))
@@ -122,27 +106,17 @@ impl Harness {
             .header("X-Gogs-Delivery", delivery)
             .header("X-GitHub-Delivery", delivery);
         if let Some(sig) = signature {
-            req = req
-                .header("X-Gitea-Signature", sig)
-                .header("X-Gogs-Signature", sig)
-                .header("X-Hub-Signature-256", format!("sha256={sig}"));
+            req =
+                req.header("X-Gitea-Signature", sig).header("X-Gogs-Signature", sig).header("X-Hub-Signature-256", format!("sha256={sig}"));
         }
         let resp = req.body(body).send().await?;
         let status = resp.status().as_u16();
-        let json = resp
-            .json::<Value>()
-            .await
-            .context("response body is not JSON")?;
+        let json = resp.json::<Value>().await.context("response body is not JSON")?;
         Ok((status, json))
     }
 
     /// Posts `body` signed with the server's secret, as Gitea does.
-    async fn post_signed(
-        &self,
-        event: &str,
-        delivery: &str,
-        body: Vec<u8>,
-    ) -> Result<(u16, Value)> {
+    async fn post_signed(&self, event: &str, delivery: &str, body: Vec<u8>) -> Result<(u16, Value)> {
         let sig = sign(SECRET.as_bytes(), &body);
         self.post_raw(event, delivery, Some(&sig), body).await
     }
@@ -157,11 +131,7 @@ impl Harness {
     }
 
     async fn get(&self, path: &str) -> Result<reqwest::Response> {
-        Ok(self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await?)
+        Ok(self.client.get(format!("{}{path}", self.base)).send().await?)
     }
 
     /// Stops the server and checks that it shut down cleanly.
@@ -169,9 +139,7 @@ impl Harness {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        tokio::time::timeout(Duration::from_secs(60), self.server)
-            .await
-            .context("server did not shut down")???;
+        tokio::time::timeout(Duration::from_secs(60), self.server).await.context("server did not shut down")???;
         Ok(())
     }
 }
@@ -187,10 +155,7 @@ fn json_files() -> Result<Vec<String>> {
         .filter(|n| n.ends_with(".json"))
         .collect();
     files.sort();
-    ensure!(
-        files.len() >= 20,
-        "expected the Gitea fixtures, found {files:?}"
-    );
+    ensure!(files.len() >= 20, "expected the Gitea fixtures, found {files:?}");
     Ok(files)
 }
 
@@ -200,16 +165,11 @@ async fn every_fixture_is_accepted_and_unrelated_ones_are_ignored() -> Result<()
     let mut h = Harness::with_control(ControlRepoId::new("hadron/control", "main")).await?;
     for (i, file) in json_files()?.iter().enumerate() {
         let body = payload(file)?;
-        let (status, json) = h
-            .post_signed(event_of(file)?, &delivery_id(i as u32), body)
-            .await?;
+        let (status, json) = h.post_signed(event_of(file)?, &delivery_id(i as u32), body).await?;
         ensure!(status == 202, "{file}: status {status}, body {json}");
         ensure!(json["result"] == "ignored", "{file}: {json}");
     }
-    ensure!(
-        h.drain().is_empty(),
-        "unrelated deliveries must not trigger"
-    );
+    ensure!(h.drain().is_empty(), "unrelated deliveries must not trigger");
     ensure!(h.state.metrics().deliveries("ignored") == json_files()?.len() as u64);
     h.stop().await
 }
@@ -219,57 +179,31 @@ async fn pushes_to_the_control_branch_trigger_control_push() -> Result<()> {
     for (file, repo, branch) in [
         ("push.json", "gogits/hello-world", "master"),
         ("push_gitea_docs.json", "gitea/webhooks", "develop"),
-        (
-            "push_multi_recent.json",
-            "Test-CI/multi-line-secrets",
-            "main",
-        ),
+        ("push_multi_recent.json", "Test-CI/multi-line-secrets", "main"),
     ] {
         let body = payload(file)?;
-        let after = serde_json::from_slice::<Value>(&body)?["after"]
-            .as_str()
-            .context("after")?
-            .to_owned();
+        let after = serde_json::from_slice::<Value>(&body)?["after"].as_str().context("after")?.to_owned();
         // Control repo named by its clone URL, as `hadron up` knows it.
         let control = ControlRepoId::new(&format!("https://git.example.com/{repo}.git"), branch);
         let mut h = Harness::with_control(control).await?;
         let (status, json) = h.post_signed("push", &delivery_id(1), body.clone()).await?;
-        ensure!(
-            status == 202 && json["trigger"] == "ControlPush",
-            "{file}: {status} {json}"
-        );
-        ensure!(
-            h.drain()
-                == vec![Trigger::ControlPush {
-                    after: after.clone()
-                }],
-            "{file}"
-        );
+        ensure!(status == 202 && json["trigger"] == "ControlPush", "{file}: {status} {json}");
+        ensure!(h.drain() == vec![Trigger::ControlPush { after: after.clone() }], "{file}");
         h.stop().await?;
 
         // Same repo, another control branch: the push is not to the control branch.
         let mut h = Harness::with_control(ControlRepoId::new(repo, "some-other-branch")).await?;
         let (status, json) = h.post_signed("push", &delivery_id(2), body.clone()).await?;
-        ensure!(
-            status == 202 && json["result"] == "ignored",
-            "{file}: {status} {json}"
-        );
+        ensure!(status == 202 && json["result"] == "ignored", "{file}: {status} {json}");
         ensure!(h.drain().is_empty());
         h.stop().await?;
 
         // Another control repo, this one a watched target: TargetActivity.
-        let control = ControlRepoId::new("hadron/control", "main")
-            .with_target(&format!("http://gitea:3000/{repo}.git"));
+        let control = ControlRepoId::new("hadron/control", "main").with_target(&format!("http://gitea:3000/{repo}.git"));
         let mut h = Harness::with_control(control).await?;
         let (status, json) = h.post_signed("push", &delivery_id(3), body).await?;
-        ensure!(
-            status == 202 && json["trigger"] == "TargetActivity",
-            "{file}: {status} {json}"
-        );
-        let expected = Trigger::TargetActivity {
-            repo: repo.to_owned(),
-            commit: Some(after),
-        };
+        ensure!(status == 202 && json["trigger"] == "TargetActivity", "{file}: {status} {json}");
+        let expected = Trigger::TargetActivity { repo: repo.to_owned(), commit: Some(after) };
         ensure!(h.drain() == vec![expected], "{file}");
         h.stop().await?;
     }
@@ -313,28 +247,17 @@ async fn a_merge_whose_record_could_not_be_written_is_taken_again_on_redelivery(
 
 #[tokio::test]
 async fn merged_approval_prs_yield_approval_merged() -> Result<()> {
-    for file in [
-        "pull_request_merged.json",
-        "pull_request_merged_recent.json",
-    ] {
+    for file in ["pull_request_merged.json", "pull_request_merged_recent.json"] {
         let (body, v) = approval_payload(file, "hadron/approve/fix/review", false)?;
         let repo = v["repository"]["full_name"].as_str().context("repo")?;
         let base = v["pull_request"]["base"]["ref"].as_str().context("base")?;
-        let merger = v["pull_request"]["merged_by"]["login"]
-            .as_str()
-            .context("merged_by")?
-            .to_owned();
-        let merge_commit = v["pull_request"]["merge_commit_sha"]
-            .as_str()
-            .map(str::to_owned);
+        let merger = v["pull_request"]["merged_by"]["login"].as_str().context("merged_by")?.to_owned();
+        let merge_commit = v["pull_request"]["merge_commit_sha"].as_str().map(str::to_owned);
         ensure!(merge_commit.is_some(), "{file} names its merge commit");
         let mut h = Harness::with_control(ControlRepoId::new(repo, base)).await?;
 
         let (status, json) = h.post_signed("pull_request", &delivery_id(1), body).await?;
-        ensure!(
-            status == 202 && json["trigger"] == "ApprovalMerged",
-            "{file}: {status} {json}"
-        );
+        ensure!(status == 202 && json["trigger"] == "ApprovalMerged", "{file}: {status} {json}");
         let expected = Trigger::ApprovalMerged {
             request: "fix".into(),
             gate: "review".into(),
@@ -349,19 +272,11 @@ async fn merged_approval_prs_yield_approval_merged() -> Result<()> {
         let (status, _) = h.post_signed("pull_request", &delivery_id(2), body).await?;
         ensure!(status == 202);
         let got = h.drain();
-        ensure!(
-            matches!(&got[..], [Trigger::ApprovalMerged { merged_by_login, .. }] if *merged_by_login == sender),
-            "{file}: {got:?}"
-        );
+        ensure!(matches!(&got[..], [Trigger::ApprovalMerged { merged_by_login, .. }] if *merged_by_login == sender), "{file}: {got:?}");
 
         // The unmodified merge (head `feature`-like) is not an approval.
-        let (status, json) = h
-            .post_signed("pull_request", &delivery_id(3), payload(file)?)
-            .await?;
-        ensure!(
-            status == 202 && json["result"] == "ignored",
-            "{file}: {json}"
-        );
+        let (status, json) = h.post_signed("pull_request", &delivery_id(3), payload(file)?).await?;
+        ensure!(status == 202 && json["result"] == "ignored", "{file}: {json}");
         // Head names that are not `<request>/<gate>` labels are not approvals either.
         let (body, _) = approval_payload(file, "hadron/approve/fix/review/extra", false)?;
         let (_, json) = h.post_signed("pull_request", &delivery_id(4), body).await?;
@@ -370,9 +285,7 @@ async fn merged_approval_prs_yield_approval_merged() -> Result<()> {
         h.stop().await?;
 
         // The same merge on a repo that is not the control repo triggers nothing.
-        let mut h =
-            Harness::with_control(ControlRepoId::new("hadron/control", base).with_target(repo))
-                .await?;
+        let mut h = Harness::with_control(ControlRepoId::new("hadron/control", base).with_target(repo)).await?;
         let (body, _) = approval_payload(file, "hadron/approve/fix/review", false)?;
         let (_, json) = h.post_signed("pull_request", &delivery_id(5), body).await?;
         ensure!(json["result"] == "ignored", "{file}: {json}");
@@ -381,11 +294,7 @@ async fn merged_approval_prs_yield_approval_merged() -> Result<()> {
     }
 
     // Closed without merge: nothing, even on an approval branch of the control repo.
-    let (body, v) = approval_payload(
-        "pull_request_closed.json",
-        "hadron/approve/fix/review",
-        false,
-    )?;
+    let (body, v) = approval_payload("pull_request_closed.json", "hadron/approve/fix/review", false)?;
     let repo = v["repository"]["full_name"].as_str().context("repo")?;
     let mut h = Harness::with_control(ControlRepoId::new(repo, "master")).await?;
     let (status, json) = h.post_signed("pull_request", &delivery_id(6), body).await?;
@@ -404,26 +313,12 @@ async fn commit_status_events_of_targets_trigger_target_activity() -> Result<()>
         "repository": { "full_name": "Org/App" }, "sender": { "login": "ci" },
     }))?;
     let (status, json) = h.post_signed("status", &delivery_id(1), body).await?;
-    ensure!(
-        status == 202 && json["trigger"] == "TargetActivity",
-        "{json}"
-    );
-    ensure!(
-        h.drain()
-            == vec![Trigger::TargetActivity {
-                repo: "Org/App".into(),
-                commit: Some(sha.into())
-            }]
-    );
+    ensure!(status == 202 && json["trigger"] == "TargetActivity", "{json}");
+    ensure!(h.drain() == vec![Trigger::TargetActivity { repo: "Org/App".into(), commit: Some(sha.into()) }]);
 
     // A malformed payload of an event Hadron acts on is a bad request, not recorded.
-    let (status, json) = h
-        .post_signed("status", &delivery_id(2), b"{\"sha\": 1}".to_vec())
-        .await?;
-    ensure!(
-        status == 400 && json["error"] == "InvalidPayload",
-        "{status} {json}"
-    );
+    let (status, json) = h.post_signed("status", &delivery_id(2), b"{\"sha\": 1}".to_vec()).await?;
+    ensure!(status == 400 && json["error"] == "InvalidPayload", "{status} {json}");
     ensure!(h.drain().is_empty());
     h.stop().await
 }
@@ -436,35 +331,17 @@ async fn signature_vector_verifies_and_matches_the_server() -> Result<()> {
     let body = v["payload"].as_str().context("payload")?;
     let signature = v["signature"].as_str().context("signature")?;
     ensure!(sign(secret.as_bytes(), body.as_bytes()) == signature);
-    ensure!(verify_signature(
-        secret.as_bytes(),
-        body.as_bytes(),
-        signature
-    ));
-    ensure!(!verify_signature(
-        secret.as_bytes(),
-        b"Hello, World?",
-        signature
-    ));
+    ensure!(verify_signature(secret.as_bytes(), body.as_bytes(), signature));
+    ensure!(!verify_signature(secret.as_bytes(), b"Hello, World?", signature));
 
     // End to end: a server keyed with the vector's secret accepts the vector's bytes
     // (an event Hadron does not parse, so the non-JSON body is fine) and refuses a
     // one-byte change.
     let h = Harness::start(ControlRepoId::new("o/r", "main"), Some(secret), 1024).await?;
-    let (status, json) = h
-        .post_raw("ping", &delivery_id(1), Some(signature), body.to_owned())
-        .await?;
-    ensure!(
-        status == 202 && json["result"] == "ignored",
-        "{status} {json}"
-    );
-    let (status, json) = h
-        .post_raw("ping", &delivery_id(2), Some(signature), "Hello, World?")
-        .await?;
-    ensure!(
-        status == 401 && json["error"] == "SignatureMismatch",
-        "{status} {json}"
-    );
+    let (status, json) = h.post_raw("ping", &delivery_id(1), Some(signature), body.to_owned()).await?;
+    ensure!(status == 202 && json["result"] == "ignored", "{status} {json}");
+    let (status, json) = h.post_raw("ping", &delivery_id(2), Some(signature), "Hello, World?").await?;
+    ensure!(status == 401 && json["error"] == "SignatureMismatch", "{status} {json}");
     h.stop().await
 }
 
@@ -477,26 +354,13 @@ async fn forged_unsigned_and_unconfigured_deliveries_are_refused() -> Result<()>
 
     let forged = sign(b"not the secret", &body);
     let (status, json) = h.post_raw("push", &id, Some(&forged), body.clone()).await?;
-    ensure!(
-        status == 401 && json["error"] == "SignatureMismatch",
-        "{status} {json}"
-    );
-    ensure!(
-        json["message"]
-            .as_str()
-            .is_some_and(|m| !m.contains(SECRET))
-    );
+    ensure!(status == 401 && json["error"] == "SignatureMismatch", "{status} {json}");
+    ensure!(json["message"].as_str().is_some_and(|m| !m.contains(SECRET)));
     let (status, json) = h.post_raw("push", &id, None, body.clone()).await?;
-    ensure!(
-        status == 401 && json["error"] == "SignatureMissing",
-        "{status} {json}"
-    );
+    ensure!(status == 401 && json["error"] == "SignatureMissing", "{status} {json}");
     // Gitea without a secret sends the header empty.
     let (status, json) = h.post_raw("push", &id, Some(""), body.clone()).await?;
-    ensure!(
-        status == 401 && json["error"] == "SignatureMissing",
-        "{status} {json}"
-    );
+    ensure!(status == 401 && json["error"] == "SignatureMissing", "{status} {json}");
     // A valid signature over other bytes.
     let mut tampered = body.clone();
     tampered.extend_from_slice(b"\n");
@@ -506,13 +370,9 @@ async fn forged_unsigned_and_unconfigured_deliveries_are_refused() -> Result<()>
     // The deprecated `secret` field inside the payload is no credential.
     let docs = payload("push_gitea_docs.json")?;
     let embedded: Value = serde_json::from_slice(&docs)?;
-    let embedded = embedded["secret"]
-        .as_str()
-        .context("the docs payload carries a secret")?;
+    let embedded = embedded["secret"].as_str().context("the docs payload carries a secret")?;
     let sig = sign(embedded.as_bytes(), &docs);
-    let (status, _) = h
-        .post_raw("push", &delivery_id(8), Some(&sig), docs)
-        .await?;
+    let (status, _) = h.post_raw("push", &delivery_id(8), Some(&sig), docs).await?;
     ensure!(status == 401);
     ensure!(h.drain().is_empty(), "refused deliveries must not trigger");
     ensure!(h.state.metrics().deliveries("unauthorized") == 5);
@@ -540,10 +400,7 @@ async fn forged_unsigned_and_unconfigured_deliveries_are_refused() -> Result<()>
     // No secret configured: webhooks are off, even correctly signed ones.
     let mut h = Harness::start(ControlRepoId::new(repo, "master"), None, 1 << 20).await?;
     let (status, json) = h.post_signed("push", &delivery_id(9), body).await?;
-    ensure!(
-        status == 401 && json["error"] == "WebhookSecretNotConfigured",
-        "{status} {json}"
-    );
+    ensure!(status == 401 && json["error"] == "WebhookSecretNotConfigured", "{status} {json}");
     ensure!(h.drain().is_empty());
     h.stop().await
 }
@@ -557,10 +414,7 @@ async fn a_redelivery_is_a_duplicate_and_triggers_nothing() -> Result<()> {
     ensure!(status == 202);
     ensure!(h.drain().len() == 1);
     let (status, json) = h.post_signed("push", id, body.clone()).await?;
-    ensure!(
-        status == 200 && json["result"] == "duplicate",
-        "{status} {json}"
-    );
+    ensure!(status == 200 && json["result"] == "duplicate", "{status} {json}");
     ensure!(h.drain().is_empty(), "a replay must not trigger");
     // The dedup lives in the store: a new server on the same store still knows the id.
     ensure!(!h.store.record_delivery(id, "push", 0).await?);
@@ -571,41 +425,26 @@ async fn a_redelivery_is_a_duplicate_and_triggers_nothing() -> Result<()> {
 #[tokio::test]
 async fn oversized_bodies_are_refused_before_anything_else() -> Result<()> {
     let limit = 4096;
-    let mut h = Harness::start(
-        ControlRepoId::new("Test-CI/multi-line-secrets", "main"),
-        Some(SECRET),
-        limit,
-    )
-    .await?;
+    let mut h = Harness::start(ControlRepoId::new("Test-CI/multi-line-secrets", "main"), Some(SECRET), limit).await?;
     let body = payload("push_multi_recent.json")?;
     ensure!(body.len() > limit, "fixture must exceed the test limit");
     // Correctly signed but too large: 413, not recorded.
     let (status, json) = h.post_signed("push", &delivery_id(1), body.clone()).await?;
-    ensure!(
-        status == 413 && json["error"] == "PayloadTooLarge",
-        "{status} {json}"
-    );
+    ensure!(status == 413 && json["error"] == "PayloadTooLarge", "{status} {json}");
     // Too large and unsigned: still 413 (the size is checked first).
-    let (status, _) = h
-        .post_raw("push", &delivery_id(2), None, body.clone())
-        .await?;
+    let (status, _) = h.post_raw("push", &delivery_id(2), None, body.clone()).await?;
     ensure!(status == 413);
     // Chunked, with no Content-Length: the limit holds while reading.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        body.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(1000).map(|c| Ok(c.to_vec())).collect();
     let stream = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let sig = sign(SECRET.as_bytes(), &body);
-    let (status, _) = h
-        .post_raw("push", &delivery_id(3), Some(&sig), stream)
-        .await?;
+    let (status, _) = h.post_raw("push", &delivery_id(3), Some(&sig), stream).await?;
     ensure!(status == 413);
     ensure!(h.drain().is_empty());
     ensure!(h.state.metrics().deliveries("too_large") == 3);
 
     // A body of exactly the limit passes the size check (and, unsigned, fails the next one).
-    let (status, _) = h
-        .post_raw("ping", &delivery_id(4), None, vec![b' '; limit])
-        .await?;
+    let (status, _) = h.post_raw("ping", &delivery_id(4), None, vec![b' '; limit]).await?;
     ensure!(status == 401);
     // The refused id was never recorded.
     ensure!(h.store.record_delivery(&delivery_id(1), "push", 0).await?);
@@ -618,10 +457,8 @@ async fn metrics_parse_as_prometheus_text() -> Result<()> {
     let body = payload("push.json")?;
     h.post_signed("push", &delivery_id(1), body.clone()).await?;
     h.post_signed("push", &delivery_id(1), body.clone()).await?;
-    h.post_raw("push", &delivery_id(2), Some("00"), body)
-        .await?;
-    h.post_signed("create", &delivery_id(3), payload("branch_create.json")?)
-        .await?;
+    h.post_raw("push", &delivery_id(2), Some("00"), body).await?;
+    h.post_signed("create", &delivery_id(3), payload("branch_create.json")?).await?;
     h.drain();
     let m = h.state.metrics();
     m.observe_pass(Duration::from_millis(30), true);
@@ -634,12 +471,7 @@ async fn metrics_parse_as_prometheus_text() -> Result<()> {
 
     let resp = h.get("/metrics").await?;
     ensure!(resp.status().as_u16() == 200);
-    let ctype = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     ensure!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
     let text = resp.text().await?;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
@@ -648,9 +480,7 @@ async fn metrics_parse_as_prometheus_text() -> Result<()> {
         scrape.samples.iter().find_map(|s| {
             let matches = s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v));
             match (&s.value, matches) {
-                (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v), true) => {
-                    Some(*v)
-                }
+                (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v), true) => Some(*v),
                 (prometheus_parse::Value::Untyped(v), true) => Some(*v),
                 _ => None,
             }
@@ -672,10 +502,7 @@ async fn metrics_parse_as_prometheus_text() -> Result<()> {
     ensure!(value("hadron_push_retries_total", None) == Some(3.0));
     ensure!(value("hadron_triggers_total", Some(("kind", "ControlPush"))) == Some(1.0));
     ensure!(value("hadron_ready", None) == Some(0.0));
-    for (name, count) in [
-        ("hadron_reconcile_pass_duration_seconds", 2),
-        ("hadron_fetch_duration_seconds", 1),
-    ] {
+    for (name, count) in [("hadron_reconcile_pass_duration_seconds", 2), ("hadron_fetch_duration_seconds", 1)] {
         let hist = scrape
             .samples
             .iter()
@@ -684,10 +511,7 @@ async fn metrics_parse_as_prometheus_text() -> Result<()> {
                 _ => None,
             })
             .with_context(|| format!("{name} is not a histogram in:\n{text}"))?;
-        let inf = hist
-            .iter()
-            .find(|b| b.less_than.is_infinite())
-            .context("+Inf bucket")?;
+        let inf = hist.iter().find(|b| b.less_than.is_infinite()).context("+Inf bucket")?;
         ensure!(inf.count == f64::from(count), "{name}: {inf:?}");
     }
     h.stop().await
@@ -750,10 +574,7 @@ async fn the_request_api_returns_what_the_store_holds() -> Result<()> {
         ensure!(item["observedRevision"] == r.observed_revision.as_str());
         ensure!(item["observedGeneration"] == r.generation.as_str());
         ensure!(item["message"] == r.message.as_str());
-        ensure!(
-            item.get("stage").and_then(Value::as_str) == r.stage.as_deref(),
-            "{item}"
-        );
+        ensure!(item.get("stage").and_then(Value::as_str) == r.stage.as_deref(), "{item}");
     }
     let one = h.get("/api/v1/requests/add-login").await?;
     ensure!(one.status().as_u16() == 200);
@@ -763,10 +584,7 @@ async fn the_request_api_returns_what_the_store_holds() -> Result<()> {
     let missing = h.get("/api/v1/requests/nope").await?;
     ensure!(missing.status().as_u16() == 404);
     let json: Value = missing.json().await?;
-    ensure!(
-        json["error"] == "NotFound" && json["message"].is_string(),
-        "{json}"
-    );
+    ensure!(json["error"] == "NotFound" && json["message"].is_string(), "{json}");
     h.stop().await
 }
 
@@ -775,11 +593,7 @@ async fn server_sent_events_deliver_phase_events_and_end_on_shutdown() -> Result
     let h = Harness::with_control(ControlRepoId::new("o/r", "main")).await?;
     let mut resp = h.get("/api/v1/events").await?;
     ensure!(resp.status().as_u16() == 200);
-    let ctype = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
     ensure!(ctype.starts_with("text/event-stream"), "{ctype}");
 
     // The handler subscribed before answering, so this event reaches the stream.
@@ -798,29 +612,18 @@ async fn server_sent_events_deliver_phase_events_and_end_on_shutdown() -> Result
     let mut text = String::new();
     let data = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            let Some(chunk) = resp.chunk().await? else {
-                bail!("stream ended early: {text:?}")
-            };
+            let Some(chunk) = resp.chunk().await? else { bail!("stream ended early: {text:?}") };
             text.push_str(std::str::from_utf8(&chunk)?);
             if let Some(block) = text.split("\n\n").find(|b| b.contains("event: phase")) {
-                let data = block
-                    .lines()
-                    .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
-                    .context("data line")?;
+                let data = block.lines().find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))).context("data line")?;
                 return Ok::<_, anyhow::Error>(data.to_owned());
             }
         }
     })
     .await??;
     let got: Value = serde_json::from_str(&data)?;
-    ensure!(
-        got["request"] == "add-login" && got["from"] == "Pending" && got["to"] == "Running",
-        "{got}"
-    );
-    ensure!(
-        got["stage"] == "implement" && got["revision"] == "abc123",
-        "{got}"
-    );
+    ensure!(got["request"] == "add-login" && got["from"] == "Pending" && got["to"] == "Running", "{got}");
+    ensure!(got["stage"] == "implement" && got["revision"] == "abc123", "{got}");
 
     // Shutting down ends the open stream and the server returns.
     let mut h = h;
@@ -841,23 +644,13 @@ async fn routes_answer_through_tower_oneshot() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open_data_dir(dir.path()).await?;
     let (tx, mut rx) = mpsc::channel(4);
-    let mut config = ServerConfig::new(
-        store,
-        ControlRepoId::new("gogits/hello-world", "master"),
-        tx,
-    );
+    let mut config = ServerConfig::new(store, ControlRepoId::new("gogits/hello-world", "master"), tx);
     config.webhook_secret = Some(WebhookSecret::new(SECRET)?);
     let app = hadron::server::router(ServerState::new(config));
 
-    let resp = app
-        .clone()
-        .oneshot(axum::http::Request::get("/healthz").body(Body::empty())?)
-        .await?;
+    let resp = app.clone().oneshot(axum::http::Request::get("/healthz").body(Body::empty())?).await?;
     ensure!(resp.status() == 200);
-    let resp = app
-        .clone()
-        .oneshot(axum::http::Request::get("/no/such/path").body(Body::empty())?)
-        .await?;
+    let resp = app.clone().oneshot(axum::http::Request::get("/no/such/path").body(Body::empty())?).await?;
     ensure!(resp.status() == 404);
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16).await?;
     let json: Value = serde_json::from_slice(&bytes)?;
@@ -880,11 +673,7 @@ async fn a_full_trigger_queue_refuses_without_recording() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open_data_dir(dir.path()).await?;
     let (tx, mut rx) = mpsc::channel(1);
-    let mut config = ServerConfig::new(
-        store.clone(),
-        ControlRepoId::new("gogits/hello-world", "master"),
-        tx,
-    );
+    let mut config = ServerConfig::new(store.clone(), ControlRepoId::new("gogits/hello-world", "master"), tx);
     config.webhook_secret = Some(WebhookSecret::new(SECRET)?);
     let app = hadron::server::router(ServerState::new(config));
     let body = payload("push.json")?;

@@ -35,12 +35,7 @@ fn git_output(dir: &Path, args: &[&str]) -> Result<Output> {
 fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let out = git_output(dir, args)?;
     if !out.status.success() {
-        bail!(
-            "git {:?} in {} failed: {}",
-            args,
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("git {:?} in {} failed: {}", args, dir.display(), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -70,10 +65,7 @@ impl Fixture {
         write(&human, "status/human-note.md", "written by a person\n")?;
         git(&human, &["add", "-A"])?;
         git(&human, &["commit", "--quiet", "-m", "seed"])?;
-        git(
-            &human,
-            &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
-        )?;
+        git(&human, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
         let seed = git(&bare, &["rev-parse", "refs/heads/main"])?;
         Ok(Fixture { tmp, bare, seed })
     }
@@ -98,10 +90,7 @@ impl Fixture {
     fn human_clone(&self, name: &str) -> Result<PathBuf> {
         let dir = self.tmp.path().join(name);
         let dir_str = dir.to_str().context("utf-8 temp path")?.to_owned();
-        git(
-            self.tmp.path(),
-            &["clone", "--quiet", &self.url(), &dir_str],
-        )?;
+        git(self.tmp.path(), &["clone", "--quiet", &self.url(), &dir_str])?;
         Ok(dir)
     }
 
@@ -112,33 +101,21 @@ impl Fixture {
     /// Content of `path` at the branch head, `None` if absent.
     fn show(&self, path: &str) -> Result<Option<String>> {
         let out = git_output(&self.bare, &["show", &format!("refs/heads/main:{path}")])?;
-        Ok(out
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+        Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
     /// Commits on the branch touching `path`.
     fn commits_touching(&self, path: &str) -> Result<Vec<String>> {
-        let log = git(
-            &self.bare,
-            &["log", "--format=%H", "refs/heads/main", "--", path],
-        )?;
+        let log = git(&self.bare, &["log", "--format=%H", "refs/heads/main", "--", path])?;
         Ok(log.lines().map(str::to_owned).collect())
     }
 
     fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool> {
-        let out = git_output(
-            &self.bare,
-            &["merge-base", "--is-ancestor", ancestor, descendant],
-        )?;
+        let out = git_output(&self.bare, &["merge-base", "--is-ancestor", ancestor, descendant])?;
         match out.status.code() {
             Some(0) => Ok(true),
             Some(1) => Ok(false),
-            _ => bail!(
-                "merge-base failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
+            _ => bail!("merge-base failed: {}", String::from_utf8_lossy(&out.stderr)),
         }
     }
 }
@@ -153,63 +130,31 @@ fn write(dir: &Path, path: &str, content: &str) -> Result<()> {
 }
 
 fn changes(items: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<Vec<u8>>> {
-    items
-        .iter()
-        .map(|(p, c)| ((*p).to_owned(), c.map(|c| c.as_bytes().to_vec())))
-        .collect()
+    items.iter().map(|(p, c)| ((*p).to_owned(), c.map(|c| c.as_bytes().to_vec()))).collect()
 }
 
 #[test]
 fn publish_writes_one_commit_skips_unchanged_and_deletes() -> Result<()> {
     let fx = Fixture::new()?;
     let mut writer = fx.writer("work")?;
-    let set = changes(&[
-        ("status/a.yaml", Some("phase: Running\n")),
-        ("status/b.yaml", Some("phase: Pending\n")),
-    ]);
+    let set = changes(&[("status/a.yaml", Some("phase: Running\n")), ("status/b.yaml", Some("phase: Pending\n"))]);
     let outcome = writer.publish(&set, "status: 2 requests", REV)?;
     assert!(outcome.pushed);
     assert_eq!(outcome.attempts, 1);
     let commit = outcome.commit.context("a commit was expected")?;
     assert_eq!(fx.head()?, commit);
     assert_eq!(git(&fx.bare, &["rev-parse", "refs/heads/main^"])?, fx.seed);
-    let ident = git(
-        &fx.bare,
-        &["show", "-s", "--format=%an <%ae>|%cn <%ce>", &commit],
-    )?;
+    let ident = git(&fx.bare, &["show", "-s", "--format=%an <%ae>|%cn <%ce>", &commit])?;
     assert_eq!(ident, "hadron <hadron@localhost>|hadron <hadron@localhost>");
-    let trailer = git(
-        &fx.bare,
-        &[
-            "show",
-            "-s",
-            "--format=%(trailers:key=Hadron-Revision,valueonly)",
-            &commit,
-        ],
-    )?;
+    let trailer = git(&fx.bare, &["show", "-s", "--format=%(trailers:key=Hadron-Revision,valueonly)", &commit])?;
     assert_eq!(trailer, REV);
-    assert_eq!(
-        git(&fx.bare, &["show", "-s", "--format=%s", &commit])?,
-        "status: 2 requests"
-    );
-    let touched = git(
-        &fx.bare,
-        &["diff-tree", "--no-commit-id", "--name-only", "-r", &commit],
-    )?;
+    assert_eq!(git(&fx.bare, &["show", "-s", "--format=%s", &commit])?, "status: 2 requests");
+    let touched = git(&fx.bare, &["diff-tree", "--no-commit-id", "--name-only", "-r", &commit])?;
     assert_eq!(touched, "status/a.yaml\nstatus/b.yaml");
-    assert_eq!(
-        fx.show("status/a.yaml")?.as_deref(),
-        Some("phase: Running\n")
-    );
-    assert_eq!(
-        fx.show("status/b.yaml")?.as_deref(),
-        Some("phase: Pending\n")
-    );
+    assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("phase: Running\n"));
+    assert_eq!(fx.show("status/b.yaml")?.as_deref(), Some("phase: Pending\n"));
     assert_eq!(fx.show("hadron.yaml")?.as_deref(), Some("kind: Settings\n"));
-    assert_eq!(
-        fx.show("status/human-note.md")?.as_deref(),
-        Some("written by a person\n")
-    );
+    assert_eq!(fx.show("status/human-note.md")?.as_deref(), Some("written by a person\n"));
 
     // Same content again: no commit.
     let again = writer.publish(&set, "status: 2 requests", REV)?;
@@ -219,27 +164,15 @@ fn publish_writes_one_commit_skips_unchanged_and_deletes() -> Result<()> {
 
     // Delete a status file, with a configured identity.
     let mut config = fx.config("work");
-    config.author = Identity {
-        name: "hadron-bot".to_owned(),
-        email: "bot@example.com".to_owned(),
-    };
+    config.author = Identity { name: "hadron-bot".to_owned(), email: "bot@example.com".to_owned() };
     let mut bot = StatusWriter::new(config)?;
     let deleted = bot.publish(&changes(&[("status/b.yaml", None)]), "status: b gone", REV)?;
     let del_commit = deleted.commit.context("deletion commit expected")?;
     assert_eq!(fx.head()?, del_commit);
     assert_eq!(fx.show("status/b.yaml")?, None);
-    assert_eq!(
-        fx.show("status/a.yaml")?.as_deref(),
-        Some("phase: Running\n")
-    );
-    let ident = git(
-        &fx.bare,
-        &["show", "-s", "--format=%an <%ae>|%cn <%ce>", &del_commit],
-    )?;
-    assert_eq!(
-        ident,
-        "hadron-bot <bot@example.com>|hadron-bot <bot@example.com>"
-    );
+    assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("phase: Running\n"));
+    let ident = git(&fx.bare, &["show", "-s", "--format=%an <%ae>|%cn <%ce>", &del_commit])?;
+    assert_eq!(ident, "hadron-bot <bot@example.com>|hadron-bot <bot@example.com>");
     // Deleting what is already gone: no commit.
     let gone = bot.publish(&changes(&[("status/b.yaml", None)]), "status: b gone", REV)?;
     assert_eq!(gone.commit, None);
@@ -253,30 +186,10 @@ fn deleting_every_status_file_removes_the_folder_and_objects_are_sound() -> Resu
     let mut writer = fx.writer("work")?;
     writer.publish(&changes(&[("status/x/y.yaml", Some("deep\n"))]), "add", REV)?;
     assert_eq!(fx.show("status/x/y.yaml")?.as_deref(), Some("deep\n"));
-    let out = writer.publish(
-        &changes(&[("status/x/y.yaml", None), ("status/human-note.md", None)]),
-        "remove all",
-        REV,
-    )?;
+    let out = writer.publish(&changes(&[("status/x/y.yaml", None), ("status/human-note.md", None)]), "remove all", REV)?;
     assert!(out.pushed);
-    assert_eq!(
-        git(
-            &fx.bare,
-            &[
-                "ls-tree",
-                "-r",
-                "--name-only",
-                "refs/heads/main",
-                "--",
-                "status"
-            ]
-        )?,
-        ""
-    );
-    assert_eq!(
-        git(&fx.bare, &["ls-tree", "--name-only", "refs/heads/main"])?,
-        "hadron.yaml\nrequests"
-    );
+    assert_eq!(git(&fx.bare, &["ls-tree", "-r", "--name-only", "refs/heads/main", "--", "status"])?, "");
+    assert_eq!(git(&fx.bare, &["ls-tree", "--name-only", "refs/heads/main"])?, "hadron.yaml\nrequests");
     git(&fx.bare, &["fsck", "--strict", "--no-dangling"])?;
     Ok(())
 }
@@ -285,24 +198,12 @@ fn deleting_every_status_file_removes_the_folder_and_objects_are_sound() -> Resu
 fn paths_outside_status_are_refused_and_nothing_is_pushed() -> Result<()> {
     let fx = Fixture::new()?;
     let mut writer = fx.writer("work")?;
-    for bad in [
-        "requests/x.yaml",
-        "status/../hadron.yaml",
-        "/etc/x",
-        "status",
-        "status//x.yaml",
-        "status/./x.yaml",
-        "status/.git/config",
-    ] {
+    for bad in ["requests/x.yaml", "status/../hadron.yaml", "/etc/x", "status", "status//x.yaml", "status/./x.yaml", "status/.git/config"] {
         for content in [Some("x: 1\n"), None] {
             let set = changes(&[("status/ok.yaml", Some("fine\n")), (bad, content)]);
-            let err = writer
-                .publish(&set, "bad", REV)
-                .expect_err("a path outside status/ must be refused");
+            let err = writer.publish(&set, "bad", REV).expect_err("a path outside status/ must be refused");
             assert_eq!(err.reason(), "PathOutsideStatus", "{bad}: {err}");
-            let err = writer
-                .prepare(&set, "bad", REV)
-                .expect_err("prepare refuses too");
+            let err = writer.prepare(&set, "bad", REV).expect_err("prepare refuses too");
             assert_eq!(err.reason(), "PathOutsideStatus", "{bad}: {err}");
             assert_eq!(fx.head()?, fx.seed, "{bad} must not change the branch");
         }
@@ -314,26 +215,15 @@ fn paths_outside_status_are_refused_and_nothing_is_pushed() -> Result<()> {
     write(&human, "status/dir/x.yaml", "human\n")?;
     git(&human, &["add", "-A"])?;
     git(&human, &["commit", "--quiet", "-m", "human folder"])?;
-    git(
-        &human,
-        &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
-    )?;
+    git(&human, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
     let head = fx.head()?;
-    let err = writer
-        .publish(&changes(&[("status/dir", Some("blob\n"))]), "bad", REV)
-        .expect_err("a folder is not a status file");
+    let err = writer.publish(&changes(&[("status/dir", Some("blob\n"))]), "bad", REV).expect_err("a folder is not a status file");
     assert_eq!(err.reason(), "PathIsFolder");
     assert_eq!(fx.head()?, head);
     assert_eq!(fx.show("status/dir/x.yaml")?.as_deref(), Some("human\n"));
 
     // A revision that is not hex is refused.
-    let err = writer
-        .publish(
-            &changes(&[("status/ok.yaml", Some("x\n"))]),
-            "m",
-            "main; rm -rf",
-        )
-        .expect_err("bad revision");
+    let err = writer.publish(&changes(&[("status/ok.yaml", Some("x\n"))]), "m", "main; rm -rf").expect_err("bad revision");
     assert_eq!(err.reason(), "InvalidRevision");
     assert_eq!(fx.head()?, head);
     Ok(())
@@ -350,33 +240,18 @@ fn invalid_configuration_and_fetch_failures_are_typed() -> Result<()> {
     }
     let mut config = fx.config("work-bad");
     config.remote_url = "--upload-pack=touch /tmp/pwned".to_owned();
-    assert_eq!(
-        StatusWriter::new(config)
-            .map(|_| ())
-            .expect_err("bad url")
-            .reason(),
-        "InvalidWriterConfig"
-    );
+    assert_eq!(StatusWriter::new(config).map(|_| ()).expect_err("bad url").reason(), "InvalidWriterConfig");
 
     let mut config = fx.config("work-missing");
-    config.remote_url = fx
-        .tmp
-        .path()
-        .join("no-such-repo.git")
-        .to_string_lossy()
-        .into_owned();
+    config.remote_url = fx.tmp.path().join("no-such-repo.git").to_string_lossy().into_owned();
     let mut writer = StatusWriter::new(config)?;
-    let err = writer
-        .publish(&changes(&[("status/a.yaml", Some("x\n"))]), "m", REV)
-        .expect_err("missing remote");
+    let err = writer.publish(&changes(&[("status/a.yaml", Some("x\n"))]), "m", REV).expect_err("missing remote");
     assert_eq!(err.reason(), "FetchFailed");
 
     let mut config = fx.config("work-branch");
     config.branch = "no-such-branch".to_owned();
     let mut writer = StatusWriter::new(config)?;
-    let err = writer
-        .publish(&changes(&[("status/a.yaml", Some("x\n"))]), "m", REV)
-        .expect_err("missing branch");
+    let err = writer.publish(&changes(&[("status/a.yaml", Some("x\n"))]), "m", REV).expect_err("missing branch");
     assert_eq!(err.reason(), "FetchFailed");
     assert_eq!(fx.head()?, fx.seed);
     Ok(())
@@ -390,9 +265,7 @@ fn a_push_declined_by_a_hook_is_a_push_error_not_retried() -> Result<()> {
     let status = Command::new("chmod").arg("+x").arg(&hook).status()?;
     ensure!(status.success(), "chmod failed");
     let mut writer = fx.writer("work")?;
-    let err = writer
-        .publish(&changes(&[("status/a.yaml", Some("x\n"))]), "m", REV)
-        .expect_err("the hook declines every push");
+    let err = writer.publish(&changes(&[("status/a.yaml", Some("x\n"))]), "m", REV).expect_err("the hook declines every push");
     assert_eq!(err.reason(), "PushFailed", "{err}");
     assert!(err.to_string().contains("declined"), "{err}");
     assert_eq!(fx.head()?, fx.seed);
@@ -403,19 +276,14 @@ fn a_push_declined_by_a_hook_is_a_push_error_not_retried() -> Result<()> {
 fn a_stale_prepared_commit_is_rejected_not_forced() -> Result<()> {
     let fx = Fixture::new()?;
     let mut writer = fx.writer("work")?;
-    let prepared = writer
-        .prepare(&changes(&[("status/a.yaml", Some("v1\n"))]), "m", REV)?
-        .context("a commit was expected")?;
+    let prepared = writer.prepare(&changes(&[("status/a.yaml", Some("v1\n"))]), "m", REV)?.context("a commit was expected")?;
     assert_eq!(prepared.parent, fx.seed);
     // A human pushes meanwhile.
     let human = fx.human_clone("human")?;
     write(&human, "requests/h.yaml", "human\n")?;
     git(&human, &["add", "-A"])?;
     git(&human, &["commit", "--quiet", "-m", "human"])?;
-    git(
-        &human,
-        &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
-    )?;
+    git(&human, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
     let human_head = fx.head()?;
     match writer.push(&prepared)? {
         PushResult::Rejected { detail } => assert!(!detail.is_empty()),
@@ -425,10 +293,7 @@ fn a_stale_prepared_commit_is_rejected_not_forced() -> Result<()> {
     // publish re-applies on the new head.
     let outcome = writer.publish(&changes(&[("status/a.yaml", Some("v1\n"))]), "m", REV)?;
     let commit = outcome.commit.context("a commit was expected")?;
-    assert_eq!(
-        git(&fx.bare, &["rev-parse", &format!("{commit}^")])?,
-        human_head
-    );
+    assert_eq!(git(&fx.bare, &["rev-parse", &format!("{commit}^")])?, human_head);
     assert_eq!(fx.show("requests/h.yaml")?.as_deref(), Some("human\n"));
     assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("v1\n"));
     Ok(())
@@ -440,9 +305,7 @@ fn crash_between_commit_and_push_publishes_exactly_once() -> Result<()> {
     let set = changes(&[("status/r.yaml", Some("phase: Succeeded\n"))]);
     {
         let mut writer = fx.writer("work")?;
-        let prepared = writer
-            .prepare(&set, "status: r", REV)?
-            .context("a commit was expected")?;
+        let prepared = writer.prepare(&set, "status: r", REV)?.context("a commit was expected")?;
         // Committed in the private clone, never pushed: the process "crashes" here.
         let work = fx.tmp.path().join("work");
         assert_eq!(git(&work, &["cat-file", "-t", &prepared.commit])?, "commit");
@@ -454,10 +317,7 @@ fn crash_between_commit_and_push_publishes_exactly_once() -> Result<()> {
     let outcome = restarted.publish(&set, "status: r", REV)?;
     assert!(outcome.pushed);
     assert_eq!(fx.commits_touching("status/r.yaml")?.len(), 1);
-    assert_eq!(
-        fx.show("status/r.yaml")?.as_deref(),
-        Some("phase: Succeeded\n")
-    );
+    assert_eq!(fx.show("status/r.yaml")?.as_deref(), Some("phase: Succeeded\n"));
 
     // Crash after the push but before the outbox recorded it: publishing again is a no-op.
     let mut again = fx.writer("work")?;
@@ -468,9 +328,7 @@ fn crash_between_commit_and_push_publishes_exactly_once() -> Result<()> {
     // Same with the step functions: prepared and pushed, then "restart" and re-publish.
     let set2 = changes(&[("status/r.yaml", Some("phase: Failed\n"))]);
     let mut stepper = fx.writer("work")?;
-    let prepared = stepper
-        .prepare(&set2, "status: r", REV)?
-        .context("commit expected")?;
+    let prepared = stepper.prepare(&set2, "status: r", REV)?.context("commit expected")?;
     assert_eq!(stepper.push(&prepared)?, PushResult::Pushed);
     drop(stepper);
     let mut after = fx.writer("work")?;
@@ -484,50 +342,22 @@ fn crash_between_commit_and_push_publishes_exactly_once() -> Result<()> {
 fn human_edits_to_status_files_survive_unless_hadron_rewrites_that_file() -> Result<()> {
     let fx = Fixture::new()?;
     let mut writer = fx.writer("work")?;
-    writer.publish(
-        &changes(&[
-            ("status/a.yaml", Some("hadron a1\n")),
-            ("status/b.yaml", Some("hadron b1\n")),
-        ]),
-        "status",
-        REV,
-    )?;
+    writer.publish(&changes(&[("status/a.yaml", Some("hadron a1\n")), ("status/b.yaml", Some("hadron b1\n"))]), "status", REV)?;
     let human = fx.human_clone("human")?;
     write(&human, "status/a.yaml", "human edit\n")?;
-    git(
-        &human,
-        &["commit", "--quiet", "-am", "human edits a status file"],
-    )?;
-    git(
-        &human,
-        &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
-    )?;
+    git(&human, &["commit", "--quiet", "-am", "human edits a status file"])?;
+    git(&human, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
 
-    let out = writer.publish(
-        &changes(&[("status/b.yaml", Some("hadron b2\n"))]),
-        "status",
-        REV,
-    )?;
+    let out = writer.publish(&changes(&[("status/b.yaml", Some("hadron b2\n"))]), "status", REV)?;
     assert!(out.pushed);
     assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("human edit\n"));
     assert_eq!(fx.show("status/b.yaml")?.as_deref(), Some("hadron b2\n"));
-    let out = writer.publish(
-        &changes(&[("status/b.yaml", Some("hadron b2\n"))]),
-        "status",
-        REV,
-    )?;
+    let out = writer.publish(&changes(&[("status/b.yaml", Some("hadron b2\n"))]), "status", REV)?;
     assert_eq!(out.commit, None);
     assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("human edit\n"));
-    assert_eq!(
-        fx.show("status/human-note.md")?.as_deref(),
-        Some("written by a person\n")
-    );
+    assert_eq!(fx.show("status/human-note.md")?.as_deref(), Some("written by a person\n"));
 
-    let out = writer.publish(
-        &changes(&[("status/a.yaml", Some("hadron a2\n"))]),
-        "status",
-        REV,
-    )?;
+    let out = writer.publish(&changes(&[("status/a.yaml", Some("hadron a2\n"))]), "status", REV)?;
     assert!(out.pushed);
     assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("hadron a2\n"));
     Ok(())
@@ -549,18 +379,11 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
             let mut pushed = Vec::new();
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) {
-                write(
-                    &human,
-                    &format!("requests/human-{n}.yaml"),
-                    &format!("n: {n}\n"),
-                )?;
+                write(&human, &format!("requests/human-{n}.yaml"), &format!("n: {n}\n"))?;
                 git(&human, &["add", "-A"])?;
                 git(&human, &["commit", "--quiet", "-m", &format!("human {n}")])?;
                 loop {
-                    let out = git_output(
-                        &human,
-                        &["push", "--quiet", "origin", "HEAD:refs/heads/main"],
-                    )?;
+                    let out = git_output(&human, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
                     if out.status.success() {
                         break;
                     }
@@ -596,9 +419,7 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
                 match outcome.commit {
                     Some(c) => writer_commits.push(c),
                     None => {
-                        publish_result = Err(anyhow::anyhow!(
-                            "update {i} changed content but made no commit"
-                        ));
+                        publish_result = Err(anyhow::anyhow!("update {i} changed content but made no commit"));
                         break;
                     }
                 }
@@ -610,16 +431,9 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
         }
     }
     stop.store(true, Ordering::SeqCst);
-    let human_commits = human_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("human thread panicked"))??;
+    let human_commits = human_thread.join().map_err(|_| anyhow::anyhow!("human thread panicked"))??;
     publish_result?;
-    println!(
-        "race: {} status commits, {} human commits, {} writer push retries",
-        writer_commits.len(),
-        human_commits.len(),
-        retries
-    );
+    println!("race: {} status commits, {} human commits, {} writer push retries", writer_commits.len(), human_commits.len(), retries);
 
     let head = fx.head()?;
     ensure!(!human_commits.is_empty());
@@ -627,36 +441,14 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
         assert!(fx.is_ancestor(c, &head)?, "commit {c} was lost");
     }
     for r in 0..20 {
-        let last = (0..UPDATES)
-            .filter(|i| i % 20 == r)
-            .max()
-            .context("non-empty")?;
-        assert_eq!(
-            fx.show(&format!("status/r-{r}.yaml"))?,
-            Some(format!("update: {last}\n"))
-        );
+        let last = (0..UPDATES).filter(|i| i % 20 == r).max().context("non-empty")?;
+        assert_eq!(fx.show(&format!("status/r-{r}.yaml"))?, Some(format!("update: {last}\n")));
     }
     for n in 0..human_commits.len() {
-        assert_eq!(
-            fx.show(&format!("requests/human-{n}.yaml"))?,
-            Some(format!("n: {n}\n"))
-        );
+        assert_eq!(fx.show(&format!("requests/human-{n}.yaml"))?, Some(format!("n: {n}\n")));
     }
-    let status_commits = git(
-        &fx.bare,
-        &[
-            "log",
-            "--format=%H",
-            &format!("{}..refs/heads/main", fx.seed),
-            "--",
-            "status/",
-        ],
-    )?;
-    assert_eq!(
-        status_commits.lines().count(),
-        UPDATES,
-        "exactly one commit per update"
-    );
+    let status_commits = git(&fx.bare, &["log", "--format=%H", &format!("{}..refs/heads/main", fx.seed), "--", "status/"])?;
+    assert_eq!(status_commits.lines().count(), UPDATES, "exactly one commit per update");
 
     // The remote's reflog: every update of main moved it forward from where it was.
     let reflog = std::fs::read_to_string(fx.bare.join("logs/refs/heads/main"))?;
@@ -664,10 +456,7 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
         .lines()
         .map(|l| {
             let mut f = l.split(' ');
-            (
-                f.next().unwrap_or_default().to_owned(),
-                f.next().unwrap_or_default().to_owned(),
-            )
+            (f.next().unwrap_or_default().to_owned(), f.next().unwrap_or_default().to_owned())
         })
         .collect();
     assert_eq!(entries.len(), 1 + UPDATES + human_commits.len());
@@ -676,10 +465,7 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
     for (old, new) in &entries {
         assert_eq!(old, &previous, "the head jumped");
         if *old != zero {
-            assert!(
-                fx.is_ancestor(old, new)?,
-                "{old} -> {new} is not a fast-forward"
-            );
+            assert!(fx.is_ancestor(old, new)?, "{old} -> {new} is not a fast-forward");
         }
         previous = new.clone();
     }

@@ -140,7 +140,10 @@ fn fresh_repo_then_a_second_stage_on_the_same_branch() {
     let message = fx.remote(&["log", "-1", "--format=%B", &first]);
     assert!(message.starts_with("Add a greeting\n\nStage: implement\nHadron-Request: add-greeting\n"), "{message}");
     assert!(message.contains(&format!("Hadron-Worker: {}", spec.worker)), "{message}");
-    assert_eq!(fx.remote(&["log", "-1", "--format=%an <%ae> / %cn <%ce>", &first]), "Hadron <hadron@example.com> / Hadron <hadron@example.com>");
+    assert_eq!(
+        fx.remote(&["log", "-1", "--format=%an <%ae> / %cn <%ce>", &first]),
+        "Hadron <hadron@example.com> / Hadron <hadron@example.com>"
+    );
     assert_eq!(fx.remote(&["rev-parse", &format!("{first}^")]), fx.remote(&["rev-parse", "refs/heads/main"]), "branched from main");
     assert!(result.tokens_in > 10, "tokens from report.json: {result:?}");
     assert_eq!(result.tokens_out, 20);
@@ -149,7 +152,8 @@ fn fresh_repo_then_a_second_stage_on_the_same_branch() {
     assert_eq!(on_disk, result);
 
     let mut review = fx.spec("review", script_command());
-    review.previous_stages = vec![PreviousStage { name: "implement".into(), repo: "../target.git".into(), summary: result.summary.clone() }];
+    review.previous_stages =
+        vec![PreviousStage { name: "implement".into(), repo: "../target.git".into(), summary: result.summary.clone() }];
     let second = run_worker(&fx.run_json(&review));
     assert_eq!(second.outcome, Outcome::Succeeded, "{second:?}\n{}", log_of(&second));
     let head = second.pushed_commit.clone().expect("pushed");
@@ -293,7 +297,8 @@ fn a_branch_that_moved_is_rebased_onto_never_forced() {
 #[test]
 fn usage_from_claude_style_stdout_is_priced() {
     let fx = Fixture::new();
-    let script = r#"echo change > f.txt; echo '{"type":"result","result":"done it","usage":{"input_tokens":2000000,"output_tokens":1000000}}'"#;
+    let script =
+        r#"echo change > f.txt; echo '{"type":"result","result":"done it","usage":{"input_tokens":2000000,"output_tokens":1000000}}'"#;
     let mut spec = fx.spec("implement", sh(script));
     spec.pricing = Some(Pricing { input_per_million: 3.0, output_per_million: 15.0 });
     let result = run_worker(&fx.run_json(&spec));
@@ -328,12 +333,8 @@ fn secrets_reach_the_agent_but_never_the_log() {
     spec.env.push(("TOKEN".into(), EnvSource::Secret { name: "HADRON_TEST_TOKEN".into(), key: None }));
     let run_json = fx.run_json(&spec);
     let cmd = child_command();
-    let status = Command::new(&cmd.program)
-        .args(&cmd.args)
-        .arg(&run_json)
-        .env("HADRON_TEST_TOKEN", secret_value)
-        .output()
-        .expect("child runs");
+    let status =
+        Command::new(&cmd.program).args(&cmd.args).arg(&run_json).env("HADRON_TEST_TOKEN", secret_value).output().expect("child runs");
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stdout));
     let result = RunResult::read(&run_json.with_file_name("result.json")).expect("result.json");
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
@@ -364,7 +365,8 @@ fn fake_worker(worker: &str, sleep: &str) -> WorkerCommand {
         finished_at: "2026-01-01T00:00:01Z".into(),
     };
     let json = serde_json::to_string(&result).expect("json");
-    let script = format!("sleep {sleep} & wait; d=$(dirname \"$1\"); printf '%s' '{json}' > \"$d/r.tmp\" && mv \"$d/r.tmp\" \"$d/result.json\"");
+    let script =
+        format!("sleep {sleep} & wait; d=$(dirname \"$1\"); printf '%s' '{json}' > \"$d/r.tmp\" && mv \"$d/r.tmp\" \"$d/result.json\"");
     WorkerCommand::new("sh", ["-c", script.as_str(), "fake-worker"])
 }
 
@@ -383,11 +385,9 @@ fn driver_starts_once_and_observes_the_result() {
     let fx = Fixture::new();
     let spec = fx.spec("implement", vec!["unused".into()]);
     let (tx, rx) = mpsc::channel();
-    let driver = LocalDriver::new(fx.root().join("runs"), fake_worker(&spec.worker, "1"))
-        .expect("driver")
-        .with_exit_hook(move |w| {
-            let _ = tx.send(w.to_owned());
-        });
+    let driver = LocalDriver::new(fx.root().join("runs"), fake_worker(&spec.worker, "1")).expect("driver").with_exit_hook(move |w| {
+        let _ = tx.send(w.to_owned());
+    });
     driver.start(&spec).expect("start");
     let pid = pid_of(&driver, &spec.worker);
     driver.start(&spec).expect("second start is a no-op");

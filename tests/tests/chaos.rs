@@ -97,7 +97,9 @@ impl Lab {
     }
 
     fn request_yaml(name: &str) -> String {
-        format!("apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: Change {name}\n  repos:\n    - url: ../app.git\n")
+        format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: Change {name}\n  repos:\n    - url: ../app.git\n"
+        )
     }
 
     /// Commits what `write` put in `clone` as `who` and pushes it, pulling
@@ -132,10 +134,7 @@ impl Lab {
     /// Human commits that are not in `main` any more.
     fn lost(&self) -> usize {
         let control = self.control();
-        self.pushed
-            .iter()
-            .filter(|sha| !hadron_tests::git_try(&control, "x", &["merge-base", "--is-ancestor", sha, "main"]))
-            .count()
+        self.pushed.iter().filter(|sha| !hadron_tests::git_try(&control, "x", &["merge-base", "--is-ancestor", sha, "main"])).count()
     }
 
     /// (request, stage) pairs the agent ran more than once.
@@ -192,12 +191,7 @@ fn api_phases(addr: &str) -> BTreeMap<String, String> {
     let value: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     value["items"]
         .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|r| Some((r["name"].as_str()?.to_owned(), r["phase"].as_str()?.to_owned())))
-                .collect()
-        })
+        .map(|items| items.iter().filter_map(|r| Some((r["name"].as_str()?.to_owned(), r["phase"].as_str()?.to_owned()))).collect())
         .unwrap_or_default()
 }
 
@@ -337,7 +331,10 @@ fn forged_statuses() -> Row {
     let log = std::fs::read_to_string(&lab.log).unwrap_or_default();
     for name in &forged_names {
         for stage in ["implement", "review"] {
-            assert!(log.lines().any(|l| l.ends_with(&format!(" {name} {stage}"))), "{name}/{stage} never ran: the forged status was obeyed");
+            assert!(
+                log.lines().any(|l| l.ends_with(&format!(" {name} {stage}"))),
+                "{name}/{stage} never ran: the forged status was obeyed"
+            );
         }
     }
     row("status files forged".into(), &lab, &live, &phases, "yes")
@@ -403,7 +400,11 @@ fn postgres_restart() -> Row {
         .args(["--skip-systemctl-redirect", &version, "main", "restart"])
         .output()
         .expect("pg_ctlcluster runs");
-    assert!(restarted.status.success(), "restarting PostgreSQL (needs root or the postgres user): {}", String::from_utf8_lossy(&restarted.stderr));
+    assert!(
+        restarted.status.success(),
+        "restarting PostgreSQL (needs root or the postgres user): {}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
     let phases = lab.wait_terminal(&live, 20, LIMIT);
     let row = row(format!("PostgreSQL {version} restarted mid-run"), &lab, &live, &phases, "yes");
     drop(live);
@@ -414,7 +415,8 @@ fn postgres_restart() -> Row {
 #[test]
 fn chaos_every_request_ends_no_stage_runs_twice_nothing_is_lost() {
     let started = Instant::now();
-    let scenarios: Vec<(&str, fn() -> Row)> = vec![
+    type Scenario = (&'static str, fn() -> Row);
+    let scenarios: Vec<Scenario> = vec![
         ("declined", declined_pushes),
         ("racing", racing_pushes),
         ("forged", forged_statuses),
@@ -430,11 +432,21 @@ fn chaos_every_request_ends_no_stage_runs_twice_nothing_is_lost() {
         eprintln!("chaos scenario {name} took {:?}", t.elapsed());
         rows.push(row);
     }
-    eprintln!("\n{:<42} {:>8} {:>8} {:>11} {:>11} {:>13}  recovered without restart", "fault", "requests", "terminal", "run twice", "human lost", "max pass (s)");
+    eprintln!(
+        "\n{:<42} {:>8} {:>8} {:>11} {:>11} {:>13}  recovered without restart",
+        "fault", "requests", "terminal", "run twice", "human lost", "max pass (s)"
+    );
     for r in &rows {
-        eprintln!("{:<42} {:>8} {:>8} {:>11} {:>11} {:>13.3}  {}", r.fault, r.requests, r.terminal, r.twice, r.lost, r.max_pass, r.recovered);
+        eprintln!(
+            "{:<42} {:>8} {:>8} {:>11} {:>11} {:>13.3}  {}",
+            r.fault, r.requests, r.terminal, r.twice, r.lost, r.max_pass, r.recovered
+        );
     }
-    eprintln!("chaos suite: {:?} ({} form); for the kill rows the longest pass is the last process's", started.elapsed(), if long() { "long" } else { "short" });
+    eprintln!(
+        "chaos suite: {:?} ({} form); for the kill rows the longest pass is the last process's",
+        started.elapsed(),
+        if long() { "long" } else { "short" }
+    );
     for r in &rows {
         assert_eq!(r.terminal, r.requests, "{}: not every request ended", r.fault);
         assert_eq!(r.twice, 0, "{}: a stage ran twice", r.fault);

@@ -8,7 +8,18 @@ use hadron_tests::{hadron_bin, run};
 #[test]
 fn serve_help_documents_the_forge_and_secret_sources() {
     let text = String::from_utf8_lossy(&run(hadron_bin!(), &["serve", "--help"]).stdout).into_owned();
-    for flag in ["--listen", "--forge", "--gitea-url", "--gitea-repo", "--gitea-token-env", "--gitea-token-file", "--webhook-secret-env", "--webhook-secret-file", "HADRON_LISTEN", "127.0.0.1:8080"] {
+    for flag in [
+        "--listen",
+        "--forge",
+        "--gitea-url",
+        "--gitea-repo",
+        "--gitea-token-env",
+        "--gitea-token-file",
+        "--webhook-secret-env",
+        "--webhook-secret-file",
+        "HADRON_LISTEN",
+        "127.0.0.1:8080",
+    ] {
         assert!(text.contains(flag), "serve --help does not mention {flag}:\n{text}");
     }
 }
@@ -18,7 +29,8 @@ fn serve_refuses_an_incomplete_forge_configuration_with_the_fix() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let base = ["serve", "--repo", "/nonexistent/control.git", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().expect("utf-8")];
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
         (&["--forge", "gitea"], &[], "--gitea-url"),
         (&["--forge", "gitea", "--gitea-url", "http://127.0.0.1:9"], &[], "HADRON_WEBHOOK_SECRET"),
         (

@@ -73,7 +73,9 @@ fn materialise(case: &str) -> tempfile::TempDir {
     let _ = std::fs::remove_file(dir.path().join("README"));
     if case == "file-too-large" {
         // 1.1 MiB of valid YAML: refused for its size, not its content.
-        let mut text = String::from("apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: huge\nspec:\n  title: t\n  repos: [{url: ../a.git}]\n  description: |\n");
+        let mut text = String::from(
+            "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: huge\nspec:\n  title: t\n  repos: [{url: ../a.git}]\n  description: |\n",
+        );
         while text.len() < 1_150_000 {
             text.push_str("    all work and no play makes a very long request description\n");
         }
@@ -86,13 +88,8 @@ fn errors_of(dir: &Path) -> (i32, Vec<Value>) {
     let out = hadron(&["validate", "--format", "json", dir.to_str().expect("utf-8 temp path")]);
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("validate printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
-    let errors = report["diagnostics"]
-        .as_array()
-        .expect("diagnostics array")
-        .iter()
-        .filter(|d| d["severity"] == "error")
-        .cloned()
-        .collect();
+    let errors =
+        report["diagnostics"].as_array().expect("diagnostics array").iter().filter(|d| d["severity"] == "error").cloned().collect();
     (out.status.code().unwrap_or(-1), errors)
 }
 
@@ -115,11 +112,7 @@ fn every_broken_repo_gives_exactly_its_diagnostic() {
         let got: Vec<(String, String, u64)> = errors
             .iter()
             .map(|d| {
-                (
-                    d["code"].as_str().unwrap_or("").to_owned(),
-                    d["path"].as_str().unwrap_or("").to_owned(),
-                    d["line"].as_u64().unwrap_or(0),
-                )
+                (d["code"].as_str().unwrap_or("").to_owned(), d["path"].as_str().unwrap_or("").to_owned(), d["line"].as_u64().unwrap_or(0))
             })
             .collect();
         let want = vec![((*code).to_owned(), (*file).to_owned(), *line)];

@@ -48,9 +48,8 @@ fn control_folder(root: &Path, log: &Path) -> std::path::PathBuf {
 
 fn up(cwd: &Path, dir: &Path, exit_when_idle: bool) -> std::process::Child {
     let mut cmd = Command::new(hadron_bin!());
-    let log = |name: &str| {
-        std::fs::OpenOptions::new().create(true).append(true).open(cwd.join(name)).map_or_else(|_| Stdio::null(), Stdio::from)
-    };
+    let log =
+        |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(cwd.join(name)).map_or_else(|_| Stdio::null(), Stdio::from);
     cmd.args(["up", dir.to_str().expect("utf-8"), "--poll-seconds", "1", "--backoff-ms", "100", "--listen", "127.0.0.1:0"])
         .current_dir(cwd)
         .env_remove("DATABASE_URL")
@@ -175,7 +174,8 @@ fn kill_9_during_seeding_never_leaves_a_half_made_repo() {
             std::fs::create_dir_all(dir.join("targets").join(target)).expect("mkdir");
             std::fs::write(dir.join("targets").join(target).join("README.md"), format!("# {target}\n")).expect("write");
         }
-        std::fs::write(dir.join("hadron.yaml"), "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec: {}\n").expect("write");
+        std::fs::write(dir.join("hadron.yaml"), "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec: {}\n")
+            .expect("write");
         // In a process group of its own, so the kill takes its git children
         // too, as a machine crash would (an orphaned `git init` finishing
         // after the next run's clean-up would otherwise re-create a staging
@@ -218,5 +218,7 @@ fn kill_9_during_seeding_never_leaves_a_half_made_repo() {
             .collect();
         assert!(left.is_empty(), "round {round}: staging folders left: {left:?}");
     }
-    println!("seeding crash test: {ROUNDS} kills; {staged_left} left a staging folder, {missing_left} left no control repo; every restart finished");
+    println!(
+        "seeding crash test: {ROUNDS} kills; {staged_left} left a staging folder, {missing_left} left no control repo; every restart finished"
+    );
 }

@@ -55,7 +55,13 @@ fn edges() -> BTreeMap<String, BTreeSet<String>> {
 
 /// A cycle through `start`, if there is one.
 fn cycle_from(start: &str, edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
-    fn dfs(node: &str, start: &str, edges: &BTreeMap<String, BTreeSet<String>>, path: &mut Vec<String>, seen: &mut BTreeSet<String>) -> bool {
+    fn dfs(
+        node: &str,
+        start: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        seen: &mut BTreeSet<String>,
+    ) -> bool {
         for next in edges.get(node).into_iter().flatten() {
             if next == start {
                 path.push(next.clone());

@@ -212,7 +212,11 @@ fn bad_file_names_and_an_unpublishable_outbox_entry_stop_nothing() {
     example_in(root);
     // Two request files whose names cannot be status files, and a status
     // file an older Hadron wrote for one of them.
-    let request = |name: &str| format!("apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: t\n  repos:\n    - url: ../demo-app.git\n");
+    let request = |name: &str| {
+        format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: t\n  repos:\n    - url: ../demo-app.git\n"
+        )
+    };
     std::fs::write(root.join("example-repo/requests/has space.yaml"), request("has-space")).expect("write");
     std::fs::write(root.join("example-repo/requests/nl\nx.yaml"), request("nl-x")).expect("write");
     // An outbox entry no writer can ever publish (left by an older Hadron).
@@ -266,7 +270,9 @@ fn agents_see_only_the_secrets_the_operator_allowed_and_never_hadrons_own() {
     std::fs::write(root.join("example-repo/agents/snoop.yaml"), agent("snoop", "DEMO_KEY")).expect("write");
     std::fs::write(root.join("example-repo/agents/greedy.yaml"), agent("greedy", "GITEA_TOKEN")).expect("write");
     let request = |name: &str, agent: &str| {
-        format!("apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: t\n  agent: {agent}\n  repos:\n    - url: ../demo-app.git\n  stages:\n    - name: implement\n")
+        format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: t\n  agent: {agent}\n  repos:\n    - url: ../demo-app.git\n  stages:\n    - name: implement\n"
+        )
     };
     std::fs::write(root.join("example-repo/requests/snoop.yaml"), request("snoop", "snoop")).expect("write");
     std::fs::write(root.join("example-repo/requests/greedy.yaml"), request("greedy", "greedy")).expect("write");
@@ -295,7 +301,7 @@ fn agents_see_only_the_secrets_the_operator_allowed_and_never_hadrons_own() {
     let said = text(&out);
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(said.contains("snoop") && said.contains("-> Succeeded"), "{said}");
-    let greedy = said.lines().filter(|l| l.contains("greedy")).last().unwrap_or_default().to_owned();
+    let greedy = said.lines().rfind(|l| l.contains("greedy")).unwrap_or_default().to_owned();
     assert!(greedy.contains("Failed") && greedy.contains("--agent-secret GITEA_TOKEN"), "the refusal names the fix: {said}");
 
     let app = root.join(".hadron/repos/demo-app.git");
@@ -325,8 +331,21 @@ fn gitea_down_stalls_nothing_but_the_forge_and_shutdown_stays_quick() {
         hadron_bin!(),
         root,
         &[
-            "serve", "--repo", control.to_str().expect("utf-8"), "--data-dir", "serve-data", "--listen", "127.0.0.1:0",
-            "--poll-seconds", "3600", "--forge", "gitea", "--gitea-url", &gitea, "--gitea-repo", "acme/control",
+            "serve",
+            "--repo",
+            control.to_str().expect("utf-8"),
+            "--data-dir",
+            "serve-data",
+            "--listen",
+            "127.0.0.1:0",
+            "--poll-seconds",
+            "3600",
+            "--forge",
+            "gitea",
+            "--gitea-url",
+            &gitea,
+            "--gitea-repo",
+            "acme/control",
         ],
         &[("GITEA_TOKEN", "t0ken"), ("HADRON_WEBHOOK_SECRET", "s3cret")],
     );
@@ -368,7 +387,11 @@ fn readyz_says_not_ready_with_the_reason_while_passes_keep_failing() {
     example_without_requests(root);
     seed_only(root);
     let control = root.join(".hadron/repos/control.git");
-    let live = Live::start(hadron_bin!(), root, &["serve", "--repo", control.to_str().expect("utf-8"), "--data-dir", "serve-data", "--listen", "127.0.0.1:0"]);
+    let live = Live::start(
+        hadron_bin!(),
+        root,
+        &["serve", "--repo", control.to_str().expect("utf-8"), "--data-dir", "serve-data", "--listen", "127.0.0.1:0"],
+    );
     let addr = live.address();
     let wait_for = |want: u16, needle: &str| {
         let started = Instant::now();
@@ -487,7 +510,11 @@ fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart
     live.wait_for_line(&["publish step recovered [StatusPublishFailed]"], "the recovery is shown");
     // Log lines name their pass (number, triggers, revision) and their action (request, stage, worker).
     let log = std::fs::read_to_string(root.join("up.err")).expect("log");
-    assert!(log.lines().any(|l| l.contains("pass{n=") && l.contains("revision=") && l.contains("could not be pushed")), "{}", hadron_tests::tail(&log, 20));
+    assert!(
+        log.lines().any(|l| l.contains("pass{n=") && l.contains("revision=") && l.contains("could not be pushed")),
+        "{}",
+        hadron_tests::tail(&log, 20)
+    );
     assert!(log.lines().any(|l| l.contains("action{request=slow stage=implement worker=hadron-slow-")), "{}", hadron_tests::tail(&log, 20));
     assert_eq!(outbox_rows(), 0, "nothing is left waiting");
     let (code, body) = http_get(&addr, "/readyz");

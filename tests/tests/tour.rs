@@ -22,12 +22,7 @@ fn tour_lines() -> Vec<String> {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
     let start = readme.find("<!-- tour: every line below is run by tests/tests/tour.rs -->").expect("the README has the tour marker");
     let end = readme[start..].find("<!-- end of tour -->").expect("the README ends the tour") + start;
-    readme[start..end]
-        .lines()
-        .skip(1)
-        .filter(|l| !l.starts_with("```") && !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect()
+    readme[start..end].lines().skip(1).filter(|l| !l.starts_with("```") && !l.trim().is_empty()).map(str::to_owned).collect()
 }
 
 /// Collects the server-sent events of `GET /api/v1/events` in the background.
@@ -128,7 +123,9 @@ fn the_readme_tour_works_against_a_live_hadron_up() {
     }
 
     // The history of every reaction, in git.
-    for needle in ["+  phase: Running", "+  phase: WaitingForApproval", "+  phase: Succeeded", "Hadron-Revision: ", "status: add-license deleted"] {
+    for needle in
+        ["+  phase: Running", "+  phase: WaitingForApproval", "+  phase: Succeeded", "Hadron-Revision: ", "status: add-license deleted"]
+    {
         assert!(log_text.contains(needle), "`{needle}` missing from git log -p -- status/:\n{}", tail(&log_text, 80));
     }
     // The stale and rejected approvals kept the request waiting.

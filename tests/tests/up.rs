@@ -39,7 +39,17 @@ impl Up {
 
     fn run(&self, dir: &Path) -> Output {
         let out = Command::new(hadron_bin!())
-            .args(["up", dir.to_str().expect("utf-8"), "--exit-when-idle", "--poll-seconds", "1", "--backoff-ms", "200", "--listen", "127.0.0.1:0"])
+            .args([
+                "up",
+                dir.to_str().expect("utf-8"),
+                "--exit-when-idle",
+                "--poll-seconds",
+                "1",
+                "--backoff-ms",
+                "200",
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .current_dir(&self.cwd)
             .env_remove("DATABASE_URL")
             .env_remove("HADRON_DATA_DIR")

@@ -8,8 +8,8 @@
 pub mod gitea;
 
 pub use gitea::{
-    ApprovalPrView, CommitView, EnsuredPr, GiteaClient, GiteaConfig, GiteaError, MergeInfo, PrAction, RepoRef,
-    RetryPolicy, StageView, TargetPrView, TokenSource,
+    ApprovalPrView, CommitView, EnsuredPr, GiteaClient, GiteaConfig, GiteaError, MergeInfo, PrAction, RepoRef, RetryPolicy, StageView,
+    TargetPrView, TokenSource,
 };
 
 use crate::model::kinds::ApproverPolicy;
@@ -127,15 +127,31 @@ pub fn approver_allowed(
     ApproverDecision::NotAllowed
 }
 
+/// The lower-case `owner/name` of a repo given as `owner/name` or as a clone URL.
+pub fn repo_full_name(repo: &str) -> String {
+    let repo = repo.trim().trim_end_matches('/');
+    let repo = repo.strip_suffix(".git").unwrap_or(repo);
+    let path = if let Some((_, rest)) = repo.split_once("://") {
+        rest.split_once('/').map_or("", |(_, path)| path)
+    } else if let Some((_, path)) = repo.split_once(':').filter(|(host, _)| !host.contains('/')) {
+        path
+    } else {
+        repo
+    };
+    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
+    let name = segments.next().unwrap_or_default();
+    match segments.next() {
+        Some(owner) => format!("{owner}/{name}").to_ascii_lowercase(),
+        None => name.to_ascii_lowercase(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn policy(users: &[&str], teams: &[&str]) -> ApproverPolicy {
-        ApproverPolicy {
-            users: users.iter().map(|s| (*s).to_owned()).collect(),
-            teams: teams.iter().map(|s| (*s).to_owned()).collect(),
-        }
+        ApproverPolicy { users: users.iter().map(|s| (*s).to_owned()).collect(), teams: teams.iter().map(|s| (*s).to_owned()).collect() }
     }
 
     #[test]
@@ -177,24 +193,5 @@ mod tests {
         let all = [CommitState::Pending, CommitState::Success, CommitState::Failure, CommitState::Error];
         let names: Vec<_> = all.iter().map(|s| s.as_str()).collect();
         assert_eq!(names, ["pending", "success", "failure", "error"]);
-    }
-}
-
-/// The lower-case `owner/name` of a repo given as `owner/name` or as a clone URL.
-pub fn repo_full_name(repo: &str) -> String {
-    let repo = repo.trim().trim_end_matches('/');
-    let repo = repo.strip_suffix(".git").unwrap_or(repo);
-    let path = if let Some((_, rest)) = repo.split_once("://") {
-        rest.split_once('/').map_or("", |(_, path)| path)
-    } else if let Some((_, path)) = repo.split_once(':').filter(|(host, _)| !host.contains('/')) {
-        path
-    } else {
-        repo
-    };
-    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
-    let name = segments.next().unwrap_or_default();
-    match segments.next() {
-        Some(owner) => format!("{owner}/{name}").to_ascii_lowercase(),
-        None => name.to_ascii_lowercase(),
     }
 }

@@ -34,15 +34,24 @@ pub fn approve_as_person(
     who.check_writable()?;
 
     // git runs in several folders: one absolute path for all of them.
-    let work_dir = &std::path::absolute(work_dir)
-        .map_err(|source| GateError::Io { op: "resolve work folder", path: work_dir.display().to_string(), source })?;
+    let work_dir = &std::path::absolute(work_dir).map_err(|source| GateError::Io {
+        op: "resolve work folder",
+        path: work_dir.display().to_string(),
+        source,
+    })?;
     let checkout = work_dir.join(format!("approve-{request}-{gate}"));
     if checkout.exists() {
-        std::fs::remove_dir_all(&checkout)
-            .map_err(|source| GateError::Io { op: "remove old clone", path: checkout.display().to_string(), source })?;
+        std::fs::remove_dir_all(&checkout).map_err(|source| GateError::Io {
+            op: "remove old clone",
+            path: checkout.display().to_string(),
+            source,
+        })?;
     }
-    std::fs::create_dir_all(work_dir)
-        .map_err(|source| GateError::Io { op: "create work folder", path: work_dir.display().to_string(), source })?;
+    std::fs::create_dir_all(work_dir).map_err(|source| GateError::Io {
+        op: "create work folder",
+        path: work_dir.display().to_string(),
+        source,
+    })?;
 
     let branch = approval_branch(request, gate);
     let mut clone = args(["clone", "--quiet", "--no-tags", "--branch", base_branch, "--", remote_url]);
@@ -64,12 +73,7 @@ pub fn approve_as_person(
             git_ok("reset", &checkout, &who, &args(["reset", "--quiet", "--hard", &upstream]))?;
         }
         let before = git_ok("rev-parse", &checkout, &who, &args(["rev-parse", "HEAD"]))?.trim().to_owned();
-        git_ok(
-            "merge",
-            &checkout,
-            &who,
-            &args(["merge", "--no-ff", "--no-edit", "--no-verify", "-m", &message, &remote_ref]),
-        )?;
+        git_ok("merge", &checkout, &who, &args(["merge", "--no-ff", "--no-edit", "--no-verify", "-m", &message, &remote_ref]))?;
         let after = git_ok("rev-parse", &checkout, &who, &args(["rev-parse", "HEAD"]))?.trim().to_owned();
         if after == before {
             return Err(GateError::AlreadyMerged(branch));
@@ -84,4 +88,3 @@ pub fn approve_as_person(
 
 /// How often `approve_as_person` tries to push before giving up.
 pub const PUSH_ATTEMPTS: u32 = 5;
-

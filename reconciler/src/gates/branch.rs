@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use super::cli::{args, check_url, git_ok, push};
 use super::history::entry_at;
 use super::{GateError, Person, approval_branch, approval_path, check_names, render_approval};
-use crate::model::Approval;
 use crate::ids::is_branch_name;
+use crate::model::Approval;
 
 /// How many times a rejected push is retried after a fresh fetch.
 const PUSH_ATTEMPTS: u32 = 3;
@@ -166,11 +166,7 @@ impl ApprovalBranches {
                 Some(rejection) => last_rejection = rejection,
             }
         }
-        Err(GateError::PushRejected {
-            refname: format!("refs/heads/{branch}"),
-            attempts: PUSH_ATTEMPTS,
-            detail: last_rejection,
-        })
+        Err(GateError::PushRejected { refname: format!("refs/heads/{branch}"), attempts: PUSH_ATTEMPTS, detail: last_rejection })
     }
 
     /// Mirrors every branch of the remote as `refs/remotes/origin/*`, pruning
@@ -193,8 +189,11 @@ fn ensure_mirror(mirror: &Path) -> Result<(), GateError> {
         crate::git::remove_stale_locks(mirror, crate::git::STALE_LOCK_AGE);
         return Ok(());
     }
-    std::fs::create_dir_all(mirror)
-        .map_err(|source| GateError::Io { op: "create mirror folder", path: mirror.display().to_string(), source })?;
+    std::fs::create_dir_all(mirror).map_err(|source| GateError::Io {
+        op: "create mirror folder",
+        path: mirror.display().to_string(),
+        source,
+    })?;
     gix::init_bare(mirror).map_err(|e| GateError::object("init mirror", e))?;
     Ok(())
 }
@@ -241,14 +240,12 @@ fn is_ancestor(repo: &gix::Repository, ancestor: ObjectId, descendant: ObjectId)
 
 fn signature(who: &Person) -> gix::actor::Signature {
     let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    gix::actor::Signature {
-        name: who.name.as_str().into(),
-        email: who.email.as_str().into(),
-        time: gix::date::Time { seconds, offset: 0 },
-    }
+    gix::actor::Signature { name: who.name.as_str().into(), email: who.email.as_str().into(), time: gix::date::Time { seconds, offset: 0 } }
 }
 
 /// Decides what to push (or that nothing needs pushing) from the mirror's view of the remote.
+// Each argument is a distinct input of the decision; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn plan(
     repo: &gix::Repository,
     who: &Person,

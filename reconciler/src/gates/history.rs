@@ -38,12 +38,7 @@ fn step(repo: &gix::Repository, id: ObjectId) -> Result<Option<Step>, GateError>
 
 /// The id of the entry at `path` below `tree`, if there is one. `want_tree`
 /// says whether the last component must be a folder (or a file).
-pub(crate) fn entry_at(
-    repo: &gix::Repository,
-    tree: ObjectId,
-    path: &[&str],
-    want_tree: bool,
-) -> Result<Option<ObjectId>, GateError> {
+pub(crate) fn entry_at(repo: &gix::Repository, tree: ObjectId, path: &[&str], want_tree: bool) -> Result<Option<ObjectId>, GateError> {
     let mut current = tree;
     for (i, name) in path.iter().enumerate() {
         let t = repo.find_tree(current).map_err(|e| GateError::object("read tree", e))?;
@@ -138,12 +133,7 @@ pub fn request_commit_of(repo: &gix::Repository, head: ObjectId, request: &str) 
 /// `Ok(None)` when the file is not there at `head`, when a name is not a
 /// DNS-1123 label, or when the history is cut short (shallow) before the
 /// introducing commit could be identified.
-pub fn approver_of(
-    repo: &gix::Repository,
-    head: ObjectId,
-    request: &str,
-    gate: &str,
-) -> Result<Option<Approver>, GateError> {
+pub fn approver_of(repo: &gix::Repository, head: ObjectId, request: &str, gate: &str) -> Result<Option<Approver>, GateError> {
     if check_names(request, gate).is_err() {
         return Ok(None);
     }
@@ -198,11 +188,7 @@ pub fn requester_of(repo: &gix::Repository, head: ObjectId, request: &str) -> Re
 
 /// [`requester_of`] with the id of the commit whose author is the requester
 /// (a forge maps that commit's author to a user login).
-pub fn requester_commit_of(
-    repo: &gix::Repository,
-    head: ObjectId,
-    request: &str,
-) -> Result<Option<(Person, ObjectId)>, GateError> {
+pub fn requester_commit_of(repo: &gix::Repository, head: ObjectId, request: &str) -> Result<Option<(Person, ObjectId)>, GateError> {
     if !is_dns_label(request) {
         return Ok(None);
     }

@@ -287,9 +287,7 @@ pub fn decide(
         };
         return GateDecision::Rejected {
             by,
-            why: format!(
-                "no approvers are allowed: add user names or emails under spec.approvers.users in hadron.yaml{teams}"
-            ),
+            why: format!("no approvers are allowed: add user names or emails under spec.approvers.users in hadron.yaml{teams}"),
         };
     }
     if !policy.users.iter().any(|u| who.listed_as(u)) {
@@ -319,11 +317,7 @@ pub fn approval_object(request: &str, gate: &str, generation: &str, summary: &st
     Approval {
         api_version: API_VERSION.to_owned(),
         kind: "Approval".to_owned(),
-        metadata: Metadata {
-            name: format!("{request}-{gate}"),
-            labels: Default::default(),
-            annotations: Default::default(),
-        },
+        metadata: Metadata { name: format!("{request}-{gate}"), labels: Default::default(), annotations: Default::default() },
         spec: ApprovalSpec {
             request: request.to_owned(),
             gate: gate.to_owned(),
@@ -335,8 +329,7 @@ pub fn approval_object(request: &str, gate: &str, generation: &str, summary: &st
 
 /// Renders the approval file deterministically (same input, same bytes).
 pub fn render_approval(request: &str, gate: &str, generation: &str, summary: &str) -> Result<String, GateError> {
-    serde_saphyr::to_string(&approval_object(request, gate, generation, summary))
-        .map_err(|e| GateError::Render(e.to_string()))
+    serde_saphyr::to_string(&approval_object(request, gate, generation, summary)).map_err(|e| GateError::Render(e.to_string()))
 }
 
 /// Checks that request and gate names are DNS-1123 labels, safe in ref names and paths.

@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn parses_combined_units() {
-        let d = DurationSpec::parse("1h30m15s250ms").unwrap();
+        let d = DurationSpec::parse("1h30m15s250ms").expect("a valid duration");
         assert_eq!(d.as_duration(), Duration::from_millis(5_415_250));
         assert_eq!(d.as_str(), "1h30m15s250ms");
     }

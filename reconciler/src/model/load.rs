@@ -310,28 +310,28 @@ fn parse_kind<T: DeserializeOwned>(path: &str, text: &str, role: &FileRole) -> R
 pub(crate) fn header_findings(api_version: Option<&str>, kind: Option<&str>, role: &FileRole) -> Vec<Finding> {
     let mut out = Vec::new();
     let expected = role.kind();
-    if let Some(kind) = kind {
-        if kind != expected {
-            out.push(Finding::error(
-                "kind",
-                Code::KindMismatch,
-                format!("`kind: {kind}` in a file where a `{expected}` belongs"),
-                match kind_folder(kind) {
-                    Some(folder) => format!("move the file to `{folder}`, or set `kind: {expected}`"),
-                    None => format!("set `kind: {expected}`"),
-                },
-            ));
-        }
+    if let Some(kind) = kind
+        && kind != expected
+    {
+        out.push(Finding::error(
+            "kind",
+            Code::KindMismatch,
+            format!("`kind: {kind}` in a file where a `{expected}` belongs"),
+            match kind_folder(kind) {
+                Some(folder) => format!("move the file to `{folder}`, or set `kind: {expected}`"),
+                None => format!("set `kind: {expected}`"),
+            },
+        ));
     }
-    if let Some(api) = api_version {
-        if api != API_VERSION {
-            out.push(Finding::error(
-                "apiVersion",
-                Code::WrongApiVersion,
-                format!("`apiVersion: {api}` is not one this Hadron reads"),
-                format!("set `apiVersion: {API_VERSION}`"),
-            ));
-        }
+    if let Some(api) = api_version
+        && api != API_VERSION
+    {
+        out.push(Finding::error(
+            "apiVersion",
+            Code::WrongApiVersion,
+            format!("`apiVersion: {api}` is not one this Hadron reads"),
+            format!("set `apiVersion: {API_VERSION}`"),
+        ));
     }
     out
 }
@@ -364,11 +364,9 @@ fn yaml_error(path: &str, err: &YamlError) -> Diagnostic {
             };
             (Code::UnknownField, format!("unknown field `{field}`"), help)
         }
-        YamlError::SerdeMissingField { field, .. } => (
-            Code::MissingField,
-            format!("missing field `{field}`"),
-            format!("add `{field}:` here (see schemas/ for what it holds)"),
-        ),
+        YamlError::SerdeMissingField { field, .. } => {
+            (Code::MissingField, format!("missing field `{field}`"), format!("add `{field}:` here (see schemas/ for what it holds)"))
+        }
         YamlError::SerdeUnknownVariant { variant, expected, .. } => {
             let help = match did_you_mean(variant, expected) {
                 Some(best) => format!("did you mean `{best}`? (allowed: {})", list(expected)),
@@ -376,11 +374,9 @@ fn yaml_error(path: &str, err: &YamlError) -> Diagnostic {
             };
             (Code::WrongType, format!("`{variant}` is not an allowed value"), help)
         }
-        YamlError::SerdeInvalidType { unexpected, expected, .. } | YamlError::SerdeInvalidValue { unexpected, expected, .. } => (
-            Code::WrongType,
-            format!("expected {expected}, found {unexpected}"),
-            format!("write {expected} here"),
-        ),
+        YamlError::SerdeInvalidType { unexpected, expected, .. } | YamlError::SerdeInvalidValue { unexpected, expected, .. } => {
+            (Code::WrongType, format!("expected {expected}, found {unexpected}"), format!("write {expected} here"))
+        }
         YamlError::DuplicateMappingKey { key, .. } => {
             let key = key.clone().unwrap_or_default();
             (Code::DuplicateName, format!("key `{key}` appears twice in one mapping"), "keep one of them".to_owned())
@@ -416,11 +412,9 @@ fn yaml_error(path: &str, err: &YamlError) -> Diagnostic {
             (Code::WrongType, format!("this value is not {want}"), format!("write {want} here"))
         }
         YamlError::Message { msg, .. } => (Code::WrongType, msg.clone(), "correct the value as the message says".to_owned()),
-        YamlError::SerdeInvalidLength { len, expected, .. } => (
-            Code::WrongType,
-            format!("{len} elements where {expected} was expected"),
-            format!("write {expected} here"),
-        ),
+        YamlError::SerdeInvalidLength { len, expected, .. } => {
+            (Code::WrongType, format!("{len} elements where {expected} was expected"), format!("write {expected} here"))
+        }
         other => (
             Code::YamlSyntax,
             format!("not valid YAML: {other}"),
@@ -564,10 +558,7 @@ impl Catalog {
                 .chunks(chunk)
                 .map(|part| scope.spawn(move || part.iter().map(|(p, b)| parse_file(p, b)).collect::<Vec<_>>()))
                 .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         });
         for ((path, _), parsed) in items.iter().zip(parsed) {
             match parsed {
@@ -644,10 +635,8 @@ impl Catalog {
         }
         let mut dirty = std::mem::take(&mut self.dirty);
         // Approvals depend on their request: re-check those of changed requests.
-        let changed_requests: Vec<String> = dirty
-            .iter()
-            .filter_map(|p| p.strip_prefix("requests/").and_then(|f| f.strip_suffix(".yaml")).map(str::to_owned))
-            .collect();
+        let changed_requests: Vec<String> =
+            dirty.iter().filter_map(|p| p.strip_prefix("requests/").and_then(|f| f.strip_suffix(".yaml")).map(str::to_owned)).collect();
         for name in &changed_requests {
             let prefix = format!("approvals/{name}/");
             dirty.extend(self.files.range(prefix.clone()..).take_while(|(p, _)| p.starts_with(&prefix)).map(|(p, _)| p.clone()));
@@ -724,4 +713,3 @@ pub(crate) fn locate_in(path: &str, file: &ParsedFile, findings: Vec<Finding>) -
 pub(crate) fn field(text: &str) -> FieldPath {
     FieldPath::parse(text)
 }
-

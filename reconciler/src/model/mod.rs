@@ -79,7 +79,9 @@ mod tests {
     /// requests (some broken, some with gates), approvals, statuses.
     fn variant(path: &str, v: u8) -> Option<String> {
         let req = |name: &str, agent: &str, title: &str, gated: bool| {
-            let mut s = format!("apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: {title}\n  agent: {agent}\n  repos: [{{url: ../app.git}}]\n  stages: [{{name: implement}}]\n");
+            let mut s = format!(
+                "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: {title}\n  agent: {agent}\n  repos: [{{url: ../app.git}}]\n  stages: [{{name: implement}}]\n"
+            );
             if gated {
                 s.push_str("  gates: [{name: review, type: approval, after: implement}]\n");
             }
@@ -88,9 +90,14 @@ mod tests {
         let stem = path.rsplit('/').next()?.strip_suffix(".yaml")?;
         Some(match (path.split('/').next()?, v % 5) {
             (_, 4) => return None,
-            ("hadron.yaml", n) => format!("apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: {}\n", ["a", "b", "zz", "a"][n as usize]),
+            ("hadron.yaml", n) => format!(
+                "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: {}\n",
+                ["a", "b", "zz", "a"][n as usize]
+            ),
             ("agents", 3) => "kind: Agent\nbroken: [".to_owned(),
-            ("agents", _) => format!("apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: {stem}\nspec:\n  command: [sh, run.sh]\n"),
+            ("agents", _) => {
+                format!("apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: {stem}\nspec:\n  command: [sh, run.sh]\n")
+            }
             ("requests", 0) => req(stem, "a", "Do it", true),
             ("requests", 1) => req(stem, "b", "Do it again", false),
             ("requests", 2) => req(stem, "nope", "Lost", true),
@@ -98,9 +105,13 @@ mod tests {
             ("approvals", n) => {
                 let request = path.split('/').nth(1)?;
                 let gate = if n == 1 { "other" } else { stem };
-                format!("apiVersion: hadron.dev/v1alpha1\nkind: Approval\nmetadata:\n  name: {request}-{stem}\nspec:\n  request: {request}\n  gate: {gate}\n  generation: g{n}\n")
+                format!(
+                    "apiVersion: hadron.dev/v1alpha1\nkind: Approval\nmetadata:\n  name: {request}-{stem}\nspec:\n  request: {request}\n  gate: {gate}\n  generation: g{n}\n"
+                )
             }
-            ("status", n) => format!("apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: {stem}\nstatus:\n  observedRevision: r\n  observedGeneration: g{n}\n  phase: Running\n"),
+            ("status", n) => format!(
+                "apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: {stem}\nstatus:\n  observedRevision: r\n  observedGeneration: g{n}\n  phase: Running\n"
+            ),
             _ => return None,
         })
     }
@@ -165,7 +176,10 @@ mod tests {
     fn credentials_in_urls() {
         for with in ["https://bob:pw@h/a.git", "https://TOKEN@h/a.git", "http://u@h/a.git", "ssh://git:pw@h/a.git"] {
             assert!(validate::url_has_credentials(with), "{with}");
-            assert!(!crate::redact::url_credentials(with).contains("pw") && crate::redact::url_credentials(with).contains("***@h/"), "{with}");
+            assert!(
+                !crate::redact::url_credentials(with).contains("pw") && crate::redact::url_credentials(with).contains("***@h/"),
+                "{with}"
+            );
         }
         for without in ["ssh://git@host:2222/acme/app.git", "git@host:acme/app.git", "https://h/a@b.git", "../app.git", "https://h/x"] {
             assert!(!validate::url_has_credentials(without), "{without}");
@@ -177,10 +191,14 @@ mod tests {
         assert!(validate::looks_like_secret_value("sk-ant-api03-0123456789abcdef"));
         assert!(validate::looks_like_secret_value("-----BEGIN OPENSSH PRIVATE KEY-----"));
         assert!(!validate::looks_like_secret_value("sk-"));
-        let agent = AGENT.replace("  command: [sh, run.sh]\n", "  command: [sh, run.sh]\n  env:\n    - name: DB_PASSWORD\n      value: hunter2\n");
+        let agent =
+            AGENT.replace("  command: [sh, run.sh]\n", "  command: [sh, run.sh]\n  env:\n    - name: DB_PASSWORD\n      value: hunter2\n");
         let loaded = Catalog::load([("agents/a.yaml", agent.as_bytes())]);
         let codes: Vec<Code> = loaded.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.code).collect();
         assert_eq!(codes, [Code::InlineSecret]);
-        assert!(!loaded.diagnostics.iter().any(|d| d.message.contains("hunter2") || d.help.contains("hunter2")), "a diagnostic must not repeat the secret");
+        assert!(
+            !loaded.diagnostics.iter().any(|d| d.message.contains("hunter2") || d.help.contains("hunter2")),
+            "a diagnostic must not repeat the secret"
+        );
     }
 }

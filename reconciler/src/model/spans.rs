@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
 
 /// A YAML node with the location of every key and element.
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn locates_keys_and_elements() {
         let yaml = "a: 1\nspec:\n  repos:\n    - url: x\n    - url: y\n      branch: b\n";
-        let root: Spanned<Node> = serde_saphyr::from_str(yaml).unwrap();
+        let root: Spanned<Node> = serde_saphyr::from_str(yaml).expect("valid YAML");
         assert_eq!(Node::locate(&root, &FieldPath::parse("spec.repos[1].branch")), (6, 7));
         assert_eq!(Node::locate(&root, &FieldPath::parse("spec.repos[0].url")), (4, 7));
         assert_eq!(Node::locate(&root, &FieldPath::parse("spec")), (2, 1));

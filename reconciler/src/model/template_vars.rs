@@ -16,10 +16,8 @@ pub const COMMAND_VARIABLES: &[&str] = &["promptFile", "workspace", "request", "
 pub const PROMPT_VARIABLES: &[&str] = &["request", "title", "description", "stage", "repo", "branch", "previousStages"];
 
 /// Helpers every handlebars registry has; the worker registers no others.
-pub const BUILTIN_HELPERS: &[&str] = &[
-    "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or", "not",
-    "len",
-];
+pub const BUILTIN_HELPERS: &[&str] =
+    &["if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or", "not", "len"];
 
 /// Block helpers whose body is rendered against another context (an item,
 /// a nested object): names inside them are relative to that context.
@@ -165,11 +163,10 @@ mod tests {
     fn top_level_names_are_listed_once() {
         assert_eq!(vars("{{promptFile}} {{ title }} {{{description}}} {{title}}"), ["promptFile", "title", "description"]);
         assert_eq!(vars("{{this.title}} {{./stage}} {{repo.url}} {{[odd key]}}"), ["title", "stage", "repo", "odd key"]);
-        assert_eq!(vars("{{lookup previousStages 0}} {{#if (eq stage \"x\")}}{{else if branch}}{{/if}}"), [
-            "previousStages",
-            "stage",
-            "branch"
-        ]);
+        assert_eq!(
+            vars("{{lookup previousStages 0}} {{#if (eq stage \"x\")}}{{else if branch}}{{/if}}"),
+            ["previousStages", "stage", "branch"]
+        );
         assert_eq!(vars("{{#unless titel}}{{descrption}}{{else}}{{reqest}}{{/unless}}"), ["titel", "descrption", "reqest"]);
     }
 
@@ -184,12 +181,15 @@ mod tests {
 
     #[test]
     fn unknown_helpers_are_listed_builtins_are_not() {
-        assert_eq!(refs("{{#if a}}{{/if}}{{len b}}{{upper c}}{{#shout}}{{/shout}}"), [
-            Reference::Variable("a".into()),
-            Reference::Variable("b".into()),
-            Reference::Helper("upper".into()),
-            Reference::Variable("c".into()),
-            Reference::Helper("shout".into()),
-        ]);
+        assert_eq!(
+            refs("{{#if a}}{{/if}}{{len b}}{{upper c}}{{#shout}}{{/shout}}"),
+            [
+                Reference::Variable("a".into()),
+                Reference::Variable("b".into()),
+                Reference::Helper("upper".into()),
+                Reference::Variable("c".into()),
+                Reference::Helper("shout".into()),
+            ]
+        );
     }
 }

@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::diag::{Code, Diagnostic, Severity};
-use super::kinds::{
-    AgentSpec, Approval, Budget, ChangeRequest, EnvVar, GateType, Metadata, RequestStatus, Settings, Stage,
-};
+use super::kinds::{AgentSpec, Approval, Budget, ChangeRequest, EnvVar, GateType, Metadata, RequestStatus, Settings, Stage};
 use super::load::{self, FileRole, Loaded, Object, ParsedFile};
 use super::spans::FieldPath;
 use super::template_vars;
@@ -41,7 +39,6 @@ impl Finding {
     }
 }
 
-
 fn check_label(out: &mut Vec<Finding>, field: &str, what: &str, name: &str) {
     if !is_dns_label(name) {
         let suggestion: String = name
@@ -54,8 +51,7 @@ fn check_label(out: &mut Vec<Finding>, field: &str, what: &str, name: &str) {
         let help = if is_dns_label(&suggestion) {
             format!("use lower-case letters, digits and `-` only (at most 63), e.g. `{suggestion}`")
         } else {
-            "use lower-case letters, digits and `-` only, at most 63 characters, starting and ending with a letter or digit"
-                .to_owned()
+            "use lower-case letters, digits and `-` only, at most 63 characters, starting and ending with a letter or digit".to_owned()
         };
         out.push(Finding::error(field, Code::InvalidName, format!("{what} `{name}` is not a DNS-1123 label"), help));
     }
@@ -129,15 +125,15 @@ fn check_settings(out: &mut Vec<Finding>, s: &Settings) {
             "set it to 1 or more, or remove it for the default (4)",
         ));
     }
-    if let Some(p) = &s.spec.poll_interval {
-        if p.as_duration().is_zero() {
-            out.push(Finding::error(
-                "spec.pollInterval",
-                Code::NonPositiveValue,
-                "a zero poll interval would fetch in a busy loop",
-                "set a duration such as `60s`",
-            ));
-        }
+    if let Some(p) = &s.spec.poll_interval
+        && p.as_duration().is_zero()
+    {
+        out.push(Finding::error(
+            "spec.pollInterval",
+            Code::NonPositiveValue,
+            "a zero poll interval would fetch in a busy loop",
+            "set a duration such as `60s`",
+        ));
     }
     for (i, team) in s.spec.approvers.teams.iter().enumerate() {
         let parts: Vec<&str> = team.split('/').collect();
@@ -232,10 +228,7 @@ fn template_findings(field: &str, template: &handlebars::Template, used_as: Temp
                 field,
                 Code::UnknownTemplateVariable,
                 format!("unknown template helper `{name}` in `{field}`; it would not render"),
-                format!(
-                    "use a built-in helper ({}) or one of the variables here: {listed}",
-                    template_vars::BUILTIN_HELPERS.join(", ")
-                ),
+                format!("use a built-in helper ({}) or one of the variables here: {listed}", template_vars::BUILTIN_HELPERS.join(", ")),
             )),
             template_vars::Reference::Variable(_) => None,
         })
@@ -251,18 +244,18 @@ fn check_budget(out: &mut Vec<Finding>, field: &str, b: &Budget) {
             format!("set `{key}` to a positive value, or remove it for no limit"),
         ));
     };
-    if let Some(c) = b.max_cost_usd {
-        if !(c.is_finite() && c > 0.0) {
-            bad(out, "maxCostUSD", format!("`maxCostUSD: {c}` is not a positive amount"));
-        }
+    if let Some(c) = b.max_cost_usd
+        && !(c.is_finite() && c > 0.0)
+    {
+        bad(out, "maxCostUSD", format!("`maxCostUSD: {c}` is not a positive amount"));
     }
     if b.max_tokens == Some(0) {
         bad(out, "maxTokens", "`maxTokens: 0` allows no work at all".to_owned());
     }
-    if let Some(t) = &b.max_wall_time {
-        if t.as_duration().is_zero() {
-            bad(out, "maxWallTime", format!("`maxWallTime: {t}` allows no work at all"));
-        }
+    if let Some(t) = &b.max_wall_time
+        && t.as_duration().is_zero()
+    {
+        bad(out, "maxWallTime", format!("`maxWallTime: {t}` allows no work at all"));
     }
 }
 
@@ -274,8 +267,7 @@ const SECRET_VALUE_PREFIXES: [&str; 9] = ["sk-", "ghp_", "gho_", "ghs_", "github
 
 /// Whether a literal looks like a credential.
 pub fn looks_like_secret_value(value: &str) -> bool {
-    SECRET_VALUE_PREFIXES.iter().any(|p| value.starts_with(p) && value.len() >= p.len() + 12)
-        || value.contains("-----BEGIN")
+    SECRET_VALUE_PREFIXES.iter().any(|p| value.starts_with(p) && value.len() >= p.len() + 12) || value.contains("-----BEGIN")
 }
 
 fn check_agent(out: &mut Vec<Finding>, spec: &AgentSpec) {
@@ -398,7 +390,6 @@ pub fn url_has_credentials(url: &str) -> bool {
     matches!(scheme, "http" | "https") || userinfo.contains(':')
 }
 
-
 /// Why a target-repo URL is refused, if it is.
 pub fn repo_url_problem(url: &str) -> Option<&'static str> {
     if url.trim().is_empty() {
@@ -434,14 +425,15 @@ pub fn repo_url_problem(url: &str) -> Option<&'static str> {
         return None;
     }
     // scp-like: [user@]host:path
-    if let Some((host, path)) = url.split_once(':') {
-        if !host.is_empty() && !host.contains('/') && !path.is_empty() {
-            return None;
-        }
+    if let Some((host, path)) = url.split_once(':')
+        && !host.is_empty()
+        && !host.contains('/')
+        && !path.is_empty()
+    {
+        return None;
     }
     Some("it is neither a URL, an scp-like `git@host:path`, nor a `./` or `../` relative path")
 }
-
 
 fn check_request(out: &mut Vec<Finding>, r: &ChangeRequest) {
     let s = &r.spec;
@@ -488,15 +480,15 @@ fn check_request(out: &mut Vec<Finding>, r: &ChangeRequest) {
                 "list each target repo once",
             ));
         }
-        if let Some(branch) = &repo.branch {
-            if !is_branch_name(branch) {
-                out.push(Finding::error(
-                    &format!("spec.repos[{i}].branch"),
-                    Code::WrongType,
-                    format!("`{branch}` is not a valid branch name"),
-                    "write a branch name git accepts, e.g. `main`",
-                ));
-            }
+        if let Some(branch) = &repo.branch
+            && !is_branch_name(branch)
+        {
+            out.push(Finding::error(
+                &format!("spec.repos[{i}].branch"),
+                Code::WrongType,
+                format!("`{branch}` is not a valid branch name"),
+                "write a branch name git accepts, e.g. `main`",
+            ));
         }
     }
     check_stages(out, "spec.stages", &s.stages);
@@ -526,18 +518,15 @@ fn check_request(out: &mut Vec<Finding>, r: &ChangeRequest) {
 }
 
 fn check_approval(out: &mut Vec<Finding>, a: &Approval, role: &FileRole, stem: &str) {
-    if let FileRole::Approval { request } = role {
-        if &a.spec.request != request || a.spec.gate != stem {
-            out.push(Finding::error(
-                "spec",
-                Code::InvalidPath,
-                format!(
-                    "the approval is for `{}/{}` but sits at `approvals/{request}/{stem}.yaml`",
-                    a.spec.request, a.spec.gate
-                ),
-                format!("move it to `approvals/{}/{}.yaml`", a.spec.request, a.spec.gate),
-            ));
-        }
+    if let FileRole::Approval { request } = role
+        && (&a.spec.request != request || a.spec.gate != stem)
+    {
+        out.push(Finding::error(
+            "spec",
+            Code::InvalidPath,
+            format!("the approval is for `{}/{}` but sits at `approvals/{request}/{stem}.yaml`", a.spec.request, a.spec.gate),
+            format!("move it to `approvals/{}/{}.yaml`", a.spec.request, a.spec.gate),
+        ));
     }
     if a.spec.generation.trim().is_empty() {
         out.push(Finding::error(
@@ -584,7 +573,10 @@ pub fn sanitize_status(s: &mut RequestStatus) -> Vec<Finding> {
         let problem = if e.attempt == 0 {
             Some((field("attempt"), "attempt 0 does not exist: attempts count from 1".to_owned()))
         } else if e.worker != expected {
-            Some((field("worker"), format!("worker `{}` is not the name Hadron gives this stage, repo and attempt", e.worker.escape_debug())))
+            Some((
+                field("worker"),
+                format!("worker `{}` is not the name Hadron gives this stage, repo and attempt", e.worker.escape_debug()),
+            ))
         } else if let Some(c) = e.pushed_commit.as_deref().filter(|c| !is_commit_id(c)) {
             Some((field("pushedCommit"), format!("pushedCommit `{}` is not a commit id (40 lower-case hex digits)", c.escape_debug())))
         } else if e.tokens > MAX_TOTAL_TOKENS_PER_ATTEMPT {
@@ -662,11 +654,11 @@ pub(crate) fn assemble(files: &BTreeMap<String, ParsedFile>) -> (Loaded, BTreeSe
             )
         }),
         Some((path, file)) => {
-            if let Some(agent) = loaded.desired.settings.spec.defaults.agent.clone() {
-                if !loaded.desired.agents.contains_key(&agent) {
-                    let found = unknown_agent("spec.defaults.agent", &agent, &bad_agents, &loaded);
-                    loaded.diagnostics.extend(load::locate_in(path, file, vec![found]));
-                }
+            if let Some(agent) = loaded.desired.settings.spec.defaults.agent.clone()
+                && !loaded.desired.agents.contains_key(&agent)
+            {
+                let found = unknown_agent("spec.defaults.agent", &agent, &bad_agents, &loaded);
+                loaded.diagnostics.extend(load::locate_in(path, file, vec![found]));
             }
         }
     }
@@ -852,8 +844,7 @@ mod tests {
     fn prompt_variables_are_not_command_variables() {
         // `title` is a prompt variable, not a command one; `promptFile` the reverse.
         let errors = agent_errors("  command: [run, \"{{title}}\"]\n  prompts:\n    review: \"{{promptFile}} {{title}} {{zzz}}\"\n");
-        let got: Vec<(&str, &str)> =
-            errors.iter().map(|e| (e.field.as_deref().unwrap_or(""), e.message.as_str())).collect();
+        let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_deref().unwrap_or(""), e.message.as_str())).collect();
         assert_eq!(got.len(), 3, "{got:?}");
         assert!(got[0].0 == "spec.command[1]" && got[0].1.contains("`title`"), "{got:?}");
         assert!(got.iter().any(|(f, m)| *f == "spec.prompts.review" && m.contains("`promptFile`")), "{got:?}");
@@ -877,10 +868,12 @@ mod tests {
 
     #[test]
     fn each_block_item_fields_and_locals_are_not_flagged() {
-        let prompt = "{{#each previousStages}}{{@index}}: {{this.name}} {{name}} {{summary}} {{repo}} {{@root.title}} {{../branch}}{{/each}}";
+        let prompt =
+            "{{#each previousStages}}{{@index}}: {{this.name}} {{name}} {{summary}} {{repo}} {{@root.title}} {{../branch}}{{/each}}";
         let errors = agent_errors(&format!("  command: [run]\n  prompts:\n    review: \"{prompt}\"\n"));
         assert_eq!(errors, Vec::<Diagnostic>::new());
-        let errors = agent_errors("  command: [run]\n  prompts:\n    review: \"{{#each previousStages}}{{@root.titel}}{{../brnch}}{{/each}}\"\n");
+        let errors =
+            agent_errors("  command: [run]\n  prompts:\n    review: \"{{#each previousStages}}{{@root.titel}}{{../brnch}}{{/each}}\"\n");
         let names: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(errors.len(), 2, "{names:?}");
         assert!(names[0].contains("`titel`") && names[1].contains("`brnch`"), "{names:?}");
@@ -888,7 +881,9 @@ mod tests {
 
     #[test]
     fn helpers_are_not_variables_but_their_arguments_are() {
-        let errors = agent_errors("  command: [run]\n  prompts:\n    a: \"{{#if (eq stage 'review')}}{{lookup previousStages 0}}{{/if}}{{len previousStage}}\"\n");
+        let errors = agent_errors(
+            "  command: [run]\n  prompts:\n    a: \"{{#if (eq stage 'review')}}{{lookup previousStages 0}}{{/if}}{{len previousStage}}\"\n",
+        );
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].message.contains("`previousStage`"), "{}", errors[0].message);
         assert!(errors[0].help.starts_with("did you mean `{{previousStages}}`?"), "{}", errors[0].help);
@@ -913,7 +908,9 @@ mod tests {
         let commit = "a".repeat(40);
         // Seven lines per entry.
         let entry = |worker: &str, commit: &str, last: &str| {
-            format!("    - name: s0\n      repo: ../a.git\n      worker: {worker}\n      attempt: 1\n      state: Succeeded\n      pushedCommit: \"{commit}\"\n      {last}\n")
+            format!(
+                "    - name: s0\n      repo: ../a.git\n      worker: {worker}\n      attempt: 1\n      state: Succeeded\n      pushedCommit: \"{commit}\"\n      {last}\n"
+            )
         };
         let entries = [
             entry(&good, &commit, "tokens: 5"),

@@ -2,9 +2,9 @@
 //! effect → store (result). A failed action is logged and retried on the
 //! next pass; it never stops the other requests.
 
+use crate::model::DesiredState;
 use crate::model::kinds::ChangeRequest;
 use crate::model::validate::effective_stages;
-use crate::model::DesiredState;
 use crate::plan::{self, Action, Attempt, AttemptState, Observed, Plan};
 use crate::store::{self, AttemptUpdate, NewAttempt, NewEvent, RequestRecord};
 use crate::time::Millis;
@@ -50,11 +50,8 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
     let stages = effective_stages(request, &desired.settings);
     let stage = stages.iter().find(|s| s.name == a.stage)?;
     let repo = request.spec.repos.iter().find(|r| r.url == a.repo)?;
-    let prompt_template = stage
-        .prompt
-        .clone()
-        .or_else(|| agent.spec.prompts.get(&stage.name).cloned())
-        .unwrap_or_else(|| DEFAULT_PROMPT.to_owned());
+    let prompt_template =
+        stage.prompt.clone().or_else(|| agent.spec.prompts.get(&stage.name).cloned()).unwrap_or_else(|| DEFAULT_PROMPT.to_owned());
     let before: Vec<&str> = stages.iter().take_while(|s| s.name != a.stage).map(|s| s.name.as_str()).collect();
     let previous_stages = all
         .iter()
@@ -98,8 +95,15 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
 
 /// Runs the plan's actions in order. A failed action is returned (and
 /// logged); the others still run.
-pub async fn execute(ctx: &mut Context, plan: &Plan, observed: &Observed, revision: &str, t: Millis) -> Result<Vec<StepFailure>, ReconcileError> {
-    let all: Vec<Attempt> = plan.requests.values().flat_map(|v| v.attempts.iter().cloned()).chain(observed.attempts.iter().cloned()).collect();
+pub async fn execute(
+    ctx: &mut Context,
+    plan: &Plan,
+    observed: &Observed,
+    revision: &str,
+    t: Millis,
+) -> Result<Vec<StepFailure>, ReconcileError> {
+    let all: Vec<Attempt> =
+        plan.requests.values().flat_map(|v| v.attempts.iter().cloned()).chain(observed.attempts.iter().cloned()).collect();
     // Request records first: attempts refer to them.
     for (name, view) in &plan.requests {
         ctx.store
@@ -153,7 +157,10 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             // Intent first: a crash after this line restarts the same worker name.
             let inserted = ctx
                 .store
-                .insert_attempt(&new_attempt(a), Some(&event(t, &a.request, "worker.start", revision, format!("{} on {} (attempt {})", a.stage, a.repo, a.attempt))))
+                .insert_attempt(
+                    &new_attempt(a),
+                    Some(&event(t, &a.request, "worker.start", revision, format!("{} on {} (attempt {})", a.stage, a.repo, a.attempt))),
+                )
                 .await?;
             if inserted.existed && inserted.attempt.state != store::AttemptState::Pending {
                 return Ok(());
@@ -171,32 +178,34 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             let w = worker.clone();
             tokio::task::spawn_blocking(move || driver.cancel(&w)).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
             tracing::info!(%reason, "worker cancelled");
-            if let Some(known) = ctx.store.get_attempt(worker).await? {
-                if !known.state.is_terminal() {
-                    let mut update = AttemptUpdate::state(store::AttemptState::Cancelled, t);
-                    update.result = Some(serde_json::json!({ "reason": reason, "summary": format!("cancelled: {reason}") }));
-                    ctx.store
-                        .update_attempt(worker, &update, Some(&event(t, &known.request, "worker.cancel", revision, reason.clone())))
-                        .await?;
-                }
+            if let Some(known) = ctx.store.get_attempt(worker).await?
+                && !known.state.is_terminal()
+            {
+                let mut update = AttemptUpdate::state(store::AttemptState::Cancelled, t);
+                update.result = Some(serde_json::json!({ "reason": reason, "summary": format!("cancelled: {reason}") }));
+                ctx.store
+                    .update_attempt(worker, &update, Some(&event(t, &known.request, "worker.cancel", revision, reason.clone())))
+                    .await?;
             }
         }
         Action::Adopt(a) => {
-            let inserted = ctx
-                .store
-                .insert_attempt(&new_attempt(a), Some(&event(t, &a.request, "worker.adopt", revision, a.worker.clone())))
-                .await?;
+            let inserted =
+                ctx.store.insert_attempt(&new_attempt(a), Some(&event(t, &a.request, "worker.adopt", revision, a.worker.clone()))).await?;
             if a.state != AttemptState::Pending && !inserted.attempt.state.is_terminal() {
                 ctx.store.update_attempt(&a.worker, &update_of(a, t), None).await?;
             }
         }
         Action::Record(a) => {
-            if let Some(known) = ctx.store.get_attempt(&a.worker).await? {
-                if !known.state.is_terminal() {
-                    ctx.store
-                        .update_attempt(&a.worker, &update_of(a, t), Some(&event(t, &a.request, &format!("worker.{}", a.state.as_str().to_lowercase()), revision, a.reason.clone())))
-                        .await?;
-                }
+            if let Some(known) = ctx.store.get_attempt(&a.worker).await?
+                && !known.state.is_terminal()
+            {
+                ctx.store
+                    .update_attempt(
+                        &a.worker,
+                        &update_of(a, t),
+                        Some(&event(t, &a.request, &format!("worker.{}", a.state.as_str().to_lowercase()), revision, a.reason.clone())),
+                    )
+                    .await?;
             }
         }
         Action::OpenApproval { request, gate, generation, summary, opened_for, reopen } => {

@@ -20,19 +20,16 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::forge::{
-    ApprovalPrView, CombinedState, CommitState, CommitView, GiteaClient, GiteaError, RepoRef, StageView, TargetPrView,
-};
-use crate::gates::{Approver, GateDecision, Person};
-use crate::model::kinds::{Approval, ApproverPolicy, Phase};
-use crate::model::DesiredState;
-use crate::plan::{ApprovalState, Attempt, AttemptState, CiState, Plan, RequestView};
 use crate::forge::repo_full_name;
+use crate::forge::{ApprovalPrView, CombinedState, CommitState, CommitView, GiteaClient, GiteaError, RepoRef, StageView, TargetPrView};
+use crate::gates::{Approver, GateDecision, Person};
+use crate::model::DesiredState;
+use crate::model::kinds::{Approval, ApproverPolicy, Phase};
+use crate::plan::{ApprovalState, Attempt, AttemptState, CiState, Plan, RequestView};
 use crate::store::Store;
 use crate::time::Millis;
 
 use super::{ReconcileError, urls};
-
 
 /// `kv` key: the approval PR of a gate and what it was opened for.
 pub fn approval_pr_key(request: &str, gate: &str) -> String {
@@ -247,9 +244,7 @@ impl ForgeLink {
                 None => format!("merge the approval PR of branch {} on Gitea", crate::gates::approval_branch(request, gate)),
             };
             let how = match merged_elsewhere {
-                Some(sha) => format!(
-                    "the approval file reached main in commit {commit}, not in the merge of the approval PR ({sha})"
-                ),
+                Some(sha) => format!("the approval file reached main in commit {commit}, not in the merge of the approval PR ({sha})"),
                 None => "the approval file reached main without a merged approval PR".to_owned(),
             };
             return Ok(ApprovalState::Rejected {
@@ -377,6 +372,8 @@ impl ForgeLink {
     /// The forge writes of a pass; see the module docs. `request_commits`
     /// holds the control-repo commit of each request in
     /// [`ForgeLink::control_status_due`].
+    // Each argument is a distinct input of the forge step (store, control repo, branch, desired, plan, commits, time).
+    #[allow(clippy::too_many_arguments)]
     pub async fn act(
         &mut self,
         store: &Store,
@@ -409,9 +406,12 @@ impl ForgeLink {
                         stages: self.stage_views(view),
                         commits: self.commit_views(control_url, view),
                         cost: cost_of(&view.attempts),
-                        budget: request.spec.budget.as_ref().or(desired.settings.spec.defaults.budget.as_ref()).and_then(|b| {
-                            b.max_cost_usd.map(|c| format!("${c:.2}"))
-                        }),
+                        budget: request
+                            .spec
+                            .budget
+                            .as_ref()
+                            .or(desired.settings.spec.defaults.budget.as_ref())
+                            .and_then(|b| b.max_cost_usd.map(|c| format!("${c:.2}"))),
                     };
                     match self.client.ensure_approval_pr(&pr_view).await {
                         Ok(pr) => {

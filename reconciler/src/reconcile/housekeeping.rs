@@ -97,13 +97,8 @@ pub async fn sweep(ctx: &Context, observed: &Observed, t: Millis, published: boo
         outbox: ctx.store.prune_outbox(t - ms(retention.runs)).await?,
         ..Swept::default()
     };
-    let live: BTreeSet<String> = desired
-        .requests
-        .keys()
-        .chain(desired.statuses.keys())
-        .chain(observed.known_requests.keys())
-        .cloned()
-        .collect();
+    let live: BTreeSet<String> =
+        desired.requests.keys().chain(desired.statuses.keys()).chain(observed.known_requests.keys()).cloned().collect();
     swept.kv = ctx.store.kv_prune_requests(REQUEST_KV_PREFIXES, &live).await?;
     if let Some(keep) = retention.events {
         swept.events = ctx.store.prune_events(t - ms(keep)).await?;

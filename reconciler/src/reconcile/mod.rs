@@ -45,14 +45,14 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::model::kinds::Phase;
 use crate::model::{Catalog, Loaded};
 use crate::plan::{self, Plan, PlanConfig};
-use crate::telemetry::Metrics;
-use trigger::Trigger;
 use crate::source::{Blob, LoadOptions, PathFilter, Source, SourceConfig, SourceError};
 use crate::status::render;
 use crate::status::writer::{StatusWriter, WriterConfig, WriterError};
 use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
 use crate::time::{Millis, now};
 use crate::workers::{Driver, DriverError};
+use trigger::Trigger;
 
 /// Why a pass failed. Each is retried on the next trigger; none stops the loop.
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +245,6 @@ pub struct Context {
 /// `kv` key prefix of the digest of the status file Hadron last published, per request.
 pub const STATUS_DIGEST_PREFIX: &str = "status-digest/";
 
-
 impl Context {
     /// Opens the source mirror, the status writer and the gate clone under the data dir.
     pub fn new(cfg: LoopConfig, store: Store, driver: Arc<dyn Driver>) -> Result<Self, ReconcileError> {
@@ -255,7 +254,10 @@ impl Context {
         let opts = LoadOptions { filter: PathFilter::hadron(), ..LoadOptions::default() };
         let source = Source::new(source_cfg, opts)?;
         let writer = StatusWriter::new(WriterConfig::new(cfg.control_url.clone(), cfg.branch.clone(), cfg.data_dir.join("writer")))?;
-        let gates = crate::gates::branch::ApprovalBranches::new(cfg.data_dir.join("gates"), crate::gates::Person::new("hadron", "hadron@localhost"))?;
+        let gates = crate::gates::branch::ApprovalBranches::new(
+            cfg.data_dir.join("gates"),
+            crate::gates::Person::new("hadron", "hadron@localhost"),
+        )?;
         Ok(Context {
             cfg,
             store,
@@ -356,7 +358,7 @@ impl Context {
             }
         }
         for path in &changes.deletes {
-            meaningful |= !(path.starts_with("status/") && !self.written.contains_key(path));
+            meaningful |= !path.starts_with("status/") || self.written.contains_key(path);
             self.catalog.remove(path);
         }
         Ok((changes.revision.to_string(), meaningful))
@@ -597,12 +599,8 @@ impl Context {
         publishing: bool,
     ) -> Result<PassReport, ReconcileError> {
         let mut changes: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        let mut report = PassReport {
-            revision: revision.to_owned(),
-            wake_at: plan.wake_at,
-            forge_retry: forge.retry,
-            ..PassReport::default()
-        };
+        let mut report =
+            PassReport { revision: revision.to_owned(), wake_at: plan.wake_at, forge_retry: forge.retry, ..PassReport::default() };
         let none = BTreeMap::new();
         for (name, view) in &plan.requests {
             let prev = plan::previous(&self.catalog.loaded().desired, name);
@@ -658,7 +656,11 @@ impl Context {
         }
         for name in &plan.deleted {
             changes.insert(render::path_of(name), None);
-            let before = self.seen.remove(name).map(|s| s.phase).or_else(|| plan::previous(&self.catalog.loaded().desired, name).map(|p| p.status.phase));
+            let before = self
+                .seen
+                .remove(name)
+                .map(|s| s.phase)
+                .or_else(|| plan::previous(&self.catalog.loaded().desired, name).map(|p| p.status.phase));
             report.changes.push(PhaseChange {
                 request: name.clone(),
                 from: before,
@@ -692,10 +694,8 @@ impl Context {
         } else if !changes.is_empty() {
             let names: Vec<String> = changes.keys().map(|p| p.trim_start_matches("status/").trim_end_matches(".yaml").to_owned()).collect();
             let message = status_message(&names, &report);
-            let files: crate::store::OutboxFiles = changes
-                .iter()
-                .map(|(p, c)| (p.clone(), c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())))
-                .collect();
+            let files: crate::store::OutboxFiles =
+                changes.iter().map(|(p, c)| (p.clone(), c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))).collect();
             let count = changes.len();
             let id = self.store.put_outbox(&message, &files, t).await?;
             match self.publish(id, changes, message, revision.to_owned()).await {
@@ -711,10 +711,10 @@ impl Context {
             + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
         report.idle = report.live_workers == 0
             && plan.wake_at.is_none()
-            && plan.requests.values().all(|v| {
-                v.phase.is_terminal()
-                    || matches!(v.phase, Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Cancelled)
-            });
+            && plan
+                .requests
+                .values()
+                .all(|v| v.phase.is_terminal() || matches!(v.phase, Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Cancelled));
         Ok(report)
     }
 
@@ -824,7 +824,11 @@ impl Context {
                 Err(ReconcileError::Writer(e)) if e.is_permanent() => {
                     // This row can never be published: set it aside with an
                     // event, so it does not stop every later pass.
-                    let detail = format!("outbox entry {} ({}) can never be published and was set aside: {e}", entry.id, entry.message.lines().next().unwrap_or(""));
+                    let detail = format!(
+                        "outbox entry {} ({}) can never be published and was set aside: {e}",
+                        entry.id,
+                        entry.message.lines().next().unwrap_or("")
+                    );
                     tracing::error!(reason = e.reason(), "{detail}");
                     self.store.mark_published(entry.id, "dead-letter", now()).await?;
                     self.store
@@ -905,7 +909,8 @@ pub async fn run(
                     // A pass that went on without a step is not a good pass
                     // for `/readyz` once it keeps happening.
                     let why = (degraded_passes >= FAILING_AFTER).then(|| {
-                        let steps: Vec<String> = report.degraded.iter().map(|f| format!("{} [{}]: {}", f.step.as_str(), f.reason, f.message)).collect();
+                        let steps: Vec<String> =
+                            report.degraded.iter().map(|f| format!("{} [{}]: {}", f.step.as_str(), f.reason, f.message)).collect();
                         format!("{degraded_passes} passes in a row went on without a step: {}", steps.join("; "))
                     });
                     *t.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why;
@@ -918,7 +923,11 @@ pub async fn run(
                 // the forge stays down.
                 forge_retries = if report.forge_retry { forge_retries.saturating_add(1) } else { 0 };
                 if report.forge_retry {
-                    delay = delay.min(steps::backoff(steps::Severity::Stalling, forge_retries, ctx.cfg.poll_interval.min(Duration::from_secs(60))));
+                    delay = delay.min(steps::backoff(
+                        steps::Severity::Stalling,
+                        forge_retries,
+                        ctx.cfg.poll_interval.min(Duration::from_secs(60)),
+                    ));
                 }
                 // A step that failed is tried again like a failed pass.
                 if !report.degraded.is_empty() {
@@ -984,10 +993,7 @@ mod tests {
     use super::*;
 
     fn report(phases: &[(&str, Phase)]) -> PassReport {
-        PassReport {
-            phases: phases.iter().map(|(n, p)| ((*n).to_owned(), (*p, None, String::new()))).collect(),
-            ..PassReport::default()
-        }
+        PassReport { phases: phases.iter().map(|(n, p)| ((*n).to_owned(), (*p, None, String::new()))).collect(), ..PassReport::default() }
     }
 
     #[test]

@@ -108,11 +108,7 @@ pub fn apply_result(attempt: &mut plan::Attempt, result: &RunResult) {
 pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLink>) -> Result<Observed, ReconcileError> {
     let desired = &ctx.catalog.loaded().desired;
     let agent_of = |request: &str| -> String {
-        desired
-            .requests
-            .get(request)
-            .and_then(|r| effective_agent(r, &desired.settings).map(str::to_owned))
-            .unwrap_or_default()
+        desired.requests.get(request).and_then(|r| effective_agent(r, &desired.settings).map(str::to_owned)).unwrap_or_default()
     };
     let mut observed = Observed::default();
     let records = ctx.store.list_requests().await?;
@@ -127,13 +123,8 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
         }
     }
     let driver = ctx.driver.clone();
-    let runs = tokio::task::spawn_blocking(move || driver.observe())
-        .await
-        .map_err(|e| ReconcileError::Join(e.to_string()))??;
-    observed.runs = runs
-        .iter()
-        .filter_map(|o| from_run(o, &o.spec.as_ref().map(|s| agent_of(&s.request)).unwrap_or_default()))
-        .collect();
+    let runs = tokio::task::spawn_blocking(move || driver.observe()).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
+    observed.runs = runs.iter().filter_map(|o| from_run(o, &o.spec.as_ref().map(|s| agent_of(&s.request)).unwrap_or_default())).collect();
 
     // Gates.
     let mut ci_heads: Vec<(String, String, String, Vec<String>)> = Vec::new();
@@ -217,7 +208,7 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
             }
         }
     }
-    if let Some(forge) = forge.as_deref_mut() {
+    if let Some(forge) = forge {
         forge.observe_ci(&ctx.cfg.control_url, &ci_heads, &mut observed.ci).await;
     }
     Ok(observed)

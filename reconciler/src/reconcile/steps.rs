@@ -132,7 +132,9 @@ pub fn severity_of(err: &ReconcileError) -> Severity {
         ),
         ReconcileError::Gate(e) => matches!(
             e,
-            crate::gates::GateError::GitCommand { .. } | crate::gates::GateError::InvalidRemoteUrl(_) | crate::gates::GateError::BaseBranchMissing(_)
+            crate::gates::GateError::GitCommand { .. }
+                | crate::gates::GateError::InvalidRemoteUrl(_)
+                | crate::gates::GateError::BaseBranchMissing(_)
         ),
         ReconcileError::Store(_) | ReconcileError::Driver(_) | ReconcileError::Join(_) => false,
     };

@@ -80,27 +80,15 @@ impl From<RequestRecord> for RequestView {
 
 /// `GET /api/v1/requests`: `{ "items": [RequestView…] }`, ordered by name.
 pub async fn list_requests(State(state): State<ServerState>) -> Result<Response, ServerError> {
-    let items: Vec<RequestView> = state
-        .store()
-        .list_requests()
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    let items: Vec<RequestView> = state.store().list_requests().await?.into_iter().map(Into::into).collect();
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
 
 /// `GET /api/v1/requests/{name}`: one [`RequestView`], or 404.
-pub async fn get_request(
-    State(state): State<ServerState>,
-    Path(name): Path<String>,
-) -> Result<Json<RequestView>, ServerError> {
+pub async fn get_request(State(state): State<ServerState>, Path(name): Path<String>) -> Result<Json<RequestView>, ServerError> {
     match state.store().get_request(&name).await? {
         Some(record) => Ok(Json(record.into())),
-        None => Err(ServerError::NotFound {
-            kind: "request",
-            name,
-        }),
+        None => Err(ServerError::NotFound { kind: "request", name }),
     }
 }
 
@@ -108,9 +96,7 @@ pub async fn get_request(
 /// the broadcast channel, as JSON. A client too slow to keep up gets a
 /// `lagged` event with the number of events it missed. The stream ends when
 /// the server shuts down.
-pub async fn events(
-    State(state): State<ServerState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub async fn events(State(state): State<ServerState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = state.subscribe_events();
     let closing = state.closing();
     let stream = futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
@@ -127,9 +113,7 @@ pub async fn events(
                         continue;
                     }
                 },
-                Err(RecvError::Lagged(missed)) => {
-                    Event::default().event("lagged").data(missed.to_string())
-                }
+                Err(RecvError::Lagged(missed)) => Event::default().event("lagged").data(missed.to_string()),
                 Err(RecvError::Closed) => return None,
             };
             return Some((Ok(event), (rx, closing)));

@@ -12,9 +12,7 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The request body is larger than the configured limit.
-    #[error(
-        "the request body is larger than {limit} bytes; Gitea payloads are far smaller, check the sender"
-    )]
+    #[error("the request body is larger than {limit} bytes; Gitea payloads are far smaller, check the sender")]
     TooLarge {
         /// The limit in bytes.
         limit: usize,
@@ -28,27 +26,19 @@ pub enum ServerError {
     },
 
     /// No webhook secret is configured, so no delivery can be verified.
-    #[error(
-        "webhooks are disabled: Hadron has no webhook secret configured; set one in Hadron and in the Gitea webhook"
-    )]
+    #[error("webhooks are disabled: Hadron has no webhook secret configured; set one in Hadron and in the Gitea webhook")]
     SecretNotConfigured,
 
     /// The delivery carries no (or an empty) `X-Gitea-Signature` header.
-    #[error(
-        "the delivery is not signed (no X-Gitea-Signature); give the Gitea webhook the same secret as Hadron"
-    )]
+    #[error("the delivery is not signed (no X-Gitea-Signature); give the Gitea webhook the same secret as Hadron")]
     SignatureMissing,
 
     /// The signature does not match the body under the configured secret.
-    #[error(
-        "the X-Gitea-Signature does not match the body; the webhook secret in Gitea differs from Hadron's, or the body was altered"
-    )]
+    #[error("the X-Gitea-Signature does not match the body; the webhook secret in Gitea differs from Hadron's, or the body was altered")]
     SignatureMismatch,
 
     /// A header Gitea always sends is missing or not valid text.
-    #[error(
-        "the header {header} is missing or not valid; Hadron accepts deliveries from Gitea webhooks only"
-    )]
+    #[error("the header {header} is missing or not valid; Hadron accepts deliveries from Gitea webhooks only")]
     MissingHeader {
         /// The header name.
         header: &'static str,
@@ -64,9 +54,7 @@ pub enum ServerError {
     },
 
     /// The trigger queue of the reconcile loop is full; the delivery was not recorded.
-    #[error(
-        "the reconcile loop is busy (trigger queue full); the delivery was not recorded, redeliver it from Gitea"
-    )]
+    #[error("the reconcile loop is busy (trigger queue full); the delivery was not recorded, redeliver it from Gitea")]
     QueueFull,
 
     /// The reconcile loop no longer takes triggers (Hadron is stopping).
@@ -95,9 +83,7 @@ pub enum ServerError {
     },
 
     /// The configured webhook secret is empty.
-    #[error(
-        "the webhook secret is empty; use a long random string, or configure no secret to disable webhooks"
-    )]
+    #[error("the webhook secret is empty; use a long random string, or configure no secret to disable webhooks")]
     EmptySecret,
 
     /// The client did not send the body in time.
@@ -153,19 +139,13 @@ impl ServerError {
         match self {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::BodyRead { .. } | Self::MissingHeader { .. } | Self::InvalidPayload { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            Self::SecretNotConfigured | Self::SignatureMissing | Self::SignatureMismatch => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::BodyRead { .. } | Self::MissingHeader { .. } | Self::InvalidPayload { .. } => StatusCode::BAD_REQUEST,
+            Self::SecretNotConfigured | Self::SignatureMissing | Self::SignatureMismatch => StatusCode::UNAUTHORIZED,
             Self::QueueFull | Self::ShuttingDown | Self::Store(_) | Self::NotReady | Self::PassesFailing(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
-            Self::EmptySecret | Self::Bind { .. } | Self::Serve { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::EmptySecret | Self::Bind { .. } | Self::Serve { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

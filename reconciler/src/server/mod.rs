@@ -32,11 +32,11 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 
-pub use api::RequestView;
-pub use error::ServerError;
 pub use crate::forge::repo_full_name;
 pub use crate::reconcile::trigger::Trigger;
 pub use crate::telemetry::Metrics;
+pub use api::RequestView;
+pub use error::ServerError;
 
 use crate::reconcile::PhaseChange;
 use crate::store::Store;
@@ -94,12 +94,7 @@ pub struct ControlRepoId {
 impl ControlRepoId {
     /// The control repo `repo` (an `owner/name` or a clone URL) on `branch`, no targets.
     pub fn new(repo: &str, branch: &str) -> Self {
-        Self {
-            full_name: repo_full_name(repo),
-            branch: branch.to_owned(),
-            targets: BTreeSet::new(),
-            all_targets: false,
-        }
+        Self { full_name: repo_full_name(repo), branch: branch.to_owned(), targets: BTreeSet::new(), all_targets: false }
     }
 
     /// Counts every repository but the control repo as a watched target.
@@ -129,7 +124,6 @@ impl ControlRepoId {
         (self.all_targets && !self.is_control(full_name)) || self.targets.contains(&full_name.to_ascii_lowercase())
     }
 }
-
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -322,23 +316,14 @@ pub fn router(state: ServerState) -> Router {
 }
 
 /// Binds `addr` and serves until `shutdown` completes (see [`serve_listener`]).
-pub async fn serve(
-    addr: SocketAddr,
-    state: ServerState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+pub async fn serve(addr: SocketAddr, state: ServerState, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
     let listener = bind(addr).await?;
     serve_listener(listener, state, shutdown).await
 }
 
 /// Binds a listening socket on `addr` (port 0 picks a free port).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops gracefully:
@@ -409,25 +394,16 @@ mod tests {
     #[test]
     fn repo_names_from_urls_and_full_names() {
         assert_eq!(repo_full_name("Org/App"), "org/app");
-        assert_eq!(
-            repo_full_name("https://git.example.com/Org/App.git"),
-            "org/app"
-        );
+        assert_eq!(repo_full_name("https://git.example.com/Org/App.git"), "org/app");
         assert_eq!(repo_full_name("http://gitea:3000/org/app/"), "org/app");
         assert_eq!(repo_full_name("git@git.example.com:org/app.git"), "org/app");
-        assert_eq!(
-            repo_full_name("https://user@host/sub/org/app.git"),
-            "org/app"
-        );
+        assert_eq!(repo_full_name("https://user@host/sub/org/app.git"), "org/app");
     }
 
     #[test]
     fn secret_is_never_printed() {
         let s = WebhookSecret::new("hunter2").expect("non-empty");
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert!(matches!(
-            WebhookSecret::new(""),
-            Err(ServerError::EmptySecret)
-        ));
+        assert!(matches!(WebhookSecret::new(""), Err(ServerError::EmptySecret)));
     }
 }

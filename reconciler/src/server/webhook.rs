@@ -50,8 +50,7 @@ pub fn verify_signature(secret: &[u8], body: &[u8], signature: &str) -> bool {
 }
 
 fn mac(secret: &[u8], body: &[u8]) -> Hmac<Sha256> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-        .expect("because HMAC accepts keys of any length");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("because HMAC accepts keys of any length");
     mac.update(body);
     mac
 }
@@ -70,49 +69,30 @@ pub enum Decision {
 /// Only `push`, `pull_request` and `status` payloads are parsed; any other
 /// event is ignored unread. The deprecated `secret` field of old payloads is
 /// never read.
-pub fn classify(
-    event: &str,
-    body: &[u8],
-    control: &ControlRepoId,
-) -> Result<Decision, ServerError> {
-    let invalid = |source| ServerError::InvalidPayload {
-        event: event.to_owned(),
-        source,
-    };
+pub fn classify(event: &str, body: &[u8], control: &ControlRepoId) -> Result<Decision, ServerError> {
+    let invalid = |source| ServerError::InvalidPayload { event: event.to_owned(), source };
     match event {
         "push" => {
             let push: PushPayload = serde_json::from_slice(body).map_err(invalid)?;
             let repo = &push.repository.full_name;
             let branch = push.git_ref.strip_prefix("refs/heads/");
             if control.is_control(repo) && branch == Some(control.branch.as_str()) {
-                return Ok(Decision::Trigger(Trigger::ControlPush {
-                    after: push.after,
-                }));
+                return Ok(Decision::Trigger(Trigger::ControlPush { after: push.after }));
             }
             if control.watches(repo) {
                 let commit = Some(push.after).filter(|c| !is_zero_oid(c));
-                return Ok(Decision::Trigger(Trigger::TargetActivity {
-                    repo: repo.clone(),
-                    commit,
-                }));
+                return Ok(Decision::Trigger(Trigger::TargetActivity { repo: repo.clone(), commit }));
             }
-            Ok(Decision::Ignore(
-                "push to a repository or branch Hadron does not watch",
-            ))
+            Ok(Decision::Ignore("push to a repository or branch Hadron does not watch"))
         }
         "status" => {
             let status: StatusPayload = serde_json::from_slice(body).map_err(invalid)?;
             let repo = &status.repository.full_name;
             if control.watches(repo) {
                 let commit = Some(status.sha).filter(|c| !c.is_empty());
-                return Ok(Decision::Trigger(Trigger::TargetActivity {
-                    repo: repo.clone(),
-                    commit,
-                }));
+                return Ok(Decision::Trigger(Trigger::TargetActivity { repo: repo.clone(), commit }));
             }
-            Ok(Decision::Ignore(
-                "commit status of a repository Hadron does not watch",
-            ))
+            Ok(Decision::Ignore("commit status of a repository Hadron does not watch"))
         }
         "pull_request" => {
             let pr: PullRequestPayload = serde_json::from_slice(body).map_err(invalid)?;
@@ -123,55 +103,33 @@ pub fn classify(
 }
 
 /// An approval PR merged into the control branch, or nothing.
-fn approval_merge(
-    pr: PullRequestPayload,
-    control: &ControlRepoId,
-) -> Result<Decision, ServerError> {
+fn approval_merge(pr: PullRequestPayload, control: &ControlRepoId) -> Result<Decision, ServerError> {
     let p = pr.pull_request;
     if pr.action != "closed" || p.merged != Some(true) {
         return Ok(Decision::Ignore("pull request event other than a merge"));
     }
     if !control.is_control(&pr.repository.full_name) {
-        return Ok(Decision::Ignore(
-            "pull request merged outside the control repo",
-        ));
+        return Ok(Decision::Ignore("pull request merged outside the control repo"));
     }
     if strip_heads(&p.base.git_ref) != control.branch {
-        return Ok(Decision::Ignore(
-            "pull request merged into another branch than the control branch",
-        ));
+        return Ok(Decision::Ignore("pull request merged into another branch than the control branch"));
     }
     // A PR from a fork could carry any branch name: only the control repo's own branches count.
-    if p.head
-        .repo
-        .as_ref()
-        .is_some_and(|r| !control.is_control(&r.full_name))
-    {
+    if p.head.repo.as_ref().is_some_and(|r| !control.is_control(&r.full_name)) {
         return Ok(Decision::Ignore("pull request from another repository"));
     }
     let Some((request, gate)) = parse_approval_branch(strip_heads(&p.head.git_ref)) else {
         return Ok(Decision::Ignore("merged pull request is not an approval"));
     };
-    let merged_by_login = p
-        .merged_by
-        .map(|u| u.login)
-        .filter(|l| !l.is_empty())
-        .or(pr.sender.map(|u| u.login).filter(|l| !l.is_empty()));
+    let merged_by_login = p.merged_by.map(|u| u.login).filter(|l| !l.is_empty()).or(pr.sender.map(|u| u.login).filter(|l| !l.is_empty()));
     let Some(merged_by_login) = merged_by_login else {
         return Err(ServerError::InvalidPayload {
             event: "pull_request".to_owned(),
-            source: serde::de::Error::custom(
-                "merged approval PR names no merger (merged_by and sender are empty)",
-            ),
+            source: serde::de::Error::custom("merged approval PR names no merger (merged_by and sender are empty)"),
         });
     };
     let merge_commit = p.merge_commit_sha.filter(|c| !c.is_empty());
-    Ok(Decision::Trigger(Trigger::ApprovalMerged {
-        request,
-        gate,
-        merged_by_login,
-        merge_commit,
-    }))
+    Ok(Decision::Trigger(Trigger::ApprovalMerged { request, gate, merged_by_login, merge_commit }))
 }
 
 /// `(request, gate)` of `hadron/approve/<request>/<gate>`, both DNS-1123 labels.
@@ -273,16 +231,9 @@ pub async fn gitea(State(state): State<ServerState>, headers: HeaderMap, body: B
     }
 }
 
-async fn handle(
-    state: &ServerState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Outcome, ServerError> {
+async fn handle(state: &ServerState, headers: &HeaderMap, body: Body) -> Result<Outcome, ServerError> {
     let limit = state.body_limit();
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ServerError::TooLarge { limit });
     }
@@ -294,9 +245,7 @@ async fn handle(
         if e.downcast_ref::<LengthLimitError>().is_some() {
             ServerError::TooLarge { limit }
         } else {
-            ServerError::BodyRead {
-                detail: e.to_string(),
-            }
+            ServerError::BodyRead { detail: e.to_string() }
         }
     })?;
     let body = body.to_bytes();
@@ -306,19 +255,13 @@ async fn handle(
     let event = text_header(headers, EVENT_HEADER)?;
     let delivery = text_header(headers, DELIVERY_HEADER)?;
     if delivery.len() > MAX_DELIVERY_ID {
-        return Err(ServerError::MissingHeader {
-            header: DELIVERY_HEADER,
-        });
+        return Err(ServerError::MissingHeader { header: DELIVERY_HEADER });
     }
 
     let trigger = match classify(event, &body, state.control())? {
         Decision::Trigger(trigger) => trigger,
         Decision::Ignore(reason) => {
-            if !state
-                .store()
-                .record_delivery(delivery, event, crate::time::now())
-                .await?
-            {
+            if !state.store().record_delivery(delivery, event, crate::time::now()).await? {
                 return Ok(Outcome::Duplicate);
             }
             tracing::debug!(event, delivery, reason, "webhook delivery ignored");
@@ -340,11 +283,7 @@ async fn handle(
         let record = crate::store::MergeRecord { login: merged_by_login.clone(), commit: merge_commit.clone() };
         state.store().record_approval_merge(request, gate, &record, crate::time::now()).await?;
     }
-    if !state
-        .store()
-        .record_delivery(delivery, event, crate::time::now())
-        .await?
-    {
+    if !state.store().record_delivery(delivery, event, crate::time::now()).await? {
         return Ok(Outcome::Duplicate);
     }
     let kind = trigger.kind();
@@ -354,11 +293,7 @@ async fn handle(
 }
 
 /// Checks `X-Gitea-Signature` against `body`.
-fn verify(
-    secret: Option<&WebhookSecret>,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), ServerError> {
+fn verify(secret: Option<&WebhookSecret>, headers: &HeaderMap, body: &[u8]) -> Result<(), ServerError> {
     let secret = secret.ok_or(ServerError::SecretNotConfigured)?;
     let signature = headers
         .get(SIGNATURE_HEADER)
@@ -366,11 +301,7 @@ fn verify(
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .ok_or(ServerError::SignatureMissing)?;
-    if verify_signature(secret.expose(), body, signature) {
-        Ok(())
-    } else {
-        Err(ServerError::SignatureMismatch)
-    }
+    if verify_signature(secret.expose(), body, signature) { Ok(()) } else { Err(ServerError::SignatureMismatch) }
 }
 
 fn text_header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, ServerError> {
@@ -388,10 +319,7 @@ mod tests {
 
     #[test]
     fn approval_branches_parse_only_with_two_labels() {
-        assert_eq!(
-            parse_approval_branch("hadron/approve/fix/review"),
-            Some(("fix".to_owned(), "review".to_owned()))
-        );
+        assert_eq!(parse_approval_branch("hadron/approve/fix/review"), Some(("fix".to_owned(), "review".to_owned())));
         assert_eq!(parse_approval_branch("hadron/approve/fix"), None);
         assert_eq!(parse_approval_branch("hadron/approve/fix/review/x"), None);
         assert_eq!(parse_approval_branch("hadron/approve/Fix/review"), None);

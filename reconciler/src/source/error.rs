@@ -98,10 +98,7 @@ impl SourceError {
 
     /// `true` for the repository-or-branch-is-missing errors.
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            SourceError::RepoNotFound { .. } | SourceError::BranchNotFound { .. }
-        )
+        matches!(self, SourceError::RepoNotFound { .. } | SourceError::BranchNotFound { .. })
     }
 
     /// `true` if retrying the same operation soon may succeed without anyone changing
@@ -109,17 +106,11 @@ impl SourceError {
     /// Authentication, missing repos or branches, corrupt data and bad configuration
     /// need a human (the regular poll interval will still try again later).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            SourceError::Network { .. } | SourceError::Io { .. } | SourceError::Git { .. }
-        )
+        matches!(self, SourceError::Network { .. } | SourceError::Io { .. } | SourceError::Git { .. })
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        SourceError::Io {
-            context: context.into(),
-            source,
-        }
+        SourceError::Io { context: context.into(), source }
     }
 
     /// Classify a gix error that happened while talking to the remote at `url`.
@@ -154,9 +145,7 @@ impl SourceError {
                     K::NotFound => return SourceError::RepoNotFound { url, message },
                     K::UnexpectedEof | K::BrokenPipe if local => {
                         return SourceError::Corrupt {
-                            message: format!(
-                                "git upload-pack for {url} ended unexpectedly (damaged repository?): {message}"
-                            ),
+                            message: format!("git upload-pack for {url} ended unexpectedly (damaged repository?): {message}"),
                         };
                     }
                     K::PermissionDenied => return SourceError::AuthFailed { url, message },
@@ -198,10 +187,7 @@ impl SourceError {
                     if let Some(io) = cause.downcast_ref::<std::io::Error>()
                         && io.kind() != std::io::ErrorKind::NotFound
                     {
-                        return SourceError::Io {
-                            context: message,
-                            source: std::io::Error::new(io.kind(), io.to_string()),
-                        };
+                        return SourceError::Io { context: message, source: std::io::Error::new(io.kind(), io.to_string()) };
                     }
                 }
                 SourceError::Git { message }
@@ -219,10 +205,5 @@ fn chain_message(err: &gix::Error) -> String {
             parts.push(text);
         }
     }
-    if parts.is_empty() {
-        err.to_string()
-    } else {
-        parts.join(": ")
-    }
+    if parts.is_empty() { err.to_string() } else { parts.join(": ") }
 }
-

@@ -114,15 +114,12 @@ impl SourceConfig {
 
 /// Parse a source URL; a relative local path is made absolute against the current directory.
 fn parse_url(raw: &str) -> Result<gix::Url, SourceError> {
-    let mut url =
-        gix::url::parse(gix::bstr::BStr::new(raw)).map_err(|e| SourceError::InvalidConfig {
-            message: format!("cannot parse url {:?}: {e}", crate::redact::url_credentials(raw)),
-        })?;
+    let mut url = gix::url::parse(gix::bstr::BStr::new(raw))
+        .map_err(|e| SourceError::InvalidConfig { message: format!("cannot parse url {:?}: {e}", crate::redact::url_credentials(raw)) })?;
     if url.scheme == gix::url::Scheme::File {
         let path = PathBuf::from(url.path.to_string());
         if path.is_relative() {
-            let abs = std::path::absolute(&path)
-                .map_err(|e| SourceError::io(format!("resolving path {}", path.display()), e))?;
+            let abs = std::path::absolute(&path).map_err(|e| SourceError::io(format!("resolving path {}", path.display()), e))?;
             url.path = abs.to_string_lossy().into_owned().into();
         }
     }
@@ -143,9 +140,7 @@ impl Revision {
     pub fn from_hex(hex: &str) -> Result<Self, SourceError> {
         ObjectId::from_hex(hex.as_bytes())
             .map(Revision)
-            .map_err(|e| SourceError::InvalidConfig {
-                message: format!("not a commit id {hex:?}: {e}"),
-            })
+            .map_err(|e| SourceError::InvalidConfig { message: format!("not a commit id {hex:?}: {e}") })
     }
 }
 
@@ -235,13 +230,7 @@ impl PathFilter {
 
     /// A prefix filter; leading and trailing slashes are ignored.
     pub fn prefixes<S: AsRef<str>>(paths: impl IntoIterator<Item = S>) -> Self {
-        PathFilter::Prefixes(
-            paths
-                .into_iter()
-                .map(|p| p.as_ref().trim_matches('/').to_owned())
-                .filter(|p| !p.is_empty())
-                .collect(),
-        )
+        PathFilter::Prefixes(paths.into_iter().map(|p| p.as_ref().trim_matches('/').to_owned()).filter(|p| !p.is_empty()).collect())
     }
 
     /// Does the file at `path` pass the filter?
@@ -256,18 +245,13 @@ impl PathFilter {
     pub fn may_contain(&self, dir: &str) -> bool {
         match self {
             PathFilter::All => true,
-            PathFilter::Prefixes(prefixes) => prefixes
-                .iter()
-                .any(|p| is_at_or_below(dir, p) || is_at_or_below(p, dir)),
+            PathFilter::Prefixes(prefixes) => prefixes.iter().any(|p| is_at_or_below(dir, p) || is_at_or_below(p, dir)),
         }
     }
 }
 
 fn is_at_or_below(path: &str, prefix: &str) -> bool {
-    path == prefix
-        || (path.len() > prefix.len()
-            && path.starts_with(prefix)
-            && path.as_bytes()[prefix.len()] == b'/')
+    path == prefix || (path.len() > prefix.len() && path.starts_with(prefix) && path.as_bytes()[prefix.len()] == b'/')
 }
 
 /// Options beyond [`SourceConfig`] for how files are read.
@@ -281,10 +265,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            filter: PathFilter::All,
-            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
-        }
+        LoadOptions { filter: PathFilter::All, max_blob_size: DEFAULT_MAX_BLOB_SIZE }
     }
 }
 
@@ -318,15 +299,10 @@ impl Source {
     pub fn new(cfg: SourceConfig, opts: LoadOptions) -> Result<Self, SourceError> {
         let url = parse_url(&cfg.url)?;
         let branch_ref = format!("refs/heads/{}", cfg.branch);
-        gix::refs::FullName::try_from(branch_ref.as_str()).map_err(|e| {
-            SourceError::InvalidConfig {
-                message: format!("invalid branch name {:?}: {e}", cfg.branch),
-            }
-        })?;
+        gix::refs::FullName::try_from(branch_ref.as_str())
+            .map_err(|e| SourceError::InvalidConfig { message: format!("invalid branch name {:?}: {e}", cfg.branch) })?;
         if cfg.branch.starts_with('-') || cfg.branch.contains(':') || cfg.branch.contains('*') {
-            return Err(SourceError::InvalidConfig {
-                message: format!("invalid branch name {:?}", cfg.branch),
-            });
+            return Err(SourceError::InvalidConfig { message: format!("invalid branch name {:?}", cfg.branch) });
         }
         let tracking_ref = format!("refs/remotes/origin/{}", cfg.branch);
         let mut source = Source {
@@ -341,13 +317,9 @@ impl Source {
         };
         if source.mirror_path().join("HEAD").is_file() {
             let repo = source.mirror()?;
-            let found = repo
-                .try_find_reference(source.tracking_ref.as_str())
-                .map_err(|e| SourceError::from_local(&e))?;
+            let found = repo.try_find_reference(source.tracking_ref.as_str()).map_err(|e| SourceError::from_local(&e))?;
             if let Some(reference) = found {
-                let id = reference
-                    .into_fully_peeled_id()
-                    .map_err(|e| SourceError::from_local(&e))?;
+                let id = reference.into_fully_peeled_id().map_err(|e| SourceError::from_local(&e))?;
                 source.last_good = Some(Revision(id.detach()));
             }
         }
@@ -439,28 +411,15 @@ impl Source {
             .map_err(remote_err)?
             .with_fetch_tags(gix::remote::fetch::Tags::None)
             .with_refspecs([refspec.as_str()], Direction::Fetch)
-            .map_err(|e| SourceError::InvalidConfig {
-                message: format!("refspec {refspec:?}: {e}"),
-            })?;
+            .map_err(|e| SourceError::InvalidConfig { message: format!("refspec {refspec:?}: {e}") })?;
         let connection = remote.connect(Direction::Fetch).map_err(remote_err)?;
-        let prepare = connection
-            .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(remote_err)?;
-        let advertised = prepare
-            .ref_map()
-            .remote_refs
-            .iter()
-            .any(|r| r.unpack().0 == branch_ref.as_str());
+        let prepare = connection.prepare_fetch(gix::progress::Discard, Default::default()).map_err(remote_err)?;
+        let advertised = prepare.ref_map().remote_refs.iter().any(|r| r.unpack().0 == branch_ref.as_str());
         if !advertised {
-            return Err(SourceError::BranchNotFound {
-                url: crate::redact::url_credentials(&raw_url),
-                branch,
-            });
+            return Err(SourceError::BranchNotFound { url: crate::redact::url_credentials(&raw_url), branch });
         }
         prepare
-            .with_reflog_message(gix::remote::fetch::RefLogMessage::Prefixed {
-                action: "hadron fetch".into(),
-            })
+            .with_reflog_message(gix::remote::fetch::RefLogMessage::Prefixed { action: "hadron fetch".into() })
             .receive(gix::progress::Discard, &interrupt)
             .map_err(remote_err)?;
 
@@ -470,9 +429,7 @@ impl Source {
             .into_fully_peeled_id()
             .map_err(|e| SourceError::from_local(&e))?
             .detach();
-        repo.find_commit(id).map_err(|e| SourceError::Corrupt {
-            message: format!("{branch_ref} does not point to a commit: {e}"),
-        })?;
+        repo.find_commit(id).map_err(|e| SourceError::Corrupt { message: format!("{branch_ref} does not point to a commit: {e}") })?;
         Ok(Revision(id))
     }
 
@@ -480,18 +437,9 @@ impl Source {
     fn tree_of(&mut self, rev: Revision) -> Result<ObjectId, SourceError> {
         let repo = self.mirror()?;
         let commit = repo.find_commit(rev.0).map_err(|e| {
-            if e.is_not_found() {
-                SourceError::UnknownRevision {
-                    revision: rev.to_string(),
-                }
-            } else {
-                SourceError::from_local(&e)
-            }
+            if e.is_not_found() { SourceError::UnknownRevision { revision: rev.to_string() } } else { SourceError::from_local(&e) }
         })?;
-        commit
-            .tree_id()
-            .map(|id| id.detach())
-            .map_err(|e| SourceError::from_local(&e))
+        commit.tree_id().map(|id| id.detach()).map_err(|e| SourceError::from_local(&e))
     }
 
     /// Load revision `rev`: a full listing the first time (or after
@@ -508,12 +456,7 @@ impl Source {
         let changes = match base {
             None => {
                 let files = self.read_tree(new_tree)?;
-                ChangeSet {
-                    revision: rev,
-                    full: true,
-                    upserts: files.into_iter().collect(),
-                    deletes: Vec::new(),
-                }
+                ChangeSet { revision: rev, full: true, upserts: files.into_iter().collect(), deletes: Vec::new() }
             }
             Some(old_tree) => self.diff(rev, old_tree, new_tree)?,
         };
@@ -534,19 +477,11 @@ impl Source {
             let filter = &self.opts.filter;
             let mut stack: Vec<(String, ObjectId)> = vec![(String::new(), root)];
             while let Some((dir, tree_id)) = stack.pop() {
-                let tree = repo
-                    .find_tree(tree_id)
-                    .map_err(|e| SourceError::from_local(&e))?;
+                let tree = repo.find_tree(tree_id).map_err(|e| SourceError::from_local(&e))?;
                 for entry in tree.iter() {
-                    let entry = entry.map_err(|e| SourceError::Corrupt {
-                        message: format!("tree {tree_id}: {e}"),
-                    })?;
+                    let entry = entry.map_err(|e| SourceError::Corrupt { message: format!("tree {tree_id}: {e}") })?;
                     let name = entry.filename().to_string();
-                    let path = if dir.is_empty() {
-                        name
-                    } else {
-                        format!("{dir}/{name}")
-                    };
+                    let path = if dir.is_empty() { name } else { format!("{dir}/{name}") };
                     match entry.mode().kind() {
                         EntryKind::Tree => {
                             if filter.may_contain(&path) {
@@ -571,61 +506,34 @@ impl Source {
         Ok(files)
     }
 
-    fn diff(
-        &mut self,
-        rev: Revision,
-        old_tree: ObjectId,
-        new_tree: ObjectId,
-    ) -> Result<ChangeSet, SourceError> {
+    fn diff(&mut self, rev: Revision, old_tree: ObjectId, new_tree: ObjectId) -> Result<ChangeSet, SourceError> {
         use gix::object::tree::diff::ChangeDetached as Change;
         let mut upserts: Vec<(String, ObjectId)> = Vec::new();
         let mut deletes: Vec<String> = Vec::new();
         let repo = self.mirror()?;
         if old_tree != new_tree {
-            let old = repo
-                .find_tree(old_tree)
-                .map_err(|e| SourceError::from_local(&e))?;
-            let new = repo
-                .find_tree(new_tree)
-                .map_err(|e| SourceError::from_local(&e))?;
+            let old = repo.find_tree(old_tree).map_err(|e| SourceError::from_local(&e))?;
+            let new = repo.find_tree(new_tree).map_err(|e| SourceError::from_local(&e))?;
             let mut options = gix::diff::Options::default().with_rewrites(None);
             options.track_path();
-            let changes = repo
-                .diff_tree_to_tree(&old, &new, options)
-                .map_err(|e| SourceError::from_local(&e))?;
+            let changes = repo.diff_tree_to_tree(&old, &new, options).map_err(|e| SourceError::from_local(&e))?;
             let filter = &self.opts.filter;
-            let is_file =
-                |kind: EntryKind| matches!(kind, EntryKind::Blob | EntryKind::BlobExecutable);
+            let is_file = |kind: EntryKind| matches!(kind, EntryKind::Blob | EntryKind::BlobExecutable);
             for change in changes {
                 match change {
-                    Change::Addition {
-                        location,
-                        entry_mode,
-                        id,
-                        ..
-                    } => {
+                    Change::Addition { location, entry_mode, id, .. } => {
                         let path = location.to_string();
                         if is_file(entry_mode.kind()) && filter.matches_file(&path) {
                             upserts.push((path, id));
                         }
                     }
-                    Change::Deletion {
-                        location,
-                        entry_mode,
-                        ..
-                    } => {
+                    Change::Deletion { location, entry_mode, .. } => {
                         let path = location.to_string();
                         if is_file(entry_mode.kind()) && filter.matches_file(&path) {
                             deletes.push(path);
                         }
                     }
-                    Change::Modification {
-                        location,
-                        previous_entry_mode,
-                        entry_mode,
-                        id,
-                        ..
-                    } => {
+                    Change::Modification { location, previous_entry_mode, entry_mode, id, .. } => {
                         let path = location.to_string();
                         if !filter.matches_file(&path) {
                             continue;
@@ -636,20 +544,9 @@ impl Source {
                             deletes.push(path);
                         }
                     }
-                    Change::Rewrite {
-                        source_location,
-                        source_entry_mode,
-                        location,
-                        entry_mode,
-                        id,
-                        copy,
-                        ..
-                    } => {
+                    Change::Rewrite { source_location, source_entry_mode, location, entry_mode, id, copy, .. } => {
                         let old_path = source_location.to_string();
-                        if !copy
-                            && is_file(source_entry_mode.kind())
-                            && filter.matches_file(&old_path)
-                        {
+                        if !copy && is_file(source_entry_mode.kind()) && filter.matches_file(&old_path) {
                             deletes.push(old_path);
                         }
                         let path = location.to_string();
@@ -666,45 +563,22 @@ impl Source {
         upserts.dedup_by(|a, b| a.0 == b.0);
         deletes.sort();
         deletes.dedup();
-        deletes.retain(|d| {
-            upserts
-                .binary_search_by(|(p, _)| p.as_str().cmp(d.as_str()))
-                .is_err()
-        });
+        deletes.retain(|d| upserts.binary_search_by(|(p, _)| p.as_str().cmp(d.as_str())).is_err());
         let mut read = Vec::with_capacity(upserts.len());
         for (path, id) in upserts {
-            read.push((
-                path,
-                read_blob(&repo, id, self.opts.max_blob_size, &mut self.blobs_read)?,
-            ));
+            read.push((path, read_blob(&repo, id, self.opts.max_blob_size, &mut self.blobs_read)?));
         }
-        Ok(ChangeSet {
-            revision: rev,
-            full: false,
-            upserts: read,
-            deletes,
-        })
+        Ok(ChangeSet { revision: rev, full: false, upserts: read, deletes })
     }
 }
 
 /// Read blob `id` unless it is larger than `cap`; counts reads in `counter`.
-fn read_blob(
-    repo: &gix::Repository,
-    id: ObjectId,
-    cap: u64,
-    counter: &mut u64,
-) -> Result<Blob, SourceError> {
-    let size = repo
-        .find_header(id)
-        .map_err(|e| SourceError::from_local(&e))?
-        .size();
+fn read_blob(repo: &gix::Repository, id: ObjectId, cap: u64, counter: &mut u64) -> Result<Blob, SourceError> {
+    let size = repo.find_header(id).map_err(|e| SourceError::from_local(&e))?.size();
     if size > cap {
         return Ok(Blob::TooLarge { size });
     }
-    let data = repo
-        .find_blob(id)
-        .map_err(|e| SourceError::from_local(&e))?
-        .take_data();
+    let data = repo.find_blob(id).map_err(|e| SourceError::from_local(&e))?.take_data();
     *counter += 1;
     Ok(Blob::Data(data))
 }
@@ -741,10 +615,7 @@ fn open_mirror(path: &Path) -> Result<gix::Repository, SourceError> {
 fn configure_mirror(repo: &mut gix::Repository) -> Result<(), SourceError> {
     let mut snapshot = repo.config_snapshot_mut();
     snapshot
-        .append_config(
-            ["gitoxide.credentials.terminalPrompt=false"],
-            gix::config::Source::Api,
-        )
+        .append_config(["gitoxide.credentials.terminalPrompt=false"], gix::config::Source::Api)
         .map_err(|e| SourceError::from_local(&e))?;
     snapshot.commit().map_err(|e| SourceError::from_local(&e))?;
     Ok(())

@@ -19,11 +19,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 5,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-        }
+        RetryPolicy { max_attempts: 5, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(10) }
     }
 }
 
@@ -53,10 +49,7 @@ pub fn fetch_with_retry(source: &mut Source, policy: RetryPolicy) -> Result<Revi
 
 /// Run `op` until it succeeds, returns a non-transient error, or `policy.max_attempts`
 /// attempts are used up, sleeping a jittered exponential backoff between attempts.
-pub fn retry_with_backoff<T>(
-    policy: RetryPolicy,
-    mut op: impl FnMut() -> Result<T, SourceError>,
-) -> Result<T, SourceError> {
+pub fn retry_with_backoff<T>(policy: RetryPolicy, mut op: impl FnMut() -> Result<T, SourceError>) -> Result<T, SourceError> {
     let attempts = policy.max_attempts.max(1);
     let mut rng = rand::rng();
     let mut retry = 0;

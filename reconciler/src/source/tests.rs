@@ -36,11 +36,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
         .output()
         .context("running git")?;
     if !out.status.success() {
-        bail!(
-            "git {args:?} failed in {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("git {args:?} failed in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
@@ -63,22 +59,8 @@ impl Fixture {
         std::fs::create_dir_all(&work)?;
         git(&remote, &["init", "--bare", "-q", "-b", "main"])?;
         git(&work, &["init", "-q", "-b", "main"])?;
-        git(
-            &work,
-            &[
-                "remote",
-                "add",
-                "origin",
-                "--",
-                remote.to_str().context("utf8")?,
-            ],
-        )?;
-        Ok(Fixture {
-            _tmp: tmp,
-            remote,
-            work,
-            data,
-        })
+        git(&work, &["remote", "add", "origin", "--", remote.to_str().context("utf8")?])?;
+        Ok(Fixture { _tmp: tmp, remote, work, data })
     }
 
     fn write(&self, path: &str, content: &[u8]) -> Result<()> {
@@ -99,10 +81,7 @@ impl Fixture {
     fn commit_push(&self, msg: &str, branch: &str) -> Result<String> {
         git(&self.work, &["add", "-A"])?;
         git(&self.work, &["commit", "-q", "--allow-empty", "-m", msg])?;
-        git(
-            &self.work,
-            &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")],
-        )?;
+        git(&self.work, &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")])?;
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
@@ -128,11 +107,7 @@ fn files_on_disk(root: &Path) -> Result<FileMap> {
             if kind.is_dir() {
                 walk(root, &path, out)?;
             } else {
-                let rel = path
-                    .strip_prefix(root)?
-                    .to_str()
-                    .context("utf8")?
-                    .replace('\\', "/");
+                let rel = path.strip_prefix(root)?.to_str().context("utf8")?.replace('\\', "/");
                 out.insert(rel, Blob::Data(std::fs::read(&path)?));
             }
         }
@@ -146,10 +121,7 @@ fn files_on_disk(root: &Path) -> Result<FileMap> {
 /// Number of blobs that must be read to go from `old` to `new` per `git diff-tree`:
 /// added or modified entries whose new side is a regular file.
 fn changed_files(work: &Path, old: &str, new: &str) -> Result<u64> {
-    let raw = git(
-        work,
-        &["diff-tree", "-r", "--no-renames", "--raw", old, new],
-    )?;
+    let raw = git(work, &["diff-tree", "-r", "--no-renames", "--raw", old, new])?;
     let mut n = 0;
     for line in raw.lines().filter(|l| l.starts_with(':')) {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -199,10 +171,7 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
                 Ok(())
             }),
         ),
-        (
-            "delete",
-            Box::new(|fx: &Fixture| fx.remove("agents/b.yaml")),
-        ),
+        ("delete", Box::new(|fx: &Fixture| fx.remove("agents/b.yaml"))),
         (
             "rename folder",
             Box::new(|fx: &Fixture| {
@@ -240,10 +209,7 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
         (
             "executable bit",
             Box::new(|fx: &Fixture| {
-                git(
-                    &fx.work,
-                    &["update-index", "--chmod=+x", "--", "hadron.yaml"],
-                )?;
+                git(&fx.work, &["update-index", "--chmod=+x", "--", "hadron.yaml"])?;
                 Ok(())
             }),
         ),
@@ -254,22 +220,13 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
                 Ok(())
             }),
         ),
-        (
-            "only unrelated change",
-            Box::new(|fx: &Fixture| fx.write("docs/readme.md", b"# docs v2\n")),
-        ),
+        ("only unrelated change", Box::new(|fx: &Fixture| fx.write("docs/readme.md", b"# docs v2\n"))),
         ("nothing at all", Box::new(|_: &Fixture| Ok(()))),
-        (
-            "delete a whole folder",
-            Box::new(|fx: &Fixture| fx.remove("agents")),
-        ),
+        ("delete a whole folder", Box::new(|fx: &Fixture| fx.remove("agents"))),
         (
             "rename a file within the same commit as an edit elsewhere",
             Box::new(|fx: &Fixture| {
-                git(
-                    &fx.work,
-                    &["mv", "--", "requests/r1.yaml", "requests/renamed.yaml"],
-                )?;
+                git(&fx.work, &["mv", "--", "requests/r1.yaml", "requests/renamed.yaml"])?;
                 fx.write("hadron.yaml", b"kind: Settings\nversion: 2\n")?;
                 Ok(())
             }),
@@ -279,10 +236,7 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
     // A file that changes many times, including back to an earlier content.
     for i in 0..12u32 {
         let content = format!("phase: Running\nround: {}\n", i % 5).into_bytes();
-        steps.push((
-            "status churn",
-            Box::new(move |fx: &Fixture| fx.write("status/r1.yaml", &content)),
-        ));
+        steps.push(("status churn", Box::new(move |fx: &Fixture| fx.write("status/r1.yaml", &content))));
     }
 
     let mut source = fx.source()?;
@@ -292,11 +246,7 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
         step(&fx)?;
         let commit = fx.commit_push(name, "main")?;
         let rev = source.fetch()?;
-        assert_eq!(
-            rev.to_string(),
-            commit,
-            "step {i} ({name}): fetched revision"
-        );
+        assert_eq!(rev.to_string(), commit, "step {i} ({name}): fetched revision");
         assert_eq!(source.last_good(), Some(rev));
 
         let before = source.blobs_read();
@@ -309,10 +259,7 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
                 assert_eq!(read, changes.upserts.len() as u64);
             }
             Some(prev) => {
-                assert!(
-                    !changes.full,
-                    "step {i} ({name}): later loads are incremental"
-                );
+                assert!(!changes.full, "step {i} ({name}): later loads are incremental");
                 let expected = changed_files(&fx.work, prev, &commit)?;
                 assert_eq!(read, expected, "step {i} ({name}): blobs read");
                 assert_eq!(changes.upserts.len() as u64, expected);
@@ -321,15 +268,8 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
         apply(&mut files, &changes);
 
         let full = source.read_full(rev)?;
-        assert_eq!(
-            files, full,
-            "step {i} ({name}): incremental map equals full load"
-        );
-        assert_eq!(
-            files,
-            files_on_disk(&fx.work)?,
-            "step {i} ({name}): map equals the committed tree"
-        );
+        assert_eq!(files, full, "step {i} ({name}): incremental map equals full load");
+        assert_eq!(files, files_on_disk(&fx.work)?, "step {i} ({name}): map equals the committed tree");
         assert_eq!(source.last_loaded(), Some(rev));
         prev_commit = Some(commit);
     }
@@ -337,10 +277,7 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
     assert!(files.contains_key("approvals/r9/nested/deep.yaml"));
     assert!(!files.keys().any(|k| k.starts_with("approvals/r1/")));
     assert!(!files.contains_key("link.yaml"), "symlinks are not files");
-    assert_eq!(
-        files.get("status/empty-too.yaml"),
-        Some(&Blob::Data(Vec::new()))
-    );
+    assert_eq!(files.get("status/empty-too.yaml"), Some(&Blob::Data(Vec::new())));
 
     // Loading the same revision again changes nothing and reads nothing.
     let rev = source.last_good().context("fetched")?;
@@ -363,10 +300,7 @@ fn scripted_history_incremental_equals_full_and_reads_only_changed_blobs() -> Re
 fn incremental_load_can_jump_over_several_commits_and_back() -> Result<()> {
     let fx = Fixture::new()?;
     for i in 0..20 {
-        fx.write(
-            &format!("requests/r{i}.yaml"),
-            format!("n: {i}\n").as_bytes(),
-        )?;
+        fx.write(&format!("requests/r{i}.yaml"), format!("n: {i}\n").as_bytes())?;
     }
     let first = fx.commit_push("twenty", "main")?;
     fx.write("requests/r3.yaml", b"n: changed\n")?;
@@ -406,46 +340,20 @@ fn path_filter_skips_unrelated_trees_and_large_blobs_are_markers() -> Result<()>
     fx.write("agentsx/a.yaml", b"not wanted\n")?;
     fx.write("status/r.yaml", b"s\n")?;
     for i in 0..50 {
-        fx.write(
-            &format!("src/module{i}/lib.rs"),
-            format!("// {i}\n").as_bytes(),
-        )?;
+        fx.write(&format!("src/module{i}/lib.rs"), format!("// {i}\n").as_bytes())?;
     }
     let big = vec![b'x'; 2 * 1024 * 1024 + 7];
     fx.write("requests/big.yaml", &big)?;
     fx.commit_push("init", "main")?;
 
-    let mut source = Source::new(
-        fx.cfg(),
-        LoadOptions {
-            filter: PathFilter::hadron(),
-            ..LoadOptions::default()
-        },
-    )?;
+    let mut source = Source::new(fx.cfg(), LoadOptions { filter: PathFilter::hadron(), ..LoadOptions::default() })?;
     let rev = source.fetch()?;
     let changes = source.load(rev)?;
     let paths: Vec<&str> = changes.upserts.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(
-        paths,
-        vec![
-            "agents/a.yaml",
-            "hadron.yaml",
-            "requests/big.yaml",
-            "status/r.yaml"
-        ]
-    );
+    assert_eq!(paths, vec!["agents/a.yaml", "hadron.yaml", "requests/big.yaml", "status/r.yaml"]);
     assert_eq!(source.blobs_read(), 3, "the large blob is not read");
-    let big_blob = changes
-        .upserts
-        .iter()
-        .find(|(p, _)| p == "requests/big.yaml")
-        .map(|(_, b)| b.clone());
-    assert_eq!(
-        big_blob,
-        Some(Blob::TooLarge {
-            size: big.len() as u64
-        })
-    );
+    let big_blob = changes.upserts.iter().find(|(p, _)| p == "requests/big.yaml").map(|(_, b)| b.clone());
+    assert_eq!(big_blob, Some(Blob::TooLarge { size: big.len() as u64 }));
 
     // A commit touching only unrelated paths yields an empty change set and reads nothing.
     fx.write("src/module3/lib.rs", b"// changed\n")?;
@@ -462,13 +370,7 @@ fn path_filter_skips_unrelated_trees_and_large_blobs_are_markers() -> Result<()>
     fx.commit_push("shrink", "main")?;
     let rev3 = source.fetch()?;
     let changes = source.load(rev3)?;
-    assert_eq!(
-        changes.upserts,
-        vec![(
-            "requests/big.yaml".to_owned(),
-            Blob::Data(b"small now\n".to_vec())
-        )]
-    );
+    assert_eq!(changes.upserts, vec![("requests/big.yaml".to_owned(), Blob::Data(b"small now\n".to_vec()))]);
     Ok(())
 }
 
@@ -480,10 +382,7 @@ fn path_filter_semantics() {
     assert!(f.matches_file("agents/a.yaml"));
     assert!(f.matches_file("agents/deep/a.yaml"));
     assert!(!f.matches_file("agentsx/a.yaml"));
-    assert!(
-        f.matches_file("agents"),
-        "an entry matches the path equal to it"
-    );
+    assert!(f.matches_file("agents"), "an entry matches the path equal to it");
     assert!(f.matches_file("approvals/r1/gate.yaml"));
     assert!(!f.matches_file("approvals/r2/gate.yaml"));
     assert!(f.may_contain("approvals"));
@@ -508,10 +407,7 @@ fn other_branch_is_read() -> Result<()> {
     let rev = source.fetch()?;
     assert_eq!(rev.to_string(), control);
     let files = source.read_full(rev)?;
-    assert_eq!(
-        files.get("hadron.yaml"),
-        Some(&Blob::Data(b"on control\n".to_vec()))
-    );
+    assert_eq!(files.get("hadron.yaml"), Some(&Blob::Data(b"on control\n".to_vec())));
     assert!(files.contains_key("agents/x.yaml"));
     Ok(())
 }
@@ -562,10 +458,7 @@ fn missing_branch_is_branch_not_found() -> Result<()> {
     fx.commit_push("main", "main")?;
     let mut source = Source::new(fx.cfg().with_branch("nope"), LoadOptions::default())?;
     let err = source.fetch().err().context("must fail")?;
-    assert!(
-        matches!(err, SourceError::BranchNotFound { ref branch, .. } if branch == "nope"),
-        "{err:?}"
-    );
+    assert!(matches!(err, SourceError::BranchNotFound { ref branch, .. } if branch == "nope"), "{err:?}");
     assert_eq!(err.reason(), "BranchNotFound");
     assert!(err.is_not_found());
     assert_eq!(source.last_good(), None);
@@ -574,10 +467,7 @@ fn missing_branch_is_branch_not_found() -> Result<()> {
     let empty = tempfile::tempdir()?;
     git(empty.path(), &["init", "--bare", "-q", "-b", "main"])?;
     let data = tempfile::tempdir()?;
-    let mut source = Source::new(
-        SourceConfig::new(empty.path().to_string_lossy(), data.path()),
-        LoadOptions::default(),
-    )?;
+    let mut source = Source::new(SourceConfig::new(empty.path().to_string_lossy(), data.path()), LoadOptions::default())?;
     let err = source.fetch().err().context("must fail")?;
     assert_eq!(err.reason(), "BranchNotFound", "{err:?}");
     Ok(())
@@ -602,19 +492,10 @@ fn branch_deleted_upstream_is_not_found_and_last_good_stays() -> Result<()> {
 fn missing_repo_is_repo_not_found() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let missing = tmp.path().join("does-not-exist.git");
-    for url in [
-        missing.to_string_lossy().into_owned(),
-        format!("file://{}", missing.display()),
-    ] {
-        let mut source = Source::new(
-            SourceConfig::new(&url, tmp.path().join("data")),
-            LoadOptions::default(),
-        )?;
+    for url in [missing.to_string_lossy().into_owned(), format!("file://{}", missing.display())] {
+        let mut source = Source::new(SourceConfig::new(&url, tmp.path().join("data")), LoadOptions::default())?;
         let err = source.fetch().err().context("must fail")?;
-        assert!(
-            matches!(err, SourceError::RepoNotFound { .. }),
-            "{url}: {err:?}"
-        );
+        assert!(matches!(err, SourceError::RepoNotFound { .. }), "{url}: {err:?}");
         assert_eq!(err.reason(), "RepoNotFound");
         assert!(!err.is_transient());
     }
@@ -628,19 +509,10 @@ fn garbage_path_is_a_typed_error() -> Result<()> {
     std::fs::create_dir_all(garbage.join("refs"))?;
     std::fs::write(garbage.join("HEAD"), b"\x00\x01 definitely not a ref")?;
     std::fs::write(garbage.join("notes.txt"), b"hello")?;
-    let mut source = Source::new(
-        SourceConfig::new(garbage.to_string_lossy(), tmp.path().join("data")),
-        LoadOptions::default(),
-    )?;
+    let mut source = Source::new(SourceConfig::new(garbage.to_string_lossy(), tmp.path().join("data")), LoadOptions::default())?;
     let err = source.fetch().err().context("must fail")?;
     eprintln!("garbage path: {err:?} / {}", err.reason());
-    assert!(
-        matches!(
-            err,
-            SourceError::RepoNotFound { .. } | SourceError::Corrupt { .. }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, SourceError::RepoNotFound { .. } | SourceError::Corrupt { .. }), "{err:?}");
     assert_eq!(source.last_good(), None);
     Ok(())
 }
@@ -651,16 +523,8 @@ fn corrupt_remote_object_is_a_typed_error() -> Result<()> {
     fx.write("hadron.yaml", b"x\n")?;
     let commit = fx.commit_push("main", "main")?;
     // Overwrite the commit's loose object in the remote with garbage.
-    let object = fx
-        .remote
-        .join("objects")
-        .join(&commit[..2])
-        .join(&commit[2..]);
-    ensure!(
-        object.is_file(),
-        "expected a loose object at {}",
-        object.display()
-    );
+    let object = fx.remote.join("objects").join(&commit[..2]).join(&commit[2..]);
+    ensure!(object.is_file(), "expected a loose object at {}", object.display());
     let mut perms = std::fs::metadata(&object)?.permissions();
     #[allow(clippy::permissions_set_readonly_false)]
     perms.set_readonly(false);
@@ -681,10 +545,7 @@ fn invalid_config_is_rejected_up_front() {
     for branch in ["", "a..b", "-rf", "a:b", "x*"] {
         let cfg = SourceConfig::new("/tmp/whatever", tmp.path()).with_branch(branch);
         let err = Source::new(cfg, LoadOptions::default()).err();
-        assert!(
-            matches!(err, Some(SourceError::InvalidConfig { .. })),
-            "branch {branch:?}: {err:?}"
-        );
+        assert!(matches!(err, Some(SourceError::InvalidConfig { .. })), "branch {branch:?}: {err:?}");
     }
 }
 
@@ -703,11 +564,7 @@ fn failed_fetch_keeps_last_good_and_restart_recovers_it() -> Result<()> {
     let err = source.fetch().err().context("must fail")?;
     assert!(err.is_not_found(), "{err:?}");
     assert_eq!(source.last_good(), Some(good));
-    let policy = RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(1),
-        max_delay: Duration::from_millis(5),
-    };
+    let policy = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) };
     assert!(fetch_with_retry(&mut source, policy).is_err());
     assert_eq!(source.last_good(), Some(good));
     // The mirror still serves the last good revision.
@@ -766,18 +623,9 @@ fn relative_path_is_resolved() -> Result<()> {
     let local = cfg.local_path().context("a local path")?;
     assert!(local.is_absolute());
     assert!(local.ends_with("some/relative/repo"));
-    assert_eq!(
-        SourceConfig::new("https://example.com/x.git", "/d").local_path(),
-        None
-    );
-    assert_eq!(
-        SourceConfig::new("git@example.com:org/x.git", "/d").local_path(),
-        None
-    );
-    assert_eq!(
-        SourceConfig::new("ssh://git@example.com/org/x.git", "/d").local_path(),
-        None
-    );
+    assert_eq!(SourceConfig::new("https://example.com/x.git", "/d").local_path(), None);
+    assert_eq!(SourceConfig::new("git@example.com:org/x.git", "/d").local_path(), None);
+    assert_eq!(SourceConfig::new("ssh://git@example.com/org/x.git", "/d").local_path(), None);
     Ok(())
 }
 
@@ -795,10 +643,7 @@ fn non_bare_repo_reads_the_branch_commit_not_the_working_tree() -> Result<()> {
     git(&fx.work, &["add", "--", "agents/staged.yaml"])?;
     fx.write("requests/untracked.yaml", b"untracked\n")?;
 
-    for url in [
-        fx.work.to_string_lossy().into_owned(),
-        format!("file://{}", fx.work.display()),
-    ] {
+    for url in [fx.work.to_string_lossy().into_owned(), format!("file://{}", fx.work.display())] {
         let data = tempfile::tempdir()?;
         let mut source = Source::new(SourceConfig::new(&url, data.path()), LoadOptions::default())?;
         let rev = source.fetch()?;
@@ -806,10 +651,7 @@ fn non_bare_repo_reads_the_branch_commit_not_the_working_tree() -> Result<()> {
         let files = source.read_full(rev)?;
         let expected: FileMap = BTreeMap::from([
             ("agents/a.yaml".to_owned(), Blob::Data(b"a\n".to_vec())),
-            (
-                "hadron.yaml".to_owned(),
-                Blob::Data(b"committed\n".to_vec()),
-            ),
+            ("hadron.yaml".to_owned(), Blob::Data(b"committed\n".to_vec())),
         ]);
         assert_eq!(files, expected, "{url}");
     }
@@ -818,23 +660,12 @@ fn non_bare_repo_reads_the_branch_commit_not_the_working_tree() -> Result<()> {
 
 #[test]
 fn retry_with_backoff_retries_only_transient_errors() {
-    let policy = RetryPolicy {
-        max_attempts: 4,
-        base_delay: Duration::from_millis(1),
-        max_delay: Duration::from_millis(3),
-    };
-    let transient = || SourceError::Network {
-        url: "https://example.com".into(),
-        message: "connection reset".into(),
-    };
+    let policy = RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(3) };
+    let transient = || SourceError::Network { url: "https://example.com".into(), message: "connection reset".into() };
     let mut calls = 0;
     let out = retry_with_backoff(policy, || {
         calls += 1;
-        if calls < 3 {
-            Err(transient())
-        } else {
-            Ok(calls)
-        }
+        if calls < 3 { Err(transient()) } else { Ok(calls) }
     });
     assert_eq!(out.ok(), Some(3));
 
@@ -849,10 +680,7 @@ fn retry_with_backoff_retries_only_transient_errors() {
     let mut calls = 0;
     let out: Result<(), SourceError> = retry_with_backoff(policy, || {
         calls += 1;
-        Err(SourceError::AuthFailed {
-            url: "https://example.com".into(),
-            message: "401".into(),
-        })
+        Err(SourceError::AuthFailed { url: "https://example.com".into(), message: "401".into() })
     });
     assert_eq!(out.err().map(|e| e.reason()), Some("AuthFailed"));
     assert_eq!(calls, 1, "permanent errors are not retried");
@@ -860,11 +688,7 @@ fn retry_with_backoff_retries_only_transient_errors() {
 
 #[test]
 fn backoff_grows_exponentially_and_is_capped() {
-    let policy = RetryPolicy {
-        max_attempts: 10,
-        base_delay: Duration::from_millis(100),
-        max_delay: Duration::from_secs(2),
-    };
+    let policy = RetryPolicy { max_attempts: 10, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(2) };
     assert_eq!(policy.backoff_cap(0), Duration::from_millis(100));
     assert_eq!(policy.backoff_cap(1), Duration::from_millis(200));
     assert_eq!(policy.backoff_cap(3), Duration::from_millis(800));
@@ -879,23 +703,10 @@ fn backoff_grows_exponentially_and_is_capped() {
 
 #[test]
 fn urls_are_redacted() {
-    assert_eq!(
-        crate::redact::url_credentials("https://user:s3cret@example.com/org/repo.git"),
-        "https://***@example.com/org/repo.git"
-    );
-    assert_eq!(
-        crate::redact::url_credentials("https://example.com/x.git"),
-        "https://example.com/x.git"
-    );
-    assert_eq!(
-        crate::redact::url_credentials("git@example.com:org/x.git"),
-        "git@example.com:org/x.git"
-    );
-    let err = SourceError::from_remote(
-        &gix::error::ErrorExt::raise(gix::error::message("boom")),
-        "https://token@example.com/x.git",
-        false,
-    );
+    assert_eq!(crate::redact::url_credentials("https://user:s3cret@example.com/org/repo.git"), "https://***@example.com/org/repo.git");
+    assert_eq!(crate::redact::url_credentials("https://example.com/x.git"), "https://example.com/x.git");
+    assert_eq!(crate::redact::url_credentials("git@example.com:org/x.git"), "git@example.com:org/x.git");
+    let err = SourceError::from_remote(&gix::error::ErrorExt::raise(gix::error::message("boom")), "https://token@example.com/x.git", false);
     assert!(!err.to_string().contains("token"), "{err}");
 }
 
@@ -916,10 +727,7 @@ async fn push_into_local_bare_repo_triggers_the_watcher() -> Result<()> {
     git(&fx.work, &["push", "-q", "origin", "HEAD:refs/heads/main"])?;
     let pushed = Instant::now();
     let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
-    assert!(
-        matches!(got, Ok(Some(()))),
-        "no trigger within 10 s: {got:?}"
-    );
+    assert!(matches!(got, Ok(Some(()))), "no trigger within 10 s: {got:?}");
     eprintln!(
         "watch trigger: {:?} after `git push` started, {:?} after it returned (debounce {:?})",
         start.elapsed(),
@@ -931,10 +739,7 @@ async fn push_into_local_bare_repo_triggers_the_watcher() -> Result<()> {
     while rx.try_recv().is_ok() {}
     git(&fx.remote, &["pack-refs", "--all"])?;
     let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
-    assert!(
-        matches!(got, Ok(Some(()))),
-        "no trigger for packed-refs: {got:?}"
-    );
+    assert!(matches!(got, Ok(Some(()))), "no trigger for packed-refs: {got:?}");
 
     // The trigger leads to a fetch that sees the pushed commit.
     let mut source = Source::new(cfg.clone(), LoadOptions::default())?;
@@ -946,8 +751,7 @@ async fn push_into_local_bare_repo_triggers_the_watcher() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_sources_are_polled() -> Result<()> {
-    let cfg = SourceConfig::new("https://example.invalid/control.git", "/tmp/unused")
-        .with_poll_interval(Duration::from_millis(50));
+    let cfg = SourceConfig::new("https://example.invalid/control.git", "/tmp/unused").with_poll_interval(Duration::from_millis(50));
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     let handle = spawn_triggers(&cfg, tx);
     assert_eq!(handle.mode(), trigger::TriggerMode::Poll);
@@ -978,10 +782,7 @@ fn wiped_mirror_falls_back_to_a_full_load() -> Result<()> {
     git(&fx.work, &["push", "-q", "origin", "+HEAD:refs/heads/main"])?;
     let second = source.fetch()?;
     let changes = source.load(second)?;
-    assert!(
-        changes.full,
-        "the old tree is gone from the fresh mirror, so the load is full"
-    );
+    assert!(changes.full, "the old tree is gone from the fresh mirror, so the load is full");
     let mut files = FileMap::new();
     apply(&mut files, &changes);
     assert_eq!(files, files_on_disk(&fx.work)?);

@@ -49,9 +49,7 @@ pub struct TriggerHandle {
 
 impl std::fmt::Debug for TriggerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TriggerHandle")
-            .field("mode", &self.mode)
-            .finish()
+        f.debug_struct("TriggerHandle").field("mode", &self.mode).finish()
     }
 }
 
@@ -79,12 +77,9 @@ impl Drop for TriggerHandle {
 /// falls back to polling and says so in [`TriggerHandle::mode`].
 pub fn spawn_triggers(cfg: &SourceConfig, tx: Sender<()>) -> TriggerHandle {
     let (control, events) = mpsc::channel::<Msg>();
-    let watcher = cfg
-        .local_path()
-        .filter(|_| cfg.watch)
-        .and_then(|path| super::refs_dir_of(&path))
-        .and_then(
-            |common_dir| match watch_refs(&common_dir, control.clone()) {
+    let watcher =
+        cfg.local_path().filter(|_| cfg.watch).and_then(|path| super::refs_dir_of(&path)).and_then(|common_dir| {
+            match watch_refs(&common_dir, control.clone()) {
                 Ok(watcher) => Some(watcher),
                 Err(err) => {
                     tracing::warn!(
@@ -93,17 +88,11 @@ pub fn spawn_triggers(cfg: &SourceConfig, tx: Sender<()>) -> TriggerHandle {
                     );
                     None
                 }
-            },
-        );
-    let mode = if watcher.is_some() {
-        TriggerMode::Watch
-    } else {
-        TriggerMode::Poll
-    };
+            }
+        });
+    let mode = if watcher.is_some() { TriggerMode::Watch } else { TriggerMode::Poll };
     let interval = cfg.poll_interval.max(Duration::from_millis(10));
-    let thread = std::thread::Builder::new()
-        .name("hadron-source-trigger".into())
-        .spawn(move || trigger_loop(&events, &tx, interval));
+    let thread = std::thread::Builder::new().name("hadron-source-trigger".into()).spawn(move || trigger_loop(&events, &tx, interval));
     let thread = match thread {
         Ok(t) => Some(t),
         Err(err) => {
@@ -111,26 +100,14 @@ pub fn spawn_triggers(cfg: &SourceConfig, tx: Sender<()>) -> TriggerHandle {
             None
         }
     };
-    TriggerHandle {
-        mode,
-        watcher,
-        control,
-        thread,
-    }
+    TriggerHandle { mode, watcher, control, thread }
 }
 
-fn watch_refs(
-    common_dir: &Path,
-    control: mpsc::Sender<Msg>,
-) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_refs(common_dir: &Path, control: mpsc::Sender<Msg>) -> notify::Result<notify::RecommendedWatcher> {
     let refs = common_dir.join("refs");
     let relevant = {
         let refs = refs.clone();
-        move |p: &PathBuf| {
-            p.starts_with(&refs)
-                || p.file_name()
-                    .is_some_and(|n| n == "packed-refs" || n == "packed-refs.lock")
-        }
+        move |p: &PathBuf| p.starts_with(&refs) || p.file_name().is_some_and(|n| n == "packed-refs" || n == "packed-refs.lock")
     };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };

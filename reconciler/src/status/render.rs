@@ -10,7 +10,13 @@ use crate::time::{Millis, rfc3339};
 
 /// Builds the status of one request. `prev` is the status file as last
 /// written; `revision` the control-repo commit this pass read.
-pub fn render(view: &RequestView, prev: Option<&RequestStatus>, revision: &str, now: Millis, pull_requests: &BTreeMap<String, String>) -> RequestStatus {
+pub fn render(
+    view: &RequestView,
+    prev: Option<&RequestStatus>,
+    revision: &str,
+    now: Millis,
+    pull_requests: &BTreeMap<String, String>,
+) -> RequestStatus {
     render_with(view, prev, revision, now, pull_requests, None)
 }
 

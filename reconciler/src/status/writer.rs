@@ -146,10 +146,7 @@ impl WriterError {
     }
 
     fn git(context: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        WriterError::Git {
-            context,
-            source: Box::new(source),
-        }
+        WriterError::Git { context, source: Box::new(source) }
     }
 }
 
@@ -178,11 +175,7 @@ pub struct WriterConfig {
 impl WriterConfig {
     /// A configuration with the default identity (`hadron <hadron@localhost>`),
     /// 10 attempts and a backoff from 100 ms up to 10 s.
-    pub fn new(
-        remote_url: impl Into<String>,
-        branch: impl Into<String>,
-        work_dir: impl Into<PathBuf>,
-    ) -> Self {
+    pub fn new(remote_url: impl Into<String>, branch: impl Into<String>, work_dir: impl Into<PathBuf>) -> Self {
         WriterConfig {
             remote_url: remote_url.into(),
             branch: branch.into(),
@@ -253,23 +246,15 @@ impl StatusWriter {
     pub fn new(config: WriterConfig) -> Result<Self, WriterError> {
         validate_config(&config)?;
         let dir = &config.work_dir;
-        std::fs::create_dir_all(dir).map_err(|e| WriterError::Config {
-            detail: format!("cannot create work_dir {}: {e}", dir.display()),
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| WriterError::Config { detail: format!("cannot create work_dir {}: {e}", dir.display()) })?;
         if open_repo(dir).is_err() {
             let empty = std::fs::read_dir(dir)
-                .map_err(|e| WriterError::Config {
-                    detail: format!("cannot read work_dir {}: {e}", dir.display()),
-                })?
+                .map_err(|e| WriterError::Config { detail: format!("cannot read work_dir {}: {e}", dir.display()) })?
                 .next()
                 .is_none();
             if !empty {
-                return Err(WriterError::Config {
-                    detail: format!(
-                        "work_dir {} is neither empty nor a git repository",
-                        dir.display()
-                    ),
-                });
+                return Err(WriterError::Config { detail: format!("work_dir {} is neither empty nor a git repository", dir.display()) });
             }
             gix::init_bare(dir).map_err(|e| WriterError::git("creating the private clone", e))?;
         }
@@ -301,11 +286,7 @@ impl StatusWriter {
         for attempt in 1..=max {
             let Some(prepared) = self.prepare(changes, message, revision)? else {
                 tracing::debug!(branch = %self.config.branch, attempt, "status already published");
-                return Ok(PublishOutcome {
-                    commit: None,
-                    attempts: attempt,
-                    pushed: false,
-                });
+                return Ok(PublishOutcome { commit: None, attempts: attempt, pushed: false });
             };
             match self.push(&prepared)? {
                 PushResult::Pushed => {
@@ -315,11 +296,7 @@ impl StatusWriter {
                         attempt,
                         "published status commit"
                     );
-                    return Ok(PublishOutcome {
-                        commit: Some(prepared.commit),
-                        attempts: attempt,
-                        pushed: true,
-                    });
+                    return Ok(PublishOutcome { commit: Some(prepared.commit), attempts: attempt, pushed: true });
                 }
                 PushResult::Rejected { detail } => {
                     tracing::debug!(
@@ -335,11 +312,7 @@ impl StatusWriter {
                 }
             }
         }
-        Err(WriterError::PushRejected {
-            branch: self.config.branch.clone(),
-            attempts: max,
-            detail: last_detail,
-        })
+        Err(WriterError::PushRejected { branch: self.config.branch.clone(), attempts: max, detail: last_detail })
     }
 
     /// Steps 1–4 of [`publish`](Self::publish) without pushing: fetch the branch head, apply
@@ -357,8 +330,7 @@ impl StatusWriter {
         // is Hadron's alone, so an old lock is nobody's.
         crate::git::remove_stale_locks(&self.config.work_dir, crate::git::STALE_LOCK_AGE);
         self.fetch()?;
-        let repo = open_repo(&self.config.work_dir)
-            .map_err(|e| WriterError::git("opening the private clone", e))?;
+        let repo = open_repo(&self.config.work_dir).map_err(|e| WriterError::git("opening the private clone", e))?;
         let head_id = repo
             .find_reference(UPSTREAM_REF)
             .map_err(|e| WriterError::git("reading the fetched head", e))?
@@ -373,39 +345,25 @@ impl StatusWriter {
         let head_tree_id = head_tree.id;
 
         for path in changes.keys() {
-            let entry = head_tree
-                .lookup_entry_by_path(path)
-                .map_err(|e| WriterError::git("looking up a status path", e))?;
+            let entry = head_tree.lookup_entry_by_path(path).map_err(|e| WriterError::git("looking up a status path", e))?;
             if entry.is_some_and(|e| e.mode().is_tree()) {
                 return Err(WriterError::PathIsFolder { path: path.clone() });
             }
         }
 
-        let mut editor = repo
-            .edit_tree(head_tree_id)
-            .map_err(|e| WriterError::git("starting the tree edit", e))?;
+        let mut editor = repo.edit_tree(head_tree_id).map_err(|e| WriterError::git("starting the tree edit", e))?;
         for (path, content) in changes {
             match content {
                 Some(bytes) => {
-                    let blob = repo
-                        .write_blob(bytes)
-                        .map_err(|e| WriterError::git("writing a status blob", e))?
-                        .detach();
-                    editor
-                        .upsert(path.as_str(), EntryKind::Blob, blob)
-                        .map_err(|e| WriterError::git("editing the tree", e))?;
+                    let blob = repo.write_blob(bytes).map_err(|e| WriterError::git("writing a status blob", e))?.detach();
+                    editor.upsert(path.as_str(), EntryKind::Blob, blob).map_err(|e| WriterError::git("editing the tree", e))?;
                 }
                 None => {
-                    editor
-                        .remove(path.as_str())
-                        .map_err(|e| WriterError::git("editing the tree", e))?;
+                    editor.remove(path.as_str()).map_err(|e| WriterError::git("editing the tree", e))?;
                 }
             }
         }
-        let new_tree = editor
-            .write()
-            .map_err(|e| WriterError::git("writing the tree", e))?
-            .detach();
+        let new_tree = editor.write().map_err(|e| WriterError::git("writing the tree", e))?.detach();
         if new_tree == head_tree_id {
             return Ok(None);
         }
@@ -419,47 +377,23 @@ impl StatusWriter {
         let mut time_buf = gix::date::parse::TimeBuf::default();
         let sig_ref = signature.to_ref(&mut time_buf);
         let commit = repo
-            .new_commit_as(
-                sig_ref,
-                sig_ref,
-                commit_message(message, revision),
-                new_tree,
-                [head_id],
-            )
+            .new_commit_as(sig_ref, sig_ref, commit_message(message, revision), new_tree, [head_id])
             .map_err(|e| WriterError::git("writing the status commit", e))?
             .id;
-        repo.reference(
-            PENDING_REF,
-            commit,
-            gix::refs::transaction::PreviousValue::Any,
-            "hadron: prepared status commit",
-        )
-        .map_err(|e| WriterError::git("recording the prepared commit", e))?;
-        Ok(Some(PreparedCommit {
-            commit: commit.to_string(),
-            parent: head_id.to_string(),
-        }))
+        repo.reference(PENDING_REF, commit, gix::refs::transaction::PreviousValue::Any, "hadron: prepared status commit")
+            .map_err(|e| WriterError::git("recording the prepared commit", e))?;
+        Ok(Some(PreparedCommit { commit: commit.to_string(), parent: head_id.to_string() }))
     }
 
     /// Step 5 of [`publish`](Self::publish): push a prepared commit to the branch,
     /// fast-forward only. A non-fast-forward refusal is [`PushResult::Rejected`]; any other
     /// failure is an error.
     pub fn push(&mut self, prepared: &PreparedCommit) -> Result<PushResult, WriterError> {
-        let commit = gix::ObjectId::from_hex(prepared.commit.as_bytes()).map_err(|_| {
-            WriterError::InvalidRevision {
-                value: prepared.commit.clone(),
-            }
-        })?;
+        let commit = gix::ObjectId::from_hex(prepared.commit.as_bytes())
+            .map_err(|_| WriterError::InvalidRevision { value: prepared.commit.clone() })?;
         let target = self.branch_ref();
         let refspec = format!("{commit}:{target}");
-        let output = self.run_git(&[
-            "push",
-            "--porcelain",
-            "--no-verify",
-            "--",
-            &self.config.remote_url,
-            &refspec,
-        ])?;
+        let output = self.run_git(&["push", "--porcelain", "--no-verify", "--", &self.config.remote_url, &refspec])?;
         let stdout = &output.stdout;
         let stderr = &output.stderr;
         let line = stdout.lines().find_map(|line| {
@@ -467,31 +401,19 @@ impl StatusWriter {
             let flag = fields.next()?;
             let spec = fields.next()?;
             let summary = fields.next().unwrap_or_default();
-            spec.ends_with(&format!(":{target}"))
-                .then(|| (flag.trim().to_owned(), summary.to_owned()))
+            spec.ends_with(&format!(":{target}")).then(|| (flag.trim().to_owned(), summary.to_owned()))
         });
         match line {
             // " " fast-forward, "*" new branch, "=" already there.
-            Some((flag, _))
-                if output.success && matches!(flag.as_str(), "" | "*" | "=") =>
-            {
-                Ok(PushResult::Pushed)
-            }
+            Some((flag, _)) if output.success && matches!(flag.as_str(), "" | "*" | "=") => Ok(PushResult::Pushed),
             Some((flag, summary)) if flag == "!" && is_retryable_rejection(&summary) => {
-                Ok(PushResult::Rejected {
-                    detail: summary.trim().to_owned(),
-                })
+                Ok(PushResult::Rejected { detail: summary.trim().to_owned() })
             }
             Some((flag, summary)) => Err(WriterError::Push {
                 branch: self.config.branch.clone(),
-                detail: format!("{flag} {} {}", summary.trim(), stderr.trim())
-                    .trim()
-                    .to_owned(),
+                detail: format!("{flag} {} {}", summary.trim(), stderr.trim()).trim().to_owned(),
             }),
-            None => Err(WriterError::Push {
-                branch: self.config.branch.clone(),
-                detail: stderr.trim().to_owned(),
-            }),
+            None => Err(WriterError::Push { branch: self.config.branch.clone(), detail: stderr.trim().to_owned() }),
         }
     }
 
@@ -526,11 +448,7 @@ impl StatusWriter {
     /// Jittered exponential backoff after the failed round `attempt` (1-based).
     fn backoff(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(20);
-        let full = self
-            .config
-            .base_backoff
-            .saturating_mul(1u32 << exp)
-            .min(self.config.max_backoff);
+        let full = self.config.base_backoff.saturating_mul(1u32 << exp).min(self.config.max_backoff);
         let nanos = u64::try_from(full.as_nanos()).unwrap_or(u64::MAX);
         if nanos < 2 {
             return full;
@@ -540,15 +458,10 @@ impl StatusWriter {
 
     /// Run `git` on the private clone through Hadron's one git runner.
     fn run_git(&self, args: &[&str]) -> Result<crate::git::Ran, WriterError> {
-        crate::git::Git::bare(&self.config.work_dir, self.config.author.clone())
-            .run(args)
-            .map_err(|e| match e {
-                crate::git::GitError::Unavailable { source } => WriterError::GitUnavailable { source },
-                crate::git::GitError::Failed { detail, .. } => WriterError::Push {
-                    branch: self.config.branch.clone(),
-                    detail,
-                },
-            })
+        crate::git::Git::bare(&self.config.work_dir, self.config.author.clone()).run(args).map_err(|e| match e {
+            crate::git::GitError::Unavailable { source } => WriterError::GitUnavailable { source },
+            crate::git::GitError::Failed { detail, .. } => WriterError::Push { branch: self.config.branch.clone(), detail },
+        })
     }
 }
 
@@ -575,11 +488,7 @@ fn is_retryable_rejection(summary: &str) -> bool {
 /// Build the commit message: `message` (or a default subject) and the revision trailer.
 fn commit_message(message: &str, revision: &str) -> String {
     let body = message.trim();
-    let body = if body.is_empty() {
-        "Update status"
-    } else {
-        body
-    };
+    let body = if body.is_empty() { "Update status" } else { body };
     format!("{body}\n\n{REVISION_TRAILER_KEY}: {revision}\n")
 }
 
@@ -587,9 +496,7 @@ fn commit_message(message: &str, revision: &str) -> String {
 /// `status/<component>[/<component>…]`, no empty, `.`, `..` or `.git` components,
 /// no leading `/`, no backslash, NUL or newline.
 pub fn validate_status_path(path: &str) -> Result<(), WriterError> {
-    let refuse = || WriterError::PathOutsideStatus {
-        path: path.to_owned(),
-    };
+    let refuse = || WriterError::PathOutsideStatus { path: path.to_owned() };
     let mut components = path.split('/');
     if components.next() != Some(STATUS_DIR) {
         return Err(refuse());
@@ -613,20 +520,12 @@ pub fn validate_status_path(path: &str) -> Result<(), WriterError> {
 }
 
 fn validate_changes(changes: &BTreeMap<String, Option<Vec<u8>>>) -> Result<(), WriterError> {
-    changes
-        .keys()
-        .try_for_each(|path| validate_status_path(path))
+    changes.keys().try_for_each(|path| validate_status_path(path))
 }
 
 fn validate_revision(revision: &str) -> Result<(), WriterError> {
     let ok = (4..=64).contains(&revision.len()) && revision.bytes().all(|b| b.is_ascii_hexdigit());
-    if ok {
-        Ok(())
-    } else {
-        Err(WriterError::InvalidRevision {
-            value: revision.to_owned(),
-        })
-    }
+    if ok { Ok(()) } else { Err(WriterError::InvalidRevision { value: revision.to_owned() }) }
 }
 
 fn validate_config(config: &WriterConfig) -> Result<(), WriterError> {
@@ -637,24 +536,15 @@ fn validate_config(config: &WriterConfig) -> Result<(), WriterError> {
     }
     let branch = &config.branch;
     let full = format!("refs/heads/{branch}");
-    if branch.is_empty()
-        || branch.starts_with('-')
-        || branch.contains(':')
-        || gix::refs::FullName::try_from(full.as_str()).is_err()
-    {
+    if branch.is_empty() || branch.starts_with('-') || branch.contains(':') || gix::refs::FullName::try_from(full.as_str()).is_err() {
         return refuse(format!("branch {branch:?} is not a valid branch name"));
     }
     if config.max_attempts == 0 {
         return refuse("max_attempts must be at least 1".to_owned());
     }
-    for (what, value) in [
-        ("author name", &config.author.name),
-        ("author email", &config.author.email),
-    ] {
+    for (what, value) in [("author name", &config.author.name), ("author email", &config.author.email)] {
         if value.is_empty() || value.contains(['<', '>', '\n', '\r', '\0']) {
-            return refuse(format!(
-                "{what} {value:?} cannot be used in a git signature"
-            ));
+            return refuse(format!("{what} {value:?} cannot be used in a git signature"));
         }
     }
     Ok(())
@@ -690,28 +580,16 @@ mod tests {
 
     #[test]
     fn url_credentials_are_redacted() {
-        assert_eq!(
-            crate::redact::url_credentials("https://user:secret@git.example/org/repo.git"),
-            "https://***@git.example/org/repo.git"
-        );
+        assert_eq!(crate::redact::url_credentials("https://user:secret@git.example/org/repo.git"), "https://***@git.example/org/repo.git");
         assert_eq!(crate::redact::url_credentials("/srv/git/control.git"), "/srv/git/control.git");
-        assert_eq!(
-            crate::redact::url_credentials("https://git.example/a@b"),
-            "https://git.example/a@b"
-        );
+        assert_eq!(crate::redact::url_credentials("https://git.example/a@b"), "https://git.example/a@b");
         let config = WriterConfig::new("https://u:tok3n@git.example/c.git", "main", "/tmp/w");
         assert!(!format!("{config:?}").contains("tok3n"));
     }
 
     #[test]
     fn commit_message_carries_the_trailer() {
-        assert_eq!(
-            commit_message("status: 2 requests\n", "abc123"),
-            "status: 2 requests\n\nHadron-Revision: abc123\n"
-        );
-        assert_eq!(
-            commit_message("  ", "abcd"),
-            "Update status\n\nHadron-Revision: abcd\n"
-        );
+        assert_eq!(commit_message("status: 2 requests\n", "abc123"), "status: 2 requests\n\nHadron-Revision: abc123\n");
+        assert_eq!(commit_message("  ", "abcd"), "Update status\n\nHadron-Revision: abcd\n");
     }
 }

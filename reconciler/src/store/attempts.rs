@@ -1,10 +1,7 @@
 //! The `attempts` table: one row per worker run, keyed by its deterministic name.
 
 use super::events::insert_event;
-use super::{
-    Attempt, AttemptInsert, AttemptUpdate, NewAttempt, NewEvent, Store, StoreError, from_db,
-    to_db,
-};
+use super::{Attempt, AttemptInsert, AttemptUpdate, NewAttempt, NewEvent, Store, StoreError, from_db, to_db};
 
 /// An `attempts` row as the databases return it.
 #[derive(sqlx::FromRow)]
@@ -33,22 +30,16 @@ impl TryFrom<AttemptRow> for Attempt {
     fn try_from(row: AttemptRow) -> Result<Self, StoreError> {
         let key = row.worker_name.as_str();
         let result = match &row.result {
-            Some(text) => Some(serde_json::from_str(text).map_err(|e| {
-                StoreError::corrupt(format!("result of attempt {key:?} is not JSON: {e}"))
-            })?),
+            Some(text) => {
+                Some(serde_json::from_str(text).map_err(|e| StoreError::corrupt(format!("result of attempt {key:?} is not JSON: {e}")))?)
+            }
             None => None,
         };
         Ok(Attempt {
             attempt: from_db(row.attempt, "attempt", key)?,
             state: row.state.parse()?,
-            tokens_in: row
-                .tokens_in
-                .map(|v| from_db(v, "tokens_in", key))
-                .transpose()?,
-            tokens_out: row
-                .tokens_out
-                .map(|v| from_db(v, "tokens_out", key))
-                .transpose()?,
+            tokens_in: row.tokens_in.map(|v| from_db(v, "tokens_in", key)).transpose()?,
+            tokens_out: row.tokens_out.map(|v| from_db(v, "tokens_out", key)).transpose()?,
             result,
             created_at: row.created_at,
             started_at: row.started_at,
@@ -81,11 +72,7 @@ impl Store {
     /// `event` is appended in the same transaction, only when the row is new.
     /// A different worker name for the same (request, generation, stage, repo, attempt) is a
     /// [`StoreError::Conflict`], as is an unknown request.
-    pub async fn insert_attempt(
-        &self,
-        new: &NewAttempt,
-        event: Option<&NewEvent>,
-    ) -> Result<AttemptInsert, StoreError> {
+    pub async fn insert_attempt(&self, new: &NewAttempt, event: Option<&NewEvent>) -> Result<AttemptInsert, StoreError> {
         const OP: &str = "insert attempt";
         let row = with_pool!(self, pool => {
             let mut tx = begin_write!(self, pool, OP).await?;
@@ -121,10 +108,7 @@ impl Store {
             tx.commit().await.map_err(|e| StoreError::query(OP, e))?;
             (row, inserted)
         });
-        Ok(AttemptInsert {
-            attempt: row.0.try_into()?,
-            existed: !row.1,
-        })
+        Ok(AttemptInsert { attempt: row.0.try_into()?, existed: !row.1 })
     }
 
     /// Moves attempt `worker_name` to `update.state` and stores what the worker reported.
@@ -135,21 +119,10 @@ impl Store {
     /// `Running → Pending`, is a [`StoreError::Conflict`]; an unknown worker is
     /// [`StoreError::NotFound`]. `event` is appended in the same transaction when the
     /// update applies.
-    pub async fn update_attempt(
-        &self,
-        worker_name: &str,
-        update: &AttemptUpdate,
-        event: Option<&NewEvent>,
-    ) -> Result<Attempt, StoreError> {
+    pub async fn update_attempt(&self, worker_name: &str, update: &AttemptUpdate, event: Option<&NewEvent>) -> Result<Attempt, StoreError> {
         const OP: &str = "update attempt";
-        let tokens_in = update
-            .tokens_in
-            .map(|v| to_db(v, OP, "tokens_in"))
-            .transpose()?;
-        let tokens_out = update
-            .tokens_out
-            .map(|v| to_db(v, OP, "tokens_out"))
-            .transpose()?;
+        let tokens_in = update.tokens_in.map(|v| to_db(v, OP, "tokens_in")).transpose()?;
+        let tokens_out = update.tokens_out.map(|v| to_db(v, OP, "tokens_out")).transpose()?;
         let result = update.result.as_ref().map(|v| v.to_string());
         let started_at = (update.state == super::AttemptState::Running).then_some(update.at);
         let finished_at = update.state.is_terminal().then_some(update.at);
@@ -209,10 +182,7 @@ impl Store {
             return row.try_into();
         }
         let Some(current) = current else {
-            return Err(StoreError::NotFound {
-                kind: "attempt",
-                key: worker_name.to_owned(),
-            });
+            return Err(StoreError::NotFound { kind: "attempt", key: worker_name.to_owned() });
         };
         let current = Attempt::try_from(current)?;
         if current.state == update.state && current.state.is_terminal() {

@@ -113,9 +113,7 @@ impl StoreError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidTarget { .. } => "StoreInvalidTarget",
-            Self::DataDir { .. } | Self::SqliteOpen { .. } | Self::PostgresConnect { .. } => {
-                "StoreConnect"
-            }
+            Self::DataDir { .. } | Self::SqliteOpen { .. } | Self::PostgresConnect { .. } => "StoreConnect",
             Self::Migrate { .. } => "StoreMigrate",
             Self::Query { .. } => "StoreQuery",
             Self::Conflict { .. } => "StoreConflict",
@@ -137,10 +135,7 @@ impl StoreError {
                 None
             };
             if let Some(detail) = detail {
-                return Self::Conflict {
-                    op,
-                    detail: format!("{detail} ({})", db.message()),
-                };
+                return Self::Conflict { op, detail: format!("{detail} ({})", db.message()) };
             }
         }
         Self::Query { op, source }
@@ -148,9 +143,7 @@ impl StoreError {
 
     /// Shorthand for a [`StoreError::Corrupt`] error.
     pub(crate) fn corrupt(detail: impl Into<String>) -> Self {
-        Self::Corrupt {
-            detail: detail.into(),
-        }
+        Self::Corrupt { detail: detail.into() }
     }
 }
 

@@ -61,11 +61,7 @@ impl Store {
     }
 
     /// The events about `request`, oldest first; at most `limit`, the most recent ones.
-    pub async fn events_for_request(
-        &self,
-        request: &str,
-        limit: u32,
-    ) -> Result<Vec<Event>, StoreError> {
+    pub async fn events_for_request(&self, request: &str, limit: u32) -> Result<Vec<Event>, StoreError> {
         let mut events = with_pool!(self, pool => {
             sqlx::query_as::<_, Event>(
                 "SELECT id, at, request, actor, action, revision, detail FROM events \

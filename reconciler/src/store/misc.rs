@@ -8,12 +8,7 @@ const LAST_REVISION_KEY: &str = "source.last_revision";
 
 impl Store {
     /// Records webhook delivery `delivery_id`; returns `false` when it was seen before.
-    pub async fn record_delivery(
-        &self,
-        delivery_id: &str,
-        event: &str,
-        received_at: i64,
-    ) -> Result<bool, StoreError> {
+    pub async fn record_delivery(&self, delivery_id: &str, event: &str, received_at: i64) -> Result<bool, StoreError> {
         with_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO webhook_deliveries (delivery_id, event, received_at) \

@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 /// Runs `$body` with `$pool` bound to the open pool, whichever backend it is.
 ///
@@ -47,10 +45,7 @@ macro_rules! with_pool {
 macro_rules! begin_write {
     ($store:expr, $pool:ident, $op:expr) => {
         async {
-            let mut tx = $pool
-                .begin_with($store.begin_sql())
-                .await
-                .map_err(|e| $crate::store::StoreError::query($op, e))?;
+            let mut tx = $pool.begin_with($store.begin_sql()).await.map_err(|e| $crate::store::StoreError::query($op, e))?;
             if let Some(lock) = $store.event_order_lock_sql() {
                 sqlx::query(lock)
                     .bind($crate::store::EVENT_ORDER_LOCK_KEY)
@@ -76,8 +71,8 @@ mod tests;
 pub use error::{StoreError, redact_url};
 pub use misc::{APPROVAL_MERGED_PREFIX, approval_merged_key};
 pub use records::{
-    Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, MergeRecord, NewAttempt,
-    NewEvent, OutboxEntry, OutboxFiles, OutboxState, RequestRecord,
+    Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, MergeRecord, NewAttempt, NewEvent, OutboxEntry, OutboxFiles, OutboxState,
+    RequestRecord,
 };
 
 /// The SQLite file name inside the data directory.
@@ -134,10 +129,7 @@ impl Store {
             }
             path
         } else if target.contains("://") {
-            return Err(StoreError::InvalidTarget {
-                target: redact_url(target),
-                why: "only PostgreSQL URLs are supported",
-            });
+            return Err(StoreError::InvalidTarget { target: redact_url(target), why: "only PostgreSQL URLs are supported" });
         } else {
             target
         };
@@ -159,10 +151,7 @@ impl Store {
     /// creating its parent directory if missing, and applies migrations.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::DataDir {
-                path: parent.to_path_buf(),
-                source,
-            })?;
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::DataDir { path: parent.to_path_buf(), source })?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -175,22 +164,10 @@ impl Store {
             .max_connections(4)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::SqliteOpen {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| StoreError::SqliteOpen { path: path.to_path_buf(), source })?;
         let location = path.display().to_string();
-        SQLITE_MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                target: location.clone(),
-                source,
-            })?;
-        Ok(Self {
-            pool: Pool::Sqlite(pool),
-            location,
-        })
+        SQLITE_MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { target: location.clone(), source })?;
+        Ok(Self { pool: Pool::Sqlite(pool), location })
     }
 
     /// Connects to PostgreSQL at `url` and applies migrations, waiting up to
@@ -201,36 +178,17 @@ impl Store {
 
     /// Like [`Store::connect_postgres`], giving up on the server after `timeout`
     /// (which also bounds how long a query waits for a free connection).
-    pub async fn connect_postgres_with_timeout(
-        url: &str,
-        timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    pub async fn connect_postgres_with_timeout(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         let location = redact_url(url);
-        let options =
-            PgConnectOptions::from_str(url).map_err(|source| StoreError::PostgresConnect {
-                url: location.clone(),
-                source,
-            })?;
+        let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::PostgresConnect { url: location.clone(), source })?;
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(timeout)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::PostgresConnect {
-                url: location.clone(),
-                source,
-            })?;
-        POSTGRES_MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                target: location.clone(),
-                source,
-            })?;
-        Ok(Self {
-            pool: Pool::Postgres(pool),
-            location,
-        })
+            .map_err(|source| StoreError::PostgresConnect { url: location.clone(), source })?;
+        POSTGRES_MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { target: location.clone(), source })?;
+        Ok(Self { pool: Pool::Postgres(pool), location })
     }
 
     /// Which database this store uses.
@@ -278,14 +236,11 @@ impl Store {
 
 /// Converts a stored `i64` to a `u32`/`u64`, reporting which column was out of range.
 fn from_db<T: TryFrom<i64>>(value: i64, column: &str, key: &str) -> Result<T, StoreError> {
-    T::try_from(value)
-        .map_err(|_| StoreError::corrupt(format!("{column} = {value} out of range for {key:?}")))
+    T::try_from(value).map_err(|_| StoreError::corrupt(format!("{column} = {value} out of range for {key:?}")))
 }
 
 /// Converts a `u64` to the `i64` the databases store, refusing values that do not fit.
 fn to_db(value: u64, op: &'static str, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Conflict {
-        op,
-        detail: format!("{what} = {value} is larger than the store can hold (2^63-1)"),
-    })
+    i64::try_from(value)
+        .map_err(|_| StoreError::Conflict { op, detail: format!("{what} = {value} is larger than the store can hold (2^63-1)") })
 }

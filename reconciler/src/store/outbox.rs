@@ -20,10 +20,7 @@ impl TryFrom<OutboxRow> for OutboxEntry {
 
     fn try_from(row: OutboxRow) -> Result<Self, StoreError> {
         let files: OutboxFiles = serde_json::from_str(&row.files).map_err(|e| {
-            StoreError::corrupt(format!(
-                "files of outbox entry {} are not a JSON map of path to content or null: {e}",
-                row.id
-            ))
+            StoreError::corrupt(format!("files of outbox entry {} are not a JSON map of path to content or null: {e}", row.id))
         })?;
         Ok(OutboxEntry {
             id: row.id,
@@ -45,17 +42,10 @@ macro_rules! outbox_columns {
 
 impl Store {
     /// Records a pending status write (commit `message` changing `files`) and returns its id.
-    pub async fn put_outbox(
-        &self,
-        message: &str,
-        files: &OutboxFiles,
-        created_at: i64,
-    ) -> Result<i64, StoreError> {
+    pub async fn put_outbox(&self, message: &str, files: &OutboxFiles, created_at: i64) -> Result<i64, StoreError> {
         const OP: &str = "put outbox entry";
-        let files = serde_json::to_string(files).map_err(|e| StoreError::Conflict {
-            op: OP,
-            detail: format!("files cannot be encoded as JSON: {e}"),
-        })?;
+        let files = serde_json::to_string(files)
+            .map_err(|e| StoreError::Conflict { op: OP, detail: format!("files cannot be encoded as JSON: {e}") })?;
         with_pool!(self, pool => {
             sqlx::query_scalar::<_, i64>(
                 "INSERT INTO outbox (created_at, message, files, state) \
@@ -102,12 +92,7 @@ impl Store {
     /// Repeating it with the same commit is a no-op; a different commit for an
     /// entry already published is a [`StoreError::Conflict`]; an unknown id is
     /// [`StoreError::NotFound`].
-    pub async fn mark_published(
-        &self,
-        id: i64,
-        commit: &str,
-        published_at: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn mark_published(&self, id: i64, commit: &str, published_at: i64) -> Result<(), StoreError> {
         const OP: &str = "mark outbox entry published";
         let changed = with_pool!(self, pool => {
             sqlx::query(
@@ -126,16 +111,8 @@ impl Store {
             return Ok(());
         }
         match self.get_outbox(id).await? {
-            None => Err(StoreError::NotFound {
-                kind: "outbox entry",
-                key: id.to_string(),
-            }),
-            Some(entry)
-                if entry.state == OutboxState::Published
-                    && entry.published_commit.as_deref() == Some(commit) =>
-            {
-                Ok(())
-            }
+            None => Err(StoreError::NotFound { kind: "outbox entry", key: id.to_string() }),
+            Some(entry) if entry.state == OutboxState::Published && entry.published_commit.as_deref() == Some(commit) => Ok(()),
             Some(entry) => Err(StoreError::Conflict {
                 op: OP,
                 detail: format!(
@@ -158,5 +135,4 @@ impl Store {
                 .map_err(|e| StoreError::query("prune outbox", e))
         })
     }
-
 }

@@ -121,15 +121,7 @@ pub struct AttemptUpdate {
 impl AttemptUpdate {
     /// An update to `state` at `at` that reports nothing else.
     pub fn state(state: AttemptState, at: i64) -> Self {
-        Self {
-            state,
-            at,
-            cost_usd: None,
-            tokens_in: None,
-            tokens_out: None,
-            result: None,
-            pushed_commit: None,
-        }
+        Self { state, at, cost_usd: None, tokens_in: None, tokens_out: None, result: None, pushed_commit: None }
     }
 }
 

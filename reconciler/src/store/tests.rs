@@ -43,11 +43,7 @@ impl TestDb {
             Kind::Sqlite => {
                 let dir = tempfile::tempdir()?;
                 let path = dir.path().join("data").join(SQLITE_FILE_NAME);
-                Ok(Some(Self {
-                    target: path.display().to_string(),
-                    _dir: Some(dir),
-                    pg_name: None,
-                }))
+                Ok(Some(Self { target: path.display().to_string(), _dir: Some(dir), pg_name: None }))
             }
             Kind::Postgres => {
                 if std::env::var("HADRON_SKIP_PG").as_deref() == Ok("1") {
@@ -71,11 +67,7 @@ impl TestDb {
                 admin.close().await?;
                 let base = admin_url.split('?').next().unwrap_or(&admin_url);
                 let server = base.rsplit_once('/').map_or(base, |(server, _db)| server);
-                Ok(Some(Self {
-                    target: format!("{server}/{name}"),
-                    _dir: None,
-                    pg_name: Some(name),
-                }))
+                Ok(Some(Self { target: format!("{server}/{name}"), _dir: None, pg_name: Some(name) }))
             }
         }
     }
@@ -179,10 +171,7 @@ fn event(request: Option<&str>, action: &str, at: i64) -> NewEvent {
     }
 }
 
-fn expect_reason<T: std::fmt::Debug>(
-    result: Result<T, StoreError>,
-    reason: &str,
-) -> anyhow::Result<StoreError> {
+fn expect_reason<T: std::fmt::Debug>(result: Result<T, StoreError>, reason: &str) -> anyhow::Result<StoreError> {
     match result {
         Err(e) if e.reason() == reason => Ok(e),
         Err(e) => bail!("expected {reason}, got {} ({e})", e.reason()),
@@ -232,12 +221,7 @@ store_test!(requests_upsert_get_list_delete, |db| {
     store.upsert_request(&beta).await?;
 
     ensure!(store.get_request("beta").await? == Some(beta.clone()));
-    let names: Vec<String> = store
-        .list_requests()
-        .await?
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
+    let names: Vec<String> = store.list_requests().await?.into_iter().map(|r| r.name).collect();
     ensure!(names == ["alpha", "beta"], "list order: {names:?}");
 
     // Back to no stage: NULL must round-trip.
@@ -257,9 +241,7 @@ store_test!(attempt_insert_if_absent_finds_the_earlier_worker, |db| {
     store.upsert_request(&request("alpha", "Running", 1)).await?;
     let new = new_attempt("alpha", "implement", 1, 100);
 
-    let first = store
-        .insert_attempt(&new, Some(&event(Some("alpha"), "attempt.created", 100)))
-        .await?;
+    let first = store.insert_attempt(&new, Some(&event(Some("alpha"), "attempt.created", 100))).await?;
     ensure!(!first.existed);
     ensure!(first.attempt.state == AttemptState::Pending);
     ensure!(first.attempt.created_at == 100);
@@ -269,9 +251,7 @@ store_test!(attempt_insert_if_absent_finds_the_earlier_worker, |db| {
     let mut again = new.clone();
     again.created_at = 200;
     again.generation = "gen-other".to_owned();
-    let second = store
-        .insert_attempt(&again, Some(&event(Some("alpha"), "attempt.created", 200)))
-        .await?;
+    let second = store.insert_attempt(&again, Some(&event(Some("alpha"), "attempt.created", 200))).await?;
     ensure!(second.existed);
     ensure!(second.attempt == first.attempt, "{:?}", second.attempt);
 
@@ -291,12 +271,7 @@ store_test!(attempt_insert_if_absent_finds_the_earlier_worker, |db| {
     // An attempt for an unknown request is refused (foreign keys are on), and
     // the failed transaction leaves no event behind.
     let orphan = new_attempt("ghost", "implement", 1, 300);
-    expect_reason(
-        store
-            .insert_attempt(&orphan, Some(&event(Some("ghost"), "attempt.created", 300)))
-            .await,
-        "StoreConflict",
-    )?;
+    expect_reason(store.insert_attempt(&orphan, Some(&event(Some("ghost"), "attempt.created", 300))).await, "StoreConflict")?;
     ensure!(store.events_for_request("ghost", 10).await?.is_empty());
     ensure!(store.list_attempts("alpha").await?.len() == 2, "the first generation's attempt and the next one's");
     Ok(())
@@ -310,9 +285,7 @@ store_test!(concurrent_inserts_create_one_worker, |db| {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let new = new_attempt("alpha", "implement", 1, 100 + i);
-            store
-                .insert_attempt(&new, Some(&event(Some("alpha"), "attempt.created", 100 + i)))
-                .await
+            store.insert_attempt(&new, Some(&event(Some("alpha"), "attempt.created", 100 + i))).await
         }));
     }
     let mut created = 0;
@@ -330,32 +303,22 @@ store_test!(concurrent_inserts_create_one_worker, |db| {
 // The largest usage the planner accepts for one attempt (a worker's report,
 // or the token sum a status file records, adopted as input tokens) fits.
 store_test!(attempt_usage_round_trips_the_largest_accepted_values, |db| {
-    use crate::workers::usage::{
-        MAX_COST_USD_PER_ATTEMPT, MAX_TOKENS_PER_ATTEMPT, MAX_TOTAL_TOKENS_PER_ATTEMPT,
-    };
+    use crate::workers::usage::{MAX_COST_USD_PER_ATTEMPT, MAX_TOKENS_PER_ATTEMPT, MAX_TOTAL_TOKENS_PER_ATTEMPT};
     let store = db.open().await?;
     store.upsert_request(&request("alpha", "Running", 1)).await?;
-    store
-        .insert_attempt(&new_attempt("alpha", "implement", 1, 100), None)
-        .await?;
+    store.insert_attempt(&new_attempt("alpha", "implement", 1, 100), None).await?;
     let mut done = AttemptUpdate::state(AttemptState::Succeeded, 200);
     done.tokens_in = Some(MAX_TOTAL_TOKENS_PER_ATTEMPT);
     done.tokens_out = Some(MAX_TOKENS_PER_ATTEMPT);
     done.cost_usd = Some(MAX_COST_USD_PER_ATTEMPT);
-    let stored = store
-        .update_attempt("hadron-alpha-implement-1", &done, None)
-        .await?;
+    let stored = store.update_attempt("hadron-alpha-implement-1", &done, None).await?;
     ensure!(stored.tokens_in == Some(MAX_TOTAL_TOKENS_PER_ATTEMPT));
     ensure!(stored.tokens_out == Some(MAX_TOKENS_PER_ATTEMPT));
     let listed = store.list_attempts("alpha").await?;
     ensure!(listed.len() == 1);
     ensure!(
         (listed[0].tokens_in, listed[0].tokens_out, listed[0].cost_usd)
-            == (
-                Some(MAX_TOTAL_TOKENS_PER_ATTEMPT),
-                Some(MAX_TOKENS_PER_ATTEMPT),
-                Some(MAX_COST_USD_PER_ATTEMPT)
-            ),
+            == (Some(MAX_TOTAL_TOKENS_PER_ATTEMPT), Some(MAX_TOKENS_PER_ATTEMPT), Some(MAX_COST_USD_PER_ATTEMPT)),
         "{:?}",
         listed[0]
     );
@@ -366,16 +329,10 @@ store_test!(attempt_state_transitions, |db| {
     let store = db.open().await?;
     store.upsert_request(&request("alpha", "Running", 1)).await?;
     let name = "hadron-alpha-implement-1";
-    store
-        .insert_attempt(&new_attempt("alpha", "implement", 1, 100), None)
-        .await?;
+    store.insert_attempt(&new_attempt("alpha", "implement", 1, 100), None).await?;
 
     let running = store
-        .update_attempt(
-            name,
-            &AttemptUpdate::state(AttemptState::Running, 110),
-            Some(&event(Some("alpha"), "attempt.running", 110)),
-        )
+        .update_attempt(name, &AttemptUpdate::state(AttemptState::Running, 110), Some(&event(Some("alpha"), "attempt.running", 110)))
         .await?;
     ensure!(running.state == AttemptState::Running);
     ensure!(running.started_at == Some(110) && running.finished_at.is_none());
@@ -393,13 +350,7 @@ store_test!(attempt_state_transitions, |db| {
     done.tokens_out = Some(u64::from(u32::MAX) + 7);
     done.result = Some(result.clone());
     done.pushed_commit = Some("abc123".to_owned());
-    let succeeded = store
-        .update_attempt(
-            name,
-            &done,
-            Some(&event(Some("alpha"), "attempt.succeeded", 200)),
-        )
-        .await?;
+    let succeeded = store.update_attempt(name, &done, Some(&event(Some("alpha"), "attempt.succeeded", 200))).await?;
     ensure!(succeeded.state == AttemptState::Succeeded);
     ensure!(succeeded.finished_at == Some(200) && succeeded.started_at == Some(110));
     ensure!(succeeded.result.as_ref() == Some(&result));
@@ -410,95 +361,35 @@ store_test!(attempt_state_transitions, |db| {
     // Repeating the terminal report is a no-op: nothing changes, no event.
     let mut repeat = AttemptUpdate::state(AttemptState::Succeeded, 999);
     repeat.pushed_commit = Some("other".to_owned());
-    let same = store
-        .update_attempt(
-            name,
-            &repeat,
-            Some(&event(Some("alpha"), "attempt.succeeded", 999)),
-        )
-        .await?;
+    let same = store.update_attempt(name, &repeat, Some(&event(Some("alpha"), "attempt.succeeded", 999))).await?;
     ensure!(same == succeeded);
-    let actions: Vec<String> = store
-        .events_for_request("alpha", 10)
-        .await?
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let actions: Vec<String> = store.events_for_request("alpha", 10).await?.into_iter().map(|e| e.action).collect();
     ensure!(actions == ["attempt.running", "attempt.succeeded"], "{actions:?}");
 
     // A finished attempt is final.
     for state in [AttemptState::Running, AttemptState::Failed, AttemptState::Pending] {
-        let e = expect_reason(
-            store
-                .update_attempt(name, &AttemptUpdate::state(state, 300), None)
-                .await,
-            "StoreConflict",
-        )?;
+        let e = expect_reason(store.update_attempt(name, &AttemptUpdate::state(state, 300), None).await, "StoreConflict")?;
         ensure!(e.to_string().contains("start a new attempt"), "{e}");
     }
     ensure!(store.get_attempt(name).await? == Some(succeeded));
 
     // Running never goes back to Pending; Pending may be cancelled directly.
-    store
-        .insert_attempt(&new_attempt("alpha", "review", 1, 400), None)
-        .await?;
-    store
-        .insert_attempt(&new_attempt("alpha", "review", 2, 410), None)
-        .await?;
-    store
-        .update_attempt(
-            "hadron-alpha-review-1",
-            &AttemptUpdate::state(AttemptState::Running, 420),
-            None,
-        )
-        .await?;
+    store.insert_attempt(&new_attempt("alpha", "review", 1, 400), None).await?;
+    store.insert_attempt(&new_attempt("alpha", "review", 2, 410), None).await?;
+    store.update_attempt("hadron-alpha-review-1", &AttemptUpdate::state(AttemptState::Running, 420), None).await?;
     expect_reason(
-        store
-            .update_attempt(
-                "hadron-alpha-review-1",
-                &AttemptUpdate::state(AttemptState::Pending, 430),
-                None,
-            )
-            .await,
+        store.update_attempt("hadron-alpha-review-1", &AttemptUpdate::state(AttemptState::Pending, 430), None).await,
         "StoreConflict",
     )?;
-    let active: Vec<String> = store
-        .active_attempts()
-        .await?
-        .into_iter()
-        .map(|a| a.worker_name)
-        .collect();
-    ensure!(
-        active == ["hadron-alpha-review-1", "hadron-alpha-review-2"],
-        "{active:?}"
-    );
-    let cancelled = store
-        .update_attempt(
-            "hadron-alpha-review-2",
-            &AttemptUpdate::state(AttemptState::Cancelled, 440),
-            None,
-        )
-        .await?;
+    let active: Vec<String> = store.active_attempts().await?.into_iter().map(|a| a.worker_name).collect();
+    ensure!(active == ["hadron-alpha-review-1", "hadron-alpha-review-2"], "{active:?}");
+    let cancelled = store.update_attempt("hadron-alpha-review-2", &AttemptUpdate::state(AttemptState::Cancelled, 440), None).await?;
     ensure!(cancelled.started_at.is_none() && cancelled.finished_at == Some(440));
     ensure!(store.active_attempts().await?.len() == 1);
 
-    expect_reason(
-        store
-            .update_attempt(
-                "hadron-nobody",
-                &AttemptUpdate::state(AttemptState::Running, 1),
-                None,
-            )
-            .await,
-        "StoreNotFound",
-    )?;
+    expect_reason(store.update_attempt("hadron-nobody", &AttemptUpdate::state(AttemptState::Running, 1), None).await, "StoreNotFound")?;
 
-    let order: Vec<u32> = store
-        .list_attempts("alpha")
-        .await?
-        .into_iter()
-        .map(|a| a.attempt)
-        .collect();
+    let order: Vec<u32> = store.list_attempts("alpha").await?.into_iter().map(|a| a.attempt).collect();
     ensure!(order == [1, 1, 2], "{order:?}");
     Ok(())
 });
@@ -506,19 +397,14 @@ store_test!(attempt_state_transitions, |db| {
 store_test!(corrupt_rows_are_reported, |db| {
     let store = db.open().await?;
     store.upsert_request(&request("alpha", "Running", 1)).await?;
-    store
-        .insert_attempt(&new_attempt("alpha", "implement", 1, 100), None)
-        .await?;
+    store.insert_attempt(&new_attempt("alpha", "implement", 1, 100), None).await?;
     with_pool!(store, pool => {
         sqlx::query("UPDATE attempts SET result = 'not json' WHERE worker_name = $1")
             .bind("hadron-alpha-implement-1")
             .execute(pool)
             .await?;
     });
-    let e = expect_reason(
-        store.get_attempt("hadron-alpha-implement-1").await,
-        "StoreCorrupt",
-    )?;
+    let e = expect_reason(store.get_attempt("hadron-alpha-implement-1").await, "StoreCorrupt")?;
     ensure!(e.to_string().contains("hadron-alpha-implement-1"), "{e}");
     Ok(())
 });
@@ -526,12 +412,7 @@ store_test!(corrupt_rows_are_reported, |db| {
 store_test!(deleting_a_request_removes_attempts_keeps_events, |db| {
     let store = db.open().await?;
     store.upsert_request(&request("alpha", "Running", 1)).await?;
-    store
-        .insert_attempt(
-            &new_attempt("alpha", "implement", 1, 100),
-            Some(&event(Some("alpha"), "attempt.created", 100)),
-        )
-        .await?;
+    store.insert_attempt(&new_attempt("alpha", "implement", 1, 100), Some(&event(Some("alpha"), "attempt.created", 100))).await?;
     ensure!(store.delete_request("alpha").await?);
     ensure!(store.list_attempts("alpha").await?.is_empty());
     ensure!(store.get_attempt("hadron-alpha-implement-1").await?.is_none());
@@ -549,32 +430,25 @@ store_test!(events_are_append_only_and_ordered, |db| {
     ids.push(store.append_event(&event(None, "settings.changed", 5)).await?);
     ensure!(ids.windows(2).all(|w| w[0] < w[1]), "ids not increasing: {ids:?}");
 
-    let alpha: Vec<String> = store
-        .events_for_request("alpha", 10)
-        .await?
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let alpha: Vec<String> = store.events_for_request("alpha", 10).await?.into_iter().map(|e| e.action).collect();
     ensure!(alpha == ["a0", "a2", "a3"], "{alpha:?}");
-    let latest: Vec<String> = store
-        .events_for_request("alpha", 2)
-        .await?
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let latest: Vec<String> = store.events_for_request("alpha", 2).await?.into_iter().map(|e| e.action).collect();
     ensure!(latest == ["a2", "a3"], "limit keeps the most recent: {latest:?}");
 
     let all = store.events_after(0, 100).await?;
     ensure!(all.len() == 5);
-    ensure!(all[0] == Event {
-        id: ids[0],
-        at: 1000,
-        request: Some("alpha".to_owned()),
-        actor: "hadron".to_owned(),
-        action: "a0".to_owned(),
-        revision: Some("rev1".to_owned()),
-        detail: "a0 detail".to_owned(),
-    });
+    ensure!(
+        all[0]
+            == Event {
+                id: ids[0],
+                at: 1000,
+                request: Some("alpha".to_owned()),
+                actor: "hadron".to_owned(),
+                action: "a0".to_owned(),
+                revision: Some("rev1".to_owned()),
+                detail: "a0 detail".to_owned(),
+            }
+    );
     ensure!(all[4].request.is_none());
     let tail = store.events_after(ids[2], 1).await?;
     ensure!(tail.len() == 1 && tail[0].id == ids[3], "{tail:?}");
@@ -670,12 +544,9 @@ store_test!(concurrent_appends_keep_every_event_in_order, |db| {
 store_test!(outbox_put_pending_published, |db| {
     let store = db.open().await?;
     ensure!(store.pending_outbox().await?.is_empty());
-    let files_a: OutboxFiles = BTreeMap::from([
-        ("status/alpha.yaml".to_owned(), Some("phase: Running\n".to_owned())),
-        ("status/gone.yaml".to_owned(), None),
-    ]);
-    let files_b: OutboxFiles =
-        BTreeMap::from([("status/beta.yaml".to_owned(), Some("phase: Pending\n".to_owned()))]);
+    let files_a: OutboxFiles =
+        BTreeMap::from([("status/alpha.yaml".to_owned(), Some("phase: Running\n".to_owned())), ("status/gone.yaml".to_owned(), None)]);
+    let files_b: OutboxFiles = BTreeMap::from([("status/beta.yaml".to_owned(), Some("phase: Pending\n".to_owned()))]);
     let a = store.put_outbox("status: alpha running", &files_a, 10).await?;
     let b = store.put_outbox("status: beta pending", &files_b, 11).await?;
     ensure!(a < b);
@@ -744,7 +615,9 @@ store_test!(kv_and_commit_statuses, |db| {
 
 store_test!(kv_by_prefix_and_delete, |db| {
     let store = db.open().await?;
-    for (k, v) in [("status-digest/a", "1"), ("status-digest/b_%", "2"), ("status-digest0", "no"), ("status-digesT/c", "no"), ("other", "no")] {
+    for (k, v) in
+        [("status-digest/a", "1"), ("status-digest/b_%", "2"), ("status-digest0", "no"), ("status-digesT/c", "no"), ("other", "no")]
+    {
         store.kv_set(k, v, 1).await?;
     }
     let got = store.kv_with_prefix("status-digest/").await?;
@@ -762,19 +635,8 @@ store_test!(kv_by_prefix_and_delete, |db| {
 store_test!(data_survives_reopen, |db| {
     let store = db.open().await?;
     store.upsert_request(&request("alpha", "Running", 1)).await?;
-    store
-        .insert_attempt(
-            &new_attempt("alpha", "implement", 1, 100),
-            Some(&event(Some("alpha"), "attempt.created", 100)),
-        )
-        .await?;
-    store
-        .update_attempt(
-            "hadron-alpha-implement-1",
-            &AttemptUpdate::state(AttemptState::Running, 110),
-            None,
-        )
-        .await?;
+    store.insert_attempt(&new_attempt("alpha", "implement", 1, 100), Some(&event(Some("alpha"), "attempt.created", 100))).await?;
+    store.update_attempt("hadron-alpha-implement-1", &AttemptUpdate::state(AttemptState::Running, 110), None).await?;
     let files: OutboxFiles = BTreeMap::from([("status/alpha.yaml".to_owned(), None)]);
     let outbox_id = store.put_outbox("status", &files, 120).await?;
     store.record_delivery("d-1", "push", 130).await?;
@@ -784,19 +646,14 @@ store_test!(data_survives_reopen, |db| {
 
     let store = db.open().await?;
     ensure!(store.get_request("alpha").await? == Some(request("alpha", "Running", 1)));
-    let attempt = store
-        .get_attempt("hadron-alpha-implement-1")
-        .await?
-        .context("attempt after reopen")?;
+    let attempt = store.get_attempt("hadron-alpha-implement-1").await?.context("attempt after reopen")?;
     ensure!(attempt.state == AttemptState::Running && attempt.started_at == Some(110));
     ensure!(store.events_for_request("alpha", 10).await?.len() == 1);
     ensure!(store.pending_outbox().await?.iter().map(|e| e.id).eq([outbox_id]));
     ensure!(!store.record_delivery("d-1", "push", 150).await?);
     ensure!(store.last_revision().await?.as_deref() == Some("abcd"));
     // The new insert after reopen still finds the earlier worker.
-    let again = store
-        .insert_attempt(&new_attempt("alpha", "implement", 1, 500), None)
-        .await?;
+    let again = store.insert_attempt(&new_attempt("alpha", "implement", 1, 500), None).await?;
     ensure!(again.existed && again.attempt.state == AttemptState::Running);
     Ok(())
 });
@@ -810,33 +667,23 @@ async fn sqlite_file_is_created_in_wal_mode_with_foreign_keys() -> anyhow::Resul
     let path = data_dir.join(SQLITE_FILE_NAME);
     ensure!(path.is_file(), "{} was not created", path.display());
     ensure!(store.sqlite_path() == Some(path.clone()));
-    let Pool::Sqlite(pool) = &store.pool else {
-        bail!("not SQLite")
-    };
+    let Pool::Sqlite(pool) = &store.pool else { bail!("not SQLite") };
     // Check every pooled connection, not just one.
     let mut conns = Vec::new();
     for _ in 0..3 {
         conns.push(pool.acquire().await?);
     }
     for conn in &mut conns {
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&mut **conn)
-            .await?;
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut **conn).await?;
         ensure!(mode.eq_ignore_ascii_case("wal"), "journal_mode = {mode}");
-        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-            .fetch_one(&mut **conn)
-            .await?;
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&mut **conn).await?;
         ensure!(fk == 1, "foreign_keys = {fk}");
     }
     drop(conns);
     store.close().await;
 
     // The same file through the URL and plain-path forms of `connect`.
-    for target in [
-        format!("sqlite://{}", path.display()),
-        format!("sqlite:{}", path.display()),
-        path.display().to_string(),
-    ] {
+    for target in [format!("sqlite://{}", path.display()), format!("sqlite:{}", path.display()), path.display().to_string()] {
         let store = Store::connect(&target).await?;
         ensure!(store.backend() == Backend::Sqlite);
         ensure!(store.sqlite_path() == Some(path.clone()), "{target}");
@@ -858,10 +705,7 @@ async fn unsupported_targets_are_refused() -> anyhow::Result<()> {
 async fn unreachable_postgres_names_the_url_without_password() -> anyhow::Result<()> {
     // Port 1 on loopback: nothing listens there, so the connection is refused.
     let url = "postgresql://hadron:s3cret@127.0.0.1:1/hadron";
-    let e = expect_reason(
-        Store::connect_postgres_with_timeout(url, std::time::Duration::from_secs(1)).await,
-        "StoreConnect",
-    )?;
+    let e = expect_reason(Store::connect_postgres_with_timeout(url, std::time::Duration::from_secs(1)).await, "StoreConnect")?;
     let message = e.to_string();
     ensure!(!message.contains("s3cret"), "password leaked: {message}");
     ensure!(message.contains("postgresql://hadron:***@127.0.0.1:1/hadron"), "{message}");
@@ -875,10 +719,7 @@ fn redact_url_hides_passwords_only() {
         redact_url("postgres://u:p%40ss@h:5432/db?sslmode=require&password=x"),
         "postgres://u:***@h:5432/db?sslmode=require&password=***"
     );
-    assert_eq!(
-        redact_url("postgres://postgres@127.0.0.1:5432/postgres"),
-        "postgres://postgres@127.0.0.1:5432/postgres"
-    );
+    assert_eq!(redact_url("postgres://postgres@127.0.0.1:5432/postgres"), "postgres://postgres@127.0.0.1:5432/postgres");
     assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     assert_eq!(redact_url("/var/lib/hadron/hadron.db"), "/var/lib/hadron/hadron.db");
 }
@@ -892,8 +733,5 @@ fn attempt_states_round_trip_and_know_their_predecessors() {
         assert!(from.iter().all(|s| !s.is_terminal()));
     }
     assert!("Done".parse::<AttemptState>().is_err());
-    assert_eq!(
-        "published".parse::<OutboxState>().ok(),
-        Some(OutboxState::Published)
-    );
+    assert_eq!("published".parse::<OutboxState>().ok(), Some(OutboxState::Published));
 }

@@ -53,9 +53,8 @@ impl Worker<'_> {
             .stderr(Stdio::piped())
             .process_group(0);
         self.log.line(&format!("$ agent {} ({} more arguments)", argv[0], argv.len() - 1));
-        let mut child = cmd.spawn().map_err(|e| {
-            (WorkerError::AgentSpawnFailed { program: argv[0].clone(), detail: e.to_string() }, String::new())
-        })?;
+        let mut child =
+            cmd.spawn().map_err(|e| (WorkerError::AgentSpawnFailed { program: argv[0].clone(), detail: e.to_string() }, String::new()))?;
         let pid = child.id();
         let identity = ProcessId::of(pid);
         if let Some(id) = &identity {

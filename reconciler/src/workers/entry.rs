@@ -81,18 +81,16 @@ pub fn run_worker(run_json: &Path) -> RunResult {
         }
     };
 
-    let spec: RunSpec = match std::fs::read(run_json)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(spec) => spec,
-        Err(e) => {
-            let error = WorkerError::InvalidRunSpec(format!("{}: {e}", run_json.display()));
-            let result = RunResult::failed("", &error, &log_path, &started_at);
-            let _ = result.write(&result_path);
-            return result;
-        }
-    };
+    let spec: RunSpec =
+        match std::fs::read(run_json).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let error = WorkerError::InvalidRunSpec(format!("{}: {e}", run_json.display()));
+                let result = RunResult::failed("", &error, &log_path, &started_at);
+                let _ = result.write(&result_path);
+                return result;
+            }
+        };
     if let Some(done) = RunResult::read(&result_path).filter(|r| r.worker == spec.worker) {
         return done;
     }
@@ -106,7 +104,8 @@ pub fn run_worker(run_json: &Path) -> RunResult {
         Err(e) => return finish(&spec, Err(WorkerError::io(&log_path, e)), None, &run_dir, &started_at),
     };
     log.line(&format!("worker {} (request {}, stage {}, attempt {})", spec.worker, spec.request, spec.stage, spec.attempt));
-    let mut worker = Worker { spec: &spec, workspace: run_dir.join(WORKSPACE_DIR), run_dir: run_dir.clone(), log: log.clone(), env, usage: None };
+    let mut worker =
+        Worker { spec: &spec, workspace: run_dir.join(WORKSPACE_DIR), run_dir: run_dir.clone(), log: log.clone(), env, usage: None };
     let outcome = worker.run();
     if let Err(e) = &outcome {
         log.line(&format!("failed [{}]: {e}", e.reason()));

@@ -64,7 +64,8 @@ pub struct LocalDriver {
 
 /// Variables a worker needs besides the agent's passthrough set: git's
 /// transport settings. Nothing else of Hadron's environment reaches a worker.
-const WORKER_ENV: &[&str] = &["SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", crate::git::OPERATOR_CONFIG_ENV, "LC_ALL", "LC_CTYPE", "RUST_BACKTRACE"];
+const WORKER_ENV: &[&str] =
+    &["SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", crate::git::OPERATOR_CONFIG_ENV, "LC_ALL", "LC_CTYPE", "RUST_BACKTRACE"];
 
 impl LocalDriver {
     /// A driver keeping its runs in `runs_dir` (created if missing) and
@@ -149,12 +150,11 @@ impl LocalDriver {
             }
         }
         for (_, source) in &spec.env {
-            if let crate::workers::spec::EnvSource::Secret { name, .. } = source {
-                if self.agent_secrets.contains(name) {
-                    if let Some(v) = std::env::var_os(name) {
-                        cmd.env(name, v);
-                    }
-                }
+            if let crate::workers::spec::EnvSource::Secret { name, .. } = source
+                && self.agent_secrets.contains(name)
+                && let Some(v) = std::env::var_os(name)
+            {
+                cmd.env(name, v);
             }
         }
         let mut child = cmd
@@ -169,12 +169,7 @@ impl LocalDriver {
             .map_err(|source| DriverError::Spawn { worker: worker.clone(), source })?;
         let pid = child.id();
         // The child is not reaped yet, so /proc still has it even if it exited.
-        let id = ProcessId::of(pid).unwrap_or(ProcessId {
-            pid,
-            start_time: 0,
-            started_at: now_rfc3339(),
-            started_at_unix: unix_now(),
-        });
+        let id = ProcessId::of(pid).unwrap_or(ProcessId { pid, start_time: 0, started_at: now_rfc3339(), started_at_unix: unix_now() });
         let pid_json = dir.join(PID_FILE);
         let recorded = serde_json::to_vec(&id)
             .map_err(std::io::Error::other)
@@ -226,7 +221,13 @@ impl LocalDriver {
 
     /// Records a failed result unless the run already has one, and returns
     /// whichever result is there afterwards.
-    fn record_failure(&self, spec_worker: &str, dir: &Path, error: &WorkerError, message: Option<String>) -> Result<RunResult, DriverError> {
+    fn record_failure(
+        &self,
+        spec_worker: &str,
+        dir: &Path,
+        error: &WorkerError,
+        message: Option<String>,
+    ) -> Result<RunResult, DriverError> {
         let started_at = Self::read_pid(dir).map(|p| p.started_at).unwrap_or_else(now_rfc3339);
         let mut result = RunResult::failed(spec_worker, error, &dir.join(LOG_FILE), &started_at);
         if let Some(message) = message {
@@ -242,8 +243,7 @@ impl LocalDriver {
         let pid = Self::read_pid(dir);
         let started_at = pid.as_ref().map(|p| p.started_at.clone());
         let spec = std::fs::read(dir.join(RUN_FILE)).ok().and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok());
-        let observation =
-            |state| Observation { worker: worker.to_owned(), state, started_at: started_at.clone(), spec: spec.clone() };
+        let observation = |state| Observation { worker: worker.to_owned(), state, started_at: started_at.clone(), spec: spec.clone() };
         if let Some(result) = RunResult::read(&dir.join(RESULT_FILE)) {
             return Ok(observation(RunState::Finished(result)));
         }

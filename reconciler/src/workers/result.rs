@@ -48,7 +48,13 @@ pub(super) struct Done {
 }
 
 /// Builds the result, writes it and returns it.
-pub(super) fn finish(spec: &RunSpec, outcome: Result<Done, WorkerError>, usage: Option<Usage>, run_dir: &Path, started_at: &str) -> RunResult {
+pub(super) fn finish(
+    spec: &RunSpec,
+    outcome: Result<Done, WorkerError>,
+    usage: Option<Usage>,
+    run_dir: &Path,
+    started_at: &str,
+) -> RunResult {
     let log_path = run_dir.join(LOG_FILE);
     let mut result = match &outcome {
         Ok(done) => RunResult {

@@ -8,7 +8,6 @@ use crate::model::kinds::Pricing;
 
 pub use crate::ids::worker_name;
 
-
 /// Where an environment variable's value comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

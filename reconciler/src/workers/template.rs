@@ -29,7 +29,6 @@ impl Worker<'_> {
             })
             .collect()
     }
-
 }
 
 /// The data a prompt template renders with: every name of
@@ -131,14 +130,12 @@ mod tests {
     #[test]
     fn the_shipped_prompt_renders_strictly_with_and_without_optional_parts() {
         let mut s = spec();
-        let plain = handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders with no description and no earlier stage");
+        let plain =
+            handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders with no description and no earlier stage");
         assert!(plain.contains("Task: Fix it") && !plain.contains("Earlier stages"), "{plain}");
         s.description = "Details.".into();
-        s.previous_stages = vec![crate::workers::spec::PreviousStage {
-            name: "implement".into(),
-            repo: "../app.git".into(),
-            summary: "wrote it".into(),
-        }];
+        s.previous_stages =
+            vec![crate::workers::spec::PreviousStage { name: "implement".into(), repo: "../app.git".into(), summary: "wrote it".into() }];
         let full = handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders with everything");
         assert!(full.contains("Details.") && full.contains("- implement on ../app.git: wrote it"), "{full}");
     }

@@ -34,7 +34,6 @@ impl UsageError {
     }
 }
 
-
 /// Checks one attempt's reported usage against the bounds above.
 pub fn check(tokens_in: u64, tokens_out: u64, cost_usd: f64) -> Result<(), UsageError> {
     if tokens_in > MAX_TOKENS_PER_ATTEMPT {
@@ -98,9 +97,7 @@ impl Usage {
     pub fn cost(&self, pricing: Option<&Pricing>) -> f64 {
         match (self.cost_usd, pricing) {
             (Some(cost), _) => cost,
-            (None, Some(p)) => {
-                (self.tokens_in as f64 * p.input_per_million + self.tokens_out as f64 * p.output_per_million) / 1_000_000.0
-            }
+            (None, Some(p)) => (self.tokens_in as f64 * p.input_per_million + self.tokens_out as f64 * p.output_per_million) / 1_000_000.0,
             (None, None) => 0.0,
         }
     }

@@ -139,9 +139,7 @@ impl Worker<'_> {
             self.log.line(&format!("the branch moved to {tip}; rebasing (attempt {attempt})"));
             if !self.git(["rebase", "-q", tip.as_str()])?.ok {
                 let _ = self.git(["rebase", "--abort"]);
-                return Err(WorkerError::PushFailed(format!(
-                    "{branch} moved and the agent's change does not rebase cleanly onto {tip}"
-                )));
+                return Err(WorkerError::PushFailed(format!("{branch} moved and the agent's change does not rebase cleanly onto {tip}")));
             }
         }
         Err(WorkerError::PushFailed(last_error))

@@ -118,10 +118,7 @@ impl Swagger {
                 for p in all {
                     let location = p["in"].as_str().unwrap_or("").to_owned();
                     if location == "body" {
-                        body_def = p["schema"]["$ref"]
-                            .as_str()
-                            .and_then(|r| r.strip_prefix("#/definitions/"))
-                            .map(str::to_owned);
+                        body_def = p["schema"]["$ref"].as_str().and_then(|r| r.strip_prefix("#/definitions/")).map(str::to_owned);
                     }
                     params.push(Param {
                         name: p["name"].as_str().unwrap_or("").to_owned(),
@@ -556,12 +553,7 @@ impl GiteaDouble {
             (st.requests.len(), st.mismatches.clone())
         };
         assert!(requests > 0, "the double received no requests");
-        assert!(
-            mismatches.is_empty(),
-            "{} request(s) did not match the Gitea swagger:\n{}",
-            mismatches.len(),
-            mismatches.join("\n")
-        );
+        assert!(mismatches.is_empty(), "{} request(s) did not match the Gitea swagger:\n{}", mismatches.len(), mismatches.join("\n"));
     }
 
     fn pr_json(&self, pr: &PrRec) -> Value {
@@ -785,12 +777,7 @@ impl GiteaDouble {
             "orgListTeamMember" => {
                 let Ok(id) = p["id"].parse::<u64>() else { return message(404, "no such team") };
                 let user = p["username"].clone();
-                let member = self
-                    .st()
-                    .teams
-                    .iter()
-                    .find(|t| t.id == id)
-                    .map(|t| t.members.iter().any(|m| m.eq_ignore_ascii_case(&user)));
+                let member = self.st().teams.iter().find(|t| t.id == id).map(|t| t.members.iter().any(|m| m.eq_ignore_ascii_case(&user)));
                 match member {
                     Some(true) => json_response(200, &self.user_json(&user)),
                     Some(false) => message(404, "user is not a member of the team"),
@@ -816,13 +803,7 @@ impl GiteaDouble {
     }
 }
 
-async fn handle(
-    State(inner): State<Arc<Inner>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn handle(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let double = GiteaDouble { inner: inner.clone() };
     let down = {
         let mut st = double.st();
@@ -841,8 +822,7 @@ async fn handle(
     let path = uri.path().to_owned();
     let query = parse_query(uri.query().unwrap_or(""));
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let authorized = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-        == Some(format!("token {}", inner.token).as_str());
+    let authorized = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(format!("token {}", inner.token).as_str());
     let json_body = if body.is_empty() { None } else { serde_json::from_slice::<Value>(&body).ok() };
     let mut matched = None;
     let mut problems = Vec::new();

@@ -60,8 +60,7 @@ impl TokenSource {
             }
             TokenSource::File(path) => {
                 let from = format!("file {}", path.display());
-                let raw = std::fs::read_to_string(path)
-                    .map_err(|e| GiteaError::Token { from: from.clone(), why: e.to_string() })?;
+                let raw = std::fs::read_to_string(path).map_err(|e| GiteaError::Token { from: from.clone(), why: e.to_string() })?;
                 (from, raw)
             }
         };
@@ -104,13 +103,7 @@ pub struct GiteaConfig {
 impl GiteaConfig {
     /// A configuration with default retries and a 30 s request timeout.
     pub fn new(base_url: impl Into<String>, token: TokenSource, control: RepoRef) -> Self {
-        GiteaConfig {
-            base_url: base_url.into(),
-            token,
-            control,
-            retry: RetryPolicy::default(),
-            timeout: Duration::from_secs(30),
-        }
+        GiteaConfig { base_url: base_url.into(), token, control, retry: RetryPolicy::default(), timeout: Duration::from_secs(30) }
     }
 }
 

@@ -79,15 +79,13 @@ impl fmt::Debug for GiteaClient {
 impl GiteaClient {
     /// Checks the configuration, reads the token and compiles the templates.
     pub fn new(config: GiteaConfig) -> Result<Self, GiteaError> {
-        let base = Url::parse(config.base_url.trim())
-            .map_err(|e| GiteaError::Config(format!("base URL {:?}: {e}", config.base_url)))?;
+        let base = Url::parse(config.base_url.trim()).map_err(|e| GiteaError::Config(format!("base URL {:?}: {e}", config.base_url)))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(GiteaError::Config(format!("base URL {:?} is not an http(s) address", config.base_url)));
         }
         if !base.username().is_empty() || base.password().is_some() || base.query().is_some() {
             return Err(GiteaError::Config(
-                "the base URL must carry no user, password or query; give the token through an environment variable or file"
-                    .to_owned(),
+                "the base URL must carry no user, password or query; give the token through an environment variable or file".to_owned(),
             ));
         }
         if config.retry.max_attempts == 0 {

@@ -59,11 +59,7 @@ impl GiteaClient {
     /// Whether a PR is merged and by whom (`merged`, `merged_by.login`).
     pub async fn merge_info(&self, repo: &RepoRef, index: u64) -> Result<MergeInfo, GiteaError> {
         let pr = self.pull_request(repo, index).await?;
-        Ok(MergeInfo {
-            merged: pr.merged,
-            merged_by: pr.merged_by.map(|u| u.login),
-            merge_commit_sha: pr.merge_commit_sha,
-        })
+        Ok(MergeInfo { merged: pr.merged, merged_by: pr.merged_by.map(|u| u.login), merge_commit_sha: pr.merge_commit_sha })
     }
 
     /// The open PR whose head branch is `head`, if any
@@ -89,14 +85,7 @@ impl GiteaClient {
 
     /// Opens a PR from `head` to `base`, or updates the title and body of
     /// the open PR that already has that head (never a duplicate).
-    pub async fn ensure_pr(
-        &self,
-        repo: &RepoRef,
-        head: &str,
-        base: &str,
-        title: &str,
-        body: &str,
-    ) -> Result<EnsuredPr, GiteaError> {
+    pub async fn ensure_pr(&self, repo: &RepoRef, head: &str, base: &str, title: &str, body: &str) -> Result<EnsuredPr, GiteaError> {
         let title = shorten(title, MAX_TITLE);
         if let Some(pr) = self.find_open_pr(repo, head).await? {
             return self.update_pr(repo, pr, &title, body).await;
@@ -117,27 +106,14 @@ impl GiteaClient {
 
     async fn update_pr(&self, repo: &RepoRef, pr: PullRequest, title: &str, body: &str) -> Result<EnsuredPr, GiteaError> {
         if pr.title == title && pr.body.as_deref().unwrap_or("") == body {
-            return Ok(EnsuredPr {
-                number: pr.number,
-                html_url: pr.html_url,
-                head_sha: pr.head.sha,
-                action: PrAction::Unchanged,
-            });
+            return Ok(EnsuredPr { number: pr.number, html_url: pr.html_url, head_sha: pr.head.sha, action: PrAction::Unchanged });
         }
         let index = pr.number.to_string();
         let edit = json!({ "title": title, "body": body });
-        let updated: PullRequest = self
-            .send(Method::PATCH, &["repos", &repo.owner, &repo.repo, "pulls", &index], &[], Some(&edit))
-            .await?
-            .ok()?
-            .json()?;
+        let updated: PullRequest =
+            self.send(Method::PATCH, &["repos", &repo.owner, &repo.repo, "pulls", &index], &[], Some(&edit)).await?.ok()?.json()?;
         tracing::info!(repo = %repo, number = updated.number, "updated pull request");
-        Ok(EnsuredPr {
-            number: updated.number,
-            html_url: updated.html_url,
-            head_sha: updated.head.sha,
-            action: PrAction::Updated,
-        })
+        Ok(EnsuredPr { number: updated.number, html_url: updated.html_url, head_sha: updated.head.sha, action: PrAction::Updated })
     }
 
     /// Opens or updates the approval PR of a gate in the control repo, from
@@ -150,12 +126,7 @@ impl GiteaClient {
 
     /// Opens or updates the PR from `hadron/<request>` to `base` in a target
     /// repo (to its default branch when `base` is `None`).
-    pub async fn ensure_target_pr(
-        &self,
-        repo: &RepoRef,
-        base: Option<&str>,
-        view: &TargetPrView,
-    ) -> Result<EnsuredPr, GiteaError> {
+    pub async fn ensure_target_pr(&self, repo: &RepoRef, base: Option<&str>, view: &TargetPrView) -> Result<EnsuredPr, GiteaError> {
         let base = match base {
             Some(b) => b.to_owned(),
             None => self.repository(repo).await?.default_branch,

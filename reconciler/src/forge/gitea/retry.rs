@@ -41,11 +41,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_is_bounded_and_honours_retry_after() {
-        let p = RetryPolicy {
-            max_attempts: 5,
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(1000),
-        };
+        let p = RetryPolicy { max_attempts: 5, initial_delay: Duration::from_millis(100), max_delay: Duration::from_millis(1000) };
         let d1 = p.delay(1, None);
         assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
         let d3 = p.delay(3, None);

@@ -33,10 +33,7 @@ impl GiteaClient {
         if let Some(url) = target_url {
             body["target_url"] = json!(url);
         }
-        self.send(Method::POST, &["repos", &repo.owner, &repo.repo, "statuses", sha], &[], Some(&body))
-            .await?
-            .ok()?
-            .json()
+        self.send(Method::POST, &["repos", &repo.owner, &repo.repo, "statuses", sha], &[], Some(&body)).await?.ok()?.json()
     }
 
     /// The combined status of a ref
@@ -46,17 +43,11 @@ impl GiteaClient {
     /// have a status: a missing one is [`CombinedState::Pending`]. Without,
     /// Gitea's combined state counts, and no statuses at all is `Pending`.
     /// `failure`, `error` and any state Hadron does not know are `Failure`.
-    pub async fn combined_status(
-        &self,
-        repo: &RepoRef,
-        git_ref: &str,
-        contexts: Option<&[String]>,
-    ) -> Result<CombinedState, GiteaError> {
+    pub async fn combined_status(&self, repo: &RepoRef, git_ref: &str, contexts: Option<&[String]>) -> Result<CombinedState, GiteaError> {
         let segs = ["repos", repo.owner.as_str(), repo.repo.as_str(), "commits", git_ref, "status"];
         let mut statuses = Vec::new();
         for page in 1..=MAX_PAGES {
-            let combined: CombinedStatus =
-                self.get(&segs, &[("page", page.to_string()), ("limit", PAGE_LIMIT.to_string())]).await?;
+            let combined: CombinedStatus = self.get(&segs, &[("page", page.to_string()), ("limit", PAGE_LIMIT.to_string())]).await?;
             let wanted = contexts.filter(|c| !c.is_empty());
             let Some(wanted) = wanted else {
                 if combined.total_count == 0 {
@@ -105,13 +96,7 @@ mod tests {
     use super::*;
 
     fn st(id: i64, context: &str, status: &str) -> CommitStatus {
-        CommitStatus {
-            id,
-            status: Some(status.to_owned()),
-            context: context.to_owned(),
-            description: None,
-            target_url: None,
-        }
+        CommitStatus { id, status: Some(status.to_owned()), context: context.to_owned(), description: None, target_url: None }
     }
 
     #[test]

@@ -15,15 +15,13 @@ pub const TARGET_PR_TEMPLATE: &str = include_str!("../../../../templates/target-
 
 /// The PR body templates, compiled (no HTML escaping; a `cell` helper for table cells).
 pub(super) fn compile() -> Result<Handlebars<'static>, GiteaError> {
-        let mut templates = Handlebars::new();
-        templates.register_escape_fn(handlebars::no_escape);
-        handlebars::handlebars_helper!(cell: |s: str| s.replace('|', "\\|").replace(['\r', '\n'], " "));
-        templates.register_helper("cell", Box::new(cell));
-        for (name, text) in [("approval-pr", APPROVAL_PR_TEMPLATE), ("target-pr", TARGET_PR_TEMPLATE)] {
-            templates
-                .register_template_string(name, text)
-                .map_err(|e| GiteaError::Template { template: name, message: e.to_string() })?;
-        }
+    let mut templates = Handlebars::new();
+    templates.register_escape_fn(handlebars::no_escape);
+    handlebars::handlebars_helper!(cell: |s: str| s.replace('|', "\\|").replace(['\r', '\n'], " "));
+    templates.register_helper("cell", Box::new(cell));
+    for (name, text) in [("approval-pr", APPROVAL_PR_TEMPLATE), ("target-pr", TARGET_PR_TEMPLATE)] {
+        templates.register_template_string(name, text).map_err(|e| GiteaError::Template { template: name, message: e.to_string() })?;
+    }
     Ok(templates)
 }
 
