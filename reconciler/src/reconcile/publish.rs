@@ -1,0 +1,392 @@
+//! Steps 0 and 7 of a pass: verifying which status files are Hadron's own,
+//! rendering every request's status once, queuing the changed files in the
+//! outbox and publishing them as one commit; flushing what earlier passes
+//! queued, and backing off while publishing fails.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Context, PassReport, PhaseChange, ReconcileError, STATUS_DIGEST_PREFIX, Seen, forge, steps};
+use crate::model::kinds::Phase;
+use crate::plan::{self, Plan};
+use crate::status::render;
+use crate::time::{Millis, now};
+
+impl Context {
+    /// The status files that are Hadron's own: their re-rendered text has the
+    /// digest Hadron recorded when it published them. Every other status
+    /// file (hand-edited, pushed with a new request, or left from before the
+    /// store was lost) is reported once as an event and never informs a
+    /// decision; the status step overwrites it.
+    pub(super) async fn verify_statuses(
+        &mut self,
+        t: Millis,
+    ) -> Result<BTreeMap<String, Arc<crate::model::RequestStatus>>, ReconcileError> {
+        let recorded: BTreeMap<String, String> = self
+            .store
+            .kv_with_prefix(STATUS_DIGEST_PREFIX)
+            .await?
+            .into_iter()
+            .map(|(k, v)| (k[STATUS_DIGEST_PREFIX.len()..].to_owned(), v))
+            .collect();
+        let statuses = self.catalog.loaded().desired.statuses.clone();
+        self.status_digests.retain(|name, _| statuses.contains_key(name));
+        self.reported_untrusted.retain(|name, _| statuses.contains_key(name));
+        let mut own = BTreeMap::new();
+        for (name, status) in statuses {
+            let digest = match self.status_digests.get(&name) {
+                Some((parsed, digest)) if Arc::ptr_eq(parsed, &status) => digest.clone(),
+                _ => {
+                    let digest = render::digest(render::to_yaml(&status).as_bytes());
+                    self.status_digests.insert(name.clone(), (status.clone(), digest.clone()));
+                    digest
+                }
+            };
+            if recorded.get(&name) == Some(&digest) {
+                self.reported_untrusted.remove(&name);
+                own.insert(name, status);
+                continue;
+            }
+            if self.reported_untrusted.get(&name) == Some(&digest) {
+                continue;
+            }
+            let why = if recorded.contains_key(&name) {
+                "differs from what Hadron last wrote (edited by hand?)"
+            } else {
+                "was not written by Hadron (pushed by someone, or Hadron's store was reset)"
+            };
+            let detail = format!("status/{name}.yaml {why}: it is ignored for decisions and rewritten from Hadron's own observations");
+            tracing::warn!(request = %name, "{detail}");
+            self.store
+                .append_event(&crate::store::NewEvent {
+                    at: t,
+                    request: Some(name.clone()),
+                    actor: "git".into(),
+                    action: "status.untrusted".into(),
+                    revision: None,
+                    detail,
+                })
+                .await?;
+            self.reported_untrusted.insert(name, digest);
+        }
+        Ok(own)
+    }
+
+    pub(super) async fn step_status(
+        &mut self,
+        plan: &Plan,
+        revision: &str,
+        t: Millis,
+        forge: &forge::ForgeOutputs,
+        publishing: bool,
+    ) -> Result<PassReport, ReconcileError> {
+        let mut changes: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        let mut report =
+            PassReport { revision: revision.to_owned(), wake_at: plan.wake_at, forge_retry: forge.retry, ..PassReport::default() };
+        let none = BTreeMap::new();
+        for (name, view) in &plan.requests {
+            let prev = plan::previous(&self.catalog.loaded().desired, name);
+            let prs = forge.pull_requests.get(name).unwrap_or(&none);
+            let stalled = forge.stalled.get(name).map(|(r, m)| (r.as_str(), m.as_str()));
+            let status = render::render_with(view, prev, revision, t, prs, stalled);
+            let text = render::to_yaml(&status).into_bytes();
+            let path = render::path_of(name);
+            let same = prev.is_some_and(|p| *p == status);
+            if !crate::ids::is_dns_label(name) {
+                // `requests/<bad name>.yaml` is Invalid (its diagnostic says
+                // why), but its name cannot be a status file: a person sees
+                // it in the log, the terminal and `hadron validate`.
+                if self.reported_unnamed.insert(name.clone()) {
+                    tracing::warn!(request = ?name, "a request file whose name is not a DNS label gets no status file: {}", view.message);
+                }
+            } else if !same {
+                changes.insert(path, Some(text));
+            } else if self.reported_untrusted.contains_key(name) {
+                // A file Hadron did not write that holds exactly what Hadron
+                // decided (say, from before its store was reset): vouch for it.
+                self.store.kv_set(&format!("{STATUS_DIGEST_PREFIX}{name}"), &render::digest(&text), t).await?;
+                self.reported_untrusted.remove(name);
+            }
+            let now_seen = Seen::of(&status.status);
+            let before = self.seen.get(name).cloned().or_else(|| prev.map(|p| Seen::of(&p.status)));
+            if before.as_ref() != Some(&now_seen) {
+                let (reason, message) = match &now_seen.stalled {
+                    Some((r, m)) => (r.clone(), format!("Stalled: {m}; {}", view.message)),
+                    None => (now_seen.reason.clone(), view.message.clone()),
+                };
+                report.changes.push(PhaseChange {
+                    request: name.clone(),
+                    from: before.map(|b| b.phase),
+                    to: view.phase,
+                    stage: view.stage.clone(),
+                    reason,
+                    message,
+                    revision: revision.to_owned(),
+                });
+            }
+            self.seen.insert(name.clone(), now_seen);
+            report.phases.insert(name.clone(), (view.phase, view.stage.clone(), view.message.clone()));
+        }
+        // Status files Hadron would never write (a name that is not a DNS
+        // label, from an older Hadron or a person) are removed: status/ is Hadron's.
+        for path in self.catalog.paths_under("status/") {
+            let stem = path.trim_start_matches("status/").strip_suffix(".yaml").unwrap_or("");
+            let mine = !path["status/".len()..].contains('/') && crate::ids::is_dns_label(stem);
+            if !mine && crate::status::writer::validate_status_path(path).is_ok() {
+                changes.insert(path.to_owned(), None);
+            }
+        }
+        for name in &plan.deleted {
+            changes.insert(render::path_of(name), None);
+            let before = self
+                .seen
+                .remove(name)
+                .map(|s| s.phase)
+                .or_else(|| plan::previous(&self.catalog.loaded().desired, name).map(|p| p.status.phase));
+            report.changes.push(PhaseChange {
+                request: name.clone(),
+                from: before,
+                to: Phase::Cancelled,
+                stage: None,
+                reason: "Deleted".into(),
+                message: format!(
+                    "requests/{name}.yaml was deleted: its workers are cancelled and status/{name}.yaml is removed (history: git log -p -- status/{name}.yaml)"
+                ),
+                revision: revision.to_owned(),
+            });
+        }
+        for change in &report.changes {
+            let _ = self
+                .store
+                .append_event(&crate::store::NewEvent {
+                    at: t,
+                    request: Some(change.request.clone()),
+                    actor: "hadron".into(),
+                    action: format!("phase.{}", change.to.as_str()),
+                    revision: Some(revision.to_owned()),
+                    detail: change.message.clone(),
+                })
+                .await?;
+        }
+        if !changes.is_empty() && !publishing {
+            // Publishing fails or backs off: nothing is queued behind the
+            // entry already waiting; these files are decided again (from the
+            // store and the workers) once it goes through.
+            report.unpublished = changes.len();
+        } else if !changes.is_empty() {
+            let names: Vec<String> = changes.keys().map(|p| p.trim_start_matches("status/").trim_end_matches(".yaml").to_owned()).collect();
+            let message = status_message(&names, &report);
+            let files: crate::store::OutboxFiles =
+                changes.iter().map(|(p, c)| (p.clone(), c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))).collect();
+            let count = changes.len();
+            let id = self.store.put_outbox(&message, &files, t).await?;
+            match self.publish(id, changes, message, revision.to_owned()).await {
+                Ok(commit) => report.status_commit = commit,
+                Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
+                    report.unpublished = count;
+                    self.publish_failed(&e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        report.live_workers = plan.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
+            + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
+        report.idle = report.live_workers == 0
+            && plan.wake_at.is_none()
+            && plan
+                .requests
+                .values()
+                .all(|v| v.phase.is_terminal() || matches!(v.phase, Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Cancelled));
+        Ok(report)
+    }
+
+    pub(super) async fn publish(
+        &mut self,
+        outbox_id: i64,
+        changes: BTreeMap<String, Option<Vec<u8>>>,
+        message: String,
+        revision: String,
+    ) -> Result<Option<String>, ReconcileError> {
+        let writer = self.writer.clone();
+        let to_publish = changes.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut writer = writer.lock().map_err(|_| ReconcileError::Join("writer lock poisoned".into()))?;
+            Ok::<_, ReconcileError>(writer.publish(&to_publish, &message, &revision)?)
+        })
+        .await
+        .map_err(|e| ReconcileError::Join(e.to_string()))??;
+        let commit = outcome.commit.clone();
+        if let Some(t) = &self.telemetry {
+            t.metrics.add_push_retries(u64::from(outcome.attempts.saturating_sub(1)));
+        }
+        self.store.mark_published(outbox_id, commit.as_deref().unwrap_or("unchanged"), now()).await?;
+        self.publish_succeeded();
+        // What Hadron published is what it will trust when it reads it back.
+        for (path, content) in &changes {
+            let name = path.trim_start_matches("status/").trim_end_matches(".yaml");
+            let key = format!("{STATUS_DIGEST_PREFIX}{name}");
+            match content {
+                Some(bytes) => self.store.kv_set(&key, &render::digest(bytes), now()).await?,
+                None => self.store.kv_delete(&key).await?,
+            }
+            self.reported_untrusted.remove(name);
+        }
+        // Our own files, as now in git: the next fetch brings them back and
+        // must not count as a change.
+        for (path, content) in changes {
+            match content {
+                Some(bytes) => {
+                    self.catalog.upsert(&path, &bytes);
+                    self.written.insert(path, bytes);
+                }
+                None => {
+                    self.catalog.remove(&path);
+                    self.written.remove(&path);
+                }
+            }
+        }
+        Ok(commit)
+    }
+
+    /// Step 0, flush: publishes what earlier passes queued. Returns whether
+    /// this pass publishes (false while publishing fails or backs off).
+    pub(super) async fn step_flush(&mut self) -> Result<bool, ReconcileError> {
+        if !self.publish_retry.due() {
+            return Ok(false);
+        }
+        match self.flush_outbox().await {
+            Ok(()) => {
+                // Nothing waits in the outbox any more.
+                self.publish_succeeded();
+                Ok(true)
+            }
+            Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
+                self.publish_failed(&e);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn publish_succeeded(&mut self) {
+        if let Some(failure) = self.publish_failure.take() {
+            tracing::info!(after = self.publish_retry.failures(), "status files are published again (they were not: {})", failure.message);
+        }
+        self.publish_retry.succeeded();
+        if let Some(t) = &self.telemetry {
+            t.metrics.set_status_publish_failing(false);
+        }
+    }
+
+    pub(super) fn publish_failed(&mut self, err: &ReconcileError) {
+        let failure = steps::StepFailure::publish(err);
+        let wait = self.publish_retry.failed(failure.severity, self.cfg.poll_interval.min(Duration::from_secs(60)));
+        tracing::warn!(reason = err.reason(), retry_in = ?wait, "{}", failure.message);
+        if let Some(t) = &self.telemetry {
+            t.metrics.inc_status_publish_failures(err.reason());
+            t.metrics.set_status_publish_failing(true);
+        }
+        self.publish_failure = Some(failure);
+    }
+
+    /// Publishes pending outbox entries (left by a crash between commit and
+    /// push, or by a failed publish).
+    pub(super) async fn flush_outbox(&mut self) -> Result<(), ReconcileError> {
+        for entry in self.store.pending_outbox().await? {
+            let changes: BTreeMap<String, Option<Vec<u8>>> =
+                entry.files.iter().map(|(p, c)| (p.clone(), c.as_ref().map(|s| s.clone().into_bytes()))).collect();
+            let revision = self.store.last_revision().await?.unwrap_or_default();
+            let revision = if revision.len() == 40 { revision } else { "0".repeat(40) };
+            match self.publish(entry.id, changes, entry.message.clone(), revision).await {
+                Err(ReconcileError::Writer(e)) if e.is_permanent() => {
+                    // This row can never be published: set it aside with an
+                    // event, so it does not stop every later pass.
+                    let detail = format!(
+                        "outbox entry {} ({}) can never be published and was set aside: {e}",
+                        entry.id,
+                        entry.message.lines().next().unwrap_or("")
+                    );
+                    tracing::error!(reason = e.reason(), "{detail}");
+                    self.store.mark_published(entry.id, "dead-letter", now()).await?;
+                    self.store
+                        .append_event(&crate::store::NewEvent {
+                            at: now(),
+                            request: None,
+                            actor: "hadron".into(),
+                            action: "outbox.dead_letter".into(),
+                            revision: None,
+                            detail,
+                        })
+                        .await?;
+                    if let Some(t) = &self.telemetry {
+                        t.metrics.inc_dead_letters();
+                    }
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The status commit's message: a subject that says what happened (each
+/// request and its phase for up to three, counts by phase beyond), and one
+/// body line per written file.
+fn status_message(names: &[String], report: &PassReport) -> String {
+    let phase_of = |name: &String| report.phases.get(name).map_or("deleted", |(p, _, _)| p.as_str());
+    let subject = if names.len() <= 3 {
+        let parts: Vec<String> = names.iter().map(|n| format!("{n} {}", phase_of(n))).collect();
+        format!("status: {}", parts.join(", "))
+    } else {
+        let mut by_phase: BTreeMap<&str, usize> = BTreeMap::new();
+        for name in names {
+            *by_phase.entry(phase_of(name)).or_default() += 1;
+        }
+        let counts: Vec<String> = by_phase.iter().map(|(p, n)| format!("{n} {p}")).collect();
+        format!("status: {} requests ({})", names.len(), counts.join(", "))
+    };
+    let mut body = String::new();
+    for name in names {
+        match report.phases.get(name) {
+            Some((phase, stage, _)) => {
+                body.push_str(&format!("- {name}: {}{}\n", phase.as_str(), stage.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()))
+            }
+            None => body.push_str(&format!("- {name}: deleted\n")),
+        }
+    }
+    format!("{subject}\n\n{body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(phases: &[(&str, Phase)]) -> PassReport {
+        PassReport { phases: phases.iter().map(|(n, p)| ((*n).to_owned(), (*p, None, String::new()))).collect(), ..PassReport::default() }
+    }
+
+    #[test]
+    fn status_subject_names_each_request_and_its_phase() {
+        let r = report(&[("add-greeting", Phase::Succeeded), ("add-healthz", Phase::WaitingForApproval), ("other", Phase::Running)]);
+        let names = vec!["add-greeting".to_owned(), "add-healthz".to_owned()];
+        let msg = status_message(&names, &r);
+        assert_eq!(msg.lines().next(), Some("status: add-greeting Succeeded, add-healthz WaitingForApproval"));
+        let gone = status_message(&["old".to_owned()], &r);
+        assert_eq!(gone.lines().next(), Some("status: old deleted"));
+    }
+
+    #[test]
+    fn status_subject_counts_by_phase_beyond_three() {
+        let r = report(&[("a", Phase::Running), ("b", Phase::Running), ("c", Phase::Pending), ("d", Phase::WaitingForApproval)]);
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| (*s).to_owned()).collect();
+        let msg = status_message(&names, &r);
+        let subject = msg.lines().next().expect("subject");
+        assert!(subject.starts_with("status: 5 requests ("), "{subject}");
+        for part in ["2 Running", "1 Pending", "1 WaitingForApproval", "1 deleted"] {
+            assert!(subject.contains(part), "{subject} lacks {part}");
+        }
+    }
+}
