@@ -8,6 +8,7 @@
 //! the loop's inputs and outputs and on nothing that depends on it; and the
 //! composition root `up`. `tests/tests/layers.rs` keeps it so.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod attempt;
 pub mod cli;

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::worker_name;
 use crate::model::kinds::{ChangeRequest, GateType, Phase, RequestStatus, Stage};
-use crate::model::validate::{effective_agent, effective_stages};
 use crate::model::{DesiredState, Diagnostic};
 use crate::time::{Millis, parse_rfc3339};
 
@@ -434,7 +433,7 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
             cancel(&mut out, a, "SpecChanged");
         }
         let restarted = !old.is_empty() || observed.own_statuses.get(name).is_some_and(|s| s.status.observed_generation != generation);
-        let agent = effective_agent(request, &desired.settings).unwrap_or_default().to_owned();
+        let agent = request.effective_agent(&desired.settings).unwrap_or_default().to_owned();
         let agent_limit = desired.agents.get(&agent).and_then(|a| a.spec.concurrency).filter(|n| *n > 0);
         let mut view = RequestView {
             name: name.to_owned(),
@@ -447,7 +446,7 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
             work_branch: format!("hadron/{name}"),
         };
         let mut current_sorted: Vec<Attempt> = current.iter().map(|a| (*a).clone()).collect();
-        let stages = effective_stages(request, &desired.settings);
+        let stages = request.effective_stages(&desired.settings);
         let stage_index = |s: &str| stages.iter().position(|x| x.name == s).unwrap_or(usize::MAX);
         current_sorted.sort_by(|a, b| (stage_index(&a.stage), &a.repo, a.attempt).cmp(&(stage_index(&b.stage), &b.repo, b.attempt)));
         view.attempts = current_sorted;

@@ -226,6 +226,18 @@ pub struct ChangeRequest {
     pub spec: ChangeRequestSpec,
 }
 
+impl ChangeRequest {
+    /// The agent the request runs: its own, else the settings' default.
+    pub fn effective_agent<'a>(&'a self, settings: &'a Settings) -> Option<&'a str> {
+        self.spec.agent.as_deref().or(settings.spec.defaults.agent.as_deref())
+    }
+
+    /// The stages the request runs: its own, else the settings' defaults.
+    pub fn effective_stages<'a>(&'a self, settings: &'a Settings) -> &'a [Stage] {
+        if self.spec.stages.is_empty() { &settings.spec.defaults.stages } else { &self.spec.stages }
+    }
+}
+
 /// Spec of [`ChangeRequest`]. Any change to it is a new generation: running
 /// work is cancelled, the pipeline starts again and earlier approvals go stale.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

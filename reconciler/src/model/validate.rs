@@ -603,16 +603,6 @@ pub fn sanitize_status(s: &mut RequestStatus) -> Vec<Finding> {
     out
 }
 
-/// The agent a request runs: its own, else the default.
-pub fn effective_agent<'a>(request: &'a ChangeRequest, settings: &'a Settings) -> Option<&'a str> {
-    request.spec.agent.as_deref().or(settings.spec.defaults.agent.as_deref())
-}
-
-/// The stages a request runs: its own, else the defaults.
-pub fn effective_stages<'a>(request: &'a ChangeRequest, settings: &'a Settings) -> &'a [Stage] {
-    if request.spec.stages.is_empty() { &settings.spec.defaults.stages } else { &request.spec.stages }
-}
-
 /// Builds the desired state from parsed files and runs the cross-file checks.
 pub(crate) fn assemble(files: &BTreeMap<String, ParsedFile>) -> (Loaded, BTreeSet<String>) {
     let mut loaded = Loaded::default();
@@ -693,7 +683,7 @@ pub(crate) fn eval_request(path: &str, file: &ParsedFile, loaded: &mut Loaded, b
     };
     let settings = loaded.desired.settings.clone();
     let mut findings = Vec::new();
-    match effective_agent(request, &settings) {
+    match request.effective_agent(&settings) {
         None => findings.push(Finding::error(
             "spec",
             Code::NoAgent,
@@ -706,7 +696,7 @@ pub(crate) fn eval_request(path: &str, file: &ParsedFile, loaded: &mut Loaded, b
         }
         Some(_) => {}
     }
-    let stages = effective_stages(request, &settings);
+    let stages = request.effective_stages(&settings);
     if stages.is_empty() {
         findings.push(Finding::error(
             "spec",

@@ -4,7 +4,6 @@
 
 use crate::model::DesiredState;
 use crate::model::kinds::ChangeRequest;
-use crate::model::validate::effective_stages;
 use crate::plan::{self, Action, Attempt, AttemptState, Observed, Plan};
 use crate::store::{self, AttemptUpdate, NewAttempt, NewEvent, RequestRecord};
 use crate::time::Millis;
@@ -47,7 +46,7 @@ fn update_of(a: &Attempt, t: Millis) -> AttemptUpdate {
 pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all: &[Attempt], t: Millis) -> Option<RunSpec> {
     let request: &ChangeRequest = desired.requests.get(&a.request)?;
     let agent = desired.agents.get(&a.agent)?;
-    let stages = effective_stages(request, &desired.settings);
+    let stages = request.effective_stages(&desired.settings);
     let stage = stages.iter().find(|s| s.name == a.stage)?;
     let repo = request.spec.repos.iter().find(|r| r.url == a.repo)?;
     let prompt_template =

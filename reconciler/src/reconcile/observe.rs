@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::gates::{self, GateDecision};
 use crate::model::kinds::GateType;
-use crate::model::validate::effective_agent;
 use crate::plan::{self, ApprovalState, AttemptState, CiState, DriverRun, Observed, RunState};
 use crate::store;
 use crate::workers::spec::{Outcome, RunResult};
@@ -108,7 +107,7 @@ pub fn apply_result(attempt: &mut plan::Attempt, result: &RunResult) {
 pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLink>) -> Result<Observed, ReconcileError> {
     let desired = &ctx.catalog.loaded().desired;
     let agent_of = |request: &str| -> String {
-        desired.requests.get(request).and_then(|r| effective_agent(r, &desired.settings).map(str::to_owned)).unwrap_or_default()
+        desired.requests.get(request).and_then(|r| r.effective_agent(&desired.settings).map(str::to_owned)).unwrap_or_default()
     };
     let mut observed = Observed::default();
     let records = ctx.store.list_requests().await?;

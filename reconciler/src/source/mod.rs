@@ -32,7 +32,6 @@
 //! `spawn_blocking`. Triggers (file watch or poll) are in [`trigger`].
 
 mod error;
-mod retry;
 pub mod trigger;
 
 #[cfg(test)]
@@ -48,7 +47,6 @@ use gix::ObjectId;
 use gix::objs::tree::EntryKind;
 
 pub use error::SourceError;
-pub use retry::{RetryPolicy, fetch_with_retry, retry_with_backoff};
 pub use trigger::{TriggerHandle, spawn_triggers};
 
 /// Default branch read when none is configured.

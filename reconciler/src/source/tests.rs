@@ -564,8 +564,7 @@ fn failed_fetch_keeps_last_good_and_restart_recovers_it() -> Result<()> {
     let err = source.fetch().err().context("must fail")?;
     assert!(err.is_not_found(), "{err:?}");
     assert_eq!(source.last_good(), Some(good));
-    let policy = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) };
-    assert!(fetch_with_retry(&mut source, policy).is_err());
+    assert!(source.fetch().is_err(), "still gone");
     assert_eq!(source.last_good(), Some(good));
     // The mirror still serves the last good revision.
     assert!(source.read_full(good)?.contains_key("hadron.yaml"));
@@ -580,7 +579,7 @@ fn failed_fetch_keeps_last_good_and_restart_recovers_it() -> Result<()> {
     fx.write("hadron.yaml", b"y\n")?;
     let newer = fx.commit_push("again", "main")?;
     let mut source = fx.source()?;
-    let rev = fetch_with_retry(&mut source, policy)?;
+    let rev = source.fetch()?;
     assert_eq!(rev.to_string(), newer);
     Ok(())
 }
@@ -656,49 +655,6 @@ fn non_bare_repo_reads_the_branch_commit_not_the_working_tree() -> Result<()> {
         assert_eq!(files, expected, "{url}");
     }
     Ok(())
-}
-
-#[test]
-fn retry_with_backoff_retries_only_transient_errors() {
-    let policy = RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(3) };
-    let transient = || SourceError::Network { url: "https://example.com".into(), message: "connection reset".into() };
-    let mut calls = 0;
-    let out = retry_with_backoff(policy, || {
-        calls += 1;
-        if calls < 3 { Err(transient()) } else { Ok(calls) }
-    });
-    assert_eq!(out.ok(), Some(3));
-
-    let mut calls = 0;
-    let out: Result<(), SourceError> = retry_with_backoff(policy, || {
-        calls += 1;
-        Err(transient())
-    });
-    assert_eq!(out.err().map(|e| e.reason()), Some("Network"));
-    assert_eq!(calls, 4, "gives up after max_attempts");
-
-    let mut calls = 0;
-    let out: Result<(), SourceError> = retry_with_backoff(policy, || {
-        calls += 1;
-        Err(SourceError::AuthFailed { url: "https://example.com".into(), message: "401".into() })
-    });
-    assert_eq!(out.err().map(|e| e.reason()), Some("AuthFailed"));
-    assert_eq!(calls, 1, "permanent errors are not retried");
-}
-
-#[test]
-fn backoff_grows_exponentially_and_is_capped() {
-    let policy = RetryPolicy { max_attempts: 10, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(2) };
-    assert_eq!(policy.backoff_cap(0), Duration::from_millis(100));
-    assert_eq!(policy.backoff_cap(1), Duration::from_millis(200));
-    assert_eq!(policy.backoff_cap(3), Duration::from_millis(800));
-    assert_eq!(policy.backoff_cap(5), Duration::from_secs(2));
-    assert_eq!(policy.backoff_cap(100), Duration::from_secs(2));
-    let mut rng = rand::rng();
-    for retry in 0..20 {
-        let d = policy.delay(retry, &mut rng);
-        assert!(d <= policy.backoff_cap(retry));
-    }
 }
 
 #[test]
