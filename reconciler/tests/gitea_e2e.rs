@@ -239,29 +239,44 @@ fn request(name: &str, gate: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let git_root = tmp.path().join("git/acme");
+/// `acme/control` and `acme/app` as bare repos behind a Gitea double; Carol
+/// (a Gitea user) committed the settings (the script agent, then `extra`
+/// settings lines) and the agent.
+struct Acme {
+    control: PathBuf,
+    app: PathBuf,
+    carol: Person,
+    double: GiteaDouble,
+}
+
+async fn acme(root: &Path, extra_settings: &str) -> Result<Acme> {
+    let git_root = root.join("git/acme");
     let (control, app) = (git_root.join("control.git"), git_root.join("app.git"));
     bare(&control)?;
     bare(&app)?;
-    let dev = Person::clone_as(&app, tmp.path().join("dev-app"), "dev", "dev@example.com")?;
-    dev.commit_file("README.md", "# app\n", "start")?;
-
-    // Carol asks for work; Alice (listed) and Dave (team acme/maintainers) may approve.
-    let carol = Person::clone_as(&control, tmp.path().join("carol"), "Carol Requester", "carol@example.com")?;
-    let settings = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n    maxAttempts: 2\n  approvers:\n    users: [alice]\n    teams: [acme/maintainers]\n";
-    carol.commit_file("hadron.yaml", settings, "settings")?;
+    Person::clone_as(&app, root.join("dev-app"), "dev", "dev@example.com")?.commit_file("README.md", "# app\n", "start")?;
+    let carol = Person::clone_as(&control, root.join("carol"), "Carol Requester", "carol@example.com")?;
+    let settings = format!(
+        "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n    maxAttempts: 2\n{extra_settings}"
+    );
+    carol.commit_file("hadron.yaml", &settings, "settings")?;
     let agent = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../example-repo/agents/script.yaml"))?;
     carol.commit_file("agents/script.yaml", &agent, "agent")?;
-
     let double = GiteaDouble::start(TOKEN, "hadron-bot").await;
     for (repo, dir) in [("acme/control", &control), ("acme/app", &app)] {
         double.add_repo(repo, "main");
         double.link_git_dir(repo, dir);
     }
     double.add_user("carol", "carol@example.com");
+    Ok(Acme { control, app, carol, double })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // Carol asks for work; Alice (listed) and Dave (team acme/maintainers) may approve.
+    let Acme { control, app, carol, double } =
+        acme(tmp.path(), "  approvers:\n    users: [alice]\n    teams: [acme/maintainers]\n").await?;
     double.add_team("acme", "maintainers", &["dave"]);
     // The first target PR Hadron opens is refused once: that request is
     // Stalled until a later pass succeeds.
@@ -510,22 +525,7 @@ async fn serve_stops_on_sigterm_and_leaves_workers_running() -> Result<()> {
 async fn a_gitea_outage_stalls_only_the_forge_and_nothing_is_done_twice() -> Result<()> {
     let length = Duration::from_secs(if std::env::var("HADRON_CHAOS").as_deref() == Ok("long") { 30 } else { 10 });
     let tmp = tempfile::tempdir()?;
-    let git_root = tmp.path().join("git/acme");
-    let (control, app) = (git_root.join("control.git"), git_root.join("app.git"));
-    bare(&control)?;
-    bare(&app)?;
-    Person::clone_as(&app, tmp.path().join("dev"), "dev", "dev@example.com")?.commit_file("README.md", "# app\n", "start")?;
-    let carol = Person::clone_as(&control, tmp.path().join("carol"), "Carol", "carol@example.com")?;
-    let settings = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n    maxAttempts: 2\n";
-    carol.commit_file("hadron.yaml", settings, "settings")?;
-    let agent = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../example-repo/agents/script.yaml"))?;
-    carol.commit_file("agents/script.yaml", &agent, "agent")?;
-    let double = GiteaDouble::start(TOKEN, "hadron-bot").await;
-    for (repo, dir) in [("acme/control", &control), ("acme/app", &app)] {
-        double.add_repo(repo, "main");
-        double.link_git_dir(repo, dir);
-    }
-    double.add_user("carol", "carol@example.com");
+    let Acme { control, carol, double, .. } = acme(tmp.path(), "").await?;
     let hadron = Hadron::start(&control, &tmp.path().join("data"), &double.base_url())?;
     let http = reqwest::Client::new();
     wait_for(&hadron, "readiness", Duration::from_secs(60), || {

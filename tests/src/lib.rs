@@ -52,35 +52,28 @@ pub fn hadron_command(bin: &str, cwd: &Path) -> Command {
     cmd
 }
 
-/// [`git_as`] that says whether git succeeded instead of panicking.
-pub fn git_try(cwd: &Path, who: &str, args: &[&str]) -> bool {
-    Command::new("git")
-        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+/// `git` in `cwd` as the person `who` (`who@example.com`), reading no global or system git config.
+fn git_command(cwd: &Path, who: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
         .args(["-c", &format!("user.name={who}"), "-c", &format!("user.email={who}@example.com")])
         .args(args)
         .current_dir(cwd)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .env("GIT_TERMINAL_PROMPT", "0");
+    cmd
+}
+
+/// [`git_as`] that says whether git succeeded instead of panicking.
+pub fn git_try(cwd: &Path, who: &str, args: &[&str]) -> bool {
+    git_command(cwd, who, args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Runs `git` in `cwd` as the person `who` (`who@example.com`), reading no
 /// global or system git config; panics with git's words when it fails.
 pub fn git_as(cwd: &Path, who: &str, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
-        .args(["-c", &format!("user.name={who}"), "-c", &format!("user.email={who}@example.com")])
-        .args(args)
-        .current_dir(cwd)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .expect("git runs");
+    let out = git_command(cwd, who, args).output().expect("git runs");
     assert!(out.status.success(), "git {args:?} in {}: {}", cwd.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
