@@ -86,6 +86,12 @@ impl Worker<'_> {
             "clone".into(),
             "-q".into(),
             "--no-checkout".into(),
+            // A local path is cloned through upload-pack, a consistent
+            // snapshot: the default hardlink copy of the objects folder also
+            // copies the temporary folder of a push landing at that moment
+            // and fails ("hardlink different from source"), seen with four
+            // workers pushing to one local repo while another cloned it.
+            "--no-local".into(),
             "--".into(),
             self.spec.clone_url.clone().into(),
             partial.clone().into_os_string(),
