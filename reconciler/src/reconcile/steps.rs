@@ -7,15 +7,13 @@ use std::time::{Duration, Instant};
 use super::ReconcileError;
 use crate::status::writer::WriterError;
 
-/// A step of a pass, in the order they run.
+/// A step of a pass that can fail while the pass goes on, in the order
+/// they run (observe and plan failing fail the pass: there is nothing to
+/// go on with).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Step {
     /// Fetch the control repo and load the changed files.
     Fetch,
-    /// Read the store and the workers.
-    Observe,
-    /// Decide (pure).
-    Plan,
     /// Store intent, start and cancel workers, open approval branches.
     Execute,
     /// Pull requests and commit statuses on the forge.
@@ -29,8 +27,6 @@ impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Fetch => "fetch",
-            Step::Observe => "observe",
-            Step::Plan => "plan",
             Step::Execute => "execute",
             Step::Forge => "forge",
             Step::Publish => "publish",
