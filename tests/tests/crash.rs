@@ -94,7 +94,10 @@ fn crash_and_restart(delete_store: bool, seed: u64) {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "the final hadron up failed: {status}");
+            if !status.success() {
+                let tail = |name: &str| hadron_tests::tail(&std::fs::read_to_string(tmp.path().join(name)).unwrap_or_default(), 40);
+                panic!("the final hadron up failed: {status}\n--- stdout\n{}\n--- stderr\n{}", tail("up.out"), tail("up.err"));
+            }
             break;
         }
         if Instant::now() > deadline {

@@ -253,7 +253,15 @@ impl StatusWriter {
                 .map_err(|e| WriterError::Config { detail: format!("cannot read work_dir {}: {e}", dir.display()) })?
                 .next()
                 .is_none();
-            if !empty {
+            if !empty && !dir.join("HEAD").exists() {
+                // A clone a crash left half-made (`kill -9` during its
+                // creation): it is Hadron's private cache of the remote, and
+                // the outbox holds what was not pushed, so it is made again.
+                tracing::warn!(dir = %dir.display(), "removing a half-made private clone left by a crash");
+                std::fs::remove_dir_all(dir)
+                    .and_then(|()| std::fs::create_dir_all(dir))
+                    .map_err(|e| WriterError::Config { detail: format!("cannot remove the half-made clone {}: {e}", dir.display()) })?;
+            } else if !empty {
                 return Err(WriterError::Config { detail: format!("work_dir {} is neither empty nor a git repository", dir.display()) });
             }
             gix::init_bare(dir).map_err(|e| WriterError::git("creating the private clone", e))?;
@@ -576,6 +584,17 @@ mod tests {
             let err = validate_status_path(bad).expect_err(bad);
             assert_eq!(err.reason(), "PathOutsideStatus");
         }
+    }
+
+    #[test]
+    fn a_half_made_private_clone_is_made_again() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("writer");
+        std::fs::create_dir_all(dir.join("objects")).expect("mkdir");
+        std::fs::write(dir.join("config"), "[core]\n").expect("write");
+        let writer = StatusWriter::new(WriterConfig::new("/nonexistent/control.git", "main", &dir));
+        assert!(writer.is_ok(), "{writer:?}");
+        assert!(open_repo(&dir).is_ok(), "the clone was made again");
     }
 
     #[test]
