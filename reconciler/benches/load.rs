@@ -2,8 +2,11 @@
 //! write-back". Prints figures; asserts nothing about time.
 //!
 //! B1 cold load (fetch + read + parse + validate) beside `git cat-file --batch`
-//! over the same blobs; B2 incremental load after a one-request commit; B3 a
-//! status pass writing 1,000 changed files. Run: `cargo bench --bench load`.
+//! over the same blobs; B2 incremental load after a one-request commit; B3
+//! the status writer publishing 1,000 changed files as one commit. Each
+//! figure is `HADRON_BENCH_SAMPLES` samples (default 5), printed as
+//! min / median / max; `HADRON_BENCH_SIZES` (default `100,1000,10000`) picks
+//! the sizes. Run: `cargo bench --bench load`.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -103,80 +106,142 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Several samples of one figure, in milliseconds.
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn of(n: usize, mut f: impl FnMut(usize) -> f64) -> Self {
+        let mut v: Vec<f64> = (0..n).map(&mut f).collect();
+        v.sort_by(f64::total_cmp);
+        Samples(v)
+    }
+    fn median(&self) -> f64 {
+        self.0[self.0.len() / 2]
+    }
+}
+
+impl std::fmt::Display for Samples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (min, max) = (self.0.first().copied().unwrap_or(0.0), self.0.last().copied().unwrap_or(0.0));
+        write!(f, "{min:>8.1} / {:>8.1} / {max:>8.1} ms", self.median())
+    }
+}
+
+fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(name).map_or_else(|_| default.to_vec(), |v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+}
+
 fn main() {
     let root = tempfile::tempdir().expect("temp dir");
-    println!("machine: {} cores; {}", std::thread::available_parallelism().map_or(0, |n| n.get()), std::env::consts::ARCH);
+    let samples = env_list("HADRON_BENCH_SAMPLES", &[5]).first().copied().unwrap_or(5).max(1);
+    println!(
+        "machine: {} cores; {}; {samples} samples per figure, shown as min / median / max",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::env::consts::ARCH
+    );
     let mut b2_base = None;
-    for n in [100, 1_000, 10_000] {
+    for n in env_list("HADRON_BENCH_SIZES", &[100, 1_000, 10_000]) {
         let (bare, work) = make_repo(root.path(), n);
-        // B1: cold load.
-        let data = root.path().join(format!("data-{n}"));
-        let start = Instant::now();
+        // B1: cold load, from a fresh data dir each sample.
+        let cold = Samples::of(samples, |k| {
+            let data = root.path().join(format!("data-{n}-{k}"));
+            let start = Instant::now();
+            let mut source = Source::new(
+                SourceConfig::new(bare.to_str().expect("utf-8"), &data),
+                LoadOptions { filter: PathFilter::hadron(), ..LoadOptions::default() },
+            )
+            .expect("source");
+            let rev = source.fetch().expect("fetch");
+            let changes = source.load(rev).expect("load");
+            let mut catalog = Catalog::new();
+            feed(&mut catalog, &changes);
+            let loaded = catalog.refresh();
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            assert_eq!(loaded.desired.requests.len(), n, "{:?}", loaded.diagnostics.first());
+            ms
+        });
+        let mut bytes = 0;
+        let floor = Samples::of(samples, |_| {
+            let (ms, b) = cat_file_baseline(&bare);
+            bytes = b;
+            ms
+        });
+        println!("B1 cold load    n={n:>6}: {cold} (fetch+read+parse+validate)");
+        println!(
+            "   git floor    n={n:>6}: {floor} (git cat-file --batch, {bytes} bytes); ratio of medians {:.2}x",
+            cold.median() / floor.median()
+        );
+
+        // B2: incremental load after a commit that changes one request.
+        let data = root.path().join(format!("data-{n}-inc"));
         let mut source = Source::new(
             SourceConfig::new(bare.to_str().expect("utf-8"), &data),
             LoadOptions { filter: PathFilter::hadron(), ..LoadOptions::default() },
         )
         .expect("source");
         let rev = source.fetch().expect("fetch");
-        let changes = source.load(rev).expect("load");
         let mut catalog = Catalog::new();
-        feed(&mut catalog, &changes);
-        let loaded = catalog.refresh();
-        let cold_ms = start.elapsed().as_secs_f64() * 1000.0;
-        assert_eq!(loaded.desired.requests.len(), n, "{:?}", loaded.diagnostics.first());
-        let (git_ms, bytes) = cat_file_baseline(&bare);
+        feed(&mut catalog, &source.load(rev).expect("load"));
+        catalog.refresh();
+        let (mut fetch_ms, mut diff_ms, mut model_ms) = (Vec::new(), Vec::new(), Vec::new());
+        let inc = Samples::of(samples, |k| {
+            std::fs::write(work.join("requests/req-1.yaml"), request(1, k + 1)).expect("write");
+            git(&work, &["commit", "-q", "-am", "edit one request"]);
+            git(&work, &["push", "-q", bare.to_str().expect("utf-8"), "HEAD:refs/heads/main"]);
+            let start = Instant::now();
+            let rev = source.fetch().expect("fetch");
+            let fetched = start.elapsed();
+            let changes = source.load(rev).expect("load");
+            let diffed = start.elapsed();
+            feed(&mut catalog, &changes);
+            let loaded = catalog.refresh();
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            assert_eq!(changes.upserts.len(), 1);
+            assert!(loaded.desired.requests["req-1"].spec.title.ends_with(&format!("revision {}", k + 1)));
+            fetch_ms.push(fetched.as_secs_f64() * 1000.0);
+            diff_ms.push((diffed - fetched).as_secs_f64() * 1000.0);
+            model_ms.push(ms - diffed.as_secs_f64() * 1000.0);
+            ms
+        });
+        let base = *b2_base.get_or_insert(inc.median());
+        let med = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
         println!(
-            "B1 cold load  n={n:>6}: {cold_ms:>8.1} ms (fetch+read+parse+validate); git cat-file --batch {git_ms:>7.1} ms ({bytes} bytes); ratio {:.2}x",
-            cold_ms / git_ms
-        );
-
-        // B2: incremental load after a commit that changes one request.
-        std::fs::write(work.join("requests/req-1.yaml"), request(1, 1)).expect("write");
-        git(&work, &["commit", "-q", "-am", "edit one request"]);
-        git(&work, &["push", "-q", bare.to_str().expect("utf-8"), "HEAD:refs/heads/main"]);
-        let start = Instant::now();
-        let rev = source.fetch().expect("fetch");
-        let fetched = start.elapsed();
-        let changes = source.load(rev).expect("load");
-        let diffed = start.elapsed();
-        feed(&mut catalog, &changes);
-        let loaded = catalog.refresh();
-        let inc_ms = start.elapsed().as_secs_f64() * 1000.0;
-        assert_eq!(changes.upserts.len(), 1);
-        assert!(loaded.desired.requests["req-1"].spec.title.ends_with("revision 1"));
-        let base = *b2_base.get_or_insert(inc_ms);
-        println!(
-            "B2 incremental n={n:>6}: {inc_ms:>8.1} ms ({} blob read; fetch {:.1} ms, diff+read {:.1} ms, model {:.1} ms); ratio to n=100: {:.2}x",
-            changes.upserts.len(),
-            fetched.as_secs_f64() * 1000.0,
-            (diffed - fetched).as_secs_f64() * 1000.0,
-            inc_ms - diffed.as_secs_f64() * 1000.0,
-            inc_ms / base
+            "B2 incremental  n={n:>6}: {inc} (1 blob read; medians: fetch {:.1} ms, diff+read {:.1} ms, model {:.1} ms); median to n={}: {:.2}x",
+            med(fetch_ms),
+            med(diff_ms),
+            med(model_ms),
+            env_list("HADRON_BENCH_SIZES", &[100]).first().copied().unwrap_or(100),
+            inc.median() / base
         );
     }
 
-    // B3: one status pass writing 1,000 changed files.
+    // B3: publishing 1,000 changed status files as one commit (the status
+    // writer alone, not a whole pass).
     let (bare, _) = make_repo(root.path(), 10);
     let mut writer =
         StatusWriter::new(WriterConfig::new(bare.to_str().expect("utf-8"), "main", root.path().join("writer"))).expect("writer");
-    let files: BTreeMap<String, Option<Vec<u8>>> = (0..1000)
-        .map(|i| {
-            (
-                format!("status/req-{i}.yaml"),
-                Some(
-                    format!(
-                        "apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: req-{i}\nstatus:\n  phase: Running\n"
-                    )
-                    .into_bytes(),
-                ),
-            )
-        })
-        .collect();
-    let before: usize = git(&bare, &["rev-list", "--count", "main"]).trim().parse().expect("count");
-    let start = Instant::now();
-    let outcome = writer.publish(&files, "status: 1000 requests", &"0".repeat(40)).expect("publish");
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
-    let after: usize = git(&bare, &["rev-list", "--count", "main"]).trim().parse().expect("count");
-    println!("B3 status pass: 1000 files in {ms:.1} ms, {} commit(s), {} push attempt(s)", after - before, outcome.attempts);
+    let mut attempts = 0;
+    let publish = Samples::of(samples, |k| {
+        let files: BTreeMap<String, Option<Vec<u8>>> = (0..1000)
+            .map(|i| {
+                let text = format!(
+                    "apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: req-{i}\nstatus:\n  phase: Running\n  message: sample {k}\n"
+                );
+                (format!("status/req-{i}.yaml"), Some(text.into_bytes()))
+            })
+            .collect();
+        let before: usize = git(&bare, &["rev-list", "--count", "main"]).trim().parse().expect("count");
+        let start = Instant::now();
+        let outcome = writer.publish(&files, "status: 1000 requests", &"0".repeat(40)).expect("publish");
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        let after: usize = git(&bare, &["rev-list", "--count", "main"]).trim().parse().expect("count");
+        assert_eq!(after - before, 1, "one commit per publish");
+        attempts += outcome.attempts;
+        ms
+    });
+    println!("B3 publish 1,000 status files as one commit: {publish} ({attempts} push attempts in {samples} samples)");
     println!("peak RSS: {:.1} MiB", peak_rss_mib());
 }

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod attempt;
+pub mod backoff;
 pub mod cli;
 pub mod forge;
 pub mod gates;

@@ -476,8 +476,9 @@ mod approval_identity {
     use super::*;
     use hadron::gates::{Approver, Person, approval_object};
     use hadron::plan::ApprovalState;
-    use hadron::reconcile::forge::{ForgeLink, approval_merged_key, approval_pr_key};
+    use hadron::reconcile::forge::ForgeLink;
     use hadron::store::Store;
+    use hadron::store::{MergeRecord, PrRecord};
 
     /// The merge commit the double reports for every merged PR.
     const DOUBLE_MERGE_SHA: &str = "9d6f6a1c0c3b0f0e6a0d2c1b4a5e6f708192a3b4";
@@ -543,8 +544,8 @@ mod approval_identity {
 
         let pr = s.client.ensure_approval_pr(&approval_view(&s.client)).await?.number;
         let store = Store::open_sqlite(&tmp.path().join("store.db")).await?;
-        let record = serde_json::json!({ "number": pr, "url": format!("{}/{CONTROL}/pulls/{pr}", s.double.base_url()), "made_for": "g1" });
-        store.kv_set(&approval_pr_key("add-login", "review"), &record.to_string(), 1).await?;
+        let record = PrRecord { number: pr, url: format!("{}/{CONTROL}/pulls/{pr}", s.double.base_url()), made_for: "g1".into() };
+        store.set_approval_pr("add-login", "review", &record, 1).await?;
         let link = ForgeLink::new(s.client.clone(), Duration::from_secs(60));
         Ok(World { s, store, link, pr, requester: (Person::new("carol", "carol@example.com"), asked), direct, _tmp: tmp })
     }
@@ -648,7 +649,7 @@ mod approval_identity {
         let mut w = world().await?;
         // A webhook record naming alice but no merge commit; the approval
         // file came by a direct push and the PR was never merged.
-        w.store.kv_set(&approval_merged_key("add-login", "review"), r#"{"login":"alice"}"#, 1).await?;
+        w.store.record_approval_merge("add-login", "review", &MergeRecord { login: "alice".into(), commit: None }, 1).await?;
         let approval = approval_object("add-login", "review", "g1", "");
         let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
         let state = w

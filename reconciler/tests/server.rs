@@ -238,8 +238,7 @@ async fn a_merge_whose_record_could_not_be_written_is_taken_again_on_redelivery(
     // Gitea redelivers the same delivery id: it is taken, not called a duplicate.
     let (status, json) = h.post_signed("pull_request", &delivery_id(7), body).await?;
     ensure!(status == 202 && json["trigger"] == "ApprovalMerged", "{status} {json}");
-    let key = hadron::reconcile::forge::approval_merged_key("fix", "review");
-    ensure!(h.store.kv_get(&key).await?.is_some(), "the merger is recorded");
+    ensure!(h.store.approval_merge("fix", "review").await?.is_some(), "the merger is recorded");
     side.close().await;
     h.stop().await?;
     Ok(())

@@ -10,7 +10,7 @@ use hadron::model::Catalog;
 use hadron::model::kinds::Pricing;
 use hadron::workers::proc::group_exists;
 use hadron::workers::spec::{EnvSource, Outcome, PreviousStage, RunResult, RunSpec, worker_name};
-use hadron::workers::{Driver, DriverError, LocalDriver, RunState, WorkerCommand, run_worker};
+use hadron::workers::{Driver, DriverError, LocalDriver, WorkerCommand, WorkerState, run_worker};
 
 const PROMPT: &str = include_str!("../../templates/prompt.md.hbs");
 
@@ -370,7 +370,7 @@ fn fake_worker(worker: &str, sleep: &str) -> WorkerCommand {
     WorkerCommand::new("sh", ["-c", script.as_str(), "fake-worker"])
 }
 
-fn state_of(driver: &LocalDriver, worker: &str) -> Option<RunState> {
+fn state_of(driver: &LocalDriver, worker: &str) -> Option<WorkerState> {
     driver.observe().expect("observe").into_iter().find(|o| o.worker == worker).map(|o| o.state)
 }
 
@@ -393,8 +393,8 @@ fn driver_starts_once_and_observes_the_result() {
     driver.start(&spec).expect("second start is a no-op");
     assert_eq!(pid_of(&driver, &spec.worker), pid, "no second process");
     let result = wait_for("the fake worker's result", || match state_of(&driver, &spec.worker) {
-        Some(RunState::Finished(r)) => Some(r),
-        Some(RunState::Running) => None,
+        Some(WorkerState::Finished(r)) => Some(r),
+        Some(WorkerState::Running) => None,
         other => panic!("unexpected {other:?}"),
     });
     assert_eq!((result.worker.as_str(), result.summary.as_str()), (spec.worker.as_str(), "fake worker"));
@@ -421,13 +421,13 @@ fn a_new_driver_finds_running_work_and_cancels_it() {
     let driver = LocalDriver::new(&runs, command).expect("a new driver on the same runs").with_stop_grace(Duration::from_secs(5));
     let observed = driver.observe().expect("observe");
     assert_eq!(observed.len(), 1);
-    assert_eq!(observed[0].state, RunState::Running);
+    assert_eq!(observed[0].state, WorkerState::Running);
     assert!(observed[0].started_at.is_some());
     let pgid = pid_of(&driver, &spec.worker);
     assert!(group_exists(pgid));
     driver.cancel(&spec.worker).expect("cancel");
     match state_of(&driver, &spec.worker) {
-        Some(RunState::Finished(r)) => assert_eq!((r.outcome, r.reason.as_str()), (Outcome::Failed, "Cancelled")),
+        Some(WorkerState::Finished(r)) => assert_eq!((r.outcome, r.reason.as_str()), (Outcome::Failed, "Cancelled")),
         other => panic!("expected a cancelled result, got {other:?}"),
     }
     wait_for("the process group to go", || (!group_exists(pgid)).then_some(()));
@@ -444,8 +444,8 @@ fn a_killed_worker_is_lost() {
     let raw = i32::try_from(pid).expect("pid");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
     let reason = wait_for("the run to be lost", || match state_of(&driver, &spec.worker) {
-        Some(RunState::Lost { reason }) => Some(reason),
-        Some(RunState::Running) => None,
+        Some(WorkerState::Lost { reason }) => Some(reason),
+        Some(WorkerState::Running) => None,
         other => panic!("unexpected {other:?}"),
     });
     assert_eq!(reason, "ProcessGone");
@@ -464,8 +464,8 @@ fn the_driver_stops_a_worker_past_its_wall_time() {
     driver.start(&spec).expect("start");
     let pid = pid_of(&driver, &spec.worker);
     let result = wait_for("the wall-time stop", || match state_of(&driver, &spec.worker) {
-        Some(RunState::Finished(r)) => Some(r),
-        Some(RunState::Running) => None,
+        Some(WorkerState::Finished(r)) => Some(r),
+        Some(WorkerState::Running) => None,
         other => panic!("unexpected {other:?}"),
     });
     assert_eq!((result.outcome, result.reason.as_str()), (Outcome::Failed, "WallTimeExceeded"), "{result:?}");
@@ -479,8 +479,8 @@ fn driver_runs_the_real_entrypoint() {
     let driver = LocalDriver::new(fx.root().join("runs"), child_command()).expect("driver");
     driver.start(&spec).expect("start");
     let result = wait_for("the worker's result", || match state_of(&driver, &spec.worker) {
-        Some(RunState::Finished(r)) => Some(r),
-        Some(RunState::Running) => None,
+        Some(WorkerState::Finished(r)) => Some(r),
+        Some(WorkerState::Running) => None,
         other => panic!("unexpected {other:?}"),
     });
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
@@ -504,7 +504,7 @@ fn cancelling_a_real_worker_stops_its_agent_too() {
     assert!(group_exists(agent_pid));
     driver.cancel(&spec.worker).expect("cancel");
     match state_of(&driver, &spec.worker) {
-        Some(RunState::Finished(r)) => assert_eq!(r.reason, "Cancelled"),
+        Some(WorkerState::Finished(r)) => assert_eq!(r.reason, "Cancelled"),
         other => panic!("expected a cancelled result, got {other:?}"),
     }
     wait_for("the agent's group to go", || (!group_exists(agent_pid)).then_some(()));

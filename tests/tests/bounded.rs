@@ -147,7 +147,7 @@ fn five_hundred_requests_leave_flat_disk_and_store_behind() {
         rt.block_on(async {
             let store = hadron::store::Store::open_data_dir(&data).await.expect("store");
             let pending = store.pending_outbox().await.expect("outbox").len();
-            let kv = store.kv_with_prefix("status-digest/").await.expect("kv");
+            let kv = store.status_digests().await.expect("kv");
             store.close().await;
             (pending, kv)
         })

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::cli::{args, check_url, git, git_ok, push};
+use super::git_ops::{args, check_url, git, git_ok, push};
 use super::{GateError, Person, approval_branch, check_names};
 use crate::ids::is_branch_name;
 

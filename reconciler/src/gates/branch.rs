@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use gix::ObjectId;
 use sha2::{Digest, Sha256};
 
-use super::cli::{args, check_url, git_ok, push};
+use super::git_ops::{args, check_url, git_ok, push};
 use super::history::entry_at;
 use super::{GateError, Person, approval_branch, approval_path, check_names, render_approval};
 use crate::ids::is_branch_name;

@@ -15,7 +15,7 @@
 
 pub mod approve;
 pub mod branch;
-mod cli;
+mod git_ops;
 pub mod history;
 
 use crate::ids::is_dns_label;

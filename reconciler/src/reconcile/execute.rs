@@ -9,7 +9,6 @@ use crate::store::{self, AttemptUpdate, NewAttempt, NewEvent, RequestRecord};
 use crate::time::Millis;
 use crate::workers::spec::{EnvSource, PreviousStage, RunSpec};
 
-use super::observe::approval_branch_key;
 use super::steps::StepFailure;
 use super::{Context, ReconcileError, urls};
 
@@ -216,7 +215,7 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             })
             .await
             .map_err(|e| ReconcileError::Join(e.to_string()))??;
-            ctx.store.kv_set(&approval_branch_key(request, gate), opened_for, t).await?;
+            ctx.store.set_approval_branch_opened_for(request, gate, opened_for, t).await?;
             ctx.store.append_event(&event(t, request, "approval.open", revision, format!("hadron/approve/{request}/{gate}"))).await?;
         }
         Action::Forget { request } => {

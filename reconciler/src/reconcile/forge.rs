@@ -18,43 +18,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::forge::repo_full_name;
 use crate::forge::{ApprovalPrView, CombinedState, CommitState, CommitView, GiteaClient, GiteaError, RepoRef, StageView, TargetPrView};
 use crate::gates::{Approver, GateDecision, Person};
 use crate::model::DesiredState;
 use crate::model::kinds::{Approval, ApproverPolicy, Phase};
 use crate::plan::{ApprovalState, Attempt, AttemptState, CiState, Plan, RequestView};
-use crate::store::Store;
+use crate::store::{PrRecord, Store};
 use crate::time::Millis;
 
 use super::{ReconcileError, urls};
 
-/// `kv` key: the approval PR of a gate and what it was opened for.
-pub fn approval_pr_key(request: &str, gate: &str) -> String {
-    format!("approval-pr/{request}/{gate}")
-}
-
-/// `kv` key: the PR opened in a target repo for a request.
-pub fn target_pr_key(request: &str, repo: &str) -> String {
-    format!("target-pr/{request}/{repo}")
-}
-
-/// `kv` key: the last commit status Hadron set for a request in the control repo.
-pub fn control_status_key(request: &str) -> String {
-    format!("control-status/{request}")
-}
-
-pub use crate::store::{MergeRecord, approval_merged_key};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct PrRecord {
-    number: u64,
-    url: String,
-    /// Generation (target PRs) or approval token (approval PRs) it was made for.
-    made_for: String,
-}
+pub use crate::store::MergeRecord;
 
 /// The forge's state between passes: caches of answers that cannot change
 /// and the errors that stall requests.
@@ -219,8 +194,7 @@ impl ForgeLink {
         let mut pr_number = None;
         let mut merged_elsewhere = None;
         if login.is_none()
-            && let Some(text) = store.kv_get(&approval_pr_key(request, gate)).await?
-            && let Ok(pr) = serde_json::from_str::<PrRecord>(&text)
+            && let Some(pr) = store.approval_pr(request, gate).await?
         {
             pr_number = Some(pr.number);
             match self.client.merge_info(&self.control, pr.number).await {
@@ -358,7 +332,7 @@ impl ForgeLink {
                 continue;
             }
             if !self.control_status.contains_key(name)
-                && let Some(known) = store.kv_get(&control_status_key(name)).await?
+                && let Some(known) = store.control_status(name).await?
             {
                 self.control_status.insert(name.clone(), known);
             }
@@ -389,11 +363,10 @@ impl ForgeLink {
             // Approval PRs of gates whose branch is open.
             if view.phase == Phase::WaitingForApproval {
                 for gate in request.spec.gates.iter().filter(|g| g.gate_type == crate::model::kinds::GateType::Approval) {
-                    let Some(token) = store.kv_get(&super::observe::approval_branch_key(name, &gate.name)).await? else {
+                    let Some(token) = store.approval_branch_opened_for(name, &gate.name).await? else {
                         continue;
                     };
-                    let key = approval_pr_key(name, &gate.name);
-                    let recorded = store.kv_get(&key).await?.and_then(|t| serde_json::from_str::<PrRecord>(&t).ok());
+                    let recorded = store.approval_pr(name, &gate.name).await?;
                     if recorded.is_some_and(|r| r.made_for == token) {
                         continue;
                     }
@@ -416,7 +389,7 @@ impl ForgeLink {
                     match self.client.ensure_approval_pr(&pr_view).await {
                         Ok(pr) => {
                             let rec = PrRecord { number: pr.number, url: pr.html_url.clone(), made_for: token };
-                            store.kv_set(&key, &serde_json::to_string(&rec).expect("a PR record serialises"), t).await?;
+                            store.set_approval_pr(name, &gate.name, &rec, t).await?;
                             tracing::info!(request = %name, gate = %gate.name, number = pr.number, action = ?pr.action, "approval PR ready");
                             self.unstall(name);
                         }
@@ -441,7 +414,7 @@ impl ForgeLink {
                 match self.client.set_status(&self.control, commit, name, state, &description, Some(&target)).await {
                     Ok(_) => {
                         let marker = status_marker(view);
-                        store.kv_set(&control_status_key(name), &marker, t).await?;
+                        store.set_control_status(name, &marker, t).await?;
                         self.control_status.insert(name.clone(), marker);
                     }
                     Err(e) => self.stall(name, "setting the request's commit status", &e),
@@ -491,8 +464,7 @@ impl ForgeLink {
             if !view.attempts.iter().any(|a| a.repo == repo.url && a.pushed_commit.is_some()) {
                 continue;
             }
-            let key = target_pr_key(name, &repo.url);
-            let recorded = store.kv_get(&key).await?.and_then(|t| serde_json::from_str::<PrRecord>(&t).ok());
+            let recorded = store.target_pr(name, &repo.url).await?;
             if let Some(r) = recorded.filter(|r| r.made_for == view.generation) {
                 urls_by_repo.insert(repo.url.clone(), r.url);
                 continue;
@@ -510,7 +482,7 @@ impl ForgeLink {
             match self.client.ensure_target_pr(&repo_ref, repo.branch.as_deref(), &pr_view).await {
                 Ok(pr) => {
                     let rec = PrRecord { number: pr.number, url: pr.html_url.clone(), made_for: view.generation.clone() };
-                    store.kv_set(&key, &serde_json::to_string(&rec).expect("a PR record serialises"), t).await?;
+                    store.set_target_pr(name, &repo.url, &rec, t).await?;
                     tracing::info!(request = name, repo = %repo_ref, number = pr.number, "target PR ready");
                     urls_by_repo.insert(repo.url.clone(), pr.html_url);
                     self.unstall(name);

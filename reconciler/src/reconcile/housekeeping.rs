@@ -41,16 +41,6 @@ impl Default for Retention {
 /// Gitea redelivers within hours.
 pub const DELIVERY_RETENTION_MS: Millis = 7 * 24 * 3600 * 1000;
 
-/// `kv` prefixes whose next path segment is a request name.
-pub const REQUEST_KV_PREFIXES: &[&str] = &[
-    super::STATUS_DIGEST_PREFIX,
-    "approval-branch/",
-    crate::store::APPROVAL_MERGED_PREFIX,
-    "approval-pr/",
-    "target-pr/",
-    "control-status/",
-];
-
 /// What one sweep removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -99,7 +89,7 @@ pub async fn sweep(ctx: &Context, observed: &Observed, t: Millis, published: boo
     };
     let live: BTreeSet<String> =
         desired.requests.keys().chain(desired.statuses.keys()).chain(observed.known_requests.keys()).cloned().collect();
-    swept.kv = ctx.store.kv_prune_requests(REQUEST_KV_PREFIXES, &live).await?;
+    swept.kv = ctx.store.prune_request_entries(&live).await?;
     if let Some(keep) = retention.events {
         swept.events = ctx.store.prune_events(t - ms(keep)).await?;
         swept.commit_statuses = ctx.store.prune_commit_statuses(t - ms(keep)).await?;

@@ -242,9 +242,6 @@ pub struct Context {
     noted: BTreeSet<&'static str>,
 }
 
-/// `kv` key prefix of the digest of the status file Hadron last published, per request.
-pub const STATUS_DIGEST_PREFIX: &str = "status-digest/";
-
 impl Context {
     /// Opens the source mirror, the status writer and the gate clone under the data dir.
     pub fn new(cfg: LoopConfig, store: Store, driver: Arc<dyn Driver>) -> Result<Self, ReconcileError> {

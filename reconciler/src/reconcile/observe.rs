@@ -8,14 +8,9 @@ use crate::model::kinds::GateType;
 use crate::plan::{self, ApprovalState, AttemptState, CiState, DriverRun, Observed, RunState};
 use crate::store;
 use crate::workers::spec::{Outcome, RunResult};
-use crate::workers::{Observation, RunState as DriverState};
+use crate::workers::{Observation, WorkerState};
 
 use super::{Context, ReconcileError};
-
-/// Key in the store's `kv` table recording the generation an approval branch was opened for.
-pub fn approval_branch_key(request: &str, gate: &str) -> String {
-    format!("approval-branch/{request}/{gate}")
-}
 
 /// A store attempt as the planner sees it.
 pub fn from_store(a: &store::Attempt, agent: &str) -> plan::Attempt {
@@ -62,12 +57,12 @@ pub fn from_run(obs: &Observation, agent: &str) -> Option<DriverRun> {
         summary: String::new(),
     };
     let state = match &obs.state {
-        DriverState::Running => RunState::Running,
-        DriverState::Lost { reason } => {
+        WorkerState::Running => RunState::Running,
+        WorkerState::Lost { reason } => {
             attempt.reason = reason.clone();
             RunState::Lost
         }
-        DriverState::Finished(result) => {
+        WorkerState::Finished(result) => {
             apply_result(&mut attempt, result);
             RunState::Finished
         }
@@ -133,7 +128,7 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
         let generation = request.generation();
         for gate in &request.spec.gates {
             let key = (name.clone(), gate.name.clone());
-            if let Some(opened_for) = ctx.store.kv_get(&approval_branch_key(name, &gate.name)).await? {
+            if let Some(opened_for) = ctx.store.approval_branch_opened_for(name, &gate.name).await? {
                 observed.approval_branches.insert(key.clone(), opened_for);
             }
             match gate.gate_type {

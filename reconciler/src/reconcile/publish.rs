@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Context, PassReport, PhaseChange, ReconcileError, STATUS_DIGEST_PREFIX, Seen, forge, steps};
+use super::{Context, PassReport, PhaseChange, ReconcileError, Seen, forge, steps};
 use crate::model::kinds::Phase;
 use crate::plan::{self, Plan};
 use crate::status::render;
@@ -23,13 +23,7 @@ impl Context {
         &mut self,
         t: Millis,
     ) -> Result<BTreeMap<String, Arc<crate::model::RequestStatus>>, ReconcileError> {
-        let recorded: BTreeMap<String, String> = self
-            .store
-            .kv_with_prefix(STATUS_DIGEST_PREFIX)
-            .await?
-            .into_iter()
-            .map(|(k, v)| (k[STATUS_DIGEST_PREFIX.len()..].to_owned(), v))
-            .collect();
+        let recorded = self.store.status_digests().await?;
         let statuses = self.catalog.loaded().desired.statuses.clone();
         self.status_digests.retain(|name, _| statuses.contains_key(name));
         self.reported_untrusted.retain(|name, _| statuses.contains_key(name));
@@ -105,7 +99,7 @@ impl Context {
             } else if self.reported_untrusted.contains_key(name) {
                 // A file Hadron did not write that holds exactly what Hadron
                 // decided (say, from before its store was reset): vouch for it.
-                self.store.kv_set(&format!("{STATUS_DIGEST_PREFIX}{name}"), &render::digest(&text), t).await?;
+                self.store.set_status_digests(&[(name, Some(render::digest(&text)))], t).await?;
                 self.reported_untrusted.remove(name);
             }
             let now_seen = Seen::of(&status.status);
@@ -223,14 +217,12 @@ impl Context {
         self.store.mark_published(outbox_id, commit.as_deref().unwrap_or("unchanged"), now()).await?;
         self.publish_succeeded();
         // What Hadron published is what it will trust when it reads it back.
-        for (path, content) in &changes {
-            let name = path.trim_start_matches("status/").trim_end_matches(".yaml");
-            let key = format!("{STATUS_DIGEST_PREFIX}{name}");
-            match content {
-                Some(bytes) => self.store.kv_set(&key, &render::digest(bytes), now()).await?,
-                None => self.store.kv_delete(&key).await?,
-            }
-            self.reported_untrusted.remove(name);
+        let names = changes.iter().map(|(path, content)| (path.trim_start_matches("status/").trim_end_matches(".yaml"), content));
+        let digests: Vec<(&str, Option<String>)> =
+            names.map(|(name, content)| (name, content.as_ref().map(|b| render::digest(b)))).collect();
+        self.store.set_status_digests(&digests, now()).await?;
+        for (name, _) in &digests {
+            self.reported_untrusted.remove(*name);
         }
         // Our own files, as now in git: the next fetch brings them back and
         // must not count as a change.

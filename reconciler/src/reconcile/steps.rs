@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::ReconcileError;
+use crate::backoff::Backoff;
 use crate::status::writer::WriterError;
 
 /// A step of a pass that can fail while the pass goes on, in the order
@@ -137,13 +138,13 @@ pub fn severity_of(err: &ReconcileError) -> Severity {
     if stalling { Severity::Stalling } else { Severity::Transient }
 }
 
-/// When to try a failing thing again: transient failures after 250 ms × n
-/// (at most 5 s), stalling ones after 1 s doubling per failure (at most `cap`).
+/// When to try a failing thing again: transient failures after 250 ms
+/// doubling per failure (at most 5 s), stalling ones after 1 s doubling per
+/// failure (at most `cap`).
 pub fn backoff(severity: Severity, failures: u32, cap: Duration) -> Duration {
-    let n = failures.max(1);
     match severity {
-        Severity::Transient => Duration::from_millis(250 * u64::from(n.min(20))),
-        Severity::Stalling => Duration::from_secs(1u64 << (n - 1).min(16)).min(cap.max(Duration::from_secs(1))),
+        Severity::Transient => Backoff::new(Duration::from_millis(250), Duration::from_secs(5)).delay(failures),
+        Severity::Stalling => Backoff::new(Duration::from_secs(1), cap.max(Duration::from_secs(1))).delay(failures),
     }
 }
 
@@ -201,6 +202,7 @@ mod tests {
         let stalling: Vec<u64> = (1..=8).map(|n| backoff(Severity::Stalling, n, cap).as_secs()).collect();
         assert_eq!(stalling, [1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(backoff(Severity::Transient, 1, cap), Duration::from_millis(250));
+        assert_eq!(backoff(Severity::Transient, 3, cap), Duration::from_secs(1));
         assert_eq!(backoff(Severity::Transient, 100, cap), Duration::from_secs(5));
         assert_eq!(backoff(Severity::Stalling, 3, Duration::from_secs(2)), Duration::from_secs(2), "never beyond the cap");
     }

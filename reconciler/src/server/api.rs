@@ -46,7 +46,7 @@ pub async fn metrics(State(state): State<ServerState>) -> Response {
 /// `status/<request>.yaml` the store holds, plus the request's name.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RequestView {
+pub struct ApiRequest {
     /// The request's `metadata.name`.
     pub name: String,
     /// Control-repo commit the status was computed from.
@@ -64,7 +64,7 @@ pub struct RequestView {
     pub updated_at: i64,
 }
 
-impl From<RequestRecord> for RequestView {
+impl From<RequestRecord> for ApiRequest {
     fn from(r: RequestRecord) -> Self {
         Self {
             name: r.name,
@@ -78,14 +78,14 @@ impl From<RequestRecord> for RequestView {
     }
 }
 
-/// `GET /api/v1/requests`: `{ "items": [RequestView…] }`, ordered by name.
+/// `GET /api/v1/requests`: `{ "items": [ApiRequest…] }`, ordered by name.
 pub async fn list_requests(State(state): State<ServerState>) -> Result<Response, ServerError> {
-    let items: Vec<RequestView> = state.store().list_requests().await?.into_iter().map(Into::into).collect();
+    let items: Vec<ApiRequest> = state.store().list_requests().await?.into_iter().map(Into::into).collect();
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
 
-/// `GET /api/v1/requests/{name}`: one [`RequestView`], or 404.
-pub async fn get_request(State(state): State<ServerState>, Path(name): Path<String>) -> Result<Json<RequestView>, ServerError> {
+/// `GET /api/v1/requests/{name}`: one [`ApiRequest`], or 404.
+pub async fn get_request(State(state): State<ServerState>, Path(name): Path<String>) -> Result<Json<ApiRequest>, ServerError> {
     match state.store().get_request(&name).await? {
         Some(record) => Ok(Json(record.into())),
         None => Err(ServerError::NotFound { kind: "request", name }),

@@ -35,7 +35,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 pub use crate::forge::repo_full_name;
 pub use crate::reconcile::trigger::Trigger;
 pub use crate::telemetry::Metrics;
-pub use api::RequestView;
+pub use api::ApiRequest;
 pub use error::ServerError;
 
 use crate::reconcile::PhaseChange;

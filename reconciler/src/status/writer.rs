@@ -33,8 +33,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use gix::object::tree::EntryKind;
-use rand::Rng;
 
 /// The only top-level folder Hadron writes in the control repo.
 pub const STATUS_DIR: &str = "status";
@@ -455,13 +455,7 @@ impl StatusWriter {
 
     /// Jittered exponential backoff after the failed round `attempt` (1-based).
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(20);
-        let full = self.config.base_backoff.saturating_mul(1u32 << exp).min(self.config.max_backoff);
-        let nanos = u64::try_from(full.as_nanos()).unwrap_or(u64::MAX);
-        if nanos < 2 {
-            return full;
-        }
-        Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos))
+        crate::backoff::spread_random(Backoff::new(self.config.base_backoff, self.config.max_backoff).delay(attempt))
     }
 
     /// Run `git` on the private clone through Hadron's one git runner.

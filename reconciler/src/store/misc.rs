@@ -1,7 +1,8 @@
-//! Small tables: webhook delivery dedup (`webhook_deliveries`) and the
-//! key-value table holding the last reconciled revision (`kv`).
+//! Small tables: webhook delivery dedup (`webhook_deliveries`), CI results
+//! (`commit_statuses`) and the key-value table (`kv`) under the typed API of
+//! [`super::kv`].
 
-use super::{MergeRecord, Store, StoreError};
+use super::{Store, StoreError};
 
 /// `kv` key of the last control-repo revision fully reconciled.
 const LAST_REVISION_KEY: &str = "source.last_revision";
@@ -47,7 +48,7 @@ impl Store {
     }
 
     /// A value of the `kv` table.
-    pub async fn kv_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn kv_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         with_pool!(self, pool => {
             sqlx::query_scalar::<_, String>("SELECT value FROM kv WHERE key = $1")
                 .bind(key)
@@ -58,7 +59,7 @@ impl Store {
     }
 
     /// Sets a value of the `kv` table.
-    pub async fn kv_set(&self, key: &str, value: &str, at: i64) -> Result<(), StoreError> {
+    pub(crate) async fn kv_set(&self, key: &str, value: &str, at: i64) -> Result<(), StoreError> {
         with_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO kv (key, value, updated_at) VALUES ($1, $2, $3) \
@@ -75,7 +76,7 @@ impl Store {
     }
 
     /// Every `kv` entry whose key starts with `prefix`, in key order (one query).
-    pub async fn kv_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+    pub(crate) async fn kv_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         // A key range instead of LIKE: no escaping of `%` and `_` in names.
         let mut upper = prefix.to_owned();
         let last = upper.pop().map_or('\u{10FFFF}', |c| char::from_u32(u32::from(c) + 1).unwrap_or('\u{10FFFF}'));
@@ -90,35 +91,6 @@ impl Store {
         })
     }
 
-    /// Records who merged the approval PR of `request`'s `gate` (from a webhook).
-    pub async fn record_approval_merge(&self, request: &str, gate: &str, record: &MergeRecord, at: i64) -> Result<(), StoreError> {
-        let text = serde_json::to_string(record).expect("because a merge record of strings serialises");
-        self.kv_set(&approval_merged_key(request, gate), &text, at).await
-    }
-
-    /// The merge of the approval PR of `request`'s `gate`, if a webhook
-    /// reported one; an unreadable record counts as none.
-    pub async fn approval_merge(&self, request: &str, gate: &str) -> Result<Option<MergeRecord>, StoreError> {
-        Ok(self.kv_get(&approval_merged_key(request, gate)).await?.and_then(|text| serde_json::from_str(&text).ok()))
-    }
-
-    /// Removes the `kv` entries of requests that are gone: every key
-    /// `<prefix><request>` or `<prefix><request>/…` under one of `prefixes`
-    /// whose request is not in `keep`. Returns how many.
-    pub async fn kv_prune_requests(&self, prefixes: &[&str], keep: &std::collections::BTreeSet<String>) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        for prefix in prefixes {
-            for (key, _) in self.kv_with_prefix(prefix).await? {
-                let request = key[prefix.len()..].split('/').next().unwrap_or("");
-                if !keep.contains(request) {
-                    self.kv_delete(&key).await?;
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
-    }
-
     /// Forgets CI results recorded before `before` (unix ms); returns how many.
     pub async fn prune_commit_statuses(&self, before: i64) -> Result<u64, StoreError> {
         with_pool!(self, pool => {
@@ -131,15 +103,29 @@ impl Store {
         })
     }
 
-    /// Removes a `kv` entry (nothing when absent).
-    pub async fn kv_delete(&self, key: &str) -> Result<(), StoreError> {
+    /// Sets (`Some`) or removes (`None`) several `kv` entries in one transaction.
+    pub(crate) async fn kv_write_all(&self, entries: &[(String, Option<&str>)], at: i64) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         with_pool!(self, pool => {
-            sqlx::query("DELETE FROM kv WHERE key = $1")
-                .bind(key)
-                .execute(pool)
-                .await
-                .map(|_| ())
-                .map_err(|e| StoreError::query("delete kv", e))
+            let mut tx = begin_write!(self, pool, "write kv").await?;
+            for (key, value) in entries {
+                let done = match value {
+                    Some(value) => sqlx::query(
+                        "INSERT INTO kv (key, value, updated_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    )
+                    .bind(key)
+                    .bind(*value)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await,
+                    None => sqlx::query("DELETE FROM kv WHERE key = $1").bind(key).execute(&mut *tx).await,
+                };
+                done.map_err(|e| StoreError::query("write kv", e))?;
+            }
+            tx.commit().await.map_err(|e| StoreError::query("write kv", e))
         })
     }
 
@@ -175,12 +161,4 @@ impl Store {
             .map_err(|e| StoreError::query("read commit statuses", e))
         })
     }
-}
-
-/// `kv` key prefix of approval merges reported by webhooks.
-pub const APPROVAL_MERGED_PREFIX: &str = "approval-merged/";
-
-/// `kv` key: the merger of an approval PR, as the webhook reported it.
-pub fn approval_merged_key(request: &str, gate: &str) -> String {
-    format!("{APPROVAL_MERGED_PREFIX}{request}/{gate}")
 }

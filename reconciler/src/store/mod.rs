@@ -61,6 +61,7 @@ macro_rules! begin_write {
 mod attempts;
 mod error;
 mod events;
+mod kv;
 mod misc;
 mod outbox;
 mod records;
@@ -69,7 +70,7 @@ mod requests;
 mod tests;
 
 pub use error::{StoreError, redact_url};
-pub use misc::{APPROVAL_MERGED_PREFIX, approval_merged_key};
+pub use kv::{PrRecord, RequestEntry};
 pub use records::{
     Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, MergeRecord, NewAttempt, NewEvent, OutboxEntry, OutboxFiles, OutboxState,
     RequestRecord,

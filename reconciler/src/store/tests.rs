@@ -497,14 +497,27 @@ store_test!(retention_prunes_old_rows_and_the_database_guards_the_rest, |db| {
     ensure!(store.get_outbox(old).await?.is_none() && store.get_outbox(fresh).await?.is_some());
     ensure!(store.pending_outbox().await?.iter().map(|e| e.id).collect::<Vec<_>>() == [pending]);
 
-    // kv entries of requests that are gone go; others stay.
-    for key in ["status-digest/alpha", "status-digest/gone", "approval-pr/gone/review", "approval-pr/alpha/review", "other/gone"] {
-        store.kv_set(key, "v", 1).await?;
-    }
+    // Entries of requests that are gone go, of every kind; others stay.
+    let pr = crate::store::PrRecord { number: 1, url: "u".into(), made_for: "g".into() };
+    store.set_status_digests(&[("alpha", Some("d1".into())), ("gone", Some("d2".into()))], 1).await?;
+    store.set_approval_pr("gone", "review", &pr, 1).await?;
+    store.set_approval_pr("alpha", "review", &pr, 1).await?;
+    store.set_target_pr("gone", "../app.git", &pr, 1).await?;
+    store.set_control_status("gone", "m", 1).await?;
+    store.set_approval_branch_opened_for("gone", "review", "g", 1).await?;
+    store.kv_set("other/gone", "v", 1).await?;
     let keep: std::collections::BTreeSet<String> = ["alpha".to_owned()].into_iter().collect();
-    ensure!(store.kv_prune_requests(&["status-digest/", "approval-pr/"], &keep).await? == 2);
-    ensure!(store.kv_get("status-digest/gone").await?.is_none() && store.kv_get("approval-pr/gone/review").await?.is_none());
-    ensure!(store.kv_get("status-digest/alpha").await?.is_some() && store.kv_get("other/gone").await?.is_some());
+    ensure!(store.prune_request_entries(&keep).await? == 5);
+    ensure!(store.status_digests().await?.keys().collect::<Vec<_>>() == ["alpha"]);
+    ensure!(store.approval_pr("gone", "review").await?.is_none() && store.target_pr("gone", "../app.git").await?.is_none());
+    ensure!(store.control_status("gone").await?.is_none() && store.approval_branch_opened_for("gone", "review").await?.is_none());
+    ensure!(store.approval_pr("alpha", "review").await?.as_ref() == Some(&pr) && store.kv_get("other/gone").await?.is_some());
+    // An unreadable record counts as none.
+    store.kv_set(&crate::store::RequestEntry::TargetPr.key("alpha", Some("x")), "not json", 1).await?;
+    ensure!(store.target_pr("alpha", "x").await?.is_none());
+    // Digests are recorded and forgotten in one call.
+    store.set_status_digests(&[("alpha", None), ("beta", Some("d3".into()))], 2).await?;
+    ensure!(store.status_digests().await?.into_iter().collect::<Vec<_>>() == [("beta".to_owned(), "d3".to_owned())]);
     Ok(())
 });
 
@@ -625,8 +638,7 @@ store_test!(kv_by_prefix_and_delete, |db| {
         got == vec![("status-digest/a".to_owned(), "1".to_owned()), ("status-digest/b_%".to_owned(), "2".to_owned())],
         "only keys under the prefix, `_` and `%` taken literally: {got:?}"
     );
-    store.kv_delete("status-digest/a").await?;
-    store.kv_delete("status-digest/never").await?;
+    store.kv_write_all(&[("status-digest/a".to_owned(), None), ("status-digest/never".to_owned(), None)], 2).await?;
     ensure!(store.kv_get("status-digest/a").await?.is_none());
     ensure!(store.kv_with_prefix("status-digest/").await?.len() == 1);
     Ok(())

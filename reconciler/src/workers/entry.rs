@@ -28,13 +28,13 @@ use std::sync::Arc;
 use super::agent_env::resolve_env;
 use super::error::WorkerError;
 use super::log::Log;
-use super::proc::now_rfc3339;
 use super::result::{Done, finish};
 use super::run_dir::{LOCK_FILE, LOG_FILE, PROMPT_FILE, RESULT_FILE, WORKSPACE_DIR, lock_run};
 use super::spec::{Outcome, RunResult, RunSpec};
 use super::usage::Usage;
 use super::worker::Worker;
 use crate::model::validate::{is_branch_name, is_dns_label};
+use crate::time::now_rfc3339;
 
 /// Runs the worker described by `run_json` and writes `result.json` beside it.
 ///

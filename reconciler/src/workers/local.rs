@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::error::WorkerError;
-use super::proc::{ProcessId, now_rfc3339, signal_group, unix_now, write_atomic, write_new_atomic};
+use super::proc::{ProcessId, signal_group, unix_now, write_atomic, write_new_atomic};
 use super::run_dir::{AGENT_FILE, LOG_FILE, RESULT_FILE, RUN_FILE, WORKSPACE_DIR, run_is_locked};
 use super::spec::{RunResult, RunSpec};
-use super::{Driver, DriverError, Observation, RunState};
+use super::{Driver, DriverError, Observation, WorkerState};
 use crate::ids::is_dns_label;
+use crate::time::now_rfc3339;
 
 /// `pid.json`: the worker process.
 pub const PID_FILE: &str = "pid.json";
@@ -245,14 +246,14 @@ impl LocalDriver {
         let spec = std::fs::read(dir.join(RUN_FILE)).ok().and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok());
         let observation = |state| Observation { worker: worker.to_owned(), state, started_at: started_at.clone(), spec: spec.clone() };
         if let Some(result) = RunResult::read(&dir.join(RESULT_FILE)) {
-            return Ok(observation(RunState::Finished(result)));
+            return Ok(observation(WorkerState::Finished(result)));
         }
         let locked = run_is_locked(dir);
         let Some(pid) = pid else {
             if locked {
-                return Ok(observation(RunState::Running));
+                return Ok(observation(WorkerState::Running));
             }
-            return Ok(observation(RunState::Lost { reason: "NotStarted".to_owned() }));
+            return Ok(observation(WorkerState::Lost { reason: "NotStarted".to_owned() }));
         };
         if pid.is_alive() || locked {
             let limit = std::fs::read(dir.join(RUN_FILE))
@@ -268,14 +269,14 @@ impl LocalDriver {
                         self.wall_time_grace.as_secs()
                     );
                     let result = self.record_failure(worker, dir, &WorkerError::WallTimeExceeded(limit), Some(message))?;
-                    return Ok(observation(RunState::Finished(result)));
+                    return Ok(observation(WorkerState::Finished(result)));
                 }
             }
-            return Ok(observation(RunState::Running));
+            return Ok(observation(WorkerState::Running));
         }
         // It may have written its result between the first look and now.
         if let Some(result) = RunResult::read(&dir.join(RESULT_FILE)) {
-            return Ok(observation(RunState::Finished(result)));
+            return Ok(observation(WorkerState::Finished(result)));
         }
         let reused = pid.is_reused();
         if !reused {
@@ -287,7 +288,7 @@ impl LocalDriver {
             let _ = signal_group(agent.pid, Some(Signal::SIGKILL));
         }
         let reason = if reused { "PidReused" } else { "ProcessGone" };
-        Ok(observation(RunState::Lost { reason: reason.to_owned() }))
+        Ok(observation(WorkerState::Lost { reason: reason.to_owned() }))
     }
 }
 

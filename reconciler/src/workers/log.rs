@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::proc::now_rfc3339;
+use crate::time::now_rfc3339;
 
 /// `worker.log`, with every secret value replaced by `***`.
 pub(super) struct Log {

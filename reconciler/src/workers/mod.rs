@@ -32,7 +32,7 @@ pub struct Observation {
     /// Worker name.
     pub worker: String,
     /// Running, finished with a result, or lost.
-    pub state: RunState,
+    pub state: WorkerState,
     /// When the worker was started (RFC 3339 UTC), when known.
     pub started_at: Option<String>,
     /// What the worker was asked to do (its `run.json`), when readable: lets
@@ -42,7 +42,7 @@ pub struct Observation {
 
 /// The state of one worker.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RunState {
+pub enum WorkerState {
     /// The worker process runs.
     Running,
     /// The worker finished (or was cancelled or stopped at its wall time)

@@ -2,6 +2,7 @@
 //! driver: process identity from `/proc` (to detect pid reuse), process-group
 //! signals, atomic file writes and timestamps.
 
+use crate::time::now_rfc3339;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -141,11 +142,6 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
 fn temp_beside(path: &Path) -> std::path::PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), rand::random::<u32>()))
-}
-
-/// The current time, RFC 3339 UTC to the second.
-pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// Seconds since the Unix epoch.

@@ -4,10 +4,11 @@
 use std::path::Path;
 
 use super::error::WorkerError;
-use super::proc::{now_rfc3339, write_atomic};
+use super::proc::write_atomic;
 use super::run_dir::{LOG_FILE, RESULT_FILE};
 use super::spec::{Outcome, RunResult, RunSpec};
 use super::usage::Usage;
+use crate::time::now_rfc3339;
 
 impl RunResult {
     /// A failed result for `worker` with the error's reason and message.

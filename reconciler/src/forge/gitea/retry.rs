@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use crate::backoff::{Backoff, spread_random};
 
 /// How 429, 5xx and transport errors are retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,10 +27,7 @@ impl RetryPolicy {
     /// The delay after failed attempt `attempt` (1-based): exponential with
     /// jitter in its upper half, at least `retry_after`, at most `max_delay`.
     pub(super) fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self.initial_delay.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
-        let capped = exp.min(self.max_delay);
-        let nanos = u64::try_from(capped.as_nanos()).unwrap_or(u64::MAX);
-        let jittered = if nanos > 1 { Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos)) } else { capped };
+        let jittered = spread_random(Backoff::new(self.initial_delay, self.max_delay).delay(attempt));
         jittered.max(retry_after.unwrap_or(Duration::ZERO)).min(self.max_delay)
     }
 }

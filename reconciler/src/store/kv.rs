@@ -1,0 +1,163 @@
+//! What Hadron keeps per request in the `kv` table, behind a typed API: each
+//! kind of entry ([`RequestEntry`]) has its key prefix here and nowhere else,
+//! and housekeeping forgets every kind of a deleted request at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{MergeRecord, Store, StoreError};
+
+/// A kind of entry the store keeps per request. Its key is
+/// `<prefix><request>` or `<prefix><request>/<part>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestEntry {
+    /// SHA-256 of the status file Hadron last published.
+    StatusDigest,
+    /// Per gate: the token (generation) an approval branch was opened for.
+    ApprovalBranch,
+    /// Per gate: who merged the approval PR, as a webhook reported it.
+    ApprovalMerged,
+    /// Per gate: the approval PR opened for it ([`PrRecord`]).
+    ApprovalPr,
+    /// Per target repo: the PR opened there ([`PrRecord`]).
+    TargetPr,
+    /// The last commit status Hadron set in the control repo.
+    ControlStatus,
+}
+
+impl RequestEntry {
+    /// Every kind, for housekeeping.
+    pub const ALL: [RequestEntry; 6] = [
+        RequestEntry::StatusDigest,
+        RequestEntry::ApprovalBranch,
+        RequestEntry::ApprovalMerged,
+        RequestEntry::ApprovalPr,
+        RequestEntry::TargetPr,
+        RequestEntry::ControlStatus,
+    ];
+
+    /// The key prefix of this kind (stable: it is in every existing store).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            RequestEntry::StatusDigest => "status-digest/",
+            RequestEntry::ApprovalBranch => "approval-branch/",
+            RequestEntry::ApprovalMerged => "approval-merged/",
+            RequestEntry::ApprovalPr => "approval-pr/",
+            RequestEntry::TargetPr => "target-pr/",
+            RequestEntry::ControlStatus => "control-status/",
+        }
+    }
+
+    /// The key of this kind for `request`, and `part` (a gate or a repo) where the kind has one.
+    pub fn key(self, request: &str, part: Option<&str>) -> String {
+        match part {
+            Some(part) => format!("{}{request}/{part}", self.prefix()),
+            None => format!("{}{request}", self.prefix()),
+        }
+    }
+}
+
+/// A PR Hadron opened, and what it was opened for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrRecord {
+    /// PR number in its repository.
+    pub number: u64,
+    /// Its web address.
+    pub url: String,
+    /// The generation (target PRs) or approval token (approval PRs) it was made for.
+    pub made_for: String,
+}
+
+impl Store {
+    /// The digest of every status file Hadron published, by request (one query).
+    pub async fn status_digests(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let prefix = RequestEntry::StatusDigest.prefix();
+        Ok(self.kv_with_prefix(prefix).await?.into_iter().map(|(k, v)| (k[prefix.len()..].to_owned(), v)).collect())
+    }
+
+    /// Records (`Some`) or forgets (`None`) the digests of published status
+    /// files, in one transaction.
+    pub async fn set_status_digests(&self, digests: &[(&str, Option<String>)], at: i64) -> Result<(), StoreError> {
+        let entries: Vec<(String, Option<&str>)> =
+            digests.iter().map(|(name, digest)| (RequestEntry::StatusDigest.key(name, None), digest.as_deref())).collect();
+        self.kv_write_all(&entries, at).await
+    }
+
+    /// The token an approval branch of `request`'s `gate` was opened for.
+    pub async fn approval_branch_opened_for(&self, request: &str, gate: &str) -> Result<Option<String>, StoreError> {
+        self.kv_get(&RequestEntry::ApprovalBranch.key(request, Some(gate))).await
+    }
+
+    /// Records the token an approval branch was opened for.
+    pub async fn set_approval_branch_opened_for(&self, request: &str, gate: &str, token: &str, at: i64) -> Result<(), StoreError> {
+        self.kv_set(&RequestEntry::ApprovalBranch.key(request, Some(gate)), token, at).await
+    }
+
+    /// Records who merged the approval PR of `request`'s `gate` (from a webhook).
+    pub async fn record_approval_merge(&self, request: &str, gate: &str, record: &MergeRecord, at: i64) -> Result<(), StoreError> {
+        let text = serde_json::to_string(record).expect("because a merge record of strings serialises");
+        self.kv_set(&RequestEntry::ApprovalMerged.key(request, Some(gate)), &text, at).await
+    }
+
+    /// The merge of the approval PR of `request`'s `gate`, if a webhook
+    /// reported one; an unreadable record counts as none.
+    pub async fn approval_merge(&self, request: &str, gate: &str) -> Result<Option<MergeRecord>, StoreError> {
+        Ok(self.kv_get(&RequestEntry::ApprovalMerged.key(request, Some(gate))).await?.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    /// The approval PR opened for `request`'s `gate`; an unreadable record counts as none.
+    pub async fn approval_pr(&self, request: &str, gate: &str) -> Result<Option<PrRecord>, StoreError> {
+        self.pr_record(&RequestEntry::ApprovalPr.key(request, Some(gate))).await
+    }
+
+    /// Records the approval PR opened for `request`'s `gate`.
+    pub async fn set_approval_pr(&self, request: &str, gate: &str, pr: &PrRecord, at: i64) -> Result<(), StoreError> {
+        self.set_pr_record(&RequestEntry::ApprovalPr.key(request, Some(gate)), pr, at).await
+    }
+
+    /// The PR opened in target repo `repo` for `request`; an unreadable record counts as none.
+    pub async fn target_pr(&self, request: &str, repo: &str) -> Result<Option<PrRecord>, StoreError> {
+        self.pr_record(&RequestEntry::TargetPr.key(request, Some(repo))).await
+    }
+
+    /// Records the PR opened in target repo `repo` for `request`.
+    pub async fn set_target_pr(&self, request: &str, repo: &str, pr: &PrRecord, at: i64) -> Result<(), StoreError> {
+        self.set_pr_record(&RequestEntry::TargetPr.key(request, Some(repo)), pr, at).await
+    }
+
+    /// The last commit status Hadron set for `request` in the control repo (its marker).
+    pub async fn control_status(&self, request: &str) -> Result<Option<String>, StoreError> {
+        self.kv_get(&RequestEntry::ControlStatus.key(request, None)).await
+    }
+
+    /// Records the last commit status set for `request` in the control repo.
+    pub async fn set_control_status(&self, request: &str, marker: &str, at: i64) -> Result<(), StoreError> {
+        self.kv_set(&RequestEntry::ControlStatus.key(request, None), marker, at).await
+    }
+
+    /// Forgets every per-request entry of requests not in `keep`; returns how many.
+    pub async fn prune_request_entries(&self, keep: &BTreeSet<String>) -> Result<u64, StoreError> {
+        let mut gone = Vec::new();
+        for kind in RequestEntry::ALL {
+            let prefix = kind.prefix();
+            for (key, _) in self.kv_with_prefix(prefix).await? {
+                let request = key[prefix.len()..].split('/').next().unwrap_or("");
+                if !keep.contains(request) {
+                    gone.push((key, None));
+                }
+            }
+        }
+        self.kv_write_all(&gone, 0).await?;
+        Ok(u64::try_from(gone.len()).unwrap_or(u64::MAX))
+    }
+
+    async fn pr_record(&self, key: &str) -> Result<Option<PrRecord>, StoreError> {
+        Ok(self.kv_get(key).await?.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    async fn set_pr_record(&self, key: &str, pr: &PrRecord, at: i64) -> Result<(), StoreError> {
+        let text = serde_json::to_string(pr).expect("because a PR record of strings and a number serialises");
+        self.kv_set(key, &text, at).await
+    }
+}
