@@ -102,10 +102,18 @@ pub async fn execute(
 ) -> Result<Vec<StepFailure>, ReconcileError> {
     let all: Vec<Attempt> =
         plan.requests.values().flat_map(|v| v.attempts.iter().cloned()).chain(observed.attempts.iter().cloned()).collect();
-    // Request records first: attempts refer to them.
-    for (name, view) in &plan.requests {
-        ctx.store
-            .upsert_request(&RequestRecord {
+    // Request records first: attempts refer to them. Only records that
+    // changed are written (a record keeps the revision it was last changed
+    // at, as a status file does), all in one transaction.
+    if ctx.records.is_none() {
+        ctx.records = Some(ctx.store.list_requests().await?.into_iter().map(|r| (r.name.clone(), r)).collect());
+    }
+    let records = ctx.records.get_or_insert_default();
+    let changed: Vec<RequestRecord> = plan
+        .requests
+        .iter()
+        .filter_map(|(name, view)| {
+            let record = RequestRecord {
                 name: name.clone(),
                 generation: view.generation.clone(),
                 observed_revision: revision.to_owned(),
@@ -113,9 +121,15 @@ pub async fn execute(
                 stage: view.stage.clone(),
                 message: view.message.clone(),
                 updated_at: t,
-            })
-            .await?;
-    }
+            };
+            let same = records.get(name).is_some_and(|r| {
+                (&r.generation, &r.phase, &r.stage, &r.message) == (&record.generation, &record.phase, &record.stage, &record.message)
+            });
+            (!same).then_some(record)
+        })
+        .collect();
+    ctx.store.upsert_requests(&changed).await?;
+    records.extend(changed.into_iter().map(|r| (r.name.clone(), r)));
     let mut failed = Vec::new();
     for action in &plan.actions {
         use tracing::Instrument;
@@ -220,6 +234,9 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
         }
         Action::Forget { request } => {
             ctx.store.delete_request(request).await?;
+            if let Some(records) = ctx.records.as_mut() {
+                records.remove(request);
+            }
             ctx.store.append_event(&event(t, request, "request.deleted", revision, String::new())).await?;
         }
     }

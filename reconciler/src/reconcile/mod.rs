@@ -172,6 +172,9 @@ pub struct PassReport {
     pub phases: BTreeMap<String, (Phase, Option<String>, String)>,
     /// Live workers after the pass.
     pub live_workers: usize,
+    /// How soon the driver must look at the live workers again when no
+    /// exit notice comes (`None`: every exit is a trigger).
+    pub recheck: Option<Duration>,
     /// Status commit made, if any.
     pub status_commit: Option<String>,
     /// When to run again without a trigger (a retry backoff expiring).
@@ -240,6 +243,9 @@ pub struct Context {
     passes: u64,
     /// Kinds of the triggers noted since the last pass.
     noted: BTreeSet<&'static str>,
+    /// The request records as in the store (read once, then written
+    /// through), so a pass writes only the records that changed.
+    records: Option<BTreeMap<String, crate::store::RequestRecord>>,
 }
 
 impl Context {
@@ -277,6 +283,7 @@ impl Context {
             forge_outputs: forge::ForgeOutputs::default(),
             passes: 0,
             noted: BTreeSet::new(),
+            records: None,
         })
     }
 
@@ -472,6 +479,20 @@ impl Context {
         if !degraded.is_empty() {
             report.idle = false;
         }
+        if report.live_workers > 0 {
+            let live: Vec<String> = plan
+                .requests
+                .values()
+                .flat_map(|v| v.attempts.iter())
+                .filter(|a| a.state.is_live())
+                .map(|a| a.worker.clone())
+                .chain(plan.actions.iter().filter_map(|a| match a {
+                    plan::Action::Start(a) => Some(a.worker.clone()),
+                    _ => None,
+                }))
+                .collect();
+            report.recheck = self.driver.recheck_after(&live);
+        }
         report.degraded = degraded;
         if let Some(t) = &self.telemetry {
             let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
@@ -591,8 +612,10 @@ pub async fn run(
                     delay = delay.min(steps::backoff(severity, degraded_passes, ctx.cfg.poll_interval.min(Duration::from_secs(60))));
                 }
                 delay = delay.min(ctx.housekeeping_wait().max(Duration::from_millis(250)));
-                if report.live_workers > 0 {
-                    delay = delay.min(Duration::from_millis(250));
+                // Live workers: their exits are triggers; the driver says
+                // when it must look anyway (a deadline, an adopted worker).
+                if let (true, Some(recheck)) = (report.live_workers > 0, report.recheck) {
+                    delay = delay.min(recheck);
                 }
                 if let Some(at) = report.wake_at {
                     let wait = u64::try_from((at - now()).max(0)).unwrap_or(0);

@@ -110,11 +110,14 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
     names.extend(desired.requests.keys().cloned());
     names.extend(desired.invalid_requests.keys().cloned());
     observed.known_requests = records.into_iter().map(|r| (r.name, r.generation)).collect();
-    for name in &names {
-        let agent = agent_of(name);
-        for a in ctx.store.list_attempts(name).await? {
-            observed.attempts.push(from_store(&a, &agent));
+    // One query for every attempt; the agent is looked up once per request.
+    let mut agent: Option<(String, String)> = None;
+    for a in ctx.store.list_all_attempts().await?.into_iter().filter(|a| names.contains(&a.request)) {
+        if agent.as_ref().is_none_or(|(request, _)| *request != a.request) {
+            agent = Some((a.request.clone(), agent_of(&a.request)));
         }
+        let agent = agent.as_ref().map(|(_, agent)| agent.as_str()).unwrap_or_default();
+        observed.attempts.push(from_store(&a, agent));
     }
     let driver = ctx.driver.clone();
     let runs = tokio::task::spawn_blocking(move || driver.observe()).await.map_err(|e| ReconcileError::Join(e.to_string()))??;

@@ -2,9 +2,11 @@
 //!
 //! For a local source (plain path or `file://`) whose repository exists, the repository's
 //! `refs/` folder (recursively) and its `packed-refs` file are watched with notify; events
-//! are debounced ([`DEBOUNCE`], at most [`MAX_DEBOUNCE`] in a burst) and turned into one
-//! `()` on the channel, so a `git push` into a local bare repo triggers within
-//! milliseconds. Every source, local or not, is also polled every `poll_interval` as a
+//! that complete a ref update (a ref file renamed into place or removed, `packed-refs`
+//! rewritten; never a `.lock` file) trigger at once, and what follows in the same burst
+//! is coalesced into one more trigger once it is quiet ([`DEBOUNCE`], at most
+//! [`MAX_DEBOUNCE`]), so a `git push` into a local bare repo triggers within
+//! milliseconds and a push of several refs is still seen whole. Every source, local or not, is also polled every `poll_interval` as a
 //! safety net. Sends use `try_send`: a full channel already holds a pending trigger, so
 //! bursts coalesce. The background thread ends when the [`TriggerHandle`] is dropped or
 //! the receiver is closed.
@@ -20,9 +22,9 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::SourceConfig;
 
-/// Quiet time after the last ref event before a trigger is sent.
+/// Quiet time after the last ref event of a burst before its trailing trigger.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
-/// Longest a continuous burst of events can delay a trigger.
+/// Longest a continuous burst of events can delay its trailing trigger.
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// How a source is followed.
@@ -107,7 +109,12 @@ fn watch_refs(common_dir: &Path, control: mpsc::Sender<Msg>) -> notify::Result<n
     let refs = common_dir.join("refs");
     let relevant = {
         let refs = refs.clone();
-        move |p: &PathBuf| p.starts_with(&refs) || p.file_name().is_some_and(|n| n == "packed-refs" || n == "packed-refs.lock")
+        // A `.lock` file is a ref update in progress; its rename into place
+        // (or the removal of a ref) is the event that matters.
+        move |p: &PathBuf| {
+            let locked = p.extension().is_some_and(|e| e == "lock");
+            !locked && (p.starts_with(&refs) || p.file_name().is_some_and(|n| n == "packed-refs"))
+        }
     };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
@@ -134,16 +141,23 @@ fn trigger_loop(events: &mpsc::Receiver<Msg>, tx: &Sender<()>, interval: Duratio
         let wait = next_poll.saturating_duration_since(Instant::now());
         match events.recv_timeout(wait) {
             Ok(Msg::RefsChanged) => {
+                // Leading edge: a ref is in place, reconcile now.
+                if !send(tx) {
+                    return;
+                }
+                // Trailing edge: the rest of the burst (more refs of the same
+                // push) is one more trigger once it is quiet.
                 let burst_end = Instant::now() + MAX_DEBOUNCE;
+                let mut more = false;
                 while Instant::now() < burst_end {
                     let quiet = DEBOUNCE.min(burst_end.saturating_duration_since(Instant::now()));
                     match events.recv_timeout(quiet) {
-                        Ok(Msg::RefsChanged) => {}
+                        Ok(Msg::RefsChanged) => more = true,
                         Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                         Err(mpsc::RecvTimeoutError::Timeout) => break,
                     }
                 }
-                if !send(tx) {
+                if more && !send(tx) {
                     return;
                 }
                 next_poll = Instant::now() + interval;

@@ -227,6 +227,21 @@ impl Store {
         rows.into_iter().map(Attempt::try_from).collect()
     }
 
+    /// Every attempt of every request, by request, then oldest first: what
+    /// a pass observes, in one query.
+    pub async fn list_all_attempts(&self) -> Result<Vec<Attempt>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as::<_, AttemptRow>(concat!(
+                "SELECT ", attempt_columns!(),
+                " FROM attempts ORDER BY request, created_at, worker_name"
+            ))
+            .fetch_all(pool)
+            .await
+            .map_err(|e| StoreError::query("list all attempts", e))?
+        });
+        rows.into_iter().map(Attempt::try_from).collect()
+    }
+
     /// Every attempt that is not finished (Pending or Running), oldest first:
     /// the workers the reconciler must watch, adopt or cancel.
     pub async fn active_attempts(&self) -> Result<Vec<Attempt>, StoreError> {

@@ -5,32 +5,44 @@ use super::{RequestRecord, Store, StoreError};
 impl Store {
     /// Inserts or replaces the record for `record.name`.
     pub async fn upsert_request(&self, record: &RequestRecord) -> Result<(), StoreError> {
-        const OP: &str = "upsert request";
+        self.upsert_requests(std::slice::from_ref(record)).await
+    }
+
+    /// Inserts or replaces several records in one transaction (one fsync
+    /// for a whole pass, not one per request).
+    pub async fn upsert_requests(&self, records: &[RequestRecord]) -> Result<(), StoreError> {
+        const OP: &str = "upsert requests";
+        if records.is_empty() {
+            return Ok(());
+        }
         with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO requests \
-                     (name, generation, observed_revision, phase, stage, message, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (name) DO UPDATE SET \
-                     generation = excluded.generation, \
-                     observed_revision = excluded.observed_revision, \
-                     phase = excluded.phase, \
-                     stage = excluded.stage, \
-                     message = excluded.message, \
-                     updated_at = excluded.updated_at",
-            )
-            .bind(&record.name)
-            .bind(&record.generation)
-            .bind(&record.observed_revision)
-            .bind(&record.phase)
-            .bind(&record.stage)
-            .bind(&record.message)
-            .bind(record.updated_at)
-            .execute(pool)
-            .await
-            .map_err(|e| StoreError::query(OP, e))?;
-        });
-        Ok(())
+            let mut tx = begin_write!(self, pool, OP).await?;
+            for record in records {
+                sqlx::query(
+                    "INSERT INTO requests \
+                         (name, generation, observed_revision, phase, stage, message, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (name) DO UPDATE SET \
+                         generation = excluded.generation, \
+                         observed_revision = excluded.observed_revision, \
+                         phase = excluded.phase, \
+                         stage = excluded.stage, \
+                         message = excluded.message, \
+                         updated_at = excluded.updated_at",
+                )
+                .bind(&record.name)
+                .bind(&record.generation)
+                .bind(&record.observed_revision)
+                .bind(&record.phase)
+                .bind(&record.stage)
+                .bind(&record.message)
+                .bind(record.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::query(OP, e))?;
+            }
+            tx.commit().await.map_err(|e| StoreError::query(OP, e))
+        })
     }
 
     /// The record for request `name`, if any.

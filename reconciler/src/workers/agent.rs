@@ -75,18 +75,20 @@ impl Worker<'_> {
         let alive = || identity.as_ref().is_some_and(ProcessId::is_alive);
         let deadline = s.wall_time_secs.map(|secs| (secs, Instant::now() + Duration::from_secs(secs)));
         let mut timed_out = None;
-        // Poll without reaping, so the group id stays reserved while we
-        // signal it; the reap happens below.
-        while alive() {
-            if let Some((secs, at)) = deadline
-                && Instant::now() >= at
-            {
-                self.log.line(&format!("wall-time limit of {secs} s reached; stopping the agent"));
-                let _ = stop_group(pid, KILL_GRACE, alive);
-                timed_out = Some(secs);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        // Wait for the exit without reaping (`waitid` with `WNOWAIT`), so the
+        // group id stays reserved while we signal it; the reap happens below.
+        let exited = exit_notice(pid);
+        let waited = match deadline {
+            Some((_, at)) => exited.recv_timeout(at.saturating_duration_since(Instant::now())).is_ok(),
+            None => exited.recv().is_ok(),
+        };
+        if !waited
+            && alive()
+            && let Some((secs, _)) = deadline
+        {
+            self.log.line(&format!("wall-time limit of {secs} s reached; stopping the agent"));
+            let _ = stop_group(pid, KILL_GRACE, alive);
+            timed_out = Some(secs);
         }
         // Background processes the agent left behind go with it. The leader
         // is not reaped yet, so the group id cannot have been reused.
@@ -123,6 +125,25 @@ impl Worker<'_> {
         let text = std::fs::read_to_string(self.run_dir.join(REPORT_FILE)).ok()?;
         Usage::from_report(&text)
     }
+}
+
+/// A channel that receives `()` once child `pid` has exited; the child is
+/// left to be reaped by its owner (`waitid` with `WNOWAIT`).
+fn exit_notice(pid: u32) -> std::sync::mpsc::Receiver<()> {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    std::thread::spawn(move || {
+        loop {
+            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Err(nix::errno::Errno::EINTR) => {}
+                // Exited, or not our child any more (reaped): either way, gone.
+                _ => break,
+            }
+        }
+        let _ = tx.send(());
+    });
+    rx
 }
 
 /// Copies one output stream of the agent into the log, line by line, and

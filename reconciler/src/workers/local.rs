@@ -6,6 +6,7 @@
 //! group, so it outlives a Hadron restart; a new driver on the same runs
 //! folder finds every run again from these files alone.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
@@ -59,9 +60,19 @@ pub struct LocalDriver {
     stop_grace: Duration,
     lock: Mutex<()>,
     on_exit: Option<ExitHook>,
+    /// Workers this driver started and has not reaped yet, with the moment
+    /// the driver must stop them from outside (wall time plus grace).
+    children: Arc<Mutex<BTreeMap<String, Option<Instant>>>>,
+    /// Observations of finished runs: a result file is written once and
+    /// never changes, so it is read once, not on every pass.
+    finished: Mutex<BTreeMap<String, Observation>>,
     /// Names of Hadron's environment variables that agents may reference as secrets.
     agent_secrets: std::collections::BTreeSet<String>,
 }
+
+/// How often live workers without an exit notice (adopted after a restart,
+/// or no exit hook) are observed.
+const RECHECK_UNWATCHED: Duration = Duration::from_millis(250);
 
 /// Variables a worker needs besides the agent's passthrough set: git's
 /// transport settings. Nothing else of Hadron's environment reaches a worker.
@@ -82,6 +93,8 @@ impl LocalDriver {
             stop_grace: Duration::from_secs(10),
             lock: Mutex::new(()),
             on_exit: None,
+            children: Arc::default(),
+            finished: Mutex::default(),
             agent_secrets: std::collections::BTreeSet::new(),
         })
     }
@@ -178,10 +191,14 @@ impl LocalDriver {
             .map_err(|e| DriverError::io(&pid_json, e));
         let hook = self.on_exit.clone();
         let name = worker.clone();
+        let outside_deadline = spec.wall_time_secs.map(|secs| Instant::now() + Duration::from_secs(secs) + self.wall_time_grace);
+        self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(worker.clone(), outside_deadline);
+        let children = self.children.clone();
         std::thread::Builder::new()
             .name(format!("reap-{pid}"))
             .spawn(move || {
                 let _ = child.wait();
+                children.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&name);
                 if let Some(hook) = hook {
                     hook(&name);
                 }
@@ -297,6 +314,26 @@ impl Driver for LocalDriver {
         "local"
     }
 
+    fn recheck_after(&self, live: &[String]) -> Option<Duration> {
+        if self.on_exit.is_none() {
+            return Some(RECHECK_UNWATCHED);
+        }
+        let children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut soonest: Option<Duration> = None;
+        for worker in live {
+            match children.get(worker) {
+                // Adopted from an earlier start (not our child): no exit notice.
+                None => return Some(RECHECK_UNWATCHED),
+                Some(Some(at)) => {
+                    let wait = at.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+                    soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                }
+                Some(None) => {}
+            }
+        }
+        soonest
+    }
+
     fn start(&self, spec: &RunSpec) -> Result<(), DriverError> {
         if !is_dns_label(&spec.worker) {
             return Err(DriverError::InvalidWorkerName(spec.worker.clone()));
@@ -319,7 +356,21 @@ impl Driver for LocalDriver {
             .filter(|name| is_dns_label(name))
             .collect();
         workers.sort();
-        workers.iter().map(|w| self.observe_one(w, &self.run_dir(w))).collect()
+        let mut finished = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        finished.retain(|w, _| workers.binary_search(w).is_ok());
+        let mut out = Vec::with_capacity(workers.len());
+        for w in &workers {
+            if let Some(known) = finished.get(w) {
+                out.push(known.clone());
+                continue;
+            }
+            let observation = self.observe_one(w, &self.run_dir(w))?;
+            if matches!(observation.state, WorkerState::Finished(_)) {
+                finished.insert(w.clone(), observation.clone());
+            }
+            out.push(observation);
+        }
+        Ok(out)
     }
 
     fn cancel(&self, worker: &str) -> Result<(), DriverError> {

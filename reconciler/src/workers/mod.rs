@@ -125,6 +125,15 @@ pub trait Driver: Send + Sync {
     /// reported as failed with `WallTimeExceeded`).
     fn observe(&self) -> Result<Vec<Observation>, DriverError>;
 
+    /// How soon the driver must be observed again while the `live` workers
+    /// run and nothing triggers a pass: `None` when it reports each of
+    /// their exits (a trigger) and has no deadline of theirs to enforce.
+    /// The default, for a driver without exit notices, is a quarter second.
+    fn recheck_after(&self, live: &[String]) -> Option<std::time::Duration> {
+        let _ = live;
+        Some(std::time::Duration::from_millis(250))
+    }
+
     /// Stops the worker and records a `Cancelled` result unless it already
     /// has a result.
     fn cancel(&self, worker: &str) -> Result<(), DriverError>;
