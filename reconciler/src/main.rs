@@ -17,8 +17,34 @@ use hadron::up::{self, UpOptions};
 #[derive(Parser)]
 #[command(name = "hadron", version, about, long_about)]
 struct Cli {
+    /// How log lines on stderr are written: `text` for people, `json` (one object per line, with the
+    /// current span and the list of spans) for log collectors. RUST_LOG filters them (default: warn).
+    #[arg(long, global = true, env = "HADRON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// One line of text per event, its spans in front.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with `message`), `target`, and the
+    /// current `span` and all `spans` with their fields.
+    Json,
+}
+
+/// Logs go to stderr (stdout is for the output people read), filtered by RUST_LOG.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    // A second subscriber cannot be set; the first one stays, which is fine.
+    let _ = match format {
+        // Colours only for a person at a terminal, never into a log file.
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&io::stderr())).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).with_current_span(true).with_span_list(true).try_init(),
+    };
 }
 
 /// Where Hadron keeps its state, shared by the commands that need it.
@@ -331,12 +357,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn main() -> ExitCode {
     let args = Cli::parse();
     if !matches!(args.command, Command::Worker { .. }) {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-            .with_writer(io::stderr)
-            // Colours only for a person at a terminal, never into a log file.
-            .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
-            .try_init();
+        init_logging(args.log_format);
     }
     let code = match args.command {
         Command::Up { dir, data, branch, exit_when_idle, poll_seconds, backoff_ms, serve } => {

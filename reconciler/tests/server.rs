@@ -460,8 +460,8 @@ async fn metrics_parse_as_prometheus_text() -> Result<()> {
     h.post_signed("create", &delivery_id(3), payload("branch_create.json")?).await?;
     h.drain();
     let m = h.state.metrics();
-    m.observe_pass(Duration::from_millis(30), true);
-    m.observe_pass(Duration::from_secs(2), false);
+    m.observe_pass(Duration::from_millis(30), Ok(()));
+    m.observe_pass(Duration::from_secs(2), Err("Network"));
     m.observe_fetch(Duration::from_millis(120));
     m.set_requests_by_phase([("Running", 2), ("WaitingForApproval", 1)]);
     m.set_workers_by_state([("Running", 2)]);
@@ -494,6 +494,9 @@ async fn metrics_parse_as_prometheus_text() -> Result<()> {
     ensure!(delivery("bad_request") == Some(0.0), "{text}");
     ensure!(value("hadron_reconcile_passes_total", Some(("result", "ok"))) == Some(1.0));
     ensure!(value("hadron_reconcile_passes_total", Some(("result", "error"))) == Some(1.0));
+    // Failures are counted by their error's reason too.
+    ensure!(value("hadron_reconcile_pass_failures_total", Some(("reason", "Network"))) == Some(1.0), "{text}");
+    ensure!(value("hadron_webhook_delivery_failures_total", Some(("reason", "SignatureMismatch"))) == Some(1.0), "{text}");
     ensure!(value("hadron_requests", Some(("phase", "Running"))) == Some(2.0));
     ensure!(value("hadron_requests", Some(("phase", "WaitingForApproval"))) == Some(1.0));
     ensure!(value("hadron_workers", Some(("state", "Running"))) == Some(2.0));

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use hadron_tests::{hadron_bin, run};
+use hadron_tests::{copy_tree, hadron_bin, hadron_command, run, workspace_root};
 
 #[test]
 fn serve_help_documents_the_forge_and_secret_sources() {
@@ -167,4 +167,50 @@ fn a_closed_pipe_is_not_reported_but_another_write_error_is() {
     let code = hadron::cli::validate(dir.path(), hadron::cli::Format::Text, &mut &mut full[..], &mut err);
     assert_eq!(code, 2);
     assert!(String::from_utf8_lossy(&err).contains("error[WriteFailed]"), "{}", String::from_utf8_lossy(&err));
+}
+
+#[test]
+fn help_documents_the_log_format_and_a_wrong_one_is_refused() {
+    for args in [&["--help"][..], &["up", "--help"], &["serve", "--help"]] {
+        let text = String::from_utf8_lossy(&run(hadron_bin!(), args).stdout).into_owned();
+        for needle in ["--log-format", "HADRON_LOG_FORMAT", "json"] {
+            assert!(text.contains(needle), "{args:?} does not mention {needle}:\n{text}");
+        }
+    }
+    let out = run(hadron_bin!(), &["--log-format", "xml", "validate", "."]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("text") && err.contains("json"), "the error lists the formats: {err}");
+}
+
+/// Every line `up --log-format json` writes on stderr is a JSON object, and
+/// a worker's start carries the fields of its `pass` and `action` spans.
+#[test]
+fn json_logs_are_one_object_per_line_with_their_spans() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let example = tmp.path().join("example-repo");
+    copy_tree(&workspace_root().join("example-repo"), &example).expect("copy example-repo");
+    let out = hadron_command(hadron_bin!(), tmp.path())
+        .args(["up", "example-repo", "--exit-when-idle", "--poll-seconds", "1", "--backoff-ms", "200", "--listen", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "hadron=info")
+        .env_remove("HADRON_LOG_FORMAT")
+        .output()
+        .expect("hadron up runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{}\n{err}", String::from_utf8_lossy(&out.stdout));
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("a stderr line is not JSON ({e}): {line}\n{err}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["fields"].is_object()), "{err}");
+    let started = lines.iter().find(|l| l["fields"]["message"] == "worker started").unwrap_or_else(|| panic!("no worker started:\n{err}"));
+    // The current span, and every span it sits in, with their fields.
+    assert_eq!(started["span"]["name"], "action", "{started}");
+    assert!(["add-greeting", "add-healthz", "document-usage"].contains(&started["span"]["request"].as_str().unwrap_or("")), "{started}");
+    assert!(started["span"]["stage"].is_string() && started["span"]["worker"].is_string(), "{started}");
+    let spans = started["spans"].as_array().unwrap_or_else(|| panic!("no span list: {started}"));
+    let pass = spans.iter().find(|s| s["name"] == "pass").unwrap_or_else(|| panic!("no pass span: {started}"));
+    assert!(pass["n"].as_u64().is_some_and(|n| n >= 1), "{pass}");
+    assert_eq!(pass["revision"].as_str().map(str::len), Some(40), "the pass names its revision: {pass}");
 }

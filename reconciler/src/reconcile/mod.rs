@@ -379,7 +379,7 @@ impl Context {
         let started = Instant::now();
         let result = self.pass_steps().instrument(span).await;
         if let Some(t) = &self.telemetry {
-            t.metrics.observe_pass(started.elapsed(), result.is_ok());
+            t.metrics.observe_pass(started.elapsed(), result.as_ref().map(|_| ()).map_err(ReconcileError::reason));
             if let Ok(report) = &result {
                 let mut by_phase: BTreeMap<&str, u64> = BTreeMap::new();
                 for (phase, _, _) in report.phases.values() {

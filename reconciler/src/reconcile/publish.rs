@@ -312,7 +312,7 @@ impl Context {
                         })
                         .await?;
                     if let Some(t) = &self.telemetry {
-                        t.metrics.inc_dead_letters();
+                        t.metrics.inc_dead_letters(e.reason());
                     }
                 }
                 other => {

@@ -205,18 +205,18 @@ enum Outcome {
 pub async fn gitea(State(state): State<ServerState>, headers: HeaderMap, body: Body) -> Response {
     match handle(&state, &headers, body).await {
         Ok(Outcome::Accepted(kind)) => {
-            state.metrics().inc_delivery("accepted");
+            state.metrics().inc_delivery("accepted", None);
             state.metrics().inc_trigger(kind);
             let body = serde_json::json!({ "result": "accepted", "trigger": kind });
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Ok(Outcome::Ignored(reason)) => {
-            state.metrics().inc_delivery("ignored");
+            state.metrics().inc_delivery("ignored", None);
             let body = serde_json::json!({ "result": "ignored", "message": reason });
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Ok(Outcome::Duplicate) => {
-            state.metrics().inc_delivery("duplicate");
+            state.metrics().inc_delivery("duplicate", None);
             let body = serde_json::json!({
                 "result": "duplicate",
                 "message": "this delivery was received before; nothing to do",
@@ -224,7 +224,7 @@ pub async fn gitea(State(state): State<ServerState>, headers: HeaderMap, body: B
             (StatusCode::OK, Json(body)).into_response()
         }
         Err(e) => {
-            state.metrics().inc_delivery(e.delivery_result());
+            state.metrics().inc_delivery(e.delivery_result(), Some(e.reason()));
             tracing::warn!(reason = e.reason(), error = %e, "webhook delivery refused");
             e.into_response()
         }
