@@ -827,5 +827,4 @@ pub fn previous<'a>(desired: &'a DesiredState, name: &str) -> Option<&'a Request
 }
 
 #[cfg(test)]
-#[path = "plan_tests.rs"]
 mod tests;
