@@ -15,9 +15,9 @@
 //!
 //! # Loads
 //!
-//! [`Source::load`] returns a [`ChangeSet`]. The first load (or the first after
-//! [`Source::reset_loaded`]) lists the whole tree (`full: true`); every later load diffs the
-//! last loaded tree against the new one and reads only the blobs that changed. Renames
+//! [`Source::load`] returns a [`ChangeSet`]. The first load of a [`Source`] lists the whole
+//! tree (`full: true`); every later load diffs the last loaded tree against the new one and
+//! reads only the blobs that changed. Renames
 //! come out as a delete of the old path plus an upsert of the new path (rename tracking
 //! is off on purpose). Only regular files (mode 100644/100755) are reported; symlinks and
 //! submodule entries are ignored, and a file that turns into a symlink is a delete.
@@ -39,7 +39,6 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -194,20 +193,6 @@ impl ChangeSet {
     }
 }
 
-/// Apply `changes` to a caller-held file map: a full change set replaces the map, an
-/// incremental one removes `deletes` and inserts `upserts`.
-pub fn apply(files: &mut FileMap, changes: &ChangeSet) {
-    if changes.full {
-        files.clear();
-    }
-    for path in &changes.deletes {
-        files.remove(path);
-    }
-    for (path, blob) in &changes.upserts {
-        files.insert(path.clone(), blob.clone());
-    }
-}
-
 /// Which paths of the control repo are read.
 ///
 /// `Prefixes` holds repo-relative paths without trailing slash; a file matches an entry
@@ -276,7 +261,6 @@ pub struct Source {
     last_good: Option<Revision>,
     loaded: Option<(Revision, ObjectId)>,
     blobs_read: u64,
-    interrupt: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Source {
@@ -303,16 +287,7 @@ impl Source {
             return Err(SourceError::InvalidConfig { message: format!("invalid branch name {:?}", cfg.branch) });
         }
         let tracking_ref = format!("refs/remotes/origin/{}", cfg.branch);
-        let mut source = Source {
-            cfg,
-            url,
-            tracking_ref,
-            opts,
-            last_good: None,
-            loaded: None,
-            blobs_read: 0,
-            interrupt: Arc::new(AtomicBool::new(false)),
-        };
+        let mut source = Source { cfg, url, tracking_ref, opts, last_good: None, loaded: None, blobs_read: 0 };
         if source.mirror_path().join("HEAD").is_file() {
             let repo = source.mirror()?;
             let found = repo.try_find_reference(source.tracking_ref.as_str()).map_err(|e| SourceError::from_local(&e))?;
@@ -344,22 +319,10 @@ impl Source {
         self.loaded.map(|(rev, _)| rev)
     }
 
-    /// Forget the last loaded revision so the next [`load`](Self::load) is a full one
-    /// (e.g. after the caller lost its file map).
-    pub fn reset_loaded(&mut self) {
-        self.loaded = None;
-    }
-
     /// How many blob contents this source has read so far (too-large blobs are not read
     /// and not counted). Lets tests and metrics check that loads are incremental.
     pub fn blobs_read(&self) -> u64 {
         self.blobs_read
-    }
-
-    /// A flag that interrupts a running fetch when set (for shutdown). While it is set,
-    /// every fetch fails with [`SourceError::Interrupted`]; whoever set it clears it.
-    pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.interrupt)
     }
 
     /// Open the mirror, creating it on first use. The repository handle is opened per
@@ -372,9 +335,6 @@ impl Source {
     /// Fetch the branch from the remote into the mirror and return its commit.
     /// On failure the last good revision stays as it was.
     pub fn fetch(&mut self) -> Result<Revision, SourceError> {
-        if self.interrupt.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(SourceError::Interrupted);
-        }
         let rev = self.fetch_inner()?;
         self.last_good = Some(rev);
         Ok(rev)
@@ -386,7 +346,8 @@ impl Source {
         let branch = self.cfg.branch.clone();
         let tracking = self.tracking_ref.clone();
         let url = self.url.clone();
-        let interrupt = Arc::clone(&self.interrupt);
+        // Nothing interrupts a fetch: a shutdown lets the running pass finish.
+        let interrupt = AtomicBool::new(false);
         let local = url.scheme == gix::url::Scheme::File;
         let remote_err = |e: gix::Error| SourceError::from_remote(&e, &raw_url, local);
 
@@ -440,9 +401,8 @@ impl Source {
         commit.tree_id().map(|id| id.detach()).map_err(|e| SourceError::from_local(&e))
     }
 
-    /// Load revision `rev`: a full listing the first time (or after
-    /// [`reset_loaded`](Self::reset_loaded), or if the mirror no longer holds the last
-    /// loaded tree), otherwise the changes since the last load.
+    /// Load revision `rev`: a full listing the first time (or if the mirror no longer holds
+    /// the last loaded tree), otherwise the changes since the last load.
     pub fn load(&mut self, rev: Revision) -> Result<ChangeSet, SourceError> {
         let new_tree = self.tree_of(rev)?;
         // If the mirror lost the previously loaded tree (data dir wiped), fall back to a
@@ -460,12 +420,6 @@ impl Source {
         };
         self.loaded = Some((rev, new_tree));
         Ok(changes)
-    }
-
-    /// Read every (filtered) file at `rev` without touching the incremental state.
-    pub fn read_full(&mut self, rev: Revision) -> Result<FileMap, SourceError> {
-        let tree = self.tree_of(rev)?;
-        self.read_tree(tree)
     }
 
     fn read_tree(&mut self, root: ObjectId) -> Result<FileMap, SourceError> {
