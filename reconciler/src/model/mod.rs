@@ -2,21 +2,34 @@
 //!
 //! Everything here is pure: no I/O, no clock. The git source feeds blobs to
 //! a [`Catalog`]; `hadron validate` feeds files from a directory.
+//!
+//! Loading goes one way, each file using only those before it: `file` (a
+//! file's role, its object, a [`validate::Finding`]), `values` (predicates
+//! on single values), `template_vars` (template variables and their
+//! check), `validate` (checks of one object), `parse` (one file: path,
+//! YAML, typed object, its checks), `desired` (the desired state, with the
+//! checks across files), `load` (the [`Catalog`], updated file by file).
 
+pub mod desired;
 pub mod diag;
 pub mod duration;
+pub mod file;
 pub mod kinds;
 pub mod load;
+pub mod parse;
 pub mod spans;
 pub mod template_vars;
 pub mod validate;
+pub mod values;
 
 use sha2::{Digest, Sha256};
 
+pub use desired::{DesiredState, Loaded};
 pub use diag::{Code, Diagnostic, Severity};
 pub use duration::DurationSpec;
 pub use kinds::*;
-pub use load::{Catalog, DesiredState, Loaded, MAX_FILE_BYTES};
+pub use load::Catalog;
+pub use parse::MAX_FILE_BYTES;
 
 impl ChangeRequest {
     /// The spec generation: a short hash of the spec's canonical JSON form.

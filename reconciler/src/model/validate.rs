@@ -1,43 +1,17 @@
-//! Semantic checks: per object (names, budgets, URLs, secrets, templates,
-//! stage/gate consistency) and across files (unknown agent, unknown request
-//! or gate). Pure functions over parsed objects.
+//! Semantic checks of one object at a time: names, budgets, URLs, secrets,
+//! templates, stage/gate consistency, `apiVersion` and `kind`. Pure
+//! functions over parsed objects; the checks across files are in
+//! `desired.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use super::diag::{Code, Diagnostic, Severity};
-use super::kinds::{AgentSpec, Approval, Budget, ChangeRequest, EnvVar, GateType, Metadata, RequestStatus, Settings, Stage};
-use super::load::{self, FileRole, Loaded, Object, ParsedFile};
-use super::spans::FieldPath;
-use super::template_vars;
+use super::diag::Code;
+pub use super::file::Finding;
+use super::file::{FileRole, Object};
+use super::kinds::{API_VERSION, AgentSpec, Approval, Budget, ChangeRequest, EnvVar, GateType, Metadata, RequestStatus, Settings, Stage};
+use super::template_vars::{TemplateUse, check_template};
+pub use super::values::{is_commit_id, looks_like_secret_value, repo_url_problem, url_has_credentials};
 pub use crate::ids::{is_branch_name, is_dns_label};
-
-/// A problem found in a parsed object, located by field path; the loader
-/// turns it into a [`Diagnostic`] with line and column.
-#[derive(Debug, Clone)]
-pub struct Finding {
-    /// Offending field.
-    pub field: FieldPath,
-    /// Stable code.
-    pub code: Code,
-    /// Error or warning.
-    pub severity: Severity,
-    /// What is wrong.
-    pub message: String,
-    /// How to fix it.
-    pub help: String,
-}
-
-impl Finding {
-    /// An error at `field` (dotted path).
-    pub fn error(field: &str, code: Code, message: impl Into<String>, help: impl Into<String>) -> Self {
-        Finding { field: load::field(field), code, severity: Severity::Error, message: message.into(), help: help.into() }
-    }
-
-    /// A warning at `field` (dotted path).
-    pub fn warning(field: &str, code: Code, message: impl Into<String>, help: impl Into<String>) -> Self {
-        Finding { severity: Severity::Warning, ..Finding::error(field, code, message, help) }
-    }
-}
 
 fn check_label(out: &mut Vec<Finding>, field: &str, what: &str, name: &str) {
     if !is_dns_label(name) {
@@ -67,7 +41,7 @@ pub fn check_object(object: &Object, role: &FileRole, stem: &str) -> Vec<Finding
         Object::Approval(o) => (&o.api_version, &o.kind, &o.metadata),
         Object::Status(o) => (&o.api_version, &o.kind, &o.metadata),
     };
-    out.extend(load::header_findings(Some(api), Some(kind), role));
+    out.extend(header_findings(Some(api), Some(kind), role));
     check_metadata(&mut out, meta, role, stem);
     match object {
         Object::Settings(s) => check_settings(&mut out, s),
@@ -166,75 +140,6 @@ fn check_stages(out: &mut Vec<Finding>, field: &str, stages: &[Stage]) {
     }
 }
 
-/// What a template is for: which variables it gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TemplateUse {
-    /// An element of an agent's `spec.command`.
-    Command,
-    /// A prompt: an agent's `spec.prompts.*` or a stage's `prompt`.
-    Prompt,
-}
-
-impl TemplateUse {
-    fn variables(self) -> &'static [&'static str] {
-        match self {
-            TemplateUse::Command => template_vars::COMMAND_VARIABLES,
-            TemplateUse::Prompt => template_vars::PROMPT_VARIABLES,
-        }
-    }
-}
-
-fn check_template(out: &mut Vec<Finding>, field: &str, text: &str, used_as: TemplateUse) {
-    let template = match handlebars::Template::compile(text) {
-        Ok(template) => template,
-        Err(e) => {
-            let (line, col) = e.pos().unwrap_or((1, 1));
-            out.push(Finding::error(
-                field,
-                Code::InvalidTemplate,
-                format!(
-                    "the handlebars template does not compile (template line {line}, column {col}): {}",
-                    e.reason().to_string().split(": expected").next().unwrap_or_default()
-                ),
-                "fix the `{{ }}` expressions (every `{{#if}}`/`{{#each}}` needs its `{{/if}}`/`{{/each}}`)",
-            ));
-            return;
-        }
-    };
-    out.extend(template_findings(field, &template, used_as));
-}
-
-/// Errors for the variables and helpers a compiled template uses that the
-/// worker does not provide.
-fn template_findings(field: &str, template: &handlebars::Template, used_as: TemplateUse) -> Vec<Finding> {
-    let allowed = used_as.variables();
-    let listed = allowed.iter().map(|v| format!("{{{{{v}}}}}")).collect::<Vec<_>>().join(", ");
-    template_vars::references(template)
-        .into_iter()
-        .filter_map(|r| match r {
-            template_vars::Reference::Variable(name) if !allowed.contains(&name.as_str()) => {
-                let help = match load::did_you_mean(&name, allowed) {
-                    Some(best) => format!("did you mean `{{{{{best}}}}}`? (variables here: {listed})"),
-                    None => format!("use one of the variables here: {listed}"),
-                };
-                Some(Finding::error(
-                    field,
-                    Code::UnknownTemplateVariable,
-                    format!("unknown template variable `{name}` in `{field}`; it would not render"),
-                    help,
-                ))
-            }
-            template_vars::Reference::Helper(name) => Some(Finding::error(
-                field,
-                Code::UnknownTemplateVariable,
-                format!("unknown template helper `{name}` in `{field}`; it would not render"),
-                format!("use a built-in helper ({}) or one of the variables here: {listed}", template_vars::BUILTIN_HELPERS.join(", ")),
-            )),
-            template_vars::Reference::Variable(_) => None,
-        })
-        .collect()
-}
-
 fn check_budget(out: &mut Vec<Finding>, field: &str, b: &Budget) {
     let bad = |out: &mut Vec<Finding>, key: &str, what: String| {
         out.push(Finding::error(
@@ -261,14 +166,6 @@ fn check_budget(out: &mut Vec<Finding>, field: &str, b: &Budget) {
 
 /// Names that say "this is a secret" when they carry a literal value.
 const SECRET_NAME_WORDS: [&str; 7] = ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE"];
-
-/// Prefixes of well-known credential formats.
-const SECRET_VALUE_PREFIXES: [&str; 9] = ["sk-", "ghp_", "gho_", "ghs_", "github_pat_", "glpat-", "xoxb-", "xoxp-", "AKIA"];
-
-/// Whether a literal looks like a credential.
-pub fn looks_like_secret_value(value: &str) -> bool {
-    SECRET_VALUE_PREFIXES.iter().any(|p| value.starts_with(p) && value.len() >= p.len() + 12) || value.contains("-----BEGIN")
-}
 
 fn check_agent(out: &mut Vec<Finding>, spec: &AgentSpec) {
     if spec.command.is_empty() || spec.command[0].trim().is_empty() {
@@ -379,60 +276,6 @@ fn check_env(out: &mut Vec<Finding>, i: usize, var: &EnvVar) {
             }
         }
     }
-}
-
-/// Whether a URL carries credentials: any user part of an `http(s)://` URL
-/// (tokens travel as the user name), or a `user:password@` of any scheme.
-pub fn url_has_credentials(url: &str) -> bool {
-    let Some((scheme, rest)) = url.split_once("://") else { return false };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let Some((userinfo, _host)) = authority.rsplit_once('@') else { return false };
-    matches!(scheme, "http" | "https") || userinfo.contains(':')
-}
-
-/// Why a target-repo URL is refused, if it is.
-pub fn repo_url_problem(url: &str) -> Option<&'static str> {
-    if url.trim().is_empty() {
-        return Some("it is empty");
-    }
-    if url.contains("::") && !url.contains("://") {
-        return Some("`<transport>::` remote helpers are refused: they can run commands");
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Some("it contains white space or control characters");
-    }
-    if url.starts_with('-') {
-        return Some("it starts with `-` and would be read as a git option");
-    }
-    if let Some((scheme, rest)) = url.split_once("://") {
-        return match scheme {
-            "https" | "http" | "ssh" | "git" => {
-                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-                let host = host.rsplit('@').next().unwrap_or("");
-                if host.is_empty() || host.starts_with(':') {
-                    Some("it has no host")
-                } else if rest.len() <= host.len() + 1 + rest.find(host).unwrap_or(0) {
-                    Some("it names no repository path")
-                } else {
-                    None
-                }
-            }
-            "file" => (rest.is_empty() || rest == "/").then_some("it names no path"),
-            _ => Some("the scheme is not one git clones from here (https, http, ssh, git, file)"),
-        };
-    }
-    if url.starts_with("./") || url.starts_with("../") || url.starts_with('/') {
-        return None;
-    }
-    // scp-like: [user@]host:path
-    if let Some((host, path)) = url.split_once(':')
-        && !host.is_empty()
-        && !host.contains('/')
-        && !path.is_empty()
-    {
-        return None;
-    }
-    Some("it is neither a URL, an scp-like `git@host:path`, nor a `./` or `../` relative path")
 }
 
 fn check_request(out: &mut Vec<Finding>, r: &ChangeRequest) {
@@ -549,11 +392,6 @@ fn check_status(out: &mut Vec<Finding>, s: &RequestStatus) {
     }
 }
 
-/// Whether `commit` is a full git object id as Hadron writes it: 40 lower-case hex digits.
-pub fn is_commit_id(commit: &str) -> bool {
-    commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// Removes the entries of a status file that Hadron cannot have written, with
 /// a warning for each: status files live in git and can be edited by hand,
 /// and the planner adopts their entries as finished work. An entry is kept
@@ -603,293 +441,51 @@ pub fn sanitize_status(s: &mut RequestStatus) -> Vec<Finding> {
     out
 }
 
-/// Builds the desired state from parsed files and runs the cross-file checks.
-pub(crate) fn assemble(files: &BTreeMap<String, ParsedFile>) -> (Loaded, BTreeSet<String>) {
-    let mut loaded = Loaded::default();
-    let mut bad_agents = BTreeSet::new();
-    let mut settings_file = None;
-    // Settings and agents first: requests are checked against them.
-    for (path, file) in files {
-        match (&file.role, &file.object) {
-            (Some(FileRole::Settings), object) => {
-                loaded.diagnostics.extend(file.diagnostics.iter().cloned());
-                if let Some(Object::Settings(s)) = object {
-                    loaded.desired.settings = s.clone();
-                }
-                settings_file = Some((path.as_str(), file));
-            }
-            (Some(FileRole::Agent), object) => {
-                loaded.diagnostics.extend(file.diagnostics.iter().cloned());
-                match object {
-                    Some(Object::Agent(a)) => {
-                        loaded.desired.agents.insert(a.metadata.name.clone(), a.clone());
-                    }
-                    _ => {
-                        bad_agents.insert(file.stem.clone());
-                    }
-                }
-            }
-            (None, _) => loaded.diagnostics.extend(file.diagnostics.iter().cloned()),
-            _ => {}
-        }
-    }
-    match settings_file {
-        None => loaded.diagnostics.push(Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::file_error(
-                "hadron.yaml",
-                Code::MissingSettings,
-                "there is no `hadron.yaml`; built-in defaults apply (no default agent, no default stages, no approvers)",
-                "copy `hadron.yaml` from example-repo/ and adjust it",
-            )
-        }),
-        Some((path, file)) => {
-            if let Some(agent) = loaded.desired.settings.spec.defaults.agent.clone()
-                && !loaded.desired.agents.contains_key(&agent)
-            {
-                let found = unknown_agent("spec.defaults.agent", &agent, &bad_agents, &loaded);
-                loaded.diagnostics.extend(load::locate_in(path, file, vec![found]));
-            }
-        }
-    }
-    for (path, file) in files {
-        if file.role == Some(FileRole::Request) {
-            eval_request(path, file, &mut loaded, &bad_agents);
-        }
-    }
-    for (path, file) in files {
-        match file.role {
-            Some(FileRole::Approval { .. }) => eval_approval(path, file, &mut loaded),
-            Some(FileRole::Status) => eval_status(file, &mut loaded),
-            _ => {}
-        }
-    }
-    sort_diagnostics(&mut loaded.diagnostics);
-    (loaded, bad_agents)
-}
-
-/// Sorts diagnostics by path, line, column and code.
-pub(crate) fn sort_diagnostics(diags: &mut [Diagnostic]) {
-    diags.sort_by(|a, b| (&a.path, a.line, a.column, a.code).cmp(&(&b.path, b.line, b.column, b.code)));
-}
-
-/// Adds one request file to the desired state: valid, or invalid with its errors.
-pub(crate) fn eval_request(path: &str, file: &ParsedFile, loaded: &mut Loaded, bad_agents: &BTreeSet<String>) {
-    loaded.diagnostics.extend(file.diagnostics.iter().cloned());
-    let Some(Object::Request(request)) = &file.object else {
-        let errors: Vec<Diagnostic> = file.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
-        loaded.desired.invalid_requests.insert(file.stem.clone(), errors);
-        return;
-    };
-    let settings = loaded.desired.settings.clone();
-    let mut findings = Vec::new();
-    match request.effective_agent(&settings) {
-        None => findings.push(Finding::error(
-            "spec",
-            Code::NoAgent,
-            "the request names no agent and `hadron.yaml` has no `defaults.agent`",
-            "add `agent: <name>` to the spec, or set `spec.defaults.agent` in hadron.yaml",
-        )),
-        Some(agent) if !loaded.desired.agents.contains_key(agent) => {
-            let field = if request.spec.agent.is_some() { "spec.agent" } else { "spec" };
-            findings.push(unknown_agent(field, agent, bad_agents, loaded));
-        }
-        Some(_) => {}
-    }
-    let stages = request.effective_stages(&settings);
-    if stages.is_empty() {
-        findings.push(Finding::error(
-            "spec",
-            Code::NoStages,
-            "the request has no stages and `hadron.yaml` has no `defaults.stages`",
-            "add `stages: [{name: implement}]` to the spec, or default stages to hadron.yaml",
+/// Checks `apiVersion` and `kind` (shared by the typed path and the
+/// fallback header path).
+pub(crate) fn header_findings(api_version: Option<&str>, kind: Option<&str>, role: &FileRole) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let expected = role.kind();
+    if let Some(kind) = kind
+        && kind != expected
+    {
+        out.push(Finding::error(
+            "kind",
+            Code::KindMismatch,
+            format!("`kind: {kind}` in a file where a `{expected}` belongs"),
+            match kind_folder(kind) {
+                Some(folder) => format!("move the file to `{folder}`, or set `kind: {expected}`"),
+                None => format!("set `kind: {expected}`"),
+            },
         ));
     }
-    for (i, gate) in request.spec.gates.iter().enumerate() {
-        if !stages.iter().any(|s| s.name == gate.after) {
-            let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-            let help = match load::did_you_mean(&gate.after, &names) {
-                Some(best) => format!("did you mean `{best}`? (stages: {})", names.join(", ")),
-                None => format!("name one of the stages: {}", names.join(", ")),
-            };
-            findings.push(Finding::error(
-                &format!("spec.gates[{i}].after"),
-                Code::UnknownStage,
-                format!("gate `{}` comes after stage `{}`, which the pipeline does not have", gate.name, gate.after),
-                help,
-            ));
-        }
+    if let Some(api) = api_version
+        && api != API_VERSION
+    {
+        out.push(Finding::error(
+            "apiVersion",
+            Code::WrongApiVersion,
+            format!("`apiVersion: {api}` is not one this Hadron reads"),
+            format!("set `apiVersion: {API_VERSION}`"),
+        ));
     }
-    let name = request.metadata.name.clone();
-    if findings.is_empty() {
-        loaded.desired.requests.insert(name, request.clone());
-    } else {
-        let located = load::locate_in(path, file, findings);
-        let errors: Vec<Diagnostic> = located.iter().filter(|d| d.is_error()).cloned().collect();
-        loaded.diagnostics.extend(located);
-        loaded.desired.invalid_requests.insert(name, errors);
-    }
+    out
 }
 
-/// Adds one approval file: valid when its request and gate exist.
-pub(crate) fn eval_approval(path: &str, file: &ParsedFile, loaded: &mut Loaded) {
-    loaded.diagnostics.extend(file.diagnostics.iter().cloned());
-    let Some(Object::Approval(approval)) = &file.object else { return };
-    let spec = &approval.spec;
-    let finding = if let Some(request) = loaded.desired.requests.get(&spec.request) {
-        match request.spec.gates.iter().find(|g| g.name == spec.gate) {
-            Some(g) if g.gate_type == GateType::Approval => None,
-            Some(_) => Some(Finding::error(
-                "spec.gate",
-                Code::UnknownGate,
-                format!("gate `{}` of request `{}` is a `ci` gate; it is passed by CI, not approved", spec.gate, spec.request),
-                "delete this approval",
-            )),
-            None => {
-                let names: Vec<&str> = request.spec.gates.iter().map(|g| g.name.as_str()).collect();
-                Some(Finding::error(
-                    "spec.gate",
-                    Code::UnknownGate,
-                    format!("request `{}` has no gate `{}`", spec.request, spec.gate),
-                    match load::did_you_mean(&spec.gate, &names) {
-                        Some(best) => format!("did you mean `{best}`?"),
-                        None => format!("its gates: {}", if names.is_empty() { "none".to_owned() } else { names.join(", ") }),
-                    },
-                ))
-            }
-        }
-    } else if loaded.desired.invalid_requests.contains_key(&spec.request) {
-        None
-    } else {
-        Some(Finding::error(
-            "spec.request",
-            Code::UnknownRequest,
-            format!("there is no request `{}`", spec.request),
-            format!("add `requests/{}.yaml`, or delete this approval", spec.request),
-        ))
-    };
-    match finding {
-        Some(f) => loaded.diagnostics.extend(load::locate_in(path, file, vec![f])),
-        None => {
-            loaded.desired.approvals.insert((spec.request.clone(), spec.gate.clone()), approval.clone());
-        }
-    }
-}
-
-/// Adds one status file.
-pub(crate) fn eval_status(file: &ParsedFile, loaded: &mut Loaded) {
-    loaded.diagnostics.extend(file.diagnostics.iter().cloned());
-    if let Some(Object::Status(s)) = &file.object {
-        loaded.desired.statuses.insert(s.metadata.name.clone(), s.clone());
-    }
-}
-
-fn unknown_agent(field: &str, agent: &str, bad_agents: &BTreeSet<String>, loaded: &Loaded) -> Finding {
-    if bad_agents.contains(agent) {
-        return Finding::error(
-            field,
-            Code::UnknownAgent,
-            format!("agent `{agent}` has errors in `agents/{agent}.yaml`"),
-            format!("fix `agents/{agent}.yaml` (see its own diagnostics)"),
-        );
-    }
-    let names: Vec<&str> = loaded.desired.agents.keys().map(String::as_str).collect();
-    let help = match load::did_you_mean(agent, &names) {
-        Some(best) => format!("did you mean `{best}`?"),
-        None if names.is_empty() => format!("add `agents/{agent}.yaml`"),
-        None => format!("add `agents/{agent}.yaml`, or use one of: {}", names.join(", ")),
-    };
-    Finding::error(field, Code::UnknownAgent, format!("there is no agent `{agent}`"), help)
+fn kind_folder(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Settings" => "hadron.yaml",
+        "Agent" => "agents/<name>.yaml",
+        "ChangeRequest" => "requests/<name>.yaml",
+        "Approval" => "approvals/<request>/<gate>.yaml",
+        "RequestStatus" => "status/<name>.yaml",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Catalog, Code, Diagnostic};
-
-    const AGENT: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: a\nspec:\n";
-
-    fn agent_errors(spec: &str) -> Vec<Diagnostic> {
-        let text = format!("{AGENT}{spec}");
-        let loaded = Catalog::load([("agents/a.yaml", text.as_bytes())]);
-        loaded.diagnostics.into_iter().filter(Diagnostic::is_error).collect()
-    }
-
-    #[test]
-    fn a_misspelt_command_variable_is_an_error_with_a_suggestion() {
-        let errors = agent_errors("  command: [sh, run.sh, \"{{promptFil}}\"]\n");
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        let e = &errors[0];
-        assert_eq!(e.code, Code::UnknownTemplateVariable);
-        assert_eq!(e.code.as_str(), "UnknownTemplateVariable");
-        assert_eq!(e.field.as_deref(), Some("spec.command[2]"));
-        assert!(e.message.contains("`promptFil`") && e.message.contains("`spec.command[2]`"), "{}", e.message);
-        assert!(e.help.starts_with("did you mean `{{promptFile}}`?"), "{}", e.help);
-        for v in super::template_vars::COMMAND_VARIABLES {
-            assert!(e.help.contains(&format!("{{{{{v}}}}}")), "the help lists {v}: {}", e.help);
-        }
-        assert_eq!((e.line, e.column), (6, 25), "located at the element");
-    }
-
-    #[test]
-    fn prompt_variables_are_not_command_variables() {
-        // `title` is a prompt variable, not a command one; `promptFile` the reverse.
-        let errors = agent_errors("  command: [run, \"{{title}}\"]\n  prompts:\n    review: \"{{promptFile}} {{title}} {{zzz}}\"\n");
-        let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_deref().unwrap_or(""), e.message.as_str())).collect();
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert!(got[0].0 == "spec.command[1]" && got[0].1.contains("`title`"), "{got:?}");
-        assert!(got.iter().any(|(f, m)| *f == "spec.prompts.review" && m.contains("`promptFile`")), "{got:?}");
-        assert!(got.iter().any(|(f, m)| *f == "spec.prompts.review" && m.contains("`zzz`")), "{got:?}");
-        let zzz = errors.iter().find(|e| e.message.contains("`zzz`")).expect("zzz reported");
-        assert!(zzz.help.starts_with("use one of the variables here: {{request}}, {{title}}"), "{}", zzz.help);
-    }
-
-    #[test]
-    fn an_unknown_stage_prompt_variable_is_an_error() {
-        let request = "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: fix\nspec:\n  title: Fix\n  agent: a\n  repos: [{url: ../app.git}]\n  stages:\n    - name: implement\n      prompt: \"Do {{titel}} on {{branch}}\"\n";
-        let agent = format!("{AGENT}  command: [run]\n");
-        let loaded = Catalog::load([("requests/fix.yaml", request.as_bytes()), ("agents/a.yaml", agent.as_bytes())]);
-        let errors: Vec<&Diagnostic> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].code, Code::UnknownTemplateVariable);
-        assert_eq!(errors[0].field.as_deref(), Some("spec.stages[0].prompt"));
-        assert!(errors[0].help.starts_with("did you mean `{{title}}`?"), "{}", errors[0].help);
-        assert!(loaded.desired.invalid_requests.contains_key("fix"), "a request with a broken prompt is not run");
-    }
-
-    #[test]
-    fn each_block_item_fields_and_locals_are_not_flagged() {
-        let prompt =
-            "{{#each previousStages}}{{@index}}: {{this.name}} {{name}} {{summary}} {{repo}} {{@root.title}} {{../branch}}{{/each}}";
-        let errors = agent_errors(&format!("  command: [run]\n  prompts:\n    review: \"{prompt}\"\n"));
-        assert_eq!(errors, Vec::<Diagnostic>::new());
-        let errors =
-            agent_errors("  command: [run]\n  prompts:\n    review: \"{{#each previousStages}}{{@root.titel}}{{../brnch}}{{/each}}\"\n");
-        let names: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
-        assert_eq!(errors.len(), 2, "{names:?}");
-        assert!(names[0].contains("`titel`") && names[1].contains("`brnch`"), "{names:?}");
-    }
-
-    #[test]
-    fn helpers_are_not_variables_but_their_arguments_are() {
-        let errors = agent_errors(
-            "  command: [run]\n  prompts:\n    a: \"{{#if (eq stage 'review')}}{{lookup previousStages 0}}{{/if}}{{len previousStage}}\"\n",
-        );
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].message.contains("`previousStage`"), "{}", errors[0].message);
-        assert!(errors[0].help.starts_with("did you mean `{{previousStages}}`?"), "{}", errors[0].help);
-        let errors = agent_errors("  command: [run, \"{{upper request}}\"]\n");
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].message.contains("helper `upper`"), "{}", errors[0].message);
-    }
-
-    #[test]
-    fn the_shipped_prompt_template_is_clean() {
-        let shipped = include_str!("../../../templates/prompt.md.hbs");
-        let template = handlebars::Template::compile(shipped).expect("the shipped prompt compiles");
-        assert!(super::template_findings("prompt", &template, super::TemplateUse::Prompt).is_empty());
-        let as_command = super::template_findings("command", &template, super::TemplateUse::Command);
-        assert!(!as_command.is_empty(), "the check is not vacuous: prompt variables are not command variables");
-    }
+    use super::super::{Catalog, Code};
 
     #[test]
     fn status_entries_hadron_cannot_have_written_are_ignored_with_a_warning() {

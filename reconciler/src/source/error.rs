@@ -68,7 +68,7 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
-    /// The fetch was interrupted through the source's interrupt flag.
+    /// git reported the operation as cancelled.
     #[error("fetch interrupted")]
     Interrupted,
     /// A git error that fits none of the classes above.

@@ -15,9 +15,9 @@
 //!
 //! # Loads
 //!
-//! [`Source::load`] returns a [`ChangeSet`]. The first load (or the first after
-//! [`Source::reset_loaded`]) lists the whole tree (`full: true`); every later load diffs the
-//! last loaded tree against the new one and reads only the blobs that changed. Renames
+//! [`Source::load`] returns a [`ChangeSet`]. The first load of a [`Source`] lists the whole
+//! tree (`full: true`); every later load diffs the last loaded tree against the new one and
+//! reads only the blobs that changed. Renames
 //! come out as a delete of the old path plus an upsert of the new path (rename tracking
 //! is off on purpose). Only regular files (mode 100644/100755) are reported; symlinks and
 //! submodule entries are ignored, and a file that turns into a symlink is a delete.
@@ -30,21 +30,26 @@
 //!
 //! The API is synchronous and [`Source`] is `Send`: call it from tokio through
 //! `spawn_blocking`. Triggers (file watch or poll) are in [`trigger`].
+//!
+//! # Files
+//!
+//! This file holds the configuration, the types and [`Source`] itself; fetching into the
+//! mirror is in `mirror.rs`, loads (full listing, tree diff, blob reads) in `read.rs`,
+//! errors in `error.rs`.
 
 mod error;
+mod mirror;
+mod read;
 pub mod trigger;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use gix::ObjectId;
-use gix::objs::tree::EntryKind;
 
 pub use error::SourceError;
 pub use trigger::{TriggerHandle, spawn_triggers};
@@ -194,20 +199,6 @@ impl ChangeSet {
     }
 }
 
-/// Apply `changes` to a caller-held file map: a full change set replaces the map, an
-/// incremental one removes `deletes` and inserts `upserts`.
-pub fn apply(files: &mut FileMap, changes: &ChangeSet) {
-    if changes.full {
-        files.clear();
-    }
-    for path in &changes.deletes {
-        files.remove(path);
-    }
-    for (path, blob) in &changes.upserts {
-        files.insert(path.clone(), blob.clone());
-    }
-}
-
 /// Which paths of the control repo are read.
 ///
 /// `Prefixes` holds repo-relative paths without trailing slash; a file matches an entry
@@ -276,7 +267,6 @@ pub struct Source {
     last_good: Option<Revision>,
     loaded: Option<(Revision, ObjectId)>,
     blobs_read: u64,
-    interrupt: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Source {
@@ -303,16 +293,7 @@ impl Source {
             return Err(SourceError::InvalidConfig { message: format!("invalid branch name {:?}", cfg.branch) });
         }
         let tracking_ref = format!("refs/remotes/origin/{}", cfg.branch);
-        let mut source = Source {
-            cfg,
-            url,
-            tracking_ref,
-            opts,
-            last_good: None,
-            loaded: None,
-            blobs_read: 0,
-            interrupt: Arc::new(AtomicBool::new(false)),
-        };
+        let mut source = Source { cfg, url, tracking_ref, opts, last_good: None, loaded: None, blobs_read: 0 };
         if source.mirror_path().join("HEAD").is_file() {
             let repo = source.mirror()?;
             let found = repo.try_find_reference(source.tracking_ref.as_str()).map_err(|e| SourceError::from_local(&e))?;
@@ -344,284 +325,16 @@ impl Source {
         self.loaded.map(|(rev, _)| rev)
     }
 
-    /// Forget the last loaded revision so the next [`load`](Self::load) is a full one
-    /// (e.g. after the caller lost its file map).
-    pub fn reset_loaded(&mut self) {
-        self.loaded = None;
-    }
-
     /// How many blob contents this source has read so far (too-large blobs are not read
     /// and not counted). Lets tests and metrics check that loads are incremental.
     pub fn blobs_read(&self) -> u64 {
         self.blobs_read
     }
 
-    /// A flag that interrupts a running fetch when set (for shutdown). While it is set,
-    /// every fetch fails with [`SourceError::Interrupted`]; whoever set it clears it.
-    pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.interrupt)
-    }
-
     /// Open the mirror, creating it on first use. The repository handle is opened per
     /// operation (cheap: config and refs only) so that `Source` stays `Send` with gix
     /// built without its `parallel` feature.
     fn mirror(&self) -> Result<gix::Repository, SourceError> {
-        open_mirror(&self.mirror_path())
+        mirror::open_mirror(&self.mirror_path())
     }
-
-    /// Fetch the branch from the remote into the mirror and return its commit.
-    /// On failure the last good revision stays as it was.
-    pub fn fetch(&mut self) -> Result<Revision, SourceError> {
-        if self.interrupt.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(SourceError::Interrupted);
-        }
-        let rev = self.fetch_inner()?;
-        self.last_good = Some(rev);
-        Ok(rev)
-    }
-
-    fn fetch_inner(&mut self) -> Result<Revision, SourceError> {
-        use gix::remote::Direction;
-        let raw_url = self.cfg.url.clone();
-        let branch = self.cfg.branch.clone();
-        let tracking = self.tracking_ref.clone();
-        let url = self.url.clone();
-        let interrupt = Arc::clone(&self.interrupt);
-        let local = url.scheme == gix::url::Scheme::File;
-        let remote_err = |e: gix::Error| SourceError::from_remote(&e, &raw_url, local);
-
-        if local {
-            let path = PathBuf::from(url.path.to_string());
-            if !path.exists() {
-                return Err(SourceError::RepoNotFound {
-                    url: crate::redact::url_credentials(&raw_url),
-                    message: format!("{} does not exist", path.display()),
-                });
-            }
-        }
-
-        crate::git::remove_stale_locks(&self.mirror_path(), crate::git::STALE_LOCK_AGE);
-        let repo = self.mirror()?;
-        let branch_ref = format!("refs/heads/{branch}");
-        let refspec = format!("+{branch_ref}:{tracking}");
-        let remote = repo
-            .remote_at(url)
-            .map_err(remote_err)?
-            .with_fetch_tags(gix::remote::fetch::Tags::None)
-            .with_refspecs([refspec.as_str()], Direction::Fetch)
-            .map_err(|e| SourceError::InvalidConfig { message: format!("refspec {refspec:?}: {e}") })?;
-        let connection = remote.connect(Direction::Fetch).map_err(remote_err)?;
-        let prepare = connection.prepare_fetch(gix::progress::Discard, Default::default()).map_err(remote_err)?;
-        let advertised = prepare.ref_map().remote_refs.iter().any(|r| r.unpack().0 == branch_ref.as_str());
-        if !advertised {
-            return Err(SourceError::BranchNotFound { url: crate::redact::url_credentials(&raw_url), branch });
-        }
-        prepare
-            .with_reflog_message(gix::remote::fetch::RefLogMessage::Prefixed { action: "hadron fetch".into() })
-            .receive(gix::progress::Discard, &interrupt)
-            .map_err(remote_err)?;
-
-        let id = repo
-            .find_reference(tracking.as_str())
-            .map_err(|e| SourceError::from_local(&e))?
-            .into_fully_peeled_id()
-            .map_err(|e| SourceError::from_local(&e))?
-            .detach();
-        repo.find_commit(id).map_err(|e| SourceError::Corrupt { message: format!("{branch_ref} does not point to a commit: {e}") })?;
-        Ok(Revision(id))
-    }
-
-    /// The tree of the commit `rev`, which must be in the mirror.
-    fn tree_of(&mut self, rev: Revision) -> Result<ObjectId, SourceError> {
-        let repo = self.mirror()?;
-        let commit = repo.find_commit(rev.0).map_err(|e| {
-            if e.is_not_found() { SourceError::UnknownRevision { revision: rev.to_string() } } else { SourceError::from_local(&e) }
-        })?;
-        commit.tree_id().map(|id| id.detach()).map_err(|e| SourceError::from_local(&e))
-    }
-
-    /// Load revision `rev`: a full listing the first time (or after
-    /// [`reset_loaded`](Self::reset_loaded), or if the mirror no longer holds the last
-    /// loaded tree), otherwise the changes since the last load.
-    pub fn load(&mut self, rev: Revision) -> Result<ChangeSet, SourceError> {
-        let new_tree = self.tree_of(rev)?;
-        // If the mirror lost the previously loaded tree (data dir wiped), fall back to a
-        // full listing: the caller replaces its map and nothing is missed.
-        let base = match self.loaded {
-            Some((_, old_tree)) if self.mirror()?.has_object(old_tree) => Some(old_tree),
-            _ => None,
-        };
-        let changes = match base {
-            None => {
-                let files = self.read_tree(new_tree)?;
-                ChangeSet { revision: rev, full: true, upserts: files.into_iter().collect(), deletes: Vec::new() }
-            }
-            Some(old_tree) => self.diff(rev, old_tree, new_tree)?,
-        };
-        self.loaded = Some((rev, new_tree));
-        Ok(changes)
-    }
-
-    /// Read every (filtered) file at `rev` without touching the incremental state.
-    pub fn read_full(&mut self, rev: Revision) -> Result<FileMap, SourceError> {
-        let tree = self.tree_of(rev)?;
-        self.read_tree(tree)
-    }
-
-    fn read_tree(&mut self, root: ObjectId) -> Result<FileMap, SourceError> {
-        let mut blobs: Vec<(String, ObjectId)> = Vec::new();
-        let repo = self.mirror()?;
-        {
-            let filter = &self.opts.filter;
-            let mut stack: Vec<(String, ObjectId)> = vec![(String::new(), root)];
-            while let Some((dir, tree_id)) = stack.pop() {
-                let tree = repo.find_tree(tree_id).map_err(|e| SourceError::from_local(&e))?;
-                for entry in tree.iter() {
-                    let entry = entry.map_err(|e| SourceError::Corrupt { message: format!("tree {tree_id}: {e}") })?;
-                    let name = entry.filename().to_string();
-                    let path = if dir.is_empty() { name } else { format!("{dir}/{name}") };
-                    match entry.mode().kind() {
-                        EntryKind::Tree => {
-                            if filter.may_contain(&path) {
-                                stack.push((path, entry.object_id()));
-                            }
-                        }
-                        EntryKind::Blob | EntryKind::BlobExecutable => {
-                            if filter.matches_file(&path) {
-                                blobs.push((path, entry.object_id()));
-                            }
-                        }
-                        EntryKind::Link | EntryKind::Commit => {}
-                    }
-                }
-            }
-        }
-        let mut files = FileMap::new();
-        for (path, id) in blobs {
-            let blob = read_blob(&repo, id, self.opts.max_blob_size, &mut self.blobs_read)?;
-            files.insert(path, blob);
-        }
-        Ok(files)
-    }
-
-    fn diff(&mut self, rev: Revision, old_tree: ObjectId, new_tree: ObjectId) -> Result<ChangeSet, SourceError> {
-        use gix::object::tree::diff::ChangeDetached as Change;
-        let mut upserts: Vec<(String, ObjectId)> = Vec::new();
-        let mut deletes: Vec<String> = Vec::new();
-        let repo = self.mirror()?;
-        if old_tree != new_tree {
-            let old = repo.find_tree(old_tree).map_err(|e| SourceError::from_local(&e))?;
-            let new = repo.find_tree(new_tree).map_err(|e| SourceError::from_local(&e))?;
-            let mut options = gix::diff::Options::default().with_rewrites(None);
-            options.track_path();
-            let changes = repo.diff_tree_to_tree(&old, &new, options).map_err(|e| SourceError::from_local(&e))?;
-            let filter = &self.opts.filter;
-            let is_file = |kind: EntryKind| matches!(kind, EntryKind::Blob | EntryKind::BlobExecutable);
-            for change in changes {
-                match change {
-                    Change::Addition { location, entry_mode, id, .. } => {
-                        let path = location.to_string();
-                        if is_file(entry_mode.kind()) && filter.matches_file(&path) {
-                            upserts.push((path, id));
-                        }
-                    }
-                    Change::Deletion { location, entry_mode, .. } => {
-                        let path = location.to_string();
-                        if is_file(entry_mode.kind()) && filter.matches_file(&path) {
-                            deletes.push(path);
-                        }
-                    }
-                    Change::Modification { location, previous_entry_mode, entry_mode, id, .. } => {
-                        let path = location.to_string();
-                        if !filter.matches_file(&path) {
-                            continue;
-                        }
-                        if is_file(entry_mode.kind()) {
-                            upserts.push((path, id));
-                        } else if is_file(previous_entry_mode.kind()) {
-                            deletes.push(path);
-                        }
-                    }
-                    Change::Rewrite { source_location, source_entry_mode, location, entry_mode, id, copy, .. } => {
-                        let old_path = source_location.to_string();
-                        if !copy && is_file(source_entry_mode.kind()) && filter.matches_file(&old_path) {
-                            deletes.push(old_path);
-                        }
-                        let path = location.to_string();
-                        if is_file(entry_mode.kind()) && filter.matches_file(&path) {
-                            upserts.push((path, id));
-                        }
-                    }
-                }
-            }
-        }
-        // A path can be deleted as a file and re-added (e.g. file → folder → file);
-        // an upsert wins over a delete of the same path.
-        upserts.sort();
-        upserts.dedup_by(|a, b| a.0 == b.0);
-        deletes.sort();
-        deletes.dedup();
-        deletes.retain(|d| upserts.binary_search_by(|(p, _)| p.as_str().cmp(d.as_str())).is_err());
-        let mut read = Vec::with_capacity(upserts.len());
-        for (path, id) in upserts {
-            read.push((path, read_blob(&repo, id, self.opts.max_blob_size, &mut self.blobs_read)?));
-        }
-        Ok(ChangeSet { revision: rev, full: false, upserts: read, deletes })
-    }
-}
-
-/// Read blob `id` unless it is larger than `cap`; counts reads in `counter`.
-fn read_blob(repo: &gix::Repository, id: ObjectId, cap: u64, counter: &mut u64) -> Result<Blob, SourceError> {
-    let size = repo.find_header(id).map_err(|e| SourceError::from_local(&e))?.size();
-    if size > cap {
-        return Ok(Blob::TooLarge { size });
-    }
-    let data = repo.find_blob(id).map_err(|e| SourceError::from_local(&e))?.take_data();
-    *counter += 1;
-    Ok(Blob::Data(data))
-}
-
-/// Open the mirror at `path`, creating it if needed.
-///
-/// The mirror is created in a sibling folder and renamed into place, so a
-/// crash during creation leaves no half-made mirror; a folder without `HEAD`
-/// (left by a crash of an older version) is removed, as the mirror is only
-/// a cache of the control repo.
-fn open_mirror(path: &Path) -> Result<gix::Repository, SourceError> {
-    let mut repo = if path.join("HEAD").is_file() {
-        crate::git::open(path).map_err(|e| SourceError::from_local(&e))?
-    } else {
-        let io = |what: &str, p: &Path, e| SourceError::io(format!("{what} {}", p.display()), e);
-        if path.exists() {
-            std::fs::remove_dir_all(path).map_err(|e| io("removing the half-made mirror", path, e))?;
-        }
-        let tmp = path.with_extension(format!("init-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| io("removing", &tmp, e))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| io("creating", &tmp, e))?;
-        drop(gix::init_bare(&tmp).map_err(|e| SourceError::from_local(&e))?);
-        std::fs::rename(&tmp, path).map_err(|e| io("moving the new mirror to", path, e))?;
-        crate::git::open(path).map_err(|e| SourceError::from_local(&e))?
-    };
-    configure_mirror(&mut repo)?;
-    Ok(repo)
-}
-
-/// Make fetches non-interactive: never prompt on a terminal for credentials
-/// (the equivalent of `GIT_TERMINAL_PROMPT=0`, set in memory only).
-fn configure_mirror(repo: &mut gix::Repository) -> Result<(), SourceError> {
-    let mut snapshot = repo.config_snapshot_mut();
-    snapshot
-        .append_config(["gitoxide.credentials.terminalPrompt=false"], gix::config::Source::Api)
-        .map_err(|e| SourceError::from_local(&e))?;
-    snapshot.commit().map_err(|e| SourceError::from_local(&e))?;
-    Ok(())
-}
-
-/// Is `path` the git directory or work tree of a git repository we can watch?
-/// Returns the folder holding `refs/` and `packed-refs`.
-pub(crate) fn refs_dir_of(path: &Path) -> Option<PathBuf> {
-    let repo = crate::git::open(path).ok()?;
-    Some(repo.common_dir().to_path_buf())
 }

@@ -79,19 +79,18 @@ impl Drop for TriggerHandle {
 /// falls back to polling and says so in [`TriggerHandle::mode`].
 pub fn spawn_triggers(cfg: &SourceConfig, tx: Sender<()>) -> TriggerHandle {
     let (control, events) = mpsc::channel::<Msg>();
-    let watcher =
-        cfg.local_path().filter(|_| cfg.watch).and_then(|path| super::refs_dir_of(&path)).and_then(|common_dir| {
-            match watch_refs(&common_dir, control.clone()) {
-                Ok(watcher) => Some(watcher),
-                Err(err) => {
-                    tracing::warn!(
-                        path = %common_dir.display(),
-                        "cannot watch git refs, falling back to polling: {err}"
-                    );
-                    None
-                }
+    let watcher = cfg.local_path().filter(|_| cfg.watch).and_then(|path| refs_dir_of(&path)).and_then(|common_dir| {
+        match watch_refs(&common_dir, control.clone()) {
+            Ok(watcher) => Some(watcher),
+            Err(err) => {
+                tracing::warn!(
+                    path = %common_dir.display(),
+                    "cannot watch git refs, falling back to polling: {err}"
+                );
+                None
             }
-        });
+        }
+    });
     let mode = if watcher.is_some() { TriggerMode::Watch } else { TriggerMode::Poll };
     let interval = cfg.poll_interval.max(Duration::from_millis(10));
     let thread = std::thread::Builder::new().name("hadron-source-trigger".into()).spawn(move || trigger_loop(&events, &tx, interval));
@@ -171,4 +170,11 @@ fn trigger_loop(events: &mpsc::Receiver<Msg>, tx: &Sender<()>, interval: Duratio
             }
         }
     }
+}
+
+/// Is `path` the git directory or work tree of a git repository we can watch?
+/// Returns the folder holding `refs/` and `packed-refs`.
+fn refs_dir_of(path: &Path) -> Option<PathBuf> {
+    let repo = crate::git::open(path).ok()?;
+    Some(repo.common_dir().to_path_buf())
 }

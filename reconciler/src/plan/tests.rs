@@ -7,6 +7,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
+use crate::ids::worker_name;
 use crate::model::Catalog;
 use crate::status::render;
 

@@ -1,0 +1,340 @@
+//! `plan(desired, observed, now) -> Plan`: the pure decision at the heart of
+//! the reconciler. No I/O, no clock: everything it needs is passed in, so it
+//! is unit- and property-tested.
+//!
+//! For every request it works out where the pipeline stands from what was
+//! observed (attempts in the store, runs the driver reports, gate decisions,
+//! CI states, the last status file) and says what to do next: start, retry
+//! after backoff, cancel, adopt, mark lost, open an approval, or nothing.
+//!
+//! This file holds the types and [`plan`], which runs the steps in order:
+//! `observations` merges what was observed into one attempt per worker;
+//! `requests` plans each request (deleted, invalid, valid), asking `budget`
+//! whether it is over its budget and `stages` where its pipeline stands;
+//! `limits` admits the workers to start within the limits.
+
+mod budget;
+mod limits;
+mod observations;
+mod requests;
+mod stages;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::DesiredState;
+use crate::model::kinds::{ChangeRequest, Phase, RequestStatus};
+use crate::time::Millis;
+
+pub use crate::attempt::AttemptState;
+pub use budget::remaining_wall_secs;
+
+/// One attempt as the store (or a status file, or the driver) knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Deterministic worker name.
+    pub worker: String,
+    /// Request name.
+    pub request: String,
+    /// Spec generation.
+    pub generation: String,
+    /// Stage name.
+    pub stage: String,
+    /// Repo URL as written in the request.
+    pub repo: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Agent that runs it (for per-agent concurrency).
+    pub agent: String,
+    /// Where it stands.
+    pub state: AttemptState,
+    /// Start time.
+    pub started_at: Option<Millis>,
+    /// Finish time.
+    pub finished_at: Option<Millis>,
+    /// Cost in USD.
+    pub cost_usd: f64,
+    /// Input tokens.
+    pub tokens_in: u64,
+    /// Output tokens.
+    pub tokens_out: u64,
+    /// Commit pushed to `hadron/<request>`.
+    pub pushed_commit: Option<String>,
+    /// Stable reason of the outcome (`Completed`, `AgentExitNonZero`, `WorkerLost` …).
+    pub reason: String,
+    /// What the agent said.
+    pub summary: String,
+}
+
+impl Attempt {
+    /// Tokens, input plus output (saturating: reports are not trusted to be small).
+    pub fn tokens(&self) -> u64 {
+        self.tokens_in.saturating_add(self.tokens_out)
+    }
+}
+
+/// Sum of the tokens of `attempts`, saturating at `u64::MAX`.
+pub fn total_tokens<'a>(attempts: impl IntoIterator<Item = &'a Attempt>) -> u64 {
+    attempts.into_iter().fold(0, |sum, a| sum.saturating_add(a.tokens()))
+}
+
+/// Sum of the cost of `attempts` in USD. A cost that is not a number counts
+/// as infinite and a negative one as zero, so no report can lower the sum
+/// or hide it from a budget check; the sum saturates at infinity.
+pub fn total_cost<'a>(attempts: impl IntoIterator<Item = &'a Attempt>) -> f64 {
+    attempts.into_iter().map(|a| if a.cost_usd.is_nan() { f64::INFINITY } else { a.cost_usd.max(0.0) }).fold(0.0, |sum, c| sum + c)
+}
+
+/// What the driver reports about a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    /// The process or Job is alive.
+    Running,
+    /// It finished; the attempt carries the result.
+    Finished,
+    /// It is gone without a result.
+    Lost,
+}
+
+/// One run the driver knows, with the attempt fields its records give.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriverRun {
+    /// The attempt, as reconstructed from the run's own records.
+    pub attempt: Attempt,
+    /// Alive, finished or lost.
+    pub state: RunState,
+}
+
+/// What is known about an approval gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalState {
+    /// No approval in `main` yet.
+    Waiting,
+    /// Approved for this generation by an allowed approver.
+    Approved {
+        /// Who approved.
+        by: String,
+    },
+    /// An approval exists but for another generation.
+    Stale {
+        /// The generation it was given for.
+        given_for: String,
+    },
+    /// The approval was merged by someone not allowed to approve.
+    Rejected {
+        /// Who merged it.
+        by: String,
+        /// Why it does not count.
+        why: String,
+        /// The commit that brought the approval file (empty when unknown).
+        commit: String,
+    },
+}
+
+/// Combined commit status of a pushed head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CiState {
+    /// Every required check passed.
+    Success,
+    /// A required check failed.
+    Failure,
+    /// Not reported yet, or still running.
+    Pending,
+}
+
+/// Everything observed, gathered by the loop before planning.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Attempts the store knows (all requests, all generations).
+    pub attempts: Vec<Attempt>,
+    /// Runs the driver reports.
+    pub runs: Vec<DriverRun>,
+    /// Approval gates: (request, gate) → state for the current generation.
+    pub approvals: BTreeMap<(String, String), ApprovalState>,
+    /// Approval branches already open: (request, gate) → generation.
+    pub approval_branches: BTreeMap<(String, String), String>,
+    /// CI states by (repo URL as written, commit).
+    pub ci: BTreeMap<(String, String), CiState>,
+    /// Requests the store knows (to notice deletions): name → generation.
+    pub known_requests: BTreeMap<String, String>,
+    /// Status files verified as Hadron's own (their content is what Hadron
+    /// last published, by the digest kept in the store). Only these inform
+    /// decisions; any other status file is output to overwrite, never input.
+    pub own_statuses: BTreeMap<String, Arc<RequestStatus>>,
+}
+
+/// Tunables that are not part of the control repo.
+#[derive(Debug, Clone)]
+pub struct PlanConfig {
+    /// Attempts per worker when neither request nor settings say (3).
+    pub default_max_attempts: u32,
+    /// Workers at once when settings do not say (4).
+    pub default_max_workers: u32,
+    /// First retry delay; doubles per attempt.
+    pub backoff_base_ms: Millis,
+    /// Longest retry delay.
+    pub backoff_max_ms: Millis,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig { default_max_attempts: 3, default_max_workers: 4, backoff_base_ms: 10_000, backoff_max_ms: 300_000 }
+    }
+}
+
+/// Something to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Record intent, then start this worker (idempotent by worker name).
+    Start(Attempt),
+    /// Stop a live worker.
+    Cancel {
+        /// Worker name.
+        worker: String,
+        /// Stable reason (`SpecChanged`, `Suspended`, `Deleted`, `BudgetExceeded`, `Invalid`).
+        reason: String,
+    },
+    /// The driver runs a worker the store does not know: record it.
+    Adopt(Attempt),
+    /// The driver's record of a run changed (finished, lost): record it.
+    Record(Attempt),
+    /// Open (or update) the approval branch of a gate.
+    OpenApproval {
+        /// Request name.
+        request: String,
+        /// Gate name.
+        gate: String,
+        /// Generation being approved.
+        generation: String,
+        /// Results so far, for the approver.
+        summary: String,
+        /// What the branch is opened for, recorded once it is: the
+        /// generation, or after a merge that did not count, the generation
+        /// and that merge (see [`approval_token`]).
+        opened_for: String,
+        /// Open it again although the base branch already holds an approval
+        /// for this generation (that approval did not count).
+        reopen: bool,
+    },
+    /// Forget a deleted request once nothing of it runs.
+    Forget {
+        /// Request name.
+        request: String,
+    },
+}
+
+impl Action {
+    /// The request, stage and worker the action is about (empty when none),
+    /// for log spans.
+    pub fn subject(&self) -> (&str, &str, &str) {
+        match self {
+            Action::Start(a) | Action::Adopt(a) | Action::Record(a) => (&a.request, &a.stage, &a.worker),
+            Action::Cancel { worker, .. } => ("", "", worker),
+            Action::OpenApproval { request, gate, .. } => (request, gate, ""),
+            Action::Forget { request } => (request, "", ""),
+        }
+    }
+
+    /// What the action does, in a few words, for logs and step failures.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Start(a) => format!("starting worker {} ({}/{})", a.worker, a.request, a.stage),
+            Action::Cancel { worker, reason } => format!("cancelling worker {worker} ({reason})"),
+            Action::Adopt(a) => format!("adopting worker {}", a.worker),
+            Action::Record(a) => format!("recording worker {} as {}", a.worker, a.state.as_str()),
+            Action::OpenApproval { request, gate, .. } => format!("opening approval branch hadron/approve/{request}/{gate}"),
+            Action::Forget { request } => format!("forgetting deleted request {request}"),
+        }
+    }
+}
+
+/// Where one request stands after planning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestView {
+    /// Request name.
+    pub name: String,
+    /// Current spec generation (empty for an invalid request).
+    pub generation: String,
+    /// Lifecycle phase.
+    pub phase: Phase,
+    /// Stage running or last run.
+    pub stage: Option<String>,
+    /// Stable CamelCase reason for the phase.
+    pub reason: String,
+    /// One human sentence.
+    pub message: String,
+    /// Attempts of the current generation, in pipeline order.
+    pub attempts: Vec<Attempt>,
+    /// Branch holding the agent's commits.
+    pub work_branch: String,
+}
+
+/// The result of planning.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// What to do, in order.
+    pub actions: Vec<Action>,
+    /// Every request, valid or invalid, by name.
+    pub requests: BTreeMap<String, RequestView>,
+    /// Requests deleted from the repo whose status file should go.
+    pub deleted: Vec<String>,
+    /// The earliest time something changes without a trigger (a backoff expiring).
+    pub wake_at: Option<Millis>,
+}
+
+/// Backoff before attempt `next` (2, 3, …) with deterministic jitter of up
+/// to ±20 % derived from the worker name, so planning stays pure.
+pub fn backoff(cfg: &PlanConfig, next: u32, worker: &str) -> Millis {
+    let exp = next.saturating_sub(2).min(20);
+    let base = cfg.backoff_base_ms.saturating_mul(1 << exp).min(cfg.backoff_max_ms);
+    let h = worker.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let jitter = i64::try_from(h % 401).unwrap_or(0) - 200; // -200..=200 per mille of 20 %
+    base + base * jitter / 1000
+}
+
+/// The plan. Pure: same inputs, same output.
+pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &PlanConfig) -> Plan {
+    let mut draft = requests::Draft::default();
+    let attempts = observations::merge_observations(observed, now, &mut draft.plan.actions);
+    let mut by_request = requests::ByRequest::new();
+    for a in &attempts {
+        by_request.entry(a.request.as_str()).or_default().push(a);
+    }
+    let inputs = requests::Inputs { desired, observed, now, cfg };
+    requests::forget_deleted(&inputs, &by_request, &mut draft);
+    requests::mark_invalid(&inputs, &by_request, &mut draft);
+
+    // Valid requests, highest priority first for the limits.
+    let mut order: Vec<&ChangeRequest> = desired.requests.values().map(|r| r.as_ref()).collect();
+    order.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then_with(|| a.metadata.name.cmp(&b.metadata.name)));
+    let mut candidates = Vec::new();
+    for request in order {
+        let mine = by_request.get(request.metadata.name.as_str()).cloned().unwrap_or_default();
+        candidates.extend(requests::plan_request(&inputs, request, mine, &mut draft));
+    }
+
+    let max_workers = desired.settings.spec.limits.max_concurrent_workers.filter(|n| *n > 0).unwrap_or(cfg.default_max_workers);
+    let requests::Draft { mut plan, cancelled } = draft;
+    limits::admit(&attempts, &cancelled, candidates, max_workers, &mut plan);
+    plan
+}
+
+/// What an approval branch must be opened for, given the gate's state: the
+/// generation, or after a merge that did not count, the generation and that
+/// merge's commit (so the branch is opened once more per rejected merge).
+pub fn approval_token(generation: &str, state: &ApprovalState) -> String {
+    match state {
+        ApprovalState::Rejected { commit, .. } => format!("{generation} after {commit}"),
+        _ => generation.to_owned(),
+    }
+}
+
+/// Used by status rendering: the previous status of a request, if any.
+pub fn previous<'a>(desired: &'a DesiredState, name: &str) -> Option<&'a RequestStatus> {
+    desired.statuses.get(name).map(|s| s.as_ref())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+//! Deciding a request's next step: its stages in order, each with the gates
+//! after it. The first stage or gate not passed says what happens next
+//! (start workers, wait, fail); when every one is passed, the request
+//! succeeded.
+
+use std::collections::BTreeMap;
+
+use super::{Action, ApprovalState, Attempt, AttemptState, CiState, Observed, Plan, PlanConfig, approval_token, backoff};
+use crate::ids::worker_name;
+use crate::model::kinds::{ChangeRequest, Gate, GateType, Phase, Stage};
+use crate::time::Millis;
+
+/// One request's pipeline as it stands in this pass: what deciding its next
+/// step reads besides the stages.
+pub(super) struct Pipeline<'a> {
+    /// The request.
+    pub request: &'a ChangeRequest,
+    /// Its current spec generation.
+    pub generation: &'a str,
+    /// The agent its workers run.
+    pub agent: &'a str,
+    /// Its attempts of the current generation.
+    pub current: &'a [&'a Attempt],
+    /// Attempts per worker before a stage fails.
+    pub max_attempts: u32,
+    /// The time of the pass.
+    pub now: Millis,
+    /// Tunables (the retry backoff).
+    pub cfg: &'a PlanConfig,
+    /// Approvals, approval branches and CI states.
+    pub observed: &'a Observed,
+}
+
+/// Where the request stands and why: the phase, reason and message of its view.
+pub(super) struct Decision {
+    /// Lifecycle phase.
+    pub phase: Phase,
+    /// Stable CamelCase reason.
+    pub reason: &'static str,
+    /// One human sentence.
+    pub message: String,
+}
+
+/// The next step of a request.
+pub(super) struct Step {
+    /// The stage looked at last: the one that starts, runs or failed, or
+    /// whose gate waits; the last stage when every one passed.
+    pub stage: Option<String>,
+    /// What the view says.
+    pub decision: Decision,
+    /// Workers to start (empty unless the step starts a stage).
+    pub starts: Vec<Attempt>,
+}
+
+/// Walks the stages and their gates. `attempts` are the view's attempts
+/// (for the summary an approval branch carries); an approval branch to open
+/// and the time a retry is due go into `out`.
+pub(super) fn next_step(p: &Pipeline, stages: &[Stage], attempts: &[Attempt], out: &mut Plan) -> Step {
+    let mut looked_at = None;
+    for stage in stages {
+        looked_at = Some(stage.name.clone());
+        let step = |decision, starts| Step { stage: Some(stage.name.clone()), decision, starts };
+        let commits = match stage_state(p, stage) {
+            StageState::Done(commits) => commits,
+            StageState::Start(starts) => return step(starting(p, stage), starts),
+            StageState::Running { retry_at } => return step(running(p, stage, retry_at, out), Vec::new()),
+            StageState::Failed(why) => return step(Decision { phase: Phase::Failed, reason: "StageFailed", message: why }, Vec::new()),
+        };
+        // The stage is done: gates after it.
+        for gate in p.request.spec.gates.iter().filter(|g| g.after == stage.name) {
+            let waiting = match gate.gate_type {
+                GateType::Approval => approval_gate(p, gate, attempts, out),
+                GateType::Ci => ci_gate(p, gate, &commits),
+            };
+            if let Some(decision) = waiting {
+                return step(decision, Vec::new());
+            }
+        }
+    }
+    let message = match stages {
+        [only] => format!("stage {} succeeded", only.name),
+        all => format!("all {} stages succeeded", all.len()),
+    };
+    Step { stage: looked_at, decision: Decision { phase: Phase::Succeeded, reason: "Succeeded", message }, starts: Vec::new() }
+}
+
+/// A stage with workers to start.
+fn starting(p: &Pipeline, stage: &Stage) -> Decision {
+    Decision {
+        phase: if p.current.iter().any(|a| a.state.is_live()) { Phase::Running } else { Phase::Pending },
+        reason: "Progressing",
+        message: format!("stage {} starting", stage.name),
+    }
+}
+
+/// A stage with workers running or a retry scheduled; the retry's time is
+/// when the plan wakes up at the latest.
+fn running(p: &Pipeline, stage: &Stage, retry_at: Option<Millis>, out: &mut Plan) -> Decision {
+    if let Some(at) = retry_at {
+        out.wake_at = Some(out.wake_at.map_or(at, |w| w.min(at)));
+    }
+    let message = match retry_at {
+        Some(at) if !p.current.iter().any(|a| a.state.is_live() && a.stage == stage.name) => {
+            format!("stage {}: a worker failed; retrying in {}s", stage.name, (at - p.now + 999) / 1000)
+        }
+        Some(_) => format!("stage {} running; a retry is scheduled", stage.name),
+        None => format!("stage {} running", stage.name),
+    };
+    Decision { phase: Phase::Running, reason: "Progressing", message }
+}
+
+/// An approval gate: `None` when approved; else the request waits, and the
+/// approval branch is opened (again) unless it already is for this state.
+fn approval_gate(p: &Pipeline, gate: &Gate, attempts: &[Attempt], out: &mut Plan) -> Option<Decision> {
+    let name = p.request.metadata.name.as_str();
+    let generation = p.generation;
+    let key = (name.to_owned(), gate.name.clone());
+    let state = p.observed.approvals.get(&key).cloned().unwrap_or(ApprovalState::Waiting);
+    if matches!(state, ApprovalState::Approved { .. }) {
+        return None;
+    }
+    let opened_for = approval_token(generation, &state);
+    if p.observed.approval_branches.get(&key) != Some(&opened_for) {
+        let mut summary = summary_of(attempts);
+        let reopen = matches!(state, ApprovalState::Rejected { .. });
+        if let ApprovalState::Rejected { by, why, .. } = &state {
+            summary = format!("{summary}\nOpened again: the earlier merge by {by} did not count ({why}).");
+        }
+        out.actions.push(Action::OpenApproval {
+            request: name.to_owned(),
+            gate: gate.name.clone(),
+            generation: generation.to_owned(),
+            summary,
+            opened_for,
+            reopen,
+        });
+    }
+    let message = match state {
+        ApprovalState::Stale { given_for } => format!(
+            "gate {}: the approval was given for generation {given_for}, but the request changed (now {generation}); merge the updated branch hadron/approve/{name}/{} to approve again",
+            gate.name, gate.name
+        ),
+        ApprovalState::Rejected { by, why, .. } => format!(
+            "gate {}: the approval merged by {by} does not count ({why}); an allowed approver must merge the re-opened branch hadron/approve/{name}/{}",
+            gate.name, gate.name
+        ),
+        _ => format!("gate {}: waiting for approval; merge branch hadron/approve/{name}/{} into main", gate.name, gate.name),
+    };
+    Some(Decision { phase: Phase::WaitingForApproval, reason: "AwaitingApproval", message })
+}
+
+/// A CI gate: `None` when CI passed on every repo's pushed head; else the
+/// request failed (CI failed somewhere) or waits for CI.
+fn ci_gate(p: &Pipeline, gate: &Gate, commits: &BTreeMap<&str, Option<String>>) -> Option<Decision> {
+    let mut states = Vec::new();
+    for repo in &p.request.spec.repos {
+        let commit = commits.get(repo.url.as_str()).cloned().flatten();
+        let state = commit.and_then(|c| p.observed.ci.get(&(repo.url.clone(), c)).copied()).unwrap_or(CiState::Pending);
+        states.push((repo.url.as_str(), state));
+    }
+    if let Some((repo, _)) = states.iter().find(|(_, s)| *s == CiState::Failure) {
+        Some(Decision { phase: Phase::Failed, reason: "CIFailed", message: format!("gate {}: CI failed on {repo}", gate.name) })
+    } else if states.iter().any(|(_, s)| *s == CiState::Pending) {
+        Some(Decision {
+            phase: Phase::WaitingForCI,
+            reason: "AwaitingCI",
+            message: format!("gate {}: waiting for CI on the pushed heads", gate.name),
+        })
+    } else {
+        None
+    }
+}
+
+/// Where one stage stands, over every repo of the request.
+enum StageState<'a> {
+    /// Every repo succeeded: pushed commit per repo.
+    Done(BTreeMap<&'a str, Option<String>>),
+    /// Workers to start now.
+    Start(Vec<Attempt>),
+    /// Workers running, or a retry scheduled.
+    Running { retry_at: Option<Millis> },
+    /// A repo ran out of attempts.
+    Failed(String),
+}
+
+fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
+    let Pipeline { request, generation, agent, current: attempts, max_attempts, now, cfg, .. } = *p;
+    let name = request.metadata.name.as_str();
+    let mut done = BTreeMap::new();
+    let mut starts = Vec::new();
+    let mut running = false;
+    let mut retry_at: Option<Millis> = None;
+    for repo in &request.spec.repos {
+        let latest = attempts.iter().filter(|a| a.stage == stage.name && a.repo == repo.url).max_by_key(|a| a.attempt);
+        let next = |n: u32| Attempt {
+            worker: worker_name(name, generation, &stage.name, &repo.url, n),
+            request: name.to_owned(),
+            generation: generation.to_owned(),
+            stage: stage.name.clone(),
+            repo: repo.url.clone(),
+            attempt: n,
+            agent: agent.to_owned(),
+            state: AttemptState::Pending,
+            started_at: None,
+            finished_at: None,
+            cost_usd: 0.0,
+            tokens_in: 0,
+            tokens_out: 0,
+            pushed_commit: None,
+            reason: String::new(),
+            summary: String::new(),
+        };
+        match latest {
+            None => starts.push(next(1)),
+            Some(a) if a.state.is_live() => running = true,
+            Some(a) if a.state == AttemptState::Succeeded => {
+                done.insert(repo.url.as_str(), a.pushed_commit.clone());
+            }
+            // A cancelled attempt (suspend, then resume) is run again under a new number.
+            Some(a) if a.state == AttemptState::Cancelled => starts.push(next(a.attempt.saturating_add(1))),
+            Some(a) => {
+                let failures =
+                    attempts.iter().filter(|x| x.stage == stage.name && x.repo == repo.url && x.state == AttemptState::Failed).count();
+                if u32::try_from(failures).unwrap_or(u32::MAX) >= max_attempts {
+                    return StageState::Failed(format!(
+                        "stage {} failed on {} after {failures} attempts: {} ({})",
+                        stage.name, repo.url, a.summary, a.reason
+                    ));
+                }
+                let n = a.attempt.saturating_add(1);
+                let at = a.finished_at.unwrap_or(now).saturating_add(backoff(cfg, n, &a.worker));
+                if now >= at {
+                    starts.push(next(n));
+                } else {
+                    retry_at = Some(retry_at.map_or(at, |r| r.min(at)));
+                }
+            }
+        }
+    }
+    if !starts.is_empty() {
+        StageState::Start(starts)
+    } else if running || retry_at.is_some() {
+        StageState::Running { retry_at }
+    } else {
+        StageState::Done(done)
+    }
+}
+
+/// What the approver reads: the stages that succeeded so far, one a line.
+fn summary_of(attempts: &[Attempt]) -> String {
+    attempts
+        .iter()
+        .filter(|a| a.state == AttemptState::Succeeded)
+        .map(|a| {
+            // By characters: the commit may come from a hand-edited status file.
+            let commit = a.pushed_commit.as_deref().map(|c| c.char_indices().nth(12).map_or(c, |(i, _)| &c[..i])).unwrap_or("-");
+            format!("{} on {}: {} (commit {commit})", a.stage, a.repo, a.summary)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
