@@ -39,7 +39,7 @@ impl Backoff {
 /// source.
 pub fn spread_by_key(delay: Duration, key: &str, percent: u32) -> Duration {
     let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    let range = u64::from(percent.min(100)) * 20 + 1; // per ten-thousand, both sides
+    let range = u64::from(percent.min(100)) * 200 + 1; // in ten-thousandths: -percent % ..= +percent %
     let offset = i128::from(h % range) - i128::from(range / 2);
     let millis = i128::try_from(delay.as_millis()).unwrap_or(i128::MAX);
     let moved = millis + millis * offset / 10_000;
@@ -75,7 +75,7 @@ mod tests {
         assert_eq!(a, spread_by_key(d, "w-1", 20), "same key, same delay");
         let all: Vec<Duration> = (0..200).map(|i| spread_by_key(d, &format!("w-{i}"), 20)).collect();
         assert!(all.iter().all(|x| *x >= Duration::from_secs(8) && *x <= Duration::from_secs(12)), "{all:?}");
-        assert!(all.iter().any(|x| *x < d) && all.iter().any(|x| *x > d), "keys spread both ways");
+        assert!(all.iter().any(|x| *x < Duration::from_secs(9)) && all.iter().any(|x| *x > Duration::from_secs(11)), "spread over ±20 %");
         assert_eq!(spread_by_key(d, "w-1", 0), d);
     }
 

@@ -68,6 +68,31 @@ pub struct Attempt {
     pub summary: String,
 }
 
+/// A pending attempt with nothing spent and no result: what the fields a
+/// builder does not name start as (`Attempt { worker, …, ..Attempt::default() }`).
+impl Default for Attempt {
+    fn default() -> Self {
+        Attempt {
+            worker: String::new(),
+            request: String::new(),
+            generation: String::new(),
+            stage: String::new(),
+            repo: String::new(),
+            attempt: 1,
+            agent: String::new(),
+            state: AttemptState::Pending,
+            started_at: None,
+            finished_at: None,
+            cost_usd: 0.0,
+            tokens_in: 0,
+            tokens_out: 0,
+            pushed_commit: None,
+            reason: String::new(),
+            summary: String::new(),
+        }
+    }
+}
+
 impl Attempt {
     /// Tokens, input plus output (saturating: reports are not trusted to be small).
     pub fn tokens(&self) -> u64 {
@@ -287,11 +312,11 @@ pub struct Plan {
 /// Backoff before attempt `next` (2, 3, …) with deterministic jitter of up
 /// to ±20 % derived from the worker name, so planning stays pure.
 pub fn backoff(cfg: &PlanConfig, next: u32, worker: &str) -> Millis {
-    let exp = next.saturating_sub(2).min(20);
-    let base = cfg.backoff_base_ms.saturating_mul(1 << exp).min(cfg.backoff_max_ms);
-    let h = worker.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    let jitter = i64::try_from(h % 401).unwrap_or(0) - 200; // -200..=200 per mille of 20 %
-    base + base * jitter / 1000
+    let ms = |m: Millis| std::time::Duration::from_millis(u64::try_from(m.max(0)).unwrap_or(0));
+    let policy = crate::backoff::Backoff::new(ms(cfg.backoff_base_ms), ms(cfg.backoff_max_ms));
+    // Attempt 2 follows the first failure.
+    let delay = crate::backoff::spread_by_key(policy.delay(next.saturating_sub(1)), worker, 20);
+    Millis::try_from(delay.as_millis()).unwrap_or(Millis::MAX)
 }
 
 /// The plan. Pure: same inputs, same output.

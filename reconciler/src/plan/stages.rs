@@ -200,15 +200,7 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
             repo: repo.url.clone(),
             attempt: n,
             agent: agent.to_owned(),
-            state: AttemptState::Pending,
-            started_at: None,
-            finished_at: None,
-            cost_usd: 0.0,
-            tokens_in: 0,
-            tokens_out: 0,
-            pushed_commit: None,
-            reason: String::new(),
-            summary: String::new(),
+            ..Attempt::default()
         };
         match latest {
             None => starts.push(next(1)),

@@ -48,13 +48,7 @@ pub fn from_run(obs: &Observation, agent: &str) -> Option<DriverRun> {
         agent: agent.to_owned(),
         state: AttemptState::Running,
         started_at: obs.started_at.as_deref().and_then(crate::time::parse_rfc3339),
-        finished_at: None,
-        cost_usd: 0.0,
-        tokens_in: 0,
-        tokens_out: 0,
-        pushed_commit: None,
-        reason: String::new(),
-        summary: String::new(),
+        ..plan::Attempt::default()
     };
     let state = match &obs.state {
         WorkerState::Running => RunState::Running,

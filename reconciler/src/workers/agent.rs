@@ -134,13 +134,8 @@ fn exit_notice(pid: u32) -> std::sync::mpsc::Receiver<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
     std::thread::spawn(move || {
-        loop {
-            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                Err(nix::errno::Errno::EINTR) => {}
-                // Exited, or not our child any more (reaped): either way, gone.
-                _ => break,
-            }
-        }
+        // Exited, or not our child any more (reaped): either way, gone.
+        while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
         let _ = tx.send(());
     });
     rx
