@@ -70,6 +70,11 @@ const SAFE_CONFIG: &[&str] = &[
     "submodule.recurse=false",
     "fetch.recurseSubmodules=false",
     "init.defaultBranch=main",
+    // Never `git gc --auto` inside a fetch or commit (seconds, in the
+    // middle of a pass): Hadron's private clones are packed by
+    // housekeeping instead (`StatusWriter::maintain`).
+    "gc.auto=0",
+    "maintenance.auto=false",
     "gc.autoDetach=false",
     "advice.detachedHead=false",
 ];

@@ -473,3 +473,31 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
     git(&fx.bare, &["fsck", "--strict", "--no-dangling"])?;
     Ok(())
 }
+
+/// `git count-objects -v`'s loose object count.
+fn loose_objects(dir: &Path) -> Result<u64> {
+    let out = git(dir, &["count-objects", "-v"])?;
+    let line = out.lines().find_map(|l| l.strip_prefix("count: ")).context("count-objects prints a count")?;
+    Ok(line.trim().parse()?)
+}
+
+#[test]
+fn maintenance_packs_what_publishes_left_loose_and_keeps_the_branch() -> Result<()> {
+    let f = Fixture::new()?;
+    let mut writer = f.writer("work")?;
+    let files: BTreeMap<String, Option<Vec<u8>>> =
+        (0..300).map(|i| (format!("status/r-{i}.yaml"), Some(format!("phase: Running\nn: {i}\n").into_bytes()))).collect();
+    let published = writer.publish(&files, "status: 300 requests", REV)?;
+    let work = f.tmp.path().join("work");
+    let before = loose_objects(&work)?;
+    ensure!(before >= 300, "a publish writes its blobs loose: {before}");
+    StatusWriter::maintain(&work, Identity::default())?;
+    ensure!(loose_objects(&work)? == 0, "all packed");
+    ensure!(f.show("status/r-299.yaml")?.as_deref() == Some("phase: Running\nn: 299\n"));
+    ensure!(published.commit.is_some_and(|c| c == f.head().unwrap_or_default()), "the branch is the published commit");
+    // The clone still publishes after packing.
+    let more: BTreeMap<String, Option<Vec<u8>>> = [("status/r-0.yaml".to_owned(), Some(b"phase: Succeeded\n".to_vec()))].into();
+    writer.publish(&more, "status: r-0", REV)?;
+    ensure!(f.show("status/r-0.yaml")?.as_deref() == Some("phase: Succeeded\n"));
+    Ok(())
+}

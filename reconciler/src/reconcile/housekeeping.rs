@@ -77,6 +77,26 @@ pub fn finished_workers(observed: &Observed, requests: &BTreeSet<String>) -> Vec
         .collect()
 }
 
+/// Packs the status writer's private clone in the background, off the
+/// pass (at most one at a time): publishes leave loose objects, and
+/// automatic `git gc` is off for Hadron's git.
+fn pack_private_clone(ctx: &Context) {
+    use std::sync::atomic::Ordering;
+    if ctx.maintaining.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let flag = ctx.maintaining.clone();
+    let dir = ctx.cfg.data_dir.join("writer");
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        match crate::status::writer::StatusWriter::maintain(&dir, crate::git::Identity::default()) {
+            Ok(()) => tracing::debug!(took = ?started.elapsed(), "packed the status writer's clone"),
+            Err(e) => tracing::warn!(reason = e.reason(), "could not pack the status writer's clone: {e}"),
+        }
+        flag.store(false, Ordering::Release);
+    });
+}
+
 /// One sweep. `published` says whether every status is pushed: run
 /// directories are pruned only then, so nothing a status still needs goes.
 pub async fn sweep(ctx: &Context, observed: &Observed, t: Millis, published: bool) -> Result<Swept, ReconcileError> {
@@ -94,6 +114,7 @@ pub async fn sweep(ctx: &Context, observed: &Observed, t: Millis, published: boo
         swept.events = ctx.store.prune_events(t - ms(keep)).await?;
         swept.commit_statuses = ctx.store.prune_commit_statuses(t - ms(keep)).await?;
     }
+    pack_private_clone(ctx);
     if published {
         let requests: BTreeSet<String> = desired.requests.keys().cloned().collect();
         let finished = finished_workers(observed, &requests);

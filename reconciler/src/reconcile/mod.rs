@@ -249,6 +249,10 @@ pub struct Context {
     /// The request records as in the store (read once, then written
     /// through), so a pass writes only the records that changed.
     records: Option<BTreeMap<String, crate::store::RequestRecord>>,
+    /// Set while housekeeping packs the private clone in the background.
+    maintaining: Arc<AtomicBool>,
+    /// Each request's status file as last rendered, with its inputs.
+    rendered: BTreeMap<String, publish::Rendered>,
 }
 
 impl Context {
@@ -287,6 +291,8 @@ impl Context {
             passes: 0,
             noted: BTreeSet::new(),
             records: None,
+            maintaining: Arc::default(),
+            rendered: BTreeMap::new(),
         })
     }
 

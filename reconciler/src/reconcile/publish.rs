@@ -13,6 +13,36 @@ use crate::plan::{self, Plan};
 use crate::status::render;
 use crate::time::{Millis, now};
 
+/// A status file as last rendered, with the inputs it was rendered from.
+pub(super) struct Rendered {
+    view: plan::RequestView,
+    prev: Option<Arc<crate::model::RequestStatus>>,
+    prs: BTreeMap<String, String>,
+    stalled: Option<(String, String)>,
+    status: Arc<crate::model::RequestStatus>,
+    text: Arc<[u8]>,
+}
+
+impl Rendered {
+    /// Whether rendering these inputs again would give the same file (the
+    /// previous file compared by identity: it is re-parsed only when its
+    /// blob changed).
+    fn holds(
+        &self,
+        view: &plan::RequestView,
+        prev: Option<&Arc<crate::model::RequestStatus>>,
+        prs: &BTreeMap<String, String>,
+        stalled: Option<&(String, String)>,
+    ) -> bool {
+        let same_prev = match (&self.prev, prev) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_prev && self.view == *view && self.prs == *prs && self.stalled.as_ref() == stalled
+    }
+}
+
 impl Context {
     /// The status files that are Hadron's own: their re-rendered text has the
     /// digest Hadron recorded when it published them. Every other status
@@ -79,14 +109,35 @@ impl Context {
         let mut report =
             PassReport { revision: revision.to_owned(), wake_at: plan.wake_at, forge_retry: forge.retry, ..PassReport::default() };
         let none = BTreeMap::new();
+        self.rendered.retain(|name, _| plan.requests.contains_key(name));
         for (name, view) in &plan.requests {
-            let prev = plan::previous(&self.catalog.loaded().desired, name);
+            let prev_file = self.catalog.loaded().desired.statuses.get(name).cloned();
+            let prev = prev_file.as_deref();
             let prs = forge.pull_requests.get(name).unwrap_or(&none);
-            let stalled = forge.stalled.get(name).map(|(r, m)| (r.as_str(), m.as_str()));
-            let status = render::render_with(view, prev, revision, t, prs, stalled);
-            let text = render::to_yaml(&status).into_bytes();
+            let stalled = forge.stalled.get(name).cloned();
+            // Rendered again only when one of its inputs changed: a pass
+            // that changed one request renders one status file.
+            let cached = self.rendered.get(name).filter(|c| c.holds(view, prev_file.as_ref(), prs, stalled.as_ref()));
+            let (status, text) = match cached {
+                Some(c) => (c.status.clone(), c.text.clone()),
+                None => {
+                    let stalled_ref = stalled.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
+                    let status = Arc::new(render::render_with(view, prev, revision, t, prs, stalled_ref));
+                    let text: Arc<[u8]> = render::to_yaml(&status).into_bytes().into();
+                    let inputs = Rendered {
+                        view: view.clone(),
+                        prev: prev_file.clone(),
+                        prs: prs.clone(),
+                        stalled: stalled.clone(),
+                        status: status.clone(),
+                        text: text.clone(),
+                    };
+                    self.rendered.insert(name.clone(), inputs);
+                    (status, text)
+                }
+            };
             let path = render::path_of(name);
-            let same = prev.is_some_and(|p| *p == status);
+            let same = prev.is_some_and(|p| *p == *status);
             if !crate::ids::is_dns_label(name) {
                 // `requests/<bad name>.yaml` is Invalid (its diagnostic says
                 // why), but its name cannot be a status file: a person sees
@@ -95,7 +146,7 @@ impl Context {
                     tracing::warn!(request = ?name, "a request file whose name is not a DNS label gets no status file: {}", view.message);
                 }
             } else if !same {
-                changes.insert(path, Some(text));
+                changes.insert(path, Some(text.to_vec()));
             } else if self.reported_untrusted.contains_key(name) {
                 // A file Hadron did not write that holds exactly what Hadron
                 // decided (say, from before its store was reset): vouch for it.

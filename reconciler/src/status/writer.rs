@@ -269,6 +269,18 @@ impl StatusWriter {
         Ok(StatusWriter { config })
     }
 
+    /// Packs the loose objects earlier publishes left in the private clone
+    /// (`git repack -d`: incremental, then the packed loose files go), so
+    /// they never pile up; automatic `git gc` is off for Hadron's git.
+    /// Safe beside a publish: only objects already in a pack are removed.
+    /// Takes `work_dir` alone so housekeeping can run it without the writer.
+    pub fn maintain(work_dir: &Path, identity: crate::git::Identity) -> Result<(), WriterError> {
+        crate::git::Git::bare(work_dir, identity)
+            .run_ok("repack", ["repack", "-d", "-q"])
+            .map(|_| ())
+            .map_err(|e| WriterError::git("packing the private clone", e))
+    }
+
     /// The configuration this writer was built with.
     pub fn config(&self) -> &WriterConfig {
         &self.config
