@@ -8,26 +8,23 @@
 //! min / median / max; `HADRON_BENCH_SIZES` (default `100,1000,10000`) picks
 //! the sizes. Run: `cargo bench --bench load`.
 
+#[allow(dead_code)] // the benchmarks use a part of the tests' helpers
+#[path = "../tests/support/git.rs"]
+mod git;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
+use git::{Who, git, git_command};
 use hadron::model::Catalog;
 use hadron::source::{Blob, ChangeSet, LoadOptions, PathFilter, Source, SourceConfig};
 use hadron::status::writer::{StatusWriter, WriterConfig};
 
-fn git(cwd: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", "-c", "user.name=bench", "-c", "user.email=bench@localhost"])
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+/// Who commits in the benchmarks' repos.
+const BENCH: Who = ("bench", "bench@localhost");
 
 fn request(i: usize, rev: usize) -> String {
     format!(
@@ -52,11 +49,11 @@ fn make_repo(root: &Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf) 
     for i in 0..n {
         std::fs::write(work.join(format!("requests/req-{i}.yaml")), request(i, 0)).expect("write");
     }
-    git(root, &["init", "-q", "--bare", bare.to_str().expect("utf-8")]);
-    git(&work, &["init", "-q"]);
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "seed"]);
-    git(&work, &["push", "-q", bare.to_str().expect("utf-8"), "HEAD:refs/heads/main"]);
+    git(root, BENCH, &["init", "-q", "--bare", bare.to_str().expect("utf-8")]).expect("git");
+    git(&work, BENCH, &["init", "-q"]).expect("git");
+    git(&work, BENCH, &["add", "-A"]).expect("git");
+    git(&work, BENCH, &["commit", "-q", "-m", "seed"]).expect("git");
+    git(&work, BENCH, &["push", "-q", bare.to_str().expect("utf-8"), "HEAD:refs/heads/main"]).expect("git");
     (bare, work)
 }
 
@@ -77,15 +74,10 @@ fn feed(catalog: &mut Catalog, changes: &ChangeSet) {
 /// `git cat-file --batch` over every blob of the branch: the git baseline.
 fn cat_file_baseline(bare: &Path) -> (f64, usize) {
     let start = Instant::now();
-    let listing = git(bare, &["ls-tree", "-r", "main"]);
+    let listing = git(bare, BENCH, &["ls-tree", "-r", "main"]).expect("git");
     let ids: Vec<&str> = listing.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
-    let mut child = Command::new("git")
-        .args(["cat-file", "--batch"])
-        .current_dir(bare)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("cat-file");
+    let mut child =
+        git_command(bare, BENCH, &[], &["cat-file", "--batch"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("cat-file");
     let mut stdin = child.stdin.take().expect("stdin");
     let input = ids.join("\n") + "\n";
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
@@ -186,8 +178,8 @@ fn main() {
         let (mut fetch_ms, mut diff_ms, mut model_ms) = (Vec::new(), Vec::new(), Vec::new());
         let inc = Samples::of(samples, |k| {
             std::fs::write(work.join("requests/req-1.yaml"), request(1, k + 1)).expect("write");
-            git(&work, &["commit", "-q", "-am", "edit one request"]);
-            git(&work, &["push", "-q", bare.to_str().expect("utf-8"), "HEAD:refs/heads/main"]);
+            git(&work, BENCH, &["commit", "-q", "-am", "edit one request"]).expect("git");
+            git(&work, BENCH, &["push", "-q", bare.to_str().expect("utf-8"), "HEAD:refs/heads/main"]).expect("git");
             let start = Instant::now();
             let rev = source.fetch().expect("fetch");
             let fetched = start.elapsed();
@@ -233,11 +225,11 @@ fn main() {
                 (format!("status/req-{i}.yaml"), Some(text.into_bytes()))
             })
             .collect();
-        let before: usize = git(&bare, &["rev-list", "--count", "main"]).trim().parse().expect("count");
+        let before: usize = git(&bare, BENCH, &["rev-list", "--count", "main"]).expect("git").parse().expect("count");
         let start = Instant::now();
         let outcome = writer.publish(&files, "status: 1000 requests", &"0".repeat(40)).expect("publish");
         let ms = start.elapsed().as_secs_f64() * 1000.0;
-        let after: usize = git(&bare, &["rev-list", "--count", "main"]).trim().parse().expect("count");
+        let after: usize = git(&bare, BENCH, &["rev-list", "--count", "main"]).expect("git").parse().expect("count");
         assert_eq!(after - before, 1, "one commit per publish");
         attempts += outcome.attempts;
         ms

@@ -1,11 +1,15 @@
 //! Approval gates against real bare repositories, with the `git` CLI acting as
 //! the people: alice asks, bob approves, carol is not an approver.
 
+#[allow(dead_code)] // each test crate uses a part of the helpers
+#[path = "support/git.rs"]
+mod git;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use git::{git, git_command};
 use hadron::gates::{
     ApprovalBranches, GateDecision, OpenOutcome, Person, approve_as_person, approver_of, decide, render_approval, requester_of,
 };
@@ -19,27 +23,6 @@ const ADMIN: (&str, &str) = ("admin", "admin@example.com");
 const SETTINGS: &str =
     "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  approvers:\n    users: [bob]\n";
 const REQUEST: &str = "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: fix\nspec:\n  title: Fix it\n  repos: [{url: ../app.git}]\n  stages: [{name: implement}]\n  gates:\n    - {name: review, type: approval, after: implement}\n    - {name: security, type: approval, after: implement}\n";
-
-/// Runs git as a person, isolated from the machine's git configuration.
-fn git(dir: &Path, who: (&str, &str), args: &[&str]) -> Result<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_AUTHOR_NAME", who.0)
-        .env("GIT_AUTHOR_EMAIL", who.1)
-        .env("GIT_COMMITTER_NAME", who.0)
-        .env("GIT_COMMITTER_EMAIL", who.1)
-        .output()
-        .context("run git")?;
-    if !out.status.success() {
-        bail!("git {args:?} in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
 
 fn write(dir: &Path, path: &str, text: &str) -> Result<()> {
     let file = dir.join(path);
@@ -513,13 +496,8 @@ fn history_lookup_on_two_thousand_commits() -> Result<()> {
         last = commit(&mut stream, who, t, &format!("change {i}"), Some(last), None, (&format!("src/f{}.txt", i % 97), &format!("{i}\n")));
     }
     stream.push_str("done\n");
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(&repo_dir)
-        .args(["fast-import", "--quiet", "--done"])
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .stdin(std::process::Stdio::piped())
-        .spawn()?;
+    let mut child =
+        git_command(&repo_dir, ADMIN, &[], &["fast-import", "--quiet", "--done"]).stdin(std::process::Stdio::piped()).spawn()?;
     std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, stream.as_bytes())?;
     drop(child.stdin.take());
     assert!(child.wait()?.success(), "fast-import");

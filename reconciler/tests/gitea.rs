@@ -2,6 +2,9 @@
 //! the Gitea 1.22 and 1.14 API descriptions, plus decoding of the recorded
 //! Gitea API answers.
 
+#[allow(dead_code)] // each test crate uses a part of the helpers
+#[path = "support/git.rs"]
+mod git;
 #[allow(dead_code)] // each test crate uses a part of the double
 #[path = "support/gitea_double.rs"]
 mod gitea_double;
@@ -474,6 +477,7 @@ async fn the_double_records_requests_that_do_not_match_the_swagger() -> Result<(
 /// commit carries.
 mod approval_identity {
     use super::*;
+    use crate::git::{HUMAN, git, git_with};
     use hadron::gates::{Approver, Person, approval_object};
     use hadron::plan::ApprovalState;
     use hadron::reconcile::forge::ForgeLink;
@@ -482,19 +486,6 @@ mod approval_identity {
 
     /// The merge commit the double reports for every merged PR.
     const DOUBLE_MERGE_SHA: &str = "9d6f6a1c0c3b0f0e6a0d2c1b4a5e6f708192a3b4";
-
-    fn git(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Result<String> {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .envs(env.iter().copied())
-            .output()?;
-        anyhow::ensure!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
 
     struct World {
         s: Setup,
@@ -515,18 +506,12 @@ mod approval_identity {
         let tmp = tempfile::tempdir()?;
         let repo = tmp.path().join("control");
         std::fs::create_dir_all(&repo)?;
-        git(&repo, &["init", "--quiet", "--initial-branch=main"], &[])?;
-        let carol = [
-            ("GIT_AUTHOR_NAME", "carol"),
-            ("GIT_AUTHOR_EMAIL", "carol@example.com"),
-            ("GIT_COMMITTER_NAME", "carol"),
-            ("GIT_COMMITTER_EMAIL", "carol@example.com"),
-        ];
+        git(&repo, HUMAN, &["init", "--quiet", "--initial-branch=main"])?;
         std::fs::create_dir_all(repo.join("requests"))?;
         std::fs::write(repo.join("requests/add-login.yaml"), "spec: {}\n")?;
-        git(&repo, &["add", "-A"], &[])?;
-        git(&repo, &["commit", "--quiet", "-m", "Ask for add-login"], &carol)?;
-        let asked = git(&repo, &["rev-parse", "HEAD"], &[])?;
+        git(&repo, HUMAN, &["add", "-A"])?;
+        git(&repo, ("carol", "carol@example.com"), &["commit", "--quiet", "-m", "Ask for add-login"])?;
+        let asked = git(&repo, HUMAN, &["rev-parse", "HEAD"])?;
         let forged = [
             ("GIT_AUTHOR_NAME", "mallory"),
             ("GIT_AUTHOR_EMAIL", "mallory@example.com"),
@@ -535,10 +520,10 @@ mod approval_identity {
         ];
         std::fs::create_dir_all(repo.join("approvals/add-login"))?;
         std::fs::write(repo.join("approvals/add-login/review.yaml"), "spec: {}\n")?;
-        git(&repo, &["add", "-A"], &[])?;
-        git(&repo, &["commit", "--quiet", "-m", "Approve"], &forged)?;
-        let direct = git(&repo, &["rev-parse", "HEAD"], &[])?;
-        assert_eq!(git(&repo, &["log", "-1", "--format=%cn", &direct], &[])?, "alice");
+        git(&repo, HUMAN, &["add", "-A"])?;
+        git_with(&repo, HUMAN, &forged, &["commit", "--quiet", "-m", "Approve"])?;
+        let direct = git(&repo, HUMAN, &["rev-parse", "HEAD"])?;
+        assert_eq!(git(&repo, HUMAN, &["log", "-1", "--format=%cn", &direct])?, "alice");
         s.double.link_git_dir(CONTROL, &repo);
         s.double.add_user("carol", "carol@example.com");
 

@@ -7,6 +7,9 @@
 //! The control repo is not watched and polled only hourly, so everything
 //! after the first pass happens because of a webhook or a worker exit.
 
+#[allow(dead_code)] // each test crate uses a part of the helpers
+#[path = "support/git.rs"]
+mod git;
 #[allow(dead_code)] // each test crate uses a part of the double
 #[path = "support/gitea_double.rs"]
 mod gitea_double;
@@ -18,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use git::{HUMAN, git, git_with};
 use gitea_double::{GiteaDouble, gitea_fixtures};
 use hadron::model::kinds::{Phase, RequestStatus};
 use serde_json::{Value, json};
@@ -25,35 +29,34 @@ use serde_json::{Value, json};
 const TOKEN: &str = "e2e-token-not-a-secret";
 const SECRET: &str = "e2e-webhook-secret";
 
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git").arg("-C").arg(dir).args(args).env("GIT_TERMINAL_PROMPT", "0").output()?;
-    ensure!(out.status.success(), "git {args:?} in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 /// A person's clone of a repo, committing as them.
 struct Person {
     dir: PathBuf,
+    name: String,
+    email: String,
 }
 
 impl Person {
     fn clone_as(url: &Path, dir: PathBuf, name: &str, email: &str) -> Result<Person> {
-        let out = Command::new("git").arg("clone").arg("--quiet").arg(url).arg(&dir).output()?;
-        ensure!(out.status.success(), "clone: {}", String::from_utf8_lossy(&out.stderr));
-        git(&dir, &["config", "user.name", name])?;
-        git(&dir, &["config", "user.email", email])?;
-        Ok(Person { dir })
+        let (url, into) = (url.to_str().context("utf-8 url")?, dir.to_str().context("utf-8 dir")?);
+        git(dir.parent().context("parent")?, (name, email), &["clone", "--quiet", url, into])?;
+        Ok(Person { dir, name: name.to_owned(), email: email.to_owned() })
+    }
+
+    /// `git args…` in the clone, as this person.
+    fn run(&self, args: &[&str]) -> Result<String> {
+        git(&self.dir, (&self.name, &self.email), args)
     }
 
     fn commit_file(&self, path: &str, text: &str, message: &str) -> Result<String> {
-        if !git(&self.dir, &["ls-remote", "--heads", "origin", "main"])?.is_empty() {
-            git(&self.dir, &["pull", "--quiet", "--rebase", "origin", "main"])?;
+        if !self.run(&["ls-remote", "--heads", "origin", "main"])?.is_empty() {
+            self.run(&["pull", "--quiet", "--rebase", "origin", "main"])?;
         }
         let full = self.dir.join(path);
         std::fs::create_dir_all(full.parent().context("parent")?)?;
         std::fs::write(&full, text)?;
-        git(&self.dir, &["add", path])?;
-        git(&self.dir, &["commit", "--quiet", "-m", message])?;
+        self.run(&["add", path])?;
+        self.run(&["commit", "--quiet", "-m", message])?;
         self.push()
     }
 
@@ -61,26 +64,26 @@ impl Person {
     /// (rebasing, or re-merging for a merge) and pushes again, as a person would.
     fn push(&self) -> Result<String> {
         for _ in 0..10 {
-            if git(&self.dir, &["push", "--quiet", "origin", "HEAD:main"]).is_ok() {
-                return git(&self.dir, &["rev-parse", "HEAD"]);
+            if self.run(&["push", "--quiet", "origin", "HEAD:main"]).is_ok() {
+                return self.run(&["rev-parse", "HEAD"]);
             }
-            git(&self.dir, &["pull", "--quiet", "--rebase=merges", "origin", "main"])?;
+            self.run(&["pull", "--quiet", "--rebase=merges", "origin", "main"])?;
         }
         bail!("push kept being rejected")
     }
 
     /// Merges a branch with a merge commit, as Gitea's merge button does.
     fn merge(&self, branch: &str) -> Result<String> {
-        git(&self.dir, &["fetch", "--quiet", "origin"])?;
-        git(&self.dir, &["reset", "--quiet", "--hard", "origin/main"])?;
-        git(&self.dir, &["merge", "--quiet", "--no-ff", "-m", &format!("Merge {branch}"), &format!("origin/{branch}")])?;
+        self.run(&["fetch", "--quiet", "origin"])?;
+        self.run(&["reset", "--quiet", "--hard", "origin/main"])?;
+        self.run(&["merge", "--quiet", "--no-ff", "-m", &format!("Merge {branch}"), &format!("origin/{branch}")])?;
         self.push()
     }
 }
 
 fn bare(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path)?;
-    git(path, &["init", "--quiet", "--bare", "--initial-branch=main"])?;
+    git(path, HUMAN, &["init", "--quiet", "--bare", "--initial-branch=main"])?;
     Ok(())
 }
 
@@ -214,7 +217,7 @@ fn merged_payload(number: u64, branch: &str, by: &str, merge_commit: &str) -> Re
 }
 
 fn status_of(control: &Path, name: &str) -> Option<RequestStatus> {
-    let text = git(control, &["show", &format!("main:status/{name}.yaml")]).ok()?;
+    let text = git(control, HUMAN, &["show", &format!("main:status/{name}.yaml")]).ok()?;
     serde_saphyr::from_str(&text).ok()
 }
 
@@ -342,7 +345,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     ensure!(prs[0].body.contains("What merging means"), "the body comes from the template: {}", prs[0].body);
 
     // 3. CI: the double reports statuses; a webhook from the target repo makes Hadron re-read them.
-    let pushed = |name: &str| git(&app, &["rev-parse", &format!("refs/heads/hadron/{name}")]);
+    let pushed = |name: &str| git(&app, HUMAN, &["rev-parse", &format!("refs/heads/hadron/{name}")]);
     double.add_status("acme/app", &pushed("ci-pass")?, "build", "success");
     double.add_status("acme/app", &pushed("ci-fail")?, "build", "failure");
     ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/app", &pushed("ci-pass")?)?).await? == 202);
@@ -358,17 +361,11 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     //     the status says which PR to merge.
     let pusher = Person::clone_as(&control, tmp.path().join("direct-push"), "Mallory", "mallory@example.com")?;
     let file = "approvals/gated/review.yaml";
-    git(&pusher.dir, &["checkout", &format!("origin/{branch}"), "--", file])?;
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(&pusher.dir)
-        .args(["commit", "--quiet", "-m", "Approve gated"])
-        .env("GIT_COMMITTER_NAME", "alice")
-        .env("GIT_COMMITTER_EMAIL", "alice@example.com")
-        .output()?;
-    ensure!(out.status.success(), "commit: {}", String::from_utf8_lossy(&out.stderr));
+    pusher.run(&["checkout", &format!("origin/{branch}"), "--", file])?;
+    let alice = [("GIT_COMMITTER_NAME", "alice"), ("GIT_COMMITTER_EMAIL", "alice@example.com")];
+    git_with(&pusher.dir, (&pusher.name, &pusher.email), &alice, &["commit", "--quiet", "-m", "Approve gated"])?;
     let direct = pusher.push()?;
-    ensure!(git(&control, &["log", "-1", "--format=%cn", &direct])? == "alice");
+    ensure!(git(&control, HUMAN, &["log", "-1", "--format=%cn", &direct])? == "alice");
     ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &direct)?).await? == 202);
     wait_for(&hadron, "the direct push to be refused", Duration::from_secs(60), || {
         status_of(&control, "gated").is_some_and(|s| s.status.message.contains("without a merged approval PR"))
@@ -377,7 +374,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     let status = status_of(&control, "gated").context("status")?.status;
     ensure!(status.phase == Phase::WaitingForApproval, "{status:?}");
     ensure!(status.message.contains(&format!("merge PR #{} on Gitea", prs[0].number)), "{}", status.message);
-    ensure!(!git(&app, &["log", "--format=%s", "refs/heads/hadron/gated"])?.contains("polish"), "polish must not run");
+    ensure!(!git(&app, HUMAN, &["log", "--format=%s", "refs/heads/hadron/gated"])?.contains("polish"), "polish must not run");
     ensure!(approval_prs().len() == 1, "the same PR stays open: {:?}", approval_prs());
 
     // 4. The requester merges the approval PR: it does not count, the
@@ -411,7 +408,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     })
     .await?;
     ensure!(phase(&control, "gated") == Some(Phase::WaitingForApproval));
-    ensure!(!git(&app, &["log", "--format=%s", "refs/heads/hadron/gated"])?.contains("polish"), "polish must not run yet");
+    ensure!(!git(&app, HUMAN, &["log", "--format=%s", "refs/heads/hadron/gated"])?.contains("polish"), "polish must not run yet");
 
     // 6. Dave, in team acme/maintainers, merges the third: the request finishes.
     wait_for(&hadron, "a third approval PR", Duration::from_secs(30), || approval_prs().len() == 3).await?;
@@ -441,7 +438,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
         );
     }
     ensure!(double.pulls("acme/app").iter().all(|p| p.head != "hadron/ci-fail"), "no PR for a failed request");
-    let history = git(&control, &["log", "-p", "main", "--", "status/"])?;
+    let history = git(&control, HUMAN, &["log", "-p", "main", "--", "status/"])?;
     ensure!(history.contains("reason: GiteaForbidden"), "the 403 showed as a Stalled condition in some status commit");
     // ... and as a line in the terminal, though the phase did not change.
     let log = hadron.log();
@@ -511,7 +508,7 @@ async fn serve_stops_on_sigterm_and_leaves_workers_running() -> Result<()> {
     ensure!(hadron.log().contains("stopped; workers still running"), "{}", hadron.log());
     // The worker was left running and finishes on its own: its push arrives.
     wait_for(&hadron, "the orphaned worker to push", Duration::from_secs(60), || {
-        git(&app, &["rev-parse", "--verify", "--quiet", "refs/heads/hadron/slow"]).is_ok()
+        git(&app, HUMAN, &["rev-parse", "--verify", "--quiet", "refs/heads/hadron/slow"]).is_ok()
     })
     .await?;
     Ok(())
@@ -542,7 +539,7 @@ async fn a_gitea_outage_stalls_only_the_forge_and_nothing_is_done_twice() -> Res
     })
     .await?;
     let succeeded = started.elapsed();
-    let history = git(&control, &["log", "-p", "main", "--", "status/"])?;
+    let history = git(&control, HUMAN, &["log", "-p", "main", "--", "status/"])?;
     ensure!(
         history.contains("reason: GiteaServerError") || history.contains("reason: GiteaUnreachable"),
         "the outage showed as a Stalled condition:\n{history}"

@@ -1,44 +1,23 @@
 //! The status writer against real git: a bare control repo that refuses non-fast-forward
 //! updates and deletions, and the `git` CLI acting as the human.
 
+#[allow(dead_code)] // each test crate uses a part of the helpers
+#[path = "support/git.rs"]
+mod git;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use git::{HUMAN, git, git_output};
 use hadron::status::writer::{Identity, PushResult, StatusWriter, WriterConfig};
 use tempfile::TempDir;
 
 const REV: &str = "0123456789abcdef0123456789abcdef01234567";
-
-/// Run git in `dir` as the human, isolated from the machine's git configuration.
-fn git_output(dir: &Path, args: &[&str]) -> Result<Output> {
-    Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_AUTHOR_NAME", "human")
-        .env("GIT_AUTHOR_EMAIL", "human@example.com")
-        .env("GIT_COMMITTER_NAME", "human")
-        .env("GIT_COMMITTER_EMAIL", "human@example.com")
-        .output()
-        .context("running git")
-}
-
-/// Run git and return trimmed stdout, failing on a non-zero exit.
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = git_output(dir, args)?;
-    if !out.status.success() {
-        bail!("git {:?} in {} failed: {}", args, dir.display(), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
 
 /// A bare control repo seeded by a human, plus a scratch folder.
 struct Fixture {
@@ -52,21 +31,21 @@ impl Fixture {
         let tmp = TempDir::new()?;
         let bare = tmp.path().join("control.git");
         std::fs::create_dir(&bare)?;
-        git(&bare, &["init", "--bare", "--initial-branch=main"])?;
-        git(&bare, &["config", "receive.denyNonFastForwards", "true"])?;
-        git(&bare, &["config", "receive.denyDeletes", "true"])?;
-        git(&bare, &["config", "core.logAllRefUpdates", "always"])?;
+        git(&bare, HUMAN, &["init", "--bare", "--initial-branch=main"])?;
+        git(&bare, HUMAN, &["config", "receive.denyNonFastForwards", "true"])?;
+        git(&bare, HUMAN, &["config", "receive.denyDeletes", "true"])?;
+        git(&bare, HUMAN, &["config", "core.logAllRefUpdates", "always"])?;
         let human = tmp.path().join("seed");
         let bare_str = bare.to_str().context("utf-8 temp path")?;
         let human_str = human.to_str().context("utf-8 temp path")?;
-        git(tmp.path(), &["clone", "--quiet", bare_str, human_str])?;
+        git(tmp.path(), HUMAN, &["clone", "--quiet", bare_str, human_str])?;
         write(&human, "hadron.yaml", "kind: Settings\n")?;
         write(&human, "requests/a.yaml", "kind: ChangeRequest\n")?;
         write(&human, "status/human-note.md", "written by a person\n")?;
-        git(&human, &["add", "-A"])?;
-        git(&human, &["commit", "--quiet", "-m", "seed"])?;
-        git(&human, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
-        let seed = git(&bare, &["rev-parse", "refs/heads/main"])?;
+        git(&human, HUMAN, &["add", "-A"])?;
+        git(&human, HUMAN, &["commit", "--quiet", "-m", "seed"])?;
+        git(&human, HUMAN, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
+        let seed = git(&bare, HUMAN, &["rev-parse", "refs/heads/main"])?;
         Ok(Fixture { tmp, bare, seed })
     }
 
@@ -90,28 +69,28 @@ impl Fixture {
     fn human_clone(&self, name: &str) -> Result<PathBuf> {
         let dir = self.tmp.path().join(name);
         let dir_str = dir.to_str().context("utf-8 temp path")?.to_owned();
-        git(self.tmp.path(), &["clone", "--quiet", &self.url(), &dir_str])?;
+        git(self.tmp.path(), HUMAN, &["clone", "--quiet", &self.url(), &dir_str])?;
         Ok(dir)
     }
 
     fn head(&self) -> Result<String> {
-        git(&self.bare, &["rev-parse", "refs/heads/main"])
+        git(&self.bare, HUMAN, &["rev-parse", "refs/heads/main"])
     }
 
     /// Content of `path` at the branch head, `None` if absent.
     fn show(&self, path: &str) -> Result<Option<String>> {
-        let out = git_output(&self.bare, &["show", &format!("refs/heads/main:{path}")])?;
+        let out = git_output(&self.bare, HUMAN, &["show", &format!("refs/heads/main:{path}")])?;
         Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
     /// Commits on the branch touching `path`.
     fn commits_touching(&self, path: &str) -> Result<Vec<String>> {
-        let log = git(&self.bare, &["log", "--format=%H", "refs/heads/main", "--", path])?;
+        let log = git(&self.bare, HUMAN, &["log", "--format=%H", "refs/heads/main", "--", path])?;
         Ok(log.lines().map(str::to_owned).collect())
     }
 
     fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool> {
-        let out = git_output(&self.bare, &["merge-base", "--is-ancestor", ancestor, descendant])?;
+        let out = git_output(&self.bare, HUMAN, &["merge-base", "--is-ancestor", ancestor, descendant])?;
         match out.status.code() {
             Some(0) => Ok(true),
             Some(1) => Ok(false),
@@ -143,13 +122,13 @@ fn publish_writes_one_commit_skips_unchanged_and_deletes() -> Result<()> {
     assert_eq!(outcome.attempts, 1);
     let commit = outcome.commit.context("a commit was expected")?;
     assert_eq!(fx.head()?, commit);
-    assert_eq!(git(&fx.bare, &["rev-parse", "refs/heads/main^"])?, fx.seed);
-    let ident = git(&fx.bare, &["show", "-s", "--format=%an <%ae>|%cn <%ce>", &commit])?;
+    assert_eq!(git(&fx.bare, HUMAN, &["rev-parse", "refs/heads/main^"])?, fx.seed);
+    let ident = git(&fx.bare, HUMAN, &["show", "-s", "--format=%an <%ae>|%cn <%ce>", &commit])?;
     assert_eq!(ident, "hadron <hadron@localhost>|hadron <hadron@localhost>");
-    let trailer = git(&fx.bare, &["show", "-s", "--format=%(trailers:key=Hadron-Revision,valueonly)", &commit])?;
+    let trailer = git(&fx.bare, HUMAN, &["show", "-s", "--format=%(trailers:key=Hadron-Revision,valueonly)", &commit])?;
     assert_eq!(trailer, REV);
-    assert_eq!(git(&fx.bare, &["show", "-s", "--format=%s", &commit])?, "status: 2 requests");
-    let touched = git(&fx.bare, &["diff-tree", "--no-commit-id", "--name-only", "-r", &commit])?;
+    assert_eq!(git(&fx.bare, HUMAN, &["show", "-s", "--format=%s", &commit])?, "status: 2 requests");
+    let touched = git(&fx.bare, HUMAN, &["diff-tree", "--no-commit-id", "--name-only", "-r", &commit])?;
     assert_eq!(touched, "status/a.yaml\nstatus/b.yaml");
     assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("phase: Running\n"));
     assert_eq!(fx.show("status/b.yaml")?.as_deref(), Some("phase: Pending\n"));
@@ -171,7 +150,7 @@ fn publish_writes_one_commit_skips_unchanged_and_deletes() -> Result<()> {
     assert_eq!(fx.head()?, del_commit);
     assert_eq!(fx.show("status/b.yaml")?, None);
     assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("phase: Running\n"));
-    let ident = git(&fx.bare, &["show", "-s", "--format=%an <%ae>|%cn <%ce>", &del_commit])?;
+    let ident = git(&fx.bare, HUMAN, &["show", "-s", "--format=%an <%ae>|%cn <%ce>", &del_commit])?;
     assert_eq!(ident, "hadron-bot <bot@example.com>|hadron-bot <bot@example.com>");
     // Deleting what is already gone: no commit.
     let gone = bot.publish(&changes(&[("status/b.yaml", None)]), "status: b gone", REV)?;
@@ -188,9 +167,9 @@ fn deleting_every_status_file_removes_the_folder_and_objects_are_sound() -> Resu
     assert_eq!(fx.show("status/x/y.yaml")?.as_deref(), Some("deep\n"));
     let out = writer.publish(&changes(&[("status/x/y.yaml", None), ("status/human-note.md", None)]), "remove all", REV)?;
     assert!(out.pushed);
-    assert_eq!(git(&fx.bare, &["ls-tree", "-r", "--name-only", "refs/heads/main", "--", "status"])?, "");
-    assert_eq!(git(&fx.bare, &["ls-tree", "--name-only", "refs/heads/main"])?, "hadron.yaml\nrequests");
-    git(&fx.bare, &["fsck", "--strict", "--no-dangling"])?;
+    assert_eq!(git(&fx.bare, HUMAN, &["ls-tree", "-r", "--name-only", "refs/heads/main", "--", "status"])?, "");
+    assert_eq!(git(&fx.bare, HUMAN, &["ls-tree", "--name-only", "refs/heads/main"])?, "hadron.yaml\nrequests");
+    git(&fx.bare, HUMAN, &["fsck", "--strict", "--no-dangling"])?;
     Ok(())
 }
 
@@ -213,9 +192,9 @@ fn paths_outside_status_are_refused_and_nothing_is_pushed() -> Result<()> {
     // A status path that is a folder on the head is refused too.
     let human = fx.human_clone("human")?;
     write(&human, "status/dir/x.yaml", "human\n")?;
-    git(&human, &["add", "-A"])?;
-    git(&human, &["commit", "--quiet", "-m", "human folder"])?;
-    git(&human, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
+    git(&human, HUMAN, &["add", "-A"])?;
+    git(&human, HUMAN, &["commit", "--quiet", "-m", "human folder"])?;
+    git(&human, HUMAN, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
     let head = fx.head()?;
     let err = writer.publish(&changes(&[("status/dir", Some("blob\n"))]), "bad", REV).expect_err("a folder is not a status file");
     assert_eq!(err.reason(), "PathIsFolder");
@@ -281,9 +260,9 @@ fn a_stale_prepared_commit_is_rejected_not_forced() -> Result<()> {
     // A human pushes meanwhile.
     let human = fx.human_clone("human")?;
     write(&human, "requests/h.yaml", "human\n")?;
-    git(&human, &["add", "-A"])?;
-    git(&human, &["commit", "--quiet", "-m", "human"])?;
-    git(&human, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
+    git(&human, HUMAN, &["add", "-A"])?;
+    git(&human, HUMAN, &["commit", "--quiet", "-m", "human"])?;
+    git(&human, HUMAN, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
     let human_head = fx.head()?;
     match writer.push(&prepared)? {
         PushResult::Rejected { detail } => assert!(!detail.is_empty()),
@@ -293,7 +272,7 @@ fn a_stale_prepared_commit_is_rejected_not_forced() -> Result<()> {
     // publish re-applies on the new head.
     let outcome = writer.publish(&changes(&[("status/a.yaml", Some("v1\n"))]), "m", REV)?;
     let commit = outcome.commit.context("a commit was expected")?;
-    assert_eq!(git(&fx.bare, &["rev-parse", &format!("{commit}^")])?, human_head);
+    assert_eq!(git(&fx.bare, HUMAN, &["rev-parse", &format!("{commit}^")])?, human_head);
     assert_eq!(fx.show("requests/h.yaml")?.as_deref(), Some("human\n"));
     assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("v1\n"));
     Ok(())
@@ -308,7 +287,7 @@ fn crash_between_commit_and_push_publishes_exactly_once() -> Result<()> {
         let prepared = writer.prepare(&set, "status: r", REV)?.context("a commit was expected")?;
         // Committed in the private clone, never pushed: the process "crashes" here.
         let work = fx.tmp.path().join("work");
-        assert_eq!(git(&work, &["cat-file", "-t", &prepared.commit])?, "commit");
+        assert_eq!(git(&work, HUMAN, &["cat-file", "-t", &prepared.commit])?, "commit");
         assert_eq!(fx.head()?, fx.seed);
         assert!(fx.commits_touching("status/r.yaml")?.is_empty());
     }
@@ -345,8 +324,8 @@ fn human_edits_to_status_files_survive_unless_hadron_rewrites_that_file() -> Res
     writer.publish(&changes(&[("status/a.yaml", Some("hadron a1\n")), ("status/b.yaml", Some("hadron b1\n"))]), "status", REV)?;
     let human = fx.human_clone("human")?;
     write(&human, "status/a.yaml", "human edit\n")?;
-    git(&human, &["commit", "--quiet", "-am", "human edits a status file"])?;
-    git(&human, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
+    git(&human, HUMAN, &["commit", "--quiet", "-am", "human edits a status file"])?;
+    git(&human, HUMAN, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
 
     let out = writer.publish(&changes(&[("status/b.yaml", Some("hadron b2\n"))]), "status", REV)?;
     assert!(out.pushed);
@@ -380,16 +359,16 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) {
                 write(&human, &format!("requests/human-{n}.yaml"), &format!("n: {n}\n"))?;
-                git(&human, &["add", "-A"])?;
-                git(&human, &["commit", "--quiet", "-m", &format!("human {n}")])?;
+                git(&human, HUMAN, &["add", "-A"])?;
+                git(&human, HUMAN, &["commit", "--quiet", "-m", &format!("human {n}")])?;
                 loop {
-                    let out = git_output(&human, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
+                    let out = git_output(&human, HUMAN, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
                     if out.status.success() {
                         break;
                     }
-                    git(&human, &["pull", "--quiet", "--rebase", "origin", "main"])?;
+                    git(&human, HUMAN, &["pull", "--quiet", "--rebase", "origin", "main"])?;
                 }
-                pushed.push(git(&human, &["rev-parse", "HEAD"])?);
+                pushed.push(git(&human, HUMAN, &["rev-parse", "HEAD"])?);
                 human_pushes.fetch_add(1, Ordering::SeqCst);
                 n += 1;
                 std::thread::sleep(Duration::from_millis(3));
@@ -447,7 +426,7 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
     for n in 0..human_commits.len() {
         assert_eq!(fx.show(&format!("requests/human-{n}.yaml"))?, Some(format!("n: {n}\n")));
     }
-    let status_commits = git(&fx.bare, &["log", "--format=%H", &format!("{}..refs/heads/main", fx.seed), "--", "status/"])?;
+    let status_commits = git(&fx.bare, HUMAN, &["log", "--format=%H", &format!("{}..refs/heads/main", fx.seed), "--", "status/"])?;
     assert_eq!(status_commits.lines().count(), UPDATES, "exactly one commit per update");
 
     // The remote's reflog: every update of main moved it forward from where it was.
@@ -470,7 +449,7 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
         previous = new.clone();
     }
     assert_eq!(previous, head);
-    git(&fx.bare, &["fsck", "--strict", "--no-dangling"])?;
+    git(&fx.bare, HUMAN, &["fsck", "--strict", "--no-dangling"])?;
     Ok(())
 }
 

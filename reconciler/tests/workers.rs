@@ -1,11 +1,16 @@
 //! The worker entrypoint and the local driver, against real git repositories
 //! (bare repos seeded with the git CLI) and real processes.
 
+#[allow(dead_code)] // each test crate uses a part of the helpers
+#[path = "support/git.rs"]
+mod git;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use git::{HUMAN, git};
 use hadron::model::Catalog;
 use hadron::model::kinds::Pricing;
 use hadron::workers::proc::group_exists;
@@ -13,20 +18,6 @@ use hadron::workers::spec::{EnvSource, Outcome, PreviousStage, RunResult, RunSpe
 use hadron::workers::{Driver, DriverError, LocalDriver, WorkerCommand, WorkerState, run_worker};
 
 const PROMPT: &str = include_str!("../../templates/prompt.md.hbs");
-
-/// Runs git as the human would, with a fixed identity; panics on failure.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=Human", "-c", "user.email=human@example.com", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?} in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// A temp folder with `target.git` (bare, `main` with one commit) and a runs folder.
 struct Fixture {
@@ -37,13 +28,13 @@ impl Fixture {
     fn new() -> Fixture {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path();
-        git(root, &["init", "-q", "--bare", "target.git"]);
-        git(root, &["clone", "-q", "target.git", "seed"]);
+        git(root, HUMAN, &["init", "-q", "--bare", "target.git"]).expect("git");
+        git(root, HUMAN, &["clone", "-q", "target.git", "seed"]).expect("git");
         let seed = root.join("seed");
         std::fs::write(seed.join("README.md"), "# target\n").expect("write");
-        git(&seed, &["add", "-A"]);
-        git(&seed, &["commit", "-q", "-m", "initial"]);
-        git(&seed, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+        git(&seed, HUMAN, &["add", "-A"]).expect("git");
+        git(&seed, HUMAN, &["commit", "-q", "-m", "initial"]).expect("git");
+        git(&seed, HUMAN, &["push", "-q", "origin", "HEAD:refs/heads/main"]).expect("git");
         Fixture { tmp }
     }
 
@@ -56,7 +47,7 @@ impl Fixture {
     }
 
     fn remote(&self, args: &[&str]) -> String {
-        git(&self.bare(), args)
+        git(&self.bare(), HUMAN, args).expect("git")
     }
 
     /// A run spec for `stage` of request `add-greeting` with `command`.
@@ -276,7 +267,7 @@ fn the_agent_runs_once_per_worker() {
 fn a_branch_that_moved_is_rebased_onto_never_forced() {
     let fx = Fixture::new();
     let human = fx.root().join("human");
-    git(fx.root(), &["clone", "-q", "target.git", "human"]);
+    git(fx.root(), HUMAN, &["clone", "-q", "target.git", "human"]).expect("git");
     // While the agent works, a person pushes to the work branch.
     let script = format!(
         "cd '{h}' && echo by-hand > human.txt && git add human.txt && git -c user.name=H -c user.email=h@example.com commit -q -m human \
@@ -286,7 +277,7 @@ fn a_branch_that_moved_is_rebased_onto_never_forced() {
     let result = run_worker(&fx.run_json(&fx.spec("implement", sh(&script))));
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
     let head = result.pushed_commit.clone().expect("pushed");
-    let human_commit = git(&human, &["rev-parse", "HEAD"]);
+    let human_commit = git(&human, HUMAN, &["rev-parse", "HEAD"]).expect("git");
     assert_eq!(fx.remote(&["rev-parse", "hadron/add-greeting"]), head);
     assert_eq!(fx.remote(&["rev-parse", &format!("{head}^")]), human_commit, "the human commit is kept under the agent's");
     assert_eq!(fx.remote(&["show", &format!("{head}:human.txt")]), "by-hand");

@@ -1,4 +1,5 @@
 //! Shared helpers for the integration tests: run the real `hadron` binary,
+//! run `git` as a person (one isolated command builder: [`git_as`], [`git_try`], [`git_stdout`]),
 //! copy fixture trees.
 
 use std::path::{Path, PathBuf};
@@ -68,6 +69,13 @@ fn git_command(cwd: &Path, who: &str, args: &[&str]) -> Command {
 /// [`git_as`] that says whether git succeeded instead of panicking.
 pub fn git_try(cwd: &Path, who: &str, args: &[&str]) -> bool {
     git_command(cwd, who, args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// [`git_as`] that hands back git's standard output whatever its exit
+/// (empty when, say, the file to show is not there yet).
+pub fn git_stdout(cwd: &Path, who: &str, args: &[&str]) -> String {
+    let out = git_command(cwd, who, args).output().expect("git runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `git` in `cwd` as the person `who` (`who@example.com`), reading no

@@ -6,24 +6,18 @@
 //! timings); the figures show where the bytes are.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use hadron_tests::{Live, copy_tree, git_as, hadron_bin, http_get, workspace_root};
+use hadron_tests::{Live, copy_tree, git_as, git_try, hadron_bin, http_get, workspace_root};
 
 const WAVES: usize = 10;
 const PER_WAVE: usize = 50;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    git_as(dir, "alice", args)
-}
-
 /// Pushes after pulling in Hadron's status commits (retrying a raced push).
 fn push(clone: &Path) {
     for _ in 0..20 {
-        git(clone, &["pull", "-q", "--rebase"]);
-        let pushed = Command::new("git").args(["push", "-q", "origin", "main"]).current_dir(clone).output().expect("git push");
-        if pushed.status.success() {
+        git_as(clone, "alice", &["pull", "-q", "--rebase"]);
+        if git_try(clone, "alice", &["push", "-q", "origin", "main"]) {
             return;
         }
     }
@@ -85,7 +79,7 @@ fn five_hundred_requests_leave_flat_disk_and_store_behind() {
     let data = root.join(".hadron");
     let control = data.join("repos/control.git");
     let clone = root.join("alice");
-    git(root, &["clone", "-q", control.to_str().expect("utf-8"), "alice"]);
+    git_as(root, "alice", &["clone", "-q", control.to_str().expect("utf-8"), "alice"]);
 
     let mut rows = Vec::new();
     let started = Instant::now();
@@ -102,18 +96,19 @@ fn five_hundred_requests_leave_flat_disk_and_store_behind() {
             )
             .expect("write request");
         }
-        git(&clone, &["add", "-A"]);
-        git(&clone, &["commit", "-q", "-m", &format!("wave {wave}")]);
+        git_as(&clone, "alice", &["add", "-A"]);
+        git_as(&clone, "alice", &["commit", "-q", "-m", &format!("wave {wave}")]);
         push(&clone);
         wait(&live, &format!("wave {wave} did not finish"), || requests(&addr) == (PER_WAVE, PER_WAVE));
         for name in &names {
             std::fs::remove_file(clone.join(format!("requests/{name}.yaml"))).expect("remove request");
         }
-        git(&clone, &["add", "-A"]);
-        git(&clone, &["commit", "-q", "-m", &format!("wave {wave} done")]);
+        git_as(&clone, "alice", &["add", "-A"]);
+        git_as(&clone, "alice", &["commit", "-q", "-m", &format!("wave {wave} done")]);
         push(&clone);
         wait(&live, &format!("wave {wave} was not forgotten"), || {
-            let statuses = git(&control.parent().expect("repos").join("control.git"), &["ls-tree", "--name-only", "main", "status/"]);
+            let statuses =
+                git_as(&control.parent().expect("repos").join("control.git"), "alice", &["ls-tree", "--name-only", "main", "status/"]);
             requests(&addr).0 == 0 && statuses.trim().is_empty()
         });
         // Housekeeping runs every second; give it one sweep after the last publish.

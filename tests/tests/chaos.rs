@@ -170,13 +170,8 @@ impl Lab {
     fn published(&self, phases: &BTreeMap<String, String>) -> bool {
         let control = self.control();
         phases.iter().filter(|(name, _)| is_dns_label(name)).all(|(name, phase)| {
-            let shown = std::process::Command::new("git")
-                .arg("-C")
-                .arg(&control)
-                .args(["show", &format!("main:status/{name}.yaml")])
-                .output()
-                .expect("git");
-            String::from_utf8_lossy(&shown.stdout).lines().any(|l| l == format!("  phase: {phase}"))
+            let shown = hadron_tests::git_stdout(&control, "x", &["show", &format!("main:status/{name}.yaml")]);
+            shown.lines().any(|l| l == format!("  phase: {phase}"))
         })
     }
 }

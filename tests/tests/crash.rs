@@ -9,14 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hadron_tests::hadron_bin;
+use hadron_tests::{git_as, hadron_bin};
 
 const REQUESTS: usize = 50;
 const KILLS: usize = 20;
-
-fn git(cwd: &Path, args: &[&str]) -> String {
-    hadron_tests::git_as(cwd, "tester", args)
-}
 
 /// A control-repo folder: 50 requests, two stages, an agent that logs every
 /// run to `log` (outside any repo) and changes a file in the target repo.
@@ -120,7 +116,7 @@ fn crash_and_restart(delete_store: bool, seed: u64) {
     }
     let mut reported = 0;
     for i in 0..REQUESTS {
-        let status = git(&control, &["show", &format!("main:status/req-{i:02}.yaml")]);
+        let status = git_as(&control, "tester", &["show", &format!("main:status/req-{i:02}.yaml")]);
         assert!(status.contains("phase: Succeeded"), "req-{i:02} is not terminal:\n{status}");
         let workers: Vec<&str> = status.lines().filter_map(|l| l.trim().strip_prefix("worker: ")).collect();
         assert_eq!(workers.len(), 2, "two stages, one repo, one attempt each:\n{status}");
@@ -208,10 +204,10 @@ fn kill_9_during_seeding_never_leaves_a_half_made_repo() {
         missing_left += usize::from(!names.iter().any(|n| n == "control.git"));
         finishes(up(tmp.path(), &dir, true), tmp.path(), Duration::from_secs(60), &format!("round {round}"));
         for repo in ["control.git", "app.git", "docs.git"] {
-            let head = git(&repos.join(repo), &["rev-parse", "--verify", "refs/heads/main"]);
+            let head = git_as(&repos.join(repo), "tester", &["rev-parse", "--verify", "refs/heads/main"]);
             assert_eq!(head.trim().len(), 40, "round {round}: {repo} has main");
         }
-        let settings = git(&repos.join("control.git"), &["show", "main:hadron.yaml"]);
+        let settings = git_as(&repos.join("control.git"), "tester", &["show", "main:hadron.yaml"]);
         assert!(settings.contains("kind: Settings"), "round {round}: the control repo holds the folder");
         let left: Vec<String> = std::fs::read_dir(&repos)
             .expect("repos")

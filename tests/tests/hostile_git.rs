@@ -67,11 +67,6 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// `git` for the test's own checks, with a clean configuration.
-fn git(dir: &Path, args: &[&str]) -> String {
-    git_as(dir, "tester", args)
-}
-
 #[test]
 fn a_hostile_git_config_and_environment_change_nothing_for_any_caller() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -98,21 +93,21 @@ fn a_hostile_git_config_and_environment_change_nothing_for_any_caller() {
 
     let repos = root.join(".hadron/repos");
     let control = repos.join("control.git");
-    let healthz = git(&control, &["show", "main:status/add-healthz.yaml"]);
+    let healthz = git_as(&control, "tester", &["show", "main:status/add-healthz.yaml"]);
     assert!(healthz.contains("phase: Succeeded"), "{healthz}");
     for name in ["add-greeting", "document-usage"] {
-        let status = git(&control, &["show", &format!("main:status/{name}.yaml")]);
+        let status = git_as(&control, "tester", &["show", &format!("main:status/{name}.yaml")]);
         assert!(status.contains("phase: Succeeded"), "{name}: {status}");
     }
     // Every commit on every repo was made by Hadron's own identities.
     for repo in ["control.git", "demo-app.git", "demo-docs.git"] {
-        let authors = git(&repos.join(repo), &["log", "--all", "--format=%an <%ae> / %cn <%ce>"]);
+        let authors = git_as(&repos.join(repo), "tester", &["log", "--all", "--format=%an <%ae> / %cn <%ce>"]);
         assert!(!authors.is_empty(), "{repo} has commits");
         assert!(!authors.contains("mallory"), "{repo}: {authors}");
-        let heads = git(&repos.join(repo), &["for-each-ref", "--format=%(refname)", "refs/heads/"]);
+        let heads = git_as(&repos.join(repo), "tester", &["for-each-ref", "--format=%(refname)", "refs/heads/"]);
         assert!(heads.lines().any(|r| r == "refs/heads/main") && !heads.contains("trunk"), "{repo}: {heads}");
     }
-    let approval = git(&control, &["log", "--merges", "--format=%an / %cn %s", "main"]);
+    let approval = git_as(&control, "tester", &["log", "--merges", "--format=%an / %cn %s", "main"]);
     assert!(approval.lines().any(|l| l == "bob / bob Approve add-healthz/review"), "{approval}");
     let ran: String = std::fs::read_to_string(&hostile.marker).unwrap_or_default();
     assert!(ran.is_empty(), "hooks from the hostile config ran: {ran}");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use hadron_tests::{Live, copy_tree, git_as, hadron_bin, hadron_command, http_get, workspace_root};
+use hadron_tests::{Live, copy_tree, git_as, git_stdout, git_try, hadron_bin, hadron_command, http_get, workspace_root};
 
 fn hadron(cwd: &Path, args: &[&str]) -> Output {
     hadron_command(hadron_bin!(), cwd).args(args).output().expect("hadron runs")
@@ -51,8 +51,7 @@ fn approve_works_from_the_folder_of_up_with_the_default_data_dir() {
 
     // The approval is on main of the seeded control repo.
     let control = root.join(".hadron/repos/control.git");
-    let shown = Command::new("git").arg("-C").arg(&control).args(["show", "main:approvals/add-healthz/review.yaml"]).output().expect("git");
-    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    git_as(&control, "x", &["show", "main:approvals/add-healthz/review.yaml"]);
 
     // A second approval says it is already merged, not that a folder exists.
     let second = hadron(root, &["approve", "add-healthz", "review", "--as", "bob"]);
@@ -123,23 +122,18 @@ fn up_takes_a_free_port_when_8080_is_taken_unless_one_was_asked_for() {
     }
 }
 
-fn git_in(cwd: &Path, who: &str, args: &[&str]) -> String {
-    git_as(cwd, who, args)
-}
-
 /// Pushes `edit` of the status file as mallory, retrying when Hadron pushed in between.
 fn push_forged_status(clone: &Path, request: &str, edit: impl Fn(&str) -> String) {
     for _ in 0..10 {
-        git_in(clone, "mallory", &["pull", "-q", "--rebase"]);
+        git_as(clone, "mallory", &["pull", "-q", "--rebase"]);
         let path = clone.join(format!("status/{request}.yaml"));
         let text = std::fs::read_to_string(&path).expect("status file");
         std::fs::write(&path, edit(&text)).expect("write");
-        git_in(clone, "mallory", &["commit", "-q", "-am", &format!("Mark {request} done")]);
-        let pushed = Command::new("git").args(["push", "-q", "origin", "main"]).current_dir(clone).output().expect("git push");
-        if pushed.status.success() {
+        git_as(clone, "mallory", &["commit", "-q", "-am", &format!("Mark {request} done")]);
+        if git_try(clone, "mallory", &["push", "-q", "origin", "main"]) {
             return;
         }
-        git_in(clone, "mallory", &["reset", "-q", "--hard", "origin/main"]);
+        git_as(clone, "mallory", &["reset", "-q", "--hard", "origin/main"]);
     }
     panic!("the forged status could not be pushed");
 }
@@ -154,15 +148,15 @@ fn a_hand_edited_status_file_is_overwritten_and_never_obeyed() {
     live.wait_for_line(&["add-greeting", "-> Succeeded"], "the plain request finishes");
     let control = root.join(".hadron/repos/control.git");
     let clone = root.join("mallory");
-    git_in(root, "mallory", &["clone", "-q", control.to_str().expect("utf-8"), "mallory"]);
+    git_as(root, "mallory", &["clone", "-q", control.to_str().expect("utf-8"), "mallory"]);
 
     // Mallory marks the waiting request Succeeded by hand.
     push_forged_status(&clone, "add-healthz", |t| t.replace("phase: WaitingForApproval", "phase: Succeeded"));
     let started = std::time::Instant::now();
     let status = loop {
-        git_in(&clone, "mallory", &["fetch", "-q", "origin"]);
-        let text = git_in(&clone, "mallory", &["show", "origin/main:status/add-healthz.yaml"]);
-        let author = git_in(&clone, "mallory", &["log", "-1", "--format=%an", "origin/main", "--", "status/add-healthz.yaml"]);
+        git_as(&clone, "mallory", &["fetch", "-q", "origin"]);
+        let text = git_as(&clone, "mallory", &["show", "origin/main:status/add-healthz.yaml"]);
+        let author = git_as(&clone, "mallory", &["log", "-1", "--format=%an", "origin/main", "--", "status/add-healthz.yaml"]);
         if author.trim() == "hadron" {
             break text;
         }
@@ -172,17 +166,17 @@ fn a_hand_edited_status_file_is_overwritten_and_never_obeyed() {
     assert!(status.contains("phase: WaitingForApproval"), "the gate still waits:\n{status}");
     assert!(!live.out().contains("add-healthz              WaitingForApproval -> Succeeded"), "{}", live.out());
     // polish never ran: its notes are not on the agent's branch.
-    let notes = git_in(&root.join(".hadron/repos/demo-app.git"), "x", &["show", "hadron/add-healthz:hadron-notes/add-healthz.md"]);
+    let notes = git_as(&root.join(".hadron/repos/demo-app.git"), "x", &["show", "hadron/add-healthz:hadron-notes/add-healthz.md"]);
     assert!(!notes.contains("## polish"), "{notes}");
 
     // A finished request marked Failed by hand is written back as Succeeded.
     push_forged_status(&clone, "add-greeting", |t| t.replace("phase: Succeeded", "phase: Failed"));
     let started = std::time::Instant::now();
     loop {
-        git_in(&clone, "mallory", &["fetch", "-q", "origin"]);
-        let author = git_in(&clone, "mallory", &["log", "-1", "--format=%an", "origin/main", "--", "status/add-greeting.yaml"]);
+        git_as(&clone, "mallory", &["fetch", "-q", "origin"]);
+        let author = git_as(&clone, "mallory", &["log", "-1", "--format=%an", "origin/main", "--", "status/add-greeting.yaml"]);
         if author.trim() == "hadron" {
-            let text = git_in(&clone, "mallory", &["show", "origin/main:status/add-greeting.yaml"]);
+            let text = git_as(&clone, "mallory", &["show", "origin/main:status/add-greeting.yaml"]);
             assert!(text.contains("phase: Succeeded"), "{text}");
             break;
         }
@@ -236,15 +230,15 @@ fn bad_file_names_and_an_unpublishable_outbox_entry_stop_nothing() {
     // A person adds a badly named status file; the next run removes it.
     let control = root.join(".hadron/repos/control.git");
     let clone = root.join("person");
-    git_in(root, "carol", &["clone", "-q", control.to_str().expect("utf-8"), "person"]);
+    git_as(root, "carol", &["clone", "-q", control.to_str().expect("utf-8"), "person"]);
     std::fs::write(clone.join("status/has space.yaml"), "phase: Succeeded\n").expect("write");
-    git_in(&clone, "carol", &["add", "status"]);
-    git_in(&clone, "carol", &["commit", "-q", "-m", "old status"]);
-    git_in(&clone, "carol", &["push", "-q", "origin", "main"]);
+    git_as(&clone, "carol", &["add", "status"]);
+    git_as(&clone, "carol", &["commit", "-q", "-m", "old status"]);
+    git_as(&clone, "carol", &["push", "-q", "origin", "main"]);
     let second = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
     assert!(!text(&second).contains("pass failed"), "{}", text(&second));
-    let listed = git_in(&control, "x", &["ls-tree", "-r", "--name-only", "main", "status/"]);
+    let listed = git_as(&control, "x", &["ls-tree", "-r", "--name-only", "main", "status/"]);
     assert!(!listed.contains("has space") && !listed.contains("nl"), "no status file for bad names: {listed}");
     assert!(listed.contains("status/add-greeting.yaml"), "{listed}");
 
@@ -307,8 +301,8 @@ fn agents_see_only_the_secrets_the_operator_allowed_and_never_hadrons_own() {
     let app = root.join(".hadron/repos/demo-app.git");
     let seen = format!(
         "{}\n{}",
-        git_in(&app, "x", &["show", "hadron/snoop:agent-env.txt"]),
-        git_in(&app, "x", &["show", "hadron/snoop:worker-env.txt"])
+        git_as(&app, "x", &["show", "hadron/snoop:agent-env.txt"]),
+        git_as(&app, "x", &["show", "hadron/snoop:worker-env.txt"])
     );
     assert!(seen.contains("THE_SECRET=demo-allowed-0003"), "the allowed secret reaches the agent:\n{seen}");
     for leaked in ["tok-hadrons-own-0001", "whs-hadrons-own-0002", "other-0004"] {
@@ -351,23 +345,23 @@ fn gitea_down_stalls_nothing_but_the_forge_and_shutdown_stays_quick() {
     );
     live.wait_for_line(&["watching"], "serve starts");
     let clone = root.join("person");
-    git_in(root, "carol", &["clone", "-q", control.to_str().expect("utf-8"), "person"]);
+    git_as(root, "carol", &["clone", "-q", control.to_str().expect("utf-8"), "person"]);
     std::fs::create_dir_all(clone.join("requests")).expect("mkdir");
     std::fs::write(
         clone.join("requests/plain.yaml"),
         "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: plain\nspec:\n  title: t\n  repos:\n    - url: ../demo-app.git\n  stages:\n    - name: implement\n    - name: review\n",
     )
     .expect("write");
-    git_in(&clone, "carol", &["add", "requests"]);
-    git_in(&clone, "carol", &["commit", "-q", "-m", "ask"]);
+    git_as(&clone, "carol", &["add", "requests"]);
+    git_as(&clone, "carol", &["commit", "-q", "-m", "ask"]);
     let pushed = Instant::now();
-    git_in(&clone, "carol", &["push", "-q", "origin", "main"]);
+    git_as(&clone, "carol", &["push", "-q", "origin", "main"]);
     live.wait_for_line(&["plain", "-> Succeeded"], "the workers and status go on while Gitea is down");
     let took = pushed.elapsed();
     // The outage is visible: Stalled with a Gitea reason, in the status file.
     let started = Instant::now();
     loop {
-        let status = git_in(&control, "x", &["show", "main:status/plain.yaml"]);
+        let status = git_as(&control, "x", &["show", "main:status/plain.yaml"]);
         if status.contains("reason: GiteaUnreachable") {
             break;
         }
@@ -406,12 +400,12 @@ fn readyz_says_not_ready_with_the_reason_while_passes_keep_failing() {
     };
     wait_for(200, "ready");
     // The branch disappears: every pass fails.
-    let head = git_in(&control, "x", &["rev-parse", "main"]);
-    git_in(&control, "x", &["update-ref", "-d", "refs/heads/main"]);
+    let head = git_as(&control, "x", &["rev-parse", "main"]);
+    git_as(&control, "x", &["update-ref", "-d", "refs/heads/main"]);
     let body = wait_for(503, "PassesFailing");
     assert!(body.contains("BranchNotFound"), "the reason is in the body: {body}");
     // It comes back: ready again without a restart.
-    git_in(&control, "x", &["update-ref", "refs/heads/main", head.trim()]);
+    git_as(&control, "x", &["update-ref", "refs/heads/main", head.trim()]);
     wait_for(200, "ready");
 }
 
@@ -445,7 +439,7 @@ fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart
     let addr = live.address();
     // A person pushes two requests: one quick, one whose agent outlives its wall-time budget.
     let clone = root.join("alice");
-    git_in(root, "alice", &["clone", "-q", control.to_str().expect("utf-8"), "alice"]);
+    git_as(root, "alice", &["clone", "-q", control.to_str().expect("utf-8"), "alice"]);
     std::fs::create_dir_all(clone.join("requests")).expect("requests folder");
     std::fs::write(
         clone.join("agents/sleepy.yaml"),
@@ -462,9 +456,9 @@ fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart
         "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: slow\nspec:\n  title: Slow\n  agent: sleepy\n  budget:\n    maxWallTime: 3s\n  repos:\n    - url: ../demo-app.git\n",
     )
     .expect("request");
-    git_in(&clone, "alice", &["add", "-A"]);
-    git_in(&clone, "alice", &["commit", "-q", "-m", "Add quick and slow"]);
-    git_in(&clone, "alice", &["push", "-q", "origin", "main"]);
+    git_as(&clone, "alice", &["add", "-A"]);
+    git_as(&clone, "alice", &["commit", "-q", "-m", "Add quick and slow"]);
+    git_as(&clone, "alice", &["push", "-q", "origin", "main"]);
 
     // Publishing fails, and says so once; workers, plans and limits go on.
     live.wait_for_line(&["publish step failing [StatusPublishFailed]", "protected branch"], "the declined push is shown with git's words");
@@ -482,7 +476,7 @@ fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart
         assert!(started.elapsed() < hadron_tests::WAIT, "/readyz never said StatusPublishFailed: {code} {body}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let in_git = git_in(&control, "x", &["ls-tree", "--name-only", "main", "status/"]);
+    let in_git = git_as(&control, "x", &["ls-tree", "--name-only", "main", "status/"]);
     assert!(!in_git.contains("status/quick.yaml"), "nothing was pushed while declined: {in_git}");
     let outbox_rows = || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -497,9 +491,8 @@ fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart
     std::fs::remove_file(&decline).expect("lift");
     let started = Instant::now();
     loop {
-        let quick = Command::new("git").arg("-C").arg(&control).args(["show", "main:status/quick.yaml"]).output().expect("git");
-        let slow = Command::new("git").arg("-C").arg(&control).args(["show", "main:status/slow.yaml"]).output().expect("git");
-        let (quick, slow) = (String::from_utf8_lossy(&quick.stdout).into_owned(), String::from_utf8_lossy(&slow.stdout).into_owned());
+        let quick = git_stdout(&control, "x", &["show", "main:status/quick.yaml"]);
+        let slow = git_stdout(&control, "x", &["show", "main:status/slow.yaml"]);
         if quick.contains("phase: Succeeded") && slow.contains("phase: Failed") {
             break;
         }

@@ -6,23 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hadron_tests::{hadron_bin, workspace_root};
-
-fn git(cwd: &Path, who: &str, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
-        .args(args)
-        .current_dir(cwd)
-        .env("GIT_AUTHOR_NAME", who)
-        .env("GIT_AUTHOR_EMAIL", format!("{who}@example.com"))
-        .env("GIT_COMMITTER_NAME", who)
-        .env("GIT_COMMITTER_EMAIL", format!("{who}@example.com"))
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use hadron_tests::{git_as, hadron_bin, workspace_root};
 
 struct Up {
     cwd: PathBuf,
@@ -61,7 +45,7 @@ impl Up {
     }
 
     fn status(&self, clone: &Path, request: &str) -> String {
-        git(clone, "carol", &["pull", "-q", "--ff-only"]);
+        git_as(clone, "carol", &["pull", "-q", "--ff-only"]);
         std::fs::read_to_string(clone.join(format!("status/{request}.yaml"))).unwrap_or_default()
     }
 }
@@ -84,7 +68,7 @@ fn example_repo_end_to_end_as_a_person_would() {
     assert!(text.contains("log -p -- status/"), "{text}");
 
     let clone = tmp.path().join("mine");
-    git(tmp.path(), "carol", &["clone", "-q", up.control().to_str().expect("utf-8"), "mine"]);
+    git_as(tmp.path(), "carol", &["clone", "-q", up.control().to_str().expect("utf-8"), "mine"]);
     assert_eq!(phase(&up.status(&clone, "add-greeting")), "Succeeded", "{text}");
     assert_eq!(phase(&up.status(&clone, "document-usage")), "Succeeded", "{text}");
     assert_eq!(phase(&up.status(&clone, "add-healthz")), "WaitingForApproval", "{text}");
@@ -92,10 +76,10 @@ fn example_repo_end_to_end_as_a_person_would() {
     // The agent's commits are on hadron/<request> in both target repos.
     let app = up.data().join("repos/demo-app.git");
     let docs = up.data().join("repos/demo-docs.git");
-    let notes = git(&app, "carol", &["show", "hadron/add-greeting:hadron-notes/add-greeting.md"]);
+    let notes = git_as(&app, "carol", &["show", "hadron/add-greeting:hadron-notes/add-greeting.md"]);
     assert!(notes.contains("## implement") && notes.contains("## review"), "{notes}");
     assert!(notes.contains("Add a greeting to the demo app"), "{notes}");
-    git(&docs, "carol", &["show", "hadron/document-usage:CHANGES.md"]);
+    git_as(&docs, "carol", &["show", "hadron/document-usage:CHANGES.md"]);
 
     // A person asks for new work: commit and push a request.
     std::fs::write(
@@ -103,16 +87,16 @@ fn example_repo_end_to_end_as_a_person_would() {
         "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: add-license\nspec:\n  title: Add a LICENSE file\n  repos:\n    - url: ../demo-app.git\n  stages:\n    - name: implement\n",
     )
     .expect("write request");
-    git(&clone, "carol", &["add", "requests/add-license.yaml"]);
-    git(&clone, "carol", &["commit", "-q", "-m", "Ask for a license"]);
-    git(&clone, "carol", &["push", "-q", "origin", "main"]);
+    git_as(&clone, "carol", &["add", "requests/add-license.yaml"]);
+    git_as(&clone, "carol", &["commit", "-q", "-m", "Ask for a license"]);
+    git_as(&clone, "carol", &["push", "-q", "origin", "main"]);
 
     // Approve the gate as bob (an approver in hadron.yaml), with git merge and push.
-    git(&clone, "bob", &["fetch", "-q", "origin"]);
-    let branch_file = git(&clone, "bob", &["show", "origin/hadron/approve/add-healthz/review:approvals/add-healthz/review.yaml"]);
+    git_as(&clone, "bob", &["fetch", "-q", "origin"]);
+    let branch_file = git_as(&clone, "bob", &["show", "origin/hadron/approve/add-healthz/review:approvals/add-healthz/review.yaml"]);
     assert!(branch_file.contains("kind: Approval") && branch_file.contains("gate: review"), "{branch_file}");
-    git(&clone, "bob", &["merge", "-q", "--no-ff", "-m", "Approve add-healthz", "origin/hadron/approve/add-healthz/review"]);
-    git(&clone, "bob", &["push", "-q", "origin", "main"]);
+    git_as(&clone, "bob", &["merge", "-q", "--no-ff", "-m", "Approve add-healthz", "origin/hadron/approve/add-healthz/review"]);
+    git_as(&clone, "bob", &["push", "-q", "origin", "main"]);
 
     // Second run in the same directory reuses .hadron and finishes both.
     let out = up.run(&example);
@@ -120,14 +104,14 @@ fn example_repo_end_to_end_as_a_person_would() {
     assert!(text.contains("reusing control repo"), "{text}");
     assert_eq!(phase(&up.status(&clone, "add-license")), "Succeeded", "{text}");
     assert_eq!(phase(&up.status(&clone, "add-healthz")), "Succeeded", "{text}");
-    git(&app, "carol", &["show", "hadron/add-license:CHANGES.md"]);
+    git_as(&app, "carol", &["show", "hadron/add-license:CHANGES.md"]);
 
     // Edit the approved request: the approval goes stale and it waits again.
     let path = clone.join("requests/add-healthz.yaml");
     let edited = std::fs::read_to_string(&path).expect("read").replace("Add a health check", "Add a better health check");
     std::fs::write(&path, edited).expect("write");
-    git(&clone, "alice", &["commit", "-q", "-am", "Reword add-healthz"]);
-    git(&clone, "alice", &["push", "-q", "origin", "main"]);
+    git_as(&clone, "alice", &["commit", "-q", "-am", "Reword add-healthz"]);
+    git_as(&clone, "alice", &["push", "-q", "origin", "main"]);
     let out = up.run(&example);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let status = up.status(&clone, "add-healthz");
@@ -135,11 +119,11 @@ fn example_repo_end_to_end_as_a_person_would() {
     assert!(status.contains("request changed"), "the stale approval is named in the status:\n{status}");
 
     // Every phase transition is in the status history.
-    let history = git(&clone, "carol", &["log", "-p", "--", "status/"]);
+    let history = git_as(&clone, "carol", &["log", "-p", "--", "status/"]);
     for needle in ["+  phase: Running", "+  phase: WaitingForApproval", "+  phase: Succeeded", "Hadron-Revision: "] {
         assert!(history.contains(needle), "`{needle}` missing from git log -p -- status/");
     }
     // Hadron never wrote outside status/ on main (approval branches are separate).
-    let touched = git(&clone, "carol", &["log", "--first-parent", "--author=<hadron@localhost>", "--name-only", "--format=", "main"]);
+    let touched = git_as(&clone, "carol", &["log", "--first-parent", "--author=<hadron@localhost>", "--name-only", "--format=", "main"]);
     assert!(touched.lines().filter(|l| !l.is_empty()).all(|l| l.starts_with("status/")), "{touched}");
 }

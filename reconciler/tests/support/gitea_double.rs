@@ -6,6 +6,8 @@
 //! parameters are integers, query parameters are declared, and a JSON body
 //! validates against the operation's body schema (stricter than Gitea: an
 //! unknown field is a mismatch, because Gitea would silently ignore it).
+//!
+//! Needs the tests' `git` module beside it (`#[path = "support/git.rs"] mod git;`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -464,10 +466,11 @@ impl GiteaDouble {
         self.st().git_dirs.insert(repo.to_owned(), dir.to_owned());
     }
 
-    fn git(&self, repo: &str, args: &[&str]) -> Option<String> {
+    /// Reads the linked repository of `repo` with `git args…` (through the
+    /// tests' `git` module): its trimmed output, `None` when git fails.
+    fn read_git(&self, repo: &str, args: &[&str]) -> Option<String> {
         let dir = self.st().git_dirs.get(repo).cloned()?;
-        let out = std::process::Command::new("git").arg("-C").arg(&dir).args(args).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        crate::git::git(&dir, crate::git::HUMAN, args).ok()
     }
 
     /// A person merges PR `number` of `repo`.
@@ -670,7 +673,7 @@ impl GiteaDouble {
                 let number = st.pulls.iter().filter(|pr| pr.repo == repo).count() as u64 + 1;
                 let known = st.branches.get(&(repo.clone(), head.clone())).cloned();
                 drop(st);
-                let from_git = self.git(&repo, &["rev-parse", "--verify", "--quiet", &format!("refs/heads/{head}")]);
+                let from_git = self.read_git(&repo, &["rev-parse", "--verify", "--quiet", &format!("refs/heads/{head}")]);
                 let mut st = self.st();
                 let head_sha = known.or(from_git).unwrap_or_else(|| format!("{:040x}", 0xabc000 + number));
                 let pr = PrRec {
@@ -786,7 +789,7 @@ impl GiteaDouble {
             }
             "repoGetSingleCommit" => {
                 let sha = p["sha"].clone();
-                let Some(email) = self.git(&repo, &["log", "-1", "--format=%ae", &sha, "--"]) else {
+                let Some(email) = self.read_git(&repo, &["log", "-1", "--format=%ae", &sha, "--"]) else {
                     return message(404, "commit does not exist");
                 };
                 let login = self.st().users.get(&email.to_ascii_lowercase()).cloned();
