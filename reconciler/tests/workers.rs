@@ -380,6 +380,10 @@ fn driver_starts_once_and_observes_the_result() {
         let _ = tx.send(w.to_owned());
     });
     driver.start(&spec).expect("start");
+    // Its exit is a notice: the loop need not look before the driver's own
+    // deadline (wall time 600 s plus the 120 s grace).
+    let recheck = driver.recheck_after(std::slice::from_ref(&spec.worker)).expect("a deadline to enforce");
+    assert!(recheck > Duration::from_secs(700) && recheck <= Duration::from_secs(720), "{recheck:?}");
     let pid = pid_of(&driver, &spec.worker);
     driver.start(&spec).expect("second start is a no-op");
     assert_eq!(pid_of(&driver, &spec.worker), pid, "no second process");
@@ -409,7 +413,12 @@ fn a_new_driver_finds_running_work_and_cancels_it() {
         let driver = LocalDriver::new(&runs, command.clone()).expect("driver");
         driver.start(&spec).expect("start");
     }
-    let driver = LocalDriver::new(&runs, command).expect("a new driver on the same runs").with_stop_grace(Duration::from_secs(5));
+    let driver = LocalDriver::new(&runs, command)
+        .expect("a new driver on the same runs")
+        .with_stop_grace(Duration::from_secs(5))
+        .with_exit_hook(|_| {});
+    // Adopted, not its child: no exit notice, so it is looked at often.
+    assert_eq!(driver.recheck_after(std::slice::from_ref(&spec.worker)), Some(Duration::from_millis(250)));
     let observed = driver.observe().expect("observe");
     assert_eq!(observed.len(), 1);
     assert_eq!(observed[0].state, WorkerState::Running);

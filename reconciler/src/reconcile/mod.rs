@@ -251,6 +251,9 @@ pub struct Context {
     records: Option<BTreeMap<String, crate::store::RequestRecord>>,
     /// Set while housekeeping packs the private clone in the background.
     maintaining: Arc<AtomicBool>,
+    /// The store's digests of the status files Hadron published (read
+    /// once, then written through; reloaded after housekeeping).
+    digests: Option<BTreeMap<String, String>>,
     /// Each request's status file as last rendered, with its inputs.
     rendered: BTreeMap<String, publish::Rendered>,
 }
@@ -293,6 +296,7 @@ impl Context {
             records: None,
             maintaining: Arc::default(),
             rendered: BTreeMap::new(),
+            digests: None,
         })
     }
 
@@ -514,6 +518,8 @@ impl Context {
         if self.housekeeping_wait() == Duration::ZERO {
             let published = report.unpublished == 0 && self.publish_failure.is_none();
             let swept = housekeeping::sweep(self, &observed, t, published).await?;
+            // Housekeeping forgot the digests of deleted requests.
+            self.digests = None;
             tracing::debug!(?swept, "housekeeping");
             self.pruned_at = Some(Instant::now());
         }

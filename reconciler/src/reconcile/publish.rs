@@ -19,8 +19,11 @@ pub(super) struct Rendered {
     prev: Option<Arc<crate::model::RequestStatus>>,
     prs: BTreeMap<String, String>,
     stalled: Option<(String, String)>,
-    status: Arc<crate::model::RequestStatus>,
     text: Arc<[u8]>,
+    /// Whether the text is what the previous file holds.
+    same: bool,
+    /// What a person is shown of it.
+    seen: Seen,
 }
 
 impl Rendered {
@@ -53,7 +56,11 @@ impl Context {
         &mut self,
         t: Millis,
     ) -> Result<BTreeMap<String, Arc<crate::model::RequestStatus>>, ReconcileError> {
-        let recorded = self.store.status_digests().await?;
+        // Read once, then written through: this process is the one writer.
+        if self.digests.is_none() {
+            self.digests = Some(self.store.status_digests().await?);
+        }
+        let recorded = self.digests.take().unwrap_or_default();
         let statuses = self.catalog.loaded().desired.statuses.clone();
         self.status_digests.retain(|name, _| statuses.contains_key(name));
         self.reported_untrusted.retain(|name, _| statuses.contains_key(name));
@@ -94,6 +101,7 @@ impl Context {
                 .await?;
             self.reported_untrusted.insert(name, digest);
         }
+        self.digests = Some(recorded);
         Ok(own)
     }
 
@@ -118,26 +126,28 @@ impl Context {
             // Rendered again only when one of its inputs changed: a pass
             // that changed one request renders one status file.
             let cached = self.rendered.get(name).filter(|c| c.holds(view, prev_file.as_ref(), prs, stalled.as_ref()));
-            let (status, text) = match cached {
-                Some(c) => (c.status.clone(), c.text.clone()),
+            let (text, same, now_seen) = match cached {
+                Some(c) => (c.text.clone(), c.same, c.seen.clone()),
                 None => {
                     let stalled_ref = stalled.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
-                    let status = Arc::new(render::render_with(view, prev, revision, t, prs, stalled_ref));
+                    let status = render::render_with(view, prev, revision, t, prs, stalled_ref);
                     let text: Arc<[u8]> = render::to_yaml(&status).into_bytes().into();
+                    let same = prev.is_some_and(|p| *p == status);
+                    let seen = Seen::of(&status.status);
                     let inputs = Rendered {
                         view: view.clone(),
                         prev: prev_file.clone(),
                         prs: prs.clone(),
                         stalled: stalled.clone(),
-                        status: status.clone(),
                         text: text.clone(),
+                        same,
+                        seen: seen.clone(),
                     };
                     self.rendered.insert(name.clone(), inputs);
-                    (status, text)
+                    (text, same, seen)
                 }
             };
             let path = render::path_of(name);
-            let same = prev.is_some_and(|p| *p == *status);
             if !crate::ids::is_dns_label(name) {
                 // `requests/<bad name>.yaml` is Invalid (its diagnostic says
                 // why), but its name cannot be a status file: a person sees
@@ -150,10 +160,13 @@ impl Context {
             } else if self.reported_untrusted.contains_key(name) {
                 // A file Hadron did not write that holds exactly what Hadron
                 // decided (say, from before its store was reset): vouch for it.
-                self.store.set_status_digests(&[(name, Some(render::digest(&text)))], t).await?;
+                let digest = render::digest(&text);
+                self.store.set_status_digests(&[(name, Some(digest.clone()))], t).await?;
+                if let Some(digests) = self.digests.as_mut() {
+                    digests.insert(name.clone(), digest);
+                }
                 self.reported_untrusted.remove(name);
             }
-            let now_seen = Seen::of(&status.status);
             let before = self.seen.get(name).cloned().or_else(|| prev.map(|p| Seen::of(&p.status)));
             if before.as_ref() != Some(&now_seen) {
                 let (reason, message) = match &now_seen.stalled {
@@ -272,6 +285,14 @@ impl Context {
         let digests: Vec<(&str, Option<String>)> =
             names.map(|(name, content)| (name, content.as_ref().map(|b| render::digest(b)))).collect();
         self.store.set_status_digests(&digests, now()).await?;
+        if let Some(known) = self.digests.as_mut() {
+            for (name, digest) in &digests {
+                match digest {
+                    Some(d) => known.insert((*name).to_owned(), d.clone()),
+                    None => known.remove(*name),
+                };
+            }
+        }
         for (name, _) in &digests {
             self.reported_untrusted.remove(*name);
         }
