@@ -455,28 +455,40 @@ fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
 
 /// `git count-objects -v`'s loose object count.
 fn loose_objects(dir: &Path) -> Result<u64> {
-    let out = git(dir, &["count-objects", "-v"])?;
+    let out = git(dir, HUMAN, &["count-objects", "-v"])?;
     let line = out.lines().find_map(|l| l.strip_prefix("count: ")).context("count-objects prints a count")?;
     Ok(line.trim().parse()?)
 }
 
 #[test]
-fn maintenance_packs_what_publishes_left_loose_and_keeps_the_branch() -> Result<()> {
+fn many_files_are_one_pack_and_maintenance_packs_what_small_publishes_left_loose() -> Result<()> {
     let f = Fixture::new()?;
     let mut writer = f.writer("work")?;
+    let work = f.tmp.path().join("work");
+    // 300 files (over the threshold): their blobs arrive as one pack.
     let files: BTreeMap<String, Option<Vec<u8>>> =
         (0..300).map(|i| (format!("status/r-{i}.yaml"), Some(format!("phase: Running\nn: {i}\n").into_bytes()))).collect();
+    ensure!(files.len() > hadron::status::writer::PACK_THRESHOLD);
     let published = writer.publish(&files, "status: 300 requests", REV)?;
-    let work = f.tmp.path().join("work");
-    let before = loose_objects(&work)?;
-    ensure!(before >= 300, "a publish writes its blobs loose: {before}");
+    ensure!(published.commit.clone().is_some_and(|c| c == f.head().unwrap_or_default()), "the branch is the published commit");
+    ensure!(f.show("status/r-299.yaml")?.as_deref() == Some("phase: Running\nn: 299\n"));
+    ensure!(f.show("status/human-note.md")?.as_deref() == Some("written by a person\n"), "a person's file is kept");
+    let loose = loose_objects(&work)?;
+    ensure!(loose < 30, "the 300 blobs are packed; loose are only the fetched seed, trees and the commit: {loose}");
+    // A few files at a time are written loose; maintenance packs them.
+    for n in 0..3 {
+        let one: BTreeMap<String, Option<Vec<u8>>> =
+            [(format!("status/r-{n}.yaml"), Some(format!("phase: Succeeded\nn: {n}\n").into_bytes()))].into();
+        writer.publish(&one, "status: one", REV)?;
+    }
+    ensure!(loose_objects(&work)? >= loose + 3, "small publishes write loose objects");
     StatusWriter::maintain(&work, Identity::default())?;
     ensure!(loose_objects(&work)? == 0, "all packed");
-    ensure!(f.show("status/r-299.yaml")?.as_deref() == Some("phase: Running\nn: 299\n"));
-    ensure!(published.commit.is_some_and(|c| c == f.head().unwrap_or_default()), "the branch is the published commit");
-    // The clone still publishes after packing.
-    let more: BTreeMap<String, Option<Vec<u8>>> = [("status/r-0.yaml".to_owned(), Some(b"phase: Succeeded\n".to_vec()))].into();
+    ensure!(f.show("status/r-2.yaml")?.as_deref() == Some("phase: Succeeded\nn: 2\n"));
+    // The clone still publishes after packing, and the remote has every blob.
+    let more: BTreeMap<String, Option<Vec<u8>>> = [("status/r-0.yaml".to_owned(), Some(b"phase: Failed\n".to_vec()))].into();
     writer.publish(&more, "status: r-0", REV)?;
-    ensure!(f.show("status/r-0.yaml")?.as_deref() == Some("phase: Succeeded\n"));
+    ensure!(f.show("status/r-0.yaml")?.as_deref() == Some("phase: Failed\n"));
+    git(&f.bare, HUMAN, &["fsck", "--connectivity-only", "--no-dangling"])?;
     Ok(())
 }
