@@ -214,19 +214,19 @@ impl Context {
                 revision: revision.to_owned(),
             });
         }
-        for change in &report.changes {
-            let _ = self
-                .store
-                .append_event(&crate::store::NewEvent {
-                    at: t,
-                    request: Some(change.request.clone()),
-                    actor: "hadron".into(),
-                    action: format!("phase.{}", change.to.as_str()),
-                    revision: Some(revision.to_owned()),
-                    detail: change.message.clone(),
-                })
-                .await?;
-        }
+        let events: Vec<crate::store::NewEvent> = report
+            .changes
+            .iter()
+            .map(|change| crate::store::NewEvent {
+                at: t,
+                request: Some(change.request.clone()),
+                actor: "hadron".into(),
+                action: format!("phase.{}", change.to.as_str()),
+                revision: Some(revision.to_owned()),
+                detail: change.message.clone(),
+            })
+            .collect();
+        self.store.append_events(&events).await?;
         if !changes.is_empty() && !publishing {
             // Publishing fails or backs off: nothing is queued behind the
             // entry already waiting; these files are decided again (from the

@@ -38,6 +38,22 @@ impl Store {
         })
     }
 
+    /// Appends several events in one transaction, in order (one fsync for
+    /// a pass's phase changes, not one per request).
+    pub async fn append_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        const OP: &str = "append events";
+        if events.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, pool => {
+            let mut tx = begin_write!(self, pool, OP).await?;
+            for event in events {
+                insert_event!(tx, event, OP)?;
+            }
+            tx.commit().await.map_err(|e| StoreError::query(OP, e))
+        })
+    }
+
     /// Deletes the events older than `before` (unix ms), the retention
     /// window's end; returns how many. The cut-off never moves back.
     pub async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {

@@ -236,6 +236,25 @@ store_test!(requests_upsert_get_list_delete, |db| {
     Ok(())
 });
 
+store_test!(batches_are_one_call_and_keep_their_order, |db| {
+    let store = db.open().await?;
+    // Request records: several at once, replacing what was there.
+    store.upsert_requests(&[request("a", "Pending", 1), request("b", "Pending", 1)]).await?;
+    store.upsert_requests(&[request("b", "Running", 2), request("c", "Pending", 2)]).await?;
+    store.upsert_requests(&[]).await?;
+    let got: Vec<(String, String)> = store.list_requests().await?.into_iter().map(|r| (r.name, r.phase)).collect();
+    ensure!(got == [("a".into(), "Pending".into()), ("b".into(), "Running".into()), ("c".into(), "Pending".into())], "{got:?}");
+    // Events: appended in the order given, after what was there.
+    let first = store.append_event(&event(Some("a"), "first", 1)).await?;
+    store.append_events(&[event(Some("a"), "x", 2), event(Some("b"), "y", 2), event(None, "z", 2)]).await?;
+    store.append_events(&[]).await?;
+    let actions: Vec<String> = store.events_after(first, 10).await?.into_iter().map(|e| e.action).collect();
+    ensure!(actions == ["x", "y", "z"], "{actions:?}");
+    // Attempts of every request in one query, by request.
+    ensure!(store.list_all_attempts().await?.is_empty());
+    Ok(())
+});
+
 store_test!(attempt_insert_if_absent_finds_the_earlier_worker, |db| {
     let store = db.open().await?;
     store.upsert_request(&request("alpha", "Running", 1)).await?;
