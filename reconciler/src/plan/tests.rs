@@ -707,14 +707,7 @@ impl Attempt {
             attempt: 1,
             agent: "a".into(),
             state: AttemptState::Succeeded,
-            started_at: None,
-            finished_at: None,
-            cost_usd: 0.0,
-            tokens_in: 0,
-            tokens_out: 0,
-            pushed_commit: None,
-            reason: String::new(),
-            summary: String::new(),
+            ..Attempt::default()
         }
     }
 }

@@ -288,14 +288,7 @@ mod tests {
             attempt: 1,
             agent: "a".into(),
             state: AttemptState::Running,
-            started_at: None,
-            finished_at: None,
-            cost_usd: 0.0,
-            tokens_in: 0,
-            tokens_out: 0,
-            pushed_commit: None,
-            reason: String::new(),
-            summary: String::new(),
+            ..plan::Attempt::default()
         }
     }
 
