@@ -298,10 +298,11 @@ impl Context {
         }
         // Our own files, as now in git: the next fetch brings them back and
         // must not count as a change.
+        let written: Vec<(&str, &[u8])> = changes.iter().filter_map(|(path, content)| Some((path.as_str(), content.as_deref()?))).collect();
+        self.catalog.upsert_all(&written);
         for (path, content) in changes {
             match content {
                 Some(bytes) => {
-                    self.catalog.upsert(&path, &bytes);
                     self.written.insert(path, bytes);
                 }
                 None => {
