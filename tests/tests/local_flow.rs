@@ -509,6 +509,12 @@ fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart
         hadron_tests::tail(&log, 20)
     );
     assert!(log.lines().any(|l| l.contains("action{request=slow stage=implement worker=hadron-slow-")), "{}", hadron_tests::tail(&log, 20));
+    // The entry that waited is pushed; a pass after it may still be
+    // publishing what it decided since (a newer commit), so wait for that.
+    let started = Instant::now();
+    while outbox_rows() != 0 && started.elapsed() < hadron_tests::WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(outbox_rows(), 0, "nothing is left waiting");
     let (code, body) = http_get(&addr, "/readyz");
     assert_eq!(code, 200, "{body}");
