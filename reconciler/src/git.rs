@@ -9,7 +9,7 @@
 //!   config is `/dev/null` unless the operator names a file of their own for
 //!   Hadron's git in [`OPERATOR_CONFIG_ENV`] (credential helpers,
 //!   `http.sslCAInfo`, `core.sshCommand`), and git starts from an empty
-//!   environment plus the allow-list [`INHERITED_ENV`] (so no
+//!   environment plus the allow-list [`PROCESS_ENV`] + [`GIT_TRANSPORT_ENV`] (so no
 //!   `GIT_CONFIG_PARAMETERS`, `GIT_CONFIG_COUNT`, `GIT_DIR`, `GIT_EXEC_PATH`,
 //!   ... reaches it);
 //! * **fixed safety settings** on the command line, which outrank any config
@@ -30,10 +30,11 @@ use std::time::Duration;
 /// the Gitea host). Unset: git reads no global or system config at all.
 pub const OPERATOR_CONFIG_ENV: &str = "HADRON_GIT_CONFIG";
 
-/// The only variables git inherits from Hadron's environment: where programs
-/// are, the locale and time zone, and how to reach a remote (proxies, CA
-/// bundles, the SSH agent and command), all set by the operator.
-pub const INHERITED_ENV: &[&str] = &[
+/// The variables every process Hadron starts (git, a worker, an agent)
+/// inherits from Hadron's environment: where programs are, the locale and
+/// time zone, and how to reach the network (proxies, CA bundles), all set
+/// by the operator. Nothing else of Hadron's environment is passed on.
+pub const PROCESS_ENV: &[&str] = &[
     "PATH",
     "HOME",
     "USER",
@@ -49,10 +50,11 @@ pub const INHERITED_ENV: &[&str] = &[
     "no_proxy",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
-    "SSH_AUTH_SOCK",
-    "GIT_SSH_COMMAND",
-    "GIT_SSL_CAINFO",
 ];
+
+/// What git inherits besides [`PROCESS_ENV`]: how it reaches a remote
+/// (the SSH agent and command, its CA bundle).
+pub const GIT_TRANSPORT_ENV: &[&str] = &["SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO"];
 
 /// Settings passed with `-c` on every run; they outrank every config file.
 const SAFE_CONFIG: &[&str] = &[
@@ -197,7 +199,7 @@ impl Git {
     {
         let mut cmd = Command::new("git");
         cmd.env_clear();
-        for name in INHERITED_ENV {
+        for name in PROCESS_ENV.iter().chain(GIT_TRANSPORT_ENV) {
             if let Some(value) = inherited(name) {
                 cmd.env(name, value);
             }

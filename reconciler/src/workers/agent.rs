@@ -10,7 +10,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::agent_env::PASSTHROUGH_ENV;
+use super::agent_env::passthrough_env;
 use super::error::WorkerError;
 use super::log::Log;
 use super::proc::{ProcessId, signal_group, stop_group, write_atomic};
@@ -37,7 +37,7 @@ impl Worker<'_> {
         let stdin = File::open(prompt_path).map_err(|e| (WorkerError::io(prompt_path, e), String::new()))?;
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).current_dir(&self.workspace).env_clear();
-        for name in PASSTHROUGH_ENV {
+        for name in passthrough_env() {
             if let Some(v) = std::env::var_os(name) {
                 cmd.env(name, v);
             }

@@ -6,27 +6,15 @@ use std::ffi::OsString;
 use super::error::WorkerError;
 use super::spec::{EnvSource, RunSpec};
 
-/// Environment variables of the worker passed through to the agent; the
-/// rest of the worker's environment (which may hold other secrets) is not.
-pub const PASSTHROUGH_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "TZ",
-    "TMPDIR",
-    "SHELL",
-    "TERM",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-];
+/// Environment variables of the worker passed through to the agent besides
+/// [`crate::git::PROCESS_ENV`] (its shell and terminal); the rest of the
+/// worker's environment (which may hold other secrets) is not.
+pub const AGENT_EXTRA_ENV: &[&str] = &["SHELL", "TERM"];
+
+/// Every variable of the worker passed through to the agent.
+pub fn passthrough_env() -> impl Iterator<Item = &'static str> {
+    crate::git::PROCESS_ENV.iter().chain(AGENT_EXTRA_ENV).copied()
+}
 
 /// The agent's own environment variables.
 pub(super) type AgentEnv = Vec<(String, OsString)>;

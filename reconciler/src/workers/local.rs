@@ -74,10 +74,10 @@ pub struct LocalDriver {
 /// or no exit hook) are observed.
 const RECHECK_UNWATCHED: Duration = Duration::from_millis(250);
 
-/// Variables a worker needs besides the agent's passthrough set: git's
-/// transport settings. Nothing else of Hadron's environment reaches a worker.
-const WORKER_ENV: &[&str] =
-    &["SSH_AUTH_SOCK", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", crate::git::OPERATOR_CONFIG_ENV, "LC_ALL", "LC_CTYPE", "RUST_BACKTRACE"];
+/// Variables a worker needs besides the agent's passthrough set and git's
+/// transport settings ([`crate::git::GIT_TRANSPORT_ENV`]): the operator's git
+/// config and the locale. Nothing else of Hadron's environment reaches a worker.
+const WORKER_ENV: &[&str] = &[crate::git::OPERATOR_CONFIG_ENV, "LC_ALL", "LC_CTYPE", "RUST_BACKTRACE"];
 
 impl LocalDriver {
     /// A driver keeping its runs in `runs_dir` (created if missing) and
@@ -158,7 +158,10 @@ impl LocalDriver {
         // credentials, only the passthrough set and the secrets this run
         // references that the operator allowed.
         cmd.env_clear();
-        for name in crate::workers::agent_env::PASSTHROUGH_ENV.iter().chain(WORKER_ENV) {
+        for name in crate::workers::agent_env::passthrough_env()
+            .chain(crate::git::GIT_TRANSPORT_ENV.iter().copied())
+            .chain(WORKER_ENV.iter().copied())
+        {
             if let Some(v) = std::env::var_os(name) {
                 cmd.env(name, v);
             }
