@@ -47,8 +47,18 @@ impl Store {
         }
         with_pool!(self, pool => {
             let mut tx = begin_write!(self, pool, OP).await?;
-            for event in events {
-                insert_event!(tx, event, OP)?;
+            // Multi-row statements: ids are given in the order of the rows.
+            for chunk in events.chunks(super::rows_per_statement(6)) {
+                let mut query = sqlx::QueryBuilder::new("INSERT INTO events (at, request, actor, action, revision, detail) ");
+                query.push_values(chunk, |mut row, event| {
+                    row.push_bind(event.at)
+                        .push_bind(&event.request)
+                        .push_bind(&event.actor)
+                        .push_bind(&event.action)
+                        .push_bind(&event.revision)
+                        .push_bind(&event.detail);
+                });
+                query.build().execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
             }
             tx.commit().await.map_err(|e| StoreError::query(OP, e))
         })

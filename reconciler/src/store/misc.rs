@@ -103,29 +103,36 @@ impl Store {
         })
     }
 
-    /// Sets (`Some`) or removes (`None`) several `kv` entries in one transaction.
+    /// Sets (`Some`) or removes (`None`) several `kv` entries in one
+    /// transaction and a few multi-row statements; the last entry of a key wins.
     pub(crate) async fn kv_write_all(&self, entries: &[(String, Option<&str>)], at: i64) -> Result<(), StoreError> {
+        const OP: &str = "write kv";
         if entries.is_empty() {
             return Ok(());
         }
+        let entries = super::last_per_key(entries, |(key, _)| key.clone());
+        let sets: Vec<(&str, &str)> = entries.iter().filter_map(|(key, value)| Some((key.as_str(), (*value)?))).collect();
+        let removes: Vec<&str> = entries.iter().filter(|(_, value)| value.is_none()).map(|(key, _)| key.as_str()).collect();
         with_pool!(self, pool => {
-            let mut tx = begin_write!(self, pool, "write kv").await?;
-            for (key, value) in entries {
-                let done = match value {
-                    Some(value) => sqlx::query(
-                        "INSERT INTO kv (key, value, updated_at) VALUES ($1, $2, $3) \
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    )
-                    .bind(key)
-                    .bind(*value)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await,
-                    None => sqlx::query("DELETE FROM kv WHERE key = $1").bind(key).execute(&mut *tx).await,
-                };
-                done.map_err(|e| StoreError::query("write kv", e))?;
+            let mut tx = begin_write!(self, pool, OP).await?;
+            for chunk in removes.chunks(super::rows_per_statement(1)) {
+                let mut query = sqlx::QueryBuilder::new("DELETE FROM kv WHERE key IN (");
+                let mut keys = query.separated(", ");
+                for key in chunk {
+                    keys.push_bind(*key);
+                }
+                query.push(")");
+                query.build().execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
             }
-            tx.commit().await.map_err(|e| StoreError::query("write kv", e))
+            for chunk in sets.chunks(super::rows_per_statement(3)) {
+                let mut query = sqlx::QueryBuilder::new("INSERT INTO kv (key, value, updated_at) ");
+                query.push_values(chunk, |mut row, (key, value)| {
+                    row.push_bind(*key).push_bind(*value).push_bind(at);
+                });
+                query.push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at");
+                query.build().execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
+            }
+            tx.commit().await.map_err(|e| StoreError::query(OP, e))
         })
     }
 

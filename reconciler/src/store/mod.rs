@@ -16,6 +16,7 @@
 //!
 //! Timestamps are unix milliseconds given by the caller.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -84,6 +85,28 @@ pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Advisory-lock key (PostgreSQL) that orders event appends; "hadronev" in ASCII.
 const EVENT_ORDER_LOCK_KEY: i64 = 0x6861_6472_6f6e_6576;
+
+/// Bound parameters per multi-row statement (SQLite allows 32,766,
+/// PostgreSQL 65,535): a pass's writes of 10,000 rows take a handful of
+/// statements, not 10,000 round trips to the database thread.
+const MAX_BINDS_PER_STATEMENT: usize = 16_000;
+
+/// Rows of `columns` bound parameters each that fit in one statement.
+fn rows_per_statement(columns: usize) -> usize {
+    (MAX_BINDS_PER_STATEMENT / columns.max(1)).max(1)
+}
+
+/// The last entry of each key, in the order of their first appearance
+/// (one multi-row upsert must not touch a row twice: PostgreSQL refuses it).
+fn last_per_key<T, K: Ord + Clone>(items: &[T], key: impl Fn(&T) -> K) -> Vec<&T> {
+    let mut last: BTreeMap<K, usize> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        last.insert(key(item), i);
+    }
+    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.sort_unstable();
+    keep.into_iter().map(|i| &items[i]).collect()
+}
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");

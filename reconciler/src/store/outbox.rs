@@ -1,6 +1,8 @@
 //! The `outbox` table: status writes recorded before they are pushed, so a
 //! crash between commit and push loses nothing.
 
+use std::collections::BTreeMap;
+
 use super::{OutboxEntry, OutboxFiles, OutboxState, Store, StoreError};
 
 /// An `outbox` row as the databases return it.
@@ -41,11 +43,23 @@ macro_rules! outbox_columns {
 }
 
 impl Store {
-    /// Records a pending status write (commit `message` changing `files`) and returns its id.
-    pub async fn put_outbox(&self, message: &str, files: &OutboxFiles, created_at: i64) -> Result<i64, StoreError> {
+    /// Records a pending status write (commit `message` changing `files`:
+    /// path → new content, or `None` to remove) and returns its id.
+    pub async fn put_outbox<K, V>(&self, message: &str, files: &BTreeMap<K, Option<V>>, created_at: i64) -> Result<i64, StoreError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
         const OP: &str = "put outbox entry";
-        let files = serde_json::to_string(files)
+        // Written straight from the borrowed contents into a buffer of the
+        // right size: 10,000 status files are ~10 MB of JSON, and no second
+        // copy or doubling buffer of them is made.
+        let size: usize = files.iter().map(|(k, v)| k.as_ref().len() + v.as_ref().map_or(4, |v| v.as_ref().len() * 9 / 8) + 8).sum();
+        let mut json = Vec::with_capacity(size + 2);
+        let entries = files.iter().map(|(k, v)| (k.as_ref(), v.as_ref().map(AsRef::as_ref)));
+        serde::Serializer::collect_map(&mut serde_json::Serializer::new(&mut json), entries)
             .map_err(|e| StoreError::Conflict { op: OP, detail: format!("files cannot be encoded as JSON: {e}") })?;
+        let files = String::from_utf8(json).map_err(|e| StoreError::Conflict { op: OP, detail: format!("JSON is not UTF-8: {e}") })?;
         with_pool!(self, pool => {
             sqlx::query_scalar::<_, i64>(
                 "INSERT INTO outbox (created_at, message, files, state) \

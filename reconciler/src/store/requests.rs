@@ -9,37 +9,39 @@ impl Store {
     }
 
     /// Inserts or replaces several records in one transaction (one fsync
-    /// for a whole pass, not one per request).
+    /// for a whole pass, not one per request) and a few multi-row
+    /// statements; the last record of a name wins.
     pub async fn upsert_requests(&self, records: &[RequestRecord]) -> Result<(), StoreError> {
         const OP: &str = "upsert requests";
         if records.is_empty() {
             return Ok(());
         }
+        let records = super::last_per_key(records, |r| r.name.clone());
         with_pool!(self, pool => {
             let mut tx = begin_write!(self, pool, OP).await?;
-            for record in records {
-                sqlx::query(
-                    "INSERT INTO requests \
-                         (name, generation, observed_revision, phase, stage, message, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (name) DO UPDATE SET \
+            for chunk in records.chunks(super::rows_per_statement(7)) {
+                let mut query = sqlx::QueryBuilder::new(
+                    "INSERT INTO requests (name, generation, observed_revision, phase, stage, message, updated_at) ",
+                );
+                query.push_values(chunk, |mut row, record| {
+                    row.push_bind(&record.name)
+                        .push_bind(&record.generation)
+                        .push_bind(&record.observed_revision)
+                        .push_bind(&record.phase)
+                        .push_bind(&record.stage)
+                        .push_bind(&record.message)
+                        .push_bind(record.updated_at);
+                });
+                query.push(
+                    " ON CONFLICT (name) DO UPDATE SET \
                          generation = excluded.generation, \
                          observed_revision = excluded.observed_revision, \
                          phase = excluded.phase, \
                          stage = excluded.stage, \
                          message = excluded.message, \
                          updated_at = excluded.updated_at",
-                )
-                .bind(&record.name)
-                .bind(&record.generation)
-                .bind(&record.observed_revision)
-                .bind(&record.phase)
-                .bind(&record.stage)
-                .bind(&record.message)
-                .bind(record.updated_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::query(OP, e))?;
+                );
+                query.build().execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
             }
             tx.commit().await.map_err(|e| StoreError::query(OP, e))
         })

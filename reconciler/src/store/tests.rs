@@ -255,6 +255,38 @@ store_test!(batches_are_one_call_and_keep_their_order, |db| {
     Ok(())
 });
 
+store_test!(large_batches_span_several_statements_and_the_last_entry_wins, |db| {
+    let store = db.open().await?;
+    // More rows than one multi-row statement holds, with names repeated:
+    // one row per name, holding its last record.
+    let n = rows_per_statement(7) * 2 + 3;
+    let mut records: Vec<RequestRecord> = (0..n).map(|i| request(&format!("r{i:05}"), "Pending", 1)).collect();
+    records.push(request("r00001", "Running", 2));
+    store.upsert_requests(&records).await?;
+    let got = store.list_requests().await?;
+    ensure!(got.len() == n, "{} rows for {n} names", got.len());
+    ensure!(got.iter().find(|r| r.name == "r00001").map(|r| r.phase.as_str()) == Some("Running"));
+    ensure!(got.iter().filter(|r| r.phase == "Pending").count() == n - 1);
+    // Events: every one appended, ids in the order given.
+    let first = store.append_event(&event(None, "start", 1)).await?;
+    let events: Vec<NewEvent> = (0..rows_per_statement(6) * 2 + 5).map(|i| event(None, &format!("e{i}"), 2)).collect();
+    store.append_events(&events).await?;
+    let got: Vec<String> = store.events_after(first, u32::try_from(events.len() + 10)?).await?.into_iter().map(|e| e.action).collect();
+    let want: Vec<String> = events.iter().map(|e| e.action.clone()).collect();
+    ensure!(got == want, "{} events back for {} appended, in order: {}", got.len(), want.len(), got == want);
+    // kv: sets and removals mixed, a key set then removed, another removed then set.
+    let mut entries: Vec<(String, Option<&str>)> = (0..rows_per_statement(3) + 7).map(|i| (format!("k/{i:05}"), Some("v1"))).collect();
+    entries.push(("k/00000".to_owned(), None));
+    entries.push(("k/gone".to_owned(), None));
+    entries.push(("k/gone".to_owned(), Some("back")));
+    store.kv_write_all(&entries, 3).await?;
+    let kv = store.kv_with_prefix("k/").await?;
+    ensure!(kv.len() == rows_per_statement(3) + 7, "{} keys", kv.len());
+    ensure!(store.kv_get("k/00000").await?.is_none(), "set then removed: removed");
+    ensure!(store.kv_get("k/gone").await?.as_deref() == Some("back"), "removed then set: set");
+    Ok(())
+});
+
 store_test!(attempt_insert_if_absent_finds_the_earlier_worker, |db| {
     let store = db.open().await?;
     store.upsert_request(&request("alpha", "Running", 1)).await?;
