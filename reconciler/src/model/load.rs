@@ -6,12 +6,26 @@
 //! is pure: no I/O, no clock.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::desired;
 pub use super::desired::{DesiredState, Loaded};
 pub use super::file::{FileRole, Object};
+use super::kinds::RequestStatus;
 use super::parse::refuse_too_large;
-pub use super::parse::{MAX_FILE_BYTES, ParsedFile, classify, parse_file};
+pub use super::parse::{MAX_FILE_BYTES, ParsedFile, classify, own_status, parse_file};
+
+/// A file Hadron wrote: its path, its text and, for a status file, the
+/// status it was rendered from.
+#[derive(Debug, Clone)]
+pub struct OwnFile<'a> {
+    /// Path in the control repo.
+    pub path: &'a str,
+    /// The text written.
+    pub text: &'a [u8],
+    /// The status rendered into `text`, when it is a status file Hadron rendered.
+    pub status: Option<Arc<RequestStatus>>,
+}
 
 /// Every parsed file of a control repo, updated file by file. The desired
 /// state is kept too and patched per changed file, so a commit that changes
@@ -94,6 +108,30 @@ impl Catalog {
             }
             self.touch(path);
         }
+    }
+
+    /// Records status files Hadron rendered and has just published: each
+    /// as rendered (no YAML read back) when [`own_status`] takes it, the
+    /// others parsed from their text as [`Catalog::upsert_all`] does.
+    /// Returns, item by item, whether it was taken as rendered.
+    pub fn upsert_own_statuses(&mut self, items: &[OwnFile<'_>]) -> Vec<bool> {
+        let mut to_parse: Vec<(&str, &[u8])> = Vec::new();
+        let mut taken = Vec::with_capacity(items.len());
+        for item in items {
+            match item.status.clone().and_then(|status| own_status(item.path, status)) {
+                Some(parsed) => {
+                    self.files.insert(item.path.to_owned(), parsed);
+                    self.touch(item.path);
+                    taken.push(true);
+                }
+                None => {
+                    to_parse.push((item.path, item.text));
+                    taken.push(false);
+                }
+            }
+        }
+        self.upsert_all(&to_parse);
+        taken
     }
 
     /// Records a file known to be over [`MAX_FILE_BYTES`] without reading it.

@@ -173,8 +173,27 @@ pub fn parse_file(path: &str, bytes: &[u8]) -> Option<ParsedFile> {
     if !file.diagnostics.iter().any(Diagnostic::is_error) || role == FileRole::Settings {
         file.object = Some(object);
     }
-    file.text = Some(text);
+    // Status files have no cross-file problems to locate later: 10,000 of
+    // them need not keep their text.
+    if role != FileRole::Status {
+        file.text = Some(text);
+    }
     Some(file)
+}
+
+/// A status file Hadron itself rendered and published, recorded without
+/// reading back the text it was written from. `None` when the file would not
+/// be recorded exactly as is (a path that is not a status file's, a name
+/// that is not the path's, or anything [`parse_file`]'s checks would
+/// report): parse its text then.
+pub fn own_status(path: &str, status: Arc<RequestStatus>) -> Option<ParsedFile> {
+    let Ok(Some((role @ FileRole::Status, stem))) = classify(path) else { return None };
+    let object = Object::Status(status.clone());
+    let mut sanitized = (*status).clone();
+    if !check_object(&object, &role, &stem).is_empty() || !sanitize_status(&mut sanitized).is_empty() || sanitized != *status {
+        return None;
+    }
+    Some(ParsedFile { role: Some(role), stem, object: Some(object), diagnostics: Vec::new(), text: None })
 }
 
 /// What a file known to be over [`MAX_FILE_BYTES`] gives, without reading

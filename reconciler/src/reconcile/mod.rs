@@ -205,6 +205,12 @@ pub struct Telemetry {
     pub failing: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// What [`Context`] remembers of a file it wrote: its SHA-256.
+fn fingerprint(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
 /// Failed passes in a row after which `/readyz` says not ready.
 pub const FAILING_AFTER: u32 = 3;
 
@@ -221,8 +227,10 @@ pub struct Context {
     gates: Arc<crate::gates::branch::ApprovalBranches>,
     catalog: Catalog,
     last_report: Option<PassReport>,
-    /// Status files Hadron wrote last, to tell its own commits from people's.
-    written: BTreeMap<String, Vec<u8>>,
+    /// Status files Hadron wrote last (their [`fingerprint`]), while the
+    /// catalog holds them as written: a fetch that brings them back is
+    /// neither a change nor parsed again.
+    written: BTreeMap<String, [u8; 32]>,
     /// What was last shown of each request.
     seen: BTreeMap<String, Seen>,
     /// Digest of each status file's re-rendered text, cached by the parsed
@@ -366,19 +374,24 @@ impl Context {
         for (path, blob) in &changes.upserts {
             match blob {
                 Blob::Data(bytes) => {
-                    let ours = self.written.get(path).is_some_and(|w| w == bytes);
-                    meaningful |= !ours;
+                    if self.written.get(path).is_some_and(|w| *w == fingerprint(bytes)) {
+                        // Hadron's own file, back from git: the catalog holds it already.
+                        continue;
+                    }
+                    meaningful = true;
+                    self.written.remove(path);
                     data.push((path.as_str(), bytes.as_slice()));
                 }
                 Blob::TooLarge { size } => {
                     meaningful = true;
+                    self.written.remove(path);
                     self.catalog.upsert_too_large(path, *size);
                 }
             }
         }
         self.catalog.upsert_all(&data);
         for path in &changes.deletes {
-            meaningful |= !path.starts_with("status/") || self.written.contains_key(path);
+            meaningful |= !path.starts_with("status/") || self.written.remove(path).is_some();
             self.catalog.remove(path);
         }
         Ok((changes.revision.to_string(), meaningful))

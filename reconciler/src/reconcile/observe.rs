@@ -98,12 +98,16 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
     let agent_of = |request: &str| -> String {
         desired.requests.get(request).and_then(|r| r.effective_agent(&desired.settings).map(str::to_owned)).unwrap_or_default()
     };
-    let mut observed = Observed::default();
-    let records = ctx.store.list_requests().await?;
-    let mut names: BTreeSet<String> = records.iter().map(|r| r.name.clone()).collect();
+    // The records as execute keeps them (written through), read from the
+    // store only before the first pass has.
+    let known_requests = match &ctx.records {
+        Some(records) => records.values().map(|r| (r.name.clone(), r.generation.clone())).collect(),
+        None => ctx.store.list_requests().await?.into_iter().map(|r| (r.name, r.generation)).collect(),
+    };
+    let mut observed = Observed { known_requests, ..Observed::default() };
+    let mut names: BTreeSet<String> = observed.known_requests.keys().cloned().collect();
     names.extend(desired.requests.keys().cloned());
     names.extend(desired.invalid_requests.keys().cloned());
-    observed.known_requests = records.into_iter().map(|r| (r.name, r.generation)).collect();
     // One query for every attempt; the agent is looked up once per request.
     let mut agent: Option<(String, String)> = None;
     for a in ctx.store.list_all_attempts().await?.into_iter().filter(|a| names.contains(&a.request)) {

@@ -20,6 +20,9 @@ pub(super) struct Rendered {
     prs: BTreeMap<String, String>,
     stalled: Option<(String, String)>,
     text: Arc<[u8]>,
+    /// The status the text was written from (the previous file itself when
+    /// it holds the same), handed to the catalog once published.
+    status: Arc<crate::model::RequestStatus>,
     /// Whether the text is what the previous file holds.
     same: bool,
     /// What a person is shown of it.
@@ -113,7 +116,9 @@ impl Context {
         forge: &forge::ForgeOutputs,
         publishing: bool,
     ) -> Result<PassReport, ReconcileError> {
-        let mut changes: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        let mut changes: BTreeMap<String, Option<Arc<[u8]>>> = BTreeMap::new();
+        // The statuses of the changed files, as rendered.
+        let mut own: BTreeMap<String, Arc<crate::model::RequestStatus>> = BTreeMap::new();
         let mut report =
             PassReport { revision: revision.to_owned(), wake_at: plan.wake_at, forge_retry: forge.retry, ..PassReport::default() };
         let none = BTreeMap::new();
@@ -126,25 +131,30 @@ impl Context {
             // Rendered again only when one of its inputs changed: a pass
             // that changed one request renders one status file.
             let cached = self.rendered.get(name).filter(|c| c.holds(view, prev_file.as_ref(), prs, stalled.as_ref()));
-            let (text, same, now_seen) = match cached {
-                Some(c) => (c.text.clone(), c.same, c.seen.clone()),
+            let (text, status, same, now_seen) = match cached {
+                Some(c) => (c.text.clone(), c.status.clone(), c.same, c.seen.clone()),
                 None => {
                     let stalled_ref = stalled.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
                     let status = render::render_with(view, prev, revision, t, prs, stalled_ref);
                     let text: Arc<[u8]> = render::to_yaml(&status).into_bytes().into();
-                    let same = prev.is_some_and(|p| *p == status);
                     let seen = Seen::of(&status.status);
+                    // The same as the previous file: keep that one, not a copy.
+                    let (status, same) = match prev_file.as_ref().filter(|p| ***p == status) {
+                        Some(p) => (p.clone(), true),
+                        None => (Arc::new(status), false),
+                    };
                     let inputs = Rendered {
                         view: view.clone(),
                         prev: prev_file.clone(),
                         prs: prs.clone(),
                         stalled: stalled.clone(),
                         text: text.clone(),
+                        status: status.clone(),
                         same,
                         seen: seen.clone(),
                     };
                     self.rendered.insert(name.clone(), inputs);
-                    (text, same, seen)
+                    (text, status, same, seen)
                 }
             };
             let path = render::path_of(name);
@@ -156,7 +166,8 @@ impl Context {
                     tracing::warn!(request = ?name, "a request file whose name is not a DNS label gets no status file: {}", view.message);
                 }
             } else if !same {
-                changes.insert(path, Some(text.to_vec()));
+                changes.insert(path.clone(), Some(text.clone()));
+                own.insert(path, status);
             } else if self.reported_untrusted.contains_key(name) {
                 // A file Hadron did not write that holds exactly what Hadron
                 // decided (say, from before its store was reset): vouch for it.
@@ -235,11 +246,13 @@ impl Context {
         } else if !changes.is_empty() {
             let names: Vec<String> = changes.keys().map(|p| p.trim_start_matches("status/").trim_end_matches(".yaml").to_owned()).collect();
             let message = status_message(&names, &report);
-            let files: crate::store::OutboxFiles =
-                changes.iter().map(|(p, c)| (p.clone(), c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))).collect();
+            // Rendered from strings: the texts are UTF-8.
+            let files: BTreeMap<&str, Option<std::borrow::Cow<'_, str>>> =
+                changes.iter().map(|(p, c)| (p.as_str(), c.as_ref().map(|b| String::from_utf8_lossy(b)))).collect();
             let count = changes.len();
             let id = self.store.put_outbox(&message, &files, t).await?;
-            match self.publish(id, changes, message, revision.to_owned()).await {
+            drop(files);
+            match self.publish(id, changes, own, message, revision.to_owned()).await {
                 Ok(commit) => report.status_commit = commit,
                 Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
                     report.unpublished = count;
@@ -262,7 +275,8 @@ impl Context {
     pub(super) async fn publish(
         &mut self,
         outbox_id: i64,
-        changes: BTreeMap<String, Option<Vec<u8>>>,
+        changes: BTreeMap<String, Option<Arc<[u8]>>>,
+        own: BTreeMap<String, Arc<crate::model::RequestStatus>>,
         message: String,
         revision: String,
     ) -> Result<Option<String>, ReconcileError> {
@@ -296,14 +310,35 @@ impl Context {
         for (name, _) in &digests {
             self.reported_untrusted.remove(*name);
         }
-        // Our own files, as now in git: the next fetch brings them back and
-        // must not count as a change.
-        let written: Vec<(&str, &[u8])> = changes.iter().filter_map(|(path, content)| Some((path.as_str(), content.as_deref()?))).collect();
-        self.catalog.upsert_all(&written);
+        // Our own files, as now in git, recorded as rendered (not read back):
+        // the next fetch brings them back and must neither count as a
+        // change nor be parsed again.
+        let written: Vec<crate::model::load::OwnFile<'_>> = changes
+            .iter()
+            .filter_map(|(path, content)| {
+                Some(crate::model::load::OwnFile { path: path.as_str(), text: content.as_deref()?, status: own.get(path).cloned() })
+            })
+            .collect();
+        let taken = self.catalog.upsert_own_statuses(&written);
+        let digest_of: BTreeMap<&str, &String> = digests.iter().filter_map(|(name, digest)| Some((*name, digest.as_ref()?))).collect();
+        for (file, taken) in written.iter().zip(taken) {
+            let (Some(status), true) = (&file.status, taken) else { continue };
+            // The file now holds this status: its next rendering starts from
+            // it, and its digest is known without rendering it again.
+            let name = file.path.trim_start_matches("status/").trim_end_matches(".yaml");
+            if let Some(rendered) = self.rendered.get_mut(name) {
+                rendered.prev = Some(status.clone());
+                rendered.same = true;
+            }
+            if let Some(digest) = digest_of.get(name) {
+                self.status_digests.insert(name.to_owned(), (status.clone(), (*digest).clone()));
+            }
+        }
+        drop((written, digest_of));
         for (path, content) in changes {
             match content {
                 Some(bytes) => {
-                    self.written.insert(path, bytes);
+                    self.written.insert(path, super::fingerprint(&bytes));
                 }
                 None => {
                     self.catalog.remove(&path);
@@ -359,11 +394,11 @@ impl Context {
     /// push, or by a failed publish).
     pub(super) async fn flush_outbox(&mut self) -> Result<(), ReconcileError> {
         for entry in self.store.pending_outbox().await? {
-            let changes: BTreeMap<String, Option<Vec<u8>>> =
-                entry.files.iter().map(|(p, c)| (p.clone(), c.as_ref().map(|s| s.clone().into_bytes()))).collect();
+            let changes: BTreeMap<String, Option<Arc<[u8]>>> =
+                entry.files.iter().map(|(p, c)| (p.clone(), c.as_ref().map(|s| Arc::from(s.as_bytes())))).collect();
             let revision = self.store.last_revision().await?.unwrap_or_default();
             let revision = if revision.len() == 40 { revision } else { "0".repeat(40) };
-            match self.publish(entry.id, changes, entry.message.clone(), revision).await {
+            match self.publish(entry.id, changes, BTreeMap::new(), entry.message.clone(), revision).await {
                 Err(ReconcileError::Writer(e)) if e.is_permanent() => {
                     // This row can never be published: set it aside with an
                     // event, so it does not stop every later pass.

@@ -152,7 +152,125 @@ pub fn path_of(request: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::model::file::Object;
+    use crate::model::parse::{own_status, parse_file};
+    use crate::plan::{Attempt, AttemptState};
+
+    /// A view of one request with one finished attempt, `text` in every free-text field.
+    fn view_with(name: &str, text: &str, cost: f64, phase: Phase) -> RequestView {
+        let generation = "0123456789abcdef".repeat(4);
+        let (stage, repo) = ("implement", "https://git.example/org/app.git");
+        let attempt = Attempt {
+            worker: crate::ids::worker_name(name, &generation, stage, repo, 2),
+            request: name.to_owned(),
+            generation: generation.clone(),
+            stage: stage.to_owned(),
+            repo: repo.to_owned(),
+            attempt: 2,
+            state: AttemptState::Succeeded,
+            started_at: Some(1_700_000_000_000),
+            finished_at: Some(1_700_000_123_456),
+            cost_usd: cost,
+            tokens_in: 12_345,
+            tokens_out: 678,
+            pushed_commit: Some("a".repeat(40)),
+            reason: text.to_owned(),
+            summary: text.to_owned(),
+            ..Attempt::default()
+        };
+        RequestView {
+            name: name.to_owned(),
+            generation,
+            phase,
+            stage: Some(stage.to_owned()),
+            reason: "Completed".to_owned(),
+            message: text.to_owned(),
+            attempts: vec![attempt],
+            work_branch: format!("hadron/{name}"),
+        }
+    }
+
+    /// What Hadron publishes reads back as exactly what it rendered, so the
+    /// catalog may record its own files as rendered instead of parsing them.
+    fn reads_back_as_rendered(view: &RequestView, stalled: Option<(&str, &str)>) -> Result<(), TestCaseError> {
+        let prs: BTreeMap<String, String> = [(view.attempts[0].repo.clone(), "https://git.example/org/app/pulls/7".to_owned())].into();
+        let status = render_with(view, None, &"b".repeat(40), 1_700_000_200_000, &prs, stalled);
+        let path = path_of(&view.name);
+        let text = to_yaml(&status);
+        let parsed = parse_file(&path, text.as_bytes()).expect("because a status path is a file Hadron reads");
+        prop_assert!(parsed.diagnostics.is_empty(), "{:?}\n{text}", parsed.diagnostics);
+        match parsed.object {
+            Some(Object::Status(back)) => prop_assert_eq!(&*back, &status, "{}", text),
+            other => prop_assert!(false, "no status read back: {other:?}"),
+        }
+        prop_assert!(own_status(&path, Arc::new(status)).is_some(), "taken as rendered");
+        Ok(())
+    }
+
+    #[test]
+    fn a_rendered_status_reads_back_as_itself() {
+        let tricky = [
+            "",
+            "plain",
+            "yes",
+            "no",
+            "null",
+            "~",
+            "0.5",
+            "1e3",
+            "0x1f",
+            "a: b",
+            "# no comment",
+            "multi\nline\n",
+            "two\n\nblank lines",
+            " leading space",
+            "trailing space ",
+            "quote ' and \"",
+            "ünïcødé ✓ 🚀",
+            "tab\there",
+            "- dash",
+            "{brace}",
+            "[bracket]",
+            "&anchor",
+            "*alias",
+            "!tag",
+            "%directive",
+            "@at",
+            "`tick`",
+            "line\r\nwindows",
+            "\u{7f}delete",
+            "bell\u{7}",
+            "nul\u{0}byte",
+            "---",
+            "...",
+            "key:\n  nested: value",
+        ];
+        for (i, text) in tricky.iter().enumerate() {
+            for (cost, phase) in
+                [(0.0, Phase::Succeeded), (0.1234567, Phase::Running), (1e-7, Phase::Failed), (99999.5, Phase::WaitingForCI)]
+            {
+                let view = view_with(&format!("req-{i}"), text, cost, phase);
+                if let Err(e) =
+                    reads_back_as_rendered(&view, None).and_then(|()| reads_back_as_rendered(&view, Some(("ForgeRefused", text))))
+                {
+                    panic!("{text:?} at cost {cost}: {e}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn any_text_and_cost_read_back_as_rendered(text in any::<String>(), cost in 0.0f64..1e6) {
+            reads_back_as_rendered(&view_with("req-x", &text, cost, Phase::Failed), Some(("Stalled", &text)))?;
+        }
+    }
 
     #[test]
     fn the_cost_of_no_work_is_zero_not_minus_zero() {

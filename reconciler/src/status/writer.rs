@@ -298,9 +298,9 @@ impl StatusWriter {
     /// otherwise nothing is written. When the branch already has exactly this content, no
     /// commit is made (`commit: None`), which makes repeated calls idempotent. A push
     /// rejected because the branch moved is retried on the new head.
-    pub fn publish(
+    pub fn publish<B: AsRef<[u8]>>(
         &mut self,
-        changes: &BTreeMap<String, Option<Vec<u8>>>,
+        changes: &BTreeMap<String, Option<B>>,
         message: &str,
         revision: &str,
     ) -> Result<PublishOutcome, WriterError> {
@@ -343,9 +343,9 @@ impl StatusWriter {
     /// Steps 1–4 of [`publish`](Self::publish) without pushing: fetch the branch head, apply
     /// `changes` onto its tree and, unless the tree is unchanged (`Ok(None)`), write the
     /// status commit in the private clone. Push it with [`push`](Self::push).
-    pub fn prepare(
+    pub fn prepare<B: AsRef<[u8]>>(
         &mut self,
-        changes: &BTreeMap<String, Option<Vec<u8>>>,
+        changes: &BTreeMap<String, Option<B>>,
         message: &str,
         revision: &str,
     ) -> Result<Option<PreparedCommit>, WriterError> {
@@ -378,7 +378,7 @@ impl StatusWriter {
 
         // Many blobs go into one pack written by `git fast-import`; a few are
         // written loose by gix (cheaper than starting a process).
-        let contents: Vec<&[u8]> = changes.values().filter_map(|c| c.as_deref()).collect();
+        let contents: Vec<&[u8]> = changes.values().filter_map(|c| c.as_ref().map(AsRef::as_ref)).collect();
         let mut packed =
             if contents.len() > PACK_THRESHOLD { self.write_blobs_packed(&contents)?.into_iter() } else { Vec::new().into_iter() };
         let mut editor = repo.edit_tree(head_tree_id).map_err(|e| WriterError::git("starting the tree edit", e))?;
@@ -387,7 +387,7 @@ impl StatusWriter {
                 Some(bytes) => {
                     let blob = match packed.next() {
                         Some(id) => id,
-                        None => repo.write_blob(bytes).map_err(|e| WriterError::git("writing a status blob", e))?.detach(),
+                        None => repo.write_blob(bytes.as_ref()).map_err(|e| WriterError::git("writing a status blob", e))?.detach(),
                     };
                     editor.upsert(path.as_str(), EntryKind::Blob, blob).map_err(|e| WriterError::git("editing the tree", e))?;
                 }
@@ -491,6 +491,11 @@ impl StatusWriter {
         let io = |e: std::io::Error| WriterError::git("packing status blobs with git fast-import", e);
         let mut child = crate::git::Git::bare(&self.config.work_dir, self.config.author.clone())
             .command(["fast-import", "--quiet", "--done"])
+            // glibc gives freed memory back to the kernel after each object
+            // and takes it again for the next (37,000 `brk` calls for 10,000
+            // blobs): keeping 16 MiB took fast-import from ~600 to ~120 ms
+            // on this workload. Other C libraries ignore the variable.
+            .env("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=16777216")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -584,7 +589,7 @@ pub fn validate_status_path(path: &str) -> Result<(), WriterError> {
     Ok(())
 }
 
-fn validate_changes(changes: &BTreeMap<String, Option<Vec<u8>>>) -> Result<(), WriterError> {
+fn validate_changes<B>(changes: &BTreeMap<String, Option<B>>) -> Result<(), WriterError> {
     changes.keys().try_for_each(|path| validate_status_path(path))
 }
 
