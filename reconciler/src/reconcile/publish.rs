@@ -19,7 +19,9 @@ pub(super) struct Rendered {
     prev: Option<Arc<crate::model::RequestStatus>>,
     prs: BTreeMap<String, String>,
     stalled: Option<(String, String)>,
-    text: Arc<[u8]>,
+    /// The text to write; `None` once the file holds it (10,000 published
+    /// files need not stay in memory twice).
+    text: Option<Arc<[u8]>>,
     /// The status the text was written from (the previous file itself when
     /// it holds the same), handed to the catalog once published.
     status: Arc<crate::model::RequestStatus>,
@@ -136,12 +138,15 @@ impl Context {
                 None => {
                     let stalled_ref = stalled.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
                     let status = render::render_with(view, prev, revision, t, prs, stalled_ref);
-                    let text: Arc<[u8]> = render::to_yaml(&status).into_bytes().into();
                     let seen = Seen::of(&status.status);
-                    // The same as the previous file: keep that one, not a copy.
-                    let (status, same) = match prev_file.as_ref().filter(|p| ***p == status) {
-                        Some(p) => (p.clone(), true),
-                        None => (Arc::new(status), false),
+                    // The same as the previous file: keep that one, not a
+                    // copy, and no text to write.
+                    let (status, same, text) = match prev_file.as_ref().filter(|p| ***p == status) {
+                        Some(p) => (p.clone(), true, None),
+                        None => {
+                            let text: Arc<[u8]> = render::to_yaml(&status).into_bytes().into();
+                            (Arc::new(status), false, Some(text))
+                        }
                     };
                     let inputs = Rendered {
                         view: view.clone(),
@@ -165,13 +170,13 @@ impl Context {
                 if self.reported_unnamed.insert(name.clone()) {
                     tracing::warn!(request = ?name, "a request file whose name is not a DNS label gets no status file: {}", view.message);
                 }
-            } else if !same {
+            } else if let (false, Some(text)) = (same, &text) {
                 changes.insert(path.clone(), Some(text.clone()));
                 own.insert(path, status);
             } else if self.reported_untrusted.contains_key(name) {
                 // A file Hadron did not write that holds exactly what Hadron
                 // decided (say, from before its store was reset): vouch for it.
-                let digest = render::digest(&text);
+                let digest = render::digest(render::to_yaml(&status).as_bytes());
                 self.store.set_status_digests(&[(name, Some(digest.clone()))], t).await?;
                 if let Some(digests) = self.digests.as_mut() {
                     digests.insert(name.clone(), digest);
@@ -329,6 +334,7 @@ impl Context {
             if let Some(rendered) = self.rendered.get_mut(name) {
                 rendered.prev = Some(status.clone());
                 rendered.same = true;
+                rendered.text = None;
             }
             if let Some(digest) = digest_of.get(name) {
                 self.status_digests.insert(name.to_owned(), (status.clone(), (*digest).clone()));

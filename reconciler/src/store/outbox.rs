@@ -51,27 +51,43 @@ impl Store {
         V: AsRef<str>,
     {
         const OP: &str = "put outbox entry";
-        // Written straight from the borrowed contents into a buffer of the
-        // right size: 10,000 status files are ~10 MB of JSON, and no second
-        // copy or doubling buffer of them is made.
-        let size: usize = files.iter().map(|(k, v)| k.as_ref().len() + v.as_ref().map_or(4, |v| v.as_ref().len() * 9 / 8) + 8).sum();
-        let mut json = Vec::with_capacity(size + 2);
-        let entries = files.iter().map(|(k, v)| (k.as_ref(), v.as_ref().map(AsRef::as_ref)));
-        serde::Serializer::collect_map(&mut serde_json::Serializer::new(&mut json), entries)
-            .map_err(|e| StoreError::Conflict { op: OP, detail: format!("files cannot be encoded as JSON: {e}") })?;
-        let files = String::from_utf8(json).map_err(|e| StoreError::Conflict { op: OP, detail: format!("JSON is not UTF-8: {e}") })?;
+        let rows: Vec<(&str, Option<&str>)> = files.iter().map(|(k, v)| (k.as_ref(), v.as_ref().map(AsRef::as_ref))).collect();
         with_pool!(self, pool => {
-            sqlx::query_scalar::<_, i64>(
+            let mut tx = begin_write!(self, pool, OP).await?;
+            let id = sqlx::query_scalar::<_, i64>(
                 "INSERT INTO outbox (created_at, message, files, state) \
-                 VALUES ($1, $2, $3, 'pending') RETURNING id",
+                 VALUES ($1, $2, '{}', 'pending') RETURNING id",
             )
             .bind(created_at)
             .bind(message)
-            .bind(&files)
-            .fetch_one(pool)
+            .fetch_one(&mut *tx)
             .await
-            .map_err(|e| StoreError::query(OP, e))
+            .map_err(|e| StoreError::query(OP, e))?;
+            for chunk in rows.chunks(super::rows_per_statement(3)) {
+                let mut query = sqlx::QueryBuilder::new("INSERT INTO outbox_files (outbox_id, path, content) ");
+                query.push_values(chunk, |mut row, (path, content)| {
+                    row.push_bind(id).push_bind(*path).push_bind(*content);
+                });
+                query.build().execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
+            }
+            tx.commit().await.map_err(|e| StoreError::query(OP, e))?;
+            Ok(id)
         })
+    }
+
+    /// The files of outbox entry `id` kept in rows of their own, added to
+    /// what its `files` column holds (entries written before there were rows).
+    async fn with_file_rows(&self, mut entry: OutboxEntry) -> Result<OutboxEntry, StoreError> {
+        const OP: &str = "read outbox files";
+        let rows: Vec<(String, Option<String>)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT path, content FROM outbox_files WHERE outbox_id = $1 ORDER BY path")
+                .bind(entry.id)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| StoreError::query(OP, e))?
+        });
+        entry.files.extend(rows);
+        Ok(entry)
     }
 
     /// The pending entries, oldest first (publish them in this order).
@@ -84,7 +100,11 @@ impl Store {
             .await
             .map_err(|e| StoreError::query("list pending outbox entries", e))?
         });
-        rows.into_iter().map(OutboxEntry::try_from).collect()
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            entries.push(self.with_file_rows(OutboxEntry::try_from(row)?).await?);
+        }
+        Ok(entries)
     }
 
     /// The entry with `id`, pending or published.
@@ -98,7 +118,10 @@ impl Store {
             .await
             .map_err(|e| StoreError::query("get outbox entry", e))?
         });
-        row.map(OutboxEntry::try_from).transpose()
+        match row {
+            Some(row) => Ok(Some(self.with_file_rows(OutboxEntry::try_from(row)?).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Marks entry `id` as published by `commit`.

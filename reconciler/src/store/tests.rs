@@ -546,6 +546,10 @@ store_test!(retention_prunes_old_rows_and_the_database_guards_the_rest, |db| {
     store.mark_published(fresh, "beef", 60).await?;
     ensure!(store.prune_outbox(30).await? == 1);
     ensure!(store.get_outbox(old).await?.is_none() && store.get_outbox(fresh).await?.is_some());
+    let file_rows = with_pool!(store, pool => {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox_files WHERE outbox_id = $1").bind(old).fetch_one(pool).await?
+    });
+    ensure!(file_rows == 0, "the files of a pruned entry go with it: {file_rows} left");
     ensure!(store.pending_outbox().await?.iter().map(|e| e.id).collect::<Vec<_>>() == [pending]);
 
     // Entries of requests that are gone go, of every kind; others stay.
@@ -635,6 +639,25 @@ store_test!(outbox_put_pending_published, |db| {
     expect_reason(store.mark_published(a, "deadbeef", 30).await, "StoreConflict")?;
     expect_reason(store.mark_published(b + 100, "c0ffee", 30).await, "StoreNotFound")?;
     ensure!(store.get_outbox(b + 100).await?.is_none());
+
+    // More files than one statement holds come back whole.
+    let many: OutboxFiles = (0..rows_per_statement(3) * 2 + 1)
+        .map(|i| (format!("status/r{i:05}.yaml"), (i % 7 != 0).then(|| format!("phase: Running\nn: {i}\n"))))
+        .collect();
+    let c = store.put_outbox("status: many", &many, 40).await?;
+    ensure!(store.get_outbox(c).await?.context("entry c")?.files == many);
+    // An entry written before files had rows of their own (JSON in `files`) still reads.
+    let legacy = with_pool!(store, pool => {
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO outbox (created_at, message, files, state) VALUES (50, 'old style', $1, 'pending') RETURNING id",
+        )
+        .bind(serde_json::to_string(&files_b)?)
+        .fetch_one(pool)
+        .await?
+    });
+    let pending = store.pending_outbox().await?;
+    ensure!(pending.iter().map(|e| e.id).collect::<Vec<_>>() == [b, c, legacy]);
+    ensure!(pending[2].files == files_b && pending[2].message == "old style");
     Ok(())
 });
 
