@@ -132,7 +132,7 @@ fn redact_usage(log: &Log, mut usage: Usage) -> Usage {
 impl Worker<'_> {
     fn run(&mut self) -> Result<Done, WorkerError> {
         self.validate()?;
-        self.prepare_workspace()?;
+        let reused = self.prepare_workspace()?;
         let work_branch = self.spec.work_branch.clone();
         let remote_work = format!("refs/remotes/origin/{work_branch}");
         let work_exists = self.rev(&remote_work)?.is_some();
@@ -151,7 +151,10 @@ impl Worker<'_> {
             base
         };
         self.git_ok(["checkout", "-q", "-f", "-B", work_branch.as_str(), start.as_str(), "--"], WorkerError::GitFailed)?;
-        self.git_ok(["clean", "-q", "-ffdx"], WorkerError::GitFailed)?;
+        if reused {
+            // What an earlier attempt left; a fresh clone has nothing to clean.
+            self.git_ok(["clean", "-q", "-ffdx"], WorkerError::GitFailed)?;
+        }
 
         let prompt_path = self.run_dir.join(PROMPT_FILE);
         let prompt = self.render_prompt()?;

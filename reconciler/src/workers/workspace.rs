@@ -62,18 +62,31 @@ impl Worker<'_> {
     }
 
     /// The commit a ref points at, if it exists.
+    /// Read in process (a `git rev-parse` costs a process start, ~5 ms,
+    /// and two of them stand between a worker's start and its agent's).
     pub(super) fn rev(&self, name: &str) -> Result<Option<String>, WorkerError> {
-        let out = self.git(["rev-parse", "--verify", "--quiet", &format!("{name}^{{commit}}")])?;
-        Ok(if out.ok { Some(out.stdout.trim().to_owned()) } else { None })
+        let repo = crate::git::open(&self.workspace).map_err(|e| WorkerError::GitFailed(format!("opening the workspace: {e}")))?;
+        let id = if name == "HEAD" {
+            repo.head_id().ok().map(gix::Id::detach)
+        } else {
+            repo.try_find_reference(name)
+                .map_err(|e| WorkerError::GitFailed(format!("reading {name}: {e}")))?
+                .and_then(|r| r.into_fully_peeled_id().ok())
+                .map(gix::Id::detach)
+        };
+        let commit = id.and_then(|id| repo.find_object(id).ok()).and_then(|o| o.peel_to_kind(gix::object::Kind::Commit).ok());
+        Ok(commit.map(|c| c.id.to_string()))
     }
 
     /// Clones into `workspace` (through a temporary folder, so a crash never
     /// leaves a half clone), or fetches when an earlier attempt cloned.
-    pub(super) fn prepare_workspace(&self) -> Result<(), WorkerError> {
+    /// Returns whether the workspace was there before (and may hold files
+    /// an earlier attempt left).
+    pub(super) fn prepare_workspace(&self) -> Result<bool, WorkerError> {
         if self.workspace.join(".git").is_dir() {
             let fetched = self.git(["fetch", "-q", "--prune", "origin"])?;
             if fetched.ok {
-                return Ok(());
+                return Ok(true);
             }
             self.log.line("fetch into the existing workspace failed; cloning again");
             std::fs::remove_dir_all(&self.workspace).map_err(|e| WorkerError::io(&self.workspace, e))?;
@@ -100,7 +113,8 @@ impl Worker<'_> {
         if !out.ok {
             return Err(WorkerError::CloneFailed(self.log.redact(out.stderr.trim())));
         }
-        std::fs::rename(&partial, &self.workspace).map_err(|e| WorkerError::io(&self.workspace, e))
+        std::fs::rename(&partial, &self.workspace).map_err(|e| WorkerError::io(&self.workspace, e))?;
+        Ok(false)
     }
 
     /// The newest commit on `branch` whose message has this worker's trailer.
