@@ -343,6 +343,35 @@ fn human_edits_to_status_files_survive_unless_hadron_rewrites_that_file() -> Res
 }
 
 #[test]
+fn a_prefetch_is_used_once_and_a_push_after_it_is_kept() -> Result<()> {
+    let fx = Fixture::new()?;
+    let mut writer = fx.writer("work")?;
+    // A person pushes between the prefetch and the publish: the publish
+    // starts from the prefetched head, is refused, fetches and lands on top.
+    writer.prefetch()?;
+    let human = fx.human_clone("human")?;
+    write(&human, "requests/late.yaml", "n: 1\n")?;
+    git(&human, HUMAN, &["add", "-A"])?;
+    git(&human, HUMAN, &["commit", "--quiet", "-m", "late"])?;
+    git(&human, HUMAN, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
+    let late = git(&human, HUMAN, &["rev-parse", "HEAD"])?;
+    let outcome = writer.publish(&changes(&[("status/a.yaml", Some("phase: Running\n"))]), "status: a", REV)?;
+    assert_eq!(outcome.attempts, 2, "the push from the prefetched head is refused once");
+    let commit = outcome.commit.context("a commit")?;
+    assert_eq!(git(&fx.bare, HUMAN, &["rev-parse", &format!("{commit}^")])?, late, "the person's commit is kept");
+    // Used once: the next publish fetches again and starts from the new head.
+    git(&human, HUMAN, &["pull", "--quiet", "--rebase", "origin", "main"])?;
+    write(&human, "requests/later.yaml", "n: 2\n")?;
+    git(&human, HUMAN, &["add", "-A"])?;
+    git(&human, HUMAN, &["commit", "--quiet", "-m", "later"])?;
+    git(&human, HUMAN, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
+    let again = writer.publish(&changes(&[("status/a.yaml", Some("phase: Succeeded\n"))]), "status: a", REV)?;
+    assert_eq!(again.attempts, 1, "no stale prefetch is used twice");
+    assert_eq!(fx.show("requests/later.yaml")?.as_deref(), Some("n: 2\n"));
+    Ok(())
+}
+
+#[test]
 fn racing_a_human_loses_no_commit_and_never_forces() -> Result<()> {
     const UPDATES: usize = 200;
     let fx = Fixture::new()?;

@@ -205,6 +205,33 @@ pub struct Telemetry {
     pub failing: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// How long each step of a pass took, for the `pass steps` debug line.
+struct StepTimer {
+    last: Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl StepTimer {
+    fn start() -> Self {
+        StepTimer { last: Instant::now(), laps: Vec::new() }
+    }
+
+    fn lap(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.laps.push((step, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for StepTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, took)) in self.laps.iter().enumerate() {
+            write!(f, "{}{step} {:.1} ms", if i == 0 { "" } else { ", " }, took.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
+    }
+}
+
 /// What [`Context`] remembers of a file it wrote: its SHA-256.
 fn fingerprint(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
@@ -429,6 +456,7 @@ impl Context {
 
     async fn pass_steps(&mut self) -> Result<PassReport, ReconcileError> {
         let mut degraded = Vec::new();
+        let mut timer = StepTimer::start();
         // Publish what an earlier pass (or a crash) left in the outbox first,
         // unless publishing backs off; a failure does not stop the pass.
         let publishing = self.step_flush().await?;
@@ -452,6 +480,7 @@ impl Context {
                 _ => return Err(e),
             },
         };
+        timer.lap("fetch");
         let t = now();
         // After an idle pass, a commit holding only Hadron's own status files
         // changes nothing to decide, unless CI is awaited (CI results arrive
@@ -470,8 +499,21 @@ impl Context {
                 return Ok(PassReport { revision, changes: Vec::new(), status_commit: None, ..prev.clone() });
             }
         }
+        // The status step that follows will likely publish: the writer
+        // fetches the branch meanwhile (a failure is only a lost head start).
+        if publishing {
+            let writer = self.writer.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Ok(mut writer) = writer.lock()
+                    && let Err(e) = writer.prefetch()
+                {
+                    tracing::debug!(reason = e.reason(), "prefetching the control repo for the status commit failed: {e}");
+                }
+            });
+        }
         // Model: patched per changed file, read by reference below.
         self.catalog.refresh();
+        timer.lap("model");
         // Observe. The forge link is taken out for the call and put back
         // whatever happens.
         let mut forge = self.forge.take();
@@ -482,10 +524,13 @@ impl Context {
         self.forge = forge;
         let mut observed = observed?;
         observed.own_statuses = self.verify_statuses(t).await?;
+        timer.lap("observe");
         // Plan.
         let plan: Plan = plan::plan(&self.catalog.loaded().desired, &observed, t, &self.cfg.plan);
+        timer.lap("plan");
         // Execute.
         degraded.extend(execute::execute(self, &plan, &observed, &revision, t).await?);
+        timer.lap("execute");
         // Forge: PRs and commit statuses. A failure keeps the last outputs
         // (the PR links stay in the status files) and is retried next pass.
         let outputs = match self.step_forge(&plan, t).await {
@@ -500,8 +545,10 @@ impl Context {
                 forge::ForgeOutputs { retry: true, ..self.forge_outputs.clone() }
             }
         };
+        timer.lap("forge");
         // Status, summarised once at the end of the pass.
         let mut report = self.step_status(&plan, &revision, t, &outputs, publishing).await?;
+        timer.lap("status");
         if let Some(failure) = self.publish_failure.clone().filter(|_| publishing) {
             degraded.push(failure);
         }
@@ -539,6 +586,8 @@ impl Context {
             tracing::debug!(?swept, "housekeeping");
             self.pruned_at = Some(Instant::now());
         }
+        timer.lap("housekeeping");
+        tracing::debug!(steps = %timer, "pass steps");
         self.last_report = Some(report.clone());
         Ok(report)
     }

@@ -124,44 +124,32 @@ impl Context {
         let mut report =
             PassReport { revision: revision.to_owned(), wake_at: plan.wake_at, forge_retry: forge.retry, ..PassReport::default() };
         let none = BTreeMap::new();
+        let mut timer = super::StepTimer::start();
         self.rendered.retain(|name, _| plan.requests.contains_key(name));
+        // Rendered again only when one of its inputs changed (a pass that
+        // changed one request renders one status file); many at once are
+        // rendered together, spread over the cores (a first pass renders all).
+        let statuses = &self.catalog.loaded().desired.statuses;
+        let jobs: Vec<RenderJob<'_>> = plan
+            .requests
+            .iter()
+            .map(|(name, view)| RenderJob {
+                name,
+                view,
+                prev: statuses.get(name),
+                prs: forge.pull_requests.get(name).unwrap_or(&none),
+                stalled: forge.stalled.get(name),
+            })
+            .filter(|job| !self.rendered.get(job.name).is_some_and(|c| c.holds(job.view, job.prev, job.prs, job.stalled)))
+            .collect();
+        for (job, fresh) in jobs.iter().zip(render_all(&jobs, revision, t)) {
+            self.rendered.insert(job.name.clone(), fresh);
+        }
+        drop(jobs);
         for (name, view) in &plan.requests {
-            let prev_file = self.catalog.loaded().desired.statuses.get(name).cloned();
-            let prev = prev_file.as_deref();
-            let prs = forge.pull_requests.get(name).unwrap_or(&none);
-            let stalled = forge.stalled.get(name).cloned();
-            // Rendered again only when one of its inputs changed: a pass
-            // that changed one request renders one status file.
-            let cached = self.rendered.get(name).filter(|c| c.holds(view, prev_file.as_ref(), prs, stalled.as_ref()));
-            let (text, status, same, now_seen) = match cached {
-                Some(c) => (c.text.clone(), c.status.clone(), c.same, c.seen.clone()),
-                None => {
-                    let stalled_ref = stalled.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
-                    let status = render::render_with(view, prev, revision, t, prs, stalled_ref);
-                    let seen = Seen::of(&status.status);
-                    // The same as the previous file: keep that one, not a
-                    // copy, and no text to write.
-                    let (status, same, text) = match prev_file.as_ref().filter(|p| ***p == status) {
-                        Some(p) => (p.clone(), true, None),
-                        None => {
-                            let text: Arc<[u8]> = render::to_yaml(&status).into_bytes().into();
-                            (Arc::new(status), false, Some(text))
-                        }
-                    };
-                    let inputs = Rendered {
-                        view: view.clone(),
-                        prev: prev_file.clone(),
-                        prs: prs.clone(),
-                        stalled: stalled.clone(),
-                        text: text.clone(),
-                        status: status.clone(),
-                        same,
-                        seen: seen.clone(),
-                    };
-                    self.rendered.insert(name.clone(), inputs);
-                    (text, status, same, seen)
-                }
-            };
+            let prev = self.catalog.loaded().desired.statuses.get(name).map(Arc::as_ref);
+            let cached = self.rendered.get(name).expect("because every request was rendered above or is in the cache");
+            let (text, status, same, now_seen) = (cached.text.clone(), cached.status.clone(), cached.same, cached.seen.clone());
             let path = render::path_of(name);
             if !crate::ids::is_dns_label(name) {
                 // `requests/<bad name>.yaml` is Invalid (its diagnostic says
@@ -230,6 +218,7 @@ impl Context {
                 revision: revision.to_owned(),
             });
         }
+        timer.lap("render");
         let events: Vec<crate::store::NewEvent> = report
             .changes
             .iter()
@@ -243,6 +232,7 @@ impl Context {
             })
             .collect();
         self.store.append_events(&events).await?;
+        timer.lap("events");
         if !changes.is_empty() && !publishing {
             // Publishing fails or backs off: nothing is queued behind the
             // entry already waiting; these files are decided again (from the
@@ -257,6 +247,7 @@ impl Context {
             let count = changes.len();
             let id = self.store.put_outbox(&message, &files, t).await?;
             drop(files);
+            timer.lap("outbox");
             match self.publish(id, changes, own, message, revision.to_owned()).await {
                 Ok(commit) => report.status_commit = commit,
                 Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
@@ -266,6 +257,8 @@ impl Context {
                 Err(e) => return Err(e),
             }
         }
+        timer.lap("publish");
+        tracing::debug!(steps = %timer, files = report.changes.len(), "status step");
         report.live_workers = plan.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
             + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
         report.idle = report.live_workers == 0
@@ -285,6 +278,7 @@ impl Context {
         message: String,
         revision: String,
     ) -> Result<Option<String>, ReconcileError> {
+        let mut timer = super::StepTimer::start();
         let writer = self.writer.clone();
         let to_publish = changes.clone();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -293,6 +287,7 @@ impl Context {
         })
         .await
         .map_err(|e| ReconcileError::Join(e.to_string()))??;
+        timer.lap("git");
         let commit = outcome.commit.clone();
         if let Some(t) = &self.telemetry {
             t.metrics.add_push_retries(u64::from(outcome.attempts.saturating_sub(1)));
@@ -341,6 +336,8 @@ impl Context {
             }
         }
         drop((written, digest_of));
+        timer.lap("record");
+        tracing::debug!(steps = %timer, "published");
         for (path, content) in changes {
             match content {
                 Some(bytes) => {
@@ -436,6 +433,59 @@ impl Context {
         }
         Ok(())
     }
+}
+
+/// One status file to render: a request and the inputs of its file.
+struct RenderJob<'a> {
+    name: &'a String,
+    view: &'a plan::RequestView,
+    prev: Option<&'a Arc<crate::model::RequestStatus>>,
+    prs: &'a BTreeMap<String, String>,
+    stalled: Option<&'a (String, String)>,
+}
+
+impl RenderJob<'_> {
+    fn render(&self, revision: &str, t: Millis) -> Rendered {
+        let stalled = self.stalled.map(|(r, m)| (r.as_str(), m.as_str()));
+        let status = render::render_with(self.view, self.prev.map(Arc::as_ref), revision, t, self.prs, stalled);
+        let seen = Seen::of(&status.status);
+        // The same as the previous file: keep that one, not a copy, and no
+        // text to write.
+        let (status, same, text) = match self.prev.filter(|p| ***p == status) {
+            Some(p) => (p.clone(), true, None),
+            None => {
+                let text: Arc<[u8]> = render::to_yaml(&status).into_bytes().into();
+                (Arc::new(status), false, Some(text))
+            }
+        };
+        Rendered {
+            view: self.view.clone(),
+            prev: self.prev.cloned(),
+            prs: self.prs.clone(),
+            stalled: self.stalled.cloned(),
+            text,
+            status,
+            same,
+            seen,
+        }
+    }
+}
+
+/// Renders `jobs` in order; more than a few are spread over the cores.
+fn render_all(jobs: &[RenderJob<'_>], revision: &str, t: Millis) -> Vec<Rendered> {
+    const ALONE: usize = 64;
+    if jobs.len() <= ALONE {
+        return jobs.iter().map(|job| job.render(revision, t)).collect();
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let chunk = jobs.len().div_ceil(threads).max(ALONE);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|job| job.render(revision, t)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 /// The status commit's message: a subject that says what happened (each

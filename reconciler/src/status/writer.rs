@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
 use gix::object::tree::EntryKind;
@@ -240,10 +240,19 @@ pub enum PushResult {
     },
 }
 
+/// How long a [`StatusWriter::prefetch`] stands in for the fetch of a
+/// publish: a pass's decisions take far less, and an older fetch would
+/// mostly earn a rejected push.
+const PREFETCH_FRESH: Duration = Duration::from_secs(10);
+
 /// Hadron's single git writer for `status/**` files of one branch of the control repo.
 #[derive(Debug)]
 pub struct StatusWriter {
     config: WriterConfig,
+    /// When [`StatusWriter::prefetch`] fetched: the next
+    /// [`StatusWriter::prepare`] soon after starts from that fetch instead
+    /// of fetching again.
+    prefetched: Option<Instant>,
 }
 
 impl StatusWriter {
@@ -271,7 +280,7 @@ impl StatusWriter {
             }
             gix::init_bare(dir).map_err(|e| WriterError::git("creating the private clone", e))?;
         }
-        Ok(StatusWriter { config })
+        Ok(StatusWriter { config, prefetched: None })
     }
 
     /// Packs the loose objects earlier publishes left in the private clone
@@ -354,7 +363,9 @@ impl StatusWriter {
         // A `kill -9` during a ref update leaves its lock behind; this clone
         // is Hadron's alone, so an old lock is nobody's.
         crate::git::remove_stale_locks(&self.config.work_dir, crate::git::STALE_LOCK_AGE);
-        self.fetch()?;
+        if self.prefetched.take().is_none_or(|at| at.elapsed() > PREFETCH_FRESH) {
+            self.fetch()?;
+        }
         let repo = open_repo(&self.config.work_dir).map_err(|e| WriterError::git("opening the private clone", e))?;
         let head_id = repo
             .find_reference(UPSTREAM_REF)
@@ -451,6 +462,17 @@ impl StatusWriter {
     }
 
     /// Fetch the branch head from the remote into [`UPSTREAM_REF`] of the private clone.
+    /// Fetches the branch ahead of a [`StatusWriter::publish`] that is
+    /// likely to follow (while the caller still decides what to write), so
+    /// that publish starts from it. Were the branch to move in between, the
+    /// push is rejected and publish fetches again, as it always does.
+    pub fn prefetch(&mut self) -> Result<(), WriterError> {
+        self.prefetched = None;
+        self.fetch()?;
+        self.prefetched = Some(Instant::now());
+        Ok(())
+    }
+
     fn fetch(&self) -> Result<(), WriterError> {
         let refspec = format!("+{}:{UPSTREAM_REF}", self.branch_ref());
         let output = self.run_git(&[
