@@ -224,6 +224,35 @@ pub struct ChangeRequest {
     pub metadata: Metadata,
     /// What is asked for.
     pub spec: ChangeRequestSpec,
+    /// [`ChangeRequest::generation`], computed once: a parsed request is
+    /// not changed afterwards (it is shared behind an `Arc`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub(crate) generation_cache: GenerationCache,
+}
+
+/// A value computed once from the rest of its struct: never serialised,
+/// and not part of the struct's equality.
+#[derive(Default, Clone)]
+pub struct GenerationCache(std::sync::OnceLock<String>);
+
+impl GenerationCache {
+    /// The value, computed by `compute` the first time.
+    pub fn get_or_init(&self, compute: impl FnOnce() -> String) -> &str {
+        self.0.get_or_init(compute)
+    }
+}
+
+impl PartialEq for GenerationCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for GenerationCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GenerationCache")
+    }
 }
 
 impl ChangeRequest {

@@ -1,7 +1,7 @@
 //! Step 3, observe: what the store, the driver, the control repo's history
 //! (approvals) and CI say, gathered into [`Observed`] for the planner.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::gates::{self, GateDecision};
 use crate::model::kinds::GateType;
@@ -105,12 +105,14 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
         None => ctx.store.list_requests().await?.into_iter().map(|r| (r.name, r.generation)).collect(),
     };
     let mut observed = Observed { known_requests, ..Observed::default() };
-    let mut names: BTreeSet<String> = observed.known_requests.keys().cloned().collect();
-    names.extend(desired.requests.keys().cloned());
-    names.extend(desired.invalid_requests.keys().cloned());
+    let known = &observed.known_requests;
+    let named = |request: &str| {
+        known.contains_key(request) || desired.requests.contains_key(request) || desired.invalid_requests.contains_key(request)
+    };
     // One query for every attempt; the agent is looked up once per request.
     let mut agent: Option<(String, String)> = None;
-    for a in ctx.store.list_all_attempts().await?.into_iter().filter(|a| names.contains(&a.request)) {
+    let all: Vec<store::Attempt> = ctx.store.list_all_attempts().await?.into_iter().filter(|a| named(&a.request)).collect();
+    for a in all {
         if agent.as_ref().is_none_or(|(request, _)| *request != a.request) {
             agent = Some((a.request.clone(), agent_of(&a.request)));
         }
@@ -125,7 +127,7 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
     let mut ci_heads: Vec<(String, String, String, Vec<String>)> = Vec::new();
     let mirror = ctx.source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?.mirror_path();
     let head = ctx.source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?.last_loaded();
-    for (name, request) in &desired.requests {
+    for (name, request) in desired.requests.iter().filter(|(_, r)| !r.spec.gates.is_empty()) {
         let generation = request.generation();
         for gate in &request.spec.gates {
             let key = (name.clone(), gate.name.clone());

@@ -66,27 +66,26 @@ impl Context {
             self.digests = Some(self.store.status_digests().await?);
         }
         let recorded = self.digests.take().unwrap_or_default();
-        let statuses = self.catalog.loaded().desired.statuses.clone();
+        let statuses = &self.catalog.loaded().desired.statuses;
         self.status_digests.retain(|name, _| statuses.contains_key(name));
         self.reported_untrusted.retain(|name, _| statuses.contains_key(name));
         let mut own = BTreeMap::new();
+        let mut untrusted: Vec<(String, String)> = Vec::new();
         for (name, status) in statuses {
-            let digest = match self.status_digests.get(&name) {
-                Some((parsed, digest)) if Arc::ptr_eq(parsed, &status) => digest.clone(),
-                _ => {
-                    let digest = render::digest(render::to_yaml(&status).as_bytes());
-                    self.status_digests.insert(name.clone(), (status.clone(), digest.clone()));
-                    digest
-                }
-            };
-            if recorded.get(&name) == Some(&digest) {
-                self.reported_untrusted.remove(&name);
-                own.insert(name, status);
-                continue;
+            let known = matches!(self.status_digests.get(name), Some((parsed, _)) if Arc::ptr_eq(parsed, status));
+            if !known {
+                let digest = render::digest(render::to_yaml(status).as_bytes());
+                self.status_digests.insert(name.clone(), (status.clone(), digest));
             }
-            if self.reported_untrusted.get(&name) == Some(&digest) {
-                continue;
+            let digest = &self.status_digests[name].1;
+            if recorded.get(name) == Some(digest) {
+                self.reported_untrusted.remove(name);
+                own.insert(name.clone(), status.clone());
+            } else if self.reported_untrusted.get(name) != Some(digest) {
+                untrusted.push((name.clone(), digest.clone()));
             }
+        }
+        for (name, digest) in untrusted {
             let why = if recorded.contains_key(&name) {
                 "differs from what Hadron last wrote (edited by hand?)"
             } else {
@@ -149,8 +148,7 @@ impl Context {
         for (name, view) in &plan.requests {
             let prev = self.catalog.loaded().desired.statuses.get(name).map(Arc::as_ref);
             let cached = self.rendered.get(name).expect("because every request was rendered above or is in the cache");
-            let (text, status, same, now_seen) = (cached.text.clone(), cached.status.clone(), cached.same, cached.seen.clone());
-            let path = render::path_of(name);
+            let (text, status, same) = (cached.text.clone(), cached.status.clone(), cached.same);
             if !crate::ids::is_dns_label(name) {
                 // `requests/<bad name>.yaml` is Invalid (its diagnostic says
                 // why), but its name cannot be a status file: a person sees
@@ -159,6 +157,7 @@ impl Context {
                     tracing::warn!(request = ?name, "a request file whose name is not a DNS label gets no status file: {}", view.message);
                 }
             } else if let (false, Some(text)) = (same, &text) {
+                let path = render::path_of(name);
                 changes.insert(path.clone(), Some(text.clone()));
                 own.insert(path, status);
             } else if self.reported_untrusted.contains_key(name) {
@@ -171,8 +170,16 @@ impl Context {
                 }
                 self.reported_untrusted.remove(name);
             }
-            let before = self.seen.get(name).cloned().or_else(|| prev.map(|p| Seen::of(&p.status)));
-            if before.as_ref() != Some(&now_seen) {
+            // What a person is shown changed: an event (compared in place,
+            // copied only when it changed).
+            let now_seen = &self.rendered[name].seen;
+            let unchanged = match self.seen.get(name) {
+                Some(before) => before == now_seen,
+                None => prev.is_some_and(|p| Seen::of(&p.status) == *now_seen),
+            };
+            if !unchanged {
+                let now_seen = now_seen.clone();
+                let before = self.seen.get(name).cloned().or_else(|| prev.map(|p| Seen::of(&p.status)));
                 let (reason, message) = match &now_seen.stalled {
                     Some((r, m)) => (r.clone(), format!("Stalled: {m}; {}", view.message)),
                     None => (now_seen.reason.clone(), view.message.clone()),
@@ -186,8 +193,10 @@ impl Context {
                     message,
                     revision: revision.to_owned(),
                 });
+                self.seen.insert(name.clone(), now_seen);
+            } else if !self.seen.contains_key(name) {
+                self.seen.insert(name.clone(), now_seen.clone());
             }
-            self.seen.insert(name.clone(), now_seen);
             report.phases.insert(name.clone(), (view.phase, view.stage.clone(), view.message.clone()));
         }
         // Status files Hadron would never write (a name that is not a DNS
