@@ -39,6 +39,9 @@ pub struct Catalog {
     dirty_all: bool,
     dirty: BTreeSet<String>,
     fresh: bool,
+    /// Status files added, changed or removed since the last
+    /// [`Catalog::take_status_touches`].
+    status_touched: BTreeSet<String>,
 }
 
 impl Catalog {
@@ -53,6 +56,9 @@ impl Catalog {
     }
 
     fn touch(&mut self, path: &str) {
+        if path.starts_with("status/") {
+            self.status_touched.insert(path.to_owned());
+        }
         let incremental = path.starts_with("requests/") || path.starts_with("approvals/") || path.starts_with("status/");
         if incremental && self.files.get(path).is_none_or(|f| f.role.is_some()) {
             self.dirty.insert(path.to_owned());
@@ -160,6 +166,16 @@ impl Catalog {
             }
             self.touch(path);
         }
+    }
+
+    /// The names (file stems) of the status files added, changed or removed
+    /// since the last call, so a reader that keeps what it derived from
+    /// them looks again at those alone.
+    pub fn take_status_touches(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.status_touched)
+            .into_iter()
+            .filter_map(|path| path.strip_prefix("status/").and_then(|f| f.strip_suffix(".yaml")).map(str::to_owned))
+            .collect()
     }
 
     /// Number of files Hadron reads (ignored files are not counted).

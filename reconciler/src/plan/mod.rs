@@ -187,7 +187,7 @@ pub struct Observed {
     /// Status files verified as Hadron's own (their content is what Hadron
     /// last published, by the digest kept in the store). Only these inform
     /// decisions; any other status file is output to overwrite, never input.
-    pub own_statuses: BTreeMap<String, Arc<RequestStatus>>,
+    pub own_statuses: Arc<BTreeMap<String, Arc<RequestStatus>>>,
 }
 
 /// Tunables that are not part of the control repo.

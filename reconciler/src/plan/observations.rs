@@ -80,7 +80,7 @@ fn merge_run(by_worker: &mut ByWorker, run: &DriverRun, now: Millis, actions: &m
 /// stage run again under its deterministic worker name finds its pushed
 /// commit by the `Hadron-Worker:` trailer instead of running the agent.
 fn adopt_own_statuses(observed: &Observed, by_worker: &mut ByWorker, actions: &mut Vec<Action>) {
-    for (name, status) in &observed.own_statuses {
+    for (name, status) in observed.own_statuses.iter() {
         for result in &status.status.stages {
             if by_worker.contains_key(&result.worker) {
                 continue;

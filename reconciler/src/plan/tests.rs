@@ -75,7 +75,7 @@ impl World {
             ci: BTreeMap::new(),
             known_requests: self.known.clone(),
             // The simulated Hadron wrote every status file itself.
-            own_statuses: self.statuses.clone(),
+            own_statuses: Arc::new(self.statuses.clone()),
         }
     }
 
@@ -389,7 +389,7 @@ fn finished_stages_in_hadrons_own_status_files_are_not_run_again() {
 
 /// A status file Hadron cannot vouch for: in git (desired), not among its own.
 fn untrusted(world: &World) -> Observed {
-    Observed { own_statuses: BTreeMap::new(), ..world.observed() }
+    Observed { own_statuses: Arc::default(), ..world.observed() }
 }
 
 #[test]
@@ -426,7 +426,7 @@ fn a_forged_succeeded_at_an_approval_gate_is_not_obeyed() {
     let mut d = desired(&reqs, 8, &world);
     d.statuses.insert("r".into(), Arc::new(forged.clone()));
     let mut obs = world.observed();
-    obs.own_statuses.remove("r");
+    Arc::make_mut(&mut obs.own_statuses).remove("r");
     let p = plan(&d, &obs, 3, &cfg);
     assert_eq!(p.requests["r"].phase, Phase::WaitingForApproval, "{}", p.requests["r"].message);
     assert!(starts(&p).is_empty(), "polish does not start without the approval");

@@ -291,6 +291,9 @@ pub struct Context {
     digests: Option<BTreeMap<String, String>>,
     /// Each request's status file as last rendered, with its inputs.
     rendered: BTreeMap<String, publish::Rendered>,
+    /// The status files found to be Hadron's own in the last pass (`None`:
+    /// look at every file again).
+    own: Option<publish::OwnStatuses>,
 }
 
 impl Context {
@@ -332,6 +335,7 @@ impl Context {
             maintaining: Arc::default(),
             rendered: BTreeMap::new(),
             digests: None,
+            own: None,
         })
     }
 

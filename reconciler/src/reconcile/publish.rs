@@ -13,6 +13,10 @@ use crate::plan::{self, Plan};
 use crate::status::render;
 use crate::time::{Millis, now};
 
+/// The status files that are Hadron's own, by request (shared with the
+/// planner's observations, updated in place between passes).
+pub(super) type OwnStatuses = Arc<BTreeMap<String, Arc<crate::model::RequestStatus>>>;
+
 /// A status file as last rendered, with the inputs it was rendered from.
 pub(super) struct Rendered {
     view: plan::RequestView,
@@ -57,34 +61,52 @@ impl Context {
     /// file (hand-edited, pushed with a new request, or left from before the
     /// store was lost) is reported once as an event and never informs a
     /// decision; the status step overwrites it.
-    pub(super) async fn verify_statuses(
-        &mut self,
-        t: Millis,
-    ) -> Result<BTreeMap<String, Arc<crate::model::RequestStatus>>, ReconcileError> {
+    pub(super) async fn verify_statuses(&mut self, t: Millis) -> Result<OwnStatuses, ReconcileError> {
         // Read once, then written through: this process is the one writer.
         if self.digests.is_none() {
             self.digests = Some(self.store.status_digests().await?);
+            self.own = None;
         }
         let recorded = self.digests.take().unwrap_or_default();
+        // Only the status files that changed since the last pass are looked
+        // at again; everything the first time, or after the digests moved
+        // without their files (housekeeping, a vouched-for file).
+        let touched = self.catalog.take_status_touches();
         let statuses = &self.catalog.loaded().desired.statuses;
-        self.status_digests.retain(|name, _| statuses.contains_key(name));
-        self.reported_untrusted.retain(|name, _| statuses.contains_key(name));
-        let mut own = BTreeMap::new();
+        let (mut own, names): (OwnStatuses, Vec<String>) = match self.own.take() {
+            Some(own) => (own, touched.into_iter().collect()),
+            None => {
+                self.status_digests.retain(|name, _| statuses.contains_key(name));
+                self.reported_untrusted.retain(|name, _| statuses.contains_key(name));
+                (Arc::default(), statuses.keys().cloned().collect())
+            }
+        };
+        let mine = Arc::make_mut(&mut own);
         let mut untrusted: Vec<(String, String)> = Vec::new();
-        for (name, status) in statuses {
-            let known = matches!(self.status_digests.get(name), Some((parsed, _)) if Arc::ptr_eq(parsed, status));
+        for name in names {
+            let Some(status) = statuses.get(&name) else {
+                mine.remove(&name);
+                self.status_digests.remove(&name);
+                self.reported_untrusted.remove(&name);
+                continue;
+            };
+            let known = matches!(self.status_digests.get(&name), Some((parsed, _)) if Arc::ptr_eq(parsed, status));
             if !known {
                 let digest = render::digest(render::to_yaml(status).as_bytes());
                 self.status_digests.insert(name.clone(), (status.clone(), digest));
             }
-            let digest = &self.status_digests[name].1;
-            if recorded.get(name) == Some(digest) {
-                self.reported_untrusted.remove(name);
-                own.insert(name.clone(), status.clone());
-            } else if self.reported_untrusted.get(name) != Some(digest) {
-                untrusted.push((name.clone(), digest.clone()));
+            let digest = &self.status_digests[&name].1;
+            if recorded.get(&name) == Some(digest) {
+                self.reported_untrusted.remove(&name);
+                mine.insert(name, status.clone());
+            } else {
+                mine.remove(&name);
+                if self.reported_untrusted.get(&name) != Some(digest) {
+                    untrusted.push((name, digest.clone()));
+                }
             }
         }
+        self.own = Some(own.clone());
         for (name, digest) in untrusted {
             let why = if recorded.contains_key(&name) {
                 "differs from what Hadron last wrote (edited by hand?)"
@@ -169,6 +191,8 @@ impl Context {
                     digests.insert(name.clone(), digest);
                 }
                 self.reported_untrusted.remove(name);
+                // Its trust changed without its file: look at every file next pass.
+                self.own = None;
             }
             // What a person is shown changed: an event (compared in place,
             // copied only when it changed).
