@@ -354,8 +354,40 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("because a tokio runtime starts on any supported OS")
 }
 
+/// The long-running commands run with at most two glibc heap arenas
+/// (`MALLOC_ARENA_MAX=2`): by default every thread that allocates may get
+/// an arena of its own, up to 8 per core (the tokio workers, the threads
+/// that parse and render 10,000 files at once, the SQLite thread), and each
+/// keeps what was freed in it. At 10,000 requests the first pass peaked at
+/// ~170 MB RSS with the default and ~140 MB with two arenas, in the same
+/// time (one arena was ~30 % slower). The limit must be set before the
+/// first allocation and the project forbids `unsafe` (no `mallopt`), so the
+/// process replaces itself once, same pid and arguments, with the variable
+/// set. A value already in the environment is kept as it is.
+fn with_bounded_heap_arenas(args: &Cli) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        const VAR: &str = "MALLOC_ARENA_MAX";
+        if !matches!(args.command, Command::Up { .. } | Command::Serve { .. }) || std::env::var_os(VAR).is_some() {
+            return;
+        }
+        let Ok(exe) = std::env::current_exe() else { return };
+        let mut argv = std::env::args_os();
+        let mut cmd = std::process::Command::new(exe);
+        if let Some(arg0) = argv.next() {
+            cmd.arg0(arg0);
+        }
+        // Returns only when the exec failed: go on as we are.
+        let _ = cmd.args(argv).env(VAR, "2").exec();
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = args;
+}
+
 fn main() -> ExitCode {
     let args = Cli::parse();
+    with_bounded_heap_arenas(&args);
     if !matches!(args.command, Command::Worker { .. }) {
         init_logging(args.log_format);
     }

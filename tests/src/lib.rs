@@ -125,6 +125,7 @@ impl Live {
         let file = |name: &str| std::fs::File::create(cwd.join(name)).expect("because the test folder is writable");
         let child = Command::new(bin)
             .args(args)
+            .env_remove("MALLOC_ARENA_MAX")
             .envs(env.iter().copied())
             .current_dir(cwd)
             .env_remove("DATABASE_URL")
@@ -136,6 +137,11 @@ impl Live {
             .spawn()
             .expect("because the hadron binary was built for these tests");
         Live { cwd: cwd.to_owned(), child }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What it printed so far.
