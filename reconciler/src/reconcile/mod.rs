@@ -232,12 +232,6 @@ impl std::fmt::Display for StepTimer {
     }
 }
 
-/// What [`Context`] remembers of a file it wrote: its SHA-256.
-fn fingerprint(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
-}
-
 /// Failed passes in a row after which `/readyz` says not ready.
 pub const FAILING_AFTER: u32 = 3;
 
@@ -254,10 +248,10 @@ pub struct Context {
     gates: Arc<crate::gates::branch::ApprovalBranches>,
     catalog: Catalog,
     last_report: Option<PassReport>,
-    /// Status files Hadron wrote last (their [`fingerprint`]), while the
-    /// catalog holds them as written: a fetch that brings them back is
-    /// neither a change nor parsed again.
-    written: BTreeMap<String, [u8; 32]>,
+    /// Status files Hadron wrote last (the [`crate::status::render::digest`]
+    /// it recorded in the store), while the catalog holds them as written:
+    /// a fetch that brings them back is neither a change nor parsed again.
+    written: BTreeMap<String, String>,
     /// What was last shown of each request.
     seen: BTreeMap<String, Seen>,
     /// Digest of each status file's re-rendered text, cached by the parsed
@@ -405,7 +399,7 @@ impl Context {
         for (path, blob) in &changes.upserts {
             match blob {
                 Blob::Data(bytes) => {
-                    if self.written.get(path).is_some_and(|w| *w == fingerprint(bytes)) {
+                    if self.written.get(path).is_some_and(|w| *w == crate::status::render::digest(bytes)) {
                         // Hadron's own file, back from git: the catalog holds it already.
                         continue;
                     }

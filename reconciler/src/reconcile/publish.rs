@@ -371,10 +371,12 @@ impl Context {
         drop((written, digest_of));
         timer.lap("record");
         tracing::debug!(steps = %timer, "published");
-        for (path, content) in changes {
-            match content {
-                Some(bytes) => {
-                    self.written.insert(path, super::fingerprint(&bytes));
+        // The same digest tells Hadron's own file when a fetch brings it back.
+        let digests: Vec<Option<String>> = digests.into_iter().map(|(_, digest)| digest).collect();
+        for ((path, _), digest) in changes.into_iter().zip(digests) {
+            match digest {
+                Some(digest) => {
+                    self.written.insert(path, digest);
                 }
                 None => {
                     self.catalog.remove(&path);
