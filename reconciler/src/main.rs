@@ -114,6 +114,11 @@ struct ServeArgs {
     /// keys of deleted requests, events past retention).
     #[arg(long, env = "HADRON_HOUSEKEEPING_SECONDS", default_value_t = 600, value_name = "SECONDS")]
     housekeeping_seconds: u64,
+    /// While workers run, at most one status commit per this many milliseconds: what changes in
+    /// between goes into the next commit together (and shows at once in the terminal, the event
+    /// stream and the API). Once no worker runs, status is committed at once. 0: a commit per pass.
+    #[arg(long, env = "HADRON_STATUS_INTERVAL_MS", default_value_t = 1000, value_name = "MS")]
+    status_interval_ms: u64,
 }
 
 /// Which forge Hadron talks to.
@@ -335,6 +340,7 @@ fn run_service(
         webhook_secret: serve.webhook_secret(),
         agent_secrets: serve.agent_secrets.clone(),
         retention: serve.retention(),
+        status_interval: Duration::from_millis(serve.status_interval_ms),
     };
     let mut stdout = io::stdout();
     let result = match repo {

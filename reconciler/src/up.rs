@@ -103,6 +103,8 @@ pub struct UpOptions {
     pub agent_secrets: Vec<String>,
     /// What is kept how long.
     pub retention: crate::reconcile::housekeeping::Retention,
+    /// While workers run, the shortest time between two status commits.
+    pub status_interval: Duration,
 }
 
 /// Variables that hold Hadron's own credentials or configuration: never an agent's secret.
@@ -317,6 +319,7 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
         plan: PlanConfig { backoff_base_ms: i64::try_from(opts.backoff_base.as_millis()).unwrap_or(10_000), ..PlanConfig::default() },
         driver_name: "local".into(),
         retention: opts.retention.clone(),
+        status_interval: opts.status_interval,
     };
     let telemetry = Telemetry {
         metrics: Arc::new(Metrics::new()),

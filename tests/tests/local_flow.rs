@@ -524,3 +524,78 @@ fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart
     let (code, body) = http_get(&addr, "/readyz");
     assert_eq!(code, 200, "{body}");
 }
+
+/// The request's status file on the control repo's main, and the commit that last changed it.
+fn status_on_main(control: &Path, request: &str) -> (String, String) {
+    let path = format!("status/{request}.yaml");
+    let text = git_stdout(control, "x", &["show", &format!("main:{path}")]);
+    let commit = git_stdout(control, "x", &["log", "-1", "--format=%H", "main", "--", &path]);
+    (text, commit.trim().to_owned())
+}
+
+#[test]
+fn while_workers_run_status_commits_wait_for_the_interval_and_not_once_none_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_without_requests(root);
+    seed_only(root);
+    let control = root.join(".hadron/repos/control.git");
+    let go = root.join("go");
+    // Ten minutes: nothing but the end of the last worker publishes the
+    // second change within this test.
+    let live = Live::start(
+        hadron_bin!(),
+        root,
+        &["up", "example-repo", "--listen", "127.0.0.1:0", "--poll-seconds", "3600", "--status-interval-ms", "600000"],
+    );
+    let clone = root.join("alice");
+    git_as(root, "alice", &["clone", "-q", control.to_str().expect("utf-8"), "alice"]);
+    std::fs::create_dir_all(clone.join("requests")).expect("requests folder");
+    std::fs::write(
+        clone.join("agents/waiting.yaml"),
+        format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: waiting\nspec:\n  command: [sh, -c, 'while [ ! -e \"$GO\" ]; do sleep 0.05; done; date +%s%N >> done.txt']\n  env:\n    - name: GO\n      value: {}\n",
+            go.display()
+        ),
+    )
+    .expect("agent");
+    std::fs::write(
+        clone.join("requests/quick.yaml"),
+        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: quick\nspec:\n  title: Quick\n  repos:\n    - url: ../demo-app.git\n",
+    )
+    .expect("request");
+    std::fs::write(
+        clone.join("requests/held.yaml"),
+        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: held\nspec:\n  title: Held\n  agent: waiting\n  repos:\n    - url: ../demo-app.git\n",
+    )
+    .expect("request");
+    git_as(&clone, "alice", &["add", "-A"]);
+    git_as(&clone, "alice", &["commit", "-q", "-m", "Add quick and held"]);
+    git_as(&clone, "alice", &["push", "-q", "origin", "main"]);
+
+    // The first status commit is made at once: none was made in the interval.
+    let started = Instant::now();
+    while git_stdout(&control, "x", &["ls-tree", "--name-only", "main", "status/"]).lines().count() < 2 {
+        assert!(started.elapsed() < hadron_tests::WAIT, "no first status commit:\n{}", live.logs());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The quick request finishes while the other's worker runs: people see
+    // it at once, and its file waits for the interval.
+    live.wait_for_line(&["quick", "-> Succeeded"], "the quick request finishes");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (quick, _) = status_on_main(&control, "quick");
+    assert!(!quick.contains("phase: Succeeded"), "published within the interval while a worker runs:\n{quick}");
+
+    // The last worker ends: everything held goes out at once, in one commit.
+    std::fs::write(&go, "").expect("release the agent");
+    let started = Instant::now();
+    loop {
+        let ((quick, quick_commit), (held, held_commit)) = (status_on_main(&control, "quick"), status_on_main(&control, "held"));
+        if quick.contains("phase: Succeeded") && held.contains("phase: Succeeded") {
+            assert_eq!(quick_commit, held_commit, "the held file went out with the last change");
+            break;
+        }
+        assert!(started.elapsed() < hadron_tests::WAIT, "held statuses were not published:\n{quick}\n{held}\n{}", live.logs());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

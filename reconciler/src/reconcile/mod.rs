@@ -111,6 +111,9 @@ pub struct LoopConfig {
     pub driver_name: String,
     /// What is kept how long, and how often housekeeping runs.
     pub retention: housekeeping::Retention,
+    /// While workers run, the shortest time between two status commits
+    /// (zero: one per pass that changed a file).
+    pub status_interval: Duration,
 }
 
 /// The loop's output for people: a request changed (its phase, or what it
@@ -190,6 +193,10 @@ pub struct PassReport {
     pub degraded: Vec<steps::StepFailure>,
     /// Status files decided but not pushed (publishing failed or backs off).
     pub unpublished: usize,
+    /// Status files decided and held for the next status commit: workers
+    /// run and the last status commit is younger than the status interval
+    /// (`wake_at` is when it is due).
+    pub held: usize,
 }
 
 /// Where a pass reports what it did, for the HTTP server.
@@ -288,6 +295,8 @@ pub struct Context {
     /// The status files found to be Hadron's own in the last pass (`None`:
     /// look at every file again).
     own: Option<publish::OwnStatuses>,
+    /// When the last status commit was pushed (for the status interval).
+    last_status_commit: Option<Instant>,
 }
 
 impl Context {
@@ -330,6 +339,7 @@ impl Context {
             rendered: BTreeMap::new(),
             digests: None,
             own: None,
+            last_status_commit: None,
         })
     }
 
@@ -431,7 +441,7 @@ impl Context {
         // (once fetched) the revision it reconciles.
         let span = tracing::info_span!("pass", n = self.passes, triggers = %triggers.join(","), revision = tracing::field::Empty);
         let started = Instant::now();
-        let result = self.pass_steps().instrument(span).await;
+        let result = self.pass_steps(&triggers).instrument(span).await;
         if let Some(t) = &self.telemetry {
             t.metrics.observe_pass(started.elapsed(), result.as_ref().map(|_| ()).map_err(ReconcileError::reason));
             if let Ok(report) = &result {
@@ -452,7 +462,7 @@ impl Context {
         result
     }
 
-    async fn pass_steps(&mut self) -> Result<PassReport, ReconcileError> {
+    async fn pass_steps(&mut self, triggers: &[&str]) -> Result<PassReport, ReconcileError> {
         let mut degraded = Vec::new();
         let mut timer = StepTimer::start();
         // Publish what an earlier pass (or a crash) left in the outbox first,
@@ -463,7 +473,16 @@ impl Context {
         }
 
         // Fetch; on failure, go on with the last good catalog (if there is one).
-        let (revision, meaningful) = match self.step_source().await {
+        // A pass asked for only by worker exits does not fetch: a push has
+        // a trigger of its own (the watch, a webhook, the poll), which runs
+        // a pass that fetches, unless the last fetch failed.
+        let exits_only = !triggers.is_empty() && triggers.iter().all(|k| *k == "WorkerExited");
+        let fetched_last = self.last_report.as_ref().filter(|r| !r.degraded.iter().any(|f| f.step == steps::Step::Fetch));
+        let fetched = match (exits_only, fetched_last) {
+            (true, Some(last)) => Ok((last.revision.clone(), false)),
+            _ => self.step_source().await,
+        };
+        let (revision, meaningful) = match fetched {
             Ok(fetched) => {
                 tracing::Span::current().record("revision", tracing::field::display(&fetched.0));
                 fetched
@@ -483,23 +502,31 @@ impl Context {
         // After an idle pass, a commit holding only Hadron's own status files
         // changes nothing to decide, unless CI is awaited (CI results arrive
         // in the store or through the forge, not in git), a forge call
-        // waits to be retried, or a step of that pass failed.
+        // waits to be retried, or a step of that pass failed. The same holds
+        // while workers run when only the control repo's push or poll asked
+        // for this pass: their exits are triggers of their own, and what
+        // waits for a time (a retry, held status files, a driver's recheck)
+        // wakes the loop by itself.
         if let Some(prev) = self.last_report.as_ref().filter(|_| !meaningful && degraded.is_empty()) {
-            let quiet = prev.idle
+            let only_source = !triggers.is_empty() && triggers.iter().all(|k| matches!(*k, "Poll" | "ControlPush"));
+            let busy = prev.live_workers > 0 && only_source && prev.recheck.is_none();
+            let quiet = (prev.idle || busy)
                 && self.housekeeping_wait() > Duration::ZERO
                 && !prev.forge_retry
                 && prev.degraded.is_empty()
                 && prev.unpublished == 0
-                && prev.live_workers == 0
+                && (prev.live_workers == 0 || busy)
                 && prev.wake_at.is_none_or(|w| w > t)
                 && !prev.phases.values().any(|(p, _, _)| *p == Phase::WaitingForCI);
             if quiet {
                 return Ok(PassReport { revision, changes: Vec::new(), status_commit: None, ..prev.clone() });
             }
         }
-        // The status step that follows will likely publish: the writer
-        // fetches the branch meanwhile (a failure is only a lost head start).
-        if publishing {
+        // The status step that follows will likely publish (unless it holds
+        // its files for the status interval): the writer fetches the branch
+        // meanwhile (a failure is only a lost head start).
+        let busy = self.last_report.as_ref().map_or(0, |r| r.live_workers);
+        if publishing && self.status_hold(busy).is_none() {
             let writer = self.writer.clone();
             tokio::task::spawn_blocking(move || {
                 if let Ok(mut writer) = writer.lock()
@@ -577,7 +604,7 @@ impl Context {
         }
         self.store.set_last_revision(&revision, t).await?;
         if self.housekeeping_wait() == Duration::ZERO {
-            let published = report.unpublished == 0 && self.publish_failure.is_none();
+            let published = report.unpublished == 0 && report.held == 0 && self.publish_failure.is_none();
             let swept = housekeeping::sweep(self, &observed, t, published).await?;
             // Housekeeping forgot the digests of deleted requests.
             self.digests = None;

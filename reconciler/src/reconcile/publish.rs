@@ -266,11 +266,23 @@ impl Context {
             .collect();
         self.store.append_events(&events).await?;
         timer.lap("events");
+        report.live_workers = plan.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
+            + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
+        let hold = self.status_hold(report.live_workers);
+        let files = changes.len();
         if !changes.is_empty() && !publishing {
             // Publishing fails or backs off: nothing is queued behind the
             // entry already waiting; these files are decided again (from the
             // store and the workers) once it goes through.
             report.unpublished = changes.len();
+        } else if let (false, Some(wait)) = (changes.is_empty(), hold) {
+            // Workers run and a status commit was just made: these files go
+            // into the next one, with whatever changes meanwhile (kept in
+            // the render cache until then, or rendered anew). People see the
+            // change at once in the terminal, the events and the API.
+            report.held = changes.len();
+            let due = now().saturating_add(Millis::try_from(wait.as_millis()).unwrap_or(Millis::MAX).saturating_add(1));
+            report.wake_at = Some(report.wake_at.map_or(due, |w| w.min(due)));
         } else if !changes.is_empty() {
             let names: Vec<String> = changes.keys().map(|p| p.trim_start_matches("status/").trim_end_matches(".yaml").to_owned()).collect();
             let message = status_message(&names, &report);
@@ -291,9 +303,7 @@ impl Context {
             }
         }
         timer.lap("publish");
-        tracing::debug!(steps = %timer, files = report.changes.len(), "status step");
-        report.live_workers = plan.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
-            + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
+        tracing::debug!(steps = %timer, files, held = report.held, "status step");
         report.idle = report.live_workers == 0
             && plan.wake_at.is_none()
             && plan
@@ -322,6 +332,9 @@ impl Context {
         .map_err(|e| ReconcileError::Join(e.to_string()))??;
         timer.lap("git");
         let commit = outcome.commit.clone();
+        if commit.is_some() {
+            self.last_status_commit = Some(std::time::Instant::now());
+        }
         if let Some(t) = &self.telemetry {
             t.metrics.add_push_retries(u64::from(outcome.attempts.saturating_sub(1)));
         }
@@ -385,6 +398,17 @@ impl Context {
             }
         }
         Ok(commit)
+    }
+
+    /// How long the status files of this pass wait for the next status
+    /// commit: while `live` workers run, until the status interval since
+    /// the last commit has passed (`None`: commit now).
+    pub(super) fn status_hold(&self, live: usize) -> Option<Duration> {
+        if live == 0 {
+            return None;
+        }
+        let since = self.last_status_commit?.elapsed();
+        Some(self.cfg.status_interval.saturating_sub(since)).filter(|wait| !wait.is_zero())
     }
 
     /// Step 0, flush: publishes what earlier passes queued. Returns whether
