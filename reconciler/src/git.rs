@@ -79,6 +79,9 @@ const SAFE_CONFIG: &[&str] = &[
     "maintenance.auto=false",
     "gc.autoDetach=false",
     "advice.detachedHead=false",
+    // No reflogs: nothing of Hadron reads them, and in a worker's one-run
+    // workspace they are a dozen files (and folders) to create and delete.
+    "core.logAllRefUpdates=false",
 ];
 
 /// Why a git run failed. [`GitError::reason`] is the stable reason string.

@@ -180,8 +180,17 @@ impl Worker<'_> {
         }
 
         self.git_ok(["add", "-A"], WorkerError::GitFailed)?;
-        let unchanged = self.git(["diff", "--cached", "--quiet"])?.ok;
-        if unchanged {
+        let message_path = self.run_dir.join("commit-message.txt");
+        std::fs::write(&message_path, self.commit_message()).map_err(|e| WorkerError::io(&message_path, e))?;
+        let mut commit_args: Vec<OsString> = ["commit", "-q", "--no-verify", "-F"].map(OsString::from).into();
+        commit_args.push(message_path.into_os_string());
+        let committed = self.git(commit_args)?;
+        if !committed.ok {
+            // Asked only now (one git process less on the usual path): did
+            // the commit fail because the agent changed nothing?
+            if !self.git(["diff", "--cached", "--quiet"])?.ok {
+                return Err(WorkerError::GitFailed(self.log.redact(committed.stderr.trim())));
+            }
             if self.spec.require_change {
                 return Err(WorkerError::NoChange);
             }
@@ -189,11 +198,6 @@ impl Worker<'_> {
             self.log.line("the agent changed nothing; nothing to push");
             return Ok(Done { commit: head, message: "the agent changed nothing".to_owned() });
         }
-        let message_path = self.run_dir.join("commit-message.txt");
-        std::fs::write(&message_path, self.commit_message()).map_err(|e| WorkerError::io(&message_path, e))?;
-        let mut commit_args: Vec<OsString> = ["commit", "-q", "--no-verify", "-F"].map(OsString::from).into();
-        commit_args.push(message_path.into_os_string());
-        self.git_ok(commit_args, WorkerError::GitFailed)?;
         self.push()
     }
 
