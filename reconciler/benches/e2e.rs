@@ -20,7 +20,10 @@
 //! Run: `cargo bench --bench e2e`. Environment:
 //! `HADRON_BENCH_SIZES=100,1000,10000` (sizes of a/b/c/d; d runs at sizes ≤ 1,000),
 //! `HADRON_BENCH_SAMPLES=5` (samples of a, b and e), `HADRON_BENCH_LATENCY_SAMPLES=20`
-//! (samples of d), `HADRON_BENCH_PARTS=a,b,c,d,e`, `HADRON_BENCH_E_REQUESTS=200`.
+//! (samples of d), `HADRON_BENCH_PARTS=a,b,c,d,e`, `HADRON_BENCH_E_REQUESTS=200`,
+//! `HADRON_BENCH_SETTLE_SECONDS=12` (pause before each run of e),
+//! `HADRON_BENCH_LOG=<file>` (append Hadron's output there; with `RUST_LOG=hadron=debug`
+//! it holds each pass's step timings).
 //! Progress goes to stderr, the markdown tables to stdout.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -403,6 +406,16 @@ impl Hadron {
 
 impl Drop for Hadron {
     fn drop(&mut self) {
+        // `HADRON_BENCH_LOG=<file>`: Hadron's output (with the time since the
+        // bench started it) is appended there, to see where a run's time went.
+        if let Ok(path) = std::env::var("HADRON_BENCH_LOG") {
+            let lines = self.lines.lock().expect("lines");
+            let text: String = lines.iter().map(|(at, line)| format!("{:>10.1} {line}\n", ms(*at - self.started))).collect();
+            let appended = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| f.write_all(text.as_bytes()));
+            if let Err(e) = appended {
+                eprintln!("  HADRON_BENCH_LOG={path}: {e}");
+            }
+        }
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -829,6 +842,29 @@ struct Throughput {
     first_agent: f64,
     last_agent: f64,
     rss: f64,
+    passes: f64,
+    status_commits: f64,
+    /// CPU seconds of Hadron itself, and of the children it waited for (workers, git).
+    cpu: (f64, f64),
+}
+
+/// Writes back what is dirty and waits out ext4's memory of freed inodes
+/// (`HADRON_BENCH_SETTLE_SECONDS`, default 12).
+fn settle_fs() {
+    let secs = std::env::var("HADRON_BENCH_SETTLE_SECONDS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(12);
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(secs));
+}
+
+/// CPU seconds (user + system) of `pid`, and of its children it has waited for.
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start at the state, field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    let tick = 100.0; // USER_HZ on Linux
+    let at = |i: usize| f.get(i - 3).copied().unwrap_or(0.0);
+    ((at(14) + at(15)) / tick, (at(16) + at(17)) / tick)
 }
 
 fn throughput(root: &Path, requests: usize, sample: usize) -> Throughput {
@@ -859,8 +895,16 @@ fn throughput(root: &Path, requests: usize, sample: usize) -> Throughput {
     assert_eq!(agent_ns.len(), requests * 2, "one agent run per request and stage");
     agent_ns.sort_unstable();
     let rel = |ns: u128| (ns as f64 - t0_ns as f64) / 1e6;
-    let out =
-        Throughput { total, first_agent: rel(agent_ns[0]), last_agent: rel(agent_ns[agent_ns.len() - 1]), rss: hadron.peak_rss_mib() };
+    let metrics = hadron.metrics();
+    let out = Throughput {
+        total,
+        first_agent: rel(agent_ns[0]),
+        last_agent: rel(agent_ns[agent_ns.len() - 1]),
+        rss: hadron.peak_rss_mib(),
+        passes: sum(&metrics, "hadron_reconcile_passes_total"),
+        status_commits: sum(&metrics, "hadron_status_commits_total"),
+        cpu: cpu_seconds(hadron.pid()),
+    };
     hadron.stop();
     std::fs::remove_dir_all(&sc.dir).expect("rm");
     out
@@ -868,13 +912,14 @@ fn throughput(root: &Path, requests: usize, sample: usize) -> Throughput {
 
 /// The floor of e: the workers' git work by hand, 4 at once: per request and
 /// stage, clone the target, run the same agent, commit, push `hadron/<request>`.
-fn floor_throughput(root: &Path, requests: usize, sample: usize) -> f64 {
+fn floor_throughput(root: &Path, requests: usize, sample: usize) -> (f64, f64) {
     let dir = root.join(format!("floor-e-{sample}"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let targets: Vec<PathBuf> = (0..TARGETS).map(|k| make_target(&dir, &format!("app-{k}.git"))).collect();
     let markers = dir.join("markers");
     std::fs::create_dir_all(&markers).expect("mkdir");
     let next = AtomicUsize::new(0);
+    let cpu0 = cpu_seconds(std::process::id()).1;
     let t0 = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..4 {
@@ -917,8 +962,9 @@ fn floor_throughput(root: &Path, requests: usize, sample: usize) -> f64 {
         }
     });
     let elapsed = ms(t0.elapsed());
+    let cpu = cpu_seconds(std::process::id()).1 - cpu0;
     std::fs::remove_dir_all(&dir).expect("rm");
-    elapsed
+    (elapsed, cpu)
 }
 
 // ---------------------------------------------------------------- main
@@ -1130,14 +1176,32 @@ fn main() {
             (Stats::default(), Stats::default(), Stats::default(), Stats::default(), Stats::default());
         for k in 0..cfg.samples {
             eprintln!("e: sample {k}: {requests} requests × 2 stages");
-            let tp = throughput(root.path(), requests, k);
-            let floor_ms = floor_throughput(root.path(), requests, k);
+            // Each run starts on a file system at rest, and Hadron and the
+            // floor take turns going first: on ext4 without a journal (these
+            // machines) an inode freed in the last 5–10 s is skipped when a
+            // new one is allocated, so a run that follows another's clean-up
+            // of thousands of files pays for it in every file it creates.
+            let (tp, (floor_ms, floor_cpu)) = if k % 2 == 0 {
+                settle_fs();
+                let tp = throughput(root.path(), requests, k);
+                settle_fs();
+                (tp, floor_throughput(root.path(), requests, k))
+            } else {
+                settle_fs();
+                let floor = floor_throughput(root.path(), requests, k);
+                settle_fs();
+                (throughput(root.path(), requests, k), floor)
+            };
             eprintln!(
-                "  e sample {k}: {} (first agent at {}, last at {}), floor {}",
+                "  e sample {k}: {} (first agent at {}, last at {}), floor {} (CPU {floor_cpu:.1} s); {} passes, {} status commits, CPU {:.1} s Hadron + {:.1} s its children",
                 t(tp.total),
                 t(tp.first_agent),
                 t(tp.last_agent),
-                t(floor_ms)
+                t(floor_ms),
+                tp.passes,
+                tp.status_commits,
+                tp.cpu.0,
+                tp.cpu.1,
             );
             e.push(tp.total);
             e_floor.push(floor_ms);
