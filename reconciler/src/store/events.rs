@@ -58,7 +58,7 @@ impl Store {
                         .push_bind(&event.revision)
                         .push_bind(&event.detail);
                 });
-                query.build().execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
+                query.build().persistent(false).execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
             }
             tx.commit().await.map_err(|e| StoreError::query(OP, e))
         })

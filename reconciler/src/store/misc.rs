@@ -122,7 +122,7 @@ impl Store {
                     keys.push_bind(*key);
                 }
                 query.push(")");
-                query.build().execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
+                query.build().persistent(false).execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
             }
             for chunk in sets.chunks(super::rows_per_statement(3)) {
                 let mut query = sqlx::QueryBuilder::new("INSERT INTO kv (key, value, updated_at) ");
@@ -130,7 +130,7 @@ impl Store {
                     row.push_bind(*key).push_bind(*value).push_bind(at);
                 });
                 query.push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at");
-                query.build().execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
+                query.build().persistent(false).execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
             }
             tx.commit().await.map_err(|e| StoreError::query(OP, e))
         })

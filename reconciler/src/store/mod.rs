@@ -92,6 +92,11 @@ const EVENT_ORDER_LOCK_KEY: i64 = 0x6861_6472_6f6e_6576;
 const MAX_BINDS_PER_STATEMENT: usize = 16_000;
 
 /// Rows of `columns` bound parameters each that fit in one statement.
+///
+/// These statements are built with `persistent(false)`: their text varies
+/// with the row count, so each would otherwise stay prepared in every
+/// connection's statement cache (megabytes for a statement of thousands of
+/// rows, used once).
 fn rows_per_statement(columns: usize) -> usize {
     (MAX_BINDS_PER_STATEMENT / columns.max(1)).max(1)
 }

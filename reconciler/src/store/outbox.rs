@@ -68,7 +68,7 @@ impl Store {
                 query.push_values(chunk, |mut row, (path, content)| {
                     row.push_bind(id).push_bind(*path).push_bind(*content);
                 });
-                query.build().execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
+                query.build().persistent(false).execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
             }
             tx.commit().await.map_err(|e| StoreError::query(OP, e))?;
             Ok(id)

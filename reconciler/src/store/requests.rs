@@ -41,7 +41,7 @@ impl Store {
                          message = excluded.message, \
                          updated_at = excluded.updated_at",
                 );
-                query.build().execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
+                query.build().persistent(false).execute(&mut *tx).await.map_err(|e| StoreError::query(OP, e))?;
             }
             tx.commit().await.map_err(|e| StoreError::query(OP, e))
         })
