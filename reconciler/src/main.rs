@@ -114,9 +114,10 @@ struct ServeArgs {
     /// keys of deleted requests, events past retention).
     #[arg(long, env = "HADRON_HOUSEKEEPING_SECONDS", default_value_t = 600, value_name = "SECONDS")]
     housekeeping_seconds: u64,
-    /// While workers run, at most one status commit per this many milliseconds: what changes in
+    /// While workers run, at most one status commit per this many milliseconds: progress in
     /// between goes into the next commit together (and shows at once in the terminal, the event
-    /// stream and the API). Once no worker runs, status is committed at once. 0: a commit per pass.
+    /// stream and the API). What asks a person to act (a stall, a gate, a failure) and anything
+    /// once no worker runs is committed at once. 0: a commit per pass.
     #[arg(long, env = "HADRON_STATUS_INTERVAL_MS", default_value_t = 1000, value_name = "MS")]
     status_interval_ms: u64,
 }

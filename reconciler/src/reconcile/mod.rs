@@ -297,6 +297,9 @@ pub struct Context {
     own: Option<publish::OwnStatuses>,
     /// When the last status commit was pushed (for the status interval).
     last_status_commit: Option<Instant>,
+    /// A status commit being pushed while workers run (joined by the next
+    /// pass before it fetches or renders).
+    pending_publish: Option<publish::PendingPublish>,
 }
 
 impl Context {
@@ -340,6 +343,7 @@ impl Context {
             digests: None,
             own: None,
             last_status_commit: None,
+            pending_publish: None,
         })
     }
 
@@ -465,9 +469,18 @@ impl Context {
     async fn pass_steps(&mut self, triggers: &[&str]) -> Result<PassReport, ReconcileError> {
         let mut degraded = Vec::new();
         let mut timer = StepTimer::start();
+        // A pass asked for only by worker exits goes on while the last status
+        // commit is pushed (it starts the next workers meanwhile) and joins
+        // it in its status step; any other pass joins it first.
+        let exits_only = !triggers.is_empty() && triggers.iter().all(|k| *k == "WorkerExited");
+        if !exits_only {
+            self.join_publish().await?;
+        }
         // Publish what an earlier pass (or a crash) left in the outbox first,
         // unless publishing backs off; a failure does not stop the pass.
-        let publishing = self.step_flush().await?;
+        // (Not while a status commit is being pushed: its entry is still in
+        // the outbox, and the status step joins it first.)
+        let publishing = if self.pending_publish.is_some() { true } else { self.step_flush().await? };
         if let Some(failure) = self.publish_failure.clone().filter(|_| !publishing) {
             degraded.push(failure);
         }
@@ -476,11 +489,14 @@ impl Context {
         // A pass asked for only by worker exits does not fetch: a push has
         // a trigger of its own (the watch, a webhook, the poll), which runs
         // a pass that fetches, unless the last fetch failed.
-        let exits_only = !triggers.is_empty() && triggers.iter().all(|k| *k == "WorkerExited");
         let fetched_last = self.last_report.as_ref().filter(|r| !r.degraded.iter().any(|f| f.step == steps::Step::Fetch));
         let fetched = match (exits_only, fetched_last) {
             (true, Some(last)) => Ok((last.revision.clone(), false)),
-            _ => self.step_source().await,
+            _ => match self.join_publish().await {
+                // Hadron's own commit must be recorded before a fetch brings it back.
+                Ok(()) => self.step_source().await,
+                Err(e) => Err(e),
+            },
         };
         let (revision, meaningful) = match fetched {
             Ok(fetched) => {
@@ -526,7 +542,7 @@ impl Context {
         // its files for the status interval): the writer fetches the branch
         // meanwhile (a failure is only a lost head start).
         let busy = self.last_report.as_ref().map_or(0, |r| r.live_workers);
-        if publishing && self.status_hold(busy).is_none() {
+        if publishing && self.pending_publish.is_none() && self.status_hold(busy).is_none() {
             let writer = self.writer.clone();
             tokio::task::spawn_blocking(move || {
                 if let Ok(mut writer) = writer.lock()
@@ -604,7 +620,7 @@ impl Context {
         }
         self.store.set_last_revision(&revision, t).await?;
         if self.housekeeping_wait() == Duration::ZERO {
-            let published = report.unpublished == 0 && report.held == 0 && self.publish_failure.is_none();
+            let published = report.unpublished == 0 && report.held == 0 && self.pending_publish.is_none() && self.publish_failure.is_none();
             let swept = housekeeping::sweep(self, &observed, t, published).await?;
             // Housekeeping forgot the digests of deleted requests.
             self.digests = None;

@@ -139,6 +139,11 @@ impl Context {
         forge: &forge::ForgeOutputs,
         publishing: bool,
     ) -> Result<PassReport, ReconcileError> {
+        // A status commit still being pushed is recorded first: this pass
+        // renders from the files it wrote. Publishing goes on only if it
+        // went through.
+        self.join_publish().await?;
+        let publishing = publishing && self.publish_retry.due();
         let mut changes: BTreeMap<String, Option<Arc<[u8]>>> = BTreeMap::new();
         // The statuses of the changed files, as rendered.
         let mut own: BTreeMap<String, Arc<crate::model::RequestStatus>> = BTreeMap::new();
@@ -146,6 +151,7 @@ impl Context {
             PassReport { revision: revision.to_owned(), wake_at: plan.wake_at, forge_retry: forge.retry, ..PassReport::default() };
         let none = BTreeMap::new();
         let mut timer = super::StepTimer::start();
+        let mut urgent = false;
         self.rendered.retain(|name, _| plan.requests.contains_key(name));
         // Rendered again only when one of its inputs changed (a pass that
         // changed one request renders one status file); many at once are
@@ -208,6 +214,10 @@ impl Context {
                     Some((r, m)) => (r.clone(), format!("Stalled: {m}; {}", view.message)),
                     None => (now_seen.reason.clone(), view.message.clone()),
                 };
+                // What asks a person to act (a stall, a gate, a failure)
+                // is committed at once, never held for the status interval.
+                urgent |=
+                    now_seen.stalled.is_some() || matches!(view.phase, Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Failed);
                 report.changes.push(PhaseChange {
                     request: name.clone(),
                     from: before.map(|b| b.phase),
@@ -268,7 +278,7 @@ impl Context {
         timer.lap("events");
         report.live_workers = plan.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
             + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
-        let hold = self.status_hold(report.live_workers);
+        let hold = if urgent { None } else { self.status_hold(report.live_workers) };
         let files = changes.len();
         if !changes.is_empty() && !publishing {
             // Publishing fails or backs off: nothing is queued behind the
@@ -293,13 +303,20 @@ impl Context {
             let id = self.store.put_outbox(&message, &files, t).await?;
             drop(files);
             timer.lap("outbox");
-            match self.publish(id, changes, own, message, revision.to_owned()).await {
-                Ok(commit) => report.status_commit = commit,
-                Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
-                    report.unpublished = count;
-                    self.publish_failed(&e);
+            if report.live_workers > 0 {
+                // Workers run: the push goes on while the next pass, asked
+                // for by a worker's exit, starts the next worker; that pass
+                // joins it before it fetches or renders.
+                self.pending_publish = Some(self.start_publish(id, changes, own, message, revision.to_owned()));
+            } else {
+                match self.publish(id, changes, own, message, revision.to_owned()).await {
+                    Ok(commit) => report.status_commit = commit,
+                    Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
+                        report.unpublished = count;
+                        self.publish_failed(&e);
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
         }
         timer.lap("publish");
@@ -321,15 +338,43 @@ impl Context {
         message: String,
         revision: String,
     ) -> Result<Option<String>, ReconcileError> {
-        let mut timer = super::StepTimer::start();
+        let pending = self.start_publish(outbox_id, changes, own, message, revision);
+        self.finish_publish(pending).await
+    }
+
+    /// Starts committing and pushing `changes` on a blocking thread; what
+    /// it means for the store and the catalog is recorded by
+    /// [`Context::finish_publish`].
+    fn start_publish(
+        &self,
+        outbox_id: i64,
+        changes: BTreeMap<String, Option<Arc<[u8]>>>,
+        own: BTreeMap<String, Arc<crate::model::RequestStatus>>,
+        message: String,
+        revision: String,
+    ) -> PendingPublish {
         let writer = self.writer.clone();
         let to_publish = changes.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut writer = writer.lock().map_err(|_| ReconcileError::Join("writer lock poisoned".into()))?;
-            Ok::<_, ReconcileError>(writer.publish(&to_publish, &message, &revision)?)
-        })
-        .await
-        .map_err(|e| ReconcileError::Join(e.to_string()))??;
+        let done = Arc::new(tokio::sync::Notify::new());
+        let notify = done.clone();
+        let git = tokio::task::spawn_blocking(move || {
+            let published = writer
+                .lock()
+                .map_err(|_| ReconcileError::Join("writer lock poisoned".into()))
+                .and_then(|mut writer| Ok(writer.publish(&to_publish, &message, &revision)?));
+            // Kept as a permit when the loop is not waiting yet.
+            notify.notify_one();
+            published
+        });
+        PendingPublish { git, done, outbox_id, changes, own, started: std::time::Instant::now(), span: tracing::Span::current() }
+    }
+
+    /// Waits for a publish started by [`Context::start_publish`] and records
+    /// it: the outbox entry, the digests, the catalog.
+    async fn finish_publish(&mut self, pending: PendingPublish) -> Result<Option<String>, ReconcileError> {
+        let PendingPublish { git, outbox_id, changes, own, started, .. } = pending;
+        let outcome = git.await.map_err(|e| ReconcileError::Join(e.to_string()))??;
+        let mut timer = super::StepTimer { last: started, laps: Vec::new() };
         timer.lap("git");
         let commit = outcome.commit.clone();
         if commit.is_some() {
@@ -398,6 +443,42 @@ impl Context {
             }
         }
         Ok(commit)
+    }
+
+    /// Before the loop returns: the status commit being pushed, if any, is
+    /// waited for and recorded (a failure leaves it in the outbox for the
+    /// next start).
+    pub(super) async fn finish(&mut self) {
+        if let Err(e) = self.join_publish().await {
+            tracing::warn!(reason = e.reason(), "recording the last status commit failed: {e}; the next start publishes it again");
+        }
+    }
+
+    /// Waits for the status commit an earlier pass left being pushed, if
+    /// any, and records it (a failure is handled as a failed publish: the
+    /// entry stays in the outbox and publishing backs off).
+    pub(super) async fn join_publish(&mut self) -> Result<(), ReconcileError> {
+        use tracing::Instrument;
+        let Some(pending) = self.pending_publish.take() else { return Ok(()) };
+        // Logged in the span of the pass that decided these files.
+        let span = pending.span.clone();
+        async {
+            match self.finish_publish(pending).await {
+                Ok(commit) => {
+                    if let (Some(_), Some(t)) = (commit, &self.telemetry) {
+                        t.metrics.inc_status_commits();
+                    }
+                    Ok(())
+                }
+                Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
+                    self.publish_failed(&e);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        .instrument(span)
+        .await
     }
 
     /// How long the status files of this pass wait for the next status
@@ -492,6 +573,20 @@ impl Context {
         }
         Ok(())
     }
+}
+
+/// A status commit being pushed while the loop goes on (see
+/// [`Context::join_publish`]).
+pub(super) struct PendingPublish {
+    git: tokio::task::JoinHandle<Result<crate::status::writer::PublishOutcome, ReconcileError>>,
+    /// Notified once the push is done (the loop then records it).
+    pub(super) done: Arc<tokio::sync::Notify>,
+    outbox_id: i64,
+    changes: BTreeMap<String, Option<Arc<[u8]>>>,
+    own: BTreeMap<String, Arc<crate::model::RequestStatus>>,
+    started: std::time::Instant,
+    /// The span of the pass that started it.
+    span: tracing::Span,
 }
 
 /// One status file to render: a request and the inputs of its file.

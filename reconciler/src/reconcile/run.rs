@@ -24,6 +24,7 @@ pub async fn run(
     let mut forge_retries: u32 = 0;
     loop {
         if *shutdown.borrow() {
+            ctx.finish().await;
             return;
         }
         let result = ctx.pass().await;
@@ -86,21 +87,38 @@ pub async fn run(
             }
         }
         if !on_pass(&result) {
+            ctx.finish().await;
             return;
         }
-        tokio::select! {
-            got = triggers.recv() => {
-                match got {
-                    Some(trigger) => ctx.note(&trigger),
-                    None => tokio::time::sleep(delay).await,
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            // A status commit pushed in the background is recorded as soon
+            // as it is done, without a pass of its own.
+            let pushed = ctx.pending_publish.as_ref().map(|p| p.done.clone());
+            tokio::select! {
+                got = triggers.recv() => {
+                    match got {
+                        Some(trigger) => ctx.note(&trigger),
+                        None => tokio::time::sleep_until(deadline).await,
+                    }
+                    // Coalesce: everything queued is one more pass.
+                    while let Ok(trigger) = triggers.try_recv() {
+                        ctx.note(&trigger);
+                    }
                 }
-                // Coalesce: everything queued is one more pass.
-                while let Ok(trigger) = triggers.try_recv() {
-                    ctx.note(&trigger);
+                () = tokio::time::sleep_until(deadline) => {}
+                () = shutdown_requested(&mut shutdown) => {}
+                () = async {
+                    match pushed {
+                        Some(done) => done.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    ctx.finish().await;
+                    continue;
                 }
             }
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown_requested(&mut shutdown) => {}
+            break;
         }
     }
 }
