@@ -585,6 +585,20 @@ fn while_workers_run_status_commits_wait_for_the_interval_and_not_once_none_runs
     std::thread::sleep(std::time::Duration::from_secs(2));
     let (quick, _) = status_on_main(&control, "quick");
     assert!(!quick.contains("phase: Succeeded"), "published within the interval while a worker runs:\n{quick}");
+    // The first commit was pushed in the background (a worker ran): it is
+    // recorded as published while the worker still runs, not left queued.
+    let pending = || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let store = hadron::store::Store::open_data_dir(&root.join(".hadron")).await.expect("store");
+            store.pending_outbox().await.expect("outbox").len()
+        })
+    };
+    let started = Instant::now();
+    while pending() != 0 {
+        assert!(started.elapsed() < hadron_tests::WAIT, "the background status commit stayed queued:\n{}", live.logs());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // The last worker ends: everything held goes out at once, in one commit.
     std::fs::write(&go, "").expect("release the agent");
