@@ -409,6 +409,38 @@ fn readyz_says_not_ready_with_the_reason_while_passes_keep_failing() {
     wait_for(200, "ready");
 }
 
+/// Alice clones the control repo and pushes, in one commit, the agent
+/// `agent_yaml` (named like the second request), the request `quick` (the
+/// default agent) and the request `other` run by that agent, with `spec_extra`
+/// (indented spec lines) added to it.
+fn alice_pushes_quick_and(root: &Path, control: &Path, agent_yaml: &str, other: &str, spec_extra: &str) {
+    let clone = root.join("alice");
+    git_as(root, "alice", &["clone", "-q", control.to_str().expect("utf-8"), "alice"]);
+    std::fs::create_dir_all(clone.join("requests")).expect("requests folder");
+    let agent = agent_yaml.lines().find_map(|l| l.trim().strip_prefix("name: ")).expect("the agent has a name");
+    std::fs::write(clone.join(format!("agents/{agent}.yaml")), agent_yaml).expect("agent");
+    let request = |name: &str, title: &str, extra: String| {
+        let text = format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: {title}\n{extra}  repos:\n    - url: ../demo-app.git\n"
+        );
+        std::fs::write(clone.join(format!("requests/{name}.yaml")), text).expect("request");
+    };
+    request("quick", "Quick", String::new());
+    request(other, other, format!("  agent: {agent}\n{spec_extra}"));
+    git_as(&clone, "alice", &["add", "-A"]);
+    git_as(&clone, "alice", &["commit", "-q", "-m", &format!("Add quick and {other}")]);
+    git_as(&clone, "alice", &["push", "-q", "origin", "main"]);
+}
+
+/// Outbox entries waiting in the store of `root/.hadron`.
+fn pending_outbox(root: &Path) -> usize {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let store = hadron::store::Store::open_data_dir(&root.join(".hadron")).await.expect("store");
+        store.pending_outbox().await.expect("outbox").len()
+    })
+}
+
 /// A pre-receive hook on the control repo that declines Hadron's commits
 /// (as branch protection would) while `decline` exists; people's pushes pass.
 fn decline_hadron_pushes(control: &Path, decline: &Path) {
@@ -438,27 +470,13 @@ fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart
     let live = Live::start(hadron_bin!(), root, &["up", "example-repo", "--listen", "127.0.0.1:0", "--poll-seconds", "3600"]);
     let addr = live.address();
     // A person pushes two requests: one quick, one whose agent outlives its wall-time budget.
-    let clone = root.join("alice");
-    git_as(root, "alice", &["clone", "-q", control.to_str().expect("utf-8"), "alice"]);
-    std::fs::create_dir_all(clone.join("requests")).expect("requests folder");
-    std::fs::write(
-        clone.join("agents/sleepy.yaml"),
+    alice_pushes_quick_and(
+        root,
+        &control,
         "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: sleepy\nspec:\n  command: [sh, -c, 'sleep 60']\n",
-    )
-    .expect("agent");
-    std::fs::write(
-        clone.join("requests/quick.yaml"),
-        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: quick\nspec:\n  title: Quick\n  repos:\n    - url: ../demo-app.git\n",
-    )
-    .expect("request");
-    std::fs::write(
-        clone.join("requests/slow.yaml"),
-        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: slow\nspec:\n  title: Slow\n  agent: sleepy\n  budget:\n    maxWallTime: 3s\n  repos:\n    - url: ../demo-app.git\n",
-    )
-    .expect("request");
-    git_as(&clone, "alice", &["add", "-A"]);
-    git_as(&clone, "alice", &["commit", "-q", "-m", "Add quick and slow"]);
-    git_as(&clone, "alice", &["push", "-q", "origin", "main"]);
+        "slow",
+        "  budget:\n    maxWallTime: 3s\n",
+    );
 
     // Publishing fails, and says so once; workers, plans and limits go on.
     live.wait_for_line(&["publish step failing [StatusPublishFailed]", "protected branch"], "the declined push is shown with git's words");
@@ -478,13 +496,7 @@ fn a_declined_status_push_stops_only_publishing_and_catches_up_without_a_restart
     }
     let in_git = git_as(&control, "x", &["ls-tree", "--name-only", "main", "status/"]);
     assert!(!in_git.contains("status/quick.yaml"), "nothing was pushed while declined: {in_git}");
-    let outbox_rows = || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async {
-            let store = hadron::store::Store::open_data_dir(&root.join(".hadron")).await.expect("store");
-            store.pending_outbox().await.expect("outbox").len()
-        })
-    };
+    let outbox_rows = || pending_outbox(root);
     assert!(outbox_rows() <= 1, "one entry waits, not one per pass");
 
     // The protection is lifted: the statuses catch up without a restart or a push.
@@ -548,30 +560,11 @@ fn while_workers_run_status_commits_wait_for_the_interval_and_not_once_none_runs
         root,
         &["up", "example-repo", "--listen", "127.0.0.1:0", "--poll-seconds", "3600", "--status-interval-ms", "600000"],
     );
-    let clone = root.join("alice");
-    git_as(root, "alice", &["clone", "-q", control.to_str().expect("utf-8"), "alice"]);
-    std::fs::create_dir_all(clone.join("requests")).expect("requests folder");
-    std::fs::write(
-        clone.join("agents/waiting.yaml"),
-        format!(
-            "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: waiting\nspec:\n  command: [sh, -c, 'while [ ! -e \"$GO\" ]; do sleep 0.05; done; date +%s%N >> done.txt']\n  env:\n    - name: GO\n      value: {}\n",
-            go.display()
-        ),
-    )
-    .expect("agent");
-    std::fs::write(
-        clone.join("requests/quick.yaml"),
-        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: quick\nspec:\n  title: Quick\n  repos:\n    - url: ../demo-app.git\n",
-    )
-    .expect("request");
-    std::fs::write(
-        clone.join("requests/held.yaml"),
-        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: held\nspec:\n  title: Held\n  agent: waiting\n  repos:\n    - url: ../demo-app.git\n",
-    )
-    .expect("request");
-    git_as(&clone, "alice", &["add", "-A"]);
-    git_as(&clone, "alice", &["commit", "-q", "-m", "Add quick and held"]);
-    git_as(&clone, "alice", &["push", "-q", "origin", "main"]);
+    let agent = format!(
+        "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: held\nspec:\n  command: [sh, -c, 'while [ ! -e \"$GO\" ]; do sleep 0.05; done; date +%s%N >> done.txt']\n  env:\n    - name: GO\n      value: {}\n",
+        go.display()
+    );
+    alice_pushes_quick_and(root, &control, &agent, "held", "");
 
     // The first status commit is made at once: none was made in the interval.
     let started = Instant::now();
@@ -587,15 +580,8 @@ fn while_workers_run_status_commits_wait_for_the_interval_and_not_once_none_runs
     assert!(!quick.contains("phase: Succeeded"), "published within the interval while a worker runs:\n{quick}");
     // The first commit was pushed in the background (a worker ran): it is
     // recorded as published while the worker still runs, not left queued.
-    let pending = || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async {
-            let store = hadron::store::Store::open_data_dir(&root.join(".hadron")).await.expect("store");
-            store.pending_outbox().await.expect("outbox").len()
-        })
-    };
     let started = Instant::now();
-    while pending() != 0 {
+    while pending_outbox(root) != 0 {
         assert!(started.elapsed() < hadron_tests::WAIT, "the background status commit stayed queued:\n{}", live.logs());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
