@@ -84,6 +84,31 @@ const SAFE_CONFIG: &[&str] = &[
     "core.logAllRefUpdates=false",
 ];
 
+/// The `git` to run: its full path, found once on Hadron's `PATH` (the
+/// `PATH` its children get), else plain `git`.
+///
+/// A full path matters for speed: given a bare name and an environment
+/// that sets `PATH`, the standard library must search `PATH` itself and
+/// starts the child with `fork`, which copies the page tables of Hadron's
+/// whole heap (and makes its next writes fault) on every git run; with a
+/// full path it uses `posix_spawn`, which does not.
+pub fn program() -> &'static Path {
+    static GIT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    GIT.get_or_init(|| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join("git"))
+            .find(|candidate| is_executable(candidate))
+            .unwrap_or_else(|| PathBuf::from("git"))
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Why a git run failed. [`GitError::reason`] is the stable reason string.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -200,7 +225,7 @@ impl Git {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new("git");
+        let mut cmd = Command::new(program());
         cmd.env_clear();
         for name in PROCESS_ENV.iter().chain(GIT_TRANSPORT_ENV) {
             if let Some(value) = inherited(name) {
@@ -322,6 +347,16 @@ mod tests {
 
     fn me() -> Identity {
         Identity::new("hadron-test", "hadron-test@localhost")
+    }
+
+    #[test]
+    fn git_is_run_by_its_full_path_from_path() {
+        let git = program();
+        assert!(git.is_absolute(), "{}", git.display());
+        assert!(is_executable(git));
+        let ran = Git::nowhere(me()).run(["--version"]).expect("git runs");
+        assert!(ran.success && ran.stdout.starts_with("git version"), "{}", ran.stdout);
+        assert!(!is_executable(Path::new("/nonexistent/git")));
     }
 
     /// A home whose `.gitconfig` sets hooks, URL rewrites, signing and an
