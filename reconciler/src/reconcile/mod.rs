@@ -454,9 +454,6 @@ impl Context {
                     *by_phase.entry(phase.as_str()).or_default() += 1;
                 }
                 t.metrics.set_requests_by_phase(by_phase);
-                if report.status_commit.is_some() {
-                    t.metrics.inc_status_commits();
-                }
                 for change in &report.changes {
                     // No subscriber is fine.
                     let _ = t.events.send(change.clone());
@@ -472,7 +469,7 @@ impl Context {
         // A pass asked for only by worker exits goes on while the last status
         // commit is pushed (it starts the next workers meanwhile) and joins
         // it in its status step; any other pass joins it first.
-        let exits_only = !triggers.is_empty() && triggers.iter().all(|k| *k == "WorkerExited");
+        let exits_only = trigger::only_worker_exits(triggers);
         if !exits_only {
             self.join_publish().await?;
         }
@@ -524,7 +521,7 @@ impl Context {
         // waits for a time (a retry, held status files, a driver's recheck)
         // wakes the loop by itself.
         if let Some(prev) = self.last_report.as_ref().filter(|_| !meaningful && degraded.is_empty()) {
-            let only_source = !triggers.is_empty() && triggers.iter().all(|k| matches!(*k, "Poll" | "ControlPush"));
+            let only_source = trigger::only_control_repo(triggers);
             let busy = prev.live_workers > 0 && only_source && prev.recheck.is_none();
             let quiet = (prev.idle || busy)
                 && self.housekeeping_wait() > Duration::ZERO

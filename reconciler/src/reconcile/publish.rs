@@ -279,18 +279,18 @@ impl Context {
         report.live_workers = plan.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
             + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
         let hold = if urgent { None } else { self.status_hold(report.live_workers) };
-        let files = changes.len();
+        let count = changes.len();
         if !changes.is_empty() && !publishing {
             // Publishing fails or backs off: nothing is queued behind the
             // entry already waiting; these files are decided again (from the
             // store and the workers) once it goes through.
-            report.unpublished = changes.len();
+            report.unpublished = count;
         } else if let (false, Some(wait)) = (changes.is_empty(), hold) {
             // Workers run and a status commit was just made: these files go
             // into the next one, with whatever changes meanwhile (kept in
             // the render cache until then, or rendered anew). People see the
             // change at once in the terminal, the events and the API.
-            report.held = changes.len();
+            report.held = count;
             let due = now().saturating_add(Millis::try_from(wait.as_millis()).unwrap_or(Millis::MAX).saturating_add(1));
             report.wake_at = Some(report.wake_at.map_or(due, |w| w.min(due)));
         } else if !changes.is_empty() {
@@ -299,7 +299,6 @@ impl Context {
             // Rendered from strings: the texts are UTF-8.
             let files: BTreeMap<&str, Option<std::borrow::Cow<'_, str>>> =
                 changes.iter().map(|(p, c)| (p.as_str(), c.as_ref().map(|b| String::from_utf8_lossy(b)))).collect();
-            let count = changes.len();
             let id = self.store.put_outbox(&message, &files, t).await?;
             drop(files);
             timer.lap("outbox");
@@ -309,18 +308,15 @@ impl Context {
                 // joins it before it fetches or renders.
                 self.pending_publish = Some(self.start_publish(id, changes, own, message, revision.to_owned()));
             } else {
-                match self.publish(id, changes, own, message, revision.to_owned()).await {
-                    Ok(commit) => report.status_commit = commit,
-                    Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
-                        report.unpublished = count;
-                        self.publish_failed(&e);
-                    }
-                    Err(e) => return Err(e),
+                let published = self.publish(id, changes, own, message, revision.to_owned()).await;
+                match self.settle(published)? {
+                    Some(commit) => report.status_commit = commit,
+                    None => report.unpublished = count,
                 }
             }
         }
         timer.lap("publish");
-        tracing::debug!(steps = %timer, files, held = report.held, "status step");
+        tracing::debug!(steps = %timer, files = count, held = report.held, "status step");
         report.idle = report.live_workers == 0
             && plan.wake_at.is_none()
             && plan
@@ -382,6 +378,9 @@ impl Context {
         }
         if let Some(t) = &self.telemetry {
             t.metrics.add_push_retries(u64::from(outcome.attempts.saturating_sub(1)));
+            if commit.is_some() {
+                t.metrics.inc_status_commits();
+            }
         }
         self.store.mark_published(outbox_id, commit.as_deref().unwrap_or("unchanged"), now()).await?;
         self.publish_succeeded();
@@ -463,22 +462,25 @@ impl Context {
         // Logged in the span of the pass that decided these files.
         let span = pending.span.clone();
         async {
-            match self.finish_publish(pending).await {
-                Ok(commit) => {
-                    if let (Some(_), Some(t)) = (commit, &self.telemetry) {
-                        t.metrics.inc_status_commits();
-                    }
-                    Ok(())
-                }
-                Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
-                    self.publish_failed(&e);
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
+            let published = self.finish_publish(pending).await;
+            self.settle(published).map(|_| ())
         }
         .instrument(span)
         .await
+    }
+
+    /// What a publish came to, the one way for every caller: a failure of
+    /// git or of its thread backs publishing off (the entry stays in the
+    /// outbox) and is `None`; any other error stops the pass.
+    fn settle<T>(&mut self, published: Result<T, ReconcileError>) -> Result<Option<T>, ReconcileError> {
+        match published {
+            Ok(done) => Ok(Some(done)),
+            Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
+                self.publish_failed(&e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// How long the status files of this pass wait for the next status
@@ -498,18 +500,13 @@ impl Context {
         if !self.publish_retry.due() {
             return Ok(false);
         }
-        match self.flush_outbox().await {
-            Ok(()) => {
-                // Nothing waits in the outbox any more.
-                self.publish_succeeded();
-                Ok(true)
-            }
-            Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
-                self.publish_failed(&e);
-                Ok(false)
-            }
-            Err(e) => Err(e),
+        let flushed = self.flush_outbox().await;
+        let flushed = self.settle(flushed)?.is_some();
+        if flushed {
+            // Nothing waits in the outbox any more.
+            self.publish_succeeded();
         }
+        Ok(flushed)
     }
 
     pub(super) fn publish_succeeded(&mut self) {

@@ -36,6 +36,19 @@ pub enum Trigger {
     CiRecorded,
 }
 
+/// Whether the triggers of these kinds (a pass's, by [`Trigger::kind`]) are
+/// worker exits and nothing else: such a pass needs no fetch.
+pub fn only_worker_exits(kinds: &[&str]) -> bool {
+    !kinds.is_empty() && kinds.iter().all(|k| *k == Trigger::WorkerExited.kind())
+}
+
+/// Whether the triggers of these kinds only say that the control repo may
+/// have moved (its watch, its poll, a push webhook).
+pub fn only_control_repo(kinds: &[&str]) -> bool {
+    let control = [Trigger::Poll.kind(), Trigger::ControlPush { after: String::new() }.kind()];
+    !kinds.is_empty() && kinds.iter().all(|k| control.contains(k))
+}
+
 impl Trigger {
     /// The variant's name, for logs and metrics.
     pub fn kind(&self) -> &'static str {
@@ -47,5 +60,24 @@ impl Trigger {
             Self::WorkerExited => "WorkerExited",
             Self::CiRecorded => "CiRecorded",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_are_told_apart_by_the_kinds_that_asked_for_them() {
+        let exit = Trigger::WorkerExited.kind();
+        let poll = Trigger::Poll.kind();
+        let push = Trigger::ControlPush { after: "abc".into() }.kind();
+        assert!(only_worker_exits(&[exit]));
+        assert!(!only_worker_exits(&[exit, poll]));
+        assert!(!only_worker_exits(&[]), "a timer's pass (no trigger) is a full pass");
+        assert!(only_control_repo(&[poll, push]));
+        assert!(!only_control_repo(&[poll, exit]));
+        assert!(!only_control_repo(&[Trigger::CiRecorded.kind()]));
+        assert!(!only_control_repo(&[]));
     }
 }

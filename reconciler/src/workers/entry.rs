@@ -189,7 +189,12 @@ impl Worker<'_> {
             // Asked only now (one git process less on the usual path): did
             // the commit fail because the agent changed nothing?
             if !self.git(["diff", "--cached", "--quiet"])?.ok {
-                return Err(WorkerError::GitFailed(self.log.redact(committed.stderr.trim())));
+                let said = if committed.stderr.trim().is_empty() { &committed.stdout } else { &committed.stderr };
+                return Err(WorkerError::GitFailed(format!(
+                    "committing the agent's change failed: {} (the whole run: {})",
+                    self.log.redact(said.trim()),
+                    self.run_dir.join(LOG_FILE).display()
+                )));
             }
             if self.spec.require_change {
                 return Err(WorkerError::NoChange);

@@ -65,17 +65,11 @@ impl Worker<'_> {
     /// Read in process (a `git rev-parse` costs a process start, ~5 ms,
     /// and two of them stand between a worker's start and its agent's).
     pub(super) fn rev(&self, name: &str) -> Result<Option<String>, WorkerError> {
-        let repo = crate::git::open(&self.workspace).map_err(|e| WorkerError::GitFailed(format!("opening the workspace: {e}")))?;
-        let id = if name == "HEAD" {
-            repo.head_id().ok().map(gix::Id::detach)
-        } else {
-            repo.try_find_reference(name)
-                .map_err(|e| WorkerError::GitFailed(format!("reading {name}: {e}")))?
-                .and_then(|r| r.into_fully_peeled_id().ok())
-                .map(gix::Id::detach)
-        };
-        let commit = id.and_then(|id| repo.find_object(id).ok()).and_then(|o| o.peel_to_kind(gix::object::Kind::Commit).ok());
-        Ok(commit.map(|c| c.id.to_string()))
+        Ok(commit_at(&self.open_workspace()?, name)?.map(|id| id.to_string()))
+    }
+
+    fn open_workspace(&self) -> Result<gix::Repository, WorkerError> {
+        crate::git::open(&self.workspace).map_err(|e| WorkerError::GitFailed(format!("opening the workspace: {e}")))
     }
 
     /// Clones into `workspace` (through a temporary folder, so a crash never
@@ -127,9 +121,8 @@ impl Worker<'_> {
     /// `Hadron-Worker: <this worker>` (read in process, as `rev` is).
     pub(super) fn commit_of_this_worker(&self, branch: &str) -> Result<Option<String>, WorkerError> {
         let failed = |e: &dyn std::fmt::Display| WorkerError::GitFailed(format!("reading the history of {branch}: {e}"));
-        let Some(tip) = self.rev(branch)? else { return Ok(None) };
-        let tip = gix::ObjectId::from_hex(tip.as_bytes()).map_err(|e| failed(&e))?;
-        let repo = crate::git::open(&self.workspace).map_err(|e| WorkerError::GitFailed(format!("opening the workspace: {e}")))?;
+        let repo = self.open_workspace()?;
+        let Some(tip) = commit_at(&repo, branch)? else { return Ok(None) };
         let trailer = format!("Hadron-Worker: {}", self.spec.worker);
         for info in repo.rev_walk([tip]).all().map_err(|e| failed(&e))? {
             let info = info.map_err(|e| failed(&e))?;
@@ -180,6 +173,20 @@ impl Worker<'_> {
         }
         Err(WorkerError::PushFailed(last_error))
     }
+}
+
+/// The commit `name` (`HEAD` or a full ref name) points at in `repo`, if any.
+fn commit_at(repo: &gix::Repository, name: &str) -> Result<Option<gix::ObjectId>, WorkerError> {
+    let id = if name == "HEAD" {
+        repo.head_id().ok().map(gix::Id::detach)
+    } else {
+        repo.try_find_reference(name)
+            .map_err(|e| WorkerError::GitFailed(format!("reading {name}: {e}")))?
+            .and_then(|r| r.into_fully_peeled_id().ok())
+            .map(gix::Id::detach)
+    };
+    let commit = id.and_then(|id| repo.find_object(id).ok()).and_then(|o| o.peel_to_kind(gix::object::Kind::Commit).ok());
+    Ok(commit.map(|c| c.id))
 }
 
 #[cfg(test)]
