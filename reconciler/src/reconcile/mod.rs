@@ -255,10 +255,10 @@ pub struct Context {
     gates: Arc<crate::gates::branch::ApprovalBranches>,
     catalog: Catalog,
     last_report: Option<PassReport>,
-    /// Status files Hadron wrote last (the [`crate::status::render::digest`]
-    /// it recorded in the store), while the catalog holds them as written:
-    /// a fetch that brings them back is neither a change nor parsed again.
-    written: BTreeMap<String, String>,
+    /// Status files Hadron wrote last, by the id of the blob it wrote,
+    /// while the catalog holds them as written: a fetch that brings them
+    /// back neither reads, parses nor counts them as a change.
+    written: BTreeMap<String, gix::ObjectId>,
     /// What was last shown of each request.
     seen: BTreeMap<String, Seen>,
     /// Digest of each status file's re-rendered text, cached by the parsed
@@ -395,13 +395,21 @@ impl Context {
     async fn step_source(&mut self) -> Result<(String, bool), ReconcileError> {
         let source = self.source.clone();
         let started = Instant::now();
-        let changes = tokio::task::spawn_blocking(move || {
-            let mut source = source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?;
-            let rev = source.fetch()?;
-            Ok::<_, ReconcileError>(source.load(rev)?)
+        // Hadron's own files, back from git, are skipped by their blob ids.
+        let written = std::mem::take(&mut self.written);
+        // (A failed fetch hands them back too: the next one skips them still.)
+        let (written, changes) = tokio::task::spawn_blocking(move || {
+            let changes = (|| {
+                let mut source = source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?;
+                let rev = source.fetch()?;
+                Ok::<_, ReconcileError>(source.load_except(rev, &written)?)
+            })();
+            (written, changes)
         })
         .await
-        .map_err(|e| ReconcileError::Join(e.to_string()))??;
+        .map_err(|e| ReconcileError::Join(e.to_string()))?;
+        self.written = written;
+        let changes = changes?;
         if let Some(t) = &self.telemetry {
             t.metrics.observe_fetch(started.elapsed());
             // Ready: the control repo was fetched (and the store answers, which `/readyz` checks itself).
@@ -411,21 +419,12 @@ impl Context {
         // Parsed together, spread over the cores (a first load of 10,000 files).
         let mut data: Vec<(&str, &[u8])> = Vec::new();
         for (path, blob) in &changes.upserts {
+            // Anything listed is not (or no longer) what Hadron wrote there.
+            meaningful = true;
+            self.written.remove(path);
             match blob {
-                Blob::Data(bytes) => {
-                    if self.written.get(path).is_some_and(|w| *w == crate::status::render::digest(bytes)) {
-                        // Hadron's own file, back from git: the catalog holds it already.
-                        continue;
-                    }
-                    meaningful = true;
-                    self.written.remove(path);
-                    data.push((path.as_str(), bytes.as_slice()));
-                }
-                Blob::TooLarge { size } => {
-                    meaningful = true;
-                    self.written.remove(path);
-                    self.catalog.upsert_too_large(path, *size);
-                }
+                Blob::Data(bytes) => data.push((path.as_str(), bytes.as_slice())),
+                Blob::TooLarge { size } => self.catalog.upsert_too_large(path, *size),
             }
         }
         self.catalog.upsert_all(&data);

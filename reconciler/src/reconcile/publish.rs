@@ -428,12 +428,15 @@ impl Context {
         drop((written, digest_of));
         timer.lap("record");
         tracing::debug!(steps = %timer, "published");
-        // The same digest tells Hadron's own file when a fetch brings it back.
-        let digests: Vec<Option<String>> = digests.into_iter().map(|(_, digest)| digest).collect();
-        for ((path, _), digest) in changes.into_iter().zip(digests) {
-            match digest {
-                Some(digest) => {
-                    self.written.insert(path, digest);
+        // The blob id tells Hadron's own file when a fetch brings it back.
+        for (path, content) in changes {
+            match content.as_deref().map(|text| gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, text)) {
+                Some(Ok(id)) => {
+                    self.written.insert(path, id);
+                }
+                // An id that cannot be computed only means the file is read back.
+                Some(Err(_)) => {
+                    self.written.remove(&path);
                 }
                 None => {
                     self.catalog.remove(&path);

@@ -403,6 +403,42 @@ fn path_filter_skips_unrelated_trees_and_large_blobs_are_markers() -> Result<()>
 }
 
 #[test]
+fn files_the_caller_holds_already_are_neither_read_nor_listed() -> Result<()> {
+    let fx = Fixture::new()?;
+    fx.write("requests/a.yaml", b"a\n")?;
+    fx.commit_push("init", "main")?;
+    let mut source = fx.source()?;
+    let first = source.fetch()?;
+    source.load(first)?;
+    // Hadron publishes two status files; a person changes a request and hand-edits a third.
+    let blob = |bytes: &[u8]| gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, bytes);
+    let known: std::collections::BTreeMap<String, gix::ObjectId> = [
+        ("status/a.yaml".to_owned(), blob(b"phase: Pending\n")?),
+        ("status/b.yaml".to_owned(), blob(b"phase: Running\n")?),
+        ("status/c.yaml".to_owned(), blob(b"phase: Succeeded\n")?),
+    ]
+    .into();
+    fx.write("status/a.yaml", b"phase: Pending\n")?;
+    fx.write("status/b.yaml", b"phase: Running\n")?;
+    fx.write("status/c.yaml", b"phase: Succeeded, says a person\n")?;
+    fx.write("requests/a.yaml", b"a2\n")?;
+    fx.commit_push("publish and edit", "main")?;
+    let rev = source.fetch()?;
+    let before = source.blobs_read();
+    let changes = source.load_except(rev, &known)?;
+    let paths: Vec<&str> = changes.upserts.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["requests/a.yaml", "status/c.yaml"], "what Hadron holds as written is skipped; the rest is read");
+    assert_eq!(source.blobs_read() - before, 2);
+    // Deleting a file the caller holds is still a delete.
+    std::fs::remove_file(fx.work.join("status/a.yaml"))?;
+    fx.commit_push("remove", "main")?;
+    let rev = source.fetch()?;
+    let changes = source.load_except(rev, &known)?;
+    assert_eq!(changes.deletes, ["status/a.yaml"]);
+    Ok(())
+}
+
+#[test]
 fn path_filter_semantics() {
     let f = PathFilter::prefixes(["hadron.yaml", "/agents/", "approvals/r1"]);
     assert!(f.matches_file("hadron.yaml"));

@@ -89,7 +89,7 @@ const EVENT_ORDER_LOCK_KEY: i64 = 0x6861_6472_6f6e_6576;
 /// Bound parameters per multi-row statement (SQLite allows 32,766,
 /// PostgreSQL 65,535): a pass's writes of 10,000 rows take a handful of
 /// statements, not 10,000 round trips to the database thread.
-const MAX_BINDS_PER_STATEMENT: usize = 16_000;
+const MAX_BINDS_PER_STATEMENT: usize = 2_000;
 
 /// Rows of `columns` bound parameters each that fit in one statement.
 ///
