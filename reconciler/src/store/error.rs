@@ -97,6 +97,33 @@ pub enum StoreError {
         key: String,
     },
 
+    /// A write of a replica that no longer holds the leader lease (or holds
+    /// it under another epoch): refused in the write's own transaction.
+    #[error(
+        "refused to {op}: this replica ({holder}) writes under leader epoch {epoch}, but {current}; \
+         it stops acting as leader (the new leader carries on, nothing is lost)"
+    )]
+    Fenced {
+        /// What the store was about to do.
+        op: &'static str,
+        /// This replica's identity.
+        holder: String,
+        /// The epoch it acted under.
+        epoch: i64,
+        /// Who holds the lease now, in words.
+        current: String,
+    },
+
+    /// Leader election was asked of a store that cannot hold a lease.
+    #[error(
+        "leader election needs PostgreSQL, and this store is SQLite ({location}); \
+         run one replica on SQLite, or set DATABASE_URL to a PostgreSQL database to run several"
+    )]
+    LeaseUnsupported {
+        /// The SQLite file.
+        location: String,
+    },
+
     /// A stored value cannot be read back (edited by hand or by another program).
     #[error(
         "corrupt store row: {detail}; the store is rebuildable, so deleting the \
@@ -119,6 +146,8 @@ impl StoreError {
             Self::Conflict { .. } => "StoreConflict",
             Self::NotFound { .. } => "StoreNotFound",
             Self::Corrupt { .. } => "StoreCorrupt",
+            Self::Fenced { .. } => "StoreFenced",
+            Self::LeaseUnsupported { .. } => "LeaseUnsupported",
         }
     }
 

@@ -27,10 +27,10 @@ impl Store {
 
     /// Forgets deliveries received before `before` (unix ms); returns how many.
     pub async fn prune_deliveries(&self, before: i64) -> Result<u64, StoreError> {
-        with_pool!(self, pool => {
+        write_once!(self, "prune webhook deliveries", |tx| {
             sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
                 .bind(before)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map(|done| done.rows_affected())
                 .map_err(|e| StoreError::query("prune webhook deliveries", e))
@@ -60,7 +60,7 @@ impl Store {
 
     /// Sets a value of the `kv` table.
     pub(crate) async fn kv_set(&self, key: &str, value: &str, at: i64) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
+        write_once!(self, "set kv", |tx| {
             sqlx::query(
                 "INSERT INTO kv (key, value, updated_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -68,7 +68,7 @@ impl Store {
             .bind(key)
             .bind(value)
             .bind(at)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
             .map(|_| ())
             .map_err(|e| StoreError::query("set kv", e))
@@ -93,10 +93,10 @@ impl Store {
 
     /// Forgets CI results recorded before `before` (unix ms); returns how many.
     pub async fn prune_commit_statuses(&self, before: i64) -> Result<u64, StoreError> {
-        with_pool!(self, pool => {
+        write_once!(self, "prune commit statuses", |tx| {
             sqlx::query("DELETE FROM commit_statuses WHERE at < $1")
                 .bind(before)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map(|done| done.rows_affected())
                 .map_err(|e| StoreError::query("prune commit statuses", e))

@@ -39,6 +39,9 @@ macro_rules! with_pool {
 
 /// Begins a write transaction on `$pool` for `$store`, mapping errors to `$op`.
 ///
+/// A fenced store (the leader's, see [`Store::fenced`]) first checks in the
+/// same transaction that its epoch still holds the lease.
+///
 /// SQLite takes the write lock at once (`BEGIN IMMEDIATE`), so a transaction
 /// never fails half-way on a lock upgrade; PostgreSQL additionally takes the
 /// event-order lock so event ids are committed in increasing order (readers
@@ -47,6 +50,17 @@ macro_rules! begin_write {
     ($store:expr, $pool:ident, $op:expr) => {
         async {
             let mut tx = $pool.begin_with($store.begin_sql()).await.map_err(|e| $crate::store::StoreError::query($op, e))?;
+            if let Some(fence) = &$store.fence {
+                // Shares the lease row's lock until commit: a take-over (which
+                // updates the row) waits for this write, and every write
+                // after it sees the new epoch and is refused.
+                let lease: Option<(String, i64)> = sqlx::query_as($crate::store::lease::FENCE_SQL)
+                    .bind($crate::store::lease::LEASE_NAME)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| $crate::store::StoreError::query($op, e))?;
+                fence.check($op, lease)?;
+            }
             if let Some(lock) = $store.event_order_lock_sql() {
                 sqlx::query(lock)
                     .bind($crate::store::EVENT_ORDER_LOCK_KEY)
@@ -59,10 +73,28 @@ macro_rules! begin_write {
     };
 }
 
+/// Runs `$body` (a `Result`, using `$tx`) in one write transaction begun
+/// by [`begin_write!`] (so fenced like every write of the leader), and
+/// commits it.
+macro_rules! write_once {
+    ($store:expr, $op:expr, |$tx:ident| $body:expr) => {
+        with_pool!($store, pool => {
+            async {
+                let mut $tx = begin_write!($store, pool, $op).await?;
+                let out = $body?;
+                $tx.commit().await.map_err(|e| $crate::store::StoreError::query($op, e))?;
+                Ok::<_, $crate::store::StoreError>(out)
+            }
+            .await
+        })
+    };
+}
+
 mod attempts;
 mod error;
 mod events;
 mod kv;
+mod lease;
 mod misc;
 mod outbox;
 mod records;
@@ -72,6 +104,7 @@ mod tests;
 
 pub use error::{StoreError, redact_url};
 pub use kv::{PrRecord, RequestEntry};
+pub use lease::{LEASE_NAME, LeaseHolder};
 pub use records::{
     Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, MergeRecord, NewAttempt, NewEvent, OutboxEntry, OutboxFiles, OutboxState,
     RequestRecord,
@@ -137,6 +170,8 @@ pub struct Store {
     pool: Pool,
     /// Where the store lives, safe to show (path, or URL without password).
     location: String,
+    /// The leader's identity and epoch that every write must still hold.
+    fence: Option<std::sync::Arc<lease::Fence>>,
 }
 
 impl Store {
@@ -196,7 +231,7 @@ impl Store {
             .map_err(|source| StoreError::SqliteOpen { path: path.to_path_buf(), source })?;
         let location = path.display().to_string();
         SQLITE_MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { target: location.clone(), source })?;
-        Ok(Self { pool: Pool::Sqlite(pool), location })
+        Ok(Self { pool: Pool::Sqlite(pool), location, fence: None })
     }
 
     /// Connects to PostgreSQL at `url` and applies migrations, waiting up to
@@ -217,7 +252,7 @@ impl Store {
             .await
             .map_err(|source| StoreError::PostgresConnect { url: location.clone(), source })?;
         POSTGRES_MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { target: location.clone(), source })?;
-        Ok(Self { pool: Pool::Postgres(pool), location })
+        Ok(Self { pool: Pool::Postgres(pool), location, fence: None })
     }
 
     /// Which database this store uses.

@@ -131,7 +131,7 @@ impl Store {
     /// [`StoreError::NotFound`].
     pub async fn mark_published(&self, id: i64, commit: &str, published_at: i64) -> Result<(), StoreError> {
         const OP: &str = "mark outbox entry published";
-        let changed = with_pool!(self, pool => {
+        let changed = write_once!(self, OP, |tx| {
             sqlx::query(
                 "UPDATE outbox SET state = 'published', published_commit = $2, published_at = $3 \
                  WHERE id = $1 AND state = 'pending'",
@@ -139,11 +139,11 @@ impl Store {
             .bind(id)
             .bind(commit)
             .bind(published_at)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
-            .map_err(|e| StoreError::query(OP, e))?
-            .rows_affected()
-        });
+            .map(|done| done.rows_affected())
+            .map_err(|e| StoreError::query(OP, e))
+        })?;
         if changed == 1 {
             return Ok(());
         }
@@ -163,10 +163,10 @@ impl Store {
     /// Deletes entries published before `before` (unix ms), dead letters
     /// included; pending entries are never touched. Returns how many.
     pub async fn prune_outbox(&self, before: i64) -> Result<u64, StoreError> {
-        with_pool!(self, pool => {
+        write_once!(self, "prune outbox", |tx| {
             sqlx::query("DELETE FROM outbox WHERE state = 'published' AND published_at < $1")
                 .bind(before)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map(|done| done.rows_affected())
                 .map_err(|e| StoreError::query("prune outbox", e))

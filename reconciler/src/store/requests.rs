@@ -77,10 +77,10 @@ impl Store {
     /// Deletes the record for `name` together with its attempts (events stay).
     /// Returns whether a record existed.
     pub async fn delete_request(&self, name: &str) -> Result<bool, StoreError> {
-        with_pool!(self, pool => {
+        write_once!(self, "delete request", |tx| {
             sqlx::query("DELETE FROM requests WHERE name = $1")
                 .bind(name)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map(|done| done.rows_affected() > 0)
                 .map_err(|e| StoreError::query("delete request", e))

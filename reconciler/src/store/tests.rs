@@ -821,3 +821,113 @@ fn attempt_states_round_trip_and_know_their_predecessors() {
     assert!("Done".parse::<AttemptState>().is_err());
     assert_eq!("published".parse::<OutboxState>().ok(), Some(OutboxState::Published));
 }
+
+// ------------------------------------------------------------- leader lease
+
+/// Runs `body` on a fresh PostgreSQL database (the lease is PostgreSQL's alone).
+async fn run_postgres<F, Fut>(body: F)
+where
+    F: FnOnce(Arc<TestDb>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    run(Kind::Postgres, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_taken_once_and_taken_over_only_after_it_expires() {
+    run_postgres(|db| async move {
+        let (a, b) = (db.open().await?, db.open().await?);
+        let ttl = std::time::Duration::from_millis(600);
+        ensure!(a.lease_holder().await?.is_none(), "nobody holds a new database's lease");
+        ensure!(a.try_acquire_lease("a", ttl).await? == Some(1), "the first holder gets epoch 1");
+        ensure!(b.try_acquire_lease("b", ttl).await?.is_none(), "b cannot take a lease that has not expired");
+        ensure!(a.renew_lease("a", 1, ttl).await?, "the holder renews");
+        let held = b.lease_holder().await?.context("held")?;
+        ensure!(held.holder == "a" && held.epoch == 1 && held.expires_in_ms > 0, "{held:?}");
+        // a stops renewing (a dead process): once expired, b takes over under a new epoch.
+        tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+        ensure!(a.lease_holder().await?.context("held")?.expires_in_ms <= 0, "expired by the database clock");
+        ensure!(b.try_acquire_lease("b", ttl).await? == Some(2), "every take-over bumps the epoch");
+        ensure!(!a.renew_lease("a", 1, ttl).await?, "the old holder cannot renew a lease taken over");
+        ensure!(!a.release_lease("a", 1).await?, "nor give it up");
+        // A clean shutdown gives the lease up at once.
+        ensure!(b.release_lease("b", 2).await?, "the holder releases");
+        ensure!(a.try_acquire_lease("a", ttl).await? == Some(3), "taken at once after a release, under a new epoch");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leaders_writes_are_refused_in_their_own_transaction() {
+    run_postgres(|db| async move {
+        let store = db.open().await?;
+        let ttl = std::time::Duration::from_millis(400);
+        let epoch_a = store.try_acquire_lease("replica-a", ttl).await?.context("a leads")?;
+        let a = store.fenced("replica-a", epoch_a);
+        ensure!(a.fence_epoch() == Some(epoch_a));
+        a.upsert_request(&request("r1", "Pending", 1)).await?;
+        a.set_last_revision("rev-1", 1).await?;
+        // a stalls past its lease; b takes over.
+        tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+        let epoch_b = store.try_acquire_lease("replica-b", ttl).await?.context("b takes over")?;
+        let b = store.fenced("replica-b", epoch_b);
+        // Every kind of write of a is refused, and none of it lands.
+        let e = expect_reason(a.upsert_request(&request("r1", "Running", 2)).await, "StoreFenced")?;
+        let message = e.to_string();
+        ensure!(
+            message.contains("replica-a") && message.contains("replica-b") && message.contains(&format!("epoch {epoch_b}")),
+            "{message}"
+        );
+        expect_reason(a.set_last_revision("rev-2", 2).await, "StoreFenced")?;
+        expect_reason(a.delete_request("r1").await, "StoreFenced")?;
+        expect_reason(a.append_event(&event(Some("r1"), "stale", 3)).await, "StoreFenced")?;
+        ensure!(store.get_request("r1").await?.context("r1")?.phase == "Pending", "a's refused write did not land");
+        ensure!(store.last_revision().await?.as_deref() == Some("rev-1"));
+        // The new leader writes; the unfenced store (webhook records, reads) is untouched by fencing.
+        b.upsert_request(&request("r1", "Running", 4)).await?;
+        ensure!(store.get_request("r1").await?.context("r1")?.phase == "Running");
+        ensure!(store.record_delivery("d-1", "push", 5).await?, "any replica records a webhook delivery");
+        // A released lease fences its last holder too.
+        ensure!(store.release_lease("replica-b", epoch_b).await?);
+        let epoch_c = store.try_acquire_lease("replica-c", ttl).await?.context("c")?;
+        ensure!(epoch_c == epoch_b + 1);
+        expect_reason(b.set_last_revision("rev-3", 6).await, "StoreFenced")?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_sqlite_store_refuses_leader_election_with_the_way_out() -> anyhow::Result<()> {
+    let db = TestDb::create(Kind::Sqlite).await?.context("sqlite")?;
+    let store = db.open().await?;
+    let e = expect_reason(store.try_acquire_lease("a", std::time::Duration::from_secs(1)).await, "LeaseUnsupported")?;
+    ensure!(e.to_string().contains("DATABASE_URL"), "{e}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_waits_for_the_old_leaders_write_in_flight() {
+    run_postgres(|db| async move {
+        let store = db.open().await?;
+        let ttl = std::time::Duration::from_millis(300);
+        let epoch = store.try_acquire_lease("a", ttl).await?.context("a leads")?;
+        let super::Pool::Postgres(pool) = &store.pool else { bail!("a PostgreSQL store") };
+        // a's write has passed its fence check and is still in flight when its lease expires.
+        let mut tx = pool.begin().await?;
+        let held: (String, i64) = sqlx::query_as(super::lease::FENCE_SQL).bind(LEASE_NAME).fetch_one(&mut *tx).await?;
+        ensure!(held == ("a".to_owned(), epoch));
+        tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+        let other = store.clone();
+        let take_over = tokio::spawn(async move { other.try_acquire_lease("b", std::time::Duration::from_secs(5)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        ensure!(!take_over.is_finished(), "the take-over waits while a's write holds the lease row");
+        sqlx::query("INSERT INTO kv (key, value, updated_at) VALUES ('in-flight', 'a', 1)").execute(&mut *tx).await?;
+        tx.commit().await?;
+        ensure!(take_over.await?? == Some(epoch + 1), "then b takes over under the next epoch");
+        ensure!(store.kv_get("in-flight").await?.as_deref() == Some("a"), "a's write, checked before the take-over, landed whole");
+        Ok(())
+    })
+    .await
+}
