@@ -17,6 +17,7 @@ pub mod forge;
 pub mod gates;
 pub mod git;
 pub mod ids;
+pub mod leader;
 pub mod model;
 pub mod plan;
 pub mod reconcile;

@@ -120,6 +120,13 @@ struct ServeArgs {
     /// once no worker runs is committed at once. 0: a commit per pass.
     #[arg(long, env = "HADRON_STATUS_INTERVAL_MS", default_value_t = 1000, value_name = "MS")]
     status_interval_ms: u64,
+    /// With PostgreSQL: seconds the leader lease lasts without renewal. Several replicas may
+    /// share one database; the one holding the lease runs the loop, the others serve health,
+    /// metrics, the read API and webhooks and take over once it expires. The leader renews every
+    /// 2/15 of this and stops acting (exits) when it could not renew for 10/15 of it.
+    #[arg(long, env = "HADRON_LEASE_SECONDS", default_value_t = 15, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_seconds: u64,
 }
 
 /// Which forge Hadron talks to.
@@ -342,6 +349,7 @@ fn run_service(
         agent_secrets: serve.agent_secrets.clone(),
         retention: serve.retention(),
         status_interval: Duration::from_millis(serve.status_interval_ms),
+        lease_duration: Duration::from_secs(serve.lease_seconds),
     };
     let mut stdout = io::stdout();
     let result = match repo {

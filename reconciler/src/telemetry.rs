@@ -107,6 +107,8 @@ pub struct Metrics {
     publish_failures: Family<ReasonLabel, Counter>,
     publish_failing: Gauge,
     push_retries: Counter,
+    leader: Gauge,
+    leader_epoch: Gauge,
 }
 
 impl Default for Metrics {
@@ -136,6 +138,8 @@ impl Metrics {
             publish_failures: Family::default(),
             publish_failing: Gauge::default(),
             push_retries: Counter::default(),
+            leader: Gauge::default(),
+            leader_epoch: Gauge::default(),
         };
         // The series that exist from the start, at zero.
         for result in DELIVERY_RESULTS {
@@ -191,6 +195,16 @@ impl Metrics {
             self.publish_failing.clone(),
         );
         r.register("hadron_push_retries", "Pushes retried after a rejection", self.push_retries.clone());
+        r.register(
+            "hadron_leader",
+            "1 while this replica holds the leader lease and runs the loop (always 1 on SQLite, which runs one replica)",
+            self.leader.clone(),
+        );
+        r.register(
+            "hadron_leader_epoch",
+            "The epoch (fencing token) of the leader lease this replica holds or last saw held; 0 on SQLite",
+            self.leader_epoch.clone(),
+        );
         self
     }
 
@@ -249,6 +263,12 @@ impl Metrics {
     /// Whether status files currently fail to publish.
     pub fn set_status_publish_failing(&self, failing: bool) {
         self.publish_failing.set(i64::from(failing));
+    }
+
+    /// Records whether this replica leads and the lease's epoch it knows.
+    pub fn set_leader(&self, leading: bool, epoch: i64) {
+        self.leader.set(i64::from(leading));
+        self.leader_epoch.set(epoch);
     }
 
     /// Counts `n` retried pushes (after a rejected non-fast-forward push).

@@ -12,13 +12,14 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::forge::{GiteaClient, GiteaConfig, RepoRef, TokenSource};
+use crate::leader::{self, ElectionConfig, Elector, Leadership};
 use crate::model::Phase;
 use crate::plan::PlanConfig;
 use crate::reconcile::forge::ForgeLink;
 use crate::reconcile::steps::StepFailure;
 use crate::reconcile::{self, Context, LoopConfig, PassReport, ReconcileError, Telemetry, seed, urls};
 use crate::server::{self, ControlRepoId, Metrics, ServerConfig, ServerState, Trigger, WebhookSecret};
-use crate::store::Store;
+use crate::store::{Backend, Store};
 use crate::workers::{LocalDriver, WorkerCommand};
 
 /// Why `up` (or a helper command) could not run.
@@ -105,6 +106,8 @@ pub struct UpOptions {
     pub retention: crate::reconcile::housekeeping::Retention,
     /// While workers run, the shortest time between two status commits.
     pub status_interval: Duration,
+    /// With PostgreSQL, how long the leader lease lasts without renewal.
+    pub lease_duration: Duration,
 }
 
 /// Variables that hold Hadron's own credentials or configuration: never an agent's secret.
@@ -208,15 +211,139 @@ pub fn control_repo(dir: &Path, data_dir: &Path, out: &mut dyn Write) -> Result<
 pub async fn up(opts: UpOptions, out: &mut (dyn Write + Send)) -> Result<i32, UpError> {
     let data_dir = absolute(&opts.data_dir)?;
     std::fs::create_dir_all(&data_dir).map_err(|source| UpError::Io { path: data_dir.clone(), source })?;
+    let lock = lock_data_dir(&data_dir)?;
     let control = control_repo(&opts.dir, &data_dir, out)?;
-    run(opts, control.to_string_lossy().into_owned(), data_dir, out).await
+    run(opts, control.to_string_lossy().into_owned(), data_dir, lock, out).await
 }
 
 /// `hadron serve`: runs Hadron on the control repo at `control_url` as it is.
 pub async fn serve(opts: UpOptions, control_url: String, out: &mut (dyn Write + Send)) -> Result<i32, UpError> {
     let data_dir = absolute(&opts.data_dir)?;
     std::fs::create_dir_all(&data_dir).map_err(|source| UpError::Io { path: data_dir.clone(), source })?;
-    run(opts, control_url, data_dir, out).await
+    let lock = lock_data_dir(&data_dir)?;
+    run(opts, control_url, data_dir, lock, out).await
+}
+
+/// The file in the data dir that one running `up` or `serve` holds locked.
+pub const LOCK_FILE: &str = "hadron.lock";
+
+/// The data dir's lock, held while `up` or `serve` runs (released by the
+/// kernel when the process ends, however it ends).
+#[derive(Debug)]
+pub struct DataDirLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+/// Locks `data_dir` for this process, or says which process holds it: the
+/// SQLite store, the git clones and the run directories in it are one
+/// process's own.
+pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, UpError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = data_dir.join(LOCK_FILE);
+    let io = |source| UpError::Io { path: path.clone(), source };
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            lock.set_len(0).map_err(io)?;
+            (&*lock).write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io)?;
+            Ok(DataDirLock(lock))
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(&path).ok().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty());
+            Err(UpError::Usage(format!(
+                "another Hadron ({}) runs on the data dir {}: one process per data dir, since the SQLite store, the git clones and \
+                 the run directories in it are its own. Stop that one (Ctrl-C or SIGTERM) or pass another --data-dir; to run \
+                 several replicas, give each its own data dir and one shared PostgreSQL store (DATABASE_URL)",
+                pid.map_or_else(|| "its process id is unknown".to_owned(), |p| format!("pid {p}")),
+                data_dir.display()
+            )))
+        }
+        Err((_, errno)) => Err(io(std::io::Error::from(errno))),
+    }
+}
+
+/// The exit code of a replica that lost the leader lease: it stopped
+/// acting, and a restart (Kubernetes restarts it) rejoins as a follower.
+pub const LOST_LEASE_EXIT: i32 = 3;
+
+/// While this replica leads: turns the triggers other replicas relay
+/// (webhooks they took) into triggers of this loop. Its own relays are
+/// skipped (the webhook reached this loop already). Ends when the loop's
+/// queue is gone.
+fn spawn_relay_listener(store: Store, identity: String, tx: mpsc::Sender<Trigger>) {
+    tokio::spawn(async move {
+        let mut listener = loop {
+            match store.relay_listener().await {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    tracing::warn!(reason = e.reason(), "cannot listen for relayed webhooks: {e}; retrying (the poll is the safety net)");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        loop {
+            match listener.next().await {
+                Ok(relayed) if relayed.from == identity => {}
+                Ok(relayed) => {
+                    tracing::debug!(from = %relayed.from, trigger = relayed.trigger.kind(), "relayed trigger");
+                    if tx.send(relayed.trigger).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(reason = e.reason(), "relayed webhooks: {e}; listening again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
+
+/// Waits until this replica leads (returns its epoch) or is stopped
+/// (`None`), saying who leads meanwhile. A follower is ready (`/readyz`):
+/// it serves health, metrics, the read API and webhooks.
+async fn await_leadership(
+    lead_rx: &mut watch::Receiver<Leadership>,
+    triggers: &mut mpsc::Receiver<Trigger>,
+    mut stop: watch::Receiver<bool>,
+    identity: &str,
+    telemetry: &Telemetry,
+    out: &mut (dyn Write + Send),
+) -> Option<i64> {
+    let _ = writeln!(out, "leader election: this replica is {identity}; the lease holder runs the loop");
+    let _ = out.flush();
+    loop {
+        let now = lead_rx.borrow_and_update().clone();
+        match now {
+            Leadership::Leader { epoch } => {
+                telemetry.metrics.set_leader(true, epoch);
+                let _ = writeln!(out, "{}  leading (epoch {epoch})", crate::time::rfc3339(crate::time::now()));
+                let _ = out.flush();
+                return Some(epoch);
+            }
+            Leadership::Follower { leader } => {
+                telemetry.ready.store(true, std::sync::atomic::Ordering::Release);
+                telemetry.metrics.set_leader(false, leader.as_ref().map_or(0, |(_, e)| *e));
+                let who = leader.map_or_else(|| "nobody yet".to_owned(), |(holder, epoch)| format!("{holder} (epoch {epoch})"));
+                let _ = writeln!(
+                    out,
+                    "{}  following: the leader is {who}; taking over if its lease expires",
+                    crate::time::rfc3339(crate::time::now())
+                );
+                let _ = out.flush();
+            }
+            Leadership::Unknown => {}
+        }
+        // Triggers (webhooks, polls, watch events) are dropped while
+        // following: what they announce is in git and in the store, and
+        // the first pass of a new leader fetches and reads it all. A full
+        // queue would refuse webhooks instead.
+        loop {
+            tokio::select! {
+                changed = lead_rx.changed() => if changed.is_err() { return None } else { break },
+                _ = stop.wait_for(|s| *s) => return None,
+                Some(trigger) = triggers.recv() => tracing::debug!(trigger = trigger.kind(), "following: trigger left to the leader"),
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -266,7 +393,13 @@ async fn listen(asked: Option<SocketAddr>, out: &mut (dyn Write + Send)) -> Resu
     }
 }
 
-async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut (dyn Write + Send)) -> Result<i32, UpError> {
+async fn run(
+    opts: UpOptions,
+    control_url: String,
+    data_dir: PathBuf,
+    _lock: DataDirLock,
+    out: &mut (dyn Write + Send),
+) -> Result<i32, UpError> {
     let secret = match &opts.webhook_secret {
         Some(source) => Some(WebhookSecret::new(source.load()?)?),
         None => None,
@@ -301,7 +434,7 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
     check_agent_secrets(&opts.agent_secrets, &own)?;
     let store = open_store(opts.database_url.as_deref(), &data_dir).await?;
     let _ = writeln!(out, "store: {}", store.location());
-    let (tx, rx) = mpsc::channel::<Trigger>(256);
+    let (tx, mut rx) = mpsc::channel::<Trigger>(256);
     // A worker exit is a trigger, like a push.
     let exit_tx = tx.clone();
     let driver = LocalDriver::new(data_dir.join("runs"), WorkerCommand::hadron(opts.worker_program.clone()))
@@ -327,15 +460,11 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
         events: broadcast::channel(256).0,
         failing: Arc::default(),
     };
-    let mut ctx = Context::new(cfg, store.clone(), driver)?.with_telemetry(telemetry.clone());
     let forge_name = forge.as_ref().map(|c| c.control().to_string());
-    if let Some(client) = forge {
-        ctx = ctx.with_forge(ForgeLink::new(client, opts.poll_interval));
-    }
 
     // Watch and poll the control repo; each is a trigger for the loop.
     let (source_tx, mut source_rx) = mpsc::channel::<()>(16);
-    let mut source_cfg = ctx.source_config();
+    let mut source_cfg = cfg.source_config();
     if !opts.watch {
         source_cfg = source_cfg.without_watch();
     }
@@ -354,14 +483,18 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
     // `hadron ci-status` on this data dir triggers a pass at once.
     let _nudges = watch_nudges(&data_dir, tx.clone())?;
 
-    // The HTTP server.
+    // The HTTP server: on every replica, leader or not.
     let control_id = ControlRepoId::new(forge_name.as_deref().unwrap_or(&control_url), &opts.branch).watching_all_targets();
-    let mut server_cfg = ServerConfig::new(store, control_id, tx.clone());
+    let mut server_cfg = ServerConfig::new(store.clone(), control_id, tx.clone());
     server_cfg.webhook_secret = secret;
     server_cfg.metrics = telemetry.metrics.clone();
     server_cfg.ready = telemetry.ready.clone();
     server_cfg.failing = telemetry.failing.clone();
     server_cfg.events = telemetry.events.clone();
+    // With PostgreSQL, replicas may share the store: this one's identity in
+    // the lease, and webhooks it takes are relayed to whichever one leads.
+    let identity = (store.backend() == Backend::Postgres).then(leader::identity);
+    server_cfg.relay_from = identity.clone();
     let listener = listen(opts.listen, out).await?;
     let addr = listener.local_addr().map_err(|e| UpError::Io { path: PathBuf::from("listening socket"), source: e })?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -387,6 +520,70 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
             let _ = writeln!(out, "forge: none (approve by merging hadron/approve/* branches; CI via `hadron ci-status`)");
         }
     }
+
+    // With PostgreSQL, several replicas may share the store: the one that
+    // holds the lease runs the loop, its writes fenced by the lease's epoch.
+    let (store, leadership) = match identity {
+        None => {
+            telemetry.metrics.set_leader(true, 0);
+            (store, None)
+        }
+        Some(identity) => {
+            let election = ElectionConfig::new(identity.clone(), opts.lease_duration);
+            let (lead_tx, mut lead_rx) = watch::channel(Leadership::Unknown);
+            // The elector gives the lease up only once the loop has stopped
+            // (its last writes are still the leader's).
+            let (elector_stop, elector_stop_rx) = watch::channel(false);
+            let elector = tokio::spawn(Elector::new(store.clone(), election).run(lead_tx, elector_stop_rx));
+            let Some(epoch) = await_leadership(&mut lead_rx, &mut rx, stop_rx.clone(), &identity, &telemetry, out).await else {
+                elector_stop.send_replace(true);
+                let _ = elector.await;
+                stop_tx.send_replace(true);
+                let _ = server_task.await;
+                let _ = writeln!(out, "stopped before leading; nothing was done");
+                return Ok(0);
+            };
+            // Webhooks other replicas take reach this loop too.
+            spawn_relay_listener(store.clone(), identity.clone(), tx.clone());
+            (store.fenced(&identity, epoch), Some((lead_rx, identity, epoch, elector_stop, elector)))
+        }
+    };
+
+    let mut ctx = Context::new(cfg, store, driver)?.with_telemetry(telemetry.clone());
+    if let Some(client) = forge {
+        ctx = ctx.with_forge(ForgeLink::new(client, opts.poll_interval));
+    }
+    // The loop stops on Ctrl-C or SIGTERM, and the moment the lease is lost.
+    let (loop_stop_tx, loop_stop_rx) = watch::channel(false);
+    let lost = Arc::new(AtomicBool::new(false));
+    {
+        let mut stop = stop_rx.clone();
+        let loop_stop_tx = loop_stop_tx.clone();
+        let lost = lost.clone();
+        let mut leadership = leadership.as_ref().map(|(rx, _, epoch, _, _)| (rx.clone(), *epoch));
+        let metrics = telemetry.metrics.clone();
+        tokio::spawn(async move {
+            let lease_lost = async {
+                match leadership.as_mut() {
+                    Some((rx, epoch)) => {
+                        let epoch = *epoch;
+                        let now = rx.wait_for(|l| l.epoch() != Some(epoch)).await.map(|l| l.clone());
+                        if let Ok(Leadership::Follower { leader }) = now {
+                            metrics.set_leader(false, leader.map_or(epoch, |(_, e)| e));
+                        } else {
+                            metrics.set_leader(false, epoch);
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                () = lease_lost => lost.store(true, std::sync::atomic::Ordering::Release),
+            }
+            loop_stop_tx.send_replace(true);
+        });
+    }
     let _ = writeln!(
         out,
         "watching {control_url} (branch {}); Ctrl-C or SIGTERM stops (workers keep running and are adopted on restart)",
@@ -396,7 +593,7 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
     let mut last: Option<PassReport> = None;
     let exit_when_idle = opts.exit_when_idle;
     let local_forge = forge_name.is_none();
-    reconcile::run(&mut ctx, rx, stop_rx, |result| {
+    reconcile::run(&mut ctx, rx, loop_stop_rx, |result| {
         match result {
             Ok(report) => {
                 for c in &report.changes {
@@ -415,11 +612,31 @@ async fn run(opts: UpOptions, control_url: String, data_dir: PathBuf, out: &mut 
             }
             Err(e) => {
                 let _ = writeln!(out, "{}  pass failed [{}]: {e}", crate::time::rfc3339(crate::time::now()), e.reason());
+                // Another replica leads now: stop at once, before the next round says so.
+                if e.reason() == "StoreFenced" {
+                    lost.store(true, std::sync::atomic::Ordering::Release);
+                    return false;
+                }
             }
         }
         true
     })
     .await;
+    let lost = lost.load(std::sync::atomic::Ordering::Acquire);
+    if let Some((_, identity, epoch, elector_stop, elector)) = leadership {
+        elector_stop.send_replace(true);
+        let _ = elector.await;
+        if lost {
+            let _ = writeln!(
+                out,
+                "{}  lost the leader lease ({identity}, epoch {epoch}): stopped acting; exiting so that a restart rejoins as a follower (the new leader carries on)",
+                crate::time::rfc3339(crate::time::now())
+            );
+            stop_tx.send_replace(true);
+            let _ = server_task.await;
+            return Ok(LOST_LEASE_EXIT);
+        }
+    }
     stop_tx.send_replace(true);
     match server_task.await {
         Ok(Ok(())) => {}

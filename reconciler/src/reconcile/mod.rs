@@ -116,6 +116,15 @@ pub struct LoopConfig {
     pub status_interval: Duration,
 }
 
+impl LoopConfig {
+    /// The source's trigger config (for `spawn_triggers`).
+    pub fn source_config(&self) -> SourceConfig {
+        SourceConfig::new(self.control_url.clone(), self.data_dir.join("source"))
+            .with_branch(self.branch.clone())
+            .with_poll_interval(self.poll_interval)
+    }
+}
+
 /// The loop's output for people: a request changed (its phase, or what it
 /// waits for, or a stall). Printed by `up`, appended to the event log and
 /// streamed on `GET /api/v1/events` as it is.
@@ -310,7 +319,9 @@ impl Context {
             .with_poll_interval(cfg.poll_interval);
         let opts = LoadOptions { filter: PathFilter::hadron(), ..LoadOptions::default() };
         let source = Source::new(source_cfg, opts)?;
-        let writer = StatusWriter::new(WriterConfig::new(cfg.control_url.clone(), cfg.branch.clone(), cfg.data_dir.join("writer")))?;
+        let writer = StatusWriter::new(
+            WriterConfig::new(cfg.control_url.clone(), cfg.branch.clone(), cfg.data_dir.join("writer")).with_epoch(store.fence_epoch()),
+        )?;
         let gates = crate::gates::branch::ApprovalBranches::new(
             cfg.data_dir.join("gates"),
             crate::gates::Person::new("hadron", "hadron@localhost"),
@@ -379,9 +390,7 @@ impl Context {
 
     /// The source's trigger config (for `spawn_triggers`).
     pub fn source_config(&self) -> SourceConfig {
-        SourceConfig::new(self.cfg.control_url.clone(), self.cfg.data_dir.join("source"))
-            .with_branch(self.cfg.branch.clone())
-            .with_poll_interval(self.cfg.poll_interval)
+        self.cfg.source_config()
     }
 
     /// The desired state of the last pass.

@@ -2,8 +2,10 @@
 //! the poll timer and worker exits all send a [`Trigger`] into one
 //! coalescing channel.
 
-/// Why the reconcile loop should run a pass now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why the reconcile loop should run a pass now. Serialised (tagged by
+/// `kind`) when a follower relays a webhook's trigger to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind")]
 pub enum Trigger {
     /// The control branch moved (a push to it); `after` is the new head.
     ControlPush {

@@ -142,6 +142,7 @@ struct Inner {
     events: broadcast::Sender<PhaseChange>,
     body_limit: usize,
     limits: Limits,
+    relay_from: Option<String>,
     /// Set when the server shuts down, to end event streams.
     closing: watch::Sender<bool>,
 }
@@ -168,6 +169,9 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Connection limits and timeouts.
     pub limits: Limits,
+    /// With several replicas (PostgreSQL): this replica's identity, and an
+    /// accepted webhook's trigger is relayed to whichever replica leads.
+    pub relay_from: Option<String>,
 }
 
 /// How long a client may take and how many may connect at once, so idle or
@@ -208,6 +212,7 @@ impl ServerConfig {
             events: broadcast::channel(256).0,
             body_limit: DEFAULT_BODY_LIMIT,
             limits: Limits::default(),
+            relay_from: None,
         }
     }
 }
@@ -227,6 +232,7 @@ impl ServerState {
                 events: config.events,
                 body_limit: config.body_limit,
                 limits: config.limits,
+                relay_from: config.relay_from,
                 closing: watch::channel(false).0,
             }),
         }
@@ -250,6 +256,11 @@ impl ServerState {
     /// The trigger channel of the loop.
     pub fn triggers(&self) -> &mpsc::Sender<Trigger> {
         &self.inner.triggers
+    }
+
+    /// This replica's identity when triggers are relayed to the leader.
+    pub fn relay_from(&self) -> Option<&str> {
+        self.inner.relay_from.as_deref()
     }
 
     /// The metrics.

@@ -288,6 +288,18 @@ async fn handle(state: &ServerState, headers: &HeaderMap, body: Body) -> Result<
     }
     let kind = trigger.kind();
     tracing::info!(event, delivery, trigger = kind, "webhook delivery accepted");
+    // With several replicas, the one that leads may be another: it hears
+    // of the delivery too (best effort: its poll is the safety net).
+    if let Some(from) = state.relay_from() {
+        let relayed = crate::store::Relayed { from: from.to_owned(), trigger: trigger.clone() };
+        if let Err(e) = state.store().relay(&relayed).await {
+            tracing::warn!(
+                delivery,
+                reason = e.reason(),
+                "relaying the webhook to the leader failed: {e}; it sees the change at its next poll"
+            );
+        }
+    }
     permit.send(trigger);
     Ok(Outcome::Accepted(kind))
 }

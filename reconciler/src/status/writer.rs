@@ -175,6 +175,9 @@ pub struct WriterConfig {
     pub base_backoff: Duration,
     /// Upper bound of one backoff.
     pub max_backoff: Duration,
+    /// The leader epoch the commits are made under (2+ replicas on
+    /// PostgreSQL), written as a `Hadron-Epoch:` trailer.
+    pub epoch: Option<i64>,
 }
 
 impl WriterConfig {
@@ -189,7 +192,14 @@ impl WriterConfig {
             max_attempts: 10,
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            epoch: None,
         }
+    }
+
+    /// The same, with commits made under leader epoch `epoch`.
+    pub fn with_epoch(mut self, epoch: Option<i64>) -> Self {
+        self.epoch = epoch;
+        self
     }
 }
 
@@ -203,6 +213,7 @@ impl std::fmt::Debug for WriterConfig {
             .field("max_attempts", &self.max_attempts)
             .field("base_backoff", &self.base_backoff)
             .field("max_backoff", &self.max_backoff)
+            .field("epoch", &self.epoch)
             .finish()
     }
 }
@@ -421,7 +432,7 @@ impl StatusWriter {
         let mut time_buf = gix::date::parse::TimeBuf::default();
         let sig_ref = signature.to_ref(&mut time_buf);
         let commit = repo
-            .new_commit_as(sig_ref, sig_ref, commit_message(message, revision), new_tree, [head_id])
+            .new_commit_as(sig_ref, sig_ref, commit_message(message, revision, self.config.epoch), new_tree, [head_id])
             .map_err(|e| WriterError::git("writing the status commit", e))?
             .id;
         repo.reference(PENDING_REF, commit, gix::refs::transaction::PreviousValue::Any, "hadron: prepared status commit")
@@ -577,11 +588,16 @@ fn is_retryable_rejection(summary: &str) -> bool {
         || s.contains("incorrect old value")
 }
 
-/// Build the commit message: `message` (or a default subject) and the revision trailer.
-fn commit_message(message: &str, revision: &str) -> String {
+/// The trailer key naming the leader epoch a status commit was made under.
+pub const EPOCH_TRAILER_KEY: &str = "Hadron-Epoch";
+
+/// Build the commit message: `message` (or a default subject), the revision
+/// trailer and, under a leader lease, the epoch trailer.
+fn commit_message(message: &str, revision: &str, epoch: Option<i64>) -> String {
     let body = message.trim();
     let body = if body.is_empty() { "Update status" } else { body };
-    format!("{body}\n\n{REVISION_TRAILER_KEY}: {revision}\n")
+    let epoch = epoch.map(|e| format!("{EPOCH_TRAILER_KEY}: {e}\n")).unwrap_or_default();
+    format!("{body}\n\n{REVISION_TRAILER_KEY}: {revision}\n{epoch}")
 }
 
 /// Check that `path` is a clean relative path of a file under `status/`:

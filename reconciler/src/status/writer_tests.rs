@@ -47,6 +47,7 @@ fn url_credentials_are_redacted() {
 
 #[test]
 fn commit_message_carries_the_trailer() {
-    assert_eq!(commit_message("status: 2 requests\n", "abc123"), "status: 2 requests\n\nHadron-Revision: abc123\n");
-    assert_eq!(commit_message("  ", "abcd"), "Update status\n\nHadron-Revision: abcd\n");
+    assert_eq!(commit_message("status: 2 requests\n", "abc123", None), "status: 2 requests\n\nHadron-Revision: abc123\n");
+    assert_eq!(commit_message("  ", "abcd", None), "Update status\n\nHadron-Revision: abcd\n");
+    assert_eq!(commit_message("status: r1 Running", "abcd", Some(7)), "status: r1 Running\n\nHadron-Revision: abcd\nHadron-Epoch: 7\n");
 }

@@ -98,9 +98,10 @@ mod lease;
 mod misc;
 mod outbox;
 mod records;
+mod relay;
 mod requests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use error::{StoreError, redact_url};
 pub use kv::{PrRecord, RequestEntry};
@@ -109,6 +110,7 @@ pub use records::{
     Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, MergeRecord, NewAttempt, NewEvent, OutboxEntry, OutboxFiles, OutboxState,
     RequestRecord,
 };
+pub use relay::{RelayListener, Relayed, TRIGGER_CHANNEL};
 
 /// The SQLite file name inside the data directory.
 pub const SQLITE_FILE_NAME: &str = "hadron.db";

@@ -24,13 +24,13 @@ fn pg_admin_url() -> String {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Sqlite,
     Postgres,
 }
 
 /// A fresh, empty store location for one test.
-struct TestDb {
+pub(crate) struct TestDb {
     target: String,
     _dir: Option<tempfile::TempDir>,
     pg_name: Option<String>,
@@ -38,7 +38,7 @@ struct TestDb {
 
 impl TestDb {
     /// Creates the location; `None` when PostgreSQL tests are skipped.
-    async fn create(kind: Kind) -> anyhow::Result<Option<Self>> {
+    pub(crate) async fn create(kind: Kind) -> anyhow::Result<Option<Self>> {
         match kind {
             Kind::Sqlite => {
                 let dir = tempfile::tempdir()?;
@@ -73,12 +73,12 @@ impl TestDb {
     }
 
     /// Opens (and migrates) the store.
-    async fn open(&self) -> anyhow::Result<Store> {
+    pub(crate) async fn open(&self) -> anyhow::Result<Store> {
         Ok(Store::connect(&self.target).await?)
     }
 
     /// Drops the PostgreSQL database, best effort.
-    async fn cleanup(&self) {
+    pub(crate) async fn cleanup(&self) {
         if let Some(name) = &self.pg_name
             && let Ok(mut admin) = PgConnection::connect(&pg_admin_url()).await
         {
@@ -930,4 +930,35 @@ async fn a_take_over_waits_for_the_old_leaders_write_in_flight() {
         Ok(())
     })
     .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_trigger_reaches_every_listening_replica() {
+    run_postgres(|db| async move {
+        let (follower, leader) = (db.open().await?, db.open().await?);
+        let mut listener = leader.relay_listener().await?;
+        let relayed = crate::store::Relayed {
+            from: "replica-b".to_owned(),
+            trigger: crate::reconcile::trigger::Trigger::ControlPush { after: "0123abcd".to_owned() },
+        };
+        // Something else on the channel is skipped, not taken for a trigger.
+        with_pool!(follower, pool => {
+            sqlx::query("SELECT pg_notify($1, 'not a trigger')").bind(crate::store::TRIGGER_CHANNEL).execute(pool).await?;
+        });
+        ensure!(follower.relay(&relayed).await?, "sent on PostgreSQL");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), listener.next()).await??;
+        ensure!(got == relayed, "{got:?}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_sqlite_store_has_nobody_to_relay_to() -> anyhow::Result<()> {
+    let db = TestDb::create(Kind::Sqlite).await?.context("sqlite")?;
+    let store = db.open().await?;
+    let relayed = crate::store::Relayed { from: "a".to_owned(), trigger: crate::reconcile::trigger::Trigger::Poll };
+    ensure!(!store.relay(&relayed).await?, "nothing is sent on SQLite");
+    expect_reason(store.relay_listener().await, "LeaseUnsupported")?;
+    Ok(())
 }

@@ -1,0 +1,250 @@
+//! Two `hadron serve` replicas on one PostgreSQL store and one control repo:
+//! one leads (holds the lease and runs the loop), the other follows (serves
+//! health, metrics and the API, ready, not leading); `kill -9` of the
+//! leader makes the follower take over under the next epoch and carry on
+//! with work pushed after the kill. A second process on a data dir in use
+//! refuses to start and names the one that holds it.
+//!
+//! Real processes, the real git CLI as the person, the real PostgreSQL on
+//! 127.0.0.1:5432 (a database of its own, dropped at the end).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hadron_tests::{Live, git_as, hadron_bin, hadron_command, http_get};
+
+/// A database of its own on the local server, dropped on drop.
+struct Database {
+    name: String,
+}
+
+impl Database {
+    fn psql(sql: &str) {
+        let out = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc", sql])
+            .output()
+            .expect("psql runs (.ci/run installs PostgreSQL)");
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn create(test: &str) -> Database {
+        let name = format!("hadron_ha_{test}_{}", std::process::id());
+        Self::psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        Self::psql(&format!("CREATE DATABASE {name}"));
+        Database { name }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        Self::psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// Seeds a control repo (one target repo `app`, an agent that logs each run)
+/// with `hadron up --exit-when-idle`, and clones it for the person.
+fn seed(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ctl = root.join("ctl");
+    let log = root.join("agent.log");
+    for d in ["agents", "targets/app"] {
+        std::fs::create_dir_all(ctl.join(d)).expect("mkdir");
+    }
+    std::fs::write(ctl.join("targets/app/README.md"), "# app\n").expect("write");
+    std::fs::write(
+        ctl.join("hadron.yaml"),
+        "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: logger\n    stages:\n      - name: implement\n      - name: review\n",
+    )
+    .expect("write");
+    std::fs::write(
+        ctl.join("agents/logger.yaml"),
+        format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: logger\nspec:\n  command:\n    - sh\n    - -c\n    - |\n      printf '%s %s\\n' \"$1\" \"$2\" >> \"$AGENT_LOG\"\n      printf '%s\\n' \"$2\" >> \"notes-$1.md\"\n    - logger\n    - \"{{{{request}}}}\"\n    - \"{{{{stage}}}}\"\n  env:\n    - name: AGENT_LOG\n      value: {}\n",
+            log.display()
+        ),
+    )
+    .expect("write");
+    let seeded = hadron_command(hadron_bin!(), root)
+        .args(["up", "ctl", "--exit-when-idle", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("hadron runs");
+    assert!(seeded.status.success(), "seeding: {}", String::from_utf8_lossy(&seeded.stderr));
+    git_as(root, "alice", &["clone", "-q", ".hadron/repos/control.git", "human"]);
+    (root.join(".hadron/repos/control.git"), root.join("human"), log)
+}
+
+fn push_request(human: &Path, name: &str) {
+    std::fs::create_dir_all(human.join("requests")).expect("mkdir");
+    std::fs::write(
+        human.join(format!("requests/{name}.yaml")),
+        format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: Change {name}\n  repos:\n    - url: ../app.git\n"
+        ),
+    )
+    .expect("write");
+    git_as(human, "alice", &["add", "-A"]);
+    git_as(human, "alice", &["commit", "-q", "-m", &format!("Ask for {name}")]);
+    for _ in 0..100 {
+        git_as(human, "alice", &["pull", "-q", "--rebase"]);
+        if hadron_tests::git_try(human, "alice", &["push", "-q", "origin", "HEAD:main"]) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("alice could not push {name}");
+}
+
+/// Waits until `main` holds `status/<name>.yaml` with phase `phase`.
+fn wait_phase(control: &Path, name: &str, phase: &str, who: &[&Live]) {
+    let started = Instant::now();
+    loop {
+        let shown = hadron_tests::git_stdout(control, "x", &["show", &format!("main:status/{name}.yaml")]);
+        if shown.lines().any(|l| l == format!("  phase: {phase}")) {
+            return;
+        }
+        let logs: Vec<String> = who.iter().map(|l| l.logs()).collect();
+        assert!(started.elapsed() < Duration::from_secs(90), "{name} is not {phase} on main:\n{shown}\n{}", logs.join("\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metric(addr: &str, name: &str) -> Option<f64> {
+    let (code, body) = http_get(addr, "/metrics");
+    assert_eq!(code, 200);
+    body.lines().find(|l| l.starts_with(&format!("{name} "))).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+fn serve(dir: &Path, control: &Path, db: &Database) -> Live {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let control = control.display().to_string();
+    let url = db.url();
+    Live::start(
+        hadron_bin!(),
+        dir,
+        &["serve", "--repo", &control, "--database-url", &url, "--lease-seconds", "3", "--poll-seconds", "1", "--listen", "127.0.0.1:0"],
+    )
+}
+
+const SECRET: &str = "relay-test-secret";
+
+/// A replica that hears of pushes only through webhooks (no watch, an hour's poll).
+fn serve_hooked(dir: &Path, control: &Path, db: &Database) -> Live {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let control = control.display().to_string();
+    let url = db.url();
+    Live::start_with_env(
+        hadron_bin!(),
+        dir,
+        &["serve", "--repo", &control, "--database-url", &url, "--no-watch", "--poll-seconds", "3600", "--listen", "127.0.0.1:0"],
+        &[("HADRON_WEBHOOK_SECRET", SECRET)],
+    )
+}
+
+/// POSTs a signed Gitea webhook (raw HTTP/1.1) and returns the status code.
+fn post_hook(addr: &str, event: &str, body: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let signature = hadron::server::webhook::sign(SECRET.as_bytes(), body);
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let head = format!(
+        "POST /hooks/gitea HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nX-Gitea-Event: {event}\r\n\
+         X-Gitea-Delivery: relay-{}\r\nX-Gitea-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        std::process::id(),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn the_follower_takes_over_when_the_leader_is_killed_and_a_busy_data_dir_is_refused() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let root = tmp.path();
+    let (control, human, log) = seed(root);
+    let db = Database::create("failover");
+
+    let a = serve(&root.join("replica-a"), &control, &db);
+    a.wait_for_line(&["leading (epoch 1)"], "the first replica takes the lease");
+    let b = serve(&root.join("replica-b"), &control, &db);
+    let following = b.wait_for_line(&["following: the leader is"], "the second replica follows");
+    assert!(following.contains("(epoch 1)"), "{following}");
+    let (addr_a, addr_b) = (a.address(), b.address());
+    assert_eq!(metric(&addr_a, "hadron_leader"), Some(1.0), "{}", a.logs());
+    assert_eq!(metric(&addr_b, "hadron_leader"), Some(0.0), "{}", b.logs());
+    assert_eq!(metric(&addr_b, "hadron_leader_epoch"), Some(1.0));
+    assert_eq!(http_get(&addr_b, "/readyz").0, 200, "a follower is ready: it serves health, metrics, the API and webhooks");
+    assert_eq!(http_get(&addr_b, "/healthz").0, 200);
+
+    // The leader does the work.
+    push_request(&human, "before");
+    wait_phase(&control, "before", "Succeeded", &[&a, &b]);
+    assert!(!b.out().contains("leading"), "the follower did not act:\n{}", b.logs());
+
+    // A second process on a data dir in use refuses to start, naming the holder.
+    let refused = hadron_command(hadron_bin!(), &root.join("replica-b"))
+        .args(["serve", "--repo", &control.display().to_string(), "--database-url", &db.url(), "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("hadron runs");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains(&format!("pid {}", b.pid())) && said.contains("--data-dir"), "{said}");
+
+    // kill -9 the leader: the follower takes over once the lease expires.
+    let killed = Instant::now();
+    a.kill9();
+    b.wait_for_line(&["leading (epoch 2)"], "the follower takes over under the next epoch");
+    let failover = killed.elapsed();
+    assert_eq!(metric(&addr_b, "hadron_leader"), Some(1.0));
+    assert_eq!(metric(&addr_b, "hadron_leader_epoch"), Some(2.0));
+    push_request(&human, "after");
+    wait_phase(&control, "after", "Succeeded", &[&b]);
+    eprintln!("failover (kill -9 → the follower leads): {:.2} s with a 3 s lease", failover.as_secs_f64());
+
+    // Every status commit says the epoch it was made under; none of epoch 1 came after epoch 2's first.
+    let epochs =
+        hadron_tests::git_stdout(&control, "x", &["log", "--author=hadron", "--format=%(trailers:key=Hadron-Epoch,valueonly)", "main"]);
+    let epochs: Vec<i64> = epochs.split_whitespace().map(|e| e.parse().expect("an epoch is a number")).collect();
+    assert!(epochs.contains(&1) && epochs.contains(&2), "{epochs:?}");
+    assert!(epochs.windows(2).all(|w| w[0] >= w[1]), "newest first, epochs never go back: {epochs:?}");
+
+    // Each stage of each request ran once.
+    let runs = std::fs::read_to_string(&log).expect("agent log");
+    let mut lines: Vec<&str> = runs.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["after implement", "after review", "before implement", "before review"], "{runs}");
+    drop(b);
+}
+
+#[test]
+fn a_webhook_taken_by_a_follower_is_relayed_to_the_leader() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let root = tmp.path();
+    let (control, human, _log) = seed(root);
+    let db = Database::create("relay");
+    let leader = serve_hooked(&root.join("replica-a"), &control, &db);
+    leader.wait_for_line(&["leading (epoch 1)"], "the first replica leads");
+    let follower = serve_hooked(&root.join("replica-b"), &control, &db);
+    follower.wait_for_line(&["following: the leader is"], "the second follows");
+
+    // A push the leader does not watch and will not poll for an hour...
+    push_request(&human, "hooked");
+    let after = hadron_tests::git_stdout(&control, "x", &["rev-parse", "main"]).trim().to_owned();
+    // ...announced by Gitea's webhook, which the load balancer sends to the follower.
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(hadron_tests::fixtures().join("gitea/webhooks/push.json")).expect("push fixture"))
+            .expect("json");
+    payload["ref"] = serde_json::json!("refs/heads/main");
+    payload["after"] = serde_json::json!(after);
+    payload["repository"]["full_name"] = serde_json::json!("repos/control");
+    payload["repository"]["name"] = serde_json::json!("control");
+    let body = serde_json::to_vec(&payload).expect("json");
+    let sent = Instant::now();
+    assert_eq!(post_hook(&follower.address(), "push", &body), 202, "{}", follower.logs());
+    wait_phase(&control, "hooked", "Succeeded", &[&leader, &follower]);
+    eprintln!("webhook to the follower → request Succeeded by the leader: {:.2} s", sent.elapsed().as_secs_f64());
+    assert!(!follower.out().contains("leading"), "the follower did not act:\n{}", follower.logs());
+}
