@@ -120,6 +120,15 @@ pub(super) fn plan_request(inputs: &Inputs, request: &ChangeRequest, mine: Vec<&
     view.phase = step.decision.phase;
     view.reason = step.decision.reason.to_owned();
     view.message = step.decision.message;
+    // A stage that failed for good ends the request in this very pass: the
+    // workers still running on its other repos stop now, as they would in
+    // the next pass (which reads the terminal phase back), so their slots
+    // are free for others at once.
+    if matches!(view.phase, Phase::Succeeded | Phase::Failed) {
+        for a in &current {
+            draft.cancel(a, "Terminal");
+        }
+    }
     if restarted && matches!(view.phase, Phase::Pending | Phase::Running) && view.attempts.is_empty() {
         view.message = format!("spec changed (now generation {generation}): the pipeline starts again; {}", view.message);
     }

@@ -485,6 +485,32 @@ fn deleted_and_suspended_requests_cancel_their_workers() {
 }
 
 #[test]
+fn a_request_that_fails_for_good_stops_its_other_repos_in_the_same_pass() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 2, stages: 1, ..req("f") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let first: Vec<String> = starts(&p).iter().map(|a| a.worker.clone()).collect();
+    assert_eq!(first.len(), 2, "one worker per repo");
+    // The first repo's worker fails every attempt (retried after its backoff) while the other runs.
+    let (mut failing, mut now) = (first[0].clone(), 1);
+    let p = loop {
+        world.finish(&failing, false, now);
+        now += 1_000_000;
+        let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+        if p.requests["f"].phase == Phase::Failed {
+            break p;
+        }
+        assert!(now < 10_000_000, "never failed: {:?}", p.requests["f"]);
+        world.apply(&p, now);
+        failing = starts(&p).first().expect("a retry of the failing repo").worker.clone();
+    };
+    let stopped = p.actions.iter().any(|a| matches!(a, Action::Cancel { worker, reason } if *worker == first[1] && reason == "Terminal"));
+    assert!(stopped, "the other repo's worker stops in the pass that decides the failure: {:?}", p.actions);
+}
+
+#[test]
 fn priority_decides_who_gets_scarce_slots() {
     let cfg = PlanConfig::default();
     let world = World::default();
