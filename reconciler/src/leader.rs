@@ -138,7 +138,7 @@ impl Elector {
                             "the leader lease was not renewed within the renew deadline; this replica stops acting as leader"
                         );
                         self.leading = None;
-                        Leadership::Follower { leader: None }
+                        self.follower().await
                     }
                 }
             }
@@ -205,7 +205,7 @@ mod tests {
     use crate::store::tests::{Kind, TestDb};
 
     fn config(identity: &str) -> ElectionConfig {
-        ElectionConfig::new(identity, Duration::from_millis(900))
+        ElectionConfig::new(identity, Duration::from_millis(2000))
     }
 
     #[test]
@@ -229,7 +229,7 @@ mod tests {
             // a stops renewing (paused); b takes over once the lease expires, not before.
             tokio::time::sleep(Duration::from_millis(400)).await;
             anyhow::ensure!(matches!(b.round().await, Leadership::Follower { .. }), "not before the lease expires");
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            tokio::time::sleep(Duration::from_millis(1900)).await;
             anyhow::ensure!(b.round().await == Leadership::Leader { epoch: 2 });
             // a learns it lost the lease at its next renewal.
             anyhow::ensure!(a.round().await == Leadership::Follower { leader: Some(("b".to_owned(), 2)) });

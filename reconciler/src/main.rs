@@ -127,6 +127,11 @@ struct ServeArgs {
     #[arg(long, env = "HADRON_LEASE_SECONDS", default_value_t = 15, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     lease_seconds: u64,
+    /// Folder of the local driver's run directories (one per worker); default: `runs/` in the
+    /// data dir. Replicas on one host may share it: a new leader then finds the workers the last
+    /// one started (they outlive it) and waits for them instead of starting them again.
+    #[arg(long, env = "HADRON_RUNS_DIR", value_name = "DIR")]
+    runs_dir: Option<PathBuf>,
 }
 
 /// Which forge Hadron talks to.
@@ -235,6 +240,14 @@ enum Command {
         /// The run description written by the driver.
         #[arg(long)]
         run: PathBuf,
+        /// Where the run's files go (lock, log, result.json, workspace); default: beside `--run`.
+        /// A Kubernetes Job mounts the run description read-only and gives an `emptyDir` here.
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// Also write the result (JSON, cut to 4 KiB) to this file: the container's termination
+        /// message (`/dev/termination-log`), where the Kubernetes driver reads it.
+        #[arg(long, value_name = "FILE")]
+        termination_log: Option<PathBuf>,
     },
     /// Approve a gate as a person would: merge `hadron/approve/<request>/<gate>`.
     ///
@@ -350,6 +363,7 @@ fn run_service(
         retention: serve.retention(),
         status_interval: Duration::from_millis(serve.status_interval_ms),
         lease_duration: Duration::from_secs(serve.lease_seconds),
+        runs_dir: serve.runs_dir.clone(),
     };
     let mut stdout = io::stdout();
     let result = match repo {
@@ -413,8 +427,8 @@ fn main() -> ExitCode {
         Command::Serve { repo, data, branch, poll_seconds, backoff_ms, serve } => {
             run_service(PathBuf::new(), Some(repo), data, branch, false, poll_seconds, backoff_ms, &serve)
         }
-        Command::Worker { run } => {
-            let result = hadron::workers::entry::run_worker(&run);
+        Command::Worker { run, work_dir, termination_log } => {
+            let result = hadron::workers::entry::run_worker_for_job(&run, work_dir.as_deref(), termination_log.as_deref());
             i32::from(result.outcome != hadron::workers::spec::Outcome::Succeeded)
         }
         Command::Approve { request, gate, control, branch, name, email, data } => {

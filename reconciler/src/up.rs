@@ -108,6 +108,8 @@ pub struct UpOptions {
     pub status_interval: Duration,
     /// With PostgreSQL, how long the leader lease lasts without renewal.
     pub lease_duration: Duration,
+    /// The local driver's run directories (default: `runs/` in the data dir).
+    pub runs_dir: Option<PathBuf>,
 }
 
 /// Variables that hold Hadron's own credentials or configuration: never an agent's secret.
@@ -280,9 +282,10 @@ fn spawn_relay_listener(store: Store, identity: String, tx: mpsc::Sender<Trigger
             }
         };
         loop {
-            match listener.next().await {
-                Ok(relayed) if relayed.from == identity => {}
-                Ok(relayed) => {
+            match listener.next().await.map(|payload| (crate::reconcile::trigger::Relayed::from_payload(&payload), payload)) {
+                Ok((None, payload)) => tracing::warn!(%payload, "ignored a notification that is not a relayed trigger"),
+                Ok((Some(relayed), _)) if relayed.from == identity => {}
+                Ok((Some(relayed), _)) => {
                     tracing::debug!(from = %relayed.from, trigger = relayed.trigger.kind(), "relayed trigger");
                     if tx.send(relayed.trigger).await.is_err() {
                         return;
@@ -437,7 +440,11 @@ async fn run(
     let (tx, mut rx) = mpsc::channel::<Trigger>(256);
     // A worker exit is a trigger, like a push.
     let exit_tx = tx.clone();
-    let driver = LocalDriver::new(data_dir.join("runs"), WorkerCommand::hadron(opts.worker_program.clone()))
+    let runs_dir = match &opts.runs_dir {
+        Some(dir) => absolute(dir)?,
+        None => data_dir.join("runs"),
+    };
+    let driver = LocalDriver::new(runs_dir, WorkerCommand::hadron(opts.worker_program.clone()))
         .map_err(ReconcileError::from)?
         .with_agent_secrets(opts.agent_secrets.iter().cloned())
         .with_exit_hook(move |_| {

@@ -157,6 +157,28 @@ fn fresh_repo_then_a_second_stage_on_the_same_branch() {
 }
 
 #[test]
+fn as_a_kubernetes_job_runs_it_the_result_is_its_termination_message() {
+    let fx = Fixture::new();
+    let spec = fx.spec("implement", script_command());
+    // The run spec on a volume of its own (a read-only Secret in a Job), the work in an emptyDir.
+    let secret = fx.root().join("secret-volume");
+    std::fs::create_dir_all(&secret).expect("mkdir");
+    let run_json = secret.join("run.json");
+    std::fs::write(&run_json, serde_json::to_vec(&spec).expect("json")).expect("write");
+    let work = fx.root().join("empty-dir");
+    let termination = fx.root().join("termination-log");
+    let result = hadron::workers::entry::run_worker_for_job(&run_json, Some(&work), Some(&termination));
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    let message = std::fs::read_to_string(&termination).expect("a termination message");
+    assert!(message.len() <= 4096);
+    assert_eq!(serde_json::from_str::<RunResult>(&message).expect("a result"), result);
+    assert!(work.join("result.json").is_file(), "the run's files go in the work dir");
+    let beside: Vec<_> = std::fs::read_dir(&secret).expect("read").filter_map(Result::ok).map(|e| e.file_name()).collect();
+    assert_eq!(beside, ["run.json"], "nothing is written beside the read-only run spec");
+    assert_eq!(fx.remote(&["rev-parse", "refs/heads/hadron/add-greeting"]), result.pushed_commit.clone().expect("pushed"));
+}
+
+#[test]
 fn hostile_title_is_data_not_code() {
     let fx = Fixture::new();
     let marker = fx.root().join("pwned");

@@ -184,6 +184,24 @@ impl Live {
         let _ = self.child.wait();
     }
 
+    /// Waits (up to `limit`) for the process to exit by itself; its exit status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{signal} {}", self.child.id());
+    }
+
     /// Sends SIGTERM and waits (up to `limit`) for the process to exit; returns how long it took.
     pub fn terminate(&mut self, limit: Duration) -> Option<Duration> {
         let started = Instant::now();

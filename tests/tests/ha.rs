@@ -248,3 +248,160 @@ fn a_webhook_taken_by_a_follower_is_relayed_to_the_leader() {
     eprintln!("webhook to the follower → request Succeeded by the leader: {:.2} s", sent.elapsed().as_secs_f64());
     assert!(!follower.out().contains("leading"), "the follower did not act:\n{}", follower.logs());
 }
+
+/// The API's phase of every request (any replica answers from the store).
+fn api_phases(addr: &str) -> std::collections::BTreeMap<String, String> {
+    let (code, text) = http_get(addr, "/api/v1/requests");
+    if code != 200 {
+        return Default::default();
+    }
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let items = v.get("items").and_then(|r| r.as_array()).cloned().unwrap_or_default();
+    items.iter().filter_map(|r| Some((r.get("name")?.as_str()?.to_owned(), r.get("phase")?.as_str()?.to_owned()))).collect()
+}
+
+#[test]
+fn three_replicas_lose_no_work_and_start_nothing_twice_when_the_leader_is_killed_ten_times() {
+    const REQUESTS: usize = 50;
+    const KILLS: usize = 10;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let root = tmp.path();
+    let (control, human, log) = seed(root);
+    let db = Database::create("kills");
+    // One host: the replicas share the local driver's run directories, so a
+    // new leader finds the workers the killed one started (they outlive it).
+    let runs = root.join("runs");
+    let start = |name: &str| {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (control, url, runs) = (control.display().to_string(), db.url(), runs.display().to_string());
+        let args =
+            ["serve", "--repo", &control, "--database-url", &url, "--lease-seconds", "2", "--poll-seconds", "1", "--backoff-ms", "100"];
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["--runs-dir", &runs, "--listen", "127.0.0.1:0"]);
+        Live::start(hadron_bin!(), &dir, &args)
+    };
+    let names = ["replica-0", "replica-1", "replica-2"];
+    let mut replicas: Vec<Option<Live>> = names.iter().map(|n| Some(start(n))).collect();
+    let first = Instant::now();
+    while !replicas.iter().flatten().any(|r| r.out().contains("leading (epoch 1)")) {
+        assert!(first.elapsed() < Duration::from_secs(30), "no replica leads");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut pushed = 0;
+    let mut failovers: Vec<f64> = Vec::new();
+    let mut epoch = 1;
+    let mut seed_state: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+    let mut random = |below: u64| {
+        seed_state ^= seed_state << 13;
+        seed_state ^= seed_state >> 7;
+        seed_state ^= seed_state << 17;
+        seed_state % below
+    };
+    for kill in 0..KILLS {
+        // Requests keep coming while leaders die.
+        let batch = REQUESTS / KILLS;
+        for i in 0..batch {
+            push_request(&human, &format!("r{}", pushed + i));
+        }
+        pushed += batch;
+        std::thread::sleep(Duration::from_millis(200 + random(1500)));
+        let leader = (0..names.len())
+            .find(|i| replicas[*i].as_ref().is_some_and(|r| r.out().contains(&format!("leading (epoch {epoch})"))))
+            .unwrap_or_else(|| panic!("kill {kill}: no replica leads under epoch {epoch}"));
+        let killed = Instant::now();
+        replicas[leader].take().expect("live").kill9();
+        epoch += 1;
+        let needle = format!("leading (epoch {epoch})");
+        loop {
+            if replicas.iter().flatten().any(|r| r.out().contains(&needle)) {
+                break;
+            }
+            let logs: Vec<String> = replicas.iter().flatten().map(Live::logs).collect();
+            assert!(killed.elapsed() < Duration::from_secs(30), "kill {kill}: nobody took over:\n{}", logs.join("\n"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        failovers.push(killed.elapsed().as_secs_f64());
+        // The killed replica comes back (as its supervisor would restart it) and follows.
+        replicas[leader] = Some(start(names[leader]));
+    }
+
+    // Every request ends, every status file on main says so.
+    let started = Instant::now();
+    loop {
+        let live = replicas.iter().flatten().next().expect("a replica");
+        let phases = api_phases(&live.address());
+        let done = phases.len() == REQUESTS && phases.values().all(|p| p == "Succeeded");
+        let published = done
+            && phases.keys().all(|name| {
+                hadron_tests::git_stdout(&control, "x", &["show", &format!("main:status/{name}.yaml")]).contains("  phase: Succeeded")
+            });
+        if published {
+            break;
+        }
+        let logs: Vec<String> = replicas.iter().flatten().map(Live::logs).collect();
+        assert!(started.elapsed() < Duration::from_secs(180), "not every request Succeeded: {phases:?}\n{}", logs.join("\n"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Every (request, stage) started exactly once, by the agent's own log.
+    let runs_log = std::fs::read_to_string(&log).expect("agent log");
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for line in runs_log.lines() {
+        *counts.entry(line).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "started more than once: {twice:?}");
+    assert_eq!(counts.len(), REQUESTS * 2, "every stage of every request ran");
+
+    // No status commit of an older epoch landed after a newer one.
+    let epochs =
+        hadron_tests::git_stdout(&control, "x", &["log", "--author=hadron", "--format=%(trailers:key=Hadron-Epoch,valueonly)", "main"]);
+    let epochs: Vec<i64> = epochs.split_whitespace().map(|e| e.parse().expect("an epoch is a number")).collect();
+    assert!(epochs.windows(2).all(|w| w[0] >= w[1]), "newest first, epochs never go back: {epochs:?}");
+
+    failovers.sort_by(f64::total_cmp);
+    eprintln!(
+        "failover (kill -9 → the next leader), {KILLS} kills, 2 s lease: min {:.2} s / median {:.2} s / max {:.2} s",
+        failovers[0],
+        failovers[failovers.len() / 2],
+        failovers[failovers.len() - 1]
+    );
+}
+
+#[test]
+fn a_paused_leader_that_wakes_up_after_a_take_over_stops_acting_and_exits() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let root = tmp.path();
+    let (control, human, log) = seed(root);
+    let db = Database::create("paused");
+    let mut a = serve(&root.join("replica-a"), &control, &db);
+    a.wait_for_line(&["leading (epoch 1)"], "the first replica leads");
+    let b = serve(&root.join("replica-b"), &control, &db);
+    b.wait_for_line(&["following: the leader is"], "the second follows");
+    push_request(&human, "before");
+    wait_phase(&control, "before", "Succeeded", &[&a, &b]);
+
+    // The leader freezes (a long GC pause, a stopped VM): the follower takes over.
+    a.signal("STOP");
+    b.wait_for_line(&["leading (epoch 2)"], "the follower takes over from a frozen leader");
+    push_request(&human, "during");
+    // The old leader wakes up: it learns it lost the lease and exits with code 3.
+    a.signal("CONT");
+    let status = a.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("the old leader did not exit:\n{}", a.logs()));
+    assert_eq!(status.code(), Some(3), "{}", a.logs());
+    assert!(a.out().contains("lost the leader lease"), "{}", a.logs());
+    wait_phase(&control, "during", "Succeeded", &[&b]);
+
+    // Nothing ran twice, and no commit of epoch 1 came after one of epoch 2.
+    let runs = std::fs::read_to_string(&log).expect("agent log");
+    let mut lines: Vec<&str> = runs.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["before implement", "before review", "during implement", "during review"], "{runs}");
+    let epochs =
+        hadron_tests::git_stdout(&control, "x", &["log", "--author=hadron", "--format=%(trailers:key=Hadron-Epoch,valueonly)", "main"]);
+    let epochs: Vec<i64> = epochs.split_whitespace().map(|e| e.parse().expect("an epoch is a number")).collect();
+    assert!(epochs.windows(2).all(|w| w[0] >= w[1]), "newest first, epochs never go back: {epochs:?}");
+}

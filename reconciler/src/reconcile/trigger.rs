@@ -38,6 +38,30 @@ pub enum Trigger {
     CiRecorded,
 }
 
+/// A trigger one replica relays to the others (through the store's
+/// `relay`), as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Relayed {
+    /// The identity of the replica that received it (its own relays are
+    /// not taken back by a leader that received the webhook itself).
+    pub from: String,
+    /// The trigger.
+    pub trigger: Trigger,
+}
+
+impl Relayed {
+    /// The payload sent.
+    pub fn to_payload(&self) -> String {
+        serde_json::to_string(self).expect("because a trigger is plain data that always serialises")
+    }
+
+    /// A payload received; `None` when it is not a relayed trigger (sent by
+    /// something else on the channel).
+    pub fn from_payload(payload: &str) -> Option<Relayed> {
+        serde_json::from_str(payload).ok()
+    }
+}
+
 /// Whether the triggers of these kinds (a pass's, by [`Trigger::kind`]) are
 /// worker exits and nothing else: such a pass needs no fetch.
 pub fn only_worker_exits(kinds: &[&str]) -> bool {

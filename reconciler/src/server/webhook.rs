@@ -291,8 +291,8 @@ async fn handle(state: &ServerState, headers: &HeaderMap, body: Body) -> Result<
     // With several replicas, the one that leads may be another: it hears
     // of the delivery too (best effort: its poll is the safety net).
     if let Some(from) = state.relay_from() {
-        let relayed = crate::store::Relayed { from: from.to_owned(), trigger: trigger.clone() };
-        if let Err(e) = state.store().relay(&relayed).await {
+        let relayed = crate::reconcile::trigger::Relayed { from: from.to_owned(), trigger: trigger.clone() };
+        if let Err(e) = state.store().relay(&relayed.to_payload()).await {
             tracing::warn!(
                 delivery,
                 reason = e.reason(),

@@ -110,10 +110,14 @@ pub use records::{
     Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, MergeRecord, NewAttempt, NewEvent, OutboxEntry, OutboxFiles, OutboxState,
     RequestRecord,
 };
-pub use relay::{RelayListener, Relayed, TRIGGER_CHANNEL};
+pub use relay::{RelayListener, TRIGGER_CHANNEL};
 
 /// The SQLite file name inside the data directory.
 pub const SQLITE_FILE_NAME: &str = "hadron.db";
+
+/// How long PostgreSQL lets one of Hadron's transactions sit idle (its
+/// transactions are short bursts of statements, never held across other work).
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "5s";
 
 /// How long [`Store::connect_postgres`] retries an unreachable server.
 pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -246,7 +250,12 @@ impl Store {
     /// (which also bounds how long a query waits for a free connection).
     pub async fn connect_postgres_with_timeout(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         let location = redact_url(url);
-        let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::PostgresConnect { url: location.clone(), source })?;
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|source| StoreError::PostgresConnect { url: location.clone(), source })?
+            // A replica frozen inside a write transaction (a stopped VM) would
+            // hold the lease row's share lock and so block every take-over:
+            // the server ends such a transaction after this long.
+            .options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT)]);
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(timeout)

@@ -2,25 +2,15 @@
 //! webhook that reaches a follower is verified and recorded there, then
 //! sent on [`TRIGGER_CHANNEL`] to the replica that leads, which runs a pass
 //! at once instead of at its next poll. Notifications are not stored: one
-//! sent while the leader reconnects is lost, and the poll catches up.
+//! sent while the leader reconnects is lost, and the poll catches up. The
+//! store carries payloads; `reconcile::trigger::Relayed` is what they hold.
 
 use sqlx::postgres::PgListener;
 
 use super::{Pool, Store, StoreError};
-use crate::reconcile::trigger::Trigger;
 
 /// The channel relayed triggers go on.
 pub const TRIGGER_CHANNEL: &str = "hadron_triggers";
-
-/// A trigger one replica relays to the others.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Relayed {
-    /// The identity of the replica that received it (its own relays are
-    /// not taken back by a leader that received the webhook itself).
-    pub from: String,
-    /// The trigger.
-    pub trigger: Trigger,
-}
 
 /// Where a leader hears relayed triggers.
 pub struct RelayListener(PgListener);
@@ -32,26 +22,19 @@ impl std::fmt::Debug for RelayListener {
 }
 
 impl RelayListener {
-    /// The next relayed trigger. A payload that is not a [`Relayed`] (sent
-    /// by something else on the channel) is skipped with a warning; a lost
-    /// connection is re-established (notifications meanwhile are lost).
-    pub async fn next(&mut self) -> Result<Relayed, StoreError> {
-        loop {
-            let note = self.0.recv().await.map_err(|e| StoreError::query("receive a relayed trigger", e))?;
-            match serde_json::from_str::<Relayed>(note.payload()) {
-                Ok(relayed) => return Ok(relayed),
-                Err(e) => tracing::warn!(channel = TRIGGER_CHANNEL, "ignored a notification that is not a relayed trigger: {e}"),
-            }
-        }
+    /// The next payload on [`TRIGGER_CHANNEL`]; a lost connection is
+    /// re-established (notifications meanwhile are lost).
+    pub async fn next(&mut self) -> Result<String, StoreError> {
+        let note = self.0.recv().await.map_err(|e| StoreError::query("receive a relayed trigger", e))?;
+        Ok(note.payload().to_owned())
     }
 }
 
 impl Store {
-    /// Sends `relayed` to every replica listening; `false` (nothing sent) on
+    /// Sends `payload` to every replica listening; `false` (nothing sent) on
     /// SQLite, which runs one replica.
-    pub async fn relay(&self, relayed: &Relayed) -> Result<bool, StoreError> {
+    pub async fn relay(&self, payload: &str) -> Result<bool, StoreError> {
         let Pool::Postgres(pool) = &self.pool else { return Ok(false) };
-        let payload = serde_json::to_string(relayed).map_err(|e| StoreError::corrupt(format!("a trigger that cannot be relayed: {e}")))?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(TRIGGER_CHANNEL)
             .bind(payload)

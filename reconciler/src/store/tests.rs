@@ -937,17 +937,14 @@ async fn a_relayed_trigger_reaches_every_listening_replica() {
     run_postgres(|db| async move {
         let (follower, leader) = (db.open().await?, db.open().await?);
         let mut listener = leader.relay_listener().await?;
-        let relayed = crate::store::Relayed {
+        let relayed = crate::reconcile::trigger::Relayed {
             from: "replica-b".to_owned(),
             trigger: crate::reconcile::trigger::Trigger::ControlPush { after: "0123abcd".to_owned() },
         };
-        // Something else on the channel is skipped, not taken for a trigger.
-        with_pool!(follower, pool => {
-            sqlx::query("SELECT pg_notify($1, 'not a trigger')").bind(crate::store::TRIGGER_CHANNEL).execute(pool).await?;
-        });
-        ensure!(follower.relay(&relayed).await?, "sent on PostgreSQL");
+        ensure!(follower.relay(&relayed.to_payload()).await?, "sent on PostgreSQL");
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), listener.next()).await??;
-        ensure!(got == relayed, "{got:?}");
+        ensure!(crate::reconcile::trigger::Relayed::from_payload(&got) == Some(relayed), "{got}");
+        ensure!(crate::reconcile::trigger::Relayed::from_payload("not a trigger").is_none(), "anything else on the channel is no trigger");
         Ok(())
     })
     .await
@@ -957,8 +954,30 @@ async fn a_relayed_trigger_reaches_every_listening_replica() {
 async fn an_sqlite_store_has_nobody_to_relay_to() -> anyhow::Result<()> {
     let db = TestDb::create(Kind::Sqlite).await?.context("sqlite")?;
     let store = db.open().await?;
-    let relayed = crate::store::Relayed { from: "a".to_owned(), trigger: crate::reconcile::trigger::Trigger::Poll };
-    ensure!(!store.relay(&relayed).await?, "nothing is sent on SQLite");
+    ensure!(!store.relay("{}").await?, "nothing is sent on SQLite");
     expect_reason(store.relay_listener().await, "LeaseUnsupported")?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_inside_a_write_does_not_block_the_take_over_for_long() {
+    run_postgres(|db| async move {
+        let store = db.open().await?;
+        let ttl = std::time::Duration::from_millis(300);
+        let epoch = store.try_acquire_lease("a", ttl).await?.context("a leads")?;
+        let super::Pool::Postgres(pool) = &store.pool else { bail!("a PostgreSQL store") };
+        // a passed its fence check, then froze: its transaction never goes on.
+        let mut frozen = pool.begin().await?;
+        sqlx::query(super::lease::FENCE_SQL).bind(LEASE_NAME).fetch_one(&mut *frozen).await?;
+        tokio::time::sleep(ttl).await;
+        let started = std::time::Instant::now();
+        let taken = tokio::time::timeout(std::time::Duration::from_secs(20), store.try_acquire_lease("b", ttl)).await??;
+        ensure!(taken == Some(epoch + 1), "b takes over once the server ends a's idle transaction: {taken:?}");
+        let waited = started.elapsed();
+        ensure!(waited >= std::time::Duration::from_secs(3), "it did wait for the frozen transaction: {waited:?}");
+        // The frozen transaction is gone: its commit fails, nothing of it lands.
+        ensure!(frozen.commit().await.is_err(), "a's transaction was ended by the server");
+        Ok(())
+    })
+    .await
 }

@@ -48,7 +48,35 @@ pub fn run_worker(run_json: &Path) -> RunResult {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    let run_dir = std::path::absolute(&run_dir).unwrap_or(run_dir);
+    run_worker_in(run_json, &run_dir)
+}
+
+/// [`run_worker`] as a Kubernetes Job runs it: the run spec is read from
+/// `run_json` (a read-only Secret volume), the run's files (lock, log,
+/// result, workspace) go in `work_dir` (an `emptyDir`; default: beside
+/// `run_json`), and the result is
+/// also written to `termination_log` (the container's termination
+/// message, cut to 4 KiB), where the driver reads it.
+pub fn run_worker_for_job(run_json: &Path, work_dir: Option<&Path>, termination_log: Option<&Path>) -> RunResult {
+    let result = match work_dir {
+        Some(dir) => {
+            // An emptyDir exists already; a folder given by hand may not (an
+            // error here shows as the lock's, with the path).
+            let _ = std::fs::create_dir_all(dir);
+            run_worker_in(run_json, dir)
+        }
+        None => run_worker(run_json),
+    };
+    if let Some(path) = termination_log
+        && let Err(e) = std::fs::write(path, super::kubernetes::termination_message(&result))
+    {
+        eprintln!("could not write the termination message {}: {e}", path.display());
+    }
+    result
+}
+
+fn run_worker_in(run_json: &Path, run_dir: &Path) -> RunResult {
+    let run_dir = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_owned());
     let result_path = run_dir.join(RESULT_FILE);
     let log_path = run_dir.join(LOG_FILE);
     let started_at = now_rfc3339();

@@ -10,6 +10,7 @@ mod agent;
 pub mod agent_env;
 pub mod entry;
 pub mod error;
+pub mod kubernetes;
 pub mod local;
 mod log;
 pub mod proc;

@@ -89,28 +89,7 @@ mod tests {
     use super::*;
 
     fn spec() -> RunSpec {
-        RunSpec {
-            worker: "hadron-fix-implement-1-abcd".into(),
-            request: "fix".into(),
-            generation: "0011223344556677".into(),
-            stage: "implement".into(),
-            attempt: 1,
-            repo: "../app.git".into(),
-            clone_url: "/srv/git/app.git".into(),
-            base_branch: "main".into(),
-            work_branch: "hadron/fix".into(),
-            title: "Fix it".into(),
-            description: String::new(),
-            prompt_template: crate::reconcile::execute::DEFAULT_PROMPT.into(),
-            previous_stages: vec![],
-            command: vec!["agent".into(), "{{promptFile}}".into()],
-            model: None,
-            env: vec![],
-            require_change: true,
-            pricing: None,
-            wall_time_secs: None,
-            git_author: ("Hadron".into(), "hadron@example.com".into()),
-        }
+        crate::workers::spec::sample()
     }
 
     fn keys(value: &serde_json::Value) -> std::collections::BTreeSet<&str> {
