@@ -111,6 +111,17 @@ fn wait_phase(control: &Path, name: &str, phase: &str, who: &[&Live]) {
     }
 }
 
+/// The `Hadron-Epoch` trailers of Hadron's status commits on `main`, newest
+/// first, after checking that they never go back: no commit of an older
+/// epoch landed after one of a newer epoch.
+fn status_commit_epochs(control: &Path) -> Vec<i64> {
+    let text =
+        hadron_tests::git_stdout(control, "x", &["log", "--author=hadron", "--format=%(trailers:key=Hadron-Epoch,valueonly)", "main"]);
+    let epochs: Vec<i64> = text.split_whitespace().map(|e| e.parse().expect("an epoch is a number")).collect();
+    assert!(epochs.windows(2).all(|w| w[0] >= w[1]), "newest first, epochs never go back: {epochs:?}");
+    epochs
+}
+
 fn metric(addr: &str, name: &str) -> Option<f64> {
     let (code, body) = http_get(addr, "/metrics");
     assert_eq!(code, 200);
@@ -205,11 +216,8 @@ fn the_follower_takes_over_when_the_leader_is_killed_and_a_busy_data_dir_is_refu
     eprintln!("failover (kill -9 → the follower leads): {:.2} s with a 3 s lease", failover.as_secs_f64());
 
     // Every status commit says the epoch it was made under; none of epoch 1 came after epoch 2's first.
-    let epochs =
-        hadron_tests::git_stdout(&control, "x", &["log", "--author=hadron", "--format=%(trailers:key=Hadron-Epoch,valueonly)", "main"]);
-    let epochs: Vec<i64> = epochs.split_whitespace().map(|e| e.parse().expect("an epoch is a number")).collect();
+    let epochs = status_commit_epochs(&control);
     assert!(epochs.contains(&1) && epochs.contains(&2), "{epochs:?}");
-    assert!(epochs.windows(2).all(|w| w[0] >= w[1]), "newest first, epochs never go back: {epochs:?}");
 
     // Each stage of each request ran once.
     let runs = std::fs::read_to_string(&log).expect("agent log");
@@ -357,10 +365,7 @@ fn three_replicas_lose_no_work_and_start_nothing_twice_when_the_leader_is_killed
     assert_eq!(counts.len(), REQUESTS * 2, "every stage of every request ran");
 
     // No status commit of an older epoch landed after a newer one.
-    let epochs =
-        hadron_tests::git_stdout(&control, "x", &["log", "--author=hadron", "--format=%(trailers:key=Hadron-Epoch,valueonly)", "main"]);
-    let epochs: Vec<i64> = epochs.split_whitespace().map(|e| e.parse().expect("an epoch is a number")).collect();
-    assert!(epochs.windows(2).all(|w| w[0] >= w[1]), "newest first, epochs never go back: {epochs:?}");
+    status_commit_epochs(&control);
 
     failovers.sort_by(f64::total_cmp);
     eprintln!(
@@ -400,8 +405,5 @@ fn a_paused_leader_that_wakes_up_after_a_take_over_stops_acting_and_exits() {
     let mut lines: Vec<&str> = runs.lines().collect();
     lines.sort_unstable();
     assert_eq!(lines, ["before implement", "before review", "during implement", "during review"], "{runs}");
-    let epochs =
-        hadron_tests::git_stdout(&control, "x", &["log", "--author=hadron", "--format=%(trailers:key=Hadron-Epoch,valueonly)", "main"]);
-    let epochs: Vec<i64> = epochs.split_whitespace().map(|e| e.parse().expect("an epoch is a number")).collect();
-    assert!(epochs.windows(2).all(|w| w[0] >= w[1]), "newest first, epochs never go back: {epochs:?}");
+    status_commit_epochs(&control);
 }
