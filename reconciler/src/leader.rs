@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// The timings of an election.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,11 +97,6 @@ impl Elector {
     /// An elector for `store` (unfenced: it reads and writes the lease itself).
     pub fn new(store: Store, cfg: ElectionConfig) -> Self {
         Elector { store, cfg, leading: None }
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &ElectionConfig {
-        &self.cfg
     }
 
     /// One round: a follower tries to take the lease, the leader renews it.
@@ -192,11 +187,6 @@ impl Elector {
             }
         }
     }
-}
-
-/// Whether `e` means this replica must stop acting as leader at once.
-pub fn is_fenced(e: &StoreError) -> bool {
-    matches!(e, StoreError::Fenced { .. })
 }
 
 #[cfg(test)]

@@ -230,3 +230,49 @@ impl Drop for Live {
         let _ = self.child.wait();
     }
 }
+
+/// A database of its own on the local server, dropped on drop.
+pub struct Database {
+    name: String,
+}
+
+impl Database {
+    /// Runs `sql` as `postgres` on the local server, asserting it succeeded.
+    pub fn psql(sql: &str) {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc", sql])
+            .output()
+            .expect("psql runs (.ci/run installs PostgreSQL)");
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Creates `hadron_<suite>_<test>_<pid>`, dropping a leftover of that name first.
+    pub fn create(suite: &str, test: &str) -> Database {
+        let name = format!("hadron_{suite}_{test}_{}", std::process::id());
+        Self::psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        Self::psql(&format!("CREATE DATABASE {name}"));
+        Database { name }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        Self::psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// The API's phase of every request, by name (empty while it does not answer).
+pub fn api_phases(addr: &str) -> std::collections::BTreeMap<String, String> {
+    let (_, text) = http_get(addr, "/api/v1/requests");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    value["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|r| Some((r["name"].as_str()?.to_owned(), r["phase"].as_str()?.to_owned()))).collect())
+        .unwrap_or_default()
+}

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hadron_tests::{Live, git_as, hadron_bin, hadron_command, http_get};
+use hadron_tests::{Database, Live, api_phases, git_as, hadron_bin, hadron_command, http_get};
 
 fn long() -> bool {
     std::env::var("HADRON_CHAOS").as_deref() == Ok("long")
@@ -178,16 +178,6 @@ impl Lab {
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-fn api_phases(addr: &str) -> BTreeMap<String, String> {
-    let (_, text) = http_get(addr, "/api/v1/requests");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    let value: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    value["items"]
-        .as_array()
-        .map(|items| items.iter().filter_map(|r| Some((r["name"].as_str()?.to_owned(), r["phase"].as_str()?.to_owned()))).collect())
-        .unwrap_or_default()
 }
 
 /// The longest pass of this process (waiting for its first pass to end).
@@ -377,16 +367,8 @@ fn postgres_restart() -> Row {
         .ok()
         .and_then(|d| d.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).max())
         .expect("a PostgreSQL cluster under /etc/postgresql (.ci/run installs one)");
-    let db = format!("hadron_chaos_{}", std::process::id());
-    let psql = |sql: &str| {
-        let out = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc", sql])
-            .output()
-            .expect("psql runs");
-        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    psql(&format!("CREATE DATABASE {db}"));
-    let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    let db = Database::create("chaos", "pg");
+    let url = db.url();
     let mut lab = Lab::new();
     let live = lab.start(&["--database-url", &url]);
     lab.push_requests(&names("pg", 20));
@@ -403,7 +385,7 @@ fn postgres_restart() -> Row {
     let phases = lab.wait_terminal(&live, 20, LIMIT);
     let row = row(format!("PostgreSQL {version} restarted mid-run"), &lab, &live, &phases, "yes");
     drop(live);
-    psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    drop(db);
     row
 }
 

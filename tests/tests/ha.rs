@@ -11,39 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hadron_tests::{Live, git_as, hadron_bin, hadron_command, http_get};
-
-/// A database of its own on the local server, dropped on drop.
-struct Database {
-    name: String,
-}
-
-impl Database {
-    fn psql(sql: &str) {
-        let out = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc", sql])
-            .output()
-            .expect("psql runs (.ci/run installs PostgreSQL)");
-        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn create(test: &str) -> Database {
-        let name = format!("hadron_ha_{test}_{}", std::process::id());
-        Self::psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        Self::psql(&format!("CREATE DATABASE {name}"));
-        Database { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        Self::psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-    }
-}
+use hadron_tests::{Database, Live, api_phases, git_as, hadron_bin, hadron_command, http_get};
 
 /// Seeds a control repo (one target repo `app`, an agent that logs each run)
 /// with `hadron up --exit-when-idle`, and clones it for the person.
@@ -176,7 +144,7 @@ fn the_follower_takes_over_when_the_leader_is_killed_and_a_busy_data_dir_is_refu
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = tmp.path();
     let (control, human, log) = seed(root);
-    let db = Database::create("failover");
+    let db = Database::create("ha", "failover");
 
     let a = serve(&root.join("replica-a"), &control, &db);
     a.wait_for_line(&["leading (epoch 1)"], "the first replica takes the lease");
@@ -232,7 +200,7 @@ fn a_webhook_taken_by_a_follower_is_relayed_to_the_leader() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = tmp.path();
     let (control, human, _log) = seed(root);
-    let db = Database::create("relay");
+    let db = Database::create("ha", "relay");
     let leader = serve_hooked(&root.join("replica-a"), &control, &db);
     leader.wait_for_line(&["leading (epoch 1)"], "the first replica leads");
     let follower = serve_hooked(&root.join("replica-b"), &control, &db);
@@ -257,18 +225,6 @@ fn a_webhook_taken_by_a_follower_is_relayed_to_the_leader() {
     assert!(!follower.out().contains("leading"), "the follower did not act:\n{}", follower.logs());
 }
 
-/// The API's phase of every request (any replica answers from the store).
-fn api_phases(addr: &str) -> std::collections::BTreeMap<String, String> {
-    let (code, text) = http_get(addr, "/api/v1/requests");
-    if code != 200 {
-        return Default::default();
-    }
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    let items = v.get("items").and_then(|r| r.as_array()).cloned().unwrap_or_default();
-    items.iter().filter_map(|r| Some((r.get("name")?.as_str()?.to_owned(), r.get("phase")?.as_str()?.to_owned()))).collect()
-}
-
 #[test]
 fn three_replicas_lose_no_work_and_start_nothing_twice_when_the_leader_is_killed_ten_times() {
     const REQUESTS: usize = 50;
@@ -276,7 +232,7 @@ fn three_replicas_lose_no_work_and_start_nothing_twice_when_the_leader_is_killed
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = tmp.path();
     let (control, human, log) = seed(root);
-    let db = Database::create("kills");
+    let db = Database::create("ha", "kills");
     // One host: the replicas share the local driver's run directories, so a
     // new leader finds the workers the killed one started (they outlive it).
     let runs = root.join("runs");
@@ -381,7 +337,7 @@ fn a_paused_leader_that_wakes_up_after_a_take_over_stops_acting_and_exits() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = tmp.path();
     let (control, human, log) = seed(root);
-    let db = Database::create("paused");
+    let db = Database::create("ha", "paused");
     let mut a = serve(&root.join("replica-a"), &control, &db);
     a.wait_for_line(&["leading (epoch 1)"], "the first replica leads");
     let b = serve(&root.join("replica-b"), &control, &db);

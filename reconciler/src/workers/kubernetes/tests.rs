@@ -75,9 +75,10 @@ fn secrets_are_references_and_the_run_spec_is_not_in_the_arguments() {
     assert!(env[1].value.is_none());
     let key = env[2].value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("secretKeyRef");
     assert_eq!((key.name.as_str(), key.key.as_str()), ("gh", "GITHUB_TOKEN"), "no key: the variable's own name");
-    let text = serde_json::to_string(&job).expect("json");
-    assert!(!text.contains(&spec.description) || spec.description.is_empty());
-    assert!(!text.contains("{{promptFile}}"), "the agent command (and prompt inputs) travel in the Secret");
+    let spec = RunSpec { description: "Rotate the key kept in vault/prod and tell nobody.".to_owned(), ..spec };
+    let text = serde_json::to_string(&super::job(&inputs(&spec), &template())).expect("json");
+    assert!(!text.contains(&spec.description), "the prompt inputs travel in the Secret, not in the Job");
+    assert!(!text.contains("{{promptFile}}"), "so does the agent command");
 }
 
 #[test]
