@@ -132,6 +132,32 @@ struct ServeArgs {
     /// one started (they outlive it) and waits for them instead of starting them again.
     #[arg(long, env = "HADRON_RUNS_DIR", value_name = "DIR")]
     runs_dir: Option<PathBuf>,
+    /// Where workers run: `local` (child processes of this Hadron) or `kubernetes` (one
+    /// `batch/v1` Job per worker, in a cluster with the pod's service account, else with the
+    /// kubeconfig).
+    #[arg(long, env = "HADRON_DRIVER", value_enum, default_value_t = DriverKind::Local)]
+    driver: DriverKind,
+    /// With --driver kubernetes: namespace of the worker Jobs; default: the service account's
+    /// own namespace in a cluster, else the kubeconfig context's.
+    #[arg(long, env = "HADRON_NAMESPACE", value_name = "NS")]
+    namespace: Option<String>,
+    /// With --driver kubernetes: image of the workers whose agent names no `image` (Hadron's
+    /// image plus the agent's CLI); its entrypoint must be `hadron`.
+    #[arg(long, env = "HADRON_WORKER_IMAGE", value_name = "IMAGE")]
+    worker_image: Option<String>,
+    /// With --driver kubernetes: service account of the worker pods (its token is not mounted);
+    /// default: the namespace's `default`.
+    #[arg(long, env = "HADRON_WORKER_SERVICE_ACCOUNT", value_name = "NAME")]
+    worker_service_account: Option<String>,
+}
+
+/// Where workers run.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum DriverKind {
+    /// Child processes of Hadron, with run directories on its disk.
+    Local,
+    /// Kubernetes Jobs, one per worker.
+    Kubernetes,
 }
 
 /// Which forge Hadron talks to.
@@ -144,6 +170,17 @@ enum ForgeKind {
 }
 
 impl ServeArgs {
+    fn driver(&self) -> Result<up::DriverOptions, String> {
+        Ok(match self.driver {
+            DriverKind::Local => up::DriverOptions::Local,
+            DriverKind::Kubernetes => up::DriverOptions::Kubernetes {
+                namespace: self.namespace.clone(),
+                image: self.worker_image.clone().ok_or("--driver kubernetes needs --worker-image (or HADRON_WORKER_IMAGE)")?,
+                service_account: self.worker_service_account.clone(),
+            },
+        })
+    }
+
     fn forge(&self) -> Result<up::ForgeOptions, String> {
         Ok(match self.forge {
             ForgeKind::None => up::ForgeOptions::None,
@@ -339,8 +376,8 @@ fn run_service(
     backoff_ms: u64,
     serve: &ServeArgs,
 ) -> i32 {
-    let forge = match serve.forge() {
-        Ok(f) => f,
+    let (forge, driver) = match serve.forge().and_then(|f| Ok((f, serve.driver()?))) {
+        Ok(both) => both,
         Err(e) => {
             eprintln!("error[Usage]: {e}");
             return 2;
@@ -364,6 +401,7 @@ fn run_service(
         status_interval: Duration::from_millis(serve.status_interval_ms),
         lease_duration: Duration::from_secs(serve.lease_seconds),
         runs_dir: serve.runs_dir.clone(),
+        driver,
     };
     let mut stdout = io::stdout();
     let result = match repo {

@@ -20,7 +20,8 @@ use crate::reconcile::steps::StepFailure;
 use crate::reconcile::{self, Context, LoopConfig, PassReport, ReconcileError, Telemetry, seed, urls};
 use crate::server::{self, ControlRepoId, Metrics, ServerConfig, ServerState, Trigger, WebhookSecret};
 use crate::store::{Backend, Store};
-use crate::workers::{LocalDriver, WorkerCommand};
+use crate::workers::kubernetes::JobTemplate;
+use crate::workers::{Driver, KubernetesDriver, KubernetesOptions, LocalDriver, WorkerCommand};
 
 /// Why `up` (or a helper command) could not run.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,8 @@ pub struct UpOptions {
     pub lease_duration: Duration,
     /// The local driver's run directories (default: `runs/` in the data dir).
     pub runs_dir: Option<PathBuf>,
+    /// Where workers run.
+    pub driver: DriverOptions,
 }
 
 /// Variables that hold Hadron's own credentials or configuration: never an agent's secret.
@@ -156,6 +159,23 @@ impl SecretSource {
             ))),
         }
     }
+}
+
+/// Where workers run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DriverOptions {
+    /// Child processes of Hadron, one run directory each.
+    #[default]
+    Local,
+    /// One Kubernetes Job per worker.
+    Kubernetes {
+        /// Namespace of the Jobs; default: the client's (the pod's own in a cluster).
+        namespace: Option<String>,
+        /// Image for agents that name none.
+        image: String,
+        /// Service account of the worker pods; default: the namespace's default.
+        service_account: Option<String>,
+    },
 }
 
 /// Which forge Hadron talks to.
@@ -396,6 +416,45 @@ async fn listen(asked: Option<SocketAddr>, out: &mut (dyn Write + Send)) -> Resu
     }
 }
 
+/// The driver `opts` ask for; `on_exit` is called when a worker exits.
+async fn make_driver(
+    opts: &UpOptions,
+    runs_dir: PathBuf,
+    epoch: Option<i64>,
+    on_exit: impl Fn(&str) + Send + Sync + 'static,
+) -> Result<Arc<dyn Driver>, UpError> {
+    Ok(match &opts.driver {
+        DriverOptions::Local => Arc::new(
+            LocalDriver::new(runs_dir, WorkerCommand::hadron(opts.worker_program.clone()))
+                .map_err(ReconcileError::from)?
+                .with_agent_secrets(opts.agent_secrets.iter().cloned())
+                .with_exit_hook(on_exit),
+        ),
+        DriverOptions::Kubernetes { namespace, image, service_account } => {
+            let client = crate::workers::kubernetes::client().await.map_err(ReconcileError::from)?;
+            let namespace = namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
+            let mut template = JobTemplate::new(namespace, image.clone());
+            template.service_account = service_account.clone();
+            let mut k8s = KubernetesOptions::new(template);
+            k8s.epoch = epoch;
+            k8s.agent_secrets = opts.agent_secrets.iter().cloned().collect();
+            k8s.on_exit = Some(Arc::new(on_exit));
+            Arc::new(KubernetesDriver::new(client, k8s))
+        }
+    })
+}
+
+/// One line on where workers run.
+fn driver_line(driver: &DriverOptions) -> String {
+    match driver {
+        DriverOptions::Local => "local processes".to_owned(),
+        DriverOptions::Kubernetes { namespace, image, .. } => format!(
+            "Kubernetes Jobs in namespace {} (default image {image}; `kubectl get jobs -l app.kubernetes.io/managed-by=hadron`)",
+            namespace.as_deref().unwrap_or("of the service account")
+        ),
+    }
+}
+
 async fn run(
     opts: UpOptions,
     control_url: String,
@@ -444,20 +503,17 @@ async fn run(
         Some(dir) => absolute(dir)?,
         None => data_dir.join("runs"),
     };
-    let driver = LocalDriver::new(runs_dir, WorkerCommand::hadron(opts.worker_program.clone()))
-        .map_err(ReconcileError::from)?
-        .with_agent_secrets(opts.agent_secrets.iter().cloned())
-        .with_exit_hook(move |_| {
-            let _ = exit_tx.try_send(Trigger::WorkerExited);
-        });
-    let driver = Arc::new(driver);
+    let driver_name = match opts.driver {
+        DriverOptions::Local => "local",
+        DriverOptions::Kubernetes { .. } => "kubernetes",
+    };
     let cfg = LoopConfig {
         control_url: control_url.clone(),
         branch: opts.branch.clone(),
         data_dir: data_dir.clone(),
         poll_interval: opts.poll_interval,
         plan: PlanConfig { backoff_base_ms: i64::try_from(opts.backoff_base.as_millis()).unwrap_or(10_000), ..PlanConfig::default() },
-        driver_name: "local".into(),
+        driver_name: driver_name.into(),
         retention: opts.retention.clone(),
         status_interval: opts.status_interval,
     };
@@ -556,6 +612,13 @@ async fn run(
         }
     };
 
+    // Workers are started and watched by the leader alone, its Jobs marked with its epoch.
+    let epoch = leadership.as_ref().map(|(_, _, epoch, _, _)| *epoch);
+    let driver = make_driver(&opts, runs_dir, epoch, move |_| {
+        let _ = exit_tx.try_send(Trigger::WorkerExited);
+    })
+    .await?;
+    let _ = writeln!(out, "workers: {}", driver_line(&opts.driver));
     let mut ctx = Context::new(cfg, store, driver)?.with_telemetry(telemetry.clone());
     if let Some(client) = forge {
         ctx = ctx.with_forge(ForgeLink::new(client, opts.poll_interval));

@@ -74,6 +74,8 @@ impl Fixture {
             pricing: Some(Pricing { input_per_million: 0.0, output_per_million: 0.0 }),
             wall_time_secs: Some(600),
             git_author: ("Hadron".into(), "hadron@example.com".into()),
+            image: None,
+            resources: None,
         }
     }
 

@@ -19,6 +19,10 @@ fn serve_help_documents_the_forge_and_secret_sources() {
         "--webhook-secret-file",
         "HADRON_LISTEN",
         "127.0.0.1:8080",
+        "--driver",
+        "HADRON_DRIVER",
+        "--namespace",
+        "--worker-image",
     ] {
         assert!(text.contains(flag), "serve --help does not mention {flag}:\n{text}");
     }
@@ -213,4 +217,34 @@ fn json_logs_are_one_object_per_line_with_their_spans() {
     let pass = spans.iter().find(|s| s["name"] == "pass").unwrap_or_else(|| panic!("no pass span: {started}"));
     assert!(pass["n"].as_u64().is_some_and(|n| n >= 1), "{pass}");
     assert_eq!(pass["revision"].as_str().map(str::len), Some(40), "the pass names its revision: {pass}");
+}
+
+#[test]
+fn the_kubernetes_driver_needs_an_image_and_says_how_to_reach_a_cluster() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let base = ["serve", "--repo", "/nonexistent/control.git", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().expect("utf-8")];
+    let out =
+        Command::new(hadron_bin!()).args(base).args(["--driver", "kubernetes"]).env_remove("HADRON_WORKER_IMAGE").output().expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--worker-image"), "names the missing flag: {err}");
+
+    // Neither in a cluster nor with a kubeconfig: the error says so before any work.
+    let example = tmp.path().join("example-repo");
+    copy_tree(&workspace_root().join("example-repo"), &example).expect("copy example-repo");
+    let out = hadron_command(hadron_bin!(), tmp.path())
+        .args(["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0", "--driver", "kubernetes"])
+        .args(["--worker-image", "registry.example/hadron:1", "--namespace", "agents"])
+        .env("KUBECONFIG", tmp.path().join("no-such-kubeconfig"))
+        .env("HOME", tmp.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("error[KubernetesConfig]") && err.contains("KUBECONFIG"), "{err}");
+    let outside = String::from_utf8_lossy(&out.stdout);
+    assert!(!outside.contains("worker started"), "nothing ran: {outside}");
 }

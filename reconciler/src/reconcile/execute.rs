@@ -88,6 +88,8 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
         pricing: agent.spec.pricing.clone(),
         wall_time_secs: plan::remaining_wall_secs(request, desired, all, t),
         git_author: (WORKER_AUTHOR.0.to_owned(), WORKER_AUTHOR.1.to_owned()),
+        image: agent.spec.image.clone(),
+        resources: agent.spec.resources.clone(),
     })
 }
 

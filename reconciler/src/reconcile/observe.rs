@@ -35,9 +35,9 @@ pub fn from_store(a: &store::Attempt, agent: &str) -> plan::Attempt {
     }
 }
 
-/// A driver observation as the planner sees it (`None` without a readable run.json).
+/// A driver observation as the planner sees it (`None` when the driver cannot tell which run it is).
 pub fn from_run(obs: &Observation, agent: &str) -> Option<DriverRun> {
-    let spec = obs.spec.as_ref()?;
+    let spec = obs.run.as_ref()?;
     let mut attempt = plan::Attempt {
         worker: spec.worker.clone(),
         request: spec.request.clone(),
@@ -121,7 +121,7 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
     }
     let driver = ctx.driver.clone();
     let runs = tokio::task::spawn_blocking(move || driver.observe()).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
-    observed.runs = runs.iter().filter_map(|o| from_run(o, &o.spec.as_ref().map(|s| agent_of(&s.request)).unwrap_or_default())).collect();
+    observed.runs = runs.iter().filter_map(|o| from_run(o, &o.run.as_ref().map(|s| agent_of(&s.request)).unwrap_or_default())).collect();
 
     // Gates.
     let mut ci_heads: Vec<(String, String, String, Vec<String>)> = Vec::new();

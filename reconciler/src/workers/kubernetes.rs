@@ -1,7 +1,7 @@
-//! Kubernetes workers, the pure part: the `batch/v1` Job (and the Secret
-//! holding its run spec) that runs one worker, and what a Job's status
-//! says of that worker. No API calls here: the driver that creates, watches
-//! and deletes these objects builds on it.
+//! Kubernetes workers: the `batch/v1` Job (and the Secret holding its run
+//! spec) that runs one worker, and what a Job's status says of that worker,
+//! all pure here; the driver that creates, watches and deletes these
+//! objects is in [`driver`].
 //!
 //! One Job per worker, named after the worker (a repeated create gets 409:
 //! "already started"). Hadron owns retries, so the Job never retries
@@ -22,11 +22,13 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
-use super::spec::{EnvSource, RunResult, RunSpec};
+use super::spec::{EnvSource, Outcome, RunIdentity, RunResult, RunSpec, worker_name};
 use super::{Observation, WorkerState};
-use crate::model::Resources;
+
+mod driver;
+pub use driver::{ExitHook, KubernetesDriver, KubernetesOptions, client};
 
 /// Label every object Hadron makes carries (`app.kubernetes.io/managed-by`).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "hadron");
@@ -88,21 +90,6 @@ impl JobTemplate {
     }
 }
 
-/// One worker to run as a Job.
-#[derive(Debug, Clone, Copy)]
-pub struct JobInputs<'a> {
-    /// The run spec (its worker name names the Job).
-    pub spec: &'a RunSpec,
-    /// The agent's image, if it names one.
-    pub image: Option<&'a str>,
-    /// The agent's resources, if it asks for any.
-    pub resources: Option<&'a Resources>,
-    /// The leader epoch the Job is created under (2+ replicas).
-    pub epoch: Option<i64>,
-    /// Seconds of wall time left in the request's budget, if it has one.
-    pub budget_seconds_left: Option<i64>,
-}
-
 fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -125,26 +112,25 @@ pub fn run_spec_json(spec: &RunSpec) -> String {
     serde_json::to_string(spec).expect("because a RunSpec is plain data that always serialises")
 }
 
-/// The Job of one worker.
-pub fn job(inputs: &JobInputs<'_>, tpl: &JobTemplate) -> Job {
-    let spec = inputs.spec;
+/// The Job of one worker, created under the leader `epoch` (2+ replicas).
+/// The agent's `image` and `resources` come with the run spec.
+pub fn job(spec: &RunSpec, epoch: Option<i64>, tpl: &JobTemplate) -> Job {
     let labels = labels(spec);
     let mut annotations = BTreeMap::from([
         (SPEC_HASH_ANNOTATION.to_owned(), hex_sha256(run_spec_json(spec).as_bytes())),
         (REPO_ANNOTATION.to_owned(), spec.repo.clone()),
     ]);
-    if let Some(epoch) = inputs.epoch {
+    if let Some(epoch) = epoch {
         annotations.insert(EPOCH_ANNOTATION.to_owned(), epoch.to_string());
     }
-    // The Job stops at the agent's wall time (plus clone and push), and
-    // never past what the request's budget has left.
-    let deadline = [spec.wall_time_secs.and_then(|s| i64::try_from(s).ok()), inputs.budget_seconds_left]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|s| s.max(1).saturating_add(tpl.deadline_grace_seconds));
-    let env: Vec<EnvVar> = spec.env.iter().map(|(name, source)| env_var(name, source)).collect();
-    let resources = inputs.resources.map(|r| {
+    // The Job stops at the agent's wall time (plus clone and push); the
+    // reconciler already cut that to what the request's budget has left.
+    let deadline = spec.wall_time_secs.map(|s| i64::try_from(s).unwrap_or(i64::MAX).max(1).saturating_add(tpl.deadline_grace_seconds));
+    // The root file system is read-only: home (git's and the agent's
+    // config) is the workspace, scratch files go to an emptyDir at /tmp.
+    let home = EnvVar { name: "HOME".to_owned(), value: Some(WORKSPACE.to_owned()), value_from: None };
+    let env: Vec<EnvVar> = std::iter::once(home).chain(spec.env.iter().map(|(name, source)| env_var(name, source))).collect();
+    let resources = spec.resources.as_ref().map(|r| {
         let mut q = BTreeMap::new();
         if let Some(cpu) = &r.cpu {
             q.insert("cpu".to_owned(), Quantity(cpu.clone()));
@@ -159,18 +145,19 @@ pub fn job(inputs: &JobInputs<'_>, tpl: &JobTemplate) -> Job {
     });
     let container = Container {
         name: "worker".to_owned(),
-        image: Some(inputs.image.unwrap_or(&tpl.default_image).to_owned()),
+        image: Some(spec.image.as_deref().unwrap_or(&tpl.default_image).to_owned()),
         args: Some(
             ["worker", "--run", &format!("{RUN_DIR}/{RUN_FILE_KEY}"), "--work-dir", WORKSPACE, "--termination-log", TERMINATION_LOG]
                 .map(str::to_owned)
                 .to_vec(),
         ),
-        env: (!env.is_empty()).then_some(env),
+        env: Some(env),
         resources,
         working_dir: Some(WORKSPACE.to_owned()),
         volume_mounts: Some(vec![
             VolumeMount { name: "run".to_owned(), mount_path: RUN_DIR.to_owned(), read_only: Some(true), ..VolumeMount::default() },
             VolumeMount { name: "workspace".to_owned(), mount_path: WORKSPACE.to_owned(), ..VolumeMount::default() },
+            VolumeMount { name: "tmp".to_owned(), mount_path: "/tmp".to_owned(), ..VolumeMount::default() },
         ]),
         termination_message_path: Some(TERMINATION_LOG.to_owned()),
         termination_message_policy: Some("File".to_owned()),
@@ -230,6 +217,7 @@ pub fn job(inputs: &JobInputs<'_>, tpl: &JobTemplate) -> Job {
                             ..Volume::default()
                         },
                         Volume { name: "workspace".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
+                        Volume { name: "tmp".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
                     ]),
                     ..PodSpec::default()
                 }),
@@ -259,27 +247,44 @@ fn env_var(name: &str, source: &EnvSource) -> EnvVar {
     }
 }
 
-/// The Secret with a worker's run spec, owned by its Job (`job_uid`), so
-/// Kubernetes deletes it with the Job.
-pub fn run_secret(spec: &RunSpec, tpl: &JobTemplate, job_uid: &str) -> Secret {
+/// The Secret with a worker's run spec. It is made before its Job and then
+/// given to it ([`owner_reference`]), so Kubernetes deletes it with the Job.
+pub fn run_secret(spec: &RunSpec, tpl: &JobTemplate) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(spec.worker.clone()),
             namespace: Some(tpl.namespace.clone()),
             labels: Some(labels(spec)),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "batch/v1".to_owned(),
-                kind: "Job".to_owned(),
-                name: spec.worker.clone(),
-                uid: job_uid.to_owned(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
             ..ObjectMeta::default()
         },
-        string_data: Some(BTreeMap::from([(RUN_FILE_KEY.to_owned(), run_spec_json(spec))])),
+        string_data: Some(BTreeMap::from([(RUN_FILE_KEY.to_owned(), run_spec_json(&pod_run_spec(spec)))])),
         type_: Some("Opaque".to_owned()),
         ..Secret::default()
+    }
+}
+
+/// The run spec as the worker in the pod reads it: a secret's value is in
+/// the variable the pod's `secretKeyRef` fills, the agent's own variable name.
+fn pod_run_spec(spec: &RunSpec) -> RunSpec {
+    let mut spec = spec.clone();
+    for (var, source) in &mut spec.env {
+        if let EnvSource::Secret { name, key } = source {
+            *name = var.clone();
+            *key = None;
+        }
+    }
+    spec
+}
+
+/// The Job `job_name` (uid `job_uid`) as the controlling owner of a Secret.
+pub fn owner_reference(job_name: &str, job_uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "batch/v1".to_owned(),
+        kind: "Job".to_owned(),
+        name: job_name.to_owned(),
+        uid: job_uid.to_owned(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
     }
 }
 
@@ -308,29 +313,83 @@ fn condition<'a>(job: &'a Job, kind: &str) -> Option<&'a JobCondition> {
     job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == kind && c.status == "True")
 }
 
+/// Whether the Job is done (`Complete` or `Failed`): its pods will not run again.
+pub fn is_finished(job: &Job) -> bool {
+    condition(job, "Complete").is_some() || condition(job, "Failed").is_some()
+}
+
+/// Which run a Job carries, from its labels and annotation; `None` when
+/// they are missing or do not add up to the Job's name (edited by hand):
+/// such a Job is not Hadron's to adopt.
+pub fn run_identity(job: &Job) -> Option<RunIdentity> {
+    let name = job.metadata.name.as_deref()?;
+    let labels = job.metadata.labels.as_ref()?;
+    let label = |key: &str| labels.get(key).cloned();
+    let run = RunIdentity {
+        worker: name.to_owned(),
+        request: label(REQUEST_LABEL)?,
+        generation: label(GENERATION_LABEL)?,
+        stage: label(STAGE_LABEL)?,
+        repo: job.metadata.annotations.as_ref()?.get(REPO_ANNOTATION)?.clone(),
+        attempt: label(ATTEMPT_LABEL)?.parse().ok()?,
+    };
+    (worker_name(&run.request, &run.generation, &run.stage, &run.repo, run.attempt) == name).then_some(run)
+}
+
 /// What a Job says of its worker. `message` is the worker container's
-/// termination message, when its pod has one: the worker's result. A Job
-/// that failed or finished without one is `Lost` with Kubernetes' reason
-/// (`DeadlineExceeded` is the wall time), unless the message is a result.
+/// termination message, when its pod has one: the worker's result (only if
+/// it names this worker). A Job that failed or finished without one has a
+/// failed result with Kubernetes' reason: `WallTimeExceeded` for its
+/// deadline, `Job<Reason>` otherwise, `NoResult` for a pod that exited 0
+/// without saying anything.
 pub fn observe_job(job: &Job, message: Option<&str>) -> Option<Observation> {
     let worker = job.metadata.name.clone()?;
+    let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
     let started_at = job.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_string());
     let result = message.and_then(|m| serde_json::from_str::<RunResult>(m).ok()).filter(|r| r.worker == worker);
+    let look = format!("kubectl -n {namespace} describe job {worker}");
+    let failure = |reason: &str, message: String, at: Option<&Time>| RunResult {
+        worker: worker.clone(),
+        outcome: Outcome::Failed,
+        reason: reason.to_owned(),
+        message,
+        pushed_commit: None,
+        tokens_in: 0,
+        tokens_out: 0,
+        cost_usd: 0.0,
+        summary: String::new(),
+        log_path: format!("kubectl -n {namespace} logs job/{worker}"),
+        started_at: started_at.clone().unwrap_or_default(),
+        finished_at: at.map(|t| t.0.to_string()).unwrap_or_default(),
+    };
     let state = if let Some(result) = result {
         WorkerState::Finished(result)
     } else if let Some(failed) = condition(job, "Failed") {
-        let reason = match failed.reason.as_deref() {
-            Some("DeadlineExceeded") => "WallTimeExceeded".to_owned(),
-            Some(other) if !other.is_empty() => format!("Job{other}"),
-            _ => "JobFailed".to_owned(),
-        };
-        WorkerState::Lost { reason }
-    } else if condition(job, "Complete").is_some() {
-        WorkerState::Lost { reason: "NoResult".to_owned() }
+        let detail = failed.message.as_deref().filter(|m| !m.is_empty()).unwrap_or("no message");
+        let at = failed.last_transition_time.as_ref();
+        WorkerState::Finished(match failed.reason.as_deref() {
+            Some("DeadlineExceeded") => failure(
+                "WallTimeExceeded",
+                format!(
+                    "the Job ran past its activeDeadlineSeconds (the agent's wall time plus clone and push) and Kubernetes stopped it; see `{look}`"
+                ),
+                at,
+            ),
+            Some(other) if !other.is_empty() => {
+                failure(&format!("Job{other}"), format!("the Job failed: {other}: {detail}; see `{look}`"), at)
+            }
+            _ => failure("JobFailed", format!("the Job failed: {detail}; see `{look}`"), at),
+        })
+    } else if let Some(complete) = condition(job, "Complete") {
+        WorkerState::Finished(failure(
+            "NoResult",
+            format!("the worker's pod exited without a result in its termination message; see `{look}` and its logs"),
+            complete.last_transition_time.as_ref(),
+        ))
     } else {
         WorkerState::Running
     };
-    Some(Observation { worker, state, started_at, spec: None })
+    Some(Observation { worker, state, started_at, run: run_identity(job) })
 }
 
 #[cfg(test)]

@@ -264,7 +264,8 @@ impl LocalDriver {
         let pid = Self::read_pid(dir);
         let started_at = pid.as_ref().map(|p| p.started_at.clone());
         let spec = std::fs::read(dir.join(RUN_FILE)).ok().and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok());
-        let observation = |state| Observation { worker: worker.to_owned(), state, started_at: started_at.clone(), spec: spec.clone() };
+        let run = spec.as_ref().map(RunSpec::identity);
+        let observation = |state| Observation { worker: worker.to_owned(), state, started_at: started_at.clone(), run: run.clone() };
         if let Some(result) = RunResult::read(&dir.join(RESULT_FILE)) {
             return Ok(observation(WorkerState::Finished(result)));
         }

@@ -1,5 +1,5 @@
-//! Workers: the `Driver` trait, the local driver, and the `hadron worker`
-//! entrypoint that both drivers run.
+//! Workers: the `Driver` trait, the local driver, the Kubernetes driver,
+//! and the `hadron worker` entrypoint that both drivers run.
 //!
 //! A driver starts a worker for a [`RunSpec`], reports what each worker is
 //! doing ([`Observation`]) and cancels workers. Workers carry deterministic
@@ -24,6 +24,7 @@ mod workspace;
 
 pub use entry::run_worker;
 pub use error::WorkerError;
+pub use kubernetes::{KubernetesDriver, KubernetesOptions};
 pub use local::{LocalDriver, WorkerCommand};
 pub use spec::{RunResult, RunSpec};
 
@@ -36,9 +37,9 @@ pub struct Observation {
     pub state: WorkerState,
     /// When the worker was started (RFC 3339 UTC), when known.
     pub started_at: Option<String>,
-    /// What the worker was asked to do (its `run.json`), when readable: lets
-    /// the reconciler adopt a run its store does not know.
-    pub spec: Option<RunSpec>,
+    /// Which run the worker is (from its `run.json` or its Job's labels),
+    /// when readable: lets the reconciler adopt a run its store does not know.
+    pub run: Option<spec::RunIdentity>,
 }
 
 /// The state of one worker.
@@ -91,6 +92,48 @@ pub enum DriverError {
         /// OS error.
         source: nix::errno::Errno,
     },
+    /// The Kubernetes API refused or failed a call.
+    #[error("cannot {op} `{worker}` in namespace {namespace}: {source}{}", kubernetes_hint(source))]
+    Kubernetes {
+        /// What was attempted, e.g. `create job`.
+        op: &'static str,
+        /// The worker (or object) concerned.
+        worker: String,
+        /// The namespace.
+        namespace: String,
+        /// The client's error.
+        source: Box<kube::Error>,
+    },
+    /// No Kubernetes client could be configured.
+    #[error("cannot reach Kubernetes: {0}; run inside a cluster (a service account) or set KUBECONFIG")]
+    KubernetesConfig(String),
+    /// The watcher has not listed the Jobs yet, so nothing can be said of them.
+    #[error(
+        "the Jobs in namespace {namespace} were not listed within {} s (API server unreachable, or no permission to list/watch jobs); nothing is taken as gone meanwhile",
+        waited.as_secs()
+    )]
+    KubernetesNotSynced {
+        /// The namespace.
+        namespace: String,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+}
+
+/// What to do about an API error, where Hadron can tell.
+fn kubernetes_hint(e: &kube::Error) -> &'static str {
+    match kubernetes_code(e) {
+        Some(403) => " (Hadron's service account lacks a permission: see the Role in charts/hadron or README \"Running on Kubernetes\")",
+        Some(422) => " (the API server refused the object: a bad image name, resource quantity or secret reference in agents/)",
+        _ => "",
+    }
+}
+
+fn kubernetes_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
 }
 
 impl DriverError {
@@ -102,6 +145,16 @@ impl DriverError {
             DriverError::Spawn { .. } => "SpawnFailed",
             DriverError::Io { .. } => "DriverIo",
             DriverError::Signal { .. } => "SignalFailed",
+            DriverError::Kubernetes { source, .. } => match kubernetes_code(source) {
+                Some(403) => "KubernetesForbidden",
+                Some(404) => "KubernetesNotFound",
+                Some(409) => "KubernetesConflict",
+                Some(422) => "KubernetesInvalid",
+                Some(_) => "KubernetesApi",
+                None => "KubernetesUnreachable",
+            },
+            DriverError::KubernetesConfig(_) => "KubernetesConfig",
+            DriverError::KubernetesNotSynced { .. } => "KubernetesNotSynced",
         }
     }
 

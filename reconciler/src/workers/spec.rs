@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::kinds::Pricing;
+use crate::model::kinds::{Pricing, Resources};
 
 pub use crate::ids::worker_name;
 
@@ -85,6 +85,45 @@ pub struct RunSpec {
     pub wall_time_secs: Option<u64>,
     /// Author and committer of the worker's commit: (name, email).
     pub git_author: (String, String),
+    /// The agent's container image (Kubernetes driver; the local driver ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The agent's resources (Kubernetes driver; the local driver ignores them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// Which run a worker is: what a driver can tell of a worker it finds
+/// (from `run.json` locally, from a Job's labels on Kubernetes), enough to
+/// adopt it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunIdentity {
+    /// Worker name.
+    pub worker: String,
+    /// Request name.
+    pub request: String,
+    /// Spec generation.
+    pub generation: String,
+    /// Stage name.
+    pub stage: String,
+    /// Repo URL as written in the request.
+    pub repo: String,
+    /// Attempt number.
+    pub attempt: u32,
+}
+
+impl RunSpec {
+    /// Which run this is.
+    pub fn identity(&self) -> RunIdentity {
+        RunIdentity {
+            worker: self.worker.clone(),
+            request: self.request.clone(),
+            generation: self.generation.clone(),
+            stage: self.stage.clone(),
+            repo: self.repo.clone(),
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// How a run ended.
@@ -155,7 +194,7 @@ impl RunResult {
 #[cfg(test)]
 pub(crate) fn sample() -> RunSpec {
     RunSpec {
-        worker: "hadron-fix-implement-1-abcd".into(),
+        worker: worker_name("fix", "0011223344556677", "implement", "../app.git", 1),
         request: "fix".into(),
         generation: "0011223344556677".into(),
         stage: "implement".into(),
@@ -175,6 +214,8 @@ pub(crate) fn sample() -> RunSpec {
         pricing: None,
         wall_time_secs: None,
         git_author: ("Hadron".into(), "hadron@example.com".into()),
+        image: None,
+        resources: None,
     }
 }
 

@@ -1,7 +1,8 @@
 use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
 
 use super::*;
-use crate::workers::spec::{Outcome, sample};
+use crate::model::Resources;
+use crate::workers::spec::sample;
 
 fn template() -> JobTemplate {
     JobTemplate::new("hadron", "registry.example/hadron-worker:1.0")
@@ -19,10 +20,6 @@ fn spec_with_env() -> RunSpec {
     }
 }
 
-fn inputs(spec: &RunSpec) -> JobInputs<'_> {
-    JobInputs { spec, image: None, resources: None, epoch: None, budget_seconds_left: None }
-}
-
 fn container(job: &Job) -> &Container {
     &job.spec.as_ref().expect("spec").template.spec.as_ref().expect("pod spec").containers[0]
 }
@@ -30,7 +27,7 @@ fn container(job: &Job) -> &Container {
 #[test]
 fn a_job_runs_one_worker_once_and_hadron_owns_the_retries() {
     let spec = spec_with_env();
-    let job = job(&JobInputs { epoch: Some(7), ..inputs(&spec) }, &template());
+    let job = job(&spec, Some(7), &template());
     assert_eq!(job.metadata.name.as_deref(), Some(spec.worker.as_str()), "named after the worker: a second create is a 409");
     assert_eq!(job.metadata.namespace.as_deref(), Some("hadron"));
     let labels = job.metadata.labels.as_ref().expect("labels");
@@ -67,8 +64,10 @@ fn a_job_runs_one_worker_once_and_hadron_owns_the_retries() {
 #[test]
 fn secrets_are_references_and_the_run_spec_is_not_in_the_arguments() {
     let spec = spec_with_env();
-    let job = job(&inputs(&spec), &template());
+    let job = job(&spec, None, &template());
     let env = container(&job).env.as_ref().expect("env");
+    assert_eq!((env[0].name.as_str(), env[0].value.as_deref()), ("HOME", Some("/workspace")), "the root file system is read-only");
+    let env = &env[1..];
     assert_eq!(env[0].value.as_deref(), Some("eu"));
     let key = env[1].value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("secretKeyRef");
     assert_eq!((key.name.as_str(), key.key.as_str()), ("agent-keys", "anthropic"));
@@ -76,19 +75,20 @@ fn secrets_are_references_and_the_run_spec_is_not_in_the_arguments() {
     let key = env[2].value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("secretKeyRef");
     assert_eq!((key.name.as_str(), key.key.as_str()), ("gh", "GITHUB_TOKEN"), "no key: the variable's own name");
     let spec = RunSpec { description: "Rotate the key kept in vault/prod and tell nobody.".to_owned(), ..spec };
-    let text = serde_json::to_string(&super::job(&inputs(&spec), &template())).expect("json");
+    let text = serde_json::to_string(&super::job(&spec, None, &template())).expect("json");
     assert!(!text.contains(&spec.description), "the prompt inputs travel in the Secret, not in the Job");
     assert!(!text.contains("{{promptFile}}"), "so does the agent command");
 }
 
 #[test]
-fn the_deadline_is_the_shorter_of_wall_time_and_budget_and_resources_reach_the_container() {
-    let spec = spec_with_env();
-    let resources = Resources { cpu: Some("500m".to_owned()), memory: Some("2Gi".to_owned()) };
-    let job = job(
-        &JobInputs { image: Some("example/agent:2"), resources: Some(&resources), budget_seconds_left: Some(600), ..inputs(&spec) },
-        &template(),
-    );
+fn the_deadline_is_the_wall_time_left_and_the_agents_image_and_resources_reach_the_container() {
+    let spec = RunSpec {
+        image: Some("example/agent:2".to_owned()),
+        resources: Some(Resources { cpu: Some("500m".to_owned()), memory: Some("2Gi".to_owned()) }),
+        wall_time_secs: Some(600),
+        ..spec_with_env()
+    };
+    let job = job(&spec, None, &template());
     assert_eq!(job.spec.as_ref().and_then(|s| s.active_deadline_seconds), Some(600 + 300));
     let c = container(&job);
     assert_eq!(c.image.as_deref(), Some("example/agent:2"), "the agent's image wins");
@@ -97,23 +97,29 @@ fn the_deadline_is_the_shorter_of_wall_time_and_budget_and_resources_reach_the_c
     assert_eq!(r.limits.as_ref().map(|q| q["memory"].0.as_str()), Some("2Gi"));
     assert!(r.limits.as_ref().is_some_and(|q| !q.contains_key("cpu")), "CPU is not limited");
     let unlimited = job_for_sample_without_limits();
-    assert_eq!(unlimited.spec.as_ref().and_then(|s| s.active_deadline_seconds), None, "no wall time, no budget: no deadline");
+    assert_eq!(unlimited.spec.as_ref().and_then(|s| s.active_deadline_seconds), None, "no wall time left to keep: no deadline");
 }
 
 fn job_for_sample_without_limits() -> Job {
-    let spec = sample();
-    job(&inputs(&spec), &template())
+    job(&sample(), None, &template())
 }
 
 #[test]
-fn the_run_secret_belongs_to_its_job_and_holds_the_run_spec() {
+fn the_run_secret_holds_the_run_spec_with_secrets_read_from_the_pods_own_variables() {
     let spec = spec_with_env();
-    let secret = run_secret(&spec, &template(), "0f1e2d3c-uid");
-    let owner = &secret.metadata.owner_references.as_ref().expect("owner")[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("Job", spec.worker.as_str(), "0f1e2d3c-uid"));
+    let secret = run_secret(&spec, &template());
+    assert_eq!(secret.metadata.labels.as_ref(), Some(&labels(&spec)), "found by label when its start was cut short");
     let text = &secret.string_data.as_ref().expect("data")["run.json"];
     let back: RunSpec = serde_json::from_str(text).expect("the run spec parses back");
-    assert_eq!(back, spec);
+    assert_eq!(back.env[0], spec.env[0], "a literal stays");
+    assert_eq!(
+        back.env[1],
+        ("ANTHROPIC_API_KEY".to_owned(), EnvSource::Secret { name: "ANTHROPIC_API_KEY".to_owned(), key: None }),
+        "the pod's secretKeyRef fills the agent's own variable, so the worker reads that one"
+    );
+    assert_eq!(RunSpec { env: spec.env.clone(), ..back }, spec, "the rest is the run spec as given");
+    let owner = owner_reference(&spec.worker, "0f1e2d3c-uid");
+    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("Job", spec.worker.as_str(), Some(true)));
 }
 
 fn result(worker: &str) -> RunResult {
@@ -149,7 +155,7 @@ fn the_termination_message_fits_in_4_kib_and_parses_back() {
 
 fn job_with(conditions: &[(&str, &str)]) -> Job {
     let spec = sample();
-    let mut j = job(&inputs(&spec), &template());
+    let mut j = job(&spec, None, &template());
     j.status = Some(JobStatus {
         conditions: Some(
             conditions
@@ -178,17 +184,33 @@ fn a_jobs_status_says_how_its_worker_stands() {
         (("Failed", "DeadlineExceeded"), "WallTimeExceeded"),
         (("Failed", "BackoffLimitExceeded"), "JobBackoffLimitExceeded"),
         (("Failed", "PodFailurePolicy"), "JobPodFailurePolicy"),
+        (("Failed", ""), "JobFailed"),
         (("Complete", ""), "NoResult"),
     ];
     for ((kind, reason), expected) in cases {
         let seen = observe_job(&job_with(&[(kind, reason)]), None).expect("named");
-        assert_eq!(seen.state, WorkerState::Lost { reason: expected.to_owned() }, "{kind}/{reason}");
+        let WorkerState::Finished(r) = &seen.state else { panic!("{kind}/{reason}: {:?}", seen.state) };
+        assert_eq!((r.outcome, r.reason.as_str()), (Outcome::Failed, expected), "{kind}/{reason}");
+        assert!(r.message.contains(&format!("kubectl -n hadron describe job {worker}")), "says where to look: {}", r.message);
     }
     // A message that is not this worker's result is not trusted.
     let other = observe_job(&job_with(&[("Complete", "")]), Some(&termination_message(&result("someone-else")))).expect("named");
-    assert_eq!(other.state, WorkerState::Lost { reason: "NoResult".to_owned() });
+    assert!(matches!(&other.state, WorkerState::Finished(r) if r.reason == "NoResult"), "{:?}", other.state);
     let garbage = observe_job(&job_with(&[]), Some("not json")).expect("named");
     assert_eq!(garbage.state, WorkerState::Running);
+}
+
+#[test]
+fn a_jobs_labels_say_which_run_it_is_unless_they_were_edited() {
+    let spec = sample();
+    let j = job(&spec, None, &template());
+    assert_eq!(run_identity(&j), Some(spec.identity()), "adopted after a restart from the labels alone");
+    let mut edited = j.clone();
+    edited.metadata.labels.as_mut().expect("labels").insert(ATTEMPT_LABEL.to_owned(), "9".to_owned());
+    assert_eq!(run_identity(&edited), None, "labels that do not add up to the name are not Hadron's");
+    let mut bare = j;
+    bare.metadata.annotations = None;
+    assert_eq!(run_identity(&bare), None);
 }
 
 /// Every kind of object Hadron emits, written to `target/kubernetes-manifests/`
@@ -201,23 +223,14 @@ fn every_manifest_hadron_emits_is_written_for_the_validator() {
     let spec = spec_with_env();
     let resources = Resources { cpu: Some("1".to_owned()), memory: Some("512Mi".to_owned()) };
     let tpl = JobTemplate { service_account: Some("hadron-worker".to_owned()), ..template() };
+    let full = RunSpec { image: Some("example/agent:2".to_owned()), resources: Some(resources), ..spec.clone() };
+    let mut owned = run_secret(&spec, &tpl);
+    owned.metadata.owner_references = Some(vec![owner_reference(&spec.worker, "6c9b8a7e-0000-4000-8000-000000000001")]);
     let objects: Vec<(&str, serde_json::Value)> = vec![
         ("job-minimal.json", serde_json::to_value(job_for_sample_without_limits()).expect("json")),
-        (
-            "job-full.json",
-            serde_json::to_value(job(
-                &JobInputs {
-                    image: Some("example/agent:2"),
-                    resources: Some(&resources),
-                    epoch: Some(3),
-                    budget_seconds_left: Some(900),
-                    spec: &spec,
-                },
-                &tpl,
-            ))
-            .expect("json"),
-        ),
-        ("secret-run.json", serde_json::to_value(run_secret(&spec, &tpl, "6c9b8a7e-0000-4000-8000-000000000001")).expect("json")),
+        ("job-full.json", serde_json::to_value(job(&full, Some(3), &tpl)).expect("json")),
+        ("secret-run.json", serde_json::to_value(run_secret(&spec, &tpl)).expect("json")),
+        ("secret-run-owned.json", serde_json::to_value(owned).expect("json")),
     ];
     for (name, value) in objects {
         assert!(value.get("apiVersion").is_some() && value.get("kind").is_some(), "{name}: a full manifest");

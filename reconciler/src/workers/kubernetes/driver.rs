@@ -1,0 +1,344 @@
+//! The Kubernetes driver: one `batch/v1` Job per worker in one namespace.
+//!
+//! - **start**: the run spec's Secret, then the Job (409: already started,
+//!   nothing to do), then the Secret is given to the Job as its owner, so
+//!   Kubernetes deletes it with the Job. A crash between the steps leaves a
+//!   labelled Secret that the next start of the same worker reuses, or that
+//!   `prune` reaps once no Job claims it.
+//! - **observe**: reads a watcher's cache of the Jobs carrying Hadron's
+//!   label (a reflector; a `410 Gone` makes it list again), never the API
+//!   per pass. A finished Job's result is its pod's termination message,
+//!   read once and kept. Until the first list has arrived, `observe` waits
+//!   (and fails after a while): an empty cache must not read as "every
+//!   worker is gone".
+//! - **cancel**: deletes the Job with background propagation (its pods and
+//!   Secret go with it); a Job already gone is cancelled.
+//! - Exits: the watcher calls the exit hook when a Job finishes, so no
+//!   periodic re-run is needed; wall time is the Job's
+//!   `activeDeadlineSeconds`, enforced by Kubernetes.
+//!
+//! Workers a restarted Hadron does not know are adopted from the cache like
+//! run directories are locally: each Job's labels say which request, stage,
+//! generation and attempt it runs.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+use super::{JobTemplate, MANAGED_BY, is_finished, job, observe_job, owner_reference, run_secret};
+use crate::workers::spec::{EnvSource, RunSpec};
+use crate::workers::{Driver, DriverError, Observation, WorkerState};
+
+/// Called with the worker's name when its Job finishes.
+pub type ExitHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The label selector of everything Hadron creates.
+fn selector() -> String {
+    format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
+}
+
+/// How a driver is set up.
+#[derive(Clone)]
+pub struct KubernetesOptions {
+    /// What every Job shares (namespace, default image, …).
+    pub template: JobTemplate,
+    /// The leader epoch, written on every Job it creates.
+    pub epoch: Option<i64>,
+    /// Secrets agents may reference (`secretRef.name`); others are left out
+    /// of the pod, so the worker fails with `SecretMissing`.
+    pub agent_secrets: BTreeSet<String>,
+    /// Called when a Job finishes.
+    pub on_exit: Option<ExitHook>,
+    /// How long `observe` waits for the watcher's first list.
+    pub sync_timeout: Duration,
+}
+
+impl KubernetesOptions {
+    /// Options with no epoch, no agent secrets, no hook and a 30 s wait for the first list.
+    pub fn new(template: JobTemplate) -> Self {
+        KubernetesOptions { template, epoch: None, agent_secrets: BTreeSet::new(), on_exit: None, sync_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// Runs workers as Kubernetes Jobs. See the module documentation.
+pub struct KubernetesDriver {
+    jobs: Api<Job>,
+    secrets: Api<Secret>,
+    pods: Api<Pod>,
+    opts: KubernetesOptions,
+    cache: reflector::Store<Job>,
+    /// Finished workers' states by Job uid, read once from their pods.
+    finished: Mutex<HashMap<String, WorkerState>>,
+    runtime: tokio::runtime::Handle,
+    watch: tokio::task::AbortHandle,
+}
+
+impl Drop for KubernetesDriver {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// The client Kubernetes' own tools would use: the pod's service account
+/// in a cluster, else the kubeconfig (`KUBECONFIG`, `~/.kube/config`).
+pub async fn client() -> Result<kube::Client, DriverError> {
+    let config = match kube::Config::incluster() {
+        Ok(config) => config,
+        Err(in_cluster) => kube::Config::infer()
+            .await
+            .map_err(|e| DriverError::KubernetesConfig(format!("not in a cluster ({in_cluster}) and no usable kubeconfig ({e})")))?,
+    };
+    kube::Client::try_from(config).map_err(|e| DriverError::KubernetesConfig(e.to_string()))
+}
+
+impl KubernetesDriver {
+    /// A driver on `client` in the template's namespace. Starts watching
+    /// Jobs at once, on the current tokio runtime (so call it inside one).
+    pub fn new(client: kube::Client, opts: KubernetesOptions) -> KubernetesDriver {
+        let ns = opts.template.namespace.as_str();
+        let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+        let (cache, writer) = reflector::store();
+        let hook = opts.on_exit.clone();
+        let stream =
+            watcher(jobs.clone(), watcher::Config::default().labels(&selector())).default_backoff().reflect(writer).applied_objects();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(job) => {
+                        if let (Some(hook), Some(name)) = (&hook, job.metadata.name.as_deref())
+                            && is_finished(&job)
+                        {
+                            hook(name);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, reason = "KubernetesWatch", "watching Jobs failed; listing them again after a back-off")
+                    }
+                }
+            }
+        });
+        KubernetesDriver {
+            jobs,
+            secrets: Api::namespaced(client.clone(), ns),
+            pods: Api::namespaced(client, ns),
+            opts,
+            cache,
+            finished: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
+            watch: task.abort_handle(),
+        }
+    }
+
+    fn block_on<T>(&self, fut: impl std::future::Future<Output = T>) -> T {
+        // Driver methods run on blocking threads (spawn_blocking), where
+        // waiting on the runtime is allowed.
+        self.runtime.block_on(fut)
+    }
+
+    fn api_error(&self, op: &'static str, worker: &str, source: kube::Error) -> DriverError {
+        DriverError::Kubernetes { op, worker: worker.to_owned(), namespace: self.opts.template.namespace.clone(), source: Box::new(source) }
+    }
+
+    /// The run spec as the pod sees it: a secret reference the operator did
+    /// not allow is left out, and an allowed one is read from the variable
+    /// the pod's `secretKeyRef` fills (the agent's own variable name).
+    fn pod_spec(&self, spec: &RunSpec) -> RunSpec {
+        let mut spec = spec.clone();
+        spec.env.retain(|(_, source)| match source {
+            EnvSource::Value(_) => true,
+            EnvSource::Secret { name, .. } => self.opts.agent_secrets.contains(name),
+        });
+        spec
+    }
+
+    /// The termination message of a finished Job's worker container, if a pod has one.
+    async fn termination_message(&self, worker: &str) -> Result<Option<String>, DriverError> {
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={worker}")))
+            .await
+            .map_err(|e| self.api_error("list pods", worker, e))?;
+        Ok(pods.items.iter().find_map(|pod| {
+            let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+            let worker_status = statuses.iter().find(|c| c.name == "worker")?;
+            worker_status.state.as_ref()?.terminated.as_ref()?.message.clone().filter(|m| !m.is_empty())
+        }))
+    }
+
+    async fn observe_all(&self) -> Result<Vec<Observation>, DriverError> {
+        match tokio::time::timeout(self.opts.sync_timeout, self.cache.wait_until_ready()).await {
+            Ok(Ok(())) => {}
+            _ => {
+                return Err(DriverError::KubernetesNotSynced {
+                    namespace: self.opts.template.namespace.clone(),
+                    waited: self.opts.sync_timeout,
+                });
+            }
+        }
+        let mut out = Vec::new();
+        for job in self.cache.state() {
+            let (Some(name), Some(uid)) = (job.metadata.name.as_deref(), job.metadata.uid.as_deref()) else { continue };
+            if !is_finished(&job) {
+                out.extend(observe_job(&job, None));
+                continue;
+            }
+            let known = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(uid).cloned();
+            let mut seen = match known {
+                Some(state) => observe_job(&job, None).map(|o| Observation { state, ..o }),
+                None => {
+                    let message = self.termination_message(name).await?;
+                    let seen = observe_job(&job, message.as_deref());
+                    if let Some(o) = &seen {
+                        self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid.to_owned(), o.state.clone());
+                    }
+                    seen
+                }
+            };
+            if let Some(o) = seen.take() {
+                out.push(o);
+            }
+        }
+        // Results of Jobs no longer listed are not needed again.
+        let live: BTreeSet<String> = self.cache.state().iter().filter_map(|j| j.metadata.uid.clone()).collect();
+        self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|uid, _| live.contains(uid));
+        Ok(out)
+    }
+
+    async fn start_one(&self, spec: &RunSpec) -> Result<(), DriverError> {
+        let worker = spec.worker.as_str();
+        if !crate::ids::is_dns_label(worker) {
+            return Err(DriverError::InvalidWorkerName(worker.to_owned()));
+        }
+        let tpl = &self.opts.template;
+        let pod_spec = self.pod_spec(spec);
+        let post = PostParams { field_manager: Some("hadron".to_owned()), ..PostParams::default() };
+        // 1. The run spec, so the pod finds it the moment it starts.
+        match self.secrets.create(&post, &run_secret(&pod_spec, tpl)).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => return Err(self.api_error("create secret", worker, e)),
+        }
+        // 2. The Job; a 409 means an earlier start (ours or a former leader's) made it.
+        let created = match self.jobs.create(&post, &job(&pod_spec, self.opts.epoch, tpl)).await {
+            Ok(job) => job,
+            Err(e) if is_status(&e, 409) => {
+                tracing::debug!(%worker, "the Job exists already: started before");
+                self.jobs.get(worker).await.map_err(|e| self.api_error("get job", worker, e))?
+            }
+            Err(e) => return Err(self.api_error("create job", worker, e)),
+        };
+        // 3. The Secret goes with its Job.
+        let uid = created.metadata.uid.unwrap_or_default();
+        let owned = serde_json::json!({ "metadata": { "ownerReferences": [owner_reference(worker, &uid)] } });
+        self.secrets
+            .patch(worker, &PatchParams::default(), &Patch::Merge(&owned))
+            .await
+            .map_err(|e| self.api_error("own secret", worker, e))?;
+        Ok(())
+    }
+
+    async fn cancel_one(&self, worker: &str) -> Result<(), DriverError> {
+        match self.jobs.delete(worker, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(self.api_error("delete job", worker, e)),
+        }
+        // The Secret goes with the Job; one left by a start cut short does not.
+        match self.secrets.delete(worker, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(self.api_error("delete secret", worker, e)),
+        }
+    }
+
+    async fn prune_all(&self, finished: &[String], retention: Duration) -> Result<usize, DriverError> {
+        let now = jiff::Timestamp::now();
+        let retention = jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX);
+        let mut removed = 0;
+        for worker in finished {
+            let Some(job) = self.cache.state().into_iter().find(|j| j.metadata.name.as_deref() == Some(worker.as_str())) else {
+                continue;
+            };
+            let Some(done) = finished_at(&job) else { continue };
+            if now.duration_since(done) >= retention {
+                self.cancel_one(worker).await?;
+                removed += 1;
+            }
+        }
+        // Secrets of starts cut short before their Job was made: reaped
+        // once no Job claims them and they are ten minutes old.
+        let jobs: BTreeSet<String> = self.cache.state().iter().filter_map(|j| j.metadata.name.clone()).collect();
+        let secrets = self
+            .secrets
+            .list_metadata(&ListParams::default().labels(&selector()))
+            .await
+            .map_err(|e| self.api_error("list secrets", "", e))?;
+        for secret in secrets.items {
+            let Some(name) = secret.metadata.name.as_deref() else { continue };
+            let orphan = secret.metadata.owner_references.as_ref().is_none_or(Vec::is_empty) && !jobs.contains(name);
+            let old =
+                secret.metadata.creation_timestamp.as_ref().is_some_and(|t| now.duration_since(t.0) >= jiff::SignedDuration::from_mins(10));
+            if orphan && old {
+                match self.secrets.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => tracing::info!(secret = name, "removed a run Secret whose Job was never created"),
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(self.api_error("delete secret", name, e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// When a finished Job finished: its completion time, else when its
+/// `Failed` condition became true.
+fn finished_at(job: &Job) -> Option<jiff::Timestamp> {
+    let status = job.status.as_ref()?;
+    status.completion_time.as_ref().map(|t| t.0).or_else(|| {
+        status.conditions.as_ref()?.iter().find(|c| c.type_ == "Failed" && c.status == "True")?.last_transition_time.as_ref().map(|t| t.0)
+    })
+}
+
+/// Whether `e` is the API server answering with HTTP `code`.
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == code)
+}
+
+impl Driver for KubernetesDriver {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn start(&self, spec: &RunSpec) -> Result<(), DriverError> {
+        self.block_on(self.start_one(spec))
+    }
+
+    fn observe(&self) -> Result<Vec<Observation>, DriverError> {
+        self.block_on(self.observe_all())
+    }
+
+    fn recheck_after(&self, live: &[String]) -> Option<Duration> {
+        // The watcher reports each Job that finishes; Kubernetes enforces
+        // the deadline. Without a hook, look again now and then.
+        let _ = live;
+        if self.opts.on_exit.is_some() { None } else { Some(Duration::from_secs(2)) }
+    }
+
+    fn cancel(&self, worker: &str) -> Result<(), DriverError> {
+        self.block_on(self.cancel_one(worker))
+    }
+
+    fn prune(&self, finished: &[String], retention: Duration) -> Result<usize, DriverError> {
+        self.block_on(self.prune_all(finished, retention))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,471 @@
+//! Scenarios against a Kubernetes API double (kube-rs's tower-test
+//! pattern): the client's requests reach a mock service, which answers as
+//! the API server does (objects and `Status` errors serialised from
+//! k8s-openapi's types; paths, verbs and codes as the API documents them).
+//! A real API server cannot run here; the objects the driver sends are
+//! the ones `.ci/run` validates against Kubernetes' OpenAPI schemas.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{Request, Response};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::workers::kubernetes::{JobTemplate, termination_message};
+use crate::workers::spec::{Outcome, RunResult, sample, worker_name};
+
+const NS: &str = "agents";
+
+/// One call the double received.
+#[derive(Debug, Clone)]
+struct Call {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+/// The API server's state as far as the driver uses it.
+#[derive(Default)]
+struct Cluster {
+    jobs: BTreeMap<String, Job>,
+    secrets: BTreeMap<String, Secret>,
+    pods: Vec<Pod>,
+    calls: Vec<Call>,
+    /// (method, path suffix, code): calls refused with that code.
+    refuse: Vec<(&'static str, &'static str, u16)>,
+    /// Lines the next watch answers with (one answer per entry).
+    watch: VecDeque<String>,
+    version: u64,
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code })
+}
+
+impl Cluster {
+    fn bump(&mut self) -> String {
+        self.version += 1;
+        self.version.to_string()
+    }
+
+    fn list(&self, kind: &str, items: Vec<Value>) -> Value {
+        json!({ "apiVersion": "v1", "kind": kind, "metadata": { "resourceVersion": self.version.to_string() }, "items": items })
+    }
+
+    fn answer(&mut self, call: &Call) -> (u16, Value) {
+        let jobs = format!("/apis/batch/v1/namespaces/{NS}/jobs");
+        let secrets = format!("/api/v1/namespaces/{NS}/secrets");
+        let pods = format!("/api/v1/namespaces/{NS}/pods");
+        if let Some((_, _, code)) = self.refuse.iter().find(|(m, suffix, _)| *m == call.method && call.path.ends_with(suffix)) {
+            let reason = if *code == 403 { "Forbidden" } else { "InternalError" };
+            return (*code, status(*code, reason, &format!("{} {} refused by the test", call.method, call.path)));
+        }
+        let name = |prefix: &str| call.path.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('/')).map(str::to_owned);
+        match call.method.as_str() {
+            "GET" if call.path == jobs => {
+                let items = self.jobs.values().map(|j| serde_json::to_value(j).expect("json")).collect();
+                (200, self.list("JobList", items))
+            }
+            "GET" if call.path == pods => {
+                let wanted = call.query.split('&').find_map(|p| p.strip_prefix("labelSelector=batch.kubernetes.io%2Fjob-name%3D"));
+                let items = self
+                    .pods
+                    .iter()
+                    .filter(|p| {
+                        p.metadata.labels.as_ref().and_then(|l| l.get("batch.kubernetes.io/job-name")).map(String::as_str) == wanted
+                    })
+                    .map(|p| serde_json::to_value(p).expect("json"))
+                    .collect();
+                (200, self.list("PodList", items))
+            }
+            "GET" if call.path == secrets => {
+                let items = self
+                    .secrets
+                    .values()
+                    .map(|s| json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": s.metadata }))
+                    .collect();
+                let mut list = self.list("PartialObjectMetadataList", items);
+                list["apiVersion"] = json!("meta.k8s.io/v1");
+                (200, list)
+            }
+            "GET" => match name(&jobs).and_then(|n| self.jobs.get(&n)) {
+                Some(job) => (200, serde_json::to_value(job).expect("json")),
+                None => (404, status(404, "NotFound", "not found")),
+            },
+            "POST" if call.path == jobs || call.path == secrets => {
+                let mut object = call.body.clone();
+                let name = object["metadata"]["name"].as_str().expect("a name").to_owned();
+                let exists = if call.path == jobs { self.jobs.contains_key(&name) } else { self.secrets.contains_key(&name) };
+                if exists {
+                    return (409, status(409, "AlreadyExists", &format!("\"{name}\" already exists")));
+                }
+                object["metadata"]["uid"] = json!(format!("uid-{name}"));
+                object["metadata"]["resourceVersion"] = json!(self.bump());
+                object["metadata"]["creationTimestamp"] = json!("2026-11-30T00:00:00Z");
+                if call.path == jobs {
+                    self.jobs.insert(name, serde_json::from_value(object.clone()).expect("a Job"));
+                } else {
+                    self.secrets.insert(name, serde_json::from_value(object.clone()).expect("a Secret"));
+                }
+                (201, object)
+            }
+            "PATCH" => match name(&secrets).and_then(|n| self.secrets.get_mut(&n)) {
+                Some(secret) => {
+                    let owners = serde_json::from_value(call.body["metadata"]["ownerReferences"].clone()).expect("owner references");
+                    secret.metadata.owner_references = Some(owners);
+                    (200, serde_json::to_value(&*secret).expect("json"))
+                }
+                None => (404, status(404, "NotFound", "not found")),
+            },
+            "DELETE" => {
+                let gone = match (name(&jobs), name(&secrets)) {
+                    (Some(n), _) => self.jobs.remove(&n).is_some(),
+                    (_, Some(n)) => self.secrets.remove(&n).is_some(),
+                    _ => false,
+                };
+                if gone {
+                    (200, json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success", "code": 200 }))
+                } else {
+                    (404, status(404, "NotFound", "not found"))
+                }
+            }
+            _ => (405, status(405, "MethodNotAllowed", "not in the double")),
+        }
+    }
+}
+
+/// A driver whose client talks to the double, and the double's state.
+struct Lab {
+    driver: Arc<KubernetesDriver>,
+    cluster: Arc<Mutex<Cluster>>,
+    exits: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lab {
+    fn new(cluster: Cluster, tweak: impl FnOnce(&mut KubernetesOptions)) -> Lab {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let cluster = Arc::new(Mutex::new(cluster));
+        let state = cluster.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let body = body.collect_bytes().await.expect("a request body");
+                let call = Call {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_owned(),
+                    query: parts.uri.query().unwrap_or_default().to_owned(),
+                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let (code, text) = if call.query.contains("watch=true") {
+                        // A watch: answer with the queued events, or with
+                        // none after a moment (the client watches again).
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        let mut cluster = state.lock().expect("lock");
+                        cluster.calls.push(call);
+                        (200, cluster.watch.pop_front().unwrap_or_default())
+                    } else {
+                        let mut cluster = state.lock().expect("lock");
+                        let (code, value) = cluster.answer(&call);
+                        cluster.calls.push(call);
+                        (code, value.to_string())
+                    };
+                    let response = Response::builder().status(code).body(Body::from(text.into_bytes())).expect("a response");
+                    respond.send_response(response);
+                });
+            }
+        });
+        let exits: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = exits.clone();
+        let mut opts = KubernetesOptions::new(JobTemplate::new(NS, "registry.example/hadron:1"));
+        opts.on_exit = Some(Arc::new(move |w: &str| seen.lock().expect("lock").push(w.to_owned())));
+        tweak(&mut opts);
+        let driver = Arc::new(KubernetesDriver::new(kube::Client::new(service, NS), opts));
+        Lab { driver, cluster, exits }
+    }
+
+    /// Runs a driver method as the reconciler does: on a blocking thread.
+    async fn call<T: Send + 'static>(&self, f: impl FnOnce(&KubernetesDriver) -> T + Send + 'static) -> T {
+        let driver = self.driver.clone();
+        tokio::task::spawn_blocking(move || f(&driver)).await.expect("the driver call returns")
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.cluster.lock().expect("lock").calls.clone()
+    }
+
+    /// The calls other than the watcher's own (list and watch of Jobs).
+    fn driver_calls(&self) -> Vec<(String, String)> {
+        let jobs = format!("/apis/batch/v1/namespaces/{NS}/jobs");
+        self.calls().into_iter().filter(|c| !(c.method == "GET" && c.path == jobs)).map(|c| (c.method, c.path)).collect()
+    }
+}
+
+fn spec_with_secrets() -> RunSpec {
+    RunSpec {
+        env: vec![
+            ("ANTHROPIC_API_KEY".to_owned(), EnvSource::Secret { name: "agent-keys".to_owned(), key: Some("anthropic".to_owned()) }),
+            ("GITEA_TOKEN".to_owned(), EnvSource::Secret { name: "hadron-gitea".to_owned(), key: Some("token".to_owned()) }),
+        ],
+        ..sample()
+    }
+}
+
+fn job_of(spec: &RunSpec, conditions: &[(&str, &str)]) -> Job {
+    let mut j = job(spec, Some(1), &JobTemplate::new(NS, "registry.example/hadron:1"));
+    j.metadata.uid = Some(format!("uid-{}", spec.worker));
+    j.metadata.resource_version = Some("1".to_owned());
+    let time = Time("2026-11-30T00:05:00Z".parse().expect("a time"));
+    j.status = Some(JobStatus {
+        start_time: Some(Time("2026-11-30T00:00:00Z".parse().expect("a time"))),
+        completion_time: conditions.iter().any(|(t, _)| *t == "Complete").then(|| time.clone()),
+        conditions: Some(
+            conditions
+                .iter()
+                .map(|(t, r)| JobCondition {
+                    type_: (*t).to_owned(),
+                    status: "True".to_owned(),
+                    reason: Some((*r).to_owned()),
+                    last_transition_time: Some(time.clone()),
+                    ..JobCondition::default()
+                })
+                .collect(),
+        ),
+        ..JobStatus::default()
+    });
+    j
+}
+
+fn pod_with_message(worker: &str, message: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(format!("{worker}-x7k2p")),
+            labels: Some(BTreeMap::from([("batch.kubernetes.io/job-name".to_owned(), worker.to_owned())])),
+            ..ObjectMeta::default()
+        },
+        status: Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "worker".to_owned(),
+                state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated { exit_code: 0, message: Some(message.to_owned()), ..Default::default() }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        }),
+        spec: None,
+    }
+}
+
+fn succeeded(worker: &str) -> RunResult {
+    RunResult {
+        worker: worker.to_owned(),
+        outcome: Outcome::Succeeded,
+        reason: "Completed".to_owned(),
+        message: "pushed".to_owned(),
+        pushed_commit: Some("0123456789abcdef0123456789abcdef01234567".to_owned()),
+        tokens_in: 1200,
+        tokens_out: 300,
+        cost_usd: 0.02,
+        summary: "Added the greeting.".to_owned(),
+        log_path: String::new(),
+        started_at: "2026-11-30T00:00:01Z".to_owned(),
+        finished_at: "2026-11-30T00:04:59Z".to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_makes_the_secret_then_the_job_then_gives_the_secret_to_the_job() {
+    let lab = Lab::new(Cluster::default(), |o| {
+        o.epoch = Some(4);
+        o.agent_secrets.insert("agent-keys".to_owned());
+    });
+    let spec = spec_with_secrets();
+    let s = spec.clone();
+    lab.call(move |d| d.start(&s)).await.expect("started");
+    let w = spec.worker.as_str();
+    assert_eq!(
+        lab.driver_calls(),
+        [
+            ("POST".to_owned(), format!("/api/v1/namespaces/{NS}/secrets")),
+            ("POST".to_owned(), format!("/apis/batch/v1/namespaces/{NS}/jobs")),
+            ("PATCH".to_owned(), format!("/api/v1/namespaces/{NS}/secrets/{w}")),
+        ]
+    );
+    let calls = lab.calls();
+    let posted_job = &calls.iter().find(|c| c.method == "POST" && c.path.ends_with("/jobs")).expect("a Job").body;
+    assert_eq!(posted_job["metadata"]["name"], w);
+    assert_eq!(posted_job["metadata"]["annotations"]["hadron.dev/epoch"], "4", "the Job carries the leader's epoch");
+    let env = posted_job["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
+    assert_eq!(env.len(), 2, "HOME, and only the secret the operator allowed reaches the pod: {env:?}");
+    assert_eq!(env[1]["valueFrom"]["secretKeyRef"], json!({ "name": "agent-keys", "key": "anthropic", "optional": false }));
+    let posted_secret = &calls.iter().find(|c| c.method == "POST" && c.path.ends_with("/secrets")).expect("a Secret").body;
+    let run: RunSpec = serde_json::from_str(posted_secret["stringData"]["run.json"].as_str().expect("run.json")).expect("a run spec");
+    assert_eq!(run.env, vec![("ANTHROPIC_API_KEY".to_owned(), EnvSource::Secret { name: "ANTHROPIC_API_KEY".to_owned(), key: None })]);
+    let cluster = lab.cluster.lock().expect("lock");
+    let owner = &cluster.secrets[w].metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.clone()), ("Job", format!("uid-{w}")), "deleted with its Job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_an_earlier_leader_made_is_already_started() {
+    let spec = sample();
+    let mut cluster = Cluster::default();
+    cluster.jobs.insert(spec.worker.clone(), job_of(&spec, &[]));
+    let lab = Lab::new(cluster, |_| {});
+    let s = spec.clone();
+    lab.call(move |d| d.start(&s)).await.expect("a 409 is not an error");
+    let w = spec.worker.as_str();
+    let calls = lab.driver_calls();
+    assert!(calls.contains(&("GET".to_owned(), format!("/apis/batch/v1/namespaces/{NS}/jobs/{w}"))), "{calls:?}");
+    let cluster = lab.cluster.lock().expect("lock");
+    assert_eq!(cluster.jobs.len(), 1, "no second Job");
+    let owner = &cluster.secrets[w].metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(owner.uid, format!("uid-{w}"), "the Secret belongs to the Job that exists");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_create_is_an_error_that_names_the_permission() {
+    let mut cluster = Cluster::default();
+    cluster.refuse.push(("POST", "/jobs", 403));
+    let lab = Lab::new(cluster, |o| o.on_exit = None);
+    assert_eq!(lab.driver.recheck_after(&["w".to_owned()]), Some(Duration::from_secs(2)), "no exit hook: look again now and then");
+    let err = lab.call(|d| d.start(&sample())).await.expect_err("refused");
+    assert_eq!(err.reason(), "KubernetesForbidden");
+    let text = err.to_string();
+    assert!(text.contains("create job") && text.contains("namespace agents") && text.contains("Role"), "{text}");
+    // Nothing half-made is left for long: the Secret without a Job is
+    // labelled and reaped by prune once old (see the prune scenario).
+    assert!(lab.cluster.lock().expect("lock").jobs.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_deletes_in_the_background_and_a_job_already_gone_is_cancelled() {
+    let spec = sample();
+    let mut cluster = Cluster::default();
+    cluster.jobs.insert(spec.worker.clone(), job_of(&spec, &[]));
+    let lab = Lab::new(cluster, |_| {});
+    let w = spec.worker.clone();
+    lab.call(move |d| d.cancel(&w)).await.expect("cancelled");
+    let calls = lab.calls();
+    let delete = calls.iter().find(|c| c.method == "DELETE" && c.path.ends_with(&format!("/jobs/{}", spec.worker))).expect("a delete");
+    assert_eq!(delete.body["propagationPolicy"], "Background", "its pods and Secret go with it");
+    assert!(lab.cluster.lock().expect("lock").jobs.is_empty());
+    let w = spec.worker.clone();
+    lab.call(move |d| d.cancel(&w)).await.expect("a 404 is cancelled too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_gone_on_the_watch_lists_again_and_the_finished_job_is_reported() {
+    let spec = sample();
+    let w = spec.worker.clone();
+    let mut cluster = Cluster::default();
+    cluster.jobs.insert(w.clone(), job_of(&spec, &[]));
+    let lab = Lab::new(cluster, |_| {});
+    let seen = lab.call(|d| d.observe()).await.expect("observed");
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].state.clone(), seen[0].run.clone()), (WorkerState::Running, Some(spec.identity())), "adopted from its labels");
+    {
+        // The Job finished while the watch was too old to resume.
+        let mut cluster = lab.cluster.lock().expect("lock");
+        cluster.jobs.insert(w.clone(), job_of(&spec, &[("Complete", "")]));
+        cluster.pods.push(pod_with_message(&w, &termination_message(&succeeded(&w))));
+        let gone = json!({ "type": "ERROR", "object": status(410, "Expired", "too old resource version: 1 (40)") });
+        cluster.watch.push_back(format!("{gone}\n"));
+    }
+    let lists = || {
+        let jobs = format!("/apis/batch/v1/namespaces/{NS}/jobs");
+        lab.calls().iter().filter(|c| c.method == "GET" && c.path == jobs && !c.query.contains("watch=true")).count()
+    };
+    for _ in 0..200 {
+        if !lab.exits.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lab.exits.lock().expect("lock").as_slice(), std::slice::from_ref(&w), "the exit is a trigger: no periodic re-run");
+    assert!(lists() >= 2, "listed again after 410 Gone");
+    let seen = lab.call(|d| d.observe()).await.expect("observed");
+    assert_eq!(seen[0].state, WorkerState::Finished(succeeded(&w)), "the result is the pod's termination message");
+    let pod_reads = |lab: &Lab| lab.calls().iter().filter(|c| c.path.ends_with("/pods")).count();
+    assert_eq!(pod_reads(&lab), 1);
+    lab.call(|d| d.observe()).await.expect("observed");
+    assert_eq!(pod_reads(&lab), 1, "a finished Job's result is read once");
+    assert_eq!(lab.driver.recheck_after(std::slice::from_ref(&w)), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_taken_as_gone_before_the_first_list() {
+    let mut cluster = Cluster::default();
+    cluster.refuse.push(("GET", "/jobs", 503));
+    let lab = Lab::new(cluster, |o| o.sync_timeout = Duration::from_millis(400));
+    let err = lab.call(|d| d.observe()).await.expect_err("not listed yet");
+    assert_eq!(err.reason(), "KubernetesNotSynced");
+    assert!(err.to_string().contains("nothing is taken as gone"), "{err}");
+    lab.cluster.lock().expect("lock").refuse.clear();
+    let mut seen = None;
+    for _ in 0..100 {
+        if let Ok(s) = lab.call(|d| d.observe()).await {
+            seen = Some(s);
+            break;
+        }
+    }
+    assert_eq!(seen.map(|s| s.len()), Some(0), "once listed, an empty namespace is empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_jobs_say_why_and_edited_jobs_are_not_adopted() {
+    let late = RunSpec {
+        worker: worker_name("fix", "0011223344556677", "review", "../app.git", 2),
+        stage: "review".into(),
+        attempt: 2,
+        ..sample()
+    };
+    let mut edited = job_of(&sample(), &[]);
+    edited.metadata.labels.as_mut().expect("labels").insert("hadron.dev/request".to_owned(), "someone-else".to_owned());
+    let mut cluster = Cluster::default();
+    cluster.jobs.insert(late.worker.clone(), job_of(&late, &[("Failed", "DeadlineExceeded")]));
+    cluster.jobs.insert(sample().worker, edited);
+    let lab = Lab::new(cluster, |_| {});
+    let mut seen = lab.call(|d| d.observe()).await.expect("observed");
+    seen.sort_by(|a, b| a.worker.cmp(&b.worker));
+    let by_worker: BTreeMap<&str, &Observation> = seen.iter().map(|o| (o.worker.as_str(), o)).collect();
+    let failed = by_worker[late.worker.as_str()];
+    assert!(matches!(&failed.state, WorkerState::Finished(r) if r.reason == "WallTimeExceeded"), "{:?}", failed.state);
+    assert_eq!(failed.run, Some(late.identity()));
+    assert_eq!(by_worker[sample().worker.as_str()].run, None, "labels that do not match its name: not adopted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_old_finished_jobs_and_secrets_no_job_claims() {
+    let done = sample();
+    let running = RunSpec { worker: worker_name("fix", "0011223344556677", "review", "../app.git", 1), stage: "review".into(), ..sample() };
+    let tpl = JobTemplate::new(NS, "registry.example/hadron:1");
+    let mut cluster = Cluster::default();
+    cluster.jobs.insert(done.worker.clone(), job_of(&done, &[("Complete", "")]));
+    cluster.jobs.insert(running.worker.clone(), job_of(&running, &[]));
+    let mut orphan = run_secret(&RunSpec { worker: "hadron-cut-short-1-0a0b0c0d".into(), ..sample() }, &tpl);
+    orphan.metadata.creation_timestamp = Some(Time("2026-11-29T00:00:00Z".parse().expect("a time")));
+    let mut owned = run_secret(&running, &tpl);
+    owned.metadata.creation_timestamp = orphan.metadata.creation_timestamp.clone();
+    owned.metadata.owner_references = Some(vec![owner_reference(&running.worker, "uid-x")]);
+    cluster.secrets.insert("hadron-cut-short-1-0a0b0c0d".into(), orphan);
+    cluster.secrets.insert(running.worker.clone(), owned);
+    let lab = Lab::new(cluster, |_| {});
+    lab.call(|d| d.observe()).await.expect("listed");
+    let finished = vec![done.worker.clone(), running.worker.clone(), "hadron-unknown-1-00000000".to_owned()];
+    let removed = lab.call(move |d| d.prune(&finished, Duration::from_secs(3600))).await.expect("pruned");
+    assert_eq!(removed, 1, "only the finished Job past retention; a live one is not finished, an unknown one is skipped");
+    let cluster = lab.cluster.lock().expect("lock");
+    assert_eq!(cluster.jobs.keys().collect::<Vec<_>>(), [&running.worker]);
+    assert_eq!(cluster.secrets.keys().collect::<Vec<_>>(), [&running.worker], "the Secret of a start cut short is reaped");
+}
