@@ -20,6 +20,16 @@ pub enum CliError {
         /// Why.
         source: io::Error,
     },
+    /// A git revision could not be read.
+    #[error("cannot read revision `{rev}` of {dir}: {message}; pass --against with a commit, branch or tag of that repository")]
+    Git {
+        /// The folder whose repository was read.
+        dir: PathBuf,
+        /// The revision asked for.
+        rev: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A file could not be written.
     #[error("cannot write `{path}`: {source}; check the folder exists and is writable")]
     Write {
@@ -35,6 +45,7 @@ impl CliError {
     pub fn reason(&self) -> &'static str {
         match self {
             CliError::Read { .. } => "ReadFailed",
+            CliError::Git { .. } => "GitFailed",
             CliError::Write { .. } => "WriteFailed",
         }
     }
@@ -82,6 +93,55 @@ pub fn catalog_from_dir(root: &Path) -> Result<(Catalog, usize), CliError> {
         }
     }
     Ok((catalog, count))
+}
+
+/// The control repo's files as committed at `rev` in the git repository
+/// holding `dir` (`dir` may be a folder inside its work tree), and the
+/// commit's id.
+pub fn catalog_at_rev(dir: &Path, rev: &str) -> Result<(Catalog, String), CliError> {
+    use gix::objs::tree::EntryKind;
+    let fail = |message: String| CliError::Git { dir: dir.to_owned(), rev: rev.to_owned(), message };
+    let repo = gix::discover(dir).map_err(|e| fail(format!("not in a git repository ({e})")))?;
+    let dir_abs = std::path::absolute(dir).map_err(|source| CliError::Read { path: dir.to_owned(), source })?;
+    let top = repo.workdir().and_then(|w| std::path::absolute(w).ok()).unwrap_or_else(|| dir_abs.clone());
+    let prefix = dir_abs.strip_prefix(&top).map(|p| p.to_string_lossy().replace('\\', "/")).unwrap_or_default();
+    let id = repo.rev_parse_single(rev).map_err(|e| fail(e.to_string()))?;
+    let commit = id.object().map_err(|e| fail(e.to_string()))?.peel_to_commit().map_err(|e| fail(e.to_string()))?;
+    let root = commit.tree_id().map_err(|e| fail(e.to_string()))?.detach();
+    let mut catalog = Catalog::new();
+    let mut stack = vec![(String::new(), root)];
+    while let Some((path, tree_id)) = stack.pop() {
+        let tree = repo.find_tree(tree_id).map_err(|e| fail(e.to_string()))?;
+        for entry in tree.iter() {
+            let entry = entry.map_err(|e| fail(e.to_string()))?;
+            let name = entry.filename().to_string();
+            let full = if path.is_empty() { name } else { format!("{path}/{name}") };
+            // Only what lies under `dir`, named as from `dir`.
+            let key = if prefix.is_empty() {
+                full.clone()
+            } else if let Some(rest) = full.strip_prefix(&format!("{prefix}/")) {
+                rest.to_owned()
+            } else {
+                if entry.mode().kind() == EntryKind::Tree && (prefix == full || prefix.starts_with(&format!("{full}/"))) {
+                    stack.push((full, entry.object_id()));
+                }
+                continue;
+            };
+            match entry.mode().kind() {
+                EntryKind::Tree if !key.starts_with('.') => stack.push((full, entry.object_id())),
+                EntryKind::Blob | EntryKind::BlobExecutable if !matches!(classify(&key), Ok(None)) => {
+                    let blob = repo.find_blob(entry.object_id()).map_err(|e| fail(e.to_string()))?;
+                    if blob.data.len() > MAX_FILE_BYTES {
+                        catalog.upsert_too_large(&key, blob.data.len() as u64);
+                    } else {
+                        catalog.upsert(&key, &blob.data);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((catalog, commit.id.to_string()))
 }
 
 /// Output format of `hadron validate`.
@@ -168,6 +228,178 @@ pub fn validate(dir: &Path, format: Format, out: &mut dyn Write, err: &mut dyn W
         Err(e) => {
             let _ = out.into_parts();
             let _ = writeln!(err, "error[WriteFailed]: cannot write the report: {e}");
+            2
+        }
+    }
+}
+
+/// `hadron plan DIR [--against REV]`: what Hadron would do if the control
+/// repo at DIR (its working tree, uncommitted files included) were merged
+/// over REV (default `HEAD` when DIR is in a git repository; otherwise
+/// every request counts as new unless its status file says otherwise).
+/// What Hadron observed comes from the `status/` files. Exit codes as
+/// `validate`: 0, 1 when any error, 2 when something cannot be read.
+pub fn plan(dir: &Path, against: Option<&str>, format: Format, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    use crate::plan::preview::{self, Change};
+    let (mut catalog, files) = match catalog_from_dir(dir) {
+        Ok(found) => found,
+        Err(e) => {
+            let _ = writeln!(err, "error[{}]: {e}", e.reason());
+            return 2;
+        }
+    };
+    let after: Loaded = catalog.snapshot();
+    let in_git = gix::discover(dir).is_ok();
+    let base = match (against, in_git) {
+        (Some(rev), _) => Some(rev),
+        (None, true) => Some("HEAD"),
+        (None, false) => None,
+    };
+    let (before, base_id) = match base {
+        Some(rev) => match catalog_at_rev(dir, rev) {
+            Ok((mut c, id)) => (c.snapshot(), Some((rev.to_owned(), id))),
+            // A repository with no commit yet: nothing was there before.
+            Err(e) if against.is_none() => {
+                tracing::debug!(error = %e, "no HEAD to compare with");
+                (Loaded::default(), None)
+            }
+            Err(e) => {
+                let _ = writeln!(err, "error[{}]: {e}", e.reason());
+                return 2;
+            }
+        },
+        None => (Loaded::default(), None),
+    };
+    let observed = if after.desired.statuses.is_empty() { &before.desired.statuses } else { &after.desired.statuses };
+    let foretold = preview::preview(&before.desired, &after.desired, observed);
+    let errors = after.error_count();
+    let warnings = after.diagnostics.len() - errors;
+    let code = i32::from(errors > 0);
+    let mut out = io::BufWriter::new(out);
+    let against_text = base_id.as_ref().map(|(rev, id)| format!("{rev} ({})", &id[..id.len().min(12)]));
+    let written = match format {
+        Format::Json => {
+            let report = serde_json::json!({
+                "against": base_id.as_ref().map(|(rev, id)| serde_json::json!({ "rev": rev, "commit": id })),
+                "files": files,
+                "errors": errors,
+                "warnings": warnings,
+                "diagnostics": &after.diagnostics,
+                "plan": &foretold,
+            });
+            serde_json::to_writer_pretty(&mut out, &report).map_err(io::Error::from).and_then(|()| writeln!(out))
+        }
+        Format::Text => (|| {
+            for d in &after.diagnostics {
+                writeln!(out, "{d}")?;
+            }
+            if !after.diagnostics.is_empty() {
+                writeln!(out)?;
+            }
+            let mut unchanged = Vec::new();
+            for r in &foretold.requests {
+                let short = |g: &Option<String>| g.as_deref().map(|g| g[..g.len().min(8)].to_owned()).unwrap_or_default();
+                match r.change {
+                    Change::Unchanged => {
+                        unchanged.push(r.name.as_str());
+                        continue;
+                    }
+                    Change::Created => writeln!(
+                        out,
+                        "+ {}: created{}",
+                        r.name,
+                        if r.reason == "Suspended" { ", suspended (nothing runs until `suspend` is false)" } else { "" }
+                    )?,
+                    Change::Restarted => writeln!(
+                        out,
+                        "~ {}: restarted, a new generation ({} -> {}): {} changed",
+                        r.name,
+                        short(&r.previous_generation),
+                        short(&r.generation),
+                        if r.changed_fields.is_empty() { "the spec".to_owned() } else { r.changed_fields.join(", ") }
+                    )?,
+                    Change::Resumed => writeln!(out, "> {}: resumed (no longer suspended)", r.name)?,
+                    Change::Cancelled => writeln!(out, "- {}: cancelled ({})", r.name, r.reason.to_lowercase())?,
+                    Change::Invalid => writeln!(out, "! {}: invalid ({}): see the errors above; its status says why", r.name, r.reason)?,
+                }
+                if !r.stale_approvals.is_empty() {
+                    writeln!(
+                        out,
+                        "    approvals that no longer count: {} (given for the previous generation)",
+                        r.stale_approvals.join(", ")
+                    )?;
+                }
+                if !r.cancelled_workers.is_empty() {
+                    writeln!(
+                        out,
+                        "    workers cancelled ({}): {}",
+                        r.cancel_reason.as_deref().unwrap_or(""),
+                        r.cancelled_workers.join(", ")
+                    )?;
+                }
+                if !r.stages.is_empty() {
+                    writeln!(out, "    stages: {}", r.stages.join(" -> "))?;
+                }
+                if !r.gates.is_empty() {
+                    writeln!(out, "    gates: {}", r.gates.join(", "))?;
+                }
+                if !r.repos.is_empty() {
+                    writeln!(out, "    repos: {}", r.repos.join(", "))?;
+                }
+                if let Some(b) = &r.budget {
+                    let mut parts = Vec::new();
+                    if let Some(c) = b.max_cost_usd {
+                        parts.push(format!("at most ${c:.2}"));
+                    }
+                    if let Some(t) = b.max_tokens {
+                        parts.push(format!("{t} tokens"));
+                    }
+                    if let Some(w) = &b.max_wall_time {
+                        parts.push(format!("{} of worker time", w.as_str()));
+                    }
+                    writeln!(out, "    budget: {}", parts.join(", "))?;
+                } else if matches!(r.change, Change::Created | Change::Restarted | Change::Resumed) {
+                    writeln!(out, "    budget: none set (hadron.yaml limits apply)")?;
+                }
+            }
+            if !unchanged.is_empty() {
+                writeln!(out, "= unchanged: {}", unchanged.join(", "))?;
+            }
+            if !foretold.agents_changed.is_empty() {
+                writeln!(
+                    out,
+                    "agents changed: {} (workers started from now on use them; running ones keep theirs)",
+                    foretold.agents_changed.join(", ")
+                )?;
+            }
+            if foretold.settings_changed {
+                writeln!(out, "hadron.yaml changed (limits, defaults and approvers apply from the next pass)")?;
+            }
+            writeln!(
+                out,
+                "\nPlan: {} to create, {} to restart, {} to cancel, {} to resume, {} unchanged, {} invalid; {}, {}{}",
+                foretold.count(Change::Created),
+                foretold.count(Change::Restarted),
+                foretold.count(Change::Cancelled),
+                foretold.count(Change::Resumed),
+                foretold.count(Change::Unchanged),
+                foretold.count(Change::Invalid),
+                count(errors, "error"),
+                count(warnings, "warning"),
+                against_text.map(|a| format!(" (against {a})")).unwrap_or_else(|| " (no git history: against nothing)".to_owned())
+            )
+        })(),
+    }
+    .and_then(|()| out.flush());
+    match written {
+        Ok(()) => code,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            let _ = out.into_parts();
+            code
+        }
+        Err(e) => {
+            let _ = out.into_parts();
+            let _ = writeln!(err, "error[WriteFailed]: cannot write the plan: {e}");
             2
         }
     }

@@ -347,6 +347,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Preview what Hadron would do if this control repo were merged.
+    ///
+    /// Reads the folder as it is (uncommitted files included) and compares it with REV
+    /// (default: HEAD when DIR is in a git repository) and with what Hadron observed (the
+    /// `status/` files): requests created, restarted (a new generation: which fields changed,
+    /// which approvals no longer count, which running workers are cancelled), cancelled
+    /// (deleted or suspended), resumed, unchanged; validation errors as `validate` prints
+    /// them; for each request that starts, its stages, gates, repos and budget. Exit status
+    /// as `validate`: 0, 1 when any error, 2 when something cannot be read.
+    Plan {
+        /// The control repo folder (a checkout, e.g. of a pull request's branch).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The revision the change would be merged onto, e.g. `origin/main` for a pull request.
+        #[arg(long, value_name = "REV")]
+        against: Option<String>,
+        /// `text` for people, `json` for CI and bots.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Write the JSON Schema of every kind (for editors and CI).
     Schema {
         /// Folder to write `<kind>.schema.json` files into.
@@ -505,6 +525,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Validate { dir, format } => cli::validate(&dir, format, &mut io::stdout(), &mut io::stderr()),
+        Command::Plan { dir, against, format } => cli::plan(&dir, against.as_deref(), format, &mut io::stdout(), &mut io::stderr()),
         Command::Schema { out, check } => match cli::schema(&out, check, &mut io::stdout()) {
             Ok(code) => code,
             Err(e) => {

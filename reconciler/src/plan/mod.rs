@@ -16,6 +16,7 @@
 mod budget;
 mod limits;
 mod observations;
+pub mod preview;
 mod requests;
 mod stages;
 

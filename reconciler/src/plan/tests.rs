@@ -895,3 +895,110 @@ proptest! {
         }
     }
 }
+
+/// An edit a person might push: reword, (un)suspend, delete, reprioritise, or add a request.
+#[derive(Debug, Clone)]
+enum Edit {
+    Reword(usize),
+    ToggleSuspend(usize),
+    Delete(usize),
+    Reprioritise(usize),
+    Add,
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        any::<usize>().prop_map(Edit::Reword),
+        any::<usize>().prop_map(Edit::ToggleSuspend),
+        any::<usize>().prop_map(Edit::Delete),
+        any::<usize>().prop_map(Edit::Reprioritise),
+        Just(Edit::Add),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// `hadron plan` foretells the next pass: after a random history, a
+    /// random change to the requests is previewed from the trees before and
+    /// after and the status files; the planner's next pass on the changed
+    /// tree then cancels exactly the workers the preview names, for the
+    /// reason it gives, and works on the generations it names.
+    #[test]
+    fn the_preview_says_what_the_next_pass_does(
+        mut reqs in request_strategy(),
+        max_workers in 1u32..5,
+        history in prop::collection::vec((any::<usize>(), prop::bool::weighted(0.8)), 0..8),
+        suspended in prop::collection::vec(any::<bool>(), 4),
+        edits in prop::collection::vec(edit(), 1..4),
+    ) {
+        let cfg = PlanConfig { backoff_base_ms: 1000, ..PlanConfig::default() };
+        for (r, s) in reqs.iter_mut().zip(&suspended) {
+            r.suspend = *s && r.name.ends_with('1');
+        }
+        let mut world = World::default();
+        let mut now: Millis = 0;
+        for (pick, ok) in history {
+            let p = plan(&desired(&reqs, max_workers, &world), &world.observed(), now, &cfg);
+            world.apply(&p, now);
+            let live: Vec<String> = world.runs.values().filter(|r| r.state == RunState::Running).map(|r| r.attempt.worker.clone()).collect();
+            if !live.is_empty() {
+                world.finish(&live[pick % live.len()], ok, now + 1);
+            }
+            now += 5_000;
+        }
+        // Two passes: the status files then list the workers the first one started.
+        for _ in 0..2 {
+            let p = plan(&desired(&reqs, max_workers, &world), &world.observed(), now, &cfg);
+            world.apply(&p, now);
+            now += 1;
+        }
+
+        let before = desired(&reqs, max_workers, &world);
+        let mut changed = reqs.clone();
+        for (k, e) in edits.iter().enumerate() {
+            let n = changed.len();
+            match *e {
+                Edit::Reword(i) if n > 0 => changed[i % n].title_rev += 1,
+                Edit::ToggleSuspend(i) if n > 0 => changed[i % n].suspend = !changed[i % n].suspend,
+                Edit::Delete(i) if n > 1 => {
+                    changed.remove(i % n);
+                }
+                Edit::Reprioritise(i) if n > 0 => changed[i % n].priority += 1,
+                Edit::Add => changed.push(Req { repos: 1, ..req(&format!("new{k}")) }),
+                _ => {}
+            }
+        }
+        let after = desired(&changed, max_workers, &world);
+        let foretold = preview::preview(&before, &after, &world.statuses);
+
+        let cancels = |p: &Plan| -> BTreeMap<String, String> {
+            p.actions.iter().filter_map(|a| if let Action::Cancel { worker, reason } = a { Some((worker.clone(), reason.clone())) } else { None }).collect()
+        };
+        // What the pass does anyway (without the change) is not the change's doing.
+        let anyway = cancels(&plan(&before, &world.observed(), now, &cfg));
+        let next = plan(&after, &world.observed(), now, &cfg);
+        let caused: BTreeMap<String, String> = cancels(&next).into_iter().filter(|(w, _)| !anyway.contains_key(w)).collect();
+        let named: BTreeMap<String, String> = foretold
+            .requests
+            .iter()
+            .flat_map(|r| r.cancelled_workers.iter().map(|w| (w.clone(), r.cancel_reason.clone().unwrap_or_default())))
+            .filter(|(w, _)| !anyway.contains_key(w))
+            .collect();
+        prop_assert_eq!(&caused, &named, "cancelled by the next pass vs named by the preview: {:?}", foretold);
+        for r in &foretold.requests {
+            match r.change {
+                preview::Change::Cancelled if r.reason == "Deleted" => prop_assert!(!next.requests.contains_key(&r.name)),
+                preview::Change::Created | preview::Change::Restarted | preview::Change::Resumed | preview::Change::Unchanged => {
+                    let view = next.requests.get(&r.name);
+                    prop_assert_eq!(view.map(|v| &v.generation), r.generation.as_ref(), "{}: {:?}", r.name, r.change);
+                    if r.change == preview::Change::Restarted {
+                        prop_assert_ne!(&r.previous_generation, &r.generation);
+                    }
+                }
+                _ => {}
+            }
+        }
+        prop_assert_eq!(foretold.count(preview::Change::Created), changed.iter().filter(|r| r.name.starts_with("new")).count());
+    }
+}
