@@ -522,6 +522,7 @@ async fn run(
         ready: Arc::new(AtomicBool::new(false)),
         events: broadcast::channel(256).0,
         failing: Arc::default(),
+        board: Arc::default(),
     };
     let forge_name = forge.as_ref().map(|c| c.control().to_string());
 
@@ -554,6 +555,8 @@ async fn run(
     server_cfg.ready = telemetry.ready.clone();
     server_cfg.failing = telemetry.failing.clone();
     server_cfg.events = telemetry.events.clone();
+    server_cfg.board = telemetry.board.clone();
+    let logs = server_cfg.logs.clone();
     // With PostgreSQL, replicas may share the store: this one's identity in
     // the lease, and webhooks it takes are relayed to whichever one leads.
     let identity = (store.backend() == Backend::Postgres).then(leader::identity);
@@ -574,7 +577,10 @@ async fn run(
             stop_tx.send_replace(true);
         });
     }
-    let _ = writeln!(out, "serving http://{addr} (webhooks: POST /hooks/gitea; /healthz /readyz /metrics /api/v1/requests /api/v1/events)");
+    let _ = writeln!(
+        out,
+        "serving http://{addr} (dashboard: open it in a browser; webhooks: POST /hooks/gitea; /healthz /readyz /metrics /api/v1/requests /api/v1/events)"
+    );
     match &forge_name {
         Some(repo) => {
             let _ = writeln!(out, "forge: gitea, control repo {repo}");
@@ -619,6 +625,8 @@ async fn run(
     })
     .await?;
     let _ = writeln!(out, "workers: {}", driver_line(&opts.driver));
+    // The dashboard reads workers' logs through it.
+    let _ = logs.set(driver.clone());
     let mut ctx = Context::new(cfg, store, driver)?.with_telemetry(telemetry.clone());
     if let Some(client) = forge {
         ctx = ctx.with_forge(ForgeLink::new(client, opts.poll_interval));

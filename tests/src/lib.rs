@@ -2,6 +2,8 @@
 //! run `git` as a person (one isolated command builder: [`git_as`], [`git_try`], [`git_stdout`]),
 //! copy fixture trees.
 
+pub mod webdriver;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

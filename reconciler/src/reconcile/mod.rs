@@ -25,6 +25,7 @@
 //! effects carry deterministic names, so a crash at any point and a restart
 //! continue without doing finished work again.
 
+pub mod board;
 pub mod execute;
 pub mod forge;
 pub mod housekeeping;
@@ -219,6 +220,8 @@ pub struct Telemetry {
     pub events: broadcast::Sender<PhaseChange>,
     /// Why passes keep failing (after [`FAILING_AFTER`] in a row), for `/readyz`.
     pub failing: Arc<std::sync::Mutex<Option<String>>>,
+    /// What the dashboard shows, rebuilt after a pass that rendered anything.
+    pub board: board::BoardCell,
 }
 
 /// How long each step of a pass took, for the `pass steps` debug line.
@@ -309,6 +312,8 @@ pub struct Context {
     /// A status commit being pushed while workers run (joined by the next
     /// pass before it fetches or renders).
     pending_publish: Option<publish::PendingPublish>,
+    /// Whether a status was rendered (or dropped) since the board was built.
+    board_stale: bool,
 }
 
 impl Context {
@@ -355,6 +360,7 @@ impl Context {
             own: None,
             last_status_commit: None,
             pending_publish: None,
+            board_stale: true,
         })
     }
 
@@ -462,6 +468,10 @@ impl Context {
                     *by_phase.entry(phase.as_str()).or_default() += 1;
                 }
                 t.metrics.set_requests_by_phase(by_phase);
+                if std::mem::take(&mut self.board_stale) {
+                    let statuses = self.rendered.iter().map(|(name, r)| (name, r.status()));
+                    board::publish(&t.board, board::Board::build(&self.catalog.loaded().desired, statuses, &report.revision));
+                }
                 for change in &report.changes {
                     // No subscriber is fine.
                     let _ = t.events.send(change.clone());

@@ -36,6 +36,11 @@ pub(super) struct Rendered {
 }
 
 impl Rendered {
+    /// The status as rendered.
+    pub(super) fn status(&self) -> &Arc<crate::model::RequestStatus> {
+        &self.status
+    }
+
     /// Whether rendering these inputs again would give the same file (the
     /// previous file compared by identity: it is re-parsed only when its
     /// blob changed).
@@ -152,7 +157,9 @@ impl Context {
         let none = BTreeMap::new();
         let mut timer = super::StepTimer::start();
         let mut urgent = false;
+        let known = self.rendered.len();
         self.rendered.retain(|name, _| plan.requests.contains_key(name));
+        self.board_stale |= self.rendered.len() != known;
         // Rendered again only when one of its inputs changed (a pass that
         // changed one request renders one status file); many at once are
         // rendered together, spread over the cores (a first pass renders all).
@@ -169,6 +176,7 @@ impl Context {
             })
             .filter(|job| !self.rendered.get(job.name).is_some_and(|c| c.holds(job.view, job.prev, job.prs, job.stalled)))
             .collect();
+        self.board_stale |= !jobs.is_empty();
         for (job, fresh) in jobs.iter().zip(render_all(&jobs, revision, t)) {
             self.rendered.insert(job.name.clone(), fresh);
         }

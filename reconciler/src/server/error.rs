@@ -73,6 +73,10 @@ pub enum ServerError {
     #[error("reconcile passes keep failing: {0}")]
     PassesFailing(String),
 
+    /// A dashboard page could not be rendered from its template.
+    #[error("cannot render the page: {0}")]
+    Render(String),
+
     /// No object of that kind and name exists.
     #[error("no {kind} named {name:?}")]
     NotFound {
@@ -128,6 +132,7 @@ impl ServerError {
             Self::NotReady => "NotReady",
             Self::PassesFailing(_) => "PassesFailing",
             Self::NotFound { .. } => "NotFound",
+            Self::Render(_) => "RenderFailed",
             Self::EmptySecret => "EmptyWebhookSecret",
             Self::Bind { .. } => "Bind",
             Self::Serve { .. } => "Serve",
@@ -145,7 +150,7 @@ impl ServerError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
-            Self::EmptySecret | Self::Bind { .. } | Self::Serve { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::EmptySecret | Self::Bind { .. } | Self::Serve { .. } | Self::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -9,11 +9,13 @@
 //! | `GET /metrics` | Prometheus text format 0.0.4 ([`Metrics`]) |
 //! | `GET /api/v1/requests`, `GET /api/v1/requests/{name}` | request records from the store |
 //! | `GET /api/v1/events` | one SSE `phase` event per [`PhaseChange`] sent by the loop |
+//! | `GET /`, `GET /requests/{name}` | the dashboard: HTML from `templates/`, live over the event stream |
 //!
 //! The server does no reconcile work: it only verifies, records and triggers.
 //! Error bodies are JSON `{ "error": reason, "message": … }`.
 
 mod api;
+mod dashboard;
 mod error;
 pub mod webhook;
 
@@ -39,6 +41,7 @@ pub use api::ApiRequest;
 pub use error::ServerError;
 
 use crate::reconcile::PhaseChange;
+use crate::reconcile::board::BoardCell;
 use crate::store::Store;
 
 /// Default limit of a webhook body: 1 MiB.
@@ -143,6 +146,8 @@ struct Inner {
     body_limit: usize,
     limits: Limits,
     relay_from: Option<String>,
+    board: BoardCell,
+    logs: LogSource,
     /// Set when the server shuts down, to end event streams.
     closing: watch::Sender<bool>,
 }
@@ -172,7 +177,14 @@ pub struct ServerConfig {
     /// With several replicas (PostgreSQL): this replica's identity, and an
     /// accepted webhook's trigger is relayed to whichever replica leads.
     pub relay_from: Option<String>,
+    /// What the dashboard shows (the loop rebuilds it).
+    pub board: BoardCell,
+    /// The driver, once the loop has one: the dashboard reads workers' logs through it.
+    pub logs: LogSource,
 }
+
+/// Where the dashboard reads workers' logs: the leader's driver, set once it has one.
+pub type LogSource = Arc<std::sync::OnceLock<Arc<dyn crate::workers::Driver>>>;
 
 /// How long a client may take and how many may connect at once, so idle or
 /// slow connections cannot exhaust the server.
@@ -213,6 +225,8 @@ impl ServerConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             limits: Limits::default(),
             relay_from: None,
+            board: Arc::default(),
+            logs: Arc::default(),
         }
     }
 }
@@ -233,6 +247,8 @@ impl ServerState {
                 body_limit: config.body_limit,
                 limits: config.limits,
                 relay_from: config.relay_from,
+                board: config.board,
+                logs: config.logs,
                 closing: watch::channel(false).0,
             }),
         }
@@ -298,6 +314,16 @@ impl ServerState {
         self.inner.limits
     }
 
+    /// The dashboard's board as the loop last built it.
+    pub fn board(&self) -> Arc<crate::reconcile::board::Board> {
+        crate::reconcile::board::current(&self.inner.board)
+    }
+
+    /// The driver, once the loop has one.
+    pub fn driver(&self) -> Option<Arc<dyn crate::workers::Driver>> {
+        self.inner.logs.get().cloned()
+    }
+
     fn subscribe_events(&self) -> broadcast::Receiver<PhaseChange> {
         self.inner.events.subscribe()
     }
@@ -322,6 +348,10 @@ pub fn router(state: ServerState) -> Router {
         .route("/api/v1/requests", get(api::list_requests))
         .route("/api/v1/requests/{name}", get(api::get_request))
         .route("/api/v1/events", get(api::events))
+        .route("/", get(dashboard::index))
+        .route("/requests/{name}", get(dashboard::request))
+        .route("/assets/dashboard.css", get(dashboard::stylesheet))
+        .route("/assets/dashboard.js", get(dashboard::script))
         .fallback(api::not_found)
         .with_state(state)
 }

@@ -19,9 +19,10 @@ impl Store {
         let records = super::last_per_key(records, |r| r.name.clone());
         with_pool!(self, pool => {
             let mut tx = begin_write!(self, pool, OP).await?;
-            for chunk in records.chunks(super::rows_per_statement(7)) {
+            for chunk in records.chunks(super::rows_per_statement(8)) {
+                // `created_at` is set by the insert only: a conflict keeps it.
                 let mut query = sqlx::QueryBuilder::new(
-                    "INSERT INTO requests (name, generation, observed_revision, phase, stage, message, updated_at) ",
+                    "INSERT INTO requests (name, generation, observed_revision, phase, stage, message, updated_at, created_at) ",
                 );
                 query.push_values(chunk, |mut row, record| {
                     row.push_bind(&record.name)
@@ -30,6 +31,7 @@ impl Store {
                         .push_bind(&record.phase)
                         .push_bind(&record.stage)
                         .push_bind(&record.message)
+                        .push_bind(record.updated_at)
                         .push_bind(record.updated_at);
                 });
                 query.push(
@@ -58,6 +60,17 @@ impl Store {
             .fetch_optional(pool)
             .await
             .map_err(|e| StoreError::query("get request", e))
+        })
+    }
+
+    /// When each request was first recorded (unix ms), by name.
+    pub async fn request_ages(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, (String, i64)>("SELECT name, COALESCE(created_at, updated_at) FROM requests")
+                .fetch_all(pool)
+                .await
+                .map(|rows| rows.into_iter().collect())
+                .map_err(|e| StoreError::query("request ages", e))
         })
     }
 

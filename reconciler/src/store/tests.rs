@@ -223,6 +223,8 @@ store_test!(requests_upsert_get_list_delete, |db| {
     ensure!(store.get_request("beta").await? == Some(beta.clone()));
     let names: Vec<String> = store.list_requests().await?.into_iter().map(|r| r.name).collect();
     ensure!(names == ["alpha", "beta"], "list order: {names:?}");
+    let ages = store.request_ages().await?;
+    ensure!(ages.get("beta") == Some(&10) && ages.get("alpha") == Some(&11), "first recorded, not last updated: {ages:?}");
 
     // Back to no stage: NULL must round-trip.
     beta.stage = None;

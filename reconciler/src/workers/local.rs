@@ -391,6 +391,27 @@ impl Driver for LocalDriver {
         Ok(())
     }
 
+    fn log_tail(&self, worker: &str, max_bytes: usize) -> Result<Option<String>, DriverError> {
+        use std::io::{Read, Seek, SeekFrom};
+        if !crate::ids::is_dns_label(worker) {
+            return Err(DriverError::InvalidWorkerName(worker.to_owned()));
+        }
+        let path = self.run_dir(worker).join(LOG_FILE);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(DriverError::io(&path, e)),
+        };
+        // Only the tail is read: a log may be large.
+        let len = file.metadata().map_err(|e| DriverError::io(&path, e))?.len();
+        let from = len.saturating_sub(u64::try_from(max_bytes).unwrap_or(u64::MAX));
+        file.seek(SeekFrom::Start(from)).map_err(|e| DriverError::io(&path, e))?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text).map_err(|e| DriverError::io(&path, e))?;
+        let whole = from == 0;
+        Ok(Some(if whole { String::from_utf8_lossy(&text).into_owned() } else { super::tail_of(&text, text.len().saturating_sub(1)) }))
+    }
+
     fn prune(&self, finished: &[String], retention: Duration) -> Result<usize, DriverError> {
         let _guard = self.guard();
         let mut removed = 0;

@@ -198,4 +198,19 @@ pub trait Driver: Send + Sync {
     /// Unknown or still live workers are skipped. Returns how many records
     /// were removed entirely.
     fn prune(&self, finished: &[String], retention: std::time::Duration) -> Result<usize, DriverError>;
+
+    /// The last `max_bytes` (at most) of a worker's log, for people to read
+    /// (the dashboard); `None` when the driver has none for it.
+    fn log_tail(&self, worker: &str, max_bytes: usize) -> Result<Option<String>, DriverError> {
+        let _ = (worker, max_bytes);
+        Ok(None)
+    }
+}
+
+/// The last `max_bytes` (at most) of `text`, starting at a line when one starts within it.
+pub fn tail_of(text: &[u8], max_bytes: usize) -> String {
+    let start = text.len().saturating_sub(max_bytes);
+    let cut = &text[start..];
+    let cut = if start > 0 { cut.iter().position(|b| *b == b'\n').map_or(cut, |i| &cut[i + 1..]) } else { cut };
+    String::from_utf8_lossy(cut).into_owned()
 }

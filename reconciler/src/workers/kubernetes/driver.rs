@@ -172,6 +172,25 @@ impl KubernetesDriver {
         }))
     }
 
+    /// The tail of the worker container's log, from its newest pod.
+    async fn pod_log(&self, worker: &str, max_bytes: usize) -> Result<Option<String>, DriverError> {
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={worker}")))
+            .await
+            .map_err(|e| self.api_error("list pods", worker, e))?;
+        let newest = pods.items.iter().filter_map(|p| Some((p.metadata.creation_timestamp.clone()?, p.metadata.name.clone()?))).max();
+        let Some((_, pod)) = newest else { return Ok(None) };
+        // The last lines (the API's byte limit counts from the start).
+        let params =
+            kube::api::LogParams { container: Some("worker".to_owned()), tail_lines: Some(500), ..kube::api::LogParams::default() };
+        match self.pods.logs(&pod, &params).await {
+            Ok(text) => Ok(Some(crate::workers::tail_of(text.as_bytes(), max_bytes))),
+            Err(e) if is_status(&e, 404) || is_status(&e, 400) => Ok(None),
+            Err(e) => Err(self.api_error("read the log of", worker, e)),
+        }
+    }
+
     async fn observe_all(&self) -> Result<Vec<Observation>, DriverError> {
         match tokio::time::timeout(self.opts.sync_timeout, self.cache.wait_until_ready()).await {
             Ok(Ok(())) => {}
@@ -337,6 +356,10 @@ impl Driver for KubernetesDriver {
 
     fn prune(&self, finished: &[String], retention: Duration) -> Result<usize, DriverError> {
         self.block_on(self.prune_all(finished, retention))
+    }
+
+    fn log_tail(&self, worker: &str, max_bytes: usize) -> Result<Option<String>, DriverError> {
+        self.block_on(self.pod_log(worker, max_bytes))
     }
 }
 

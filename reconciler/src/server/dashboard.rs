@@ -1,0 +1,526 @@
+//! The dashboard: server-rendered HTML (handlebars templates from
+//! `templates/dashboard/`) and a small script that follows the event stream
+//! and swaps the page's `<main>` in place. Read-only: nothing on it changes
+//! anything (changes go through git). No build step, no CDN.
+//!
+//! The rows come from the store (every replica has it) and are filled in
+//! from the loop's board (title, repos, stages, cost) where this replica
+//! runs the loop.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use handlebars::Handlebars;
+use serde::{Deserialize, Serialize};
+
+use super::{ServerError, ServerState};
+use crate::model::kinds::{GateType, Phase};
+use crate::reconcile::board::{Board, BoardRequest};
+use crate::store::{Event, RequestRecord};
+use crate::time::{Millis, parse_rfc3339};
+
+const LAYOUT: &str = include_str!("../../../templates/dashboard/layout.html.hbs");
+const INDEX: &str = include_str!("../../../templates/dashboard/index.html.hbs");
+const REQUEST: &str = include_str!("../../../templates/dashboard/request.html.hbs");
+const CSS: &str = include_str!("../../../templates/dashboard/dashboard.css");
+const JS: &str = include_str!("../../../templates/dashboard/dashboard.js");
+
+/// Scripts and styles from this server only; no inline script.
+const CSP: &str =
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
+
+/// How much of a worker's log the request page shows.
+const LOG_TAIL_BYTES: usize = 4096;
+
+fn templates() -> &'static Handlebars<'static> {
+    static TEMPLATES: OnceLock<Handlebars<'static>> = OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        let mut hb = Handlebars::new();
+        hb.set_strict_mode(true);
+        hb.register_partial("layout", LAYOUT).expect("because the shipped layout template parses (a test renders it)");
+        hb.register_template_string("index", INDEX).expect("because the shipped index template parses (a test renders it)");
+        hb.register_template_string("request", REQUEST).expect("because the shipped request template parses (a test renders it)");
+        hb
+    })
+}
+
+/// The filter of the requests table (`?phase=Running&q=greeting`).
+#[derive(Debug, Default, Deserialize)]
+pub struct Filter {
+    /// Only this phase.
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// Only rows whose name, title or message contains this (any case).
+    #[serde(default)]
+    pub q: Option<String>,
+}
+
+/// One row of the requests table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    name: String,
+    title: String,
+    phase: String,
+    phase_class: String,
+    stage: String,
+    repos: Vec<String>,
+    attempts: u32,
+    cost: String,
+    tokens: String,
+    age: String,
+    changed: String,
+    changed_at: String,
+    message: String,
+    search: String,
+}
+
+/// A phase choice of the filter.
+#[derive(Debug, Clone, Serialize)]
+struct PhaseOption {
+    name: &'static str,
+    selected: bool,
+}
+
+const PHASES: [Phase; 8] = [
+    Phase::Pending,
+    Phase::Running,
+    Phase::WaitingForApproval,
+    Phase::WaitingForCI,
+    Phase::Succeeded,
+    Phase::Failed,
+    Phase::Cancelled,
+    Phase::Invalid,
+];
+
+/// "42 s", "3 min", "2 h", "5 d".
+fn span(ms: Millis) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+fn money(v: f64) -> String {
+    format!("${v:.2}")
+}
+
+fn phase_class(phase: &str) -> String {
+    format!("phase-{}", phase.to_ascii_lowercase())
+}
+
+/// Only web addresses become links (a URL in a request file could be anything).
+fn web(url: &str) -> Option<String> {
+    (url.starts_with("https://") || url.starts_with("http://")).then(|| url.to_owned())
+}
+
+/// The table's rows, most recently changed first, filtered.
+pub fn rows(records: &[RequestRecord], ages: &BTreeMap<String, i64>, board: &Board, filter: &Filter, now: Millis) -> Vec<Row> {
+    let q = filter.q.as_deref().map(str::to_lowercase).filter(|q| !q.is_empty());
+    let phase = filter.phase.as_deref().filter(|p| !p.is_empty());
+    let mut rows: Vec<(i64, Row)> = records
+        .iter()
+        .map(|r| {
+            let entry = board.requests.get(&r.name);
+            let spec = entry.and_then(|e| e.request.as_ref()).map(|c| &c.spec);
+            let status = entry.map(|e| &e.status.status);
+            let budget = spec.and_then(|s| s.budget.as_ref());
+            let cost = status.map_or(0.0, |s| s.total_cost_usd);
+            let tokens = status.map_or(0, |s| s.total_tokens);
+            let title = spec.map(|s| s.title.clone()).unwrap_or_default();
+            let row = Row {
+                name: r.name.clone(),
+                title: title.clone(),
+                phase: r.phase.clone(),
+                phase_class: phase_class(&r.phase),
+                stage: r.stage.clone().unwrap_or_default(),
+                repos: spec.map(|s| s.repos.iter().map(|repo| repo.url.clone()).collect()).unwrap_or_default(),
+                attempts: status.map_or(0, |s| s.stages.iter().map(|x| x.attempt).sum()),
+                cost: match budget.and_then(|b| b.max_cost_usd) {
+                    Some(max) => format!("{} of {}", money(cost), money(max)),
+                    None => money(cost),
+                },
+                tokens: match budget.and_then(|b| b.max_tokens) {
+                    Some(max) => format!("{tokens} of {max}"),
+                    None => tokens.to_string(),
+                },
+                age: ages.get(&r.name).map(|at| span(now - at)).unwrap_or_default(),
+                changed: format!("{} ago", span(now - r.updated_at)),
+                changed_at: crate::time::rfc3339(r.updated_at),
+                message: r.message.clone(),
+                search: format!("{} {} {}", r.name, title, r.message).to_lowercase(),
+            };
+            (r.updated_at, row)
+        })
+        .filter(|(_, row)| phase.is_none_or(|p| row.phase == p))
+        .filter(|(_, row)| q.as_ref().is_none_or(|q| row.search.contains(q.as_str())))
+        .collect();
+    rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    rows.into_iter().map(|(_, row)| row).collect()
+}
+
+/// One worker on the request page.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkerView {
+    worker: String,
+    repo: String,
+    attempt: u32,
+    state: String,
+    state_class: String,
+    started_at: String,
+    finished_at: String,
+    took: String,
+    commit: String,
+    commit_url: Option<String>,
+    summary: String,
+    cost: String,
+    /// The tail of its log (not `log`: that is a handlebars helper).
+    log_tail: Option<String>,
+}
+
+/// One step of the pipeline: a stage with its workers, or a gate.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StepView {
+    name: String,
+    gate: bool,
+    kind: String,
+    state: String,
+    state_class: String,
+    current: bool,
+    workers: Vec<WorkerView>,
+    branch: Option<String>,
+    message: String,
+}
+
+/// A budget bar.
+#[derive(Debug, Clone, Serialize)]
+struct Bar {
+    label: &'static str,
+    used: String,
+    max: String,
+    value: f64,
+    limit: f64,
+    over: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConditionView {
+    kind: String,
+    status: String,
+    reason: String,
+    message: String,
+    at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutputView {
+    repo: String,
+    branch: String,
+    commit: String,
+    pull_request: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryView {
+    at: String,
+    what: String,
+    detail: String,
+}
+
+/// The request page.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestPage {
+    name: String,
+    title: String,
+    description: String,
+    phase: String,
+    phase_class: String,
+    stage: String,
+    message: String,
+    revision: String,
+    known: bool,
+    steps: Vec<StepView>,
+    bars: Vec<Bar>,
+    conditions: Vec<ConditionView>,
+    outputs: Vec<OutputView>,
+    history: Vec<HistoryView>,
+}
+
+fn state_class(state: &str) -> String {
+    format!("state-{}", state.to_ascii_lowercase())
+}
+
+/// The request page of `name`: its record, its board entry (when this
+/// replica runs the loop), its event history and its workers' log tails.
+pub fn request_page(
+    record: &RequestRecord,
+    entry: Option<&BoardRequest>,
+    board: &Board,
+    events: &[Event],
+    logs: &BTreeMap<String, String>,
+    now: Millis,
+) -> RequestPage {
+    let request = entry.and_then(|e| e.request.as_ref());
+    let status = entry.map(|e| &e.status.status);
+    let results = status.map(|s| s.stages.as_slice()).unwrap_or_default();
+    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let mut steps = Vec::new();
+    let mut wall_ms: Millis = 0;
+    let worker_view = |x: &crate::model::StageResult| {
+        let started = x.started_at.as_deref().and_then(parse_rfc3339);
+        let finished = x.finished_at.as_deref().and_then(parse_rfc3339);
+        let took = started.map(|s| finished.unwrap_or(now) - s);
+        let commit = x.pushed_commit.clone().unwrap_or_default();
+        WorkerView {
+            worker: x.worker.clone(),
+            repo: x.repo.clone(),
+            attempt: x.attempt,
+            state: x.state.clone(),
+            state_class: state_class(&x.state),
+            started_at: x.started_at.clone().unwrap_or_default(),
+            finished_at: x.finished_at.clone().unwrap_or_default(),
+            took: took.map(span).unwrap_or_default(),
+            commit_url: (!commit.is_empty())
+                .then(|| web(&x.repo))
+                .flatten()
+                .map(|u| format!("{}/commit/{commit}", u.trim_end_matches(".git"))),
+            commit: commit.chars().take(12).collect(),
+            summary: x.summary.clone(),
+            cost: money(x.cost_usd),
+            log_tail: logs.get(&x.worker).cloned(),
+        }
+    };
+    for x in results {
+        if let (Some(s), f) = (x.started_at.as_deref().and_then(parse_rfc3339), x.finished_at.as_deref().and_then(parse_rfc3339)) {
+            wall_ms += f.unwrap_or(now) - s;
+        }
+    }
+    if let Some(request) = request {
+        let stages = request.effective_stages(&board.settings);
+        for (i, stage) in stages.iter().enumerate() {
+            let workers: Vec<WorkerView> = results.iter().filter(|x| x.name == stage.name).map(worker_view).collect();
+            let state = if workers.is_empty() {
+                "NotStarted"
+            } else if workers.iter().all(|w| w.state == "Succeeded") {
+                "Succeeded"
+            } else if workers.iter().any(|w| w.state == "Failed") {
+                "Failed"
+            } else {
+                "Running"
+            };
+            steps.push(StepView {
+                name: stage.name.clone(),
+                gate: false,
+                kind: "stage".to_owned(),
+                state: state.to_owned(),
+                state_class: state_class(state),
+                current: record.stage.as_deref() == Some(stage.name.as_str()) && !record.phase.starts_with("Waiting"),
+                workers,
+                branch: None,
+                message: String::new(),
+            });
+            // A gate after this stage passed once a later stage started (or all is done).
+            let later_started = results.iter().any(|x| stages[i + 1..].iter().any(|s| s.name == x.name));
+            for gate in request.spec.gates.iter().filter(|g| g.after == stage.name) {
+                let waiting = record.phase.starts_with("Waiting") && record.stage.as_deref() == Some(stage.name.as_str());
+                let state = if waiting {
+                    "Waiting"
+                } else if later_started || record.phase == "Succeeded" {
+                    "Passed"
+                } else {
+                    "Pending"
+                };
+                let kind = match gate.gate_type {
+                    GateType::Approval => "approval",
+                    GateType::Ci => "ci",
+                };
+                let condition = conditions.iter().find(|c| c.message.contains(&gate.name) || c.condition_type.contains(&gate.name));
+                steps.push(StepView {
+                    name: gate.name.clone(),
+                    gate: true,
+                    kind: kind.to_owned(),
+                    state: state.to_owned(),
+                    state_class: state_class(state),
+                    current: waiting,
+                    workers: Vec::new(),
+                    branch: (gate.gate_type == GateType::Approval).then(|| format!("hadron/approve/{}/{}", record.name, gate.name)),
+                    message: condition.map(|c| c.message.clone()).unwrap_or_default(),
+                });
+            }
+        }
+    }
+    let mut bars = Vec::new();
+    if let (Some(budget), Some(status)) = (request.and_then(|r| r.spec.budget.as_ref()), status) {
+        if let Some(max) = budget.max_cost_usd {
+            bars.push(Bar {
+                label: "Cost",
+                used: money(status.total_cost_usd),
+                max: money(max),
+                value: status.total_cost_usd,
+                limit: max,
+                over: status.total_cost_usd > max,
+            });
+        }
+        if let Some(max) = budget.max_tokens {
+            let used = status.total_tokens as f64;
+            bars.push(Bar {
+                label: "Tokens",
+                used: status.total_tokens.to_string(),
+                max: max.to_string(),
+                value: used,
+                limit: max as f64,
+                over: status.total_tokens > max,
+            });
+        }
+        if let Some(max) = &budget.max_wall_time {
+            let limit = max.as_duration().as_millis() as f64;
+            bars.push(Bar {
+                label: "Wall time",
+                used: span(wall_ms),
+                max: span(limit as Millis),
+                value: wall_ms as f64,
+                limit,
+                over: wall_ms as f64 > limit,
+            });
+        }
+    }
+    RequestPage {
+        name: record.name.clone(),
+        title: request.map(|r| r.spec.title.clone()).unwrap_or_default(),
+        description: request.map(|r| r.spec.description.clone()).unwrap_or_default(),
+        phase: record.phase.clone(),
+        phase_class: phase_class(&record.phase),
+        stage: record.stage.clone().unwrap_or_default(),
+        message: record.message.clone(),
+        revision: record.observed_revision.chars().take(12).collect(),
+        known: entry.is_some(),
+        steps,
+        bars,
+        conditions: conditions
+            .iter()
+            .map(|c| ConditionView {
+                kind: c.condition_type.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                at: c.last_transition_time.clone().unwrap_or_default(),
+            })
+            .collect(),
+        outputs: status
+            .map(|s| s.outputs.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|o| OutputView {
+                repo: o.repo.clone(),
+                branch: o.branch.clone(),
+                commit: o.commit.clone().unwrap_or_default().chars().take(12).collect(),
+                pull_request: o.pull_request.as_deref().and_then(web),
+            })
+            .collect(),
+        history: events
+            .iter()
+            .rev()
+            .map(|e| HistoryView { at: crate::time::rfc3339(e.at), what: e.action.clone(), detail: e.detail.clone() })
+            .collect(),
+    }
+}
+
+fn html(body: String, status: StatusCode) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn render(template: &str, data: &serde_json::Value) -> Result<String, ServerError> {
+    templates().render(template, data).map_err(|e| ServerError::Render(e.to_string()))
+}
+
+/// `GET /`: the requests table.
+pub async fn index(State(state): State<ServerState>, Query(filter): Query<Filter>) -> Result<Response, ServerError> {
+    let records = state.store().list_requests().await?;
+    let ages = state.store().request_ages().await?;
+    let board = state.board();
+    let rows = rows(&records, &ages, &board, &filter, crate::time::now());
+    let phases: Vec<PhaseOption> =
+        PHASES.iter().map(|p| PhaseOption { name: p.as_str(), selected: filter.phase.as_deref() == Some(p.as_str()) }).collect();
+    let data = serde_json::json!({
+        "title": "Requests",
+        "rows": rows,
+        "count": rows.len(),
+        "total": records.len(),
+        "phases": phases,
+        "q": filter.q.clone().unwrap_or_default(),
+        "revision": board.revision.chars().take(12).collect::<String>(),
+        "follower": state.relay_from().is_some() && board.requests.is_empty(),
+    });
+    Ok(html(render("index", &data)?, StatusCode::OK))
+}
+
+/// `GET /requests/{name}`: one request.
+pub async fn request(State(state): State<ServerState>, Path(name): Path<String>) -> Result<Response, ServerError> {
+    let Some(record) = state.store().get_request(&name).await? else {
+        let data = serde_json::json!({ "title": "Not found", "missing": name });
+        return Ok(html(render("request", &data)?, StatusCode::NOT_FOUND));
+    };
+    let board = state.board();
+    let entry = board.requests.get(&name);
+    let events = state.store().events_for_request(&name, 100).await?;
+    // Logs through the driver, off the async threads (a file or an API call).
+    let mut logs = BTreeMap::new();
+    if let (Some(driver), Some(entry)) = (state.driver(), entry) {
+        let workers: Vec<String> = entry.status.status.stages.iter().map(|x| x.worker.clone()).collect();
+        logs = tokio::task::spawn_blocking(move || {
+            workers
+                .into_iter()
+                .filter_map(|w| match driver.log_tail(&w, LOG_TAIL_BYTES) {
+                    Ok(Some(text)) => Some((w, text)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!(worker = %w, reason = e.reason(), error = %e, "no log for the dashboard");
+                        None
+                    }
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+    }
+    let page = request_page(&record, entry, &board, &events, &logs, crate::time::now());
+    let data = serde_json::json!({ "title": record.name, "page": page, "missing": null });
+    Ok(html(render("request", &data)?, StatusCode::OK))
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `GET /assets/dashboard.css`.
+pub async fn stylesheet() -> Response {
+    asset(CSS, "text/css; charset=utf-8")
+}
+
+/// `GET /assets/dashboard.js`.
+pub async fn script() -> Response {
+    asset(JS, "text/javascript; charset=utf-8")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::model::{ChangeRequest, RequestStatus};
+
+fn request(yaml: &str) -> Arc<ChangeRequest> {
+    Arc::new(serde_saphyr::from_str(yaml).expect("a request"))
+}
+
+fn status(yaml: &str) -> Arc<RequestStatus> {
+    Arc::new(serde_saphyr::from_str(yaml).expect("a status"))
+}
+
+const GATED: &str = r#"
+apiVersion: hadron.dev/v1alpha1
+kind: ChangeRequest
+metadata: { name: add-healthz }
+spec:
+  title: "Add a <script>alert(1)</script> health check"
+  repos: [{ url: "https://git.example.com/org/app.git" }, { url: "javascript:alert(1)" }]
+  stages: [{ name: implement }, { name: polish }]
+  gates: [{ name: review, type: approval, after: implement }]
+  budget: { maxCostUSD: 2.5, maxWallTime: 15m }
+"#;
+
+const WAITING: &str = r#"
+apiVersion: hadron.dev/v1alpha1
+kind: RequestStatus
+metadata: { name: add-healthz }
+status:
+  observedRevision: 0123456789abcdef
+  observedGeneration: g1
+  phase: WaitingForApproval
+  stage: implement
+  stages:
+    - { name: implement, repo: "https://git.example.com/org/app.git", worker: w1, attempt: 2, state: Succeeded,
+        startedAt: "2026-11-30T00:00:00Z", finishedAt: "2026-11-30T00:01:00Z", pushedCommit: 89abcdef0123456789abcdef0123456789abcdef,
+        costUSD: 0.4, tokens: 100, tokensIn: 60, tokensOut: 40, summary: Added healthz.sh }
+    - { name: implement, repo: "javascript:alert(1)", worker: w2, attempt: 1, state: Succeeded,
+        startedAt: "2026-11-30T00:00:00Z", finishedAt: "2026-11-30T00:02:00Z", pushedCommit: 0000000000000000000000000000000000000001,
+        costUSD: 0.1, tokens: 10, tokensIn: 5, tokensOut: 5, summary: "" }
+  conditions:
+    - { type: Ready, status: "False", reason: WaitingForApproval, message: "waiting for approval at gate review" }
+  totalCostUSD: 0.5
+  totalTokens: 110
+  message: waiting for approval at gate review
+"#;
+
+fn record(name: &str, phase: &str, stage: Option<&str>, at: i64) -> RequestRecord {
+    RequestRecord {
+        name: name.to_owned(),
+        generation: "g1".to_owned(),
+        observed_revision: "0123456789abcdef".to_owned(),
+        phase: phase.to_owned(),
+        stage: stage.map(str::to_owned),
+        message: format!("{name} is {phase}"),
+        updated_at: at,
+    }
+}
+
+fn board() -> Board {
+    let mut board = Board::default();
+    board.requests.insert("add-healthz".to_owned(), BoardRequest { request: Some(request(GATED)), status: status(WAITING) });
+    board
+}
+
+#[test]
+fn rows_are_newest_change_first_filtered_and_filled_in_from_the_board() {
+    let records = [record("add-healthz", "WaitingForApproval", Some("implement"), 5_000), record("old", "Succeeded", None, 1_000)];
+    let ages = BTreeMap::from([("add-healthz".to_owned(), 0), ("old".to_owned(), 0)]);
+    let all = rows(&records, &ages, &board(), &Filter::default(), 65_000);
+    assert_eq!(all.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["add-healthz", "old"]);
+    let gated = &all[0];
+    assert_eq!((gated.cost.as_str(), gated.attempts, gated.age.as_str()), ("$0.50 of $2.50", 3, "1 min"));
+    assert_eq!(gated.changed, "1 min ago");
+    assert_eq!(all[1].title, "", "a request the board does not hold (a follower) still has its row");
+    let only = |phase: Option<&str>, q: Option<&str>| {
+        let filter = Filter { phase: phase.map(str::to_owned), q: q.map(str::to_owned) };
+        rows(&records, &ages, &board(), &filter, 65_000).into_iter().map(|r| r.name).collect::<Vec<_>>()
+    };
+    assert_eq!(only(Some("Succeeded"), None), ["old"]);
+    assert_eq!(only(None, Some("HEALTH CHECK")), ["add-healthz"], "by title, any case");
+    assert_eq!(only(Some("Running"), None), Vec::<String>::new());
+}
+
+#[test]
+fn the_request_page_draws_stages_gates_workers_and_budget() {
+    let board = board();
+    let rec = record("add-healthz", "WaitingForApproval", Some("implement"), 5_000);
+    let logs = BTreeMap::from([("w1".to_owned(), "agent: wrote healthz.sh\n".to_owned())]);
+    let page = request_page(&rec, board.requests.get("add-healthz"), &board, &[], &logs, crate::time::now());
+    let steps: Vec<(&str, bool, &str)> = page.steps.iter().map(|s| (s.name.as_str(), s.gate, s.state.as_str())).collect();
+    assert_eq!(steps, [("implement", false, "Succeeded"), ("review", true, "Waiting"), ("polish", false, "NotStarted")]);
+    assert_eq!(page.steps[1].branch.as_deref(), Some("hadron/approve/add-healthz/review"));
+    assert!(page.steps[1].current && !page.steps[0].current, "the gate is where it waits");
+    let workers = &page.steps[0].workers;
+    assert_eq!(workers[0].commit_url.as_deref(), Some("https://git.example.com/org/app/commit/89abcdef0123456789abcdef0123456789abcdef"));
+    assert_eq!(workers[1].commit_url, None, "only web addresses become links");
+    assert_eq!((workers[0].took.as_str(), workers[0].log_tail.as_deref()), ("1 min", Some("agent: wrote healthz.sh\n")));
+    let bars: Vec<(&str, &str, &str)> = page.bars.iter().map(|b| (b.label, b.used.as_str(), b.max.as_str())).collect();
+    assert_eq!(bars, [("Cost", "$0.50", "$2.50"), ("Wall time", "3 min", "15 min")]);
+}
+
+#[test]
+fn pages_render_escaped_and_carry_no_inline_script() {
+    let board = board();
+    let rec = record("add-healthz", "WaitingForApproval", Some("implement"), 5_000);
+    let logs = BTreeMap::from([("w1".to_owned(), "agent: <wrote> healthz.sh".to_owned())]);
+    let page = request_page(&rec, board.requests.get("add-healthz"), &board, &[], &logs, 10_000);
+    let html = render("request", &serde_json::json!({ "title": "add-healthz", "page": page, "missing": null })).expect("renders");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !html.contains("<script>alert"), "text is escaped");
+    assert!(!html.contains("href=\"javascript:"), "no script URL becomes a link");
+    assert!(html.contains("hadron/approve/add-healthz/review"));
+    assert!(html.contains("agent: &lt;wrote&gt; healthz.sh"), "the log tail is shown, escaped");
+    assert_eq!(html.matches("<script").count(), 1, "one script, from /assets (the CSP forbids inline ones)");
+    let rows = rows(&[rec], &BTreeMap::new(), &board, &Filter::default(), 10_000);
+    let index = serde_json::json!({ "title": "Requests", "rows": rows, "count": 1, "total": 1, "phases": [], "q": "", "revision": "", "follower": false });
+    let html = render("index", &index).expect("renders");
+    assert!(html.contains("<a href=\"/requests/add-healthz\">add-healthz</a>"), "{html}");
+    let missing = render("request", &serde_json::json!({ "title": "Not found", "missing": "nope" })).expect("renders");
+    assert!(missing.contains("No request named <code>nope</code>"));
+}
