@@ -218,16 +218,20 @@ pub fn validate(dir: &Path, format: Format, out: &mut dyn Write, err: &mut dyn W
         })(),
     }
     .and_then(|()| out.flush());
+    finish(written, out, err, code, "the report")
+}
+
+/// The exit code of a command that wrote `what` through `out`: `code`,
+/// also when the reader went away (a broken pipe is not an error), else 2
+/// with the write error on `err`.
+fn finish(written: io::Result<()>, out: io::BufWriter<&mut dyn Write>, err: &mut dyn Write, code: i32, what: &str) -> i32 {
+    // Drop what is still buffered: flushing it again would fail again.
+    let _ = out.into_parts();
     match written {
         Ok(()) => code,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-            // Drop what is still buffered: flushing it again would fail again.
-            let _ = out.into_parts();
-            code
-        }
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => code,
         Err(e) => {
-            let _ = out.into_parts();
-            let _ = writeln!(err, "error[WriteFailed]: cannot write the report: {e}");
+            let _ = writeln!(err, "error[WriteFailed]: cannot write {what}: {e}");
             2
         }
     }
@@ -240,7 +244,7 @@ pub fn validate(dir: &Path, format: Format, out: &mut dyn Write, err: &mut dyn W
 /// What Hadron observed comes from the `status/` files. Exit codes as
 /// `validate`: 0, 1 when any error, 2 when something cannot be read.
 pub fn plan(dir: &Path, against: Option<&str>, format: Format, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    use crate::plan::preview::{self, Change};
+    use crate::plan::preview;
     let (mut catalog, files) = match catalog_from_dir(dir) {
         Ok(found) => found,
         Err(e) => {
@@ -289,120 +293,13 @@ pub fn plan(dir: &Path, against: Option<&str>, format: Format, out: &mut dyn Wri
             });
             serde_json::to_writer_pretty(&mut out, &report).map_err(io::Error::from).and_then(|()| writeln!(out))
         }
-        Format::Text => (|| {
-            for d in &after.diagnostics {
-                writeln!(out, "{d}")?;
-            }
-            if !after.diagnostics.is_empty() {
-                writeln!(out)?;
-            }
-            let mut unchanged = Vec::new();
-            for r in &foretold.requests {
-                let short = |g: &Option<String>| g.as_deref().map(|g| g[..g.len().min(8)].to_owned()).unwrap_or_default();
-                match r.change {
-                    Change::Unchanged => {
-                        unchanged.push(r.name.as_str());
-                        continue;
-                    }
-                    Change::Created => writeln!(
-                        out,
-                        "+ {}: created{}",
-                        r.name,
-                        if r.reason == "Suspended" { ", suspended (nothing runs until `suspend` is false)" } else { "" }
-                    )?,
-                    Change::Restarted => writeln!(
-                        out,
-                        "~ {}: restarted, a new generation ({} -> {}): {} changed",
-                        r.name,
-                        short(&r.previous_generation),
-                        short(&r.generation),
-                        if r.changed_fields.is_empty() { "the spec".to_owned() } else { r.changed_fields.join(", ") }
-                    )?,
-                    Change::Resumed => writeln!(out, "> {}: resumed (no longer suspended)", r.name)?,
-                    Change::Cancelled => writeln!(out, "- {}: cancelled ({})", r.name, r.reason.to_lowercase())?,
-                    Change::Invalid => writeln!(out, "! {}: invalid ({}): see the errors above; its status says why", r.name, r.reason)?,
-                }
-                if !r.stale_approvals.is_empty() {
-                    writeln!(
-                        out,
-                        "    approvals that no longer count: {} (given for the previous generation)",
-                        r.stale_approvals.join(", ")
-                    )?;
-                }
-                if !r.cancelled_workers.is_empty() {
-                    writeln!(
-                        out,
-                        "    workers cancelled ({}): {}",
-                        r.cancel_reason.as_deref().unwrap_or(""),
-                        r.cancelled_workers.join(", ")
-                    )?;
-                }
-                if !r.stages.is_empty() {
-                    writeln!(out, "    stages: {}", r.stages.join(" -> "))?;
-                }
-                if !r.gates.is_empty() {
-                    writeln!(out, "    gates: {}", r.gates.join(", "))?;
-                }
-                if !r.repos.is_empty() {
-                    writeln!(out, "    repos: {}", r.repos.join(", "))?;
-                }
-                if let Some(b) = &r.budget {
-                    let mut parts = Vec::new();
-                    if let Some(c) = b.max_cost_usd {
-                        parts.push(format!("at most ${c:.2}"));
-                    }
-                    if let Some(t) = b.max_tokens {
-                        parts.push(format!("{t} tokens"));
-                    }
-                    if let Some(w) = &b.max_wall_time {
-                        parts.push(format!("{} of worker time", w.as_str()));
-                    }
-                    writeln!(out, "    budget: {}", parts.join(", "))?;
-                } else if matches!(r.change, Change::Created | Change::Restarted | Change::Resumed) {
-                    writeln!(out, "    budget: none set (hadron.yaml limits apply)")?;
-                }
-            }
-            if !unchanged.is_empty() {
-                writeln!(out, "= unchanged: {}", unchanged.join(", "))?;
-            }
-            if !foretold.agents_changed.is_empty() {
-                writeln!(
-                    out,
-                    "agents changed: {} (workers started from now on use them; running ones keep theirs)",
-                    foretold.agents_changed.join(", ")
-                )?;
-            }
-            if foretold.settings_changed {
-                writeln!(out, "hadron.yaml changed (limits, defaults and approvers apply from the next pass)")?;
-            }
-            writeln!(
-                out,
-                "\nPlan: {} to create, {} to restart, {} to cancel, {} to resume, {} unchanged, {} invalid; {}, {}{}",
-                foretold.count(Change::Created),
-                foretold.count(Change::Restarted),
-                foretold.count(Change::Cancelled),
-                foretold.count(Change::Resumed),
-                foretold.count(Change::Unchanged),
-                foretold.count(Change::Invalid),
-                count(errors, "error"),
-                count(warnings, "warning"),
-                against_text.map(|a| format!(" (against {a})")).unwrap_or_else(|| " (no git history: against nothing)".to_owned())
-            )
-        })(),
+        Format::Text => {
+            let against = against_text.map(|a| format!("against {a}")).unwrap_or_else(|| "no git history: against nothing".to_owned());
+            out.write_all(preview::render_text(&foretold, &after.diagnostics, &against).as_bytes())
+        }
     }
     .and_then(|()| out.flush());
-    match written {
-        Ok(()) => code,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-            let _ = out.into_parts();
-            code
-        }
-        Err(e) => {
-            let _ = out.into_parts();
-            let _ = writeln!(err, "error[WriteFailed]: cannot write the plan: {e}");
-            2
-        }
-    }
+    finish(written, out, err, code, "the plan")
 }
 
 /// `hadron schema --out DIR`: writes one JSON Schema per kind. With

@@ -569,3 +569,81 @@ async fn a_gitea_outage_stalls_only_the_forge_and_nothing_is_done_twice() -> Res
     double.assert_all_requests_matched_swagger();
     Ok(())
 }
+
+/// A `pull_request` webhook (opened, synchronized, …) for PR `number` of
+/// `acme/control`, from `head` (at `sha`) into main.
+fn pr_payload(fixture_name: &str, number: u64, head: &str, sha: &str) -> Result<Value> {
+    let mut v = fixture(fixture_name)?;
+    v["number"] = json!(number);
+    v["repository"]["full_name"] = json!("acme/control");
+    let pr = &mut v["pull_request"];
+    pr["number"] = json!(number);
+    pr["base"]["ref"] = json!("main");
+    pr["head"]["ref"] = json!(head);
+    pr["head"]["sha"] = json!(sha);
+    pr["head"]["repo"]["full_name"] = json!("acme/control");
+    Ok(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_into_the_control_repo_gets_one_plan_comment_edited_on_every_push() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let Acme { control, carol, double, .. } = acme(tmp.path(), "").await?;
+    carol.commit_file("requests/plain.yaml", &request("plain", ""), "ask for plain")?;
+    let hadron = Hadron::start(&control, &tmp.path().join("data"), &double.base_url())?;
+    let http = reqwest::Client::new();
+    wait_for(&hadron, "plain to succeed", Duration::from_secs(120), || phase(&control, "plain") == Some(Phase::Succeeded)).await?;
+
+    // Carol proposes a new request and a rewording of plain on a branch, and
+    // opens a PR; Gitea keeps its head as refs/pull/1/head.
+    carol.run(&["pull", "--quiet", "--rebase", "origin", "main"])?;
+    carol.run(&["checkout", "--quiet", "-b", "proposal"])?;
+    std::fs::write(carol.dir.join("requests/docs.yaml"), request("docs", "  budget:\n    maxCostUSD: 1.5\n"))?;
+    std::fs::write(carol.dir.join("requests/plain.yaml"), request("plain", "").replace("plain for the e2e test", "plain, reworded"))?;
+    carol.run(&["add", "-A"])?;
+    carol.run(&["commit", "--quiet", "-m", "Propose docs, reword plain"])?;
+    let first = carol.run(&["rev-parse", "HEAD"])?;
+    carol.run(&["push", "--quiet", "origin", "proposal", "proposal:refs/pull/1/head"])?;
+    let number = double.open_pr("acme/control", "proposal", "main", &first);
+    ensure!(number == 1);
+    ensure!(send_hook(&http, &hadron, "pull_request", &pr_payload("pull_request_opened.json", number, "proposal", &first)?).await? == 202);
+
+    let comment = |double: &GiteaDouble| double.comments("acme/control", number);
+    wait_for(&hadron, "the plan comment", Duration::from_secs(60), || !comment(&double).is_empty()).await?;
+    let body = comment(&double)[0].body.clone();
+    println!("the plan comment:\n{body}");
+    for line in
+        ["<!-- hadron:plan -->", "+ docs: created", "budget: at most $1.50", "~ plain: restarted, a new generation", "title changed"]
+    {
+        ensure!(body.contains(line), "the comment says {line:?}:\n{body}");
+    }
+    let status_of = |sha: &str| double.statuses("acme/control", sha).into_iter().rfind(|s| s.context == "hadron/plan");
+    wait_for(&hadron, "the plan status", Duration::from_secs(30), || status_of(&first).is_some()).await?;
+    let status = status_of(&first).context("a status")?;
+    ensure!(status.state == "success" && status.description.contains("1 to create, 1 to restart"), "{status:?}");
+    ensure!(phase(&control, "plain") == Some(Phase::Succeeded), "a preview changes nothing");
+
+    // A second push with a mistake: the same comment, edited; the status fails.
+    std::fs::write(carol.dir.join("requests/docs.yaml"), request("docs", "  budgit: {}\n"))?;
+    carol.run(&["commit", "--quiet", "-am", "Oops"])?;
+    let second = carol.run(&["rev-parse", "HEAD"])?;
+    carol.run(&["push", "--quiet", "--force", "origin", "proposal", "proposal:refs/pull/1/head"])?;
+    double.set_pr_head("acme/control", number, &second);
+    ensure!(
+        send_hook(&http, &hadron, "pull_request", &pr_payload("pull_request_synchronized.json", number, "proposal", &second)?).await?
+            == 202
+    );
+    wait_for(&hadron, "the comment to be edited", Duration::from_secs(60), || {
+        comment(&double).first().is_some_and(|c| c.body.contains(&second[..12]))
+    })
+    .await?;
+    let comments = comment(&double);
+    println!("after the second push:\n{}", comments[0].body);
+    ensure!(comments.len() == 1, "one comment, edited in place: {comments:?}");
+    ensure!(comments[0].body.contains("requests/docs.yaml:") && comments[0].body.contains("error["), "{}", comments[0].body);
+    ensure!(comments[0].body.contains("**The plan has errors**"), "{}", comments[0].body);
+    wait_for(&hadron, "the failing status", Duration::from_secs(30), || status_of(&second).is_some()).await?;
+    ensure!(status_of(&second).is_some_and(|s| s.state == "failure"), "{:?}", status_of(&second));
+    double.assert_all_requests_matched_swagger();
+    Ok(())
+}

@@ -695,3 +695,36 @@ async fn a_full_trigger_queue_refuses_without_recording() -> Result<()> {
     ensure!(rx.try_recv().is_ok());
     Ok(())
 }
+
+#[tokio::test]
+async fn pull_requests_opened_pushed_or_reopened_into_the_control_branch_ask_for_a_plan_preview() -> Result<()> {
+    for file in ["pull_request_opened.json", "pull_request_synchronized.json", "pull_request_reopened.json"] {
+        let v: Value = serde_json::from_slice(&payload(file)?)?;
+        let repo = v["repository"]["full_name"].as_str().context("repo")?.to_owned();
+        let base = v["pull_request"]["base"]["ref"].as_str().context("base")?.to_owned();
+        let number = v["pull_request"]["number"].as_u64().context("number")?;
+        let mut h = Harness::with_control(ControlRepoId::new(&repo, &base)).await?;
+        let (status, json) = h.post_signed("pull_request", &delivery_id(1), payload(file)?).await?;
+        ensure!(status == 202 && json["trigger"] == "PullRequestChanged", "{file}: {status} {json}");
+        ensure!(h.drain() == vec![Trigger::PullRequestChanged { number }], "{file}");
+
+        // Into another branch, or Hadron's own approval branch: nothing to preview.
+        let mut other = v.clone();
+        other["pull_request"]["base"]["ref"] = Value::from("release");
+        let (status, json) = h.post_signed("pull_request", &delivery_id(2), serde_json::to_vec(&other)?).await?;
+        ensure!(status == 202 && json["result"] == "ignored", "{file} into another branch: {status} {json}");
+        let mut approval = v.clone();
+        approval["pull_request"]["head"]["ref"] = Value::from("hadron/approve/fix/review");
+        let (status, json) = h.post_signed("pull_request", &delivery_id(3), serde_json::to_vec(&approval)?).await?;
+        ensure!(status == 202 && json["result"] == "ignored" && h.drain().is_empty(), "{file}: an approval PR needs no preview: {json}");
+        h.stop().await?;
+    }
+    // Closed without a merge: nothing either.
+    let v: Value = serde_json::from_slice(&payload("pull_request_closed.json")?)?;
+    let repo = v["repository"]["full_name"].as_str().context("repo")?.to_owned();
+    let base = v["pull_request"]["base"]["ref"].as_str().context("base")?.to_owned();
+    let mut h = Harness::with_control(ControlRepoId::new(&repo, &base)).await?;
+    let (status, json) = h.post_signed("pull_request", &delivery_id(4), payload("pull_request_closed.json")?).await?;
+    ensure!(status == 202 && json["result"] == "ignored" && h.drain().is_empty(), "{json}");
+    h.stop().await
+}

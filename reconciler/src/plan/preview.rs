@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::model::{Budget, ChangeRequest, DesiredState, GateType, Phase, RequestStatus};
+use crate::model::{Budget, ChangeRequest, DesiredState, Diagnostic, GateType, Phase, RequestStatus, Severity};
 
 /// What happens to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -240,4 +240,109 @@ pub fn preview(before: &DesiredState, after: &DesiredState, observed: &BTreeMap<
         .cloned()
         .collect();
     Preview { requests, agents_changed, settings_changed: before.settings.spec != after.settings.spec }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") }
+}
+
+/// The preview as people read it (`hadron plan`, the pull-request
+/// comment): the diagnostics as `validate` prints them, one block per
+/// request that changes, the unchanged ones on a line, and a summary that
+/// ends with `(against)`.
+pub fn render_text(preview: &Preview, diagnostics: &[Diagnostic], against: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for d in diagnostics {
+        let _ = writeln!(out, "{d}");
+    }
+    if !diagnostics.is_empty() {
+        out.push('\n');
+    }
+    let short = |g: &Option<String>| g.as_deref().map(|g| g[..g.len().min(8)].to_owned()).unwrap_or_default();
+    let mut unchanged = Vec::new();
+    for r in &preview.requests {
+        let _ = match r.change {
+            Change::Unchanged => {
+                unchanged.push(r.name.as_str());
+                continue;
+            }
+            Change::Created => writeln!(
+                out,
+                "+ {}: created{}",
+                r.name,
+                if r.reason == "Suspended" { ", suspended (nothing runs until `suspend` is false)" } else { "" }
+            ),
+            Change::Restarted => writeln!(
+                out,
+                "~ {}: restarted, a new generation ({} -> {}): {} changed",
+                r.name,
+                short(&r.previous_generation),
+                short(&r.generation),
+                if r.changed_fields.is_empty() { "the spec".to_owned() } else { r.changed_fields.join(", ") }
+            ),
+            Change::Resumed => writeln!(out, "> {}: resumed (no longer suspended)", r.name),
+            Change::Cancelled => writeln!(out, "- {}: cancelled ({})", r.name, r.reason.to_lowercase()),
+            Change::Invalid => writeln!(out, "! {}: invalid ({}): see the errors above", r.name, r.reason),
+        };
+        if !r.stale_approvals.is_empty() {
+            let _ =
+                writeln!(out, "    approvals that no longer count: {} (given for the previous generation)", r.stale_approvals.join(", "));
+        }
+        if !r.cancelled_workers.is_empty() {
+            let _ =
+                writeln!(out, "    workers cancelled ({}): {}", r.cancel_reason.as_deref().unwrap_or(""), r.cancelled_workers.join(", "));
+        }
+        if !r.stages.is_empty() {
+            let _ = writeln!(out, "    stages: {}", r.stages.join(" -> "));
+        }
+        if !r.gates.is_empty() {
+            let _ = writeln!(out, "    gates: {}", r.gates.join(", "));
+        }
+        if !r.repos.is_empty() {
+            let _ = writeln!(out, "    repos: {}", r.repos.join(", "));
+        }
+        if let Some(b) = &r.budget {
+            let mut parts = Vec::new();
+            if let Some(c) = b.max_cost_usd {
+                parts.push(format!("at most ${c:.2}"));
+            }
+            if let Some(t) = b.max_tokens {
+                parts.push(format!("{t} tokens"));
+            }
+            if let Some(w) = &b.max_wall_time {
+                parts.push(format!("{} of worker time", w.as_str()));
+            }
+            let _ = writeln!(out, "    budget: {}", parts.join(", "));
+        } else if matches!(r.change, Change::Created | Change::Restarted | Change::Resumed) {
+            let _ = writeln!(out, "    budget: none set (hadron.yaml limits apply)");
+        }
+    }
+    if !unchanged.is_empty() {
+        let _ = writeln!(out, "= unchanged: {}", unchanged.join(", "));
+    }
+    if !preview.agents_changed.is_empty() {
+        let _ = writeln!(
+            out,
+            "agents changed: {} (workers started from now on use them; running ones keep theirs)",
+            preview.agents_changed.join(", ")
+        );
+    }
+    if preview.settings_changed {
+        let _ = writeln!(out, "hadron.yaml changed (limits, defaults and approvers apply from the next pass)");
+    }
+    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+    let _ = writeln!(
+        out,
+        "\nPlan: {} to create, {} to restart, {} to cancel, {} to resume, {} unchanged, {} invalid; {}, {} ({against})",
+        preview.count(Change::Created),
+        preview.count(Change::Restarted),
+        preview.count(Change::Cancelled),
+        preview.count(Change::Resumed),
+        preview.count(Change::Unchanged),
+        preview.count(Change::Invalid),
+        plural(errors, "error"),
+        plural(diagnostics.len() - errors, "warning"),
+    );
+    out
 }

@@ -96,6 +96,11 @@ impl ForgeLink {
         self.client.close_circuit();
     }
 
+    /// The client.
+    pub fn client(&self) -> &GiteaClient {
+        &self.client
+    }
+
     /// The control repo on the forge.
     pub fn control(&self) -> &RepoRef {
         &self.control

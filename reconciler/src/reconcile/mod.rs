@@ -30,6 +30,7 @@ pub mod execute;
 pub mod forge;
 pub mod housekeeping;
 pub mod observe;
+pub mod previews;
 mod publish;
 mod run;
 pub mod seed;
@@ -76,6 +77,9 @@ pub enum ReconcileError {
     /// An approval branch could not be opened or read.
     #[error("gate: {0}")]
     Gate(#[from] crate::gates::GateError),
+    /// A forge call failed (plan previews; the forge step stalls requests instead).
+    #[error("forge: {0}")]
+    Forge(#[from] crate::forge::GiteaError),
     /// A blocking task panicked or was cancelled.
     #[error("internal: {0}")]
     Join(String),
@@ -90,6 +94,7 @@ impl ReconcileError {
             ReconcileError::Writer(e) => e.reason(),
             ReconcileError::Driver(e) => e.reason(),
             ReconcileError::Gate(e) => e.reason(),
+            ReconcileError::Forge(e) => e.reason(),
             ReconcileError::Join(_) => "InternalError",
         }
     }
@@ -314,6 +319,8 @@ pub struct Context {
     pending_publish: Option<publish::PendingPublish>,
     /// Whether a status was rendered (or dropped) since the board was built.
     board_stale: bool,
+    /// Whether the plan previews of open pull requests are to be written.
+    previews_due: bool,
 }
 
 impl Context {
@@ -361,6 +368,7 @@ impl Context {
             last_status_commit: None,
             pending_publish: None,
             board_stale: true,
+            previews_due: true,
         })
     }
 
@@ -391,6 +399,11 @@ impl Context {
         // Hadron's commits): publish again at once.
         if matches!(trigger, Trigger::ControlPush { .. }) {
             self.publish_retry.now();
+        }
+        // A pull request moved, or its base may have: preview again (the
+        // poll is the safety net for a lost webhook).
+        if matches!(trigger, Trigger::PullRequestChanged { .. } | Trigger::ControlPush { .. } | Trigger::Poll) {
+            self.previews_due();
         }
     }
 
@@ -550,7 +563,10 @@ impl Context {
                 && prev.wake_at.is_none_or(|w| w > t)
                 && !prev.phases.values().any(|(p, _, _)| *p == Phase::WaitingForCI);
             if quiet {
-                return Ok(PassReport { revision, changes: Vec::new(), status_commit: None, ..prev.clone() });
+                let report = PassReport { revision, changes: Vec::new(), status_commit: None, ..prev.clone() };
+                // Nothing to decide, but a pull request may want its preview.
+                self.step_previews(t).await;
+                return Ok(report);
             }
         }
         // The status step that follows will likely publish (unless it holds
@@ -602,6 +618,9 @@ impl Context {
             }
         };
         timer.lap("forge");
+        // Plan previews on open pull requests (never fails the pass).
+        self.step_previews(t).await;
+        timer.lap("previews");
         // Status, summarised once at the end of the pass.
         let mut report = self.step_status(&plan, &revision, t, &outputs, publishing).await?;
         timer.lap("status");

@@ -133,6 +133,7 @@ pub fn severity_of(err: &ReconcileError) -> Severity {
                 | crate::gates::GateError::InvalidRemoteUrl(_)
                 | crate::gates::GateError::BaseBranchMissing(_)
         ),
+        ReconcileError::Forge(e) => !e.is_transient(),
         ReconcileError::Store(_) | ReconcileError::Driver(_) | ReconcileError::Join(_) => false,
     };
     if stalling { Severity::Stalling } else { Severity::Transient }

@@ -30,6 +30,12 @@ pub enum Trigger {
         /// The merge commit, when Gitea names it.
         merge_commit: Option<String>,
     },
+    /// A pull request into the control branch was opened, reopened or
+    /// pushed to: its plan preview is written again.
+    PullRequestChanged {
+        /// The PR number.
+        number: u64,
+    },
     /// The poll interval expired.
     Poll,
     /// A worker process ended.
@@ -82,6 +88,7 @@ impl Trigger {
             Self::ControlPush { .. } => "ControlPush",
             Self::TargetActivity { .. } => "TargetActivity",
             Self::ApprovalMerged { .. } => "ApprovalMerged",
+            Self::PullRequestChanged { .. } => "PullRequestChanged",
             Self::Poll => "Poll",
             Self::WorkerExited => "WorkerExited",
             Self::CiRecorded => "CiRecorded",

@@ -96,9 +96,31 @@ pub fn classify(event: &str, body: &[u8], control: &ControlRepoId) -> Result<Dec
         }
         "pull_request" => {
             let pr: PullRequestPayload = serde_json::from_slice(body).map_err(invalid)?;
+            if matches!(pr.action.as_str(), "opened" | "reopened" | "synchronized") {
+                return Ok(plan_preview(&pr, control));
+            }
             approval_merge(pr, control)
         }
         _ => Ok(Decision::Ignore("event Hadron does not act on")),
+    }
+}
+
+/// A pull request into the control branch that was opened, reopened or
+/// pushed to: its plan preview is due (Hadron's own approval branches need none).
+fn plan_preview(pr: &PullRequestPayload, control: &ControlRepoId) -> Decision {
+    let p = &pr.pull_request;
+    if !control.is_control(&pr.repository.full_name) {
+        return Decision::Ignore("pull request outside the control repo");
+    }
+    if strip_heads(&p.base.git_ref) != control.branch {
+        return Decision::Ignore("pull request into another branch than the control branch");
+    }
+    if parse_approval_branch(strip_heads(&p.head.git_ref)).is_some() {
+        return Decision::Ignore("Hadron's own approval pull request");
+    }
+    match p.number.or(pr.number) {
+        Some(number) => Decision::Trigger(Trigger::PullRequestChanged { number }),
+        None => Decision::Ignore("pull request event without a number"),
     }
 }
 
@@ -173,6 +195,8 @@ struct StatusPayload {
 #[derive(Debug, Deserialize)]
 struct PullRequestPayload {
     action: String,
+    #[serde(default)]
+    number: Option<u64>,
     pull_request: PullRequest,
     repository: Repository,
     sender: Option<User>,
@@ -180,6 +204,8 @@ struct PullRequestPayload {
 
 #[derive(Debug, Deserialize)]
 struct PullRequest {
+    #[serde(default)]
+    number: Option<u64>,
     merged: Option<bool>,
     merged_by: Option<User>,
     merge_commit_sha: Option<String>,

@@ -17,15 +17,11 @@ impl Source {
     }
 
     fn fetch_inner(&mut self) -> Result<Revision, SourceError> {
-        use gix::remote::Direction;
         let raw_url = self.cfg.url.clone();
         let branch = self.cfg.branch.clone();
         let tracking = self.tracking_ref.clone();
         let url = self.url.clone();
-        // Nothing interrupts a fetch: a shutdown lets the running pass finish.
-        let interrupt = AtomicBool::new(false);
         let local = url.scheme == gix::url::Scheme::File;
-        let remote_err = |e: gix::Error| SourceError::from_remote(&e, &raw_url, local);
 
         if local {
             let path = PathBuf::from(url.path.to_string());
@@ -40,32 +36,55 @@ impl Source {
         crate::git::remove_stale_locks(&self.mirror_path(), crate::git::STALE_LOCK_AGE);
         let repo = self.mirror()?;
         let branch_ref = format!("refs/heads/{branch}");
-        let refspec = format!("+{branch_ref}:{tracking}");
+        let id = self.fetch_ref(&branch_ref, &tracking, "hadron fetch", || SourceError::BranchNotFound {
+            url: crate::redact::url_credentials(&raw_url),
+            branch: branch.clone(),
+        })?;
+        repo.find_commit(id).map_err(|e| SourceError::Corrupt { message: format!("{branch_ref} does not point to a commit: {e}") })?;
+        Ok(Revision(id))
+    }
+}
+
+impl Source {
+    /// Fetches `remote_ref` of the control repo into the mirror's
+    /// `local_ref` (forced) and returns what it points at; `missing` is the
+    /// error when the remote does not have that ref.
+    pub(super) fn fetch_ref(
+        &self,
+        remote_ref: &str,
+        local_ref: &str,
+        action: &str,
+        missing: impl FnOnce() -> SourceError,
+    ) -> Result<gix::ObjectId, SourceError> {
+        use gix::remote::Direction;
+        let raw_url = &self.cfg.url;
+        let local = self.url.scheme == gix::url::Scheme::File;
+        let remote_err = |e: gix::Error| SourceError::from_remote(&e, raw_url, local);
+        // Nothing interrupts a fetch: a shutdown lets the running pass finish.
+        let interrupt = AtomicBool::new(false);
+        let refspec = format!("+{remote_ref}:{local_ref}");
+        let repo = self.mirror()?;
         let remote = repo
-            .remote_at(url)
+            .remote_at(self.url.clone())
             .map_err(remote_err)?
             .with_fetch_tags(gix::remote::fetch::Tags::None)
             .with_refspecs([refspec.as_str()], Direction::Fetch)
             .map_err(|e| SourceError::InvalidConfig { message: format!("refspec {refspec:?}: {e}") })?;
         let connection = remote.connect(Direction::Fetch).map_err(remote_err)?;
         let prepare = connection.prepare_fetch(gix::progress::Discard, Default::default()).map_err(remote_err)?;
-        let advertised = prepare.ref_map().remote_refs.iter().any(|r| r.unpack().0 == branch_ref.as_str());
-        if !advertised {
-            return Err(SourceError::BranchNotFound { url: crate::redact::url_credentials(&raw_url), branch });
+        if !prepare.ref_map().remote_refs.iter().any(|r| r.unpack().0 == remote_ref) {
+            return Err(missing());
         }
         prepare
-            .with_reflog_message(gix::remote::fetch::RefLogMessage::Prefixed { action: "hadron fetch".into() })
+            .with_reflog_message(gix::remote::fetch::RefLogMessage::Prefixed { action: action.into() })
             .receive(gix::progress::Discard, &interrupt)
             .map_err(remote_err)?;
-
-        let id = repo
-            .find_reference(tracking.as_str())
+        Ok(repo
+            .find_reference(local_ref)
             .map_err(|e| SourceError::from_local(&e))?
             .into_fully_peeled_id()
             .map_err(|e| SourceError::from_local(&e))?
-            .detach();
-        repo.find_commit(id).map_err(|e| SourceError::Corrupt { message: format!("{branch_ref} does not point to a commit: {e}") })?;
-        Ok(Revision(id))
+            .detach())
     }
 }
 

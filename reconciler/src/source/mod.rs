@@ -39,6 +39,7 @@
 
 mod error;
 mod mirror;
+mod pull;
 mod read;
 pub mod trigger;
 

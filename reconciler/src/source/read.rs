@@ -83,7 +83,7 @@ impl Source {
         Ok(files)
     }
 
-    fn diff(
+    pub(super) fn diff(
         &mut self,
         rev: Revision,
         old_tree: ObjectId,

@@ -8,6 +8,21 @@ use serde::{Deserialize, Serialize};
 
 use super::{MergeRecord, Store, StoreError};
 
+/// Key prefix of the plan comment on a pull request of the control repo (`plan-comment/<number>`).
+const PLAN_COMMENT_PREFIX: &str = "plan-comment/";
+
+/// The plan comment Hadron keeps on a pull request into the control branch:
+/// which comment it is, and for which head and base it was last written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanComment {
+    /// The comment's id on the forge.
+    pub comment: u64,
+    /// The PR head the comment describes.
+    pub head: String,
+    /// The control-branch commit it was previewed against.
+    pub base: String,
+}
+
 /// A kind of entry the store keeps per request. Its key is
 /// `<prefix><request>` or `<prefix><request>/<part>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +165,17 @@ impl Store {
         }
         self.kv_write_all(&gone, 0).await?;
         Ok(u64::try_from(gone.len()).unwrap_or(u64::MAX))
+    }
+
+    /// The plan comment on pull request `number` of the control repo.
+    pub async fn plan_comment(&self, number: u64) -> Result<Option<PlanComment>, StoreError> {
+        Ok(self.kv_get(&format!("{PLAN_COMMENT_PREFIX}{number}")).await?.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    /// Records the plan comment on pull request `number`.
+    pub async fn set_plan_comment(&self, number: u64, comment: &PlanComment, at: i64) -> Result<(), StoreError> {
+        let text = serde_json::to_string(comment).expect("because a plan comment record of strings and numbers serialises");
+        self.kv_set(&format!("{PLAN_COMMENT_PREFIX}{number}"), &text, at).await
     }
 
     async fn pr_record(&self, key: &str) -> Result<Option<PrRecord>, StoreError> {

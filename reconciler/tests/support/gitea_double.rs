@@ -339,10 +339,26 @@ pub struct Recorded {
     pub authorized: bool,
 }
 
+/// A comment on an issue or PR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommentRec {
+    /// Comment id.
+    pub id: u64,
+    /// `owner/repo`.
+    pub repo: String,
+    /// Issue (PR) number.
+    pub issue: u64,
+    /// Markdown text.
+    pub body: String,
+    /// Author's login.
+    pub user: String,
+}
+
 #[derive(Default)]
 struct StateInner {
     repos: BTreeMap<String, String>,
     pulls: Vec<PrRec>,
+    comments: Vec<CommentRec>,
     statuses: Vec<StatusRec>,
     teams: Vec<TeamRec>,
     orgs: Vec<String>,
@@ -400,7 +416,7 @@ impl GiteaDouble {
         let dir = gitea_fixtures();
         let specs = vec![Swagger::load(&dir.join("swagger.v1.json")), Swagger::load(&dir.join("swagger.v1.14.json"))];
         let mut fixtures = BTreeMap::new();
-        for name in ["pr", "status", "repo", "user", "branch", "organization", "commit"] {
+        for name in ["pr", "status", "repo", "user", "branch", "organization", "commit", "comment"] {
             fixtures.insert(name, read_json(&dir.join("api").join(format!("{name}.json"))));
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
@@ -586,6 +602,46 @@ impl GiteaDouble {
             v[side]["repo"]["owner"]["username"] = json!(owner);
         }
         v["head"]["sha"] = json!(pr.head_sha);
+        v
+    }
+
+    /// A person opens PR `head` → `base` in `repo` (head at `sha`); its number.
+    pub fn open_pr(&self, repo: &str, head: &str, base: &str, sha: &str) -> u64 {
+        let mut st = self.st();
+        let number = st.pulls.iter().filter(|pr| pr.repo == repo).count() as u64 + 1;
+        st.pulls.push(PrRec {
+            repo: repo.to_owned(),
+            number,
+            head: head.to_owned(),
+            base: base.to_owned(),
+            title: format!("Proposal {number}"),
+            body: String::new(),
+            state: "open".to_owned(),
+            merged: false,
+            merged_by: None,
+            head_sha: sha.to_owned(),
+        });
+        number
+    }
+
+    /// A push to a PR's head branch: its head is now `sha`.
+    pub fn set_pr_head(&self, repo: &str, number: u64, sha: &str) {
+        if let Some(pr) = self.st().pulls.iter_mut().find(|pr| pr.repo == repo && pr.number == number) {
+            pr.head_sha = sha.to_owned();
+        }
+    }
+
+    /// The comments on issue (PR) `issue` of `repo`, oldest first.
+    pub fn comments(&self, repo: &str, issue: u64) -> Vec<CommentRec> {
+        self.st().comments.iter().filter(|c| c.repo == repo && c.issue == issue).cloned().collect()
+    }
+
+    fn comment_json(&self, c: &CommentRec) -> Value {
+        let mut v = self.inner.fixtures["comment"].clone();
+        v["id"] = json!(c.id);
+        v["body"] = json!(c.body);
+        v["user"] = self.user_json(&c.user);
+        v["html_url"] = json!(format!("{}/{}/pulls/{}#issuecomment-{}", self.inner.base_url, c.repo, c.issue, c.id));
         v
     }
 
@@ -800,6 +856,39 @@ impl GiteaDouble {
                     None => Value::Null,
                 };
                 json_response(200, &v)
+            }
+            "issueGetComments" => {
+                let Ok(index) = p["index"].parse::<u64>() else { return message(404, "no such issue") };
+                let items: Vec<Value> = self.comments(&repo, index).iter().map(|c| self.comment_json(c)).collect();
+                json_response(200, &Value::Array(items))
+            }
+            "issueCreateComment" => {
+                let Ok(index) = p["index"].parse::<u64>() else { return message(404, "no such issue") };
+                let Some(body) = str_field("body") else { return message(422, "body is required") };
+                let mut st = self.st();
+                if !st.pulls.iter().any(|pr| pr.repo == repo && pr.number == index) {
+                    return message(404, "issue does not exist");
+                }
+                let id = 500 + st.comments.len() as u64 + 1;
+                let rec = CommentRec { id, repo: repo.clone(), issue: index, body, user: self.inner.login.clone() };
+                st.comments.push(rec.clone());
+                drop(st);
+                json_response(201, &self.comment_json(&rec))
+            }
+            "issueEditComment" => {
+                let Ok(id) = p["id"].parse::<u64>() else { return message(404, "no such comment") };
+                let Some(body) = str_field("body") else { return message(422, "body is required") };
+                let mut st = self.st();
+                let Some(c) = st.comments.iter_mut().find(|c| c.repo == repo && c.id == id) else {
+                    return message(404, "comment does not exist");
+                };
+                if c.user != self.inner.login {
+                    return message(403, "only the author can edit a comment");
+                }
+                c.body = body;
+                let rec = c.clone();
+                drop(st);
+                json_response(200, &self.comment_json(&rec))
             }
             other => message(501, &format!("the double does not implement {other}")),
         }

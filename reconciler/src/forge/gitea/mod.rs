@@ -12,6 +12,7 @@
 //! breaker), `wire` (the JSON Gitea sends), `templates` (PR bodies) and one
 //! file per endpoint group: `repos`, `pulls`, `statuses` and `teams`.
 
+mod comments;
 mod config;
 mod error;
 mod pulls;
@@ -33,7 +34,7 @@ pub use error::GiteaError;
 pub use pulls::{EnsuredPr, MergeInfo, PrAction};
 pub use retry::RetryPolicy;
 pub use templates::{APPROVAL_PR_TEMPLATE, ApprovalPrView, CommitView, StageView, TARGET_PR_TEMPLATE, TargetPrView};
-pub use wire::{Branch, BranchCommit, CombinedStatus, CommitStatus, PrBranch, PullRequest, Repository, Team, User};
+pub use wire::{Branch, BranchCommit, CombinedStatus, Comment, CommitStatus, PrBranch, PullRequest, Repository, Team, User};
 
 use config::Token;
 

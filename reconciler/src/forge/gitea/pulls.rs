@@ -8,7 +8,7 @@ use super::config::RepoRef;
 use super::error::GiteaError;
 use super::templates::{ApprovalPrView, TargetPrView};
 use super::wire::PullRequest;
-use super::{GiteaClient, MAX_PAGES, PAGE_LIMIT, shorten};
+use super::{GiteaClient, shorten};
 use crate::gates::approval_branch;
 
 /// Longest PR title Hadron sends.
@@ -65,22 +65,7 @@ impl GiteaClient {
     /// The open PR whose head branch is `head`, if any
     /// (`GET /repos/{owner}/{repo}/pulls?state=open`, all pages).
     pub async fn find_open_pr(&self, repo: &RepoRef, head: &str) -> Result<Option<PullRequest>, GiteaError> {
-        for page in 1..=MAX_PAGES {
-            let prs: Vec<PullRequest> = self
-                .get(
-                    &["repos", &repo.owner, &repo.repo, "pulls"],
-                    &[("state", "open".to_owned()), ("page", page.to_string()), ("limit", PAGE_LIMIT.to_string())],
-                )
-                .await?;
-            let n = prs.len();
-            if let Some(pr) = prs.into_iter().find(|p| p.head.ref_name == head && p.state == "open") {
-                return Ok(Some(pr));
-            }
-            if n < PAGE_LIMIT {
-                break;
-            }
-        }
-        Ok(None)
+        Ok(self.open_pulls(repo).await?.into_iter().find(|p| p.head.ref_name == head))
     }
 
     /// Opens a PR from `head` to `base`, or updates the title and body of

@@ -146,3 +146,16 @@ pub(super) struct GiteaMessage {
     #[serde(default)]
     pub(super) message: Option<String>,
 }
+
+/// A comment on an issue or pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Comment {
+    /// Comment id (`id` in `issues/comments/{id}`).
+    pub id: u64,
+    /// Its Markdown text.
+    #[serde(default)]
+    pub body: String,
+    /// Who wrote it.
+    #[serde(default)]
+    pub user: Option<User>,
+}
