@@ -153,10 +153,16 @@ fn the_termination_message_fits_in_4_kib_and_parses_back() {
     assert_eq!(serde_json::from_str::<RunResult>(&termination_message(&short)).expect("parses"), short, "a short result is kept whole");
 }
 
-fn job_with(conditions: &[(&str, &str)]) -> Job {
-    let spec = sample();
-    let mut j = job(&spec, None, &template());
+/// The Job of `spec` as the API server reports it: a uid, started at
+/// 00:00, with these `(type, reason)` conditions true since 00:05.
+pub(super) fn job_with_status(spec: &RunSpec, tpl: &JobTemplate, conditions: &[(&str, &str)]) -> Job {
+    let mut j = job(spec, Some(1), tpl);
+    j.metadata.uid = Some(format!("uid-{}", spec.worker));
+    j.metadata.resource_version = Some("1".to_owned());
+    let time = Time("2026-11-30T00:05:00Z".parse().expect("a time"));
     j.status = Some(JobStatus {
+        start_time: Some(Time("2026-11-30T00:00:00Z".parse().expect("a time"))),
+        completion_time: conditions.iter().any(|(t, _)| *t == "Complete").then(|| time.clone()),
         conditions: Some(
             conditions
                 .iter()
@@ -164,6 +170,7 @@ fn job_with(conditions: &[(&str, &str)]) -> Job {
                     type_: (*t).to_owned(),
                     status: "True".to_owned(),
                     reason: Some((*reason).to_owned()),
+                    last_transition_time: Some(time.clone()),
                     ..JobCondition::default()
                 })
                 .collect(),
@@ -171,6 +178,10 @@ fn job_with(conditions: &[(&str, &str)]) -> Job {
         ..JobStatus::default()
     });
     j
+}
+
+fn job_with(conditions: &[(&str, &str)]) -> Job {
+    job_with_status(&sample(), &template(), conditions)
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{Request, Response};
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::client::Body;
@@ -220,28 +220,7 @@ fn spec_with_secrets() -> RunSpec {
 }
 
 fn job_of(spec: &RunSpec, conditions: &[(&str, &str)]) -> Job {
-    let mut j = job(spec, Some(1), &JobTemplate::new(NS, "registry.example/hadron:1"));
-    j.metadata.uid = Some(format!("uid-{}", spec.worker));
-    j.metadata.resource_version = Some("1".to_owned());
-    let time = Time("2026-11-30T00:05:00Z".parse().expect("a time"));
-    j.status = Some(JobStatus {
-        start_time: Some(Time("2026-11-30T00:00:00Z".parse().expect("a time"))),
-        completion_time: conditions.iter().any(|(t, _)| *t == "Complete").then(|| time.clone()),
-        conditions: Some(
-            conditions
-                .iter()
-                .map(|(t, r)| JobCondition {
-                    type_: (*t).to_owned(),
-                    status: "True".to_owned(),
-                    reason: Some((*r).to_owned()),
-                    last_transition_time: Some(time.clone()),
-                    ..JobCondition::default()
-                })
-                .collect(),
-        ),
-        ..JobStatus::default()
-    });
-    j
+    crate::workers::kubernetes::tests::job_with_status(spec, &JobTemplate::new(NS, "registry.example/hadron:1"), conditions)
 }
 
 fn pod_with_message(worker: &str, message: &str) -> Pod {
