@@ -534,3 +534,21 @@ fn cancelling_a_real_worker_stops_its_agent_too() {
     wait_for("the agent's group to go", || (!group_exists(agent_pid)).then_some(()));
     wait_for("the worker's group to go", || (!group_exists(worker_pid)).then_some(()));
 }
+
+#[test]
+fn the_log_tail_is_the_last_lines_of_the_worker_log_read_from_its_end() {
+    let fx = Fixture::new();
+    let runs = fx.root().join("runs");
+    let driver = LocalDriver::new(&runs, fake_worker("unused", "1")).expect("driver");
+    let worker = "hadron-fix-implement-1-0a1b2c3d";
+    assert_eq!(driver.log_tail(worker, 4096).expect("no log yet"), None, "a worker without a log has none");
+    std::fs::create_dir_all(runs.join(worker)).expect("mkdir");
+    let log: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(runs.join(worker).join("worker.log"), &log).expect("write the log");
+    let tail = driver.log_tail(worker, 100).expect("read").expect("a log");
+    assert!(tail.len() <= 100 && tail.ends_with("line 1999\n"), "{tail:?}");
+    assert!(tail.starts_with("line "), "it starts at a line, not in the middle of one: {tail:?}");
+    let whole = driver.log_tail(worker, 1 << 20).expect("read").expect("a log");
+    assert_eq!(whole, log, "a short log is shown whole");
+    assert_eq!(driver.log_tail("../escape", 100).map_err(|e| e.reason()), Err("InvalidWorkerName"));
+}

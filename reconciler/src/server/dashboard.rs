@@ -197,6 +197,7 @@ struct StepView {
     current: bool,
     workers: Vec<WorkerView>,
     branch: Option<String>,
+    pull_request: Option<String>,
     message: String,
 }
 
@@ -262,16 +263,22 @@ fn state_class(state: &str) -> String {
     format!("state-{}", state.to_ascii_lowercase())
 }
 
+/// What the request page shows besides the record and the board: the
+/// event history, the workers' log tails, the approval PRs by gate.
+#[derive(Debug, Default)]
+pub struct PageExtras {
+    /// Events of the request, oldest first.
+    pub events: Vec<Event>,
+    /// Worker → the tail of its log.
+    pub logs: BTreeMap<String, String>,
+    /// Gate → the web address of its approval PR (with Gitea).
+    pub approval_prs: BTreeMap<String, String>,
+}
+
 /// The request page of `name`: its record, its board entry (when this
-/// replica runs the loop), its event history and its workers' log tails.
-pub fn request_page(
-    record: &RequestRecord,
-    entry: Option<&BoardRequest>,
-    board: &Board,
-    events: &[Event],
-    logs: &BTreeMap<String, String>,
-    now: Millis,
-) -> RequestPage {
+/// replica runs the loop) and the extras.
+pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board: &Board, extras: &PageExtras, now: Millis) -> RequestPage {
+    let PageExtras { events, logs, approval_prs } = extras;
     let request = entry.and_then(|e| e.request.as_ref());
     let status = entry.map(|e| &e.status.status);
     let results = status.map(|s| s.stages.as_slice()).unwrap_or_default();
@@ -329,6 +336,7 @@ pub fn request_page(
                 current: record.stage.as_deref() == Some(stage.name.as_str()) && !record.phase.starts_with("Waiting"),
                 workers,
                 branch: None,
+                pull_request: None,
                 message: String::new(),
             });
             // A gate after this stage passed once a later stage started (or all is done).
@@ -356,6 +364,7 @@ pub fn request_page(
                     current: waiting,
                     workers: Vec::new(),
                     branch: (gate.gate_type == GateType::Approval).then(|| format!("hadron/approve/{}/{}", record.name, gate.name)),
+                    pull_request: approval_prs.get(&gate.name).and_then(|u| web(u)),
                     message: condition.map(|c| c.message.clone()).unwrap_or_default(),
                 });
             }
@@ -479,12 +488,18 @@ pub async fn request(State(state): State<ServerState>, Path(name): Path<String>)
     };
     let board = state.board();
     let entry = board.requests.get(&name);
-    let events = state.store().events_for_request(&name, 100).await?;
+    let mut extras = PageExtras { events: state.store().events_for_request(&name, 100).await?, ..PageExtras::default() };
+    if let Some(request) = entry.and_then(|e| e.request.as_ref()) {
+        for gate in request.spec.gates.iter().filter(|g| g.gate_type == GateType::Approval) {
+            if let Some(pr) = state.store().approval_pr(&name, &gate.name).await? {
+                extras.approval_prs.insert(gate.name.clone(), pr.url);
+            }
+        }
+    }
     // Logs through the driver, off the async threads (a file or an API call).
-    let mut logs = BTreeMap::new();
     if let (Some(driver), Some(entry)) = (state.driver(), entry) {
         let workers: Vec<String> = entry.status.status.stages.iter().map(|x| x.worker.clone()).collect();
-        logs = tokio::task::spawn_blocking(move || {
+        extras.logs = tokio::task::spawn_blocking(move || {
             workers
                 .into_iter()
                 .filter_map(|w| match driver.log_tail(&w, LOG_TAIL_BYTES) {
@@ -500,7 +515,7 @@ pub async fn request(State(state): State<ServerState>, Path(name): Path<String>)
         .await
         .unwrap_or_default();
     }
-    let page = request_page(&record, entry, &board, &events, &logs, crate::time::now());
+    let page = request_page(&record, entry, &board, &extras, crate::time::now());
     let data = serde_json::json!({ "title": record.name, "page": page, "missing": null });
     Ok(html(render("request", &data)?, StatusCode::OK))
 }

@@ -87,11 +87,16 @@ fn rows_are_newest_change_first_filtered_and_filled_in_from_the_board() {
 fn the_request_page_draws_stages_gates_workers_and_budget() {
     let board = board();
     let rec = record("add-healthz", "WaitingForApproval", Some("implement"), 5_000);
-    let logs = BTreeMap::from([("w1".to_owned(), "agent: wrote healthz.sh\n".to_owned())]);
-    let page = request_page(&rec, board.requests.get("add-healthz"), &board, &[], &logs, crate::time::now());
+    let extras = PageExtras {
+        logs: BTreeMap::from([("w1".to_owned(), "agent: wrote healthz.sh\n".to_owned())]),
+        approval_prs: BTreeMap::from([("review".to_owned(), "https://git.example.com/org/control/pulls/7".to_owned())]),
+        ..PageExtras::default()
+    };
+    let page = request_page(&rec, board.requests.get("add-healthz"), &board, &extras, crate::time::now());
     let steps: Vec<(&str, bool, &str)> = page.steps.iter().map(|s| (s.name.as_str(), s.gate, s.state.as_str())).collect();
     assert_eq!(steps, [("implement", false, "Succeeded"), ("review", true, "Waiting"), ("polish", false, "NotStarted")]);
     assert_eq!(page.steps[1].branch.as_deref(), Some("hadron/approve/add-healthz/review"));
+    assert_eq!(page.steps[1].pull_request.as_deref(), Some("https://git.example.com/org/control/pulls/7"), "the approval PR is linked");
     assert!(page.steps[1].current && !page.steps[0].current, "the gate is where it waits");
     let workers = &page.steps[0].workers;
     assert_eq!(workers[0].commit_url.as_deref(), Some("https://git.example.com/org/app/commit/89abcdef0123456789abcdef0123456789abcdef"));
@@ -105,8 +110,8 @@ fn the_request_page_draws_stages_gates_workers_and_budget() {
 fn pages_render_escaped_and_carry_no_inline_script() {
     let board = board();
     let rec = record("add-healthz", "WaitingForApproval", Some("implement"), 5_000);
-    let logs = BTreeMap::from([("w1".to_owned(), "agent: <wrote> healthz.sh".to_owned())]);
-    let page = request_page(&rec, board.requests.get("add-healthz"), &board, &[], &logs, 10_000);
+    let extras = PageExtras { logs: BTreeMap::from([("w1".to_owned(), "agent: <wrote> healthz.sh".to_owned())]), ..PageExtras::default() };
+    let page = request_page(&rec, board.requests.get("add-healthz"), &board, &extras, 10_000);
     let html = render("request", &serde_json::json!({ "title": "add-healthz", "page": page, "missing": null })).expect("renders");
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !html.contains("<script>alert"), "text is escaped");
     assert!(!html.contains("href=\"javascript:"), "no script URL becomes a link");
