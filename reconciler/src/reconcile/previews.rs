@@ -119,6 +119,8 @@ impl Context {
             // Hadron's own approval PRs change only approvals/.
             .filter(|p| p.base.ref_name == self.cfg.branch && !p.head.ref_name.starts_with("hadron/approve/"))
             .collect();
+        // The records of PRs closed or merged since are forgotten.
+        self.store.forget_plan_comments(&prs.iter().map(|p| p.number).collect()).await?;
         let mut me: Option<String> = None;
         for pr in prs {
             let known = self.store.plan_comment(pr.number).await?;

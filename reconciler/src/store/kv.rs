@@ -178,6 +178,20 @@ impl Store {
         self.kv_set(&format!("{PLAN_COMMENT_PREFIX}{number}"), &text, at).await
     }
 
+    /// Forgets the plan comments of pull requests that are no longer open
+    /// (`open`: the numbers that are); returns how many were forgotten.
+    pub async fn forget_plan_comments(&self, open: &BTreeSet<u64>) -> Result<usize, StoreError> {
+        let gone: Vec<(String, Option<&str>)> = self
+            .kv_with_prefix(PLAN_COMMENT_PREFIX)
+            .await?
+            .into_iter()
+            .filter(|(key, _)| key.strip_prefix(PLAN_COMMENT_PREFIX).and_then(|n| n.parse::<u64>().ok()).is_none_or(|n| !open.contains(&n)))
+            .map(|(key, _)| (key, None))
+            .collect();
+        self.kv_write_all(&gone, 0).await?;
+        Ok(gone.len())
+    }
+
     async fn pr_record(&self, key: &str) -> Result<Option<PrRecord>, StoreError> {
         Ok(self.kv_get(key).await?.and_then(|text| serde_json::from_str(&text).ok()))
     }

@@ -207,6 +207,20 @@ store_test!(migrations_are_idempotent, |db| {
     Ok(())
 });
 
+store_test!(plan_comments_are_kept_per_pull_request_and_forgotten_once_closed, |db| {
+    let store = db.open().await?;
+    for n in [1u64, 2, 3] {
+        let rec = PlanComment { comment: 500 + n, head: format!("head{n}"), base: "base".to_owned() };
+        store.set_plan_comment(n, &rec, 1).await?;
+    }
+    ensure!(store.plan_comment(2).await?.map(|c| c.comment) == Some(502));
+    let gone = store.forget_plan_comments(&[2u64].into_iter().collect()).await?;
+    ensure!(gone == 2, "PRs 1 and 3 closed: {gone}");
+    ensure!(store.plan_comment(1).await?.is_none() && store.plan_comment(3).await?.is_none());
+    ensure!(store.plan_comment(2).await?.is_some(), "the open one stays");
+    Ok(())
+});
+
 store_test!(requests_upsert_get_list_delete, |db| {
     let store = db.open().await?;
     ensure!(store.get_request("beta").await?.is_none());
