@@ -122,7 +122,8 @@ fn the_run_secret_holds_the_run_spec_with_secrets_read_from_the_pods_own_variabl
     assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("Job", spec.worker.as_str(), Some(true)));
 }
 
-fn result(worker: &str) -> RunResult {
+/// A successful result of `worker`.
+pub(super) fn result(worker: &str) -> RunResult {
     RunResult {
         worker: worker.to_owned(),
         outcome: Outcome::Succeeded,

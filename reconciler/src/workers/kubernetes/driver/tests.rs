@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::workers::kubernetes::{JobTemplate, termination_message};
-use crate::workers::spec::{Outcome, RunResult, sample, worker_name};
+use crate::workers::spec::{RunResult, sample, worker_name};
 
 const NS: &str = "agents";
 
@@ -246,20 +246,7 @@ fn pod_with_message(worker: &str, message: &str) -> Pod {
 }
 
 fn succeeded(worker: &str) -> RunResult {
-    RunResult {
-        worker: worker.to_owned(),
-        outcome: Outcome::Succeeded,
-        reason: "Completed".to_owned(),
-        message: "pushed".to_owned(),
-        pushed_commit: Some("0123456789abcdef0123456789abcdef01234567".to_owned()),
-        tokens_in: 1200,
-        tokens_out: 300,
-        cost_usd: 0.02,
-        summary: "Added the greeting.".to_owned(),
-        log_path: String::new(),
-        started_at: "2026-11-30T00:00:01Z".to_owned(),
-        finished_at: "2026-11-30T00:04:59Z".to_owned(),
-    }
+    crate::workers::kubernetes::tests::result(worker)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
