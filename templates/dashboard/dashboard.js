@@ -32,14 +32,19 @@
     if (want) params.set("phase", want);
     if (text) params.set("q", q.value.trim());
     var query = params.toString();
-    history.replaceState(null, "", location.pathname + (query ? "?" + query : ""));
+    var next = location.pathname + (query ? "?" + query : "");
+    if (next !== location.pathname + location.search) {
+      history.replaceState(null, "", next);
+      // The server filters too (it shows at most the newest 500 rows).
+      schedule();
+    }
   }
 
   function refresh() {
     if (busy) { schedule(); return; }
     busy = true;
-    // The whole list: filtering is done here, so rows that start to match appear.
-    fetch(location.pathname, { headers: { Accept: "text/html" }, cache: "no-store" })
+    // The page as the server renders it for the current filter.
+    fetch(location.pathname + location.search, { headers: { Accept: "text/html" }, cache: "no-store" })
       .then(function (response) {
         if (!response.ok) throw new Error("HTTP " + response.status);
         return response.text();

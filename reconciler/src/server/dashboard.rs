@@ -32,6 +32,10 @@ const JS: &str = include_str!("../../../templates/dashboard/dashboard.js");
 const CSP: &str =
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
 
+/// Most rows the table shows: the most recently changed that match the
+/// filter (a page of 10,000 rows, redrawn on every change, helps nobody).
+pub const MAX_ROWS: usize = 500;
+
 /// How much of a worker's log the request page shows.
 const LOG_TAIL_BYTES: usize = 4096;
 
@@ -464,20 +468,37 @@ pub async fn index(State(state): State<ServerState>, Query(filter): Query<Filter
     let records = state.store().list_requests().await?;
     let ages = state.store().request_ages().await?;
     let board = state.board();
-    let rows = rows(&records, &ages, &board, &filter, crate::time::now());
+    let follower = state.relay_from().is_some() && board.requests.is_empty();
+    let data = index_data(&records, &ages, &board, &filter, follower, crate::time::now());
+    Ok(html(render("index", &data)?, StatusCode::OK))
+}
+
+/// What the requests table is rendered from: at most [`MAX_ROWS`] rows.
+pub fn index_data(
+    records: &[RequestRecord],
+    ages: &BTreeMap<String, i64>,
+    board: &Board,
+    filter: &Filter,
+    follower: bool,
+    now: Millis,
+) -> serde_json::Value {
+    let mut rows = rows(records, ages, board, filter, now);
+    let matched = rows.len();
+    rows.truncate(MAX_ROWS);
     let phases: Vec<PhaseOption> =
         PHASES.iter().map(|p| PhaseOption { name: p.as_str(), selected: filter.phase.as_deref() == Some(p.as_str()) }).collect();
-    let data = serde_json::json!({
+    serde_json::json!({
         "title": "Requests",
-        "rows": rows,
         "count": rows.len(),
+        "matched": matched,
+        "more": matched > rows.len(),
+        "rows": rows,
         "total": records.len(),
         "phases": phases,
         "q": filter.q.clone().unwrap_or_default(),
         "revision": board.revision.chars().take(12).collect::<String>(),
-        "follower": state.relay_from().is_some() && board.requests.is_empty(),
-    });
-    Ok(html(render("index", &data)?, StatusCode::OK))
+        "follower": follower,
+    })
 }
 
 /// `GET /requests/{name}`: one request.

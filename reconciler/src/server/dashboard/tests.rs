@@ -118,10 +118,22 @@ fn pages_render_escaped_and_carry_no_inline_script() {
     assert!(html.contains("hadron/approve/add-healthz/review"));
     assert!(html.contains("agent: &lt;wrote&gt; healthz.sh"), "the log tail is shown, escaped");
     assert_eq!(html.matches("<script").count(), 1, "one script, from /assets (the CSP forbids inline ones)");
-    let rows = rows(&[rec], &BTreeMap::new(), &board, &Filter::default(), 10_000);
-    let index = serde_json::json!({ "title": "Requests", "rows": rows, "count": 1, "total": 1, "phases": [], "q": "", "revision": "", "follower": false });
+    let index = index_data(&[rec], &BTreeMap::new(), &board, &Filter::default(), false, 10_000);
     let html = render("index", &index).expect("renders");
     assert!(html.contains("<a href=\"/requests/add-healthz\">add-healthz</a>"), "{html}");
     let missing = render("request", &serde_json::json!({ "title": "Not found", "missing": "nope" })).expect("renders");
     assert!(missing.contains("No request named <code>nope</code>"));
+}
+
+#[test]
+fn the_table_shows_the_newest_rows_up_to_its_limit_and_says_so() {
+    let records: Vec<RequestRecord> = (0..MAX_ROWS as i64 + 100).map(|i| record(&format!("r{i}"), "Running", None, i)).collect();
+    let data = index_data(&records, &BTreeMap::new(), &Board::default(), &Filter::default(), false, 1_000_000);
+    assert_eq!((data["count"].as_u64(), data["matched"].as_u64(), data["more"].as_bool()), (Some(500), Some(600), Some(true)));
+    assert_eq!(data["rows"][0]["name"], "r599", "the most recently changed first");
+    let html = render("index", &data).expect("renders");
+    assert!(html.contains("Showing the 500 most recently changed of 600 matching requests"), "says there is more");
+    let filtered =
+        index_data(&records, &BTreeMap::new(), &Board::default(), &Filter { q: Some("r12".into()), phase: None }, false, 1_000_000);
+    assert_eq!((filtered["count"].as_u64(), filtered["more"].as_bool()), (Some(11), Some(false)), "r12 and r120..r129");
 }
