@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::model::{Catalog, Diagnostic, Loaded, MAX_FILE_BYTES, load::classify};
+use crate::source::{Blob, PathFilter};
 
 /// Errors of the CLI commands themselves (not of the files they check).
 #[derive(Debug, thiserror::Error)]
@@ -99,49 +100,34 @@ pub fn catalog_from_dir(root: &Path) -> Result<(Catalog, usize), CliError> {
 /// holding `dir` (`dir` may be a folder inside its work tree), and the
 /// commit's id.
 pub fn catalog_at_rev(dir: &Path, rev: &str) -> Result<(Catalog, String), CliError> {
-    use gix::objs::tree::EntryKind;
     let fail = |message: String| CliError::Git { dir: dir.to_owned(), rev: rev.to_owned(), message };
     let repo = gix::discover(dir).map_err(|e| fail(format!("not in a git repository ({e})")))?;
     let dir_abs = std::path::absolute(dir).map_err(|source| CliError::Read { path: dir.to_owned(), source })?;
     let top = repo.workdir().and_then(|w| std::path::absolute(w).ok()).unwrap_or_else(|| dir_abs.clone());
-    let prefix = dir_abs.strip_prefix(&top).map(|p| p.to_string_lossy().replace('\\', "/")).unwrap_or_default();
+    let prefix: Vec<String> =
+        dir_abs.strip_prefix(&top).map(|p| p.iter().map(|c| c.to_string_lossy().into_owned()).collect()).unwrap_or_default();
     let id = repo.rev_parse_single(rev).map_err(|e| fail(e.to_string()))?;
     let commit = id.object().map_err(|e| fail(e.to_string()))?.peel_to_commit().map_err(|e| fail(e.to_string()))?;
-    let root = commit.tree_id().map_err(|e| fail(e.to_string()))?.detach();
+    let commit_id = commit.id.to_string();
+    let mut root = commit.tree_id().map_err(|e| fail(e.to_string()))?.detach();
+    // DIR inside the work tree: its folder at REV, named as from DIR.
+    if !prefix.is_empty() {
+        let parts: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        root = match crate::gates::history::entry_at(&repo, root, &parts, true).map_err(|e| fail(e.to_string()))? {
+            Some(tree) => tree,
+            None => return Ok((Catalog::new(), commit_id)),
+        };
+    }
+    let files =
+        crate::source::tree_files(&repo, root, &PathFilter::hadron(), MAX_FILE_BYTES as u64, &mut 0).map_err(|e| fail(e.to_string()))?;
     let mut catalog = Catalog::new();
-    let mut stack = vec![(String::new(), root)];
-    while let Some((path, tree_id)) = stack.pop() {
-        let tree = repo.find_tree(tree_id).map_err(|e| fail(e.to_string()))?;
-        for entry in tree.iter() {
-            let entry = entry.map_err(|e| fail(e.to_string()))?;
-            let name = entry.filename().to_string();
-            let full = if path.is_empty() { name } else { format!("{path}/{name}") };
-            // Only what lies under `dir`, named as from `dir`.
-            let key = if prefix.is_empty() {
-                full.clone()
-            } else if let Some(rest) = full.strip_prefix(&format!("{prefix}/")) {
-                rest.to_owned()
-            } else {
-                if entry.mode().kind() == EntryKind::Tree && (prefix == full || prefix.starts_with(&format!("{full}/"))) {
-                    stack.push((full, entry.object_id()));
-                }
-                continue;
-            };
-            match entry.mode().kind() {
-                EntryKind::Tree if !key.starts_with('.') => stack.push((full, entry.object_id())),
-                EntryKind::Blob | EntryKind::BlobExecutable if !matches!(classify(&key), Ok(None)) => {
-                    let blob = repo.find_blob(entry.object_id()).map_err(|e| fail(e.to_string()))?;
-                    if blob.data.len() > MAX_FILE_BYTES {
-                        catalog.upsert_too_large(&key, blob.data.len() as u64);
-                    } else {
-                        catalog.upsert(&key, &blob.data);
-                    }
-                }
-                _ => {}
-            }
+    for (path, blob) in &files {
+        match blob {
+            Blob::Data(bytes) => catalog.upsert(path, bytes),
+            Blob::TooLarge { size } => catalog.upsert_too_large(path, *size),
         }
     }
-    Ok((catalog, commit.id.to_string()))
+    Ok((catalog, commit_id))
 }
 
 /// Output format of `hadron validate`.

@@ -644,6 +644,16 @@ async fn a_pull_request_into_the_control_repo_gets_one_plan_comment_edited_on_ev
     ensure!(comments[0].body.contains("**The plan has errors**"), "{}", comments[0].body);
     wait_for(&hadron, "the failing status", Duration::from_secs(30), || status_of(&second).is_some()).await?;
     ensure!(status_of(&second).is_some_and(|s| s.state == "failure"), "{:?}", status_of(&second));
+
+    // A PR whose head Hadron cannot fetch (Gitea has no refs/pull/2/head):
+    // its author is told on the PR, and PR 1 is left as it is.
+    let ghost = "0123456789abcdef0123456789abcdef01234567";
+    let number = double.open_pr("acme/control", "ghost", "main", ghost);
+    ensure!(send_hook(&http, &hadron, "pull_request", &pr_payload("pull_request_opened.json", number, "ghost", ghost)?).await? == 202);
+    wait_for(&hadron, "the error status on the unreadable PR", Duration::from_secs(60), || status_of(ghost).is_some()).await?;
+    let status = status_of(ghost).context("a status")?;
+    ensure!(status.state == "error" && status.description.contains("could not read this pull request's head"), "{status:?}");
+    ensure!(double.comments("acme/control", number).is_empty() && comment(&double).len() == 1);
     double.assert_all_requests_matched_swagger();
     Ok(())
 }

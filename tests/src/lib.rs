@@ -220,6 +220,10 @@ impl Live {
 
 impl Drop for Live {
     fn drop(&mut self) {
+        // Already reaped (stopped by the test): its pid may be someone else's now.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {

@@ -312,6 +312,13 @@ pub fn approval_branch(request: &str, gate: &str) -> String {
     format!("hadron/approve/{request}/{gate}")
 }
 
+/// `(request, gate)` of `hadron/approve/<request>/<gate>` (both DNS-1123
+/// labels), the inverse of [`approval_branch`]; `None` for any other branch.
+pub fn parse_approval_branch(branch: &str) -> Option<(String, String)> {
+    let (request, gate) = branch.strip_prefix("hadron/approve/")?.split_once('/')?;
+    (crate::ids::is_dns_label(request) && crate::ids::is_dns_label(gate)).then(|| (request.to_owned(), gate.to_owned()))
+}
+
 /// The Approval object Hadron proposes for a gate.
 pub fn approval_object(request: &str, gate: &str, generation: &str, summary: &str) -> Approval {
     Approval {

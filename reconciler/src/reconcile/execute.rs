@@ -232,7 +232,7 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             .await
             .map_err(|e| ReconcileError::Join(e.to_string()))??;
             ctx.store.set_approval_branch_opened_for(request, gate, opened_for, t).await?;
-            ctx.store.append_event(&event(t, request, "approval.open", revision, format!("hadron/approve/{request}/{gate}"))).await?;
+            ctx.store.append_event(&event(t, request, "approval.open", revision, crate::gates::approval_branch(request, gate))).await?;
         }
         Action::Forget { request } => {
             ctx.store.delete_request(request).await?;

@@ -321,6 +321,8 @@ pub struct Context {
     board_stale: bool,
     /// Whether the plan previews of open pull requests are to be written.
     previews_due: bool,
+    /// Pull request → the head whose unreadable state was said on it.
+    preview_errors: BTreeMap<u64, String>,
 }
 
 impl Context {
@@ -369,6 +371,7 @@ impl Context {
             pending_publish: None,
             board_stale: true,
             previews_due: true,
+            preview_errors: BTreeMap::new(),
         })
     }
 

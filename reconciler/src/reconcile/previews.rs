@@ -14,10 +14,10 @@
 use std::collections::BTreeSet;
 
 use crate::forge::gitea::PullRequest;
-use crate::forge::{CommitState, GiteaError};
+use crate::forge::{CommitState, GiteaClient, GiteaError, RepoRef};
 use crate::model::{Catalog, Severity};
 use crate::plan::preview::{self, Change};
-use crate::source::{Blob, ChangeSet};
+use crate::source::{Blob, ChangeSet, Revision};
 use crate::store::PlanComment;
 use crate::time::Millis;
 
@@ -38,7 +38,7 @@ fn fence(text: &str) -> String {
 }
 
 /// The comment's Markdown.
-pub fn comment_body(plan_text: &str, head: &str, base_branch: &str, base: &str, failed: bool) -> String {
+fn comment_body(plan_text: &str, head: &str, base_branch: &str, base: &str, failed: bool) -> String {
     let fence = fence(plan_text);
     let short = |s: &str| s.chars().take(12).collect::<String>();
     let verdict = if failed {
@@ -117,78 +117,106 @@ impl Context {
             .await?
             .into_iter()
             // Hadron's own approval PRs change only approvals/.
-            .filter(|p| p.base.ref_name == self.cfg.branch && !p.head.ref_name.starts_with("hadron/approve/"))
+            .filter(|p| p.base.ref_name == self.cfg.branch && crate::gates::parse_approval_branch(&p.head.ref_name).is_none())
             .collect();
         // The records of PRs closed or merged since are forgotten.
         self.store.forget_plan_comments(&prs.iter().map(|p| p.number).collect()).await?;
         let mut me: Option<String> = None;
-        for pr in prs {
-            let known = self.store.plan_comment(pr.number).await?;
-            let base_hex = base.id().to_string();
-            if known.as_ref().is_some_and(|k| k.head == pr.head.sha && k.base == base_hex) {
-                continue;
-            }
-            let source = self.source.clone();
-            let number = pr.number;
-            let changes = tokio::task::spawn_blocking(move || {
-                let mut source = source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?;
-                let head = source.fetch_pull(number)?;
-                Ok::<_, ReconcileError>(source.pull_changes(base, head)?)
-            })
-            .await
-            .map_err(|e| ReconcileError::Join(e.to_string()))??;
-            let touched: BTreeSet<&str> = changes
-                .upserts
-                .iter()
-                .map(|(p, _)| p.as_str())
-                .chain(changes.deletes.iter().map(String::as_str))
-                .filter(|p| matters(p))
-                .collect();
-            if touched.is_empty() && known.is_none() {
-                continue;
-            }
-            let mut after = self.catalog.clone();
-            apply(&mut after, &changes);
-            let after = after.snapshot();
-            let before = self.catalog.loaded();
-            let foretold = preview::preview(&before.desired, &after.desired, &before.desired.statuses);
-            // Errors of the files this PR touches (others were there before it).
-            let diagnostics: Vec<_> = after.diagnostics.iter().filter(|d| touched.contains(d.path.as_str())).cloned().collect();
-            let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-            let against = format!("against {} at {}", self.cfg.branch, &base_hex[..12.min(base_hex.len())]);
-            let text = preview::render_text(&foretold, &diagnostics, &against);
-            let body = comment_body(&text, &pr.head.sha, &self.cfg.branch, &base_hex, errors > 0);
-
-            // One comment per PR: the one recorded, else Hadron's own found
-            // by its marker, else a new one.
-            let mut comment = None;
-            if let Some(k) = &known {
-                match client.edit_comment(&control, k.comment, &body).await {
-                    Ok(c) => comment = Some(c.id),
-                    Err(GiteaError::NotFound { .. }) => {}
-                    Err(e) => return Err(e.into()),
+        let mut failed = false;
+        self.preview_errors.retain(|n, _| prs.iter().any(|p| p.number == *n));
+        for pr in &prs {
+            let Err(e) = self.preview_one(&client, &control, pr, base, &mut me, t).await else { continue };
+            // One pull request that cannot be previewed holds up no other.
+            tracing::warn!(pr = pr.number, reason = e.reason(), error = %e, "could not preview this pull request; the next pass tries again");
+            failed = true;
+            // Its author waits on the PR: say it there, once per head, when
+            // its head cannot be read (Gitea's own errors are retried quietly).
+            if matches!(e, ReconcileError::Source(_)) && self.preview_errors.get(&pr.number) != Some(&pr.head.sha) {
+                let why = format!("Hadron could not read this pull request's head ({}); its log says why", e.reason());
+                if client.set_status(&control, &pr.head.sha, "plan", CommitState::Error, &why, Some(&pr.html_url)).await.is_ok() {
+                    self.preview_errors.insert(pr.number, pr.head.sha.clone());
                 }
             }
-            if comment.is_none() {
-                if me.is_none() {
-                    me = Some(client.current_user().await?.login);
-                }
-                let mine = client
-                    .comments(&control, pr.number)
-                    .await?
-                    .into_iter()
-                    .find(|c| c.body.starts_with(PLAN_MARKER) && c.user.as_ref().map(|u| &u.login) == me.as_ref());
-                comment = Some(match mine {
-                    Some(c) => client.edit_comment(&control, c.id, &body).await?.id,
-                    None => client.create_comment(&control, pr.number, &body).await?.id,
-                });
-            }
-            let comment = comment.expect("because a comment was edited or created above");
-            let state = if errors > 0 { CommitState::Failure } else { CommitState::Success };
-            client.set_status(&control, &pr.head.sha, "plan", state, &summary(&foretold, errors), Some(&pr.html_url)).await?;
-            self.store.set_plan_comment(pr.number, &PlanComment { comment, head: pr.head.sha.clone(), base: base_hex }, t).await?;
-            tracing::info!(pr = pr.number, head = %pr.head.sha, errors, "plan preview written on the pull request");
         }
+        self.previews_due |= failed;
+        Ok(())
+    }
+
+    /// The preview of one pull request, written unless its head and base did not move.
+    async fn preview_one(
+        &mut self,
+        client: &GiteaClient,
+        control: &RepoRef,
+        pr: &PullRequest,
+        base: Revision,
+        me: &mut Option<String>,
+        t: Millis,
+    ) -> Result<(), ReconcileError> {
+        let known = self.store.plan_comment(pr.number).await?;
+        let base_hex = base.id().to_string();
+        if known.as_ref().is_some_and(|k| k.head == pr.head.sha && k.base == base_hex) {
+            return Ok(());
+        }
+        let source = self.source.clone();
+        let number = pr.number;
+        let changes = tokio::task::spawn_blocking(move || {
+            let mut source = source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?;
+            let head = source.fetch_pull(number)?;
+            Ok::<_, ReconcileError>(source.pull_changes(base, head)?)
+        })
+        .await
+        .map_err(|e| ReconcileError::Join(e.to_string()))??;
+        let touched: BTreeSet<&str> = changes
+            .upserts
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .chain(changes.deletes.iter().map(String::as_str))
+            .filter(|p| matters(p))
+            .collect();
+        if touched.is_empty() && known.is_none() {
+            return Ok(());
+        }
+        let mut after = self.catalog.clone();
+        apply(&mut after, &changes);
+        let after = after.snapshot();
+        let before = self.catalog.loaded();
+        let foretold = preview::preview(&before.desired, &after.desired, &before.desired.statuses);
+        // Errors of the files this PR touches (others were there before it).
+        let diagnostics: Vec<_> = after.diagnostics.iter().filter(|d| touched.contains(d.path.as_str())).cloned().collect();
+        let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+        let against = format!("against {} at {}", self.cfg.branch, &base_hex[..12.min(base_hex.len())]);
+        let text = preview::render_text(&foretold, &diagnostics, &against);
+        let body = comment_body(&text, &pr.head.sha, &self.cfg.branch, &base_hex, errors > 0);
+
+        // One comment per PR: the one recorded, else Hadron's own found
+        // by its marker, else a new one.
+        let mut comment = None;
+        if let Some(k) = &known {
+            match client.edit_comment(control, k.comment, &body).await {
+                Ok(c) => comment = Some(c.id),
+                Err(GiteaError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if comment.is_none() {
+            if me.is_none() {
+                *me = Some(client.current_user().await?.login);
+            }
+            let mine = client
+                .comments(control, pr.number)
+                .await?
+                .into_iter()
+                .find(|c| c.body.starts_with(PLAN_MARKER) && c.user.as_ref().map(|u| &u.login) == me.as_ref());
+            comment = Some(match mine {
+                Some(c) => client.edit_comment(control, c.id, &body).await?.id,
+                None => client.create_comment(control, pr.number, &body).await?.id,
+            });
+        }
+        let comment = comment.expect("because a comment was edited or created above");
+        let state = if errors > 0 { CommitState::Failure } else { CommitState::Success };
+        client.set_status(control, &pr.head.sha, "plan", state, &summary(&foretold, errors), Some(&pr.html_url)).await?;
+        self.store.set_plan_comment(pr.number, &PlanComment { comment, head: pr.head.sha.clone(), base: base_hex }, t).await?;
+        tracing::info!(pr = pr.number, head = %pr.head.sha, errors, "plan preview written on the pull request");
         Ok(())
     }
 }

@@ -367,7 +367,7 @@ pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board:
                     state_class: state_class(state),
                     current: waiting,
                     workers: Vec::new(),
-                    branch: (gate.gate_type == GateType::Approval).then(|| format!("hadron/approve/{}/{}", record.name, gate.name)),
+                    branch: (gate.gate_type == GateType::Approval).then(|| crate::gates::approval_branch(&record.name, &gate.name)),
                     pull_request: approval_prs.get(&gate.name).and_then(|u| web(u)),
                     message: condition.map(|c| c.message.clone()).unwrap_or_default(),
                 });

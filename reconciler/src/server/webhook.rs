@@ -20,7 +20,6 @@ use sha2::Sha256;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::{ControlRepoId, ServerError, ServerState, Trigger, WebhookSecret};
-use crate::ids::is_dns_label;
 
 /// Header carrying the event name, e.g. `push`.
 pub const EVENT_HEADER: &str = "X-Gitea-Event";
@@ -31,9 +30,6 @@ pub const SIGNATURE_HEADER: &str = "X-Gitea-Signature";
 
 /// Longest delivery id accepted (Gitea sends a 36-character UUID).
 const MAX_DELIVERY_ID: usize = 128;
-
-/// The branch prefix of approval PRs: `hadron/approve/<request>/<gate>`.
-const APPROVAL_PREFIX: &str = "hadron/approve/";
 
 /// The lowercase hex HMAC-SHA256 of `body` keyed by `secret`, as Gitea sends it.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
@@ -154,11 +150,7 @@ fn approval_merge(pr: PullRequestPayload, control: &ControlRepoId) -> Result<Dec
     Ok(Decision::Trigger(Trigger::ApprovalMerged { request, gate, merged_by_login, merge_commit }))
 }
 
-/// `(request, gate)` of `hadron/approve/<request>/<gate>`, both DNS-1123 labels.
-pub fn parse_approval_branch(branch: &str) -> Option<(String, String)> {
-    let (request, gate) = branch.strip_prefix(APPROVAL_PREFIX)?.split_once('/')?;
-    (is_dns_label(request) && is_dns_label(gate)).then(|| (request.to_owned(), gate.to_owned()))
-}
+pub use crate::gates::parse_approval_branch;
 
 fn strip_heads(git_ref: &str) -> &str {
     git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref)

@@ -53,6 +53,7 @@ use std::time::Duration;
 use gix::ObjectId;
 
 pub use error::SourceError;
+pub use read::tree_files;
 pub use trigger::{TriggerHandle, spawn_triggers};
 
 /// Default branch read when none is configured.

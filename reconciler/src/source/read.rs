@@ -5,7 +5,7 @@
 use gix::ObjectId;
 use gix::objs::tree::EntryKind;
 
-use super::{Blob, ChangeSet, FileMap, Revision, Source, SourceError};
+use super::{Blob, ChangeSet, FileMap, PathFilter, Revision, Source, SourceError};
 
 impl Source {
     /// The tree of the commit `rev`, which must be in the mirror.
@@ -48,39 +48,8 @@ impl Source {
     }
 
     fn read_tree(&mut self, root: ObjectId) -> Result<FileMap, SourceError> {
-        let mut blobs: Vec<(String, ObjectId)> = Vec::new();
         let repo = self.mirror()?;
-        {
-            let filter = &self.opts.filter;
-            let mut stack: Vec<(String, ObjectId)> = vec![(String::new(), root)];
-            while let Some((dir, tree_id)) = stack.pop() {
-                let tree = repo.find_tree(tree_id).map_err(|e| SourceError::from_local(&e))?;
-                for entry in tree.iter() {
-                    let entry = entry.map_err(|e| SourceError::Corrupt { message: format!("tree {tree_id}: {e}") })?;
-                    let name = entry.filename().to_string();
-                    let path = if dir.is_empty() { name } else { format!("{dir}/{name}") };
-                    match entry.mode().kind() {
-                        EntryKind::Tree => {
-                            if filter.may_contain(&path) {
-                                stack.push((path, entry.object_id()));
-                            }
-                        }
-                        EntryKind::Blob | EntryKind::BlobExecutable => {
-                            if filter.matches_file(&path) {
-                                blobs.push((path, entry.object_id()));
-                            }
-                        }
-                        EntryKind::Link | EntryKind::Commit => {}
-                    }
-                }
-            }
-        }
-        let mut files = FileMap::new();
-        for (path, id) in blobs {
-            let blob = read_blob(&repo, id, self.opts.max_blob_size, &mut self.blobs_read)?;
-            files.insert(path, blob);
-        }
-        Ok(files)
+        tree_files(&repo, root, &self.opts.filter, self.opts.max_blob_size, &mut self.blobs_read)
     }
 
     pub(super) fn diff(
@@ -157,6 +126,46 @@ impl Source {
 }
 
 /// Read blob `id` unless it is larger than `cap`; counts reads in `counter`.
+/// Every file below the tree `root` of `repo` that `filter` keeps, read
+/// (a blob over `cap` bytes is [`Blob::TooLarge`], unread); `counter`
+/// counts the blobs read.
+pub fn tree_files(
+    repo: &gix::Repository,
+    root: ObjectId,
+    filter: &PathFilter,
+    cap: u64,
+    counter: &mut u64,
+) -> Result<FileMap, SourceError> {
+    let mut blobs: Vec<(String, ObjectId)> = Vec::new();
+    let mut stack: Vec<(String, ObjectId)> = vec![(String::new(), root)];
+    while let Some((dir, tree_id)) = stack.pop() {
+        let tree = repo.find_tree(tree_id).map_err(|e| SourceError::from_local(&e))?;
+        for entry in tree.iter() {
+            let entry = entry.map_err(|e| SourceError::Corrupt { message: format!("tree {tree_id}: {e}") })?;
+            let name = entry.filename().to_string();
+            let path = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+            match entry.mode().kind() {
+                EntryKind::Tree => {
+                    if filter.may_contain(&path) {
+                        stack.push((path, entry.object_id()));
+                    }
+                }
+                EntryKind::Blob | EntryKind::BlobExecutable => {
+                    if filter.matches_file(&path) {
+                        blobs.push((path, entry.object_id()));
+                    }
+                }
+                EntryKind::Link | EntryKind::Commit => {}
+            }
+        }
+    }
+    let mut files = FileMap::new();
+    for (path, id) in blobs {
+        files.insert(path, read_blob(repo, id, cap, counter)?);
+    }
+    Ok(files)
+}
+
 fn read_blob(repo: &gix::Repository, id: ObjectId, cap: u64, counter: &mut u64) -> Result<Blob, SourceError> {
     let size = repo.find_header(id).map_err(|e| SourceError::from_local(&e))?.size();
     if size > cap {

@@ -408,8 +408,7 @@ impl Driver for LocalDriver {
         file.seek(SeekFrom::Start(from)).map_err(|e| DriverError::io(&path, e))?;
         let mut text = Vec::new();
         file.read_to_end(&mut text).map_err(|e| DriverError::io(&path, e))?;
-        let whole = from == 0;
-        Ok(Some(if whole { String::from_utf8_lossy(&text).into_owned() } else { super::tail_of(&text, text.len().saturating_sub(1)) }))
+        Ok(Some(super::whole_lines(&text, from > 0)))
     }
 
     fn prune(&self, finished: &[String], retention: Duration) -> Result<usize, DriverError> {

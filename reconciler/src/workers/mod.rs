@@ -207,10 +207,15 @@ pub trait Driver: Send + Sync {
     }
 }
 
-/// The last `max_bytes` (at most) of `text`, starting at a line when one starts within it.
+/// The last `max_bytes` (at most) of `text`, from the first whole line in them.
 pub fn tail_of(text: &[u8], max_bytes: usize) -> String {
     let start = text.len().saturating_sub(max_bytes);
-    let cut = &text[start..];
-    let cut = if start > 0 { cut.iter().position(|b| *b == b'\n').map_or(cut, |i| &cut[i + 1..]) } else { cut };
-    String::from_utf8_lossy(cut).into_owned()
+    whole_lines(&text[start..], start > 0)
+}
+
+/// `text` as a string, without its first (partial) line when `cut` says it
+/// starts in the middle of one.
+pub fn whole_lines(text: &[u8], cut: bool) -> String {
+    let text = if cut { text.iter().position(|b| *b == b'\n').map_or(text, |i| &text[i + 1..]) } else { text };
+    String::from_utf8_lossy(text).into_owned()
 }

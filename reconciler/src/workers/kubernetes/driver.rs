@@ -201,32 +201,31 @@ impl KubernetesDriver {
                 });
             }
         }
+        let jobs = self.cache.state();
         let mut out = Vec::new();
-        for job in self.cache.state() {
+        for job in &jobs {
             let (Some(name), Some(uid)) = (job.metadata.name.as_deref(), job.metadata.uid.as_deref()) else { continue };
-            if !is_finished(&job) {
-                out.extend(observe_job(&job, None));
+            if !is_finished(job) {
+                out.extend(observe_job(job, None));
                 continue;
             }
             let known = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(uid).cloned();
-            let mut seen = match known {
-                Some(state) => observe_job(&job, None).map(|o| Observation { state, ..o }),
+            let seen = match known {
+                Some(state) => observe_job(job, None).map(|o| Observation { state, ..o }),
                 None => {
                     let message = self.termination_message(name).await?;
-                    let seen = observe_job(&job, message.as_deref());
+                    let seen = observe_job(job, message.as_deref());
                     if let Some(o) = &seen {
                         self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid.to_owned(), o.state.clone());
                     }
                     seen
                 }
             };
-            if let Some(o) = seen.take() {
-                out.push(o);
-            }
+            out.extend(seen);
         }
         // Results of Jobs no longer listed are not needed again.
-        let live: BTreeSet<String> = self.cache.state().iter().filter_map(|j| j.metadata.uid.clone()).collect();
-        self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|uid, _| live.contains(uid));
+        let listed: BTreeSet<&str> = jobs.iter().filter_map(|j| j.metadata.uid.as_deref()).collect();
+        self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|uid, _| listed.contains(uid.as_str()));
         Ok(out)
     }
 
@@ -280,12 +279,10 @@ impl KubernetesDriver {
     async fn prune_all(&self, finished: &[String], retention: Duration) -> Result<usize, DriverError> {
         let now = jiff::Timestamp::now();
         let retention = jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX);
+        let jobs: HashMap<String, Arc<Job>> = self.cache.state().into_iter().filter_map(|j| Some((j.metadata.name.clone()?, j))).collect();
         let mut removed = 0;
         for worker in finished {
-            let Some(job) = self.cache.state().into_iter().find(|j| j.metadata.name.as_deref() == Some(worker.as_str())) else {
-                continue;
-            };
-            let Some(done) = finished_at(&job) else { continue };
+            let Some(done) = jobs.get(worker).and_then(|j| finished_at(j)) else { continue };
             if now.duration_since(done) >= retention {
                 self.cancel_one(worker).await?;
                 removed += 1;
@@ -293,7 +290,6 @@ impl KubernetesDriver {
         }
         // Secrets of starts cut short before their Job was made: reaped
         // once no Job claims them and they are ten minutes old.
-        let jobs: BTreeSet<String> = self.cache.state().iter().filter_map(|j| j.metadata.name.clone()).collect();
         let secrets = self
             .secrets
             .list_metadata(&ListParams::default().labels(&selector()))
@@ -301,7 +297,7 @@ impl KubernetesDriver {
             .map_err(|e| self.api_error("list secrets", "", e))?;
         for secret in secrets.items {
             let Some(name) = secret.metadata.name.as_deref() else { continue };
-            let orphan = secret.metadata.owner_references.as_ref().is_none_or(Vec::is_empty) && !jobs.contains(name);
+            let orphan = secret.metadata.owner_references.as_ref().is_none_or(Vec::is_empty) && !jobs.contains_key(name);
             let old =
                 secret.metadata.creation_timestamp.as_ref().is_some_and(|t| now.duration_since(t.0) >= jiff::SignedDuration::from_mins(10));
             if orphan && old {
