@@ -683,7 +683,7 @@ async fn run(
                 }
                 let _ = out.flush();
                 let idle = report.idle;
-                last = Some(report.clone());
+                last = Some(report.without_changes());
                 if exit_when_idle && idle {
                     return false;
                 }
@@ -750,7 +750,7 @@ pub fn change_line(c: &reconcile::PhaseChange, at: crate::time::Millis, local_fo
 
 fn summary(report: &PassReport, control: &str, out: &mut dyn Write) {
     let _ = writeln!(out, "\n{:<24} {:<20} {:<12} MESSAGE", "REQUEST", "PHASE", "STAGE");
-    for (name, (phase, stage, message)) in &report.phases {
+    for (name, (phase, stage, message)) in report.phases.iter() {
         let _ = writeln!(out, "{name:<24} {:<20} {:<12} {message}", phase.as_str(), stage.as_deref().unwrap_or("-"));
     }
     let waiting: Vec<&String> = report.phases.iter().filter(|(_, (p, _, _))| *p == Phase::WaitingForApproval).map(|(n, _)| n).collect();

@@ -33,7 +33,7 @@ impl Default for Settings {
         Settings {
             api_version: API_VERSION.to_owned(),
             kind: "Settings".to_owned(),
-            metadata: Metadata { name: "hadron".to_owned(), labels: BTreeMap::new(), annotations: BTreeMap::new() },
+            metadata: Metadata { name: "hadron".to_owned(), labels: Default::default(), annotations: Default::default() },
             spec: Default::default(),
         }
     }

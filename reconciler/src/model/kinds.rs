@@ -24,11 +24,55 @@ pub struct Metadata {
     /// digit). It must equal the file name without `.yaml`.
     pub name: String,
     /// Free-form labels, for people and tools. Hadron does not interpret them.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub labels: StringMap,
     /// Free-form annotations, for people and tools. Hadron does not interpret them.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub annotations: StringMap,
+}
+
+/// A map of strings (labels, annotations) kept as one sorted slice: read
+/// and written as a YAML mapping, like a `BTreeMap`, but without a B-tree
+/// node of about 500 bytes for a single pair (10,000 requests with one
+/// label each held 5 MB of nodes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StringMap(Box<[(String, String)]>);
+
+impl StringMap {
+    /// Whether there is no pair.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok().map(|i| self.0[i].1.as_str())
+    }
+
+    /// The pairs, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+impl From<BTreeMap<String, String>> for StringMap {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        StringMap(map.into_iter().collect())
+    }
+}
+
+impl Serialize for StringMap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for StringMap {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        BTreeMap::<String, String>::deserialize(deserializer).map(StringMap::from)
+    }
 }
 
 /// `hadron.yaml` at the root of the control repo: defaults for every request,

@@ -82,6 +82,21 @@ mod tests {
     }
 
     #[test]
+    fn labels_read_and_write_as_a_mapping() {
+        let labelled = REQUEST.replace("  name: fix\n", "  name: fix\n  labels: {team: a, area: ui}\n");
+        let request = request(&labelled);
+        assert_eq!(request.metadata.labels.get("team"), Some("a"));
+        assert_eq!(request.metadata.labels.iter().collect::<Vec<_>>(), [("area", "ui"), ("team", "a")], "sorted by key");
+        assert_eq!(request.metadata.labels.get("nope"), None);
+        let yaml = serde_saphyr::to_string(&request.metadata).expect("metadata serialises");
+        assert!(yaml.contains("labels:\n  area: ui\n  team: a\n"), "{yaml}");
+        assert!(!yaml.contains("annotations"), "an empty map is left out: {yaml}");
+        let broken = REQUEST.replace("  name: fix\n", "  name: fix\n  labels: [a, b]\n");
+        let loaded = Catalog::load([("requests/fix.yaml", broken.as_bytes()), ("agents/a.yaml", AGENT.as_bytes())]);
+        assert!(loaded.desired.invalid_requests.contains_key("fix"), "labels must be a mapping");
+    }
+
+    #[test]
     fn catalog_updates_file_by_file() {
         let mut catalog = Catalog::new();
         catalog.upsert("agents/a.yaml", AGENT.as_bytes());

@@ -189,8 +189,9 @@ pub struct PassReport {
     pub revision: String,
     /// Phase changes.
     pub changes: Vec<PhaseChange>,
-    /// Phases of every request after the pass.
-    pub phases: BTreeMap<String, (Phase, Option<String>, String)>,
+    /// Phase, stage and message of every request after the pass (shared:
+    /// a copy of the report does not copy 10,000 messages).
+    pub phases: Arc<BTreeMap<String, (Phase, Option<String>, String)>>,
     /// Live workers after the pass.
     pub live_workers: usize,
     /// How soon the driver must look at the live workers again when no
@@ -212,6 +213,27 @@ pub struct PassReport {
     /// run and the last status commit is younger than the status interval
     /// (`wake_at` is when it is due).
     pub held: usize,
+}
+
+impl PassReport {
+    /// A copy without the phase changes: what is kept of a pass once its
+    /// changes were shown (at 10,000 requests a first pass has 10,000).
+    pub fn without_changes(&self) -> PassReport {
+        PassReport {
+            revision: self.revision.clone(),
+            changes: Vec::new(),
+            phases: self.phases.clone(),
+            live_workers: self.live_workers,
+            recheck: self.recheck,
+            status_commit: self.status_commit.clone(),
+            wake_at: self.wake_at,
+            idle: self.idle,
+            forge_retry: self.forge_retry,
+            degraded: self.degraded.clone(),
+            unpublished: self.unpublished,
+            held: self.held,
+        }
+    }
 }
 
 /// Where a pass reports what it did, for the HTTP server.
@@ -276,8 +298,6 @@ pub struct Context {
     /// while the catalog holds them as written: a fetch that brings them
     /// back neither reads, parses nor counts them as a change.
     written: BTreeMap<String, gix::ObjectId>,
-    /// What was last shown of each request.
-    seen: BTreeMap<String, Seen>,
     /// Digest of each status file's re-rendered text, cached by the parsed
     /// file it was computed from (recomputed only when the file changes).
     status_digests: BTreeMap<String, (Arc<crate::model::RequestStatus>, String)>,
@@ -308,7 +328,7 @@ pub struct Context {
     /// once, then written through; reloaded after housekeeping).
     digests: Option<BTreeMap<String, String>>,
     /// Each request's status file as last rendered, with its inputs.
-    rendered: BTreeMap<String, publish::Rendered>,
+    rendered: BTreeMap<String, Box<publish::Rendered>>,
     /// The status files found to be Hadron's own in the last pass (`None`:
     /// look at every file again).
     own: Option<publish::OwnStatuses>,
@@ -350,7 +370,6 @@ impl Context {
             catalog: Catalog::new(),
             last_report: None,
             written: BTreeMap::new(),
-            seen: BTreeMap::new(),
             status_digests: BTreeMap::new(),
             reported_untrusted: BTreeMap::new(),
             reported_unnamed: BTreeSet::new(),
@@ -566,7 +585,7 @@ impl Context {
                 && prev.wake_at.is_none_or(|w| w > t)
                 && !prev.phases.values().any(|(p, _, _)| *p == Phase::WaitingForCI);
             if quiet {
-                let report = PassReport { revision, changes: Vec::new(), status_commit: None, ..prev.clone() };
+                let report = PassReport { revision, status_commit: None, ..prev.without_changes() };
                 // Nothing to decide, but a pull request may want its preview.
                 self.step_previews(t).await;
                 return Ok(report);
@@ -666,7 +685,7 @@ impl Context {
         }
         timer.lap("housekeeping");
         tracing::debug!(steps = %timer, "pass steps");
-        self.last_report = Some(report.clone());
+        self.last_report = Some(report.without_changes());
         Ok(report)
     }
 

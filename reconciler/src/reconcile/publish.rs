@@ -31,8 +31,6 @@ pub(super) struct Rendered {
     status: Arc<crate::model::RequestStatus>,
     /// Whether the text is what the previous file holds.
     same: bool,
-    /// What a person is shown of it.
-    seen: Seen,
 }
 
 impl Rendered {
@@ -157,6 +155,7 @@ impl Context {
         let none = BTreeMap::new();
         let mut timer = super::StepTimer::start();
         let mut urgent = false;
+        let mut phases = BTreeMap::new();
         let known = self.rendered.len();
         self.rendered.retain(|name, _| plan.requests.contains_key(name));
         self.board_stale |= self.rendered.len() != known;
@@ -177,12 +176,19 @@ impl Context {
             .filter(|job| !self.rendered.get(job.name).is_some_and(|c| c.holds(job.view, job.prev, job.prs, job.stalled)))
             .collect();
         self.board_stale |= !jobs.is_empty();
+        // What a person was shown of each request rendered again: its last
+        // rendering, or (the first time) its status file. Only these can
+        // have changed.
+        let mut shown: BTreeMap<String, Option<Seen>> = BTreeMap::new();
         for (job, fresh) in jobs.iter().zip(render_all(&jobs, revision, t)) {
-            self.rendered.insert(job.name.clone(), fresh);
+            let before = match self.rendered.insert(job.name.clone(), Box::new(fresh)) {
+                Some(old) => Some(Seen::of(&old.status.status)),
+                None => job.prev.map(|p| Seen::of(&p.status)),
+            };
+            shown.insert(job.name.clone(), before);
         }
         drop(jobs);
         for (name, view) in &plan.requests {
-            let prev = self.catalog.loaded().desired.statuses.get(name).map(Arc::as_ref);
             let cached = self.rendered.get(name).expect("because every request was rendered above or is in the cache");
             let (text, status, same) = (cached.text.clone(), cached.status.clone(), cached.same);
             if !crate::ids::is_dns_label(name) {
@@ -208,16 +214,12 @@ impl Context {
                 // Its trust changed without its file: look at every file next pass.
                 self.own = None;
             }
-            // What a person is shown changed: an event (compared in place,
-            // copied only when it changed).
-            let now_seen = &self.rendered[name].seen;
-            let unchanged = match self.seen.get(name) {
-                Some(before) => before == now_seen,
-                None => prev.is_some_and(|p| Seen::of(&p.status) == *now_seen),
-            };
-            if !unchanged {
-                let now_seen = now_seen.clone();
-                let before = self.seen.get(name).cloned().or_else(|| prev.map(|p| Seen::of(&p.status)));
+            // What a person is shown changed: an event.
+            let now_seen = Seen::of(&self.rendered[name].status.status);
+            let before = shown.remove(name);
+            let changed = before.as_ref().is_some_and(|before| before.as_ref() != Some(&now_seen));
+            if changed {
+                let before = before.flatten();
                 let (reason, message) = match &now_seen.stalled {
                     Some((r, m)) => (r.clone(), format!("Stalled: {m}; {}", view.message)),
                     None => (now_seen.reason.clone(), view.message.clone()),
@@ -235,11 +237,8 @@ impl Context {
                     message,
                     revision: revision.to_owned(),
                 });
-                self.seen.insert(name.clone(), now_seen);
-            } else if !self.seen.contains_key(name) {
-                self.seen.insert(name.clone(), now_seen.clone());
             }
-            report.phases.insert(name.clone(), (view.phase, view.stage.clone(), view.message.clone()));
+            phases.insert(name.clone(), (view.phase, view.stage.clone(), view.message.clone()));
         }
         // Status files Hadron would never write (a name that is not a DNS
         // label, from an older Hadron or a person) are removed: status/ is Hadron's.
@@ -252,11 +251,7 @@ impl Context {
         }
         for name in &plan.deleted {
             changes.insert(render::path_of(name), None);
-            let before = self
-                .seen
-                .remove(name)
-                .map(|s| s.phase)
-                .or_else(|| plan::previous(&self.catalog.loaded().desired, name).map(|p| p.status.phase));
+            let before = plan::previous(&self.catalog.loaded().desired, name).map(|p| p.status.phase);
             report.changes.push(PhaseChange {
                 request: name.clone(),
                 from: before,
@@ -269,6 +264,7 @@ impl Context {
                 revision: revision.to_owned(),
             });
         }
+        report.phases = Arc::new(phases);
         timer.lap("render");
         let events: Vec<crate::store::NewEvent> = report
             .changes
@@ -610,7 +606,6 @@ impl RenderJob<'_> {
     fn render(&self, revision: &str, t: Millis) -> Rendered {
         let stalled = self.stalled.map(|(r, m)| (r.as_str(), m.as_str()));
         let status = render::render_with(self.view, self.prev.map(Arc::as_ref), revision, t, self.prs, stalled);
-        let seen = Seen::of(&status.status);
         // The same as the previous file: keep that one, not a copy, and no
         // text to write.
         let (status, same, text) = match self.prev.filter(|p| ***p == status) {
@@ -628,7 +623,6 @@ impl RenderJob<'_> {
             text,
             status,
             same,
-            seen,
         }
     }
 }
@@ -683,7 +677,10 @@ mod tests {
     use super::*;
 
     fn report(phases: &[(&str, Phase)]) -> PassReport {
-        PassReport { phases: phases.iter().map(|(n, p)| ((*n).to_owned(), (*p, None, String::new()))).collect(), ..PassReport::default() }
+        PassReport {
+            phases: Arc::new(phases.iter().map(|(n, p)| ((*n).to_owned(), (*p, None, String::new()))).collect()),
+            ..PassReport::default()
+        }
     }
 
     #[test]
