@@ -17,6 +17,7 @@ pub mod file;
 pub mod kinds;
 pub mod load;
 pub mod parse;
+pub mod positions;
 pub mod spans;
 pub mod template_vars;
 pub mod validate;
@@ -111,7 +112,10 @@ mod tests {
         assert!(loaded.desired.invalid_requests.is_empty());
         catalog.remove("agents/a.yaml");
         let loaded = catalog.snapshot();
-        assert_eq!(loaded.desired.invalid_requests["fix"][0].code, Code::UnknownAgent);
+        let unknown = &loaded.desired.invalid_requests["fix"][0];
+        assert_eq!(unknown.code, Code::UnknownAgent);
+        // Located from the positions found at parse time (the text is not kept).
+        assert_eq!((unknown.line, unknown.column, unknown.field.as_deref()), (7, 3, Some("spec.agent")));
     }
 
     /// Files for the incremental-equals-full property: settings, agents,

@@ -27,8 +27,12 @@ pub struct ParsedFile {
     pub object: Option<Object>,
     /// Problems found in this file alone.
     pub diagnostics: Vec<Diagnostic>,
-    /// The source text, kept to locate cross-file problems (only when it parsed).
+    /// The source text, kept to locate cross-file problems (only when it
+    /// parsed, and for a request only when `positions` could not be found).
     text: Option<Arc<str>>,
+    /// A request's fields that cross-file problems point at, found by a
+    /// scan of its text instead of keeping it.
+    positions: Option<super::positions::Positions>,
 }
 
 /// Decides what a path is. `Ok(None)` means Hadron ignores the file
@@ -98,7 +102,7 @@ pub fn classify(path: &str) -> Result<Option<(FileRole, String)>, Diagnostic> {
 
 /// The parser options: bounded in every dimension so hostile YAML (alias
 /// bombs, deep nesting, huge documents) is refused quickly.
-fn yaml_options() -> Options {
+pub(crate) fn yaml_options() -> Options {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = 32;
     budget.max_nodes = 50_000;
@@ -122,10 +126,18 @@ pub fn parse_file(path: &str, bytes: &[u8]) -> Option<ParsedFile> {
         Ok(Some(found)) => found,
         Ok(None) => return None,
         Err(diag) => {
-            return Some(ParsedFile { role: None, stem: String::new(), object: None, diagnostics: vec![diag], text: None });
+            return Some(ParsedFile {
+                role: None,
+                stem: String::new(),
+                object: None,
+                diagnostics: vec![diag],
+                text: None,
+                positions: None,
+            });
         }
     };
-    let mut file = ParsedFile { role: Some(role.clone()), stem: stem.clone(), object: None, diagnostics: Vec::new(), text: None };
+    let mut file =
+        ParsedFile { role: Some(role.clone()), stem: stem.clone(), object: None, diagnostics: Vec::new(), text: None, positions: None };
     if bytes.len() > MAX_FILE_BYTES {
         file.diagnostics.push(too_large(path, bytes.len() as u64));
         return Some(file);
@@ -174,9 +186,17 @@ pub fn parse_file(path: &str, bytes: &[u8]) -> Option<ParsedFile> {
         file.object = Some(object);
     }
     // Status files have no cross-file problems to locate later: 10,000 of
-    // them need not keep their text.
-    if role != FileRole::Status {
-        file.text = Some(text);
+    // them need not keep their text; nor do requests whose fields could be
+    // found by a scan of theirs.
+    match &file.object {
+        _ if role == FileRole::Status => {}
+        Some(Object::Request(request)) => {
+            file.positions = super::positions::request_fields(&text, request.spec.agent.is_some(), request.spec.gates.len());
+            if file.positions.is_none() {
+                file.text = Some(text);
+            }
+        }
+        _ => file.text = Some(text),
     }
     Some(file)
 }
@@ -193,7 +213,7 @@ pub fn own_status(path: &str, status: Arc<RequestStatus>) -> Option<ParsedFile> 
     if !check_object(&object, &role, &stem).is_empty() || !sanitize_status(&mut sanitized).is_empty() || sanitized != *status {
         return None;
     }
-    Some(ParsedFile { role: Some(role), stem, object: Some(object), diagnostics: Vec::new(), text: None })
+    Some(ParsedFile { role: Some(role), stem, object: Some(object), diagnostics: Vec::new(), text: None, positions: None })
 }
 
 /// What a file known to be over [`MAX_FILE_BYTES`] gives, without reading
@@ -201,10 +221,12 @@ pub fn own_status(path: &str, status: Arc<RequestStatus>) -> Option<ParsedFile> 
 pub(crate) fn refuse_too_large(path: &str, size: u64) -> Option<ParsedFile> {
     match classify(path) {
         Ok(Some((role, stem))) => {
-            Some(ParsedFile { role: Some(role), stem, object: None, diagnostics: vec![too_large(path, size)], text: None })
+            Some(ParsedFile { role: Some(role), stem, object: None, diagnostics: vec![too_large(path, size)], text: None, positions: None })
         }
         Ok(None) => None,
-        Err(diag) => Some(ParsedFile { role: None, stem: String::new(), object: None, diagnostics: vec![diag], text: None }),
+        Err(diag) => {
+            Some(ParsedFile { role: None, stem: String::new(), object: None, diagnostics: vec![diag], text: None, positions: None })
+        }
     }
 }
 
@@ -386,7 +408,27 @@ impl ParsedFile {
     }
 }
 
-/// Locates a field in a file for cross-file diagnostics.
+/// Locates a field in a file for cross-file diagnostics: by the positions
+/// found when it was parsed, else in its text.
 pub(crate) fn locate_in(path: &str, file: &ParsedFile, findings: Vec<Finding>) -> Vec<Diagnostic> {
-    resolve(path, file.text().unwrap_or(""), findings)
+    let Some(positions) = &file.positions else {
+        return resolve(path, file.text().unwrap_or(""), findings);
+    };
+    findings
+        .into_iter()
+        .map(|f| {
+            let field = f.field.to_string();
+            let (line, column) = super::positions::lookup(positions, &field).unwrap_or((1, 1));
+            Diagnostic {
+                path: path.to_owned(),
+                line,
+                column,
+                severity: f.severity,
+                code: f.code,
+                field: Some(field).filter(|s| !s.is_empty()),
+                message: f.message,
+                help: f.help,
+            }
+        })
+        .collect()
 }

@@ -93,6 +93,28 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
     })
 }
 
+/// What the loop keeps of a request's record in the store (written
+/// through): what decides whether the record is written again, and the
+/// generation observe reports. The name is the map's key; the revision and
+/// time are only written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The spec generation.
+    pub generation: String,
+    /// The phase.
+    pub phase: String,
+    /// The stage.
+    pub stage: Option<String>,
+    /// The message.
+    pub message: String,
+}
+
+impl From<RequestRecord> for Recorded {
+    fn from(r: RequestRecord) -> Self {
+        Recorded { generation: r.generation, phase: r.phase, stage: r.stage, message: r.message }
+    }
+}
+
 /// Runs the plan's actions in order. A failed action is returned (and
 /// logged); the others still run.
 pub async fn execute(
@@ -108,7 +130,7 @@ pub async fn execute(
     // changed are written (a record keeps the revision it was last changed
     // at, as a status file does), all in one transaction.
     if ctx.records.is_none() {
-        ctx.records = Some(ctx.store.list_requests().await?.into_iter().map(|r| (r.name.clone(), r)).collect());
+        ctx.records = Some(ctx.store.list_requests().await?.into_iter().map(|r| (r.name.clone(), Recorded::from(r))).collect());
     }
     let records = ctx.records.get_or_insert_default();
     let changed: Vec<RequestRecord> = plan
@@ -125,13 +147,14 @@ pub async fn execute(
                 updated_at: t,
             };
             let same = records.get(name).is_some_and(|r| {
-                (&r.generation, &r.phase, &r.stage, &r.message) == (&record.generation, &record.phase, &record.stage, &record.message)
+                (r.generation.as_str(), r.phase.as_str(), r.stage.as_deref(), r.message.as_str())
+                    == (record.generation.as_str(), record.phase.as_str(), record.stage.as_deref(), record.message.as_str())
             });
             (!same).then_some(record)
         })
         .collect();
     ctx.store.upsert_requests(&changed).await?;
-    records.extend(changed.into_iter().map(|r| (r.name.clone(), r)));
+    records.extend(changed.into_iter().map(|r| (r.name.clone(), Recorded::from(r))));
     let mut failed = Vec::new();
     for action in &plan.actions {
         use tracing::Instrument;

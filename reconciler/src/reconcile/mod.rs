@@ -321,7 +321,7 @@ pub struct Context {
     noted: BTreeSet<&'static str>,
     /// The request records as in the store (read once, then written
     /// through), so a pass writes only the records that changed.
-    records: Option<BTreeMap<String, crate::store::RequestRecord>>,
+    records: Option<BTreeMap<String, execute::Recorded>>,
     /// Set while housekeeping packs the private clone in the background.
     maintaining: Arc<AtomicBool>,
     /// The store's digests of the status files Hadron published (read

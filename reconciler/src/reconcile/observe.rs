@@ -101,7 +101,7 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
     // The records as execute keeps them (written through), read from the
     // store only before the first pass has.
     let known_requests = match &ctx.records {
-        Some(records) => records.values().map(|r| (r.name.clone(), r.generation.clone())).collect(),
+        Some(records) => records.iter().map(|(name, r)| (name.clone(), r.generation.clone())).collect(),
         None => ctx.store.list_requests().await?.into_iter().map(|r| (r.name, r.generation)).collect(),
     };
     let mut observed = Observed { known_requests, ..Observed::default() };
