@@ -182,6 +182,9 @@ impl Seen {
     }
 }
 
+/// A request's phase, stage and message after a pass.
+pub type PhaseLine = (Phase, Option<String>, String);
+
 /// What one pass did.
 #[derive(Debug, Clone, Default)]
 pub struct PassReport {
@@ -191,7 +194,7 @@ pub struct PassReport {
     pub changes: Vec<PhaseChange>,
     /// Phase, stage and message of every request after the pass (shared:
     /// a copy of the report does not copy 10,000 messages).
-    pub phases: Arc<BTreeMap<String, (Phase, Option<String>, String)>>,
+    pub phases: Arc<BTreeMap<String, PhaseLine>>,
     /// Live workers after the pass.
     pub live_workers: usize,
     /// How soon the driver must look at the live workers again when no
