@@ -249,19 +249,24 @@ pub(crate) fn resolve(path: &str, text: &str, findings: Vec<Finding>) -> Vec<Dia
     findings
         .into_iter()
         .map(|f| {
-            let (line, column) = tree.as_ref().map_or((1, 1), |t| Node::locate(t, &f.field));
-            Diagnostic {
-                path: path.to_owned(),
-                line,
-                column,
-                severity: f.severity,
-                code: f.code,
-                field: Some(f.field.to_string()).filter(|s| !s.is_empty()),
-                message: f.message,
-                help: f.help,
-            }
+            let at = tree.as_ref().map_or((1, 1), |t| Node::locate(t, &f.field));
+            diagnostic_at(path, f, at)
         })
         .collect()
+}
+
+/// A finding as a diagnostic at `(line, column)` of `path`.
+fn diagnostic_at(path: &str, f: Finding, (line, column): (u64, u64)) -> Diagnostic {
+    Diagnostic {
+        path: path.to_owned(),
+        line,
+        column,
+        severity: f.severity,
+        code: f.code,
+        field: Some(f.field.to_string()).filter(|s| !s.is_empty()),
+        message: f.message,
+        help: f.help,
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -417,18 +422,8 @@ pub(crate) fn locate_in(path: &str, file: &ParsedFile, findings: Vec<Finding>) -
     findings
         .into_iter()
         .map(|f| {
-            let field = f.field.to_string();
-            let (line, column) = super::positions::lookup(positions, &field).unwrap_or((1, 1));
-            Diagnostic {
-                path: path.to_owned(),
-                line,
-                column,
-                severity: f.severity,
-                code: f.code,
-                field: Some(field).filter(|s| !s.is_empty()),
-                message: f.message,
-                help: f.help,
-            }
+            let at = super::positions::lookup(positions, &f.field.to_string()).unwrap_or((1, 1));
+            diagnostic_at(path, f, at)
         })
         .collect()
 }
