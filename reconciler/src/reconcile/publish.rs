@@ -136,7 +136,7 @@ impl Context {
 
     pub(super) async fn step_status(
         &mut self,
-        plan: &Plan,
+        plan: Plan,
         revision: &str,
         t: Millis,
         forge: &forge::ForgeOutputs,
@@ -279,9 +279,17 @@ impl Context {
             })
             .collect();
         self.store.append_events(&events).await?;
+        drop(events);
         timer.lap("events");
         report.live_workers = plan.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
             + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
+        let settled = plan.wake_at.is_none()
+            && plan
+                .requests
+                .values()
+                .all(|v| v.phase.is_terminal() || matches!(v.phase, Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Cancelled));
+        // Rendered and counted: the plan is not needed while publishing.
+        drop(plan);
         let hold = if urgent { None } else { self.status_hold(report.live_workers) };
         let count = changes.len();
         if !changes.is_empty() && !publishing {
@@ -321,12 +329,7 @@ impl Context {
         }
         timer.lap("publish");
         tracing::debug!(steps = %timer, files = count, held = report.held, "status step");
-        report.idle = report.live_workers == 0
-            && plan.wake_at.is_none()
-            && plan
-                .requests
-                .values()
-                .all(|v| v.phase.is_terminal() || matches!(v.phase, Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Cancelled));
+        report.idle = report.live_workers == 0 && settled;
         Ok(report)
     }
 
