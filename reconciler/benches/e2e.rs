@@ -24,6 +24,8 @@
 //! `HADRON_BENCH_SETTLE_SECONDS=12` (pause before each run of e),
 //! `HADRON_BENCH_LOG=<file>` (append Hadron's output there; with `RUST_LOG=hadron=debug`
 //! it holds each pass's step timings).
+//! `HADRON_BENCH_BINARY=<path>` drives that binary instead of the bench
+//! profile's (e.g. `target/release/hadron` from `cargo build --release`).
 //! Progress goes to stderr, the markdown tables to stdout.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +38,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const HADRON: &str = env!("CARGO_BIN_EXE_hadron");
+
+/// The binary to drive: `HADRON_BENCH_BINARY` when set (say, one built with
+/// `cargo build --release`, which uses LTO), else the bench profile's own.
+fn hadron_binary() -> PathBuf {
+    std::env::var_os("HADRON_BENCH_BINARY").map_or_else(|| PathBuf::from(HADRON), PathBuf::from)
+}
 /// Longest wait for anything Hadron is expected to do.
 const TIMEOUT: Duration = Duration::from_secs(1800);
 /// Target repos per scenario; request `i` works on `../app-{i % TARGETS}.git`.
@@ -265,7 +273,7 @@ struct Hadron {
 
 impl Hadron {
     fn start(control: &Path, data: &Path) -> Self {
-        let mut cmd = Command::new(HADRON);
+        let mut cmd = Command::new(hadron_binary());
         cmd.args(["up", s(control), "--data-dir", s(data), "--poll-seconds", "3600", "--listen", "127.0.0.1:0"])
             .current_dir(data.parent().expect("data dir has a parent"))
             .stdin(Stdio::null())
@@ -1231,11 +1239,12 @@ fn main() {
     }
 
     println!(
-        "machine: {} cores, {}; {}; bench took {:.0} s",
+        "machine: {} cores, {}; {}; bench took {:.0} s; binary {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::env::consts::ARCH,
         git_version.trim(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        hadron_binary().display()
     );
     println!();
     report.print();
