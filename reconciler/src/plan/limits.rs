@@ -39,6 +39,8 @@ pub(super) fn admit(attempts: &[Attempt], cancelled: &BTreeSet<String>, candidat
             admitted_any = true;
         }
         if let Some(view) = out.requests.get_mut(&request) {
+            // (A copy when an earlier pass's view is shared.)
+            let view = std::sync::Arc::make_mut(view);
             if admitted_any {
                 view.phase = Phase::Running;
             } else if view.phase == Phase::Pending {

@@ -15,6 +15,7 @@
 
 mod budget;
 mod limits;
+mod memo;
 mod observations;
 pub mod preview;
 mod requests;
@@ -31,6 +32,7 @@ use crate::time::Millis;
 
 pub use crate::attempt::AttemptState;
 pub use budget::remaining_wall_secs;
+pub use memo::PlanMemo;
 
 /// One attempt as the store (or a status file, or the driver) knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,7 +194,7 @@ pub struct Observed {
 }
 
 /// Tunables that are not part of the control repo.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanConfig {
     /// Attempts per worker when neither request nor settings say (3).
     pub default_max_attempts: u32,
@@ -298,12 +300,13 @@ pub struct RequestView {
 }
 
 /// The result of planning.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     /// What to do, in order.
     pub actions: Vec<Action>,
-    /// Every request, valid or invalid, by name.
-    pub requests: BTreeMap<String, RequestView>,
+    /// Every request, valid or invalid, by name (shared: a request planned
+    /// in an earlier pass from the same inputs keeps its view).
+    pub requests: BTreeMap<String, Arc<RequestView>>,
     /// Requests deleted from the repo whose status file should go.
     pub deleted: Vec<String>,
     /// The earliest time something changes without a trigger (a backoff expiring).
@@ -322,6 +325,14 @@ pub fn backoff(cfg: &PlanConfig, next: u32, worker: &str) -> Millis {
 
 /// The plan. Pure: same inputs, same output.
 pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &PlanConfig) -> Plan {
+    plan_incremental(desired, observed, now, cfg, &mut PlanMemo::default())
+}
+
+/// The plan, planning again only the valid requests whose inputs changed
+/// since `memo` kept them (see [`PlanMemo`]); the others keep what was
+/// planned for them. The same plan as [`plan`] for the same inputs,
+/// whatever the memo holds.
+pub fn plan_incremental(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &PlanConfig, memo: &mut PlanMemo) -> Plan {
     let mut draft = requests::Draft::default();
     let attempts = observations::merge_observations(observed, now, &mut draft.plan.actions);
     let mut by_request = requests::ByRequest::new();
@@ -333,13 +344,29 @@ pub fn plan(desired: &DesiredState, observed: &Observed, now: Millis, cfg: &Plan
     requests::mark_invalid(&inputs, &by_request, &mut draft);
 
     // Valid requests, highest priority first for the limits.
-    let mut order: Vec<&ChangeRequest> = desired.requests.values().map(|r| r.as_ref()).collect();
+    let mut order: Vec<&Arc<ChangeRequest>> = desired.requests.values().collect();
     order.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then_with(|| a.metadata.name.cmp(&b.metadata.name)));
+    memo.begin(desired, cfg);
+    let index = memo::Index::new(observed);
     let mut candidates = Vec::new();
     for request in order {
-        let mine = by_request.get(request.metadata.name.as_str()).cloned().unwrap_or_default();
-        candidates.extend(requests::plan_request(&inputs, request, mine, &mut draft));
+        let name = request.metadata.name.as_str();
+        let mine = by_request.get(name).map(Vec::as_slice).unwrap_or_default();
+        if let Some(planned) = memo.reuse(request, &index, mine, observed) {
+            candidates.extend(draft.take(name, planned.clone()));
+            continue;
+        }
+        let planned = requests::plan_request(&inputs, request, mine.to_vec());
+        // A live worker's wall time and a scheduled retry's countdown move
+        // with the clock: such a request is planned again every pass.
+        let timed = planned.1.is_some() || mine.iter().any(|a| a.state.is_live() || (a.started_at.is_some() && a.finished_at.is_none()));
+        memo.keep(request, &index, mine, observed, &planned.0, timed);
+        if let Some(at) = planned.1 {
+            draft.plan.wake_at = Some(draft.plan.wake_at.map_or(at, |w| w.min(at)));
+        }
+        candidates.extend(draft.take(name, planned.0));
     }
+    memo.retain(desired);
 
     let max_workers = desired.settings.spec.limits.max_concurrent_workers.filter(|n| *n > 0).unwrap_or(cfg.default_max_workers);
     let requests::Draft { mut plan, cancelled } = draft;

@@ -3,9 +3,11 @@
 //! would start (admitted later, within the limits).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::budget::budget_exceeded;
 use super::limits::Candidate;
+use super::memo::{Planned, Starts};
 use super::stages::{self, Pipeline};
 use super::{Action, Attempt, Observed, Plan, PlanConfig, RequestView};
 use crate::model::kinds::{ChangeRequest, Phase, Stage};
@@ -43,6 +45,22 @@ impl Draft {
             self.plan.actions.push(Action::Cancel { worker: a.worker.clone(), reason: reason.to_owned() });
         }
     }
+
+    /// Adds what was planned for valid request `name` (now or in an earlier
+    /// pass): its view and actions (each worker cancelled once); returns the
+    /// workers it would start, for the limits.
+    pub(super) fn take(&mut self, name: &str, planned: Planned) -> Option<Candidate> {
+        for action in planned.actions {
+            if let Action::Cancel { worker, .. } = &action
+                && !self.cancelled.insert(worker.clone())
+            {
+                continue;
+            }
+            self.plan.actions.push(action);
+        }
+        self.plan.requests.insert(name.to_owned(), planned.view);
+        planned.starts.map(|(agent_limit, starts)| Candidate { request: name.to_owned(), agent_limit, starts })
+    }
 }
 
 /// Deleted requests (known to the store or running, gone from the repo):
@@ -73,13 +91,23 @@ pub(super) fn mark_invalid(inputs: &Inputs, by_request: &ByRequest, draft: &mut 
         for a in by_request.get(name.as_str()).map(Vec::as_slice).unwrap_or_default() {
             draft.cancel(a, "Invalid");
         }
-        draft.plan.requests.insert(name.clone(), invalid_view(name, diags));
+        draft.plan.requests.insert(name.clone(), Arc::new(invalid_view(name, diags)));
     }
 }
 
-/// One valid request: cancels the workers of older generations, decides
-/// its view, and returns the workers it would start, if any.
-pub(super) fn plan_request(inputs: &Inputs, request: &ChangeRequest, mine: Vec<&Attempt>, draft: &mut Draft) -> Option<Candidate> {
+/// One valid request, planned on its own: cancels the workers of older
+/// generations, decides its view, and says which workers it would start,
+/// if any, and when it must be planned again at the latest (a retry due).
+pub(super) fn plan_request(inputs: &Inputs, request: &ChangeRequest, mine: Vec<&Attempt>) -> (Planned, Option<Millis>) {
+    let mut draft = Draft::default();
+    let (view, starts) = decide(inputs, request, mine, &mut draft);
+    let Draft { plan, .. } = draft;
+    (Planned { view: Arc::new(view), actions: plan.actions, starts }, plan.wake_at)
+}
+
+/// The view of one valid request and the workers it would start (with its
+/// agent's limit); its actions and wake-up time go into `draft`.
+fn decide(inputs: &Inputs, request: &ChangeRequest, mine: Vec<&Attempt>, draft: &mut Draft) -> (RequestView, Option<Starts>) {
     let (desired, observed) = (inputs.desired, inputs.observed);
     let name = request.metadata.name.as_str();
     let generation = request.generation();
@@ -101,8 +129,7 @@ pub(super) fn plan_request(inputs: &Inputs, request: &ChangeRequest, mine: Vec<&
         view.stage = halt.stage;
         view.reason = halt.reason;
         view.message = halt.message;
-        draft.plan.requests.insert(name.to_owned(), view);
-        return None;
+        return (view, None);
     }
 
     let pipeline = Pipeline {
@@ -132,8 +159,7 @@ pub(super) fn plan_request(inputs: &Inputs, request: &ChangeRequest, mine: Vec<&
     if restarted && matches!(view.phase, Phase::Pending | Phase::Running) && view.attempts.is_empty() {
         view.message = format!("spec changed (now generation {generation}): the pipeline starts again; {}", view.message);
     }
-    draft.plan.requests.insert(name.to_owned(), view);
-    (!step.starts.is_empty()).then(|| Candidate { request: name.to_owned(), agent_limit, starts: step.starts })
+    (view, (!step.starts.is_empty()).then_some((agent_limit, step.starts)))
 }
 
 /// A valid request's view before deciding: pending, with the attempts of

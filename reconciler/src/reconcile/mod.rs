@@ -344,6 +344,9 @@ pub struct Context {
     board_stale: bool,
     /// Whether the plan previews of open pull requests are to be written.
     previews_due: bool,
+    /// What planning each request produced, with its inputs: a pass plans
+    /// again only the requests whose inputs changed.
+    plan_memo: plan::PlanMemo,
     /// Pull request → the head whose unreadable state was said on it.
     preview_errors: BTreeMap<u64, String>,
 }
@@ -393,6 +396,7 @@ impl Context {
             pending_publish: None,
             board_stale: true,
             previews_due: true,
+            plan_memo: plan::PlanMemo::default(),
             preview_errors: BTreeMap::new(),
         })
     }
@@ -623,8 +627,10 @@ impl Context {
         observed.own_statuses = self.verify_statuses(t).await?;
         timer.lap("observe");
         // Plan.
-        let plan: Plan = plan::plan(&self.catalog.loaded().desired, &observed, t, &self.cfg.plan);
+        let plan: Plan = plan::plan_incremental(&self.catalog.loaded().desired, &observed, t, &self.cfg.plan, &mut self.plan_memo);
         timer.lap("plan");
+        let (reused, planned) = self.plan_memo.last_counts();
+        tracing::debug!(reused, planned, "plan");
         // Execute.
         degraded.extend(execute::execute(self, &plan, &observed, &revision, t).await?);
         timer.lap("execute");

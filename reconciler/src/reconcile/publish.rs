@@ -19,7 +19,8 @@ pub(super) type OwnStatuses = Arc<BTreeMap<String, Arc<crate::model::RequestStat
 
 /// A status file as last rendered, with the inputs it was rendered from.
 pub(super) struct Rendered {
-    view: plan::RequestView,
+    /// The view (shared with the plan memo while the request is unchanged).
+    view: Arc<plan::RequestView>,
     prev: Option<Arc<crate::model::RequestStatus>>,
     prs: BTreeMap<String, String>,
     stalled: Option<(String, String)>,
@@ -44,7 +45,7 @@ impl Rendered {
     /// blob changed).
     fn holds(
         &self,
-        view: &plan::RequestView,
+        view: &Arc<plan::RequestView>,
         prev: Option<&Arc<crate::model::RequestStatus>>,
         prs: &BTreeMap<String, String>,
         stalled: Option<&(String, String)>,
@@ -54,7 +55,7 @@ impl Rendered {
             (None, None) => true,
             _ => false,
         };
-        same_prev && self.view == *view && self.prs == *prs && self.stalled.as_ref() == stalled
+        same_prev && (Arc::ptr_eq(&self.view, view) || self.view == *view) && self.prs == *prs && self.stalled.as_ref() == stalled
     }
 }
 
@@ -599,7 +600,7 @@ pub(super) struct PendingPublish {
 /// One status file to render: a request and the inputs of its file.
 struct RenderJob<'a> {
     name: &'a String,
-    view: &'a plan::RequestView,
+    view: &'a Arc<plan::RequestView>,
     prev: Option<&'a Arc<crate::model::RequestStatus>>,
     prs: &'a BTreeMap<String, String>,
     stalled: Option<&'a (String, String)>,
