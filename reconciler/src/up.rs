@@ -750,10 +750,10 @@ pub fn change_line(c: &reconcile::PhaseChange, at: crate::time::Millis, local_fo
 
 fn summary(report: &PassReport, control: &str, out: &mut dyn Write) {
     let _ = writeln!(out, "\n{:<24} {:<20} {:<12} MESSAGE", "REQUEST", "PHASE", "STAGE");
-    for (name, (phase, stage, message)) in report.phases.iter() {
-        let _ = writeln!(out, "{name:<24} {:<20} {:<12} {message}", phase.as_str(), stage.as_deref().unwrap_or("-"));
+    for (name, view) in report.phases.iter() {
+        let _ = writeln!(out, "{name:<24} {:<20} {:<12} {}", view.phase.as_str(), view.stage.as_deref().unwrap_or("-"), view.message);
     }
-    let waiting: Vec<&String> = report.phases.iter().filter(|(_, (p, _, _))| *p == Phase::WaitingForApproval).map(|(n, _)| n).collect();
+    let waiting: Vec<&String> = report.phases.iter().filter(|(_, v)| v.phase == Phase::WaitingForApproval).map(|(n, _)| n).collect();
     for name in waiting {
         let _ = writeln!(out, "approve with: hadron approve {name} <gate> --as <approver from hadron.yaml>");
     }

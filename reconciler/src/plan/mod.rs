@@ -186,6 +186,8 @@ pub struct Observed {
     /// CI states by (repo URL as written, commit).
     pub ci: BTreeMap<(String, String), CiState>,
     /// Requests the store knows (to notice deletions): name → generation.
+    /// The loop lists only those without a valid request in the control
+    /// repo (a request that has one is not deleted).
     pub known_requests: BTreeMap<String, String>,
     /// Status files verified as Hadron's own (their content is what Hadron
     /// last published, by the digest kept in the store). Only these inform

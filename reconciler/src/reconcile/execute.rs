@@ -124,11 +124,18 @@ pub async fn execute(
     revision: &str,
     t: Millis,
 ) -> Result<Vec<StepFailure>, ReconcileError> {
-    let all: Vec<Attempt> =
-        plan.requests.values().flat_map(|v| v.attempts.iter().cloned()).chain(observed.attempts.iter().cloned()).collect();
+    // Every attempt, for the run specs of the workers started (previous
+    // stages' summaries, the wall time left): gathered only when one starts.
+    let starts = plan.actions.iter().any(|a| matches!(a, Action::Start(_)));
+    let all: Vec<Attempt> = if starts {
+        plan.requests.values().flat_map(|v| v.attempts.iter().cloned()).chain(observed.attempts.iter().cloned()).collect()
+    } else {
+        Vec::new()
+    };
     // Request records first: attempts refer to them. Only records that
     // changed are written (a record keeps the revision it was last changed
-    // at, as a status file does), all in one transaction.
+    // at, as a status file does), all in one transaction; the others are
+    // compared in place, nothing copied.
     if ctx.records.is_none() {
         ctx.records = Some(ctx.store.list_requests().await?.into_iter().map(|r| (r.name.clone(), Recorded::from(r))).collect());
     }
@@ -136,21 +143,20 @@ pub async fn execute(
     let changed: Vec<RequestRecord> = plan
         .requests
         .iter()
-        .filter_map(|(name, view)| {
-            let record = RequestRecord {
-                name: name.clone(),
-                generation: view.generation.clone(),
-                observed_revision: revision.to_owned(),
-                phase: view.phase.as_str().to_owned(),
-                stage: view.stage.clone(),
-                message: view.message.clone(),
-                updated_at: t,
-            };
-            let same = records.get(name).is_some_and(|r| {
+        .filter(|(name, view)| {
+            !records.get(*name).is_some_and(|r| {
                 (r.generation.as_str(), r.phase.as_str(), r.stage.as_deref(), r.message.as_str())
-                    == (record.generation.as_str(), record.phase.as_str(), record.stage.as_deref(), record.message.as_str())
-            });
-            (!same).then_some(record)
+                    == (view.generation.as_str(), view.phase.as_str(), view.stage.as_deref(), view.message.as_str())
+            })
+        })
+        .map(|(name, view)| RequestRecord {
+            name: name.clone(),
+            generation: view.generation.clone(),
+            observed_revision: revision.to_owned(),
+            phase: view.phase.as_str().to_owned(),
+            stage: view.stage.clone(),
+            message: view.message.clone(),
+            updated_at: t,
         })
         .collect();
     ctx.store.upsert_requests(&changed).await?;

@@ -182,8 +182,9 @@ impl Seen {
     }
 }
 
-/// A request's phase, stage and message after a pass.
-pub type PhaseLine = (Phase, Option<String>, String);
+/// Where a request stands after a pass (its phase, stage and message):
+/// the plan's view, shared.
+pub type PhaseLine = Arc<plan::RequestView>;
 
 /// What one pass did.
 #[derive(Debug, Clone, Default)]
@@ -192,8 +193,8 @@ pub struct PassReport {
     pub revision: String,
     /// Phase changes.
     pub changes: Vec<PhaseChange>,
-    /// Phase, stage and message of every request after the pass (shared:
-    /// a copy of the report does not copy 10,000 messages).
+    /// Where every request stands after the pass: the plan's views
+    /// (shared: a copy of the report copies no view).
     pub phases: Arc<BTreeMap<String, PhaseLine>>,
     /// Live workers after the pass.
     pub live_workers: usize,
@@ -506,8 +507,8 @@ impl Context {
             t.metrics.observe_pass(started.elapsed(), result.as_ref().map(|_| ()).map_err(ReconcileError::reason));
             if let Ok(report) = &result {
                 let mut by_phase: BTreeMap<&str, u64> = BTreeMap::new();
-                for (phase, _, _) in report.phases.values() {
-                    *by_phase.entry(phase.as_str()).or_default() += 1;
+                for view in report.phases.values() {
+                    *by_phase.entry(view.phase.as_str()).or_default() += 1;
                 }
                 t.metrics.set_requests_by_phase(by_phase);
                 if std::mem::take(&mut self.board_stale) {
@@ -590,7 +591,7 @@ impl Context {
                 && prev.unpublished == 0
                 && (prev.live_workers == 0 || busy)
                 && prev.wake_at.is_none_or(|w| w > t)
-                && !prev.phases.values().any(|(p, _, _)| *p == Phase::WaitingForCI);
+                && !prev.phases.values().any(|v| v.phase == Phase::WaitingForCI);
             if quiet {
                 let report = PassReport { revision, status_commit: None, ..prev.without_changes() };
                 // Nothing to decide, but a pull request may want its preview.

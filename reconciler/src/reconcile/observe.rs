@@ -100,9 +100,22 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
     };
     // The records as execute keeps them (written through), read from the
     // store only before the first pass has.
+    // Only those the control repo has no valid request for: what planning
+    // and housekeeping need of them (10,000 names are not copied per pass).
     let known_requests = match &ctx.records {
-        Some(records) => records.iter().map(|(name, r)| (name.clone(), r.generation.clone())).collect(),
-        None => ctx.store.list_requests().await?.into_iter().map(|r| (r.name, r.generation)).collect(),
+        Some(records) => records
+            .iter()
+            .filter(|(name, _)| !desired.requests.contains_key(*name))
+            .map(|(name, r)| (name.clone(), r.generation.clone()))
+            .collect(),
+        None => ctx
+            .store
+            .list_requests()
+            .await?
+            .into_iter()
+            .filter(|r| !desired.requests.contains_key(&r.name))
+            .map(|r| (r.name, r.generation))
+            .collect(),
     };
     let mut observed = Observed { known_requests, ..Observed::default() };
     let known = &observed.known_requests;

@@ -156,7 +156,6 @@ impl Context {
         let none = BTreeMap::new();
         let mut timer = super::StepTimer::start();
         let mut urgent = false;
-        let mut phases = BTreeMap::new();
         let known = self.rendered.len();
         self.rendered.retain(|name, _| plan.requests.contains_key(name));
         self.board_stale |= self.rendered.len() != known;
@@ -215,31 +214,30 @@ impl Context {
                 // Its trust changed without its file: look at every file next pass.
                 self.own = None;
             }
-            // What a person is shown changed: an event.
-            let now_seen = Seen::of(&self.rendered[name].status.status);
-            let before = shown.remove(name);
-            let changed = before.as_ref().is_some_and(|before| before.as_ref() != Some(&now_seen));
-            if changed {
-                let before = before.flatten();
-                let (reason, message) = match &now_seen.stalled {
-                    Some((r, m)) => (r.clone(), format!("Stalled: {m}; {}", view.message)),
-                    None => (now_seen.reason.clone(), view.message.clone()),
-                };
-                // What asks a person to act (a stall, a gate, a failure)
-                // is committed at once, never held for the status interval.
-                urgent |=
-                    now_seen.stalled.is_some() || matches!(view.phase, Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Failed);
-                report.changes.push(PhaseChange {
-                    request: name.clone(),
-                    from: before.map(|b| b.phase),
-                    to: view.phase,
-                    stage: view.stage.clone(),
-                    reason,
-                    message,
-                    revision: revision.to_owned(),
-                });
+            // What a person is shown changed: an event. Only a request
+            // rendered again can have changed.
+            if let Some(before) = shown.remove(name) {
+                let now_seen = Seen::of(&self.rendered[name].status.status);
+                if before.as_ref() != Some(&now_seen) {
+                    let (reason, message) = match &now_seen.stalled {
+                        Some((r, m)) => (r.clone(), format!("Stalled: {m}; {}", view.message)),
+                        None => (now_seen.reason.clone(), view.message.clone()),
+                    };
+                    // What asks a person to act (a stall, a gate, a failure)
+                    // is committed at once, never held for the status interval.
+                    urgent |=
+                        now_seen.stalled.is_some() || matches!(view.phase, Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Failed);
+                    report.changes.push(PhaseChange {
+                        request: name.clone(),
+                        from: before.map(|b| b.phase),
+                        to: view.phase,
+                        stage: view.stage.clone(),
+                        reason,
+                        message,
+                        revision: revision.to_owned(),
+                    });
+                }
             }
-            phases.insert(name.clone(), (view.phase, view.stage.clone(), view.message.clone()));
         }
         // Status files Hadron would never write (a name that is not a DNS
         // label, from an older Hadron or a person) are removed: status/ is Hadron's.
@@ -265,7 +263,6 @@ impl Context {
                 revision: revision.to_owned(),
             });
         }
-        report.phases = Arc::new(phases);
         timer.lap("render");
         let events: Vec<crate::store::NewEvent> = report
             .changes
@@ -289,7 +286,10 @@ impl Context {
                 .requests
                 .values()
                 .all(|v| v.phase.is_terminal() || matches!(v.phase, Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Cancelled));
-        // Rendered and counted: the plan is not needed while publishing.
+        // Rendered and counted: the plan's views are what the report keeps
+        // of every request; the rest is not needed while publishing.
+        let mut plan = plan;
+        report.phases = Arc::new(std::mem::take(&mut plan.requests));
         drop(plan);
         let hold = if urgent { None } else { self.status_hold(report.live_workers) };
         let count = changes.len();
@@ -652,7 +652,7 @@ fn render_all(jobs: &[RenderJob<'_>], revision: &str, t: Millis) -> Vec<Rendered
 /// request and its phase for up to three, counts by phase beyond), and one
 /// body line per written file.
 fn status_message(names: &[String], report: &PassReport) -> String {
-    let phase_of = |name: &String| report.phases.get(name).map_or("deleted", |(p, _, _)| p.as_str());
+    let phase_of = |name: &String| report.phases.get(name).map_or("deleted", |v| v.phase.as_str());
     let subject = if names.len() <= 3 {
         let parts: Vec<String> = names.iter().map(|n| format!("{n} {}", phase_of(n))).collect();
         format!("status: {}", parts.join(", "))
@@ -667,9 +667,11 @@ fn status_message(names: &[String], report: &PassReport) -> String {
     let mut body = String::new();
     for name in names {
         match report.phases.get(name) {
-            Some((phase, stage, _)) => {
-                body.push_str(&format!("- {name}: {}{}\n", phase.as_str(), stage.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()))
-            }
+            Some(v) => body.push_str(&format!(
+                "- {name}: {}{}\n",
+                v.phase.as_str(),
+                v.stage.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+            )),
             None => body.push_str(&format!("- {name}: deleted\n")),
         }
     }
@@ -682,7 +684,24 @@ mod tests {
 
     fn report(phases: &[(&str, Phase)]) -> PassReport {
         PassReport {
-            phases: Arc::new(phases.iter().map(|(n, p)| ((*n).to_owned(), (*p, None, String::new()))).collect()),
+            phases: Arc::new(
+                phases
+                    .iter()
+                    .map(|(n, p)| {
+                        let view = plan::RequestView {
+                            name: (*n).to_owned(),
+                            generation: String::new(),
+                            phase: *p,
+                            stage: None,
+                            reason: String::new(),
+                            message: String::new(),
+                            attempts: Vec::new(),
+                            work_branch: String::new(),
+                        };
+                        ((*n).to_owned(), Arc::new(view))
+                    })
+                    .collect(),
+            ),
             ..PassReport::default()
         }
     }
