@@ -97,6 +97,13 @@ fn pack_private_clone(ctx: &Context) {
     });
 }
 
+/// Whether housekeeping keeps what the store holds of request `name`
+/// (status digest, pull requests, commit statuses): the control repo has
+/// it (a request or a status file), or the store still knows it.
+pub fn keeps(desired: &crate::model::DesiredState, observed: &Observed, name: &str) -> bool {
+    desired.requests.contains_key(name) || desired.statuses.contains_key(name) || observed.known_requests.contains_key(name)
+}
+
 /// One sweep. `published` says whether every status is pushed: run
 /// directories are pruned only then, so nothing a status still needs goes.
 pub async fn sweep(ctx: &Context, observed: &Observed, t: Millis, published: bool) -> Result<Swept, ReconcileError> {
@@ -107,9 +114,7 @@ pub async fn sweep(ctx: &Context, observed: &Observed, t: Millis, published: boo
         outbox: ctx.store.prune_outbox(t - ms(retention.runs)).await?,
         ..Swept::default()
     };
-    let live: BTreeSet<String> =
-        desired.requests.keys().chain(desired.statuses.keys()).chain(observed.known_requests.keys()).cloned().collect();
-    swept.kv = ctx.store.prune_request_entries(&live).await?;
+    swept.kv = ctx.store.prune_request_entries(|request| keeps(desired, observed, request)).await?;
     if let Some(keep) = retention.events {
         swept.events = ctx.store.prune_events(t - ms(keep)).await?;
         swept.commit_statuses = ctx.store.prune_commit_statuses(t - ms(keep)).await?;

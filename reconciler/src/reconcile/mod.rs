@@ -691,8 +691,12 @@ impl Context {
         if self.housekeeping_wait() == Duration::ZERO {
             let published = report.unpublished == 0 && report.held == 0 && self.pending_publish.is_none() && self.publish_failure.is_none();
             let swept = housekeeping::sweep(self, &observed, t, published).await?;
-            // Housekeeping forgot the digests of deleted requests.
-            self.digests = None;
+            // Housekeeping forgot the digests of deleted requests: so does
+            // the loop's copy (not read again: 10,000 rows).
+            let desired = &self.catalog.loaded().desired;
+            if let Some(digests) = self.digests.as_mut() {
+                digests.retain(|name, _| housekeeping::keeps(desired, &observed, name));
+            }
             tracing::debug!(?swept, "housekeeping");
             self.pruned_at = Some(Instant::now());
         }

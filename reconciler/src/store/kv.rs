@@ -151,14 +151,15 @@ impl Store {
         self.kv_set(&RequestEntry::ControlStatus.key(request, None), marker, at).await
     }
 
-    /// Forgets every per-request entry of requests not in `keep`; returns how many.
-    pub async fn prune_request_entries(&self, keep: &BTreeSet<String>) -> Result<u64, StoreError> {
+    /// Forgets every per-request entry of the requests `keep` says no to;
+    /// returns how many.
+    pub async fn prune_request_entries(&self, keep: impl Fn(&str) -> bool) -> Result<u64, StoreError> {
         let mut gone = Vec::new();
         for kind in RequestEntry::ALL {
             let prefix = kind.prefix();
             for (key, _) in self.kv_with_prefix(prefix).await? {
                 let request = key[prefix.len()..].split('/').next().unwrap_or("");
-                if !keep.contains(request) {
+                if !keep(request) {
                     gone.push((key, None));
                 }
             }
