@@ -61,13 +61,22 @@ impl Observations {
     }
 }
 
-/// One kept request.
+/// One kept request: four pointers for the usual request (nothing of it
+/// observed, nothing to do), so that 10,000 of them stay small.
 #[derive(Debug)]
 struct Entry {
     request: Arc<ChangeRequest>,
     status: Option<Arc<RequestStatus>>,
-    observations: Option<Box<Observations>>,
-    planned: Planned,
+    view: Arc<RequestView>,
+    rest: Option<Box<Rest>>,
+}
+
+/// The rest of a kept request, when it is not empty.
+#[derive(Debug)]
+struct Rest {
+    observations: Observations,
+    actions: Vec<Action>,
+    starts: Option<Starts>,
 }
 
 /// What all requests' plans share: when it changes, every request is planned again.
@@ -130,46 +139,51 @@ impl PlanMemo {
         index: &Index<'_>,
         mine: &[&Attempt],
         observed: &Observed,
-    ) -> Option<&Planned> {
+    ) -> Option<Planned> {
         let name = request.metadata.name.as_str();
         let entry = self.entries.get(name)?;
         let same = Arc::ptr_eq(&entry.request, request)
             && same_status(entry.status.as_ref(), observed.own_statuses.get(name))
-            && match &entry.observations {
+            && match &entry.rest {
                 None => mine.is_empty() && !index.touches(name, mine),
-                Some(kept) => **kept == index.observations(name, mine),
+                Some(rest) => rest.observations == index.observations(name, mine),
             };
         if !same {
             return None;
         }
         self.reused += 1;
-        self.entries.get(name).map(|e| &e.planned)
+        let (actions, starts) = entry.rest.as_ref().map_or((Vec::new(), None), |rest| (rest.actions.clone(), rest.starts.clone()));
+        Some(Planned { view: entry.view.clone(), actions, starts })
     }
 
     /// Keeps what was planned for `request`, unless it depends on the
-    /// clock (`timed`: a live worker, a scheduled retry).
+    /// clock (`timed`: a live worker, a scheduled retry). A view equal to
+    /// the one kept before is replaced by that one, so that a request
+    /// planned again to the same view is not held twice (here and in the
+    /// status renderer's cache).
     pub(super) fn keep(
         &mut self,
         request: &Arc<ChangeRequest>,
         index: &Index<'_>,
         mine: &[&Attempt],
         observed: &Observed,
-        planned: &Planned,
+        planned: &mut Planned,
         timed: bool,
     ) {
         self.planned += 1;
         let name = &request.metadata.name;
+        if let Some(kept) = self.entries.get(name.as_str()).filter(|kept| *kept.view == *planned.view) {
+            planned.view = kept.view.clone();
+        }
         if timed {
             self.entries.remove(name);
             return;
         }
         let observations = index.observations(name, mine);
-        let entry = Entry {
-            request: request.clone(),
-            status: observed.own_statuses.get(name.as_str()).cloned(),
-            observations: (!observations.is_empty()).then(|| Box::new(observations)),
-            planned: planned.clone(),
-        };
+        let rest = (!observations.is_empty() || !planned.actions.is_empty() || planned.starts.is_some())
+            .then(|| Box::new(Rest { observations, actions: planned.actions.clone(), starts: planned.starts.clone() }));
+        let entry =
+            Entry { request: request.clone(), status: observed.own_statuses.get(name.as_str()).cloned(), view: planned.view.clone(), rest };
         self.entries.insert(name.clone(), entry);
     }
 

@@ -355,18 +355,18 @@ pub fn plan_incremental(desired: &DesiredState, observed: &Observed, now: Millis
         let name = request.metadata.name.as_str();
         let mine = by_request.get(name).map(Vec::as_slice).unwrap_or_default();
         if let Some(planned) = memo.reuse(request, &index, mine, observed) {
-            candidates.extend(draft.take(name, planned.clone()));
+            candidates.extend(draft.take(name, planned));
             continue;
         }
-        let planned = requests::plan_request(&inputs, request, mine.to_vec());
+        let (mut planned, wake_at) = requests::plan_request(&inputs, request, mine.to_vec());
         // A live worker's wall time and a scheduled retry's countdown move
         // with the clock: such a request is planned again every pass.
-        let timed = planned.1.is_some() || mine.iter().any(|a| a.state.is_live() || (a.started_at.is_some() && a.finished_at.is_none()));
-        memo.keep(request, &index, mine, observed, &planned.0, timed);
-        if let Some(at) = planned.1 {
+        let timed = wake_at.is_some() || mine.iter().any(|a| a.state.is_live() || (a.started_at.is_some() && a.finished_at.is_none()));
+        memo.keep(request, &index, mine, observed, &mut planned, timed);
+        if let Some(at) = wake_at {
             draft.plan.wake_at = Some(draft.plan.wake_at.map_or(at, |w| w.min(at)));
         }
-        candidates.extend(draft.take(name, planned.0));
+        candidates.extend(draft.take(name, planned));
     }
     memo.retain(desired);
 

@@ -1043,8 +1043,10 @@ fn a_pass_plans_again_only_the_requests_whose_inputs_changed() {
     let worker = starts(&p)[0].worker.clone();
     world.apply(&p, 0);
     // Its own status files are new: every request once more; then none.
+    let first = p.requests["r00"].clone();
     let p = plan_incremental(&d, &world.observed(), 1, &cfg, &mut memo);
     assert_eq!(memo.last_counts(), (0, 51));
+    assert!(Arc::ptr_eq(&first, &p.requests["r00"]), "planned again to the same view: the view kept is handed out, not a copy");
     world.apply(&p, 1);
     let p2 = plan_incremental(&d, &world.observed(), 2, &cfg, &mut memo);
     assert_eq!(memo.last_counts(), (50, 1), "the gated request's worker runs: planned every pass");
