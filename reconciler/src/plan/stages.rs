@@ -62,7 +62,13 @@ pub(super) fn next_step(p: &Pipeline, stages: &[Stage], attempts: &[Attempt], ou
         let step = |decision, starts| Step { stage: Some(stage.name.clone()), decision, starts };
         let commits = match stage_state(p, stage) {
             StageState::Done(commits) => commits,
-            StageState::Start(starts) => return step(starting(p, stage), starts),
+            StageState::Start { starts, retry_at } => {
+                // A retry due later on another repo: the plan wakes then too.
+                if let Some(at) = retry_at {
+                    out.wake_at = Some(out.wake_at.map_or(at, |w| w.min(at)));
+                }
+                return step(starting(p, stage), starts);
+            }
             StageState::Running { retry_at } => return step(running(p, stage, retry_at, out), Vec::new()),
             StageState::Failed(why) => return step(Decision { phase: Phase::Failed, reason: "StageFailed", message: why }, Vec::new()),
         };
@@ -175,8 +181,13 @@ fn ci_gate(p: &Pipeline, gate: &Gate, commits: &BTreeMap<&str, Option<String>>) 
 enum StageState<'a> {
     /// Every repo succeeded: pushed commit per repo.
     Done(BTreeMap<&'a str, Option<String>>),
-    /// Workers to start now.
-    Start(Vec<Attempt>),
+    /// Workers to start now, and when a retry on another repo is due.
+    Start {
+        /// The workers.
+        starts: Vec<Attempt>,
+        /// The earliest retry not due yet.
+        retry_at: Option<Millis>,
+    },
     /// Workers running, or a retry scheduled.
     Running { retry_at: Option<Millis> },
     /// A repo ran out of attempts.
@@ -230,7 +241,7 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
         }
     }
     if !starts.is_empty() {
-        StageState::Start(starts)
+        StageState::Start { starts, retry_at }
     } else if running || retry_at.is_some() {
         StageState::Running { retry_at }
     } else {

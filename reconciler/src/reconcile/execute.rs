@@ -97,21 +97,42 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
 /// through): what decides whether the record is written again, and the
 /// generation observe reports. The name is the map's key; the revision and
 /// time are only written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recorded {
-    /// The spec generation.
-    pub generation: String,
-    /// The phase.
-    pub phase: String,
-    /// The stage.
-    pub stage: Option<String>,
-    /// The message.
-    pub message: String,
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// As read from the store when the loop started.
+    Stored {
+        /// The spec generation.
+        generation: String,
+        /// The phase.
+        phase: String,
+        /// The stage.
+        stage: Option<String>,
+        /// The message.
+        message: String,
+    },
+    /// As this process wrote it: the view it was written from (shared with
+    /// the plan and the status renderer, so 10,000 records copy nothing).
+    Written(std::sync::Arc<plan::RequestView>),
+}
+
+impl Recorded {
+    /// The generation, phase, stage and message recorded.
+    fn fields(&self) -> (&str, &str, Option<&str>, &str) {
+        match self {
+            Recorded::Stored { generation, phase, stage, message } => (generation, phase, stage.as_deref(), message),
+            Recorded::Written(view) => (&view.generation, view.phase.as_str(), view.stage.as_deref(), &view.message),
+        }
+    }
+
+    /// The spec generation recorded.
+    pub fn generation(&self) -> &str {
+        self.fields().0
+    }
 }
 
 impl From<RequestRecord> for Recorded {
     fn from(r: RequestRecord) -> Self {
-        Recorded { generation: r.generation, phase: r.phase, stage: r.stage, message: r.message }
+        Recorded::Stored { generation: r.generation, phase: r.phase, stage: r.stage, message: r.message }
     }
 }
 
@@ -140,17 +161,19 @@ pub async fn execute(
         ctx.records = Some(ctx.store.list_requests().await?.into_iter().map(|r| (r.name.clone(), Recorded::from(r))).collect());
     }
     let records = ctx.records.get_or_insert_default();
-    let changed: Vec<RequestRecord> = plan
+    let changed: Vec<(&String, &std::sync::Arc<plan::RequestView>)> = plan
         .requests
         .iter()
         .filter(|(name, view)| {
             !records.get(*name).is_some_and(|r| {
-                (r.generation.as_str(), r.phase.as_str(), r.stage.as_deref(), r.message.as_str())
-                    == (view.generation.as_str(), view.phase.as_str(), view.stage.as_deref(), view.message.as_str())
+                r.fields() == (view.generation.as_str(), view.phase.as_str(), view.stage.as_deref(), view.message.as_str())
             })
         })
+        .collect();
+    let rows: Vec<RequestRecord> = changed
+        .iter()
         .map(|(name, view)| RequestRecord {
-            name: name.clone(),
+            name: (*name).clone(),
             generation: view.generation.clone(),
             observed_revision: revision.to_owned(),
             phase: view.phase.as_str().to_owned(),
@@ -159,8 +182,10 @@ pub async fn execute(
             updated_at: t,
         })
         .collect();
-    ctx.store.upsert_requests(&changed).await?;
-    records.extend(changed.into_iter().map(|r| (r.name.clone(), Recorded::from(r))));
+    ctx.store.upsert_requests(&rows).await?;
+    drop(rows);
+    let records = ctx.records.get_or_insert_default();
+    records.extend(changed.into_iter().map(|(name, view)| (name.clone(), Recorded::Written(view.clone()))));
     let mut failed = Vec::new();
     for action in &plan.actions {
         use tracing::Instrument;

@@ -106,7 +106,7 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
         Some(records) => records
             .iter()
             .filter(|(name, _)| !desired.requests.contains_key(*name))
-            .map(|(name, r)| (name.clone(), r.generation.clone()))
+            .map(|(name, r)| (name.clone(), r.generation().to_owned()))
             .collect(),
         None => ctx
             .store
