@@ -11,7 +11,10 @@
 //! `observations` merges what was observed into one attempt per worker;
 //! `requests` plans each request (deleted, invalid, valid), asking `budget`
 //! whether it is over its budget and `stages` where its pipeline stands;
-//! `limits` admits the workers to start within the limits.
+//! `limits` admits the workers to start within the limits. With
+//! [`plan_incremental`], `memo` hands back what an earlier pass planned for
+//! each valid request whose inputs did not change (the loop's dirty set),
+//! and only the others are planned again.
 
 mod budget;
 mod limits;
