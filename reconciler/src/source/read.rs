@@ -71,8 +71,20 @@ impl Source {
             let changes = repo.diff_tree_to_tree(&old, &new, options).map_err(|e| SourceError::from_local(&e))?;
             let filter = &self.opts.filter;
             let is_file = |kind: EntryKind| matches!(kind, EntryKind::Blob | EntryKind::BlobExecutable);
+            // Without a removal, a known file is skipped before its path is
+            // copied (after Hadron's first status commit at 10,000 requests,
+            // 10,000 of them); a removal may meet an upsert of the same path
+            // below, so then every upsert is listed first.
+            let removals = changes.iter().any(|c| match c {
+                Change::Deletion { .. } | Change::Rewrite { .. } => true,
+                Change::Modification { entry_mode, .. } => !is_file(entry_mode.kind()),
+                Change::Addition { .. } => false,
+            });
+            let known_as =
+                |location: &[u8], id: &ObjectId| !removals && std::str::from_utf8(location).is_ok_and(|path| known.get(path) == Some(id));
             for change in changes {
                 match change {
+                    Change::Addition { location, id, .. } | Change::Modification { location, id, .. } if known_as(&location, &id) => {}
                     Change::Addition { location, entry_mode, id, .. } => {
                         let path = location.to_string();
                         if is_file(entry_mode.kind()) && filter.matches_file(&path) {

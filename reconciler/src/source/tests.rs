@@ -416,6 +416,7 @@ fn files_the_caller_holds_already_are_neither_read_nor_listed() -> Result<()> {
         ("status/a.yaml".to_owned(), blob(b"phase: Pending\n")?),
         ("status/b.yaml".to_owned(), blob(b"phase: Running\n")?),
         ("status/c.yaml".to_owned(), blob(b"phase: Succeeded\n")?),
+        ("status/d.yaml".to_owned(), blob(b"phase: Failed\n")?),
     ]
     .into();
     fx.write("status/a.yaml", b"phase: Pending\n")?;
@@ -429,12 +430,15 @@ fn files_the_caller_holds_already_are_neither_read_nor_listed() -> Result<()> {
     let paths: Vec<&str> = changes.upserts.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(paths, ["requests/a.yaml", "status/c.yaml"], "what Hadron holds as written is skipped; the rest is read");
     assert_eq!(source.blobs_read() - before, 2);
-    // Deleting a file the caller holds is still a delete.
+    // Deleting a file the caller holds is still a delete; beside it, a
+    // file the caller holds is still skipped.
     std::fs::remove_file(fx.work.join("status/a.yaml"))?;
+    fx.write("status/d.yaml", b"phase: Failed\n")?;
     fx.commit_push("remove", "main")?;
     let rev = source.fetch()?;
     let changes = source.load_except(rev, &known)?;
     assert_eq!(changes.deletes, ["status/a.yaml"]);
+    assert!(changes.upserts.is_empty(), "{:?}", changes.upserts);
     Ok(())
 }
 
