@@ -99,27 +99,32 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
 /// time are only written.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recorded {
-    /// As read from the store when the loop started.
-    Stored {
-        /// The spec generation.
-        generation: String,
-        /// The phase.
-        phase: String,
-        /// The stage.
-        stage: Option<String>,
-        /// The message.
-        message: String,
-    },
+    /// As read from the store when the loop started (boxed: in a map of
+    /// 10,000 records, an inline record would make every entry as big).
+    Stored(Box<StoredRecord>),
     /// As this process wrote it: the view it was written from (shared with
     /// the plan and the status renderer, so 10,000 records copy nothing).
     Written(std::sync::Arc<plan::RequestView>),
+}
+
+/// A request record as read from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    /// The spec generation.
+    pub generation: String,
+    /// The phase.
+    pub phase: String,
+    /// The stage.
+    pub stage: Option<String>,
+    /// The message.
+    pub message: String,
 }
 
 impl Recorded {
     /// The generation, phase, stage and message recorded.
     fn fields(&self) -> (&str, &str, Option<&str>, &str) {
         match self {
-            Recorded::Stored { generation, phase, stage, message } => (generation, phase, stage.as_deref(), message),
+            Recorded::Stored(r) => (&r.generation, &r.phase, r.stage.as_deref(), &r.message),
             Recorded::Written(view) => (&view.generation, view.phase.as_str(), view.stage.as_deref(), &view.message),
         }
     }
@@ -132,7 +137,7 @@ impl Recorded {
 
 impl From<RequestRecord> for Recorded {
     fn from(r: RequestRecord) -> Self {
-        Recorded::Stored { generation: r.generation, phase: r.phase, stage: r.stage, message: r.message }
+        Recorded::Stored(Box::new(StoredRecord { generation: r.generation, phase: r.phase, stage: r.stage, message: r.message }))
     }
 }
 
