@@ -1087,4 +1087,11 @@ fn a_pass_plans_again_only_the_requests_whose_inputs_changed() {
     let d = desired(&reqs, 3, &world);
     plan_incremental(&d, &world.observed(), 9, &cfg, &mut memo);
     assert_eq!(memo.last_counts(), (0, 51));
+    assert_eq!(memo.len(), 51);
+    // A deleted request is forgotten.
+    reqs.remove(3);
+    let d = unchanged_kept(Some(&d), desired(&reqs, 3, &world));
+    plan_incremental(&d, &world.observed(), 10, &cfg, &mut memo);
+    assert_eq!((memo.last_counts(), memo.len()), ((50, 0), 50));
+    assert!(PlanMemo::default().is_empty());
 }
