@@ -95,6 +95,20 @@ impl Shared {
     }
 }
 
+/// What one valid request's plan is made from, besides what all requests
+/// share: the key under which the memo keeps its plan.
+#[derive(Clone, Copy)]
+pub(super) struct RequestInputs<'a> {
+    /// The parsed request (compared by identity).
+    pub request: &'a Arc<ChangeRequest>,
+    /// The gate and CI observations, indexed once per plan.
+    pub index: &'a Index<'a>,
+    /// Its attempts, as merged.
+    pub mine: &'a [&'a Attempt],
+    /// Everything observed (for Hadron's own status file of it).
+    pub observed: &'a Observed,
+}
+
 /// What the last passes planned, by request, with the inputs each plan was
 /// made from. Owned by the loop between passes; planning with an empty memo
 /// is planning from scratch.
@@ -132,21 +146,16 @@ impl PlanMemo {
         self.planned = 0;
     }
 
-    /// What was planned for `request` from exactly these inputs, if kept.
-    pub(super) fn reuse(
-        &mut self,
-        request: &Arc<ChangeRequest>,
-        index: &Index<'_>,
-        mine: &[&Attempt],
-        observed: &Observed,
-    ) -> Option<Planned> {
+    /// What was planned for the request of `inputs` from exactly these inputs, if kept.
+    pub(super) fn reuse(&mut self, inputs: &RequestInputs<'_>) -> Option<Planned> {
+        let RequestInputs { request, index, mine, observed } = *inputs;
         let name = request.metadata.name.as_str();
         let entry = self.entries.get(name)?;
         let same = Arc::ptr_eq(&entry.request, request)
             && same_status(entry.status.as_ref(), observed.own_statuses.get(name))
             && match &entry.rest {
                 None => mine.is_empty() && !index.touches(name, mine),
-                Some(rest) => rest.observations == index.observations(name, mine),
+                Some(rest) => index.matches(name, mine, &rest.observations),
             };
         if !same {
             return None;
@@ -156,20 +165,13 @@ impl PlanMemo {
         Some(Planned { view: entry.view.clone(), actions, starts })
     }
 
-    /// Keeps what was planned for `request`, unless it depends on the
-    /// clock (`timed`: a live worker, a scheduled retry). A view equal to
-    /// the one kept before is replaced by that one, so that a request
-    /// planned again to the same view is not held twice (here and in the
-    /// status renderer's cache).
-    pub(super) fn keep(
-        &mut self,
-        request: &Arc<ChangeRequest>,
-        index: &Index<'_>,
-        mine: &[&Attempt],
-        observed: &Observed,
-        planned: &mut Planned,
-        timed: bool,
-    ) {
+    /// Keeps what was planned for the request of `inputs`, unless it
+    /// depends on the clock (`timed`: a live worker, a scheduled retry). A
+    /// view equal to the one kept before is replaced by that one, so that a
+    /// request planned again to the same view is not held twice (here and
+    /// in the status renderer's cache).
+    pub(super) fn keep(&mut self, inputs: &RequestInputs<'_>, planned: &mut Planned, timed: bool) {
+        let RequestInputs { request, index, mine, observed } = *inputs;
         self.planned += 1;
         let name = &request.metadata.name;
         if let Some(kept) = self.entries.get(name.as_str()).filter(|kept| *kept.view == *planned.view) {
@@ -231,19 +233,41 @@ impl<'a> Index<'a> {
         self.gates.contains_key(name) || mine.iter().any(|a| a.pushed_commit.as_deref().is_some_and(|c| self.ci.contains_key(c)))
     }
 
+    /// Whether request `name` with attempts `mine` observes exactly `kept`
+    /// (compared in place: this runs for every request with attempts, every pass).
+    fn matches(&self, name: &str, mine: &[&Attempt], kept: &Observations) -> bool {
+        let attempts = kept.attempts.len() == mine.len() && kept.attempts.iter().zip(mine).all(|(k, m)| k == *m);
+        let gates = match self.gates.get(name) {
+            None => kept.gates.is_empty(),
+            Some(by_gate) => {
+                by_gate.len() == kept.gates.len()
+                    && by_gate.iter().zip(&kept.gates).all(|((gate, (state, token)), (k_gate, k_state, k_token))| {
+                        *gate == k_gate.as_str() && *state == k_state.as_ref() && *token == k_token.as_ref()
+                    })
+            }
+        };
+        attempts && gates && self.ci_of(mine).eq(kept.ci.iter().map(|(repo, commit, state)| (repo.as_str(), commit.as_str(), *state)))
+    }
+
+    /// The CI states of the pushed heads of `mine`, by repo and commit, once each.
+    fn ci_of<'b>(&'b self, mine: &'b [&'b Attempt]) -> impl Iterator<Item = (&'b str, &'b str, CiState)> + 'b {
+        let mut ci = Vec::new();
+        for commit in mine.iter().filter_map(|a| a.pushed_commit.as_deref()) {
+            for (repo, state) in self.ci.get(commit).map(Vec::as_slice).unwrap_or_default() {
+                ci.push((*repo, commit, *state));
+            }
+        }
+        ci.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        ci.dedup();
+        ci.into_iter()
+    }
+
     /// What request `name`'s plan reads of the observations.
     fn observations(&self, name: &str, mine: &[&Attempt]) -> Observations {
         let gates = self.gates.get(name).map_or_else(Vec::new, |by_gate| {
             by_gate.iter().map(|(gate, (state, token))| ((*gate).to_owned(), state.cloned(), token.cloned())).collect()
         });
-        let mut ci = Vec::new();
-        for commit in mine.iter().filter_map(|a| a.pushed_commit.as_deref()) {
-            for (repo, state) in self.ci.get(commit).map(Vec::as_slice).unwrap_or_default() {
-                ci.push(((*repo).to_owned(), commit.to_owned(), *state));
-            }
-        }
-        ci.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        ci.dedup();
+        let ci = self.ci_of(mine).map(|(repo, commit, state)| (repo.to_owned(), commit.to_owned(), state)).collect();
         Observations { attempts: mine.iter().map(|a| (*a).clone()).collect(), gates, ci }
     }
 }

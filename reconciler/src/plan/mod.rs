@@ -357,7 +357,8 @@ pub fn plan_incremental(desired: &DesiredState, observed: &Observed, now: Millis
     for request in order {
         let name = request.metadata.name.as_str();
         let mine = by_request.get(name).map(Vec::as_slice).unwrap_or_default();
-        if let Some(planned) = memo.reuse(request, &index, mine, observed) {
+        let key = memo::RequestInputs { request, index: &index, mine, observed };
+        if let Some(planned) = memo.reuse(&key) {
             candidates.extend(draft.take(name, planned));
             continue;
         }
@@ -365,7 +366,7 @@ pub fn plan_incremental(desired: &DesiredState, observed: &Observed, now: Millis
         // A live worker's wall time and a scheduled retry's countdown move
         // with the clock: such a request is planned again every pass.
         let timed = wake_at.is_some() || mine.iter().any(|a| a.state.is_live() || (a.started_at.is_some() && a.finished_at.is_none()));
-        memo.keep(request, &index, mine, observed, &mut planned, timed);
+        memo.keep(&key, &mut planned, timed);
         if let Some(at) = wake_at {
             draft.plan.wake_at = Some(draft.plan.wake_at.map_or(at, |w| w.min(at)));
         }

@@ -125,7 +125,7 @@ impl Recorded {
     fn fields(&self) -> (&str, &str, Option<&str>, &str) {
         match self {
             Recorded::Stored(r) => (&r.generation, &r.phase, r.stage.as_deref(), &r.message),
-            Recorded::Written(view) => (&view.generation, view.phase.as_str(), view.stage.as_deref(), &view.message),
+            Recorded::Written(view) => recorded_fields(view),
         }
     }
 
@@ -133,6 +133,11 @@ impl Recorded {
     pub fn generation(&self) -> &str {
         self.fields().0
     }
+}
+
+/// What a request record holds of `view`: its generation, phase, stage and message.
+fn recorded_fields(view: &plan::RequestView) -> (&str, &str, Option<&str>, &str) {
+    (&view.generation, view.phase.as_str(), view.stage.as_deref(), &view.message)
 }
 
 impl From<RequestRecord> for Recorded {
@@ -166,15 +171,8 @@ pub async fn execute(
         ctx.records = Some(ctx.store.list_requests().await?.into_iter().map(|r| (r.name.clone(), Recorded::from(r))).collect());
     }
     let records = ctx.records.get_or_insert_default();
-    let changed: Vec<(&String, &std::sync::Arc<plan::RequestView>)> = plan
-        .requests
-        .iter()
-        .filter(|(name, view)| {
-            !records.get(*name).is_some_and(|r| {
-                r.fields() == (view.generation.as_str(), view.phase.as_str(), view.stage.as_deref(), view.message.as_str())
-            })
-        })
-        .collect();
+    let changed: Vec<(&String, &std::sync::Arc<plan::RequestView>)> =
+        plan.requests.iter().filter(|(name, view)| records.get(*name).is_none_or(|r| r.fields() != recorded_fields(view))).collect();
     let rows: Vec<RequestRecord> = changed
         .iter()
         .map(|(name, view)| RequestRecord {

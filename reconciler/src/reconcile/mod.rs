@@ -182,10 +182,6 @@ impl Seen {
     }
 }
 
-/// Where a request stands after a pass (its phase, stage and message):
-/// the plan's view, shared.
-pub type PhaseLine = Arc<plan::RequestView>;
-
 /// What one pass did.
 #[derive(Debug, Clone, Default)]
 pub struct PassReport {
@@ -195,7 +191,7 @@ pub struct PassReport {
     pub changes: Vec<PhaseChange>,
     /// Where every request stands after the pass: the plan's views
     /// (shared: a copy of the report copies no view).
-    pub phases: Arc<BTreeMap<String, PhaseLine>>,
+    pub phases: Arc<BTreeMap<String, Arc<plan::RequestView>>>,
     /// Live workers after the pass.
     pub live_workers: usize,
     /// How soon the driver must look at the live workers again when no
