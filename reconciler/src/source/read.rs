@@ -59,67 +59,68 @@ impl Source {
         new_tree: ObjectId,
         known: &std::collections::BTreeMap<String, ObjectId>,
     ) -> Result<ChangeSet, SourceError> {
-        use gix::object::tree::diff::ChangeDetached as Change;
+        use gix::object::tree::diff::Change;
         let mut upserts: Vec<(String, ObjectId)> = Vec::new();
         let mut deletes: Vec<String> = Vec::new();
         let repo = self.mirror()?;
         if old_tree != new_tree {
             let old = repo.find_tree(old_tree).map_err(|e| SourceError::from_local(&e))?;
             let new = repo.find_tree(new_tree).map_err(|e| SourceError::from_local(&e))?;
-            let mut options = gix::diff::Options::default().with_rewrites(None);
-            options.track_path();
-            let changes = repo.diff_tree_to_tree(&old, &new, options).map_err(|e| SourceError::from_local(&e))?;
             let filter = &self.opts.filter;
             let is_file = |kind: EntryKind| matches!(kind, EntryKind::Blob | EntryKind::BlobExecutable);
-            // Without a removal, a known file is skipped before its path is
-            // copied (after Hadron's first status commit at 10,000 requests,
-            // 10,000 of them); a removal may meet an upsert of the same path
-            // below, so then every upsert is listed first.
-            let removals = changes.iter().any(|c| match c {
-                Change::Deletion { .. } | Change::Rewrite { .. } => true,
-                Change::Modification { entry_mode, .. } => !is_file(entry_mode.kind()),
-                Change::Addition { .. } => false,
-            });
+            // A file the caller holds at this very blob is skipped as the
+            // walk meets it, before its path is copied (after Hadron's first
+            // status commit at 10,000 requests, 10,000 of them). Skipping it
+            // never hides a deletion: with rewrites off, a file at one path
+            // on both sides is one modification, never a deletion and an
+            // addition (those come only with a folder on one side).
             let known_as =
-                |location: &[u8], id: &ObjectId| !removals && std::str::from_utf8(location).is_ok_and(|path| known.get(path) == Some(id));
-            for change in changes {
-                match change {
-                    Change::Addition { location, id, .. } | Change::Modification { location, id, .. } if known_as(&location, &id) => {}
-                    Change::Addition { location, entry_mode, id, .. } => {
-                        let path = location.to_string();
-                        if is_file(entry_mode.kind()) && filter.matches_file(&path) {
-                            upserts.push((path, id));
+                |location: &gix::bstr::BStr, id: ObjectId| std::str::from_utf8(location).is_ok_and(|path| known.get(path) == Some(&id));
+            let mut platform = old.changes().map_err(|e| SourceError::from_local(&e))?;
+            platform.options(|o| {
+                o.track_path().track_rewrites(None);
+            });
+            platform
+                .for_each_to_obtain_tree(&new, |change| {
+                    match change {
+                        Change::Addition { location, id, .. } | Change::Modification { location, id, .. }
+                            if known_as(location, id.detach()) => {}
+                        Change::Addition { location, entry_mode, id, .. } => {
+                            let path = location.to_string();
+                            if is_file(entry_mode.kind()) && filter.matches_file(&path) {
+                                upserts.push((path, id.detach()));
+                            }
+                        }
+                        Change::Deletion { location, entry_mode, .. } => {
+                            let path = location.to_string();
+                            if is_file(entry_mode.kind()) && filter.matches_file(&path) {
+                                deletes.push(path);
+                            }
+                        }
+                        Change::Modification { location, previous_entry_mode, entry_mode, id, .. } => {
+                            let path = location.to_string();
+                            if filter.matches_file(&path) {
+                                if is_file(entry_mode.kind()) {
+                                    upserts.push((path, id.detach()));
+                                } else if is_file(previous_entry_mode.kind()) {
+                                    deletes.push(path);
+                                }
+                            }
+                        }
+                        Change::Rewrite { source_location, source_entry_mode, location, entry_mode, id, copy, .. } => {
+                            let old_path = source_location.to_string();
+                            if !copy && is_file(source_entry_mode.kind()) && filter.matches_file(&old_path) {
+                                deletes.push(old_path);
+                            }
+                            let path = location.to_string();
+                            if is_file(entry_mode.kind()) && filter.matches_file(&path) {
+                                upserts.push((path, id.detach()));
+                            }
                         }
                     }
-                    Change::Deletion { location, entry_mode, .. } => {
-                        let path = location.to_string();
-                        if is_file(entry_mode.kind()) && filter.matches_file(&path) {
-                            deletes.push(path);
-                        }
-                    }
-                    Change::Modification { location, previous_entry_mode, entry_mode, id, .. } => {
-                        let path = location.to_string();
-                        if !filter.matches_file(&path) {
-                            continue;
-                        }
-                        if is_file(entry_mode.kind()) {
-                            upserts.push((path, id));
-                        } else if is_file(previous_entry_mode.kind()) {
-                            deletes.push(path);
-                        }
-                    }
-                    Change::Rewrite { source_location, source_entry_mode, location, entry_mode, id, copy, .. } => {
-                        let old_path = source_location.to_string();
-                        if !copy && is_file(source_entry_mode.kind()) && filter.matches_file(&old_path) {
-                            deletes.push(old_path);
-                        }
-                        let path = location.to_string();
-                        if is_file(entry_mode.kind()) && filter.matches_file(&path) {
-                            upserts.push((path, id));
-                        }
-                    }
-                }
-            }
+                    Ok(std::ops::ControlFlow::Continue(()))
+                })
+                .map_err(|e| SourceError::from_local(&e))?;
         }
         // A path can be deleted as a file and re-added (e.g. file → folder → file);
         // an upsert wins over a delete of the same path.
@@ -128,7 +129,6 @@ impl Source {
         deletes.sort();
         deletes.dedup();
         deletes.retain(|d| upserts.binary_search_by(|(p, _)| p.as_str().cmp(d.as_str())).is_err());
-        upserts.retain(|(path, id)| known.get(path) != Some(id));
         let mut read = Vec::with_capacity(upserts.len());
         for (path, id) in upserts {
             read.push((path, read_blob(&repo, id, self.opts.max_blob_size, &mut self.blobs_read)?));
