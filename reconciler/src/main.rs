@@ -447,16 +447,29 @@ fn runtime() -> tokio::runtime::Runtime {
 /// that parse and render 10,000 files at once, the SQLite thread), and each
 /// keeps what was freed in it. At 10,000 requests the first pass peaked at
 /// ~170 MB RSS with the default and ~140 MB with two arenas, in the same
-/// time (one arena was ~30 % slower). The limit must be set before the
-/// first allocation and the project forbids `unsafe` (no `mallopt`), so the
-/// process replaces itself once, same pid and arguments, with the variable
-/// set. A value already in the environment is kept as it is.
+/// time (one arena was ~30 % slower).
+///
+/// They also keep glibc's mmap threshold at its initial 128 KiB
+/// (`MALLOC_MMAP_THRESHOLD_=131072`): by default each large block freed
+/// raises the threshold to its size (up to 32 MiB), so that after a first
+/// pass the large buffers of every later pass (a plan's maps, a status
+/// commit's file list) come from the heap and what they leave between
+/// long-lived objects stays resident. With the threshold fixed they are
+/// mapped and given back when freed: at 10,000 requests, peak RSS 2–3 MiB
+/// lower after the first pass and 4–5 MiB lower while idle, the first
+/// pass as fast.
+///
+/// Both must be set before the first allocation and the project forbids
+/// `unsafe` (no `mallopt`), so the process replaces itself once, same pid
+/// and arguments, with the variables set. A value already in the
+/// environment is kept as it is.
 fn with_bounded_heap_arenas(args: &Cli) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        const VAR: &str = "MALLOC_ARENA_MAX";
-        if !matches!(args.command, Command::Up { .. } | Command::Serve { .. }) || std::env::var_os(VAR).is_some() {
+        const VARS: [(&str, &str); 2] = [("MALLOC_ARENA_MAX", "2"), ("MALLOC_MMAP_THRESHOLD_", "131072")];
+        let missing: Vec<(&str, &str)> = VARS.into_iter().filter(|(var, _)| std::env::var_os(var).is_none()).collect();
+        if !matches!(args.command, Command::Up { .. } | Command::Serve { .. }) || missing.is_empty() {
             return;
         }
         let Ok(exe) = std::env::current_exe() else { return };
@@ -466,7 +479,7 @@ fn with_bounded_heap_arenas(args: &Cli) {
             cmd.arg0(arg0);
         }
         // Returns only when the exec failed: go on as we are.
-        let _ = cmd.args(argv).env(VAR, "2").exec();
+        let _ = cmd.args(argv).envs(missing).exec();
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = args;

@@ -128,6 +128,7 @@ impl Live {
         let child = Command::new(bin)
             .args(args)
             .env_remove("MALLOC_ARENA_MAX")
+            .env_remove("MALLOC_MMAP_THRESHOLD_")
             .envs(env.iter().copied())
             .current_dir(cwd)
             .env_remove("DATABASE_URL")

@@ -128,20 +128,27 @@ fn example_repo_end_to_end_as_a_person_would() {
     assert!(touched.lines().filter(|l| !l.is_empty()).all(|l| l.starts_with("status/")), "{touched}");
 }
 
-/// `hadron up` runs with at most two glibc heap arenas (it replaces itself
-/// once with `MALLOC_ARENA_MAX=2`, same pid), and an operator's own value wins.
+/// `hadron up` runs with at most two glibc heap arenas and a fixed mmap
+/// threshold (it replaces itself once with `MALLOC_ARENA_MAX=2` and
+/// `MALLOC_MMAP_THRESHOLD_=131072`, same pid), and an operator's own values win.
 #[test]
 fn up_bounds_its_heap_arenas_and_keeps_an_operators_value() {
     let example = workspace_root().join("example-repo");
-    for (given, want) in [(None, "MALLOC_ARENA_MAX=2"), (Some("4"), "MALLOC_ARENA_MAX=4")] {
+    let cases: [(&[(&str, &str)], [&str; 2]); 3] = [
+        (&[], ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=131072"]),
+        (&[("MALLOC_ARENA_MAX", "4")], ["MALLOC_ARENA_MAX=4", "MALLOC_MMAP_THRESHOLD_=131072"]),
+        (&[("MALLOC_ARENA_MAX", "4"), ("MALLOC_MMAP_THRESHOLD_", "65536")], ["MALLOC_ARENA_MAX=4", "MALLOC_MMAP_THRESHOLD_=65536"]),
+    ];
+    for (given, want) in cases {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let env: Vec<(&str, &str)> = given.map(|v| ("MALLOC_ARENA_MAX", v)).into_iter().collect();
         let args = ["up", example.to_str().expect("utf-8"), "--listen", "127.0.0.1:0", "--poll-seconds", "3600"];
-        let live = Live::start_with_env(hadron_bin!(), tmp.path(), &args, &env);
+        let live = Live::start_with_env(hadron_bin!(), tmp.path(), &args, given);
         // Serving: the process that answers is the one started, under the same pid.
         live.address();
         let environ = std::fs::read(format!("/proc/{}/environ", live.pid())).expect("its environment is readable");
-        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).filter(|kv| kv.starts_with(b"MALLOC_ARENA_MAX=")).collect();
-        assert_eq!(vars, [want.as_bytes()], "given {given:?}\n{}", live.logs());
+        let mut vars: Vec<&[u8]> = environ.split(|b| *b == 0).filter(|kv| kv.starts_with(b"MALLOC_")).collect();
+        vars.sort();
+        let want: Vec<&[u8]> = want.iter().map(|w| w.as_bytes()).collect();
+        assert_eq!(vars, want, "given {given:?}\n{}", live.logs());
     }
 }
