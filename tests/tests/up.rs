@@ -134,7 +134,9 @@ fn example_repo_end_to_end_as_a_person_would() {
 #[test]
 fn up_bounds_its_heap_arenas_and_keeps_an_operators_value() {
     let example = workspace_root().join("example-repo");
-    let cases: [(&[(&str, &str)], [&str; 2]); 3] = [
+    // (the environment given, the variables the running process has)
+    type Case<'a> = (&'a [(&'a str, &'a str)], [&'a str; 2]);
+    let cases: [Case<'_>; 3] = [
         (&[], ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=131072"]),
         (&[("MALLOC_ARENA_MAX", "4")], ["MALLOC_ARENA_MAX=4", "MALLOC_MMAP_THRESHOLD_=131072"]),
         (&[("MALLOC_ARENA_MAX", "4"), ("MALLOC_MMAP_THRESHOLD_", "65536")], ["MALLOC_ARENA_MAX=4", "MALLOC_MMAP_THRESHOLD_=65536"]),
