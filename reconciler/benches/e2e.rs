@@ -285,6 +285,10 @@ impl Hadron {
                 cmd.env_remove(key);
             }
         }
+        // Hadron's `worker started` lines time d's spawn (one line per worker).
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn,hadron::reconcile::execute=info");
+        }
         let started = Instant::now();
         let mut child = cmd.spawn().expect("hadron starts");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -787,9 +791,20 @@ fn floor_one_change(person: &Path, status_clone: &Path, n: usize, sample: usize)
 
 // ---------------------------------------------------------------- d: push → worker started
 
-/// Pushes a new runnable request; returns (push start → agent's first act ms,
-/// push ms, push start → status Succeeded ms).
-fn worker_latency(sc: &Scenario, hadron: &mut Hadron, sample: usize) -> (f64, f64, f64) {
+/// What one sample of d measured, in ms from the start of the person's push.
+struct Latency {
+    /// The agent's first act.
+    agent: f64,
+    /// The person's push itself.
+    push: f64,
+    /// Hadron's `worker started` line (the worker process spawned), if seen.
+    spawned: Option<f64>,
+    /// The status commit saying Succeeded on main.
+    done: f64,
+}
+
+/// Pushes a new runnable request and times it (see [`Latency`]).
+fn worker_latency(sc: &Scenario, hadron: &mut Hadron, sample: usize) -> Latency {
     pull(&sc.person);
     let name = format!("probe-{sample}");
     std::fs::write(sc.person.join(format!("requests/{name}.yaml")), probe(&name)).expect("write");
@@ -807,7 +822,15 @@ fn worker_latency(sc: &Scenario, hadron: &mut Hadron, sample: usize) -> (f64, f6
     });
     let text = git(&sc.control, &["show", &format!("{commit}:{path}")]);
     assert!(text.contains("phase: Succeeded"), "{name} succeeded:\n{text}");
-    (latency, ms(push), ms(done - t0))
+    let needle = format!("request={name} ");
+    let spawned = hadron
+        .lines
+        .lock()
+        .expect("lines")
+        .iter()
+        .find(|(at, line)| *at >= t0 && line.contains("worker started") && line.contains(&needle))
+        .map(|(at, _)| ms(*at - t0));
+    Latency { agent: latency, push: ms(push), spawned, done: ms(done - t0) }
 }
 
 /// Waits for the agent's marker file and returns the nanoseconds it holds.
@@ -1127,20 +1150,25 @@ fn main() {
         if run_d {
             pull(&floor_person);
             let (mut d, mut d_floor, mut d_push, mut d_done) = (Stats::default(), Stats::default(), Stats::default(), Stats::default());
+            let mut d_spawned = Stats::default();
             for k in 0..cfg.latency_samples {
-                let (latency, push, done) = worker_latency(&sc, &mut hadron, k);
+                let sample = worker_latency(&sc, &mut hadron, k);
                 let floor_ms = floor_worker_latency(&floor_person, k);
                 eprintln!(
-                    "  d n={n} sample {k}: agent started {} after the push started (push {}), Succeeded at {}; floor {}",
-                    t(latency),
-                    t(push),
-                    t(done),
+                    "  d n={n} sample {k}: agent started {} after the push started (push {}, worker spawned at {}), Succeeded at {}; floor {}",
+                    t(sample.agent),
+                    t(sample.push),
+                    sample.spawned.map_or_else(|| "?".to_owned(), t),
+                    t(sample.done),
                     t(floor_ms)
                 );
-                d.push(latency);
+                d.push(sample.agent);
                 d_floor.push(floor_ms);
-                d_push.push(push);
-                d_done.push(done);
+                d_push.push(sample.push);
+                d_done.push(sample.done);
+                if let Some(at) = sample.spawned {
+                    d_spawned.push(at);
+                }
             }
             let p = |st: &Stats| format!("p50 {} / p99 {}", t(st.pct(50.0)), t(st.pct(99.0)));
             report.row(
@@ -1155,10 +1183,11 @@ fn main() {
                 "d",
                 n,
                 format!(
-                    "min {} / max {}; the person's push {}; push → status Succeeded {}",
+                    "min {} / max {}; the person's push {}; worker process spawned (Hadron's `worker started` line) at {}; push → status Succeeded {}",
                     t(d.min()),
                     t(d.max()),
                     t(d_push.median()),
+                    t(d_spawned.median()),
                     t(d_done.median())
                 ),
             );
