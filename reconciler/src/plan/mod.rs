@@ -318,6 +318,15 @@ pub struct Plan {
     pub wake_at: Option<Millis>,
 }
 
+impl Plan {
+    /// The workers that run once this plan is carried out: those still
+    /// live and those it starts.
+    pub fn live_workers(&self) -> usize {
+        self.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
+            + self.actions.iter().filter(|a| matches!(a, Action::Start(_))).count()
+    }
+}
+
 /// Backoff before attempt `next` (2, 3, …) with deterministic jitter of up
 /// to ±20 % derived from the worker name, so planning stays pure.
 pub fn backoff(cfg: &PlanConfig, next: u32, worker: &str) -> Millis {

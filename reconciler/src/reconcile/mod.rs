@@ -595,20 +595,6 @@ impl Context {
                 return Ok(report);
             }
         }
-        // The status step that follows will likely publish (unless it holds
-        // its files for the status interval): the writer fetches the branch
-        // meanwhile (a failure is only a lost head start).
-        let busy = self.last_report.as_ref().map_or(0, |r| r.live_workers);
-        if publishing && self.pending_publish.is_none() && self.status_hold(busy).is_none() {
-            let writer = self.writer.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Ok(mut writer) = writer.lock()
-                    && let Err(e) = writer.prefetch()
-                {
-                    tracing::debug!(reason = e.reason(), "prefetching the control repo for the status commit failed: {e}");
-                }
-            });
-        }
         // Model: patched per changed file, read by reference below.
         self.catalog.refresh();
         timer.lap("model");
@@ -628,6 +614,22 @@ impl Context {
         timer.lap("plan");
         let (reused, planned) = self.plan_memo.last_counts();
         tracing::debug!(reused, planned, "plan");
+        // The status step that follows will likely publish, unless workers
+        // run once this plan is carried out and it holds its files for the
+        // status interval: the writer fetches the branch meanwhile, beside
+        // execute (a failure is only a lost head start). Decided after the
+        // plan, so that a pass starting a worker does not fetch for a
+        // commit it holds back, beside the worker's own clone.
+        if publishing && self.pending_publish.is_none() && self.status_hold(plan.live_workers()).is_none() {
+            let writer = self.writer.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Ok(mut writer) = writer.lock()
+                    && let Err(e) = writer.prefetch()
+                {
+                    tracing::debug!(reason = e.reason(), "prefetching the control repo for the status commit failed: {e}");
+                }
+            });
+        }
         // Execute.
         degraded.extend(execute::execute(self, &plan, &observed, &revision, t).await?);
         timer.lap("execute");

@@ -283,8 +283,7 @@ impl Context {
         self.store.append_events(&events).await?;
         drop(events);
         timer.lap("events");
-        report.live_workers = plan.requests.values().flat_map(|v| v.attempts.iter()).filter(|a| a.state.is_live()).count()
-            + plan.actions.iter().filter(|a| matches!(a, plan::Action::Start(_))).count();
+        report.live_workers = plan.live_workers();
         let settled = plan.wake_at.is_none()
             && plan
                 .requests
