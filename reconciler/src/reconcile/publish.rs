@@ -17,6 +17,11 @@ use crate::time::{Millis, now};
 /// planner's observations, updated in place between passes).
 pub(super) type OwnStatuses = Arc<BTreeMap<String, Arc<crate::model::RequestStatus>>>;
 
+/// The request a status file's path `status/<request>.yaml` is of.
+fn request_of(path: &str) -> &str {
+    path.trim_start_matches("status/").trim_end_matches(".yaml")
+}
+
 /// What a published text gives: its digest, and its blob id (`None` when it
 /// cannot be computed: the file is then read back).
 type TextFacts = (String, Option<gix::ObjectId>);
@@ -310,7 +315,7 @@ impl Context {
             let due = now().saturating_add(Millis::try_from(wait.as_millis()).unwrap_or(Millis::MAX).saturating_add(1));
             report.wake_at = Some(report.wake_at.map_or(due, |w| w.min(due)));
         } else if !changes.is_empty() {
-            let names: Vec<String> = changes.keys().map(|p| p.trim_start_matches("status/").trim_end_matches(".yaml").to_owned()).collect();
+            let names: Vec<String> = changes.keys().map(|p| request_of(p).to_owned()).collect();
             let message = status_message(&names, &report);
             // Rendered from strings: the texts are UTF-8.
             let files: BTreeMap<&str, Option<std::borrow::Cow<'_, str>>> =
@@ -423,7 +428,7 @@ impl Context {
                 (Some(status), Some(true)) => Some(status.clone()),
                 _ => None,
             };
-            let name = path.trim_start_matches("status/").trim_end_matches(".yaml");
+            let name = request_of(path);
             if let (Some(status), Some(rendered)) = (&held, self.rendered.get_mut(name)) {
                 rendered.prev = Some(status.clone());
                 rendered.same = true;
@@ -434,19 +439,15 @@ impl Context {
             facts.push((held, Some((render::digest(text), id))));
         }
         let paths: Vec<String> = changes.into_keys().collect();
-        let name_of = |path: &str| path.trim_start_matches("status/").trim_end_matches(".yaml").to_owned();
         // What Hadron published is what it will trust when it reads it back.
-        let digests: Vec<(&str, Option<String>)> = paths
-            .iter()
-            .zip(&facts)
-            .map(|(path, (_, f))| (path.trim_start_matches("status/").trim_end_matches(".yaml"), f.as_ref().map(|(d, _)| d.clone())))
-            .collect();
+        let digests: Vec<(&str, Option<String>)> =
+            paths.iter().zip(&facts).map(|(path, (_, f))| (request_of(path), f.as_ref().map(|(d, _)| d.clone()))).collect();
         self.store.set_status_digests(&digests, now()).await?;
         drop(digests);
         timer.lap("record");
         tracing::debug!(steps = %timer, "published");
         for (path, (held, f)) in paths.into_iter().zip(facts) {
-            let name = name_of(&path);
+            let name = request_of(&path).to_owned();
             self.reported_untrusted.remove(&name);
             match f {
                 Some((digest, id)) => {
