@@ -27,12 +27,24 @@ pub struct ParsedFile {
     pub object: Option<Object>,
     /// Problems found in this file alone.
     pub diagnostics: Vec<Diagnostic>,
-    /// The source text, kept to locate cross-file problems (only when it
-    /// parsed, and for a request only when `positions` could not be found).
-    text: Option<Arc<str>>,
-    /// A request's fields that cross-file problems point at, found by a
-    /// scan of its text instead of keeping it.
-    positions: Option<super::positions::Positions>,
+    /// What locates its cross-file problems later.
+    source: Source,
+}
+
+/// What a parsed file keeps to locate its cross-file problems (an agent
+/// deleted since, a gate's `after` that names no stage).
+#[derive(Debug, Clone, Default)]
+enum Source {
+    /// Nothing: the file did not parse, or has no cross-file problems (a
+    /// status file, one Hadron recorded as it wrote it).
+    #[default]
+    Nothing,
+    /// The fields such problems point at, found by a scan of a request's
+    /// text instead of keeping it.
+    Positions(super::positions::Positions),
+    /// The text itself (when a scan was not sure of the layout, and for
+    /// every other kind of file).
+    Text(Arc<str>),
 }
 
 /// Decides what a path is. `Ok(None)` means Hadron ignores the file
@@ -126,18 +138,11 @@ pub fn parse_file(path: &str, bytes: &[u8]) -> Option<ParsedFile> {
         Ok(Some(found)) => found,
         Ok(None) => return None,
         Err(diag) => {
-            return Some(ParsedFile {
-                role: None,
-                stem: String::new(),
-                object: None,
-                diagnostics: vec![diag],
-                text: None,
-                positions: None,
-            });
+            return Some(ParsedFile { role: None, stem: String::new(), object: None, diagnostics: vec![diag], source: Source::Nothing });
         }
     };
     let mut file =
-        ParsedFile { role: Some(role.clone()), stem: stem.clone(), object: None, diagnostics: Vec::new(), text: None, positions: None };
+        ParsedFile { role: Some(role.clone()), stem: stem.clone(), object: None, diagnostics: Vec::new(), source: Source::Nothing };
     if bytes.len() > MAX_FILE_BYTES {
         file.diagnostics.push(too_large(path, bytes.len() as u64));
         return Some(file);
@@ -188,16 +193,16 @@ pub fn parse_file(path: &str, bytes: &[u8]) -> Option<ParsedFile> {
     // Status files have no cross-file problems to locate later: 10,000 of
     // them need not keep their text; nor do requests whose fields could be
     // found by a scan of theirs.
-    match &file.object {
-        _ if role == FileRole::Status => {}
+    file.source = match &file.object {
+        _ if role == FileRole::Status => Source::Nothing,
         Some(Object::Request(request)) => {
-            file.positions = super::positions::request_fields(&text, request.spec.agent.is_some(), request.spec.gates.len());
-            if file.positions.is_none() {
-                file.text = Some(text);
+            match super::positions::request_fields(&text, request.spec.agent.is_some(), request.spec.gates.len()) {
+                Some(positions) => Source::Positions(positions),
+                None => Source::Text(text),
             }
         }
-        _ => file.text = Some(text),
-    }
+        _ => Source::Text(text),
+    };
     Some(file)
 }
 
@@ -213,7 +218,7 @@ pub fn own_status(path: &str, status: Arc<RequestStatus>) -> Option<ParsedFile> 
     if !check_object(&object, &role, &stem).is_empty() || !sanitize_status(&mut sanitized).is_empty() || sanitized != *status {
         return None;
     }
-    Some(ParsedFile { role: Some(role), stem, object: Some(object), diagnostics: Vec::new(), text: None, positions: None })
+    Some(ParsedFile { role: Some(role), stem, object: Some(object), diagnostics: Vec::new(), source: Source::Nothing })
 }
 
 /// What a file known to be over [`MAX_FILE_BYTES`] gives, without reading
@@ -221,12 +226,10 @@ pub fn own_status(path: &str, status: Arc<RequestStatus>) -> Option<ParsedFile> 
 pub(crate) fn refuse_too_large(path: &str, size: u64) -> Option<ParsedFile> {
     match classify(path) {
         Ok(Some((role, stem))) => {
-            Some(ParsedFile { role: Some(role), stem, object: None, diagnostics: vec![too_large(path, size)], text: None, positions: None })
+            Some(ParsedFile { role: Some(role), stem, object: None, diagnostics: vec![too_large(path, size)], source: Source::Nothing })
         }
         Ok(None) => None,
-        Err(diag) => {
-            Some(ParsedFile { role: None, stem: String::new(), object: None, diagnostics: vec![diag], text: None, positions: None })
-        }
+        Err(diag) => Some(ParsedFile { role: None, stem: String::new(), object: None, diagnostics: vec![diag], source: Source::Nothing }),
     }
 }
 
@@ -406,18 +409,13 @@ fn list(names: &[&str]) -> String {
     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
-impl ParsedFile {
-    /// Source text (present when the file parsed).
-    pub(crate) fn text(&self) -> Option<&str> {
-        self.text.as_deref()
-    }
-}
-
 /// Locates a field in a file for cross-file diagnostics: by the positions
 /// found when it was parsed, else in its text.
 pub(crate) fn locate_in(path: &str, file: &ParsedFile, findings: Vec<Finding>) -> Vec<Diagnostic> {
-    let Some(positions) = &file.positions else {
-        return resolve(path, file.text().unwrap_or(""), findings);
+    let positions = match &file.source {
+        Source::Positions(positions) => positions,
+        Source::Text(text) => return resolve(path, text, findings),
+        Source::Nothing => return resolve(path, "", findings),
     };
     findings
         .into_iter()
