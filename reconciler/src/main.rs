@@ -463,7 +463,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// `unsafe` (no `mallopt`), so the process replaces itself once, same pid
 /// and arguments, with the variables set. A value already in the
 /// environment is kept as it is.
-fn with_bounded_heap_arenas(args: &Cli) {
+fn with_glibc_heap_settings(args: &Cli) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
@@ -487,7 +487,7 @@ fn with_bounded_heap_arenas(args: &Cli) {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    with_bounded_heap_arenas(&args);
+    with_glibc_heap_settings(&args);
     if !matches!(args.command, Command::Worker { .. }) {
         init_logging(args.log_format);
     }

@@ -122,8 +122,8 @@ impl Source {
                 })
                 .map_err(|e| SourceError::from_local(&e))?;
         }
-        // A path can be deleted as a file and re-added (e.g. file → folder → file);
-        // an upsert wins over a delete of the same path.
+        // Only a tree with two entries of one name (which `git fsck`
+        // refuses) lists a path as both deleted and added: the upsert wins.
         upserts.sort();
         upserts.dedup_by(|a, b| a.0 == b.0);
         deletes.sort();
