@@ -76,6 +76,9 @@ impl Fixture {
             git_author: ("Hadron".into(), "hadron@example.com".into()),
             image: None,
             resources: None,
+            network: hadron::workers::spec::WorkerNetwork::None,
+            sandbox: hadron::workers::spec::SandboxMode::Preferred,
+            max_workspace_bytes: None,
         }
     }
 

@@ -90,6 +90,9 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
         git_author: (WORKER_AUTHOR.0.to_owned(), WORKER_AUTHOR.1.to_owned()),
         image: agent.spec.image.clone(),
         resources: agent.spec.resources.clone(),
+        network: crate::workers::spec::WorkerNetwork::None,
+        sandbox: crate::workers::spec::SandboxMode::Preferred,
+        max_workspace_bytes: None,
     })
 }
 

@@ -91,6 +91,59 @@ pub struct RunSpec {
     /// The agent's resources (Kubernetes driver; the local driver ignores them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// What the agent may reach on the network (default: nothing).
+    #[serde(default)]
+    pub network: WorkerNetwork,
+    /// Whether the agent must run confined (the local driver's sandbox);
+    /// when it must and cannot, the worker does not run the agent.
+    #[serde(default)]
+    pub sandbox: SandboxMode,
+    /// Most bytes the workspace (and the agent's private `/tmp`) may hold;
+    /// the worker applies its default (1 GiB) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_workspace_bytes: Option<u64>,
+}
+
+/// What an agent may reach on the network.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WorkerNetwork {
+    /// No network at all (loopback of its own only). The default.
+    #[default]
+    None,
+    /// Only these `host:port` pairs (a host is a DNS name, an IPv4 address
+    /// or a CIDR such as `10.0.0.0/8`; checked by the model).
+    Allow(Vec<String>),
+    /// The host's network, unrestricted: the explicit, visible opt-out.
+    Host,
+}
+
+impl WorkerNetwork {
+    /// The allowed `(host, port)` pairs; empty for `None` and `Host`.
+    pub fn endpoints(&self) -> Vec<(&str, u16)> {
+        match self {
+            WorkerNetwork::Allow(list) => list
+                .iter()
+                .filter_map(|e| {
+                    let (host, port) = e.rsplit_once(':')?;
+                    Some((host, port.parse().ok()?))
+                })
+                .collect(),
+            WorkerNetwork::None | WorkerNetwork::Host => Vec::new(),
+        }
+    }
+}
+
+/// Whether a worker's agent must be confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SandboxMode {
+    /// Confined where the machine can (the default); otherwise the run is
+    /// marked unconfined.
+    #[default]
+    Preferred,
+    /// Confined or not run at all.
+    Required,
 }
 
 /// Which run a worker is: what a driver can tell of a worker it finds
@@ -216,6 +269,9 @@ pub(crate) fn sample() -> RunSpec {
         git_author: ("Hadron".into(), "hadron@example.com".into()),
         image: None,
         resources: None,
+        network: WorkerNetwork::None,
+        sandbox: SandboxMode::Preferred,
+        max_workspace_bytes: None,
     }
 }
 
