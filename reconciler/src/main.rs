@@ -286,6 +286,20 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         termination_log: Option<PathBuf>,
     },
+    /// Inside an agent's sandbox (started by a worker, not by people): listens on `--listen` and
+    /// carries each connection to the worker's egress proxy at `--socket`, while it runs the agent.
+    #[command(hide = true)]
+    SandboxRelay {
+        /// The proxy's Unix socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Loopback address to listen on, e.g. 127.0.0.1:3128.
+        #[arg(long)]
+        listen: String,
+        /// The agent's command.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
     /// Approve a gate as a person would: merge `hadron/approve/<request>/<gate>`.
     ///
     /// Clones the control repo, merges the approval branch into the branch
@@ -486,9 +500,13 @@ fn with_glibc_heap_settings(args: &Cli) {
 }
 
 fn main() -> ExitCode {
+    // Not dumpable: another process of the same user (an unconfined agent)
+    // cannot read this one's /proc/<pid>/environ or mem, nor ptrace it.
+    // Reset by every exec, so each Hadron process (workers too) sets it.
+    let _ = nix::sys::prctl::set_dumpable(false);
     let args = Cli::parse();
     with_glibc_heap_settings(&args);
-    if !matches!(args.command, Command::Worker { .. }) {
+    if !matches!(args.command, Command::Worker { .. } | Command::SandboxRelay { .. }) {
         init_logging(args.log_format);
     }
     let code = match args.command {
@@ -502,6 +520,13 @@ fn main() -> ExitCode {
             let result = hadron::workers::entry::run_worker_for_job(&run, work_dir.as_deref(), termination_log.as_deref());
             i32::from(result.outcome != hadron::workers::spec::Outcome::Succeeded)
         }
+        Command::SandboxRelay { socket, listen, argv } => match hadron::workers::egress::relay_and_run(&socket, &listen, &argv) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error[{}]: {e}", e.reason());
+                127
+            }
+        },
         Command::Approve { request, gate, control, branch, name, email, data } => {
             let control = default_control(control, &data.data_dir);
             let email = email.unwrap_or_else(|| format!("{name}@localhost"));

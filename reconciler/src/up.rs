@@ -231,6 +231,7 @@ pub fn control_repo(dir: &Path, data_dir: &Path, out: &mut dyn Write) -> Result<
 
 /// `hadron up`: seeds a control-repo folder if needed, then runs Hadron on it.
 pub async fn up(opts: UpOptions, out: &mut (dyn Write + Send)) -> Result<i32, UpError> {
+    sandbox_warning(&opts.driver, out);
     let data_dir = absolute(&opts.data_dir)?;
     std::fs::create_dir_all(&data_dir).map_err(|source| UpError::Io { path: data_dir.clone(), source })?;
     let lock = lock_data_dir(&data_dir)?;
@@ -240,6 +241,7 @@ pub async fn up(opts: UpOptions, out: &mut (dyn Write + Send)) -> Result<i32, Up
 
 /// `hadron serve`: runs Hadron on the control repo at `control_url` as it is.
 pub async fn serve(opts: UpOptions, control_url: String, out: &mut (dyn Write + Send)) -> Result<i32, UpError> {
+    sandbox_warning(&opts.driver, out);
     let data_dir = absolute(&opts.data_dir)?;
     std::fs::create_dir_all(&data_dir).map_err(|source| UpError::Io { path: data_dir.clone(), source })?;
     let lock = lock_data_dir(&data_dir)?;
@@ -444,10 +446,26 @@ async fn make_driver(
     })
 }
 
+/// The first line of `up` and `serve` when the local driver cannot confine
+/// agents: why, and the fix. Nothing when it can (or workers are pods).
+fn sandbox_warning(driver: &DriverOptions, out: &mut (dyn Write + Send)) {
+    if let (DriverOptions::Local, Err(why)) = (driver, crate::workers::sandbox::Sandbox::probe()) {
+        let _ = writeln!(
+            out,
+            "warning: agents will run UNCONFINED (they can read what this user can, Hadron's files included): {why}. \
+             Their stages are marked `unconfined` in status files and on the dashboard; \
+             `spec.workers.sandbox: required` in hadron.yaml refuses to run them instead."
+        );
+    }
+}
+
 /// One line on where workers run.
 fn driver_line(driver: &DriverOptions) -> String {
     match driver {
-        DriverOptions::Local => "local processes".to_owned(),
+        DriverOptions::Local => match crate::workers::sandbox::Sandbox::probe() {
+            Ok(_) => "local processes, each agent in a bubblewrap sandbox".to_owned(),
+            Err(_) => "local processes, agents UNCONFINED (see the first line)".to_owned(),
+        },
         DriverOptions::Kubernetes { namespace, image, .. } => format!(
             "Kubernetes Jobs in namespace {} (default image {image}; `kubectl get jobs -l app.kubernetes.io/managed-by=hadron`)",
             namespace.as_deref().unwrap_or("of the service account")

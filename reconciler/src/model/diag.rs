@@ -54,6 +54,8 @@ pub enum Code {
     InvalidRepoUrl,
     /// A secret value is written inline where a reference is required.
     InlineSecret,
+    /// An entry of an agent's `network.allow` is not a `host:port` pair.
+    InvalidNetworkEntry,
     /// A handlebars template does not compile.
     InvalidTemplate,
     /// A handlebars template uses a variable (or helper) Hadron does not
@@ -109,6 +111,7 @@ impl Code {
             Code::NonPositiveValue => "NonPositiveValue",
             Code::InvalidRepoUrl => "InvalidRepoUrl",
             Code::InlineSecret => "InlineSecret",
+            Code::InvalidNetworkEntry => "InvalidNetworkEntry",
             Code::InvalidTemplate => "InvalidTemplate",
             Code::UnknownTemplateVariable => "UnknownTemplateVariable",
             Code::EmptyCommand => "EmptyCommand",

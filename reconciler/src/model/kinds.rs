@@ -109,6 +109,32 @@ pub struct SettingsSpec {
     /// event arrives, as a duration such as `60s` or `5m`. Default `60s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<DurationSpec>,
+    /// How workers run their agents.
+    #[serde(default)]
+    pub workers: WorkerSettings,
+}
+
+/// How workers run their agents.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// `preferred` (the default): the local driver confines every agent in
+    /// a sandbox where the machine can, and marks the others `unconfined`.
+    /// `required`: an agent that cannot be confined does not run, and its
+    /// request says why.
+    #[serde(default)]
+    pub sandbox: SandboxPolicy,
+}
+
+/// Whether agents must be confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SandboxPolicy {
+    /// Confined where the machine can; otherwise run and marked `unconfined`.
+    #[default]
+    Preferred,
+    /// Confined, or not run at all.
+    Required,
 }
 
 /// Defaults for requests; each field can be overridden per request.
@@ -203,6 +229,42 @@ pub struct AgentSpec {
     /// Whether a stage that changes no file counts as failed. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_change: Option<bool>,
+    /// What the agent may reach on the network. Absent or `none`: nothing
+    /// (its own loopback only). `allow: ["api.anthropic.com:443"]`: only
+    /// these `host:port` pairs (a DNS name, an IPv4 address or a CIDR),
+    /// through a proxy locally and a NetworkPolicy on Kubernetes. `host`:
+    /// the host's network, unrestricted (the explicit opt-out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<AgentNetwork>,
+}
+
+/// What an agent may reach on the network: `none`, `host`, or `allow: [...]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AgentNetwork {
+    /// `none` (no network) or `host` (the host's network, unrestricted).
+    Mode(NetworkMode),
+    /// Only the listed `host:port` pairs.
+    Allow(NetworkAllow),
+}
+
+/// `none` or `host`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum NetworkMode {
+    /// No network: the agent's own loopback only.
+    None,
+    /// The host's network, unrestricted: the explicit, visible opt-out.
+    Host,
+}
+
+/// `allow: [...]`: the only `host:port` pairs the agent may reach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkAllow {
+    /// `host:port` pairs, e.g. `api.anthropic.com:443`; a host is a DNS
+    /// name, an IPv4 address or a CIDR such as `10.0.0.0/8`.
+    pub allow: Vec<String>,
 }
 
 /// One environment variable: a literal `value` for non-secret settings, or a
@@ -410,6 +472,34 @@ pub struct Budget {
     /// generation), e.g. `30m`; running workers are cancelled when it is reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wall_time: Option<DurationSpec>,
+    /// Most bytes one worker's workspace (the target repo's checkout and the
+    /// agent's private `/tmp`) may hold, as a quantity such as `512Mi` or
+    /// `2Gi`. Default `1Gi`. A stage that writes more fails with
+    /// `WorkspaceTooLarge`, naming the biggest files; nothing is pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_workspace_size: Option<String>,
+}
+
+/// Parses a byte quantity: digits with an optional `Ki`, `Mi`, `Gi`, `Ti`
+/// (powers of 1024) or `k`, `M`, `G`, `T` (powers of 1000) suffix.
+pub fn parse_quantity(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
 }
 
 /// An approval: arrives in `main` by merging the approval PR (or branch)
@@ -578,6 +668,10 @@ pub struct StageResult {
     /// What the agent or Hadron said about the result.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub summary: String,
+    /// `true` when the agent ran without the sandbox (the machine could
+    /// not make one; see `hadron up`'s first line).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unconfined: bool,
 }
 
 /// A condition, as in Kubernetes: `Ready`, `Reconciling` or `Stalled`.

@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use super::diag::Code;
 pub use super::file::Finding;
 use super::file::{FileRole, Object};
-use super::kinds::{API_VERSION, AgentSpec, Approval, Budget, ChangeRequest, EnvVar, GateType, Metadata, RequestStatus, Settings, Stage};
+use super::kinds::{
+    API_VERSION, AgentNetwork, AgentSpec, Approval, Budget, ChangeRequest, EnvVar, GateType, Metadata, RequestStatus, Settings, Stage,
+};
 use super::template_vars::{TemplateUse, check_template};
 pub use super::values::{is_commit_id, looks_like_secret_value, repo_url_problem, url_has_credentials};
 pub use crate::ids::{is_branch_name, is_dns_label};
@@ -162,6 +164,72 @@ fn check_budget(out: &mut Vec<Finding>, field: &str, b: &Budget) {
     {
         bad(out, "maxWallTime", format!("`maxWallTime: {t}` allows no work at all"));
     }
+    if let Some(q) = &b.max_workspace_size {
+        match crate::model::kinds::parse_quantity(q) {
+            Some(0) => bad(out, "maxWorkspaceSize", format!("`maxWorkspaceSize: {q}` allows no workspace at all")),
+            Some(_) => {}
+            None => out.push(Finding::error(
+                &format!("{field}.maxWorkspaceSize"),
+                Code::WrongType,
+                format!("`{q}` is not a size"),
+                "write a size such as `512Mi` or `2Gi` (Ki, Mi, Gi, Ti; or k, M, G, T)",
+            )),
+        }
+    }
+}
+
+/// Checks `spec.network.allow` entries: `host:port`, a port from 1 to
+/// 65535, a host that is a DNS name, an IPv4 address or an IPv4 CIDR.
+fn check_network(out: &mut Vec<Finding>, network: Option<&AgentNetwork>) {
+    let Some(AgentNetwork::Allow(allow)) = network else { return };
+    if allow.allow.is_empty() {
+        out.push(Finding::error(
+            "spec.network.allow",
+            Code::NonPositiveValue,
+            "an empty allow list is no network at all",
+            "list the `host:port` pairs the agent needs, e.g. `allow: [\"api.anthropic.com:443\"]`, or write `network: none`",
+        ));
+    }
+    for (i, entry) in allow.allow.iter().enumerate() {
+        if let Err(why) = check_endpoint(entry) {
+            out.push(Finding::error(
+                &format!("spec.network.allow[{i}]"),
+                Code::InvalidNetworkEntry,
+                format!("`{entry}` {why}"),
+                "write `host:port`, e.g. `api.anthropic.com:443` or `10.0.0.0/8:5432`",
+            ));
+        }
+    }
+}
+
+/// Why `entry` is not a `host:port` pair, if it is not.
+pub fn check_endpoint(entry: &str) -> Result<(), &'static str> {
+    let (host, port) = entry.rsplit_once(':').ok_or("has no `:port`")?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err("has no port from 1 to 65535"),
+    }
+    if let Some((ip, bits)) = host.split_once('/') {
+        let bits_ok = bits.parse::<u8>().is_ok_and(|b| b <= 32);
+        if ip.parse::<std::net::Ipv4Addr>().is_err() || !bits_ok {
+            return Err("is not an IPv4 CIDR such as `10.0.0.0/8`");
+        }
+        return Ok(());
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err("does not name a host (a DNS name, an IPv4 address or a CIDR)");
+    }
+    Ok(())
 }
 
 /// Names that say "this is a secret" when they carry a literal value.
@@ -202,6 +270,7 @@ fn check_agent(out: &mut Vec<Finding>, spec: &AgentSpec) {
             ));
         }
     }
+    check_network(out, spec.network.as_ref());
     if spec.concurrency == Some(0) {
         out.push(Finding::error(
             "spec.concurrency",

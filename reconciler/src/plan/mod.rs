@@ -72,6 +72,8 @@ pub struct Attempt {
     pub reason: String,
     /// What the agent said.
     pub summary: String,
+    /// The agent ran without the sandbox (shown, never decided on).
+    pub unconfined: bool,
 }
 
 /// A pending attempt with nothing spent and no result: what the fields a
@@ -95,6 +97,7 @@ impl Default for Attempt {
             pushed_commit: None,
             reason: String::new(),
             summary: String::new(),
+            unconfined: false,
         }
     }
 }

@@ -104,6 +104,7 @@ fn adopt_own_statuses(observed: &Observed, by_worker: &mut ByWorker, actions: &m
                 pushed_commit: result.pushed_commit.clone(),
                 reason: "FromStatus".into(),
                 summary: result.summary.clone(),
+                unconfined: result.unconfined,
             };
             actions.push(Action::Adopt(attempt.clone()));
             by_worker.insert(attempt.worker.clone(), attempt);

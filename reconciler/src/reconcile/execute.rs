@@ -3,11 +3,11 @@
 //! next pass; it never stops the other requests.
 
 use crate::model::DesiredState;
-use crate::model::kinds::ChangeRequest;
+use crate::model::kinds::{AgentNetwork, ChangeRequest, NetworkMode, SandboxPolicy, parse_quantity};
 use crate::plan::{self, Action, Attempt, AttemptState, Observed, Plan};
 use crate::store::{self, AttemptUpdate, NewAttempt, NewEvent, RequestRecord};
 use crate::time::Millis;
-use crate::workers::spec::{EnvSource, PreviousStage, RunSpec};
+use crate::workers::spec::{EnvSource, PreviousStage, RunSpec, SandboxMode, WorkerNetwork};
 
 use super::steps::StepFailure;
 use super::{Context, ReconcileError, urls};
@@ -36,7 +36,11 @@ fn update_of(a: &Attempt, t: Millis) -> AttemptUpdate {
         cost_usd: Some(a.cost_usd),
         tokens_in: Some(a.tokens_in),
         tokens_out: Some(a.tokens_out),
-        result: Some(serde_json::json!({ "reason": a.reason, "summary": a.summary })),
+        result: Some(if a.unconfined {
+            serde_json::json!({ "reason": a.reason, "summary": a.summary, "unconfined": true })
+        } else {
+            serde_json::json!({ "reason": a.reason, "summary": a.summary })
+        }),
         pushed_commit: a.pushed_commit.clone(),
     }
 }
@@ -90,10 +94,28 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
         git_author: (WORKER_AUTHOR.0.to_owned(), WORKER_AUTHOR.1.to_owned()),
         image: agent.spec.image.clone(),
         resources: agent.spec.resources.clone(),
-        network: crate::workers::spec::WorkerNetwork::None,
-        sandbox: crate::workers::spec::SandboxMode::Preferred,
-        max_workspace_bytes: None,
+        network: worker_network(agent.spec.network.as_ref()),
+        sandbox: match desired.settings.spec.workers.sandbox {
+            SandboxPolicy::Preferred => SandboxMode::Preferred,
+            SandboxPolicy::Required => SandboxMode::Required,
+        },
+        max_workspace_bytes: request
+            .spec
+            .budget
+            .as_ref()
+            .and_then(|b| b.max_workspace_size.as_deref())
+            .or_else(|| desired.settings.spec.defaults.budget.as_ref().and_then(|b| b.max_workspace_size.as_deref()))
+            .and_then(parse_quantity),
     })
+}
+
+/// What an agent declared of the network, as the worker applies it.
+fn worker_network(declared: Option<&AgentNetwork>) -> WorkerNetwork {
+    match declared {
+        None | Some(AgentNetwork::Mode(NetworkMode::None)) => WorkerNetwork::None,
+        Some(AgentNetwork::Mode(NetworkMode::Host)) => WorkerNetwork::Host,
+        Some(AgentNetwork::Allow(a)) => WorkerNetwork::Allow(a.allow.clone()),
+    }
 }
 
 /// What the loop keeps of a request's record in the store (written
@@ -328,8 +350,36 @@ mod tests {
             pushed_commit: None,
             reason: "Completed".into(),
             summary: String::new(),
+            unconfined: false,
         };
         let update = update_of(&a, 3);
         assert_eq!((update.tokens_in, update.tokens_out), (Some(11), Some(7)));
+        let stored = update.result.expect("a result");
+        assert_eq!(stored.get("unconfined"), None, "a confined run stores nothing extra");
+        let unconfined = update_of(&Attempt { unconfined: true, ..a }, 3).result.expect("a result");
+        assert_eq!(unconfined["unconfined"], true, "an unconfined run says so in the store, and so in the status");
+        let store_row = crate::store::Attempt { result: Some(unconfined), ..sample_store_attempt() };
+        assert!(crate::reconcile::observe::from_store(&store_row, "a").unconfined);
+    }
+
+    fn sample_store_attempt() -> crate::store::Attempt {
+        crate::store::Attempt {
+            worker_name: "w".into(),
+            request: "r".into(),
+            generation: "g".into(),
+            stage: "s".into(),
+            repo: "../a.git".into(),
+            attempt: 1,
+            driver: "local".into(),
+            state: AttemptState::Succeeded,
+            created_at: 1,
+            started_at: Some(1),
+            finished_at: Some(2),
+            cost_usd: None,
+            tokens_in: None,
+            tokens_out: None,
+            result: None,
+            pushed_commit: None,
+        }
     }
 }

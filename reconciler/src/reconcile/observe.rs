@@ -32,6 +32,7 @@ pub fn from_store(a: &store::Attempt, agent: &str) -> plan::Attempt {
         pushed_commit: a.pushed_commit.clone(),
         reason: field("reason"),
         summary: field("summary"),
+        unconfined: a.result.as_ref().and_then(|r| r.get("unconfined")).and_then(serde_json::Value::as_bool).unwrap_or(false),
     }
 }
 
@@ -88,6 +89,7 @@ pub fn apply_result(attempt: &mut plan::Attempt, result: &RunResult) {
     attempt.pushed_commit = result.pushed_commit.clone();
     attempt.reason = result.reason.clone();
     attempt.summary = if result.summary.is_empty() { result.message.clone() } else { result.summary.clone() };
+    attempt.unconfined = result.unconfined.is_some();
 }
 
 /// Gathers the observed state for one pass.
@@ -294,6 +296,7 @@ mod tests {
             log_path: String::new(),
             started_at: "2026-01-01T00:00:00Z".into(),
             finished_at: "2026-01-01T00:01:00Z".into(),
+            unconfined: None,
         }
     }
 

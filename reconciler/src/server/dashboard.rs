@@ -185,6 +185,8 @@ struct WorkerView {
     commit_url: Option<String>,
     summary: String,
     cost: String,
+    /// The agent ran without the sandbox.
+    unconfined: bool,
     /// The tail of its log (not `log`: that is a handlebars helper).
     log_tail: Option<String>,
 }
@@ -310,6 +312,7 @@ pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board:
             commit: commit.chars().take(12).collect(),
             summary: x.summary.clone(),
             cost: money(x.cost_usd),
+            unconfined: x.unconfined,
             log_tail: logs.get(&x.worker).cloned(),
         }
     };

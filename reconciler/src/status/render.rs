@@ -48,6 +48,7 @@ pub fn render_with(
             tokens_in: a.tokens_in,
             tokens_out: a.tokens_out,
             summary: a.summary.clone(),
+            unconfined: a.unconfined,
         })
         .collect();
     let mut outputs: BTreeMap<&str, Output> = BTreeMap::new();

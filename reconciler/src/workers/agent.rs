@@ -11,12 +11,31 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::agent_env::passthrough_env;
+use super::egress::{self, AllowList, EgressLog};
 use super::error::WorkerError;
 use super::log::Log;
 use super::proc::{ProcessId, signal_group, stop_group, write_atomic};
-use super::run_dir::{AGENT_FILE, REPORT_FILE};
+use super::run_dir::{AGENT_FILE, AGENT_OUT_DIR, AGENT_TMP_DIR, PROXY_SOCKET, REPORT_FILE};
+use super::sandbox::{self, Sandbox, SandboxLayout};
+use super::spec::{SandboxMode, WorkerNetwork};
 use super::usage::Usage;
 use super::worker::Worker;
+use super::workspace_size::{self, DEFAULT_MAX_WORKSPACE_BYTES};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// How often the workspace is measured while the agent runs.
+const SIZE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Hadron's binary for the relay inside the sandbox, when the worker is not
+/// Hadron's own binary (tests run the worker in process).
+pub const RELAY_ENV: &str = "HADRON_RELAY_BINARY";
+
+fn network_word(network: &WorkerNetwork) -> String {
+    match network {
+        WorkerNetwork::None => "none".to_owned(),
+        WorkerNetwork::Host => "host".to_owned(),
+        WorkerNetwork::Allow(list) => format!("allow {}", list.join(",")),
+    }
+}
 
 /// Time the agent gets between SIGTERM and SIGKILL at the wall-time limit.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -27,20 +46,58 @@ impl Worker<'_> {
     /// Runs the agent in its own process group, with the prompt on stdin,
     /// output copied (redacted) to the log, and the wall-time limit.
     /// Returns the exit status and the (tail of the) standard output.
-    pub(super) fn run_agent(&self, argv: &[String], prompt_path: &Path) -> Result<(ExitStatus, String), (WorkerError, String)> {
+    pub(super) fn run_agent(&mut self, argv: &[String], prompt_path: &Path) -> Result<(ExitStatus, String), (WorkerError, String)> {
         let s = self.spec;
         let report_path = self.run_dir.join(REPORT_FILE);
         if report_path.exists() {
             // A report from an earlier attempt must not be read as this one's.
             std::fs::remove_file(&report_path).map_err(|e| (WorkerError::io(&report_path, e), String::new()))?;
         }
+        let out_dir = self.run_dir.join(AGENT_OUT_DIR);
+        let tmp_dir = self.run_dir.join(AGENT_TMP_DIR);
+        for dir in [&out_dir, &tmp_dir.join("home")] {
+            std::fs::create_dir_all(dir).map_err(|e| (WorkerError::io(dir, e), String::new()))?;
+        }
+        let confinement = self.confinement().map_err(|e| (e, String::new()))?;
         let stdin = File::open(prompt_path).map_err(|e| (WorkerError::io(prompt_path, e), String::new()))?;
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).current_dir(&self.workspace).env_clear();
+        let (program, args) = match &confinement {
+            Some(sandbox) => {
+                let socket = self.run_dir.join(PROXY_SOCKET);
+                let relay = std::env::var_os(RELAY_ENV).map(std::path::PathBuf::from).or_else(|| std::env::current_exe().ok());
+                let allow_list = matches!(s.network, WorkerNetwork::Allow(_));
+                if allow_list {
+                    let log = self.log.clone();
+                    let said: EgressLog = Arc::new(move |line: &str| log.line(line));
+                    egress::serve_proxy(&socket, AllowList::new(s.network.endpoints()), said)
+                        .map_err(|e| (WorkerError::io(&socket, std::io::Error::other(e.to_string())), String::new()))?;
+                }
+                let program = sandbox::program_outside_system(&argv[0]);
+                let layout = SandboxLayout {
+                    workspace: &self.workspace,
+                    prompt: prompt_path,
+                    report_dir: &out_dir,
+                    tmp: &tmp_dir,
+                    network: &s.network,
+                    proxy_socket: allow_list.then_some(socket.as_path()),
+                    program: program.as_deref(),
+                    relay: relay.as_deref().filter(|_| allow_list),
+                };
+                let (bwrap, args) = sandbox.command(&layout, argv);
+                (bwrap.into_os_string(), args)
+            }
+            None => (argv[0].clone().into(), argv[1..].iter().map(Into::into).collect()),
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(&args).current_dir(&self.workspace).env_clear();
         for name in passthrough_env() {
             if let Some(v) = std::env::var_os(name) {
                 cmd.env(name, v);
             }
+        }
+        if confinement.is_some() {
+            // Inside the sandbox the agent's home and temporary folder are
+            // its own (set by the sandbox); the worker's are not shown.
+            cmd.env_remove("HOME").env_remove("TMPDIR");
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("HADRON_PROMPT_FILE", prompt_path)
@@ -52,9 +109,30 @@ impl Worker<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        self.log.line(&format!("$ agent {} ({} more arguments)", argv[0], argv.len() - 1));
+        let confined = if confinement.is_some() { "confined" } else { "UNCONFINED" };
+        self.log.line(&format!(
+            "$ agent {} ({} more arguments, {confined}, network {})",
+            argv[0],
+            argv.len() - 1,
+            network_word(&s.network)
+        ));
+        let budget = s.max_workspace_bytes.unwrap_or(DEFAULT_MAX_WORKSPACE_BYTES);
+        let watched = [self.workspace.clone(), tmp_dir.clone(), out_dir.clone()];
+        let baseline = workspace_size::measure(&[&self.workspace]).bytes;
+        // No single file of the agent's may outgrow the whole budget: the
+        // kernel stops the write (SIGXFSZ) before the disk fills. The
+        // limit is set for the spawn only (the child inherits it).
+        let fsize = Resource::RLIMIT_FSIZE;
+        let old_fsize = getrlimit(fsize).ok();
+        if let Some((_, hard)) = old_fsize {
+            let _ = setrlimit(fsize, budget.saturating_add(baseline).min(hard), hard);
+        }
+        let spawned = cmd.spawn();
+        if let Some((soft, hard)) = old_fsize {
+            let _ = setrlimit(fsize, soft, hard);
+        }
         let mut child =
-            cmd.spawn().map_err(|e| (WorkerError::AgentSpawnFailed { program: argv[0].clone(), detail: e.to_string() }, String::new()))?;
+            spawned.map_err(|e| (WorkerError::AgentSpawnFailed { program: argv[0].clone(), detail: e.to_string() }, String::new()))?;
         let pid = child.id();
         let identity = ProcessId::of(pid);
         if let Some(id) = &identity {
@@ -75,20 +153,37 @@ impl Worker<'_> {
         let alive = || identity.as_ref().is_some_and(ProcessId::is_alive);
         let deadline = s.wall_time_secs.map(|secs| (secs, Instant::now() + Duration::from_secs(secs)));
         let mut timed_out = None;
+        let mut too_large = None;
         // Wait for the exit without reaping (`waitid` with `WNOWAIT`), so the
         // group id stays reserved while we signal it; the reap happens below.
+        // Meanwhile the workspace is measured every second.
         let exited = exit_notice(pid);
-        let waited = match deadline {
-            Some((_, at)) => exited.recv_timeout(at.saturating_duration_since(Instant::now())).is_ok(),
-            None => exited.recv().is_ok(),
-        };
-        if !waited
-            && alive()
-            && let Some((secs, _)) = deadline
-        {
-            self.log.line(&format!("wall-time limit of {secs} s reached; stopping the agent"));
-            let _ = stop_group(pid, KILL_GRACE, alive);
-            timed_out = Some(secs);
+        loop {
+            let wait = match deadline {
+                Some((_, at)) => at.saturating_duration_since(Instant::now()).min(SIZE_CHECK_EVERY),
+                None => SIZE_CHECK_EVERY,
+            };
+            if exited.recv_timeout(wait).is_ok() {
+                break;
+            }
+            let roots: Vec<&Path> = watched.iter().map(|p| p.as_path()).collect();
+            let usage = workspace_size::measure(&roots);
+            if usage.bytes.saturating_sub(baseline) > budget {
+                self.log.line(&format!("the workspace outgrew its budget of {}; stopping the agent", workspace_size::human(budget)));
+                let _ = stop_group(pid, KILL_GRACE, alive);
+                too_large = Some(usage);
+                break;
+            }
+            if let Some((secs, at)) = deadline
+                && Instant::now() >= at
+            {
+                if alive() {
+                    self.log.line(&format!("wall-time limit of {secs} s reached; stopping the agent"));
+                    let _ = stop_group(pid, KILL_GRACE, alive);
+                    timed_out = Some(secs);
+                }
+                break;
+            }
         }
         // Background processes the agent left behind go with it. The leader
         // is not reaped yet, so the group id cannot have been reused.
@@ -109,8 +204,21 @@ impl Worker<'_> {
             }
         }
         let stdout = String::from_utf8_lossy(&stdout).into_owned();
+        let _ = std::fs::remove_file(self.run_dir.join(PROXY_SOCKET));
         if let Some(secs) = timed_out {
             return Err((WorkerError::WallTimeExceeded(secs), stdout));
+        }
+        // Once more now that it has stopped: what it left is what a push takes.
+        let usage = too_large.unwrap_or_else(|| workspace_size::measure(&watched.iter().map(|p| p.as_path()).collect::<Vec<_>>()));
+        let written = usage.bytes.saturating_sub(baseline);
+        if written > budget {
+            let bases: Vec<&Path> = watched.iter().map(|p| p.as_path()).collect();
+            let error = WorkerError::WorkspaceTooLarge {
+                written: workspace_size::human(written),
+                limit: workspace_size::human(budget),
+                biggest: workspace_size::describe(&usage.biggest, &bases),
+            };
+            return Err((error, stdout));
         }
         match status {
             Ok(status) => {
@@ -118,6 +226,25 @@ impl Worker<'_> {
                 Ok((status, stdout))
             }
             Err(e) => Err((WorkerError::AgentSpawnFailed { program: argv[0].clone(), detail: e.to_string() }, stdout)),
+        }
+    }
+
+    /// The sandbox the agent runs in, or `None` when it runs unconfined
+    /// (recorded, and said in the log and the result); an error when the
+    /// settings require a sandbox this machine cannot make.
+    fn confinement(&mut self) -> Result<Option<Sandbox>, WorkerError> {
+        if std::env::var(sandbox::SANDBOX_ENV).is_ok_and(|v| v == sandbox::SANDBOX_POD) {
+            // A Kubernetes worker pod: the pod is the sandbox.
+            return Ok(None);
+        }
+        match Sandbox::probe() {
+            Ok(sandbox) => Ok(Some(sandbox)),
+            Err(why) if self.spec.sandbox == SandboxMode::Required => Err(WorkerError::SandboxUnavailable(why.to_string())),
+            Err(why) => {
+                self.log.line(&format!("warning: the agent runs UNCONFINED: {why}"));
+                self.unconfined = Some(why.to_string());
+                Ok(None)
+            }
         }
     }
 

@@ -100,6 +100,7 @@ fn run_worker_in(run_json: &Path, run_dir: &Path) -> RunResult {
                 log_path: log_path.display().to_string(),
                 started_at: started_at.clone(),
                 finished_at: started_at,
+                unconfined: None,
             };
         }
         Err(e) => {
@@ -125,21 +126,29 @@ fn run_worker_in(run_json: &Path, run_dir: &Path) -> RunResult {
 
     let (env, secrets) = match resolve_env(&spec) {
         Ok(resolved) => resolved,
-        Err(error) => return finish(&spec, Err(error), None, &run_dir, &started_at),
+        Err(error) => return finish(&spec, Err(error), None, None, &run_dir, &started_at),
     };
     let log = match Log::open(&log_path, secrets) {
         Ok(log) => Arc::new(log),
-        Err(e) => return finish(&spec, Err(WorkerError::io(&log_path, e)), None, &run_dir, &started_at),
+        Err(e) => return finish(&spec, Err(WorkerError::io(&log_path, e)), None, None, &run_dir, &started_at),
     };
     log.line(&format!("worker {} (request {}, stage {}, attempt {})", spec.worker, spec.request, spec.stage, spec.attempt));
-    let mut worker =
-        Worker { spec: &spec, workspace: run_dir.join(WORKSPACE_DIR), run_dir: run_dir.clone(), log: log.clone(), env, usage: None };
+    let mut worker = Worker {
+        spec: &spec,
+        workspace: run_dir.join(WORKSPACE_DIR),
+        run_dir: run_dir.clone(),
+        log: log.clone(),
+        env,
+        usage: None,
+        unconfined: None,
+    };
     let outcome = worker.run();
     if let Err(e) = &outcome {
         log.line(&format!("failed [{}]: {e}", e.reason()));
     }
     let usage = worker.usage.take();
-    let result = finish(&spec, outcome, usage.map(|u| redact_usage(&log, u)), &run_dir, &started_at);
+    let unconfined = worker.unconfined.take();
+    let result = finish(&spec, outcome, usage.map(|u| redact_usage(&log, u)), unconfined, &run_dir, &started_at);
     log.line(&format!("result: {:?} {} {}", result.outcome, result.reason, result.pushed_commit.as_deref().unwrap_or("")));
     // The result is written and the work pushed: the workspace (a clone of
     // the target repo) is not needed again. A retry is a new attempt with a

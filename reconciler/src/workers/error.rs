@@ -48,6 +48,23 @@ pub enum WorkerError {
     /// The agent ran past its wall-time limit and was killed.
     #[error("the agent ran longer than its wall-time limit of {0} s and was killed")]
     WallTimeExceeded(u64),
+    /// The settings require a sandbox and this machine cannot make one.
+    #[error(
+        "the agent was not run: hadron.yaml sets `spec.workers.sandbox: required` and {0}; fix the machine, or set `sandbox: preferred` to run agents unconfined"
+    )]
+    SandboxUnavailable(String),
+    /// The agent wrote more into its workspace than its budget allows.
+    #[error(
+        "the agent wrote {written} into its workspace and /tmp, over its budget of {limit} (`budget.maxWorkspaceSize`); biggest files: {biggest}"
+    )]
+    WorkspaceTooLarge {
+        /// What it wrote, e.g. `2.0 GiB`.
+        written: String,
+        /// The budget, e.g. `1.0 GiB`.
+        limit: String,
+        /// The biggest files with their sizes.
+        biggest: String,
+    },
     /// The agent changed nothing although the stage requires a change.
     #[error("the agent changed no file and the stage requires a change")]
     NoChange,
@@ -82,6 +99,8 @@ impl WorkerError {
             WorkerError::AgentSpawnFailed { .. } => "AgentSpawnFailed",
             WorkerError::AgentExitNonZero { .. } => "AgentExitNonZero",
             WorkerError::WallTimeExceeded(_) => "WallTimeExceeded",
+            WorkerError::SandboxUnavailable(_) => "SandboxUnavailable",
+            WorkerError::WorkspaceTooLarge { .. } => "WorkspaceTooLarge",
             WorkerError::NoChange => "NoChange",
             WorkerError::GitFailed(_) => "GitFailed",
             WorkerError::PushFailed(_) => "PushFailed",

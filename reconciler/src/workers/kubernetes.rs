@@ -361,6 +361,7 @@ pub fn observe_job(job: &Job, message: Option<&str>) -> Option<Observation> {
         log_path: format!("kubectl -n {namespace} logs job/{worker}"),
         started_at: started_at.clone().unwrap_or_default(),
         finished_at: at.map(|t| t.0.to_string()).unwrap_or_default(),
+        unconfined: None,
     };
     let state = if let Some(result) = result {
         WorkerState::Finished(result)

@@ -77,7 +77,16 @@ const RECHECK_UNWATCHED: Duration = Duration::from_millis(250);
 /// Variables a worker needs besides the agent's passthrough set and git's
 /// transport settings ([`crate::git::GIT_TRANSPORT_ENV`]): the operator's git
 /// config and the locale. Nothing else of Hadron's environment reaches a worker.
-const WORKER_ENV: &[&str] = &[crate::git::OPERATOR_CONFIG_ENV, "LC_ALL", "LC_CTYPE", "RUST_BACKTRACE"];
+const WORKER_ENV: &[&str] = &[
+    crate::git::OPERATOR_CONFIG_ENV,
+    "LC_ALL",
+    "LC_CTYPE",
+    "RUST_BACKTRACE",
+    crate::workers::sandbox::SANDBOX_ENV,
+    crate::workers::sandbox::BWRAP_ENV,
+    crate::workers::sandbox::READ_ONLY_ENV,
+    crate::workers::agent::RELAY_ENV,
+];
 
 impl LocalDriver {
     /// A driver keeping its runs in `runs_dir` (created if missing) and

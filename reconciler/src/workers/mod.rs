@@ -6,8 +6,9 @@
 //! names, so starting one twice is a no-op and a restarted Hadron finds its
 //! workers again from the driver alone.
 
-mod agent;
+pub mod agent;
 pub mod agent_env;
+pub mod egress;
 pub mod entry;
 pub mod error;
 pub mod kubernetes;
@@ -16,11 +17,13 @@ mod log;
 pub mod proc;
 mod result;
 pub mod run_dir;
+pub mod sandbox;
 pub mod spec;
 mod template;
 pub mod usage;
 mod worker;
 mod workspace;
+mod workspace_size;
 
 pub use entry::run_worker;
 pub use error::WorkerError;

@@ -26,6 +26,7 @@ impl RunResult {
             log_path: log_path.display().to_string(),
             started_at: started_at.to_owned(),
             finished_at: now_rfc3339(),
+            unconfined: None,
         }
     }
 
@@ -53,6 +54,7 @@ pub(super) fn finish(
     spec: &RunSpec,
     outcome: Result<Done, WorkerError>,
     usage: Option<Usage>,
+    unconfined: Option<String>,
     run_dir: &Path,
     started_at: &str,
 ) -> RunResult {
@@ -71,9 +73,11 @@ pub(super) fn finish(
             log_path: log_path.display().to_string(),
             started_at: started_at.to_owned(),
             finished_at: now_rfc3339(),
+            unconfined: None,
         },
         Err(error) => RunResult::failed(&spec.worker, error, &log_path, started_at),
     };
+    result.unconfined = unconfined;
     if let Some(usage) = usage {
         result.tokens_in = usage.tokens_in;
         result.tokens_out = usage.tokens_out;

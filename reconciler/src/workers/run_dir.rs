@@ -12,10 +12,16 @@ pub const LOG_FILE: &str = "worker.log";
 /// `prompt.md`: the rendered prompt.
 pub const PROMPT_FILE: &str = "prompt.md";
 /// `report.json`: where the agent may report usage (`HADRON_REPORT_FILE`).
-pub const REPORT_FILE: &str = "report.json";
+pub const REPORT_FILE: &str = "agent-out/report.json";
 /// `agent.json`: identity of the running agent's process group, so a driver
 /// cancelling the worker can stop the agent too.
 pub const AGENT_FILE: &str = "agent.json";
+/// The folder the agent may write its report into (shown read-write in its sandbox).
+pub const AGENT_OUT_DIR: &str = "agent-out";
+/// The agent's private `/tmp` (its home is `home/` in it).
+pub const AGENT_TMP_DIR: &str = "agent-tmp";
+/// The egress proxy's Unix socket, for an agent with an allow list.
+pub const PROXY_SOCKET: &str = "proxy.sock";
 /// The target repo checkout inside the run dir.
 pub const WORKSPACE_DIR: &str = "workspace";
 /// The lock a live worker holds on its run directory for its whole life.

@@ -223,6 +223,9 @@ pub struct RunResult {
     pub started_at: String,
     /// Finish time, RFC 3339 UTC.
     pub finished_at: String,
+    /// Why the agent ran unconfined (no sandbox), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfined: Option<String>,
 }
 
 impl RunResult {

@@ -19,4 +19,6 @@ pub(super) struct Worker<'a> {
     pub(super) log: Arc<Log>,
     pub(super) env: AgentEnv,
     pub(super) usage: Option<Usage>,
+    /// Why the agent ran unconfined, when it did.
+    pub(super) unconfined: Option<String>,
 }

@@ -137,6 +137,7 @@ pub(super) fn result(worker: &str) -> RunResult {
         log_path: String::new(),
         started_at: "2026-11-30T00:00:00Z".to_owned(),
         finished_at: "2026-11-30T00:01:00Z".to_owned(),
+        unconfined: None,
     }
 }
 
