@@ -503,7 +503,7 @@ fn main() -> ExitCode {
     // Not dumpable: another process of the same user (an unconfined agent)
     // cannot read this one's /proc/<pid>/environ or mem, nor ptrace it.
     // Reset by every exec, so each Hadron process (workers too) sets it.
-    let _ = nix::sys::prctl::set_dumpable(false);
+    hadron::workers::proc::not_dumpable();
     let args = Cli::parse();
     with_glibc_heap_settings(&args);
     if !matches!(args.command, Command::Worker { .. } | Command::SandboxRelay { .. }) {

@@ -267,10 +267,12 @@ fn a_misspelt_template_variable_fails_the_run_instead_of_vanishing() {
 #[test]
 fn the_agent_runs_once_per_worker() {
     let fx = Fixture::new();
-    let counter = fx.root().join("agent-runs.log");
-    let command = sh(&format!("echo run >> '{}'; echo change >> file.txt", counter.display()));
+    // The agent's sandbox shows it nothing of the test's folders: it counts
+    // its runs in its report folder, which the run directory keeps.
+    let command = sh(r#"echo run >> "$(dirname "$HADRON_REPORT_FILE")/runs.log"; echo change >> file.txt"#);
     let spec = fx.spec("implement", command);
     let run_json = fx.run_json(&spec);
+    let counter = run_json.parent().expect("run dir").join("agent-out/runs.log");
     let first = run_worker(&run_json);
     assert_eq!(first.outcome, Outcome::Succeeded, "{first:?}\n{}", log_of(&first));
     let second = run_worker(&run_json);
@@ -295,13 +297,27 @@ fn a_branch_that_moved_is_rebased_onto_never_forced() {
     let fx = Fixture::new();
     let human = fx.root().join("human");
     git(fx.root(), HUMAN, &["clone", "-q", "target.git", "human"]).expect("git");
-    // While the agent works, a person pushes to the work branch.
-    let script = format!(
-        "cd '{h}' && echo by-hand > human.txt && git add human.txt && git -c user.name=H -c user.email=h@example.com commit -q -m human \
-         && git push -q origin HEAD:refs/heads/hadron/add-greeting && cd - >/dev/null && echo agent > agent.txt",
-        h = human.display()
-    );
-    let result = run_worker(&fx.run_json(&fx.spec("implement", sh(&script))));
+    // While the agent works, a person pushes to the work branch: the agent
+    // says it is ready in its private /tmp and waits there for the word.
+    let script = "touch \"$TMPDIR/ready\"; while [ ! -e \"$TMPDIR/go\" ]; do sleep 0.05; done; echo agent > agent.txt";
+    let run_json = fx.run_json(&fx.spec("implement", sh(script)));
+    let agent_tmp = run_json.parent().expect("run dir").join("agent-tmp");
+    let person = {
+        let human = human.clone();
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(60);
+            while !agent_tmp.join("ready").exists() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::fs::write(human.join("human.txt"), "by-hand\n").expect("write");
+            git(&human, HUMAN, &["add", "human.txt"]).expect("git add");
+            git(&human, HUMAN, &["commit", "-q", "-m", "human"]).expect("git commit");
+            git(&human, HUMAN, &["push", "-q", "origin", "HEAD:refs/heads/hadron/add-greeting"]).expect("git push");
+            std::fs::write(agent_tmp.join("go"), "").expect("go");
+        })
+    };
+    let result = run_worker(&run_json);
+    person.join().expect("the person's thread");
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
     let head = result.pushed_commit.clone().expect("pushed");
     let human_commit = git(&human, HUMAN, &["rev-parse", "HEAD"]).expect("git");

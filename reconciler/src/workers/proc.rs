@@ -29,6 +29,14 @@ pub struct ProcessId {
     pub started_at_unix: u64,
 }
 
+/// Makes this process not dumpable (`PR_SET_DUMPABLE` 0): another process
+/// of the same user, such as an agent run without the sandbox, can then no
+/// longer read its `/proc/<pid>/environ` or `mem`, nor attach to it. Every
+/// exec resets it, so each Hadron process calls this first.
+pub fn not_dumpable() {
+    let _ = nix::sys::prctl::set_dumpable(false);
+}
+
 /// What `/proc/<pid>/stat` says about a process.
 struct Stat {
     state: char,
