@@ -192,8 +192,17 @@ fn rule(to: Vec<NetworkPolicyPeer>, ports: Vec<NetworkPolicyPort>) -> NetworkPol
     NetworkPolicyEgressRule { to: Some(to), ports: (!ports.is_empty()).then_some(ports) }
 }
 
+/// The namespace of an in-cluster Service name (`gitea-http.gitea.svc`,
+/// `gitea-http.gitea.svc.cluster.local`).
+fn service_namespace(host: &str) -> Option<&str> {
+    let rest = host.strip_suffix(".svc").or_else(|| host.strip_suffix(".svc.cluster.local"))?;
+    let (service, namespace) = rest.split_once('.')?;
+    (crate::ids::is_dns_label(service) && crate::ids::is_dns_label(namespace)).then_some(namespace)
+}
+
 /// The egress rules that let the worker reach its git server: the ones the
-/// operator named, else the clone URL's host and port (a local path: none).
+/// operator named, else the clone URL's host and port (a local path:
+/// none; an in-cluster Service name: its namespace's pods on that port).
 fn git_rules(spec: &RunSpec, tpl: &JobTemplate) -> Vec<NetworkPolicyEgressRule> {
     if !tpl.git_egress.is_empty() {
         return tpl
@@ -211,7 +220,19 @@ fn git_rules(spec: &RunSpec, tpl: &JobTemplate) -> Vec<NetworkPolicyEgressRule> 
             })
             .collect();
     }
-    clone_endpoint(&spec.clone_url).map(|(host, port)| rule(peers_for_host(&host), vec![tcp(port)])).into_iter().collect()
+    clone_endpoint(&spec.clone_url)
+        .map(|(host, port)| {
+            let peers = match service_namespace(&host) {
+                Some(ns) => vec![NetworkPolicyPeer {
+                    namespace_selector: Some(selector(&[(NAMESPACE_NAME_LABEL, ns)])),
+                    ..NetworkPolicyPeer::default()
+                }],
+                None => peers_for_host(&host),
+            };
+            rule(peers, vec![tcp(port)])
+        })
+        .into_iter()
+        .collect()
 }
 
 /// The NetworkPolicy of one worker's pod, named after the worker and, once

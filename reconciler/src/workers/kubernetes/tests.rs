@@ -446,6 +446,11 @@ fn a_worker_without_network_reaches_dns_and_its_git_server_only_and_nothing_reac
     assert_eq!(described(&local).len(), 1, "DNS only: {:?}", described(&local));
     let by_address = network_policy(&RunSpec { clone_url: "ssh://git@10.1.2.3/acme/app.git".to_owned(), ..sample() }, &template());
     assert_eq!(described(&by_address)[1], (strings(&["10.1.2.3/32!"]), strings(&["TCP/22"])));
+    // An in-cluster Service name: the pods of its namespace, on that port.
+    for url in ["http://gitea-http.gitea.svc:3000/acme/app.git", "http://gitea-http.gitea.svc.cluster.local:3000/acme/app.git"] {
+        let in_cluster = network_policy(&RunSpec { clone_url: url.to_owned(), ..sample() }, &template());
+        assert_eq!(described(&in_cluster)[1], (strings(&["ns=gitea/pod="]), strings(&["TCP/3000"])), "{url}");
+    }
 }
 
 #[test]
