@@ -11,6 +11,15 @@
 //! mounted read-only, never in arguments; agent secrets are `secretKeyRef`s.
 //! The worker's result comes back as the container's termination message
 //! (JSON, at most 4 KiB) and the commit it pushed.
+//!
+//! An agent is untrusted code, so its pod passes the Pod Security
+//! `restricted` profile (non-root, `RuntimeDefault` seccomp, no privilege
+//! escalation, every capability dropped, no service account token, a
+//! read-only root), always stops at `activeDeadlineSeconds`, always has
+//! requests and limits and size-limited `emptyDir`s, and gets its own
+//! NetworkPolicy ([`network_policy`]): no ingress, egress only to DNS, its
+//! git server and what the agent declared. docs/kubernetes-security.md
+//! explains the whole design.
 
 use std::collections::BTreeMap;
 
@@ -19,7 +28,7 @@ use k8s_openapi::api::batch::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
@@ -28,7 +37,9 @@ use super::spec::{EnvSource, Outcome, RunIdentity, RunResult, RunSpec, worker_na
 use super::{Observation, WorkerState};
 
 mod driver;
+mod network;
 pub use driver::{ExitHook, KubernetesDriver, KubernetesOptions, client};
+pub use network::{GitEgress, GitEgressError, GitPeer, NON_PUBLIC_V4, NON_PUBLIC_V6, clone_endpoint, ipv4_cidr, network_policy};
 
 /// Label every object Hadron makes carries (`app.kubernetes.io/managed-by`).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "hadron");
@@ -42,6 +53,8 @@ pub const REPO_LABEL: &str = "hadron.dev/repo";
 pub const ATTEMPT_LABEL: &str = "hadron.dev/attempt";
 /// Label: the request's spec generation.
 pub const GENERATION_LABEL: &str = "hadron.dev/generation";
+/// Label of a worker's pod: the worker's name, which its NetworkPolicy selects.
+pub const WORKER_LABEL: &str = "hadron.dev/worker";
 /// Annotation: the leader epoch the Job was created under.
 pub const EPOCH_ANNOTATION: &str = "hadron.dev/epoch";
 /// Annotation: SHA-256 of the run spec.
@@ -58,6 +71,9 @@ pub const WORKSPACE: &str = "/workspace";
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
 /// The largest termination message Kubernetes keeps.
 pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
+/// The workspace budget the worker applies when the run spec names none (1 GiB).
+pub const DEFAULT_WORKSPACE_BYTES: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
 
 /// What every Job of one Hadron installation shares.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,10 +90,32 @@ pub struct JobTemplate {
     pub deadline_grace_seconds: i64,
     /// The user the worker runs as (not root).
     pub run_as_user: i64,
+    /// `activeDeadlineSeconds` of a Job whose run has no wall time: no
+    /// worker runs unbounded.
+    pub default_deadline_seconds: i64,
+    /// CPU request of an agent that names none.
+    pub default_cpu: String,
+    /// Memory request (and limit) of an agent that names none.
+    pub default_memory: String,
+    /// CPU limit (an agent asking for more CPU gets its request as the limit).
+    pub cpu_limit: String,
+    /// Bytes the workspace `emptyDir` may hold beyond the run's workspace
+    /// budget (the worker checks the budget before pushing; this is the
+    /// hard stop for git's own files, the agent's home and caches).
+    pub workspace_headroom_bytes: u64,
+    /// Size limit of the `/tmp` `emptyDir`.
+    pub tmp_size_limit_bytes: u64,
+    /// Where the workers reach their git server; empty: the clone URL's
+    /// host and port (a hostname then opens that port to the public
+    /// internet only: an in-cluster Gitea must be named here).
+    pub git_egress: Vec<GitEgress>,
 }
 
 impl JobTemplate {
-    /// Defaults: a day's TTL, 5 minutes of grace, user 10001.
+    /// Defaults: a day's TTL, 5 minutes of grace, user 10001, a 4-hour
+    /// deadline without wall time, 500m CPU (limit 2) and 2Gi memory, a
+    /// 512 MiB workspace headroom and a 256 MiB `/tmp`, git egress from the
+    /// clone URL.
     pub fn new(namespace: impl Into<String>, default_image: impl Into<String>) -> Self {
         JobTemplate {
             namespace: namespace.into(),
@@ -86,6 +124,13 @@ impl JobTemplate {
             ttl_seconds_after_finished: 86_400,
             deadline_grace_seconds: 300,
             run_as_user: 10_001,
+            default_deadline_seconds: 4 * 3600,
+            default_cpu: "500m".to_owned(),
+            default_memory: "2Gi".to_owned(),
+            cpu_limit: "2".to_owned(),
+            workspace_headroom_bytes: 512 * MIB,
+            tmp_size_limit_bytes: 256 * MIB,
+            git_egress: Vec::new(),
         }
     }
 }
@@ -116,6 +161,8 @@ pub fn run_spec_json(spec: &RunSpec) -> String {
 /// The agent's `image` and `resources` come with the run spec.
 pub fn job(spec: &RunSpec, epoch: Option<i64>, tpl: &JobTemplate) -> Job {
     let labels = labels(spec);
+    let mut pod_labels = labels.clone();
+    pod_labels.insert(WORKER_LABEL.to_owned(), spec.worker.clone());
     let mut annotations = BTreeMap::from([
         (SPEC_HASH_ANNOTATION.to_owned(), hex_sha256(run_spec_json(spec).as_bytes())),
         (REPO_ANNOTATION.to_owned(), spec.repo.clone()),
@@ -125,24 +172,17 @@ pub fn job(spec: &RunSpec, epoch: Option<i64>, tpl: &JobTemplate) -> Job {
     }
     // The Job stops at the agent's wall time (plus clone and push); the
     // reconciler already cut that to what the request's budget has left.
-    let deadline = spec.wall_time_secs.map(|s| i64::try_from(s).unwrap_or(i64::MAX).max(1).saturating_add(tpl.deadline_grace_seconds));
+    // Without one, at the driver's default: no worker runs unbounded.
+    let deadline = match spec.wall_time_secs {
+        Some(s) => i64::try_from(s).unwrap_or(i64::MAX).max(1).saturating_add(tpl.deadline_grace_seconds),
+        None => tpl.default_deadline_seconds.max(1),
+    };
     // The root file system is read-only: home (git's and the agent's
     // config) is the workspace, scratch files go to an emptyDir at /tmp.
     let home = EnvVar { name: "HOME".to_owned(), value: Some(WORKSPACE.to_owned()), value_from: None };
     let env: Vec<EnvVar> = std::iter::once(home).chain(spec.env.iter().map(|(name, source)| env_var(name, source))).collect();
-    let resources = spec.resources.as_ref().map(|r| {
-        let mut q = BTreeMap::new();
-        if let Some(cpu) = &r.cpu {
-            q.insert("cpu".to_owned(), Quantity(cpu.clone()));
-        }
-        if let Some(memory) = &r.memory {
-            q.insert("memory".to_owned(), Quantity(memory.clone()));
-        }
-        // Memory limited to what is asked (a worker over it is killed, not
-        // its node); CPU not limited (throttling only slows it).
-        let limits: BTreeMap<String, Quantity> = q.iter().filter(|(k, _)| *k == "memory").map(|(k, v)| (k.clone(), v.clone())).collect();
-        ResourceRequirements { requests: Some(q), limits: (!limits.is_empty()).then_some(limits), ..ResourceRequirements::default() }
-    });
+    let resources = Some(resources(spec, tpl));
+    let workspace_limit = spec.max_workspace_bytes.unwrap_or(DEFAULT_WORKSPACE_BYTES).saturating_add(tpl.workspace_headroom_bytes);
     let container = Container {
         name: "worker".to_owned(),
         image: Some(spec.image.as_deref().unwrap_or(&tpl.default_image).to_owned()),
@@ -165,7 +205,9 @@ pub fn job(spec: &RunSpec, epoch: Option<i64>, tpl: &JobTemplate) -> Job {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
+            run_as_user: Some(tpl.run_as_user),
             capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), ..Capabilities::default() }),
+            seccomp_profile: Some(runtime_default()),
             ..SecurityContext::default()
         }),
         ..Container::default()
@@ -180,7 +222,7 @@ pub fn job(spec: &RunSpec, epoch: Option<i64>, tpl: &JobTemplate) -> Job {
         },
         spec: Some(JobSpec {
             backoff_limit: Some(0),
-            active_deadline_seconds: deadline,
+            active_deadline_seconds: Some(deadline),
             ttl_seconds_after_finished: Some(tpl.ttl_seconds_after_finished),
             pod_failure_policy: Some(PodFailurePolicy {
                 rules: vec![PodFailurePolicyRule {
@@ -193,16 +235,20 @@ pub fn job(spec: &RunSpec, epoch: Option<i64>, tpl: &JobTemplate) -> Job {
                 }],
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".to_owned()),
                     service_account_name: tpl.service_account.clone(),
+                    // The worker makes no API call (its result is the
+                    // termination message): no token in the pod.
                     automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(tpl.run_as_user),
                         run_as_group: Some(tpl.run_as_user),
                         fs_group: Some(tpl.run_as_user),
+                        seccomp_profile: Some(runtime_default()),
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
@@ -216,8 +262,8 @@ pub fn job(spec: &RunSpec, epoch: Option<i64>, tpl: &JobTemplate) -> Job {
                             }),
                             ..Volume::default()
                         },
-                        Volume { name: "workspace".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
-                        Volume { name: "tmp".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
+                        Volume { name: "workspace".to_owned(), empty_dir: Some(empty_dir(workspace_limit)), ..Volume::default() },
+                        Volume { name: "tmp".to_owned(), empty_dir: Some(empty_dir(tpl.tmp_size_limit_bytes)), ..Volume::default() },
                     ]),
                     ..PodSpec::default()
                 }),
@@ -225,6 +271,58 @@ pub fn job(spec: &RunSpec, epoch: Option<i64>, tpl: &JobTemplate) -> Job {
             ..JobSpec::default()
         }),
         status: None,
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile { type_: "RuntimeDefault".to_owned(), localhost_profile: None }
+}
+
+/// An `emptyDir` on the node's disk holding at most `bytes`.
+fn empty_dir(bytes: u64) -> EmptyDirVolumeSource {
+    EmptyDirVolumeSource { medium: None, size_limit: Some(bytes_quantity(bytes)) }
+}
+
+/// `bytes` as a quantity: in `Gi` or `Mi` when whole, else in bytes.
+pub fn bytes_quantity(bytes: u64) -> Quantity {
+    Quantity(match bytes {
+        0 => "0".to_owned(),
+        b if b % (1 << 30) == 0 => format!("{}Gi", b >> 30),
+        b if b % MIB == 0 => format!("{}Mi", b >> 20),
+        b => b.to_string(),
+    })
+}
+
+/// A CPU quantity in millicores (`500m`, `2`, `1.5`); `None` for forms it
+/// does not read (the API server still checks them).
+fn millicores(cpu: &str) -> Option<u64> {
+    if let Some(m) = cpu.strip_suffix('m') {
+        return m.parse().ok();
+    }
+    let (whole, frac) = cpu.split_once('.').unwrap_or((cpu, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let frac: u64 = if frac.is_empty() { 0 } else { format!("{frac:0<3}").parse().ok()? };
+    whole.checked_mul(1000)?.checked_add(frac)
+}
+
+/// Requests and limits: the agent's, else the driver's defaults. Memory is
+/// limited to what is asked (a worker over it is killed, not its node);
+/// CPU to the driver's limit, or to the request when that is higher.
+fn resources(spec: &RunSpec, tpl: &JobTemplate) -> ResourceRequirements {
+    let asked = spec.resources.as_ref();
+    let cpu = asked.and_then(|r| r.cpu.clone()).unwrap_or_else(|| tpl.default_cpu.clone());
+    let memory = asked.and_then(|r| r.memory.clone()).unwrap_or_else(|| tpl.default_memory.clone());
+    let cpu_limit = match (millicores(&cpu), millicores(&tpl.cpu_limit)) {
+        (Some(request), Some(limit)) if request <= limit => tpl.cpu_limit.clone(),
+        _ => cpu.clone(),
+    };
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".to_owned(), Quantity(cpu)), ("memory".to_owned(), Quantity(memory.clone()))])),
+        limits: Some(BTreeMap::from([("cpu".to_owned(), Quantity(cpu_limit)), ("memory".to_owned(), Quantity(memory))])),
+        ..ResourceRequirements::default()
     }
 }
 
@@ -247,14 +345,16 @@ fn env_var(name: &str, source: &EnvSource) -> EnvVar {
     }
 }
 
-/// The Secret with a worker's run spec. It is made before its Job and then
-/// given to it ([`owner_reference`]), so Kubernetes deletes it with the Job.
-pub fn run_secret(spec: &RunSpec, tpl: &JobTemplate) -> Secret {
+/// The Secret with a worker's run spec. It is made after its Job, owned by
+/// it from the start (`owner`: [`owner_reference`]), so Kubernetes deletes
+/// it with the Job and no Secret is ever left without one.
+pub fn run_secret(spec: &RunSpec, tpl: &JobTemplate, owner: Option<OwnerReference>) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(spec.worker.clone()),
             namespace: Some(tpl.namespace.clone()),
             labels: Some(labels(spec)),
+            owner_references: owner.map(|o| vec![o]),
             ..ObjectMeta::default()
         },
         string_data: Some(BTreeMap::from([(RUN_FILE_KEY.to_owned(), run_spec_json(&pod_run_spec(spec)))])),
@@ -276,7 +376,10 @@ fn pod_run_spec(spec: &RunSpec) -> RunSpec {
     spec
 }
 
-/// The Job `job_name` (uid `job_uid`) as the controlling owner of a Secret.
+/// The Job `job_name` (uid `job_uid`) as the controlling owner of its
+/// Secret and NetworkPolicy. Not `blockOwnerDeletion`: the Job is deleted
+/// in the background, and setting it would need `update` on
+/// `jobs/finalizers` where OwnerReferencesPermissionEnforcement is on.
 pub fn owner_reference(job_name: &str, job_uid: &str) -> OwnerReference {
     OwnerReference {
         api_version: "batch/v1".to_owned(),
@@ -284,7 +387,7 @@ pub fn owner_reference(job_name: &str, job_uid: &str) -> OwnerReference {
         name: job_name.to_owned(),
         uid: job_uid.to_owned(),
         controller: Some(true),
-        block_owner_deletion: Some(true),
+        block_owner_deletion: None,
     }
 }
 

@@ -1,10 +1,15 @@
 //! The Kubernetes driver: one `batch/v1` Job per worker in one namespace.
 //!
-//! - **start**: the run spec's Secret, then the Job (409: already started,
-//!   nothing to do), then the Secret is given to the Job as its owner, so
-//!   Kubernetes deletes it with the Job. A crash between the steps leaves a
-//!   labelled Secret that the next start of the same worker reuses, or that
-//!   `prune` reaps once no Job claims it.
+//! - **start**: the Job (409: already started), then its NetworkPolicy,
+//!   then the run spec's Secret, both owned by the Job from their creation,
+//!   so Kubernetes deletes them with it and none is ever left without one
+//!   (no `list` of Secrets is needed to find strays). The pod cannot start
+//!   its container before the Secret it mounts exists, and the Secret is
+//!   made only once the NetworkPolicy is: the worker never runs without its
+//!   policy. A crash between the steps leaves a Job whose pod waits for its
+//!   Secret until the next start of the same worker (409, then the missing
+//!   objects) or its `activeDeadlineSeconds`; a refused policy or Secret
+//!   deletes the Job this start made, so the next start begins afresh.
 //! - **observe**: reads a watcher's cache of the Jobs carrying Hadron's
 //!   label (a reflector; a `410 Gone` makes it list again), never the API
 //!   per pass. A finished Job's result is its pod's termination message,
@@ -28,10 +33,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-use super::{JobTemplate, MANAGED_BY, is_finished, job, observe_job, owner_reference, run_secret};
+use super::{JobTemplate, MANAGED_BY, is_finished, job, network_policy, observe_job, owner_reference, run_secret};
 use crate::workers::spec::{EnvSource, RunSpec};
 use crate::workers::{Driver, DriverError, Observation, WorkerState};
 
@@ -70,6 +77,7 @@ impl KubernetesOptions {
 pub struct KubernetesDriver {
     jobs: Api<Job>,
     secrets: Api<Secret>,
+    policies: Api<NetworkPolicy>,
     pods: Api<Pod>,
     opts: KubernetesOptions,
     cache: reflector::Store<Job>,
@@ -127,6 +135,7 @@ impl KubernetesDriver {
         KubernetesDriver {
             jobs,
             secrets: Api::namespaced(client.clone(), ns),
+            policies: Api::namespaced(client.clone(), ns),
             pods: Api::namespaced(client, ns),
             opts,
             cache,
@@ -237,29 +246,62 @@ impl KubernetesDriver {
         let tpl = &self.opts.template;
         let pod_spec = self.pod_spec(spec);
         let post = PostParams { field_manager: Some("hadron".to_owned()), ..PostParams::default() };
-        // 1. The run spec, so the pod finds it the moment it starts.
-        match self.secrets.create(&post, &run_secret(&pod_spec, tpl)).await {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 409) => {}
-            Err(e) => return Err(self.api_error("create secret", worker, e)),
-        }
-        // 2. The Job; a 409 means an earlier start (ours or a former leader's) made it.
-        let created = match self.jobs.create(&post, &job(&pod_spec, self.opts.epoch, tpl)).await {
-            Ok(job) => job,
+        // 1. The Job; a 409 means an earlier start (ours or a former leader's) made it.
+        let (created, made_now) = match self.jobs.create(&post, &job(&pod_spec, self.opts.epoch, tpl)).await {
+            Ok(job) => (job, true),
             Err(e) if is_status(&e, 409) => {
                 tracing::debug!(%worker, "the Job exists already: started before");
-                self.jobs.get(worker).await.map_err(|e| self.api_error("get job", worker, e))?
+                (self.jobs.get(worker).await.map_err(|e| self.api_error("get job", worker, e))?, false)
             }
             Err(e) => return Err(self.api_error("create job", worker, e)),
         };
-        // 3. The Secret goes with its Job.
         let uid = created.metadata.uid.unwrap_or_default();
-        let owned = serde_json::json!({ "metadata": { "ownerReferences": [owner_reference(worker, &uid)] } });
-        self.secrets
-            .patch(worker, &PatchParams::default(), &Patch::Merge(&owned))
-            .await
-            .map_err(|e| self.api_error("own secret", worker, e))?;
-        Ok(())
+        let owner = owner_reference(worker, &uid);
+        // 2. and 3. Its NetworkPolicy, then the run spec, both the Job's.
+        match self.owned_parts(&pod_spec, &post, owner).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if made_now {
+                    // Not left waiting for a Secret until its deadline: the
+                    // next start makes all three again.
+                    if let Err(undo) = self.jobs.delete(worker, &DeleteParams::background()).await {
+                        tracing::warn!(%worker, error = %undo, "could not delete the Job whose policy or run spec was refused");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates the worker's NetworkPolicy and run Secret owned by its Job
+    /// (`owner`); one that exists already (an earlier start) is given to
+    /// that Job.
+    async fn owned_parts(&self, spec: &RunSpec, post: &PostParams, owner: OwnerReference) -> Result<(), DriverError> {
+        let worker = spec.worker.as_str();
+        let tpl = &self.opts.template;
+        let owned = serde_json::json!({ "metadata": { "ownerReferences": [owner.clone()] } });
+        let mut policy = network_policy(spec, tpl);
+        policy.metadata.owner_references = Some(vec![owner.clone()]);
+        match self.policies.create(post, &policy).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 409) => {
+                self.policies
+                    .patch(worker, &PatchParams::default(), &Patch::Merge(&owned))
+                    .await
+                    .map_err(|e| self.api_error("own network policy", worker, e))?;
+            }
+            Err(e) => return Err(self.api_error("create network policy", worker, e)),
+        }
+        match self.secrets.create(post, &run_secret(spec, tpl, Some(owner))).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 409) => self
+                .secrets
+                .patch(worker, &PatchParams::default(), &Patch::Merge(&owned))
+                .await
+                .map(drop)
+                .map_err(|e| self.api_error("own secret", worker, e)),
+            Err(e) => Err(self.api_error("create secret", worker, e)),
+        }
     }
 
     async fn cancel_one(&self, worker: &str) -> Result<(), DriverError> {
@@ -268,12 +310,8 @@ impl KubernetesDriver {
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(self.api_error("delete job", worker, e)),
         }
-        // The Secret goes with the Job; one left by a start cut short does not.
-        match self.secrets.delete(worker, &DeleteParams::background()).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
-            Err(e) => Err(self.api_error("delete secret", worker, e)),
-        }
+        // Its Secret and NetworkPolicy are the Job's: Kubernetes deletes them with it.
+        Ok(())
     }
 
     async fn prune_all(&self, finished: &[String], retention: Duration) -> Result<usize, DriverError> {
@@ -288,26 +326,7 @@ impl KubernetesDriver {
                 removed += 1;
             }
         }
-        // Secrets of starts cut short before their Job was made: reaped
-        // once no Job claims them and they are ten minutes old.
-        let secrets = self
-            .secrets
-            .list_metadata(&ListParams::default().labels(&selector()))
-            .await
-            .map_err(|e| self.api_error("list secrets", "", e))?;
-        for secret in secrets.items {
-            let Some(name) = secret.metadata.name.as_deref() else { continue };
-            let orphan = secret.metadata.owner_references.as_ref().is_none_or(Vec::is_empty) && !jobs.contains_key(name);
-            let old =
-                secret.metadata.creation_timestamp.as_ref().is_some_and(|t| now.duration_since(t.0) >= jiff::SignedDuration::from_mins(10));
-            if orphan && old {
-                match self.secrets.delete(name, &DeleteParams::background()).await {
-                    Ok(_) => tracing::info!(secret = name, "removed a run Secret whose Job was never created"),
-                    Err(e) if is_status(&e, 404) => {}
-                    Err(e) => return Err(self.api_error("delete secret", name, e)),
-                }
-            }
-        }
+        // A Job's Secret and NetworkPolicy go with it: there are no strays to look for.
         Ok(removed)
     }
 }

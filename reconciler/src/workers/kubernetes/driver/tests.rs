@@ -12,7 +12,8 @@ use std::time::Duration;
 use axum::http::{Request, Response};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::client::Body;
 use serde_json::{Value, json};
 
@@ -36,6 +37,7 @@ struct Call {
 struct Cluster {
     jobs: BTreeMap<String, Job>,
     secrets: BTreeMap<String, Secret>,
+    policies: BTreeMap<String, NetworkPolicy>,
     pods: Vec<Pod>,
     calls: Vec<Call>,
     /// (method, path suffix, code): calls refused with that code.
@@ -63,6 +65,7 @@ impl Cluster {
         let jobs = format!("/apis/batch/v1/namespaces/{NS}/jobs");
         let secrets = format!("/api/v1/namespaces/{NS}/secrets");
         let pods = format!("/api/v1/namespaces/{NS}/pods");
+        let policies = format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies");
         if let Some((_, _, code)) = self.refuse.iter().find(|(m, suffix, _)| *m == call.method && call.path.ends_with(suffix)) {
             let reason = if *code == 403 { "Forbidden" } else { "InternalError" };
             return (*code, status(*code, reason, &format!("{} {} refused by the test", call.method, call.path)));
@@ -85,24 +88,22 @@ impl Cluster {
                     .collect();
                 (200, self.list("PodList", items))
             }
-            "GET" if call.path == secrets => {
-                let items = self
-                    .secrets
-                    .values()
-                    .map(|s| json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": s.metadata }))
-                    .collect();
-                let mut list = self.list("PartialObjectMetadataList", items);
-                list["apiVersion"] = json!("meta.k8s.io/v1");
-                (200, list)
-            }
+            // The chart's Role grants no list or get on Secrets.
+            "GET" if call.path.starts_with(&secrets) => (403, status(403, "Forbidden", "secrets is forbidden: cannot list or get")),
             "GET" => match name(&jobs).and_then(|n| self.jobs.get(&n)) {
                 Some(job) => (200, serde_json::to_value(job).expect("json")),
                 None => (404, status(404, "NotFound", "not found")),
             },
-            "POST" if call.path == jobs || call.path == secrets => {
+            "POST" if call.path == jobs || call.path == secrets || call.path == policies => {
                 let mut object = call.body.clone();
                 let name = object["metadata"]["name"].as_str().expect("a name").to_owned();
-                let exists = if call.path == jobs { self.jobs.contains_key(&name) } else { self.secrets.contains_key(&name) };
+                let exists = if call.path == jobs {
+                    self.jobs.contains_key(&name)
+                } else if call.path == secrets {
+                    self.secrets.contains_key(&name)
+                } else {
+                    self.policies.contains_key(&name)
+                };
                 if exists {
                     return (409, status(409, "AlreadyExists", &format!("\"{name}\" already exists")));
                 }
@@ -111,22 +112,35 @@ impl Cluster {
                 object["metadata"]["creationTimestamp"] = json!("2026-11-30T00:00:00Z");
                 if call.path == jobs {
                     self.jobs.insert(name, serde_json::from_value(object.clone()).expect("a Job"));
-                } else {
+                } else if call.path == secrets {
                     self.secrets.insert(name, serde_json::from_value(object.clone()).expect("a Secret"));
+                } else {
+                    self.policies.insert(name, serde_json::from_value(object.clone()).expect("a NetworkPolicy"));
                 }
                 (201, object)
             }
-            "PATCH" => match name(&secrets).and_then(|n| self.secrets.get_mut(&n)) {
-                Some(secret) => {
-                    let owners = serde_json::from_value(call.body["metadata"]["ownerReferences"].clone()).expect("owner references");
-                    secret.metadata.owner_references = Some(owners);
+            "PATCH" => {
+                let owners = || serde_json::from_value(call.body["metadata"]["ownerReferences"].clone()).expect("owner references");
+                if let Some(secret) = name(&secrets).and_then(|n| self.secrets.get_mut(&n)) {
+                    secret.metadata.owner_references = Some(owners());
                     (200, serde_json::to_value(&*secret).expect("json"))
+                } else if let Some(policy) = name(&policies).and_then(|n| self.policies.get_mut(&n)) {
+                    policy.metadata.owner_references = Some(owners());
+                    (200, serde_json::to_value(&*policy).expect("json"))
+                } else {
+                    (404, status(404, "NotFound", "not found"))
                 }
-                None => (404, status(404, "NotFound", "not found")),
-            },
+            }
             "DELETE" => {
+                // Kubernetes' garbage collector: what a deleted Job owned goes with it.
                 let gone = match (name(&jobs), name(&secrets)) {
-                    (Some(n), _) => self.jobs.remove(&n).is_some(),
+                    (Some(n), _) => {
+                        let uid = self.jobs.remove(&n).and_then(|j| j.metadata.uid);
+                        let owned_by = |refs: &Option<Vec<OwnerReference>>| refs.iter().flatten().any(|o| Some(&o.uid) == uid.as_ref());
+                        self.secrets.retain(|_, s| !owned_by(&s.metadata.owner_references));
+                        self.policies.retain(|_, p| !owned_by(&p.metadata.owner_references));
+                        uid.is_some()
+                    }
                     (_, Some(n)) => self.secrets.remove(&n).is_some(),
                     _ => false,
                 };
@@ -250,7 +264,7 @@ fn succeeded(worker: &str) -> RunResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_makes_the_secret_then_the_job_then_gives_the_secret_to_the_job() {
+async fn start_makes_the_job_then_its_network_policy_then_its_secret_both_owned_by_the_job() {
     let lab = Lab::new(Cluster::default(), |o| {
         o.epoch = Some(4);
         o.agent_secrets.insert("agent-keys".to_owned());
@@ -262,10 +276,11 @@ async fn start_makes_the_secret_then_the_job_then_gives_the_secret_to_the_job() 
     assert_eq!(
         lab.driver_calls(),
         [
-            ("POST".to_owned(), format!("/api/v1/namespaces/{NS}/secrets")),
             ("POST".to_owned(), format!("/apis/batch/v1/namespaces/{NS}/jobs")),
-            ("PATCH".to_owned(), format!("/api/v1/namespaces/{NS}/secrets/{w}")),
-        ]
+            ("POST".to_owned(), format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies")),
+            ("POST".to_owned(), format!("/api/v1/namespaces/{NS}/secrets")),
+        ],
+        "the Secret the pod mounts comes last: the worker never runs before its policy exists"
     );
     let calls = lab.calls();
     let posted_job = &calls.iter().find(|c| c.method == "POST" && c.path.ends_with("/jobs")).expect("a Job").body;
@@ -277,9 +292,14 @@ async fn start_makes_the_secret_then_the_job_then_gives_the_secret_to_the_job() 
     let posted_secret = &calls.iter().find(|c| c.method == "POST" && c.path.ends_with("/secrets")).expect("a Secret").body;
     let run: RunSpec = serde_json::from_str(posted_secret["stringData"]["run.json"].as_str().expect("run.json")).expect("a run spec");
     assert_eq!(run.env, vec![("ANTHROPIC_API_KEY".to_owned(), EnvSource::Secret { name: "ANTHROPIC_API_KEY".to_owned(), key: None })]);
+    let posted_policy = &calls.iter().find(|c| c.method == "POST" && c.path.ends_with("/networkpolicies")).expect("a policy").body;
+    assert_eq!(posted_policy["spec"]["podSelector"]["matchLabels"]["hadron.dev/worker"], w, "selects this worker's pod");
+    assert_eq!(posted_policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
     let cluster = lab.cluster.lock().expect("lock");
-    let owner = &cluster.secrets[w].metadata.owner_references.as_ref().expect("owned")[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.clone()), ("Job", format!("uid-{w}")), "deleted with its Job");
+    for refs in [&cluster.secrets[w].metadata.owner_references, &cluster.policies[w].metadata.owner_references] {
+        let owner = &refs.as_ref().expect("owned")[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.clone()), ("Job", format!("uid-{w}")), "deleted with its Job");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,6 +317,42 @@ async fn a_job_an_earlier_leader_made_is_already_started() {
     assert_eq!(cluster.jobs.len(), 1, "no second Job");
     let owner = &cluster.secrets[w].metadata.owner_references.as_ref().expect("owned")[0];
     assert_eq!(owner.uid, format!("uid-{w}"), "the Secret belongs to the Job that exists");
+    let owner = &cluster.policies[w].metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(owner.uid, format!("uid-{w}"), "so does the policy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_cut_short_is_finished_by_the_next_one_and_strays_are_given_to_the_job() {
+    let spec = sample();
+    let w = spec.worker.clone();
+    let mut cluster = Cluster::default();
+    cluster.jobs.insert(w.clone(), job_of(&spec, &[]));
+    // A policy made by an earlier start, not (yet) owned; no Secret.
+    let policy = crate::workers::kubernetes::network_policy(&spec, &JobTemplate::new(NS, "registry.example/hadron:1"));
+    cluster.policies.insert(w.clone(), policy);
+    let lab = Lab::new(cluster, |_| {});
+    let s = spec.clone();
+    lab.call(move |d| d.start(&s)).await.expect("409s are not errors");
+    assert!(
+        lab.driver_calls().contains(&("PATCH".to_owned(), format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/{w}"))),
+        "{:?}",
+        lab.driver_calls()
+    );
+    let cluster = lab.cluster.lock().expect("lock");
+    assert_eq!(cluster.policies[&w].metadata.owner_references.as_ref().map(|o| o[0].uid.clone()), Some(format!("uid-{w}")));
+    assert!(cluster.secrets.contains_key(&w), "the missing Secret is made");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_network_policy_takes_back_the_job_it_came_with() {
+    let mut cluster = Cluster::default();
+    cluster.refuse.push(("POST", "/networkpolicies", 403));
+    let lab = Lab::new(cluster, |_| {});
+    let err = lab.call(|d| d.start(&sample())).await.expect_err("refused");
+    assert_eq!(err.reason(), "KubernetesForbidden");
+    assert!(err.to_string().contains("create network policy"), "{err}");
+    let cluster = lab.cluster.lock().expect("lock");
+    assert!(cluster.jobs.is_empty() && cluster.secrets.is_empty(), "no Job left waiting for a Secret that will not come");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,9 +365,9 @@ async fn a_refused_create_is_an_error_that_names_the_permission() {
     assert_eq!(err.reason(), "KubernetesForbidden");
     let text = err.to_string();
     assert!(text.contains("create job") && text.contains("namespace agents") && text.contains("Role"), "{text}");
-    // Nothing half-made is left for long: the Secret without a Job is
-    // labelled and reaped by prune once old (see the prune scenario).
-    assert!(lab.cluster.lock().expect("lock").jobs.is_empty());
+    // Nothing half-made: the Job comes first, so no Secret or policy was made.
+    let cluster = lab.cluster.lock().expect("lock");
+    assert!(cluster.jobs.is_empty() && cluster.secrets.is_empty() && cluster.policies.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,8 +380,9 @@ async fn cancel_deletes_in_the_background_and_a_job_already_gone_is_cancelled() 
     lab.call(move |d| d.cancel(&w)).await.expect("cancelled");
     let calls = lab.calls();
     let delete = calls.iter().find(|c| c.method == "DELETE" && c.path.ends_with(&format!("/jobs/{}", spec.worker))).expect("a delete");
-    assert_eq!(delete.body["propagationPolicy"], "Background", "its pods and Secret go with it");
+    assert_eq!(delete.body["propagationPolicy"], "Background", "its pods, Secret and policy go with it");
     assert!(lab.cluster.lock().expect("lock").jobs.is_empty());
+    assert!(!calls.iter().any(|c| c.path.contains("/secrets")), "the Secret is the Job's: no call of its own");
     let w = spec.worker.clone();
     lab.call(move |d| d.cancel(&w)).await.expect("a 404 is cancelled too");
 }
@@ -412,26 +469,31 @@ async fn failed_jobs_say_why_and_edited_jobs_are_not_adopted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prune_removes_old_finished_jobs_and_secrets_no_job_claims() {
+async fn prune_removes_old_finished_jobs_with_what_they_own_and_lists_no_secrets() {
     let done = sample();
     let running = RunSpec { worker: worker_name("fix", "0011223344556677", "review", "../app.git", 1), stage: "review".into(), ..sample() };
     let tpl = JobTemplate::new(NS, "registry.example/hadron:1");
     let mut cluster = Cluster::default();
     cluster.jobs.insert(done.worker.clone(), job_of(&done, &[("Complete", "")]));
     cluster.jobs.insert(running.worker.clone(), job_of(&running, &[]));
-    let mut orphan = run_secret(&RunSpec { worker: "hadron-cut-short-1-0a0b0c0d".into(), ..sample() }, &tpl);
-    orphan.metadata.creation_timestamp = Some(Time("2026-11-29T00:00:00Z".parse().expect("a time")));
-    let mut owned = run_secret(&running, &tpl);
-    owned.metadata.creation_timestamp = orphan.metadata.creation_timestamp.clone();
-    owned.metadata.owner_references = Some(vec![owner_reference(&running.worker, "uid-x")]);
-    cluster.secrets.insert("hadron-cut-short-1-0a0b0c0d".into(), orphan);
-    cluster.secrets.insert(running.worker.clone(), owned);
+    for spec in [&done, &running] {
+        let owner = owner_reference(&spec.worker, &format!("uid-{}", spec.worker));
+        cluster.secrets.insert(spec.worker.clone(), run_secret(spec, &tpl, Some(owner.clone())));
+        let mut policy = crate::workers::kubernetes::network_policy(spec, &tpl);
+        policy.metadata.owner_references = Some(vec![owner]);
+        cluster.policies.insert(spec.worker.clone(), policy);
+    }
     let lab = Lab::new(cluster, |_| {});
     lab.call(|d| d.observe()).await.expect("listed");
     let finished = vec![done.worker.clone(), running.worker.clone(), "hadron-unknown-1-00000000".to_owned()];
     let removed = lab.call(move |d| d.prune(&finished, Duration::from_secs(3600))).await.expect("pruned");
     assert_eq!(removed, 1, "only the finished Job past retention; a live one is not finished, an unknown one is skipped");
+    assert!(
+        !lab.calls().iter().any(|c| c.method == "GET" && c.path.contains("/secrets")),
+        "no Secret is listed or read: the Role grants no list or get on Secrets"
+    );
     let cluster = lab.cluster.lock().expect("lock");
     assert_eq!(cluster.jobs.keys().collect::<Vec<_>>(), [&running.worker]);
-    assert_eq!(cluster.secrets.keys().collect::<Vec<_>>(), [&running.worker], "the Secret of a start cut short is reaped");
+    assert_eq!(cluster.secrets.keys().collect::<Vec<_>>(), [&running.worker], "the Secret went with its Job");
+    assert_eq!(cluster.policies.keys().collect::<Vec<_>>(), [&running.worker], "so did the policy");
 }
