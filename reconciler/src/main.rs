@@ -149,6 +149,17 @@ struct ServeArgs {
     /// default: the namespace's `default`.
     #[arg(long, env = "HADRON_WORKER_SERVICE_ACCOUNT", value_name = "NAME")]
     worker_service_account: Option<String>,
+    /// With --driver kubernetes: `activeDeadlineSeconds` of a worker Job whose request has no
+    /// wall-time budget (with one: the budget plus 5 minutes for clone and push).
+    #[arg(long, env = "HADRON_WORKER_DEADLINE_SECONDS", default_value_t = 14_400, value_name = "SECONDS",
+          value_parser = clap::value_parser!(i64).range(1..))]
+    worker_deadline_seconds: i64,
+    /// With --driver kubernetes: where worker pods may reach the git server, as `CIDR:PORT`,
+    /// `ADDRESS:PORT` or `namespace/NAME:PORT` (an in-cluster Gitea); repeat, or comma-separate
+    /// in HADRON_WORKER_GIT_EGRESS. Default: the clone URL's host and port (a hostname: that
+    /// port on public addresses only).
+    #[arg(long = "worker-git-egress", env = "HADRON_WORKER_GIT_EGRESS", value_delimiter = ',', value_name = "RULE")]
+    worker_git_egress: Vec<hadron::workers::kubernetes::GitEgress>,
 }
 
 /// Where workers run.
@@ -177,6 +188,8 @@ impl ServeArgs {
                 namespace: self.namespace.clone(),
                 image: self.worker_image.clone().ok_or("--driver kubernetes needs --worker-image (or HADRON_WORKER_IMAGE)")?,
                 service_account: self.worker_service_account.clone(),
+                deadline_seconds: self.worker_deadline_seconds,
+                git_egress: self.worker_git_egress.clone(),
             },
         })
     }

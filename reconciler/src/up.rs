@@ -175,6 +175,10 @@ pub enum DriverOptions {
         image: String,
         /// Service account of the worker pods; default: the namespace's default.
         service_account: Option<String>,
+        /// `activeDeadlineSeconds` of a Job whose run has no wall time.
+        deadline_seconds: i64,
+        /// Where the worker pods reach the git server (empty: the clone URL's host and port).
+        git_egress: Vec<crate::workers::kubernetes::GitEgress>,
     },
 }
 
@@ -432,11 +436,13 @@ async fn make_driver(
                 .with_agent_secrets(opts.agent_secrets.iter().cloned())
                 .with_exit_hook(on_exit),
         ),
-        DriverOptions::Kubernetes { namespace, image, service_account } => {
+        DriverOptions::Kubernetes { namespace, image, service_account, deadline_seconds, git_egress } => {
             let client = crate::workers::kubernetes::client().await.map_err(ReconcileError::from)?;
             let namespace = namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
             let mut template = JobTemplate::new(namespace, image.clone());
             template.service_account = service_account.clone();
+            template.default_deadline_seconds = *deadline_seconds;
+            template.git_egress = git_egress.clone();
             let mut k8s = KubernetesOptions::new(template);
             k8s.epoch = epoch;
             k8s.agent_secrets = opts.agent_secrets.iter().cloned().collect();

@@ -180,7 +180,14 @@ pub fn job(spec: &RunSpec, epoch: Option<i64>, tpl: &JobTemplate) -> Job {
     // The root file system is read-only: home (git's and the agent's
     // config) is the workspace, scratch files go to an emptyDir at /tmp.
     let home = EnvVar { name: "HOME".to_owned(), value: Some(WORKSPACE.to_owned()), value_from: None };
-    let env: Vec<EnvVar> = std::iter::once(home).chain(spec.env.iter().map(|(name, source)| env_var(name, source))).collect();
+    // The pod is the agent's sandbox (restricted profile, its own
+    // NetworkPolicy): the worker runs the agent in it directly.
+    let sandbox = EnvVar {
+        name: crate::workers::sandbox::SANDBOX_ENV.to_owned(),
+        value: Some(crate::workers::sandbox::SANDBOX_POD.to_owned()),
+        value_from: None,
+    };
+    let env: Vec<EnvVar> = [home, sandbox].into_iter().chain(spec.env.iter().map(|(name, source)| env_var(name, source))).collect();
     let resources = Some(resources(spec, tpl));
     let workspace_limit = spec.max_workspace_bytes.unwrap_or(DEFAULT_WORKSPACE_BYTES).saturating_add(tpl.workspace_headroom_bytes);
     let container = Container {

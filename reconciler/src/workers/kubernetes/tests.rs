@@ -69,7 +69,12 @@ fn secrets_are_references_and_the_run_spec_is_not_in_the_arguments() {
     let job = job(&spec, None, &template());
     let env = container(&job).env.as_ref().expect("env");
     assert_eq!((env[0].name.as_str(), env[0].value.as_deref()), ("HOME", Some("/workspace")), "the root file system is read-only");
-    let env = &env[1..];
+    assert_eq!(
+        (env[1].name.as_str(), env[1].value.as_deref()),
+        ("HADRON_SANDBOX", Some("pod")),
+        "the pod is the agent's sandbox: the worker does not look for bubblewrap in it"
+    );
+    let env = &env[2..];
     assert_eq!(env[0].value.as_deref(), Some("eu"));
     let key = env[1].value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("secretKeyRef");
     assert_eq!((key.name.as_str(), key.key.as_str()), ("agent-keys", "anthropic"));

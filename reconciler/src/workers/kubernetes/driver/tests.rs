@@ -287,8 +287,8 @@ async fn start_makes_the_job_then_its_network_policy_then_its_secret_both_owned_
     assert_eq!(posted_job["metadata"]["name"], w);
     assert_eq!(posted_job["metadata"]["annotations"]["hadron.dev/epoch"], "4", "the Job carries the leader's epoch");
     let env = posted_job["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
-    assert_eq!(env.len(), 2, "HOME, and only the secret the operator allowed reaches the pod: {env:?}");
-    assert_eq!(env[1]["valueFrom"]["secretKeyRef"], json!({ "name": "agent-keys", "key": "anthropic", "optional": false }));
+    assert_eq!(env.len(), 3, "HOME, HADRON_SANDBOX, and only the secret the operator allowed reaches the pod: {env:?}");
+    assert_eq!(env[2]["valueFrom"]["secretKeyRef"], json!({ "name": "agent-keys", "key": "anthropic", "optional": false }));
     let posted_secret = &calls.iter().find(|c| c.method == "POST" && c.path.ends_with("/secrets")).expect("a Secret").body;
     let run: RunSpec = serde_json::from_str(posted_secret["stringData"]["run.json"].as_str().expect("run.json")).expect("a run spec");
     assert_eq!(run.env, vec![("ANTHROPIC_API_KEY".to_owned(), EnvSource::Secret { name: "ANTHROPIC_API_KEY".to_owned(), key: None })]);
