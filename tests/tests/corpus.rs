@@ -55,6 +55,9 @@ const CASES: &[(&str, &str, &str, u64)] = &[
     ("alias-bomb", "YamlTooComplex", "requests/bomb.yaml", 13),
     ("deep-nesting", "YamlTooComplex", "requests/deep.yaml", 9),
     ("file-too-large", "FileTooLarge", "requests/huge.yaml", 1),
+    ("bad-network-entry", "InvalidNetworkEntry", "agents/netty.yaml", 10),
+    ("bad-network-mode", "WrongType", "agents/wide.yaml", 8),
+    ("bad-workspace-size", "WrongType", "requests/roomy.yaml", 11),
 ];
 
 /// Builds the control repo of one case in a fresh temp dir.

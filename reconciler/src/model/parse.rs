@@ -381,6 +381,11 @@ fn yaml_error(path: &str, err: &YamlError) -> Diagnostic {
             let want = scalar_name(ty);
             (Code::WrongType, format!("this value is not {want}"), format!("write {want} here"))
         }
+        YamlError::Message { msg, .. } if msg.contains("untagged enum AgentNetwork") => (
+            Code::WrongType,
+            "`network` is not `none`, `host` or an allow list".to_owned(),
+            "write `network: none` (the default), `network: host`, or `network: {allow: [\"api.anthropic.com:443\"]}`".to_owned(),
+        ),
         YamlError::Message { msg, .. } => (Code::WrongType, msg.clone(), "correct the value as the message says".to_owned()),
         YamlError::SerdeInvalidLength { len, expected, .. } => {
             (Code::WrongType, format!("{len} elements where {expected} was expected"), format!("write {expected} here"))
