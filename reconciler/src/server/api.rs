@@ -79,9 +79,20 @@ impl From<RequestRecord> for ApiRequest {
     }
 }
 
-/// `GET /api/v1/requests`: `{ "items": [ApiRequest…] }`, ordered by name.
+/// Longest `message` of a request in the list, in characters (cut with `…`;
+/// `GET /api/v1/requests/{name}` has it whole).
+pub const LIST_MESSAGE_CHARS: usize = 500;
+
+/// `GET /api/v1/requests`: `{ "items": [ApiRequest…] }`, ordered by name,
+/// each message cut to [`LIST_MESSAGE_CHARS`].
 pub async fn list_requests(State(state): State<ServerState>) -> Result<Response, ServerError> {
-    let items: Vec<ApiRequest> = state.store().list_requests().await?.into_iter().map(Into::into).collect();
+    let items: Vec<ApiRequest> = state
+        .store()
+        .list_requests()
+        .await?
+        .into_iter()
+        .map(|r| ApiRequest { message: super::shown(&r.message, LIST_MESSAGE_CHARS), ..r.into() })
+        .collect();
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
 

@@ -44,7 +44,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 pub use crate::forge::repo_full_name;
 pub use crate::reconcile::trigger::Trigger;
 pub use crate::telemetry::Metrics;
-pub use api::ApiRequest;
+pub use api::{ApiRequest, LIST_MESSAGE_CHARS};
 pub use error::ServerError;
 
 use crate::reconcile::PhaseChange;
@@ -400,6 +400,16 @@ pub fn probe_router(state: ServerState) -> Router {
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
         .with_state(state)
+}
+
+/// `text` cut to at most `max` characters, with `…` in place of the rest:
+/// what people and agents write is bounded where it is shown (pages, API
+/// lists), whatever got through to the store.
+pub fn shown(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
 }
 
 /// All routes of the server.
