@@ -71,6 +71,36 @@ struct ServeArgs {
     /// projects can run `hadron up` side by side. An address given here must be free.
     #[arg(long, env = "HADRON_LISTEN", value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+    /// Address of the probe listener: `/healthz`, `/readyz` and `/metrics` on a port of their
+    /// own, so that clients of the public port (held event streams, slow or idle connections)
+    /// can never starve a liveness probe. Point Kubernetes probes and Prometheus here.
+    ///
+    /// Default: the host of --listen, port 8081, or a free port (printed) when that one is
+    /// taken. An address given here must be free.
+    #[arg(long, alias = "probe-addr", env = "HADRON_PROBE_LISTEN", value_name = "ADDR")]
+    probe_listen: Option<std::net::SocketAddr>,
+    /// Connections the HTTP server keeps open at once. At the limit the oldest idle one (no
+    /// request in flight) is closed to make room; when all are busy, a new one is answered 503
+    /// with Retry-After.
+    #[arg(long, env = "HADRON_MAX_CONNECTIONS", value_name = "N",
+          default_value_t = hadron::server::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
+    max_connections: usize,
+    /// Connections one client address keeps open at once; beyond, as for --max-connections but
+    /// among that address's connections, and answered 429. Behind a reverse proxy every client
+    /// has the proxy's address: raise it to --max-connections there.
+    #[arg(long, env = "HADRON_MAX_CONNECTIONS_PER_PEER", value_name = "N",
+          default_value_t = hadron::server::DEFAULT_MAX_CONNECTIONS_PER_PEER, value_parser = at_least_one)]
+    max_connections_per_peer: usize,
+    /// Event streams (`/api/v1/events`, one per open dashboard tab) served at once; more are
+    /// answered 503 with Retry-After (the dashboard then works without live updates).
+    #[arg(long, env = "HADRON_MAX_EVENT_STREAMS", value_name = "N",
+          default_value_t = hadron::server::DEFAULT_MAX_EVENT_STREAMS)]
+    max_event_streams: usize,
+    /// Event streams one client address holds at once; more are answered 429 with Retry-After.
+    /// Behind a reverse proxy, raise it to --max-event-streams.
+    #[arg(long, env = "HADRON_MAX_EVENT_STREAMS_PER_PEER", value_name = "N",
+          default_value_t = hadron::server::DEFAULT_MAX_EVENT_STREAMS_PER_PEER)]
+    max_event_streams_per_peer: usize,
     /// Do not watch a local control repo's refs; rely on webhooks and polling.
     #[arg(long)]
     no_watch: bool,
@@ -180,7 +210,26 @@ enum ForgeKind {
     Gitea,
 }
 
+/// A count of at least 1 (a server that takes no connection serves nothing).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl ServeArgs {
+    fn http_limits(&self) -> hadron::server::Limits {
+        hadron::server::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            max_event_streams: self.max_event_streams,
+            max_event_streams_per_peer: self.max_event_streams_per_peer,
+            ..hadron::server::Limits::default()
+        }
+    }
+
     fn driver(&self) -> Result<up::DriverOptions, String> {
         Ok(match self.driver {
             DriverKind::Local => up::DriverOptions::Local,
@@ -440,6 +489,8 @@ fn run_service(
         worker_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hadron")),
         backoff_base: Duration::from_millis(backoff_ms),
         listen: serve.listen,
+        probe_listen: serve.probe_listen,
+        http_limits: serve.http_limits(),
         watch: !serve.no_watch,
         forge,
         webhook_secret: serve.webhook_secret(),

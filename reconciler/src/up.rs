@@ -95,6 +95,12 @@ pub struct UpOptions {
     /// Where the HTTP server listens (port 0: any free port, printed). None:
     /// [`DEFAULT_LISTEN`], or any free port when that one is taken.
     pub listen: Option<SocketAddr>,
+    /// Where the probe listener (`/healthz`, `/readyz`, `/metrics`) listens.
+    /// None: the HTTP server's host, port [`DEFAULT_PROBE_PORT`], or any
+    /// free port (printed) when that one is taken.
+    pub probe_listen: Option<SocketAddr>,
+    /// Connection and event-stream limits of the HTTP server.
+    pub http_limits: crate::server::Limits,
     /// Watch a local control repo's refs (pushes trigger at once).
     pub watch: bool,
     /// The forge, if any.
@@ -401,6 +407,37 @@ async fn terminated() {
 /// The HTTP server's address when none is given.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
 
+/// The probe listener's port when none is given (the one Kubernetes
+/// controllers built with controller-runtime use for their probes).
+pub const DEFAULT_PROBE_PORT: u16 = 8081;
+
+/// Binds the probe listener: the address asked for, or the HTTP server's host
+/// on [`DEFAULT_PROBE_PORT`] and, when that one is taken, any free port there.
+async fn listen_probes(
+    asked: Option<SocketAddr>,
+    public: SocketAddr,
+    out: &mut (dyn Write + Send),
+) -> Result<tokio::net::TcpListener, UpError> {
+    match asked {
+        Some(addr) => server::bind(addr).await.map_err(|e| {
+            UpError::Usage(format!(
+                "{e}; pass --probe-listen 127.0.0.1:0 (or set HADRON_PROBE_LISTEN=127.0.0.1:0) to take any free port, or free {addr}"
+            ))
+        }),
+        None => {
+            let default = SocketAddr::new(public.ip(), DEFAULT_PROBE_PORT);
+            match server::bind(default).await {
+                Ok(listener) => Ok(listener),
+                Err(e) => {
+                    tracing::debug!(error = %e, "default probe address taken");
+                    let _ = writeln!(out, "{default} is taken; probes use a free port instead (--probe-listen sets one)");
+                    Ok(server::bind(SocketAddr::new(public.ip(), 0)).await?)
+                }
+            }
+        }
+    }
+}
+
 /// Binds the HTTP server: the address asked for, or the default and, when
 /// that one is taken, any free port on loopback.
 async fn listen(asked: Option<SocketAddr>, out: &mut (dyn Write + Send)) -> Result<tokio::net::TcpListener, UpError> {
@@ -585,12 +622,23 @@ async fn run(
     // the lease, and webhooks it takes are relayed to whichever one leads.
     let identity = (store.backend() == Backend::Postgres).then(leader::identity);
     server_cfg.relay_from = identity.clone();
+    server_cfg.limits = opts.http_limits;
     let listener = listen(opts.listen, out).await?;
     let addr = listener.local_addr().map_err(|e| UpError::Io { path: PathBuf::from("listening socket"), source: e })?;
+    let probe_listener = listen_probes(opts.probe_listen, addr, out).await?;
+    let probe_addr = probe_listener.local_addr().map_err(|e| UpError::Io { path: PathBuf::from("probe socket"), source: e })?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let server_state = ServerState::new(server_cfg);
+    // The probes on a listener of their own: nothing on the public port starves them.
+    {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(server::serve_probes(probe_listener, server_state.clone(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
     let server_task = {
         let mut stop = stop_rx.clone();
-        tokio::spawn(server::serve_listener(listener, ServerState::new(server_cfg), async move {
+        tokio::spawn(server::serve_listener(listener, server_state, async move {
             let _ = stop.wait_for(|s| *s).await;
         }))
     };
@@ -605,6 +653,7 @@ async fn run(
         out,
         "serving http://{addr} (dashboard: open it in a browser; webhooks: POST /hooks/gitea; /healthz /readyz /metrics /api/v1/requests /api/v1/events)"
     );
+    let _ = writeln!(out, "probes: http://{probe_addr}/healthz /readyz /metrics (a listener of their own)");
     match &forge_name {
         Some(repo) => {
             let _ = writeln!(out, "forge: gitea, control repo {repo}");

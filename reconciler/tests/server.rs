@@ -583,6 +583,15 @@ async fn the_request_api_returns_what_the_store_holds() -> Result<()> {
     let one: Value = one.json().await?;
     ensure!(one == items[0], "{one}");
 
+    // A long message is cut in the list (a character boundary, an ellipsis), whole for one request.
+    let long = RequestRecord { name: "zz-long".into(), message: "é".repeat(100_000), ..records[1].clone() };
+    h.store.upsert_request(&long).await?;
+    let list: Value = h.get("/api/v1/requests").await?.json().await?;
+    let shown = list["items"][2]["message"].as_str().context("message")?;
+    ensure!(shown == format!("{}…", "é".repeat(hadron::server::LIST_MESSAGE_CHARS)), "{} characters", shown.chars().count());
+    let one: Value = h.get("/api/v1/requests/zz-long").await?.json().await?;
+    ensure!(one["message"] == long.message.as_str());
+
     let missing = h.get("/api/v1/requests/nope").await?;
     ensure!(missing.status().as_u16() == 404);
     let json: Value = missing.json().await?;

@@ -58,6 +58,9 @@ const CASES: &[(&str, &str, &str, u64)] = &[
     ("bad-network-entry", "InvalidNetworkEntry", "agents/netty.yaml", 10),
     ("bad-network-mode", "WrongType", "agents/wide.yaml", 8),
     ("bad-workspace-size", "WrongType", "requests/roomy.yaml", 11),
+    ("title-too-long", "TooLong", "requests/essay.yaml", 6),
+    ("label-value-too-long", "TooLong", "requests/tagged.yaml", 7),
+    ("description-too-long", "TooLong", "requests/long.yaml", 8),
 ];
 
 /// Builds the control repo of one case in a fresh temp dir.
@@ -83,6 +86,17 @@ fn materialise(case: &str) -> tempfile::TempDir {
             text.push_str("    all work and no play makes a very long request description\n");
         }
         std::fs::write(dir.path().join("requests/huge.yaml"), text).expect("write huge file");
+    }
+    if case == "description-too-long" {
+        // 70 KiB: a file Hadron reads, a description over its 64 KiB limit.
+        let mut text = String::from(
+            "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: long\nspec:\n  title: t\n  repos: [{url: ../demo-app.git}]\n  description: |\n",
+        );
+        while text.len() < 70 * 1024 {
+            text.push_str("    all work and no play makes a very long request description\n");
+        }
+        std::fs::create_dir_all(dir.path().join("requests")).expect("requests folder");
+        std::fs::write(dir.path().join("requests/long.yaml"), text).expect("write the long request");
     }
     dir
 }

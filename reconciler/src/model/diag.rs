@@ -83,6 +83,9 @@ pub enum Code {
     /// that is not 40 hex digits, a worker name that does not match the
     /// entry, usage outside sane bounds): ignored, never trusted.
     InvalidStatusEntry,
+    /// Text people write (a title, a description, a label or annotation) is
+    /// longer than its limit.
+    TooLong,
 }
 
 impl Code {
@@ -124,6 +127,7 @@ impl Code {
             Code::MissingSettings => "MissingSettings",
             Code::NoAgent => "NoAgent",
             Code::InvalidStatusEntry => "InvalidStatusEntry",
+            Code::TooLong => "TooLong",
         }
     }
 }

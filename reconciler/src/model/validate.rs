@@ -10,10 +10,96 @@ pub use super::file::Finding;
 use super::file::{FileRole, Object};
 use super::kinds::{
     API_VERSION, AgentNetwork, AgentSpec, Approval, Budget, ChangeRequest, EnvVar, GateType, Metadata, RequestStatus, Settings, Stage,
+    StringMap,
 };
+use super::spans::{FieldPath, Seg};
 use super::template_vars::{TemplateUse, check_template};
 pub use super::values::{is_commit_id, looks_like_secret_value, repo_url_problem, url_has_credentials};
 pub use crate::ids::{is_branch_name, is_dns_label};
+
+/// Longest request title, in characters: one line, the commit and PR title.
+pub const MAX_TITLE_CHARS: usize = 200;
+/// Largest request description (the agent's task), in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
+/// Longest name part of a label or annotation key (after any `prefix/`), as in Kubernetes.
+pub const MAX_KEY_NAME_BYTES: usize = 63;
+/// Longest prefix of a label or annotation key (a DNS subdomain), as in Kubernetes.
+pub const MAX_KEY_PREFIX_BYTES: usize = 253;
+/// Longest label value, as in Kubernetes.
+pub const MAX_LABEL_VALUE_BYTES: usize = 63;
+/// Largest total of an object's annotations (keys and values), as in Kubernetes.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// `1.0 MiB`, `64 KiB`, `300 bytes`.
+fn size(bytes: usize) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} bytes"),
+        1024..1_048_576 => format!("{} KiB", bytes / 1024),
+        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
+    }
+}
+
+fn too_long(field: FieldPath, message: String, help: String) -> Finding {
+    Finding { field, ..Finding::error("", Code::TooLong, message, help) }
+}
+
+fn field_of(parts: &[&str]) -> FieldPath {
+    FieldPath(parts.iter().map(|p| Seg::Key((*p).to_owned())).collect())
+}
+
+/// Label or annotation keys and label values within Kubernetes' limits, and
+/// the annotations within their total.
+fn check_string_maps(out: &mut Vec<Finding>, meta: &Metadata) {
+    for (map, which) in [(&meta.labels, "labels"), (&meta.annotations, "annotations")] {
+        check_keys(out, map, which);
+    }
+    for (key, value) in meta.labels.iter() {
+        if value.len() > MAX_LABEL_VALUE_BYTES {
+            out.push(too_long(
+                field_of(&["metadata", "labels", key]),
+                format!(
+                    "the value of label `{}` is {} long, more than a label value may be ({MAX_LABEL_VALUE_BYTES} bytes)",
+                    key.escape_debug(),
+                    size(value.len())
+                ),
+                "keep label values short (as in Kubernetes); put longer text in an annotation or the description".to_owned(),
+            ));
+        }
+    }
+    let total: usize = meta.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_ANNOTATIONS_BYTES {
+        out.push(too_long(
+            field_of(&["metadata", "annotations"]),
+            format!(
+                "the annotations are {} in all, more than an object's annotations may be ({})",
+                size(total),
+                size(MAX_ANNOTATIONS_BYTES)
+            ),
+            "keep annotations short (as in Kubernetes); link to long documents instead of copying them in".to_owned(),
+        ));
+    }
+}
+
+fn check_keys(out: &mut Vec<Finding>, map: &StringMap, which: &str) {
+    for (key, _) in map.iter() {
+        let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+        let problem = if name.len() > MAX_KEY_NAME_BYTES {
+            Some(format!("its name part is {}, more than {MAX_KEY_NAME_BYTES} bytes", size(name.len())))
+        } else if prefix.len() > MAX_KEY_PREFIX_BYTES {
+            Some(format!("its prefix is {}, more than {MAX_KEY_PREFIX_BYTES} bytes", size(prefix.len())))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            let shown: String = key.chars().take(40).collect();
+            out.push(too_long(
+                field_of(&["metadata", which, key]),
+                format!("{which} key `{}…` is too long: {problem}", shown.escape_debug()),
+                format!("use keys as in Kubernetes: an optional DNS prefix of at most {MAX_KEY_PREFIX_BYTES} bytes and `/`, then a name of at most {MAX_KEY_NAME_BYTES}"),
+            ));
+        }
+    }
+}
 
 fn check_label(out: &mut Vec<Finding>, field: &str, what: &str, name: &str) {
     if !is_dns_label(name) {
@@ -57,6 +143,7 @@ pub fn check_object(object: &Object, role: &FileRole, stem: &str) -> Vec<Finding
 
 fn check_metadata(out: &mut Vec<Finding>, meta: &Metadata, role: &FileRole, stem: &str) {
     check_label(out, "metadata.name", "the name", &meta.name);
+    check_string_maps(out, meta);
     let expected = match role {
         FileRole::Settings => return,
         FileRole::Approval { request } => format!("{request}-{stem}"),
@@ -357,6 +444,23 @@ fn check_request(out: &mut Vec<Finding>, r: &ChangeRequest) {
             "say in one line what to change; it becomes the commit and PR title",
         ));
     }
+    let title_chars = s.title.chars().count();
+    if title_chars > MAX_TITLE_CHARS {
+        out.push(Finding::error(
+            "spec.title",
+            Code::TooLong,
+            format!("the title is {title_chars} characters long, more than a title may be ({MAX_TITLE_CHARS})"),
+            "say in one line what to change (it becomes the commit and PR title); the details go in `description`",
+        ));
+    }
+    if s.description.len() > MAX_DESCRIPTION_BYTES {
+        out.push(Finding::error(
+            "spec.description",
+            Code::TooLong,
+            format!("the description is {}, more than a description may be ({})", size(s.description.len()), size(MAX_DESCRIPTION_BYTES)),
+            "describe the task and link to longer documents (a file in the target repo, an issue) instead of copying them in",
+        ));
+    }
     if let Some(agent) = &s.agent {
         check_label(out, "spec.agent", "the agent name", agent);
     }
@@ -610,5 +714,49 @@ mod tests {
             assert_eq!(loaded.desired.statuses["r"].status.stages.len(), 1, "{cost}");
             assert_eq!(loaded.diagnostics.iter().filter(|d| d.code == Code::InvalidStatusEntry).count(), 6, "{cost}");
         }
+    }
+
+    #[test]
+    fn text_people_write_is_bounded_with_the_field_and_the_limit_named() {
+        let request = |meta: &str, title: &str| {
+            format!(
+                "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: r\n{meta}spec:\n  title: {title}\n  repos: [{{url: ../a.git}}]\n"
+            )
+        };
+        let too_long = |text: &str| {
+            let loaded = Catalog::load([("requests/r.yaml", text.as_bytes())]);
+            loaded
+                .diagnostics
+                .iter()
+                .filter(|d| d.code == Code::TooLong)
+                .map(|d| (d.line, d.field.clone().unwrap_or_default(), d.message.clone()))
+                .collect::<Vec<_>>()
+        };
+        // At the limits: clean.
+        let long_key = format!("{}/{}", "p".repeat(253), "k".repeat(63));
+        let at = request(&format!("  labels:\n    {long_key}: {}\n", "v".repeat(63)), &"é".repeat(200));
+        assert_eq!(too_long(&at), []);
+        // One over each: one finding each, on its line, naming the limit.
+        let over = request(
+            &format!(
+                "  labels:\n    {}: x\n    team: {}\n  annotations:\n    big: {}\n",
+                "k".repeat(64),
+                "v".repeat(64),
+                "a".repeat(256 * 1024)
+            ),
+            &"é".repeat(201),
+        );
+        let found = too_long(&over);
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(found.iter().any(|(line, field, m)| *line == 6 && field.ends_with(&"k".repeat(64)) && m.contains("63 bytes")), "{found:?}");
+        assert!(
+            found.iter().any(|(line, field, m)| *line == 7 && field == "metadata.labels.team" && m.contains("(63 bytes)")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|(line, field, m)| *line == 8 && field == "metadata.annotations" && m.contains("(256 KiB)")), "{found:?}");
+        assert!(
+            found.iter().any(|(_, field, m)| field == "spec.title" && m.contains("201 characters") && m.contains("(200)")),
+            "{found:?}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +11,7 @@ use futures_util::Stream;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::conn::{Peer, Scope, StreamSlot};
 use super::metrics::CONTENT_TYPE;
 use super::{ServerError, ServerState};
 use crate::store::RequestRecord;
@@ -78,9 +79,20 @@ impl From<RequestRecord> for ApiRequest {
     }
 }
 
-/// `GET /api/v1/requests`: `{ "items": [ApiRequest…] }`, ordered by name.
+/// Longest `message` of a request in the list, in characters (cut with `…`;
+/// `GET /api/v1/requests/{name}` has it whole).
+pub const LIST_MESSAGE_CHARS: usize = 500;
+
+/// `GET /api/v1/requests`: `{ "items": [ApiRequest…] }`, ordered by name,
+/// each message cut to [`LIST_MESSAGE_CHARS`].
 pub async fn list_requests(State(state): State<ServerState>) -> Result<Response, ServerError> {
-    let items: Vec<ApiRequest> = state.store().list_requests().await?.into_iter().map(Into::into).collect();
+    let items: Vec<ApiRequest> = state
+        .store()
+        .list_requests()
+        .await?
+        .into_iter()
+        .map(|r| ApiRequest { message: super::shown(&r.message, LIST_MESSAGE_CHARS), ..r.into() })
+        .collect();
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
 
@@ -95,11 +107,29 @@ pub async fn get_request(State(state): State<ServerState>, Path(name): Path<Stri
 /// `GET /api/v1/events`: one `phase` event per [`crate::reconcile::PhaseChange`] sent on
 /// the broadcast channel, as JSON. A client too slow to keep up gets a
 /// `lagged` event with the number of events it missed. The stream ends when
-/// the server shuts down.
-pub async fn events(State(state): State<ServerState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// the server shuts down. Beyond the per-peer or total limit of streams, the
+/// client is refused at once (429 / 503, `Retry-After`).
+pub async fn events(State(state): State<ServerState>, peer: Option<Extension<Peer>>) -> Response {
+    let peer = peer.map(|Extension(Peer(ip))| ip);
+    let slot = match state.streams().open_stream(peer) {
+        Ok(slot) => slot,
+        Err(scope) => {
+            let (total, per_peer) = state.streams().limits();
+            return match (scope, peer) {
+                (Scope::Peer, Some(peer)) => ServerError::TooManyStreamsFromPeer { peer, limit: per_peer },
+                _ => ServerError::TooManyStreams { limit: total },
+            }
+            .into_response();
+        }
+    };
+    stream(state, slot).into_response()
+}
+
+fn stream(state: ServerState, slot: StreamSlot) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = state.subscribe_events();
     let closing = state.closing();
-    let stream = futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
+    // The slot lives as long as the stream: its end frees the place.
+    let stream = futures_util::stream::unfold((rx, closing, slot), |(mut rx, mut closing, slot)| async move {
         loop {
             let got = tokio::select! {
                 _ = closing.wait_for(|c| *c) => return None,
@@ -116,7 +146,7 @@ pub async fn events(State(state): State<ServerState>) -> Sse<impl Stream<Item = 
                 Err(RecvError::Lagged(missed)) => Event::default().event("lagged").data(missed.to_string()),
                 Err(RecvError::Closed) => return None,
             };
-            return Some((Ok(event), (rx, closing)));
+            return Some((Ok(event), (rx, closing, slot)));
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())

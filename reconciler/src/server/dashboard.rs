@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use handlebars::Handlebars;
 use serde::{Deserialize, Serialize};
 
-use super::{ServerError, ServerState};
+use super::{ServerError, ServerState, shown};
 use crate::model::kinds::{GateType, Phase};
 use crate::reconcile::board::{Board, BoardRequest};
 use crate::store::{Event, RequestRecord};
@@ -38,6 +38,26 @@ pub const MAX_ROWS: usize = 500;
 
 /// How much of a worker's log the request page shows.
 const LOG_TAIL_BYTES: usize = 4096;
+
+/// Longest text of each kind the pages show, in characters; the rest is cut
+/// with `…`. `validate` bounds what people write (a title at 200 characters,
+/// a description at 64 KiB) and the worker bounds what agents report, but a
+/// page must stay small whatever got through: 40 requests with 1 MB titles
+/// made the index 80 MB.
+pub mod display {
+    /// A request's title.
+    pub const TITLE: usize = 200;
+    /// A request's description (its page only).
+    pub const DESCRIPTION: usize = 64 * 1024;
+    /// A message in a table row.
+    pub const ROW_MESSAGE: usize = 300;
+    /// A message, a condition or an event's detail on a request's page.
+    pub const MESSAGE: usize = 2000;
+    /// A worker's summary.
+    pub const SUMMARY: usize = 4096;
+    /// A repo URL.
+    pub const URL: usize = 300;
+}
 
 fn templates() -> &'static Handlebars<'static> {
     static TEMPLATES: OnceLock<Handlebars<'static>> = OnceLock::new();
@@ -119,9 +139,10 @@ fn phase_class(phase: &str) -> String {
     format!("phase-{}", phase.to_ascii_lowercase())
 }
 
-/// Only web addresses become links (a URL in a request file could be anything).
+/// Only web addresses become links (a URL in a request file could be
+/// anything), and only of a length a link has.
 fn web(url: &str) -> Option<String> {
-    (url.starts_with("https://") || url.starts_with("http://")).then(|| url.to_owned())
+    (url.len() <= display::URL && (url.starts_with("https://") || url.starts_with("http://"))).then(|| url.to_owned())
 }
 
 /// The table's rows, most recently changed first, filtered.
@@ -137,14 +158,23 @@ pub fn rows(records: &[RequestRecord], ages: &BTreeMap<String, i64>, board: &Boa
             let budget = spec.and_then(|s| s.budget.as_ref());
             let cost = status.map_or(0.0, |s| s.total_cost_usd);
             let tokens = status.map_or(0, |s| s.total_tokens);
-            let title = spec.map(|s| s.title.clone()).unwrap_or_default();
+            let full_title = spec.map(|s| s.title.as_str()).unwrap_or_default();
+            let title = shown(full_title, display::TITLE);
+            let message = shown(&r.message, display::ROW_MESSAGE);
+            // The filter reads everything; the page carries the cut text.
+            let matches = q.as_ref().is_none_or(|q| {
+                r.name.to_lowercase().contains(q.as_str())
+                    || full_title.to_lowercase().contains(q.as_str())
+                    || r.message.to_lowercase().contains(q.as_str())
+            });
             let row = Row {
                 name: r.name.clone(),
-                title: title.clone(),
+                search: format!("{} {} {}", r.name, title, message).to_lowercase(),
+                title,
                 phase: r.phase.clone(),
                 phase_class: phase_class(&r.phase),
                 stage: r.stage.clone().unwrap_or_default(),
-                repos: spec.map(|s| s.repos.iter().map(|repo| repo.url.clone()).collect()).unwrap_or_default(),
+                repos: spec.map(|s| s.repos.iter().map(|repo| shown(&repo.url, display::URL)).collect()).unwrap_or_default(),
                 attempts: status.map_or(0, |s| s.stages.iter().map(|x| x.attempt).sum()),
                 cost: match budget.and_then(|b| b.max_cost_usd) {
                     Some(max) => format!("{} of {}", money(cost), money(max)),
@@ -157,13 +187,12 @@ pub fn rows(records: &[RequestRecord], ages: &BTreeMap<String, i64>, board: &Boa
                 age: ages.get(&r.name).map(|at| span(now - at)).unwrap_or_default(),
                 changed: format!("{} ago", span(now - r.updated_at)),
                 changed_at: crate::time::rfc3339(r.updated_at),
-                message: r.message.clone(),
-                search: format!("{} {} {}", r.name, title, r.message).to_lowercase(),
+                message,
             };
-            (r.updated_at, row)
+            (r.updated_at, matches, row)
         })
-        .filter(|(_, row)| phase.is_none_or(|p| row.phase == p))
-        .filter(|(_, row)| q.as_ref().is_none_or(|q| row.search.contains(q.as_str())))
+        .filter(|(_, matches, row)| *matches && phase.is_none_or(|p| row.phase == p))
+        .map(|(at, _, row)| (at, row))
         .collect();
     rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
     rows.into_iter().map(|(_, row)| row).collect()
@@ -298,7 +327,7 @@ pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board:
         let commit = x.pushed_commit.clone().unwrap_or_default();
         WorkerView {
             worker: x.worker.clone(),
-            repo: x.repo.clone(),
+            repo: shown(&x.repo, display::URL),
             attempt: x.attempt,
             state: x.state.clone(),
             state_class: state_class(&x.state),
@@ -310,7 +339,7 @@ pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board:
                 .flatten()
                 .map(|u| format!("{}/commit/{commit}", u.trim_end_matches(".git"))),
             commit: commit.chars().take(12).collect(),
-            summary: x.summary.clone(),
+            summary: shown(&x.summary, display::SUMMARY),
             cost: money(x.cost_usd),
             unconfined: x.unconfined,
             log_tail: logs.get(&x.worker).cloned(),
@@ -372,7 +401,7 @@ pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board:
                     workers: Vec::new(),
                     branch: (gate.gate_type == GateType::Approval).then(|| crate::gates::approval_branch(&record.name, &gate.name)),
                     pull_request: approval_prs.get(&gate.name).and_then(|u| web(u)),
-                    message: condition.map(|c| c.message.clone()).unwrap_or_default(),
+                    message: condition.map(|c| shown(&c.message, display::MESSAGE)).unwrap_or_default(),
                 });
             }
         }
@@ -414,12 +443,12 @@ pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board:
     }
     RequestPage {
         name: record.name.clone(),
-        title: request.map(|r| r.spec.title.clone()).unwrap_or_default(),
-        description: request.map(|r| r.spec.description.clone()).unwrap_or_default(),
+        title: request.map(|r| shown(&r.spec.title, display::TITLE)).unwrap_or_default(),
+        description: request.map(|r| shown(&r.spec.description, display::DESCRIPTION)).unwrap_or_default(),
         phase: record.phase.clone(),
         phase_class: phase_class(&record.phase),
         stage: record.stage.clone().unwrap_or_default(),
-        message: record.message.clone(),
+        message: shown(&record.message, display::MESSAGE),
         revision: record.observed_revision.chars().take(12).collect(),
         known: entry.is_some(),
         steps,
@@ -430,7 +459,7 @@ pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board:
                 kind: c.condition_type.clone(),
                 status: c.status.clone(),
                 reason: c.reason.clone(),
-                message: c.message.clone(),
+                message: shown(&c.message, display::MESSAGE),
                 at: c.last_transition_time.clone().unwrap_or_default(),
             })
             .collect(),
@@ -439,7 +468,7 @@ pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board:
             .unwrap_or_default()
             .iter()
             .map(|o| OutputView {
-                repo: o.repo.clone(),
+                repo: shown(&o.repo, display::URL),
                 branch: o.branch.clone(),
                 commit: o.commit.clone().unwrap_or_default().chars().take(12).collect(),
                 pull_request: o.pull_request.as_deref().and_then(web),
@@ -448,7 +477,7 @@ pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board:
         history: events
             .iter()
             .rev()
-            .map(|e| HistoryView { at: crate::time::rfc3339(e.at), what: e.action.clone(), detail: e.detail.clone() })
+            .map(|e| HistoryView { at: crate::time::rfc3339(e.at), what: e.action.clone(), detail: shown(&e.detail, display::MESSAGE) })
             .collect(),
     }
 }

@@ -97,6 +97,42 @@ pub enum ServerError {
         seconds: u64,
     },
 
+    /// A peer already holds as many event streams as it may.
+    #[error(
+        "{peer} already holds {limit} event streams, the most one address may (--max-event-streams-per-peer raises it); close one, or retry later"
+    )]
+    TooManyStreamsFromPeer {
+        /// The peer's address.
+        peer: std::net::IpAddr,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// As many event streams are open as the server holds.
+    #[error("the server holds {limit} event streams already, its most (--max-event-streams raises it); retry later")]
+    TooManyStreams {
+        /// The limit.
+        limit: usize,
+    },
+
+    /// A peer's connections are all busy and as many as it may open.
+    #[error(
+        "{peer} already has {limit} connections open, all busy, the most one address may (--max-connections-per-peer raises it); retry later"
+    )]
+    TooManyConnectionsFromPeer {
+        /// The peer's address.
+        peer: std::net::IpAddr,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The server's connections are all busy and as many as it takes.
+    #[error("the server has {limit} connections open, all busy, its most (--max-connections raises it); retry later")]
+    TooManyConnections {
+        /// The limit.
+        limit: usize,
+    },
+
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}; check that the address is free and allowed")]
     Bind {
@@ -134,6 +170,10 @@ impl ServerError {
             Self::NotFound { .. } => "NotFound",
             Self::Render(_) => "RenderFailed",
             Self::EmptySecret => "EmptyWebhookSecret",
+            Self::TooManyStreamsFromPeer { .. } => "TooManyEventStreamsFromPeer",
+            Self::TooManyStreams { .. } => "TooManyEventStreams",
+            Self::TooManyConnectionsFromPeer { .. } => "TooManyConnectionsFromPeer",
+            Self::TooManyConnections { .. } => "TooManyConnections",
             Self::Bind { .. } => "Bind",
             Self::Serve { .. } => "Serve",
         }
@@ -146,9 +186,14 @@ impl ServerError {
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead { .. } | Self::MissingHeader { .. } | Self::InvalidPayload { .. } => StatusCode::BAD_REQUEST,
             Self::SecretNotConfigured | Self::SignatureMissing | Self::SignatureMismatch => StatusCode::UNAUTHORIZED,
-            Self::QueueFull | Self::ShuttingDown | Self::Store(_) | Self::NotReady | Self::PassesFailing(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::QueueFull
+            | Self::ShuttingDown
+            | Self::Store(_)
+            | Self::NotReady
+            | Self::PassesFailing(_)
+            | Self::TooManyStreams { .. }
+            | Self::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyStreamsFromPeer { .. } | Self::TooManyConnectionsFromPeer { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::EmptySecret | Self::Bind { .. } | Self::Serve { .. } | Self::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -167,9 +212,48 @@ impl ServerError {
     }
 }
 
+impl ServerError {
+    /// Whether this refuses a client over a limit: answered with
+    /// `Retry-After` and `Connection: close`.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            Self::TooManyStreamsFromPeer { .. }
+                | Self::TooManyStreams { .. }
+                | Self::TooManyConnectionsFromPeer { .. }
+                | Self::TooManyConnections { .. }
+        )
+    }
+
+    fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self.reason(), "message": self.to_string() })
+    }
+
+    /// The whole HTTP/1.1 response, as written to a connection refused at
+    /// accept (before any request of it was read).
+    pub fn raw_response(&self) -> Vec<u8> {
+        let body = self.body().to_string();
+        let status = self.status();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            super::RETRY_AFTER_SECONDS,
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.reason(), "message": self.to_string() });
-        (self.status(), Json(body)).into_response()
+        let limit = self.is_limit();
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if limit {
+            let headers = response.headers_mut();
+            headers.insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(super::RETRY_AFTER_SECONDS));
+            headers.insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        response
     }
 }

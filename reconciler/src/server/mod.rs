@@ -4,17 +4,24 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /hooks/gitea` | verify (size limit, HMAC-SHA256), record the delivery, send a [`Trigger`] |
-//! | `GET /healthz` | 200 while the process answers |
-//! | `GET /readyz` | 200 once the store answers and the control repo was fetched, else 503 |
-//! | `GET /metrics` | Prometheus text format 0.0.4 ([`Metrics`]) |
+//! | `GET /healthz` | 200 while the process answers (also on the probe listener) |
+//! | `GET /readyz` | 200 once the store answers and the control repo was fetched, else 503 (also on the probe listener) |
+//! | `GET /metrics` | Prometheus text format 0.0.4 ([`Metrics`]) (also on the probe listener) |
 //! | `GET /api/v1/requests`, `GET /api/v1/requests/{name}` | request records from the store |
 //! | `GET /api/v1/events` | one SSE `phase` event per [`PhaseChange`] sent by the loop |
 //! | `GET /`, `GET /requests/{name}` | the dashboard: HTML from `templates/`, live over the event stream |
 //!
 //! The server does no reconcile work: it only verifies, records and triggers.
 //! Error bodies are JSON `{ "error": reason, "message": … }`.
+//!
+//! Two listeners: the public one (everything above) and the probe listener
+//! ([`probe_router`]: `/healthz`, `/readyz`, `/metrics` only), so that
+//! nothing a client does on the public port can starve the probes. On the
+//! public port, connections and event streams are limited per peer and in
+//! total (see [`conn`] and `docs/http-limits.md`).
 
 mod api;
+pub mod conn;
 mod dashboard;
 mod error;
 pub mod webhook;
@@ -31,13 +38,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::routing::{get, post};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
 pub use crate::forge::repo_full_name;
 pub use crate::reconcile::trigger::Trigger;
 pub use crate::telemetry::Metrics;
-pub use api::ApiRequest;
+pub use api::{ApiRequest, LIST_MESSAGE_CHARS};
 pub use error::ServerError;
 
 use crate::reconcile::PhaseChange;
@@ -150,6 +157,8 @@ struct Inner {
     logs: LogSource,
     /// Set when the server shuts down, to end event streams.
     closing: watch::Sender<bool>,
+    /// The event streams held open.
+    streams: Arc<conn::Streams>,
 }
 
 /// How to build a [`ServerState`]; every field but the required ones has a default.
@@ -187,7 +196,7 @@ pub struct ServerConfig {
 pub type LogSource = Arc<std::sync::OnceLock<Arc<dyn crate::workers::Driver>>>;
 
 /// How long a client may take and how many may connect at once, so idle or
-/// slow connections cannot exhaust the server.
+/// slow connections and held event streams cannot exhaust the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Time to send a request line and headers, from the connection's start
@@ -195,8 +204,16 @@ pub struct Limits {
     pub header_read_timeout: std::time::Duration,
     /// Time to send a webhook body once the headers are in.
     pub body_read_timeout: std::time::Duration,
-    /// Connections served at once; more are closed at accept.
+    /// Connections open at once. At the limit, the oldest idle connection is
+    /// closed to make room; when none is idle, the new one is refused (503).
     pub max_connections: usize,
+    /// Connections of one peer (IP address) open at once; at the limit, as
+    /// above among the peer's connections, refused with 429.
+    pub max_connections_per_peer: usize,
+    /// Event streams (`/api/v1/events`) open at once; more are refused (503).
+    pub max_event_streams: usize,
+    /// Event streams of one peer open at once; more are refused (429).
+    pub max_event_streams_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -204,10 +221,39 @@ impl Default for Limits {
         Limits {
             header_read_timeout: std::time::Duration::from_secs(10),
             body_read_timeout: std::time::Duration::from_secs(30),
-            max_connections: 256,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            max_event_streams: DEFAULT_MAX_EVENT_STREAMS,
+            max_event_streams_per_peer: DEFAULT_MAX_EVENT_STREAMS_PER_PEER,
         }
     }
 }
+
+impl Limits {
+    /// The probe listener's: a kubelet or a load balancer asks a few times a
+    /// minute, so few connections, and short timeouts.
+    pub fn probes() -> Self {
+        Limits {
+            header_read_timeout: std::time::Duration::from_secs(5),
+            body_read_timeout: std::time::Duration::from_secs(5),
+            max_connections: 64,
+            max_connections_per_peer: 64,
+            max_event_streams: 0,
+            max_event_streams_per_peer: 0,
+        }
+    }
+}
+
+/// Default of [`Limits::max_connections`] (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default of [`Limits::max_connections_per_peer`] (`--max-connections-per-peer`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
+/// Default of [`Limits::max_event_streams`] (`--max-event-streams`).
+pub const DEFAULT_MAX_EVENT_STREAMS: usize = 512;
+/// Default of [`Limits::max_event_streams_per_peer`] (`--max-event-streams-per-peer`).
+pub const DEFAULT_MAX_EVENT_STREAMS_PER_PEER: usize = 32;
+/// What a refused client is told to wait before trying again (`Retry-After`).
+pub const RETRY_AFTER_SECONDS: u64 = 5;
 
 impl ServerConfig {
     /// A configuration with no secret, fresh metrics, not ready, a 1 MiB body limit
@@ -234,6 +280,7 @@ impl ServerConfig {
 impl ServerState {
     /// The state of a server configured by `config`.
     pub fn new(config: ServerConfig) -> Self {
+        let streams = conn::Streams::new(config.limits.max_event_streams, config.limits.max_event_streams_per_peer);
         Self {
             inner: Arc::new(Inner {
                 store: config.store,
@@ -250,6 +297,7 @@ impl ServerState {
                 board: config.board,
                 logs: config.logs,
                 closing: watch::channel(false).0,
+                streams,
             }),
         }
     }
@@ -328,6 +376,11 @@ impl ServerState {
         self.inner.events.subscribe()
     }
 
+    /// The event streams held open, and their limits.
+    pub fn streams(&self) -> &Arc<conn::Streams> {
+        &self.inner.streams
+    }
+
     fn closing(&self) -> watch::Receiver<bool> {
         self.inner.closing.subscribe()
     }
@@ -335,6 +388,27 @@ impl ServerState {
     /// Ends the event streams, so that a graceful shutdown does not wait on them.
     pub fn close_streams(&self) {
         self.inner.closing.send_replace(true);
+    }
+}
+
+/// The probe listener's routes: what a kubelet, a load balancer or
+/// Prometheus asks, on a port of their own.
+pub fn probe_router(state: ServerState) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .fallback(api::not_found)
+        .with_state(state)
+}
+
+/// `text` cut to at most `max` characters, with `…` in place of the rest:
+/// what people and agents write is bounded where it is shown (pages, API
+/// lists), whatever got through to the store.
+pub fn shown(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
     }
 }
 
@@ -367,8 +441,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })
 }
 
-/// Serves on `listener` until `shutdown` completes, then stops gracefully:
-/// no new connections, event streams end, requests in flight finish.
+/// Serves every route on `listener` until `shutdown` completes, then stops
+/// gracefully: no new connections, event streams end, requests in flight finish.
 pub async fn serve_listener(
     listener: TcpListener,
     state: ServerState,
@@ -379,15 +453,49 @@ pub async fn serve_listener(
     }
     let app = router(state.clone());
     let limits = state.limits();
-    let mut signal = std::pin::pin!(async move {
+    serve_app(listener, app, limits, async move {
         shutdown.await;
         tracing::info!("HTTP server shutting down");
         state.close_streams();
-    });
+    })
+    .await
+}
+
+/// Serves the probe routes ([`probe_router`]) on `listener`, with the
+/// limits of [`Limits::probes`], until `shutdown` completes.
+pub async fn serve_probes(
+    listener: TcpListener,
+    state: ServerState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "probe listener listening");
+    }
+    serve_app(listener, probe_router(state), Limits::probes(), shutdown).await
+}
+
+/// Refusals written at once, without waiting on the client, are at most
+/// this many at a time; beyond, the answer is written if the socket takes it
+/// and the connection closed.
+const MAX_LINGERING_REFUSALS: usize = 64;
+
+/// Accepts on `listener` and serves `app` on every connection the limits let
+/// in, until `shutdown` completes. Accepting never waits on a client: a
+/// connection beyond a limit makes room by closing an idle one, or is
+/// refused with a one-line answer, and the loop goes on.
+async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let mut signal = std::pin::pin!(shutdown);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let connections = conn::Connections::new(limits.max_connections, limits.max_connections_per_peer);
+    let lingering = Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING_REFUSALS));
+    let mut refusals = RefusalLog::default();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -399,16 +507,33 @@ pub async fn serve_listener(
             },
             () = &mut signal => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = limits.max_connections, "connection limit reached; closing a new connection");
-            drop(stream);
-            continue;
+        let peer = conn::peer_of(addr);
+        let admitted = match connections.admit(peer) {
+            Ok(admitted) => admitted,
+            Err(scope) => {
+                let error = match scope {
+                    conn::Scope::Peer => ServerError::TooManyConnectionsFromPeer { peer, limit: limits.max_connections_per_peer },
+                    conn::Scope::Total => ServerError::TooManyConnections { limit: limits.max_connections },
+                };
+                refusals.note(&error);
+                refuse(stream, &error, &lingering);
+                continue;
+            }
         };
+        if admitted.evicted_another {
+            tracing::debug!(%peer, "connection limit reached: closed the oldest idle connection to make room");
+        }
+        let busy = admitted.busy.clone();
         let service = hyper::service::service_fn({
             let app = app.clone();
-            move |request: hyper::Request<hyper::body::Incoming>| {
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                let guard = conn::Busy::new(&busy);
+                request.extensions_mut().insert(conn::Peer(peer));
                 let mut app = app.clone();
-                tower_service::Service::call(&mut app, request.map(axum::body::Body::new))
+                async move {
+                    let response = tower_service::Service::call(&mut app, request.map(axum::body::Body::new)).await?;
+                    Ok::<_, std::convert::Infallible>(response.map(|inner| axum::body::Body::new(Tracked { inner, _busy: guard })))
+                }
             }
         });
         let connection = hyper::server::conn::http1::Builder::new()
@@ -417,15 +542,110 @@ pub async fn serve_listener(
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let mut connection = std::pin::pin!(connection);
+            loop {
+                tokio::select! {
+                    ended = &mut connection => {
+                        if let Err(e) = ended {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = admitted.evict.notified() => {
+                        // Chosen while idle; a request that came in since is answered first.
+                        if admitted.busy.load(Ordering::Acquire) == 0 {
+                            tracing::debug!(%peer, "closing an idle connection to make room");
+                            break;
+                        }
+                    }
+                }
             }
-            drop(slot);
+            drop(admitted);
         });
     }
     // Requests in flight finish; event streams were told to end.
     graceful.shutdown().await;
     Ok(())
+}
+
+/// A response body that keeps its connection marked busy until it is sent.
+struct Tracked {
+    inner: axum::body::Body,
+    _busy: conn::Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Answers a connection the limits do not let in: the refusal as an HTTP
+/// response, then closed. Written by a short task that waits for the client
+/// to send its request (so the client reads the answer, not a reset), or,
+/// with many refusals at once, written if the socket takes it and dropped.
+fn refuse(stream: TcpStream, error: &ServerError, lingering: &Arc<tokio::sync::Semaphore>) {
+    let answer = error.raw_response();
+    match lingering.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    stream.write_all(&answer).await?;
+                    stream.shutdown().await?;
+                    let mut sink = [0u8; 4096];
+                    let mut drained = 0;
+                    while drained < 64 * 1024 {
+                        match stream.read(&mut sink).await? {
+                            0 => break,
+                            n => drained += n,
+                        }
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+                drop(permit);
+            });
+        }
+        Err(_) => {
+            let _ = stream.try_write(&answer);
+        }
+    }
+}
+
+/// Refusals are logged once a minute with their count, not one line each
+/// (a flood of them would flood the log too).
+#[derive(Default)]
+struct RefusalLog {
+    since: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, error: &ServerError) {
+        self.count += 1;
+        let now = std::time::Instant::now();
+        if self.since.is_none_or(|since| now.duration_since(since) >= std::time::Duration::from_secs(60)) {
+            tracing::warn!(reason = error.reason(), refused = self.count, "{error} ({} refused in the last minute)", self.count);
+            self.since = Some(now);
+            self.count = 0;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -137,3 +137,43 @@ fn the_table_shows_the_newest_rows_up_to_its_limit_and_says_so() {
         index_data(&records, &BTreeMap::new(), &Board::default(), &Filter { q: Some("r12".into()), phase: None }, false, 1_000_000);
     assert_eq!((filtered["count"].as_u64(), filtered["more"].as_bool()), (Some(11), Some(false)), "r12 and r120..r129");
 }
+
+#[test]
+fn long_text_is_cut_on_a_character_boundary_with_an_ellipsis() {
+    assert_eq!(shown("short", 10), "short");
+    assert_eq!(shown("éééé", 4), "éééé");
+    assert_eq!(shown("ééééé", 4), "éééé…");
+    assert_eq!(shown("日本語のテキスト", 3), "日本語…");
+}
+
+#[test]
+fn forty_requests_with_megabyte_titles_and_messages_make_a_small_index_and_request_page() {
+    const MB: usize = 1024 * 1024;
+    let mut board = Board::default();
+    let mut records = Vec::new();
+    for i in 0..40 {
+        let name = format!("huge-{i}");
+        let yaml = format!(
+            "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata: {{ name: {name} }}\nspec:\n  title: \"{}\"\n  description: \"{}\"\n  repos: [{{ url: \"https://git.example.com/{}.git\" }}]\n",
+            "T".repeat(MB),
+            "D".repeat(MB),
+            "r".repeat(MB / 4)
+        );
+        board.requests.insert(name.clone(), BoardRequest { request: Some(request(&yaml)), status: status(WAITING) });
+        records.push(RequestRecord { message: "M".repeat(MB), ..record(&name, "Running", Some("implement"), i) });
+    }
+    let data = index_data(&records, &BTreeMap::new(), &board, &Filter::default(), false, 1_000);
+    let page = render("index", &data).expect("the index renders");
+    // 40 MB of titles, 40 MB of messages, 10 MB of URLs: each row is a few KiB.
+    assert!(page.len() < 40 * 4 * 1024, "the index page is {} bytes", page.len());
+    assert!(page.contains(&format!("{}…", "T".repeat(display::TITLE))), "titles are cut with an ellipsis");
+    // The filter still reads the whole text.
+    let filter = Filter { phase: None, q: Some("m".repeat(1000)) };
+    assert_eq!(rows(&records, &BTreeMap::new(), &board, &filter, 1_000).len(), 40);
+
+    let entry = board.requests.get("huge-0");
+    let page = request_page(&records[0], entry, &board, &PageExtras::default(), 1_000);
+    let html = render("request", &serde_json::json!({ "title": "huge-0", "page": page, "missing": null })).expect("the page renders");
+    // The description (64 KiB shown) dominates; everything else is cut.
+    assert!(html.len() < 100 * 1024, "the request page is {} bytes", html.len());
+}
