@@ -472,6 +472,12 @@ fn run_service(
     backoff_ms: u64,
     serve: &ServeArgs,
 ) -> i32 {
+    if std::env::args_os().any(|a| a.to_string_lossy().starts_with("--webhook-secret-file")) {
+        eprintln!(
+            "warning: --webhook-secret-file on the command line names the secret's file in /proc/<pid>/cmdline, \
+             which every local user can read; set HADRON_WEBHOOK_SECRET_FILE instead"
+        );
+    }
     let (forge, driver) = match serve.forge().and_then(|f| Ok((f, serve.driver()?))) {
         Ok(both) => both,
         Err(e) => {
