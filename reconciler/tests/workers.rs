@@ -646,3 +646,41 @@ fn an_absurd_usage_report_is_one_invalid_usage_report() {
         assert!(result.message.contains("the agent reported"), "{}", result.message);
     }
 }
+
+/// The worker process of
+/// [`the_worker_stays_small_while_its_agent_prints_one_endless_line`]: runs
+/// the worker like [`worker_child_entry`], then writes its own peak memory
+/// (`VmHWM`, in kB) to `peak-kb` beside `run.json`.
+#[test]
+#[ignore = "entry point of a child worker process started by another test"]
+fn worker_child_entry_reporting_its_peak_memory() {
+    let Some(run) = std::env::args().find(|a| a.ends_with("run.json")) else { return };
+    let result = run_worker(Path::new(&run));
+    assert!(!result.worker.is_empty(), "{result:?}");
+    let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
+    let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("a VmHWM line").trim().trim_end_matches(" kB");
+    std::fs::write(Path::new(&run).with_file_name("peak-kb"), peak).expect("write peak-kb");
+}
+
+#[test]
+#[ignore = "needs workers/agent.rs's spawn_reader to read with Log::copy_output (issue 26, docs/worker-output.md); its line reader holds a whole line"]
+fn the_worker_stays_small_while_its_agent_prints_one_endless_line() {
+    let fx = Fixture::new();
+    // 64 MB without a newline: a line reader holds it whole, several times over.
+    let spec = fx.spec("implement", sh("head -c 64000000 /dev/zero | tr '\\0' x; echo change > f.txt"));
+    let run_json = fx.run_json(&spec);
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(exe)
+        .args(["--ignored", "--exact", "worker_child_entry_reporting_its_peak_memory", "--nocapture", "--test-threads=1"])
+        .arg(&run_json)
+        .output()
+        .expect("child runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let result = RunResult::read(&run_json.with_file_name("result.json")).expect("result.json");
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}");
+    let peak_kb: u64 = std::fs::read_to_string(run_json.with_file_name("peak-kb")).expect("peak-kb").trim().parse().expect("a number");
+    assert!(peak_kb < 96 * 1024, "the worker peaked at {peak_kb} kB for 64 MB of output");
+    let log = log_of(&result);
+    assert!(log.len() < LOG_OUTPUT_KEPT + (256 << 10), "worker.log is {} bytes", log.len());
+    assert!(log.contains("[agent out …] xxx") && log.contains("of output dropped here"), "the line is split and its middle dropped");
+}
