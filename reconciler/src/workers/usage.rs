@@ -51,7 +51,7 @@ pub enum UsageError {
     NotAFigure {
         /// The report's field name.
         field: &'static str,
-        /// What it held, as JSON, cut to a few characters.
+        /// What it held: the number, or only the kind of value.
         value: String,
     },
     /// `report.json` is bigger than [`REPORT_MAX_BYTES`].
@@ -226,11 +226,16 @@ fn tokens((value, field): (Option<&Value>, &'static str)) -> Result<u64, UsageEr
 }
 
 fn not_a_figure(field: &'static str, value: &Value) -> UsageError {
-    let mut shown = value.to_string();
-    if shown.len() > 40 {
-        shown.truncate(shown.floor_char_boundary(40));
-        shown.push('…');
-    }
+    // The agent's text is not echoed: it would reach the status file
+    // unredacted (a secret cut short escapes the redaction).
+    let shown = match value {
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".to_owned(),
+        Value::String(_) => "a string".to_owned(),
+        Value::Array(_) => "a list".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    };
     UsageError::NotAFigure { field, value: shown }
 }
 
@@ -306,6 +311,9 @@ mod tests {
             assert_eq!(u.invalid.as_ref().map(UsageError::reason), Some("InvalidUsageReport"));
             assert_eq!((u.tokens_in, u.tokens_out, u.cost_usd), (0, 0, None), "no figure of a refused report counts");
         }
+        let text = Usage::from_report(r#"{"tokensIn": "sk-secret-value"}"#).expect("parses");
+        let message = text.invalid.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("`tokensIn` as a string") && !message.contains("sk-"), "the agent's text is not echoed: {message}");
         let stdout = Usage::from_stdout(r#"{"result": "ok", "total_cost_usd": -3}"#).expect("recognised");
         assert!(matches!(stdout.invalid, Some(UsageError::NotAFigure { field: "total_cost_usd", .. })), "{stdout:?}");
         let huge = Usage::from_report(r#"{"tokensIn": 1e300, "costUSD": 1e300}"#).expect("parses");
