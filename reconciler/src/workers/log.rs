@@ -1,13 +1,17 @@
 //! `worker.log`: the worker's log, with every secret value replaced by `***`,
 //! and bounded.
 //!
-//! Hadron's own lines ([`Log::line`]) always go through. What other programs
-//! print (the agent, git: [`Log::write`], [`Log::copy_output`]) is kept in
-//! two parts: the first [`OUTPUT_HEAD_BYTES`] are written through; after
-//! that, only the last [`OUTPUT_TAIL_BYTES`] are held in memory and written
-//! at Hadron's next line (the agent's end, the result) or when the log is
-//! dropped, after a marker line saying how many bytes and lines were dropped
-//! there. docs/worker-output.md describes the caps.
+//! Hadron's own lines ([`Log::line`]) always go through, at once. What other
+//! programs print (the agent, git: [`Log::write`], [`Log::copy_output`]) is
+//! kept in two parts: the first [`OUTPUT_HEAD_BYTES`] are written through;
+//! after that, only the last [`OUTPUT_TAIL_BYTES`] are held in memory and
+//! written, after a marker line saying how many bytes and lines were dropped
+//! there, once the output ends: when the last stream [`Log::copy_output`]
+//! reads closes, at [`Log::flush_output`], at Hadron's next line when no
+//! stream is being read, or when the log is dropped. Hadron's lines while a
+//! stream is read do not write what is held (else an agent that makes Hadron
+//! say something, a refused connection, between two prints would have every
+//! print kept). docs/worker-output.md describes the caps.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -44,6 +48,8 @@ struct State {
     /// Output dropped since the last flush.
     dropped_bytes: u64,
     dropped_lines: u64,
+    /// Streams [`Log::copy_output`] is reading.
+    open_streams: usize,
 }
 
 impl State {
@@ -111,7 +117,15 @@ impl Log {
         // Longest first, so a secret containing another is fully replaced.
         secrets.retain(|s| !s.is_empty());
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        let state = State { file, head_left: OUTPUT_HEAD_BYTES, tail: VecDeque::new(), tail_bytes: 0, dropped_bytes: 0, dropped_lines: 0 };
+        let state = State {
+            file,
+            head_left: OUTPUT_HEAD_BYTES,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            dropped_bytes: 0,
+            dropped_lines: 0,
+            open_streams: 0,
+        };
         Ok(Log { state: Mutex::new(state), secrets })
     }
 
@@ -134,13 +148,23 @@ impl Log {
         }
     }
 
-    /// One line of Hadron's own, timestamped: always written, after what
-    /// was held back of the output.
+    /// One line of Hadron's own, timestamped: always written at once; after
+    /// what was held back of the output unless a stream is still being read.
     pub(super) fn line(&self, text: &str) {
         let text = self.redact(&format!("[{}] {text}\n", now_rfc3339()));
         if let Ok(mut state) = self.state.lock() {
-            state.flush();
+            if state.open_streams == 0 {
+                state.flush();
+            }
             let _ = state.file.write_all(text.as_bytes());
+        }
+    }
+
+    /// Writes what is held back of the output now (the run is over, even if
+    /// a detached process still holds a stream open).
+    pub(super) fn flush_output(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.flush();
         }
     }
 
@@ -149,13 +173,17 @@ impl Log {
     /// `[agent <tag>]`, a line longer than [`OUTPUT_LINE_BYTES`] split into
     /// pieces (`[agent <tag> …]` for the rest), never inside a secret or a
     /// character. Returns the last `keep` bytes read, unredacted (for the
-    /// usage report on standard output; 0 keeps nothing).
+    /// usage report on standard output; 0 keeps nothing). When the last
+    /// stream being read ends, what is held back is written.
     #[allow(dead_code, reason = "agent.rs's reader threads are to call it (issue 26); until then they call `write` per line")]
     pub(super) fn copy_output<R: Read>(&self, mut stream: R, tag: &str, keep: usize) -> Vec<u8> {
         let mut kept: VecDeque<u8> = VecDeque::new();
         let mut pending: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; READ_CHUNK];
         let mut continued = false;
+        if let Ok(mut state) = self.state.lock() {
+            state.open_streams += 1;
+        }
         loop {
             let n = match stream.read(&mut chunk) {
                 Ok(0) => break,
@@ -186,6 +214,12 @@ impl Log {
         }
         if !pending.is_empty() {
             self.output_piece(tag, &pending, continued);
+        }
+        if let Ok(mut state) = self.state.lock() {
+            state.open_streams = state.open_streams.saturating_sub(1);
+            if state.open_streams == 0 {
+                state.flush();
+            }
         }
         kept.into()
     }
@@ -318,5 +352,45 @@ mod tests {
         assert!(text.contains("[agent out …] "), "the rest of a split line is marked");
         assert!(text.contains("[agent out] last line\n") && text.contains("dropped here"), "{}", &text[text.len() - 200..]);
         assert!(text.len() < OUTPUT_HEAD_BYTES + OUTPUT_TAIL_BYTES + 2 * OUTPUT_LINE_BYTES, "{} bytes", text.len());
+    }
+
+    /// Output that makes Hadron say something (a refused connection) before
+    /// every chunk it gives.
+    struct Chatty<'a> {
+        log: &'a Log,
+        chunks: usize,
+    }
+
+    impl Read for Chatty<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.chunks == 0 {
+                return Ok(0);
+            }
+            self.chunks -= 1;
+            self.log.line("egress: refused example.com:443");
+            let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
+            let n = buf.len() / line.len() * line.len();
+            for piece in buf[..n].chunks_mut(line.len()) {
+                piece.copy_from_slice(line);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn hadrons_lines_while_a_stream_is_read_do_not_write_what_is_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("worker.log");
+        let log = Log::open(&path, vec![]).expect("open");
+        let chunks = 200; // 200 × 64 KiB: 12.5 MiB of output
+        log.copy_output(Chatty { log: &log, chunks }, "out", 0);
+        let size = std::fs::metadata(&path).expect("the log").len() as usize;
+        let text = read(&path);
+        assert_eq!(text.matches("egress: refused").count(), chunks, "every line of Hadron's is written");
+        assert_eq!(text.matches("dropped here").count(), 1, "one cut, not one per line of Hadron's");
+        assert!(size < OUTPUT_HEAD_BYTES + OUTPUT_TAIL_BYTES + chunks * 80 + 1024, "{size} bytes");
+        assert!(text.ends_with("abcde\n"), "the tail is written when the stream ends, before the log is dropped");
+        log.line("agent finished");
+        assert!(read(&path).ends_with("agent finished\n"));
     }
 }
