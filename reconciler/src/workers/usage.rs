@@ -15,6 +15,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::workspace_size::human;
 use crate::model::kinds::Pricing;
 
 pub use crate::attempt::{MAX_COST_USD_PER_ATTEMPT, MAX_TOKENS_PER_ATTEMPT, MAX_TOTAL_TOKENS_PER_ATTEMPT, cost_is_sane};
@@ -97,22 +98,7 @@ pub fn cap_summary(text: &str) -> String {
         return text.to_owned();
     }
     let kept = text.floor_char_boundary(SUMMARY_MAX_BYTES - SUMMARY_MARKER_BYTES);
-    format!("{}… [cut: {} reported, {} kept]", &text[..kept], human_bytes(text.len() as u64), human_bytes(kept as u64))
-}
-
-/// `512 B`, `3.9 KiB`, `3.0 MiB`, `2.0 GiB`.
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    format!("{}… [cut: {} reported, {} kept]", &text[..kept], human(text.len() as u64), human(kept as u64))
 }
 
 /// Usage reported by an agent.
@@ -332,8 +318,6 @@ mod tests {
         let cut = cap_summary(&long);
         assert!(cut.len() <= SUMMARY_MAX_BYTES, "{}", cut.len());
         assert!(cut.starts_with("éé") && cut.ends_with("… [cut: 3.0 MiB reported, 3.9 KiB kept]"), "{}", &cut[cut.len() - 60..]);
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 
     #[test]
