@@ -572,3 +572,115 @@ fn the_log_tail_is_the_last_lines_of_the_worker_log_read_from_its_end() {
     assert_eq!(whole, log, "a short log is shown whole");
     assert_eq!(driver.log_tail("../escape", 100).map_err(|e| e.reason()), Err("InvalidWorkerName"));
 }
+
+/// What `worker.log` keeps of the agent's and git's output (log.rs): the
+/// first 256 KiB and the last 1 MiB, with a marker between.
+const LOG_OUTPUT_KEPT: usize = (256 << 10) + (1 << 20);
+
+#[test]
+fn an_agent_printing_50_mb_leaves_a_bounded_log_with_a_marker_and_its_last_lines() {
+    let fx = Fixture::new();
+    // 25 MB in 64 KiB lines on stdout, 25 MB in 200-byte lines on stderr,
+    // then one last line on each.
+    let script = "line=$(head -c 65535 /dev/zero | tr '\\0' o); i=0; while [ $i -lt 381 ]; do echo \"$line\"; i=$((i+1)); done; \
+                  yes \"$(head -c 199 /dev/zero | tr '\\0' e)\" | head -c 25000000 >&2; \
+                  echo LAST-OUT-LINE; echo LAST-ERR-LINE >&2; echo change > f.txt";
+    let result = run_worker(&fx.run_json(&fx.spec("implement", sh(script))));
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}");
+    let size = std::fs::metadata(&result.log_path).expect("the log").len() as usize;
+    assert!(size < LOG_OUTPUT_KEPT + (128 << 10), "worker.log is {size} bytes");
+    let log = log_of(&result);
+    let marker = log.lines().find(|l| l.contains("of output dropped here")).expect("a marker line");
+    let dropped: u64 = marker.split(" … ").nth(1).and_then(|m| m.split(' ').next()).and_then(|n| n.parse().ok()).expect("a count");
+    assert!(dropped > 48_000_000, "{marker}");
+    let at = |what: &str| log.find(what).unwrap_or_else(|| panic!("{what:?} is in the log"));
+    assert!(at("[agent out] oooo") < at("of output dropped here"), "the head is kept");
+    assert!(at("of output dropped here") < at("[agent out] LAST-OUT-LINE"), "the tail is after the marker");
+    assert!(at("of output dropped here") < at("[agent err] LAST-ERR-LINE"));
+    assert!(at("[agent out] LAST-OUT-LINE") < at("agent finished"), "the tail is written when the agent finishes");
+    assert!(at("agent finished") < at("result: Succeeded"), "Hadron's lines all go through");
+}
+
+#[test]
+fn a_3_mib_summary_is_cut_to_4_kib_and_its_approval_file_still_counts() {
+    let fx = Fixture::new();
+    let script = "{ printf '{\"tokensIn\": 10, \"summary\": \"'; head -c 3145728 /dev/zero | tr '\\0' s; printf '\"}'; } > \"$HADRON_REPORT_FILE\"; \
+                  echo change > f.txt";
+    let result = run_worker(&fx.run_json(&fx.spec("implement", sh(script))));
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}");
+    assert_eq!(result.tokens_in, 10, "the figures count");
+    assert!(result.summary.len() <= 4096, "{}", result.summary.len());
+    assert!(result.summary.starts_with("sss") && result.summary.ends_with("… [cut: 3.0 MiB reported, 3.9 KiB kept]"), "{}", result.summary);
+    let result_json = std::fs::metadata(Path::new(&result.log_path).with_file_name("result.json")).expect("result.json").len();
+    assert!(result_json < 8192, "result.json is {result_json} bytes");
+
+    // The approval file Hadron proposes at a gate carries the summaries. A
+    // 3 MiB summary made it bigger than the 1 MiB a control-repo file may
+    // be, so the merged approval was refused and never counted.
+    let commit = result.pushed_commit.clone().expect("pushed");
+    let approval = |summary: &str| {
+        let text = format!("implement on ../target.git: {summary} (commit {})", &commit[..12]);
+        let yaml = hadron::gates::render_approval("add-greeting", "review", "0011223344556677", &text).expect("renders");
+        let request = "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: add-greeting\nspec:\n  title: Add a greeting\n  repos:\n    - url: ../target.git\n";
+        Catalog::load([("requests/add-greeting.yaml", request.as_bytes()), ("approvals/add-greeting/review.yaml", yaml.as_bytes())])
+    };
+    let counted = approval(&result.summary);
+    assert!(counted.desired.approvals.contains_key(&("add-greeting".to_owned(), "review".to_owned())), "{:?}", counted.diagnostics);
+    let refused = approval(&"s".repeat(3 << 20));
+    assert!(refused.desired.approvals.is_empty() && refused.error_count() > 0, "the uncut summary is what broke the gate");
+}
+
+#[test]
+fn an_absurd_usage_report_is_one_invalid_usage_report() {
+    let fx = Fixture::new();
+    for (stage, report) in [
+        ("tokens", r#"{"tokensIn": 1e300, "summary": "cheap"}"#),
+        ("cost", r#"{"costUSD": 1e300}"#),
+        ("negative", r#"{"tokensOut": -1, "costUSD": 0.5}"#),
+    ] {
+        let script = format!("printf '%s' '{report}' > \"$HADRON_REPORT_FILE\"; echo change > f.txt");
+        let result = run_worker(&fx.run_json(&fx.spec(stage, sh(&script))));
+        assert_eq!((result.outcome, result.reason.as_str()), (Outcome::Failed, "InvalidUsageReport"), "{report}: {result:?}");
+        assert_eq!((result.tokens_in, result.tokens_out, result.cost_usd), (0, 0, 0.0), "{report}: nothing of it counts");
+        assert!(result.pushed_commit.is_none() && result.summary.is_empty(), "{result:?}");
+        assert!(result.message.contains("the agent reported"), "{}", result.message);
+    }
+}
+
+/// The worker process of
+/// [`the_worker_stays_small_while_its_agent_prints_one_endless_line`]: runs
+/// the worker like [`worker_child_entry`], then writes its own peak memory
+/// (`VmHWM`, in kB) to `peak-kb` beside `run.json`.
+#[test]
+#[ignore = "entry point of a child worker process started by another test"]
+fn worker_child_entry_reporting_its_peak_memory() {
+    let Some(run) = std::env::args().find(|a| a.ends_with("run.json")) else { return };
+    let result = run_worker(Path::new(&run));
+    assert!(!result.worker.is_empty(), "{result:?}");
+    let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
+    let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("a VmHWM line").trim().trim_end_matches(" kB");
+    std::fs::write(Path::new(&run).with_file_name("peak-kb"), peak).expect("write peak-kb");
+}
+
+#[test]
+#[ignore = "needs workers/agent.rs's spawn_reader to read with Log::copy_output (issue 26, docs/worker-output.md); its line reader holds a whole line"]
+fn the_worker_stays_small_while_its_agent_prints_one_endless_line() {
+    let fx = Fixture::new();
+    // 64 MB without a newline: a line reader holds it whole, several times over.
+    let spec = fx.spec("implement", sh("head -c 64000000 /dev/zero | tr '\\0' x; echo change > f.txt"));
+    let run_json = fx.run_json(&spec);
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(exe)
+        .args(["--ignored", "--exact", "worker_child_entry_reporting_its_peak_memory", "--nocapture", "--test-threads=1"])
+        .arg(&run_json)
+        .output()
+        .expect("child runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let result = RunResult::read(&run_json.with_file_name("result.json")).expect("result.json");
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}");
+    let peak_kb: u64 = std::fs::read_to_string(run_json.with_file_name("peak-kb")).expect("peak-kb").trim().parse().expect("a number");
+    assert!(peak_kb < 96 * 1024, "the worker peaked at {peak_kb} kB for 64 MB of output");
+    let log = log_of(&result);
+    assert!(log.len() < LOG_OUTPUT_KEPT + (256 << 10), "worker.log is {} bytes", log.len());
+    assert!(log.contains("[agent out …] xxx") && log.contains("of output dropped here"), "the line is split and its middle dropped");
+}

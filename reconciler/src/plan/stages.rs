@@ -224,6 +224,12 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
             Some(a) => {
                 let failures =
                     attempts.iter().filter(|x| x.stage == stage.name && x.repo == repo.url && x.state == AttemptState::Failed).count();
+                if !is_retried(&a.reason) {
+                    return StageState::Failed(format!(
+                        "stage {} failed on {}: {} ({}, which is not retried)",
+                        stage.name, repo.url, a.summary, a.reason
+                    ));
+                }
                 if u32::try_from(failures).unwrap_or(u32::MAX) >= max_attempts {
                     return StageState::Failed(format!(
                         "stage {} failed on {} after {failures} attempts: {} ({})",
@@ -247,6 +253,20 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
     } else {
         StageState::Done(done)
     }
+}
+
+/// Failure reasons a new attempt is not started for: the stage fails at
+/// once, as when its attempts are spent.
+///
+/// `InvalidUsageReport`: the worker refused the agent's usage report (an
+/// absurd figure, a report too big to read). The agent did run, so a retry
+/// would spend again for a report that is as likely refused again, and what
+/// the refused one cost is unknown.
+const NOT_RETRIED: &[&str] = &[crate::workers::usage::INVALID_USAGE_REPORT];
+
+/// Whether a failed attempt with `reason` may be followed by another.
+fn is_retried(reason: &str) -> bool {
+    !NOT_RETRIED.contains(&reason)
 }
 
 /// What the approver reads: the stages that succeeded so far, one a line.

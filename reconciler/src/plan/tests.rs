@@ -1095,3 +1095,35 @@ fn a_pass_plans_again_only_the_requests_whose_inputs_changed() {
     assert_eq!((memo.last_counts(), memo.len()), ((50, 0), 50));
     assert!(PlanMemo::default().is_empty());
 }
+
+#[test]
+fn an_invalid_usage_report_fails_the_stage_once_without_a_retry() {
+    let cfg = PlanConfig { backoff_base_ms: 1000, ..PlanConfig::default() };
+    for (reason, retried) in [("AgentExitNonZero", true), (crate::workers::usage::INVALID_USAGE_REPORT, false)] {
+        let mut world = World::default();
+        let reqs = vec![Req { repos: 1, stages: 1, ..req("r") }];
+        let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+        world.apply(&p, 0);
+        let w = starts(&p)[0].worker.clone();
+        world.finish(&w, false, 100);
+        let run = world.runs.get_mut(&w).expect("the run");
+        run.attempt.reason = reason.into();
+        run.attempt.summary = "the agent reported 1e300 input tokens".into();
+        // Right after the failure, and long after any backoff.
+        for now in [200, 1_000_000] {
+            let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+            let view = &p.requests["r"];
+            if retried {
+                assert_ne!(view.phase, Phase::Failed, "{reason} is retried: {}", view.message);
+            } else {
+                assert!(starts(&p).is_empty(), "no retry of {reason} at {now}");
+                assert_eq!((view.phase, view.reason.as_str()), (Phase::Failed, "StageFailed"), "{}", view.message);
+                assert!(view.message.contains("(InvalidUsageReport, which is not retried)"), "{}", view.message);
+                assert!(view.message.contains("1e300 input tokens"), "the status says why: {}", view.message);
+            }
+            world.apply(&p, now);
+        }
+        let attempts = world.store.values().filter(|a| a.request == "r").count();
+        assert_eq!(attempts, if retried { 2 } else { 1 }, "{reason}");
+    }
+}

@@ -47,7 +47,9 @@ pub fn render_with(
             tokens: a.tokens(),
             tokens_in: a.tokens_in,
             tokens_out: a.tokens_out,
-            summary: a.summary.clone(),
+            // Cut by the worker already; again here for summaries recorded
+            // before it was (a store from an older Hadron).
+            summary: crate::workers::usage::cap_summary(&a.summary),
             unconfined: a.unconfined,
         })
         .collect();
@@ -281,5 +283,13 @@ mod tests {
         let rounded = round6(nothing);
         assert!(rounded == 0.0 && rounded.is_sign_positive());
         assert_eq!(round6(0.123_456_789), 0.123_457);
+    }
+
+    #[test]
+    fn a_huge_summary_is_cut_in_the_status() {
+        let view = view_with("req-x", &"s".repeat(3 << 20), 0.5, Phase::Succeeded);
+        let status = render(&view, None, &"b".repeat(40), 1_700_000_200_000, &BTreeMap::new());
+        let summary = &status.status.stages[0].summary;
+        assert!(summary.len() <= crate::workers::usage::SUMMARY_MAX_BYTES && summary.ends_with("kept]"), "{} bytes", summary.len());
     }
 }

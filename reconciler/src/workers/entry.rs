@@ -143,6 +143,9 @@ fn run_worker_in(run_json: &Path, run_dir: &Path) -> RunResult {
         unconfined: None,
     };
     let outcome = worker.run();
+    // The run is over: what worker.log held back of the output goes in now,
+    // even if a process the agent left still holds its output open.
+    log.flush_output();
     if let Err(e) = &outcome {
         log.line(&format!("failed [{}]: {e}", e.reason()));
     }

@@ -7,7 +7,7 @@ use super::error::WorkerError;
 use super::proc::write_atomic;
 use super::run_dir::{LOG_FILE, RESULT_FILE};
 use super::spec::{Outcome, RunResult, RunSpec};
-use super::usage::Usage;
+use super::usage::{Usage, UsageError, cap_summary};
 use crate::time::now_rfc3339;
 
 impl RunResult {
@@ -36,6 +36,21 @@ impl RunResult {
         serde_json::from_slice(&text).ok()
     }
 
+    /// Refuses the agent's usage report: the result becomes a failure with
+    /// reason `InvalidUsageReport` (which the planner does not retry), and
+    /// none of the report counts (its figures would overflow the sums or
+    /// not fit the store).
+    pub(super) fn refuse_usage(&mut self, error: &UsageError) {
+        self.outcome = Outcome::Failed;
+        self.reason = error.reason().to_owned();
+        self.message = error.to_string();
+        self.summary = String::new();
+        self.pushed_commit = None;
+        self.tokens_in = 0;
+        self.tokens_out = 0;
+        self.cost_usd = 0.0;
+    }
+
     /// Writes this result to `path` atomically.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
@@ -49,7 +64,10 @@ pub(super) struct Done {
     pub(super) message: String,
 }
 
-/// Builds the result, writes it and returns it.
+/// Builds the result, writes it and returns it. The usage's summary (secrets
+/// already redacted) and the message are cut to
+/// [`SUMMARY_MAX_BYTES`](super::usage::SUMMARY_MAX_BYTES); a refused usage
+/// report fails the run.
 pub(super) fn finish(
     spec: &RunSpec,
     outcome: Result<Done, WorkerError>,
@@ -78,13 +96,18 @@ pub(super) fn finish(
         Err(error) => RunResult::failed(&spec.worker, error, &log_path, started_at),
     };
     result.unconfined = unconfined;
-    if let Some(usage) = usage {
-        result.tokens_in = usage.tokens_in;
-        result.tokens_out = usage.tokens_out;
-        result.cost_usd = usage.cost(spec.pricing.as_ref());
-        result.summary = usage.summary;
-        result.refuse_insane_usage();
+    match usage {
+        Some(Usage { invalid: Some(error), .. }) => result.refuse_usage(&error),
+        Some(usage) => {
+            result.tokens_in = usage.tokens_in;
+            result.tokens_out = usage.tokens_out;
+            result.cost_usd = usage.cost(spec.pricing.as_ref());
+            result.summary = cap_summary(&usage.summary);
+            result.refuse_insane_usage();
+        }
+        None => {}
     }
+    result.message = cap_summary(&result.message);
     let _ = result.write(&run_dir.join(RESULT_FILE));
     result
 }

@@ -234,14 +234,7 @@ impl RunResult {
     /// kept (they would overflow the sums or not fit the store).
     pub fn refuse_insane_usage(&mut self) {
         if let Err(e) = super::usage::check(self.tokens_in, self.tokens_out, self.cost_usd) {
-            self.outcome = Outcome::Failed;
-            self.reason = e.reason().to_owned();
-            self.message = e.to_string();
-            self.summary = String::new();
-            self.pushed_commit = None;
-            self.tokens_in = 0;
-            self.tokens_out = 0;
-            self.cost_usd = 0.0;
+            self.refuse_usage(&e);
         }
     }
 }

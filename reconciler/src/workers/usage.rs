@@ -2,12 +2,36 @@
 //! `report.json` it may write (`HADRON_REPORT_FILE`) or, failing that, from
 //! the last JSON object on its standard output (Claude Code's
 //! `--output-format json` shape).
+//!
+//! Bounded: the report file is read up to [`REPORT_MAX_BYTES`] (a bigger one
+//! is refused), the summary is cut to [`SUMMARY_MAX_BYTES`] with a marker
+//! ([`cap_summary`]), and a figure that is not a number of at least 0 is
+//! refused: the attempt fails with `InvalidUsageReport`, once (the planner
+//! does not retry it).
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use serde_json::Value;
 
+use super::workspace_size::human;
 use crate::model::kinds::Pricing;
 
 pub use crate::attempt::{MAX_COST_USD_PER_ATTEMPT, MAX_TOKENS_PER_ATTEMPT, MAX_TOTAL_TOKENS_PER_ATTEMPT, cost_is_sane};
+
+/// Most bytes of a summary (or a result's message) kept, marker included:
+/// what the status file, the approval branch and the dashboard carry.
+pub const SUMMARY_MAX_BYTES: usize = 4 << 10;
+/// Room [`cap_summary`] leaves for its marker.
+const SUMMARY_MARKER_BYTES: usize = 64;
+/// Most bytes of `report.json` read: as much as the worker keeps of the
+/// agent's standard output to find a report there. A bigger report is
+/// refused (its figures cannot be read, and ignoring it would let an agent
+/// hide what it spent behind a long summary).
+pub const REPORT_MAX_BYTES: u64 = 8 << 20;
+/// The reason every [`UsageError`] gives.
+pub const INVALID_USAGE_REPORT: &str = "InvalidUsageReport";
 
 /// A usage report outside sane bounds: refused, never summed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -23,13 +47,30 @@ pub enum UsageError {
     /// A cost that is not a number, negative, or above [`MAX_COST_USD_PER_ATTEMPT`].
     #[error("the agent reported a cost of {0} USD, outside 0 ..= {MAX_COST_USD_PER_ATTEMPT}")]
     BadCost(f64),
+    /// A figure (tokens or cost) that is not a number of at least 0.
+    #[error("the agent reported `{field}` as {value}, which is not a number of at least 0")]
+    NotAFigure {
+        /// The report's field name.
+        field: &'static str,
+        /// What it held: the number, or only the kind of value.
+        value: String,
+    },
+    /// `report.json` is bigger than [`REPORT_MAX_BYTES`].
+    #[error("the agent's report file holds more than {REPORT_MAX_BYTES} bytes ({bytes}); Hadron does not read its figures")]
+    ReportTooLarge {
+        /// The file's size.
+        bytes: u64,
+    },
 }
 
 impl UsageError {
-    /// Stable CamelCase reason: the attempt fails with it.
+    /// Stable CamelCase reason: the attempt fails with it, and is not retried.
     pub fn reason(&self) -> &'static str {
         match self {
-            UsageError::TooManyTokens { .. } | UsageError::BadCost(_) => "InvalidUsageReport",
+            UsageError::TooManyTokens { .. }
+            | UsageError::BadCost(_)
+            | UsageError::NotAFigure { .. }
+            | UsageError::ReportTooLarge { .. } => INVALID_USAGE_REPORT,
         }
     }
 }
@@ -48,6 +89,18 @@ pub fn check(tokens_in: u64, tokens_out: u64, cost_usd: f64) -> Result<(), Usage
     Ok(())
 }
 
+/// `text` if it fits [`SUMMARY_MAX_BYTES`]; else its start, cut on a
+/// character boundary, and a marker saying how much there was:
+/// `… [cut: 3.0 MiB reported, 4.0 KiB kept]`. The result never exceeds
+/// [`SUMMARY_MAX_BYTES`].
+pub fn cap_summary(text: &str) -> String {
+    if text.len() <= SUMMARY_MAX_BYTES {
+        return text.to_owned();
+    }
+    let kept = text.floor_char_boundary(SUMMARY_MAX_BYTES - SUMMARY_MARKER_BYTES);
+    format!("{}… [cut: {} reported, {} kept]", &text[..kept], human(text.len() as u64), human(kept as u64))
+}
+
 /// Usage reported by an agent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Usage {
@@ -57,21 +110,44 @@ pub struct Usage {
     pub tokens_out: u64,
     /// Cost in USD as the agent reported it, if it did.
     pub cost_usd: Option<f64>,
-    /// What the agent said it did.
+    /// What the agent said it did (as reported: the result cuts it with
+    /// [`cap_summary`] once secrets are redacted).
     pub summary: String,
+    /// Why the report cannot be taken, if it cannot: the attempt fails with
+    /// it (`InvalidUsageReport`) and none of its figures count.
+    pub invalid: Option<UsageError>,
 }
 
 impl Usage {
+    /// Reads `report.json` at `path`, at most [`REPORT_MAX_BYTES`] of it:
+    /// `None` when there is no readable regular file there (a symlink or a
+    /// FIFO is no report), a refused [`Usage`] when it is bigger.
+    pub fn read_report_file(path: &Path) -> Option<Usage> {
+        let file = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK).open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        file.take(REPORT_MAX_BYTES + 1).read_to_end(&mut bytes).ok()?;
+        if bytes.len() as u64 > REPORT_MAX_BYTES {
+            let refused = UsageError::ReportTooLarge { bytes: meta.len().max(bytes.len() as u64) };
+            return Some(Usage { invalid: Some(refused), ..Usage::default() });
+        }
+        Usage::from_report(std::str::from_utf8(&bytes).ok()?)
+    }
+
     /// Reads Hadron's own report format: `tokensIn`, `tokensOut`, `costUSD`, `summary`.
     pub fn from_report(text: &str) -> Option<Usage> {
         let v: Value = serde_json::from_str(text).ok()?;
         let obj = v.as_object()?;
-        Some(Usage {
-            tokens_in: obj.get("tokensIn").and_then(as_u64).unwrap_or(0),
-            tokens_out: obj.get("tokensOut").and_then(as_u64).unwrap_or(0),
-            cost_usd: obj.get("costUSD").and_then(Value::as_f64).filter(|c| c.is_finite() && *c >= 0.0),
-            summary: obj.get("summary").and_then(Value::as_str).unwrap_or_default().to_owned(),
-        })
+        let summary = obj.get("summary").and_then(Value::as_str).unwrap_or_default().to_owned();
+        Some(Usage::from_figures(
+            (obj.get("tokensIn"), "tokensIn"),
+            (obj.get("tokensOut"), "tokensOut"),
+            (obj.get("costUSD"), "costUSD"),
+            summary,
+        ))
     }
 
     /// Reads the last JSON object on an agent's standard output, in Claude
@@ -80,17 +156,32 @@ impl Usage {
     pub fn from_stdout(stdout: &str) -> Option<Usage> {
         let object = last_json_object(stdout)?;
         let usage = object.get("usage");
-        let tokens = |field: &str| usage.and_then(|u| u.get(field)).and_then(as_u64);
         let recognised = object.get("total_cost_usd").is_some() || usage.is_some() || object.get("result").is_some();
         if !recognised {
             return None;
         }
-        Some(Usage {
-            tokens_in: tokens("input_tokens").unwrap_or(0),
-            tokens_out: tokens("output_tokens").unwrap_or(0),
-            cost_usd: object.get("total_cost_usd").and_then(Value::as_f64).filter(|c| c.is_finite() && *c >= 0.0),
-            summary: object.get("result").and_then(Value::as_str).unwrap_or_default().to_owned(),
-        })
+        let summary = object.get("result").and_then(Value::as_str).unwrap_or_default().to_owned();
+        Some(Usage::from_figures(
+            (usage.and_then(|u| u.get("input_tokens")), "usage.input_tokens"),
+            (usage.and_then(|u| u.get("output_tokens")), "usage.output_tokens"),
+            (object.get("total_cost_usd"), "total_cost_usd"),
+            summary,
+        ))
+    }
+
+    /// The figures, or the first one that is not a number of at least 0 as
+    /// the reason the report is refused.
+    fn from_figures(
+        tokens_in: (Option<&Value>, &'static str),
+        tokens_out: (Option<&Value>, &'static str),
+        cost: (Option<&Value>, &'static str),
+        summary: String,
+    ) -> Usage {
+        let figures = tokens(tokens_in).and_then(|i| Ok((i, tokens(tokens_out)?, figure(cost)?)));
+        match figures {
+            Ok((tokens_in, tokens_out, cost_usd)) => Usage { tokens_in, tokens_out, cost_usd, summary, invalid: None },
+            Err(e) => Usage { summary, invalid: Some(e), ..Usage::default() },
+        }
     }
 
     /// The cost: the agent's own figure, else tokens × prices (per million).
@@ -103,8 +194,35 @@ impl Usage {
     }
 }
 
-fn as_u64(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
+/// A number of at least 0 (absent or `null`: none).
+fn figure((value, field): (Option<&Value>, &'static str)) -> Result<Option<f64>, UsageError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(Some).ok_or_else(|| not_a_figure(field, v)),
+    }
+}
+
+/// A token count: a whole number as is, a fraction rounded down, a figure
+/// too big for `u64` saturated (and then refused by [`check`]).
+fn tokens((value, field): (Option<&Value>, &'static str)) -> Result<u64, UsageError> {
+    if let Some(n) = value.and_then(Value::as_u64) {
+        return Ok(n);
+    }
+    Ok(figure((value, field))?.map_or(0, |f| f as u64))
+}
+
+fn not_a_figure(field: &'static str, value: &Value) -> UsageError {
+    // The agent's text is not echoed: it would reach the status file
+    // unredacted (a secret cut short escapes the redaction).
+    let shown = match value {
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".to_owned(),
+        Value::String(_) => "a string".to_owned(),
+        Value::Array(_) => "a list".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    };
+    UsageError::NotAFigure { field, value: shown }
 }
 
 /// The last line of `text` that is a JSON object, or the whole text when it
@@ -161,5 +279,63 @@ mod tests {
         assert!((with_cost.cost(Some(&pricing)) - 0.25).abs() < 1e-9, "the agent's own figure wins");
         assert!(Usage::from_stdout("{\"unrelated\": 1}").is_none());
         assert!(Usage::from_stdout("plain text").is_none());
+    }
+
+    #[test]
+    fn figures_that_are_not_numbers_of_at_least_0_refuse_the_report() {
+        for (report, field) in [
+            (r#"{"tokensIn": -5, "summary": "x"}"#, "tokensIn"),
+            (r#"{"tokensOut": "12"}"#, "tokensOut"),
+            (r#"{"costUSD": -0.01}"#, "costUSD"),
+            (r#"{"costUSD": true}"#, "costUSD"),
+        ] {
+            let u = Usage::from_report(report).expect("parses");
+            match &u.invalid {
+                Some(UsageError::NotAFigure { field: f, .. }) => assert_eq!(*f, field, "{report}"),
+                other => panic!("{report}: {other:?}"),
+            }
+            assert_eq!(u.invalid.as_ref().map(UsageError::reason), Some("InvalidUsageReport"));
+            assert_eq!((u.tokens_in, u.tokens_out, u.cost_usd), (0, 0, None), "no figure of a refused report counts");
+        }
+        let text = Usage::from_report(r#"{"tokensIn": "sk-secret-value"}"#).expect("parses");
+        let message = text.invalid.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("`tokensIn` as a string") && !message.contains("sk-"), "the agent's text is not echoed: {message}");
+        let stdout = Usage::from_stdout(r#"{"result": "ok", "total_cost_usd": -3}"#).expect("recognised");
+        assert!(matches!(stdout.invalid, Some(UsageError::NotAFigure { field: "total_cost_usd", .. })), "{stdout:?}");
+        let huge = Usage::from_report(r#"{"tokensIn": 1e300, "costUSD": 1e300}"#).expect("parses");
+        assert_eq!((huge.tokens_in, huge.invalid.clone()), (u64::MAX, None), "a huge figure is a figure, refused by `check`");
+        assert!(check(huge.tokens_in, 0, 0.0).is_err() && check(0, 0, huge.cost(None)).is_err());
+        let fine = Usage::from_report(r#"{"tokensIn": 7.9, "tokensOut": null, "costUSD": 0}"#).expect("parses");
+        assert_eq!((fine.tokens_in, fine.tokens_out, fine.cost_usd, fine.invalid), (7, 0, Some(0.0), None));
+    }
+
+    #[test]
+    fn summaries_are_cut_on_a_character_boundary_with_a_marker() {
+        assert_eq!(cap_summary("short"), "short");
+        let exact = "a".repeat(SUMMARY_MAX_BYTES);
+        assert_eq!(cap_summary(&exact), exact, "a summary that fits is kept whole");
+        let long = "é".repeat(3 << 19); // 3 MiB
+        let cut = cap_summary(&long);
+        assert!(cut.len() <= SUMMARY_MAX_BYTES, "{}", cut.len());
+        assert!(cut.starts_with("éé") && cut.ends_with("… [cut: 3.0 MiB reported, 3.9 KiB kept]"), "{}", &cut[cut.len() - 60..]);
+    }
+
+    #[test]
+    fn the_report_file_is_read_with_a_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("report.json");
+        assert_eq!(Usage::read_report_file(&path), None, "no file, no report");
+        std::fs::write(&path, r#"{"tokensIn": 3, "summary": "did it"}"#).expect("write");
+        let u = Usage::read_report_file(&path).expect("a report");
+        assert_eq!((u.tokens_in, u.summary.as_str()), (3, "did it"));
+        let big = format!(r#"{{"tokensIn": 3, "summary": "{}"}}"#, "x".repeat(REPORT_MAX_BYTES as usize));
+        std::fs::write(&path, &big).expect("write");
+        let refused = Usage::read_report_file(&path).expect("a refused report");
+        assert_eq!(refused.invalid, Some(UsageError::ReportTooLarge { bytes: big.len() as u64 }));
+        assert_eq!(refused.tokens_in, 0);
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink("/dev/zero", &link).expect("symlink");
+        assert_eq!(Usage::read_report_file(&link), None, "a symlink is no report");
+        assert_eq!(Usage::read_report_file(dir.path()), None, "a folder is no report");
     }
 }
