@@ -663,7 +663,6 @@ fn worker_child_entry_reporting_its_peak_memory() {
 }
 
 #[test]
-#[ignore = "needs workers/agent.rs's spawn_reader to read with Log::copy_output (issue 26, docs/worker-output.md); its line reader holds a whole line"]
 fn the_worker_stays_small_while_its_agent_prints_one_endless_line() {
     let fx = Fixture::new();
     // 64 MB without a newline: a line reader holds it whole, several times over.
@@ -683,4 +682,35 @@ fn the_worker_stays_small_while_its_agent_prints_one_endless_line() {
     let log = log_of(&result);
     assert!(log.len() < LOG_OUTPUT_KEPT + (256 << 10), "worker.log is {} bytes", log.len());
     assert!(log.contains("[agent out …] xxx") && log.contains("of output dropped here"), "the line is split and its middle dropped");
+}
+
+#[test]
+fn a_required_sandbox_that_cannot_run_runs_no_agent_and_says_why() {
+    let fx = Fixture::new();
+    let spec = RunSpec { sandbox: hadron::workers::spec::SandboxMode::Required, ..fx.spec("implement", sh("echo ran > ran.txt")) };
+    let run_json = fx.run_json(&spec);
+    let status = Command::new(env!("CARGO_BIN_EXE_hadron"))
+        .args(["worker", "--run"])
+        .arg(&run_json)
+        .env("HADRON_BWRAP", "/nonexistent/bwrap")
+        .status()
+        .expect("the worker runs");
+    assert!(!status.success());
+    let result = RunResult::read(&run_json.with_file_name("result.json")).expect("a result");
+    assert_eq!(result.reason, "SandboxUnavailable", "{result:?}");
+    assert!(result.message.contains("sandbox: required") && result.message.contains("bubblewrap"), "{}", result.message);
+    assert_eq!(fx.remote(&["branch", "--list", "hadron/add-greeting"]), "", "nothing was pushed");
+
+    // Preferred: the agent runs, and the result says it ran unconfined.
+    let spec = RunSpec { worker: format!("{}-p", spec.worker), ..fx.spec("implement", sh("echo ran > ran.txt")) };
+    let run_json = fx.run_json(&spec);
+    let status = Command::new(env!("CARGO_BIN_EXE_hadron"))
+        .args(["worker", "--run"])
+        .arg(&run_json)
+        .env("HADRON_BWRAP", "/nonexistent/bwrap")
+        .status()
+        .expect("the worker runs");
+    assert!(status.success());
+    let result = RunResult::read(&run_json.with_file_name("result.json")).expect("a result");
+    assert!(result.unconfined.as_deref().is_some_and(|why| why.contains("not installed")), "{result:?}");
 }

@@ -52,7 +52,23 @@ pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 pub fn hadron_command(bin: &str, cwd: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.current_dir(cwd).env_remove("DATABASE_URL").env_remove("HADRON_DATA_DIR").env_remove("HADRON_LISTEN");
+    share_witness(&mut cmd, cwd);
     cmd
+}
+
+/// The folder beside a test's Hadron where its agents may write what they
+/// did (a log of every run that outlives workspaces): shared with every
+/// agent's sandbox through `HADRON_SANDBOX_SHARED`. Nothing else of the
+/// test's folder is.
+pub fn witness_dir(cwd: &Path) -> PathBuf {
+    cwd.join("witness")
+}
+
+fn share_witness(cmd: &mut Command, cwd: &Path) {
+    let dir = witness_dir(cwd);
+    if dir.is_dir() {
+        cmd.env(hadron::workers::sandbox::SHARED_ENV, dir);
+    }
 }
 
 /// `git` in `cwd` as the person `who` (`who@example.com`), reading no global or system git config.
@@ -129,6 +145,7 @@ impl Live {
             .args(args)
             .env_remove("MALLOC_ARENA_MAX")
             .env_remove("MALLOC_MMAP_THRESHOLD_")
+            .env(hadron::workers::sandbox::SHARED_ENV, witness_dir(cwd))
             .envs(env.iter().copied())
             .current_dir(cwd)
             .env_remove("DATABASE_URL")

@@ -56,7 +56,9 @@ impl Lab {
     fn new() -> Lab {
         let tmp = tempfile::tempdir().expect("temp dir");
         let root = tmp.path().to_owned();
-        let log = root.join("agent.log");
+        // The agents' witness: the one folder of the test shared with their sandboxes.
+        let log = hadron_tests::witness_dir(&root).join("agent.log");
+        std::fs::create_dir_all(hadron_tests::witness_dir(&root)).expect("witness dir");
         let ctl = root.join("ctl");
         for d in ["agents", "targets/app"] {
             std::fs::create_dir_all(ctl.join(d)).expect("mkdir");

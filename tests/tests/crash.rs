@@ -51,6 +51,7 @@ fn up(cwd: &Path, dir: &Path, exit_when_idle: bool) -> std::process::Child {
         .env_remove("DATABASE_URL")
         .env_remove("HADRON_DATA_DIR")
         .env("RUST_LOG", "hadron=info")
+        .env(hadron::workers::sandbox::SHARED_ENV, hadron_tests::witness_dir(cwd))
         .stdout(log("up.out"))
         .stderr(log("up.err"));
     if exit_when_idle {
@@ -70,7 +71,9 @@ impl Lcg {
 
 fn crash_and_restart(delete_store: bool, seed: u64) {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let log = tmp.path().join("agent.log");
+    // The agents' witness: the one folder of the test shared with their sandboxes.
+    let log = hadron_tests::witness_dir(tmp.path()).join("agent.log");
+    std::fs::create_dir_all(hadron_tests::witness_dir(tmp.path())).expect("witness dir");
     let dir = control_folder(tmp.path(), &log);
     let data = tmp.path().join(".hadron");
     let mut rng = Lcg(seed);

@@ -17,7 +17,9 @@ use hadron_tests::{Database, Live, api_phases, git_as, hadron_bin, hadron_comman
 /// with `hadron up --exit-when-idle`, and clones it for the person.
 fn seed(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ctl = root.join("ctl");
-    let log = root.join("agent.log");
+    // The agents' witness: the one folder of the test shared with their sandboxes.
+    let log = hadron_tests::witness_dir(root).join("agent.log");
+    std::fs::create_dir_all(hadron_tests::witness_dir(root)).expect("witness dir");
     for d in ["agents", "targets/app"] {
         std::fs::create_dir_all(ctl.join(d)).expect("mkdir");
     }
@@ -100,10 +102,11 @@ fn serve(dir: &Path, control: &Path, db: &Database) -> Live {
     std::fs::create_dir_all(dir).expect("mkdir");
     let control = control.display().to_string();
     let url = db.url();
-    Live::start(
+    Live::start_with_env(
         hadron_bin!(),
         dir,
         &["serve", "--repo", &control, "--database-url", &url, "--lease-seconds", "3", "--poll-seconds", "1", "--listen", "127.0.0.1:0"],
+        &[(hadron::workers::sandbox::SHARED_ENV, &witness(dir))],
     )
 }
 
@@ -118,8 +121,13 @@ fn serve_hooked(dir: &Path, control: &Path, db: &Database) -> Live {
         hadron_bin!(),
         dir,
         &["serve", "--repo", &control, "--database-url", &url, "--no-watch", "--poll-seconds", "3600", "--listen", "127.0.0.1:0"],
-        &[("HADRON_WEBHOOK_SECRET", SECRET)],
+        &[("HADRON_WEBHOOK_SECRET", SECRET), (hadron::workers::sandbox::SHARED_ENV, &witness(dir))],
     )
+}
+
+/// The witness folder of the test a replica folder is in.
+fn witness(replica: &Path) -> String {
+    hadron_tests::witness_dir(replica.parent().expect("a replica folder is in the test's")).display().to_string()
 }
 
 /// POSTs a signed Gitea webhook (raw HTTP/1.1) and returns the status code.
@@ -244,7 +252,7 @@ fn three_replicas_lose_no_work_and_start_nothing_twice_when_the_leader_is_killed
             ["serve", "--repo", &control, "--database-url", &url, "--lease-seconds", "2", "--poll-seconds", "1", "--backoff-ms", "100"];
         let mut args: Vec<&str> = args.to_vec();
         args.extend(["--runs-dir", &runs, "--listen", "127.0.0.1:0"]);
-        Live::start(hadron_bin!(), &dir, &args)
+        Live::start_with_env(hadron_bin!(), &dir, &args, &[(hadron::workers::sandbox::SHARED_ENV, &witness(&dir))])
     };
     let names = ["replica-0", "replica-1", "replica-2"];
     let mut replicas: Vec<Option<Live>> = names.iter().map(|n| Some(start(n))).collect();

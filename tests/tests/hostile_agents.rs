@@ -104,6 +104,20 @@ fn rows(root: &Path, data: &Path, hadron_port: u16, upstream: u16) -> Vec<(&'sta
             ),
         ),
         (
+            "print",
+            // 60 MB on standard output, in lines and as one endless line.
+            "head -c 30000000 /dev/zero | tr '\\0' x | fold -w 2000; head -c 30000000 /dev/zero | tr '\\0' y; echo; echo last-line-of-print; ok print".to_owned(),
+        ),
+        (
+            "summary",
+            // A 3 MiB summary in the usage report.
+            "{ printf '{\"tokensIn\": 10, \"tokensOut\": 5, \"summary\": \"'; head -c 3145728 /dev/zero | tr '\\0' s; printf '\"}'; } > \"$HADRON_REPORT_FILE\"; ok summary".to_owned(),
+        ),
+        (
+            "usage",
+            "printf '{\"tokensIn\": 1e300, \"tokensOut\": 1, \"costUSD\": 1e300, \"summary\": \"rich\"}' > \"$HADRON_REPORT_FILE\"; ok usage".to_owned(),
+        ),
+        (
             "flood",
             // The budget is 16 MiB: 12 MB in the workspace and 12 MB in /tmp is over it.
             "head -c 12000000 /dev/zero > big-in-workspace.bin; head -c 12000000 /dev/zero > /tmp/big-in-tmp.bin; sleep 3; ok flood".to_owned(),
@@ -238,7 +252,7 @@ fn hostile_agents_are_refused_or_contained() {
     let target = data.join("repos/demo-app.git");
     let show = |request: &str, path: &str| git_stdout(&target, "alice", &["show", &format!("hadron/{request}:{path}")]);
     // Every row that runs to the end says what it managed: nothing.
-    for (row, _) in rows.iter().filter(|(r, _)| *r != "flood") {
+    for (row, _) in rows.iter().filter(|(r, _)| !["flood", "usage"].contains(r)) {
         assert_eq!(settled[*row], "Succeeded", "row {row}\n{}", live.logs());
         let findings = show(row, &format!("findings/{row}.txt"));
         assert!(findings.contains(&format!("done {row}")), "row {row} ran to its end: {findings:?}");
@@ -249,6 +263,32 @@ fn hostile_agents_are_refused_or_contained() {
     let status = git_stdout(&data.join("repos/control.git"), "alice", &["show", "main:status/flood.yaml"]);
     assert!(status.contains("WorkspaceTooLarge") || status.contains("maxWorkspaceSize"), "{status}");
     assert!(status.contains("big-in-workspace.bin") || status.contains("big-in-tmp.bin"), "the biggest files are named: {status}");
+
+    // 60 MB of output leave a bounded log that still ends with the agent's last line.
+    let run_dir = |request: &str| {
+        std::fs::read_dir(data.join("runs"))
+            .expect("runs")
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&format!("hadron-{request}-")))
+            .map(|e| e.path())
+            .expect("the run dir")
+    };
+    let log = std::fs::read_to_string(run_dir("print").join("worker.log")).expect("log");
+    assert!(log.len() < 3 << 20, "worker.log is {} bytes", log.len());
+    assert!(log.contains("dropped here") && log.contains("last-line-of-print"), "the marker and the tail are kept");
+    // A 3 MiB summary is cut where it is shown.
+    let status = |request: &str| git_stdout(&data.join("repos/control.git"), "alice", &["show", &format!("main:status/{request}.yaml")]);
+    let summary = status("summary");
+    assert!(
+        summary.len() < 16 << 10 && summary.contains("[cut: 3.0 MiB reported"),
+        "{} bytes: {}",
+        summary.len(),
+        &summary[..summary.len().min(600)]
+    );
+    // An absurd usage report is one clear failure, not a retry loop.
+    assert_eq!(settled["usage"], "Failed");
+    let usage = status("usage");
+    assert!(usage.contains("InvalidUsageReport") && usage.contains("attempt: 1") && !usage.contains("attempt: 2"), "{usage}");
 
     // The victims' results are their own.
     assert_eq!(settled["victim-fails"], "Failed", "its agent exited 3, whatever was written beside it");

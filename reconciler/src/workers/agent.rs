@@ -3,7 +3,7 @@
 //! wall-time limit, and reading the usage it reports.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
@@ -23,6 +23,8 @@ use super::worker::Worker;
 use super::workspace_size::{self, DEFAULT_MAX_WORKSPACE_BYTES};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
+/// Most lines the egress proxy writes to the log for one agent.
+const EGRESS_LINES: usize = 200;
 /// How often the workspace is measured while the agent runs.
 const SIZE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Hadron's binary for the relay inside the sandbox, when the worker is not
@@ -67,7 +69,17 @@ impl Worker<'_> {
                 let allow_list = matches!(s.network, WorkerNetwork::Allow(_));
                 if allow_list {
                     let log = self.log.clone();
-                    let said: EgressLog = Arc::new(move |line: &str| log.line(line));
+                    // A refusal is one Hadron line; an agent that asks again
+                    // and again does not get to grow the log with them.
+                    let lines = std::sync::atomic::AtomicUsize::new(0);
+                    let said: EgressLog = Arc::new(move |line: &str| {
+                        let n = lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n < EGRESS_LINES {
+                            log.line(line);
+                        } else if n == EGRESS_LINES {
+                            log.line(&format!("network: more than {EGRESS_LINES} connections; the rest are not logged"));
+                        }
+                    });
                     egress::serve_proxy(&socket, AllowList::new(s.network.endpoints()), said)
                         .map_err(|e| (WorkerError::io(&socket, std::io::Error::other(e.to_string())), String::new()))?;
                 }
@@ -249,8 +261,7 @@ impl Worker<'_> {
     }
 
     pub(super) fn read_report(&self) -> Option<Usage> {
-        let text = std::fs::read_to_string(self.run_dir.join(REPORT_FILE)).ok()?;
-        Usage::from_report(&text)
+        Usage::read_report_file(&self.run_dir.join(REPORT_FILE))
     }
 }
 
@@ -268,30 +279,11 @@ fn exit_notice(pid: u32) -> std::sync::mpsc::Receiver<()> {
     rx
 }
 
-/// Copies one output stream of the agent into the log, line by line, and
-/// sends what it read (standard output only, its tail) when the stream ends.
+/// Copies one output stream of the agent into the log (bounded: see
+/// `Log::copy_output`), and sends the tail it kept (standard output only) when the stream ends.
 fn spawn_reader<R: Read + Send + 'static>(stream: R, is_stdout: bool, log: Arc<Log>, tx: std::sync::mpsc::Sender<(bool, Vec<u8>)>) {
     std::thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut kept = Vec::new();
-        let mut line = Vec::new();
-        let tag = if is_stdout { "out" } else { "err" };
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    log.write(&format!("[agent {tag}] {}{}", text, if text.ends_with('\n') { "" } else { "\n" }));
-                    if is_stdout {
-                        kept.extend_from_slice(&line);
-                        if kept.len() > STDOUT_KEEP {
-                            kept.drain(..kept.len() - STDOUT_KEEP);
-                        }
-                    }
-                }
-            }
-        }
+        let kept = log.copy_output(stream, if is_stdout { "out" } else { "err" }, if is_stdout { STDOUT_KEEP } else { 0 });
         let _ = tx.send((is_stdout, kept));
     });
 }

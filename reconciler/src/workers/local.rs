@@ -85,6 +85,7 @@ const WORKER_ENV: &[&str] = &[
     crate::workers::sandbox::SANDBOX_ENV,
     crate::workers::sandbox::BWRAP_ENV,
     crate::workers::sandbox::READ_ONLY_ENV,
+    crate::workers::sandbox::SHARED_ENV,
     crate::workers::agent::RELAY_ENV,
 ];
 

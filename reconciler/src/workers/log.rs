@@ -175,7 +175,6 @@ impl Log {
     /// character. Returns the last `keep` bytes read, unredacted (for the
     /// usage report on standard output; 0 keeps nothing). When the last
     /// stream being read ends, what is held back is written.
-    #[allow(dead_code, reason = "agent.rs's reader threads are to call it (issue 26); until then they call `write` per line")]
     pub(super) fn copy_output<R: Read>(&self, mut stream: R, tag: &str, keep: usize) -> Vec<u8> {
         let mut kept: VecDeque<u8> = VecDeque::new();
         let mut pending: Vec<u8> = Vec::new();

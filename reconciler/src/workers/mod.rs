@@ -47,6 +47,10 @@ pub struct Observation {
 
 /// The state of one worker.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per live or just-finished worker, read once; boxing would cost every reader a pointer chase for nothing"
+)]
 pub enum WorkerState {
     /// The worker process runs.
     Running,

@@ -26,6 +26,10 @@ pub const BWRAP_ENV: &str = "HADRON_BWRAP";
 /// Colon-separated extra paths the agent may read (toolchains, an agent
 /// CLI installed outside `/usr`), set by the operator in Hadron's environment.
 pub const READ_ONLY_ENV: &str = "HADRON_SANDBOX_READ_ONLY";
+/// Colon-separated folders every agent may read and write, set by the
+/// operator (a package cache shared by all agents, say). Each is a hole in
+/// the sandbox: agents can leave things there for each other.
+pub const SHARED_ENV: &str = "HADRON_SANDBOX_SHARED";
 /// `off` in Hadron's environment runs agents unconfined on purpose (the
 /// dashboard and status still say so); for machines where the sandbox
 /// cannot run and the operator has accepted it.
@@ -184,6 +188,9 @@ impl Sandbox {
         }
         for extra in std::env::var(READ_ONLY_ENV).unwrap_or_default().split(':').filter(|p| p.starts_with('/')) {
             push(&[&"--ro-bind-try", &extra, &extra]);
+        }
+        for shared in std::env::var(SHARED_ENV).unwrap_or_default().split(':').filter(|p| p.starts_with('/')) {
+            push(&[&"--bind-try", &shared, &shared]);
         }
         if let Some(program) = layout.program {
             push(&[&"--ro-bind", &program, &program]);

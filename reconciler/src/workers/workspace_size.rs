@@ -35,13 +35,13 @@ pub(super) fn measure(roots: &[&Path]) -> Usage {
                 usage.bytes = usage.bytes.saturating_add(size);
                 usage.biggest.push((size, entry.path()));
                 if usage.biggest.len() > 4 * BIGGEST {
-                    usage.biggest.sort_by(|a, b| b.0.cmp(&a.0));
+                    usage.biggest.sort_by_key(|b| std::cmp::Reverse(b.0));
                     usage.biggest.truncate(BIGGEST);
                 }
             }
         }
     }
-    usage.biggest.sort_by(|a, b| b.0.cmp(&a.0));
+    usage.biggest.sort_by_key(|b| std::cmp::Reverse(b.0));
     usage.biggest.truncate(BIGGEST);
     usage
 }
