@@ -285,6 +285,9 @@ impl Hadron {
                 cmd.env_remove(key);
             }
         }
+        // The agents' markers are the one folder of the scenario shared
+        // with their sandboxes.
+        cmd.env("HADRON_SANDBOX_SHARED", data.parent().expect("data dir has a parent").join("markers"));
         // Hadron's `worker started` lines time d's spawn (one line per worker).
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn,hadron::reconcile::execute=info");

@@ -186,6 +186,10 @@ impl Sandbox {
         for entry in ETC_ENTRIES.iter().chain(etc_network).filter(|e| Path::new(e).exists()) {
             push(&[&"--ro-bind", entry, entry]);
         }
+        // The private /tmp first: anything shown below /tmp (a workspace,
+        // a shared folder) is mounted on top of it, not hidden by it.
+        push(&[&"--proc", &"/proc", &"--dev", &"/dev"]);
+        push(&[&"--bind", &layout.tmp, &"/tmp"]);
         for extra in std::env::var(READ_ONLY_ENV).unwrap_or_default().split(':').filter(|p| p.starts_with('/')) {
             push(&[&"--ro-bind-try", &extra, &extra]);
         }
@@ -195,8 +199,6 @@ impl Sandbox {
         if let Some(program) = layout.program {
             push(&[&"--ro-bind", &program, &program]);
         }
-        push(&[&"--proc", &"/proc", &"--dev", &"/dev"]);
-        push(&[&"--bind", &layout.tmp, &"/tmp"]);
         push(&[&"--bind", &layout.workspace, &layout.workspace]);
         push(&[&"--ro-bind", &layout.prompt, &layout.prompt]);
         push(&[&"--bind", &layout.report_dir, &layout.report_dir]);
@@ -299,6 +301,13 @@ mod tests {
         for must in ["--cap-drop", "--die-with-parent", "--new-session", "--disable-userns"] {
             assert!(allowed.contains(&must.to_owned()), "{must}");
         }
+        // What is shown below /tmp is mounted after the private /tmp, or it would be hidden.
+        let program = Path::new("/tmp/tools/agent");
+        let with_program = SandboxLayout { program: Some(program), ..layout(&WorkerNetwork::None, dir) };
+        let args = strings(&sandbox.command(&with_program, &argv).1);
+        let tmp = args.windows(2).position(|w| w[1] == "/tmp").expect("the private /tmp");
+        let shown = args.iter().position(|a| a == "/tmp/tools/agent").expect("the program");
+        assert!(tmp < shown, "{args:?}");
     }
 
     #[test]
