@@ -764,7 +764,11 @@ async fn run(
             Err(e) => {
                 let _ = writeln!(out, "{}  pass failed [{}]: {e}", crate::time::rfc3339(crate::time::now()), e.reason());
                 // Another replica leads now: stop at once, before the next round says so.
-                if matches!(e, ReconcileError::Store(crate::store::StoreError::Fenced { .. })) {
+                if matches!(
+                    e,
+                    ReconcileError::Store(crate::store::StoreError::Fenced { .. })
+                        | ReconcileError::Writer(crate::status::writer::WriterError::Fenced { .. })
+                ) {
                     lost.store(true, std::sync::atomic::Ordering::Release);
                     return false;
                 }

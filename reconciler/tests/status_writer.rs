@@ -521,3 +521,60 @@ fn many_files_are_one_pack_and_maintenance_packs_what_small_publishes_left_loose
     git(&f.bare, HUMAN, &["fsck", "--connectivity-only", "--no-dangling"])?;
     Ok(())
 }
+
+/// Epochs named by the `Hadron-Epoch:` trailers of the branch's commits, oldest first.
+fn epochs_on_main(fx: &Fixture) -> Result<Vec<i64>> {
+    let log = git(&fx.bare, HUMAN, &["log", "--reverse", "--format=%(trailers:key=Hadron-Epoch,valueonly)", "refs/heads/main"])?;
+    Ok(log.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+#[test]
+fn a_deposed_leader_is_refused_by_the_git_server_and_never_re_applies_its_files() -> Result<()> {
+    use hadron::status::writer::{LEADER_REF, WriterError};
+    let fx = Fixture::new()?;
+    let mut old = StatusWriter::new(fx.config("old").with_epoch(Some(4)))?;
+    let mut new = StatusWriter::new(fx.config("new").with_epoch(Some(5)))?;
+    old.publish(&changes(&[("status/a.yaml", Some("phase: Running\n"))]), "epoch 4", REV)?;
+    assert!(git(&fx.bare, HUMAN, &["rev-parse", LEADER_REF]).is_ok(), "the first publish claims the leader ref");
+
+    // The old leader has built its next commit (fetched, not pushed) when
+    // the new one takes over; the branch has not moved, so only the fence
+    // can refuse it.
+    let prepared = old.prepare(&changes(&[("status/a.yaml", Some("phase: Running\nstage: late\n"))]), "epoch 4, late", REV)?;
+    let prepared = prepared.context("a change")?;
+    new.claim()?;
+    let head = fx.head()?;
+    let refused = old.push(&prepared).expect_err("a push of an older epoch is refused");
+    assert!(matches!(refused, WriterError::Fenced { ours: 4, theirs: 5 }), "{refused}");
+    assert_eq!(fx.head()?, head, "the branch did not move");
+
+    // The new leader publishes; the old one, asked to publish again, does
+    // not fetch the new head and re-apply its files onto it.
+    new.publish(&changes(&[("status/a.yaml", Some("phase: Succeeded\n"))]), "epoch 5", REV)?;
+    let after = fx.head()?;
+    let again = old.publish(&changes(&[("status/a.yaml", Some("phase: Running\n"))]), "epoch 4, again", REV);
+    assert!(matches!(again, Err(WriterError::Fenced { ours: 4, theirs: 5 })), "{again:?}");
+    assert_eq!(fx.head()?, after);
+    assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("phase: Succeeded\n"), "no status file rolled back");
+
+    // An even older leader cannot claim the repo back.
+    let mut older = StatusWriter::new(fx.config("older").with_epoch(Some(3)))?;
+    assert!(matches!(older.claim(), Err(WriterError::Fenced { ours: 3, theirs: 5 })));
+
+    // A person's push meanwhile is retried over, as always.
+    let human = fx.human_clone("person")?;
+    write(&human, "requests/b.yaml", "kind: ChangeRequest\n")?;
+    git(&human, HUMAN, &["add", "-A"])?;
+    git(&human, HUMAN, &["commit", "--quiet", "-m", "a request"])?;
+    git(&human, HUMAN, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
+    let stale = new.prepare(&changes(&[("status/b.yaml", Some("phase: Pending\n"))]), "epoch 5, b", REV)?.context("a change")?;
+    git(&human, HUMAN, &["commit", "--quiet", "--allow-empty", "-m", "another"])?;
+    git(&human, HUMAN, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
+    assert!(matches!(new.push(&stale)?, PushResult::Rejected { .. }), "the branch moved: fetch and re-apply, not fenced");
+    new.publish(&changes(&[("status/b.yaml", Some("phase: Pending\n"))]), "epoch 5, b", REV)?;
+    assert_eq!(fx.show("requests/b.yaml")?.as_deref(), Some("kind: ChangeRequest\n"));
+    let epochs = epochs_on_main(&fx)?;
+    assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "epochs never go backwards on the branch: {epochs:?}");
+    assert_eq!(epochs, vec![4, 5, 5]);
+    Ok(())
+}

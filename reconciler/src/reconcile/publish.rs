@@ -11,6 +11,7 @@ use super::{Context, PassReport, PhaseChange, ReconcileError, Seen, forge, steps
 use crate::model::kinds::Phase;
 use crate::plan::{self, Plan};
 use crate::status::render;
+use crate::status::writer::WriterError;
 use crate::time::{Millis, now};
 
 /// The status files that are Hadron's own, by request (shared with the
@@ -506,6 +507,9 @@ impl Context {
     fn settle<T>(&mut self, published: Result<T, ReconcileError>) -> Result<Option<T>, ReconcileError> {
         match published {
             Ok(done) => Ok(Some(done)),
+            // A newer leader holds the control repo: this pass, and this
+            // leadership, end here (nothing is re-applied onto its head).
+            Err(e @ ReconcileError::Writer(WriterError::Fenced { .. })) => Err(e),
             Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
                 self.publish_failed(&e);
                 Ok(None)

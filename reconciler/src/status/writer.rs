@@ -45,6 +45,16 @@ pub const REVISION_TRAILER_KEY: &str = "Hadron-Revision";
 /// Private ref in `work_dir` holding the last fetched head of the remote branch.
 const UPSTREAM_REF: &str = "refs/hadron/upstream";
 
+/// The control repo's ref that only the current leader moves (2+ replicas):
+/// a new leader points it at a claim commit of its epoch, and every status
+/// push moves it atomically with the branch, expecting the value this
+/// writer last gave it. A push of an older epoch, even one already in
+/// flight when the new leader took over, is refused by the git server.
+pub const LEADER_REF: &str = "refs/hadron/leader";
+
+/// Private ref in `work_dir` holding the remote's leader ref as last read.
+const REMOTE_LEADER_REF: &str = "refs/hadron/remote-leader";
+
 /// Private ref in `work_dir` holding the last commit prepared for pushing, so it survives
 /// garbage collection until it is pushed or superseded.
 const PENDING_REF: &str = "refs/hadron/pending";
@@ -112,6 +122,17 @@ pub enum WriterError {
         /// What git reported (credentials removed).
         detail: String,
     },
+    /// A newer leader has claimed the control repo (`refs/hadron/leader`
+    /// moved): this writer's epoch is over and it pushes nothing more.
+    #[error(
+        "the control repo's leader ref ({LEADER_REF}) belongs to a newer leader (epoch {theirs}, this writer's is {ours}): status commits of epoch {ours} are refused"
+    )]
+    Fenced {
+        /// This writer's epoch.
+        ours: i64,
+        /// The epoch the remote's leader ref names, when readable (`0`: unknown).
+        theirs: i64,
+    },
     /// Reading or writing objects or refs in the private clone failed.
     #[error("git object database error while {context}: {source}")]
     Git {
@@ -127,7 +148,7 @@ impl WriterError {
     /// Whether publishing the same change set again can never succeed (a
     /// path Hadron refuses to write), as opposed to a transient failure.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, WriterError::PathOutsideStatus { .. } | WriterError::PathIsFolder { .. })
+        matches!(self, WriterError::PathOutsideStatus { .. } | WriterError::PathIsFolder { .. } | WriterError::Fenced { .. })
     }
 
     /// A stable CamelCase reason, for status conditions, metrics and logs.
@@ -142,6 +163,7 @@ impl WriterError {
             WriterError::PushRejected { .. } => "PushRejected",
             WriterError::Push { .. } => "PushFailed",
             WriterError::Git { .. } => "GitError",
+            WriterError::Fenced { .. } => "StatusFenced",
         }
     }
 
@@ -264,6 +286,10 @@ pub struct StatusWriter {
     /// [`StatusWriter::prepare`] soon after starts from that fetch instead
     /// of fetching again.
     prefetched: Option<Instant>,
+    /// Under a leader epoch: the value this writer last gave the remote's
+    /// [`LEADER_REF`] (its claim, then each status commit it pushed).
+    /// `None` until it has claimed.
+    fence: Option<gix::ObjectId>,
 }
 
 impl StatusWriter {
@@ -291,7 +317,7 @@ impl StatusWriter {
             }
             gix::init_bare(dir).map_err(|e| WriterError::git("creating the private clone", e))?;
         }
-        Ok(StatusWriter { config, prefetched: None })
+        Ok(StatusWriter { config, prefetched: None, fence: None })
     }
 
     /// Packs the loose objects earlier publishes left in the private clone
@@ -326,6 +352,9 @@ impl StatusWriter {
     ) -> Result<PublishOutcome, WriterError> {
         validate_changes(changes)?;
         validate_revision(revision)?;
+        if self.config.epoch.is_some() && self.fence.is_none() {
+            self.claim()?;
+        }
         let max = self.config.max_attempts;
         let mut last_detail = String::new();
         for attempt in 1..=max {
@@ -448,16 +477,39 @@ impl StatusWriter {
             .map_err(|_| WriterError::InvalidRevision { value: prepared.commit.clone() })?;
         let target = self.branch_ref();
         let refspec = format!("{commit}:{target}");
-        let output = self.run_git(&["push", "--porcelain", "--no-verify", "--", &self.config.remote_url, &refspec])?;
+        let output = match (self.config.epoch, self.fence) {
+            (Some(ours), Some(fence)) => {
+                // The branch and the leader ref in one atomic update; the
+                // server compares the leader ref with what this writer last
+                // gave it, under its lock.
+                let next = self.write_leader_commit(ours, Some(fence), &format!("status commit {commit}"))?;
+                let lease = format!("--force-with-lease={LEADER_REF}:{fence}");
+                let leader = format!("{next}:{LEADER_REF}");
+                let output = self.run_git(&[
+                    "push",
+                    "--porcelain",
+                    "--no-verify",
+                    "--atomic",
+                    &lease,
+                    "--",
+                    &self.config.remote_url,
+                    &refspec,
+                    &leader,
+                ])?;
+                match push_line(&output.stdout, LEADER_REF) {
+                    Some((flag, summary)) if flag == "!" && !summary.contains("atomic push failed") => {
+                        return Err(WriterError::Fenced { ours, theirs: self.remote_leader_epoch().unwrap_or(0) });
+                    }
+                    Some((flag, _)) if output.success && matches!(flag.as_str(), "" | "*" | "=" | "+") => self.fence = Some(next),
+                    _ => {}
+                }
+                output
+            }
+            _ => self.run_git(&["push", "--porcelain", "--no-verify", "--", &self.config.remote_url, &refspec])?,
+        };
         let stdout = &output.stdout;
         let stderr = &output.stderr;
-        let line = stdout.lines().find_map(|line| {
-            let mut fields = line.splitn(3, '\t');
-            let flag = fields.next()?;
-            let spec = fields.next()?;
-            let summary = fields.next().unwrap_or_default();
-            spec.ends_with(&format!(":{target}")).then(|| (flag.trim().to_owned(), summary.to_owned()))
-        });
+        let line = push_line(stdout, &target);
         match line {
             // " " fast-forward, "*" new branch, "=" already there.
             Some((flag, _)) if output.success && matches!(flag.as_str(), "" | "*" | "=") => Ok(PushResult::Pushed),
@@ -482,6 +534,106 @@ impl StatusWriter {
         self.fetch()?;
         self.prefetched = Some(Instant::now());
         Ok(())
+    }
+
+    /// Claims the control repo for this writer's epoch: points the remote's
+    /// [`LEADER_REF`] at a new commit naming the epoch, expecting the value
+    /// it has now, unless that value names a newer epoch
+    /// ([`WriterError::Fenced`]). Called by the first publish of a leader.
+    pub fn claim(&mut self) -> Result<(), WriterError> {
+        let Some(ours) = self.config.epoch else { return Ok(()) };
+        for _ in 0..5 {
+            let current = self.read_remote_leader()?;
+            if let Some(current) = current {
+                let theirs = self.epoch_of(current).unwrap_or(0);
+                if theirs > ours {
+                    return Err(WriterError::Fenced { ours, theirs });
+                }
+            }
+            let claim = self.write_leader_commit(ours, current, "claim")?;
+            let lease = format!("--force-with-lease={LEADER_REF}:{}", current.map(|c| c.to_string()).unwrap_or_default());
+            let refspec = format!("{claim}:{LEADER_REF}");
+            let output = self.run_git(&["push", "--porcelain", "--no-verify", &lease, "--", &self.config.remote_url, &refspec])?;
+            match push_line(&output.stdout, LEADER_REF) {
+                Some((flag, _)) if output.success && flag != "!" => {
+                    tracing::info!(epoch = ours, claim = %claim, "claimed the control repo's leader ref");
+                    self.fence = Some(claim);
+                    return Ok(());
+                }
+                // Another replica moved it between the read and the push:
+                // read again (an older one racing is outdone, a newer one wins).
+                Some((flag, _)) if flag == "!" => continue,
+                _ => {
+                    return Err(WriterError::Push {
+                        branch: LEADER_REF.to_owned(),
+                        detail: format!("{} {}", output.stdout.trim(), output.stderr.trim()).trim().to_owned(),
+                    });
+                }
+            }
+        }
+        Err(WriterError::Fenced { ours, theirs: self.remote_leader_epoch().unwrap_or(0) })
+    }
+
+    /// The remote's leader ref, fetched into [`REMOTE_LEADER_REF`]; `None`
+    /// when the remote has none yet.
+    fn read_remote_leader(&self) -> Result<Option<gix::ObjectId>, WriterError> {
+        let refspec = format!("+{LEADER_REF}:{REMOTE_LEADER_REF}");
+        let output = self.run_git(&["fetch", "--no-tags", "--no-write-fetch-head", "--quiet", "--", &self.config.remote_url, &refspec])?;
+        if !output.success {
+            let said = output.stderr.to_ascii_lowercase();
+            if said.contains("couldn't find remote ref") || said.contains("could not find remote ref") {
+                return Ok(None);
+            }
+            return Err(WriterError::Fetch {
+                branch: LEADER_REF.to_owned(),
+                remote: crate::redact::url_credentials(&self.config.remote_url),
+                detail: output.stderr.trim().to_owned(),
+            });
+        }
+        let repo = open_repo(&self.config.work_dir).map_err(|e| WriterError::git("opening the private clone", e))?;
+        let id = repo
+            .find_reference(REMOTE_LEADER_REF)
+            .map_err(|e| WriterError::git("reading the leader ref", e))?
+            .into_fully_peeled_id()
+            .map_err(|e| WriterError::git("peeling the leader ref", e))?
+            .detach();
+        Ok(Some(id))
+    }
+
+    /// The epoch the remote's leader ref names now, when it can be read.
+    fn remote_leader_epoch(&self) -> Option<i64> {
+        self.read_remote_leader().ok().flatten().and_then(|id| self.epoch_of(id))
+    }
+
+    /// The `Hadron-Epoch:` trailer of commit `id` in the private clone.
+    fn epoch_of(&self, id: gix::ObjectId) -> Option<i64> {
+        let repo = open_repo(&self.config.work_dir).ok()?;
+        let commit = repo.find_commit(id).ok()?;
+        let message = commit.message_raw().ok()?.to_string();
+        message.lines().rev().find_map(|l| l.strip_prefix(&format!("{EPOCH_TRAILER_KEY}: "))?.trim().parse().ok())
+    }
+
+    /// The next value of the leader ref: a commit with the empty tree whose
+    /// parent is the ref's value now (so every move of the ref is a
+    /// fast-forward, which a server refusing forced updates accepts), naming
+    /// `epoch` and what it is for (`claim`, or the status commit it goes with).
+    fn write_leader_commit(&self, epoch: i64, parent: Option<gix::ObjectId>, what: &str) -> Result<gix::ObjectId, WriterError> {
+        let repo = open_repo(&self.config.work_dir).map_err(|e| WriterError::git("opening the private clone", e))?;
+        let tree = repo.write_object(gix::objs::Tree::empty()).map_err(|e| WriterError::git("writing the empty tree", e))?.detach();
+        let author = &self.config.author;
+        let signature = gix::actor::Signature {
+            name: author.name.as_str().into(),
+            email: author.email.as_str().into(),
+            time: gix::date::Time::now_utc(),
+        };
+        let mut time_buf = gix::date::parse::TimeBuf::default();
+        let sig_ref = signature.to_ref(&mut time_buf);
+        let message = format!("Hadron leader, epoch {epoch}: {what}\n\n{EPOCH_TRAILER_KEY}: {epoch}\n");
+        let commit = repo
+            .new_commit_as(sig_ref, sig_ref, message, tree, parent)
+            .map_err(|e| WriterError::git("writing the leader ref's commit", e))?
+            .id;
+        Ok(commit)
     }
 
     fn fetch(&self) -> Result<(), WriterError> {
@@ -571,6 +723,17 @@ impl StatusWriter {
 /// Open the private clone ignoring global and system git configuration.
 fn open_repo(dir: &Path) -> Result<gix::Repository, gix::Error> {
     crate::git::open(dir)
+}
+
+/// The flag and summary of the `git push --porcelain` line of `target`.
+fn push_line(stdout: &str, target: &str) -> Option<(String, String)> {
+    stdout.lines().find_map(|line| {
+        let mut fields = line.splitn(3, '\t');
+        let flag = fields.next()?;
+        let spec = fields.next()?;
+        let summary = fields.next().unwrap_or_default();
+        spec.ends_with(&format!(":{target}")).then(|| (flag.trim().to_owned(), summary.to_owned()))
+    })
 }
 
 /// Whether a `!` push summary means "the branch moved; fetch and re-apply".
