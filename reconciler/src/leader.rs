@@ -11,6 +11,7 @@
 //! The timings follow client-go's leader election (15 s lease, 10 s renew
 //! deadline, 2 s retry period), scaled by one number, the lease duration.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -85,18 +86,118 @@ impl Leadership {
     }
 }
 
+/// What the elector last knew for certain: leading under this epoch since
+/// a renewal (or the take-over) that began at this instant.
+type Held = Arc<Mutex<Option<(i64, std::time::Instant)>>>;
+
+/// The check every side effect of the leader passes first: does this
+/// replica still hold the lease for certain, by its own monotonic clock?
+/// It does while less than the renew deadline has passed since the last
+/// successful renewal *began* (the lease lasts longer than that from the
+/// database's point of view), so a process that was frozen knows it
+/// before it acts, without asking the database.
+#[derive(Clone, Default)]
+pub struct LeaseGuard(Option<GuardInner>);
+
+#[derive(Clone)]
+struct GuardInner {
+    epoch: i64,
+    renew_deadline: Duration,
+    held: Held,
+}
+
+impl std::fmt::Debug for LeaseGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("LeaseGuard(unguarded)"),
+            Some(g) => write!(f, "LeaseGuard(epoch {})", g.epoch),
+        }
+    }
+}
+
+/// The leader lease is not held for certain any more: nothing is done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this replica no longer holds the leader lease for certain (epoch {epoch}; {why}): it makes no further change and stops leading")]
+pub struct LeaseLost {
+    /// The epoch it led under.
+    pub epoch: i64,
+    /// Since when, or what replaced it.
+    pub why: String,
+}
+
+impl LeaseLost {
+    /// Stable CamelCase reason.
+    pub fn reason(&self) -> &'static str {
+        "LeaseLost"
+    }
+}
+
+impl LeaseGuard {
+    /// No election (one replica, SQLite): every check passes.
+    pub fn unguarded() -> Self {
+        LeaseGuard(None)
+    }
+
+    /// A guard of `epoch` whose last renewal began `ago` before now, with
+    /// renew deadline `deadline` (for tests of what the guard protects).
+    #[cfg(test)]
+    pub(crate) fn renewed_ago(epoch: i64, ago: Duration, deadline: Duration) -> Self {
+        let held = Held::new(Mutex::new(Some((epoch, std::time::Instant::now() - ago))));
+        LeaseGuard(Some(GuardInner { epoch, renew_deadline: deadline, held }))
+    }
+
+    /// Checks that the lease of `epoch` is still held for certain.
+    pub fn check(&self) -> Result<(), LeaseLost> {
+        let Some(g) = &self.0 else { return Ok(()) };
+        let held = *g.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held {
+            Some((epoch, renewed)) if epoch == g.epoch => {
+                let ago = renewed.elapsed();
+                if ago < g.renew_deadline {
+                    Ok(())
+                } else {
+                    Err(LeaseLost {
+                        epoch: g.epoch,
+                        why: format!(
+                            "its last renewal began {} ms ago, past the renew deadline of {} ms",
+                            ago.as_millis(),
+                            g.renew_deadline.as_millis()
+                        ),
+                    })
+                }
+            }
+            Some((epoch, _)) => Err(LeaseLost { epoch: g.epoch, why: format!("it leads under epoch {epoch} now") }),
+            None => Err(LeaseLost { epoch: g.epoch, why: "it follows now".to_owned() }),
+        }
+    }
+}
+
 /// One replica's side of the election.
 pub struct Elector {
     store: Store,
     cfg: ElectionConfig,
     /// Leading under this epoch since the last renewal that began at this instant.
     leading: Option<(i64, Instant)>,
+    /// The same, shared with the guards of this replica's side effects.
+    held: Held,
 }
 
 impl Elector {
     /// An elector for `store` (unfenced: it reads and writes the lease itself).
     pub fn new(store: Store, cfg: ElectionConfig) -> Self {
-        Elector { store, cfg, leading: None }
+        Elector { store, cfg, leading: None, held: Held::default() }
+    }
+
+    /// Makes the guards of the side effects made under an epoch (kept by
+    /// the caller once the elector runs on its own task).
+    pub fn guards(&self) -> impl Fn(i64) -> LeaseGuard + Send + Sync + 'static {
+        let (held, renew_deadline) = (self.held.clone(), self.cfg.renew_deadline);
+        move |epoch| LeaseGuard(Some(GuardInner { epoch, renew_deadline, held: held.clone() }))
+    }
+
+    fn set_leading(&mut self, leading: Option<(i64, Instant)>) {
+        self.leading = leading;
+        *self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = leading.map(|(e, at)| (e, at.into_std()));
     }
 
     /// One round: a follower tries to take the lease, the leader renews it.
@@ -110,12 +211,12 @@ impl Elector {
                 let renewal = tokio::time::timeout(left, self.store.renew_lease(&self.cfg.identity, epoch, self.cfg.lease_duration)).await;
                 match renewal {
                     Ok(Ok(true)) => {
-                        self.leading = Some((epoch, started));
+                        self.set_leading(Some((epoch, started)));
                         Leadership::Leader { epoch }
                     }
                     Ok(Ok(false)) => {
                         tracing::warn!(epoch, "the leader lease was taken over; this replica stops acting as leader");
-                        self.leading = None;
+                        self.set_leading(None);
                         self.follower().await
                     }
                     Ok(Err(e)) if renewed.elapsed() < self.cfg.renew_deadline => {
@@ -132,14 +233,14 @@ impl Elector {
                             deadline_ms = self.cfg.renew_deadline.as_millis() as u64,
                             "the leader lease was not renewed within the renew deadline; this replica stops acting as leader"
                         );
-                        self.leading = None;
+                        self.set_leading(None);
                         self.follower().await
                     }
                 }
             }
             None => match self.store.try_acquire_lease(&self.cfg.identity, self.cfg.lease_duration).await {
                 Ok(Some(epoch)) => {
-                    self.leading = Some((epoch, started));
+                    self.set_leading(Some((epoch, started)));
                     Leadership::Leader { epoch }
                 }
                 Ok(None) => self.follower().await,
@@ -180,7 +281,9 @@ impl Elector {
 
     /// Gives the lease up, if held, so another replica takes over at once.
     pub async fn release(&mut self) {
-        if let Some((epoch, _)) = self.leading.take() {
+        let leading = self.leading;
+        self.set_leading(None);
+        if let Some((epoch, _)) = leading {
             match self.store.release_lease(&self.cfg.identity, epoch).await {
                 Ok(_) => tracing::info!(epoch, "gave the leader lease up"),
                 Err(e) => tracing::warn!(epoch, reason = e.reason(), "giving the leader lease up failed: {e}; it expires by itself"),
@@ -206,6 +309,24 @@ mod tests {
         let id = identity();
         assert!(id.contains(&std::process::id().to_string()), "{id}");
         assert_ne!(id, identity(), "two electors in one process differ");
+    }
+
+    #[test]
+    fn a_guard_passes_while_the_lease_is_held_for_certain_and_refuses_after() {
+        let held = Held::default();
+        let guard = LeaseGuard(Some(GuardInner { epoch: 4, renew_deadline: Duration::from_millis(200), held: held.clone() }));
+        assert!(guard.check().is_err(), "not leading yet");
+        *held.lock().expect("lock") = Some((4, std::time::Instant::now()));
+        assert_eq!(guard.check(), Ok(()));
+        // Frozen past the renew deadline: refused by its own clock, with no store to ask.
+        *held.lock().expect("lock") = Some((4, std::time::Instant::now() - Duration::from_millis(250)));
+        let lost = guard.check().expect_err("past the deadline");
+        assert!(lost.to_string().contains("renew deadline"), "{lost}");
+        *held.lock().expect("lock") = Some((5, std::time::Instant::now()));
+        assert!(guard.check().expect_err("another epoch").to_string().contains("epoch 5"));
+        *held.lock().expect("lock") = None;
+        assert!(guard.check().is_err());
+        assert_eq!(LeaseGuard::unguarded().check(), Ok(()), "one replica: nothing to check");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -665,6 +665,8 @@ async fn run(
 
     // With PostgreSQL, several replicas may share the store: the one that
     // holds the lease runs the loop, its writes fenced by the lease's epoch.
+    // The check every side effect of the leader passes first (none with one replica).
+    let mut lease = crate::leader::LeaseGuard::unguarded();
     let (store, leadership) = match identity {
         None => {
             telemetry.metrics.set_leader(true, 0);
@@ -676,7 +678,9 @@ async fn run(
             // The elector gives the lease up only once the loop has stopped
             // (its last writes are still the leader's).
             let (elector_stop, elector_stop_rx) = watch::channel(false);
-            let elector = tokio::spawn(Elector::new(store.clone(), election).run(lead_tx, elector_stop_rx));
+            let elector = Elector::new(store.clone(), election);
+            let guards = elector.guards();
+            let elector = tokio::spawn(elector.run(lead_tx, elector_stop_rx));
             let Some(epoch) = await_leadership(&mut lead_rx, &mut rx, stop_rx.clone(), &identity, &telemetry, out).await else {
                 elector_stop.send_replace(true);
                 let _ = elector.await;
@@ -687,6 +691,7 @@ async fn run(
             };
             // Webhooks other replicas take reach this loop too.
             spawn_relay_listener(store.clone(), identity.clone(), tx.clone());
+            lease = guards(epoch);
             (store.fenced(&identity, epoch), Some((lead_rx, identity, epoch, elector_stop, elector)))
         }
     };
@@ -700,7 +705,7 @@ async fn run(
     let _ = writeln!(out, "workers: {}", driver_line(&opts.driver));
     // The dashboard reads workers' logs through it.
     let _ = logs.set(driver.clone());
-    let mut ctx = Context::new(cfg, store, driver)?.with_telemetry(telemetry.clone());
+    let mut ctx = Context::new(cfg, store, driver)?.with_telemetry(telemetry.clone()).with_lease(lease);
     if let Some(client) = forge {
         ctx = ctx.with_forge(ForgeLink::new(client, opts.poll_interval));
     }
@@ -768,6 +773,8 @@ async fn run(
                     e,
                     ReconcileError::Store(crate::store::StoreError::Fenced { .. })
                         | ReconcileError::Writer(crate::status::writer::WriterError::Fenced { .. })
+                        | ReconcileError::Writer(crate::status::writer::WriterError::LeaseLost(_))
+                        | ReconcileError::LeaseLost(_)
                 ) {
                     lost.store(true, std::sync::atomic::Ordering::Release);
                     return false;

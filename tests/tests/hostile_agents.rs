@@ -187,6 +187,8 @@ fn hostile_agents_are_refused_or_contained() {
         eprintln!("skipped: bubblewrap cannot run here ({:?})", hadron::workers::sandbox::Sandbox::probe());
         return;
     }
+    // Daemons of an earlier, unconfined run (a negative control) do not count.
+    let daemons_before = processes_with("hostile-daemon-left-behind");
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
     copy_tree(&workspace_root().join("example-repo"), &root.join("example-repo")).expect("copy the example");
@@ -303,7 +305,8 @@ fn hostile_agents_are_refused_or_contained() {
     for repo in ["control.git", "demo-app.git", "demo-docs.git"] {
         assert!(!data.join("repos").join(repo).join("hooks/post-receive").exists(), "a hook was planted in {repo}");
     }
-    assert_eq!(processes_with("hostile-daemon-left-behind"), Vec::<String>::new(), "a process outlived its stage");
+    let daemons: Vec<String> = processes_with("hostile-daemon-left-behind").into_iter().filter(|p| !daemons_before.contains(p)).collect();
+    assert_eq!(daemons, Vec::<String>::new(), "a process outlived its stage");
     assert!(!home.join(".gitconfig").exists(), "the agent wrote the operator's ~/.gitconfig");
     assert_eq!(show("store", "stolen.db"), "");
 

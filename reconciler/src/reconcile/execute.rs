@@ -229,8 +229,12 @@ pub async fn execute(
         }
         .instrument(span)
         .await;
-        if let Err(e) = result {
-            failed.push(StepFailure::execute(&e, &action.describe()));
+        match result {
+            // This replica does not lead for certain any more: no further
+            // action, and the pass (and the leadership) ends here.
+            Err(e @ (ReconcileError::LeaseLost(_) | ReconcileError::Store(crate::store::StoreError::Fenced { .. }))) => return Err(e),
+            Err(e) => failed.push(StepFailure::execute(&e, &action.describe())),
+            Ok(()) => {}
         }
     }
     Ok(failed)
@@ -264,12 +268,14 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.catalog.loaded().desired, a, all, t) else {
                 return Ok(());
             };
+            ctx.lease.check()?;
             let driver = ctx.driver.clone();
             tokio::task::spawn_blocking(move || driver.start(&spec)).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
             ctx.store.update_attempt(&a.worker, &AttemptUpdate::state(store::AttemptState::Running, t), None).await?;
             tracing::info!(attempt = a.attempt, repo = %a.repo, "worker started");
         }
         Action::Cancel { worker, reason } => {
+            ctx.lease.check()?;
             let driver = ctx.driver.clone();
             let w = worker.clone();
             tokio::task::spawn_blocking(move || driver.cancel(&w)).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
@@ -305,6 +311,7 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             }
         }
         Action::OpenApproval { request, gate, generation, summary, opened_for, reopen } => {
+            ctx.lease.check()?;
             let gates = ctx.gates.clone();
             let (url, branch) = (ctx.cfg.control_url.clone(), ctx.cfg.branch.clone());
             let (r, g, gen_, s, again) = (request.clone(), gate.clone(), generation.clone(), summary.clone(), *reopen);

@@ -90,6 +90,11 @@ impl ForgeLink {
         }
     }
 
+    /// Checks `lease` before every write to Gitea.
+    pub fn set_lease(&mut self, lease: crate::leader::LeaseGuard) {
+        self.client.set_lease(lease);
+    }
+
     /// Called at the start of each pass.
     pub fn begin_pass(&mut self) {
         self.retry = false;

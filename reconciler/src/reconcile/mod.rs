@@ -83,6 +83,9 @@ pub enum ReconcileError {
     /// A blocking task panicked or was cancelled.
     #[error("internal: {0}")]
     Join(String),
+    /// The leader lease is not held for certain: the side effect was not made.
+    #[error("{0}")]
+    LeaseLost(#[from] crate::leader::LeaseLost),
 }
 
 impl ReconcileError {
@@ -96,6 +99,7 @@ impl ReconcileError {
             ReconcileError::Gate(e) => e.reason(),
             ReconcileError::Forge(e) => e.reason(),
             ReconcileError::Join(_) => "InternalError",
+            ReconcileError::LeaseLost(e) => e.reason(),
         }
     }
 }
@@ -346,6 +350,9 @@ pub struct Context {
     plan_memo: plan::PlanMemo,
     /// Pull request → the head whose unreadable state was said on it.
     preview_errors: BTreeMap<u64, String>,
+    /// Checked before every side effect (worker start and cancel, approval
+    /// branch push, status push, Gitea write).
+    pub(crate) lease: crate::leader::LeaseGuard,
 }
 
 impl Context {
@@ -395,12 +402,14 @@ impl Context {
             previews_due: true,
             plan_memo: plan::PlanMemo::default(),
             preview_errors: BTreeMap::new(),
+            lease: crate::leader::LeaseGuard::unguarded(),
         })
     }
 
     /// Works with Gitea through `link`: approval and target PRs, commit
     /// statuses, approvers by login and team, CI from combined statuses.
-    pub fn with_forge(mut self, link: forge::ForgeLink) -> Self {
+    pub fn with_forge(mut self, mut link: forge::ForgeLink) -> Self {
+        link.set_lease(self.lease.clone());
         self.forge = Some(link);
         self
     }
@@ -408,6 +417,18 @@ impl Context {
     /// Reports passes to the HTTP server's metrics, readiness and events.
     pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
         self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Guards every side effect with `lease` (a replica leading under an
+    /// epoch): the status writer's pushes, worker starts and cancels,
+    /// approval-branch pushes and Gitea writes check it first.
+    pub fn with_lease(mut self, lease: crate::leader::LeaseGuard) -> Self {
+        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).set_lease(lease.clone());
+        if let Some(forge) = self.forge.as_mut() {
+            forge.set_lease(lease.clone());
+        }
+        self.lease = lease;
         self
     }
 

@@ -509,7 +509,7 @@ impl Context {
             Ok(done) => Ok(Some(done)),
             // A newer leader holds the control repo: this pass, and this
             // leadership, end here (nothing is re-applied onto its head).
-            Err(e @ ReconcileError::Writer(WriterError::Fenced { .. })) => Err(e),
+            Err(e @ ReconcileError::Writer(WriterError::Fenced { .. } | WriterError::LeaseLost(_))) => Err(e),
             Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
                 self.publish_failed(&e);
                 Ok(None)

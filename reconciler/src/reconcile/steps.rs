@@ -134,7 +134,7 @@ pub fn severity_of(err: &ReconcileError) -> Severity {
                 | crate::gates::GateError::BaseBranchMissing(_)
         ),
         ReconcileError::Forge(e) => !e.is_transient(),
-        ReconcileError::Store(_) | ReconcileError::Driver(_) | ReconcileError::Join(_) => false,
+        ReconcileError::Store(_) | ReconcileError::Driver(_) | ReconcileError::Join(_) | ReconcileError::LeaseLost(_) => false,
     };
     if stalling { Severity::Stalling } else { Severity::Transient }
 }

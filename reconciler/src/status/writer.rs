@@ -133,6 +133,9 @@ pub enum WriterError {
         /// The epoch the remote's leader ref names, when readable (`0`: unknown).
         theirs: i64,
     },
+    /// The leader lease is not held for certain: nothing was pushed.
+    #[error("{0}")]
+    LeaseLost(#[from] crate::leader::LeaseLost),
     /// Reading or writing objects or refs in the private clone failed.
     #[error("git object database error while {context}: {source}")]
     Git {
@@ -148,7 +151,13 @@ impl WriterError {
     /// Whether publishing the same change set again can never succeed (a
     /// path Hadron refuses to write), as opposed to a transient failure.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, WriterError::PathOutsideStatus { .. } | WriterError::PathIsFolder { .. } | WriterError::Fenced { .. })
+        matches!(
+            self,
+            WriterError::PathOutsideStatus { .. }
+                | WriterError::PathIsFolder { .. }
+                | WriterError::Fenced { .. }
+                | WriterError::LeaseLost(_)
+        )
     }
 
     /// A stable CamelCase reason, for status conditions, metrics and logs.
@@ -164,6 +173,7 @@ impl WriterError {
             WriterError::Push { .. } => "PushFailed",
             WriterError::Git { .. } => "GitError",
             WriterError::Fenced { .. } => "StatusFenced",
+            WriterError::LeaseLost(e) => e.reason(),
         }
     }
 
@@ -290,9 +300,16 @@ pub struct StatusWriter {
     /// [`LEADER_REF`] (its claim, then each status commit it pushed).
     /// `None` until it has claimed.
     fence: Option<gix::ObjectId>,
+    /// Checked right before every push.
+    lease: crate::leader::LeaseGuard,
 }
 
 impl StatusWriter {
+    /// Checks `lease` right before every push (the leader's guard).
+    pub fn set_lease(&mut self, lease: crate::leader::LeaseGuard) {
+        self.lease = lease;
+    }
+
     /// Check the configuration and open (or create) the private bare clone in `work_dir`.
     pub fn new(config: WriterConfig) -> Result<Self, WriterError> {
         validate_config(&config)?;
@@ -317,7 +334,7 @@ impl StatusWriter {
             }
             gix::init_bare(dir).map_err(|e| WriterError::git("creating the private clone", e))?;
         }
-        Ok(StatusWriter { config, prefetched: None, fence: None })
+        Ok(StatusWriter { config, prefetched: None, fence: None, lease: crate::leader::LeaseGuard::unguarded() })
     }
 
     /// Packs the loose objects earlier publishes left in the private clone
@@ -477,6 +494,7 @@ impl StatusWriter {
             .map_err(|_| WriterError::InvalidRevision { value: prepared.commit.clone() })?;
         let target = self.branch_ref();
         let refspec = format!("{commit}:{target}");
+        self.lease.check()?;
         let output = match (self.config.epoch, self.fence) {
             (Some(ours), Some(fence)) => {
                 // The branch and the leader ref in one atomic update; the
@@ -553,6 +571,7 @@ impl StatusWriter {
             let claim = self.write_leader_commit(ours, current, "claim")?;
             let lease = format!("--force-with-lease={LEADER_REF}:{}", current.map(|c| c.to_string()).unwrap_or_default());
             let refspec = format!("{claim}:{LEADER_REF}");
+            self.lease.check()?;
             let output = self.run_git(&["push", "--porcelain", "--no-verify", &lease, "--", &self.config.remote_url, &refspec])?;
             match push_line(&output.stdout, LEADER_REF) {
                 Some((flag, _)) if output.success && flag != "!" => {

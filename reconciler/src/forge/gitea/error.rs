@@ -110,6 +110,16 @@ pub enum GiteaError {
         /// The handlebars error.
         message: String,
     },
+    /// A write was not sent: the leader lease is not held for certain.
+    #[error("{method} {path} was not sent: {lost}")]
+    LeaseLost {
+        /// HTTP method.
+        method: String,
+        /// Path of the call.
+        path: String,
+        /// Why the lease is not held.
+        lost: crate::leader::LeaseLost,
+    },
 }
 
 impl GiteaError {
@@ -128,6 +138,7 @@ impl GiteaError {
             GiteaError::Decode { .. } => "GiteaBadResponse",
             GiteaError::TeamNotFound { .. } => "GiteaTeamNotFound",
             GiteaError::Template { .. } => "GiteaTemplateFailed",
+            GiteaError::LeaseLost { .. } => "LeaseLost",
         }
     }
 

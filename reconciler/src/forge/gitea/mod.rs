@@ -65,6 +65,8 @@ pub struct GiteaClient {
     /// every retry): further calls fail at once until [`Self::close_circuit`],
     /// so one outage costs one call's retries per pass, not every call's.
     circuit: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Checked before every call that changes something (not GET).
+    lease: crate::leader::LeaseGuard,
 }
 
 impl fmt::Debug for GiteaClient {
@@ -78,6 +80,12 @@ impl fmt::Debug for GiteaClient {
 }
 
 impl GiteaClient {
+    /// Checks `lease` before every write (POST, PATCH, PUT, DELETE): a
+    /// deposed leader sends none.
+    pub fn set_lease(&mut self, lease: crate::leader::LeaseGuard) {
+        self.lease = lease;
+    }
+
     /// Checks the configuration, reads the token and compiles the templates.
     pub fn new(config: GiteaConfig) -> Result<Self, GiteaError> {
         let base = Url::parse(config.base_url.trim()).map_err(|e| GiteaError::Config(format!("base URL {:?}: {e}", config.base_url)))?;
@@ -107,6 +115,7 @@ impl GiteaClient {
             retry: config.retry,
             templates: std::sync::Arc::new(templates),
             circuit: std::sync::Arc::default(),
+            lease: crate::leader::LeaseGuard::unguarded(),
         })
     }
 

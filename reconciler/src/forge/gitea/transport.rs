@@ -79,6 +79,12 @@ impl GiteaClient {
                 message: format!("not tried: Gitea failed earlier in this pass ({why})"),
             });
         }
+        if method != Method::GET
+            && method != Method::HEAD
+            && let Err(lost) = self.lease.check()
+        {
+            return Err(GiteaError::LeaseLost { method: method.to_string(), path, lost });
+        }
         let result = self.send_with_retries(method, url, path, body).await;
         if let Err(e @ (GiteaError::Unreachable { .. } | GiteaError::Server { .. })) = &result {
             *self.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
