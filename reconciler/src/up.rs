@@ -15,10 +15,10 @@ use crate::forge::{GiteaClient, GiteaConfig, RepoRef, TokenSource};
 use crate::leader::{self, ElectionConfig, Elector, Leadership};
 use crate::model::Phase;
 use crate::plan::PlanConfig;
-use crate::redact::inert_for_terminal as inert;
 use crate::reconcile::forge::ForgeLink;
 use crate::reconcile::steps::StepFailure;
 use crate::reconcile::{self, Context, LoopConfig, PassReport, ReconcileError, Telemetry, seed, urls};
+use crate::redact::inert_for_terminal as inert;
 use crate::server::{self, ControlRepoId, Metrics, ServerConfig, ServerState, Trigger, WebhookSecret};
 use crate::store::{Backend, Store};
 use crate::workers::kubernetes::JobTemplate;
@@ -764,13 +764,8 @@ async fn run(
                 }
             }
             Err(e) => {
-                let _ = writeln!(
-                    out,
-                    "{}  pass failed [{}]: {}",
-                    crate::time::rfc3339(crate::time::now()),
-                    e.reason(),
-                    inert(&e.to_string())
-                );
+                let _ =
+                    writeln!(out, "{}  pass failed [{}]: {}", crate::time::rfc3339(crate::time::now()), e.reason(), inert(&e.to_string()));
                 // Another replica leads now: stop at once, before the next round says so.
                 if matches!(e, ReconcileError::Store(crate::store::StoreError::Fenced { .. })) {
                     lost.store(true, std::sync::atomic::Ordering::Release);

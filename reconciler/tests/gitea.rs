@@ -274,11 +274,7 @@ async fn target_pr_is_opened_to_the_default_branch_and_its_url_returned() -> Res
     assert_eq!(stored[0].title, "Add a login page (hadron/add-login)");
     assert!(stored[0].body.contains("Users need to log in."), "{}", stored[0].body);
     assert!(stored[0].body.contains("- **implement** (Succeeded), cost $0.42\n"), "{}", stored[0].body);
-    assert!(
-        stored[0].body.contains("### implement: summary reported by the agent\n\n```text\nAdded /login\n```\n"),
-        "{}",
-        stored[0].body
-    );
+    assert!(stored[0].body.contains("### implement: summary reported by the agent\n\n```text\nAdded /login\n```\n"), "{}", stored[0].body);
     assert!(stored[0].body.contains(&format!("/acme/api/commit/{sha}")), "{}", stored[0].body);
     let again = s.client.ensure_target_pr(&repo, Some("trunk"), &view).await?;
     assert_eq!((again.action, again.html_url), (PrAction::Unchanged, pr.html_url));
@@ -679,7 +675,9 @@ fn outside_code(body: &str) -> String {
                     let n = rest[start..].chars().take_while(|c| *c == '`').count();
                     let ticks = "`".repeat(n);
                     let after = &rest[start + n..];
-                    let close = after.match_indices(&ticks).find(|(i, _)| !after[i + n..].starts_with('`') && (*i == 0 || !after[..*i].ends_with('`')));
+                    let close = after
+                        .match_indices(&ticks)
+                        .find(|(i, _)| !after[i + n..].starts_with('`') && (*i == 0 || !after[..*i].ends_with('`')));
                     rest = close.map_or("", |(i, _)| &after[i + n..]);
                 }
                 out.push_str(rest);
@@ -753,7 +751,8 @@ fn an_agent_summary_in_a_target_pr_is_fenced_too() -> Result<()> {
     };
     let (_, benign) = client.render_target_pr(&view("Added /login"), "main")?;
     let (_, hostile) = client.render_target_pr(&view(HOSTILE_SUMMARY), "main")?;
-    let tail = |body: &str| body.split_once("\n## Commits\n").map(|(_, t)| t.lines().skip(4).collect::<Vec<_>>().join("\n")).expect("commits");
+    let tail =
+        |body: &str| body.split_once("\n## Commits\n").map(|(_, t)| t.lines().skip(4).collect::<Vec<_>>().join("\n")).expect("commits");
     assert_eq!(tail(&hostile), tail(&benign));
     assert!(hostile.contains("Status of the request: https://g/status/add-login.yaml"), "{hostile}");
     let rendered = outside_code(&hostile);

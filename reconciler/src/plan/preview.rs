@@ -290,12 +290,19 @@ pub fn render_text(preview: &Preview, diagnostics: &[Diagnostic], against: &str)
             Change::Invalid => writeln!(out, "! {}: invalid ({}): see the errors above", t(&r.name), t(&r.reason)),
         };
         if !r.stale_approvals.is_empty() {
-            let _ =
-                writeln!(out, "    approvals that no longer count: {} (given for the previous generation)", t(&r.stale_approvals.join(", ")));
+            let _ = writeln!(
+                out,
+                "    approvals that no longer count: {} (given for the previous generation)",
+                t(&r.stale_approvals.join(", "))
+            );
         }
         if !r.cancelled_workers.is_empty() {
-            let _ =
-                writeln!(out, "    workers cancelled ({}): {}", t(r.cancel_reason.as_deref().unwrap_or("")), t(&r.cancelled_workers.join(", ")));
+            let _ = writeln!(
+                out,
+                "    workers cancelled ({}): {}",
+                t(r.cancel_reason.as_deref().unwrap_or("")),
+                t(&r.cancelled_workers.join(", "))
+            );
         }
         if !r.stages.is_empty() {
             let _ = writeln!(out, "    stages: {}", t(&r.stages.join(" -> ")));
