@@ -344,7 +344,7 @@ async fn await_leadership(
     telemetry: &Telemetry,
     out: &mut (dyn Write + Send),
 ) -> Option<i64> {
-    let _ = writeln!(out, "leader election: this replica is {identity}; the lease holder runs the loop");
+    let _ = writeln!(out, "leader election: this replica is {}; the lease holder runs the loop", inert(identity));
     let _ = out.flush();
     loop {
         let now = lead_rx.borrow_and_update().clone();
@@ -557,7 +557,7 @@ async fn run(
     };
     check_agent_secrets(&opts.agent_secrets, &own)?;
     let store = open_store(opts.database_url.as_deref(), &data_dir).await?;
-    let _ = writeln!(out, "store: {}", store.location());
+    let _ = writeln!(out, "store: {}", inert(store.location()));
     let (tx, mut rx) = mpsc::channel::<Trigger>(256);
     // A worker exit is a trigger, like a push.
     let exit_tx = tx.clone();
@@ -657,7 +657,7 @@ async fn run(
     let _ = writeln!(out, "probes: http://{probe_addr}/healthz /readyz /metrics (a listener of their own)");
     match &forge_name {
         Some(repo) => {
-            let _ = writeln!(out, "forge: gitea, control repo {repo}");
+            let _ = writeln!(out, "forge: gitea, control repo {}", inert(&repo.to_string()));
         }
         None => {
             let _ = writeln!(out, "forge: none (approve by merging hadron/approve/* branches; CI via `hadron ci-status`)");
@@ -698,7 +698,7 @@ async fn run(
         let _ = exit_tx.try_send(Trigger::WorkerExited);
     })
     .await?;
-    let _ = writeln!(out, "workers: {}", driver_line(&opts.driver));
+    let _ = writeln!(out, "workers: {}", inert(&driver_line(&opts.driver)));
     // The dashboard reads workers' logs through it.
     let _ = logs.set(driver.clone());
     let mut ctx = Context::new(cfg, store, driver)?.with_telemetry(telemetry.clone());
@@ -783,8 +783,9 @@ async fn run(
         if lost {
             let _ = writeln!(
                 out,
-                "{}  lost the leader lease ({identity}, epoch {epoch}): stopped acting; exiting so that a restart rejoins as a follower (the new leader carries on)",
-                crate::time::rfc3339(crate::time::now())
+                "{}  lost the leader lease ({}, epoch {epoch}): stopped acting; exiting so that a restart rejoins as a follower (the new leader carries on)",
+                crate::time::rfc3339(crate::time::now()),
+                inert(&identity)
             );
             stop_tx.send_replace(true);
             let _ = server_task.await;
