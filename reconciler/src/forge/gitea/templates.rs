@@ -41,7 +41,7 @@ fn capped(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }
-    let marker = format!("… [cut: {} bytes reported]", text.len());
+    let marker = format!("… [cut: {} bytes in all]", text.len());
     let kept = text.floor_char_boundary(max.saturating_sub(marker.len()));
     format!("{}{marker}", &text[..kept])
 }
@@ -57,13 +57,16 @@ fn longest_backtick_run(text: &str) -> usize {
 /// any run of backticks in the text (at least 3). Inside, `<!--`, HTML,
 /// links, images and `@mentions` are shown as they are, never rendered.
 pub fn agent_block(text: &str) -> String {
-    let text = capped(&text.replace("\r\n", "\n").replace('\r', "\n"), AGENT_BLOCK_MAX_BYTES);
-    let text: String = text
+    let shown = text
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
         .split('\n')
         // Tabs are kept: they are text in a code block.
         .map(|line| line.split('\t').map(crate::redact::inert_for_terminal).collect::<Vec<_>>().join("\t"))
         .collect::<Vec<_>>()
         .join("\n");
+    // Capped once escaped, so escapes cannot make it grow past the cap.
+    let text = capped(&shown, AGENT_BLOCK_MAX_BYTES);
     let fence = "`".repeat((longest_backtick_run(&text) + 1).max(3));
     format!("{fence}text\n{}\n{fence}", text.trim_end_matches('\n'))
 }
@@ -75,7 +78,7 @@ pub fn agent_block(text: &str) -> String {
 /// cannot close it early.
 pub fn agent_span(text: &str) -> String {
     let line = text.lines().next().unwrap_or("");
-    let line = crate::redact::inert_for_terminal(&capped(line, AGENT_SPAN_MAX_BYTES)).into_owned();
+    let line = capped(&crate::redact::inert_for_terminal(line), AGENT_SPAN_MAX_BYTES);
     let ticks = "`".repeat(longest_backtick_run(&line) + 1);
     format!("{ticks} {line} {ticks}")
 }
@@ -236,7 +239,12 @@ mod tests {
         let block = agent_block(&long);
         let inner = block.trim_start_matches("```text\n").trim_end_matches("\n```");
         assert!(inner.len() <= AGENT_BLOCK_MAX_BYTES, "{} bytes", inner.len());
-        assert!(inner.ends_with(&format!("[cut: {} bytes reported]", long.len())), "{}", &inner[inner.len() - 60..]);
+        assert!(inner.ends_with(&format!("[cut: {} bytes in all]", long.len())), "{}", &inner[inner.len() - 60..]);
+        // Escapes count: 4,096 ESC characters shown as `\u{1b}` stay within the cap.
+        let escapes = agent_block(&"\u{1b}".repeat(AGENT_BLOCK_MAX_BYTES));
+        let inner = escapes.trim_start_matches("```text\n").trim_end_matches("\n```");
+        assert!(inner.len() <= AGENT_BLOCK_MAX_BYTES && inner.contains("[cut: "), "{} bytes", inner.len());
+        assert!(!escapes.chars().any(|c| c.is_control() && c != '\n'));
     }
 
     #[test]
@@ -245,7 +253,8 @@ mod tests {
         assert_eq!(agent_span("use `x` and ``y``"), "``` use `x` and ``y`` ```");
         assert_eq!(agent_span("`edge`"), "`` `edge` ``");
         let span = agent_span(&"x".repeat(1000));
-        assert!(span.len() <= AGENT_SPAN_MAX_BYTES + 4 && span.contains("[cut: 1000 bytes reported]"), "{span}");
+        assert!(span.len() <= AGENT_SPAN_MAX_BYTES + 4 && span.contains("[cut: 1000 bytes in all]"), "{span}");
         assert!(!agent_span("a\u{9b}b\rc").chars().any(char::is_control));
+        assert!(agent_span(&"\u{7}".repeat(100)).len() <= AGENT_SPAN_MAX_BYTES + 4, "escapes count toward the cap");
     }
 }
