@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::model::{Catalog, Diagnostic, Loaded, MAX_FILE_BYTES, load::classify};
+use crate::redact::inert_for_terminal;
 use crate::source::{Blob, PathFilter};
 
 /// Errors of the CLI commands themselves (not of the files they check).
@@ -160,7 +161,7 @@ pub fn validate(dir: &Path, format: Format, out: &mut dyn Write, err: &mut dyn W
     let (mut catalog, files) = match catalog_from_dir(dir) {
         Ok(found) => found,
         Err(e) => {
-            let _ = writeln!(err, "error[{}]: {e}", e.reason());
+            let _ = writeln!(err, "error[{}]: {}", e.reason(), inert_for_terminal(&e.to_string()));
             return 2;
         }
     };
@@ -217,7 +218,7 @@ fn finish(written: io::Result<()>, out: io::BufWriter<&mut dyn Write>, err: &mut
         Ok(()) => code,
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => code,
         Err(e) => {
-            let _ = writeln!(err, "error[WriteFailed]: cannot write {what}: {e}");
+            let _ = writeln!(err, "error[WriteFailed]: cannot write {what}: {}", inert_for_terminal(&e.to_string()));
             2
         }
     }
@@ -234,7 +235,7 @@ pub fn plan(dir: &Path, against: Option<&str>, format: Format, out: &mut dyn Wri
     let (mut catalog, files) = match catalog_from_dir(dir) {
         Ok(found) => found,
         Err(e) => {
-            let _ = writeln!(err, "error[{}]: {e}", e.reason());
+            let _ = writeln!(err, "error[{}]: {}", e.reason(), inert_for_terminal(&e.to_string()));
             return 2;
         }
     };
@@ -254,7 +255,7 @@ pub fn plan(dir: &Path, against: Option<&str>, format: Format, out: &mut dyn Wri
                 (Loaded::default(), None)
             }
             Err(e) => {
-                let _ = writeln!(err, "error[{}]: {e}", e.reason());
+                let _ = writeln!(err, "error[{}]: {}", e.reason(), inert_for_terminal(&e.to_string()));
                 return 2;
             }
         },
@@ -303,10 +304,15 @@ pub fn schema(out_dir: &Path, check: bool, out: &mut dyn Write) -> Result<i32, C
         }
         if check {
             stale += 1;
-            let _ = writeln!(out, "stale: {} (run `hadron schema --out {}`)", path.display(), out_dir.display());
+            let _ = writeln!(
+                out,
+                "stale: {} (run `hadron schema --out {}`)",
+                inert_for_terminal(&path.display().to_string()),
+                inert_for_terminal(&out_dir.display().to_string())
+            );
         } else {
             fs::write(&path, text).map_err(|source| CliError::Write { path: path.clone(), source })?;
-            let _ = writeln!(out, "wrote {}", path.display());
+            let _ = writeln!(out, "wrote {}", inert_for_terminal(&path.display().to_string()));
         }
     }
     Ok(i32::from(stale > 0))

@@ -26,6 +26,12 @@ pub fn is_branch_name(name: &str) -> bool {
         && !name.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c))
 }
 
+/// Whether `name` can be a worker name [`worker_name`] gives: a DNS-1123
+/// label (at most 63 characters) that starts with `hadron-`.
+pub fn is_worker_name(name: &str) -> bool {
+    is_dns_label(name) && name.starts_with("hadron-")
+}
+
 /// The deterministic name of a worker: one per (request, generation, stage,
 /// repo, attempt). Names are DNS-1123 labels (they become Job names), at most
 /// 63 characters: `hadron-<request>-<stage>-<attempt>-<hash>` where the hash

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use hadron::cli::{self, Format};
+use hadron::redact::inert_for_terminal as inert;
 use hadron::up::{self, UpOptions};
 
 /// Hadron: a git-driven reconciler for AI-agent change requests.
@@ -481,7 +482,7 @@ fn run_service(
     let (forge, driver) = match serve.forge().and_then(|f| Ok((f, serve.driver()?))) {
         Ok(both) => both,
         Err(e) => {
-            eprintln!("error[Usage]: {e}");
+            eprintln!("error[Usage]: {}", inert(&e.to_string()));
             return 2;
         }
     };
@@ -515,7 +516,7 @@ fn run_service(
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error[{}]: {e}", e.reason());
+            eprintln!("error[{}]: {}", e.reason(), inert(&e.to_string()));
             2
         }
     }
@@ -593,7 +594,7 @@ fn main() -> ExitCode {
         Command::SandboxRelay { socket, listen, argv } => match hadron::workers::egress::relay_and_run(&socket, &listen, &argv) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("error[{}]: {e}", e.reason());
+                eprintln!("error[{}]: {}", e.reason(), inert(&e.to_string()));
                 127
             }
         },
@@ -602,11 +603,18 @@ fn main() -> ExitCode {
             let email = email.unwrap_or_else(|| format!("{name}@localhost"));
             match up::approve(&control, &branch, &request, &gate, &name, &email, &data.data_dir) {
                 Ok(commit) => {
-                    println!("approved {request}/{gate} as {name}: merge commit {commit} pushed to {branch}");
+                    println!(
+                        "approved {}/{} as {}: merge commit {} pushed to {}",
+                        inert(&request),
+                        inert(&gate),
+                        inert(&name),
+                        inert(&commit),
+                        inert(&branch)
+                    );
                     0
                 }
                 Err(e) => {
-                    eprintln!("error[{}]: {e}", e.reason());
+                    eprintln!("error[{}]: {}", e.reason(), inert(&e.to_string()));
                     1
                 }
             }
@@ -623,11 +631,17 @@ fn main() -> ExitCode {
                 &data.data_dir,
             )) {
                 Ok(head) => {
-                    println!("recorded {state} ({context}) for {repo} at {head}; a hadron up running on this data dir reacts at once");
+                    println!(
+                        "recorded {} ({}) for {} at {}; a hadron up running on this data dir reacts at once",
+                        inert(&state),
+                        inert(&context),
+                        inert(&repo),
+                        inert(&head)
+                    );
                     0
                 }
                 Err(e) => {
-                    eprintln!("error[{}]: {e}", e.reason());
+                    eprintln!("error[{}]: {}", e.reason(), inert(&e.to_string()));
                     1
                 }
             }
@@ -637,7 +651,7 @@ fn main() -> ExitCode {
         Command::Schema { out, check } => match cli::schema(&out, check, &mut io::stdout()) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("error[{}]: {e}", e.reason());
+                eprintln!("error[{}]: {}", e.reason(), inert(&e.to_string()));
                 2
             }
         },

@@ -18,6 +18,7 @@ use crate::plan::PlanConfig;
 use crate::reconcile::forge::ForgeLink;
 use crate::reconcile::steps::StepFailure;
 use crate::reconcile::{self, Context, LoopConfig, PassReport, ReconcileError, Telemetry, seed, urls};
+use crate::redact::inert_for_terminal as inert;
 use crate::server::{self, ControlRepoId, Metrics, ServerConfig, ServerState, Trigger, WebhookSecret};
 use crate::store::{Backend, Store};
 use crate::workers::kubernetes::JobTemplate;
@@ -228,14 +229,14 @@ pub fn control_repo(dir: &Path, data_dir: &Path, out: &mut dyn Write) -> Result<
     let seeded = seed::seed(dir, data_dir)?;
     let control = absolute(&seeded.control)?;
     if seeded.created {
-        let _ = writeln!(out, "seeded control repo {}", control.display());
+        let _ = writeln!(out, "seeded control repo {}", inert(&control.display().to_string()));
         for (name, path) in &seeded.targets {
-            let _ = writeln!(out, "seeded target repo  {name}: {}", path.display());
+            let _ = writeln!(out, "seeded target repo  {}: {}", inert(name), inert(&path.display().to_string()));
         }
     } else {
-        let _ = writeln!(out, "reusing control repo {}", control.display());
+        let _ = writeln!(out, "reusing control repo {}", inert(&control.display().to_string()));
     }
-    let _ = writeln!(out, "clone it to ask for work:  git clone {} my-control", control.display());
+    let _ = writeln!(out, "clone it to ask for work:  git clone {} my-control", inert(&control.display().to_string()));
     Ok(control)
 }
 
@@ -343,7 +344,7 @@ async fn await_leadership(
     telemetry: &Telemetry,
     out: &mut (dyn Write + Send),
 ) -> Option<i64> {
-    let _ = writeln!(out, "leader election: this replica is {identity}; the lease holder runs the loop");
+    let _ = writeln!(out, "leader election: this replica is {}; the lease holder runs the loop", inert(identity));
     let _ = out.flush();
     loop {
         let now = lead_rx.borrow_and_update().clone();
@@ -556,7 +557,7 @@ async fn run(
     };
     check_agent_secrets(&opts.agent_secrets, &own)?;
     let store = open_store(opts.database_url.as_deref(), &data_dir).await?;
-    let _ = writeln!(out, "store: {}", store.location());
+    let _ = writeln!(out, "store: {}", inert(store.location()));
     let (tx, mut rx) = mpsc::channel::<Trigger>(256);
     // A worker exit is a trigger, like a push.
     let exit_tx = tx.clone();
@@ -656,7 +657,7 @@ async fn run(
     let _ = writeln!(out, "probes: http://{probe_addr}/healthz /readyz /metrics (a listener of their own)");
     match &forge_name {
         Some(repo) => {
-            let _ = writeln!(out, "forge: gitea, control repo {repo}");
+            let _ = writeln!(out, "forge: gitea, control repo {}", inert(&repo.to_string()));
         }
         None => {
             let _ = writeln!(out, "forge: none (approve by merging hadron/approve/* branches; CI via `hadron ci-status`)");
@@ -702,7 +703,7 @@ async fn run(
         let _ = exit_tx.try_send(Trigger::WorkerExited);
     })
     .await?;
-    let _ = writeln!(out, "workers: {}", driver_line(&opts.driver));
+    let _ = writeln!(out, "workers: {}", inert(&driver_line(&opts.driver)));
     // The dashboard reads workers' logs through it.
     let _ = logs.set(driver.clone());
     let mut ctx = Context::new(cfg, store, driver)?.with_telemetry(telemetry.clone()).with_lease(lease);
@@ -742,8 +743,9 @@ async fn run(
     }
     let _ = writeln!(
         out,
-        "watching {control_url} (branch {}); Ctrl-C or SIGTERM stops (workers keep running and are adopted on restart)",
-        opts.branch
+        "watching {} (branch {}); Ctrl-C or SIGTERM stops (workers keep running and are adopted on restart)",
+        inert(&control_url),
+        inert(&opts.branch)
     );
     let _ = out.flush();
     let mut last: Option<PassReport> = None;
@@ -767,7 +769,8 @@ async fn run(
                 }
             }
             Err(e) => {
-                let _ = writeln!(out, "{}  pass failed [{}]: {e}", crate::time::rfc3339(crate::time::now()), e.reason());
+                let _ =
+                    writeln!(out, "{}  pass failed [{}]: {}", crate::time::rfc3339(crate::time::now()), e.reason(), inert(&e.to_string()));
                 // Another replica leads now: stop at once, before the next round says so.
                 if matches!(
                     e,
@@ -791,8 +794,9 @@ async fn run(
         if lost {
             let _ = writeln!(
                 out,
-                "{}  lost the leader lease ({identity}, epoch {epoch}): stopped acting; exiting so that a restart rejoins as a follower (the new leader carries on)",
-                crate::time::rfc3339(crate::time::now())
+                "{}  lost the leader lease ({}, epoch {epoch}): stopped acting; exiting so that a restart rejoins as a follower (the new leader carries on)",
+                crate::time::rfc3339(crate::time::now()),
+                inert(&identity)
             );
             stop_tx.send_replace(true);
             let _ = server_task.await;
@@ -813,20 +817,24 @@ async fn run(
 }
 
 /// One line (two with a hint) for the `up` terminal: what changed for a
-/// request and, when a person is waited on, what they do.
+/// request and, when a person is waited on, what they do. Names, reason and
+/// message are shown inert: an agent's summary or a hand-edited status
+/// cannot move the cursor, clear the screen or start a line of its own.
 pub fn change_line(c: &reconcile::PhaseChange, at: crate::time::Millis, local_forge: bool) -> String {
-    let stage = c.stage.as_ref().map(|s| format!(" [{s}]")).unwrap_or_default();
+    let stage = c.stage.as_ref().map(|s| format!(" [{}]", inert(s))).unwrap_or_default();
+    let reason = inert(&c.reason);
+    let request = inert(&c.request);
     let from = c.from.map_or("new", |p| p.as_str());
     let phases = match c.from {
         _ if c.reason == "Deleted" => format!("{from} -> deleted"),
-        Some(before) if before == c.to => format!("{}{stage} ({})", c.to.as_str(), c.reason),
+        Some(before) if before == c.to => format!("{}{stage} ({reason})", c.to.as_str()),
         _ => format!("{from} -> {}{stage}", c.to.as_str()),
     };
-    let mut line = format!("{}  {:<24} {phases}  {}", crate::time::rfc3339(at), c.request, c.message);
+    let mut line = format!("{}  {request:<24} {phases}  {}", crate::time::rfc3339(at), inert(&c.message));
     if local_forge && c.to == Phase::WaitingForCI {
         line.push_str(&format!(
             "\n{:<22}report the CI result with: hadron ci-status {} <repo as in the request> success|failure",
-            "", c.request
+            "", request
         ));
     }
     line
@@ -835,16 +843,18 @@ pub fn change_line(c: &reconcile::PhaseChange, at: crate::time::Millis, local_fo
 fn summary(report: &PassReport, control: &str, out: &mut dyn Write) {
     let _ = writeln!(out, "\n{:<24} {:<20} {:<12} MESSAGE", "REQUEST", "PHASE", "STAGE");
     for (name, view) in report.phases.iter() {
-        let _ = writeln!(out, "{name:<24} {:<20} {:<12} {}", view.phase.as_str(), view.stage.as_deref().unwrap_or("-"), view.message);
+        let (name, stage, message) = (inert(name), inert(view.stage.as_deref().unwrap_or("-")), inert(&view.message));
+        let _ = writeln!(out, "{name:<24} {:<20} {stage:<12} {message}", view.phase.as_str());
     }
     let waiting: Vec<&String> = report.phases.iter().filter(|(_, v)| v.phase == Phase::WaitingForApproval).map(|(n, _)| n).collect();
     for name in waiting {
-        let _ = writeln!(out, "approve with: hadron approve {name} <gate> --as <approver from hadron.yaml>");
+        let _ = writeln!(out, "approve with: hadron approve {} <gate> --as <approver from hadron.yaml>", inert(name));
     }
+    let control_text = inert(control);
     if Path::new(control).is_dir() {
-        let _ = writeln!(out, "status history: git -C {control} log -p -- status/");
+        let _ = writeln!(out, "status history: git -C {control_text} log -p -- status/");
     } else {
-        let _ = writeln!(out, "status history: git log -p -- status/ in a clone of {control}");
+        let _ = writeln!(out, "status history: git log -p -- status/ in a clone of {control_text}");
     }
 }
 
@@ -914,10 +924,10 @@ pub fn degraded_lines(before: &[StepFailure], now: &[StepFailure], t: crate::tim
     let key = |f: &StepFailure| (f.step, f.reason.clone());
     let mut lines = Vec::new();
     for f in now.iter().filter(|f| !before.iter().any(|b| key(b) == key(f))) {
-        lines.push(format!("{at}  {} step failing [{}]: {}", f.step.as_str(), f.reason, f.message));
+        lines.push(format!("{at}  {} step failing [{}]: {}", f.step.as_str(), inert(&f.reason), inert(&f.message)));
     }
     for f in before.iter().filter(|b| !now.iter().any(|f| key(b) == key(f))) {
-        lines.push(format!("{at}  {} step recovered [{}]", f.step.as_str(), f.reason));
+        lines.push(format!("{at}  {} step recovered [{}]", f.step.as_str(), inert(&f.reason)));
     }
     lines
 }
@@ -952,4 +962,51 @@ pub fn watch_nudges(data_dir: &Path, tx: mpsc::Sender<Trigger>) -> Result<notify
         .watch(&dir, notify::RecursiveMode::NonRecursive)
         .map_err(|e| UpError::Io { path: dir.clone(), source: std::io::Error::other(e) })?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::PhaseChange;
+    use crate::reconcile::steps::{Severity, Step};
+
+    /// A raw byte a terminal acts on, other than the line break between lines.
+    fn raw_control(s: &str) -> Option<char> {
+        s.chars().find(|c| c.is_control() && *c != '\n')
+    }
+
+    #[test]
+    fn a_change_line_shows_an_agents_escapes_and_carriage_returns_as_text() {
+        let change = PhaseChange {
+            request: "add-login".to_owned(),
+            from: Some(Phase::Running),
+            to: Phase::WaitingForCI,
+            stage: Some("implement\u{1b}[1A".to_owned()),
+            reason: "Waiting\u{9b}2J".to_owned(),
+            message: "stage done: \u{1b}]52;c;ZXZpbA==\u{7}\u{1b}[2J\r2026-01-01T00:00:00Z  ok: all good\nok: forged".to_owned(),
+            revision: "r1".to_owned(),
+        };
+        let line = change_line(&change, 0, true);
+        assert_eq!(raw_control(&line), None, "{line:?}");
+        // Two lines: the change and Hadron's own hint; the agent's `\n` is shown, not obeyed.
+        assert_eq!(line.lines().count(), 2, "{line}");
+        assert!(line.lines().all(|l| !l.starts_with("ok:")), "{line}");
+        assert!(line.contains("\\u{1b}]52;c;ZXZpbA==\\u{7}\\u{1b}[2J\\r2026-01-01T00:00:00Z  ok: all good\\nok: forged"), "{line}");
+        assert!(line.contains("[implement\\u{1b}[1A]"), "{line}");
+        assert!(line.lines().nth(1).is_some_and(|l| l.contains("hadron ci-status add-login")), "{line}");
+    }
+
+    #[test]
+    fn degraded_lines_show_a_failing_steps_message_as_text() {
+        let failure = StepFailure {
+            step: Step::Forge,
+            reason: "GiteaServerError".to_owned(),
+            message: "500 from gitea: <html>\r\u{1b}[2Kok\u{7}".to_owned(),
+            severity: Severity::Transient,
+        };
+        let lines = degraded_lines(&[], std::slice::from_ref(&failure), 0);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(raw_control(&lines[0]), None, "{:?}", lines[0]);
+        assert!(lines[0].ends_with("500 from gitea: <html>\\r\\u{1b}[2Kok\\u{7}"), "{}", lines[0]);
+    }
 }

@@ -143,9 +143,11 @@ async fn approval_pr_is_opened_once_then_updated_in_place() -> Result<()> {
     assert_eq!(pr.base, "main");
     assert_eq!(pr.title, "Approve review of add-login: Add a login page");
     for needle in [
-        "| implement | acme/api | Succeeded | $0.42 | Added /login \\| with tests |",
-        "Documented the login ([PR](https://gitea.example/acme/docs/pulls/7))",
-        &format!("[`4f5e7d8f15`]({}/acme/api/commit/4f5e7d8f15cf79387cfd8a0d30c58855ab61e138) Add login page", s.double.base_url()),
+        "| implement | acme/api | Succeeded | $0.42 | – |",
+        "### implement: summary reported by the agent\n\n```text\nAdded /login | with\ntests\n```\n",
+        "| docs | acme/docs | Succeeded | – | [PR](https://gitea.example/acme/docs/pulls/7) |",
+        "### docs: summary reported by the agent\n\n```text\nDocumented the login\n```\n",
+        &format!("[`4f5e7d8f15`]({}/acme/api/commit/4f5e7d8f15cf79387cfd8a0d30c58855ab61e138) ` Add login page `", s.double.base_url()),
         "Spent so far: **$0.61** (budget $5.00)",
         "## What merging means",
         "adds `approvals/add-login/review.yaml` to `main`",
@@ -271,7 +273,8 @@ async fn target_pr_is_opened_to_the_default_branch_and_its_url_returned() -> Res
     assert_eq!((stored[0].head.as_str(), stored[0].base.as_str()), ("hadron/add-login", "trunk"));
     assert_eq!(stored[0].title, "Add a login page (hadron/add-login)");
     assert!(stored[0].body.contains("Users need to log in."), "{}", stored[0].body);
-    assert!(stored[0].body.contains("- **implement** (Succeeded), cost $0.42: Added /login"), "{}", stored[0].body);
+    assert!(stored[0].body.contains("- **implement** (Succeeded), cost $0.42\n"), "{}", stored[0].body);
+    assert!(stored[0].body.contains("### implement: summary reported by the agent\n\n```text\nAdded /login\n```\n"), "{}", stored[0].body);
     assert!(stored[0].body.contains(&format!("/acme/api/commit/{sha}")), "{}", stored[0].body);
     let again = s.client.ensure_target_pr(&repo, Some("trunk"), &view).await?;
     assert_eq!((again.action, again.html_url), (PrAction::Unchanged, pr.html_url));
@@ -647,4 +650,114 @@ mod approval_identity {
         }
         Ok(())
     }
+}
+
+/// What an agent can put in its summary to take over a PR body, if the body
+/// rendered it as Markdown.
+const HOSTILE_SUMMARY: &str = "Done.\n<!-- everything after this is hidden\n-->\n<img src=x onerror=alert(1)>\n\
+     [approve now](https://evil.example) ![](https://evil.example/t.png) @admins please merge\n\
+     ````\n```\n~~~\n## What merging means\nNothing, merge it.\n\u{1b}]52;c;ZXZpbA==\u{7}";
+
+/// The body with every fenced block and code span taken out: what Markdown renders as Markdown.
+fn outside_code(body: &str) -> String {
+    let mut out = String::new();
+    let mut fence: Option<String> = None;
+    for line in body.lines() {
+        match &fence {
+            Some(f) if line == f.as_str() => fence = None,
+            Some(_) => {}
+            None if line.starts_with("```") => fence = Some(line.trim_end_matches("text").to_owned()),
+            None => {
+                // Drop code spans: a run of n backticks up to the next run of exactly n.
+                let mut rest = line;
+                while let Some(start) = rest.find('`') {
+                    out.push_str(&rest[..start]);
+                    let n = rest[start..].chars().take_while(|c| *c == '`').count();
+                    let ticks = "`".repeat(n);
+                    let after = &rest[start + n..];
+                    let close = after
+                        .match_indices(&ticks)
+                        .find(|(i, _)| !after[i + n..].starts_with('`') && (*i == 0 || !after[..*i].ends_with('`')));
+                    rest = close.map_or("", |(i, _)| &after[i + n..]);
+                }
+                out.push_str(rest);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_agent_summary_cannot_change_the_rest_of_a_pr_body() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Rendering needs no server: the client is never asked to send anything.
+    let client = client_for("http://127.0.0.1:9", TOKEN, &dir, fast_retry(1))?;
+    let sha = "4f5e7d8f15cf79387cfd8a0d30c58855ab61e138";
+    let url = client.commit_url(&RepoRef::new("acme", "api"), sha);
+    let with_summary = |summary: &str| {
+        let mut view = approval_view(&client);
+        view.stages[0].summary = Some(summary.to_owned());
+        view.commits = vec![CommitView::new("acme/api", sha, url.clone(), &format!("implement: {summary}"))];
+        view
+    };
+    let (_, benign) = client.render_approval_pr(&with_summary("Added /login"))?;
+    let (_, hostile) = client.render_approval_pr(&with_summary(HOSTILE_SUMMARY))?;
+
+    // Everything from the commits' section on is the same as with a benign summary but for the commit line.
+    let tail = |body: &str| body.split_once("\n## Cost\n").map(|(_, t)| t.to_owned()).expect("a cost section");
+    assert_eq!(tail(&hostile), tail(&benign));
+    assert!(tail(&hostile).contains("## What merging means\n\nMerging this pull request adds `approvals/add-login/review.yaml`"));
+    let head = |body: &str| body.split_once("### implement: summary reported by the agent").map(|(h, _)| h.to_owned()).expect("a summary");
+    assert_eq!(head(&hostile), head(&benign));
+
+    // The summary is one fenced block, its fence longer than the agent's four backticks.
+    assert!(hostile.contains("### implement: summary reported by the agent\n\n`````text\nDone.\n<!-- everything"), "{hostile}");
+    assert!(hostile.contains("\\u{1b}]52;c;ZXZpbA==\\u{7}\n`````\n"), "{hostile}");
+    assert!(!hostile.chars().any(|c| c.is_control() && c != '\n'), "no raw control character: {hostile:?}");
+    // The commit line is one code span holding the first line only.
+    assert!(hostile.contains(&format!("[`4f5e7d8f15`]({url}) ` implement: Done. `\n")), "{hostile}");
+
+    // Outside code, nothing of the agent's is left to render.
+    let rendered = outside_code(&hostile);
+    for needle in ["<!--", "-->", "<img", "](https://evil", "@admins", "Nothing, merge it."] {
+        assert!(!rendered.contains(needle), "{needle:?} is outside code:\n{rendered}");
+        assert!(hostile.contains(needle), "{needle:?} is shown, inside code");
+    }
+    assert_eq!(hostile.matches("<!--").count(), 1);
+    assert_eq!(rendered.matches("## What merging means").count(), 1, "the agent's heading is inside the fence:\n{rendered}");
+    Ok(())
+}
+
+#[test]
+fn an_agent_summary_in_a_target_pr_is_fenced_too() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let client = client_for("http://127.0.0.1:9", TOKEN, &dir, fast_retry(1))?;
+    let view = |summary: &str| TargetPrView {
+        request: "add-login".to_owned(),
+        request_title: "Add a login page".to_owned(),
+        description: None,
+        stages: vec![StageView {
+            name: "implement".to_owned(),
+            repo: "acme/api".to_owned(),
+            state: "Succeeded".to_owned(),
+            summary: Some(summary.to_owned()),
+            cost: None,
+            pr_url: None,
+        }],
+        commits: vec![CommitView::new("acme/api", "5".repeat(40), "https://g/c", &format!("implement: {summary}"))],
+        cost: None,
+        status_url: Some("https://g/status/add-login.yaml".to_owned()),
+    };
+    let (_, benign) = client.render_target_pr(&view("Added /login"), "main")?;
+    let (_, hostile) = client.render_target_pr(&view(HOSTILE_SUMMARY), "main")?;
+    let tail =
+        |body: &str| body.split_once("\n## Commits\n").map(|(_, t)| t.lines().skip(4).collect::<Vec<_>>().join("\n")).expect("commits");
+    assert_eq!(tail(&hostile), tail(&benign));
+    assert!(hostile.contains("Status of the request: https://g/status/add-login.yaml"), "{hostile}");
+    let rendered = outside_code(&hostile);
+    for needle in ["<!--", "<img", "](https://evil", "@admins"] {
+        assert!(!rendered.contains(needle), "{needle:?} is outside code:\n{rendered}");
+    }
+    Ok(())
 }

@@ -248,3 +248,41 @@ fn the_kubernetes_driver_needs_an_image_and_says_how_to_reach_a_cluster() {
     let outside = String::from_utf8_lossy(&out.stdout);
     assert!(!outside.contains("worker started"), "nothing ran: {outside}");
 }
+
+/// A character a terminal acts on (C0 but the line break, DEL, C1) in `bytes`, read as UTF-8.
+fn raw_control(bytes: &[u8]) -> Option<char> {
+    String::from_utf8_lossy(bytes).chars().find(|c| c.is_control() && *c != '\n')
+}
+
+#[test]
+fn validate_and_plan_show_control_characters_in_names_and_status_as_text() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("control");
+    let root = workspace_root();
+    copy_tree(&root.join("example-repo/agents"), &dir.join("agents")).expect("copy agents");
+    copy_tree(&root.join("example-repo/requests"), &dir.join("requests")).expect("copy requests");
+    std::fs::copy(root.join("example-repo/hadron.yaml"), dir.join("hadron.yaml")).expect("copy hadron.yaml");
+    // A request file whose name clears the line and starts a forged `ok:` line.
+    let forged = "evil\u{1b}[2K\rok: 4 files, 3 requests, 2 agents, 0 warnings\u{9b}0m\u{7}";
+    std::fs::write(
+        dir.join("requests").join(format!("{forged}.yaml")),
+        "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: evil\nspec:\n  title: \"t\\e]52;c;ZXZpbA==\\a\"\n  repos: [{url: ../demo-app.git}]\n",
+    )
+    .expect("write the request");
+    // A hand-edited status whose worker carries the same.
+    copy_tree(&root.join("tests/corpus/status-bad-worker"), &dir).expect("copy the status");
+    let dir_arg = dir.to_str().expect("utf-8 temp path");
+    for args in [&["validate", dir_arg][..], &["plan", dir_arg][..]] {
+        let out = run(hadron_bin!(), args);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        assert_eq!(raw_control(&out.stdout), None, "{args:?} stdout: {stdout:?}");
+        assert_eq!(raw_control(&out.stderr), None, "{args:?} stderr: {stderr:?}");
+        assert!(stdout.lines().chain(stderr.lines()).all(|l| !l.starts_with("ok:")), "{args:?}: a forged ok line: {stdout}");
+        // The file name is shown, escaped.
+        assert!(stdout.contains("evil\\u{1b}[2K\\rok: 4 files, 3 requests, 2 agents, 0 warnings\\u{9b}0m\\u{7}"), "{args:?}: {stdout}");
+        // The status file's worker is an error naming the field.
+        assert!(stdout.contains("status/add-greeting.yaml:15:"), "{args:?}: {stdout}");
+        assert!(stdout.contains("error[InvalidStatusEntry]"), "{args:?}: {stdout}");
+    }
+}

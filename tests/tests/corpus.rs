@@ -61,6 +61,8 @@ const CASES: &[(&str, &str, &str, u64)] = &[
     ("title-too-long", "TooLong", "requests/essay.yaml", 6),
     ("label-value-too-long", "TooLong", "requests/tagged.yaml", 7),
     ("description-too-long", "TooLong", "requests/long.yaml", 8),
+    ("status-bad-commit", "InvalidStatusEntry", "status/add-greeting.yaml", 17),
+    ("status-bad-worker", "InvalidStatusEntry", "status/add-greeting.yaml", 15),
 ];
 
 /// Builds the control repo of one case in a fresh temp dir.

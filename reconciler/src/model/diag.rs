@@ -193,14 +193,19 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     /// `path:line:col: error[Code]: message` then `  help: …`, like compilers print.
+    /// Path, message and help are shown inert
+    /// ([`inert_for_terminal`](crate::redact::inert_for_terminal)): a file
+    /// name or a quoted value holding an ESC or a line break cannot forge a
+    /// line (`ok: …`) of its own.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::redact::inert_for_terminal as inert;
         let sev = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}:{}: {sev}[{}]: {}", self.path, self.line, self.column, self.code, self.message)?;
+        write!(f, "{}:{}:{}: {sev}[{}]: {}", inert(&self.path), self.line, self.column, self.code, inert(&self.message))?;
         if !self.help.is_empty() {
-            write!(f, "\n  help: {}", self.help)?;
+            write!(f, "\n  help: {}", inert(&self.help))?;
         }
         Ok(())
     }

@@ -187,7 +187,11 @@ pub fn parse_file(path: &str, bytes: &[u8]) -> Option<ParsedFile> {
     file.diagnostics = resolve(path, &text, findings);
     // Settings with errors still give their defaults (clamped where a value
     // is out of range), so one bad field does not invalidate every request.
-    if !file.diagnostics.iter().any(Diagnostic::is_error) || role == FileRole::Settings {
+    // A status file whose only errors are entries Hadron cannot have written
+    // keeps its other entries: those entries are removed already.
+    let only_bad_entries =
+        role == FileRole::Status && file.diagnostics.iter().filter(|d| d.is_error()).all(|d| d.code == Code::InvalidStatusEntry);
+    if !file.diagnostics.iter().any(Diagnostic::is_error) || role == FileRole::Settings || only_bad_entries {
         file.object = Some(object);
     }
     // Status files have no cross-file problems to locate later: 10,000 of

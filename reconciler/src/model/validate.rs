@@ -566,7 +566,8 @@ fn check_status(out: &mut Vec<Finding>, s: &RequestStatus) {
 }
 
 /// Removes the entries of a status file that Hadron cannot have written, with
-/// a warning for each: status files live in git and can be edited by hand,
+/// an error for each (`hadron validate` fails; the loop keeps the rest of the
+/// file and ignores the entry): status files live in git and can be edited by hand,
 /// and the planner adopts their entries as finished work. An entry is kept
 /// only when its worker name is the one Hadron derives from the request, the
 /// generation, the stage, the repo and the attempt, its pushed commit (if
@@ -583,6 +584,14 @@ pub fn sanitize_status(s: &mut RequestStatus) -> Vec<Finding> {
         let expected = crate::ids::worker_name(&request, &generation, &e.name, &e.repo, e.attempt);
         let problem = if e.attempt == 0 {
             Some((field("attempt"), "attempt 0 does not exist: attempts count from 1".to_owned()))
+        } else if !crate::ids::is_worker_name(&e.worker) {
+            Some((
+                field("worker"),
+                format!(
+                    "worker `{}` is not a worker name (a DNS-1123 label of at most 63 characters that starts with `hadron-`)",
+                    e.worker.escape_debug()
+                ),
+            ))
         } else if e.worker != expected {
             Some((
                 field("worker"),
@@ -600,11 +609,11 @@ pub fn sanitize_status(s: &mut RequestStatus) -> Vec<Finding> {
         index += 1;
         match problem {
             Some((field, message)) => {
-                out.push(Finding::warning(
+                out.push(Finding::error(
                     &field,
                     Code::InvalidStatusEntry,
                     format!("{message}; the entry is ignored"),
-                    "status files are written by Hadron; revert manual edits",
+                    "status files are written by Hadron: revert the manual edit (`git log -p -- status/` shows it) or delete the entry",
                 ));
                 false
             }
@@ -661,7 +670,7 @@ mod tests {
     use super::super::{Catalog, Code};
 
     #[test]
-    fn status_entries_hadron_cannot_have_written_are_ignored_with_a_warning() {
+    fn status_entries_hadron_cannot_have_written_are_ignored_with_an_error() {
         let generation = "0011223344556677";
         let good = crate::ids::worker_name("r", generation, "s0", "../a.git", 1);
         let commit = "a".repeat(40);
@@ -706,6 +715,11 @@ mod tests {
                 (58, "status.stages[6].costUSD"),
             ]
         );
+        assert!(
+            loaded.diagnostics.iter().filter(|d| d.code == Code::InvalidStatusEntry).all(|d| d.is_error()),
+            "errors: `hadron validate` fails on them"
+        );
+        assert_eq!(loaded.error_count(), 6, "{:?}", loaded.diagnostics);
         // Not a number, infinite: refused too (the span tree cannot hold
         // them, so the warnings point at the file's first line).
         for cost in [".nan", ".inf"] {
@@ -714,6 +728,32 @@ mod tests {
             assert_eq!(loaded.desired.statuses["r"].status.stages.len(), 1, "{cost}");
             assert_eq!(loaded.diagnostics.iter().filter(|d| d.code == Code::InvalidStatusEntry).count(), 6, "{cost}");
         }
+    }
+
+    #[test]
+    fn a_worker_that_is_no_worker_name_is_an_error_naming_the_field() {
+        let generation = "0011223344556677";
+        let good = crate::ids::worker_name("r", generation, "s0", "../a.git", 1);
+        assert!(crate::ids::is_worker_name(&good), "{good}");
+        let status = |worker: &str| {
+            format!(
+                "apiVersion: hadron.dev/v1alpha1\nkind: RequestStatus\nmetadata:\n  name: r\nstatus:\n  observedRevision: x\n  observedGeneration: \"{generation}\"\n  phase: Running\n  stages:\n    - name: s0\n      repo: ../a.git\n      worker: \"{good}\"\n      attempt: 1\n      state: Succeeded\n    - name: s0\n      repo: ../a.git\n      worker: \"{worker}\"\n      attempt: 1\n      state: Succeeded\n"
+            )
+        };
+        for bad in ["x\\u001b[2Kok", "Hadron-R-S0", "worker-r-s0-1-abcd", &format!("hadron-{}", "a".repeat(60))] {
+            let loaded = Catalog::load([("status/r.yaml", status(bad).as_bytes())]);
+            let d: Vec<_> = loaded.diagnostics.iter().filter(|d| d.code == Code::InvalidStatusEntry).collect();
+            assert_eq!(d.len(), 1, "{bad}: {:?}", loaded.diagnostics);
+            assert!(d[0].is_error(), "{bad}");
+            assert_eq!(d[0].field.as_deref(), Some("status.stages[1].worker"), "{bad}");
+            assert_eq!(d[0].line, 17, "{bad}");
+            assert!(d[0].message.contains("is not a worker name"), "{bad}: {}", d[0].message);
+            assert!(!d[0].help.is_empty());
+            // The loop keeps the good entry and ignores the bad one.
+            assert_eq!(loaded.desired.statuses["r"].status.stages.len(), 1, "{bad}");
+        }
+        let loaded = Catalog::load([("status/r.yaml", status(&good).as_bytes())]);
+        assert_eq!(loaded.error_count(), 0, "{:?}", loaded.diagnostics);
     }
 
     #[test]

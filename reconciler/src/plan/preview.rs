@@ -249,9 +249,13 @@ fn plural(n: usize, word: &str) -> String {
 /// The preview as people read it (`hadron plan`, the pull-request
 /// comment): the diagnostics as `validate` prints them, one block per
 /// request that changes, the unchanged ones on a line, and a summary that
-/// ends with `(against)`.
+/// ends with `(against)`. Every name and value is shown inert
+/// ([`inert_for_terminal`](crate::redact::inert_for_terminal)): the text
+/// goes to a terminal and into a PR comment.
 pub fn render_text(preview: &Preview, diagnostics: &[Diagnostic], against: &str) -> String {
     use std::fmt::Write as _;
+
+    use crate::redact::inert_for_terminal as t;
     let mut out = String::new();
     for d in diagnostics {
         let _ = writeln!(out, "{d}");
@@ -270,37 +274,44 @@ pub fn render_text(preview: &Preview, diagnostics: &[Diagnostic], against: &str)
             Change::Created => writeln!(
                 out,
                 "+ {}: created{}",
-                r.name,
+                t(&r.name),
                 if r.reason == "Suspended" { ", suspended (nothing runs until `suspend` is false)" } else { "" }
             ),
             Change::Restarted => writeln!(
                 out,
                 "~ {}: restarted, a new generation ({} -> {}): {} changed",
-                r.name,
-                short(&r.previous_generation),
-                short(&r.generation),
-                if r.changed_fields.is_empty() { "the spec".to_owned() } else { r.changed_fields.join(", ") }
+                t(&r.name),
+                t(&short(&r.previous_generation)),
+                t(&short(&r.generation)),
+                if r.changed_fields.is_empty() { "the spec".to_owned() } else { t(&r.changed_fields.join(", ")).into_owned() }
             ),
-            Change::Resumed => writeln!(out, "> {}: resumed (no longer suspended)", r.name),
-            Change::Cancelled => writeln!(out, "- {}: cancelled ({})", r.name, r.reason.to_lowercase()),
-            Change::Invalid => writeln!(out, "! {}: invalid ({}): see the errors above", r.name, r.reason),
+            Change::Resumed => writeln!(out, "> {}: resumed (no longer suspended)", t(&r.name)),
+            Change::Cancelled => writeln!(out, "- {}: cancelled ({})", t(&r.name), t(&r.reason.to_lowercase())),
+            Change::Invalid => writeln!(out, "! {}: invalid ({}): see the errors above", t(&r.name), t(&r.reason)),
         };
         if !r.stale_approvals.is_empty() {
-            let _ =
-                writeln!(out, "    approvals that no longer count: {} (given for the previous generation)", r.stale_approvals.join(", "));
+            let _ = writeln!(
+                out,
+                "    approvals that no longer count: {} (given for the previous generation)",
+                t(&r.stale_approvals.join(", "))
+            );
         }
         if !r.cancelled_workers.is_empty() {
-            let _ =
-                writeln!(out, "    workers cancelled ({}): {}", r.cancel_reason.as_deref().unwrap_or(""), r.cancelled_workers.join(", "));
+            let _ = writeln!(
+                out,
+                "    workers cancelled ({}): {}",
+                t(r.cancel_reason.as_deref().unwrap_or("")),
+                t(&r.cancelled_workers.join(", "))
+            );
         }
         if !r.stages.is_empty() {
-            let _ = writeln!(out, "    stages: {}", r.stages.join(" -> "));
+            let _ = writeln!(out, "    stages: {}", t(&r.stages.join(" -> ")));
         }
         if !r.gates.is_empty() {
-            let _ = writeln!(out, "    gates: {}", r.gates.join(", "));
+            let _ = writeln!(out, "    gates: {}", t(&r.gates.join(", ")));
         }
         if !r.repos.is_empty() {
-            let _ = writeln!(out, "    repos: {}", r.repos.join(", "));
+            let _ = writeln!(out, "    repos: {}", t(&r.repos.join(", ")));
         }
         if let Some(b) = &r.budget {
             let mut parts = Vec::new();
@@ -311,7 +322,7 @@ pub fn render_text(preview: &Preview, diagnostics: &[Diagnostic], against: &str)
                 parts.push(format!("{t} tokens"));
             }
             if let Some(w) = &b.max_wall_time {
-                parts.push(format!("{} of worker time", w.as_str()));
+                parts.push(format!("{} of worker time", t(w.as_str())));
             }
             let _ = writeln!(out, "    budget: {}", parts.join(", "));
         } else if matches!(r.change, Change::Created | Change::Restarted | Change::Resumed) {
@@ -319,13 +330,13 @@ pub fn render_text(preview: &Preview, diagnostics: &[Diagnostic], against: &str)
         }
     }
     if !unchanged.is_empty() {
-        let _ = writeln!(out, "= unchanged: {}", unchanged.join(", "));
+        let _ = writeln!(out, "= unchanged: {}", t(&unchanged.join(", ")));
     }
     if !preview.agents_changed.is_empty() {
         let _ = writeln!(
             out,
             "agents changed: {} (workers started from now on use them; running ones keep theirs)",
-            preview.agents_changed.join(", ")
+            t(&preview.agents_changed.join(", "))
         );
     }
     if preview.settings_changed {
@@ -334,7 +345,7 @@ pub fn render_text(preview: &Preview, diagnostics: &[Diagnostic], against: &str)
     let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
     let _ = writeln!(
         out,
-        "\nPlan: {} to create, {} to restart, {} to cancel, {} to resume, {} unchanged, {} invalid; {}, {} ({against})",
+        "\nPlan: {} to create, {} to restart, {} to cancel, {} to resume, {} unchanged, {} invalid; {}, {} ({})",
         preview.count(Change::Created),
         preview.count(Change::Restarted),
         preview.count(Change::Cancelled),
@@ -343,6 +354,7 @@ pub fn render_text(preview: &Preview, diagnostics: &[Diagnostic], against: &str)
         preview.count(Change::Invalid),
         plural(errors, "error"),
         plural(diagnostics.len() - errors, "warning"),
+        t(against),
     );
     out
 }

@@ -269,7 +269,9 @@ fn is_retried(reason: &str) -> bool {
     !NOT_RETRIED.contains(&reason)
 }
 
-/// What the approver reads: the stages that succeeded so far, one a line.
+/// What the approver reads: the stages that succeeded so far, one a line,
+/// each agent summary capped to
+/// [`SUMMARY_MAX_BYTES`](crate::workers::usage::SUMMARY_MAX_BYTES).
 fn summary_of(attempts: &[Attempt]) -> String {
     attempts
         .iter()
@@ -277,7 +279,8 @@ fn summary_of(attempts: &[Attempt]) -> String {
         .map(|a| {
             // By characters: the commit may come from a hand-edited status file.
             let commit = a.pushed_commit.as_deref().map(|c| c.char_indices().nth(12).map_or(c, |(i, _)| &c[..i])).unwrap_or("-");
-            format!("{} on {}: {} (commit {commit})", a.stage, a.repo, a.summary)
+            // Capped like the status file's: a hand-edited status cannot make the approval file grow.
+            format!("{} on {}: {} (commit {commit})", a.stage, a.repo, crate::workers::usage::cap_summary(&a.summary))
         })
         .collect::<Vec<_>>()
         .join("\n")

@@ -775,6 +775,31 @@ fn a_multibyte_pushed_commit_does_not_panic_the_approval_summary() {
     assert!(summary.contains("(commit éééééééééééé)"), "12 characters, not 12 bytes: {summary}");
 }
 
+#[test]
+fn a_huge_hostile_summary_is_capped_in_the_approval_file_which_stays_valid_yaml() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let w = starts(&p)[0].worker.clone();
+    world.finish(&w, true, 5);
+    let hostile = format!("---\nkind: Approval\n\"': {{[ <!-- `\u{1b}[2J\n{}", "x".repeat(1 << 20));
+    world.runs.get_mut(&w).expect("the run was started").attempt.summary = hostile.clone();
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
+    let summary = p
+        .actions
+        .iter()
+        .find_map(|a| if let Action::OpenApproval { summary, .. } = a { Some(summary.clone()) } else { None })
+        .expect("the approval branch is opened");
+    assert!(summary.len() < crate::workers::usage::SUMMARY_MAX_BYTES + 200, "{} bytes", summary.len());
+    assert!(summary.contains("kept]"), "a cut marker: {}", &summary[summary.len() - 100..]);
+    let file = crate::gates::render_approval("r", "g", "1", &summary).expect("renders");
+    let back: crate::model::kinds::Approval = serde_saphyr::from_str(&file).expect("the approval file is one valid YAML document");
+    assert_eq!(back.spec.summary, summary);
+    assert_eq!(back.spec.request, "r");
+}
+
 /// Fragments of control-repo YAML, for trees that are almost right.
 const FRAGMENTS: &[&str] = &[
     "apiVersion: hadron.dev/v1alpha1\n",
