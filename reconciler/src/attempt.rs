@@ -88,3 +88,39 @@ pub const MAX_COST_USD_PER_ATTEMPT: f64 = 1_000_000.0;
 pub fn cost_is_sane(cost: f64) -> bool {
     cost.is_finite() && (0.0..=MAX_COST_USD_PER_ATTEMPT).contains(&cost)
 }
+
+/// The reason an attempt fails with when its usage report is refused.
+pub const INVALID_USAGE_REPORT: &str = "InvalidUsageReport";
+
+/// Most bytes of a summary (or a result's message) kept, marker included:
+/// what the status file, the approval branch and the dashboard carry.
+pub const SUMMARY_MAX_BYTES: usize = 4 << 10;
+/// Room [`cap_summary`] leaves for its marker.
+const SUMMARY_MARKER_BYTES: usize = 64;
+
+/// `text` if it fits [`SUMMARY_MAX_BYTES`]; else its start, cut on a
+/// character boundary, and a marker saying how much there was:
+/// `… [cut: 3.0 MiB reported, 4.0 KiB kept]`. The result never exceeds
+/// [`SUMMARY_MAX_BYTES`].
+pub fn cap_summary(text: &str) -> String {
+    if text.len() <= SUMMARY_MAX_BYTES {
+        return text.to_owned();
+    }
+    let kept = text.floor_char_boundary(SUMMARY_MAX_BYTES - SUMMARY_MARKER_BYTES);
+    format!("{}… [cut: {} reported, {} kept]", &text[..kept], human_bytes(text.len() as u64), human_bytes(kept as u64))
+}
+
+/// A size for people: `1.5 GiB`, `300 MiB`, `12 KiB`, `7 B`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}

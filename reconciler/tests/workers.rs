@@ -688,14 +688,17 @@ fn the_worker_stays_small_while_its_agent_prints_one_endless_line() {
 fn a_required_sandbox_that_cannot_run_runs_no_agent_and_says_why() {
     let fx = Fixture::new();
     let spec = RunSpec { sandbox: hadron::workers::spec::SandboxMode::Required, ..fx.spec("implement", sh("echo ran > ran.txt")) };
+    // The real binary, on a machine without bubblewrap.
+    let without_bwrap = |run_json: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_hadron"))
+            .args(["worker", "--run"])
+            .arg(run_json)
+            .env("HADRON_BWRAP", "/nonexistent/bwrap")
+            .status()
+            .expect("the worker runs")
+    };
     let run_json = fx.run_json(&spec);
-    let status = Command::new(env!("CARGO_BIN_EXE_hadron"))
-        .args(["worker", "--run"])
-        .arg(&run_json)
-        .env("HADRON_BWRAP", "/nonexistent/bwrap")
-        .status()
-        .expect("the worker runs");
-    assert!(!status.success());
+    assert!(!without_bwrap(&run_json).success());
     let result = RunResult::read(&run_json.with_file_name("result.json")).expect("a result");
     assert_eq!(result.reason, "SandboxUnavailable", "{result:?}");
     assert!(result.message.contains("sandbox: required") && result.message.contains("bubblewrap"), "{}", result.message);
@@ -704,13 +707,7 @@ fn a_required_sandbox_that_cannot_run_runs_no_agent_and_says_why() {
     // Preferred: the agent runs, and the result says it ran unconfined.
     let spec = RunSpec { worker: format!("{}-p", spec.worker), ..fx.spec("implement", sh("echo ran > ran.txt")) };
     let run_json = fx.run_json(&spec);
-    let status = Command::new(env!("CARGO_BIN_EXE_hadron"))
-        .args(["worker", "--run"])
-        .arg(&run_json)
-        .env("HADRON_BWRAP", "/nonexistent/bwrap")
-        .status()
-        .expect("the worker runs");
-    assert!(status.success());
+    assert!(without_bwrap(&run_json).success());
     let result = RunResult::read(&run_json.with_file_name("result.json")).expect("a result");
     assert!(result.unconfined.as_deref().is_some_and(|why| why.contains("not installed")), "{result:?}");
 }

@@ -552,7 +552,9 @@ fn while_workers_run_status_commits_wait_for_the_interval_and_not_once_none_runs
     example_without_requests(root);
     seed_only(root);
     let control = root.join(".hadron/repos/control.git");
-    let go = root.join("go");
+    // The word to go is given in the one folder of the test shared with the agents' sandboxes.
+    std::fs::create_dir_all(hadron_tests::witness_dir(root)).expect("witness dir");
+    let go = hadron_tests::witness_dir(root).join("go");
     // Ten minutes: nothing but the end of the last worker publishes the
     // second change within this test.
     let live = Live::start(

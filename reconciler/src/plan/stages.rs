@@ -262,7 +262,7 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
 /// absurd figure, a report too big to read). The agent did run, so a retry
 /// would spend again for a report that is as likely refused again, and what
 /// the refused one cost is unknown.
-const NOT_RETRIED: &[&str] = &[crate::workers::usage::INVALID_USAGE_REPORT, "SandboxUnavailable"];
+const NOT_RETRIED: &[&str] = &[crate::attempt::INVALID_USAGE_REPORT, "SandboxUnavailable"];
 
 /// Whether a failed attempt with `reason` may be followed by another.
 fn is_retried(reason: &str) -> bool {
@@ -271,7 +271,7 @@ fn is_retried(reason: &str) -> bool {
 
 /// What the approver reads: the stages that succeeded so far, one a line,
 /// each agent summary capped to
-/// [`SUMMARY_MAX_BYTES`](crate::workers::usage::SUMMARY_MAX_BYTES).
+/// [`SUMMARY_MAX_BYTES`](crate::attempt::SUMMARY_MAX_BYTES).
 fn summary_of(attempts: &[Attempt]) -> String {
     attempts
         .iter()
@@ -280,7 +280,7 @@ fn summary_of(attempts: &[Attempt]) -> String {
             // By characters: the commit may come from a hand-edited status file.
             let commit = a.pushed_commit.as_deref().map(|c| c.char_indices().nth(12).map_or(c, |(i, _)| &c[..i])).unwrap_or("-");
             // Capped like the status file's: a hand-edited status cannot make the approval file grow.
-            format!("{} on {}: {} (commit {commit})", a.stage, a.repo, crate::workers::usage::cap_summary(&a.summary))
+            format!("{} on {}: {} (commit {commit})", a.stage, a.repo, crate::attempt::cap_summary(&a.summary))
         })
         .collect::<Vec<_>>()
         .join("\n")

@@ -365,28 +365,5 @@ mod tests {
         assert_eq!(stored.get("unconfined"), None, "a confined run stores nothing extra");
         let unconfined = update_of(&Attempt { unconfined: true, ..a }, 3).result.expect("a result");
         assert_eq!(unconfined["unconfined"], true, "an unconfined run says so in the store, and so in the status");
-        let store_row = crate::store::Attempt { result: Some(unconfined), ..sample_store_attempt() };
-        assert!(crate::reconcile::observe::from_store(&store_row, "a").unconfined);
-    }
-
-    fn sample_store_attempt() -> crate::store::Attempt {
-        crate::store::Attempt {
-            worker_name: "w".into(),
-            request: "r".into(),
-            generation: "g".into(),
-            stage: "s".into(),
-            repo: "../a.git".into(),
-            attempt: 1,
-            driver: "local".into(),
-            state: AttemptState::Succeeded,
-            created_at: 1,
-            started_at: Some(1),
-            finished_at: Some(2),
-            cost_usd: None,
-            tokens_in: None,
-            tokens_out: None,
-            result: None,
-            pushed_commit: None,
-        }
     }
 }

@@ -353,5 +353,8 @@ mod tests {
         };
         let planned = from_store(&stored, "a");
         assert_eq!((planned.tokens_in, planned.tokens_out, planned.tokens()), (3, 4, 7));
+        assert!(!planned.unconfined);
+        let unconfined = store::Attempt { result: Some(serde_json::json!({ "reason": "Completed", "unconfined": true })), ..stored };
+        assert!(from_store(&unconfined, "a").unconfined, "an unconfined run read back from the store is still marked");
     }
 }

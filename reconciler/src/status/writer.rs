@@ -469,18 +469,7 @@ impl StatusWriter {
             return Ok(None);
         }
 
-        let author = &self.config.author;
-        let signature = gix::actor::Signature {
-            name: author.name.as_str().into(),
-            email: author.email.as_str().into(),
-            time: gix::date::Time::now_utc(),
-        };
-        let mut time_buf = gix::date::parse::TimeBuf::default();
-        let sig_ref = signature.to_ref(&mut time_buf);
-        let commit = repo
-            .new_commit_as(sig_ref, sig_ref, commit_message(message, revision, self.config.epoch), new_tree, [head_id])
-            .map_err(|e| WriterError::git("writing the status commit", e))?
-            .id;
+        let commit = self.new_commit(&repo, commit_message(message, revision, self.config.epoch), new_tree, Some(head_id))?;
         repo.reference(PENDING_REF, commit, gix::refs::transaction::PreviousValue::Any, "hadron: prepared status commit")
             .map_err(|e| WriterError::git("recording the prepared commit", e))?;
         Ok(Some(PreparedCommit { commit: commit.to_string(), parent: head_id.to_string() }))
@@ -639,6 +628,18 @@ impl StatusWriter {
     fn write_leader_commit(&self, epoch: i64, parent: Option<gix::ObjectId>, what: &str) -> Result<gix::ObjectId, WriterError> {
         let repo = open_repo(&self.config.work_dir).map_err(|e| WriterError::git("opening the private clone", e))?;
         let tree = repo.write_object(gix::objs::Tree::empty()).map_err(|e| WriterError::git("writing the empty tree", e))?.detach();
+        let message = format!("Hadron leader, epoch {epoch}: {what}\n\n{EPOCH_TRAILER_KEY}: {epoch}\n");
+        self.new_commit(&repo, message, tree, parent)
+    }
+
+    /// Writes a commit by this writer's identity (author and committer, now).
+    fn new_commit(
+        &self,
+        repo: &gix::Repository,
+        message: String,
+        tree: gix::ObjectId,
+        parent: Option<gix::ObjectId>,
+    ) -> Result<gix::ObjectId, WriterError> {
         let author = &self.config.author;
         let signature = gix::actor::Signature {
             name: author.name.as_str().into(),
@@ -647,12 +648,7 @@ impl StatusWriter {
         };
         let mut time_buf = gix::date::parse::TimeBuf::default();
         let sig_ref = signature.to_ref(&mut time_buf);
-        let message = format!("Hadron leader, epoch {epoch}: {what}\n\n{EPOCH_TRAILER_KEY}: {epoch}\n");
-        let commit = repo
-            .new_commit_as(sig_ref, sig_ref, message, tree, parent)
-            .map_err(|e| WriterError::git("writing the leader ref's commit", e))?
-            .id;
-        Ok(commit)
+        Ok(repo.new_commit_as(sig_ref, sig_ref, message, tree, parent).map_err(|e| WriterError::git("writing a commit", e))?.id)
     }
 
     fn fetch(&self) -> Result<(), WriterError> {

@@ -15,23 +15,17 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::workspace_size::human;
 use crate::model::kinds::Pricing;
 
-pub use crate::attempt::{MAX_COST_USD_PER_ATTEMPT, MAX_TOKENS_PER_ATTEMPT, MAX_TOTAL_TOKENS_PER_ATTEMPT, cost_is_sane};
-
-/// Most bytes of a summary (or a result's message) kept, marker included:
-/// what the status file, the approval branch and the dashboard carry.
-pub const SUMMARY_MAX_BYTES: usize = 4 << 10;
-/// Room [`cap_summary`] leaves for its marker.
-const SUMMARY_MARKER_BYTES: usize = 64;
+pub use crate::attempt::{
+    INVALID_USAGE_REPORT, MAX_COST_USD_PER_ATTEMPT, MAX_TOKENS_PER_ATTEMPT, MAX_TOTAL_TOKENS_PER_ATTEMPT, SUMMARY_MAX_BYTES, cap_summary,
+    cost_is_sane,
+};
 /// Most bytes of `report.json` read: as much as the worker keeps of the
 /// agent's standard output to find a report there. A bigger report is
 /// refused (its figures cannot be read, and ignoring it would let an agent
 /// hide what it spent behind a long summary).
 pub const REPORT_MAX_BYTES: u64 = 8 << 20;
-/// The reason every [`UsageError`] gives.
-pub const INVALID_USAGE_REPORT: &str = "InvalidUsageReport";
 
 /// A usage report outside sane bounds: refused, never summed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -87,18 +81,6 @@ pub fn check(tokens_in: u64, tokens_out: u64, cost_usd: f64) -> Result<(), Usage
         return Err(UsageError::BadCost(cost_usd));
     }
     Ok(())
-}
-
-/// `text` if it fits [`SUMMARY_MAX_BYTES`]; else its start, cut on a
-/// character boundary, and a marker saying how much there was:
-/// `… [cut: 3.0 MiB reported, 4.0 KiB kept]`. The result never exceeds
-/// [`SUMMARY_MAX_BYTES`].
-pub fn cap_summary(text: &str) -> String {
-    if text.len() <= SUMMARY_MAX_BYTES {
-        return text.to_owned();
-    }
-    let kept = text.floor_char_boundary(SUMMARY_MAX_BYTES - SUMMARY_MARKER_BYTES);
-    format!("{}… [cut: {} reported, {} kept]", &text[..kept], human(text.len() as u64), human(kept as u64))
 }
 
 /// Usage reported by an agent.

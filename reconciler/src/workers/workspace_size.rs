@@ -46,20 +46,8 @@ pub(super) fn measure(roots: &[&Path]) -> Usage {
     usage
 }
 
-/// A size for people: `1.5 GiB`, `300 MiB`, `12 KiB`, `7 B`.
-pub(super) fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
+/// A size for people (the one formatter, in the shared domain).
+pub(super) use crate::attempt::human_bytes as human;
 
 /// The biggest files, named relative to `base` where they are under it.
 pub(super) fn describe(biggest: &[(u64, PathBuf)], bases: &[&Path]) -> String {
