@@ -756,8 +756,9 @@ impl Attempt {
     }
 }
 
-#[test]
-fn a_multibyte_pushed_commit_does_not_panic_the_approval_summary() {
+/// The summary of the approval branch opened after a one-stage request's
+/// first stage finished with `finished` done to its attempt.
+fn approval_summary_after(finished: impl FnOnce(&mut Attempt)) -> String {
     let cfg = PlanConfig::default();
     let mut world = World::default();
     let reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
@@ -765,34 +766,25 @@ fn a_multibyte_pushed_commit_does_not_panic_the_approval_summary() {
     world.apply(&p, 0);
     let w = starts(&p)[0].worker.clone();
     world.finish(&w, true, 5);
-    world.runs.get_mut(&w).expect("the run was started").attempt.pushed_commit = Some("ééééééééééééé".into());
+    finished(&mut world.runs.get_mut(&w).expect("the run was started").attempt);
     let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
-    let summary = p
-        .actions
+    p.actions
         .iter()
         .find_map(|a| if let Action::OpenApproval { summary, .. } = a { Some(summary.clone()) } else { None })
-        .expect("the approval branch is opened");
+        .expect("the approval branch is opened")
+}
+
+#[test]
+fn a_multibyte_pushed_commit_does_not_panic_the_approval_summary() {
+    let summary = approval_summary_after(|a| a.pushed_commit = Some("ééééééééééééé".into()));
     assert!(summary.contains("(commit éééééééééééé)"), "12 characters, not 12 bytes: {summary}");
 }
 
 #[test]
 fn a_huge_hostile_summary_is_capped_in_the_approval_file_which_stays_valid_yaml() {
-    let cfg = PlanConfig::default();
-    let mut world = World::default();
-    let reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
-    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
-    world.apply(&p, 0);
-    let w = starts(&p)[0].worker.clone();
-    world.finish(&w, true, 5);
     let hostile = format!("---\nkind: Approval\n\"': {{[ <!-- `\u{1b}[2J\n{}", "x".repeat(1 << 20));
-    world.runs.get_mut(&w).expect("the run was started").attempt.summary = hostile.clone();
-    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
-    let summary = p
-        .actions
-        .iter()
-        .find_map(|a| if let Action::OpenApproval { summary, .. } = a { Some(summary.clone()) } else { None })
-        .expect("the approval branch is opened");
-    assert!(summary.len() < crate::workers::usage::SUMMARY_MAX_BYTES + 200, "{} bytes", summary.len());
+    let summary = approval_summary_after(|a| a.summary = hostile);
+    assert!(summary.len() < crate::attempt::SUMMARY_MAX_BYTES + 200, "{} bytes", summary.len());
     assert!(summary.contains("kept]"), "a cut marker: {}", &summary[summary.len() - 100..]);
     let file = crate::gates::render_approval("r", "g", "1", &summary).expect("renders");
     let back: crate::model::kinds::Approval = serde_saphyr::from_str(&file).expect("the approval file is one valid YAML document");
