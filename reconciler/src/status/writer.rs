@@ -424,12 +424,7 @@ impl StatusWriter {
             self.fetch()?;
         }
         let repo = open_repo(&self.config.work_dir).map_err(|e| WriterError::git("opening the private clone", e))?;
-        let head_id = repo
-            .find_reference(UPSTREAM_REF)
-            .map_err(|e| WriterError::git("reading the fetched head", e))?
-            .into_fully_peeled_id()
-            .map_err(|e| WriterError::git("peeling the fetched head", e))?
-            .detach();
+        let head_id = peeled(&repo, UPSTREAM_REF)?;
         let head_tree = repo
             .find_commit(head_id)
             .map_err(|e| WriterError::git("reading the head commit", e))?
@@ -599,13 +594,7 @@ impl StatusWriter {
             });
         }
         let repo = open_repo(&self.config.work_dir).map_err(|e| WriterError::git("opening the private clone", e))?;
-        let id = repo
-            .find_reference(REMOTE_LEADER_REF)
-            .map_err(|e| WriterError::git("reading the leader ref", e))?
-            .into_fully_peeled_id()
-            .map_err(|e| WriterError::git("peeling the leader ref", e))?
-            .detach();
-        Ok(Some(id))
+        Ok(Some(peeled(&repo, REMOTE_LEADER_REF)?))
     }
 
     /// The epoch the remote's leader ref names now, when it can be read.
@@ -733,6 +722,17 @@ impl StatusWriter {
             crate::git::GitError::Failed { detail, .. } => WriterError::Push { branch: self.config.branch.clone(), detail },
         })
     }
+}
+
+/// The object a ref of the private clone points at (`refs/hadron/upstream`,
+/// `refs/hadron/remote-leader`), peeled.
+fn peeled(repo: &gix::Repository, name: &str) -> Result<gix::ObjectId, WriterError> {
+    Ok(repo
+        .find_reference(name)
+        .map_err(|e| WriterError::git("reading a ref of the private clone", e))?
+        .into_fully_peeled_id()
+        .map_err(|e| WriterError::git("peeling a ref of the private clone", e))?
+        .detach())
 }
 
 /// Open the private clone ignoring global and system git configuration.
