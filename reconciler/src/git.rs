@@ -279,6 +279,28 @@ impl Git {
         })
     }
 
+    /// [`Git::run`], with the fault point `point` (see [`crate::fault`])
+    /// reached once the command runs: the HA tests freeze a leader with
+    /// its git command in flight.
+    pub fn run_at<I, S>(&self, point: &str, args: I) -> Result<Ran, GitError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        if !crate::fault::any_armed() {
+            return self.run(args);
+        }
+        let child =
+            self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|source| GitError::Unavailable { source })?;
+        crate::fault::reach(point, Some(child.id()));
+        let out = child.wait_with_output().map_err(|source| GitError::Unavailable { source })?;
+        Ok(Ran {
+            success: out.status.success(),
+            stdout: crate::redact::url_credentials(&String::from_utf8_lossy(&out.stdout)),
+            stderr: crate::redact::url_credentials(&String::from_utf8_lossy(&out.stderr)),
+        })
+    }
+
     /// Runs `git <args>`; its standard output when it exits 0, else [`GitError::Failed`].
     pub fn run_ok<I, S>(&self, op: &'static str, args: I) -> Result<String, GitError>
     where

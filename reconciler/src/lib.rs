@@ -13,6 +13,7 @@
 pub mod attempt;
 pub mod backoff;
 pub mod cli;
+pub mod fault;
 pub mod forge;
 pub mod gates;
 pub mod git;

@@ -487,17 +487,10 @@ impl StatusWriter {
                 let next = self.write_leader_commit(ours, Some(fence), &format!("status commit {commit}"))?;
                 let lease = format!("--force-with-lease={LEADER_REF}:{fence}");
                 let leader = format!("{next}:{LEADER_REF}");
-                let output = self.run_git(&[
-                    "push",
-                    "--porcelain",
-                    "--no-verify",
-                    "--atomic",
-                    &lease,
-                    "--",
-                    &self.config.remote_url,
-                    &refspec,
-                    &leader,
-                ])?;
+                let output = self.run_git_at(
+                    "status-push",
+                    &["push", "--porcelain", "--no-verify", "--atomic", &lease, "--", &self.config.remote_url, &refspec, &leader],
+                )?;
                 match push_line(&output.stdout, LEADER_REF) {
                     Some((flag, summary)) if flag == "!" && !summary.contains("atomic push failed") => {
                         return Err(WriterError::Fenced { ours, theirs: self.remote_leader_epoch().unwrap_or(0) });
@@ -507,7 +500,7 @@ impl StatusWriter {
                 }
                 output
             }
-            _ => self.run_git(&["push", "--porcelain", "--no-verify", "--", &self.config.remote_url, &refspec])?,
+            _ => self.run_git_at("status-push", &["push", "--porcelain", "--no-verify", "--", &self.config.remote_url, &refspec])?,
         };
         let stdout = &output.stdout;
         let stderr = &output.stderr;
@@ -642,16 +635,10 @@ impl StatusWriter {
 
     fn fetch(&self) -> Result<(), WriterError> {
         let refspec = format!("+{}:{UPSTREAM_REF}", self.branch_ref());
-        let output = self.run_git(&[
-            "fetch",
-            "--no-tags",
-            "--no-write-fetch-head",
-            "--no-recurse-submodules",
-            "--quiet",
-            "--",
-            &self.config.remote_url,
-            &refspec,
-        ])?;
+        let output = self.run_git_at(
+            "status-fetch",
+            &["fetch", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules", "--quiet", "--", &self.config.remote_url, &refspec],
+        )?;
         if output.success {
             Ok(())
         } else {
@@ -717,7 +704,13 @@ impl StatusWriter {
 
     /// Run `git` on the private clone through Hadron's one git runner.
     fn run_git(&self, args: &[&str]) -> Result<crate::git::Ran, WriterError> {
-        crate::git::Git::bare(&self.config.work_dir, self.config.author.clone()).run(args).map_err(|e| match e {
+        self.run_git_at("", args)
+    }
+
+    /// [`StatusWriter::run_git`], reaching the fault point `point` (see
+    /// [`crate::fault`]) once git runs.
+    fn run_git_at(&self, point: &str, args: &[&str]) -> Result<crate::git::Ran, WriterError> {
+        crate::git::Git::bare(&self.config.work_dir, self.config.author.clone()).run_at(point, args).map_err(|e| match e {
             crate::git::GitError::Unavailable { source } => WriterError::GitUnavailable { source },
             crate::git::GitError::Failed { detail, .. } => WriterError::Push { branch: self.config.branch.clone(), detail },
         })

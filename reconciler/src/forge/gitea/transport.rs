@@ -79,10 +79,11 @@ impl GiteaClient {
                 message: format!("not tried: Gitea failed earlier in this pass ({why})"),
             });
         }
-        if method != Method::GET
-            && method != Method::HEAD
-            && let Err(lost) = self.lease.check()
-        {
+        let write = method != Method::GET && method != Method::HEAD;
+        if write {
+            crate::fault::reach("gitea-write", None);
+        }
+        if write && let Err(lost) = self.lease.check() {
             return Err(GiteaError::LeaseLost { method: method.to_string(), path, lost });
         }
         let result = self.send_with_retries(method, url, path, body).await;
