@@ -146,6 +146,17 @@ impl LeaseGuard {
         LeaseGuard(Some(GuardInner { epoch, renew_deadline: deadline, held }))
     }
 
+    /// The epoch it guards (`None` when unguarded).
+    pub fn epoch(&self) -> Option<i64> {
+        self.0.as_ref().map(|g| g.epoch)
+    }
+
+    /// The error of a lease lost for `why` (seen by someone other than
+    /// this guard's clock, e.g. the elector).
+    pub fn lost(&self, why: &str) -> LeaseLost {
+        LeaseLost { epoch: self.epoch().unwrap_or(0), why: why.to_owned() }
+    }
+
     /// Checks that the lease of `epoch` is still held for certain.
     pub fn check(&self) -> Result<(), LeaseLost> {
         let Some(g) = &self.0 else { return Ok(()) };
@@ -183,8 +194,12 @@ pub struct Elector {
 }
 
 impl Elector {
-    /// An elector for `store` (unfenced: it reads and writes the lease itself).
+    /// An elector for `store` (unfenced: it reads and writes the lease
+    /// itself), on a connection of its own: a busy pool or a reconnect of
+    /// the loop's connections never delays a renewal past the renew
+    /// deadline (which deposed healthy leaders when the pool was shared).
     pub fn new(store: Store, cfg: ElectionConfig) -> Self {
+        let store = store.on_own_connection(cfg.retry_period.max(Duration::from_millis(200))).unwrap_or(store);
         Elector { store, cfg, leading: None, held: Held::default() }
     }
 
@@ -355,13 +370,41 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loop_that_holds_every_pooled_connection_does_not_depose_its_leader() -> anyhow::Result<()> {
+        let Some(db) = TestDb::create(Kind::Postgres).await? else { return Ok(()) };
+        let outcome = async {
+            let store = db.open().await?;
+            let mut a = Elector::new(store.clone(), config("a"));
+            anyhow::ensure!(a.round().await == Leadership::Leader { epoch: 1 });
+            // The loop's pool is busy: every connection it has sits in a transaction.
+            let Some(pool) = store.postgres_pool() else { anyhow::bail!("a PostgreSQL store") };
+            let mut held = Vec::new();
+            while let Ok(Ok(tx)) = tokio::time::timeout(Duration::from_millis(300), pool.begin()).await {
+                held.push(tx);
+            }
+            anyhow::ensure!(!held.is_empty(), "the pool gave connections");
+            // Renewals go on through the election's own connection, past the renew deadline.
+            let started = Instant::now();
+            while started.elapsed() < config("a").renew_deadline + Duration::from_millis(300) {
+                anyhow::ensure!(a.round().await == Leadership::Leader { epoch: 1 }, "deposed after {:?} by a busy pool", started.elapsed());
+                tokio::time::sleep(config("a").retry_period).await;
+            }
+            drop(held);
+            Ok(())
+        }
+        .await;
+        db.cleanup().await;
+        outcome
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_leader_that_cannot_renew_stops_acting_by_its_renew_deadline() -> anyhow::Result<()> {
         let Some(db) = TestDb::create(Kind::Postgres).await? else { return Ok(()) };
         let store = db.open().await?;
         let mut a = Elector::new(store.clone(), config("a"));
         anyhow::ensure!(a.round().await == Leadership::Leader { epoch: 1 });
-        // The database goes away: renewals fail.
-        store.close().await;
+        // The election's own connection goes away: renewals fail.
+        a.store.close().await;
         let stopped = Instant::now();
         let mut rounds = 0;
         while a.round().await != (Leadership::Follower { leader: None }) {

@@ -69,6 +69,27 @@ impl Store {
         self.fence.as_ref().map(|f| f.epoch)
     }
 
+    /// This store on a connection of its own (PostgreSQL), for the leader
+    /// election: a renewal never waits for a connection the loop's writes
+    /// hold, nor behind a reconnect of the loop's pool, and gives up on a
+    /// server it cannot reach after `acquire_timeout`. Unfenced; connects on
+    /// first use.
+    pub fn on_own_connection(&self, acquire_timeout: Duration) -> Result<Store, StoreError> {
+        let options = (*self.lease_pool()?.connect_options()).clone();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options);
+        Ok(Store { pool: Pool::Postgres(pool), location: self.location.clone(), fence: None })
+    }
+
+    /// The PostgreSQL pool (tests that exhaust it).
+    #[cfg(test)]
+    pub(crate) fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        self.lease_pool().ok()
+    }
+
     fn lease_pool(&self) -> Result<&sqlx::PgPool, StoreError> {
         match &self.pool {
             Pool::Postgres(pool) => Ok(pool),
