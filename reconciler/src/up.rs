@@ -710,8 +710,10 @@ async fn run(
     if let Some(client) = forge {
         ctx = ctx.with_forge(ForgeLink::new(client, opts.poll_interval));
     }
-    // The loop stops on Ctrl-C or SIGTERM, and the moment the lease is lost.
+    // The loop stops on Ctrl-C or SIGTERM (after its pass), and the moment
+    // the lease is lost (its pass cancelled where it stands).
     let (loop_stop_tx, loop_stop_rx) = watch::channel(false);
+    let (lease_lost_tx, lease_lost_rx) = watch::channel(false);
     let lost = Arc::new(AtomicBool::new(false));
     {
         let mut stop = stop_rx.clone();
@@ -736,7 +738,10 @@ async fn run(
             };
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => {}
-                () = lease_lost => lost.store(true, std::sync::atomic::Ordering::Release),
+                () = lease_lost => {
+                    lost.store(true, std::sync::atomic::Ordering::Release);
+                    lease_lost_tx.send_replace(true);
+                }
             }
             loop_stop_tx.send_replace(true);
         });
@@ -751,7 +756,7 @@ async fn run(
     let mut last: Option<PassReport> = None;
     let exit_when_idle = opts.exit_when_idle;
     let local_forge = forge_name.is_none();
-    reconcile::run(&mut ctx, rx, loop_stop_rx, |result| {
+    reconcile::run(&mut ctx, rx, loop_stop_rx, lease_lost_rx, |result| {
         match result {
             Ok(report) => {
                 for c in &report.changes {
@@ -772,13 +777,7 @@ async fn run(
                 let _ =
                     writeln!(out, "{}  pass failed [{}]: {}", crate::time::rfc3339(crate::time::now()), e.reason(), inert(&e.to_string()));
                 // Another replica leads now: stop at once, before the next round says so.
-                if matches!(
-                    e,
-                    ReconcileError::Store(crate::store::StoreError::Fenced { .. })
-                        | ReconcileError::Writer(crate::status::writer::WriterError::Fenced { .. })
-                        | ReconcileError::Writer(crate::status::writer::WriterError::LeaseLost(_))
-                        | ReconcileError::LeaseLost(_)
-                ) {
+                if e.ends_leadership() {
                     lost.store(true, std::sync::atomic::Ordering::Release);
                     return false;
                 }

@@ -232,7 +232,7 @@ pub async fn execute(
         match result {
             // This replica does not lead for certain any more: no further
             // action, and the pass (and the leadership) ends here.
-            Err(e @ (ReconcileError::LeaseLost(_) | ReconcileError::Store(crate::store::StoreError::Fenced { .. }))) => return Err(e),
+            Err(e) if e.ends_leadership() => return Err(e),
             Err(e) => failed.push(StepFailure::execute(&e, &action.describe())),
             Ok(()) => {}
         }
@@ -268,6 +268,7 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.catalog.loaded().desired, a, all, t) else {
                 return Ok(());
             };
+            crate::fault::reach("worker-start", None);
             ctx.lease.check()?;
             let driver = ctx.driver.clone();
             tokio::task::spawn_blocking(move || driver.start(&spec)).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
@@ -275,12 +276,24 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             tracing::info!(attempt = a.attempt, repo = %a.repo, "worker started");
         }
         Action::Cancel { worker, reason } => {
+            crate::fault::reach("worker-cancel", None);
+            ctx.lease.check()?;
+            // Intent first, a write of the leader's fenced store: a deposed
+            // leader is refused here (`StoreFenced`), not only by its own
+            // clock, and the audit log says what a leader that died after
+            // this line may have done.
+            let known = ctx.store.get_attempt(worker).await?;
+            let intent = NewEvent {
+                request: known.as_ref().map(|k| k.request.clone()),
+                ..event(t, "", "worker.cancel.intent", revision, format!("{worker}: {reason}"))
+            };
+            ctx.store.append_event(&intent).await?;
             ctx.lease.check()?;
             let driver = ctx.driver.clone();
             let w = worker.clone();
             tokio::task::spawn_blocking(move || driver.cancel(&w)).await.map_err(|e| ReconcileError::Join(e.to_string()))??;
             tracing::info!(%reason, "worker cancelled");
-            if let Some(known) = ctx.store.get_attempt(worker).await?
+            if let Some(known) = known
                 && !known.state.is_terminal()
             {
                 let mut update = AttemptUpdate::state(store::AttemptState::Cancelled, t);
@@ -311,6 +324,11 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             }
         }
         Action::OpenApproval { request, gate, generation, summary, opened_for, reopen } => {
+            crate::fault::reach("approval-push", None);
+            ctx.lease.check()?;
+            // Intent first, fenced like every write of the leader (see Cancel).
+            let branch = crate::gates::approval_branch(request, gate);
+            ctx.store.append_event(&event(t, request, "approval.open.intent", revision, branch)).await?;
             ctx.lease.check()?;
             let gates = ctx.gates.clone();
             let (url, branch) = (ctx.cfg.control_url.clone(), ctx.cfg.branch.clone());

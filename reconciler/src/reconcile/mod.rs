@@ -102,6 +102,21 @@ impl ReconcileError {
             ReconcileError::LeaseLost(e) => e.reason(),
         }
     }
+
+    /// Whether this replica does not lead for certain any more: the lease
+    /// is not held by its own clock, or a fenced write (the store's or the
+    /// control repo's) was refused. Such an error ends the pass at once,
+    /// wherever it comes from, and the leadership with it: it is never one
+    /// more failed step of a pass that goes on.
+    pub fn ends_leadership(&self) -> bool {
+        matches!(
+            self,
+            ReconcileError::LeaseLost(_)
+                | ReconcileError::Store(StoreError::Fenced { .. })
+                | ReconcileError::Writer(WriterError::Fenced { .. } | WriterError::LeaseLost(_))
+                | ReconcileError::Forge(crate::forge::GiteaError::LeaseLost { .. })
+        )
+    }
 }
 
 /// How the loop is set up.
@@ -579,6 +594,7 @@ impl Context {
                 fetched
             }
             Err(e) => match self.last_report.as_ref() {
+                Some(_) if e.ends_leadership() => return Err(e),
                 Some(last) => {
                     let failure = steps::StepFailure::fetch(&e);
                     tracing::warn!(reason = e.reason(), "{}", failure.message);
@@ -651,16 +667,20 @@ impl Context {
                 }
             });
         }
-        // Execute.
+        // Execute. Between steps, a replica that does not lead for certain
+        // stops here (each side effect checks again just before it acts).
+        self.lease.check()?;
         degraded.extend(execute::execute(self, &plan, &observed, &revision, t).await?);
         timer.lap("execute");
         // Forge: PRs and commit statuses. A failure keeps the last outputs
         // (the PR links stay in the status files) and is retried next pass.
+        self.lease.check()?;
         let outputs = match self.step_forge(&plan, t).await {
             Ok(outputs) => {
                 self.forge_outputs = outputs.clone();
                 outputs
             }
+            Err(e) if e.ends_leadership() => return Err(e),
             Err(e) => {
                 let failure = steps::StepFailure::forge(&e);
                 tracing::warn!(reason = e.reason(), "{}", failure.message);
@@ -691,6 +711,7 @@ impl Context {
             *by_state.entry(a.state.as_str()).or_default() += 1;
         }
         // Status, summarised once at the end of the pass.
+        self.lease.check()?;
         let mut report = self.step_status(plan, &revision, t, &outputs, publishing).await?;
         timer.lap("status");
         if let Some(failure) = self.publish_failure.clone().filter(|_| publishing) {

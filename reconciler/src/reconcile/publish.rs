@@ -11,7 +11,6 @@ use super::{Context, PassReport, PhaseChange, ReconcileError, Seen, forge, steps
 use crate::model::kinds::Phase;
 use crate::plan::{self, Plan};
 use crate::status::render;
-use crate::status::writer::WriterError;
 use crate::time::{Millis, now};
 
 /// The status files that are Hadron's own, by request (shared with the
@@ -485,6 +484,15 @@ impl Context {
         }
     }
 
+    /// The lease is lost: the status commit being pushed, if any, is not
+    /// waited for or recorded (its entry stays in the outbox; the control
+    /// repo's fence refuses the push once a newer leader has claimed it).
+    pub(super) fn abandon_publish(&mut self) {
+        if let Some(pending) = self.pending_publish.take() {
+            tracing::warn!(outbox = pending.outbox_id, "a status commit being pushed is abandoned: this replica no longer leads");
+        }
+    }
+
     /// Waits for the status commit an earlier pass left being pushed, if
     /// any, and records it (a failure is handled as a failed publish: the
     /// entry stays in the outbox and publishing backs off).
@@ -509,7 +517,7 @@ impl Context {
             Ok(done) => Ok(Some(done)),
             // A newer leader holds the control repo: this pass, and this
             // leadership, end here (nothing is re-applied onto its head).
-            Err(e @ ReconcileError::Writer(WriterError::Fenced { .. } | WriterError::LeaseLost(_))) => Err(e),
+            Err(e) if e.ends_leadership() => Err(e),
             Err(e @ (ReconcileError::Writer(_) | ReconcileError::Join(_))) => {
                 self.publish_failed(&e);
                 Ok(None)

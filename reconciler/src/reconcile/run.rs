@@ -13,10 +13,17 @@ use crate::time::now;
 /// coalesces triggers, wakes for retries and to watch live workers, never
 /// stops on a failed pass. A shutdown lets the running pass finish and
 /// leaves workers running (the next start adopts them).
+///
+/// `lease_lost` turning true (the elector saw the lease go) cancels the
+/// running pass at once, at whichever await it is: no later step of it
+/// runs, the status commit it may be pushing is not waited for (the
+/// control repo's fence refuses it), `on_pass` sees
+/// [`ReconcileError::LeaseLost`] and the loop returns.
 pub async fn run(
     ctx: &mut Context,
     mut triggers: mpsc::Receiver<Trigger>,
     mut shutdown: watch::Receiver<bool>,
+    mut lease_lost: watch::Receiver<bool>,
     mut on_pass: impl FnMut(&Result<PassReport, ReconcileError>) -> bool,
 ) {
     let mut failures: u32 = 0;
@@ -27,7 +34,16 @@ pub async fn run(
             ctx.finish().await;
             return;
         }
-        let result = ctx.pass().await;
+        let result = tokio::select! {
+            result = ctx.pass() => result,
+            () = shutdown_requested(&mut lease_lost) => {
+                let lost = ctx.lease.check().err().unwrap_or_else(|| ctx.lease.lost("the elector saw the lease go during the pass"));
+                tracing::warn!(epoch = lost.epoch, "the leader lease was lost during a pass: the pass is cancelled where it stands");
+                ctx.abandon_publish();
+                on_pass(&Err(ReconcileError::LeaseLost(lost)));
+                return;
+            }
+        };
         let mut delay = ctx.cfg.poll_interval;
         match &result {
             Ok(report) => {
