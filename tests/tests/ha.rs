@@ -11,85 +11,15 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hadron_tests::{Database, Live, api_phases, git_as, hadron_bin, hadron_command, http_get};
+mod ha_support;
 
-/// Seeds a control repo (one target repo `app`, an agent that logs each run)
-/// with `hadron up --exit-when-idle`, and clones it for the person.
+use ha_support::{push_request, status_commit_epochs, wait_phase, witness};
+use hadron_tests::{Database, Live, api_phases, hadron_bin, hadron_command, http_get};
+
+/// Seeds the control repo (two stages, an agent that logs each run).
 fn seed(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ctl = root.join("ctl");
-    // The agents' witness: the one folder of the test shared with their sandboxes.
-    let log = hadron_tests::witness_dir(root).join("agent.log");
-    std::fs::create_dir_all(hadron_tests::witness_dir(root)).expect("witness dir");
-    for d in ["agents", "targets/app"] {
-        std::fs::create_dir_all(ctl.join(d)).expect("mkdir");
-    }
-    std::fs::write(ctl.join("targets/app/README.md"), "# app\n").expect("write");
-    std::fs::write(
-        ctl.join("hadron.yaml"),
-        "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: logger\n    stages:\n      - name: implement\n      - name: review\n",
-    )
-    .expect("write");
-    std::fs::write(
-        ctl.join("agents/logger.yaml"),
-        format!(
-            "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: logger\nspec:\n  command:\n    - sh\n    - -c\n    - |\n      printf '%s %s\\n' \"$1\" \"$2\" >> \"$AGENT_LOG\"\n      printf '%s\\n' \"$2\" >> \"notes-$1.md\"\n    - logger\n    - \"{{{{request}}}}\"\n    - \"{{{{stage}}}}\"\n  env:\n    - name: AGENT_LOG\n      value: {}\n",
-            log.display()
-        ),
-    )
-    .expect("write");
-    let seeded = hadron_command(hadron_bin!(), root)
-        .args(["up", "ctl", "--exit-when-idle", "--listen", "127.0.0.1:0"])
-        .output()
-        .expect("hadron runs");
-    assert!(seeded.status.success(), "seeding: {}", String::from_utf8_lossy(&seeded.stderr));
-    git_as(root, "alice", &["clone", "-q", ".hadron/repos/control.git", "human"]);
-    (root.join(".hadron/repos/control.git"), root.join("human"), log)
-}
-
-fn push_request(human: &Path, name: &str) {
-    std::fs::create_dir_all(human.join("requests")).expect("mkdir");
-    std::fs::write(
-        human.join(format!("requests/{name}.yaml")),
-        format!(
-            "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: {name}\nspec:\n  title: Change {name}\n  repos:\n    - url: ../app.git\n"
-        ),
-    )
-    .expect("write");
-    git_as(human, "alice", &["add", "-A"]);
-    git_as(human, "alice", &["commit", "-q", "-m", &format!("Ask for {name}")]);
-    for _ in 0..100 {
-        git_as(human, "alice", &["pull", "-q", "--rebase"]);
-        if hadron_tests::git_try(human, "alice", &["push", "-q", "origin", "HEAD:main"]) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("alice could not push {name}");
-}
-
-/// Waits until `main` holds `status/<name>.yaml` with phase `phase`.
-fn wait_phase(control: &Path, name: &str, phase: &str, who: &[&Live]) {
-    let started = Instant::now();
-    loop {
-        let shown = hadron_tests::git_stdout(control, "x", &["show", &format!("main:status/{name}.yaml")]);
-        if shown.lines().any(|l| l == format!("  phase: {phase}")) {
-            return;
-        }
-        let logs: Vec<String> = who.iter().map(|l| l.logs()).collect();
-        assert!(started.elapsed() < Duration::from_secs(90), "{name} is not {phase} on main:\n{shown}\n{}", logs.join("\n"));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The `Hadron-Epoch` trailers of Hadron's status commits on `main`, newest
-/// first, after checking that they never go back: no commit of an older
-/// epoch landed after one of a newer epoch.
-fn status_commit_epochs(control: &Path) -> Vec<i64> {
-    let text =
-        hadron_tests::git_stdout(control, "x", &["log", "--author=hadron", "--format=%(trailers:key=Hadron-Epoch,valueonly)", "main"]);
-    let epochs: Vec<i64> = text.split_whitespace().map(|e| e.parse().expect("an epoch is a number")).collect();
-    assert!(epochs.windows(2).all(|w| w[0] >= w[1]), "newest first, epochs never go back: {epochs:?}");
-    epochs
+    let s = ha_support::seed(root, ha_support::TWO_STAGES);
+    (s.control, s.human, s.log)
 }
 
 fn metric(addr: &str, name: &str) -> Option<f64> {
@@ -123,11 +53,6 @@ fn serve_hooked(dir: &Path, control: &Path, db: &Database) -> Live {
         &["serve", "--repo", &control, "--database-url", &url, "--no-watch", "--poll-seconds", "3600", "--listen", "127.0.0.1:0"],
         &[("HADRON_WEBHOOK_SECRET", SECRET), (hadron::workers::sandbox::SHARED_ENV, &witness(dir))],
     )
-}
-
-/// The witness folder of the test a replica folder is in.
-fn witness(replica: &Path) -> String {
-    hadron_tests::witness_dir(replica.parent().expect("a replica folder is in the test's")).display().to_string()
 }
 
 /// POSTs a signed Gitea webhook (raw HTTP/1.1) and returns the status code.
