@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use gitea_double::{GiteaDouble, gitea_fixtures};
-use hadron::forge::gitea::{Branch, CommitStatus, PullRequest, Repository, User};
+use hadron::forge::gitea::{Branch, CommitStatus, MEMBERSHIP_TTL, PullRequest, Repository, User};
 use hadron::forge::{
     ApprovalPrView, ApproverDecision, CombinedState, CommitState, CommitView, GiteaClient, GiteaConfig, GiteaError, PrAction, RepoRef,
     RetryPolicy, StageView, TargetPrView, TokenSource,
@@ -34,11 +34,17 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
 }
 
 fn client_for(base_url: &str, token: &str, dir: &tempfile::TempDir, retry: RetryPolicy) -> Result<GiteaClient> {
+    client_with_ttl(base_url, token, dir, retry, MEMBERSHIP_TTL)
+}
+
+/// A client whose team answers are kept for `ttl`.
+fn client_with_ttl(base_url: &str, token: &str, dir: &tempfile::TempDir, retry: RetryPolicy, ttl: Duration) -> Result<GiteaClient> {
     let token_file = dir.path().join(format!("token-{}", rand_suffix()));
     std::fs::write(&token_file, format!("{token}\n"))?;
     let mut config = GiteaConfig::new(base_url, TokenSource::File(token_file), RepoRef::parse(CONTROL)?);
     config.retry = retry;
     config.timeout = Duration::from_secs(60);
+    config.membership_ttl = ttl;
     Ok(GiteaClient::new(config)?)
 }
 
@@ -327,6 +333,41 @@ async fn team_membership_decides_approvers() -> Result<()> {
     );
     assert_eq!(s.client.approver_decision("carol", Some("carol"), &policy).await?, ApproverDecision::Requester);
     assert_eq!(s.client.approver_decision("dave", Some("alice"), &policy).await?, ApproverDecision::NotAllowed);
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+/// Membership is asked again once its time to live is over: someone added
+/// to (or removed from) an approver team counts within that time, and no
+/// sooner than it (60 s by default; 300 ms here).
+#[tokio::test]
+async fn team_membership_is_asked_again_after_its_time_to_live() -> Result<()> {
+    assert_eq!(MEMBERSHIP_TTL, Duration::from_secs(60), "the docs name 60 s");
+    let s = setup().await?;
+    let ttl = Duration::from_millis(300);
+    let client = client_with_ttl(&s.double.base_url(), TOKEN, &s._dir, fast_retry(4), ttl)?;
+    let team = s.double.add_team("acme", "leads", &["carol"]);
+    let members_path = format!("/api/v1/teams/{team}/members/dave");
+    let searches = || s.double.count("GET", "/api/v1/orgs/acme/teams/search");
+    let policy = ApproverPolicy { users: vec![], teams: vec!["acme/leads".to_owned()] };
+    let allowed = ApproverDecision::AllowedByTeam { team: "acme/leads".to_owned() };
+
+    assert_eq!(client.approver_decision("dave", Some("alice"), &policy).await?, ApproverDecision::NotAllowed);
+    assert_eq!((searches(), s.double.count("GET", &members_path)), (1, 1));
+    // Dave joins: within the time to live, the answer Gitea gave stands.
+    s.double.set_team_members("acme", "leads", &["carol", "dave"]);
+    assert_eq!(client.approver_decision("dave", Some("alice"), &policy).await?, ApproverDecision::NotAllowed);
+    assert_eq!((searches(), s.double.count("GET", &members_path)), (1, 1), "neither the team nor dave was asked again");
+    // After it, Gitea is asked again and dave may approve.
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    assert_eq!(client.approver_decision("dave", Some("alice"), &policy).await?, allowed);
+    assert_eq!((searches(), s.double.count("GET", &members_path)), (2, 2));
+    // Dave leaves: the same, the other way round.
+    s.double.set_team_members("acme", "leads", &["carol"]);
+    assert_eq!(client.approver_decision("dave", Some("alice"), &policy).await?, allowed);
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    assert_eq!(client.approver_decision("dave", Some("alice"), &policy).await?, ApproverDecision::NotAllowed);
+    assert_eq!(s.double.count("GET", &members_path), 3);
     s.double.assert_all_requests_matched_swagger();
     Ok(())
 }

@@ -498,6 +498,13 @@ impl GiteaDouble {
         pr.merged_by = Some(by.to_owned());
     }
 
+    /// The members of team `org/name` are now `members` (someone joined or left).
+    pub fn set_team_members(&self, org: &str, name: &str, members: &[&str]) {
+        let mut st = self.st();
+        let team = st.teams.iter_mut().find(|t| t.org == org && t.name == name).expect("team exists");
+        team.members = members.iter().map(|m| (*m).to_owned()).collect();
+    }
+
     /// An outside CI sets a status.
     pub fn add_status(&self, repo: &str, sha: &str, context: &str, state: &str) {
         let mut st = self.st();
