@@ -72,6 +72,20 @@ impl Person {
         bail!("push kept being rejected")
     }
 
+    /// Merges a branch into the tip of main with a merge commit, here only
+    /// (nothing is pushed); the merge commit.
+    fn merge_locally(&self, branch: &str) -> Result<String> {
+        self.run(&["fetch", "--quiet", "origin"])?;
+        self.run(&["reset", "--quiet", "--hard", "origin/main"])?;
+        self.run(&["merge", "--quiet", "--no-ff", "-m", &format!("Merge {branch}"), &format!("origin/{branch}")])?;
+        self.run(&["rev-parse", "HEAD"])
+    }
+
+    /// Pushes HEAD to main as it is (no rebase); whether main took it.
+    fn push_as_is(&self) -> bool {
+        self.run(&["push", "--quiet", "origin", "HEAD:main"]).is_ok()
+    }
+
     /// Merges a branch with a merge commit, as Gitea's merge button does.
     fn merge(&self, branch: &str) -> Result<String> {
         self.run(&["fetch", "--quiet", "origin"])?;
@@ -374,7 +388,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     let status = status_of(&control, "gated").context("status")?.status;
     ensure!(status.phase == Phase::WaitingForApproval, "{status:?}");
     ensure!(status.message.contains(&format!("merge PR #{} on Gitea", prs[0].number)), "{}", status.message);
-    ensure!(!git(&app, HUMAN, &["log", "--format=%s", "refs/heads/hadron/gated"])?.contains("polish"), "polish must not run");
+    ensure!(!git(&app, HUMAN, &["log", "--format=%B", "refs/heads/hadron/gated"])?.contains("Stage: polish"), "polish must not run");
     ensure!(approval_prs().len() == 1, "the same PR stays open: {:?}", approval_prs());
 
     // 4. The requester merges the approval PR: it does not count, the
@@ -382,7 +396,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     let merge_as = |who: &str, login: &str, number: u64| -> Result<String> {
         let person = Person::clone_as(&control, tmp.path().join(format!("merge-{login}-{number}")), who, &format!("{login}@example.com"))?;
         let commit = person.merge(branch)?;
-        double.merge_pr("acme/control", number, login);
+        double.merge_pr("acme/control", number, login, &commit);
         Ok(commit)
     };
     let first = prs[0].number;
@@ -408,7 +422,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     })
     .await?;
     ensure!(phase(&control, "gated") == Some(Phase::WaitingForApproval));
-    ensure!(!git(&app, HUMAN, &["log", "--format=%s", "refs/heads/hadron/gated"])?.contains("polish"), "polish must not run yet");
+    ensure!(!git(&app, HUMAN, &["log", "--format=%B", "refs/heads/hadron/gated"])?.contains("Stage: polish"), "polish must not run yet");
 
     // 6. Dave, in team acme/maintainers, merges the third: the request finishes.
     wait_for(&hadron, "a third approval PR", Duration::from_secs(30), || approval_prs().len() == 3).await?;
@@ -469,6 +483,136 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     ensure!(value("hadron_triggers_total", Some(("kind", "TargetActivity"))) == 1.0, "{text}");
     ensure!(value("hadron_status_commits_total", None) >= 4.0, "{text}");
     ensure!(value("hadron_reconcile_passes_total", Some(("result", "ok"))) >= 5.0, "{text}");
+    Ok(())
+}
+
+/// What Gitea's API shows of an approval PR while a signed delivery claims
+/// "merged by alice" with the commit that reached main.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Truth {
+    /// The PR is open.
+    Open,
+    /// Mallory merged it (with that commit).
+    MergedByMallory,
+    /// Alice merged it, but Gitea's merge commit is another one.
+    OtherCommit,
+}
+
+/// Someone with the webhook secret merges an approval branch herself, pushes
+/// the merge to main and sends a correctly signed `pull_request` delivery
+/// saying alice (an approver) merged the PR with that commit; Gitea's API
+/// says otherwise (the PR open, merged by mallory, or merged with another
+/// commit). Whichever arrives first, the delivery or the push, no gate
+/// passes: the API decides. Then hadron.yaml lists mallory, and the gates
+/// Gitea shows merged by her pass at the next pass, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_delivery_claiming_a_merge_the_api_does_not_show_passes_no_gate() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let Acme { control, app, carol, double } = acme(tmp.path(), "  approvers:\n    users: [alice]\n").await?;
+    let hadron = Hadron::start(&control, &tmp.path().join("data"), &double.base_url())?;
+    let http = reqwest::Client::new();
+    wait_for(&hadron, "readiness", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(hadron.base.trim_start_matches("http://")).is_ok()
+    })
+    .await?;
+    let gate = "  gates:\n    - name: review\n      type: approval\n      after: implement\n";
+    let cases = [
+        ("open-hook-first", Truth::Open, true),
+        ("open-push-first", Truth::Open, false),
+        ("mallory-hook-first", Truth::MergedByMallory, true),
+        ("mallory-push-first", Truth::MergedByMallory, false),
+        ("commit-hook-first", Truth::OtherCommit, true),
+        ("commit-push-first", Truth::OtherCommit, false),
+    ];
+    let mut head = String::new();
+    for (name, _, _) in &cases {
+        head = carol.commit_file(&format!("requests/{name}.yaml"), &request(name, gate), &format!("ask for {name}"))?;
+    }
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &head)?).await? == 202);
+    let pr_of =
+        |name: &str| double.pulls("acme/control").into_iter().find(|p| p.head == format!("hadron/approve/{name}/review")).map(|p| p.number);
+    for (name, _, _) in &cases {
+        wait_for(&hadron, "the gate and its approval PR", Duration::from_secs(180), || {
+            phase(&control, name) == Some(Phase::WaitingForApproval) && pr_of(name).is_some()
+        })
+        .await?;
+    }
+
+    let mallory = Person::clone_as(&control, tmp.path().join("mallory"), "Mallory", "mallory@example.com")?;
+    let another = "c0ffee0000000000000000000000000000c0ffee";
+    for (name, truth, hook_first) in &cases {
+        let branch = format!("hadron/approve/{name}/review");
+        let number = pr_of(name).context("approval PR")?;
+        let mut landed = None;
+        for _ in 0..10 {
+            let commit = mallory.merge_locally(&branch)?;
+            match truth {
+                Truth::Open => {}
+                Truth::MergedByMallory => double.merge_pr("acme/control", number, "mallory", &commit),
+                Truth::OtherCommit => double.merge_pr("acme/control", number, "alice", another),
+            }
+            let claim = merged_payload(number, &branch, "alice", &commit)?;
+            if *hook_first {
+                ensure!(send_hook(&http, &hadron, "pull_request", &claim).await? == 202);
+            }
+            // A status commit of Hadron's may have moved main meanwhile: merge again.
+            if !mallory.push_as_is() {
+                continue;
+            }
+            if !*hook_first {
+                ensure!(send_hook(&http, &hadron, "pull_request", &claim).await? == 202);
+            }
+            landed = Some(commit);
+            break;
+        }
+        let landed = landed.context("mallory's merge never reached main")?;
+        ensure!(git(&control, HUMAN, &["merge-base", "--is-ancestor", &landed, "main"]).is_ok(), "{name}: {landed} is on main");
+    }
+    ensure!(
+        send_hook(&http, &hadron, "push", &push_payload("acme/control", &git(&control, HUMAN, &["rev-parse", "main"])?)?).await? == 202
+    );
+
+    let refusal = |truth: Truth| match truth {
+        Truth::Open => "without a merged approval PR",
+        Truth::MergedByMallory => "mallory is not an allowed approver",
+        Truth::OtherCommit => "not in the merge of the approval PR",
+    };
+    for (name, truth, _) in &cases {
+        wait_for(&hadron, "the claimed merge to be refused", Duration::from_secs(60), || {
+            status_of(&control, name).is_some_and(|s| s.status.message.contains(refusal(*truth)))
+        })
+        .await?;
+    }
+    let polished = |name: &str| -> Result<bool> {
+        Ok(git(&app, HUMAN, &["log", "--format=%B", &format!("refs/heads/hadron/{name}")])?.contains("Stage: polish"))
+    };
+    for (name, _, _) in &cases {
+        let status = status_of(&control, name).context("status")?.status;
+        ensure!(status.phase == Phase::WaitingForApproval, "{name}: {status:?}");
+        ensure!(!status.message.contains("alice"), "{name}: the delivery's word is not repeated as fact: {}", status.message);
+        ensure!(!polished(name)?, "{name}: polish must not run");
+    }
+
+    // hadron.yaml lists mallory now: the merges Gitea shows as hers count
+    // at the next pass; the others still do not.
+    let settings = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n    maxAttempts: 2\n  approvers:\n    users: [alice, mallory]\n";
+    let head = carol.commit_file("hadron.yaml", settings, "mallory approves too")?;
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &head)?).await? == 202);
+    for (name, truth, _) in &cases {
+        if *truth == Truth::MergedByMallory {
+            wait_for(&hadron, "mallory's approval to count", Duration::from_secs(120), || phase(&control, name) == Some(Phase::Succeeded))
+                .await?;
+            ensure!(polished(name)?, "{name}: polish ran after the approval");
+        }
+    }
+    for (name, truth, _) in &cases {
+        if *truth != Truth::MergedByMallory {
+            let status = status_of(&control, name).context("status")?.status;
+            ensure!(status.phase == Phase::WaitingForApproval && status.message.contains(refusal(*truth)), "{name}: {status:?}");
+            ensure!(!polished(name)?, "{name}: polish must not run");
+        }
+    }
+    double.assert_all_requests_matched_swagger();
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{MergeRecord, Store, StoreError};
+use super::{Store, StoreError};
 
 /// Key prefix of the plan comment on a pull request of the control repo (`plan-comment/<number>`).
 const PLAN_COMMENT_PREFIX: &str = "plan-comment/";
@@ -31,10 +31,15 @@ pub enum RequestEntry {
     StatusDigest,
     /// Per gate: the token (generation) an approval branch was opened for.
     ApprovalBranch,
-    /// Per gate: who merged the approval PR, as a webhook reported it.
+    /// Per gate: who merged the approval PR, as a webhook claimed it. No
+    /// longer written or read (a delivery is a trigger, never evidence);
+    /// kept so housekeeping forgets what older stores hold.
     ApprovalMerged,
-    /// Per gate: the approval PR opened for it ([`PrRecord`]).
+    /// Per gate: the approval PR opened for it last ([`PrRecord`]).
     ApprovalPr,
+    /// Per gate: the numbers of every approval PR opened for it, oldest
+    /// first (an approval file may have come with any of them).
+    ApprovalPrs,
     /// Per target repo: the PR opened there ([`PrRecord`]).
     TargetPr,
     /// The last commit status Hadron set in the control repo.
@@ -43,11 +48,12 @@ pub enum RequestEntry {
 
 impl RequestEntry {
     /// Every kind, for housekeeping.
-    pub const ALL: [RequestEntry; 6] = [
+    pub const ALL: [RequestEntry; 7] = [
         RequestEntry::StatusDigest,
         RequestEntry::ApprovalBranch,
         RequestEntry::ApprovalMerged,
         RequestEntry::ApprovalPr,
+        RequestEntry::ApprovalPrs,
         RequestEntry::TargetPr,
         RequestEntry::ControlStatus,
     ];
@@ -59,6 +65,7 @@ impl RequestEntry {
             RequestEntry::ApprovalBranch => "approval-branch/",
             RequestEntry::ApprovalMerged => "approval-merged/",
             RequestEntry::ApprovalPr => "approval-pr/",
+            RequestEntry::ApprovalPrs => "approval-prs/",
             RequestEntry::TargetPr => "target-pr/",
             RequestEntry::ControlStatus => "control-status/",
         }
@@ -109,26 +116,38 @@ impl Store {
         self.kv_set(&RequestEntry::ApprovalBranch.key(request, Some(gate)), token, at).await
     }
 
-    /// Records who merged the approval PR of `request`'s `gate` (from a webhook).
-    pub async fn record_approval_merge(&self, request: &str, gate: &str, record: &MergeRecord, at: i64) -> Result<(), StoreError> {
-        let text = serde_json::to_string(record).expect("because a merge record of strings serialises");
-        self.kv_set(&RequestEntry::ApprovalMerged.key(request, Some(gate)), &text, at).await
-    }
-
-    /// The merge of the approval PR of `request`'s `gate`, if a webhook
-    /// reported one; an unreadable record counts as none.
-    pub async fn approval_merge(&self, request: &str, gate: &str) -> Result<Option<MergeRecord>, StoreError> {
-        Ok(self.kv_get(&RequestEntry::ApprovalMerged.key(request, Some(gate))).await?.and_then(|text| serde_json::from_str(&text).ok()))
-    }
-
     /// The approval PR opened for `request`'s `gate`; an unreadable record counts as none.
     pub async fn approval_pr(&self, request: &str, gate: &str) -> Result<Option<PrRecord>, StoreError> {
         self.pr_record(&RequestEntry::ApprovalPr.key(request, Some(gate))).await
     }
 
-    /// Records the approval PR opened for `request`'s `gate`.
+    /// Records the approval PR opened for `request`'s `gate`, and adds its
+    /// number to the gate's list (one transaction).
     pub async fn set_approval_pr(&self, request: &str, gate: &str, pr: &PrRecord, at: i64) -> Result<(), StoreError> {
-        self.set_pr_record(&RequestEntry::ApprovalPr.key(request, Some(gate)), pr, at).await
+        let mut numbers = self.approval_prs(request, gate).await?;
+        if !numbers.contains(&pr.number) {
+            numbers.push(pr.number);
+        }
+        let record = serde_json::to_string(pr).expect("because a PR record of strings and a number serialises");
+        let list = serde_json::to_string(&numbers).expect("because a list of numbers serialises");
+        let entries = [
+            (RequestEntry::ApprovalPr.key(request, Some(gate)), Some(record.as_str())),
+            (RequestEntry::ApprovalPrs.key(request, Some(gate)), Some(list.as_str())),
+        ];
+        self.kv_write_all(&entries, at).await
+    }
+
+    /// The numbers of every approval PR opened for `request`'s `gate`,
+    /// oldest first (a store from before the list holds the last one only).
+    pub async fn approval_prs(&self, request: &str, gate: &str) -> Result<Vec<u64>, StoreError> {
+        let listed = self.kv_get(&RequestEntry::ApprovalPrs.key(request, Some(gate))).await?;
+        let mut numbers: Vec<u64> = listed.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default();
+        if let Some(last) = self.approval_pr(request, gate).await?
+            && !numbers.contains(&last.number)
+        {
+            numbers.push(last.number);
+        }
+        Ok(numbers)
     }
 
     /// The PR opened in target repo `repo` for `request`; an unreadable record counts as none.

@@ -107,8 +107,7 @@ pub use error::{StoreError, redact_url};
 pub use kv::{PlanComment, PrRecord, RequestEntry};
 pub use lease::{LEASE_NAME, LeaseHolder};
 pub use records::{
-    Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, MergeRecord, NewAttempt, NewEvent, OutboxEntry, OutboxFiles, OutboxState,
-    RequestRecord,
+    Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, NewAttempt, NewEvent, OutboxEntry, OutboxFiles, OutboxState, RequestRecord,
 };
 pub use relay::{RelayListener, TRIGGER_CHANNEL};
 
