@@ -116,7 +116,17 @@ impl Drop for Hadron {
 
 impl Hadron {
     fn start(control: &Path, data: &Path, gitea: &str) -> Result<Hadron> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hadron"))
+        Self::start_sharing(control, data, gitea, None)
+    }
+
+    /// [`Hadron::start`], with `shared` (a folder that exists) visible to
+    /// every agent's sandbox.
+    fn start_sharing(control: &Path, data: &Path, gitea: &str, shared: Option<&Path>) -> Result<Hadron> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hadron"));
+        if let Some(dir) = shared {
+            command.env(hadron::workers::sandbox::SHARED_ENV, dir);
+        }
+        let mut child = command
             .args(["serve", "--repo"])
             .arg(control)
             .arg("--data-dir")
@@ -612,6 +622,73 @@ async fn a_signed_delivery_claiming_a_merge_the_api_does_not_show_passes_no_gate
             ensure!(!polished(name)?, "{name}: polish must not run");
         }
     }
+    double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+/// An approver removed from hadron.yaml after their approval counted: the
+/// gate stays passed (the request goes on with its next stage), while the
+/// policy of each pass still decides gates not passed yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_that_counted_stays_when_its_approver_is_removed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let Acme { control, carol, double, .. } = acme(tmp.path(), "  approvers:\n    users: [dave]\n").await?;
+    // An agent whose polish waits for the test's word, so the request is
+    // between its gate and its end while the policy changes.
+    let witness = tmp.path().join("witness");
+    std::fs::create_dir_all(&witness)?;
+    let go = witness.join("go");
+    let agent = format!(
+        "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: waits\nspec:\n  command:\n    - sh\n    - -c\n    - 'if [ \"$1\" = polish ]; then while [ ! -e \"$2\" ]; do sleep 0.05; done; fi; echo \"$1\" >> CHANGES.md'\n    - waits\n    - \"{{{{stage}}}}\"\n    - {}\n",
+        go.display()
+    );
+    carol.commit_file("agents/waits.yaml", &agent, "agent")?;
+    let held = request("held", "  agent: waits\n  gates:\n    - name: review\n      type: approval\n      after: implement\n");
+    carol.commit_file("requests/held.yaml", &held, "ask for held")?;
+    let hadron = Hadron::start_sharing(&control, &tmp.path().join("data"), &double.base_url(), Some(&witness))?;
+    let http = reqwest::Client::new();
+    let api = |hadron: &Hadron| {
+        let url = format!("{}/api/v1/requests/held", hadron.base);
+        let http = http.clone();
+        async move { anyhow::Ok(http.get(url).send().await?.json::<Value>().await?) }
+    };
+    let branch = "hadron/approve/held/review";
+    let pr = || double.pulls("acme/control").into_iter().find(|p| p.head == branch).map(|p| p.number);
+    wait_for(&hadron, "the gate and its PR", Duration::from_secs(120), || {
+        phase(&control, "held") == Some(Phase::WaitingForApproval) && pr().is_some()
+    })
+    .await?;
+
+    // Dave, an approver, merges the approval PR on Gitea: polish starts.
+    let number = pr().context("approval PR")?;
+    let dave = Person::clone_as(&control, tmp.path().join("dave"), "Dave", "dave@example.com")?;
+    let commit = dave.merge(branch)?;
+    double.merge_pr("acme/control", number, "dave", &commit);
+    ensure!(send_hook(&http, &hadron, "pull_request", &merged_payload(number, branch, "dave", &commit)?).await? == 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(api(&hadron).await?["phase"] == "Running" && api(&hadron).await?["stage"] == "polish") {
+        ensure!(Instant::now() < deadline, "polish never started: {}\n{}", api(&hadron).await?, hadron.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // hadron.yaml no longer lists dave; two passes run after that push.
+    let settings = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n    maxAttempts: 2\n  approvers:\n    users: [alice]\n";
+    let head = carol.commit_file("hadron.yaml", settings, "dave no longer approves")?;
+    for _ in 0..2 {
+        let before = metric(&scrape(&http, &hadron).await?, "hadron_reconcile_passes_total", Some(("result", "ok")));
+        ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &head)?).await? == 202);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metric(&scrape(&http, &hadron).await?, "hadron_reconcile_passes_total", Some(("result", "ok"))) <= before {
+            ensure!(Instant::now() < deadline, "no pass after the push:\n{}", hadron.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let now = api(&hadron).await?;
+    ensure!(now["phase"] == "Running" && now["stage"] == "polish", "the passed gate is not re-opened: {now}");
+    ensure!(double.pulls("acme/control").iter().filter(|p| p.head == branch).count() == 1, "no new approval PR is opened");
+
+    std::fs::write(&go, "go\n")?;
+    wait_for(&hadron, "held to succeed", Duration::from_secs(60), || phase(&control, "held") == Some(Phase::Succeeded)).await?;
     double.assert_all_requests_matched_swagger();
     Ok(())
 }

@@ -40,6 +40,8 @@ pub enum RequestEntry {
     /// Per gate: the numbers of every approval PR opened for it, oldest
     /// first (an approval file may have come with any of them).
     ApprovalPrs,
+    /// Per gate: the approval Hadron counted ([`PassedGate`]).
+    ApprovalPassed,
     /// Per target repo: the PR opened there ([`PrRecord`]).
     TargetPr,
     /// The last commit status Hadron set in the control repo.
@@ -48,12 +50,13 @@ pub enum RequestEntry {
 
 impl RequestEntry {
     /// Every kind, for housekeeping.
-    pub const ALL: [RequestEntry; 7] = [
+    pub const ALL: [RequestEntry; 8] = [
         RequestEntry::StatusDigest,
         RequestEntry::ApprovalBranch,
         RequestEntry::ApprovalMerged,
         RequestEntry::ApprovalPr,
         RequestEntry::ApprovalPrs,
+        RequestEntry::ApprovalPassed,
         RequestEntry::TargetPr,
         RequestEntry::ControlStatus,
     ];
@@ -66,6 +69,7 @@ impl RequestEntry {
             RequestEntry::ApprovalMerged => "approval-merged/",
             RequestEntry::ApprovalPr => "approval-pr/",
             RequestEntry::ApprovalPrs => "approval-prs/",
+            RequestEntry::ApprovalPassed => "approval-passed/",
             RequestEntry::TargetPr => "target-pr/",
             RequestEntry::ControlStatus => "control-status/",
         }
@@ -89,6 +93,20 @@ pub struct PrRecord {
     pub url: String,
     /// The generation (target PRs) or approval token (approval PRs) it was made for.
     pub made_for: String,
+}
+
+/// An approval gate Hadron let through: for which generation, who approved
+/// and the commit that brought the approval file. A gate with this record
+/// for the request's generation stays passed whatever the approver policy
+/// says later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassedGate {
+    /// The request generation the approval was counted for.
+    pub generation: String,
+    /// Who approved, as the decision named them.
+    pub by: String,
+    /// The commit that brought the approval file.
+    pub commit: String,
 }
 
 impl Store {
@@ -148,6 +166,28 @@ impl Store {
             numbers.push(last.number);
         }
         Ok(numbers)
+    }
+
+    /// Every approval gate Hadron let through, by (request, gate) (one
+    /// query); unreadable records count as none.
+    pub async fn approvals_passed(&self) -> Result<BTreeMap<(String, String), PassedGate>, StoreError> {
+        let prefix = RequestEntry::ApprovalPassed.prefix();
+        Ok(self
+            .kv_with_prefix(prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, text)| {
+                let (request, gate) = key[prefix.len()..].split_once('/')?;
+                let passed = serde_json::from_str(&text).ok()?;
+                Some(((request.to_owned(), gate.to_owned()), passed))
+            })
+            .collect())
+    }
+
+    /// Records that `request`'s `gate` was let through.
+    pub async fn record_approval_passed(&self, request: &str, gate: &str, passed: &PassedGate, at: i64) -> Result<(), StoreError> {
+        let text = serde_json::to_string(passed).expect("because a passed-gate record of strings serialises");
+        self.kv_set(&RequestEntry::ApprovalPassed.key(request, Some(gate)), &text, at).await
     }
 
     /// The PR opened in target repo `repo` for `request`; an unreadable record counts as none.

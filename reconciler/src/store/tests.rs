@@ -591,9 +591,13 @@ store_test!(retention_prunes_old_rows_and_the_database_guards_the_rest, |db| {
     store.set_target_pr("gone", "../app.git", &pr, 1).await?;
     store.set_control_status("gone", "m", 1).await?;
     store.set_approval_branch_opened_for("gone", "review", "g", 1).await?;
+    let passed = crate::store::PassedGate { generation: "g".into(), by: "bob".into(), commit: "c".into() };
+    store.record_approval_passed("gone", "review", &passed, 1).await?;
+    store.record_approval_passed("alpha", "review", &passed, 1).await?;
     store.kv_set("other/gone", "v", 1).await?;
-    // An approval PR's record and the gate's list of PR numbers: two entries.
-    ensure!(store.prune_request_entries(|request| request == "alpha").await? == 6);
+    // An approval PR's record and the gate's list of PR numbers, a passed gate: two and one entries.
+    ensure!(store.prune_request_entries(|request| request == "alpha").await? == 7);
+    ensure!(store.approvals_passed().await?.into_iter().collect::<Vec<_>>() == [(("alpha".to_owned(), "review".to_owned()), passed)]);
     ensure!(store.approval_prs("gone", "review").await?.is_empty() && store.approval_prs("alpha", "review").await? == [1]);
     ensure!(store.status_digests().await?.keys().collect::<Vec<_>>() == ["alpha"]);
     ensure!(store.approval_pr("gone", "review").await?.is_none() && store.target_pr("gone", "../app.git").await?.is_none());
