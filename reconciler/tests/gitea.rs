@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use gitea_double::{GiteaDouble, gitea_fixtures};
-use hadron::forge::gitea::{Branch, CommitStatus, PullRequest, Repository, User};
+use hadron::forge::gitea::{Branch, CommitStatus, MEMBERSHIP_TTL, PullRequest, Repository, User};
 use hadron::forge::{
     ApprovalPrView, ApproverDecision, CombinedState, CommitState, CommitView, GiteaClient, GiteaConfig, GiteaError, PrAction, RepoRef,
     RetryPolicy, StageView, TargetPrView, TokenSource,
@@ -34,11 +34,17 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
 }
 
 fn client_for(base_url: &str, token: &str, dir: &tempfile::TempDir, retry: RetryPolicy) -> Result<GiteaClient> {
+    client_with_ttl(base_url, token, dir, retry, MEMBERSHIP_TTL)
+}
+
+/// A client whose team answers are kept for `ttl`.
+fn client_with_ttl(base_url: &str, token: &str, dir: &tempfile::TempDir, retry: RetryPolicy, ttl: Duration) -> Result<GiteaClient> {
     let token_file = dir.path().join(format!("token-{}", rand_suffix()));
     std::fs::write(&token_file, format!("{token}\n"))?;
     let mut config = GiteaConfig::new(base_url, TokenSource::File(token_file), RepoRef::parse(CONTROL)?);
     config.retry = retry;
     config.timeout = Duration::from_secs(60);
+    config.membership_ttl = ttl;
     Ok(GiteaClient::new(config)?)
 }
 
@@ -290,11 +296,12 @@ async fn merged_by_is_read_from_the_pr() -> Result<()> {
     let open = s.client.merge_info(&control, pr.number).await?;
     assert!(!open.merged);
     assert_eq!(open.merged_by, None);
-    s.double.merge_pr(CONTROL, pr.number, "bob");
+    let sha = "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567";
+    s.double.merge_pr(CONTROL, pr.number, "bob", sha);
     let merged = s.client.merge_info(&control, pr.number).await?;
     assert!(merged.merged);
     assert_eq!(merged.merged_by.as_deref(), Some("bob"));
-    assert!(merged.merge_commit_sha.is_some());
+    assert_eq!(merged.merge_commit_sha.as_deref(), Some(sha));
     let e = s.client.merge_info(&control, 99).await.expect_err("no PR 99");
     assert_eq!(e.reason(), "GiteaNotFound");
     s.double.assert_all_requests_matched_swagger();
@@ -327,6 +334,41 @@ async fn team_membership_decides_approvers() -> Result<()> {
     );
     assert_eq!(s.client.approver_decision("carol", Some("carol"), &policy).await?, ApproverDecision::Requester);
     assert_eq!(s.client.approver_decision("dave", Some("alice"), &policy).await?, ApproverDecision::NotAllowed);
+    s.double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+/// Membership is asked again once its time to live is over: someone added
+/// to (or removed from) an approver team counts within that time, and no
+/// sooner than it (60 s by default; 300 ms here).
+#[tokio::test]
+async fn team_membership_is_asked_again_after_its_time_to_live() -> Result<()> {
+    assert_eq!(MEMBERSHIP_TTL, Duration::from_secs(60), "the docs name 60 s");
+    let s = setup().await?;
+    let ttl = Duration::from_millis(300);
+    let client = client_with_ttl(&s.double.base_url(), TOKEN, &s._dir, fast_retry(4), ttl)?;
+    let team = s.double.add_team("acme", "leads", &["carol"]);
+    let members_path = format!("/api/v1/teams/{team}/members/dave");
+    let searches = || s.double.count("GET", "/api/v1/orgs/acme/teams/search");
+    let policy = ApproverPolicy { users: vec![], teams: vec!["acme/leads".to_owned()] };
+    let allowed = ApproverDecision::AllowedByTeam { team: "acme/leads".to_owned() };
+
+    assert_eq!(client.approver_decision("dave", Some("alice"), &policy).await?, ApproverDecision::NotAllowed);
+    assert_eq!((searches(), s.double.count("GET", &members_path)), (1, 1));
+    // Dave joins: within the time to live, the answer Gitea gave stands.
+    s.double.set_team_members("acme", "leads", &["carol", "dave"]);
+    assert_eq!(client.approver_decision("dave", Some("alice"), &policy).await?, ApproverDecision::NotAllowed);
+    assert_eq!((searches(), s.double.count("GET", &members_path)), (1, 1), "neither the team nor dave was asked again");
+    // After it, Gitea is asked again and dave may approve.
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    assert_eq!(client.approver_decision("dave", Some("alice"), &policy).await?, allowed);
+    assert_eq!((searches(), s.double.count("GET", &members_path)), (2, 2));
+    // Dave leaves: the same, the other way round.
+    s.double.set_team_members("acme", "leads", &["carol"]);
+    assert_eq!(client.approver_decision("dave", Some("alice"), &policy).await?, allowed);
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    assert_eq!(client.approver_decision("dave", Some("alice"), &policy).await?, ApproverDecision::NotAllowed);
+    assert_eq!(s.double.count("GET", &members_path), 3);
     s.double.assert_all_requests_matched_swagger();
     Ok(())
 }
@@ -484,10 +526,10 @@ mod approval_identity {
     use hadron::gates::{Approver, Person, approval_object};
     use hadron::plan::ApprovalState;
     use hadron::reconcile::forge::ForgeLink;
+    use hadron::store::PrRecord;
     use hadron::store::Store;
-    use hadron::store::{MergeRecord, PrRecord};
 
-    /// The merge commit the double reports for every merged PR.
+    /// The merge commit Gitea made when a test merges the approval PR.
     const DOUBLE_MERGE_SHA: &str = "9d6f6a1c0c3b0f0e6a0d2c1b4a5e6f708192a3b4";
 
     struct World {
@@ -561,7 +603,7 @@ mod approval_identity {
 
         // Someone merges the PR on Gitea: its merge is another commit than the
         // one that brought the file, so the direct push still does not count.
-        w.s.double.merge_pr(CONTROL, w.pr, "alice");
+        w.s.double.merge_pr(CONTROL, w.pr, "alice", DOUBLE_MERGE_SHA);
         let state =
             w.link.decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&by_push), Ok(&w.requester), &policy, "g1").await?;
         match state {
@@ -583,7 +625,7 @@ mod approval_identity {
     #[tokio::test]
     async fn an_unknown_requester_stops_a_merged_approval() -> Result<()> {
         let mut w = world().await?;
-        w.s.double.merge_pr(CONTROL, w.pr, "alice");
+        w.s.double.merge_pr(CONTROL, w.pr, "alice", DOUBLE_MERGE_SHA);
         let approval = approval_object("add-login", "review", "g1", "");
         let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
         let state = w
@@ -612,7 +654,7 @@ mod approval_identity {
     #[tokio::test]
     async fn a_requester_without_a_gitea_user_is_not_taken_by_name() -> Result<()> {
         let mut w = world().await?;
-        w.s.double.merge_pr(CONTROL, w.pr, "alice");
+        w.s.double.merge_pr(CONTROL, w.pr, "alice", DOUBLE_MERGE_SHA);
         let approval = approval_object("add-login", "review", "g1", "");
         let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
         // The request's commit is mallory's (no Gitea user) with author name "bob":
@@ -632,22 +674,144 @@ mod approval_identity {
         Ok(())
     }
 
+    fn person(name: &str, commit: &str) -> Approver {
+        Approver { name: name.into(), email: format!("{}@example.com", name.to_lowercase()), commit: commit.into() }
+    }
+
+    fn policy(users: &[&str], teams: &[&str]) -> ApproverPolicy {
+        ApproverPolicy { users: users.iter().map(|u| (*u).to_owned()).collect(), teams: teams.iter().map(|t| (*t).to_owned()).collect() }
+    }
+
+    /// `how`, which must contain `expected` once printed: decided by the long-lived
+    /// link `w.link`, and by a link and client made afresh (another process
+    /// after a restart or a failover) over the same store and Gitea; both
+    /// decisions must be the same.
+    async fn decided_alike(
+        w: &mut World,
+        approval_generation: &str,
+        approver: &Approver,
+        policy: &ApproverPolicy,
+        generation: &str,
+        expected: &str,
+    ) -> Result<ApprovalState> {
+        let approval = approval_object("add-login", "review", approval_generation, "");
+        let old = w
+            .link
+            .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(approver), Ok(&w.requester), policy, generation)
+            .await?;
+        let client = client_for(&w.s.double.base_url(), TOKEN, &w.s._dir, fast_retry(4))?;
+        let mut fresh = ForgeLink::new(client, Duration::from_secs(60));
+        let new = fresh
+            .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(approver), Ok(&w.requester), policy, generation)
+            .await?;
+        assert_eq!(old, new, "a new process decides as the old one");
+        let shown = format!("{old:?}");
+        assert!(shown.contains(expected), "expected {expected:?} in {shown}");
+        Ok(old)
+    }
+
     #[tokio::test]
-    async fn a_merge_record_without_its_commit_proves_nothing() -> Result<()> {
+    async fn an_approver_added_after_a_refusal_counts_at_the_next_pass() -> Result<()> {
         let mut w = world().await?;
-        // A webhook record naming alice but no merge commit; the approval
-        // file came by a direct push and the PR was never merged.
-        w.store.record_approval_merge("add-login", "review", &MergeRecord { login: "alice".into(), commit: None }, 1).await?;
+        w.s.double.merge_pr(CONTROL, w.pr, "dave", DOUBLE_MERGE_SHA);
         let approval = approval_object("add-login", "review", "g1", "");
-        let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
+        let dave = person("Dave", DOUBLE_MERGE_SHA);
+        let mut decide = async |policy: &ApproverPolicy| {
+            w.link.decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&dave), Ok(&w.requester), policy, "g1").await
+        };
+        match decide(&policy(&["alice"], &[])).await? {
+            ApprovalState::Rejected { by, why, .. } => {
+                assert_eq!(by, "dave");
+                assert!(why.contains("dave is not an allowed approver"), "{why}");
+            }
+            other => anyhow::bail!("dave is not listed yet: {other:?}"),
+        }
+        // hadron.yaml now lists dave: the same process, the next pass.
+        assert_eq!(decide(&policy(&["alice", "dave"], &[])).await?, ApprovalState::Approved { by: "dave".into() });
+        // Until the gate is passed, the policy of each pass decides.
+        assert!(matches!(decide(&policy(&["alice"], &[])).await?, ApprovalState::Rejected { .. }));
+        let pr_path = format!("/api/v1/repos/{CONTROL}/pulls/{}", w.pr);
+        assert_eq!(w.s.double.count("GET", &pr_path), 1, "a merge seen once is a fact: the PR is not read again");
+        w.s.double.assert_all_requests_matched_swagger();
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_merge_whose_commit_gitea_does_not_name_is_no_approval() -> Result<()> {
+        let mut w = world().await?;
+        // Merged, but the answer carries no merge commit to compare.
+        w.s.double.merge_pr(CONTROL, w.pr, "alice", "");
+        let approval = approval_object("add-login", "review", "g1", "");
         let state = w
             .link
-            .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&alice(&w.direct)), Ok(&w.requester), &policy, "g1")
+            .decide_approval(
+                &w.store,
+                "add-login",
+                "review",
+                Some(&approval),
+                Ok(&alice(&w.direct)),
+                Ok(&w.requester),
+                &policy(&["alice"], &[]),
+                "g1",
+            )
             .await?;
         match state {
-            ApprovalState::Rejected { why, .. } => assert!(why.contains("without a merged approval PR"), "{why}"),
-            other => anyhow::bail!("a merge record without a commit must not approve: {other:?}"),
+            ApprovalState::Rejected { why, .. } => {
+                assert!(why.contains(&format!("approval PR #{} merged but names no merge commit", w.pr)), "{why}")
+            }
+            other => anyhow::bail!("a merge Gitea does not tie to a commit must not approve: {other:?}"),
         }
+        Ok(())
+    }
+
+    /// A failover (or a restart) changes no decision: over a run of states of
+    /// git, the store, Gitea and hadron.yaml, a link that lived through all of
+    /// them decides each as a new one does.
+    #[tokio::test]
+    async fn a_new_process_decides_every_state_as_the_old_one() -> Result<()> {
+        let mut w = world().await?;
+        let (m1, m2, m3) = (
+            "1111111111111111111111111111111111111111",
+            "2222222222222222222222222222222222222222",
+            "3333333333333333333333333333333333333333",
+        );
+        w.s.double.add_team("acme", "leads", &["mallory"]);
+        let alice_only = policy(&["alice"], &[]);
+
+        // The file pushed straight to main as committer "alice"; PR #1 open.
+        let direct = w.direct.clone();
+        decided_alike(&mut w, "g1", &person("alice", &direct), &alice_only, "g1", "without a merged approval PR").await?;
+        // Carol, the requester, merges PR #1 on Gitea.
+        w.s.double.merge_pr(CONTROL, w.pr, "carol", m1);
+        decided_alike(&mut w, "g1", &person("Carol", m1), &alice_only, "g1", "carol is the requester").await?;
+        // Hadron re-opens the branch as PR #2: the file that came with #1 is still carol's.
+        let second = w.s.client.ensure_approval_pr(&approval_view(&w.s.client)).await?.number;
+        assert_ne!(second, w.pr);
+        let record =
+            PrRecord { number: second, url: format!("{}/{CONTROL}/pulls/{second}", w.s.double.base_url()), made_for: "g1 after m1".into() };
+        w.store.set_approval_pr("add-login", "review", &record, 2).await?;
+        assert_eq!(w.store.approval_prs("add-login", "review").await?, vec![w.pr, second]);
+        decided_alike(&mut w, "g1", &person("Carol", m1), &alice_only, "g1", "carol is the requester").await?;
+        // Mallory merges PR #2: not an approver, then listed, then by team, then not again.
+        w.s.double.merge_pr(CONTROL, second, "mallory", m2);
+        let mallory = person("Mallory", m2);
+        decided_alike(&mut w, "g1", &mallory, &alice_only, "g1", "mallory is not an allowed approver").await?;
+        decided_alike(&mut w, "g1", &mallory, &policy(&["alice", "mallory"], &[]), "g1", "Approved { by: \"mallory\" }").await?;
+        decided_alike(&mut w, "g1", &mallory, &policy(&["alice"], &["acme/leads"]), "g1", "Approved { by: \"mallory\" }").await?;
+        decided_alike(&mut w, "g1", &mallory, &alice_only, "g1", "mallory is not an allowed approver").await?;
+        // A commit that is no PR's merge, named as alice's.
+        decided_alike(
+            &mut w,
+            "g1",
+            &person("alice", m3),
+            &alice_only,
+            "g1",
+            &format!("not in the merge of the approval PR #{second} ({m2})"),
+        )
+        .await?;
+        // The request changed: the approval is stale, whoever merged.
+        decided_alike(&mut w, "g1", &mallory, &policy(&["mallory"], &[]), "g2", "Stale { given_for: \"g1\" }").await?;
+        w.s.double.assert_all_requests_matched_swagger();
         Ok(())
     }
 }

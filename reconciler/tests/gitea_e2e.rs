@@ -72,6 +72,20 @@ impl Person {
         bail!("push kept being rejected")
     }
 
+    /// Merges a branch into the tip of main with a merge commit, here only
+    /// (nothing is pushed); the merge commit.
+    fn merge_locally(&self, branch: &str) -> Result<String> {
+        self.run(&["fetch", "--quiet", "origin"])?;
+        self.run(&["reset", "--quiet", "--hard", "origin/main"])?;
+        self.run(&["merge", "--quiet", "--no-ff", "-m", &format!("Merge {branch}"), &format!("origin/{branch}")])?;
+        self.run(&["rev-parse", "HEAD"])
+    }
+
+    /// Pushes HEAD to main as it is (no rebase); whether main took it.
+    fn push_as_is(&self) -> bool {
+        self.run(&["push", "--quiet", "origin", "HEAD:main"]).is_ok()
+    }
+
     /// Merges a branch with a merge commit, as Gitea's merge button does.
     fn merge(&self, branch: &str) -> Result<String> {
         self.run(&["fetch", "--quiet", "origin"])?;
@@ -102,7 +116,17 @@ impl Drop for Hadron {
 
 impl Hadron {
     fn start(control: &Path, data: &Path, gitea: &str) -> Result<Hadron> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hadron"))
+        Self::start_sharing(control, data, gitea, None)
+    }
+
+    /// [`Hadron::start`], with `shared` (a folder that exists) visible to
+    /// every agent's sandbox.
+    fn start_sharing(control: &Path, data: &Path, gitea: &str, shared: Option<&Path>) -> Result<Hadron> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hadron"));
+        if let Some(dir) = shared {
+            command.env(hadron::workers::sandbox::SHARED_ENV, dir);
+        }
+        let mut child = command
             .args(["serve", "--repo"])
             .arg(control)
             .arg("--data-dir")
@@ -374,7 +398,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     let status = status_of(&control, "gated").context("status")?.status;
     ensure!(status.phase == Phase::WaitingForApproval, "{status:?}");
     ensure!(status.message.contains(&format!("merge PR #{} on Gitea", prs[0].number)), "{}", status.message);
-    ensure!(!git(&app, HUMAN, &["log", "--format=%s", "refs/heads/hadron/gated"])?.contains("polish"), "polish must not run");
+    ensure!(!git(&app, HUMAN, &["log", "--format=%B", "refs/heads/hadron/gated"])?.contains("Stage: polish"), "polish must not run");
     ensure!(approval_prs().len() == 1, "the same PR stays open: {:?}", approval_prs());
 
     // 4. The requester merges the approval PR: it does not count, the
@@ -382,7 +406,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     let merge_as = |who: &str, login: &str, number: u64| -> Result<String> {
         let person = Person::clone_as(&control, tmp.path().join(format!("merge-{login}-{number}")), who, &format!("{login}@example.com"))?;
         let commit = person.merge(branch)?;
-        double.merge_pr("acme/control", number, login);
+        double.merge_pr("acme/control", number, login, &commit);
         Ok(commit)
     };
     let first = prs[0].number;
@@ -408,7 +432,7 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     })
     .await?;
     ensure!(phase(&control, "gated") == Some(Phase::WaitingForApproval));
-    ensure!(!git(&app, HUMAN, &["log", "--format=%s", "refs/heads/hadron/gated"])?.contains("polish"), "polish must not run yet");
+    ensure!(!git(&app, HUMAN, &["log", "--format=%B", "refs/heads/hadron/gated"])?.contains("Stage: polish"), "polish must not run yet");
 
     // 6. Dave, in team acme/maintainers, merges the third: the request finishes.
     wait_for(&hadron, "a third approval PR", Duration::from_secs(30), || approval_prs().len() == 3).await?;
@@ -469,6 +493,203 @@ async fn gitea_flow_webhooks_approval_prs_ci_gates_and_target_prs() -> Result<()
     ensure!(value("hadron_triggers_total", Some(("kind", "TargetActivity"))) == 1.0, "{text}");
     ensure!(value("hadron_status_commits_total", None) >= 4.0, "{text}");
     ensure!(value("hadron_reconcile_passes_total", Some(("result", "ok"))) >= 5.0, "{text}");
+    Ok(())
+}
+
+/// What Gitea's API shows of an approval PR while a signed delivery claims
+/// "merged by alice" with the commit that reached main.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Truth {
+    /// The PR is open.
+    Open,
+    /// Mallory merged it (with that commit).
+    MergedByMallory,
+    /// Alice merged it, but Gitea's merge commit is another one.
+    OtherCommit,
+}
+
+/// Someone with the webhook secret merges an approval branch herself, pushes
+/// the merge to main and sends a correctly signed `pull_request` delivery
+/// saying alice (an approver) merged the PR with that commit; Gitea's API
+/// says otherwise (the PR open, merged by mallory, or merged with another
+/// commit). Whichever arrives first, the delivery or the push, no gate
+/// passes: the API decides. Then hadron.yaml lists mallory, and the gates
+/// Gitea shows merged by her pass at the next pass, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_delivery_claiming_a_merge_the_api_does_not_show_passes_no_gate() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let Acme { control, app, carol, double } = acme(tmp.path(), "  approvers:\n    users: [alice]\n").await?;
+    let hadron = Hadron::start(&control, &tmp.path().join("data"), &double.base_url())?;
+    let http = reqwest::Client::new();
+    wait_for(&hadron, "readiness", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(hadron.base.trim_start_matches("http://")).is_ok()
+    })
+    .await?;
+    let gate = "  gates:\n    - name: review\n      type: approval\n      after: implement\n";
+    let cases = [
+        ("open-hook-first", Truth::Open, true),
+        ("open-push-first", Truth::Open, false),
+        ("mallory-hook-first", Truth::MergedByMallory, true),
+        ("mallory-push-first", Truth::MergedByMallory, false),
+        ("commit-hook-first", Truth::OtherCommit, true),
+        ("commit-push-first", Truth::OtherCommit, false),
+    ];
+    let mut head = String::new();
+    for (name, _, _) in &cases {
+        head = carol.commit_file(&format!("requests/{name}.yaml"), &request(name, gate), &format!("ask for {name}"))?;
+    }
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &head)?).await? == 202);
+    let pr_of =
+        |name: &str| double.pulls("acme/control").into_iter().find(|p| p.head == format!("hadron/approve/{name}/review")).map(|p| p.number);
+    for (name, _, _) in &cases {
+        wait_for(&hadron, "the gate and its approval PR", Duration::from_secs(180), || {
+            phase(&control, name) == Some(Phase::WaitingForApproval) && pr_of(name).is_some()
+        })
+        .await?;
+    }
+
+    let mallory = Person::clone_as(&control, tmp.path().join("mallory"), "Mallory", "mallory@example.com")?;
+    let another = "c0ffee0000000000000000000000000000c0ffee";
+    for (name, truth, hook_first) in &cases {
+        let branch = format!("hadron/approve/{name}/review");
+        let number = pr_of(name).context("approval PR")?;
+        let mut landed = None;
+        for _ in 0..10 {
+            let commit = mallory.merge_locally(&branch)?;
+            match truth {
+                Truth::Open => {}
+                Truth::MergedByMallory => double.merge_pr("acme/control", number, "mallory", &commit),
+                Truth::OtherCommit => double.merge_pr("acme/control", number, "alice", another),
+            }
+            let claim = merged_payload(number, &branch, "alice", &commit)?;
+            if *hook_first {
+                ensure!(send_hook(&http, &hadron, "pull_request", &claim).await? == 202);
+            }
+            // A status commit of Hadron's may have moved main meanwhile: merge again.
+            if !mallory.push_as_is() {
+                continue;
+            }
+            if !*hook_first {
+                ensure!(send_hook(&http, &hadron, "pull_request", &claim).await? == 202);
+            }
+            landed = Some(commit);
+            break;
+        }
+        let landed = landed.context("mallory's merge never reached main")?;
+        ensure!(git(&control, HUMAN, &["merge-base", "--is-ancestor", &landed, "main"]).is_ok(), "{name}: {landed} is on main");
+    }
+    ensure!(
+        send_hook(&http, &hadron, "push", &push_payload("acme/control", &git(&control, HUMAN, &["rev-parse", "main"])?)?).await? == 202
+    );
+
+    let refusal = |truth: Truth| match truth {
+        Truth::Open => "without a merged approval PR",
+        Truth::MergedByMallory => "mallory is not an allowed approver",
+        Truth::OtherCommit => "not in the merge of the approval PR",
+    };
+    for (name, truth, _) in &cases {
+        wait_for(&hadron, "the claimed merge to be refused", Duration::from_secs(60), || {
+            status_of(&control, name).is_some_and(|s| s.status.message.contains(refusal(*truth)))
+        })
+        .await?;
+    }
+    let polished = |name: &str| -> Result<bool> {
+        Ok(git(&app, HUMAN, &["log", "--format=%B", &format!("refs/heads/hadron/{name}")])?.contains("Stage: polish"))
+    };
+    for (name, _, _) in &cases {
+        let status = status_of(&control, name).context("status")?.status;
+        ensure!(status.phase == Phase::WaitingForApproval, "{name}: {status:?}");
+        ensure!(!status.message.contains("alice"), "{name}: the delivery's word is not repeated as fact: {}", status.message);
+        ensure!(!polished(name)?, "{name}: polish must not run");
+    }
+
+    // hadron.yaml lists mallory now: the merges Gitea shows as hers count
+    // at the next pass; the others still do not.
+    let settings = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n    maxAttempts: 2\n  approvers:\n    users: [alice, mallory]\n";
+    let head = carol.commit_file("hadron.yaml", settings, "mallory approves too")?;
+    ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &head)?).await? == 202);
+    for (name, truth, _) in &cases {
+        if *truth == Truth::MergedByMallory {
+            wait_for(&hadron, "mallory's approval to count", Duration::from_secs(120), || phase(&control, name) == Some(Phase::Succeeded))
+                .await?;
+            ensure!(polished(name)?, "{name}: polish ran after the approval");
+        }
+    }
+    for (name, truth, _) in &cases {
+        if *truth != Truth::MergedByMallory {
+            let status = status_of(&control, name).context("status")?.status;
+            ensure!(status.phase == Phase::WaitingForApproval && status.message.contains(refusal(*truth)), "{name}: {status:?}");
+            ensure!(!polished(name)?, "{name}: polish must not run");
+        }
+    }
+    double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+/// An approver removed from hadron.yaml after their approval counted: the
+/// gate stays passed (the request goes on with its next stage), while the
+/// policy of each pass still decides gates not passed yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_that_counted_stays_when_its_approver_is_removed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let Acme { control, carol, double, .. } = acme(tmp.path(), "  approvers:\n    users: [dave]\n").await?;
+    // An agent whose polish waits for the test's word, so the request is
+    // between its gate and its end while the policy changes.
+    let witness = tmp.path().join("witness");
+    std::fs::create_dir_all(&witness)?;
+    let go = witness.join("go");
+    let agent = format!(
+        "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: waits\nspec:\n  command:\n    - sh\n    - -c\n    - 'if [ \"$1\" = polish ]; then while [ ! -e \"$2\" ]; do sleep 0.05; done; fi; echo \"$1\" >> CHANGES.md'\n    - waits\n    - \"{{{{stage}}}}\"\n    - {}\n",
+        go.display()
+    );
+    carol.commit_file("agents/waits.yaml", &agent, "agent")?;
+    let held = request("held", "  agent: waits\n  gates:\n    - name: review\n      type: approval\n      after: implement\n");
+    carol.commit_file("requests/held.yaml", &held, "ask for held")?;
+    let hadron = Hadron::start_sharing(&control, &tmp.path().join("data"), &double.base_url(), Some(&witness))?;
+    let http = reqwest::Client::new();
+    let api = |hadron: &Hadron| {
+        let url = format!("{}/api/v1/requests/held", hadron.base);
+        let http = http.clone();
+        async move { anyhow::Ok(http.get(url).send().await?.json::<Value>().await?) }
+    };
+    let branch = "hadron/approve/held/review";
+    let pr = || double.pulls("acme/control").into_iter().find(|p| p.head == branch).map(|p| p.number);
+    wait_for(&hadron, "the gate and its PR", Duration::from_secs(120), || {
+        phase(&control, "held") == Some(Phase::WaitingForApproval) && pr().is_some()
+    })
+    .await?;
+
+    // Dave, an approver, merges the approval PR on Gitea: polish starts.
+    let number = pr().context("approval PR")?;
+    let dave = Person::clone_as(&control, tmp.path().join("dave"), "Dave", "dave@example.com")?;
+    let commit = dave.merge(branch)?;
+    double.merge_pr("acme/control", number, "dave", &commit);
+    ensure!(send_hook(&http, &hadron, "pull_request", &merged_payload(number, branch, "dave", &commit)?).await? == 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(api(&hadron).await?["phase"] == "Running" && api(&hadron).await?["stage"] == "polish") {
+        ensure!(Instant::now() < deadline, "polish never started: {}\n{}", api(&hadron).await?, hadron.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // hadron.yaml no longer lists dave; two passes run after that push.
+    let settings = "apiVersion: hadron.dev/v1alpha1\nkind: Settings\nmetadata:\n  name: hadron\nspec:\n  defaults:\n    agent: script\n    maxAttempts: 2\n  approvers:\n    users: [alice]\n";
+    let head = carol.commit_file("hadron.yaml", settings, "dave no longer approves")?;
+    for _ in 0..2 {
+        let before = metric(&scrape(&http, &hadron).await?, "hadron_reconcile_passes_total", Some(("result", "ok")));
+        ensure!(send_hook(&http, &hadron, "push", &push_payload("acme/control", &head)?).await? == 202);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metric(&scrape(&http, &hadron).await?, "hadron_reconcile_passes_total", Some(("result", "ok"))) <= before {
+            ensure!(Instant::now() < deadline, "no pass after the push:\n{}", hadron.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let now = api(&hadron).await?;
+    ensure!(now["phase"] == "Running" && now["stage"] == "polish", "the passed gate is not re-opened: {now}");
+    ensure!(double.pulls("acme/control").iter().filter(|p| p.head == branch).count() == 1, "no new approval PR is opened");
+
+    std::fs::write(&go, "go\n")?;
+    wait_for(&hadron, "held to succeed", Duration::from_secs(60), || phase(&control, "held") == Some(Phase::Succeeded)).await?;
+    double.assert_all_requests_matched_swagger();
     Ok(())
 }
 

@@ -1,9 +1,17 @@
 //! The forge side of a pass, when Hadron runs against Gitea.
 //!
-//! Observe: who merged an approval PR (recorded from the webhook, else asked
-//! through the API) and whether that user may approve (users, teams, never
-//! the requester); the combined commit status of pushed heads at a `ci`
-//! gate (re-read after a webhook from that repo, and polled as a safety net).
+//! Observe: who merged an approval PR, as Gitea's API shows it (a webhook
+//! only makes the pass run sooner), and whether that user may approve under
+//! the policy in force at this pass (users, teams, never the requester); the
+//! combined commit status of pushed heads at a `ci` gate (re-read after a
+//! webhook from that repo, and polled as a safety net).
+//!
+//! Only facts that cannot change are kept between passes: the merge of an
+//! approval PR once the API says it is merged (merge commit and merger), and
+//! the Gitea login of a commit's author once the API names one. Decisions
+//! are not kept: the same git, store and Gitea state gives the same decision
+//! in a new process (a restart, another replica after a failover). Team
+//! membership is kept by the client for its time to live (60 s).
 //!
 //! Act, after the executor and before the status is rendered: open or update
 //! the approval PR of a gate whose branch is open, open or update a PR in each
@@ -29,10 +37,29 @@ use crate::time::Millis;
 
 use super::{ReconcileError, urls};
 
-pub use crate::store::MergeRecord;
+/// A merged approval PR as Gitea's API reported it. Gitea cannot unmerge a
+/// PR, so this never changes once seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MergeFact {
+    /// The merge commit (`merge_commit_sha`).
+    commit: String,
+    /// Who merged it (`merged_by.login`).
+    login: String,
+}
 
-/// The forge's state between passes: caches of answers that cannot change
-/// and the errors that stall requests.
+/// What the API says of one approval PR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PrMerge {
+    /// Not merged (open, or closed without a merge).
+    NotMerged,
+    /// Merged, with its merge commit and merger.
+    Merged(MergeFact),
+    /// Merged, but the answer names no merge commit or no merger.
+    Unnamed,
+}
+
+/// The forge's state between passes: facts that cannot change and the
+/// errors that stall requests.
 pub struct ForgeLink {
     client: GiteaClient,
     control: RepoRef,
@@ -40,9 +67,9 @@ pub struct ForgeLink {
     ci_poll: Duration,
     ci: BTreeMap<(String, String), (CiState, Instant)>,
     ci_dirty: BTreeSet<String>,
-    /// (request, gate, generation, approval commit) → decision.
-    decisions: BTreeMap<(String, String, String, String), ApprovalState>,
-    /// Requester commit → Gitea login.
+    /// Approval PR number (control repo) → its merge, once the API said merged.
+    merges: BTreeMap<u64, MergeFact>,
+    /// Requester commit → Gitea login, once the API named one.
     logins: BTreeMap<String, String>,
     /// Request → commit and state last set in the control repo.
     control_status: BTreeMap<String, String>,
@@ -81,7 +108,7 @@ impl ForgeLink {
             ci_poll,
             ci: BTreeMap::new(),
             ci_dirty: BTreeSet::new(),
-            decisions: BTreeMap::new(),
+            merges: BTreeMap::new(),
             logins: BTreeMap::new(),
             control_status: BTreeMap::new(),
             target_prs: BTreeMap::new(),
@@ -142,17 +169,39 @@ impl ForgeLink {
         RepoRef::parse(&full).ok()
     }
 
+    /// What the API says of approval PR `number`: a merge already seen is
+    /// not asked again (it cannot change), anything else is.
+    async fn merge_of(&mut self, number: u64) -> Result<PrMerge, GiteaError> {
+        if let Some(fact) = self.merges.get(&number) {
+            return Ok(PrMerge::Merged(fact.clone()));
+        }
+        let info = self.client.merge_info(&self.control, number).await?;
+        if !info.merged {
+            return Ok(PrMerge::NotMerged);
+        }
+        let commit = info.merge_commit_sha.filter(|c| !c.trim().is_empty());
+        let login = info.merged_by.filter(|l| !l.trim().is_empty());
+        let (Some(commit), Some(login)) = (commit, login) else {
+            return Ok(PrMerge::Unnamed);
+        };
+        let fact = MergeFact { commit, login };
+        self.merges.insert(number, fact.clone());
+        Ok(PrMerge::Merged(fact))
+    }
+
     /// Decides an approval gate with the forge: `approver` (the commit that
     /// brought the approval file) and `requester` come from git history, or
     /// why they could not be found; the merger and the requester's login from
-    /// Gitea.
+    /// Gitea's API; `policy` is the one in force at this pass.
     ///
-    /// The only approver is the login Gitea reports as the merger of Hadron's
-    /// approval PR (the webhook's record, else `GET pulls/{n}`), and only when
-    /// that merge is the commit that brought the file. A file that reached
-    /// the base branch any other way (a direct push, whatever its committer
-    /// name) does not count, and neither does any approval while the
-    /// requester is unknown.
+    /// The only approver is the login Gitea's API reports as the merger of
+    /// one of Hadron's approval PRs for this gate, and only when that PR's
+    /// merge commit is the commit that brought the file onto the branch. A
+    /// webhook's word counts for nothing. A file that reached the base
+    /// branch any other way (a direct push, whatever its committer name)
+    /// does not count, and neither does any approval while the requester is
+    /// unknown. Nothing of an earlier decision is reused: a refused approval
+    /// counts at the next pass after its merger is added to the policy.
     #[allow(clippy::too_many_arguments)]
     pub async fn decide_approval(
         &mut self,
@@ -187,49 +236,51 @@ impl ForgeLink {
             }
         };
         let commit = approver.commit.clone();
-        let key = (request.to_owned(), gate.to_owned(), generation.to_owned(), commit.clone());
-        if let Some(known) = self.decisions.get(&key) {
-            return Ok(known.clone());
-        }
-        // Who merged: the webhook's record of a merge that is this commit,
-        // else the PR through the API when its merge is this commit.
+        // Who merged: the API's answer for Hadron's approval PRs of this
+        // gate, newest first, until one's merge commit is this commit.
         let mut login = None;
-        if let Some(rec) = store.approval_merge(request, gate).await?
-            // A record that does not name the merge commit proves nothing
-            // about this commit: the API is asked instead.
-            && rec.commit.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(&commit))
-        {
-            login = Some(rec.login);
-        }
-        let mut pr_number = None;
-        let mut merged_elsewhere = None;
-        if login.is_none()
-            && let Some(pr) = store.approval_pr(request, gate).await?
-        {
-            pr_number = Some(pr.number);
-            match self.client.merge_info(&self.control, pr.number).await {
-                Ok(info) if info.merged => match info.merge_commit_sha {
-                    Some(sha) if !sha.eq_ignore_ascii_case(&commit) => merged_elsewhere = Some(sha),
-                    _ => login = info.merged_by.filter(|l| !l.trim().is_empty()),
-                },
-                Ok(_) => {}
+        // For the message otherwise: the newest PR, and the newest merged
+        // as another commit or without naming its merge.
+        let (mut newest, mut elsewhere, mut unnamed) = (None, None, None);
+        for &number in store.approval_prs(request, gate).await?.iter().rev() {
+            let merge = match self.merge_of(number).await {
+                Ok(m) => m,
                 Err(e) => {
                     self.stall(request, "reading who merged the approval PR", &e);
                     return Ok(ApprovalState::Waiting);
                 }
+            };
+            newest.get_or_insert((number, merge.clone()));
+            match merge {
+                PrMerge::Merged(fact) if fact.commit.eq_ignore_ascii_case(&commit) => {
+                    login = Some(fact.login);
+                    break;
+                }
+                PrMerge::Merged(fact) => {
+                    elsewhere.get_or_insert((number, fact.commit));
+                }
+                PrMerge::Unnamed => {
+                    unnamed.get_or_insert(number);
+                }
+                PrMerge::NotMerged => {}
             }
         }
         let Some(login) = login else {
             // No merge of Hadron's approval PR brought the file: whatever the
             // commit says about its committer, nobody approved on Gitea.
             self.unstall(request);
-            let pr = match pr_number {
-                Some(n) => format!("merge PR #{n} on Gitea"),
-                None => format!("merge the approval PR of branch {} on Gitea", crate::gates::approval_branch(request, gate)),
+            let how = match (elsewhere, unnamed) {
+                (Some((number, sha)), _) => {
+                    format!("the approval file reached main in commit {commit}, not in the merge of the approval PR #{number} ({sha})")
+                }
+                (None, Some(number)) => format!(
+                    "Gitea reports approval PR #{number} merged but names no merge commit or no merger, so it cannot be the commit {commit} that brought the approval file"
+                ),
+                (None, None) => "the approval file reached main without a merged approval PR".to_owned(),
             };
-            let how = match merged_elsewhere {
-                Some(sha) => format!("the approval file reached main in commit {commit}, not in the merge of the approval PR ({sha})"),
-                None => "the approval file reached main without a merged approval PR".to_owned(),
+            let pr = match newest {
+                Some((n, PrMerge::NotMerged)) => format!("merge PR #{n} on Gitea"),
+                _ => format!("merge the approval PR of branch {} on Gitea", crate::gates::approval_branch(request, gate)),
             };
             return Ok(ApprovalState::Rejected {
                 by: format!("{} (git committer, not a Gitea merge)", approver.name),
@@ -272,7 +323,7 @@ impl ForgeLink {
             }
         };
         self.unstall(request);
-        let state = match decision {
+        Ok(match decision {
             crate::forge::ApproverDecision::AllowedAsUser | crate::forge::ApproverDecision::AllowedByTeam { .. } => {
                 ApprovalState::Approved { by: login.clone() }
             }
@@ -288,9 +339,7 @@ impl ForgeLink {
                 ),
                 commit,
             },
-        };
-        self.decisions.insert(key, state.clone());
-        Ok(state)
+        })
     }
 
     /// Reads the combined CI state of the pushed heads at `ci` gates.

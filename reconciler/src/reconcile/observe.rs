@@ -142,6 +142,9 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
     let mut ci_heads: Vec<(String, String, String, Vec<String>)> = Vec::new();
     let mirror = ctx.source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?.mirror_path();
     let head = ctx.source.lock().map_err(|_| ReconcileError::Join("source lock poisoned".into()))?.last_loaded();
+    // Approval gates already let through (one query): each stays passed for
+    // its generation, whatever the approver policy or team says later.
+    let passed = ctx.store.approvals_passed().await?;
     for (name, request) in desired.requests.iter().filter(|(_, r)| !r.spec.gates.is_empty()) {
         let generation = request.generation();
         for gate in &request.spec.gates {
@@ -151,6 +154,10 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
             }
             match gate.gate_type {
                 GateType::Approval => {
+                    if let Some(p) = passed.get(&key).filter(|p| p.generation == generation) {
+                        observed.approvals.insert(key, ApprovalState::Approved { by: p.by.clone() });
+                        continue;
+                    }
                     let Some(approval) = desired.approvals.get(&key) else {
                         observed.approvals.insert(key, ApprovalState::Waiting);
                         continue;
@@ -201,6 +208,10 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
                             },
                         }
                     };
+                    if let (ApprovalState::Approved { by }, Ok(approver)) = (&state, &approver) {
+                        let record = store::PassedGate { generation: generation.clone(), by: by.clone(), commit: approver.commit.clone() };
+                        ctx.store.record_approval_passed(name, &gate.name, &record, crate::time::now()).await?;
+                    }
                     observed.approvals.insert(key, state);
                 }
                 GateType::Ci => {

@@ -19,15 +19,18 @@ pub enum Trigger {
         /// The commit concerned, if the event names one (none for a deleted branch).
         commit: Option<String>,
     },
-    /// An approval PR (`hadron/approve/<request>/<gate>`) was merged into the control branch.
+    /// A delivery says an approval PR (`hadron/approve/<request>/<gate>`)
+    /// was merged into the control branch: the loop asks Gitea's API. The
+    /// merger and commit are what the delivery claims, kept for logs only.
     ApprovalMerged {
         /// The request name.
         request: String,
         /// The gate name.
         gate: String,
-        /// Forge login of who merged (`merged_by`, else the event's sender).
+        /// Forge login the delivery names as the merger (`merged_by`, else
+        /// the event's sender); not evidence.
         merged_by_login: String,
-        /// The merge commit, when Gitea names it.
+        /// The merge commit the delivery names; not evidence.
         merge_commit: Option<String>,
     },
     /// A pull request into the control branch was opened, reopened or

@@ -6,7 +6,9 @@
 //! event Hadron acts on is parsed (400), a slot in the trigger queue is
 //! reserved (503, nothing recorded), the delivery id is recorded (a
 //! redelivery answers 200 `duplicate` and triggers nothing), and the trigger
-//! is sent (202).
+//! is sent (202). What a delivery says happened is never evidence: the loop
+//! reads the forge's own record (for an approval, the PR as Gitea's API
+//! shows it).
 
 use axum::Json;
 use axum::body::Body;
@@ -120,7 +122,8 @@ fn plan_preview(pr: &PullRequestPayload, control: &ControlRepoId) -> Decision {
     }
 }
 
-/// An approval PR merged into the control branch, or nothing.
+/// An approval PR merged into the control branch (a reason to ask Gitea who
+/// merged it, never the answer), or nothing.
 fn approval_merge(pr: PullRequestPayload, control: &ControlRepoId) -> Result<Decision, ServerError> {
     let p = pr.pull_request;
     if pr.action != "closed" || p.merged != Some(true) {
@@ -292,15 +295,10 @@ async fn handle(state: &ServerState, headers: &HeaderMap, body: Body) -> Result<
         TrySendError::Full(()) => ServerError::QueueFull,
         TrySendError::Closed(()) => ServerError::ShuttingDown,
     })?;
-    if let Trigger::ApprovalMerged { request, gate, merged_by_login, merge_commit } = &trigger {
-        // Recorded for the approval check in the loop, BEFORE the delivery
-        // id: if this write fails, the delivery is not marked seen, so
-        // Gitea's redelivery is processed again instead of being answered
-        // "duplicate" with the merger lost. Writing the same record twice
-        // is harmless.
-        let record = crate::store::MergeRecord { login: merged_by_login.clone(), commit: merge_commit.clone() };
-        state.store().record_approval_merge(request, gate, &record, crate::time::now()).await?;
-    }
+    // A merged approval PR is only a reason to look: what the delivery says
+    // (who merged, which commit) is not recorded, and the loop asks Gitea's
+    // API instead. A signed delivery is no more evidence than an unsigned one
+    // would be: whoever holds the secret could have written it.
     if !state.store().record_delivery(delivery, event, crate::time::now()).await? {
         return Ok(Outcome::Duplicate);
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{MergeRecord, Store, StoreError};
+use super::{Store, StoreError};
 
 /// Key prefix of the plan comment on a pull request of the control repo (`plan-comment/<number>`).
 const PLAN_COMMENT_PREFIX: &str = "plan-comment/";
@@ -31,10 +31,17 @@ pub enum RequestEntry {
     StatusDigest,
     /// Per gate: the token (generation) an approval branch was opened for.
     ApprovalBranch,
-    /// Per gate: who merged the approval PR, as a webhook reported it.
+    /// Per gate: who merged the approval PR, as a webhook claimed it. No
+    /// longer written or read (a delivery is a trigger, never evidence);
+    /// kept so housekeeping forgets what older stores hold.
     ApprovalMerged,
-    /// Per gate: the approval PR opened for it ([`PrRecord`]).
+    /// Per gate: the approval PR opened for it last ([`PrRecord`]).
     ApprovalPr,
+    /// Per gate: the numbers of every approval PR opened for it, oldest
+    /// first (an approval file may have come with any of them).
+    ApprovalPrs,
+    /// Per gate: the approval Hadron counted ([`PassedGate`]).
+    ApprovalPassed,
     /// Per target repo: the PR opened there ([`PrRecord`]).
     TargetPr,
     /// The last commit status Hadron set in the control repo.
@@ -43,11 +50,13 @@ pub enum RequestEntry {
 
 impl RequestEntry {
     /// Every kind, for housekeeping.
-    pub const ALL: [RequestEntry; 6] = [
+    pub const ALL: [RequestEntry; 8] = [
         RequestEntry::StatusDigest,
         RequestEntry::ApprovalBranch,
         RequestEntry::ApprovalMerged,
         RequestEntry::ApprovalPr,
+        RequestEntry::ApprovalPrs,
+        RequestEntry::ApprovalPassed,
         RequestEntry::TargetPr,
         RequestEntry::ControlStatus,
     ];
@@ -59,6 +68,8 @@ impl RequestEntry {
             RequestEntry::ApprovalBranch => "approval-branch/",
             RequestEntry::ApprovalMerged => "approval-merged/",
             RequestEntry::ApprovalPr => "approval-pr/",
+            RequestEntry::ApprovalPrs => "approval-prs/",
+            RequestEntry::ApprovalPassed => "approval-passed/",
             RequestEntry::TargetPr => "target-pr/",
             RequestEntry::ControlStatus => "control-status/",
         }
@@ -82,6 +93,20 @@ pub struct PrRecord {
     pub url: String,
     /// The generation (target PRs) or approval token (approval PRs) it was made for.
     pub made_for: String,
+}
+
+/// An approval gate Hadron let through: for which generation, who approved
+/// and the commit that brought the approval file. A gate with this record
+/// for the request's generation stays passed whatever the approver policy
+/// says later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassedGate {
+    /// The request generation the approval was counted for.
+    pub generation: String,
+    /// Who approved, as the decision named them.
+    pub by: String,
+    /// The commit that brought the approval file.
+    pub commit: String,
 }
 
 impl Store {
@@ -109,26 +134,60 @@ impl Store {
         self.kv_set(&RequestEntry::ApprovalBranch.key(request, Some(gate)), token, at).await
     }
 
-    /// Records who merged the approval PR of `request`'s `gate` (from a webhook).
-    pub async fn record_approval_merge(&self, request: &str, gate: &str, record: &MergeRecord, at: i64) -> Result<(), StoreError> {
-        let text = serde_json::to_string(record).expect("because a merge record of strings serialises");
-        self.kv_set(&RequestEntry::ApprovalMerged.key(request, Some(gate)), &text, at).await
-    }
-
-    /// The merge of the approval PR of `request`'s `gate`, if a webhook
-    /// reported one; an unreadable record counts as none.
-    pub async fn approval_merge(&self, request: &str, gate: &str) -> Result<Option<MergeRecord>, StoreError> {
-        Ok(self.kv_get(&RequestEntry::ApprovalMerged.key(request, Some(gate))).await?.and_then(|text| serde_json::from_str(&text).ok()))
-    }
-
     /// The approval PR opened for `request`'s `gate`; an unreadable record counts as none.
     pub async fn approval_pr(&self, request: &str, gate: &str) -> Result<Option<PrRecord>, StoreError> {
         self.pr_record(&RequestEntry::ApprovalPr.key(request, Some(gate))).await
     }
 
-    /// Records the approval PR opened for `request`'s `gate`.
+    /// Records the approval PR opened for `request`'s `gate`, and adds its
+    /// number to the gate's list (one transaction).
     pub async fn set_approval_pr(&self, request: &str, gate: &str, pr: &PrRecord, at: i64) -> Result<(), StoreError> {
-        self.set_pr_record(&RequestEntry::ApprovalPr.key(request, Some(gate)), pr, at).await
+        let mut numbers = self.approval_prs(request, gate).await?;
+        if !numbers.contains(&pr.number) {
+            numbers.push(pr.number);
+        }
+        let record = serde_json::to_string(pr).expect("because a PR record of strings and a number serialises");
+        let list = serde_json::to_string(&numbers).expect("because a list of numbers serialises");
+        let entries = [
+            (RequestEntry::ApprovalPr.key(request, Some(gate)), Some(record.as_str())),
+            (RequestEntry::ApprovalPrs.key(request, Some(gate)), Some(list.as_str())),
+        ];
+        self.kv_write_all(&entries, at).await
+    }
+
+    /// The numbers of every approval PR opened for `request`'s `gate`,
+    /// oldest first (a store from before the list holds the last one only).
+    pub async fn approval_prs(&self, request: &str, gate: &str) -> Result<Vec<u64>, StoreError> {
+        let listed = self.kv_get(&RequestEntry::ApprovalPrs.key(request, Some(gate))).await?;
+        let mut numbers: Vec<u64> = listed.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default();
+        if let Some(last) = self.approval_pr(request, gate).await?
+            && !numbers.contains(&last.number)
+        {
+            numbers.push(last.number);
+        }
+        Ok(numbers)
+    }
+
+    /// Every approval gate Hadron let through, by (request, gate) (one
+    /// query); unreadable records count as none.
+    pub async fn approvals_passed(&self) -> Result<BTreeMap<(String, String), PassedGate>, StoreError> {
+        let prefix = RequestEntry::ApprovalPassed.prefix();
+        Ok(self
+            .kv_with_prefix(prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, text)| {
+                let (request, gate) = key[prefix.len()..].split_once('/')?;
+                let passed = serde_json::from_str(&text).ok()?;
+                Some(((request.to_owned(), gate.to_owned()), passed))
+            })
+            .collect())
+    }
+
+    /// Records that `request`'s `gate` was let through.
+    pub async fn record_approval_passed(&self, request: &str, gate: &str, passed: &PassedGate, at: i64) -> Result<(), StoreError> {
+        let text = serde_json::to_string(passed).expect("because a passed-gate record of strings serialises");
+        self.kv_set(&RequestEntry::ApprovalPassed.key(request, Some(gate)), &text, at).await
     }
 
     /// The PR opened in target repo `repo` for `request`; an unreadable record counts as none.

@@ -104,11 +104,10 @@ mod requests;
 pub(crate) mod tests;
 
 pub use error::{StoreError, redact_url};
-pub use kv::{PlanComment, PrRecord, RequestEntry};
+pub use kv::{PassedGate, PlanComment, PrRecord, RequestEntry};
 pub use lease::{LEASE_NAME, LeaseHolder};
 pub use records::{
-    Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, MergeRecord, NewAttempt, NewEvent, OutboxEntry, OutboxFiles, OutboxState,
-    RequestRecord,
+    Attempt, AttemptInsert, AttemptState, AttemptUpdate, Event, NewAttempt, NewEvent, OutboxEntry, OutboxFiles, OutboxState, RequestRecord,
 };
 pub use relay::{RelayListener, TRIGGER_CHANNEL};
 

@@ -222,13 +222,3 @@ pub struct OutboxEntry {
     /// When it was published (unix ms).
     pub published_at: Option<i64>,
 }
-
-/// A merge of an approval PR, as the webhook reported it (kept in `kv`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MergeRecord {
-    /// Gitea login of whoever merged.
-    pub login: String,
-    /// The merge commit, when the payload named it.
-    #[serde(default)]
-    pub commit: Option<String>,
-}

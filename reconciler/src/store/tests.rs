@@ -221,6 +221,21 @@ store_test!(plan_comments_are_kept_per_pull_request_and_forgotten_once_closed, |
     Ok(())
 });
 
+store_test!(every_approval_pr_of_a_gate_is_listed_oldest_first, |db| {
+    let store = db.open().await?;
+    let pr = |number| crate::store::PrRecord { number, url: format!("u{number}"), made_for: "g".into() };
+    // A store from before the list: only the last PR's record.
+    store.kv_set(&crate::store::RequestEntry::ApprovalPr.key("fix", Some("review")), &serde_json::to_string(&pr(3))?, 1).await?;
+    ensure!(store.approval_prs("fix", "review").await? == [3]);
+    store.set_approval_pr("fix", "review", &pr(5), 2).await?;
+    store.set_approval_pr("fix", "review", &pr(5), 3).await?;
+    store.set_approval_pr("fix", "review", &pr(8), 4).await?;
+    ensure!(store.approval_prs("fix", "review").await? == [3, 5, 8], "each number once, oldest first");
+    ensure!(store.approval_pr("fix", "review").await? == Some(pr(8)), "the record is the last PR's");
+    ensure!(store.approval_prs("fix", "other").await?.is_empty());
+    Ok(())
+});
+
 store_test!(requests_upsert_get_list_delete, |db| {
     let store = db.open().await?;
     ensure!(store.get_request("beta").await?.is_none());
@@ -576,8 +591,14 @@ store_test!(retention_prunes_old_rows_and_the_database_guards_the_rest, |db| {
     store.set_target_pr("gone", "../app.git", &pr, 1).await?;
     store.set_control_status("gone", "m", 1).await?;
     store.set_approval_branch_opened_for("gone", "review", "g", 1).await?;
+    let passed = crate::store::PassedGate { generation: "g".into(), by: "bob".into(), commit: "c".into() };
+    store.record_approval_passed("gone", "review", &passed, 1).await?;
+    store.record_approval_passed("alpha", "review", &passed, 1).await?;
     store.kv_set("other/gone", "v", 1).await?;
-    ensure!(store.prune_request_entries(|request| request == "alpha").await? == 5);
+    // An approval PR's record and the gate's list of PR numbers, a passed gate: two and one entries.
+    ensure!(store.prune_request_entries(|request| request == "alpha").await? == 7);
+    ensure!(store.approvals_passed().await?.into_iter().collect::<Vec<_>>() == [(("alpha".to_owned(), "review".to_owned()), passed)]);
+    ensure!(store.approval_prs("gone", "review").await?.is_empty() && store.approval_prs("alpha", "review").await? == [1]);
     ensure!(store.status_digests().await?.keys().collect::<Vec<_>>() == ["alpha"]);
     ensure!(store.approval_pr("gone", "review").await?.is_none() && store.target_pr("gone", "../app.git").await?.is_none());
     ensure!(store.control_status("gone").await?.is_none() && store.approval_branch_opened_for("gone", "review").await?.is_none());

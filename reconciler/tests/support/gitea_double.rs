@@ -285,6 +285,8 @@ pub struct PrRec {
     pub merged: bool,
     /// Merged by.
     pub merged_by: Option<String>,
+    /// The merge commit Gitea made (set with `merged`).
+    pub merge_commit_sha: Option<String>,
     /// Head sha.
     pub head_sha: String,
 }
@@ -489,13 +491,22 @@ impl GiteaDouble {
         crate::git::git(&dir, crate::git::HUMAN, args).ok()
     }
 
-    /// A person merges PR `number` of `repo`.
-    pub fn merge_pr(&self, repo: &str, number: u64, by: &str) {
+    /// A person merges PR `number` of `repo`; Gitea's merge made commit
+    /// `merge_commit` (the commit the API then names as `merge_commit_sha`).
+    pub fn merge_pr(&self, repo: &str, number: u64, by: &str, merge_commit: &str) {
         let mut st = self.st();
         let pr = st.pulls.iter_mut().find(|p| p.repo == repo && p.number == number).expect("PR exists");
         pr.merged = true;
         pr.state = "closed".to_owned();
         pr.merged_by = Some(by.to_owned());
+        pr.merge_commit_sha = Some(merge_commit.to_owned());
+    }
+
+    /// The members of team `org/name` are now `members` (someone joined or left).
+    pub fn set_team_members(&self, org: &str, name: &str, members: &[&str]) {
+        let mut st = self.st();
+        let team = st.teams.iter_mut().find(|t| t.org == org && t.name == name).expect("team exists");
+        team.members = members.iter().map(|m| (*m).to_owned()).collect();
     }
 
     /// An outside CI sets a status.
@@ -592,7 +603,10 @@ impl GiteaDouble {
             Some(login) => self.user_json(login),
             None => Value::Null,
         };
-        v["merge_commit_sha"] = if pr.merged { json!("9d6f6a1c0c3b0f0e6a0d2c1b4a5e6f708192a3b4") } else { Value::Null };
+        v["merge_commit_sha"] = match (&pr.merge_commit_sha, pr.merged) {
+            (Some(sha), true) => json!(sha),
+            _ => Value::Null,
+        };
         for (side, branch) in [("head", &pr.head), ("base", &pr.base)] {
             v[side]["ref"] = json!(branch);
             v[side]["label"] = json!(branch);
@@ -619,6 +633,7 @@ impl GiteaDouble {
             state: "open".to_owned(),
             merged: false,
             merged_by: None,
+            merge_commit_sha: None,
             head_sha: sha.to_owned(),
         });
         number
@@ -742,6 +757,7 @@ impl GiteaDouble {
                     state: "open".to_owned(),
                     merged: false,
                     merged_by: None,
+                    merge_commit_sha: None,
                     head_sha,
                 };
                 st.pulls.push(pr.clone());

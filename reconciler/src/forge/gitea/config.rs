@@ -98,12 +98,27 @@ pub struct GiteaConfig {
     pub retry: RetryPolicy,
     /// Timeout of one HTTP request.
     pub timeout: Duration,
+    /// How long an answer about a team (its id, whether a user is a member)
+    /// is used before Gitea is asked again.
+    pub membership_ttl: Duration,
 }
 
+/// How long team ids and memberships are kept by default: someone added to
+/// or removed from an approver team counts within a minute.
+pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(60);
+
 impl GiteaConfig {
-    /// A configuration with default retries and a 30 s request timeout.
+    /// A configuration with default retries, a 30 s request timeout and
+    /// team answers kept for [`MEMBERSHIP_TTL`].
     pub fn new(base_url: impl Into<String>, token: TokenSource, control: RepoRef) -> Self {
-        GiteaConfig { base_url: base_url.into(), token, control, retry: RetryPolicy::default(), timeout: Duration::from_secs(30) }
+        GiteaConfig {
+            base_url: base_url.into(),
+            token,
+            control,
+            retry: RetryPolicy::default(),
+            timeout: Duration::from_secs(30),
+            membership_ttl: MEMBERSHIP_TTL,
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use std::fmt;
 use handlebars::Handlebars;
 use reqwest::Url;
 
-pub use config::{GiteaConfig, RepoRef, TokenSource};
+pub use config::{GiteaConfig, MEMBERSHIP_TTL, RepoRef, TokenSource};
 pub use error::GiteaError;
 pub use pulls::{EnsuredPr, MergeInfo, PrAction};
 pub use retry::RetryPolicy;
@@ -67,6 +67,8 @@ pub struct GiteaClient {
     circuit: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// Checked before every call that changes something (not GET).
     lease: crate::leader::LeaseGuard,
+    /// Team ids and memberships, each kept for the configured time to live.
+    teams: std::sync::Arc<std::sync::Mutex<teams::TeamCache>>,
 }
 
 impl fmt::Debug for GiteaClient {
@@ -116,6 +118,7 @@ impl GiteaClient {
             templates: std::sync::Arc::new(templates),
             circuit: std::sync::Arc::default(),
             lease: crate::leader::LeaseGuard::unguarded(),
+            teams: std::sync::Arc::new(std::sync::Mutex::new(teams::TeamCache::new(config.membership_ttl))),
         })
     }
 
