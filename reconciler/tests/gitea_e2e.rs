@@ -170,6 +170,91 @@ impl Hadron {
     fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
     }
+
+    /// One replica of several on the PostgreSQL `database_url` (2 s lease,
+    /// one runs dir), calling Gitea with `token`, with `fault` armed (see
+    /// `reconciler/src/fault.rs`).
+    fn replica(
+        control: &Path,
+        data: &Path,
+        gitea: &str,
+        database_url: &str,
+        runs: &Path,
+        token: &str,
+        fault: Option<&str>,
+    ) -> Result<Hadron> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hadron"));
+        if let Some(point) = fault {
+            command.env(hadron::fault::ENV, point);
+        }
+        let mut child = command
+            .args(["serve", "--repo"])
+            .arg(control)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--database-url", database_url, "--lease-seconds", "2", "--runs-dir"])
+            .arg(runs)
+            .args(["--listen", "127.0.0.1:0", "--no-watch", "--poll-seconds", "1", "--backoff-ms", "200"])
+            .args(["--forge", "gitea", "--gitea-url", gitea, "--gitea-repo", "acme/control"])
+            .env("GITEA_TOKEN", token)
+            .env("HADRON_WEBHOOK_SECRET", SECRET)
+            .env("RUST_LOG", "hadron=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let log = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            Box::new(child.stdout.take().context("stdout")?) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().context("stderr")?),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().expect("log lock").push_str(&format!("{line}\n"));
+                }
+            });
+        }
+        Ok(Hadron { child, base: String::new(), log })
+    }
+
+    async fn wait_line(&self, needle: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return Ok(line.to_owned());
+            }
+            ensure!(Instant::now() < deadline, "no line with {needle:?}:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A PostgreSQL database of one test on the local server, dropped at the end.
+struct Postgres(String);
+
+impl Postgres {
+    fn psql(sql: &str) -> Result<()> {
+        let out = Command::new("psql").args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc", sql]).output()?;
+        ensure!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    fn create(test: &str) -> Result<Postgres> {
+        let name = format!("hadron_e2e_{test}_{}", std::process::id());
+        Self::psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+        Self::psql(&format!("CREATE DATABASE {name}"))?;
+        Ok(Postgres(name))
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.0)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Self::psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+    }
 }
 
 /// Sends a fixture webhook, signed with the secret; returns the HTTP status.
@@ -875,6 +960,49 @@ async fn a_pull_request_into_the_control_repo_gets_one_plan_comment_edited_on_ev
     let status = status_of(ghost).context("a status")?;
     ensure!(status.state == "error" && status.description.contains("could not read this pull request's head"), "{status:?}");
     ensure!(double.comments("acme/control", number).is_empty() && comment(&double).len() == 1);
+    double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_before_a_gitea_write_makes_none_after_the_take_over() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let Acme { control, carol, double, .. } = acme(tmp.path(), "  approvers:\n    users: [dave]\n").await?;
+    let gated = request("gated", "  gates:\n    - name: review\n      type: approval\n      after: implement\n");
+    carol.commit_file("requests/gated.yaml", &gated, "ask for gated")?;
+    let db = Postgres::create("gitea_write")?;
+    let runs = tmp.path().join("runs");
+    // The two replicas call Gitea with tokens of their own: the double tells their calls apart.
+    const OLD: &str = "e2e-token-of-the-old-leader";
+    double.accept_token(OLD);
+    let old_writes = || double.requests().iter().filter(|r| r.method != "GET" && r.token.as_deref() == Some(OLD)).count();
+    let mut a = Hadron::replica(&control, &tmp.path().join("a"), &double.base_url(), &db.url(), &runs, OLD, Some("gitea-write"))?;
+    a.wait_line("leading (epoch 1)").await?;
+    // Its first Gitea write: frozen just before it (as a stopped VM would be).
+    let line = a.wait_line("fault: stopping at gitea-write").await?;
+    let pid = line.split("(pid ").nth(1).and_then(|r| r.trim_end_matches(')').parse::<u32>().ok()).context("a pid")?;
+    let frozen_writes = old_writes();
+    let b = Hadron::replica(&control, &tmp.path().join("b"), &double.base_url(), &db.url(), &runs, TOKEN, None)?;
+    b.wait_line("leading (epoch 2)").await?;
+    let branch = "hadron/approve/gated/review";
+    wait_for(&b, "the new leader's approval PR", Duration::from_secs(120), || {
+        double.pulls("acme/control").iter().any(|p| p.head == branch)
+    })
+    .await?;
+    // The old leader wakes: it makes no Gitea write, and exits.
+    ensure!(Command::new("kill").args(["-CONT", &pid.to_string()]).status()?.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = a.child.try_wait()? {
+            break status;
+        }
+        ensure!(Instant::now() < deadline, "the old leader did not exit:\n{}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    ensure!(status.code() == Some(3), "exit {status}:\n{}", a.log());
+    ensure!(old_writes() == frozen_writes, "the deposed leader wrote to Gitea after the take-over:\n{}", a.log());
+    ensure!(double.pulls("acme/control").iter().filter(|p| p.head == branch).count() == 1, "one approval PR");
+    ensure!(a.log().contains("lost the leader lease"), "{}", a.log());
     double.assert_all_requests_matched_swagger();
     Ok(())
 }

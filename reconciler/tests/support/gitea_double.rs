@@ -339,6 +339,9 @@ pub struct Recorded {
     pub body: Option<Value>,
     /// Whether it had the right `Authorization: token <t>`.
     pub authorized: bool,
+    /// The token it carried, if any (two replicas given different tokens
+    /// tell their calls apart).
+    pub token: Option<String>,
 }
 
 /// A comment on an issue or PR.
@@ -358,6 +361,8 @@ pub struct CommentRec {
 
 #[derive(Default)]
 struct StateInner {
+    /// Tokens accepted besides the one the double started with.
+    more_tokens: Vec<String>,
     repos: BTreeMap<String, String>,
     pulls: Vec<PrRec>,
     comments: Vec<CommentRec>,
@@ -440,6 +445,11 @@ impl GiteaDouble {
 
     fn st(&self) -> std::sync::MutexGuard<'_, StateInner> {
         self.inner.state.lock().expect("double state lock")
+    }
+
+    /// Accepts `token` as well as the one it started with.
+    pub fn accept_token(&self, token: &str) {
+        self.st().more_tokens.push(token.to_owned());
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -930,7 +940,8 @@ async fn handle(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, heade
     let path = uri.path().to_owned();
     let query = parse_query(uri.query().unwrap_or(""));
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let authorized = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(format!("token {}", inner.token).as_str());
+    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("token ")).map(str::to_owned);
+    let authorized = token.as_deref().is_some_and(|t| t == inner.token || double.st().more_tokens.iter().any(|m| m == t));
     let json_body = if body.is_empty() { None } else { serde_json::from_slice::<Value>(&body).ok() };
     let mut matched = None;
     let mut problems = Vec::new();
@@ -952,6 +963,7 @@ async fn handle(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, heade
             query: query.clone(),
             body: json_body.clone(),
             authorized,
+            token: token.clone(),
         });
         st.mismatches.extend(problems.iter().cloned());
         let fault = st.faults.iter().position(|f| f.method == method.as_str() && f.path == path);
