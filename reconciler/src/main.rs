@@ -191,6 +191,18 @@ struct ServeArgs {
     /// port on public addresses only).
     #[arg(long = "worker-git-egress", env = "HADRON_WORKER_GIT_EGRESS", value_delimiter = ',', value_name = "RULE")]
     worker_git_egress: Vec<hadron::workers::kubernetes::GitEgress>,
+    /// Name of this installation (a DNS-1123 label), on every worker, Job, Secret and run
+    /// directory it makes; default: the control repo's name and a hash of its URL and branch.
+    /// Installations sharing a Kubernetes namespace or a --runs-dir never adopt, cancel or prune
+    /// each other's workers; replicas of one installation must share it (the same --repo and
+    /// --branch do). Changing it orphans the workers running under the old one.
+    #[arg(long, env = "HADRON_INSTALLATION", value_name = "NAME", value_parser = installation_name)]
+    installation: Option<hadron::ids::Installation>,
+}
+
+/// An installation name given on the command line.
+fn installation_name(text: &str) -> Result<hadron::ids::Installation, String> {
+    hadron::ids::Installation::named(text).map_err(|e| e.to_string())
 }
 
 /// Where workers run.
@@ -507,6 +519,7 @@ fn run_service(
         lease_duration: Duration::from_secs(serve.lease_seconds),
         runs_dir: serve.runs_dir.clone(),
         driver,
+        installation: serve.installation.clone(),
     };
     let mut stdout = io::stdout();
     let result = match repo {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::forge::{GiteaClient, GiteaConfig, RepoRef, TokenSource};
+use crate::ids::Installation;
 use crate::leader::{self, ElectionConfig, Elector, Leadership};
 use crate::model::Phase;
 use crate::plan::PlanConfig;
@@ -120,6 +121,8 @@ pub struct UpOptions {
     pub runs_dir: Option<PathBuf>,
     /// Where workers run.
     pub driver: DriverOptions,
+    /// The installation's name; `None`: derived from the control repo's URL and branch.
+    pub installation: Option<Installation>,
 }
 
 /// Variables that hold Hadron's own credentials or configuration: never an agent's secret.
@@ -463,6 +466,7 @@ async fn listen(asked: Option<SocketAddr>, out: &mut (dyn Write + Send)) -> Resu
 /// The driver `opts` ask for; `on_exit` is called when a worker exits.
 async fn make_driver(
     opts: &UpOptions,
+    installation: &Installation,
     runs_dir: PathBuf,
     epoch: Option<i64>,
     on_exit: impl Fn(&str) + Send + Sync + 'static,
@@ -472,6 +476,7 @@ async fn make_driver(
             LocalDriver::new(runs_dir, WorkerCommand::hadron(opts.worker_program.clone()))
                 .map_err(ReconcileError::from)?
                 .with_agent_secrets(opts.agent_secrets.iter().cloned())
+                .with_installation(installation.clone())
                 .with_exit_hook(on_exit),
         ),
         DriverOptions::Kubernetes { namespace, image, service_account, deadline_seconds, git_egress } => {
@@ -485,6 +490,7 @@ async fn make_driver(
             k8s.epoch = epoch;
             k8s.agent_secrets = opts.agent_secrets.iter().cloned().collect();
             k8s.on_exit = Some(Arc::new(on_exit));
+            k8s.installation = installation.clone();
             Arc::new(KubernetesDriver::new(client, k8s))
         }
     })
@@ -504,15 +510,16 @@ fn sandbox_warning(driver: &DriverOptions, out: &mut (dyn Write + Send)) {
 }
 
 /// One line on where workers run.
-fn driver_line(driver: &DriverOptions) -> String {
+fn driver_line(driver: &DriverOptions, installation: &Installation) -> String {
     match driver {
         DriverOptions::Local => match crate::workers::sandbox::Sandbox::probe() {
             Ok(_) => "local processes, each agent in a bubblewrap sandbox".to_owned(),
             Err(_) => "local processes, agents UNCONFINED (see the first line)".to_owned(),
         },
         DriverOptions::Kubernetes { namespace, image, .. } => format!(
-            "Kubernetes Jobs in namespace {} (default image {image}; `kubectl get jobs -l app.kubernetes.io/managed-by=hadron`)",
-            namespace.as_deref().unwrap_or("of the service account")
+            "Kubernetes Jobs in namespace {} (default image {image}; `kubectl get jobs -l {}`)",
+            namespace.as_deref().unwrap_or("of the service account"),
+            crate::workers::kubernetes::selector(installation)
         ),
     }
 }
@@ -565,6 +572,8 @@ async fn run(
         Some(dir) => absolute(dir)?,
         None => data_dir.join("runs"),
     };
+    // Whose workers this Hadron's are: replicas of one installation share them.
+    let installation = opts.installation.clone().unwrap_or_else(|| Installation::derived(&control_url, &opts.branch));
     let driver_name = match opts.driver {
         DriverOptions::Local => "local",
         DriverOptions::Kubernetes { .. } => "kubernetes",
@@ -574,7 +583,11 @@ async fn run(
         branch: opts.branch.clone(),
         data_dir: data_dir.clone(),
         poll_interval: opts.poll_interval,
-        plan: PlanConfig { backoff_base_ms: i64::try_from(opts.backoff_base.as_millis()).unwrap_or(10_000), ..PlanConfig::default() },
+        plan: PlanConfig {
+            backoff_base_ms: i64::try_from(opts.backoff_base.as_millis()).unwrap_or(10_000),
+            installation: installation.clone(),
+            ..PlanConfig::default()
+        },
         driver_name: driver_name.into(),
         retention: opts.retention.clone(),
         status_interval: opts.status_interval,
@@ -699,11 +712,13 @@ async fn run(
 
     // Workers are started and watched by the leader alone, its Jobs marked with its epoch.
     let epoch = leadership.as_ref().map(|(_, _, epoch, _, _)| *epoch);
-    let driver = make_driver(&opts, runs_dir, epoch, move |_| {
+    let driver = make_driver(&opts, &installation, runs_dir, epoch, move |_| {
         let _ = exit_tx.try_send(Trigger::WorkerExited);
     })
     .await?;
-    let _ = writeln!(out, "workers: {}", inert(&driver_line(&opts.driver)));
+    let _ = writeln!(out, "workers: {}", inert(&driver_line(&opts.driver, &installation)));
+    let _ =
+        writeln!(out, "installation: {installation} (only its workers are adopted, cancelled and pruned here; --installation names it)");
     // The dashboard reads workers' logs through it.
     let _ = logs.set(driver.clone());
     let mut ctx = Context::new(cfg, store, driver)?.with_telemetry(telemetry.clone()).with_lease(lease);

@@ -14,7 +14,7 @@ use git::{HUMAN, git};
 use hadron::model::Catalog;
 use hadron::model::kinds::Pricing;
 use hadron::workers::proc::group_exists;
-use hadron::workers::spec::{EnvSource, Outcome, PreviousStage, RunResult, RunSpec, worker_name};
+use hadron::workers::spec::{EnvSource, Installation, Outcome, PreviousStage, RunResult, RunSpec, worker_name};
 use hadron::workers::{Driver, DriverError, LocalDriver, WorkerCommand, WorkerState, run_worker};
 
 const PROMPT: &str = include_str!("../../templates/prompt.md.hbs");
@@ -52,9 +52,15 @@ impl Fixture {
 
     /// A run spec for `stage` of request `add-greeting` with `command`.
     fn spec(&self, stage: &str, command: Vec<String>) -> RunSpec {
+        self.spec_of(&Installation::default(), stage, command)
+    }
+
+    /// The same, for a worker of `installation`.
+    fn spec_of(&self, installation: &Installation, stage: &str, command: Vec<String>) -> RunSpec {
         let url = self.bare().display().to_string();
         RunSpec {
-            worker: worker_name("add-greeting", "0011223344556677", stage, &url, 1),
+            worker: worker_name(installation, "add-greeting", "0011223344556677", stage, &url, 1),
+            installation: installation.to_string(),
             request: "add-greeting".into(),
             generation: "0011223344556677".into(),
             stage: stage.into(),
@@ -476,6 +482,58 @@ fn a_new_driver_finds_running_work_and_cancels_it() {
     }
     wait_for("the process group to go", || (!group_exists(pgid)).then_some(()));
     driver.cancel(&spec.worker).expect("cancelling again is harmless");
+}
+
+#[test]
+fn two_installations_sharing_a_runs_folder_never_touch_each_others_workers() {
+    let fx = Fixture::new();
+    let runs = fx.root().join("runs");
+    let (team_a, team_b) = (Installation::named("team-a").expect("a label"), Installation::named("team-b").expect("a label"));
+    // The same request, stage and attempt in both control repos.
+    let spec_a = fx.spec_of(&team_a, "implement", vec!["unused".into()]);
+    let spec_b = fx.spec_of(&team_b, "implement", vec!["unused".into()]);
+    assert_ne!(spec_a.worker, spec_b.worker, "two installations never share a run folder");
+    let driver = |installation: &Installation, spec: &RunSpec| {
+        LocalDriver::new(&runs, fake_worker(&spec.worker, "300"))
+            .expect("driver")
+            .with_installation(installation.clone())
+            .with_stop_grace(Duration::from_secs(5))
+    };
+    let (a, b) = (driver(&team_a, &spec_a), driver(&team_b, &spec_b));
+    a.start(&spec_a).expect("a starts its worker");
+    b.start(&spec_b).expect("b starts its worker");
+    assert_eq!(a.start(&spec_b).map_err(|e| e.reason()), Err("ForeignWorker"), "a does not start b's worker");
+    // A run folder from before installations existed is nobody's.
+    let legacy = "hadron-add-greeting-implement-1-0a1b2c3d";
+    std::fs::create_dir_all(runs.join(legacy)).expect("mkdir");
+    let mut old = serde_json::to_value(RunSpec { worker: legacy.into(), ..spec_a.clone() }).expect("json");
+    old.as_object_mut().expect("an object").remove("installation");
+    std::fs::write(runs.join(legacy).join("run.json"), old.to_string()).expect("write run.json");
+
+    let workers = |d: &LocalDriver| d.observe().expect("observe").into_iter().map(|o| (o.worker, o.state)).collect::<Vec<_>>();
+    assert_eq!(workers(&a), [(spec_a.worker.clone(), WorkerState::Running)], "a sees its own worker only");
+    assert_eq!(workers(&b), [(spec_b.worker.clone(), WorkerState::Running)], "b sees its own worker only");
+    let b_pid = pid_of(&b, &spec_b.worker);
+    let err = a.cancel(&spec_b.worker).expect_err("not a's to cancel");
+    assert_eq!(err.reason(), "ForeignWorker");
+    assert!(err.to_string().contains("team-b") && err.to_string().contains("team-a"), "{err}");
+    assert!(group_exists(b_pid), "b's worker still runs");
+    assert_eq!(a.log_tail(&spec_b.worker, 100).map_err(|e| e.reason()), Err("ForeignWorker"), "nor its log a's to show");
+    assert_eq!(workers(&b), [(spec_b.worker.clone(), WorkerState::Running)]);
+
+    // b cancels its own; a's pruning passes over b's finished run.
+    b.cancel(&spec_b.worker).expect("b cancels its worker");
+    wait_for("b's worker to go", || (!group_exists(b_pid)).then_some(()));
+    assert_eq!(a.prune(&[spec_b.worker.clone(), legacy.to_owned()], Duration::ZERO).expect("prune"), 0);
+    assert!(runs.join(&spec_b.worker).join("result.json").exists(), "b's record is b's to remove");
+    assert!(runs.join(legacy).is_dir(), "so is the old one");
+    assert_eq!(workers(&a), [(spec_a.worker.clone(), WorkerState::Running)], "a's worker ran on throughout");
+    assert_eq!(b.prune(std::slice::from_ref(&spec_b.worker), Duration::ZERO).expect("prune"), 1);
+    assert!(!runs.join(&spec_b.worker).exists());
+
+    let a_pid = pid_of(&a, &spec_a.worker);
+    a.cancel(&spec_a.worker).expect("a cancels its worker");
+    wait_for("a's worker to go", || (!group_exists(a_pid)).then_some(()));
 }
 
 #[test]

@@ -31,7 +31,7 @@ fn example_files(dir: &Path) {
 
 /// The worker Hadron runs for the first attempt of add-healthz's first stage.
 fn running_worker(generation: &str) -> String {
-    hadron::ids::worker_name("add-healthz", generation, "implement", "../demo-app.git", 1)
+    hadron::ids::worker_name(&hadron::ids::Installation::default(), "add-healthz", generation, "implement", "../demo-app.git", 1)
 }
 
 fn checkout(tmp: &Path) -> std::path::PathBuf {

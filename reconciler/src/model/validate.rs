@@ -569,19 +569,19 @@ fn check_status(out: &mut Vec<Finding>, s: &RequestStatus) {
 /// an error for each (`hadron validate` fails; the loop keeps the rest of the
 /// file and ignores the entry): status files live in git and can be edited by hand,
 /// and the planner adopts their entries as finished work. An entry is kept
-/// only when its worker name is the one Hadron derives from the request, the
-/// generation, the stage, the repo and the attempt, its pushed commit (if
+/// only when its worker name is one Hadron gives this request, stage and
+/// attempt (the hash at its end covers the installation, unknown to a
+/// checkout of the control repo, with the generation and repo; see
+/// [`crate::ids::worker_name`]), its pushed commit (if
 /// any) is 40 lower-case hex digits, and its tokens and cost are within the
 /// bounds a worker's report is held to.
 pub fn sanitize_status(s: &mut RequestStatus) -> Vec<Finding> {
     use crate::attempt::{MAX_TOTAL_TOKENS_PER_ATTEMPT, cost_is_sane};
     let mut out = Vec::new();
     let request = s.metadata.name.clone();
-    let generation = s.status.observed_generation.clone();
     let mut index = 0;
     s.status.stages.retain(|e| {
         let field = |f: &str| format!("status.stages[{index}].{f}");
-        let expected = crate::ids::worker_name(&request, &generation, &e.name, &e.repo, e.attempt);
         let problem = if e.attempt == 0 {
             Some((field("attempt"), "attempt 0 does not exist: attempts count from 1".to_owned()))
         } else if !crate::ids::is_worker_name(&e.worker) {
@@ -592,10 +592,10 @@ pub fn sanitize_status(s: &mut RequestStatus) -> Vec<Finding> {
                     e.worker.escape_debug()
                 ),
             ))
-        } else if e.worker != expected {
+        } else if !crate::ids::is_worker_name_of(&e.worker, &request, &e.name, e.attempt) {
             Some((
                 field("worker"),
-                format!("worker `{}` is not the name Hadron gives this stage, repo and attempt", e.worker.escape_debug()),
+                format!("worker `{}` is not a name Hadron gives this request, stage and attempt", e.worker.escape_debug()),
             ))
         } else if let Some(c) = e.pushed_commit.as_deref().filter(|c| !is_commit_id(c)) {
             Some((field("pushedCommit"), format!("pushedCommit `{}` is not a commit id (40 lower-case hex digits)", c.escape_debug())))
@@ -672,7 +672,7 @@ mod tests {
     #[test]
     fn status_entries_hadron_cannot_have_written_are_ignored_with_an_error() {
         let generation = "0011223344556677";
-        let good = crate::ids::worker_name("r", generation, "s0", "../a.git", 1);
+        let good = crate::ids::worker_name(&crate::ids::Installation::default(), "r", generation, "s0", "../a.git", 1);
         let commit = "a".repeat(40);
         // Seven lines per entry.
         let entry = |worker: &str, commit: &str, last: &str| {
@@ -684,7 +684,7 @@ mod tests {
             entry(&good, &commit, "tokens: 5"),
             entry(&good, "ééééééééééééé", "tokens: 5"),
             entry(&good, &"A".repeat(40), "tokens: 5"),
-            entry("hadron-r-s0-1-00000000", &commit, "tokens: 5"),
+            entry("hadron-r-s1-1-00000000", &commit, "tokens: 5"),
             entry(&good, &commit, "tokens: 18446744073709551615"),
             entry(&good, &commit, "costUSD: 1.0e7"),
             entry(&good, &commit, "costUSD: -1"),
@@ -733,7 +733,8 @@ mod tests {
     #[test]
     fn a_worker_that_is_no_worker_name_is_an_error_naming_the_field() {
         let generation = "0011223344556677";
-        let good = crate::ids::worker_name("r", generation, "s0", "../a.git", 1);
+        let good =
+            crate::ids::worker_name(&crate::ids::Installation::named("team-a").expect("a label"), "r", generation, "s0", "../a.git", 1);
         assert!(crate::ids::is_worker_name(&good), "{good}");
         let status = |worker: &str| {
             format!(

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::Installation;
 use crate::model::DesiredState;
 use crate::model::kinds::{ChangeRequest, Phase, RequestStatus};
 use crate::time::Millis;
@@ -212,11 +213,19 @@ pub struct PlanConfig {
     pub backoff_base_ms: Millis,
     /// Longest retry delay.
     pub backoff_max_ms: Millis,
+    /// The installation whose workers this plan names (see [`Installation`]).
+    pub installation: Installation,
 }
 
 impl Default for PlanConfig {
     fn default() -> Self {
-        PlanConfig { default_max_attempts: 3, default_max_workers: 4, backoff_base_ms: 10_000, backoff_max_ms: 300_000 }
+        PlanConfig {
+            default_max_attempts: 3,
+            default_max_workers: 4,
+            backoff_base_ms: 10_000,
+            backoff_max_ms: 300_000,
+            installation: Installation::default(),
+        }
     }
 }
 

@@ -204,7 +204,7 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
     for repo in &request.spec.repos {
         let latest = attempts.iter().filter(|a| a.stage == stage.name && a.repo == repo.url).max_by_key(|a| a.attempt);
         let next = |n: u32| Attempt {
-            worker: worker_name(name, generation, &stage.name, &repo.url, n),
+            worker: worker_name(&cfg.installation, name, generation, &stage.name, &repo.url, n),
             request: name.to_owned(),
             generation: generation.to_owned(),
             stage: stage.name.clone(),

@@ -210,6 +210,20 @@ fn runs_stages_in_order_one_worker_per_repo() {
 }
 
 #[test]
+fn each_installation_names_its_workers_with_its_own_names() {
+    let world = World::default();
+    let reqs = vec![req("r")];
+    let names = |installation: &str| -> Vec<String> {
+        let cfg = PlanConfig { installation: Installation::named(installation).expect("a label"), ..PlanConfig::default() };
+        starts(&plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg)).iter().map(|a| a.worker.clone()).collect()
+    };
+    let (a, b) = (names("team-a"), names("team-b"));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, names("team-a"), "replicas of one installation name the same workers");
+    assert!(a.iter().all(|w| !b.contains(w)), "the same request in two installations never shares a worker name: {a:?} {b:?}");
+}
+
+#[test]
 fn success_message_counts_stages_in_words_that_fit() {
     let cfg = PlanConfig::default();
     for (stages, message) in [(1, "stage s0 succeeded"), (2, "all 2 stages succeeded")] {
@@ -876,7 +890,8 @@ fn status_file(generation: &str, entries: &[StatusEntry]) -> String {
     for (stage, right_worker, worker, attempt, state, commit, tokens, cost) in entries {
         let stage = format!("s{stage}");
         let repo = "../repo-0.git";
-        let worker = if *right_worker { worker_name("r", generation, &stage, repo, *attempt) } else { worker.clone() };
+        let worker =
+            if *right_worker { worker_name(&Installation::default(), "r", generation, &stage, repo, *attempt) } else { worker.clone() };
         s.push_str(&format!(
             "    - name: {stage}\n      repo: {repo}\n      worker: {}\n      attempt: {attempt}\n      state: {state}\n      tokens: {tokens}\n      costUSD: {cost}\n",
             q(&worker)

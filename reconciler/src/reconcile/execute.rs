@@ -2,6 +2,7 @@
 //! effect → store (result). A failed action is logged and retried on the
 //! next pass; it never stops the other requests.
 
+use crate::ids::Installation;
 use crate::model::DesiredState;
 use crate::model::kinds::{AgentNetwork, ChangeRequest, NetworkMode, SandboxPolicy, parse_quantity};
 use crate::plan::{self, Action, Attempt, AttemptState, Observed, Plan};
@@ -45,8 +46,15 @@ fn update_of(a: &Attempt, t: Millis) -> AttemptUpdate {
     }
 }
 
-/// Builds `run.json` for an attempt from the desired state.
-pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all: &[Attempt], t: Millis) -> Option<RunSpec> {
+/// Builds `run.json` for an attempt of `installation` from the desired state.
+pub fn run_spec(
+    ctx_control_url: &str,
+    installation: &Installation,
+    desired: &DesiredState,
+    a: &Attempt,
+    all: &[Attempt],
+    t: Millis,
+) -> Option<RunSpec> {
     let request: &ChangeRequest = desired.requests.get(&a.request)?;
     let agent = desired.agents.get(&a.agent)?;
     let stages = request.effective_stages(&desired.settings);
@@ -73,6 +81,7 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
         .collect();
     Some(RunSpec {
         worker: a.worker.clone(),
+        installation: installation.to_string(),
         request: a.request.clone(),
         generation: a.generation.clone(),
         stage: a.stage.clone(),
@@ -265,7 +274,7 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             if inserted.existed && inserted.attempt.state != store::AttemptState::Pending {
                 return Ok(());
             }
-            let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.catalog.loaded().desired, a, all, t) else {
+            let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.cfg.plan.installation, &ctx.catalog.loaded().desired, a, all, t) else {
                 return Ok(());
             };
             crate::fault::reach("worker-start", None);

@@ -169,7 +169,7 @@ mod tests {
         let generation = "0123456789abcdef".repeat(4);
         let (stage, repo) = ("implement", "https://git.example/org/app.git");
         let attempt = Attempt {
-            worker: crate::ids::worker_name(name, &generation, stage, repo, 2),
+            worker: crate::ids::worker_name(&crate::ids::Installation::default(), name, &generation, stage, repo, 2),
             request: name.to_owned(),
             generation: generation.clone(),
             stage: stage.to_owned(),

@@ -38,11 +38,15 @@ use super::{Observation, WorkerState};
 
 mod driver;
 mod network;
-pub use driver::{ExitHook, KubernetesDriver, KubernetesOptions, client};
+pub use driver::{ExitHook, KubernetesDriver, KubernetesOptions, client, selector};
 pub use network::{GitEgress, GitEgressError, GitPeer, NON_PUBLIC_V4, NON_PUBLIC_V6, clone_endpoint, ipv4_cidr, network_policy};
 
 /// Label every object Hadron makes carries (`app.kubernetes.io/managed-by`).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "hadron");
+/// Label: the Hadron installation the worker belongs to
+/// ([`Installation`](crate::ids::Installation)); a driver watches, adopts,
+/// cancels and prunes only the Jobs carrying its own.
+pub const INSTALLATION_LABEL: &str = "hadron.dev/installation";
 /// Label: the request.
 pub const REQUEST_LABEL: &str = "hadron.dev/request";
 /// Label: the stage.
@@ -144,6 +148,7 @@ fn hex_sha256(bytes: &[u8]) -> String {
 pub fn labels(spec: &RunSpec) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+        (INSTALLATION_LABEL.to_owned(), spec.installation.clone()),
         (REQUEST_LABEL.to_owned(), spec.request.clone()),
         (STAGE_LABEL.to_owned(), spec.stage.clone()),
         (REPO_LABEL.to_owned(), hex_sha256(spec.repo.as_bytes())[..16].to_owned()),
@@ -428,6 +433,12 @@ pub fn is_finished(job: &Job) -> bool {
     condition(job, "Complete").is_some() || condition(job, "Failed").is_some()
 }
 
+/// Which installation a Job (or any object Hadron made) belongs to, by its
+/// label; `None` without one.
+pub fn installation_of(meta: &ObjectMeta) -> Option<&str> {
+    meta.labels.as_ref()?.get(INSTALLATION_LABEL).map(String::as_str)
+}
+
 /// Which run a Job carries, from its labels and annotation; `None` when
 /// they are missing or do not add up to the Job's name (edited by hand):
 /// such a Job is not Hadron's to adopt.
@@ -443,7 +454,8 @@ pub fn run_identity(job: &Job) -> Option<RunIdentity> {
         repo: job.metadata.annotations.as_ref()?.get(REPO_ANNOTATION)?.clone(),
         attempt: label(ATTEMPT_LABEL)?.parse().ok()?,
     };
-    (worker_name(&run.request, &run.generation, &run.stage, &run.repo, run.attempt) == name).then_some(run)
+    let installation = crate::ids::Installation::named(&label(INSTALLATION_LABEL)?).ok()?;
+    (worker_name(&installation, &run.request, &run.generation, &run.stage, &run.repo, run.attempt) == name).then_some(run)
 }
 
 /// What a Job says of its worker. `message` is the worker container's

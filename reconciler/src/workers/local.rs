@@ -5,8 +5,13 @@
 //! the worker is done, `result.json`. Each worker runs in its own process
 //! group, so it outlives a Hadron restart; a new driver on the same runs
 //! folder finds every run again from these files alone.
+//!
+//! Several installations may share one runs folder: `run.json` records the
+//! installation a run belongs to, and a driver observes, cancels and prunes
+//! only the runs of its own (a folder without a readable `run.json` is
+//! no one's to judge, and is left alone too).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
@@ -22,7 +27,7 @@ use super::proc::{ProcessId, signal_group, unix_now, write_atomic, write_new_ato
 use super::run_dir::{AGENT_FILE, LOG_FILE, RESULT_FILE, RUN_FILE, WORKSPACE_DIR, run_is_locked};
 use super::spec::{RunResult, RunSpec};
 use super::{Driver, DriverError, Observation, WorkerState};
-use crate::ids::is_dns_label;
+use crate::ids::{Installation, is_dns_label};
 use crate::time::now_rfc3339;
 
 /// `pid.json`: the worker process.
@@ -67,7 +72,12 @@ pub struct LocalDriver {
     /// never changes, so it is read once, not on every pass.
     finished: Mutex<BTreeMap<String, Observation>>,
     /// Names of Hadron's environment variables that agents may reference as secrets.
-    agent_secrets: std::collections::BTreeSet<String>,
+    agent_secrets: BTreeSet<String>,
+    /// Whose runs this driver's are.
+    installation: Installation,
+    /// Run folders another installation's `run.json` claims: it never
+    /// changes, so it is read once.
+    foreign: Mutex<BTreeSet<String>>,
 }
 
 /// How often live workers without an exit notice (adopted after a restart,
@@ -105,8 +115,17 @@ impl LocalDriver {
             on_exit: None,
             children: Arc::default(),
             finished: Mutex::default(),
-            agent_secrets: std::collections::BTreeSet::new(),
+            agent_secrets: BTreeSet::new(),
+            installation: Installation::default(),
+            foreign: Mutex::default(),
         })
+    }
+
+    /// Runs the workers of `installation` (default: [`Installation::default`])
+    /// and leaves other installations' runs in the same folder alone.
+    pub fn with_installation(mut self, installation: Installation) -> Self {
+        self.installation = installation;
+        self
     }
 
     /// Lets agents reference these variables of Hadron's environment as
@@ -220,6 +239,23 @@ impl LocalDriver {
         recorded
     }
 
+    fn read_spec(dir: &Path) -> Option<RunSpec> {
+        serde_json::from_slice(&std::fs::read(dir.join(RUN_FILE)).ok()?).ok()
+    }
+
+    /// Refuses a run folder whose `run.json` names another installation;
+    /// one without a readable `run.json` is nobody's yet.
+    fn check_owner(&self, worker: &str, dir: &Path) -> Result<(), DriverError> {
+        match Self::read_spec(dir) {
+            Some(spec) if spec.installation != self.installation.as_str() => Err(self.foreign(worker, &spec.installation)),
+            _ => Ok(()),
+        }
+    }
+
+    fn foreign(&self, worker: &str, theirs: &str) -> DriverError {
+        DriverError::ForeignWorker { worker: worker.to_owned(), theirs: theirs.to_owned(), ours: self.installation.to_string() }
+    }
+
     fn read_pid(dir: &Path) -> Option<ProcessId> {
         serde_json::from_slice(&std::fs::read(dir.join(PID_FILE)).ok()?).ok()
     }
@@ -270,11 +306,10 @@ impl LocalDriver {
         Ok(RunResult::read(&path).unwrap_or(result))
     }
 
-    fn observe_one(&self, worker: &str, dir: &Path) -> Result<Observation, DriverError> {
+    fn observe_one(&self, worker: &str, dir: &Path, spec: &RunSpec) -> Result<Observation, DriverError> {
         let pid = Self::read_pid(dir);
         let started_at = pid.as_ref().map(|p| p.started_at.clone());
-        let spec = std::fs::read(dir.join(RUN_FILE)).ok().and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok());
-        let run = spec.as_ref().map(RunSpec::identity);
+        let run = Some(spec.identity());
         let observation = |state| Observation { worker: worker.to_owned(), state, started_at: started_at.clone(), run: run.clone() };
         if let Some(result) = RunResult::read(&dir.join(RESULT_FILE)) {
             return Ok(observation(WorkerState::Finished(result)));
@@ -287,11 +322,7 @@ impl LocalDriver {
             return Ok(observation(WorkerState::Lost { reason: "NotStarted".to_owned() }));
         };
         if pid.is_alive() || locked {
-            let limit = std::fs::read(dir.join(RUN_FILE))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok())
-                .and_then(|s| s.wall_time_secs);
-            if let Some(limit) = limit {
+            if let Some(limit) = spec.wall_time_secs {
                 let allowed = limit.saturating_add(self.wall_time_grace.as_secs());
                 if unix_now().saturating_sub(pid.started_at_unix) > allowed {
                     self.stop(worker, dir)?;
@@ -352,8 +383,12 @@ impl Driver for LocalDriver {
         if !is_dns_label(&spec.worker) {
             return Err(DriverError::InvalidWorkerName(spec.worker.clone()));
         }
+        if spec.installation != self.installation.as_str() {
+            return Err(self.foreign(&spec.worker, &spec.installation));
+        }
         let _guard = self.guard();
         let dir = self.run_dir(&spec.worker);
+        self.check_owner(&spec.worker, &dir)?;
         if dir.join(PID_FILE).exists() || dir.join(RESULT_FILE).exists() || run_is_locked(&dir) {
             return Ok(());
         }
@@ -372,13 +407,26 @@ impl Driver for LocalDriver {
         workers.sort();
         let mut finished = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         finished.retain(|w, _| workers.binary_search(w).is_ok());
+        let mut foreign = self.foreign.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        foreign.retain(|w| workers.binary_search(w).is_ok());
         let mut out = Vec::with_capacity(workers.len());
         for w in &workers {
             if let Some(known) = finished.get(w) {
                 out.push(known.clone());
                 continue;
             }
-            let observation = self.observe_one(w, &self.run_dir(w))?;
+            if foreign.contains(w) {
+                continue;
+            }
+            let dir = self.run_dir(w);
+            // Without a readable run.json a folder is no one's to judge
+            // (nothing was spawned in it): another driver may be making it.
+            let Some(spec) = Self::read_spec(&dir) else { continue };
+            if spec.installation != self.installation.as_str() {
+                foreign.insert(w.clone());
+                continue;
+            }
+            let observation = self.observe_one(w, &dir, &spec)?;
             if matches!(observation.state, WorkerState::Finished(_)) {
                 finished.insert(w.clone(), observation.clone());
             }
@@ -396,6 +444,7 @@ impl Driver for LocalDriver {
         if !dir.is_dir() {
             return Err(DriverError::UnknownWorker(worker.to_owned()));
         }
+        self.check_owner(worker, &dir)?;
         self.stop(worker, &dir)?;
         self.record_failure(worker, &dir, &WorkerError::Cancelled, None)?;
         Ok(())
@@ -406,6 +455,7 @@ impl Driver for LocalDriver {
         if !crate::ids::is_dns_label(worker) {
             return Err(DriverError::InvalidWorkerName(worker.to_owned()));
         }
+        self.check_owner(worker, &self.run_dir(worker))?;
         let path = self.run_dir(worker).join(LOG_FILE);
         let mut file = match std::fs::File::open(&path) {
             Ok(f) => f,
@@ -426,6 +476,9 @@ impl Driver for LocalDriver {
         let mut removed = 0;
         for worker in finished.iter().filter(|w| is_dns_label(w)) {
             let dir = self.run_dir(worker);
+            if self.check_owner(worker, &dir).is_err() {
+                continue;
+            }
             let result = dir.join(RESULT_FILE);
             let Ok(written) = std::fs::metadata(&result).and_then(|m| m.modified()) else { continue };
             if run_is_locked(&dir) {

@@ -75,6 +75,19 @@ pub enum DriverError {
     /// No such worker was ever started.
     #[error("unknown worker `{0}`")]
     UnknownWorker(String),
+    /// The worker (its run spec, run directory or Job) belongs to another
+    /// Hadron installation: this driver leaves it alone.
+    #[error(
+        "worker `{worker}` belongs to installation `{theirs}`, not to this Hadron's (`{ours}`); it is left alone (two installations share the namespace or runs folder: see docs/architecture.md, Installations)"
+    )]
+    ForeignWorker {
+        /// Worker name.
+        worker: String,
+        /// The installation it belongs to (empty: one from before installations existed).
+        theirs: String,
+        /// This driver's installation.
+        ours: String,
+    },
     /// The worker process could not be started.
     #[error("cannot start worker `{worker}`: {source}")]
     Spawn {
@@ -149,6 +162,7 @@ impl DriverError {
         match self {
             DriverError::InvalidWorkerName(_) => "InvalidWorkerName",
             DriverError::UnknownWorker(_) => "UnknownWorker",
+            DriverError::ForeignWorker { .. } => "ForeignWorker",
             DriverError::Spawn { .. } => "SpawnFailed",
             DriverError::Io { .. } => "DriverIo",
             DriverError::Signal { .. } => "SignalFailed",
@@ -171,8 +185,11 @@ impl DriverError {
 }
 
 /// Runs workers somewhere: local processes or Kubernetes Jobs. Every method
-/// is idempotent, and a new driver on the same backing store (a runs folder,
-/// a namespace) sees the workers an earlier one started.
+/// is idempotent, and a new driver of the same installation on the same
+/// backing store (a runs folder, a namespace) sees the workers an earlier
+/// one started. A driver starts, reports, cancels and prunes only the
+/// workers of its own installation ([`crate::ids::Installation`]): another
+/// installation's, on the same backing store, are not its to touch.
 pub trait Driver: Send + Sync {
     /// Short name of the driver for logs and metrics (`local`, `kubernetes`).
     fn name(&self) -> &'static str;

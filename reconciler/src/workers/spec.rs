@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::kinds::{Pricing, Resources};
 
-pub use crate::ids::worker_name;
+pub use crate::ids::{Installation, worker_name};
 
 /// Where an environment variable's value comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,12 @@ pub struct PreviousStage {
 pub struct RunSpec {
     /// Deterministic worker name (see [`worker_name`]).
     pub worker: String,
+    /// The installation the worker belongs to ([`Installation`]): a driver
+    /// starts, reports, cancels and prunes its own installation's workers
+    /// only. Empty in run specs written before installations existed (no
+    /// driver takes those as its own).
+    #[serde(default)]
+    pub installation: String,
     /// Request name.
     pub request: String,
     /// Spec generation of the request.
@@ -243,7 +249,8 @@ impl RunResult {
 #[cfg(test)]
 pub(crate) fn sample() -> RunSpec {
     RunSpec {
-        worker: worker_name("fix", "0011223344556677", "implement", "../app.git", 1),
+        worker: worker_name(&Installation::default(), "fix", "0011223344556677", "implement", "../app.git", 1),
+        installation: Installation::default().to_string(),
         request: "fix".into(),
         generation: "0011223344556677".into(),
         stage: "implement".into(),
@@ -277,20 +284,30 @@ mod tests {
 
     #[test]
     fn worker_names_are_deterministic_labels() {
-        let a = worker_name("add-greeting", "0011223344556677", "implement", "../demo-app.git", 1);
-        assert_eq!(a, worker_name("add-greeting", "0011223344556677", "implement", "../demo-app.git", 1));
+        let i = Installation::default();
+        let a = worker_name(&i, "add-greeting", "0011223344556677", "implement", "../demo-app.git", 1);
+        assert_eq!(a, worker_name(&i, "add-greeting", "0011223344556677", "implement", "../demo-app.git", 1));
         assert!(a.starts_with("hadron-add-greeting-implement-1-"), "{a}");
         assert!(crate::ids::is_dns_label(&a));
-        assert_ne!(a, worker_name("add-greeting", "0011223344556677", "implement", "../demo-docs.git", 1));
-        assert_ne!(a, worker_name("add-greeting", "ffff223344556677", "implement", "../demo-app.git", 1));
-        let long = worker_name(&"r".repeat(63), "g", &"s".repeat(63), "u", 12);
+        assert_ne!(a, worker_name(&i, "add-greeting", "0011223344556677", "implement", "../demo-docs.git", 1));
+        assert_ne!(a, worker_name(&i, "add-greeting", "ffff223344556677", "implement", "../demo-app.git", 1));
+        let long = worker_name(&i, &"r".repeat(63), "g", &"s".repeat(63), "u", 12);
         assert!(long.len() <= 63 && crate::ids::is_dns_label(&long), "{long}");
     }
 
     #[test]
     fn long_multibyte_names_are_cut_on_a_character_boundary() {
-        let name = worker_name(&"é".repeat(40), "g", "s", "u", 1);
+        let name = worker_name(&Installation::default(), &"é".repeat(40), "g", "s", "u", 1);
         assert!(name.len() <= 63, "{name}");
         assert!(name.starts_with("hadron-éé") && name.contains("é-1-"), "{name}");
+    }
+
+    #[test]
+    fn a_run_spec_written_before_installations_belongs_to_none() {
+        let mut json = serde_json::to_value(sample()).expect("json");
+        assert_eq!(json["installation"], "default", "the run spec records its installation");
+        json.as_object_mut().expect("an object").remove("installation");
+        let old: RunSpec = serde_json::from_value(json).expect("an older run spec still parses");
+        assert_eq!(old.installation, "", "no driver takes it as its own");
     }
 }

@@ -1,6 +1,7 @@
 //! The Kubernetes driver: one `batch/v1` Job per worker in one namespace.
 //!
-//! - **start**: the Job (409: already started), then its NetworkPolicy,
+//! - **start**: the Job (409: already started, when the Job there is this
+//!   installation's), then its NetworkPolicy,
 //!   then the run spec's Secret, both owned by the Job from their creation,
 //!   so Kubernetes deletes them with it and none is ever left without one
 //!   (no `list` of Secrets is needed to find strays). The pod cannot start
@@ -9,15 +10,25 @@
 //!   policy. A crash between the steps leaves a Job whose pod waits for its
 //!   Secret until the next start of the same worker (409, then the missing
 //!   objects) or its `activeDeadlineSeconds`; a refused policy or Secret
-//!   deletes the Job this start made, so the next start begins afresh.
+//!   deletes the Job this start made, so the next start begins afresh. A
+//!   Secret already there (409) is given to the Job, and its run spec
+//!   compared with this start's: a stale one (left by an earlier Job of the
+//!   same name that Kubernetes had not collected yet) is replaced.
 //! - **observe**: reads a watcher's cache of the Jobs carrying Hadron's
-//!   label (a reflector; a `410 Gone` makes it list again), never the API
+//!   label and this installation's (a reflector; a `410 Gone` makes it list again), never the API
 //!   per pass. A finished Job's result is its pod's termination message,
 //!   read once and kept. Until the first list has arrived, `observe` waits
 //!   (and fails after a while): an empty cache must not read as "every
 //!   worker is gone".
 //! - **cancel**: deletes the Job with background propagation (its pods and
-//!   Secret go with it); a Job already gone is cancelled.
+//!   Secret go with it); a Job already gone is cancelled. Every delete names
+//!   the uid of the Job it means (a precondition): a Job made since under
+//!   the same name is not deleted by mistake.
+//!
+//! Several installations may share a namespace: every object carries the
+//! `hadron.dev/installation` label, the watcher selects this installation's
+//! Jobs only, and a Job of another installation is never adopted, cancelled
+//! or pruned (nor taken as "already started" when it holds the name).
 //! - Exits: the watcher calls the exit hook when a Job finishes, so no
 //!   periodic re-run is needed; wall time is the Job's
 //!   `activeDeadlineSeconds`, enforced by Kubernetes.
@@ -35,19 +46,23 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-use super::{JobTemplate, MANAGED_BY, is_finished, job, network_policy, observe_job, owner_reference, run_secret};
+use super::{
+    INSTALLATION_LABEL, JobTemplate, MANAGED_BY, RUN_FILE_KEY, installation_of, is_finished, job, network_policy, observe_job,
+    owner_reference, run_secret,
+};
+use crate::ids::Installation;
 use crate::workers::spec::{EnvSource, RunSpec};
 use crate::workers::{Driver, DriverError, Observation, WorkerState};
 
 /// Called with the worker's name when its Job finishes.
 pub type ExitHook = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// The label selector of everything Hadron creates.
-fn selector() -> String {
-    format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
+/// The label selector of everything `installation` creates.
+pub fn selector(installation: &Installation) -> String {
+    format!("{}={},{INSTALLATION_LABEL}={installation}", MANAGED_BY.0, MANAGED_BY.1)
 }
 
 /// How a driver is set up.
@@ -64,12 +79,23 @@ pub struct KubernetesOptions {
     pub on_exit: Option<ExitHook>,
     /// How long `observe` waits for the watcher's first list.
     pub sync_timeout: Duration,
+    /// Whose workers these are: the driver watches, starts, cancels and
+    /// prunes this installation's Jobs only.
+    pub installation: Installation,
 }
 
 impl KubernetesOptions {
-    /// Options with no epoch, no agent secrets, no hook and a 30 s wait for the first list.
+    /// Options with no epoch, no agent secrets, no hook, a 30 s wait for
+    /// the first list and the default installation.
     pub fn new(template: JobTemplate) -> Self {
-        KubernetesOptions { template, epoch: None, agent_secrets: BTreeSet::new(), on_exit: None, sync_timeout: Duration::from_secs(30) }
+        KubernetesOptions {
+            template,
+            epoch: None,
+            agent_secrets: BTreeSet::new(),
+            on_exit: None,
+            sync_timeout: Duration::from_secs(30),
+            installation: Installation::default(),
+        }
     }
 }
 
@@ -113,8 +139,10 @@ impl KubernetesDriver {
         let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
         let (cache, writer) = reflector::store();
         let hook = opts.on_exit.clone();
-        let stream =
-            watcher(jobs.clone(), watcher::Config::default().labels(&selector())).default_backoff().reflect(writer).applied_objects();
+        let stream = watcher(jobs.clone(), watcher::Config::default().labels(&selector(&opts.installation)))
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(item) = stream.next().await {
@@ -153,6 +181,20 @@ impl KubernetesDriver {
 
     fn api_error(&self, op: &'static str, worker: &str, source: kube::Error) -> DriverError {
         DriverError::Kubernetes { op, worker: worker.to_owned(), namespace: self.opts.template.namespace.clone(), source: Box::new(source) }
+    }
+
+    /// Whether `job` is this installation's (the watcher selects only
+    /// those; a Job read by name may be anyone's).
+    fn is_ours(&self, job: &Job) -> bool {
+        installation_of(&job.metadata) == Some(self.opts.installation.as_str())
+    }
+
+    fn foreign(&self, worker: &str, theirs: Option<&str>) -> DriverError {
+        DriverError::ForeignWorker {
+            worker: worker.to_owned(),
+            theirs: theirs.unwrap_or_default().to_owned(),
+            ours: self.opts.installation.to_string(),
+        }
     }
 
     /// The run spec as the pod sees it: a secret reference the operator did
@@ -210,7 +252,8 @@ impl KubernetesDriver {
                 });
             }
         }
-        let jobs = self.cache.state();
+        let mut jobs = self.cache.state();
+        jobs.retain(|j| self.is_ours(j));
         let mut out = Vec::new();
         for job in &jobs {
             let (Some(name), Some(uid)) = (job.metadata.name.as_deref(), job.metadata.uid.as_deref()) else { continue };
@@ -243,6 +286,9 @@ impl KubernetesDriver {
         if !crate::ids::is_dns_label(worker) {
             return Err(DriverError::InvalidWorkerName(worker.to_owned()));
         }
+        if spec.installation != self.opts.installation.as_str() {
+            return Err(self.foreign(worker, Some(&spec.installation)));
+        }
         let tpl = &self.opts.template;
         let pod_spec = self.pod_spec(spec);
         let post = PostParams { field_manager: Some("hadron".to_owned()), ..PostParams::default() };
@@ -250,8 +296,13 @@ impl KubernetesDriver {
         let (created, made_now) = match self.jobs.create(&post, &job(&pod_spec, self.opts.epoch, tpl)).await {
             Ok(job) => (job, true),
             Err(e) if is_status(&e, 409) => {
+                let there = self.jobs.get(worker).await.map_err(|e| self.api_error("get job", worker, e))?;
+                if !self.is_ours(&there) {
+                    // Another installation's Job holds the name: neither started nor ours to touch.
+                    return Err(self.foreign(worker, installation_of(&there.metadata)));
+                }
                 tracing::debug!(%worker, "the Job exists already: started before");
-                (self.jobs.get(worker).await.map_err(|e| self.api_error("get job", worker, e))?, false)
+                (there, false)
             }
             Err(e) => return Err(self.api_error("create job", worker, e)),
         };
@@ -264,7 +315,7 @@ impl KubernetesDriver {
                 if made_now {
                     // Not left waiting for a Secret until its deadline: the
                     // next start makes all three again.
-                    if let Err(undo) = self.jobs.delete(worker, &DeleteParams::background()).await {
+                    if let Err(undo) = self.delete_job(worker, &uid).await {
                         tracing::warn!(%worker, error = %undo, "could not delete the Job whose policy or run spec was refused");
                     }
                 }
@@ -275,7 +326,7 @@ impl KubernetesDriver {
 
     /// Creates the worker's NetworkPolicy and run Secret owned by its Job
     /// (`owner`); one that exists already (an earlier start) is given to
-    /// that Job.
+    /// that Job, and a Secret whose run spec is not this one is replaced.
     async fn owned_parts(&self, spec: &RunSpec, post: &PostParams, owner: OwnerReference) -> Result<(), DriverError> {
         let worker = spec.worker.as_str();
         let tpl = &self.opts.template;
@@ -292,37 +343,82 @@ impl KubernetesDriver {
             }
             Err(e) => return Err(self.api_error("create network policy", worker, e)),
         }
-        match self.secrets.create(post, &run_secret(spec, tpl, Some(owner))).await {
+        let secret = run_secret(spec, tpl, Some(owner.clone()));
+        match self.secrets.create(post, &secret).await {
             Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 409) => self
-                .secrets
-                .patch(worker, &PatchParams::default(), &Patch::Merge(&owned))
-                .await
-                .map(drop)
-                .map_err(|e| self.api_error("own secret", worker, e)),
+            Err(e) if is_status(&e, 409) => {
+                // The Role grants no `get` on Secrets: the patch that gives
+                // the Secret to its Job answers with the Secret as it is.
+                let there = self
+                    .secrets
+                    .patch(worker, &PatchParams::default(), &Patch::Merge(&owned))
+                    .await
+                    .map_err(|e| self.api_error("own secret", worker, e))?;
+                if same_run_spec(&there, &secret) {
+                    return Ok(());
+                }
+                tracing::info!(
+                    %worker,
+                    reason = "StaleRunSpec",
+                    "the run spec's Secret held another run spec (left by an earlier Job of this name); replaced"
+                );
+                let fresh = serde_json::json!({
+                    "metadata": { "labels": secret.metadata.labels, "ownerReferences": [owner] },
+                    "stringData": secret.string_data,
+                });
+                self.secrets
+                    .patch(worker, &PatchParams::default(), &Patch::Merge(&fresh))
+                    .await
+                    .map(drop)
+                    .map_err(|e| self.api_error("replace stale secret", worker, e))
+            }
             Err(e) => Err(self.api_error("create secret", worker, e)),
         }
     }
 
-    async fn cancel_one(&self, worker: &str) -> Result<(), DriverError> {
-        match self.jobs.delete(worker, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(self.api_error("delete job", worker, e)),
+    /// Deletes the Job `worker` whose uid is `uid` (a precondition: a Job
+    /// made since under the same name stays), in the background: its pods,
+    /// Secret and NetworkPolicy go with it. Gone already is deleted.
+    async fn delete_job(&self, worker: &str, uid: &str) -> Result<(), DriverError> {
+        let params = DeleteParams::background().preconditions(Preconditions { uid: Some(uid.to_owned()), resource_version: None });
+        match self.jobs.delete(worker, &params).await {
+            Ok(_) => Ok(()),
+            // 404: gone; 409: the uid precondition failed, so the Job meant is gone too.
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(e) => Err(self.api_error("delete job", worker, e)),
         }
+    }
+
+    async fn cancel_one(&self, worker: &str) -> Result<(), DriverError> {
+        let key = reflector::ObjectRef::new(worker).within(&self.opts.template.namespace);
+        let job = match self.cache.get(&key) {
+            Some(job) => job,
+            // Not listed yet (just made), or not this installation's: ask.
+            None => match self.jobs.get(worker).await {
+                Ok(job) => Arc::new(job),
+                Err(e) if is_status(&e, 404) => return Ok(()),
+                Err(e) => return Err(self.api_error("get job", worker, e)),
+            },
+        };
+        if !self.is_ours(&job) {
+            return Err(self.foreign(worker, installation_of(&job.metadata)));
+        }
+        let Some(uid) = job.metadata.uid.as_deref() else { return Ok(()) };
         // Its Secret and NetworkPolicy are the Job's: Kubernetes deletes them with it.
-        Ok(())
+        self.delete_job(worker, uid).await
     }
 
     async fn prune_all(&self, finished: &[String], retention: Duration) -> Result<usize, DriverError> {
         let now = jiff::Timestamp::now();
         let retention = jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX);
-        let jobs: HashMap<String, Arc<Job>> = self.cache.state().into_iter().filter_map(|j| Some((j.metadata.name.clone()?, j))).collect();
+        let jobs: HashMap<String, Arc<Job>> =
+            self.cache.state().into_iter().filter(|j| self.is_ours(j)).filter_map(|j| Some((j.metadata.name.clone()?, j))).collect();
         let mut removed = 0;
         for worker in finished {
-            let Some(done) = jobs.get(worker).and_then(|j| finished_at(j)) else { continue };
+            let Some(job) = jobs.get(worker) else { continue };
+            let (Some(done), Some(uid)) = (finished_at(job), job.metadata.uid.as_deref()) else { continue };
             if now.duration_since(done) >= retention {
-                self.cancel_one(worker).await?;
+                self.delete_job(worker, uid).await?;
                 removed += 1;
             }
         }
@@ -338,6 +434,14 @@ fn finished_at(job: &Job) -> Option<jiff::Timestamp> {
     status.completion_time.as_ref().map(|t| t.0).or_else(|| {
         status.conditions.as_ref()?.iter().find(|c| c.type_ == "Failed" && c.status == "True")?.last_transition_time.as_ref().map(|t| t.0)
     })
+}
+
+/// Whether the Secret `there` (as the API server holds it: `data`) holds
+/// the run spec and labels of `wanted` (as made: `stringData`).
+fn same_run_spec(there: &Secret, wanted: &Secret) -> bool {
+    let held = there.data.as_ref().and_then(|d| d.get(RUN_FILE_KEY)).map(|b| b.0.as_slice());
+    let meant = wanted.string_data.as_ref().and_then(|d| d.get(RUN_FILE_KEY)).map(String::as_bytes);
+    held.is_some() && held == meant && there.metadata.labels == wanted.metadata.labels
 }
 
 /// Whether `e` is the API server answering with HTTP `code`.

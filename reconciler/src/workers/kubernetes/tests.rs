@@ -241,6 +241,10 @@ fn a_jobs_labels_say_which_run_it_is_unless_they_were_edited() {
     let mut edited = j.clone();
     edited.metadata.labels.as_mut().expect("labels").insert(ATTEMPT_LABEL.to_owned(), "9".to_owned());
     assert_eq!(run_identity(&edited), None, "labels that do not add up to the name are not Hadron's");
+    let mut moved = j.clone();
+    moved.metadata.labels.as_mut().expect("labels").insert(INSTALLATION_LABEL.to_owned(), "team-b".to_owned());
+    assert_eq!(run_identity(&moved), None, "the name's hash covers the installation: relabelled, it does not add up");
+    assert_eq!(installation_of(&j.metadata), Some(spec.installation.as_str()));
     let mut bare = j;
     bare.metadata.annotations = None;
     assert_eq!(run_identity(&bare), None);

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{Request, Response};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -18,6 +19,8 @@ use kube::client::Body;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::ids::Installation;
+use crate::workers::kubernetes::{INSTALLATION_LABEL, run_spec_json};
 use crate::workers::kubernetes::{JobTemplate, termination_message};
 use crate::workers::spec::{RunResult, sample, worker_name};
 
@@ -51,6 +54,42 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code })
 }
 
+/// A query parameter, percent-decoded.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|p| p.strip_prefix(key)?.strip_prefix('='))?;
+    let mut out = Vec::new();
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+                out.push(u8::from_str_radix(&hex, 16).expect("a percent escape"));
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    Some(String::from_utf8(out).expect("UTF-8"))
+}
+
+/// Whether `labels` match an equality-based selector (`a=b,c=d`).
+fn selects(selector: Option<&str>, labels: Option<&BTreeMap<String, String>>) -> bool {
+    selector.is_none_or(|sel| {
+        sel.split(',').filter(|t| !t.is_empty()).all(|term| {
+            let (k, v) = term.split_once('=').expect("an equality term");
+            labels.and_then(|l| l.get(k)).map(String::as_str) == Some(v)
+        })
+    })
+}
+
+/// A Secret as the API server keeps it: `stringData` written into `data`.
+fn stored(mut secret: Secret) -> Secret {
+    for (k, v) in secret.string_data.take().unwrap_or_default() {
+        secret.data.get_or_insert_default().insert(k, ByteString(v.into_bytes()));
+    }
+    secret
+}
+
 impl Cluster {
     fn bump(&mut self) -> String {
         self.version += 1;
@@ -73,7 +112,13 @@ impl Cluster {
         let name = |prefix: &str| call.path.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('/')).map(str::to_owned);
         match call.method.as_str() {
             "GET" if call.path == jobs => {
-                let items = self.jobs.values().map(|j| serde_json::to_value(j).expect("json")).collect();
+                let selector = query_param(&call.query, "labelSelector");
+                let items = self
+                    .jobs
+                    .values()
+                    .filter(|j| selects(selector.as_deref(), j.metadata.labels.as_ref()))
+                    .map(|j| serde_json::to_value(j).expect("json"))
+                    .collect();
                 (200, self.list("JobList", items))
             }
             "GET" if call.path == pods => {
@@ -113,7 +158,9 @@ impl Cluster {
                 if call.path == jobs {
                     self.jobs.insert(name, serde_json::from_value(object.clone()).expect("a Job"));
                 } else if call.path == secrets {
-                    self.secrets.insert(name, serde_json::from_value(object.clone()).expect("a Secret"));
+                    let secret = stored(serde_json::from_value(object).expect("a Secret"));
+                    object = serde_json::to_value(&secret).expect("json");
+                    self.secrets.insert(name, secret);
                 } else {
                     self.policies.insert(name, serde_json::from_value(object.clone()).expect("a NetworkPolicy"));
                 }
@@ -122,7 +169,18 @@ impl Cluster {
             "PATCH" => {
                 let owners = || serde_json::from_value(call.body["metadata"]["ownerReferences"].clone()).expect("owner references");
                 if let Some(secret) = name(&secrets).and_then(|n| self.secrets.get_mut(&n)) {
+                    // A JSON merge patch: labels merge, lists are replaced, stringData goes into data.
                     secret.metadata.owner_references = Some(owners());
+                    if let Some(labels) = call.body["metadata"]["labels"].as_object() {
+                        let into = secret.metadata.labels.get_or_insert_default();
+                        into.extend(labels.iter().map(|(k, v)| (k.clone(), v.as_str().expect("a label value").to_owned())));
+                    }
+                    if let Some(data) = call.body["stringData"].as_object() {
+                        let into = secret.data.get_or_insert_default();
+                        into.extend(data.iter().map(|(k, v)| (k.clone(), ByteString(v.as_str().expect("a string").as_bytes().to_vec()))));
+                    }
+                    self.version += 1;
+                    secret.metadata.resource_version = Some(self.version.to_string());
                     (200, serde_json::to_value(&*secret).expect("json"))
                 } else if let Some(policy) = name(&policies).and_then(|n| self.policies.get_mut(&n)) {
                     policy.metadata.owner_references = Some(owners());
@@ -133,8 +191,16 @@ impl Cluster {
             }
             "DELETE" => {
                 // Kubernetes' garbage collector: what a deleted Job owned goes with it.
+                let meant = call.body["preconditions"]["uid"].as_str();
                 let gone = match (name(&jobs), name(&secrets)) {
                     (Some(n), _) => {
+                        let held = self.jobs.get(&n).and_then(|j| j.metadata.uid.clone());
+                        if let (Some(meant), Some(held)) = (meant, &held)
+                            && meant != held
+                        {
+                            let message = format!("Precondition failed: UID in precondition: {meant}, UID in object meta: {held}");
+                            return (409, status(409, "Conflict", &message));
+                        }
                         let uid = self.jobs.remove(&n).and_then(|j| j.metadata.uid);
                         let owned_by = |refs: &Option<Vec<OwnerReference>>| refs.iter().flatten().any(|o| Some(&o.uid) == uid.as_ref());
                         self.secrets.retain(|_, s| !owned_by(&s.metadata.owner_references));
@@ -164,8 +230,12 @@ struct Lab {
 
 impl Lab {
     fn new(cluster: Cluster, tweak: impl FnOnce(&mut KubernetesOptions)) -> Lab {
+        Lab::on(Arc::new(Mutex::new(cluster)), tweak)
+    }
+
+    /// A driver on a cluster other drivers may share.
+    fn on(cluster: Arc<Mutex<Cluster>>, tweak: impl FnOnce(&mut KubernetesOptions)) -> Lab {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let cluster = Arc::new(Mutex::new(cluster));
         let state = cluster.clone();
         tokio::spawn(async move {
             while let Some((request, respond)) = handle.next_request().await {
@@ -204,6 +274,13 @@ impl Lab {
         tweak(&mut opts);
         let driver = Arc::new(KubernetesDriver::new(kube::Client::new(service, NS), opts));
         Lab { driver, cluster, exits }
+    }
+
+    /// The workers `observe` reports, once the first list has arrived.
+    async fn workers(&self) -> Vec<String> {
+        let mut seen: Vec<String> = self.call(|d| d.observe()).await.expect("observed").into_iter().map(|o| o.worker).collect();
+        seen.sort();
+        seen
     }
 
     /// Runs a driver method as the reconciler does: on a blocking thread.
@@ -448,7 +525,7 @@ async fn nothing_is_taken_as_gone_before_the_first_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_jobs_say_why_and_edited_jobs_are_not_adopted() {
     let late = RunSpec {
-        worker: worker_name("fix", "0011223344556677", "review", "../app.git", 2),
+        worker: worker_name(&Installation::default(), "fix", "0011223344556677", "review", "../app.git", 2),
         stage: "review".into(),
         attempt: 2,
         ..sample()
@@ -471,7 +548,11 @@ async fn failed_jobs_say_why_and_edited_jobs_are_not_adopted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_removes_old_finished_jobs_with_what_they_own_and_lists_no_secrets() {
     let done = sample();
-    let running = RunSpec { worker: worker_name("fix", "0011223344556677", "review", "../app.git", 1), stage: "review".into(), ..sample() };
+    let running = RunSpec {
+        worker: worker_name(&Installation::default(), "fix", "0011223344556677", "review", "../app.git", 1),
+        stage: "review".into(),
+        ..sample()
+    };
     let tpl = JobTemplate::new(NS, "registry.example/hadron:1");
     let mut cluster = Cluster::default();
     cluster.jobs.insert(done.worker.clone(), job_of(&done, &[("Complete", "")]));
@@ -496,4 +577,165 @@ async fn prune_removes_old_finished_jobs_with_what_they_own_and_lists_no_secrets
     assert_eq!(cluster.jobs.keys().collect::<Vec<_>>(), [&running.worker]);
     assert_eq!(cluster.secrets.keys().collect::<Vec<_>>(), [&running.worker], "the Secret went with its Job");
     assert_eq!(cluster.policies.keys().collect::<Vec<_>>(), [&running.worker], "so did the policy");
+}
+
+/// The first attempt of `stage` of request `fix` in `installation`.
+fn spec_of(installation: &str, stage: &str) -> RunSpec {
+    let i = Installation::named(installation).expect("a label");
+    RunSpec {
+        worker: worker_name(&i, "fix", "0011223344556677", stage, "../app.git", 1),
+        installation: i.to_string(),
+        stage: stage.into(),
+        ..sample()
+    }
+}
+
+fn team(installation: &'static str) -> impl FnOnce(&mut KubernetesOptions) {
+    move |o| o.installation = Installation::named(installation).expect("a label")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_share_a_namespace_and_never_touch_each_others_jobs() {
+    // Each installation has a running and a finished Job of the same
+    // request, stage and attempt in one namespace.
+    let (a_running, a_done) = (spec_of("team-a", "implement"), spec_of("team-a", "review"));
+    let (b_running, b_done) = (spec_of("team-b", "implement"), spec_of("team-b", "review"));
+    assert_ne!(a_running.worker, b_running.worker, "the installation is in the name: the two never collide");
+    let mut cluster = Cluster::default();
+    for (spec, conditions) in
+        [(&a_running, &[][..]), (&a_done, &[("Complete", "")][..]), (&b_running, &[][..]), (&b_done, &[("Complete", "")][..])]
+    {
+        cluster.jobs.insert(spec.worker.clone(), job_of(spec, conditions));
+    }
+    let cluster = Arc::new(Mutex::new(cluster));
+    let a = Lab::on(cluster.clone(), team("team-a"));
+    let b = Lab::on(cluster.clone(), team("team-b"));
+
+    let mut mine = vec![a_running.worker.clone(), a_done.worker.clone()];
+    mine.sort();
+    assert_eq!(a.workers().await, mine, "a watches its own Jobs only");
+    let mut theirs = vec![b_running.worker.clone(), b_done.worker.clone()];
+    theirs.sort();
+    assert_eq!(b.workers().await, theirs, "b its own");
+    // The calls of both drivers reach the one cluster: each lists with its own selector.
+    let mut selectors: Vec<String> =
+        a.calls().iter().filter(|c| c.path.ends_with("/jobs")).filter_map(|c| query_param(&c.query, "labelSelector")).collect();
+    selectors.sort();
+    selectors.dedup();
+    assert_eq!(
+        selectors,
+        [
+            "app.kubernetes.io/managed-by=hadron,hadron.dev/installation=team-a",
+            "app.kubernetes.io/managed-by=hadron,hadron.dev/installation=team-b"
+        ]
+    );
+
+    // a neither cancels, prunes nor starts b's workers.
+    let w = b_running.worker.clone();
+    let err = a.call(move |d| d.cancel(&w)).await.expect_err("not a's to cancel");
+    assert_eq!(err.reason(), "ForeignWorker");
+    assert!(err.to_string().contains("`team-b`") && err.to_string().contains("`team-a`"), "{err}");
+    let s = b_running.clone();
+    assert_eq!(a.call(move |d| d.start(&s)).await.map_err(|e| e.reason()), Err("ForeignWorker"));
+    let finished = vec![b_done.worker.clone(), a_done.worker.clone()];
+    assert_eq!(a.call(move |d| d.prune(&finished, Duration::ZERO)).await.expect("pruned"), 1, "a's finished Job only");
+    {
+        let cluster = cluster.lock().expect("lock");
+        let left: Vec<&String> = cluster.jobs.keys().collect();
+        assert!(left.contains(&&b_running.worker) && left.contains(&&b_done.worker), "b's Jobs are all there: {left:?}");
+        assert!(!left.contains(&&a_done.worker), "a pruned its own: {left:?}");
+        assert!(!cluster.calls.iter().any(|c| c.method == "DELETE" && c.path.contains("team-b")), "no delete was even tried on b's");
+    }
+    assert_eq!(b.workers().await, theirs, "b still sees both of its Jobs");
+
+    // Both start the next stage of the same request: two Jobs, each labelled with its installation.
+    let (a_next, b_next) = (spec_of("team-a", "polish"), spec_of("team-b", "polish"));
+    let s = a_next.clone();
+    a.call(move |d| d.start(&s)).await.expect("a starts");
+    let s = b_next.clone();
+    b.call(move |d| d.start(&s)).await.expect("b starts");
+    let cluster = cluster.lock().expect("lock");
+    for (spec, installation) in [(&a_next, "team-a"), (&b_next, "team-b")] {
+        let labels = |meta: &ObjectMeta| meta.labels.as_ref().and_then(|l| l.get(INSTALLATION_LABEL)).cloned();
+        assert_eq!(labels(&cluster.jobs[&spec.worker].metadata).as_deref(), Some(installation));
+        assert_eq!(labels(&cluster.secrets[&spec.worker].metadata).as_deref(), Some(installation));
+        assert_eq!(labels(&cluster.policies[&spec.worker].metadata).as_deref(), Some(installation));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_another_installation_holding_the_name_is_not_taken_as_started() {
+    // A worker name both installations compute (two installations set to
+    // one name by mistake, or a hash collision): b's Job holds it.
+    let spec = spec_of("team-a", "implement");
+    let mut theirs = job_of(&spec, &[]);
+    theirs.metadata.labels.as_mut().expect("labels").insert(INSTALLATION_LABEL.to_owned(), "team-b".to_owned());
+    let mut cluster = Cluster::default();
+    cluster.jobs.insert(spec.worker.clone(), theirs.clone());
+    let lab = Lab::new(cluster, team("team-a"));
+    let s = spec.clone();
+    let err = lab.call(move |d| d.start(&s)).await.expect_err("not started");
+    assert_eq!(err.reason(), "ForeignWorker");
+    assert!(err.to_string().contains("`team-b`"), "{err}");
+    let cluster = lab.cluster.lock().expect("lock");
+    assert_eq!(cluster.jobs[&spec.worker], theirs, "b's Job is as it was");
+    assert!(cluster.secrets.is_empty() && cluster.policies.is_empty(), "nothing of a's was given to it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_run_spec_secret_is_replaced_and_a_current_one_kept() {
+    let tpl = JobTemplate::new(NS, "registry.example/hadron:1");
+    let spec = sample();
+    let w = spec.worker.clone();
+    // An earlier Job of this name left its Secret behind with another run
+    // spec (another prompt), owned by that Job, which is gone.
+    let earlier = RunSpec { prompt_template: "an older prompt".into(), ..spec.clone() };
+    let mut cluster = Cluster::default();
+    cluster.secrets.insert(w.clone(), stored(run_secret(&earlier, &tpl, Some(owner_reference(&w, "uid-gone")))));
+    let lab = Lab::new(cluster, |_| {});
+    let s = spec.clone();
+    lab.call(move |d| d.start(&s)).await.expect("started");
+    let secret_path = format!("/api/v1/namespaces/{NS}/secrets/{w}");
+    let patches = |lab: &Lab| lab.driver_calls().iter().filter(|(m, p)| m == "PATCH" && *p == secret_path).count();
+    assert_eq!(patches(&lab), 2, "given to the new Job, found stale, replaced: {:?}", lab.driver_calls());
+    {
+        let cluster = lab.cluster.lock().expect("lock");
+        let held = &cluster.secrets[&w].data.as_ref().expect("data")[RUN_FILE_KEY].0;
+        assert_eq!(String::from_utf8_lossy(held), run_spec_json(&spec), "the pod reads this start's run spec");
+        let owner = &cluster.secrets[&w].metadata.owner_references.as_ref().expect("owned")[0];
+        assert_eq!(owner.uid, format!("uid-{w}"), "owned by the Job that mounts it");
+    }
+
+    // The same start again after the Job went (its Secret not collected
+    // yet): the Secret holds this run spec already and is only given to the new Job.
+    let mut cluster = Cluster::default();
+    cluster.secrets.insert(w.clone(), stored(run_secret(&spec, &tpl, Some(owner_reference(&w, "uid-gone")))));
+    let lab = Lab::new(cluster, |_| {});
+    let s = spec.clone();
+    lab.call(move |d| d.start(&s)).await.expect("started");
+    assert_eq!(patches(&lab), 1, "current: not written again: {:?}", lab.driver_calls());
+    let cluster = lab.cluster.lock().expect("lock");
+    assert_eq!(cluster.secrets[&w].metadata.owner_references.as_ref().expect("owned")[0].uid, format!("uid-{w}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_name_the_uid_of_the_job_they_mean() {
+    let spec = sample();
+    let w = spec.worker.clone();
+    let mut cluster = Cluster::default();
+    cluster.jobs.insert(w.clone(), job_of(&spec, &[]));
+    let lab = Lab::new(cluster, |_| {});
+    assert_eq!(lab.workers().await, std::slice::from_ref(&w));
+    // Since it was listed, the Job was deleted and another made under the same name.
+    let mut newer = job_of(&spec, &[]);
+    newer.metadata.uid = Some("uid-newer".to_owned());
+    lab.cluster.lock().expect("lock").jobs.insert(w.clone(), newer);
+    let name = w.clone();
+    lab.call(move |d| d.cancel(&name)).await.expect("the Job meant is gone: cancelled");
+    let calls = lab.calls();
+    let delete = calls.iter().find(|c| c.method == "DELETE").expect("a delete");
+    assert_eq!(delete.body["preconditions"]["uid"], format!("uid-{w}"), "{:?}", delete.body);
+    assert_eq!(delete.body["propagationPolicy"], "Background");
+    let cluster = lab.cluster.lock().expect("lock");
+    assert_eq!(cluster.jobs[&w].metadata.uid.as_deref(), Some("uid-newer"), "the newer Job is not deleted by mistake");
 }
