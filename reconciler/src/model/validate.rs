@@ -367,7 +367,8 @@ fn check_agent(out: &mut Vec<Finding>, spec: &AgentSpec) {
         ));
     }
     if let Some(p) = &spec.pricing {
-        for (key, v) in [("inputPerMillion", p.input_per_million), ("outputPerMillion", p.output_per_million)] {
+        let cached = p.cached_input_per_million.map(|v| ("cachedInputPerMillion", v));
+        for (key, v) in [("inputPerMillion", p.input_per_million), ("outputPerMillion", p.output_per_million)].into_iter().chain(cached) {
             if !(v.is_finite() && v >= 0.0) {
                 out.push(Finding::error(
                     &format!("spec.pricing.{key}"),

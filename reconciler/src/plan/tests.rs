@@ -1116,7 +1116,12 @@ fn a_pass_plans_again_only_the_requests_whose_inputs_changed() {
 #[test]
 fn an_invalid_usage_report_fails_the_stage_once_without_a_retry() {
     let cfg = PlanConfig { backoff_base_ms: 1000, ..PlanConfig::default() };
-    for (reason, retried) in [("AgentExitNonZero", true), (crate::workers::usage::INVALID_USAGE_REPORT, false)] {
+    for (reason, retried) in [
+        ("AgentExitNonZero", true),
+        (crate::workers::usage::INVALID_USAGE_REPORT, false),
+        ("AgentFailed", true),
+        (crate::attempt::AGENT_FAILED_FINAL, false),
+    ] {
         let mut world = World::default();
         let reqs = vec![Req { repos: 1, stages: 1, ..req("r") }];
         let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
@@ -1135,7 +1140,7 @@ fn an_invalid_usage_report_fails_the_stage_once_without_a_retry() {
             } else {
                 assert!(starts(&p).is_empty(), "no retry of {reason} at {now}");
                 assert_eq!((view.phase, view.reason.as_str()), (Phase::Failed, "StageFailed"), "{}", view.message);
-                assert!(view.message.contains("(InvalidUsageReport, which is not retried)"), "{}", view.message);
+                assert!(view.message.contains(&format!("({reason}, which is not retried)")), "{}", view.message);
                 assert!(view.message.contains("1e300 input tokens"), "the status says why: {}", view.message);
             }
             world.apply(&p, now);

@@ -106,6 +106,7 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
             .and_then(|b| b.max_workspace_size.as_deref())
             .or_else(|| desired.settings.spec.defaults.budget.as_ref().and_then(|b| b.max_workspace_size.as_deref()))
             .and_then(parse_quantity),
+        output: agent.spec.output.unwrap_or_default(),
     })
 }
 

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::kinds::{Pricing, Resources};
+use crate::model::kinds::{OutputFormat, Pricing, Resources};
 
 pub use crate::ids::worker_name;
 
@@ -102,6 +102,9 @@ pub struct RunSpec {
     /// the worker applies its default (1 GiB) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_workspace_bytes: Option<u64>,
+    /// How the worker reads the agent's usage, summary and failure.
+    #[serde(default)]
+    pub output: OutputFormat,
 }
 
 /// What an agent may reach on the network.
@@ -268,6 +271,7 @@ pub(crate) fn sample() -> RunSpec {
         network: WorkerNetwork::None,
         sandbox: SandboxMode::Preferred,
         max_workspace_bytes: None,
+        output: OutputFormat::Report,
     }
 }
 
