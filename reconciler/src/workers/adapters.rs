@@ -45,7 +45,7 @@ fn json_lines(text: &str) -> Vec<serde_json::Map<String, Value>> {
     if lines.is_empty() { last_json_object(text).into_iter().collect() } else { lines }
 }
 
-fn str_of<'a>(v: Option<&'a Value>) -> Option<&'a str> {
+fn str_of(v: Option<&Value>) -> Option<&str> {
     v.and_then(Value::as_str)
 }
 
@@ -158,9 +158,11 @@ fn claude(stdout: &str) -> Option<Usage> {
         let mut seen = std::collections::BTreeSet::new();
         let mut summary = String::new();
         for message in objects.iter().filter(|o| str_of(o.get("type")) == Some("assistant")).filter_map(|o| o.get("message")) {
-            if let Some(text) = message.get("content").and_then(Value::as_array).and_then(|c| {
-                c.iter().rev().find(|b| str_of(b.get("type")) == Some("text")).and_then(|b| str_of(b.get("text")))
-            }) {
+            if let Some(text) = message
+                .get("content")
+                .and_then(Value::as_array)
+                .and_then(|c| c.iter().rev().find(|b| str_of(b.get("type")) == Some("text")).and_then(|b| str_of(b.get("text"))))
+            {
                 summary = text.to_owned();
             }
             if str_of(message.get("id")).is_none_or(|id| seen.insert(id.to_owned())) {
@@ -465,7 +467,10 @@ mod tests {
     fn codex_sums_turns_and_prices_cached_input() {
         let u = read(OutputFormat::Codex, &fixture("codex/tool-use.jsonl"), Some(0)).expect("read");
         assert_eq!((u.tokens_in, u.tokens_cached, u.tokens_out, u.cost_usd), (37067, 26880, 850, None));
-        assert_eq!((u.summary.as_str(), u.session_id.as_deref()), ("Added a greeting to README.md.", Some("0199a213-81c0-7800-8aa1-bbab2a035a53")));
+        assert_eq!(
+            (u.summary.as_str(), u.session_id.as_deref()),
+            ("Added a greeting to README.md.", Some("0199a213-81c0-7800-8aa1-bbab2a035a53"))
+        );
         assert!(u.failure.is_none());
         let priced = Pricing { input_per_million: 1.25, output_per_million: 10.0, cached_input_per_million: Some(0.125) };
         let want = ((37067 - 26880) as f64 * 1.25 + 26880.0 * 0.125 + 850.0 * 10.0) / 1e6;
@@ -504,7 +509,10 @@ mod tests {
         let api = read(OutputFormat::Gemini, &fixture("gemini/api-error.json"), Some(1)).expect("read");
         assert_eq!(failure(&api), ("ApiError", "Error description", true));
         let auth = read(OutputFormat::Gemini, &fixture("gemini/auth-error.json"), Some(41)).expect("read");
-        assert_eq!(failure(&auth), ("exit 41 (authentication error)", "Please set an Auth method in your settings.json or specify GEMINI_API_KEY", false));
+        assert_eq!(
+            failure(&auth),
+            ("exit 41 (authentication error)", "Please set an Auth method in your settings.json or specify GEMINI_API_KEY", false)
+        );
         // The error object went to standard error: the exit code alone names it.
         let turns = read(OutputFormat::Gemini, "", Some(53)).expect("read");
         assert_eq!(failure(&turns), ("exit 53 (turn limit)", "turn limit", false));

@@ -142,7 +142,12 @@ mod tests {
         assert_eq!(WorkerError::NoChange.reason(), "NoChange");
         assert_eq!(WorkerError::WallTimeExceeded(1).reason(), "WallTimeExceeded");
         assert_eq!(WorkerError::SecretMissing { variable: "A".into(), secret: "B".into() }.reason(), "SecretMissing");
-        let failed = |retryable| WorkerError::AgentReportedFailure { cli: "gemini", reason: "exit 53 (turn limit)".into(), message: "turn limit".into(), retryable };
+        let failed = |retryable| WorkerError::AgentReportedFailure {
+            cli: "gemini",
+            reason: "exit 53 (turn limit)".into(),
+            message: "turn limit".into(),
+            retryable,
+        };
         assert_eq!((failed(true).reason(), failed(false).reason()), ("AgentFailed", "AgentFailedFinal"));
         assert_eq!(failed(false).to_string(), "gemini reported exit 53 (turn limit): turn limit (the CLI says this is final: not retried)");
     }
