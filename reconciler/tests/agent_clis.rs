@@ -85,6 +85,8 @@ impl Fixture {
             sandbox: SandboxMode::Preferred,
             max_workspace_bytes: None,
             output,
+            max_tokens: None,
+            max_cost_usd: None,
         }
     }
 
@@ -211,4 +213,30 @@ fn aider_token_lines_and_session_cost_are_read() {
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
     assert_eq!((result.tokens_in, result.tokens_out), (4200 + 6100, 1100 + 210));
     assert!((result.cost_usd - 0.04).abs() < 1e-12, "{}", result.cost_usd);
+}
+
+#[test]
+fn a_streaming_cli_that_spends_past_the_budget_is_stopped_within_a_second() {
+    let fx = Fixture::new();
+    // Codex's recorded `turn.completed`, once every 0.2 s for 60 s: 37,917
+    // tokens a turn, so the third crosses a budget of 100,000.
+    let turn = fixture("codex/tool-use.jsonl").lines().last().expect("the turn.completed line").to_owned();
+    let script = format!(
+        "#!/bin/sh\ncat > /dev/null\necho change >> change.txt\necho '{{\"type\":\"thread.started\",\"thread_id\":\"t-1\"}}'\ni=0\nwhile [ $i -lt 300 ]; do\n  echo '{turn}'\n  sleep 0.2\n  i=$((i+1))\ndone\n"
+    );
+    let path = fx.tmp.path().join("bin").join("codex");
+    std::fs::write(&path, script).expect("write the fake CLI");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let spec = RunSpec { max_tokens: Some(100_000), ..fx.spec(path.display().to_string(), OutputFormat::Codex, None) };
+    let started = Instant::now();
+    let result = fx.run(&spec);
+    let took = started.elapsed();
+    assert_eq!((result.outcome, result.reason.as_str()), (Outcome::Failed, "BudgetExceeded"), "{result:?}\n{}", log_of(&result));
+    assert!(result.message.contains("over the 100000 left of the request's maxTokens"), "{}", result.message);
+    // Crossed at the third turn (0.4 s in); stopped within a second: at most
+    // five turns more were printed.
+    let turns = result.tokens_in / 37067;
+    assert!((3..=8).contains(&turns), "{turns} turns counted: {result:?}");
+    assert_eq!(result.tokens_out, turns * 850, "what it spent is counted");
+    assert!(took < Duration::from_secs(30), "stopped long before its 60 s: {took:?}");
 }

@@ -80,6 +80,8 @@ impl Fixture {
             sandbox: hadron::workers::spec::SandboxMode::Preferred,
             max_workspace_bytes: None,
             output: hadron::model::kinds::OutputFormat::Report,
+            max_tokens: None,
+            max_cost_usd: None,
         }
     }
 

@@ -265,7 +265,11 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
 ///
 /// `AgentFailedFinal`: the agent's CLI reported a failure another attempt
 /// meets again (authentication, bad input, its own turn or budget limit).
-const NOT_RETRIED: &[&str] = &[crate::attempt::INVALID_USAGE_REPORT, "SandboxUnavailable", crate::attempt::AGENT_FAILED_FINAL];
+///
+/// `BudgetExceeded`: the worker stopped a streaming CLI that spent past the
+/// request's remaining budget; another attempt would have none left.
+const NOT_RETRIED: &[&str] =
+    &[crate::attempt::INVALID_USAGE_REPORT, "SandboxUnavailable", crate::attempt::AGENT_FAILED_FINAL, "BudgetExceeded"];
 
 /// Whether a failed attempt with `reason` may be followed by another.
 fn is_retried(reason: &str) -> bool {

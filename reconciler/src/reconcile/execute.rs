@@ -71,6 +71,7 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
             (None, None) => None,
         })
         .collect();
+    let spend = plan::remaining_spend(request, desired, all);
     Some(RunSpec {
         worker: a.worker.clone(),
         request: a.request.clone(),
@@ -107,6 +108,8 @@ pub fn run_spec(ctx_control_url: &str, desired: &DesiredState, a: &Attempt, all:
             .or_else(|| desired.settings.spec.defaults.budget.as_ref().and_then(|b| b.max_workspace_size.as_deref()))
             .and_then(parse_quantity),
         output: agent.spec.output.unwrap_or_default(),
+        max_tokens: spend.0,
+        max_cost_usd: spend.1,
     })
 }
 

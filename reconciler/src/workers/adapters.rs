@@ -404,6 +404,105 @@ fn aider(stdout: &str) -> Option<Usage> {
     Some(sums.into_usage(String::new(), None, None))
 }
 
+/// Most bytes of one line the [`Meter`] reads; a longer line is skipped
+/// (no CLI's usage event is that long).
+const METER_LINE_BYTES: usize = 1 << 20;
+/// Most assistant message ids the [`Meter`] remembers; past it, messages
+/// are counted again (over-counting only stops an agent sooner).
+const METER_IDS: usize = 100_000;
+
+/// What a streaming CLI has spent so far, read line by line from its
+/// standard output as it runs: Claude Code `stream-json` (each assistant
+/// message's `usage`, once per message id, then the final `result`),
+/// Codex (each `turn.completed`), OpenCode (each `step_finish`). Other
+/// formats report only at the end: [`Meter::streams`] is false for them.
+#[derive(Debug)]
+pub struct Meter {
+    format: OutputFormat,
+    partial: Vec<u8>,
+    skipping: bool,
+    ids: std::collections::HashSet<String>,
+    usage: Usage,
+}
+
+impl Meter {
+    /// Whether `format` reports its usage while it runs.
+    pub fn streams(format: OutputFormat) -> bool {
+        matches!(format, OutputFormat::Claude | OutputFormat::Codex | OutputFormat::Opencode)
+    }
+
+    /// A meter for a CLI of `format`.
+    pub fn new(format: OutputFormat) -> Meter {
+        Meter { format, partial: Vec::new(), skipping: false, ids: Default::default(), usage: Usage::default() }
+    }
+
+    /// Reads the next bytes of standard output.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            if !self.skipping && self.partial.len() + end <= METER_LINE_BYTES {
+                self.partial.extend_from_slice(&rest[..end]);
+                let line = std::mem::take(&mut self.partial);
+                self.line(&String::from_utf8_lossy(&line));
+            }
+            self.partial.clear();
+            self.skipping = false;
+            rest = &rest[end + 1..];
+        }
+        if self.partial.len() + rest.len() > METER_LINE_BYTES {
+            self.partial.clear();
+            self.skipping = true;
+        } else if !self.skipping {
+            self.partial.extend_from_slice(rest);
+        }
+    }
+
+    /// Tokens (in and out) and cost so far, the cost priced with `pricing`
+    /// where the CLI prints none.
+    pub fn spent(&self, pricing: Option<&crate::model::kinds::Pricing>) -> (u64, f64) {
+        (self.usage.tokens_in.saturating_add(self.usage.tokens_out), self.usage.cost(pricing))
+    }
+
+    fn line(&mut self, line: &str) {
+        let line = line.trim();
+        if !line.starts_with('{') {
+            return;
+        }
+        let Ok(Value::Object(o)) = serde_json::from_str::<Value>(line) else { return };
+        let one = match (self.format, str_of(o.get("type"))) {
+            (OutputFormat::Claude, Some("assistant")) => {
+                let message = o.get("message");
+                let id = str_of(message.and_then(|m| m.get("id")));
+                let new = match id {
+                    Some(id) if self.ids.len() < METER_IDS => self.ids.insert(id.to_owned()),
+                    _ => true,
+                };
+                if !new {
+                    return;
+                }
+                let usage = serde_json::json!({"type": "assistant", "message": {"usage": message.and_then(|m| m.get("usage"))}});
+                claude(&usage.to_string())
+            }
+            (OutputFormat::Claude, Some("result")) => {
+                // The final figures replace the sum of the messages.
+                self.usage = claude(line).unwrap_or_default();
+                return;
+            }
+            (OutputFormat::Codex, Some("turn.completed")) => codex(line),
+            (OutputFormat::Opencode, Some("step_finish")) => opencode(line),
+            _ => None,
+        };
+        if let Some(u) = one.filter(|u| u.invalid.is_none()) {
+            self.usage.tokens_in = self.usage.tokens_in.saturating_add(u.tokens_in);
+            self.usage.tokens_out = self.usage.tokens_out.saturating_add(u.tokens_out);
+            self.usage.tokens_cached = self.usage.tokens_cached.saturating_add(u.tokens_cached);
+            if let Some(c) = u.cost_usd {
+                self.usage.cost_usd = Some(self.usage.cost_usd.unwrap_or(0.0) + c);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,5 +640,41 @@ mod tests {
         assert_eq!((u.tokens_in, u.tokens_out), (0, 0));
         assert_eq!(failure(&u).0, "turn.failed");
         assert!(read(OutputFormat::Report, out, Some(0)).is_none(), "report is read by the worker");
+    }
+
+    #[test]
+    fn the_meter_reads_streaming_usage_as_it_comes_whatever_the_chunks() {
+        let pricing = Pricing { input_per_million: 1.25, output_per_million: 10.0, cached_input_per_million: Some(0.125) };
+        let stream = fixture("codex/tool-use.jsonl");
+        let mut meter = Meter::new(OutputFormat::Codex);
+        for chunk in stream.as_bytes().chunks(7) {
+            meter.feed(chunk);
+        }
+        let whole = read(OutputFormat::Codex, &stream, Some(0)).expect("read");
+        assert_eq!(meter.spent(Some(&pricing)), (37067 + 850, whole.cost(Some(&pricing))));
+
+        let mut claude = Meter::new(OutputFormat::Claude);
+        let text = fixture("claude/stream-tool-use.jsonl");
+        let lines: Vec<&str> = text.lines().collect();
+        for line in &lines[..2] {
+            claude.feed(format!("{line}\n").as_bytes());
+            claude.feed(format!("{line}\n").as_bytes()); // the same message twice counts once
+        }
+        assert_eq!(claude.spent(None).0, 3 + 4120 + 11250 + 78);
+        claude.feed(format!("{}\n", lines[4]).as_bytes());
+        assert_eq!(claude.spent(None), (8 + 4280 + 26620 + 120, 0.0271), "the result's figures replace the sum");
+
+        let mut opencode = Meter::new(OutputFormat::Opencode);
+        opencode.feed(fixture("opencode/tool-use.jsonl").as_bytes());
+        assert!((opencode.spent(None).1 - (0.030399 + 0.00258306)).abs() < 1e-12);
+        assert!(Meter::streams(OutputFormat::Codex) && !Meter::streams(OutputFormat::Gemini) && !Meter::streams(OutputFormat::Report));
+
+        // A line longer than the bound is skipped, and the next one read.
+        let mut bounded = Meter::new(OutputFormat::Codex);
+        bounded.feed(&vec![b'x'; METER_LINE_BYTES + 10]);
+        bounded.feed(b"still the long line\n");
+        bounded.feed(br#"{"type":"turn.completed","usage":{"input_tokens":5,"output_tokens":1}}"#);
+        bounded.feed(b"\n");
+        assert_eq!(bounded.spent(None).0, 6);
     }
 }

@@ -62,6 +62,9 @@ pub enum WorkerError {
         /// Whether another attempt may help.
         retryable: bool,
     },
+    /// A streaming CLI used more than the request's remaining budget and was stopped.
+    #[error("the agent {0}; it was stopped")]
+    BudgetExceeded(String),
     /// The agent ran past its wall-time limit and was killed.
     #[error("the agent ran longer than its wall-time limit of {0} s and was killed")]
     WallTimeExceeded(u64),
@@ -117,6 +120,7 @@ impl WorkerError {
             WorkerError::AgentExitNonZero { .. } => "AgentExitNonZero",
             WorkerError::AgentReportedFailure { retryable: true, .. } => AGENT_FAILED,
             WorkerError::AgentReportedFailure { retryable: false, .. } => crate::attempt::AGENT_FAILED_FINAL,
+            WorkerError::BudgetExceeded(_) => "BudgetExceeded",
             WorkerError::WallTimeExceeded(_) => "WallTimeExceeded",
             WorkerError::SandboxUnavailable(_) => "SandboxUnavailable",
             WorkerError::WorkspaceTooLarge { .. } => "WorkspaceTooLarge",

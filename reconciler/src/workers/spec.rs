@@ -105,6 +105,14 @@ pub struct RunSpec {
     /// How the worker reads the agent's usage, summary and failure.
     #[serde(default)]
     pub output: OutputFormat,
+    /// Tokens the request may still spend (`maxTokens` less what its
+    /// attempts used): a streaming CLI is stopped when it uses more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// USD the request may still spend (`maxCostUSD` less what its
+    /// attempts cost): a streaming CLI is stopped when it spends more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// What an agent may reach on the network.
@@ -272,6 +280,8 @@ pub(crate) fn sample() -> RunSpec {
         sandbox: SandboxMode::Preferred,
         max_workspace_bytes: None,
         output: OutputFormat::Report,
+        max_tokens: None,
+        max_cost_usd: None,
     }
 }
 
