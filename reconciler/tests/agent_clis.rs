@@ -240,3 +240,22 @@ fn a_streaming_cli_that_spends_past_the_budget_is_stopped_within_a_second() {
     assert_eq!(result.tokens_out, turns * 850, "what it spent is counted");
     assert!(took < Duration::from_secs(30), "stopped long before its 60 s: {took:?}");
 }
+
+#[test]
+fn a_streaming_cli_that_spends_past_the_cost_budget_is_stopped_and_the_figure_named() {
+    let fx = Fixture::new();
+    // OpenCode's recorded first `step_finish` ($0.030399), every 0.2 s for 60 s.
+    let step = fixture("opencode/tool-use.jsonl").lines().nth(2).expect("the first step_finish").to_owned();
+    let script = format!(
+        "#!/bin/sh\ncat > /dev/null\necho change >> change.txt\ni=0\nwhile [ $i -lt 300 ]; do\n  echo '{step}'\n  sleep 0.2\n  i=$((i+1))\ndone\n"
+    );
+    let path = fx.tmp.path().join("bin").join("opencode");
+    std::fs::write(&path, script).expect("write the fake CLI");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let spec = RunSpec { max_cost_usd: Some(0.05), ..fx.spec(path.display().to_string(), OutputFormat::Opencode, None) };
+    let result = fx.run(&spec);
+    assert_eq!((result.outcome, result.reason.as_str()), (Outcome::Failed, "BudgetExceeded"), "{result:?}\n{}", log_of(&result));
+    assert!(result.message.contains("over the $0.0500 left of the request's maxCostUSD"), "{}", result.message);
+    let steps = (result.cost_usd / 0.030399).round() as u64;
+    assert!((2..=8).contains(&steps), "{steps} steps counted: {result:?}");
+}

@@ -333,6 +333,25 @@ fn a_rejected_approval_reopens_the_branch_once_per_rejected_merge_and_keeps_wait
 }
 
 #[test]
+fn a_new_worker_is_given_what_is_left_of_the_token_budget() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 2, stages: 1, budget_tokens: Some(25), ..req("r") }];
+    let d = desired(&reqs, 8, &world);
+    let p = plan(&d, &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let first = starts(&p)[0].worker.clone();
+    world.finish(&first, false, 5); // 10 tokens
+    let attempts: Vec<Attempt> = world.runs.values().map(|r| r.attempt.clone()).collect();
+    let request = &d.requests["r"];
+    assert_eq!(super::remaining_spend(request, &d, &attempts), (Some(15), None));
+    let other = Attempt { request: "other".into(), tokens_in: 1000, ..attempts[0].clone() };
+    assert_eq!(super::remaining_spend(request, &d, &[other]).0, Some(25), "another request's attempts do not count");
+    let over = Attempt { tokens_in: 1000, ..attempts[0].clone() };
+    assert_eq!(super::remaining_spend(request, &d, &[over]).0, Some(0));
+}
+
+#[test]
 fn budget_exceeded_fails_and_cancels() {
     let cfg = PlanConfig::default();
     let mut world = World::default();
