@@ -91,6 +91,9 @@ pub fn cost_is_sane(cost: f64) -> bool {
 
 /// The reason an attempt fails with when its usage report is refused.
 pub const INVALID_USAGE_REPORT: &str = "InvalidUsageReport";
+/// Reason of an attempt whose agent CLI reported a failure it calls final
+/// (authentication, bad input, its own turn or budget limit): not retried.
+pub const AGENT_FAILED_FINAL: &str = "AgentFailedFinal";
 
 /// Most bytes of a summary (or a result's message) kept, marker included:
 /// what the status file, the approval branch and the dashboard carry.

@@ -77,7 +77,7 @@ impl Fixture {
             model: None,
             env: vec![("LC_ALL".into(), EnvSource::Value("C".into()))],
             require_change: true,
-            pricing: Some(Pricing { input_per_million: 0.0, output_per_million: 0.0 }),
+            pricing: Some(Pricing { input_per_million: 0.0, output_per_million: 0.0, cached_input_per_million: None }),
             wall_time_secs: Some(600),
             git_author: ("Hadron".into(), "hadron@example.com".into()),
             image: None,
@@ -85,6 +85,9 @@ impl Fixture {
             network: hadron::workers::spec::WorkerNetwork::None,
             sandbox: hadron::workers::spec::SandboxMode::Preferred,
             max_workspace_bytes: None,
+            output: hadron::model::kinds::OutputFormat::Report,
+            max_tokens: None,
+            max_cost_usd: None,
         }
     }
 
@@ -340,7 +343,7 @@ fn usage_from_claude_style_stdout_is_priced() {
     let script =
         r#"echo change > f.txt; echo '{"type":"result","result":"done it","usage":{"input_tokens":2000000,"output_tokens":1000000}}'"#;
     let mut spec = fx.spec("implement", sh(script));
-    spec.pricing = Some(Pricing { input_per_million: 3.0, output_per_million: 15.0 });
+    spec.pricing = Some(Pricing { input_per_million: 3.0, output_per_million: 15.0, cached_input_per_million: None });
     let result = run_worker(&fx.run_json(&spec));
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
     assert_eq!((result.tokens_in, result.tokens_out, result.summary.as_str()), (2_000_000, 1_000_000, "done it"));

@@ -86,6 +86,11 @@ pub enum Code {
     /// Text people write (a title, a description, a label or annotation) is
     /// longer than its limit.
     TooLong,
+    /// An agent's `output` names a CLI its command does not run.
+    OutputMismatch,
+    /// An agent's command runs a CLI without the flags that keep it from
+    /// waiting for a person (a permission or approval mode).
+    MayWaitForPerson,
 }
 
 impl Code {
@@ -128,6 +133,8 @@ impl Code {
             Code::NoAgent => "NoAgent",
             Code::InvalidStatusEntry => "InvalidStatusEntry",
             Code::TooLong => "TooLong",
+            Code::OutputMismatch => "OutputMismatch",
+            Code::MayWaitForPerson => "MayWaitForPerson",
         }
     }
 }

@@ -236,6 +236,48 @@ pub struct AgentSpec {
     /// the host's network, unrestricted (the explicit opt-out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<AgentNetwork>,
+    /// How the worker reads what the agent spent and said: `report` (the
+    /// default: `$HADRON_REPORT_FILE`, else the last JSON object on standard
+    /// output), or the output of a known CLI: `claude` (`--output-format
+    /// json` or `stream-json`), `codex` (`exec --json`), `opencode` (`run
+    /// --format json`), `gemini` (`--output-format json`) or `aider` (its
+    /// `Tokens: … Cost: …` lines). See docs/agent-clis.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputFormat>,
+}
+
+/// How an agent's output is read (`spec.output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OutputFormat {
+    /// `$HADRON_REPORT_FILE` (`tokensIn`, `tokensOut`, `costUSD`,
+    /// `summary`), else the last JSON object on standard output.
+    #[default]
+    Report,
+    /// Claude Code `-p --output-format json` (or `stream-json --verbose`).
+    Claude,
+    /// Codex CLI `codex exec --json`.
+    Codex,
+    /// OpenCode `opencode run --format json`.
+    Opencode,
+    /// Gemini CLI `gemini --output-format json`.
+    Gemini,
+    /// aider `--message-file … --yes-always`: its `Tokens: … Cost: …` lines.
+    Aider,
+}
+
+impl OutputFormat {
+    /// The word written in the agent file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputFormat::Report => "report",
+            OutputFormat::Claude => "claude",
+            OutputFormat::Codex => "codex",
+            OutputFormat::Opencode => "opencode",
+            OutputFormat::Gemini => "gemini",
+            OutputFormat::Aider => "aider",
+        }
+    }
 }
 
 /// What an agent may reach on the network: `none`, `host`, or `allow: [...]`.
@@ -315,6 +357,10 @@ pub struct Pricing {
     pub input_per_million: f64,
     /// Price of one million output tokens, in USD.
     pub output_per_million: f64,
+    /// Price of one million cached input tokens (cache reads), in USD.
+    /// Absent: cached tokens are priced as input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<f64>,
 }
 
 /// A change request: a task for an agent on one or more target repos.

@@ -9,8 +9,8 @@ use super::diag::Code;
 pub use super::file::Finding;
 use super::file::{FileRole, Object};
 use super::kinds::{
-    API_VERSION, AgentNetwork, AgentSpec, Approval, Budget, ChangeRequest, EnvVar, GateType, Metadata, RequestStatus, Settings, Stage,
-    StringMap,
+    API_VERSION, AgentNetwork, AgentSpec, Approval, Budget, ChangeRequest, EnvVar, GateType, Metadata, OutputFormat, RequestStatus,
+    Settings, Stage, StringMap,
 };
 use super::spans::{FieldPath, Seg};
 use super::template_vars::{TemplateUse, check_template};
@@ -322,7 +322,53 @@ pub fn check_endpoint(entry: &str) -> Result<(), &'static str> {
 /// Names that say "this is a secret" when they carry a literal value.
 const SECRET_NAME_WORDS: [&str; 7] = ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE"];
 
+/// For each CLI Hadron reads (`spec.output`): the program's file name, and
+/// the arguments one of which keeps it from waiting for a person, with what
+/// to add when none is there.
+const CLI_FLAGS: &[(OutputFormat, &str, &[&str], &str)] = &[
+    (
+        OutputFormat::Claude,
+        "claude",
+        &["--permission-mode", "--allowedTools", "--allowed-tools"],
+        "add `--permission-mode acceptEdits` and `--allowedTools …`",
+    ),
+    (OutputFormat::Codex, "codex", &["exec"], "run `codex exec --json …`: only `exec` runs without asking"),
+    (OutputFormat::Opencode, "opencode", &["run"], "run `opencode run --format json …`"),
+    (OutputFormat::Gemini, "gemini", &["--approval-mode", "--yolo", "-y"], "add `--approval-mode auto_edit`"),
+    (OutputFormat::Aider, "aider", &["--yes-always"], "add `--yes-always` (and `--message-file {{promptFile}}`)"),
+];
+
+/// Warns when `spec.output` names a CLI the command does not run, and when
+/// the command runs a known CLI without the flag that keeps it from waiting
+/// for a person (it would sit until its wall time).
+fn check_agent_cli(out: &mut Vec<Finding>, spec: &AgentSpec) {
+    let Some(program) = spec.command.first() else { return };
+    let name = program.rsplit('/').next().unwrap_or(program);
+    let output = spec.output.unwrap_or_default();
+    if let Some((_, cli, _, _)) = CLI_FLAGS.iter().find(|(format, ..)| *format == output)
+        && name != *cli
+    {
+        out.push(Finding::warning(
+            "spec.output",
+            Code::OutputMismatch,
+            format!("`output: {}` reads {cli}'s output, but the command runs `{name}`", output.as_str()),
+            format!("run {cli}, or set `output` to the format `{name}` prints (`report` for Hadron's own)"),
+        ));
+    }
+    if let Some((_, cli, flags, fix)) = CLI_FLAGS.iter().find(|(_, cli, ..)| *cli == name)
+        && !spec.command.iter().skip(1).any(|a| flags.iter().any(|f| a == f || a.starts_with(&format!("{f}="))))
+    {
+        out.push(Finding::warning(
+            "spec.command",
+            Code::MayWaitForPerson,
+            format!("`{cli}` runs without {}: it may wait for a person and sit until its wall time", flags.join(" or ")),
+            fix.to_string(),
+        ));
+    }
+}
+
 fn check_agent(out: &mut Vec<Finding>, spec: &AgentSpec) {
+    check_agent_cli(out, spec);
     if spec.command.is_empty() || spec.command[0].trim().is_empty() {
         out.push(Finding::error(
             "spec.command",
@@ -367,7 +413,8 @@ fn check_agent(out: &mut Vec<Finding>, spec: &AgentSpec) {
         ));
     }
     if let Some(p) = &spec.pricing {
-        for (key, v) in [("inputPerMillion", p.input_per_million), ("outputPerMillion", p.output_per_million)] {
+        let cached = p.cached_input_per_million.map(|v| ("cachedInputPerMillion", v));
+        for (key, v) in [("inputPerMillion", p.input_per_million), ("outputPerMillion", p.output_per_million)].into_iter().chain(cached) {
             if !(v.is_finite() && v >= 0.0) {
                 out.push(Finding::error(
                     &format!("spec.pricing.{key}"),
@@ -799,5 +846,24 @@ mod tests {
             found.iter().any(|(_, field, m)| field == "spec.title" && m.contains("201 characters") && m.contains("(200)")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn an_agent_cli_without_its_unattended_flag_or_with_the_wrong_output_is_warned_about() {
+        let codes = |spec: serde_json::Value| {
+            let spec: super::AgentSpec = serde_json::from_value(spec).expect("an agent spec");
+            let mut out = Vec::new();
+            super::check_agent_cli(&mut out, &spec);
+            out.iter().map(|f| (f.code.as_str(), f.field.to_string())).collect::<Vec<_>>()
+        };
+        let claude = serde_json::json!({"command": ["claude", "-p", "--output-format", "json"], "output": "claude"});
+        assert_eq!(codes(claude), vec![("MayWaitForPerson", "spec.command".to_owned())]);
+        let fine = serde_json::json!({"command": ["/usr/bin/claude", "-p", "--permission-mode", "acceptEdits"], "output": "claude"});
+        assert_eq!(codes(fine), vec![]);
+        let wrong = serde_json::json!({"command": ["gemini", "--approval-mode=auto_edit"], "output": "codex"});
+        assert_eq!(codes(wrong), vec![("OutputMismatch", "spec.output".to_owned())]);
+        let aider = serde_json::json!({"command": ["aider", "--message-file", "{{promptFile}}"]});
+        assert_eq!(codes(aider), vec![("MayWaitForPerson", "spec.command".to_owned())], "the default `report` reads any program");
+        assert_eq!(codes(serde_json::json!({"command": ["sh", "agent.sh"]})), vec![]);
     }
 }

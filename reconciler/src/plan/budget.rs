@@ -43,6 +43,19 @@ pub fn remaining_wall_secs(request: &ChangeRequest, desired: &DesiredState, atte
     Some(u64::try_from(max_ms.saturating_sub(used).max(1000) / 1000).unwrap_or(1))
 }
 
+/// What a new worker of `request` may still spend of its `maxTokens` and
+/// `maxCostUSD` (the request's own, else the settings' default), given the
+/// attempts of its current generation; `None` where there is no limit.
+pub fn remaining_spend(request: &ChangeRequest, desired: &DesiredState, attempts: &[Attempt]) -> (Option<u64>, Option<f64>) {
+    let defaults = desired.settings.spec.defaults.budget.clone().unwrap_or_default();
+    let own = request.spec.budget.clone().unwrap_or_default();
+    let generation = request.generation();
+    let mine = || attempts.iter().filter(|a| a.request == request.metadata.name && a.generation == generation);
+    let tokens = own.max_tokens.or(defaults.max_tokens).map(|max| max.saturating_sub(total_tokens(mine())));
+    let cost = own.max_cost_usd.or(defaults.max_cost_usd).map(|max| (max - total_cost(mine())).max(0.0));
+    (tokens, cost)
+}
+
 /// Wall time the workers of `attempts` ran, in milliseconds (saturating).
 fn wall_time<'a>(attempts: impl IntoIterator<Item = &'a Attempt>, now: Millis) -> Millis {
     attempts

@@ -35,7 +35,7 @@ use crate::model::kinds::{ChangeRequest, Phase, RequestStatus};
 use crate::time::Millis;
 
 pub use crate::attempt::AttemptState;
-pub use budget::remaining_wall_secs;
+pub use budget::{remaining_spend, remaining_wall_secs};
 pub use memo::PlanMemo;
 
 /// One attempt as the store (or a status file, or the driver) knows it.

@@ -262,7 +262,14 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
 /// absurd figure, a report too big to read). The agent did run, so a retry
 /// would spend again for a report that is as likely refused again, and what
 /// the refused one cost is unknown.
-const NOT_RETRIED: &[&str] = &[crate::attempt::INVALID_USAGE_REPORT, "SandboxUnavailable"];
+///
+/// `AgentFailedFinal`: the agent's CLI reported a failure another attempt
+/// meets again (authentication, bad input, its own turn or budget limit).
+///
+/// `BudgetExceeded`: the worker stopped a streaming CLI that spent past the
+/// request's remaining budget; another attempt would have none left.
+const NOT_RETRIED: &[&str] =
+    &[crate::attempt::INVALID_USAGE_REPORT, "SandboxUnavailable", crate::attempt::AGENT_FAILED_FINAL, "BudgetExceeded"];
 
 /// Whether a failed attempt with `reason` may be followed by another.
 fn is_retried(reason: &str) -> bool {

@@ -347,6 +347,25 @@ fn a_rejected_approval_reopens_the_branch_once_per_rejected_merge_and_keeps_wait
 }
 
 #[test]
+fn a_new_worker_is_given_what_is_left_of_the_token_budget() {
+    let cfg = PlanConfig::default();
+    let mut world = World::default();
+    let reqs = vec![Req { repos: 2, stages: 1, budget_tokens: Some(25), ..req("r") }];
+    let d = desired(&reqs, 8, &world);
+    let p = plan(&d, &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let first = starts(&p)[0].worker.clone();
+    world.finish(&first, false, 5); // 10 tokens
+    let attempts: Vec<Attempt> = world.runs.values().map(|r| r.attempt.clone()).collect();
+    let request = &d.requests["r"];
+    assert_eq!(super::remaining_spend(request, &d, &attempts), (Some(15), None));
+    let other = Attempt { request: "other".into(), tokens_in: 1000, ..attempts[0].clone() };
+    assert_eq!(super::remaining_spend(request, &d, &[other]).0, Some(25), "another request's attempts do not count");
+    let over = Attempt { tokens_in: 1000, ..attempts[0].clone() };
+    assert_eq!(super::remaining_spend(request, &d, &[over]).0, Some(0));
+}
+
+#[test]
 fn budget_exceeded_fails_and_cancels() {
     let cfg = PlanConfig::default();
     let mut world = World::default();
@@ -1131,7 +1150,12 @@ fn a_pass_plans_again_only_the_requests_whose_inputs_changed() {
 #[test]
 fn an_invalid_usage_report_fails_the_stage_once_without_a_retry() {
     let cfg = PlanConfig { backoff_base_ms: 1000, ..PlanConfig::default() };
-    for (reason, retried) in [("AgentExitNonZero", true), (crate::workers::usage::INVALID_USAGE_REPORT, false)] {
+    for (reason, retried) in [
+        ("AgentExitNonZero", true),
+        (crate::workers::usage::INVALID_USAGE_REPORT, false),
+        ("AgentFailed", true),
+        (crate::attempt::AGENT_FAILED_FINAL, false),
+    ] {
         let mut world = World::default();
         let reqs = vec![Req { repos: 1, stages: 1, ..req("r") }];
         let p = plan(&desired(&reqs, 8, &world), &world.observed(), 0, &cfg);
@@ -1150,7 +1174,7 @@ fn an_invalid_usage_report_fails_the_stage_once_without_a_retry() {
             } else {
                 assert!(starts(&p).is_empty(), "no retry of {reason} at {now}");
                 assert_eq!((view.phase, view.reason.as_str()), (Phase::Failed, "StageFailed"), "{}", view.message);
-                assert!(view.message.contains("(InvalidUsageReport, which is not retried)"), "{}", view.message);
+                assert!(view.message.contains(&format!("({reason}, which is not retried)")), "{}", view.message);
                 assert!(view.message.contains("1e300 input tokens"), "the status says why: {}", view.message);
             }
             world.apply(&p, now);

@@ -79,6 +79,7 @@ pub fn run_spec(
             (None, None) => None,
         })
         .collect();
+    let spend = plan::remaining_spend(request, desired, all);
     Some(RunSpec {
         worker: a.worker.clone(),
         installation: installation.to_string(),
@@ -115,6 +116,9 @@ pub fn run_spec(
             .and_then(|b| b.max_workspace_size.as_deref())
             .or_else(|| desired.settings.spec.defaults.budget.as_ref().and_then(|b| b.max_workspace_size.as_deref()))
             .and_then(parse_quantity),
+        output: agent.spec.output.unwrap_or_default(),
+        max_tokens: spend.0,
+        max_cost_usd: spend.1,
     })
 }
 

@@ -10,6 +10,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::adapters::Meter;
 use super::agent_env::passthrough_env;
 use super::egress::{self, AllowList, EgressLog};
 use super::error::WorkerError;
@@ -154,8 +155,15 @@ impl Worker<'_> {
             }
         }
         let (tx, rx) = std::sync::mpsc::channel::<(bool, Vec<u8>)>();
+        // A streaming CLI's usage is read as it prints it when the request
+        // has a token or cost budget left to enforce.
+        let meter = (Meter::streams(s.output) && (s.max_tokens.is_some() || s.max_cost_usd.is_some()))
+            .then(|| Arc::new(std::sync::Mutex::new(Meter::new(s.output))));
         if let Some(out) = child.stdout.take() {
-            spawn_reader(out, true, self.log.clone(), tx.clone());
+            match &meter {
+                Some(meter) => spawn_reader(Metered { inner: out, meter: meter.clone() }, true, self.log.clone(), tx.clone()),
+                None => spawn_reader(out, true, self.log.clone(), tx.clone()),
+            }
         }
         if let Some(err) = child.stderr.take() {
             spawn_reader(err, false, self.log.clone(), tx.clone());
@@ -166,6 +174,7 @@ impl Worker<'_> {
         let deadline = s.wall_time_secs.map(|secs| (secs, Instant::now() + Duration::from_secs(secs)));
         let mut timed_out = None;
         let mut too_large = None;
+        let mut over_budget = None;
         // Wait for the exit without reaping (`waitid` with `WNOWAIT`), so the
         // group id stays reserved while we signal it; the reap happens below.
         // Meanwhile the workspace is measured every second.
@@ -176,6 +185,12 @@ impl Worker<'_> {
                 None => SIZE_CHECK_EVERY,
             };
             if exited.recv_timeout(wait).is_ok() {
+                break;
+            }
+            if let Some(why) = meter.as_ref().and_then(|m| self.over_budget(m)) {
+                self.log.line(&format!("the agent {why}; stopping it"));
+                let _ = stop_group(pid, KILL_GRACE, alive);
+                over_budget = Some(why);
                 break;
             }
             let roots: Vec<&Path> = watched.iter().map(|p| p.as_path()).collect();
@@ -220,6 +235,9 @@ impl Worker<'_> {
         if let Some(secs) = timed_out {
             return Err((WorkerError::WallTimeExceeded(secs), stdout));
         }
+        if let Some(why) = over_budget {
+            return Err((WorkerError::BudgetExceeded(why), stdout));
+        }
         // Once more now that it has stopped: what it left is what a push takes.
         let usage = too_large.unwrap_or_else(|| workspace_size::measure(&watched.iter().map(|p| p.as_path()).collect::<Vec<_>>()));
         let written = usage.bytes.saturating_sub(baseline);
@@ -260,6 +278,21 @@ impl Worker<'_> {
         }
     }
 
+    /// Why the agent's spending so far crosses the request's remaining
+    /// budget, if it does.
+    fn over_budget(&self, meter: &std::sync::Mutex<Meter>) -> Option<String> {
+        let (tokens, cost) = meter.lock().ok()?.spent(self.spec.pricing.as_ref());
+        if let Some(max) = self.spec.max_tokens
+            && tokens > max
+        {
+            return Some(format!("used {tokens} tokens, over the {max} left of the request's maxTokens"));
+        }
+        match self.spec.max_cost_usd {
+            Some(max) if cost > max => Some(format!("spent ${cost:.4}, over the ${max:.4} left of the request's maxCostUSD")),
+            _ => None,
+        }
+    }
+
     pub(super) fn read_report(&self) -> Option<Usage> {
         Usage::read_report_file(&self.run_dir.join(REPORT_FILE))
     }
@@ -277,6 +310,22 @@ fn exit_notice(pid: u32) -> std::sync::mpsc::Receiver<()> {
         let _ = tx.send(());
     });
     rx
+}
+
+/// A stream whose bytes a [`Meter`] reads on their way to the log.
+struct Metered<R> {
+    inner: R,
+    meter: Arc<std::sync::Mutex<Meter>>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Ok(mut meter) = self.meter.lock() {
+            meter.feed(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// Copies one output stream of the agent into the log (bounded: see

@@ -25,6 +25,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::adapters;
 use super::agent_env::resolve_env;
 use super::error::WorkerError;
 use super::log::Log;
@@ -33,6 +34,7 @@ use super::run_dir::{LOCK_FILE, LOG_FILE, PROMPT_FILE, RESULT_FILE, WORKSPACE_DI
 use super::spec::{Outcome, RunResult, RunSpec};
 use super::usage::Usage;
 use super::worker::Worker;
+use crate::model::kinds::OutputFormat;
 use crate::model::validate::{is_branch_name, is_dns_label};
 use crate::time::now_rfc3339;
 
@@ -202,14 +204,31 @@ impl Worker<'_> {
         let argv = self.render_command(&prompt_path)?;
 
         let status = self.run_agent(&argv, &prompt_path);
-        let stdout = match status {
-            Ok((_, ref stdout)) | Err((_, ref stdout)) => stdout.clone(),
+        let (stdout, code) = match status {
+            Ok((status, ref stdout)) => (stdout.clone(), status.code()),
+            Err((_, ref stdout)) => (stdout.clone(), None),
         };
-        self.usage = self.read_report().or_else(|| Usage::from_stdout(&stdout));
+        self.usage = match self.spec.output {
+            OutputFormat::Report => self.read_report().or_else(|| Usage::from_stdout(&stdout)),
+            cli => adapters::read(cli, &stdout, code),
+        };
         let status = match status {
             Ok((status, _)) => status,
             Err((e, _)) => return Err(e),
         };
+        if let Some(usage) = &self.usage {
+            if let Some(id) = &usage.session_id {
+                self.log.line(&format!("{} session {}", self.spec.output.as_str(), self.log.redact(id)));
+            }
+            if let Some(f) = &usage.failure {
+                return Err(WorkerError::AgentReportedFailure {
+                    cli: f.cli,
+                    reason: self.log.redact(&f.reason),
+                    message: self.log.redact(&f.message),
+                    retryable: f.retryable,
+                });
+            }
+        }
         if !status.success() {
             let status = match (status.code(), status.signal()) {
                 (Some(code), _) => format!("exited with code {code}"),

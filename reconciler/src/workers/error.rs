@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+/// Reason of an attempt whose CLI reported a failure another attempt may get past.
+pub const AGENT_FAILED: &str = "AgentFailed";
+
 /// Why a worker run failed. [`WorkerError::reason`] becomes `RunResult::reason`.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -45,6 +48,23 @@ pub enum WorkerError {
         /// Log file.
         log: String,
     },
+    /// The agent's CLI reported a failure of its own (Claude `is_error`,
+    /// Codex `turn.failed`, an OpenCode `error`, a Gemini exit code),
+    /// whatever its exit status.
+    #[error("{cli} reported {reason}: {message}{}", if *retryable { "" } else { " (the CLI says this is final: not retried)" })]
+    AgentReportedFailure {
+        /// The CLI (`claude`, `codex`, …).
+        cli: &'static str,
+        /// The CLI's own reason (`error_max_turns`, `turn.failed`, `exit 53 (turn limit)`, …).
+        reason: String,
+        /// What the CLI said (redacted).
+        message: String,
+        /// Whether another attempt may help.
+        retryable: bool,
+    },
+    /// A streaming CLI used more than the request's remaining budget and was stopped.
+    #[error("the agent {0}; it was stopped")]
+    BudgetExceeded(String),
     /// The agent ran past its wall-time limit and was killed.
     #[error("the agent ran longer than its wall-time limit of {0} s and was killed")]
     WallTimeExceeded(u64),
@@ -98,6 +118,9 @@ impl WorkerError {
             WorkerError::TemplateFailed(_) => "TemplateFailed",
             WorkerError::AgentSpawnFailed { .. } => "AgentSpawnFailed",
             WorkerError::AgentExitNonZero { .. } => "AgentExitNonZero",
+            WorkerError::AgentReportedFailure { retryable: true, .. } => AGENT_FAILED,
+            WorkerError::AgentReportedFailure { retryable: false, .. } => crate::attempt::AGENT_FAILED_FINAL,
+            WorkerError::BudgetExceeded(_) => "BudgetExceeded",
             WorkerError::WallTimeExceeded(_) => "WallTimeExceeded",
             WorkerError::SandboxUnavailable(_) => "SandboxUnavailable",
             WorkerError::WorkspaceTooLarge { .. } => "WorkspaceTooLarge",
@@ -123,5 +146,13 @@ mod tests {
         assert_eq!(WorkerError::NoChange.reason(), "NoChange");
         assert_eq!(WorkerError::WallTimeExceeded(1).reason(), "WallTimeExceeded");
         assert_eq!(WorkerError::SecretMissing { variable: "A".into(), secret: "B".into() }.reason(), "SecretMissing");
+        let failed = |retryable| WorkerError::AgentReportedFailure {
+            cli: "gemini",
+            reason: "exit 53 (turn limit)".into(),
+            message: "turn limit".into(),
+            retryable,
+        };
+        assert_eq!((failed(true).reason(), failed(false).reason()), ("AgentFailed", "AgentFailedFinal"));
+        assert_eq!(failed(false).to_string(), "gemini reported exit 53 (turn limit): turn limit (the CLI says this is final: not retried)");
     }
 }

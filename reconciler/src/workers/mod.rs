@@ -6,6 +6,7 @@
 //! names, so starting one twice is a no-op and a restarted Hadron finds its
 //! workers again from the driver alone.
 
+pub mod adapters;
 pub mod agent;
 pub mod agent_env;
 pub mod egress;

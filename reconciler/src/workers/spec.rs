@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::kinds::{Pricing, Resources};
+use crate::model::kinds::{OutputFormat, Pricing, Resources};
 
 pub use crate::ids::{Installation, worker_name};
 
@@ -108,6 +108,17 @@ pub struct RunSpec {
     /// the worker applies its default (1 GiB) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_workspace_bytes: Option<u64>,
+    /// How the worker reads the agent's usage, summary and failure.
+    #[serde(default)]
+    pub output: OutputFormat,
+    /// Tokens the request may still spend (`maxTokens` less what its
+    /// attempts used): a streaming CLI is stopped when it uses more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// USD the request may still spend (`maxCostUSD` less what its
+    /// attempts cost): a streaming CLI is stopped when it spends more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// What an agent may reach on the network.
@@ -275,6 +286,9 @@ pub(crate) fn sample() -> RunSpec {
         network: WorkerNetwork::None,
         sandbox: SandboxMode::Preferred,
         max_workspace_bytes: None,
+        output: OutputFormat::Report,
+        max_tokens: None,
+        max_cost_usd: None,
     }
 }
 

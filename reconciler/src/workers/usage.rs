@@ -98,6 +98,31 @@ pub struct Usage {
     /// Why the report cannot be taken, if it cannot: the attempt fails with
     /// it (`InvalidUsageReport`) and none of its figures count.
     pub invalid: Option<UsageError>,
+    /// Of `tokens_in`, how many were read from the vendor's prompt cache:
+    /// priced at `pricing.cachedInputPerMillion` when the agent file gives
+    /// it, else as input.
+    pub tokens_cached: u64,
+    /// The CLI's session (thread) id, when it printed one.
+    pub session_id: Option<String>,
+    /// The CLI's own failure signal, when it gave one (see
+    /// [`adapters`](super::adapters)): the attempt fails with it although
+    /// the CLI may have exited 0.
+    pub failure: Option<CliFailure>,
+}
+
+/// A failure the agent's CLI reported in its own output or exit code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CliFailure {
+    /// The CLI (`claude`, `codex`, …).
+    pub cli: &'static str,
+    /// The CLI's own reason, e.g. `error_max_turns`, `turn.failed`, `exit 53 (turn limit)`.
+    pub reason: String,
+    /// What the CLI said about it (redacted and cut before it is written).
+    pub message: String,
+    /// Whether another attempt may help (a rate limit, an overloaded or
+    /// failing API), as opposed to a final failure (authentication, bad
+    /// input, a turn or budget limit of the CLI's own).
+    pub retryable: bool,
 }
 
 impl Usage {
@@ -161,23 +186,31 @@ impl Usage {
     ) -> Usage {
         let figures = tokens(tokens_in).and_then(|i| Ok((i, tokens(tokens_out)?, figure(cost)?)));
         match figures {
-            Ok((tokens_in, tokens_out, cost_usd)) => Usage { tokens_in, tokens_out, cost_usd, summary, invalid: None },
+            Ok((tokens_in, tokens_out, cost_usd)) => Usage { tokens_in, tokens_out, cost_usd, summary, ..Usage::default() },
             Err(e) => Usage { summary, invalid: Some(e), ..Usage::default() },
         }
     }
 
-    /// The cost: the agent's own figure, else tokens × prices (per million).
+    /// The cost: the agent's own figure, else tokens × prices (per million),
+    /// cached input tokens at the cached price when there is one.
     pub fn cost(&self, pricing: Option<&Pricing>) -> f64 {
         match (self.cost_usd, pricing) {
             (Some(cost), _) => cost,
-            (None, Some(p)) => (self.tokens_in as f64 * p.input_per_million + self.tokens_out as f64 * p.output_per_million) / 1_000_000.0,
+            (None, Some(p)) => {
+                let cached = self.tokens_cached.min(self.tokens_in);
+                let cached_price = p.cached_input_per_million.unwrap_or(p.input_per_million);
+                ((self.tokens_in - cached) as f64 * p.input_per_million
+                    + cached as f64 * cached_price
+                    + self.tokens_out as f64 * p.output_per_million)
+                    / 1_000_000.0
+            }
             (None, None) => 0.0,
         }
     }
 }
 
 /// A number of at least 0 (absent or `null`: none).
-fn figure((value, field): (Option<&Value>, &'static str)) -> Result<Option<f64>, UsageError> {
+pub(super) fn figure((value, field): (Option<&Value>, &'static str)) -> Result<Option<f64>, UsageError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(Some).ok_or_else(|| not_a_figure(field, v)),
@@ -186,7 +219,7 @@ fn figure((value, field): (Option<&Value>, &'static str)) -> Result<Option<f64>,
 
 /// A token count: a whole number as is, a fraction rounded down, a figure
 /// too big for `u64` saturated (and then refused by [`check`]).
-fn tokens((value, field): (Option<&Value>, &'static str)) -> Result<u64, UsageError> {
+pub(super) fn tokens((value, field): (Option<&Value>, &'static str)) -> Result<u64, UsageError> {
     if let Some(n) = value.and_then(Value::as_u64) {
         return Ok(n);
     }
@@ -209,7 +242,7 @@ fn not_a_figure(field: &'static str, value: &Value) -> UsageError {
 
 /// The last line of `text` that is a JSON object, or the whole text when it
 /// is one (pretty-printed output).
-fn last_json_object(text: &str) -> Option<serde_json::Map<String, Value>> {
+pub(super) fn last_json_object(text: &str) -> Option<serde_json::Map<String, Value>> {
     let whole = serde_json::from_str::<Value>(text.trim()).ok().and_then(|v| v.as_object().cloned());
     if whole.is_some() {
         return whole;
@@ -244,7 +277,7 @@ mod tests {
             assert!(matches!(check(0, 0, cost), Err(UsageError::BadCost(_))), "{cost}");
         }
         // Priced tokens can exceed the cost bound although the tokens are sane.
-        let pricing = Pricing { input_per_million: 1.0e6, output_per_million: 0.0 };
+        let pricing = Pricing { input_per_million: 1.0e6, output_per_million: 0.0, cached_input_per_million: None };
         let u = Usage { tokens_in: 10_000_000, ..Usage::default() };
         assert!(check(u.tokens_in, u.tokens_out, u.cost(Some(&pricing))).is_err());
     }
@@ -255,7 +288,7 @@ mod tests {
         let u = Usage::from_stdout(out).expect("parses the last object");
         assert_eq!((u.tokens_in, u.tokens_out, u.summary.as_str()), (1_000_000, 500_000, "Added greeting"));
         assert_eq!(u.cost_usd, None);
-        let pricing = Pricing { input_per_million: 3.0, output_per_million: 15.0 };
+        let pricing = Pricing { input_per_million: 3.0, output_per_million: 15.0, cached_input_per_million: None };
         assert!((u.cost(Some(&pricing)) - 10.5).abs() < 1e-9);
         let with_cost = Usage::from_stdout("{\n  \"total_cost_usd\": 0.25,\n  \"result\": \"ok\"\n}\n").expect("pretty-printed");
         assert!((with_cost.cost(Some(&pricing)) - 0.25).abs() < 1e-9, "the agent's own figure wins");
