@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use git::{HUMAN, git};
 use hadron::model::kinds::{OutputFormat, Pricing};
-use hadron::workers::spec::{EnvSource, Outcome, RunResult, RunSpec, SandboxMode, WorkerNetwork, worker_name};
+use hadron::workers::spec::{EnvSource, Installation, Outcome, RunResult, RunSpec, SandboxMode, WorkerNetwork, worker_name};
 use hadron::workers::{Driver, LocalDriver, WorkerCommand, WorkerState, run_worker};
 
 const PROMPT: &str = include_str!("../../templates/prompt.md.hbs");
@@ -58,8 +58,10 @@ impl Fixture {
 
     fn spec(&self, program: String, output: OutputFormat, pricing: Option<Pricing>) -> RunSpec {
         let url = self.tmp.path().join("target.git").display().to_string();
+        let installation = Installation::default();
         RunSpec {
-            worker: worker_name("add-greeting", "0011223344556677", "implement", &url, 1),
+            worker: worker_name(&installation, "add-greeting", "0011223344556677", "implement", &url, 1),
+            installation: installation.to_string(),
             request: "add-greeting".into(),
             generation: "0011223344556677".into(),
             stage: "implement".into(),

@@ -144,7 +144,9 @@ pub enum DriverError {
 /// What to do about an API error, where Hadron can tell.
 fn kubernetes_hint(e: &kube::Error) -> &'static str {
     match kubernetes_code(e) {
-        Some(403) => " (Hadron's service account lacks a permission: see the Role in charts/hadron or docs/operations.md \"Running on Kubernetes\")",
+        Some(403) => {
+            " (Hadron's service account lacks a permission: see the Role in charts/hadron or docs/operations.md \"Running on Kubernetes\")"
+        }
         Some(422) => " (the API server refused the object: a bad image name, resource quantity or secret reference in agents/)",
         _ => "",
     }
