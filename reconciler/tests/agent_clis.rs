@@ -101,7 +101,13 @@ impl Fixture {
         loop {
             let state = driver.observe().expect("observe").into_iter().find(|o| o.worker == spec.worker).map(|o| o.state);
             match state {
-                Some(WorkerState::Finished(result)) => return result,
+                Some(WorkerState::Finished(result)) => {
+                    // Where the sandbox is required (CI), the fake CLIs ran in it.
+                    if std::env::var_os("HADRON_REQUIRE_SANDBOX").is_some() {
+                        assert_eq!(result.unconfined, None, "the fake CLI ran outside the sandbox: {result:?}");
+                    }
+                    return result;
+                }
                 Some(WorkerState::Running) | None => {}
                 Some(other) => panic!("unexpected {other:?}"),
             }
