@@ -186,6 +186,17 @@ pub struct Ran {
     pub stderr: String,
 }
 
+impl Ran {
+    /// What a finished git printed, redacted.
+    fn of(out: &std::process::Output) -> Ran {
+        Ran {
+            success: out.status.success(),
+            stdout: crate::redact::url_credentials(&String::from_utf8_lossy(&out.stdout)),
+            stderr: crate::redact::url_credentials(&String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+}
+
 /// A git runner bound to one place and one identity.
 #[derive(Debug, Clone)]
 pub struct Git {
@@ -272,11 +283,7 @@ impl Git {
     {
         let out =
             self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|source| GitError::Unavailable { source })?;
-        Ok(Ran {
-            success: out.status.success(),
-            stdout: crate::redact::url_credentials(&String::from_utf8_lossy(&out.stdout)),
-            stderr: crate::redact::url_credentials(&String::from_utf8_lossy(&out.stderr)),
-        })
+        Ok(Ran::of(&out))
     }
 
     /// [`Git::run`], with the fault point `point` (see [`crate::fault`])
@@ -294,11 +301,7 @@ impl Git {
             self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|source| GitError::Unavailable { source })?;
         crate::fault::reach(point, Some(child.id()));
         let out = child.wait_with_output().map_err(|source| GitError::Unavailable { source })?;
-        Ok(Ran {
-            success: out.status.success(),
-            stdout: crate::redact::url_credentials(&String::from_utf8_lossy(&out.stdout)),
-            stderr: crate::redact::url_credentials(&String::from_utf8_lossy(&out.stderr)),
-        })
+        Ok(Ran::of(&out))
     }
 
     /// Runs `git <args>`; its standard output when it exits 0, else [`GitError::Failed`].

@@ -122,23 +122,34 @@ impl Hadron {
     /// [`Hadron::start`], with `shared` (a folder that exists) visible to
     /// every agent's sandbox.
     fn start_sharing(control: &Path, data: &Path, gitea: &str, shared: Option<&Path>) -> Result<Hadron> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hadron"));
+        let mut command = Self::command(control, data, gitea, TOKEN);
+        command.args(["--poll-seconds", "3600"]);
         if let Some(dir) = shared {
             command.env(hadron::workers::sandbox::SHARED_ENV, dir);
         }
-        let mut child = command
+        Self::spawn(command)
+    }
+
+    /// `hadron serve` on `control` with the Gitea double at `gitea`,
+    /// calling it with `token`; pushes are heard of by webhooks only.
+    fn command(control: &Path, data: &Path, gitea: &str, token: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hadron"));
+        command
             .args(["serve", "--repo"])
             .arg(control)
             .arg("--data-dir")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--no-watch", "--poll-seconds", "3600", "--backoff-ms", "200"])
+            .args(["--listen", "127.0.0.1:0", "--no-watch", "--backoff-ms", "200"])
             .args(["--forge", "gitea", "--gitea-url", gitea, "--gitea-repo", "acme/control"])
-            .env("GITEA_TOKEN", TOKEN)
+            .env("GITEA_TOKEN", token)
             .env("HADRON_WEBHOOK_SECRET", SECRET)
-            .env("RUST_LOG", "hadron=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .env("RUST_LOG", "hadron=info");
+        command
+    }
+
+    /// Starts `command`, keeps its output and log, and waits for its address.
+    fn spawn(mut command: Command) -> Result<Hadron> {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().context("stderr")?;
         {
@@ -183,38 +194,12 @@ impl Hadron {
         token: &str,
         fault: Option<&str>,
     ) -> Result<Hadron> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hadron"));
+        let mut command = Self::command(control, data, gitea, token);
+        command.args(["--poll-seconds", "1", "--database-url", database_url, "--lease-seconds", "2", "--runs-dir"]).arg(runs);
         if let Some(point) = fault {
             command.env(hadron::fault::ENV, point);
         }
-        let mut child = command
-            .args(["serve", "--repo"])
-            .arg(control)
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--database-url", database_url, "--lease-seconds", "2", "--runs-dir"])
-            .arg(runs)
-            .args(["--listen", "127.0.0.1:0", "--no-watch", "--poll-seconds", "1", "--backoff-ms", "200"])
-            .args(["--forge", "gitea", "--gitea-url", gitea, "--gitea-repo", "acme/control"])
-            .env("GITEA_TOKEN", token)
-            .env("HADRON_WEBHOOK_SECRET", SECRET)
-            .env("RUST_LOG", "hadron=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let log = Arc::new(Mutex::new(String::new()));
-        for pipe in [
-            Box::new(child.stdout.take().context("stdout")?) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().context("stderr")?),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    log.lock().expect("log lock").push_str(&format!("{line}\n"));
-                }
-            });
-        }
-        Ok(Hadron { child, base: String::new(), log })
+        Self::spawn(command)
     }
 
     async fn wait_line(&self, needle: &str) -> Result<String> {

@@ -197,9 +197,8 @@ fn a_leader_frozen_while_cancelling_workers_cancels_none_of_the_new_leaders_afte
     c.agents_sleep(0);
     wait_phase(c.control(), "r1", "Succeeded", &[&b]);
     wait_phase(c.control(), "r2", "Succeeded", &[&b]);
-    for (who, live) in [("the old leader", &a), ("the new leader", &b)] {
-        let log = std::fs::read_to_string(c.root.join(if who == "the old leader" { "replica-a" } else { "replica-b" }).join("up.err"))
-            .unwrap_or_default();
+    for (who, dir, live) in [("the old leader", "replica-a", &a), ("the new leader", "replica-b", &b)] {
+        let log = std::fs::read_to_string(c.root.join(dir).join("up.err")).unwrap_or_default();
         assert!(!log.contains("worker cancelled"), "{who} cancelled a worker:\n{}", live.logs());
     }
     c.assert_landed_in_order(&["r1 implement", "r1 review", "r2 implement", "r2 review"]);
