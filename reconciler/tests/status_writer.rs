@@ -248,6 +248,18 @@ fn a_push_declined_by_a_hook_is_a_push_error_not_retried() -> Result<()> {
     assert_eq!(err.reason(), "PushFailed", "{err}");
     assert!(err.to_string().contains("declined"), "{err}");
     assert_eq!(fx.head()?, fx.seed);
+
+    // A leader's atomic push (branch and leader ref) declined by the hook
+    // is the same error, not a fence and not a retry.
+    std::fs::remove_file(&hook)?;
+    let mut leader = StatusWriter::new(fx.config("leader").with_epoch(Some(3)))?;
+    leader.publish(&changes(&[("status/a.yaml", Some("y\n"))]), "m", REV)?;
+    let head = fx.head()?;
+    std::fs::write(&hook, "#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n")?;
+    ensure!(Command::new("chmod").arg("+x").arg(&hook).status()?.success(), "chmod failed");
+    let err = leader.publish(&changes(&[("status/a.yaml", Some("z\n"))]), "m", REV).expect_err("declined");
+    assert_eq!((err.reason(), err.to_string().contains("declined")), ("PushFailed", true), "{err}");
+    assert_eq!(fx.head()?, head);
     Ok(())
 }
 
@@ -576,5 +588,31 @@ fn a_deposed_leader_is_refused_by_the_git_server_and_never_re_applies_its_files(
     let epochs = epochs_on_main(&fx)?;
     assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "epochs never go backwards on the branch: {epochs:?}");
     assert_eq!(epochs, vec![4, 5, 5]);
+    Ok(())
+}
+
+#[test]
+fn a_server_side_refusal_that_is_not_the_fence_is_retried_not_taken_for_a_newer_leader() -> Result<()> {
+    use hadron::status::writer::WriterError;
+    let fx = Fixture::new()?;
+    let mut writer = StatusWriter::new(fx.config("leader").with_epoch(Some(2)))?;
+    writer.publish(&changes(&[("status/a.yaml", Some("phase: Running\n"))]), "epoch 2", REV)?;
+    // Another push holds the branch's lock on the server (as a person's
+    // push does for a moment): the server fails the whole atomic
+    // transaction, and says so on the leader ref's line too.
+    let prepared =
+        writer.prepare(&changes(&[("status/a.yaml", Some("phase: Succeeded\n"))]), "epoch 2, next", REV)?.context("a change")?;
+    let lock = fx.bare.join("refs/heads/main.lock");
+    std::fs::write(&lock, "")?;
+    let refused = writer.push(&prepared);
+    std::fs::remove_file(&lock)?;
+    match refused {
+        Ok(PushResult::Rejected { detail }) => assert!(!detail.is_empty(), "the refusal says why"),
+        other => panic!("a locked branch is a refusal to retry, not a newer leader: {other:?}"),
+    }
+    // The fence is still this writer's: the next publish lands.
+    writer.publish(&changes(&[("status/a.yaml", Some("phase: Succeeded\n"))]), "epoch 2, next", REV)?;
+    assert_eq!(fx.show("status/a.yaml")?.as_deref(), Some("phase: Succeeded\n"));
+    assert!(!matches!(writer.claim(), Err(WriterError::Fenced { .. })), "nobody else claimed the repo");
     Ok(())
 }

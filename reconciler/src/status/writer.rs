@@ -492,8 +492,20 @@ impl StatusWriter {
                     &["push", "--porcelain", "--no-verify", "--atomic", &lease, "--", &self.config.remote_url, &refspec, &leader],
                 )?;
                 match push_line(&output.stdout, LEADER_REF) {
-                    Some((flag, summary)) if flag == "!" && !summary.contains("atomic push failed") => {
-                        return Err(WriterError::Fenced { ours, theirs: self.remote_leader_epoch().unwrap_or(0) });
+                    Some((flag, summary)) if flag == "!" => {
+                        // Refused. Git words a refusal many ways (client-side
+                        // "stale info", the server's "atomic push failure" or
+                        // "atomic transaction failed" when another ref's lock
+                        // is held), so the words do not decide: the leader
+                        // ref does. Moved by someone else, this writer is
+                        // fenced; still this writer's, the refusal was about
+                        // the branch or the server, which the branch's own
+                        // line below tells.
+                        let now = self.read_remote_leader()?;
+                        if now != Some(fence) {
+                            return Err(WriterError::Fenced { ours, theirs: now.and_then(|id| self.epoch_of(id)).unwrap_or(0) });
+                        }
+                        tracing::debug!(%summary, "the leader ref's update was refused with the branch's; the fence holds");
                     }
                     Some((flag, _)) if output.success && matches!(flag.as_str(), "" | "*" | "=" | "+") => self.fence = Some(next),
                     _ => {}
@@ -757,6 +769,9 @@ fn is_retryable_rejection(summary: &str) -> bool {
         || s.contains("cannot lock ref")
         || s.contains("failed to lock")
         || s.contains("incorrect old value")
+        // An atomic push the server could not commit (a lock held by
+        // another push).
+        || s.contains("atomic transaction failed")
 }
 
 /// The trailer key naming the leader epoch a status commit was made under.
