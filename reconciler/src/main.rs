@@ -397,6 +397,11 @@ enum Command {
         /// Approver's email.
         #[arg(long)]
         email: Option<String>,
+        /// Ask for changes instead of approving: the stage before the gate
+        /// runs again with this feedback (Markdown) in the agent's prompt,
+        /// then the gate asks again. E.g. --changes "Rename x to count".
+        #[arg(long, value_name = "FEEDBACK")]
+        changes: Option<String>,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -611,13 +616,14 @@ fn main() -> ExitCode {
                 127
             }
         },
-        Command::Approve { request, gate, control, branch, name, email, data } => {
+        Command::Approve { request, gate, control, branch, name, email, changes, data } => {
             let control = default_control(control, &data.data_dir);
             let email = email.unwrap_or_else(|| format!("{name}@localhost"));
-            match up::approve(&control, &branch, &request, &gate, &name, &email, &data.data_dir) {
+            match up::approve(&control, &branch, &request, &gate, &name, &email, changes.as_deref(), &data.data_dir) {
                 Ok(commit) => {
                     println!(
-                        "approved {}/{} as {}: merge commit {} pushed to {}",
+                        "{} {}/{} as {}: merge commit {} pushed to {}",
+                        if changes.is_some() { "asked for changes to" } else { "approved" },
                         inert(&request),
                         inert(&gate),
                         inert(&name),

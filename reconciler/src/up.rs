@@ -873,7 +873,9 @@ fn summary(report: &PassReport, control: &str, out: &mut dyn Write) {
 }
 
 /// `hadron approve REQUEST GATE`: merges the approval branch into the
-/// control repo's branch as the given person, with the `git` CLI.
+/// control repo's branch as the given person, with the `git` CLI; with
+/// `changes`, asking for those changes instead of approving.
+#[allow(clippy::too_many_arguments)]
 pub fn approve(
     control: &str,
     branch: &str,
@@ -881,10 +883,11 @@ pub fn approve(
     gate: &str,
     name: &str,
     email: &str,
+    changes: Option<&str>,
     data_dir: &Path,
 ) -> Result<String, UpError> {
     let work = data_dir.join("approve");
-    Ok(crate::gates::approve_as_person(control, branch, request, gate, &work, name, email)?)
+    Ok(crate::gates::approve_as_person(control, branch, request, gate, &work, name, email, changes)?)
 }
 
 /// `hadron ci-status REQUEST REPO STATE`: records a commit status on the

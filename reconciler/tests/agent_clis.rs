@@ -89,6 +89,7 @@ impl Fixture {
             output,
             max_tokens: None,
             max_cost_usd: None,
+            feedback: None,
         }
     }
 

@@ -121,14 +121,14 @@ fn open_creates_is_idempotent_and_updates_without_force() -> Result<()> {
     let branches = fx.branches()?;
     let main0 = fx.rev("refs/heads/main")?;
 
-    let c1 = match branches.open(&fx.url, "main", "fix", "review", "gen1", "implement: done")? {
+    let c1 = match branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "implement: done")? {
         OpenOutcome::Created { commit } => commit,
         other => bail!("expected Created, got {other:?}"),
     };
     assert_eq!(fx.rev(BRANCH)?, c1);
     assert_eq!(fx.rev(&format!("{c1}^"))?, main0, "created on top of main");
     let file = fx.show(&format!("{BRANCH}:approvals/fix/review.yaml"))?;
-    assert_eq!(format!("{file}\n"), render_approval("fix", "review", "gen1", "implement: done")?, "the exact file");
+    assert_eq!(format!("{file}\n"), render_approval("fix", "review", "gen1", 0, "implement: done")?, "the exact file");
     let parsed: Approval = serde_saphyr::from_str(&file)?;
     assert_eq!((parsed.metadata.name.as_str(), parsed.spec.generation.as_str()), ("fix-review", "gen1"));
     let author = git(&fx.remote, ADMIN, &["log", "-1", "--format=%an <%ae>|%cn <%ce>", BRANCH])?;
@@ -136,13 +136,13 @@ fn open_creates_is_idempotent_and_updates_without_force() -> Result<()> {
     assert_only_approval_differs(&fx, "review")?;
 
     // Again: nothing pushed.
-    let again = branches.open(&fx.url, "main", "fix", "review", "gen1", "implement: done")?;
+    let again = branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "implement: done")?;
     assert_eq!(again, OpenOutcome::AlreadyOpen { commit: c1.clone() });
     assert_eq!(fx.rev(BRANCH)?, c1);
     assert_eq!(git(&fx.remote, ADMIN, &["rev-list", "--count", BRANCH])?, "3");
 
     // New generation, main unchanged: one commit on top of the branch.
-    let c2 = match branches.open(&fx.url, "main", "fix", "review", "gen2", "implement: redone")? {
+    let c2 = match branches.open(&fx.url, "main", "fix", "review", "gen2", 0, "implement: redone")? {
         OpenOutcome::Updated { commit, previous } => {
             assert_eq!(previous, c1);
             commit
@@ -157,7 +157,7 @@ fn open_creates_is_idempotent_and_updates_without_force() -> Result<()> {
     // New generation after main moved: still a fast-forward of the branch
     // (the remote refuses anything else), tree = new main + file.
     let main1 = fx.move_main(CAROL, "docs/notes.md")?;
-    let c3 = match branches.open(&fx.url, "main", "fix", "review", "gen3", "")? {
+    let c3 = match branches.open(&fx.url, "main", "fix", "review", "gen3", 0, "")? {
         OpenOutcome::Updated { commit, previous } => {
             assert_eq!(previous, c2);
             commit
@@ -193,13 +193,13 @@ fn rejected_pushes_are_retried_then_reported() -> Result<()> {
     let fx = Fixture::new()?;
     let branches = fx.branches()?;
     let log = hook_declining(&fx, 1)?;
-    let outcome = branches.open(&fx.url, "main", "fix", "review", "gen1", "")?;
+    let outcome = branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "")?;
     assert!(matches!(outcome, OpenOutcome::Created { .. }), "{outcome:?}");
     assert_eq!(std::fs::read_to_string(&log)?.lines().count(), 2, "declined once, then pushed");
 
     std::fs::remove_file(&log)?;
     hook_declining(&fx, 100)?;
-    let err = branches.open(&fx.url, "main", "fix", "review", "gen2", "").expect_err("always declined");
+    let err = branches.open(&fx.url, "main", "fix", "review", "gen2", 0, "").expect_err("always declined");
     assert_eq!(err.reason(), "PushRejected");
     assert_eq!(std::fs::read_to_string(&log)?.lines().count(), 3, "three attempts");
     assert!(fx.show(&format!("{BRANCH}:approvals/fix/review.yaml"))?.contains("gen1"), "the branch is unchanged");
@@ -211,12 +211,12 @@ fn refuses_names_that_are_not_labels() -> Result<()> {
     let fx = Fixture::new()?;
     let branches = fx.branches()?;
     for (request, gate) in [("../fix", "review"), ("fix", "review/../../x"), ("fix", "--force")] {
-        let err = branches.open(&fx.url, "main", request, gate, "g", "").expect_err("refused");
+        let err = branches.open(&fx.url, "main", request, gate, "g", 0, "").expect_err("refused");
         assert_eq!(err.reason(), "InvalidName", "{request} {gate}");
     }
-    let err = branches.open("--upload-pack=touch /tmp/x", "main", "fix", "review", "g", "").expect_err("refused");
+    let err = branches.open("--upload-pack=touch /tmp/x", "main", "fix", "review", "g", 0, "").expect_err("refused");
     assert_eq!(err.reason(), "InvalidRemoteUrl");
-    let err = branches.open(&fx.url, "no-such-branch", "fix", "review", "g", "").expect_err("refused");
+    let err = branches.open(&fx.url, "no-such-branch", "fix", "review", "g", 0, "").expect_err("refused");
     assert_eq!(err.reason(), "BaseBranchMissing");
     Ok(())
 }
@@ -225,9 +225,9 @@ fn refuses_names_that_are_not_labels() -> Result<()> {
 fn approve_as_person_is_attributed_to_bob() -> Result<()> {
     let fx = Fixture::new()?;
     let branches = fx.branches()?;
-    branches.open(&fx.url, "main", "fix", "review", "gen1", "implement: done")?;
+    branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "implement: done")?;
     let work = fx.root.join("bob-approve");
-    let merge = approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1)?;
+    let merge = approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1, None)?;
     assert_eq!(fx.rev("refs/heads/main")?, merge, "the merge was pushed to main");
     assert_eq!(git(&fx.remote, ADMIN, &["log", "-1", "--format=%P", &merge])?.split(' ').count(), 2, "a real merge");
 
@@ -247,7 +247,7 @@ fn approve_as_person_is_attributed_to_bob() -> Result<()> {
 
     // Opening again for the approved generation: already approved. The
     // lookups work the same on Hadron's private mirror.
-    let outcome = branches.open(&fx.url, "main", "fix", "review", "gen1", "implement: done")?;
+    let outcome = branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "implement: done")?;
     assert_eq!(outcome, OpenOutcome::AlreadyApproved { commit: merge.clone() });
     let mirror = gix::open(branches.mirror_dir(&fx.url))?;
     let mirror_main = mirror.find_reference("refs/remotes/origin/main")?.peel_to_id()?.detach();
@@ -255,17 +255,17 @@ fn approve_as_person_is_attributed_to_bob() -> Result<()> {
 
     // After an edit the approval is stale; a new branch commit sits on main.
     assert_eq!(decide(Some(&approval), Ok(&approver), Ok(&requester), &policy, "gen2"), GateDecision::Stale { given_for: "gen1".into() });
-    match branches.open(&fx.url, "main", "fix", "review", "gen2", "")? {
+    match branches.open(&fx.url, "main", "fix", "review", "gen2", 0, "")? {
         OpenOutcome::Updated { commit, .. } => assert_eq!(fx.rev(&format!("{commit}^"))?, merge),
         other => bail!("expected Updated, got {other:?}"),
     }
     assert_only_approval_differs(&fx, "review")?;
     // A second approve of the same branch state is refused, not a silent no-op.
-    let bob_again = approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1)?;
+    let bob_again = approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1, None)?;
     assert_ne!(bob_again, merge);
-    let err = approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1).expect_err("nothing to merge");
+    let err = approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1, None).expect_err("nothing to merge");
     assert_eq!(err.reason(), "AlreadyMerged");
-    let err = approve_as_person(&fx.url, "main", "fix", "security", &work, BOB.0, BOB.1).expect_err("no branch");
+    let err = approve_as_person(&fx.url, "main", "fix", "security", &work, BOB.0, BOB.1, None).expect_err("no branch");
     assert_eq!(err.reason(), "ApprovalBranchMissing");
     Ok(())
 }
@@ -287,7 +287,7 @@ fn plain_git_merge_by_bob_and_request_from_a_merged_pr() -> Result<()> {
     git(&carol, CAROL, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
 
     let branches = fx.branches()?;
-    branches.open(&fx.url, "main", "other", "review", "g1", "")?;
+    branches.open(&fx.url, "main", "other", "review", "g1", 0, "")?;
     // Bob approves with nothing but git.
     let bob = fx.clone_as("bob-wt", BOB)?;
     git(&bob, BOB, &["merge", "--no-ff", "-m", "Approve other/review", "origin/hadron/approve/other/review"])?;
@@ -304,7 +304,7 @@ fn plain_git_merge_by_bob_and_request_from_a_merged_pr() -> Result<()> {
 
     // A direct commit: bob cherry-picks hadron's approval commit. The
     // committer (bob), not the author (hadron), is the approver.
-    branches.open(&fx.url, "main", "other", "security", "g1", "")?;
+    branches.open(&fx.url, "main", "other", "security", "g1", 0, "")?;
     git(&bob, BOB, &["fetch", "--quiet", "origin"])?;
     git(&bob, BOB, &["cherry-pick", "origin/hadron/approve/other/security"])?;
     git(&bob, BOB, &["push", "--quiet", "origin", "main"])?;
@@ -317,7 +317,7 @@ fn plain_git_merge_by_bob_and_request_from_a_merged_pr() -> Result<()> {
 
     // A fast-forward: main takes hadron's commit as is, so hadron is the
     // "approver" and the policy rejects it.
-    branches.open(&fx.url, "main", "fix", "review", "g1", "")?;
+    branches.open(&fx.url, "main", "fix", "review", "g1", 0, "")?;
     git(&bob, BOB, &["fetch", "--quiet", "origin"])?;
     git(&bob, BOB, &["merge", "--quiet", "--ff-only", "origin/hadron/approve/fix/review"])?;
     git(&bob, BOB, &["push", "--quiet", "origin", "main"])?;
@@ -341,11 +341,11 @@ fn plain_git_merge_by_bob_and_request_from_a_merged_pr() -> Result<()> {
 fn decisions_for_requester_outsider_stale_and_missing() -> Result<()> {
     let fx = Fixture::new()?;
     let branches = fx.branches()?;
-    branches.open(&fx.url, "main", "fix", "review", "gen1", "")?;
-    branches.open(&fx.url, "main", "fix", "security", "gen1", "")?;
+    branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "")?;
+    branches.open(&fx.url, "main", "fix", "security", "gen1", 0, "")?;
     let work = fx.root.join("approvals");
-    let by_alice = approve_as_person(&fx.url, "main", "fix", "review", &work, ALICE.0, ALICE.1)?;
-    let by_carol = approve_as_person(&fx.url, "main", "fix", "security", &work, CAROL.0, CAROL.1)?;
+    let by_alice = approve_as_person(&fx.url, "main", "fix", "review", &work, ALICE.0, ALICE.1, None)?;
+    let by_carol = approve_as_person(&fx.url, "main", "fix", "security", &work, CAROL.0, CAROL.1, None)?;
 
     let repo = fx.repo()?;
     let head = oid(&fx.rev("refs/heads/main")?)?;
@@ -404,9 +404,9 @@ fn the_requester_cannot_approve_under_another_email_or_name() -> Result<()> {
     let work = fx.root.join("approvals");
     let policy = ApproverPolicy { users: vec!["alice".into(), "alice@example.com".into(), "bob".into()], teams: vec![] };
     for (gate, who) in [("review", ("alice", "other@example.com")), ("security", ("Alice Liddell", "ALICE@example.com"))] {
-        branches.open(&fx.url, "main", "fix", gate, "gen1", "")?;
+        branches.open(&fx.url, "main", "fix", gate, "gen1", 0, "")?;
         // What `hadron approve fix <gate> --as <name> --email <email>` does.
-        let merge = approve_as_person(&fx.url, "main", "fix", gate, &work, who.0, who.1)?;
+        let merge = approve_as_person(&fx.url, "main", "fix", gate, &work, who.0, who.1, None)?;
         let repo = fx.repo()?;
         let head = oid(&fx.rev("refs/heads/main")?)?;
         let approver = approver_of(&repo, head, "fix", gate)?.context("an approver")?;
@@ -425,8 +425,8 @@ fn the_requester_cannot_approve_under_another_email_or_name() -> Result<()> {
         assert!(matches!(&unknown, GateDecision::Rejected { why, .. } if why.contains("could not be determined")), "{unknown:?}");
     }
     // Bob, listed, is someone else: his merge counts.
-    branches.open(&fx.url, "main", "fix", "review", "gen2", "")?;
-    approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1)?;
+    branches.open(&fx.url, "main", "fix", "review", "gen2", 0, "")?;
+    approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1, None)?;
     let repo = fx.repo()?;
     let head = oid(&fx.rev("refs/heads/main")?)?;
     let bob = approver_of(&repo, head, "fix", "review")?.context("an approver")?;
@@ -483,10 +483,10 @@ fn history_lookup_on_two_thousand_commits() -> Result<()> {
                 "Open approval",
                 Some(u32::MAX),
                 None,
-                ("approvals/fix/review.yaml", &render_approval("fix", "review", "g1", "")?),
+                ("approvals/fix/review.yaml", &render_approval("fix", "review", "g1", 0, "")?),
             );
             // fast-import does not merge trees: the merge names the file it brings.
-            let approval = render_approval("fix", "review", "g1", "")?;
+            let approval = render_approval("fix", "review", "g1", 0, "")?;
             merge_mark =
                 commit(&mut stream, BOB, t + 1, "Approve fix/review", Some(last), Some(side), ("approvals/fix/review.yaml", &approval));
             last = merge_mark;

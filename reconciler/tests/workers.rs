@@ -88,6 +88,7 @@ impl Fixture {
             output: hadron::model::kinds::OutputFormat::Report,
             max_tokens: None,
             max_cost_usd: None,
+            feedback: None,
         }
     }
 

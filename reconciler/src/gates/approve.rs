@@ -16,6 +16,11 @@ use crate::ids::is_branch_name;
 /// commit's id. A push rejected because the branch moved meanwhile (a
 /// running Hadron commits `status/` at any time) is retried on the new head,
 /// up to [`PUSH_ATTEMPTS`] times.
+///
+/// With `changes`, the merge asks for changes instead of approving: the
+/// approval file gets `decision: changes` and `changes` as its feedback in
+/// the merge commit itself, as a person editing it before merging would.
+#[allow(clippy::too_many_arguments)]
 pub fn approve_as_person(
     remote_url: &str,
     base_branch: &str,
@@ -24,6 +29,7 @@ pub fn approve_as_person(
     work_dir: &Path,
     user_name: &str,
     user_email: &str,
+    changes: Option<&str>,
 ) -> Result<String, GateError> {
     check_names(request, gate)?;
     check_url(remote_url)?;
@@ -63,7 +69,10 @@ pub fn approve_as_person(
     if !verify.success {
         return Err(GateError::ApprovalBranchMissing(branch));
     }
-    let message = format!("Approve {request}/{gate}\n\nMerge {branch} into {base_branch}.");
+    let message = match changes {
+        None => format!("Approve {request}/{gate}\n\nMerge {branch} into {base_branch}."),
+        Some(_) => format!("Ask for changes to {request}/{gate}\n\nMerge {branch} into {base_branch}, with decision: changes."),
+    };
     let dst = format!("refs/heads/{base_branch}");
     let upstream = format!("refs/remotes/origin/{base_branch}");
     let mut last = String::new();
@@ -73,7 +82,24 @@ pub fn approve_as_person(
             git_ok("reset", &checkout, &who, &args(["reset", "--quiet", "--hard", &upstream]))?;
         }
         let before = git_ok("rev-parse", &checkout, &who, &args(["rev-parse", "HEAD"]))?.trim().to_owned();
-        git_ok("merge", &checkout, &who, &args(["merge", "--no-ff", "--no-edit", "--no-verify", "-m", &message, &remote_ref]))?;
+        match changes {
+            None => {
+                git_ok("merge", &checkout, &who, &args(["merge", "--no-ff", "--no-edit", "--no-verify", "-m", &message, &remote_ref]))?;
+            }
+            Some(feedback) => {
+                git_ok("merge", &checkout, &who, &args(["merge", "--no-ff", "--no-commit", "--no-verify", &remote_ref]))?;
+                let file = checkout.join(super::approval_path(request, gate));
+                let shown = file.display().to_string();
+                let io = |op: &'static str| {
+                    let path = shown.clone();
+                    move |source| GateError::Io { op, path, source }
+                };
+                let text = std::fs::read_to_string(&file).map_err(io("read the approval file"))?;
+                std::fs::write(&file, super::ask_for_changes(&text, feedback)?).map_err(io("write the approval file"))?;
+                git_ok("add", &checkout, &who, &args(["add", "--", &super::approval_path(request, gate)]))?;
+                git_ok("commit", &checkout, &who, &args(["commit", "--quiet", "--no-verify", "-m", &message]))?;
+            }
+        }
         let after = git_ok("rev-parse", &checkout, &who, &args(["rev-parse", "HEAD"]))?.trim().to_owned();
         if after == before {
             return Err(GateError::AlreadyMerged(branch));

@@ -98,9 +98,10 @@ impl ApprovalBranches {
         request: &str,
         gate: &str,
         generation: &str,
+        revision: u32,
         summary: &str,
     ) -> Result<OpenOutcome, GateError> {
-        self.open_with(remote_url, base_branch, request, gate, generation, summary, false)
+        self.open_with(remote_url, base_branch, request, gate, generation, revision, summary, false)
     }
 
     /// [`ApprovalBranches::open`], also when the base branch already holds
@@ -115,9 +116,10 @@ impl ApprovalBranches {
         request: &str,
         gate: &str,
         generation: &str,
+        revision: u32,
         summary: &str,
     ) -> Result<OpenOutcome, GateError> {
-        self.open_with(remote_url, base_branch, request, gate, generation, summary, true)
+        self.open_with(remote_url, base_branch, request, gate, generation, revision, summary, true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -128,6 +130,7 @@ impl ApprovalBranches {
         request: &str,
         gate: &str,
         generation: &str,
+        revision: u32,
         summary: &str,
         reopen: bool,
     ) -> Result<OpenOutcome, GateError> {
@@ -139,7 +142,7 @@ impl ApprovalBranches {
         if generation.trim().is_empty() || generation.chars().any(char::is_control) {
             return Err(GateError::InvalidName { what: "generation", value: generation.to_owned() });
         }
-        let content = render_approval(request, gate, generation, summary)?;
+        let content = render_approval(request, gate, generation, revision, summary)?;
         // A poisoned lock only means another call panicked; the mirror is
         // re-fetched below either way.
         let _serial = self.serial.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -246,6 +249,11 @@ fn signature(who: &Person) -> gix::actor::Signature {
 /// Decides what to push (or that nothing needs pushing) from the mirror's view of the remote.
 // Each argument is a distinct input of the decision; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
+/// The revision the approval file `content` (Hadron's own rendering) is for.
+fn revision_of(content: &str) -> u32 {
+    serde_saphyr::from_str::<Approval>(content).map_or(0, |a| a.spec.revision)
+}
+
 fn plan(
     repo: &gix::Repository,
     who: &Person,
@@ -272,7 +280,13 @@ fn plan(
         let approved = std::str::from_utf8(&bytes)
             .ok()
             .and_then(|text| serde_saphyr::from_str::<Approval>(text).ok())
-            .is_some_and(|a| a.spec.generation == generation);
+            // An approval of this generation and revision; changes asked of
+            // it are not an approval, the branch is opened to be merged.
+            .is_some_and(|a| {
+                a.spec.generation == generation
+                    && a.spec.revision == revision_of(content)
+                    && a.spec.decision == crate::model::kinds::ApprovalDecision::Approve
+            });
         if approved && (!reopen || bytes == content.as_bytes()) {
             return Ok(Plan::Done(OpenOutcome::AlreadyApproved { commit: base.to_string() }));
         }

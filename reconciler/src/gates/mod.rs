@@ -19,6 +19,7 @@ mod git_ops;
 pub mod history;
 
 use crate::ids::is_dns_label;
+use crate::model::kinds::ApprovalDecision;
 use crate::model::{API_VERSION, Approval, ApprovalSpec, ApproverPolicy, Metadata};
 
 pub use approve::approve_as_person;
@@ -320,7 +321,7 @@ pub fn parse_approval_branch(branch: &str) -> Option<(String, String)> {
 }
 
 /// The Approval object Hadron proposes for a gate.
-pub fn approval_object(request: &str, gate: &str, generation: &str, summary: &str) -> Approval {
+pub fn approval_object(request: &str, gate: &str, generation: &str, revision: u32, summary: &str) -> Approval {
     Approval {
         api_version: API_VERSION.to_owned(),
         kind: "Approval".to_owned(),
@@ -330,13 +331,36 @@ pub fn approval_object(request: &str, gate: &str, generation: &str, summary: &st
             gate: gate.to_owned(),
             generation: generation.to_owned(),
             summary: summary.to_owned(),
+            revision,
+            decision: ApprovalDecision::Approve,
+            feedback: String::new(),
         },
     }
 }
 
+/// The comment an approval file starts with: the two moves a person has.
+pub const APPROVAL_HEADER: &str = "\
+# Merging this file into the base branch approves the work (an allowed
+# approver must merge; the requester may not). To ask for changes instead,
+# add `decision: changes` and a `feedback:` (what to change, Markdown) under
+# spec before merging: the stage runs again with it, and the gate asks again.
+";
+
 /// Renders the approval file deterministically (same input, same bytes).
-pub fn render_approval(request: &str, gate: &str, generation: &str, summary: &str) -> Result<String, GateError> {
-    serde_saphyr::to_string(&approval_object(request, gate, generation, summary)).map_err(|e| GateError::Render(e.to_string()))
+pub fn render_approval(request: &str, gate: &str, generation: &str, revision: u32, summary: &str) -> Result<String, GateError> {
+    let body = serde_saphyr::to_string(&approval_object(request, gate, generation, revision, summary))
+        .map_err(|e| GateError::Render(e.to_string()))?;
+    Ok(format!("{APPROVAL_HEADER}{body}"))
+}
+
+/// An approval file with the decision `changes` and `feedback`, from the
+/// file Hadron proposed (`text`): what a person writes to ask for changes.
+pub fn ask_for_changes(text: &str, feedback: &str) -> Result<String, GateError> {
+    let mut approval: Approval = serde_saphyr::from_str(text).map_err(|e| GateError::Render(e.to_string()))?;
+    approval.spec.decision = ApprovalDecision::Changes;
+    approval.spec.feedback = feedback.trim().to_owned();
+    let body = serde_saphyr::to_string(&approval).map_err(|e| GateError::Render(e.to_string()))?;
+    Ok(format!("{APPROVAL_HEADER}{body}"))
 }
 
 /// Checks that request and gate names are DNS-1123 labels, safe in ref names and paths.
@@ -360,11 +384,11 @@ mod tests {
 
     #[test]
     fn rendering_is_deterministic_and_round_trips() {
-        let a = render_approval("fix", "review", "0123abcd", "implement: ok").expect("renders");
-        let b = render_approval("fix", "review", "0123abcd", "implement: ok").expect("renders");
+        let a = render_approval("fix", "review", "0123abcd", 0, "implement: ok").expect("renders");
+        let b = render_approval("fix", "review", "0123abcd", 0, "implement: ok").expect("renders");
         assert_eq!(a, b);
         let back: Approval = serde_saphyr::from_str(&a).expect("parses");
-        assert_eq!(back, approval_object("fix", "review", "0123abcd", "implement: ok"));
+        assert_eq!(back, approval_object("fix", "review", "0123abcd", 0, "implement: ok"));
         assert!(a.contains("kind: Approval"), "{a}");
         assert!(a.contains("name: fix-review"), "{a}");
     }
@@ -398,7 +422,7 @@ mod tests {
 
     #[test]
     fn the_requester_with_another_email_or_name_is_rejected() {
-        let approval = approval_object("fix", "review", "g1", "");
+        let approval = approval_object("fix", "review", "g1", 0, "");
         let policy = ApproverPolicy { users: vec!["bob".into(), "bob@example.com".into()], teams: vec![] };
         let requester = Person::new("bob", "bob@example.com");
         for (name, email) in [("bob", "other@example.com"), ("Robert", "BOB@example.com")] {
@@ -413,7 +437,7 @@ mod tests {
 
     #[test]
     fn an_unknown_requester_means_the_approval_does_not_count() {
-        let approval = approval_object("fix", "review", "g1", "");
+        let approval = approval_object("fix", "review", "g1", 0, "");
         let policy = ApproverPolicy { users: vec!["bob".into()], teams: vec![] };
         let bob = approver("bob", "bob@example.com");
         match decide(Some(&approval), Ok(&bob), Err("reading the history failed: object missing"), &policy, "g1") {
@@ -428,7 +452,7 @@ mod tests {
 
     #[test]
     fn rejected_without_approver_or_with_teams_only() {
-        let approval = approval_object("fix", "review", "g1", "");
+        let approval = approval_object("fix", "review", "g1", 0, "");
         let policy = ApproverPolicy { users: vec![], teams: vec!["acme/leads".into()] };
         match decide(Some(&approval), Err("no commit brought the file"), Err("-"), &policy, "g1") {
             GateDecision::Rejected { by: None, why } => assert!(why.contains("unknown"), "{why}"),
@@ -444,7 +468,7 @@ mod tests {
 
     #[test]
     fn users_match_name_or_email() {
-        let approval = approval_object("fix", "review", "g1", "");
+        let approval = approval_object("fix", "review", "g1", 0, "");
         let by_email = ApproverPolicy { users: vec!["BOB@x".into()], teams: vec![] };
         let d = decide(Some(&approval), Ok(&approver("Robert", "bob@x")), Ok(&Person::new("alice", "a@x")), &by_email, "g1");
         assert!(matches!(d, GateDecision::Approved { .. }), "{d:?}");

@@ -189,7 +189,14 @@ pub(crate) fn eval_approval(path: &str, file: &ParsedFile, loaded: &mut Loaded) 
     loaded.diagnostics.extend(file.diagnostics.iter().cloned());
     let Some(Object::Approval(approval)) = &file.object else { return };
     let spec = &approval.spec;
-    let finding = if let Some(request) = loaded.desired.requests.get(&spec.request) {
+    let finding = if spec.decision == super::kinds::ApprovalDecision::Changes && spec.feedback.trim().is_empty() {
+        Some(Finding::error(
+            "spec.feedback",
+            Code::MissingField,
+            "`decision: changes` needs `feedback`: the agent is told what to change, and nothing would be".to_owned(),
+            "add `feedback:` under spec with what to change (Markdown), or remove `decision: changes` to approve",
+        ))
+    } else if let Some(request) = loaded.desired.requests.get(&spec.request) {
         match request.spec.gates.iter().find(|g| g.name == spec.gate) {
             Some(g) if g.gate_type == GateType::Approval => None,
             Some(_) => Some(Finding::error(

@@ -501,6 +501,21 @@ pub struct Gate {
     /// means the combined status of the commit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contexts: Vec<String>,
+    /// For `approval` gates: how many times an approver may ask for changes
+    /// (an approval with `decision: changes`) before the request stalls.
+    /// Default 3. Each revision re-runs the stage named by `after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_revisions: Option<u32>,
+}
+
+/// Revisions an approval gate allows when it does not say (`maxRevisions`).
+pub const DEFAULT_MAX_REVISIONS: u32 = 3;
+
+impl Gate {
+    /// The revisions this gate allows.
+    pub fn max_revisions(&self) -> u32 {
+        self.max_revisions.unwrap_or(DEFAULT_MAX_REVISIONS)
+    }
 }
 
 /// Spending limits. Each limit, when reached, fails the request with reason
@@ -578,6 +593,40 @@ pub struct ApprovalSpec {
     /// Summary of the stage results that were approved (written by Hadron).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub summary: String,
+    /// Which revision of the work is under review: 0 for the stage's first
+    /// result, n after the n-th round of changes (written by Hadron). A
+    /// decision on an earlier revision does not count for a later one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u32,
+    /// `approve` (the default) lets the request go on; `changes` re-runs the
+    /// stage before the gate with `feedback` in the agent's prompt.
+    #[serde(default, skip_serializing_if = "ApprovalDecision::is_approve")]
+    pub decision: ApprovalDecision,
+    /// What to change, in Markdown, when `decision` is `changes`: given to
+    /// the agent as `{{feedback}}`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub feedback: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// What an approver decided at a gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ApprovalDecision {
+    /// Go on.
+    #[default]
+    Approve,
+    /// Re-run the stage before the gate with the feedback.
+    Changes,
+}
+
+impl ApprovalDecision {
+    fn is_approve(&self) -> bool {
+        *self == ApprovalDecision::Approve
+    }
 }
 
 /// Status of a request, written by Hadron to `status/<request>.yaml`.
@@ -671,9 +720,33 @@ pub struct RequestStatusBody {
     /// Branches and pull requests produced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<Output>,
+    /// The latest round of changes an approver asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<RevisionStatus>,
     /// One human sentence about the present state.
     #[serde(default)]
     pub message: String,
+}
+
+/// A round of changes asked at an approval gate, as the status file shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevisionStatus {
+    /// The gate the changes were asked at.
+    pub gate: String,
+    /// The stage that runs again.
+    pub stage: String,
+    /// Which revision (1 for the first round of changes).
+    pub number: u32,
+    /// The most the gate allows (`maxRevisions`).
+    pub max: u32,
+    /// Who asked.
+    pub requested_by: String,
+    /// The start of the feedback (the whole of it is in the approval file).
+    pub feedback: String,
+    /// `Running` while the stage runs for it, `Ready` once its result waits
+    /// at the gate, `Exhausted` when changes were asked past `max`.
+    pub state: String,
 }
 
 /// The result of one worker: one stage on one repo.

@@ -17,7 +17,7 @@ pub const COMMAND_VARIABLES: &[&str] = &["promptFile", "workspace", "request", "
 
 /// Variables of a prompt template (agent `spec.prompts.*`, a stage's `prompt`,
 /// the shipped `templates/prompt.md.hbs`).
-pub const PROMPT_VARIABLES: &[&str] = &["request", "title", "description", "stage", "repo", "branch", "previousStages"];
+pub const PROMPT_VARIABLES: &[&str] = &["request", "title", "description", "stage", "repo", "branch", "previousStages", "feedback"];
 
 /// Helpers every handlebars registry has; the worker registers no others.
 pub const BUILTIN_HELPERS: &[&str] =

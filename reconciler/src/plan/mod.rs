@@ -151,6 +151,20 @@ pub enum ApprovalState {
     Approved {
         /// Who approved.
         by: String,
+        /// The revision of the work approved (0: the stage's first result).
+        revision: u32,
+    },
+    /// An allowed approver asked for changes to revision `revision` of the
+    /// work: the stage before the gate runs again with the feedback.
+    ChangesRequested {
+        /// Who asked.
+        by: String,
+        /// The revision the changes are asked of.
+        revision: u32,
+        /// What to change (Markdown, from the approval file).
+        feedback: String,
+        /// The commit that brought the decision onto the base branch.
+        commit: String,
     },
     /// An approval exists but for another generation.
     Stale {
@@ -253,6 +267,8 @@ pub enum Action {
         gate: String,
         /// Generation being approved.
         generation: String,
+        /// The revision of the work being approved (0: the first result).
+        revision: u32,
         /// Results so far, for the approver.
         summary: String,
         /// What the branch is opened for, recorded once it is: the
@@ -314,6 +330,30 @@ pub struct RequestView {
     pub attempts: Vec<Attempt>,
     /// Branch holding the agent's commits.
     pub work_branch: String,
+    /// The latest round of changes an approver asked for, if any.
+    pub revision: Option<Revision>,
+}
+
+/// A round of changes asked at an approval gate: shown in the status file
+/// and the dashboard, and, while `running`, given to the agent as
+/// `{{feedback}}` by every start of `stage`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    /// The gate the changes were asked at.
+    pub gate: String,
+    /// The stage that runs again (the gate's `after`).
+    pub stage: String,
+    /// Which revision this is (1 for the first round of changes).
+    pub number: u32,
+    /// The most the gate allows.
+    pub max: u32,
+    /// Who asked.
+    pub by: String,
+    /// What to change.
+    pub feedback: String,
+    /// Whether the stage is running for it now (false once its result is
+    /// back at the gate, or when no revision is left).
+    pub running: bool,
 }
 
 /// The result of planning.
@@ -404,10 +444,14 @@ pub fn plan_incremental(desired: &DesiredState, observed: &Observed, now: Millis
 /// What an approval branch must be opened for, given the gate's state: the
 /// generation, or after a merge that did not count, the generation and that
 /// merge's commit (so the branch is opened once more per rejected merge).
-pub fn approval_token(generation: &str, state: &ApprovalState) -> String {
+pub fn approval_token(generation: &str, revision: u32, state: &ApprovalState) -> String {
+    let base = if revision == 0 { generation.to_owned() } else { format!("{generation} r{revision}") };
     match state {
-        ApprovalState::Rejected { commit, .. } => format!("{generation} after {commit}"),
-        _ => generation.to_owned(),
+        ApprovalState::Rejected { commit, .. } => format!("{base} after {commit}"),
+        // Changes asked of this very revision and none left: the branch is
+        // opened again so that the person can still approve it.
+        ApprovalState::ChangesRequested { commit, revision: asked, .. } if *asked == revision => format!("{base} after {commit}"),
+        _ => base,
     }
 }
 

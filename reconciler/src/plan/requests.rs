@@ -147,6 +147,7 @@ fn decide(inputs: &Inputs, request: &ChangeRequest, mine: Vec<&Attempt>, draft: 
     view.phase = step.decision.phase;
     view.reason = step.decision.reason.to_owned();
     view.message = step.decision.message;
+    view.revision = step.revision;
     // A stage that failed for good ends the request in this very pass: the
     // workers still running on its other repos stop now, as they would in
     // the next pass (which reads the terminal phase back), so their slots
@@ -177,6 +178,7 @@ fn new_view(name: &str, generation: &str, current: &[&Attempt], stages: &[Stage]
         message: String::new(),
         attempts,
         work_branch: format!("hadron/{name}"),
+        revision: None,
     }
 }
 
@@ -249,5 +251,6 @@ fn invalid_view(name: &str, diags: &[Diagnostic]) -> RequestView {
             .join("; "),
         attempts: Vec::new(),
         work_branch: format!("hadron/{name}"),
+        revision: None,
     }
 }

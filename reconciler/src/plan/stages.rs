@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Action, ApprovalState, Attempt, AttemptState, CiState, Observed, Plan, PlanConfig, approval_token, backoff};
+use super::{Action, ApprovalState, Attempt, AttemptState, CiState, Observed, Plan, PlanConfig, Revision, approval_token, backoff};
 use crate::ids::worker_name;
 use crate::model::kinds::{ChangeRequest, Gate, GateType, Phase, Stage};
 use crate::time::Millis;
@@ -50,6 +50,46 @@ pub(super) struct Step {
     pub decision: Decision,
     /// Workers to start (empty unless the step starts a stage).
     pub starts: Vec<Attempt>,
+    /// The latest round of changes asked at a gate, if any.
+    pub revision: Option<Revision>,
+}
+
+/// Changes an allowed approver asked at an approval gate after a stage.
+struct ChangesAsked<'a> {
+    /// The gate.
+    gate: &'a Gate,
+    /// The revision of the stage's work they were asked of.
+    revision: u32,
+    /// Who asked.
+    by: &'a str,
+    /// What to change.
+    feedback: &'a str,
+}
+
+/// The changes asked at the first approval gate after `stage` that has any.
+fn changes_asked<'a>(p: &Pipeline<'a>, stage: &Stage) -> Option<ChangesAsked<'a>> {
+    let name = &p.request.metadata.name;
+    p.request.spec.gates.iter().filter(|g| g.after == stage.name && g.gate_type == GateType::Approval).find_map(|gate| {
+        match p.observed.approvals.get(&(name.clone(), gate.name.clone()))? {
+            ApprovalState::ChangesRequested { by, revision, feedback, .. } => {
+                Some(ChangesAsked { gate, revision: *revision, by, feedback })
+            }
+            _ => None,
+        }
+    })
+}
+
+/// How many times `stage` succeeded on `repo` in this generation: its
+/// first result and one more per revision.
+fn successes(p: &Pipeline, stage: &str, repo: &str) -> u32 {
+    let n = p.current.iter().filter(|a| a.stage == stage && a.repo == repo && a.state == AttemptState::Succeeded).count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The revision of `stage`'s work a gate after it reviews: the one every
+/// repo has reached (0 for the first result).
+fn revision_of(p: &Pipeline, stage: &str) -> u32 {
+    p.request.spec.repos.iter().map(|r| successes(p, stage, &r.url)).min().unwrap_or(0).saturating_sub(1)
 }
 
 /// Walks the stages and their gates. `attempts` are the view's attempts
@@ -57,10 +97,25 @@ pub(super) struct Step {
 /// and the time a retry is due go into `out`.
 pub(super) fn next_step(p: &Pipeline, stages: &[Stage], attempts: &[Attempt], out: &mut Plan) -> Step {
     let mut looked_at = None;
+    let mut revision = None;
     for stage in stages {
         looked_at = Some(stage.name.clone());
-        let step = |decision, starts| Step { stage: Some(stage.name.clone()), decision, starts };
-        let commits = match stage_state(p, stage) {
+        let asked = changes_asked(p, stage);
+        if let Some(c) = &asked {
+            let max = c.gate.max_revisions();
+            let running = c.revision < max && p.request.spec.repos.iter().any(|r| successes(p, &stage.name, &r.url) == c.revision + 1);
+            revision = Some(Revision {
+                gate: c.gate.name.clone(),
+                stage: stage.name.clone(),
+                number: if c.revision < max { c.revision + 1 } else { c.revision },
+                max,
+                by: c.by.to_owned(),
+                feedback: c.feedback.to_owned(),
+                running,
+            });
+        }
+        let step = |decision, starts| Step { stage: Some(stage.name.clone()), decision, starts, revision: revision.clone() };
+        let commits = match stage_state(p, stage, asked.as_ref()) {
             StageState::Done(commits) => commits,
             StageState::Start { starts, retry_at } => {
                 // A retry due later on another repo: the plan wakes then too.
@@ -87,16 +142,23 @@ pub(super) fn next_step(p: &Pipeline, stages: &[Stage], attempts: &[Attempt], ou
         [only] => format!("stage {} succeeded", only.name),
         all => format!("all {} stages succeeded", all.len()),
     };
-    Step { stage: looked_at, decision: Decision { phase: Phase::Succeeded, reason: "Succeeded", message }, starts: Vec::new() }
+    Step { stage: looked_at, decision: Decision { phase: Phase::Succeeded, reason: "Succeeded", message }, starts: Vec::new(), revision }
 }
 
 /// A stage with workers to start.
 fn starting(p: &Pipeline, stage: &Stage) -> Decision {
-    Decision {
-        phase: if p.current.iter().any(|a| a.state.is_live()) { Phase::Running } else { Phase::Pending },
-        reason: "Progressing",
-        message: format!("stage {} starting", stage.name),
-    }
+    let message = match changes_asked(p, stage) {
+        Some(c) if p.request.spec.repos.iter().any(|r| successes(p, &stage.name, &r.url) > c.revision) => format!(
+            "stage {} starting revision {} of {}: {} asked for changes at gate {}",
+            stage.name,
+            c.revision + 1,
+            c.gate.max_revisions(),
+            c.by,
+            c.gate.name
+        ),
+        _ => format!("stage {} starting", stage.name),
+    };
+    Decision { phase: if p.current.iter().any(|a| a.state.is_live()) { Phase::Running } else { Phase::Pending }, reason: "Progressing", message }
 }
 
 /// A stage with workers running or a retry scheduled; the retry's time is
@@ -122,26 +184,60 @@ fn approval_gate(p: &Pipeline, gate: &Gate, attempts: &[Attempt], out: &mut Plan
     let generation = p.generation;
     let key = (name.to_owned(), gate.name.clone());
     let state = p.observed.approvals.get(&key).cloned().unwrap_or(ApprovalState::Waiting);
-    if matches!(state, ApprovalState::Approved { .. }) {
+    let revision = revision_of(p, &gate.after);
+    let max = gate.max_revisions();
+    if matches!(state, ApprovalState::Approved { revision: r, .. } if r == revision) {
         return None;
     }
-    let opened_for = approval_token(generation, &state);
+    let opened_for = approval_token(generation, revision, &state);
     if p.observed.approval_branches.get(&key) != Some(&opened_for) {
         let mut summary = summary_of(attempts);
-        let reopen = matches!(state, ApprovalState::Rejected { .. });
-        if let ApprovalState::Rejected { by, why, .. } = &state {
-            summary = format!("{summary}\nOpened again: the earlier merge by {by} did not count ({why}).");
+        // The base branch holds a decision on this very revision already:
+        // the branch must be opened again to be merged again.
+        let reopen = match &state {
+            ApprovalState::Rejected { .. } => true,
+            ApprovalState::Approved { revision: r, .. } | ApprovalState::ChangesRequested { revision: r, .. } => *r == revision,
+            _ => false,
+        };
+        match &state {
+            ApprovalState::Rejected { by, why, .. } => {
+                summary = format!("{summary}\nOpened again: the earlier merge by {by} did not count ({why}).");
+            }
+            ApprovalState::ChangesRequested { by, revision: r, .. } if *r < revision => {
+                summary = format!("{summary}\nRevision {revision} of {max}: the changes {by} asked for are made.");
+            }
+            _ => {}
         }
         out.actions.push(Action::OpenApproval {
             request: name.to_owned(),
             gate: gate.name.clone(),
             generation: generation.to_owned(),
+            revision,
             summary,
             opened_for,
             reopen,
         });
     }
+    let branch = format!("hadron/approve/{name}/{}", gate.name);
     let message = match state {
+        ApprovalState::ChangesRequested { by, revision: r, .. } if r >= max && r == revision => {
+            return Some(Decision {
+                phase: Phase::WaitingForApproval,
+                reason: "RevisionsExhausted",
+                message: format!(
+                    "gate {}: {by} asked for changes again, but the gate allows {max} revision(s) (maxRevisions) and all are used; to go on, an allowed approver merges branch {branch} to approve revision {revision}, or edit requests/{name}.yaml to start over",
+                    gate.name
+                ),
+            });
+        }
+        ApprovalState::ChangesRequested { by, revision: r, .. } if r < revision => format!(
+            "gate {}: revision {revision} of {max} is ready (changes asked by {by}); merge branch {branch} to approve it, or set `decision: changes` and `feedback` in its approval file to ask again",
+            gate.name
+        ),
+        ApprovalState::Approved { by, revision: r } | ApprovalState::ChangesRequested { by, revision: r, .. } => format!(
+            "gate {}: the decision by {by} was about revision {r} of the work, which is now at revision {revision}; merge the updated branch {branch}",
+            gate.name
+        ),
         ApprovalState::Stale { given_for } => format!(
             "gate {}: the approval was given for generation {given_for}, but the request changed (now {generation}); merge the updated branch hadron/approve/{name}/{} to approve again",
             gate.name, gate.name
@@ -194,7 +290,10 @@ enum StageState<'a> {
     Failed(String),
 }
 
-fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
+/// `asked`: changes asked at a gate after the stage; a repo whose latest
+/// result is the revision they were asked of runs the stage again (while
+/// the gate allows more revisions).
+fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage, asked: Option<&ChangesAsked>) -> StageState<'a> {
     let Pipeline { request, generation, agent, current: attempts, max_attempts, now, cfg, .. } = *p;
     let name = request.metadata.name.as_str();
     let mut done = BTreeMap::new();
@@ -216,9 +315,14 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage) -> StageState<'a> {
         match latest {
             None => starts.push(next(1)),
             Some(a) if a.state.is_live() => running = true,
-            Some(a) if a.state == AttemptState::Succeeded => {
-                done.insert(repo.url.as_str(), a.pushed_commit.clone());
-            }
+            Some(a) if a.state == AttemptState::Succeeded => match asked {
+                Some(c) if c.revision < c.gate.max_revisions() && successes(p, &stage.name, &repo.url) == c.revision + 1 => {
+                    starts.push(next(a.attempt.saturating_add(1)));
+                }
+                _ => {
+                    done.insert(repo.url.as_str(), a.pushed_commit.clone());
+                }
+            },
             // A cancelled attempt (suspend, then resume) is run again under a new number.
             Some(a) if a.state == AttemptState::Cancelled => starts.push(next(a.attempt.saturating_add(1))),
             Some(a) => {

@@ -292,7 +292,7 @@ fn approval_gate_waits_goes_stale_on_edit_and_resumes() {
     assert!(!p.actions.iter().any(|a| matches!(a, Action::OpenApproval { .. })));
     let gen1 = p.requests["r"].generation.clone();
     // Approve, then edit the request: a new generation starts over.
-    world.approvals.insert(("r".into(), "review".into()), ApprovalState::Approved { by: "bob".into() });
+    world.approvals.insert(("r".into(), "review".into()), ApprovalState::Approved { by: "bob".into(), revision: 0 });
     reqs[0].title_rev = 1;
     let d = desired(&reqs, 8, &world);
     let gen2 = d.requests["r"].generation();
@@ -308,7 +308,7 @@ fn approval_gate_waits_goes_stale_on_edit_and_resumes() {
     assert_eq!(p.requests["r"].phase, Phase::WaitingForApproval);
     assert!(p.requests["r"].message.contains("request changed"), "{}", p.requests["r"].message);
     world.apply(&p, now);
-    world.approvals.insert(("r".into(), "review".into()), ApprovalState::Approved { by: "bob".into() });
+    world.approvals.insert(("r".into(), "review".into()), ApprovalState::Approved { by: "bob".into(), revision: 0 });
     let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
     assert_eq!(starts(&p).iter().map(|a| a.stage.as_str()).collect::<Vec<_>>(), ["s1"]);
 }
@@ -341,7 +341,7 @@ fn a_rejected_approval_reopens_the_branch_once_per_rejected_merge_and_keeps_wait
     let p = plan(&desired(&reqs, 8, &world), &world.observed(), 5, &cfg);
     assert!(p.actions.iter().any(|a| matches!(a, Action::OpenApproval { opened_for, .. } if opened_for.ends_with("after c2"))));
     world.apply(&p, 5);
-    world.approvals.insert(key, ApprovalState::Approved { by: "bob".into() });
+    world.approvals.insert(key, ApprovalState::Approved { by: "bob".into(), revision: 0 });
     let p = plan(&desired(&reqs, 8, &world), &world.observed(), 6, &cfg);
     assert_eq!(starts(&p).iter().map(|a| a.stage.as_str()).collect::<Vec<_>>(), ["s1"]);
 }
@@ -592,7 +592,7 @@ fn happen(ev: Event, reqs: &mut Vec<Req>, world: &mut World, now: &mut Millis) {
         Event::Tick(ms) => *now += ms,
         Event::Approve(i) => {
             let r = &reqs[i % reqs.len()];
-            world.approvals.insert((r.name.clone(), "review".into()), ApprovalState::Approved { by: "bob".into() });
+            world.approvals.insert((r.name.clone(), "review".into()), ApprovalState::Approved { by: "bob".into(), revision: 0 });
         }
         Event::Edit(i) => {
             let n = reqs.len();
@@ -819,7 +819,7 @@ fn a_huge_hostile_summary_is_capped_in_the_approval_file_which_stays_valid_yaml(
     let summary = approval_summary_after(|a| a.summary = hostile);
     assert!(summary.len() < crate::attempt::SUMMARY_MAX_BYTES + 200, "{} bytes", summary.len());
     assert!(summary.contains("kept]"), "a cut marker: {}", &summary[summary.len() - 100..]);
-    let file = crate::gates::render_approval("r", "g", "1", &summary).expect("renders");
+    let file = crate::gates::render_approval("r", "g", "1", 0, &summary).expect("renders");
     let back: crate::model::kinds::Approval = serde_saphyr::from_str(&file).expect("the approval file is one valid YAML document");
     assert_eq!(back.spec.summary, summary);
     assert_eq!(back.spec.request, "r");
@@ -1128,7 +1128,7 @@ fn a_pass_plans_again_only_the_requests_whose_inputs_changed() {
     assert_eq!(memo.last_counts(), (50, 1));
     assert_eq!(p, plan(&d, &world.observed(), 7, &cfg));
     // An approval (a webhook) makes the gated request dirty, nothing else.
-    world.approvals.insert(("gated".into(), "review".into()), ApprovalState::Approved { by: "bob".into() });
+    world.approvals.insert(("gated".into(), "review".into()), ApprovalState::Approved { by: "bob".into(), revision: 0 });
     world.apply(&p, 7);
     let p = plan_incremental(&d, &world.observed(), 8, &cfg, &mut memo);
     let (reused, planned) = memo.last_counts();
@@ -1182,4 +1182,79 @@ fn an_invalid_usage_report_fails_the_stage_once_without_a_retry() {
         let attempts = world.store.values().filter(|a| a.request == "r").count();
         assert_eq!(attempts, if retried { 2 } else { 1 }, "{reason}");
     }
+}
+
+#[test]
+fn changes_asked_at_a_gate_re_run_its_stage_then_the_gate_asks_again_until_revisions_run_out() {
+    let cfg = PlanConfig::default();
+    let (mut world, reqs, _) = waiting_at_the_gate(&cfg);
+    let key = ("r".to_owned(), "review".to_owned());
+    let changes = |revision: u32| ApprovalState::ChangesRequested {
+        by: "bob".into(),
+        revision,
+        feedback: format!("round {revision}: rename x"),
+        commit: format!("c{revision}"),
+    };
+    let mut now = 10;
+    for round in 0..3u32 {
+        world.approvals.insert(key.clone(), changes(round));
+        let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+        let s = starts(&p);
+        assert_eq!(s.iter().map(|a| (a.stage.as_str(), a.attempt)).collect::<Vec<_>>(), [("s0", round + 2)], "round {round}");
+        let revision = p.requests["r"].revision.clone().expect("the view shows the revision");
+        assert_eq!((revision.number, revision.max, revision.running, revision.by.as_str()), (round + 1, 3, true, "bob"));
+        assert!(revision.feedback.contains(&format!("round {round}")));
+        assert!(p.requests["r"].message.contains(&format!("revision {} of 3", round + 1)), "{}", p.requests["r"].message);
+        world.apply(&p, now);
+        // Still asked while the revision runs: nothing new starts.
+        let p = plan(&desired(&reqs, 8, &world), &world.observed(), now + 1, &cfg);
+        assert!(starts(&p).is_empty());
+        world.finish(&s[0].worker.clone(), true, now + 2);
+        now += 10;
+        // The revision is back: the gate asks again, for the new revision.
+        let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+        assert!(starts(&p).is_empty(), "the stage is not run again for the same changes");
+        let opened: Vec<u32> =
+            p.actions.iter().filter_map(|a| if let Action::OpenApproval { revision, .. } = a { Some(*revision) } else { None }).collect();
+        assert_eq!(opened, [round + 1], "the branch is opened for the new revision");
+        assert_eq!(p.requests["r"].phase, Phase::WaitingForApproval);
+        assert!(!p.requests["r"].revision.as_ref().expect("shown").running);
+        world.apply(&p, now);
+        // An approval of an earlier revision does not count for this one.
+        world.approvals.insert(key.clone(), ApprovalState::Approved { by: "bob".into(), revision: round });
+        let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+        assert!(starts(&p).is_empty() && p.requests["r"].phase == Phase::WaitingForApproval, "{}", p.requests["r"].message);
+    }
+    // Three revisions done; asking a fourth time stalls the request.
+    world.approvals.insert(key.clone(), changes(3));
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+    assert!(starts(&p).is_empty());
+    assert_eq!((p.requests["r"].phase, p.requests["r"].reason.as_str()), (Phase::WaitingForApproval, "RevisionsExhausted"));
+    assert!(p.requests["r"].message.contains("maxRevisions") && p.requests["r"].message.contains("edit requests/r.yaml"));
+    assert!(
+        p.actions.iter().any(|a| matches!(a, Action::OpenApproval { revision: 3, reopen: true, .. })),
+        "the branch is opened again so that revision 3 can still be approved"
+    );
+    world.apply(&p, now);
+    // Approving the latest revision lets the request go on.
+    world.approvals.insert(key.clone(), ApprovalState::Approved { by: "bob".into(), revision: 3 });
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), now, &cfg);
+    assert_eq!(starts(&p).iter().map(|a| a.stage.as_str()).collect::<Vec<_>>(), ["s1"]);
+}
+
+#[test]
+fn a_failed_revision_attempt_is_retried_and_keeps_its_feedback() {
+    let cfg = PlanConfig::default();
+    let (mut world, reqs, _) = waiting_at_the_gate(&cfg);
+    world.approvals.insert(
+        ("r".to_owned(), "review".to_owned()),
+        ApprovalState::ChangesRequested { by: "bob".into(), revision: 0, feedback: "rename x".into(), commit: "c".into() },
+    );
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), 10, &cfg);
+    world.apply(&p, 10);
+    world.finish(&starts(&p)[0].worker.clone(), false, 11);
+    let later = 11 + 60_000;
+    let p = plan(&desired(&reqs, 8, &world), &world.observed(), later, &cfg);
+    assert_eq!(starts(&p).iter().map(|a| a.attempt).collect::<Vec<_>>(), [3], "the revision is retried");
+    assert!(p.requests["r"].revision.as_ref().is_some_and(|r| r.running && r.feedback == "rename x"));
 }

@@ -46,13 +46,22 @@ fn update_of(a: &Attempt, t: Millis) -> AttemptUpdate {
     }
 }
 
-/// Builds `run.json` for an attempt of `installation` from the desired state.
+/// What the agent of a revision reads as `{{feedback}}`: which round it is,
+/// who asked at which gate, and what they asked.
+fn feedback_text(r: &plan::Revision) -> String {
+    format!("Revision {} of {}, asked by {} at gate {}:\n\n{}", r.number, r.max, r.by, r.gate, r.feedback.trim())
+}
+
+/// Builds `run.json` for an attempt of `installation` from the desired state;
+/// `revision`, the request's latest round of changes, gives a start of its
+/// stage the feedback.
 pub fn run_spec(
     ctx_control_url: &str,
     installation: &Installation,
     desired: &DesiredState,
     a: &Attempt,
     all: &[Attempt],
+    revision: Option<&plan::Revision>,
     t: Millis,
 ) -> Option<RunSpec> {
     let request: &ChangeRequest = desired.requests.get(&a.request)?;
@@ -119,6 +128,7 @@ pub fn run_spec(
         output: agent.spec.output.unwrap_or_default(),
         max_tokens: spend.0,
         max_cost_usd: spend.1,
+        feedback: revision.filter(|r| r.running && r.stage == a.stage).map(feedback_text),
     })
 }
 
@@ -234,7 +244,11 @@ pub async fn execute(
         let (request, stage, worker) = action.subject();
         let span = tracing::info_span!("action", request = %request, stage = %stage, worker = %worker);
         let result = async {
-            let result = execute_one(ctx, action, &all, revision, t).await;
+            let changes = match action {
+                Action::Start(a) => plan.requests.get(&a.request).and_then(|v| v.revision.as_ref()),
+                _ => None,
+            };
+            let result = execute_one(ctx, action, &all, changes, revision, t).await;
             if let Err(e) = &result {
                 tracing::warn!(reason = e.reason(), error = %e, "{} failed; the next pass retries it", action.describe());
             }
@@ -253,7 +267,14 @@ pub async fn execute(
     Ok(failed)
 }
 
-async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revision: &str, t: Millis) -> Result<(), ReconcileError> {
+async fn execute_one(
+    ctx: &mut Context,
+    action: &Action,
+    all: &[Attempt],
+    changes: Option<&plan::Revision>,
+    revision: &str,
+    t: Millis,
+) -> Result<(), ReconcileError> {
     let driver_name = ctx.cfg.driver_name.clone();
     let new_attempt = |a: &Attempt| NewAttempt {
         worker_name: a.worker.clone(),
@@ -278,7 +299,7 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             if inserted.existed && inserted.attempt.state != store::AttemptState::Pending {
                 return Ok(());
             }
-            let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.cfg.plan.installation, &ctx.catalog.loaded().desired, a, all, t) else {
+            let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.cfg.plan.installation, &ctx.catalog.loaded().desired, a, all, changes, t) else {
                 return Ok(());
             };
             crate::fault::reach("worker-start", None);
@@ -336,7 +357,7 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
                     .await?;
             }
         }
-        Action::OpenApproval { request, gate, generation, summary, opened_for, reopen } => {
+        Action::OpenApproval { request, gate, generation, revision: work_revision, summary, opened_for, reopen } => {
             crate::fault::reach("approval-push", None);
             ctx.lease.check()?;
             // Intent first, fenced like every write of the leader (see Cancel).
@@ -345,9 +366,9 @@ async fn execute_one(ctx: &mut Context, action: &Action, all: &[Attempt], revisi
             ctx.lease.check()?;
             let gates = ctx.gates.clone();
             let (url, branch) = (ctx.cfg.control_url.clone(), ctx.cfg.branch.clone());
-            let (r, g, gen_, s, again) = (request.clone(), gate.clone(), generation.clone(), summary.clone(), *reopen);
+            let (r, g, gen_, rev, s, again) = (request.clone(), gate.clone(), generation.clone(), *work_revision, summary.clone(), *reopen);
             tokio::task::spawn_blocking(move || {
-                if again { gates.reopen(&url, &branch, &r, &g, &gen_, &s) } else { gates.open(&url, &branch, &r, &g, &gen_, &s) }
+                if again { gates.reopen(&url, &branch, &r, &g, &gen_, rev, &s) } else { gates.open(&url, &branch, &r, &g, &gen_, rev, &s) }
             })
             .await
             .map_err(|e| ReconcileError::Join(e.to_string()))??;

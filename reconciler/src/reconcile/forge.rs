@@ -325,7 +325,7 @@ impl ForgeLink {
         self.unstall(request);
         Ok(match decision {
             crate::forge::ApproverDecision::AllowedAsUser | crate::forge::ApproverDecision::AllowedByTeam { .. } => {
-                ApprovalState::Approved { by: login.clone() }
+                ApprovalState::Approved { by: login.clone(), revision: 0 }
             }
             crate::forge::ApproverDecision::Requester => ApprovalState::Rejected {
                 by: login.clone(),

@@ -155,7 +155,7 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
             match gate.gate_type {
                 GateType::Approval => {
                     if let Some(p) = passed.get(&key).filter(|p| p.generation == generation) {
-                        observed.approvals.insert(key, ApprovalState::Approved { by: p.by.clone() });
+                        observed.approvals.insert(key, ApprovalState::Approved { by: p.by.clone(), revision: p.revision });
                         continue;
                     }
                     let Some(approval) = desired.approvals.get(&key) else {
@@ -198,7 +198,7 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
                             &generation,
                         );
                         match decision {
-                            GateDecision::Approved { by } => ApprovalState::Approved { by: by.name },
+                            GateDecision::Approved { by } => ApprovalState::Approved { by: by.name, revision: 0 },
                             GateDecision::Waiting => ApprovalState::Waiting,
                             GateDecision::Stale { given_for } => ApprovalState::Stale { given_for },
                             GateDecision::Rejected { by, why } => ApprovalState::Rejected {
@@ -208,8 +208,17 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
                             },
                         }
                     };
-                    if let (ApprovalState::Approved { by }, Ok(approver)) = (&state, &approver) {
-                        let record = store::PassedGate { generation: generation.clone(), by: by.clone(), commit: approver.commit.clone() };
+                    // The file says which revision it is about, and whether it
+                    // approves or asks for changes; who may decide was
+                    // checked above, the same for both.
+                    let state = decided(state, approval, approver.as_ref().map(|a| a.commit.as_str()).unwrap_or_default());
+                    if let (ApprovalState::Approved { by, revision }, Ok(approver)) = (&state, &approver) {
+                        let record = store::PassedGate {
+                            generation: generation.clone(),
+                            by: by.clone(),
+                            commit: approver.commit.clone(),
+                            revision: *revision,
+                        };
                         ctx.store.record_approval_passed(name, &gate.name, &record, crate::time::now()).await?;
                     }
                     observed.approvals.insert(key, state);
@@ -368,4 +377,38 @@ mod tests {
         let unconfined = store::Attempt { result: Some(serde_json::json!({ "reason": "Completed", "unconfined": true })), ..stored };
         assert!(from_store(&unconfined, "a").unconfined, "an unconfined run read back from the store is still marked");
     }
+}
+
+/// An approval that counts, read for its revision and decision: approved,
+/// or changes asked (with the feedback, capped at
+/// [`FEEDBACK_MAX_BYTES`]). Other states are kept as they are.
+fn decided(state: ApprovalState, approval: &crate::model::Approval, commit: &str) -> ApprovalState {
+    let spec = &approval.spec;
+    match state {
+        ApprovalState::Approved { by, .. } if spec.decision == crate::model::kinds::ApprovalDecision::Changes => {
+            ApprovalState::ChangesRequested {
+                by,
+                revision: spec.revision,
+                feedback: cap_feedback(&spec.feedback),
+                commit: commit.to_owned(),
+            }
+        }
+        ApprovalState::Approved { by, .. } => ApprovalState::Approved { by, revision: spec.revision },
+        other => other,
+    }
+}
+
+/// The most feedback an agent is given, in bytes.
+pub const FEEDBACK_MAX_BYTES: usize = 16 * 1024;
+
+/// `text` cut at [`FEEDBACK_MAX_BYTES`] on a character boundary, saying so.
+fn cap_feedback(text: &str) -> String {
+    if text.len() <= FEEDBACK_MAX_BYTES {
+        return text.to_owned();
+    }
+    let mut end = FEEDBACK_MAX_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[feedback cut at {FEEDBACK_MAX_BYTES} bytes]", &text[..end])
 }

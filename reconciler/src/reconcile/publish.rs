@@ -729,6 +729,7 @@ mod tests {
                             message: String::new(),
                             attempts: Vec::new(),
                             work_branch: String::new(),
+                            revision: None,
                         };
                         ((*n).to_owned(), Arc::new(view))
                     })

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::kinds::{API_VERSION, Condition, Metadata, Output, Phase, RequestStatus, RequestStatusBody, StageResult};
+use crate::model::kinds::{API_VERSION, Condition, Metadata, Output, Phase, RequestStatus, RequestStatusBody, RevisionStatus, StageResult};
 use crate::plan::RequestView;
 use crate::time::{Millis, rfc3339};
 
@@ -71,6 +71,8 @@ pub fn render_with(
         Phase::Succeeded => ("True", "False", "False"),
         Phase::Pending | Phase::Running => ("False", "True", "False"),
         Phase::Failed | Phase::Invalid => ("False", "False", "True"),
+        // Nothing happens until a person acts.
+        Phase::WaitingForApproval if view.reason == "RevisionsExhausted" => ("False", "False", "True"),
         Phase::WaitingForApproval | Phase::WaitingForCI | Phase::Cancelled => ("False", "False", "False"),
     };
     let prev_conditions: &[Condition] = prev.map(|p| p.status.conditions.as_slice()).unwrap_or_default();
@@ -114,6 +116,22 @@ pub fn render_with(
             stages,
             conditions,
             outputs,
+            revision: view.revision.as_ref().map(|r| RevisionStatus {
+                gate: r.gate.clone(),
+                stage: r.stage.clone(),
+                number: r.number,
+                max: r.max,
+                requested_by: r.by.clone(),
+                feedback: excerpt(&r.feedback, FEEDBACK_EXCERPT_CHARS),
+                state: if r.running {
+                    "Running"
+                } else if view.reason == "RevisionsExhausted" {
+                    "Exhausted"
+                } else {
+                    "Ready"
+                }
+                .to_owned(),
+            }),
             message: view.message.clone(),
         },
     };
@@ -151,6 +169,18 @@ pub fn to_yaml(status: &RequestStatus) -> String {
 /// Path of a request's status file.
 pub fn path_of(request: &str) -> String {
     format!("status/{request}.yaml")
+}
+
+/// How much of an approver's feedback the status file shows.
+const FEEDBACK_EXCERPT_CHARS: usize = 200;
+
+/// The first `max` characters of `text` on one line, with `…` when cut.
+fn excerpt(text: &str, max: usize) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line,
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +225,15 @@ mod tests {
             message: text.to_owned(),
             attempts: vec![attempt],
             work_branch: format!("hadron/{name}"),
+            revision: Some(crate::plan::Revision {
+                gate: "review".to_owned(),
+                stage: stage.to_owned(),
+                number: 1,
+                max: 3,
+                by: text.to_owned(),
+                feedback: text.to_owned(),
+                running: false,
+            }),
         }
     }
 

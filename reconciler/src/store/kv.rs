@@ -107,6 +107,9 @@ pub struct PassedGate {
     pub by: String,
     /// The commit that brought the approval file.
     pub commit: String,
+    /// The revision of the work approved (0: the stage's first result).
+    #[serde(default)]
+    pub revision: u32,
 }
 
 impl Store {

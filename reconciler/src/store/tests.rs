@@ -591,7 +591,7 @@ store_test!(retention_prunes_old_rows_and_the_database_guards_the_rest, |db| {
     store.set_target_pr("gone", "../app.git", &pr, 1).await?;
     store.set_control_status("gone", "m", 1).await?;
     store.set_approval_branch_opened_for("gone", "review", "g", 1).await?;
-    let passed = crate::store::PassedGate { generation: "g".into(), by: "bob".into(), commit: "c".into() };
+    let passed = crate::store::PassedGate { generation: "g".into(), by: "bob".into(), commit: "c".into(), revision: 0 };
     store.record_approval_passed("gone", "review", &passed, 1).await?;
     store.record_approval_passed("alpha", "review", &passed, 1).await?;
     store.kv_set("other/gone", "v", 1).await?;

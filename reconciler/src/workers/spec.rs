@@ -119,6 +119,10 @@ pub struct RunSpec {
     /// attempts cost): a streaming CLI is stopped when it spends more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_usd: Option<f64>,
+    /// What an approver asked to change, when this attempt is a revision
+    /// (Markdown, with who asked): the prompt's `{{feedback}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
 }
 
 /// What an agent may reach on the network.
@@ -289,6 +293,7 @@ pub(crate) fn sample() -> RunSpec {
         output: OutputFormat::Report,
         max_tokens: None,
         max_cost_usd: None,
+        feedback: None,
     }
 }
 

@@ -10,10 +10,19 @@ use super::spec::RunSpec;
 use super::worker::Worker;
 
 impl Worker<'_> {
+    /// The prompt. A revision's feedback goes where the template says
+    /// (`{{feedback}}`), or, when the template never mentions it, after it:
+    /// a reviewer's request never silently misses the agent.
     pub(super) fn render_prompt(&self) -> Result<String, WorkerError> {
-        handlebars()
+        let mut prompt = handlebars()
             .render_template(&self.spec.prompt_template, &prompt_data(self.spec))
-            .map_err(|e| WorkerError::TemplateFailed(format!("prompt: {}", render_error(&e))))
+            .map_err(|e| WorkerError::TemplateFailed(format!("prompt: {}", render_error(&e))))?;
+        if let Some(feedback) = self.spec.feedback.as_deref().filter(|f| !f.is_empty())
+            && !self.spec.prompt_template.contains("feedback")
+        {
+            prompt.push_str(&format!("\n\n## Changes a reviewer asked for\n\n{feedback}\n"));
+        }
+        Ok(prompt)
     }
 
     pub(super) fn render_command(&self, prompt_path: &Path) -> Result<Vec<String>, WorkerError> {
@@ -42,6 +51,7 @@ fn prompt_data(s: &RunSpec) -> serde_json::Value {
         "repo": s.repo,
         "branch": s.work_branch,
         "previousStages": s.previous_stages,
+        "feedback": s.feedback.clone().unwrap_or_default(),
     })
 }
 
@@ -117,6 +127,17 @@ mod tests {
             vec![crate::workers::spec::PreviousStage { name: "implement".into(), repo: "../app.git".into(), summary: "wrote it".into() }];
         let full = handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders with everything");
         assert!(full.contains("Details.") && full.contains("- implement on ../app.git: wrote it"), "{full}");
+    }
+
+    #[test]
+    fn a_revisions_feedback_reaches_the_prompt_whatever_the_template() {
+        let mut s = spec();
+        s.feedback = Some("Revision 1 of 3, asked by bob at gate review:\n\nRename `x` to `count`.".into());
+        let shipped = handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders");
+        assert!(shipped.contains("Rename `x` to `count`.") && shipped.contains("asked by bob"), "{shipped}");
+        s.feedback = None;
+        let plain = handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders");
+        assert!(!plain.contains("reviewer"), "no feedback, no section: {plain}");
     }
 
     #[test]
