@@ -61,6 +61,56 @@ fn approve_works_from_the_folder_of_up_with_the_default_data_dir() {
 }
 
 #[test]
+fn asking_for_changes_re_runs_the_stage_with_the_feedback_until_the_gates_revisions_run_out() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    example_in(root);
+    let request = root.join("example-repo/requests/add-healthz.yaml");
+    let yaml = std::fs::read_to_string(&request).expect("read").replace("      after: implement\n", "      after: implement\n      maxRevisions: 1\n");
+    std::fs::write(&request, yaml).expect("write");
+    let up = || {
+        let out = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        text(&out)
+    };
+    let control = root.join(".hadron/repos/control.git");
+    let status = || git_stdout(&control, "x", &["show", "main:status/add-healthz.yaml"]);
+    let notes = || git_stdout(&root.join(".hadron/repos/demo-app.git"), "x", &["show", "hadron/add-healthz:hadron-notes/add-healthz.md"]);
+    up();
+    assert!(status().contains("phase: WaitingForApproval"), "{}", status());
+
+    // Bob asks for changes: implement runs again with his feedback.
+    let asked = hadron(root, &["approve", "add-healthz", "review", "--as", "bob", "--changes", "Also say what healthz.sh checks."]);
+    assert_eq!(asked.status.code(), Some(0), "{}", text(&asked));
+    assert!(text(&asked).contains("asked for changes to add-healthz/review as bob"), "{}", text(&asked));
+    let said = up();
+    assert!(said.contains("revision 1 of 1"), "terminal 1 names the revision:\n{said}");
+    let after = status();
+    assert!(after.contains("phase: WaitingForApproval") && after.contains("revision 1 of 1 is ready"), "{after}");
+    assert!(after.contains("requestedBy: bob") && after.contains("Also say what healthz.sh checks.") && after.contains("state: Ready"), "{after}");
+    assert!(after.contains("attempt: 2"), "the revision is attempt 2 of implement: {after}");
+    // The agent (the example's script appends its prompt to a note) saw the feedback, on the same branch.
+    let note = notes();
+    assert_eq!(note.matches("## implement").count(), 2, "{note}");
+    assert!(note.contains("Also say what healthz.sh checks.") && note.contains("asked by bob at gate review"), "{note}");
+
+    // Asking again, past maxRevisions, stalls the request and says how to go on.
+    let again = hadron(root, &["approve", "add-healthz", "review", "--as", "bob", "--changes", "And once more."]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    up();
+    let stalled = status();
+    assert!(stalled.contains("reason: RevisionsExhausted") && stalled.contains("edit requests/add-healthz.yaml"), "{stalled}");
+    assert!(stalled.contains("type: Stalled\n    status: \"True\""), "the Stalled condition is true: {stalled}");
+    assert_eq!(notes().matches("## implement").count(), 2, "no third run of implement");
+
+    // Approving the latest revision lets it go on to polish.
+    let approved = hadron(root, &["approve", "add-healthz", "review", "--as", "bob"]);
+    assert_eq!(approved.status.code(), Some(0), "{}", text(&approved));
+    up();
+    assert!(status().contains("phase: Succeeded"), "{}", status());
+}
+
+#[test]
 fn ci_status_acts_at_once_on_a_live_up_and_refuses_unknown_repos() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
