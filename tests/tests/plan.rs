@@ -117,6 +117,32 @@ fn plan_previews_created_restarted_cancelled_and_unchanged_requests() {
 }
 
 #[test]
+fn plan_says_when_an_approval_asks_for_changes_and_when_no_revision_is_left() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = checkout(tmp.path());
+    let approval = dir.join("approvals/add-healthz/review.yaml");
+    let given = std::fs::read_to_string(&approval).expect("read");
+    std::fs::write(&approval, format!("{given}  decision: changes\n  feedback: Also say what healthz.sh checks.\n")).expect("write");
+    let said = text(&plan(&dir, &[]));
+    for line in [
+        "~ add-healthz: an approver asks for changes",
+        "revision at gate review: changes asked of revision 0: stage implement runs again with the feedback (revision 1 of 3), then the gate asks again",
+        "= unchanged: add-greeting, document-usage",
+    ] {
+        assert!(said.contains(line), "the plan says {line:?}:\n{said}");
+    }
+    // Asked of the third revision, with three allowed: the request stalls.
+    std::fs::write(&approval, format!("{given}  revision: 3\n  decision: changes\n  feedback: Once more.\n")).expect("write");
+    let said = text(&plan(&dir, &[]));
+    assert!(said.contains("all 3 revision(s) of the gate (maxRevisions) are used: the request stalls"), "{said}");
+    // Changes without feedback are an error that names the field and the fix.
+    std::fs::write(&approval, format!("{given}  decision: changes\n")).expect("write");
+    let out = plan(&dir, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("approvals/add-healthz/review.yaml:") && text(&out).contains("decision: changes` needs `feedback`") && text(&out).contains("add `feedback:` under spec"), "{}", text(&out));
+}
+
+#[test]
 fn plan_reports_errors_like_validate_and_exits_1_or_2() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = checkout(tmp.path());

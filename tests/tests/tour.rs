@@ -1,6 +1,6 @@
 //! The README tour, line by line, against a live `hadron up example-repo`
 //! (not `--exit-when-idle`): a person clones the control repo, asks for
-//! work, approves with a merge, edits an approved request, merges as a
+//! work, asks for changes, approves with a merge, edits an approved request, merges as a
 //! non-approver, deletes a request and reads `git log -p -- status/`, while
 //! Hadron commits `status/` concurrently. Every reaction must show in the
 //! `up` terminal and on `GET /api/v1/events`.
@@ -106,6 +106,8 @@ fn the_readme_tour_works_against_a_live_hadron_up() {
         // What the person waits to see in terminal 1 after each step.
         if line.contains("Ask for a license") {
             live.wait_for_line(&["add-license", "-> Succeeded"], "the new request runs");
+        } else if line.contains("Ask for changes to add-healthz") {
+            live.wait_for_line(&["add-healthz", "revision 1 of 3 is ready"], "the revision runs and the gate asks again");
         } else if line.contains("Approve add-healthz") {
             live.wait_for_line(&["add-healthz", "-> Succeeded"], "the approved request finishes");
         } else if line.contains("Reword add-healthz") {

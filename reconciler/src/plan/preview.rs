@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::model::kinds::ApprovalDecision;
 use crate::model::{Budget, ChangeRequest, DesiredState, Diagnostic, GateType, Phase, RequestStatus, Severity};
 
 /// What happens to one request.
@@ -86,6 +87,10 @@ pub struct RequestPreview {
     /// What it may spend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Approval gates where this change asks for changes (`decision:
+    /// changes`): what happens, one sentence each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<String>,
 }
 
 /// The preview of a whole change.
@@ -176,6 +181,7 @@ pub fn preview(before: &DesiredState, after: &DesiredState, observed: &BTreeMap<
             gates: Vec::new(),
             repos: Vec::new(),
             budget: None,
+            revisions: Vec::new(),
         };
         if let Some(diagnostics) = after.invalid_requests.get(name) {
             p.change = Change::Invalid;
@@ -228,6 +234,9 @@ pub fn preview(before: &DesiredState, after: &DesiredState, observed: &BTreeMap<
             p.reason = "Resumed".to_owned();
             outline(&mut p, new, after);
         }
+        if p.change != Change::Restarted {
+            p.revisions = revisions(before, after, new, &generation);
+        }
         requests.push(p);
     }
     let agents: BTreeSet<&String> = before.agents.keys().chain(after.agents.keys()).collect();
@@ -240,6 +249,38 @@ pub fn preview(before: &DesiredState, after: &DesiredState, observed: &BTreeMap<
         .cloned()
         .collect();
     Preview { requests, agents_changed, settings_changed: before.settings.spec != after.settings.spec }
+}
+
+/// What the approvals of `request` that this change brings, asking for
+/// changes of its current `generation`, will do (if merged by an allowed
+/// approver; the preview cannot know who merges).
+fn revisions(before: &DesiredState, after: &DesiredState, request: &ChangeRequest, generation: &str) -> Vec<String> {
+    let name = &request.metadata.name;
+    let mut out = Vec::new();
+    for gate in request.spec.gates.iter().filter(|g| g.gate_type == GateType::Approval) {
+        let key = (name.clone(), gate.name.clone());
+        let Some(approval) = after.approvals.get(&key) else { continue };
+        let spec = &approval.spec;
+        if spec.decision != ApprovalDecision::Changes || spec.generation != generation || before.approvals.get(&key) == Some(approval) {
+            continue;
+        }
+        let max = gate.max_revisions();
+        out.push(if spec.revision < max {
+            format!(
+                "{}: changes asked of revision {}: stage {} runs again with the feedback (revision {} of {max}), then the gate asks again",
+                gate.name,
+                spec.revision,
+                gate.after,
+                spec.revision + 1
+            )
+        } else {
+            format!(
+                "{}: changes asked, but all {max} revision(s) of the gate (maxRevisions) are used: the request stalls until an approval or an edit",
+                gate.name
+            )
+        });
+    }
+    out
 }
 
 fn plural(n: usize, word: &str) -> String {
@@ -267,10 +308,11 @@ pub fn render_text(preview: &Preview, diagnostics: &[Diagnostic], against: &str)
     let mut unchanged = Vec::new();
     for r in &preview.requests {
         let _ = match r.change {
-            Change::Unchanged => {
+            Change::Unchanged if r.revisions.is_empty() => {
                 unchanged.push(r.name.as_str());
                 continue;
             }
+            Change::Unchanged => writeln!(out, "~ {}: an approver asks for changes", t(&r.name)),
             Change::Created => writeln!(
                 out,
                 "+ {}: created{}",
@@ -289,6 +331,9 @@ pub fn render_text(preview: &Preview, diagnostics: &[Diagnostic], against: &str)
             Change::Cancelled => writeln!(out, "- {}: cancelled ({})", t(&r.name), t(&r.reason.to_lowercase())),
             Change::Invalid => writeln!(out, "! {}: invalid ({}): see the errors above", t(&r.name), t(&r.reason)),
         };
+        for revision in &r.revisions {
+            let _ = writeln!(out, "    revision at gate {}", t(revision));
+        }
         if !r.stale_approvals.is_empty() {
             let _ = writeln!(
                 out,
