@@ -274,6 +274,15 @@ struct HistoryView {
     detail: String,
 }
 
+/// A round of changes asked at a gate, as the request page shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangesView {
+    headline: String,
+    feedback: String,
+    pull_request: Option<String>,
+}
+
 /// The request page.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -286,6 +295,8 @@ pub struct RequestPage {
     stage: String,
     message: String,
     revision: String,
+    /// The latest round of changes asked at a gate, in one line, and its feedback.
+    changes: Option<ChangesView>,
     known: bool,
     steps: Vec<StepView>,
     bars: Vec<Bar>,
@@ -450,6 +461,22 @@ pub fn request_page(record: &RequestRecord, entry: Option<&BoardRequest>, board:
         stage: record.stage.clone().unwrap_or_default(),
         message: shown(&record.message, display::MESSAGE),
         revision: record.observed_revision.chars().take(12).collect(),
+        changes: status.and_then(|s| s.revision.as_ref()).map(|r| ChangesView {
+            headline: shown(
+                &format!(
+                    "Revision {} of {} of stage {} ({}): {} asked for changes at gate {}",
+                    r.number,
+                    r.max,
+                    r.stage,
+                    r.state.to_lowercase(),
+                    r.requested_by,
+                    r.gate
+                ),
+                display::MESSAGE,
+            ),
+            feedback: shown(&r.feedback, display::MESSAGE),
+            pull_request: approval_prs.get(&r.gate).cloned(),
+        }),
         known: entry.is_some(),
         steps,
         bars,

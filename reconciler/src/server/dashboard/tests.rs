@@ -126,6 +126,30 @@ fn pages_render_escaped_and_carry_no_inline_script() {
 }
 
 #[test]
+fn the_request_page_shows_the_changes_asked_escaped_with_the_approval_pr() {
+    let asked = WAITING.replace(
+        "  message: waiting for approval at gate review\n",
+        "  revision: { gate: review, stage: implement, number: 1, max: 3, requestedBy: bob, feedback: \"Use <b>set -e</b> too\", state: Running }\n  message: stage implement starting revision 1 of 3\n",
+    );
+    let mut board = board();
+    board.requests.insert("add-healthz".to_owned(), BoardRequest { request: Some(request(GATED)), status: status(&asked) });
+    let rec = record("add-healthz", "Running", Some("implement"), 5_000);
+    let extras = PageExtras {
+        approval_prs: BTreeMap::from([("review".to_owned(), "https://git.example.com/org/control/pulls/7".to_owned())]),
+        ..PageExtras::default()
+    };
+    let page = request_page(&rec, board.requests.get("add-healthz"), &board, &extras, 10_000);
+    let html = render("request", &serde_json::json!({ "title": "add-healthz", "page": page, "missing": null })).expect("renders");
+    assert!(html.contains("Revision 1 of 3 of stage implement (running): bob asked for changes at gate review"), "{html}");
+    assert!(html.contains("Use &lt;b&gt;set -e&lt;/b&gt; too"), "the feedback is shown escaped");
+    assert!(html.contains("href=\"https://git.example.com/org/control/pulls/7\">approval pull request"), "the PR is linked");
+    let unasked = self::board();
+    let plain = request_page(&rec, unasked.requests.get("add-healthz"), &unasked, &PageExtras::default(), 10_000);
+    let html = render("request", &serde_json::json!({ "title": "add-healthz", "page": plain, "missing": null })).expect("renders");
+    assert!(!html.contains("asked for changes"), "no changes, no section");
+}
+
+#[test]
 fn the_table_shows_the_newest_rows_up_to_its_limit_and_says_so() {
     let records: Vec<RequestRecord> = (0..MAX_ROWS as i64 + 100).map(|i| record(&format!("r{i}"), "Running", None, i)).collect();
     let data = index_data(&records, &BTreeMap::new(), &Board::default(), &Filter::default(), false, 1_000_000);
