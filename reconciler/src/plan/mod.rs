@@ -455,6 +455,35 @@ pub fn approval_token(generation: &str, revision: u32, state: &ApprovalState) ->
     }
 }
 
+/// The revision an approval branch was opened for, read back from its
+/// [`approval_token`] (0 when the token names none).
+pub fn token_revision(token: &str) -> u32 {
+    token.split_whitespace().find_map(|part| part.strip_prefix('r')?.parse().ok()).unwrap_or(0)
+}
+
+/// The revision of `stage`'s work that a gate after it reviews, from the
+/// attempts of `request`'s `generation`: the one every repo has reached
+/// (0 for the stage's first result; one more per round of changes).
+pub fn gate_revision<'a>(attempts: impl Iterator<Item = &'a Attempt> + Clone, request: &ChangeRequest, generation: &str, stage: &str) -> u32 {
+    let name = &request.metadata.name;
+    request
+        .spec
+        .repos
+        .iter()
+        .map(|r| {
+            let n = attempts
+                .clone()
+                .filter(|a| {
+                    &a.request == name && a.generation == generation && a.stage == stage && a.repo == r.url && a.state == AttemptState::Succeeded
+                })
+                .count();
+            u32::try_from(n).unwrap_or(u32::MAX)
+        })
+        .min()
+        .unwrap_or(0)
+        .saturating_sub(1)
+}
+
 /// Used by status rendering: the previous status of a request, if any.
 pub fn previous<'a>(desired: &'a DesiredState, name: &str) -> Option<&'a RequestStatus> {
     desired.statuses.get(name).map(|s| s.as_ref())

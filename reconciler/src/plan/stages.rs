@@ -89,7 +89,7 @@ fn successes(p: &Pipeline, stage: &str, repo: &str) -> u32 {
 /// The revision of `stage`'s work a gate after it reviews: the one every
 /// repo has reached (0 for the first result).
 fn revision_of(p: &Pipeline, stage: &str) -> u32 {
-    p.request.spec.repos.iter().map(|r| successes(p, stage, &r.url)).min().unwrap_or(0).saturating_sub(1)
+    super::gate_revision(p.current.iter().copied(), p.request, p.generation, stage)
 }
 
 /// Walks the stages and their gates. `attempts` are the view's attempts

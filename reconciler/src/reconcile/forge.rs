@@ -342,6 +342,73 @@ impl ForgeLink {
         })
     }
 
+    /// Changes asked by a review on the open approval PR of `gate`, when
+    /// one counts: the newest review of state `REQUEST_CHANGES` that Gitea
+    /// does not call stale or dismissed, given on the PR's current head, by
+    /// someone allowed to approve the gate who is not the requester (the
+    /// rules of an approval). Returns who asked, the feedback (the review's
+    /// text, then each line comment with its file and line) and the review
+    /// id. Read level-triggered, every pass the gate waits: a webhook only
+    /// makes the pass come sooner. A forge error stalls the request's forge
+    /// part and counts as no review.
+    pub async fn changes_asked_by_review(
+        &mut self,
+        store: &Store,
+        request: &str,
+        gate: &str,
+        requester: Result<&(Person, String), &str>,
+        policy: &ApproverPolicy,
+    ) -> Result<Option<(String, String, u64)>, ReconcileError> {
+        let Some(&number) = store.approval_prs(request, gate).await?.last() else { return Ok(None) };
+        let Ok((_, requester_commit)) = requester else { return Ok(None) };
+        let found = async {
+            let pr = self.client.pull_request(&self.control, number).await?;
+            if pr.state != "open" || pr.head.sha.is_empty() {
+                return Ok(None);
+            }
+            let reviews = self.client.pull_reviews(&self.control, number).await?;
+            let Some(review) = reviews
+                .into_iter()
+                .filter(|r| r.state == "REQUEST_CHANGES" && !r.stale && !r.dismissed && r.commit_id.eq_ignore_ascii_case(&pr.head.sha))
+                .filter(|r| r.user.is_some())
+                .max_by_key(|r| r.id)
+            else {
+                return Ok(None);
+            };
+            let login = review.user.as_ref().map(|u| u.login.clone()).unwrap_or_default();
+            let requester_login = match self.logins.get(requester_commit) {
+                Some(l) => l.clone(),
+                None => match self.client.commit_author_login(&self.control, requester_commit).await? {
+                    Some(l) => {
+                        self.logins.insert(requester_commit.clone(), l.clone());
+                        l
+                    }
+                    // Nobody can tell the requester from the reviewer.
+                    None => return Ok(None),
+                },
+            };
+            match self.client.approver_decision(&login, Some(&requester_login), policy).await? {
+                crate::forge::ApproverDecision::AllowedAsUser | crate::forge::ApproverDecision::AllowedByTeam { .. } => {}
+                _ => return Ok(None),
+            }
+            let comments = self.client.review_comments(&self.control, number, review.id).await?;
+            let mut feedback = review.body.trim().to_owned();
+            for c in comments.iter().filter(|c| !c.body.trim().is_empty()) {
+                let line = if c.position > 0 { c.position } else { c.original_position };
+                feedback.push_str(&format!("\n\n- `{}` line {line}: {}", c.path, c.body.trim()));
+            }
+            Ok::<_, crate::forge::GiteaError>(Some((login, feedback.trim().to_owned(), review.id)))
+        }
+        .await;
+        match found {
+            Ok(found) => Ok(found),
+            Err(e) => {
+                self.stall(request, "reading the reviews of the approval PR", &e);
+                Ok(None)
+            }
+        }
+    }
+
     /// Reads the combined CI state of the pushed heads at `ci` gates.
     /// `heads` are (request, repo URL as written, commit, required contexts).
     pub async fn observe_ci(

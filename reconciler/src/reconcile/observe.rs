@@ -158,10 +158,13 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
                         observed.approvals.insert(key, ApprovalState::Approved { by: p.by.clone(), revision: p.revision });
                         continue;
                     }
-                    let Some(approval) = desired.approvals.get(&key) else {
+                    let approval = desired.approvals.get(&key).map(|a| a.as_ref());
+                    // Who asked (and who merged) from the history: needed for
+                    // an approval file, and for a review asking for changes.
+                    if approval.is_none() && forge.is_none() {
                         observed.approvals.insert(key, ApprovalState::Waiting);
                         continue;
-                    };
+                    }
                     let (approver, requester) = match head {
                         Some(head) => {
                             let mirror = mirror.clone();
@@ -176,42 +179,74 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLi
                         }
                     };
                     let policy = &desired.settings.spec.approvers;
-                    let state = if let Some(forge) = forge.as_deref_mut() {
-                        forge
-                            .decide_approval(
-                                &ctx.store,
-                                name,
-                                &gate.name,
-                                Some(approval),
-                                approver.as_ref().map_err(String::as_str),
-                                requester.as_ref().map_err(String::as_str),
-                                policy,
-                                &generation,
-                            )
-                            .await?
-                    } else {
-                        let decision = gates::decide(
-                            Some(approval),
-                            approver.as_ref().map_err(String::as_str),
-                            requester.as_ref().map(|(p, _)| p).map_err(String::as_str),
-                            policy,
-                            &generation,
-                        );
-                        match decision {
-                            GateDecision::Approved { by } => ApprovalState::Approved { by: by.name, revision: 0 },
-                            GateDecision::Waiting => ApprovalState::Waiting,
-                            GateDecision::Stale { given_for } => ApprovalState::Stale { given_for },
-                            GateDecision::Rejected { by, why } => ApprovalState::Rejected {
-                                commit: by.as_ref().map(|b| b.commit.clone()).unwrap_or_default(),
-                                by: by.map_or_else(|| "someone".to_owned(), |b| b.name),
-                                why,
-                            },
+                    let state = match approval {
+                        None => ApprovalState::Waiting,
+                        Some(approval) => {
+                            let state = if let Some(forge) = forge.as_deref_mut() {
+                                forge
+                                    .decide_approval(
+                                        &ctx.store,
+                                        name,
+                                        &gate.name,
+                                        Some(approval),
+                                        approver.as_ref().map_err(String::as_str),
+                                        requester.as_ref().map_err(String::as_str),
+                                        policy,
+                                        &generation,
+                                    )
+                                    .await?
+                            } else {
+                                let decision = gates::decide(
+                                    Some(approval),
+                                    approver.as_ref().map_err(String::as_str),
+                                    requester.as_ref().map(|(p, _)| p).map_err(String::as_str),
+                                    policy,
+                                    &generation,
+                                );
+                                match decision {
+                                    GateDecision::Approved { by } => ApprovalState::Approved { by: by.name, revision: 0 },
+                                    GateDecision::Waiting => ApprovalState::Waiting,
+                                    GateDecision::Stale { given_for } => ApprovalState::Stale { given_for },
+                                    GateDecision::Rejected { by, why } => ApprovalState::Rejected {
+                                        commit: by.as_ref().map(|b| b.commit.clone()).unwrap_or_default(),
+                                        by: by.map_or_else(|| "someone".to_owned(), |b| b.name),
+                                        why,
+                                    },
+                                }
+                            };
+                            // The file says which revision it is about, and whether it
+                            // approves or asks for changes; who may decide was
+                            // checked above, the same for both.
+                            decided(state, approval, approver.as_ref().map(|a| a.commit.as_str()).unwrap_or_default())
                         }
                     };
-                    // The file says which revision it is about, and whether it
-                    // approves or asks for changes; who may decide was
-                    // checked above, the same for both.
-                    let state = decided(state, approval, approver.as_ref().map(|a| a.commit.as_str()).unwrap_or_default());
+                    // With Gitea, a review asking for changes on the open
+                    // approval PR of the current revision decides too, unless
+                    // the base branch already holds a decision on it.
+                    let current = plan::gate_revision(observed.attempts.iter(), request, &generation, &gate.after);
+                    let decided_here = match &state {
+                        ApprovalState::Approved { revision, .. } | ApprovalState::ChangesRequested { revision, .. } => *revision >= current,
+                        _ => false,
+                    };
+                    let opened_for_current =
+                        observed.approval_branches.get(&key).is_some_and(|t| t.starts_with(generation.as_str()) && plan::token_revision(t) == current);
+                    let state = match forge.as_deref_mut() {
+                        Some(forge) if !decided_here && opened_for_current => {
+                            match forge
+                                .changes_asked_by_review(&ctx.store, name, &gate.name, requester.as_ref().map_err(String::as_str), policy)
+                                .await?
+                            {
+                                Some((by, feedback, review)) => ApprovalState::ChangesRequested {
+                                    by,
+                                    revision: current,
+                                    feedback: cap_feedback(&feedback),
+                                    commit: format!("review-{review}"),
+                                },
+                                None => state,
+                            }
+                        }
+                        _ => state,
+                    };
                     if let (ApprovalState::Approved { by, revision }, Ok(approver)) = (&state, &approver) {
                         let record = store::PassedGate {
                             generation: generation.clone(),

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::config::RepoRef;
 use super::error::GiteaError;
-use super::wire::{Comment, PullRequest};
+use super::wire::{Comment, PullRequest, PullReview, PullReviewComment};
 use super::{GiteaClient, MAX_PAGES, PAGE_LIMIT};
 
 impl GiteaClient {
@@ -48,5 +48,33 @@ impl GiteaClient {
         let id = id.to_string();
         let payload = json!({ "body": body });
         self.send(Method::PATCH, &["repos", &repo.owner, &repo.repo, "issues", "comments", &id], &[], Some(&payload)).await?.ok()?.json()
+    }
+}
+
+impl GiteaClient {
+    /// The reviews of PR `index`, oldest first (`GET /repos/{owner}/{repo}/pulls/{index}/reviews`, all pages).
+    pub async fn pull_reviews(&self, repo: &RepoRef, index: u64) -> Result<Vec<PullReview>, GiteaError> {
+        let index = index.to_string();
+        let mut all = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let reviews: Vec<PullReview> = self
+                .get(
+                    &["repos", &repo.owner, &repo.repo, "pulls", &index, "reviews"],
+                    &[("page", page.to_string()), ("limit", PAGE_LIMIT.to_string())],
+                )
+                .await?;
+            let n = reviews.len();
+            all.extend(reviews);
+            if n < PAGE_LIMIT {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// The line comments of review `id` of PR `index` (`GET …/pulls/{index}/reviews/{id}/comments`).
+    pub async fn review_comments(&self, repo: &RepoRef, index: u64, id: u64) -> Result<Vec<PullReviewComment>, GiteaError> {
+        let (index, id) = (index.to_string(), id.to_string());
+        self.get(&["repos", &repo.owner, &repo.repo, "pulls", &index, "reviews", &id, "comments"], &[]).await
     }
 }

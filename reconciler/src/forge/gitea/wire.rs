@@ -159,3 +159,47 @@ pub struct Comment {
     #[serde(default)]
     pub user: Option<User>,
 }
+
+/// A review of a PR (`PullReview` in Gitea's swagger).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PullReview {
+    /// Review id (`id` in `pulls/{index}/reviews/{id}`).
+    pub id: u64,
+    /// Who reviewed (absent for a team review).
+    #[serde(default)]
+    pub user: Option<User>,
+    /// `APPROVED`, `PENDING`, `COMMENT`, `REQUEST_CHANGES`, `REQUEST_REVIEW`.
+    #[serde(default)]
+    pub state: String,
+    /// The review's own text (Markdown).
+    #[serde(default)]
+    pub body: String,
+    /// The PR head the review was given on.
+    #[serde(default)]
+    pub commit_id: String,
+    /// Gitea's word that the PR moved on since.
+    #[serde(default)]
+    pub stale: bool,
+    /// Dismissed by someone with write access.
+    #[serde(default)]
+    pub dismissed: bool,
+}
+
+/// A comment of a review on one line of a file (`PullReviewComment`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PullReviewComment {
+    /// Comment id.
+    pub id: u64,
+    /// The file it is about.
+    #[serde(default)]
+    pub path: String,
+    /// The line in the new file (0 when on a removed line).
+    #[serde(default)]
+    pub position: u64,
+    /// The line in the old file.
+    #[serde(default)]
+    pub original_position: u64,
+    /// Its text (Markdown).
+    #[serde(default)]
+    pub body: String,
+}
