@@ -114,12 +114,6 @@ impl ControlRepoId {
     }
 
     /// Adds a watched target repo (an `owner/name` or a clone URL).
-    pub fn with_target(mut self, repo: &str) -> Self {
-        self.add_target(repo);
-        self
-    }
-
-    /// Adds a watched target repo (an `owner/name` or a clone URL).
     pub fn add_target(&mut self, repo: &str) {
         self.targets.insert(repo_full_name(repo));
     }
@@ -330,11 +324,6 @@ impl ServerState {
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
-    }
-
-    /// The readiness flag (the loop sets it once the control repo was fetched).
-    pub fn ready_flag(&self) -> &Arc<AtomicBool> {
-        &self.inner.ready
     }
 
     /// Whether the control repo was fetched at least once.

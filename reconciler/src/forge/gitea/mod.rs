@@ -34,7 +34,7 @@ pub use error::GiteaError;
 pub use pulls::{EnsuredPr, MergeInfo, PrAction};
 pub use retry::RetryPolicy;
 pub use templates::{APPROVAL_PR_TEMPLATE, ApprovalPrView, CommitView, StageView, TARGET_PR_TEMPLATE, TargetPrView};
-pub use wire::{Branch, BranchCommit, CombinedStatus, Comment, CommitStatus, PrBranch, PullRequest, Repository, Team, User};
+pub use wire::{CombinedStatus, Comment, CommitStatus, PrBranch, PullRequest, Repository, Team, User};
 
 use config::Token;
 
