@@ -508,7 +508,7 @@ async fn the_double_records_requests_that_do_not_match_the_swagger() -> Result<(
 }
 
 /// The approval decision with the forge, at the level of
-/// `reconcile::forge::ForgeLink::decide_approval`: the approver is the
+/// `reconcile::forge_step::ForgeLink::decide_approval`: the approver is the
 /// login Gitea reports as the merger of the approval PR, never the name a
 /// commit carries.
 mod approval_identity {
@@ -516,7 +516,7 @@ mod approval_identity {
     use crate::git::{HUMAN, git, git_with};
     use hadron::gates::{Approver, Person, approval_object};
     use hadron::plan::ApprovalState;
-    use hadron::reconcile::forge::ForgeLink;
+    use hadron::reconcile::forge_step::ForgeLink;
     use hadron::store::PrRecord;
     use hadron::store::Store;
 

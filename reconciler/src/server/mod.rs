@@ -48,7 +48,7 @@ pub use api::{ApiRequest, LIST_MESSAGE_CHARS};
 pub use error::ServerError;
 
 use crate::reconcile::PhaseChange;
-use crate::reconcile::board::BoardCell;
+use crate::reconcile::dashboard_model::BoardCell;
 use crate::store::Store;
 
 /// Default limit of a webhook body: 1 MiB.
@@ -352,8 +352,8 @@ impl ServerState {
     }
 
     /// The dashboard's board as the loop last built it.
-    pub fn board(&self) -> Arc<crate::reconcile::board::Board> {
-        crate::reconcile::board::current(&self.inner.board)
+    pub fn board(&self) -> Arc<crate::reconcile::dashboard_model::Board> {
+        crate::reconcile::dashboard_model::current(&self.inner.board)
     }
 
     /// The driver, once the loop has one.

@@ -108,7 +108,7 @@ impl GiteaClient {
             .user_agent(concat!("hadron/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GiteaError::Config(format!("HTTP client: {e}")))?;
-        let templates = templates::compile()?;
+        let templates = templates::markdown_templates_fencing_agent_text()?;
         Ok(GiteaClient {
             http,
             base,
