@@ -15,7 +15,8 @@
 //!    approvals, CI; then verify which status files are Hadron's own;
 //! 4. **plan** (`crate::plan`, pure): actions and every request's view;
 //! 5. **execute** (`execute`): intent into the store, then each side effect;
-//! 6. **forge** (`forge`): approval and target PRs, commit statuses;
+//! 6. **forge** (`forge_step`): approval and target PRs, commit statuses;
+//!    then plan previews on open PRs into the control branch (`pr_previews`);
 //! 7. **status**: render every status file once, queue the changed ones in
 //!    the outbox and publish them as one commit;
 //! 8. **housekeeping** (`housekeeping`), every few minutes.
