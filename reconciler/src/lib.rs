@@ -24,6 +24,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod redact;
 pub mod schema;
+pub mod seed;
 pub mod server;
 pub mod source;
 pub mod status;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use gitea_double::{GiteaDouble, gitea_fixtures};
-use hadron::forge::gitea::{Branch, CommitStatus, MEMBERSHIP_TTL, PullRequest, Repository, User};
+use hadron::forge::gitea::{CommitStatus, MEMBERSHIP_TTL, PullRequest, Repository, User};
 use hadron::forge::{
     ApprovalPrView, ApproverDecision, CombinedState, CommitState, CommitView, GiteaClient, GiteaConfig, GiteaError, PrAction, RepoRef,
     RetryPolicy, StageView, TargetPrView, TokenSource,
@@ -111,9 +111,6 @@ fn every_fixture_for_a_call_we_make_decodes() -> Result<()> {
     assert_eq!(repo.default_branch, "master");
     let user: User = serde_json::from_str(&read("user.json")?)?;
     assert_eq!(user.login, "jcitizen");
-    let branch: Branch = serde_json::from_str(&read("branch.json")?)?;
-    assert_eq!(branch.name, "master");
-    assert_eq!(branch.commit.id, "f05f642b892d59a0a9ef6a31f6c905a24b5db13a");
     Ok(())
 }
 
@@ -435,12 +432,6 @@ async fn unauthorized_forbidden_and_not_found_are_typed_and_not_retried() -> Res
     let e = s.client.repository(&RepoRef::new("ghost", "repo")).await.expect_err("no such repo");
     assert!(matches!(e, GiteaError::NotFound { ref path, .. } if path == "/api/v1/repos/ghost/repo"), "{e:?}");
     assert_eq!(e.reason(), "GiteaNotFound");
-    assert_eq!(s.client.branch_head(&RepoRef::new("acme", "api"), "nope").await?, None);
-    s.double.add_branch("acme/api", "hadron/add-login", "1234512345123451234512345123451234512345");
-    assert_eq!(
-        s.client.branch_head(&RepoRef::new("acme", "api"), "hadron/add-login").await?.as_deref(),
-        Some("1234512345123451234512345123451234512345")
-    );
     s.double.assert_all_requests_matched_swagger();
     Ok(())
 }
@@ -517,7 +508,7 @@ async fn the_double_records_requests_that_do_not_match_the_swagger() -> Result<(
 }
 
 /// The approval decision with the forge, at the level of
-/// `reconcile::forge::ForgeLink::decide_approval`: the approver is the
+/// `reconcile::forge_step::ForgeLink::decide_approval`: the approver is the
 /// login Gitea reports as the merger of the approval PR, never the name a
 /// commit carries.
 mod approval_identity {
@@ -525,7 +516,7 @@ mod approval_identity {
     use crate::git::{HUMAN, git, git_with};
     use hadron::gates::{Approver, Person, approval_object};
     use hadron::plan::ApprovalState;
-    use hadron::reconcile::forge::ForgeLink;
+    use hadron::reconcile::forge_step::ForgeLink;
     use hadron::store::PrRecord;
     use hadron::store::Store;
 

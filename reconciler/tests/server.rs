@@ -2,7 +2,8 @@
 //! payloads of `tests/fixtures/gitea/webhooks`, signed exactly as Gitea signs them.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -48,11 +49,19 @@ fn event_of(file: &str) -> Result<&'static str> {
     })
 }
 
+/// `control` watching `target` too (an `owner/name` or a clone URL).
+fn with_target(mut control: ControlRepoId, target: &str) -> ControlRepoId {
+    control.add_target(target);
+    control
+}
+
 /// A running server on 127.0.0.1:0 with its store, trigger receiver and shutdown switch.
 struct Harness {
     _dir: TempDir,
     store: Store,
     state: ServerState,
+    /// The readiness flag the server reads (the loop sets it in `hadron up`).
+    ready: Arc<AtomicBool>,
     base: String,
     client: reqwest::Client,
     triggers: mpsc::Receiver<Trigger>,
@@ -68,6 +77,7 @@ impl Harness {
         let mut config = ServerConfig::new(store.clone(), control, tx);
         config.webhook_secret = secret.map(WebhookSecret::new).transpose()?;
         config.body_limit = body_limit;
+        let ready = config.ready.clone();
         let state = ServerState::new(config);
         let listener = hadron::server::bind("127.0.0.1:0".parse()?).await?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -79,6 +89,7 @@ impl Harness {
             _dir: dir,
             store,
             state,
+            ready,
             base,
             client: reqwest::Client::builder().no_proxy().build()?,
             triggers,
@@ -199,7 +210,7 @@ async fn pushes_to_the_control_branch_trigger_control_push() -> Result<()> {
         h.stop().await?;
 
         // Another control repo, this one a watched target: TargetActivity.
-        let control = ControlRepoId::new("hadron/control", "main").with_target(&format!("http://gitea:3000/{repo}.git"));
+        let control = with_target(ControlRepoId::new("hadron/control", "main"), &format!("http://gitea:3000/{repo}.git"));
         let mut h = Harness::with_control(control).await?;
         let (status, json) = h.post_signed("push", &delivery_id(3), body).await?;
         ensure!(status == 202 && json["trigger"] == "TargetActivity", "{file}: {status} {json}");
@@ -288,7 +299,7 @@ async fn merged_approval_prs_yield_approval_merged() -> Result<()> {
         h.stop().await?;
 
         // The same merge on a repo that is not the control repo triggers nothing.
-        let mut h = Harness::with_control(ControlRepoId::new("hadron/control", base).with_target(repo)).await?;
+        let mut h = Harness::with_control(with_target(ControlRepoId::new("hadron/control", base), repo)).await?;
         let (body, _) = approval_payload(file, "hadron/approve/fix/review", false)?;
         let (_, json) = h.post_signed("pull_request", &delivery_id(5), body).await?;
         ensure!(json["result"] == "ignored", "{file}: {json}");
@@ -308,7 +319,7 @@ async fn merged_approval_prs_yield_approval_merged() -> Result<()> {
 
 #[tokio::test]
 async fn commit_status_events_of_targets_trigger_target_activity() -> Result<()> {
-    let control = ControlRepoId::new("hadron/control", "main").with_target("org/app");
+    let control = with_target(ControlRepoId::new("hadron/control", "main"), "org/app");
     let mut h = Harness::with_control(control).await?;
     let sha = "8c8a6e1e0a6b1f8f4a2d7c2b2e0f4d3a1b2c3d4e";
     let body = serde_json::to_vec_pretty(&serde_json::json!({
@@ -532,7 +543,7 @@ async fn readiness_follows_the_flag_and_the_store() -> Result<()> {
     let json: Value = resp.json().await?;
     ensure!(json["error"] == "NotReady", "{json}");
 
-    h.state.ready_flag().store(true, Ordering::Release);
+    h.ready.store(true, Ordering::Release);
     ensure!(h.get("/readyz").await?.status().as_u16() == 200);
 
     // A store that no longer answers makes the server unready, while alive.

@@ -600,8 +600,7 @@ fn a_server_side_refusal_that_is_not_the_fence_is_retried_not_taken_for_a_newer_
     // Another push holds the branch's lock on the server (as a person's
     // push does for a moment): the server fails the whole atomic
     // transaction, and says so on the leader ref's line too.
-    let prepared =
-        writer.prepare(&changes(&[("status/a.yaml", Some("phase: Succeeded\n"))]), "epoch 2, next", REV)?.context("a change")?;
+    let prepared = writer.prepare(&changes(&[("status/a.yaml", Some("phase: Succeeded\n"))]), "epoch 2, next", REV)?.context("a change")?;
     let lock = fx.bare.join("refs/heads/main.lock");
     std::fs::write(&lock, "")?;
     let refused = writer.push(&prepared);

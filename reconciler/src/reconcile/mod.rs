@@ -15,7 +15,8 @@
 //!    approvals, CI; then verify which status files are Hadron's own;
 //! 4. **plan** (`crate::plan`, pure): actions and every request's view;
 //! 5. **execute** (`execute`): intent into the store, then each side effect;
-//! 6. **forge** (`forge`): approval and target PRs, commit statuses;
+//! 6. **forge** (`forge_step`): approval and target PRs, commit statuses;
+//!    then plan previews on open PRs into the control branch (`pr_previews`);
 //! 7. **status**: render every status file once, queue the changed ones in
 //!    the outbox and publish them as one commit;
 //! 8. **housekeeping** (`housekeeping`), every few minutes.
@@ -25,15 +26,14 @@
 //! effects carry deterministic names, so a crash at any point and a restart
 //! continue without doing finished work again.
 
-pub mod board;
+pub mod dashboard_model;
 pub mod execute;
-pub mod forge;
+pub mod forge_step;
 pub mod housekeeping;
 pub mod observe;
-pub mod previews;
+pub mod pr_previews;
 mod publish;
 mod run;
-pub mod seed;
 pub mod steps;
 pub mod trigger;
 pub mod urls;
@@ -267,7 +267,7 @@ pub struct Telemetry {
     /// Why passes keep failing (after [`FAILING_AFTER`] in a row), for `/readyz`.
     pub failing: Arc<std::sync::Mutex<Option<String>>>,
     /// What the dashboard shows, rebuilt after a pass that rendered anything.
-    pub board: board::BoardCell,
+    pub board: dashboard_model::BoardCell,
 }
 
 /// How long each step of a pass took, for the `pass steps` debug line.
@@ -325,7 +325,7 @@ pub struct Context {
     /// Status files reported as not Hadron's own (name → digest), so each
     /// edit is one event, not one per pass.
     reported_untrusted: BTreeMap<String, String>,
-    forge: Option<forge::ForgeLink>,
+    forge: Option<forge_step::ForgeLink>,
     telemetry: Option<Telemetry>,
     pruned_at: Option<Instant>,
     /// Publishing status files: skipped while it backs off after failures.
@@ -333,7 +333,7 @@ pub struct Context {
     /// The last publish failure, reported while publishing backs off.
     publish_failure: Option<steps::StepFailure>,
     /// What the last good forge step produced.
-    forge_outputs: forge::ForgeOutputs,
+    forge_outputs: forge_step::ForgeOutputs,
     /// Passes run so far (the `n` of the `pass` span).
     passes: u64,
     /// Kinds of the triggers noted since the last pass.
@@ -403,7 +403,7 @@ impl Context {
             pruned_at: None,
             publish_retry: steps::Retry::default(),
             publish_failure: None,
-            forge_outputs: forge::ForgeOutputs::default(),
+            forge_outputs: forge_step::ForgeOutputs::default(),
             passes: 0,
             noted: BTreeSet::new(),
             records: None,
@@ -423,7 +423,7 @@ impl Context {
 
     /// Works with Gitea through `link`: approval and target PRs, commit
     /// statuses, approvers by login and team, CI from combined statuses.
-    pub fn with_forge(mut self, mut link: forge::ForgeLink) -> Self {
+    pub fn with_forge(mut self, mut link: forge_step::ForgeLink) -> Self {
         link.set_lease(self.lease.clone());
         self.forge = Some(link);
         self
@@ -545,7 +545,10 @@ impl Context {
                 t.metrics.set_requests_by_phase(by_phase);
                 if std::mem::take(&mut self.board_stale) {
                     let statuses = self.rendered.iter().map(|(name, r)| (name, r.status()));
-                    board::publish(&t.board, board::Board::build(&self.catalog.loaded().desired, statuses, &report.revision));
+                    dashboard_model::publish(
+                        &t.board,
+                        dashboard_model::Board::build(&self.catalog.loaded().desired, statuses, &report.revision),
+                    );
                 }
                 for change in &report.changes {
                     // No subscriber is fine.
@@ -685,7 +688,7 @@ impl Context {
                 let failure = steps::StepFailure::forge(&e);
                 tracing::warn!(reason = e.reason(), "{}", failure.message);
                 degraded.push(failure);
-                forge::ForgeOutputs { retry: true, ..self.forge_outputs.clone() }
+                forge_step::ForgeOutputs { retry: true, ..self.forge_outputs.clone() }
             }
         };
         timer.lap("forge");
@@ -748,9 +751,9 @@ impl Context {
 
     /// Step 6, forge: approval PRs, target PRs, commit statuses (nothing
     /// without a forge).
-    async fn step_forge(&mut self, plan: &Plan, t: Millis) -> Result<forge::ForgeOutputs, ReconcileError> {
+    async fn step_forge(&mut self, plan: &Plan, t: Millis) -> Result<forge_step::ForgeOutputs, ReconcileError> {
         let Some(mut link) = self.forge.take() else {
-            return Ok(forge::ForgeOutputs::default());
+            return Ok(forge_step::ForgeOutputs::default());
         };
         let result = async {
             let due = link.control_status_due(&self.store, plan).await?;

@@ -95,7 +95,7 @@ pub fn apply_result(attempt: &mut plan::Attempt, result: &RunResult) {
 /// Gathers the observed state for one pass.
 /// `forge` is taken out of the context for the call, so that it can be
 /// borrowed mutably beside the context.
-pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge::ForgeLink>) -> Result<Observed, ReconcileError> {
+pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge_step::ForgeLink>) -> Result<Observed, ReconcileError> {
     let desired = &ctx.catalog.loaded().desired;
     let agent_of = |request: &str| -> String {
         desired.requests.get(request).and_then(|r| r.effective_agent(&desired.settings).map(str::to_owned)).unwrap_or_default()

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Context, PassReport, PhaseChange, ReconcileError, Seen, forge, steps};
+use super::{Context, PassReport, PhaseChange, ReconcileError, Seen, forge_step, steps};
 use crate::model::kinds::Phase;
 use crate::plan::{self, Plan};
 use crate::status::render;
@@ -149,7 +149,7 @@ impl Context {
         plan: Plan,
         revision: &str,
         t: Millis,
-        forge: &forge::ForgeOutputs,
+        forge: &forge_step::ForgeOutputs,
         publishing: bool,
     ) -> Result<PassReport, ReconcileError> {
         // A status commit still being pushed is recorded first: this pass

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ServerError, ServerState, shown};
 use crate::model::kinds::{GateType, Phase};
-use crate::reconcile::board::{Board, BoardRequest};
+use crate::reconcile::dashboard_model::{Board, BoardRequest};
 use crate::store::{Event, RequestRecord};
 use crate::time::{Millis, parse_rfc3339};
 
@@ -59,7 +59,14 @@ pub mod display {
     pub const URL: usize = 300;
 }
 
-fn templates() -> &'static Handlebars<'static> {
+/// The dashboard's templates, HTML-escaping every value they render.
+///
+/// Trust: the templates are Hadron's own (shipped in the binary); the values
+/// are untrusted (request text, agents' summaries, messages, URLs), so every
+/// `{{value}}` is HTML-escaped (Handlebars' default escape function, never
+/// replaced) and no template uses the unescaped `{{{value}}}` form. Strict:
+/// a name missing from the data is an error.
+fn html_escaping_templates() -> &'static Handlebars<'static> {
     static TEMPLATES: OnceLock<Handlebars<'static>> = OnceLock::new();
     TEMPLATES.get_or_init(|| {
         let mut hb = Handlebars::new();
@@ -519,7 +526,7 @@ fn html(body: String, status: StatusCode) -> Response {
 }
 
 fn render(template: &str, data: &serde_json::Value) -> Result<String, ServerError> {
-    templates().render(template, data).map_err(|e| ServerError::Render(e.to_string()))
+    html_escaping_templates().render(template, data).map_err(|e| ServerError::Render(e.to_string()))
 }
 
 /// `GET /`: the requests table.

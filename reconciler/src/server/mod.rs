@@ -48,7 +48,7 @@ pub use api::{ApiRequest, LIST_MESSAGE_CHARS};
 pub use error::ServerError;
 
 use crate::reconcile::PhaseChange;
-use crate::reconcile::board::BoardCell;
+use crate::reconcile::dashboard_model::BoardCell;
 use crate::store::Store;
 
 /// Default limit of a webhook body: 1 MiB.
@@ -110,12 +110,6 @@ impl ControlRepoId {
     /// Counts every repository but the control repo as a watched target.
     pub fn watching_all_targets(mut self) -> Self {
         self.all_targets = true;
-        self
-    }
-
-    /// Adds a watched target repo (an `owner/name` or a clone URL).
-    pub fn with_target(mut self, repo: &str) -> Self {
-        self.add_target(repo);
         self
     }
 
@@ -332,11 +326,6 @@ impl ServerState {
         &self.inner.metrics
     }
 
-    /// The readiness flag (the loop sets it once the control repo was fetched).
-    pub fn ready_flag(&self) -> &Arc<AtomicBool> {
-        &self.inner.ready
-    }
-
     /// Whether the control repo was fetched at least once.
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
@@ -363,8 +352,8 @@ impl ServerState {
     }
 
     /// The dashboard's board as the loop last built it.
-    pub fn board(&self) -> Arc<crate::reconcile::board::Board> {
-        crate::reconcile::board::current(&self.inner.board)
+    pub fn board(&self) -> Arc<crate::reconcile::dashboard_model::Board> {
+        crate::reconcile::dashboard_model::current(&self.inner.board)
     }
 
     /// The driver, once the loop has one.

@@ -14,7 +14,7 @@ impl Worker<'_> {
     /// (`{{feedback}}`), or, when the template never mentions it, after it:
     /// a reviewer's request never silently misses the agent.
     pub(super) fn render_prompt(&self) -> Result<String, WorkerError> {
-        let mut prompt = handlebars()
+        let mut prompt = unescaped_repo_templates()
             .render_template(&self.spec.prompt_template, &prompt_data(self.spec))
             .map_err(|e| WorkerError::TemplateFailed(format!("prompt: {}", render_error(&e))))?;
         if let Some(feedback) = self.spec.feedback.as_deref().filter(|f| !f.is_empty())
@@ -27,7 +27,7 @@ impl Worker<'_> {
 
     pub(super) fn render_command(&self, prompt_path: &Path) -> Result<Vec<String>, WorkerError> {
         let data = command_data(self.spec, prompt_path, &self.workspace);
-        let hb = handlebars();
+        let hb = unescaped_repo_templates();
         self.spec
             .command
             .iter()
@@ -85,9 +85,17 @@ fn render_error(e: &handlebars::RenderError) -> String {
     text
 }
 
-/// A registry that renders strictly (a name missing from the data is an
-/// error, not an empty string) and does not HTML-escape.
-fn handlebars() -> handlebars::Handlebars<'static> {
+/// The registry for the control repo's own templates (an agent's prompt
+/// template and command elements), rendered verbatim.
+///
+/// Trust: the templates come from the control repo, which its reviewers
+/// vouch for, and so do most values (the request's title and description,
+/// stage, repo, paths); earlier stages' summaries are agents' text, passed
+/// on as they are to the next agent. The output is a prompt file and the
+/// elements of an argv (no shell), neither of them markup, so nothing is
+/// escaped. Strict: a name missing from the
+/// data is an error, not an empty string.
+fn unescaped_repo_templates() -> handlebars::Handlebars<'static> {
     let mut hb = handlebars::Handlebars::new();
     hb.set_strict_mode(true);
     hb.register_escape_fn(handlebars::no_escape);
@@ -119,13 +127,14 @@ mod tests {
     #[test]
     fn the_shipped_prompt_renders_strictly_with_and_without_optional_parts() {
         let mut s = spec();
-        let plain =
-            handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders with no description and no earlier stage");
+        let plain = unescaped_repo_templates()
+            .render_template(&s.prompt_template, &prompt_data(&s))
+            .expect("renders with no description and no earlier stage");
         assert!(plain.contains("Task: Fix it") && !plain.contains("Earlier stages"), "{plain}");
         s.description = "Details.".into();
         s.previous_stages =
             vec![crate::workers::spec::PreviousStage { name: "implement".into(), repo: "../app.git".into(), summary: "wrote it".into() }];
-        let full = handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders with everything");
+        let full = unescaped_repo_templates().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders with everything");
         assert!(full.contains("Details.") && full.contains("- implement on ../app.git: wrote it"), "{full}");
     }
 
@@ -133,24 +142,25 @@ mod tests {
     fn a_revisions_feedback_reaches_the_prompt_whatever_the_template() {
         let mut s = spec();
         s.feedback = Some("Revision 1 of 3, asked by bob at gate review:\n\nRename `x` to `count`.".into());
-        let shipped = handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders");
+        let shipped = unescaped_repo_templates().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders");
         assert!(shipped.contains("Rename `x` to `count`.") && shipped.contains("asked by bob"), "{shipped}");
         s.feedback = None;
-        let plain = handlebars().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders");
+        let plain = unescaped_repo_templates().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders");
         assert!(!plain.contains("reviewer"), "no feedback, no section: {plain}");
     }
 
     #[test]
     fn a_misspelt_variable_fails_to_render_instead_of_vanishing() {
         let data = command_data(&spec(), Path::new("/run/prompt.md"), Path::new("/run/workspace"));
-        let e = handlebars().render_template("--file={{promptFil}}", &data).expect_err("strict mode refuses a missing variable");
+        let e =
+            unescaped_repo_templates().render_template("--file={{promptFil}}", &data).expect_err("strict mode refuses a missing variable");
         let text = render_error(&e);
         assert!(text.contains("`{{promptFil}}`") && text.contains("hadron validate"), "{text}");
         // `if` tolerates a missing argument even in strict mode; `hadron
         // validate` (UnknownTemplateVariable) is what catches `{{#if titel}}`.
-        let lenient = handlebars().render_template("{{#if titel}}x{{/if}}", &prompt_data(&spec())).expect("if is lenient");
+        let lenient = unescaped_repo_templates().render_template("{{#if titel}}x{{/if}}", &prompt_data(&spec())).expect("if is lenient");
         assert_eq!(lenient, "");
-        let ok = handlebars().render_template("{{promptFile}} {{model}}", &data).expect("known variables render");
+        let ok = unescaped_repo_templates().render_template("{{promptFile}} {{model}}", &data).expect("known variables render");
         assert_eq!(ok, "/run/prompt.md ");
     }
 }

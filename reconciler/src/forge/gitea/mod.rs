@@ -34,7 +34,7 @@ pub use error::GiteaError;
 pub use pulls::{EnsuredPr, MergeInfo, PrAction};
 pub use retry::RetryPolicy;
 pub use templates::{APPROVAL_PR_TEMPLATE, ApprovalPrView, CommitView, StageView, TARGET_PR_TEMPLATE, TargetPrView};
-pub use wire::{Branch, BranchCommit, CombinedStatus, Comment, CommitStatus, PrBranch, PullRequest, Repository, Team, User};
+pub use wire::{CombinedStatus, Comment, CommitStatus, PrBranch, PullRequest, Repository, Team, User};
 
 use config::Token;
 
@@ -108,7 +108,7 @@ impl GiteaClient {
             .user_agent(concat!("hadron/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GiteaError::Config(format!("HTTP client: {e}")))?;
-        let templates = templates::compile()?;
+        let templates = templates::markdown_templates_fencing_agent_text()?;
         Ok(GiteaClient {
             http,
             base,

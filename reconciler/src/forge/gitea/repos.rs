@@ -4,7 +4,7 @@
 use super::GiteaClient;
 use super::config::RepoRef;
 use super::error::GiteaError;
-use super::wire::{Branch, Repository, SingleCommit, User};
+use super::wire::{Repository, SingleCommit, User};
 
 impl GiteaClient {
     /// The token's user (`GET /user`): checks that the token works.
@@ -15,16 +15,6 @@ impl GiteaClient {
     /// A repository (`GET /repos/{owner}/{repo}`).
     pub async fn repository(&self, repo: &RepoRef) -> Result<Repository, GiteaError> {
         self.get(&["repos", &repo.owner, &repo.repo], &[]).await
-    }
-
-    /// The tip of a branch (`GET /repos/{owner}/{repo}/branches/{branch}`),
-    /// `None` when there is no such branch.
-    pub async fn branch_head(&self, repo: &RepoRef, branch: &str) -> Result<Option<String>, GiteaError> {
-        match self.get::<Branch>(&["repos", &repo.owner, &repo.repo, "branches", branch], &[]).await {
-            Ok(b) => Ok(Some(b.commit.id)),
-            Err(GiteaError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// The login of the Gitea user Gitea matched to the author of commit

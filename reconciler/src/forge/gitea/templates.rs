@@ -18,9 +18,14 @@ pub const AGENT_BLOCK_MAX_BYTES: usize = crate::workers::usage::SUMMARY_MAX_BYTE
 /// Most bytes of one commit line (an agent's summary line) shown in a PR body.
 pub const AGENT_SPAN_MAX_BYTES: usize = 200;
 
-/// The PR body templates, compiled (no HTML escaping; a `cell` helper for
-/// table cells, `agentBlock` and `agentSpan` for text an agent reported).
-pub(super) fn compile() -> Result<Handlebars<'static>, GiteaError> {
+/// The PR body templates, compiled: Markdown, with agent text fenced.
+///
+/// Trust: the templates are Hadron's own (`templates/*-pr.md.hbs`); the
+/// values are Markdown that Gitea renders, so nothing is HTML-escaped (Gitea
+/// sanitises the HTML it renders). Text an agent reported is untrusted and
+/// must go through `agentBlock` (a fenced code block) or `agentSpan` (a code
+/// span), which nothing in it can end; `cell` keeps a table cell one cell.
+pub(super) fn markdown_templates_fencing_agent_text() -> Result<Handlebars<'static>, GiteaError> {
     let mut templates = Handlebars::new();
     templates.register_escape_fn(handlebars::no_escape);
     handlebars::handlebars_helper!(cell: |s: str| s.replace('|', "\\|").replace(['\r', '\n'], " "));

@@ -118,22 +118,6 @@ pub struct Repository {
     pub html_url: String,
 }
 
-/// A branch.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Branch {
-    /// Branch name.
-    pub name: String,
-    /// Its tip.
-    pub commit: BranchCommit,
-}
-
-/// The tip commit of a [`Branch`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct BranchCommit {
-    /// Commit id.
-    pub id: String,
-}
-
 /// `GET /repos/{owner}/{repo}/git/commits/{sha}`: only the matched author.
 #[derive(Debug, Deserialize)]
 pub(super) struct SingleCommit {

@@ -3,7 +3,7 @@
 //! For every open PR whose head changes `requests/`, `agents/` or
 //! `hadron.yaml`, Hadron fetches the head (`refs/pull/<n>/head`), applies
 //! what it changes since its merge base over the control branch as last
-//! loaded, previews the plan ([`crate::plan::preview`]) and writes it as one
+//! loaded, previews the plan ([`crate::plan::preview`], the pure half) and writes it as one
 //! comment on the PR, edited in place on every new push (never a second
 //! one), plus a `hadron/plan` commit status on the head: `failure` when a
 //! file the PR touches has an error. Asked for by `pull_request` webhooks
