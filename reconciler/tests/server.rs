@@ -12,7 +12,7 @@ use hadron::model::Phase;
 use hadron::server::webhook::{sign, verify_signature};
 use hadron::server::{ControlRepoId, ServerConfig, ServerError, ServerState, Trigger, WebhookSecret};
 use hadron::store::{RequestRecord, Store};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -182,6 +182,27 @@ async fn every_fixture_is_accepted_and_unrelated_ones_are_ignored() -> Result<()
     }
     ensure!(h.drain().is_empty(), "unrelated deliveries must not trigger");
     ensure!(h.state.metrics().deliveries("ignored") == json_files()?.len() as u64);
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_review_asking_for_changes_on_an_approval_pr_triggers_a_pass_and_nothing_else_does() -> Result<()> {
+    // Gitea's own `pull_request_rejected` delivery; its PR is re-pointed at
+    // an approval branch of the control repo it names.
+    let mut review: Value = serde_json::from_slice(&payload("pull_request_review_rejected.json")?)?;
+    let control = ControlRepoId::new("a_nice_user/hello_world_ci", "main");
+    let mut h = Harness::with_control(control.clone()).await?;
+    let (status, json) = h.post_signed("pull_request_rejected", &delivery_id(1), serde_json::to_vec(&review)?).await?;
+    ensure!(status == 202 && json["result"] == "ignored", "a review of an ordinary PR: {status} {json}");
+    review["pull_request"]["head"]["ref"] = json!("hadron/approve/fix/review");
+    let (status, json) = h.post_signed("pull_request_rejected", &delivery_id(2), serde_json::to_vec(&review)?).await?;
+    ensure!(status == 202 && json["trigger"] == "ApprovalReviewed", "{status} {json}");
+    ensure!(h.drain() == vec![Trigger::ApprovalReviewed { request: "fix".into(), gate: "review".into() }]);
+    // The same review of an approval branch in another repository triggers nothing.
+    review["repository"]["full_name"] = json!("someone/else");
+    let (status, json) = h.post_signed("pull_request_rejected", &delivery_id(3), serde_json::to_vec(&review)?).await?;
+    ensure!(status == 202 && json["result"] == "ignored", "{status} {json}");
+    ensure!(h.drain().is_empty());
     h.stop().await
 }
 

@@ -33,6 +33,14 @@ pub enum Trigger {
         /// The merge commit the delivery names; not evidence.
         merge_commit: Option<String>,
     },
+    /// A delivery says an approval PR was reviewed (changes asked): the loop
+    /// reads its reviews from Gitea's API; the delivery's word is not read.
+    ApprovalReviewed {
+        /// The request name.
+        request: String,
+        /// The gate name.
+        gate: String,
+    },
     /// A pull request into the control branch was opened, reopened or
     /// pushed to: its plan preview is written again.
     PullRequestChanged {
@@ -91,6 +99,7 @@ impl Trigger {
             Self::ControlPush { .. } => "ControlPush",
             Self::TargetActivity { .. } => "TargetActivity",
             Self::ApprovalMerged { .. } => "ApprovalMerged",
+            Self::ApprovalReviewed { .. } => "ApprovalReviewed",
             Self::PullRequestChanged { .. } => "PullRequestChanged",
             Self::Poll => "Poll",
             Self::WorkerExited => "WorkerExited",

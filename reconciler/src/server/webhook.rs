@@ -99,6 +99,12 @@ pub fn classify(event: &str, body: &[u8], control: &ControlRepoId) -> Result<Dec
             }
             approval_merge(pr, control)
         }
+        // A review asking for changes (Gitea's X-Gitea-Event for it, and its
+        // Event-Type): a reason to read the approval PR's reviews, nothing more.
+        "pull_request_rejected" | "pull_request_review_rejected" => {
+            let pr: PullRequestPayload = serde_json::from_slice(body).map_err(invalid)?;
+            Ok(approval_review(&pr, control))
+        }
         _ => Ok(Decision::Ignore("event Hadron does not act on")),
     }
 }
@@ -119,6 +125,18 @@ fn plan_preview(pr: &PullRequestPayload, control: &ControlRepoId) -> Decision {
     match p.number.or(pr.number) {
         Some(number) => Decision::Trigger(Trigger::PullRequestChanged { number }),
         None => Decision::Ignore("pull request event without a number"),
+    }
+}
+
+/// A review of one of Hadron's approval PRs in the control repo.
+fn approval_review(pr: &PullRequestPayload, control: &ControlRepoId) -> Decision {
+    let p = &pr.pull_request;
+    if !control.is_control(&pr.repository.full_name) || strip_heads(&p.base.git_ref) != control.branch {
+        return Decision::Ignore("review of a pull request Hadron does not watch");
+    }
+    match parse_approval_branch(strip_heads(&p.head.git_ref)) {
+        Some((request, gate)) => Decision::Trigger(Trigger::ApprovalReviewed { request, gate }),
+        None => Decision::Ignore("review of a pull request that is not an approval"),
     }
 }
 

@@ -359,6 +359,29 @@ pub struct CommentRec {
     pub user: String,
 }
 
+/// A review of a PR, with its line comments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewRec {
+    /// Review id.
+    pub id: u64,
+    /// `owner/repo`.
+    pub repo: String,
+    /// PR number.
+    pub pr: u64,
+    /// Reviewer's login.
+    pub user: String,
+    /// `APPROVED`, `COMMENT`, `REQUEST_CHANGES`, …
+    pub state: String,
+    /// The review's text.
+    pub body: String,
+    /// The PR head it was given on.
+    pub commit_id: String,
+    /// Dismissed by a maintainer.
+    pub dismissed: bool,
+    /// `(path, line, text)` of each line comment.
+    pub comments: Vec<(String, u64, String)>,
+}
+
 #[derive(Default)]
 struct StateInner {
     /// Tokens accepted besides the one the double started with.
@@ -366,6 +389,7 @@ struct StateInner {
     repos: BTreeMap<String, String>,
     pulls: Vec<PrRec>,
     comments: Vec<CommentRec>,
+    reviews: Vec<ReviewRec>,
     statuses: Vec<StatusRec>,
     teams: Vec<TeamRec>,
     orgs: Vec<String>,
@@ -656,6 +680,54 @@ impl GiteaDouble {
         }
     }
 
+    /// A person submits a review of PR `number` on its current head (or on
+    /// `commit`, an older head), with line comments `(path, line, text)`;
+    /// returns its id. Gitea calls a review stale once the head moves on.
+    pub fn add_review(&self, repo: &str, number: u64, user: &str, state: &str, body: &str, commit: Option<&str>, comments: &[(&str, u64, &str)]) -> u64 {
+        let mut st = self.st();
+        let head = st.pulls.iter().find(|pr| pr.repo == repo && pr.number == number).map(|pr| pr.head_sha.clone()).unwrap_or_default();
+        let id = 900 + st.reviews.len() as u64 + 1;
+        st.reviews.push(ReviewRec {
+            id,
+            repo: repo.to_owned(),
+            pr: number,
+            user: user.to_owned(),
+            state: state.to_owned(),
+            body: body.to_owned(),
+            commit_id: commit.map_or(head, str::to_owned),
+            dismissed: false,
+            comments: comments.iter().map(|(p, l, t)| ((*p).to_owned(), *l, (*t).to_owned())).collect(),
+        });
+        id
+    }
+
+    /// A maintainer dismisses review `id`.
+    pub fn dismiss_review(&self, id: u64) {
+        if let Some(r) = self.st().reviews.iter_mut().find(|r| r.id == id) {
+            r.dismissed = true;
+        }
+    }
+
+    /// The review as Gitea's API shows it (`PullReview`).
+    fn review_json(&self, r: &ReviewRec) -> Value {
+        let head = self.st().pulls.iter().find(|pr| pr.repo == r.repo && pr.number == r.pr).map(|pr| pr.head_sha.clone()).unwrap_or_default();
+        json!({
+            "id": r.id,
+            "body": r.body,
+            "comments_count": r.comments.len(),
+            "commit_id": r.commit_id,
+            "dismissed": r.dismissed,
+            "html_url": format!("{}/{}/pulls/{}#issuecomment-{}", self.inner.base_url, r.repo, r.pr, r.id),
+            "official": true,
+            "pull_request_url": format!("{}/{}/pulls/{}", self.inner.base_url, r.repo, r.pr),
+            "stale": r.commit_id != head,
+            "state": r.state,
+            "submitted_at": "2026-12-01T10:00:00Z",
+            "updated_at": "2026-12-01T10:00:00Z",
+            "user": self.user_json(&r.user),
+        })
+    }
+
     /// The comments on issue (PR) `issue` of `repo`, oldest first.
     pub fn comments(&self, repo: &str, issue: u64) -> Vec<CommentRec> {
         self.st().comments.iter().filter(|c| c.repo == repo && c.issue == issue).cloned().collect()
@@ -882,6 +954,41 @@ impl GiteaDouble {
                     None => Value::Null,
                 };
                 json_response(200, &v)
+            }
+            "repoListPullReviews" => {
+                let Ok(index) = p["index"].parse::<u64>() else { return message(404, "no such PR") };
+                let reviews: Vec<ReviewRec> = self.st().reviews.iter().filter(|r| r.repo == repo && r.pr == index).cloned().collect();
+                json_response(200, &Value::Array(paged(reviews.iter().map(|r| self.review_json(r)).collect())))
+            }
+            "repoGetPullReviewComments" => {
+                let (Ok(index), Ok(id)) = (p["index"].parse::<u64>(), p["id"].parse::<u64>()) else { return message(404, "no such review") };
+                let Some(review) = self.st().reviews.iter().find(|r| r.repo == repo && r.pr == index && r.id == id).cloned() else {
+                    return message(404, "review does not exist");
+                };
+                let items: Vec<Value> = review
+                    .comments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (path, line, text))| {
+                        json!({
+                            "id": review.id * 100 + i as u64,
+                            "body": text,
+                            "commit_id": review.commit_id,
+                            "original_commit_id": review.commit_id,
+                            "created_at": "2026-12-01T10:00:00Z",
+                            "updated_at": "2026-12-01T10:00:00Z",
+                            "diff_hunk": format!("@@ -{line},1 +{line},1 @@"),
+                            "html_url": format!("{}/{}/pulls/{}/files#issuecomment-{}", self.inner.base_url, repo, index, review.id * 100 + i as u64),
+                            "path": path,
+                            "position": line,
+                            "original_position": 0,
+                            "pull_request_review_id": review.id,
+                            "pull_request_url": format!("{}/{}/pulls/{}", self.inner.base_url, repo, index),
+                            "user": self.user_json(&review.user),
+                        })
+                    })
+                    .collect();
+                json_response(200, &Value::Array(items))
             }
             "issueGetComments" => {
                 let Ok(index) = p["index"].parse::<u64>() else { return message(404, "no such issue") };
