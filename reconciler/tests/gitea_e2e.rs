@@ -763,6 +763,109 @@ async fn an_approval_that_counted_stays_when_its_approver_is_removed() -> Result
     Ok(())
 }
 
+/// Asking for changes with a Gitea review: only a `REQUEST_CHANGES` review
+/// by an allowed approver, on the approval PR's current head, neither stale
+/// nor dismissed nor by the requester, re-runs the stage before the gate,
+/// its text and both line comments in the agent's prompt; then the gate
+/// asks again on the same PR and a merge approves the new revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_asking_for_changes_re_runs_the_stage_with_its_comments() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let Acme { control, app, carol, double } = acme(tmp.path(), "  approvers:\n    users: [dave]\n").await?;
+    let gated = request("revised", "  gates:\n    - name: review\n      type: approval\n      after: implement\n");
+    carol.commit_file("requests/revised.yaml", &gated, "ask for revised")?;
+    let hadron = Hadron::start(&control, &tmp.path().join("data"), &double.base_url())?;
+    let http = reqwest::Client::new();
+    let branch = "hadron/approve/revised/review";
+    let pr = || double.pulls("acme/control").into_iter().find(|p| p.head == branch);
+    wait_for(&hadron, "the gate and its PR", Duration::from_secs(120), || {
+        phase(&control, "revised") == Some(Phase::WaitingForApproval) && pr().is_some()
+    })
+    .await?;
+    let number = pr().context("approval PR")?.number;
+    let notes = || git(&app, HUMAN, &["show", "hadron/revised:hadron-notes/revised.md"]).unwrap_or_default();
+    let implements = || notes().matches("## implement").count();
+    let review_hook = |pr_head: &str| -> Result<Value> {
+        let mut v = fixture("pull_request_review_rejected.json")?;
+        v["repository"]["full_name"] = json!("acme/control");
+        v["pull_request"]["number"] = json!(number);
+        v["pull_request"]["base"]["ref"] = json!("main");
+        v["pull_request"]["head"]["ref"] = json!(branch);
+        v["pull_request"]["head"]["sha"] = json!(pr_head);
+        Ok(v)
+    };
+    let passes = |scrape: &prometheus_parse::Scrape| metric(scrape, "hadron_reconcile_passes_total", Some(("result", "ok")));
+
+    // Reviews that must not count: by someone not allowed, by the requester,
+    // on an older head, and one a maintainer dismissed.
+    double.add_user("erin", "erin@example.com");
+    let head = git(&control, HUMAN, &["rev-parse", &format!("refs/heads/{branch}")])?;
+    double.add_review("acme/control", number, "erin", "REQUEST_CHANGES", "Erin is no approver.", None, &[]);
+    double.add_review("acme/control", number, "carol", "REQUEST_CHANGES", "Carol asked for this work.", None, &[]);
+    double.add_review("acme/control", number, "dave", "REQUEST_CHANGES", "On an older head.", Some(&"0".repeat(40)), &[]);
+    let dismissed = double.add_review("acme/control", number, "dave", "REQUEST_CHANGES", "Dismissed.", None, &[]);
+    double.dismiss_review(dismissed);
+    for _ in 0..2 {
+        let before = passes(&scrape(&http, &hadron).await?);
+        ensure!(send_hook(&http, &hadron, "pull_request_rejected", &review_hook(&head)?).await? == 202);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while passes(&scrape(&http, &hadron).await?) <= before {
+            ensure!(Instant::now() < deadline, "no pass after the review:\n{}", hadron.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let waiting = status_of(&control, "revised").context("status")?.status;
+    ensure!(waiting.phase == Phase::WaitingForApproval && waiting.revision.is_none(), "{waiting:?}");
+    // Those passes did read the reviews (each of those four).
+    ensure!(double.count("GET", &format!("/api/v1/repos/acme/control/pulls/{number}/reviews")) >= 2, "the reviews were read");
+    ensure!(implements() == 1, "no review that does not count re-ran implement:\n{}", notes());
+
+    // Dave, an approver, asks for changes on the current head, with two line comments.
+    double.add_review(
+        "acme/control",
+        number,
+        "dave",
+        "REQUEST_CHANGES",
+        "Close, but not yet.",
+        None,
+        &[("approvals/revised/review.yaml", 3, "Name the health check endpoint."), ("README.md", 12, "Document the exit code.")],
+    );
+    ensure!(send_hook(&http, &hadron, "pull_request_rejected", &review_hook(&head)?).await? == 202);
+    wait_for(&hadron, "the revision to run and the gate to ask again", Duration::from_secs(120), || {
+        status_of(&control, "revised").is_some_and(|s| {
+            s.status.phase == Phase::WaitingForApproval && s.status.revision.as_ref().is_some_and(|r| r.state == "Ready")
+        })
+    })
+    .await?;
+    let note = notes();
+    ensure!(implements() == 2, "implement ran again:\n{note}");
+    for said in ["Close, but not yet.", "`approvals/revised/review.yaml` line 3: Name the health check endpoint.", "`README.md` line 12: Document the exit code.", "asked by dave at gate review"] {
+        ensure!(note.contains(said), "the agent's prompt holds {said:?}:\n{note}");
+    }
+    let revision = status_of(&control, "revised").context("status")?.status.revision.context("revision")?;
+    ensure!((revision.number, revision.max, revision.requested_by.as_str()) == (1, 3, "dave"), "{revision:?}");
+    // The gate asks again on the same PR, whose head moved: the review is stale now.
+    ensure!(double.pulls("acme/control").iter().filter(|p| p.head == branch).count() == 1, "the same approval PR");
+    let moved = git(&control, HUMAN, &["rev-parse", &format!("refs/heads/{branch}")])?;
+    ensure!(moved != head, "the approval branch was updated for revision 1");
+    let file = git(&control, HUMAN, &["show", &format!("{branch}:approvals/revised/review.yaml")])?;
+    ensure!(file.contains("revision: 1"), "{file}");
+    // Hadron said so on the PR: when the revision started, and when it was ready.
+    let said: Vec<String> = double.comments("acme/control", number).into_iter().map(|c| c.body).collect();
+    ensure!(said.iter().filter(|c| c.contains("running revision 1 of 3")).count() == 1, "{said:#?}");
+    ensure!(said.iter().filter(|c| c.contains("Revision 1 of 3 is ready") && c.contains("@dave please look again")).count() == 1, "{said:#?}");
+
+    // Dave merges it: revision 1 is approved and polish runs.
+    let dave = Person::clone_as(&control, tmp.path().join("dave"), "Dave", "dave@example.com")?;
+    let commit = dave.merge(branch)?;
+    double.merge_pr("acme/control", number, "dave", &commit);
+    ensure!(send_hook(&http, &hadron, "pull_request", &merged_payload(number, branch, "dave", &commit)?).await? == 202);
+    wait_for(&hadron, "revised to succeed", Duration::from_secs(120), || phase(&control, "revised") == Some(Phase::Succeeded)).await?;
+    ensure!(implements() == 2, "no third implement");
+    double.assert_all_requests_matched_swagger();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_stops_on_sigterm_and_leaves_workers_running() -> Result<()> {
     let tmp = tempfile::tempdir()?;

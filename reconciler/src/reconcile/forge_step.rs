@@ -523,6 +523,11 @@ impl ForgeLink {
                     }
                 }
             }
+            // A round of changes asked: said on the approval PR when it
+            // starts and when its result is back for review, once each.
+            if let Some(revision) = &view.revision {
+                self.comment_revision(store, name, view, revision, t).await?;
+            }
             // Target PRs once the request succeeded.
             if view.phase == Phase::Succeeded {
                 self.ensure_target_prs(store, control_url, branch, name, view, desired, t).await?;
@@ -558,6 +563,56 @@ impl ForgeLink {
             }
         }
         Ok(out)
+    }
+
+    /// Comments on the approval PR of `revision`'s gate when the revision
+    /// starts, when it is ready for review again, and when no revision is
+    /// left; the store remembers the last comment so each is written once.
+    async fn comment_revision(
+        &mut self,
+        store: &Store,
+        name: &str,
+        view: &RequestView,
+        revision: &crate::plan::Revision,
+        t: Millis,
+    ) -> Result<(), ReconcileError> {
+        let (state, body) = if revision.running {
+            (
+                "started",
+                format!(
+                    "Hadron is running revision {} of {} for the changes {} asked for: stage `{}` runs again with the feedback in its prompt. This PR is updated when the work is back.",
+                    revision.number, revision.max, revision.by, revision.stage
+                ),
+            )
+        } else if view.reason == "RevisionsExhausted" {
+            (
+                "exhausted",
+                format!(
+                    "Changes were asked again, but gate `{}` allows {} revision(s) and all are used. Merge this PR to approve the latest work, or edit `requests/{name}.yaml` to start over.",
+                    revision.gate, revision.max
+                ),
+            )
+        } else if view.phase == Phase::WaitingForApproval {
+            (
+                "ready",
+                format!(
+                    "Revision {} of {} is ready: stage `{}` ran again for the changes {} asked for. @{} please look again: merge to approve, or request changes once more.",
+                    revision.number, revision.max, revision.stage, revision.by, revision.by
+                ),
+            )
+        } else {
+            return Ok(());
+        };
+        let marker = format!("{} r{} {state}", view.generation, revision.number);
+        if store.revision_comment(name, &revision.gate).await?.as_deref() == Some(marker.as_str()) {
+            return Ok(());
+        }
+        let Some(pr) = store.approval_pr(name, &revision.gate).await? else { return Ok(()) };
+        match self.client.create_comment(&self.control, pr.number, &body).await {
+            Ok(_) => store.set_revision_comment(name, &revision.gate, &marker, t).await?,
+            Err(e) => self.stall(name, "commenting on the approval PR", &e),
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -620,6 +620,12 @@ impl Context {
         if let Some(prev) = self.last_report.as_ref().filter(|_| !meaningful && degraded.is_empty()) {
             let only_source = trigger::only_control_repo(triggers);
             let busy = prev.live_workers > 0 && only_source && prev.recheck.is_none();
+            // Reviews asking for changes live on the forge, not in git: a
+            // review's webhook, or the poll (for a lost webhook), reads them
+            // while a gate waits.
+            let reviews_due = self.forge.is_some()
+                && triggers.iter().any(|k| *k == "ApprovalReviewed" || *k == "Poll")
+                && prev.phases.values().any(|v| v.phase == Phase::WaitingForApproval);
             let quiet = (prev.idle || busy)
                 && self.housekeeping_wait() > Duration::ZERO
                 && !prev.forge_retry
@@ -627,7 +633,8 @@ impl Context {
                 && prev.unpublished == 0
                 && (prev.live_workers == 0 || busy)
                 && prev.wake_at.is_none_or(|w| w > t)
-                && !prev.phases.values().any(|v| v.phase == Phase::WaitingForCI);
+                && !prev.phases.values().any(|v| v.phase == Phase::WaitingForCI)
+                && !reviews_due;
             if quiet {
                 let report = PassReport { revision, status_commit: None, ..prev.without_changes() };
                 // Nothing to decide, but a pull request may want its preview.

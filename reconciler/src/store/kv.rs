@@ -46,11 +46,14 @@ pub enum RequestEntry {
     TargetPr,
     /// The last commit status Hadron set in the control repo.
     ControlStatus,
+    /// Per gate: the last revision Hadron commented on in its approval PR
+    /// (`<generation> r<number> <started|ready|exhausted>`).
+    RevisionComment,
 }
 
 impl RequestEntry {
     /// Every kind, for housekeeping.
-    pub const ALL: [RequestEntry; 8] = [
+    pub const ALL: [RequestEntry; 9] = [
         RequestEntry::StatusDigest,
         RequestEntry::ApprovalBranch,
         RequestEntry::ApprovalMerged,
@@ -59,6 +62,7 @@ impl RequestEntry {
         RequestEntry::ApprovalPassed,
         RequestEntry::TargetPr,
         RequestEntry::ControlStatus,
+        RequestEntry::RevisionComment,
     ];
 
     /// The key prefix of this kind (stable: it is in every existing store).
@@ -72,6 +76,7 @@ impl RequestEntry {
             RequestEntry::ApprovalPassed => "approval-passed/",
             RequestEntry::TargetPr => "target-pr/",
             RequestEntry::ControlStatus => "control-status/",
+            RequestEntry::RevisionComment => "revision-comment/",
         }
     }
 
@@ -211,6 +216,16 @@ impl Store {
     /// Records the last commit status set for `request` in the control repo.
     pub async fn set_control_status(&self, request: &str, marker: &str, at: i64) -> Result<(), StoreError> {
         self.kv_set(&RequestEntry::ControlStatus.key(request, None), marker, at).await
+    }
+
+    /// The revision Hadron last commented on in the approval PR of `gate`.
+    pub async fn revision_comment(&self, request: &str, gate: &str) -> Result<Option<String>, StoreError> {
+        self.kv_get(&RequestEntry::RevisionComment.key(request, Some(gate))).await
+    }
+
+    /// Records that Hadron commented on revision `marker` in the approval PR of `gate`.
+    pub async fn set_revision_comment(&self, request: &str, gate: &str, marker: &str, at: i64) -> Result<(), StoreError> {
+        self.kv_set(&RequestEntry::RevisionComment.key(request, Some(gate)), marker, at).await
     }
 
     /// Forgets every per-request entry of the requests `keep` says no to;

@@ -649,8 +649,17 @@ impl GiteaDouble {
             v[side]["repo"]["owner"]["login"] = json!(owner);
             v[side]["repo"]["owner"]["username"] = json!(owner);
         }
-        v["head"]["sha"] = json!(pr.head_sha);
+        v["head"]["sha"] = json!(self.head_of(pr));
         v
+    }
+
+    /// An open PR's head as Gitea reports it: the head branch's tip in the
+    /// linked repository (a push moves it at once), else the head it was
+    /// opened or last set with.
+    fn head_of(&self, pr: &PrRec) -> String {
+        let branch = format!("refs/heads/{}", pr.head);
+        let from_git = (pr.state == "open").then(|| self.read_git(&pr.repo, &["rev-parse", "--verify", "-q", &branch])).flatten();
+        from_git.filter(|s| s.len() == 40).unwrap_or_else(|| pr.head_sha.clone())
     }
 
     /// A person opens PR `head` → `base` in `repo` (head at `sha`); its number.
@@ -684,8 +693,9 @@ impl GiteaDouble {
     /// `commit`, an older head), with line comments `(path, line, text)`;
     /// returns its id. Gitea calls a review stale once the head moves on.
     pub fn add_review(&self, repo: &str, number: u64, user: &str, state: &str, body: &str, commit: Option<&str>, comments: &[(&str, u64, &str)]) -> u64 {
+        let pr = self.st().pulls.iter().find(|pr| pr.repo == repo && pr.number == number).cloned();
+        let head = pr.map(|pr| self.head_of(&pr)).unwrap_or_default();
         let mut st = self.st();
-        let head = st.pulls.iter().find(|pr| pr.repo == repo && pr.number == number).map(|pr| pr.head_sha.clone()).unwrap_or_default();
         let id = 900 + st.reviews.len() as u64 + 1;
         st.reviews.push(ReviewRec {
             id,
@@ -710,7 +720,8 @@ impl GiteaDouble {
 
     /// The review as Gitea's API shows it (`PullReview`).
     fn review_json(&self, r: &ReviewRec) -> Value {
-        let head = self.st().pulls.iter().find(|pr| pr.repo == r.repo && pr.number == r.pr).map(|pr| pr.head_sha.clone()).unwrap_or_default();
+        let pr = self.st().pulls.iter().find(|pr| pr.repo == r.repo && pr.number == r.pr).cloned();
+        let head = pr.map(|pr| self.head_of(&pr)).unwrap_or_default();
         json!({
             "id": r.id,
             "body": r.body,
