@@ -578,7 +578,7 @@ mod approval_identity {
     #[tokio::test]
     async fn a_direct_push_committed_as_alice_is_no_approval() -> Result<()> {
         let mut w = world().await?;
-        let approval = approval_object("add-login", "review", "g1", "");
+        let approval = approval_object("add-login", "review", "g1", 0, "");
         let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
         let by_push = alice(&w.direct);
         let state =
@@ -608,7 +608,7 @@ mod approval_identity {
             .link
             .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&by_merge), Ok(&w.requester), &policy, "g1")
             .await?;
-        assert_eq!(state, ApprovalState::Approved { by: "alice".into() });
+        assert_eq!(state, ApprovalState::Approved { by: "alice".into(), revision: 0 });
         w.s.double.assert_all_requests_matched_swagger();
         Ok(())
     }
@@ -617,7 +617,7 @@ mod approval_identity {
     async fn an_unknown_requester_stops_a_merged_approval() -> Result<()> {
         let mut w = world().await?;
         w.s.double.merge_pr(CONTROL, w.pr, "alice", DOUBLE_MERGE_SHA);
-        let approval = approval_object("add-login", "review", "g1", "");
+        let approval = approval_object("add-login", "review", "g1", 0, "");
         let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
         let state = w
             .link
@@ -646,7 +646,7 @@ mod approval_identity {
     async fn a_requester_without_a_gitea_user_is_not_taken_by_name() -> Result<()> {
         let mut w = world().await?;
         w.s.double.merge_pr(CONTROL, w.pr, "alice", DOUBLE_MERGE_SHA);
-        let approval = approval_object("add-login", "review", "g1", "");
+        let approval = approval_object("add-login", "review", "g1", 0, "");
         let policy = ApproverPolicy { users: vec!["alice".into()], teams: vec![] };
         // The request's commit is mallory's (no Gitea user) with author name "bob":
         // the name must not stand in for a Gitea login.
@@ -685,7 +685,7 @@ mod approval_identity {
         generation: &str,
         expected: &str,
     ) -> Result<ApprovalState> {
-        let approval = approval_object("add-login", "review", approval_generation, "");
+        let approval = approval_object("add-login", "review", approval_generation, 0, "");
         let old = w
             .link
             .decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(approver), Ok(&w.requester), policy, generation)
@@ -705,7 +705,7 @@ mod approval_identity {
     async fn an_approver_added_after_a_refusal_counts_at_the_next_pass() -> Result<()> {
         let mut w = world().await?;
         w.s.double.merge_pr(CONTROL, w.pr, "dave", DOUBLE_MERGE_SHA);
-        let approval = approval_object("add-login", "review", "g1", "");
+        let approval = approval_object("add-login", "review", "g1", 0, "");
         let dave = person("Dave", DOUBLE_MERGE_SHA);
         let mut decide = async |policy: &ApproverPolicy| {
             w.link.decide_approval(&w.store, "add-login", "review", Some(&approval), Ok(&dave), Ok(&w.requester), policy, "g1").await
@@ -718,7 +718,7 @@ mod approval_identity {
             other => anyhow::bail!("dave is not listed yet: {other:?}"),
         }
         // hadron.yaml now lists dave: the same process, the next pass.
-        assert_eq!(decide(&policy(&["alice", "dave"], &[])).await?, ApprovalState::Approved { by: "dave".into() });
+        assert_eq!(decide(&policy(&["alice", "dave"], &[])).await?, ApprovalState::Approved { by: "dave".into(), revision: 0 });
         // Until the gate is passed, the policy of each pass decides.
         assert!(matches!(decide(&policy(&["alice"], &[])).await?, ApprovalState::Rejected { .. }));
         let pr_path = format!("/api/v1/repos/{CONTROL}/pulls/{}", w.pr);
@@ -732,7 +732,7 @@ mod approval_identity {
         let mut w = world().await?;
         // Merged, but the answer carries no merge commit to compare.
         w.s.double.merge_pr(CONTROL, w.pr, "alice", "");
-        let approval = approval_object("add-login", "review", "g1", "");
+        let approval = approval_object("add-login", "review", "g1", 0, "");
         let state = w
             .link
             .decide_approval(

@@ -682,7 +682,7 @@ fn a_3_mib_summary_is_cut_to_4_kib_and_its_approval_file_still_counts() {
     let commit = result.pushed_commit.clone().expect("pushed");
     let approval = |summary: &str| {
         let text = format!("implement on ../target.git: {summary} (commit {})", &commit[..12]);
-        let yaml = hadron::gates::render_approval("add-greeting", "review", "0011223344556677", &text).expect("renders");
+        let yaml = hadron::gates::render_approval("add-greeting", "review", "0011223344556677", 0, &text).expect("renders");
         let request = "apiVersion: hadron.dev/v1alpha1\nkind: ChangeRequest\nmetadata:\n  name: add-greeting\nspec:\n  title: Add a greeting\n  repos:\n    - url: ../target.git\n";
         Catalog::load([("requests/add-greeting.yaml", request.as_bytes()), ("approvals/add-greeting/review.yaml", yaml.as_bytes())])
     };
