@@ -117,6 +117,12 @@ impl Fixture {
     }
 }
 
+/// The `result.json` the worker wrote beside its log, as JSON.
+fn written_result(result: &RunResult) -> serde_json::Value {
+    let path = Path::new(&result.log_path).with_file_name("result.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("result.json")).expect("result.json is JSON")
+}
+
 fn log_of(result: &RunResult) -> String {
     std::fs::read_to_string(&result.log_path).unwrap_or_default()
 }
@@ -148,6 +154,8 @@ fn claude_error_max_turns_after_exit_0_is_a_final_failure_that_still_counts_its_
     assert!((result.cost_usd - 1.4020935000000005).abs() < 1e-12, "{}", result.cost_usd);
     assert_eq!(result.pushed_commit, None, "a failed attempt pushes nothing");
     assert!(log_of(&result).contains("claude session 495cc7e5-d22e-4192-92ba-4ce2d14827a6"), "{}", log_of(&result));
+    assert_eq!(result.session_id.as_deref(), Some("495cc7e5-d22e-4192-92ba-4ce2d14827a6"), "a failed attempt keeps its session");
+    assert_eq!(written_result(&result)["sessionId"], "495cc7e5-d22e-4192-92ba-4ce2d14827a6", "and result.json has it");
 }
 
 #[test]
@@ -159,6 +167,7 @@ fn claude_stream_json_success_is_summed_and_pushed() {
     assert_eq!((result.tokens_in, result.tokens_out, result.summary.as_str()), (8 + 4280 + 26620, 120, "Added a greeting to README.md."));
     assert!((result.cost_usd - 0.0271).abs() < 1e-12, "{}", result.cost_usd);
     assert!(result.pushed_commit.is_some());
+    assert_eq!(written_result(&result)["sessionId"], "8f5c0b8e-2f2a-4a3e-9d59-6c1c4a1d2e7b");
 }
 
 #[test]
@@ -171,6 +180,7 @@ fn codex_is_priced_with_its_cached_input_and_a_failed_turn_is_retryable() {
     assert_eq!((result.tokens_in, result.tokens_out, result.summary.as_str()), (37067, 850, "Added a greeting to README.md."));
     let want = ((37067 - 26880) as f64 * 1.25 + 26880.0 * 0.125 + 850.0 * 10.0) / 1e6;
     assert!((result.cost_usd - want).abs() < 1e-12, "{} != {want}", result.cost_usd);
+    assert_eq!(written_result(&result)["sessionId"], "0199a213-81c0-7800-8aa1-bbab2a035a53", "codex's thread id");
 
     let fx = Fixture::new();
     let cli = fx.fake_cli("codex", &fixture("codex/capacity.jsonl"), "", 1);
@@ -187,6 +197,7 @@ fn opencode_steps_are_summed_with_their_cost_and_an_auth_error_is_final() {
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
     assert_eq!((result.tokens_in, result.tokens_out, result.summary.as_str()), (3 + 8076 + 1662 + 5380, 30, "k8s-opencode-ok"));
     assert!((result.cost_usd - (0.030399 + 0.00258306)).abs() < 1e-12, "{}", result.cost_usd);
+    assert_eq!(written_result(&result)["sessionId"], "ses_494719016ffe85dkDMj0FPRbHK", "opencode's sessionID");
 
     let fx = Fixture::new();
     let cli = fx.fake_cli("opencode", &fixture("opencode/auth.jsonl"), "", 1);
@@ -199,9 +210,13 @@ fn opencode_steps_are_summed_with_their_cost_and_an_auth_error_is_final() {
 fn gemini_tokens_are_priced_and_its_exit_code_names_the_failure() {
     let fx = Fixture::new();
     let pricing = Pricing { input_per_million: 1.0, output_per_million: 10.0, cached_input_per_million: None };
-    let cli = fx.fake_cli("gemini", &fixture("gemini/success.json"), "", 0);
+    // The copied docs example has no `session_id`; the CLI's JSON output
+    // begins with one (docs/cli/headless.md's schema), so it is put first.
+    let output = fixture("gemini/success.json").replacen('{', "{\n  \"session_id\": \"2f0c6a43-gemini-1\",", 1);
+    let cli = fx.fake_cli("gemini", &output, "", 0);
     let result = fx.run(&fx.spec(cli, OutputFormat::Gemini, Some(pricing)));
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    assert_eq!(written_result(&result)["sessionId"], "2f0c6a43-gemini-1", "gemini's session_id");
     assert_eq!((result.tokens_in, result.tokens_out, result.summary.as_str()), (33904, 214, "The capital of France is Paris."));
     assert!((result.cost_usd - (33904.0 + 2140.0) / 1e6).abs() < 1e-12, "cached tokens priced as input: {}", result.cost_usd);
 
@@ -221,6 +236,23 @@ fn aider_token_lines_and_session_cost_are_read() {
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
     assert_eq!((result.tokens_in, result.tokens_out), (4200 + 6100, 1100 + 210));
     assert!((result.cost_usd - 0.04).abs() < 1e-12, "{}", result.cost_usd);
+    assert_eq!(result.session_id, None, "aider has no session id");
+    assert!(written_result(&result).get("sessionId").is_none(), "and result.json names none");
+}
+
+#[test]
+fn a_malformed_session_id_is_dropped_and_the_log_says_so() {
+    let fx = Fixture::new();
+    let events = fixture("codex/tool-use.jsonl").replace("0199a213-81c0-7800-8aa1-bbab2a035a53", "--dangerous");
+    assert!(events.contains("\"thread_id\":\"--dangerous\""), "the fixture's thread id was replaced");
+    let cli = fx.fake_cli("codex", &events, "", 0);
+    let result = fx.run(&fx.spec(cli, OutputFormat::Codex, None));
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    assert_eq!(result.session_id, None, "{result:?}");
+    assert!(written_result(&result).get("sessionId").is_none());
+    let log = log_of(&result);
+    assert!(log.contains("codex printed a session id Hadron does not accept") && log.contains("dropped"), "{log}");
+    assert!(!log.contains("codex session --dangerous"), "{log}");
 }
 
 #[test]

@@ -718,6 +718,12 @@ pub struct StageResult {
     /// not make one; see `hadron up`'s first line).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unconfined: bool,
+    /// The agent CLI's session id (Claude's `session_id`, Codex's
+    /// `thread_id`, OpenCode's `sessionID`, Gemini's `session_id`), when it
+    /// printed one of the accepted shape (letters, digits, `._:-`, at most
+    /// 128 characters, not beginning with `-`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 /// A condition, as in Kubernetes: `Ready`, `Reconciling` or `Stalled`.

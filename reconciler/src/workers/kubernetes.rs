@@ -484,6 +484,7 @@ pub fn observe_job(job: &Job, message: Option<&str>) -> Option<Observation> {
         started_at: started_at.clone().unwrap_or_default(),
         finished_at: at.map(|t| t.0.to_string()).unwrap_or_default(),
         unconfined: None,
+        session_id: None,
     };
     let state = if let Some(result) = result {
         WorkerState::Finished(result)

@@ -243,6 +243,11 @@ pub struct RunResult {
     /// Why the agent ran unconfined (no sandbox), when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unconfined: Option<String>,
+    /// The agent CLI's session id (Claude's `session_id`, Codex's
+    /// `thread_id`, OpenCode's `sessionID`, Gemini's `session_id`), when it
+    /// printed one that passes [`is_session_id`](crate::ids::is_session_id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 impl RunResult {

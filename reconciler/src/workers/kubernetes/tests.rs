@@ -158,6 +158,7 @@ pub(super) fn result(worker: &str) -> RunResult {
         started_at: "2026-11-30T00:00:00Z".to_owned(),
         finished_at: "2026-11-30T00:01:00Z".to_owned(),
         unconfined: None,
+        session_id: None,
     }
 }
 
