@@ -89,6 +89,9 @@ impl Fixture {
             output,
             max_tokens: None,
             max_cost_usd: None,
+            resume_command: None,
+            resume_session: None,
+            agent_home: None,
         }
     }
 
@@ -298,4 +301,68 @@ fn a_streaming_cli_that_spends_past_the_cost_budget_is_stopped_and_the_figure_na
     assert!(result.message.contains("over the $0.0500 left of the request's maxCostUSD"), "{}", result.message);
     let steps = (result.cost_usd / 0.030399).round() as u64;
     assert!((2..=8).contains(&steps), "{steps} steps counted: {result:?}");
+}
+
+#[test]
+fn a_retry_resumes_the_failed_attempt_s_session_in_the_home_it_left() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    // A fake Codex: the first run keeps state in its home, prints a thread
+    // id and fails (model at capacity); a run that finds that state records
+    // its arguments and succeeds.
+    let script = format!(
+        "#!/bin/sh\ncat > /dev/null\nif [ -f \"$HOME/state\" ]; then\n  echo \"saw $(cat \"$HOME/state\")\" > \"$HOME/second\"\n  printf '%s\\n' \"$@\" >> \"$HOME/second\"\n  echo change >> change.txt\n  cat <<'HADRON_FIXTURE_END'\n{}\nHADRON_FIXTURE_END\n  exit 0\nfi\necho kept-by-attempt-1 > \"$HOME/state\"\nprintf '%s\\n' \"$@\" > \"$HOME/first\"\ncat <<'HADRON_FIXTURE_END'\n{}\nHADRON_FIXTURE_END\nexit 1\n",
+        fixture("codex/tool-use.jsonl"),
+        fixture("codex/capacity.jsonl")
+    );
+    let path = fx.tmp.path().join("bin").join("codex");
+    std::fs::write(&path, script).expect("write the fake CLI");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cli = path.display().to_string();
+    let resume: Vec<String> = [cli.as_str(), "exec", "resume", "{{sessionId}}", "--json", "-"].map(str::to_owned).into();
+    let first = RunSpec {
+        command: [cli.as_str(), "exec", "--json", "-"].map(str::to_owned).into(),
+        resume_command: Some(resume),
+        ..fx.spec(cli.clone(), OutputFormat::Codex, None)
+    };
+    let failed = fx.run(&first);
+    assert_eq!((failed.outcome, failed.reason.as_str()), (Outcome::Failed, "AgentFailed"), "{failed:?}\n{}", log_of(&failed));
+    assert_eq!(failed.session_id.as_deref(), Some("0199a213-81c0-7800-8aa1-bbab2a035a53"), "{failed:?}");
+
+    // The retry, as the planner starts it: attempt 2, continuing that session.
+    let installation = Installation::default();
+    let retry = RunSpec {
+        worker: worker_name(&installation, &first.request, &first.generation, &first.stage, &first.clone_url, 2),
+        attempt: 2,
+        resume_session: failed.session_id.clone(),
+        ..first.clone()
+    };
+    let resumed = fx.run(&retry);
+    assert_eq!(resumed.outcome, Outcome::Succeeded, "{resumed:?}\n{}", log_of(&resumed));
+    assert!(log_of(&resumed).contains("resuming codex session 0199a213-81c0-7800-8aa1-bbab2a035a53 (attempt 2)"), "{}", log_of(&resumed));
+
+    let homes: Vec<PathBuf> = std::fs::read_dir(fx.tmp.path().join("runs/.agent-homes"))
+        .expect("the persistent homes")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    assert_eq!(homes.len(), 1, "one home for the stage's attempts: {homes:?}");
+    let read = |name: &str| std::fs::read_to_string(homes[0].join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(read("first"), "exec\n--json\n-\n", "the first attempt runs the command");
+    assert_eq!(
+        read("second"),
+        "saw kept-by-attempt-1\nexec\nresume\n0199a213-81c0-7800-8aa1-bbab2a035a53\n--json\n-\n",
+        "the retry runs the resume command with the session id, and sees the state the first attempt left"
+    );
+
+    // A session id that is not one Hadron accepts never reaches the argv.
+    let forged = RunSpec {
+        worker: worker_name(&installation, &first.request, &first.generation, &first.stage, &first.clone_url, 3),
+        attempt: 3,
+        resume_session: Some("--dangerous".into()),
+        ..first.clone()
+    };
+    std::fs::remove_file(homes[0].join("second")).expect("remove");
+    let fresh = fx.run(&forged);
+    assert!(log_of(&fresh).contains("not resuming: the session id to resume is not one Hadron accepts"), "{}", log_of(&fresh));
+    assert_eq!(read("second"), "saw kept-by-attempt-1\nexec\n--json\n-\n", "the command, without the forged id");
 }

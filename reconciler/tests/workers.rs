@@ -88,6 +88,9 @@ impl Fixture {
             output: hadron::model::kinds::OutputFormat::Report,
             max_tokens: None,
             max_cost_usd: None,
+            resume_command: None,
+            resume_session: None,
+            agent_home: None,
         }
     }
 

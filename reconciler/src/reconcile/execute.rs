@@ -124,6 +124,10 @@ pub fn run_spec(
         output: agent.spec.output.unwrap_or_default(),
         max_tokens: spend.0,
         max_cost_usd: spend.1,
+        resume_command: agent.spec.resume.as_ref().map(|r| r.command.clone()),
+        resume_session: a.resume_session.clone().filter(|_| agent.spec.resume.is_some()),
+        // The driver gives the agent a home that persists, where it can.
+        agent_home: None,
     })
 }
 

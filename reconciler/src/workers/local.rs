@@ -30,6 +30,10 @@ use super::{Driver, DriverError, Observation, WorkerState};
 use crate::ids::{Installation, is_dns_label};
 use crate::time::now_rfc3339;
 
+/// The folder of the runs folder holding the agents' persistent homes (not
+/// a DNS label, so never taken for a run).
+pub const AGENT_HOMES_DIR: &str = ".agent-homes";
+
 /// `pid.json`: the worker process.
 pub const PID_FILE: &str = "pid.json";
 
@@ -169,10 +173,24 @@ impl LocalDriver {
         self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// `spec` with a home for the agent that persists across the attempts
+    /// of its stage on its repo (`<runs>/.agent-homes/<name>`, the name the
+    /// worker's without its attempt number), when the agent resumes
+    /// sessions: the CLI keeps its sessions there.
+    fn with_agent_home(&self, spec: &RunSpec) -> RunSpec {
+        let mut spec = spec.clone();
+        if spec.resume_command.is_some() {
+            let name = crate::ids::worker_name(&self.installation, &spec.request, &spec.generation, &spec.stage, &spec.repo, 0);
+            spec.agent_home = Some(self.runs_dir.join(AGENT_HOMES_DIR).join(name).display().to_string());
+        }
+        spec
+    }
+
     fn spawn(&self, spec: &RunSpec, dir: &Path) -> Result<(), DriverError> {
         let worker = &spec.worker;
         std::fs::create_dir_all(dir).map_err(|e| DriverError::io(dir, e))?;
         let run_json = dir.join(RUN_FILE);
+        let spec = &self.with_agent_home(spec);
         let json = serde_json::to_vec_pretty(spec).map_err(|e| DriverError::io(&run_json, std::io::Error::other(e)))?;
         write_atomic(&run_json, &json).map_err(|e| DriverError::io(&run_json, e))?;
         let open = |name: &str| {

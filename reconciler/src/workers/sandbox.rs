@@ -120,6 +120,10 @@ pub struct SandboxLayout<'a> {
     /// Hadron's own binary, shown read-only at [`RELAY_INSIDE`] to run the
     /// loopback relay to the proxy, when the network is an allow list.
     pub relay: Option<&'a Path>,
+    /// A home that persists across the attempts of a stage (an agent that
+    /// resumes sessions), shown read-write as its home `/tmp/home`; without
+    /// it the home is the private `/tmp`'s.
+    pub home: Option<&'a Path>,
 }
 
 /// Where the proxy's socket is inside the sandbox.
@@ -190,6 +194,9 @@ impl Sandbox {
         // a shared folder) is mounted on top of it, not hidden by it.
         push(&[&"--proc", &"/proc", &"--dev", &"/dev"]);
         push(&[&"--bind", &layout.tmp, &"/tmp"]);
+        if let Some(home) = layout.home {
+            push(&[&"--bind", &home, &"/tmp/home"]);
+        }
         for extra in std::env::var(READ_ONLY_ENV).unwrap_or_default().split(':').filter(|p| p.starts_with('/')) {
             push(&[&"--ro-bind-try", &extra, &extra]);
         }
@@ -273,6 +280,7 @@ mod tests {
             proxy_socket: Some(dir),
             program: None,
             relay: Some(dir),
+            home: None,
         }
     }
 
@@ -308,6 +316,13 @@ mod tests {
         let tmp = args.windows(2).position(|w| w[1] == "/tmp").expect("the private /tmp");
         let shown = args.iter().position(|a| a == "/tmp/tools/agent").expect("the program");
         assert!(tmp < shown, "{args:?}");
+        assert!(!args.windows(3).any(|w| w[0] == "--bind" && w[2] == "/tmp/home"), "no persistent home unless given one: {args:?}");
+        // A persistent home is shown as the agent's home, over the private /tmp.
+        let home = Path::new("/runs/.agent-homes/h");
+        let with_home = SandboxLayout { home: Some(home), ..layout(&WorkerNetwork::None, dir) };
+        let args = strings(&sandbox.command(&with_home, &argv).1);
+        let bound = args.windows(3).position(|w| w[0] == "--bind" && w[1] == "/runs/.agent-homes/h" && w[2] == "/tmp/home");
+        assert!(bound.is_some_and(|at| at > tmp), "{args:?}");
     }
 
     #[test]

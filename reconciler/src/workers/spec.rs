@@ -119,6 +119,21 @@ pub struct RunSpec {
     /// attempts cost): a streaming CLI is stopped when it spends more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_usd: Option<f64>,
+    /// The agent's `spec.resume.command`, when it has one: run instead of
+    /// `command` when `resume_session` is set, with `{{sessionId}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_command: Option<Vec<String>>,
+    /// The session of the failed attempt before this one that this attempt
+    /// continues (the planner sets it for a retry of an agent with
+    /// `resume`); checked again by the worker before it reaches the argv.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_session: Option<String>,
+    /// A home for the agent that persists across the attempts of one stage
+    /// on one repo, where the CLI keeps its sessions: set by the local
+    /// driver for an agent with `resume` (shown as the agent's `HOME`);
+    /// absent elsewhere (a fresh home per attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_home: Option<String>,
 }
 
 /// What an agent may reach on the network.
@@ -294,6 +309,9 @@ pub(crate) fn sample() -> RunSpec {
         output: OutputFormat::Report,
         max_tokens: None,
         max_cost_usd: None,
+        resume_command: None,
+        resume_session: None,
+        agent_home: None,
     }
 }
 
