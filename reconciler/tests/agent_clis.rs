@@ -311,7 +311,7 @@ fn a_retry_resumes_the_failed_attempt_s_session_in_the_home_it_left() {
     // id and fails (model at capacity); a run that finds that state records
     // its arguments and succeeds.
     let script = format!(
-        "#!/bin/sh\ncat > /dev/null\nif [ -f \"$HOME/state\" ]; then\n  echo \"saw $(cat \"$HOME/state\")\" > \"$HOME/second\"\n  printf '%s\\n' \"$@\" >> \"$HOME/second\"\n  echo change >> change.txt\n  cat <<'HADRON_FIXTURE_END'\n{}\nHADRON_FIXTURE_END\n  exit 0\nfi\necho kept-by-attempt-1 > \"$HOME/state\"\nprintf '%s\\n' \"$@\" > \"$HOME/first\"\ncat <<'HADRON_FIXTURE_END'\n{}\nHADRON_FIXTURE_END\nexit 1\n",
+        "#!/bin/sh\ncat > /dev/null\nif [ -f \"$HOME/state\" ]; then\n  echo \"saw $(cat \"$HOME/state\")\" > \"$HOME/second\"\n  printf '%s\\n' \"$@\" >> \"$HOME/second\"\n  pwd > \"$HOME/second-cwd\"\n  echo change >> change.txt\n  cat <<'HADRON_FIXTURE_END'\n{}\nHADRON_FIXTURE_END\n  exit 0\nfi\necho kept-by-attempt-1 > \"$HOME/state\"\npwd > \"$HOME/first-cwd\"\nprintf '%s\\n' \"$@\" > \"$HOME/first\"\ncat <<'HADRON_FIXTURE_END'\n{}\nHADRON_FIXTURE_END\nexit 1\n",
         fixture("codex/tool-use.jsonl"),
         fixture("codex/capacity.jsonl")
     );
@@ -353,6 +353,11 @@ fn a_retry_resumes_the_failed_attempt_s_session_in_the_home_it_left() {
         "saw kept-by-attempt-1\nexec\nresume\n0199a213-81c0-7800-8aa1-bbab2a035a53\n--json\n-\n",
         "the retry runs the resume command with the session id, and sees the state the first attempt left"
     );
+    if failed.unconfined.is_none() && resumed.unconfined.is_none() {
+        // Confined, both attempts start in the same directory (Claude Code
+        // files its sessions by it).
+        assert_eq!((read("first-cwd"), read("second-cwd")), ("/workspace\n".to_owned(), "/workspace\n".to_owned()));
+    }
 
     // A session id that is not one Hadron accepts never reaches the argv.
     let forged = RunSpec {
