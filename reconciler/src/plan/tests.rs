@@ -283,12 +283,7 @@ fn a_retry_resumes_the_failed_attempt_s_session_only_when_the_agent_asks_and_the
     let cfg = PlanConfig { backoff_base_ms: 1000, ..PlanConfig::default() };
     let reqs = vec![Req { repos: 1, stages: 1, ..req("r") }];
     // (agent, session id of the failed attempt) → what the retry carries.
-    let cases = [
-        (RESUMING, Some("ses-1"), Some("ses-1")),
-        (RESUMING, None, None),
-        (AGENT, Some("ses-1"), None),
-        (AGENT, None, None),
-    ];
+    let cases = [(RESUMING, Some("ses-1"), Some("ses-1")), (RESUMING, None, None), (AGENT, Some("ses-1"), None), (AGENT, None, None)];
     for (agent, session, want) in cases {
         let mut world = World::default();
         let p = plan(&desired_with(&reqs, 8, &world, agent), &world.observed(), 0, &cfg);

@@ -231,15 +231,13 @@ impl Worker<'_> {
                 None => {}
             }
         }
-        if let Some(usage) = &self.usage {
-            if let Some(f) = &usage.failure {
-                return Err(WorkerError::AgentReportedFailure {
-                    cli: f.cli,
-                    reason: self.log.redact(&f.reason),
-                    message: self.log.redact(&f.message),
-                    retryable: f.retryable,
-                });
-            }
+        if let Some(f) = self.usage.as_ref().and_then(|u| u.failure.as_ref()) {
+            return Err(WorkerError::AgentReportedFailure {
+                cli: f.cli,
+                reason: self.log.redact(&f.reason),
+                message: self.log.redact(&f.message),
+                retryable: f.retryable,
+            });
         }
         if !status.success() {
             let status = match (status.code(), status.signal()) {
