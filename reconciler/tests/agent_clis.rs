@@ -341,7 +341,7 @@ fn a_retry_resumes_the_failed_attempt_s_session_in_the_home_it_left() {
     assert_eq!(resumed.outcome, Outcome::Succeeded, "{resumed:?}\n{}", log_of(&resumed));
     assert!(log_of(&resumed).contains("resuming codex session 0199a213-81c0-7800-8aa1-bbab2a035a53 (attempt 2)"), "{}", log_of(&resumed));
 
-    let homes: Vec<PathBuf> = std::fs::read_dir(fx.tmp.path().join("runs/.agent-homes"))
+    let homes: Vec<PathBuf> = std::fs::read_dir(fx.tmp.path().join("runs/.agent-homes").join(installation.as_str()))
         .expect("the persistent homes")
         .map(|e| e.expect("an entry").path())
         .collect();
