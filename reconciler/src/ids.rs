@@ -2,6 +2,20 @@
 //! may be called, and the deterministic worker name. Pure functions, no I/O;
 //! `model`, `plan`, `store` and `workers` all import them from here.
 
+/// Most characters of an agent CLI's session id Hadron keeps.
+pub const SESSION_ID_MAX: usize = 128;
+
+/// Whether `id` is a session id Hadron accepts from an agent's output:
+/// `^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`. Agent-written text, so checked
+/// before it is stored, shown or put in an argument list (it never begins
+/// with `-`, so it cannot be read as a flag).
+pub fn is_session_id(id: &str) -> bool {
+    let mut bytes = id.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id.len() <= SESSION_ID_MAX
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// Whether `name` is a DNS-1123 label.
 pub fn is_dns_label(name: &str) -> bool {
     let b = name.as_bytes();
@@ -167,6 +181,16 @@ fn with_hash(request: &str, stage: &str, attempt: u32, hash: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_ids_are_plain_tokens_that_cannot_be_flags() {
+        for good in ["abc123", "495cc7e5-d22e-4192-92ba-4ce2d14827a6", "ses_494719016ffe85dkDMj0FPRbHK", "a:b.c_d-e", &"a".repeat(128)] {
+            assert!(is_session_id(good), "{good}");
+        }
+        for bad in ["", "--dangerous", "-x", ".hidden", "_a", "a b", "a/b", "a\nb", "a$(id)", "é", &"a".repeat(129), "a\u{0}"] {
+            assert!(!is_session_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn installations_are_labels_named_or_derived_from_the_control_repo_and_branch() {

@@ -90,6 +90,9 @@ impl Fixture {
             max_tokens: None,
             max_cost_usd: None,
             feedback: None,
+            resume_command: None,
+            resume_session: None,
+            agent_home: None,
         }
     }
 
@@ -116,6 +119,12 @@ impl Fixture {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The `result.json` the worker wrote beside its log, as JSON.
+fn written_result(result: &RunResult) -> serde_json::Value {
+    let path = Path::new(&result.log_path).with_file_name("result.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("result.json")).expect("result.json is JSON")
 }
 
 fn log_of(result: &RunResult) -> String {
@@ -149,6 +158,8 @@ fn claude_error_max_turns_after_exit_0_is_a_final_failure_that_still_counts_its_
     assert!((result.cost_usd - 1.4020935000000005).abs() < 1e-12, "{}", result.cost_usd);
     assert_eq!(result.pushed_commit, None, "a failed attempt pushes nothing");
     assert!(log_of(&result).contains("claude session 495cc7e5-d22e-4192-92ba-4ce2d14827a6"), "{}", log_of(&result));
+    assert_eq!(result.session_id.as_deref(), Some("495cc7e5-d22e-4192-92ba-4ce2d14827a6"), "a failed attempt keeps its session");
+    assert_eq!(written_result(&result)["sessionId"], "495cc7e5-d22e-4192-92ba-4ce2d14827a6", "and result.json has it");
 }
 
 #[test]
@@ -160,6 +171,7 @@ fn claude_stream_json_success_is_summed_and_pushed() {
     assert_eq!((result.tokens_in, result.tokens_out, result.summary.as_str()), (8 + 4280 + 26620, 120, "Added a greeting to README.md."));
     assert!((result.cost_usd - 0.0271).abs() < 1e-12, "{}", result.cost_usd);
     assert!(result.pushed_commit.is_some());
+    assert_eq!(written_result(&result)["sessionId"], "8f5c0b8e-2f2a-4a3e-9d59-6c1c4a1d2e7b");
 }
 
 #[test]
@@ -172,6 +184,7 @@ fn codex_is_priced_with_its_cached_input_and_a_failed_turn_is_retryable() {
     assert_eq!((result.tokens_in, result.tokens_out, result.summary.as_str()), (37067, 850, "Added a greeting to README.md."));
     let want = ((37067 - 26880) as f64 * 1.25 + 26880.0 * 0.125 + 850.0 * 10.0) / 1e6;
     assert!((result.cost_usd - want).abs() < 1e-12, "{} != {want}", result.cost_usd);
+    assert_eq!(written_result(&result)["sessionId"], "0199a213-81c0-7800-8aa1-bbab2a035a53", "codex's thread id");
 
     let fx = Fixture::new();
     let cli = fx.fake_cli("codex", &fixture("codex/capacity.jsonl"), "", 1);
@@ -188,6 +201,7 @@ fn opencode_steps_are_summed_with_their_cost_and_an_auth_error_is_final() {
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
     assert_eq!((result.tokens_in, result.tokens_out, result.summary.as_str()), (3 + 8076 + 1662 + 5380, 30, "k8s-opencode-ok"));
     assert!((result.cost_usd - (0.030399 + 0.00258306)).abs() < 1e-12, "{}", result.cost_usd);
+    assert_eq!(written_result(&result)["sessionId"], "ses_494719016ffe85dkDMj0FPRbHK", "opencode's sessionID");
 
     let fx = Fixture::new();
     let cli = fx.fake_cli("opencode", &fixture("opencode/auth.jsonl"), "", 1);
@@ -200,9 +214,13 @@ fn opencode_steps_are_summed_with_their_cost_and_an_auth_error_is_final() {
 fn gemini_tokens_are_priced_and_its_exit_code_names_the_failure() {
     let fx = Fixture::new();
     let pricing = Pricing { input_per_million: 1.0, output_per_million: 10.0, cached_input_per_million: None };
-    let cli = fx.fake_cli("gemini", &fixture("gemini/success.json"), "", 0);
+    // The copied docs example has no `session_id`; the CLI's JSON output
+    // begins with one (docs/cli/headless.md's schema), so it is put first.
+    let output = fixture("gemini/success.json").replacen('{', "{\n  \"session_id\": \"2f0c6a43-gemini-1\",", 1);
+    let cli = fx.fake_cli("gemini", &output, "", 0);
     let result = fx.run(&fx.spec(cli, OutputFormat::Gemini, Some(pricing)));
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    assert_eq!(written_result(&result)["sessionId"], "2f0c6a43-gemini-1", "gemini's session_id");
     assert_eq!((result.tokens_in, result.tokens_out, result.summary.as_str()), (33904, 214, "The capital of France is Paris."));
     assert!((result.cost_usd - (33904.0 + 2140.0) / 1e6).abs() < 1e-12, "cached tokens priced as input: {}", result.cost_usd);
 
@@ -222,6 +240,23 @@ fn aider_token_lines_and_session_cost_are_read() {
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
     assert_eq!((result.tokens_in, result.tokens_out), (4200 + 6100, 1100 + 210));
     assert!((result.cost_usd - 0.04).abs() < 1e-12, "{}", result.cost_usd);
+    assert_eq!(result.session_id, None, "aider has no session id");
+    assert!(written_result(&result).get("sessionId").is_none(), "and result.json names none");
+}
+
+#[test]
+fn a_malformed_session_id_is_dropped_and_the_log_says_so() {
+    let fx = Fixture::new();
+    let events = fixture("codex/tool-use.jsonl").replace("0199a213-81c0-7800-8aa1-bbab2a035a53", "--dangerous");
+    assert!(events.contains("\"thread_id\":\"--dangerous\""), "the fixture's thread id was replaced");
+    let cli = fx.fake_cli("codex", &events, "", 0);
+    let result = fx.run(&fx.spec(cli, OutputFormat::Codex, None));
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}\n{}", log_of(&result));
+    assert_eq!(result.session_id, None, "{result:?}");
+    assert!(written_result(&result).get("sessionId").is_none());
+    let log = log_of(&result);
+    assert!(log.contains("codex printed a session id Hadron does not accept") && log.contains("dropped"), "{log}");
+    assert!(!log.contains("codex session --dangerous"), "{log}");
 }
 
 #[test]
@@ -267,4 +302,73 @@ fn a_streaming_cli_that_spends_past_the_cost_budget_is_stopped_and_the_figure_na
     assert!(result.message.contains("over the $0.0500 left of the request's maxCostUSD"), "{}", result.message);
     let steps = (result.cost_usd / 0.030399).round() as u64;
     assert!((2..=8).contains(&steps), "{steps} steps counted: {result:?}");
+}
+
+#[test]
+fn a_retry_resumes_the_failed_attempt_s_session_in_the_home_it_left() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    // A fake Codex: the first run keeps state in its home, prints a thread
+    // id and fails (model at capacity); a run that finds that state records
+    // its arguments and succeeds.
+    let script = format!(
+        "#!/bin/sh\ncat > /dev/null\nif [ -f \"$HOME/state\" ]; then\n  echo \"saw $(cat \"$HOME/state\")\" > \"$HOME/second\"\n  printf '%s\\n' \"$@\" >> \"$HOME/second\"\n  pwd > \"$HOME/second-cwd\"\n  echo change >> change.txt\n  cat <<'HADRON_FIXTURE_END'\n{}\nHADRON_FIXTURE_END\n  exit 0\nfi\necho kept-by-attempt-1 > \"$HOME/state\"\npwd > \"$HOME/first-cwd\"\nprintf '%s\\n' \"$@\" > \"$HOME/first\"\ncat <<'HADRON_FIXTURE_END'\n{}\nHADRON_FIXTURE_END\nexit 1\n",
+        fixture("codex/tool-use.jsonl"),
+        fixture("codex/capacity.jsonl")
+    );
+    let path = fx.tmp.path().join("bin").join("codex");
+    std::fs::write(&path, script).expect("write the fake CLI");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cli = path.display().to_string();
+    let resume: Vec<String> = [cli.as_str(), "exec", "resume", "{{sessionId}}", "--json", "-"].map(str::to_owned).into();
+    let first = RunSpec {
+        command: [cli.as_str(), "exec", "--json", "-"].map(str::to_owned).into(),
+        resume_command: Some(resume),
+        ..fx.spec(cli.clone(), OutputFormat::Codex, None)
+    };
+    let failed = fx.run(&first);
+    assert_eq!((failed.outcome, failed.reason.as_str()), (Outcome::Failed, "AgentFailed"), "{failed:?}\n{}", log_of(&failed));
+    assert_eq!(failed.session_id.as_deref(), Some("0199a213-81c0-7800-8aa1-bbab2a035a53"), "{failed:?}");
+
+    // The retry, as the planner starts it: attempt 2, continuing that session.
+    let installation = Installation::default();
+    let retry = RunSpec {
+        worker: worker_name(&installation, &first.request, &first.generation, &first.stage, &first.clone_url, 2),
+        attempt: 2,
+        resume_session: failed.session_id.clone(),
+        ..first.clone()
+    };
+    let resumed = fx.run(&retry);
+    assert_eq!(resumed.outcome, Outcome::Succeeded, "{resumed:?}\n{}", log_of(&resumed));
+    assert!(log_of(&resumed).contains("resuming codex session 0199a213-81c0-7800-8aa1-bbab2a035a53 (attempt 2)"), "{}", log_of(&resumed));
+
+    let homes: Vec<PathBuf> = std::fs::read_dir(fx.tmp.path().join("runs/.agent-homes").join(installation.as_str()))
+        .expect("the persistent homes")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    assert_eq!(homes.len(), 1, "one home for the stage's attempts: {homes:?}");
+    let read = |name: &str| std::fs::read_to_string(homes[0].join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(read("first"), "exec\n--json\n-\n", "the first attempt runs the command");
+    assert_eq!(
+        read("second"),
+        "saw kept-by-attempt-1\nexec\nresume\n0199a213-81c0-7800-8aa1-bbab2a035a53\n--json\n-\n",
+        "the retry runs the resume command with the session id, and sees the state the first attempt left"
+    );
+    if failed.unconfined.is_none() && resumed.unconfined.is_none() {
+        // Confined, both attempts start in the same directory (Claude Code
+        // files its sessions by it).
+        assert_eq!((read("first-cwd"), read("second-cwd")), ("/workspace\n".to_owned(), "/workspace\n".to_owned()));
+    }
+
+    // A session id that is not one Hadron accepts never reaches the argv.
+    let forged = RunSpec {
+        worker: worker_name(&installation, &first.request, &first.generation, &first.stage, &first.clone_url, 3),
+        attempt: 3,
+        resume_session: Some("--dangerous".into()),
+        ..first.clone()
+    };
+    std::fs::remove_file(homes[0].join("second")).expect("remove");
+    let fresh = fx.run(&forged);
+    assert!(log_of(&fresh).contains("not resuming: the session id to resume is not one Hadron accepts"), "{}", log_of(&fresh));
+    assert_eq!(read("second"), "saw kept-by-attempt-1\nexec\n--json\n-\n", "the command, without the forged id");
 }

@@ -89,6 +89,9 @@ impl Fixture {
             max_tokens: None,
             max_cost_usd: None,
             feedback: None,
+            resume_command: None,
+            resume_session: None,
+            agent_home: None,
         }
     }
 
@@ -408,6 +411,7 @@ fn fake_worker(worker: &str, sleep: &str) -> WorkerCommand {
         started_at: "2026-01-01T00:00:00Z".into(),
         finished_at: "2026-01-01T00:00:01Z".into(),
         unconfined: None,
+        session_id: None,
     };
     let json = serde_json::to_string(&result).expect("json");
     let script =

@@ -91,6 +91,9 @@ pub enum Code {
     /// An agent's command runs a CLI without the flags that keep it from
     /// waiting for a person (a permission or approval mode).
     MayWaitForPerson,
+    /// An agent's `resume.command` does not name the session it continues
+    /// (`{{sessionId}}`).
+    ResumeWithoutSession,
 }
 
 impl Code {
@@ -135,6 +138,7 @@ impl Code {
             Code::TooLong => "TooLong",
             Code::OutputMismatch => "OutputMismatch",
             Code::MayWaitForPerson => "MayWaitForPerson",
+            Code::ResumeWithoutSession => "ResumeWithoutSession",
         }
     }
 }

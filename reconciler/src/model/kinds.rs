@@ -244,6 +244,24 @@ pub struct AgentSpec {
     /// `Tokens: … Cost: …` lines). See docs/agent-clis.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputFormat>,
+    /// How the agent continues the session of its failed attempt: when a
+    /// stage's attempt fails after the CLI printed a session id, the retry
+    /// runs `resume.command` (with `{{sessionId}}`) instead of `command`.
+    /// Local driver only: there the CLI's home persists across a stage's
+    /// attempts; the Kubernetes driver ignores it. See docs/agent-clis.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<AgentResume>,
+}
+
+/// `spec.resume` of an [`Agent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentResume {
+    /// The command that continues a session, used instead of `command` for
+    /// a retry: an argument list of handlebars templates with the variables
+    /// of `command` and `{{sessionId}}` (the failed attempt's session id),
+    /// e.g. `[claude, -p, --resume, "{{sessionId}}", --output-format, json]`.
+    pub command: Vec<String>,
 }
 
 /// How an agent's output is read (`spec.output`).
@@ -791,6 +809,12 @@ pub struct StageResult {
     /// not make one; see `hadron up`'s first line).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unconfined: bool,
+    /// The agent CLI's session id (Claude's `session_id`, Codex's
+    /// `thread_id`, OpenCode's `sessionID`, Gemini's `session_id`), when it
+    /// printed one of the accepted shape (letters, digits, `._:-`, at most
+    /// 128 characters, not beginning with `-`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 /// A condition, as in Kubernetes: `Ready`, `Reconciling` or `Stalled`.

@@ -15,6 +15,10 @@ use super::file::{Finding, did_you_mean};
 /// Variables of an agent's `spec.command` elements.
 pub const COMMAND_VARIABLES: &[&str] = &["promptFile", "workspace", "request", "stage", "repo", "model"];
 
+/// Variables of an agent's `spec.resume.command` elements: those of
+/// `spec.command` and `sessionId`.
+pub const RESUME_COMMAND_VARIABLES: &[&str] = &["promptFile", "workspace", "request", "stage", "repo", "model", "sessionId"];
+
 /// Variables of a prompt template (agent `spec.prompts.*`, a stage's `prompt`,
 /// the shipped `templates/prompt.md.hbs`).
 pub const PROMPT_VARIABLES: &[&str] = &["request", "title", "description", "stage", "repo", "branch", "previousStages", "feedback"];
@@ -150,6 +154,8 @@ fn top_level_name(segs: &[PathSeg], raw: &str, depth: usize) -> Option<String> {
 pub(crate) enum TemplateUse {
     /// An element of an agent's `spec.command`.
     Command,
+    /// An element of an agent's `spec.resume.command`.
+    ResumeCommand,
     /// A prompt: an agent's `spec.prompts.*` or a stage's `prompt`.
     Prompt,
 }
@@ -158,6 +164,7 @@ impl TemplateUse {
     fn variables(self) -> &'static [&'static str] {
         match self {
             TemplateUse::Command => COMMAND_VARIABLES,
+            TemplateUse::ResumeCommand => RESUME_COMMAND_VARIABLES,
             TemplateUse::Prompt => PROMPT_VARIABLES,
         }
     }

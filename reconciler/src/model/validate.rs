@@ -367,6 +367,39 @@ fn check_agent_cli(out: &mut Vec<Finding>, spec: &AgentSpec) {
     }
 }
 
+/// `spec.resume.command`: a program, templates with the resume variables,
+/// no credential, and (a warning) the session it continues named.
+fn check_resume(out: &mut Vec<Finding>, command: &[String]) {
+    if command.first().is_none_or(|p| p.trim().is_empty()) {
+        out.push(Finding::error(
+            "spec.resume.command",
+            Code::EmptyCommand,
+            "`resume` has no command to run",
+            "list the program and its arguments, e.g. `command: [claude, -p, --resume, \"{{sessionId}}\", --output-format, json]`, or remove `resume`",
+        ));
+        return;
+    }
+    for (i, arg) in command.iter().enumerate() {
+        check_template(out, &format!("spec.resume.command[{i}]"), arg, TemplateUse::ResumeCommand);
+        if looks_like_secret_value(arg) {
+            out.push(Finding::error(
+                &format!("spec.resume.command[{i}]"),
+                Code::InlineSecret,
+                "this argument looks like a credential written into the repo",
+                "remove it; pass the secret through `env` with a `secretRef`, and rotate the exposed credential",
+            ));
+        }
+    }
+    if !command.iter().any(|a| a.contains("{{sessionId}}")) {
+        out.push(Finding::warning(
+            "spec.resume.command",
+            Code::ResumeWithoutSession,
+            "`resume.command` does not name the session it continues: a retry would start a new one",
+            "pass `{{sessionId}}` to the CLI's resume flag (`claude --resume \"{{sessionId}}\"`, `codex exec resume \"{{sessionId}}\"`)",
+        ));
+    }
+}
+
 fn check_agent(out: &mut Vec<Finding>, spec: &AgentSpec) {
     check_agent_cli(out, spec);
     if spec.command.is_empty() || spec.command[0].trim().is_empty() {
@@ -390,6 +423,9 @@ fn check_agent(out: &mut Vec<Finding>, spec: &AgentSpec) {
     }
     for (stage, text) in &spec.prompts {
         check_template(out, &format!("spec.prompts.{stage}"), text, TemplateUse::Prompt);
+    }
+    if let Some(resume) = &spec.resume {
+        check_resume(out, &resume.command);
     }
     let mut names = BTreeSet::new();
     for (i, var) in spec.env.iter().enumerate() {
@@ -865,5 +901,28 @@ mod tests {
         let aider = serde_json::json!({"command": ["aider", "--message-file", "{{promptFile}}"]});
         assert_eq!(codes(aider), vec![("MayWaitForPerson", "spec.command".to_owned())], "the default `report` reads any program");
         assert_eq!(codes(serde_json::json!({"command": ["sh", "agent.sh"]})), vec![]);
+    }
+
+    #[test]
+    fn a_resume_command_is_checked_like_the_command_and_must_name_the_session() {
+        let findings = |resume: serde_json::Value| {
+            let spec: super::AgentSpec =
+                serde_json::from_value(serde_json::json!({"command": ["sh", "agent.sh"], "resume": resume})).expect("an agent spec");
+            let mut out = Vec::new();
+            super::check_agent(&mut out, &spec);
+            out.iter().map(|f| (f.code.as_str(), f.field.to_string())).collect::<Vec<_>>()
+        };
+        assert_eq!(findings(serde_json::json!({"command": ["claude", "-p", "--resume", "{{sessionId}}", "{{promptFile}}"]})), vec![]);
+        assert_eq!(findings(serde_json::json!({"command": []})), vec![("EmptyCommand", "spec.resume.command".to_owned())]);
+        assert_eq!(
+            findings(serde_json::json!({"command": ["claude", "--continue"]})),
+            vec![("ResumeWithoutSession", "spec.resume.command".to_owned())]
+        );
+        let misspelt = findings(serde_json::json!({"command": ["claude", "--resume", "{{session_id}}"]}));
+        assert!(misspelt.contains(&("UnknownTemplateVariable", "spec.resume.command[2]".to_owned())), "{misspelt:?}");
+        let plain: super::AgentSpec = serde_json::from_value(serde_json::json!({"command": ["x", "{{sessionId}}"]})).expect("a spec");
+        let mut out = Vec::new();
+        super::check_agent(&mut out, &plain);
+        assert!(out.iter().any(|f| f.code.as_str() == "UnknownTemplateVariable"), "`sessionId` is for `resume.command` only: {out:?}");
     }
 }

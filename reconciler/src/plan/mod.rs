@@ -75,6 +75,14 @@ pub struct Attempt {
     pub summary: String,
     /// The agent ran without the sandbox (shown, never decided on).
     pub unconfined: bool,
+    /// The agent CLI's session id the attempt recorded (already checked
+    /// by the worker as [`is_session_id`](crate::ids::is_session_id)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// For an attempt to start: the session of the failed attempt before it
+    /// that the agent continues (its `spec.resume`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_session: Option<String>,
 }
 
 /// A pending attempt with nothing spent and no result: what the fields a
@@ -99,6 +107,8 @@ impl Default for Attempt {
             reason: String::new(),
             summary: String::new(),
             unconfined: false,
+            session_id: None,
+            resume_session: None,
         }
     }
 }

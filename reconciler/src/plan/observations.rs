@@ -105,6 +105,8 @@ fn adopt_own_statuses(observed: &Observed, by_worker: &mut ByWorker, actions: &m
                 reason: "FromStatus".into(),
                 summary: result.summary.clone(),
                 unconfined: result.unconfined,
+                session_id: result.session_id.clone().filter(|id| crate::ids::is_session_id(id)),
+                resume_session: None,
             };
             actions.push(Action::Adopt(attempt.clone()));
             by_worker.insert(attempt.worker.clone(), attempt);

@@ -136,6 +136,7 @@ fn decide(inputs: &Inputs, request: &ChangeRequest, mine: Vec<&Attempt>, draft: 
         request,
         generation: &generation,
         agent: &agent,
+        resume: desired.agents.get(&agent).is_some_and(|a| a.spec.resume.is_some()),
         current: &current,
         max_attempts: desired.settings.spec.defaults.max_attempts.filter(|n| *n > 0).unwrap_or(inputs.cfg.default_max_attempts),
         now: inputs.now,

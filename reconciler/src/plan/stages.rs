@@ -19,6 +19,8 @@ pub(super) struct Pipeline<'a> {
     pub generation: &'a str,
     /// The agent its workers run.
     pub agent: &'a str,
+    /// Whether that agent continues a failed attempt's session (`spec.resume`).
+    pub resume: bool,
     /// Its attempts of the current generation.
     pub current: &'a [&'a Attempt],
     /// Attempts per worker before a stage fails.
@@ -294,7 +296,7 @@ enum StageState<'a> {
 /// result is the revision they were asked of runs the stage again (while
 /// the gate allows more revisions).
 fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage, asked: Option<&ChangesAsked>) -> StageState<'a> {
-    let Pipeline { request, generation, agent, current: attempts, max_attempts, now, cfg, .. } = *p;
+    let Pipeline { request, generation, agent, resume, current: attempts, max_attempts, now, cfg, .. } = *p;
     let name = request.metadata.name.as_str();
     let mut done = BTreeMap::new();
     let mut starts = Vec::new();
@@ -317,7 +319,10 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage, asked: Option<&ChangesAsked>
             Some(a) if a.state.is_live() => running = true,
             Some(a) if a.state == AttemptState::Succeeded => match asked {
                 Some(c) if c.revision < c.gate.max_revisions() && successes(p, &stage.name, &repo.url) == c.revision + 1 => {
-                    starts.push(next(a.attempt.saturating_add(1)));
+                    // A revision continues the session of the work under
+                    // review, where the agent can resume.
+                    let resume_session = a.session_id.clone().filter(|_| resume);
+                    starts.push(Attempt { resume_session, ..next(a.attempt.saturating_add(1)) });
                 }
                 _ => {
                     done.insert(repo.url.as_str(), a.pushed_commit.clone());
@@ -343,7 +348,10 @@ fn stage_state<'a>(p: &Pipeline<'a>, stage: &Stage, asked: Option<&ChangesAsked>
                 let n = a.attempt.saturating_add(1);
                 let at = a.finished_at.unwrap_or(now).saturating_add(backoff(cfg, n, &a.worker));
                 if now >= at {
-                    starts.push(next(n));
+                    // The retry continues the failed attempt's session when
+                    // the agent asks for it and the attempt recorded one.
+                    let resume_session = a.session_id.clone().filter(|_| resume);
+                    starts.push(Attempt { resume_session, ..next(n) });
                 } else {
                     retry_at = Some(retry_at.map_or(at, |r| r.min(at)));
                 }

@@ -138,9 +138,14 @@ impl World {
 }
 
 fn desired(reqs: &[Req], max_workers: u32, world: &World) -> DesiredState {
+    desired_with(reqs, max_workers, world, AGENT)
+}
+
+/// [`desired`] with agent `a` as `agent` says.
+fn desired_with(reqs: &[Req], max_workers: u32, world: &World, agent: &str) -> DesiredState {
     let settings = settings(max_workers);
     let mut files: Vec<(String, Vec<u8>)> =
-        vec![("hadron.yaml".into(), settings.into_bytes()), ("agents/a.yaml".into(), AGENT.as_bytes().to_vec())];
+        vec![("hadron.yaml".into(), settings.into_bytes()), ("agents/a.yaml".into(), agent.as_bytes().to_vec())];
     for r in reqs {
         files.push((format!("requests/{}.yaml", r.name), r.yaml().into_bytes()));
     }
@@ -270,6 +275,45 @@ fn retries_after_backoff_then_fails() {
     assert!(starts(&p).is_empty());
     assert_eq!(p.requests["r"].phase, Phase::Failed);
     assert_eq!(p.requests["r"].reason, "StageFailed");
+}
+
+#[test]
+fn a_retry_resumes_the_failed_attempt_s_session_only_when_the_agent_asks_and_there_is_one() {
+    const RESUMING: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: a\nspec:\n  command: [sh, run.sh]\n  resume:\n    command: [sh, resume.sh, \"{{sessionId}}\"]\n";
+    let cfg = PlanConfig { backoff_base_ms: 1000, ..PlanConfig::default() };
+    let reqs = vec![Req { repos: 1, stages: 1, ..req("r") }];
+    // (agent, session id of the failed attempt) → what the retry carries.
+    let cases = [(RESUMING, Some("ses-1"), Some("ses-1")), (RESUMING, None, None), (AGENT, Some("ses-1"), None), (AGENT, None, None)];
+    for (agent, session, want) in cases {
+        let mut world = World::default();
+        let p = plan(&desired_with(&reqs, 8, &world, agent), &world.observed(), 0, &cfg);
+        let first = starts(&p);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].resume_session, None, "a first attempt has nothing to resume");
+        world.apply(&p, 0);
+        let w = first[0].worker.clone();
+        world.finish(&w, false, 100);
+        world.runs.get_mut(&w).expect("the run").attempt.session_id = session.map(str::to_owned);
+        let p = plan(&desired_with(&reqs, 8, &world, agent), &world.observed(), 1_000_000, &cfg);
+        let retry = starts(&p);
+        assert_eq!(retry.len(), 1, "the retry starts");
+        assert_eq!(retry[0].attempt, 2);
+        assert_eq!(retry[0].resume_session.as_deref(), want, "agent resumes: {}, session: {session:?}", agent.contains("resume"));
+    }
+    // A run that was cancelled (suspend, then resume) starts afresh.
+    let mut world = World::default();
+    let p = plan(&desired_with(&reqs, 8, &world, RESUMING), &world.observed(), 0, &cfg);
+    world.apply(&p, 0);
+    let w = starts(&p)[0].worker.clone();
+    let run = world.runs.get_mut(&w).expect("the run");
+    run.state = RunState::Finished;
+    run.attempt.state = AttemptState::Cancelled;
+    run.attempt.finished_at = Some(50);
+    run.attempt.session_id = Some("ses-1".into());
+    let p = plan(&desired_with(&reqs, 8, &world, RESUMING), &world.observed(), 1_000_000, &cfg);
+    let again = starts(&p);
+    assert_eq!(again.len(), 1, "{:?}", p.actions);
+    assert_eq!(again[0].resume_session, None, "only a failed attempt's session is continued");
 }
 
 #[test]
@@ -1257,4 +1301,29 @@ fn a_failed_revision_attempt_is_retried_and_keeps_its_feedback() {
     let p = plan(&desired(&reqs, 8, &world), &world.observed(), later, &cfg);
     assert_eq!(starts(&p).iter().map(|a| a.attempt).collect::<Vec<_>>(), [3], "the revision is retried");
     assert!(p.requests["r"].revision.as_ref().is_some_and(|r| r.running && r.feedback == "rename x"));
+}
+
+#[test]
+fn a_revision_continues_the_reviewed_attempt_s_session_when_the_agent_resumes() {
+    const RESUMING: &str = "apiVersion: hadron.dev/v1alpha1\nkind: Agent\nmetadata:\n  name: a\nspec:\n  command: [sh, run.sh]\n  resume:\n    command: [sh, resume.sh, \"{{sessionId}}\"]\n";
+    let cfg = PlanConfig::default();
+    let reqs = vec![Req { repos: 1, stages: 2, gate_after: Some(0), ..req("r") }];
+    for (agent, want) in [(RESUMING, Some("ses-7")), (AGENT, None)] {
+        let mut world = World::default();
+        let p = plan(&desired_with(&reqs, 8, &world, agent), &world.observed(), 0, &cfg);
+        world.apply(&p, 0);
+        let w = starts(&p)[0].worker.clone();
+        world.finish(&w, true, 1);
+        world.runs.get_mut(&w).expect("the run").attempt.session_id = Some("ses-7".into());
+        let p = plan(&desired_with(&reqs, 8, &world, agent), &world.observed(), 2, &cfg);
+        world.apply(&p, 2);
+        world.approvals.insert(
+            ("r".to_owned(), "review".to_owned()),
+            ApprovalState::ChangesRequested { by: "bob".into(), revision: 0, feedback: "rename x".into(), commit: "c".into() },
+        );
+        let p = plan(&desired_with(&reqs, 8, &world, agent), &world.observed(), 3, &cfg);
+        let revision = starts(&p);
+        assert_eq!(revision.iter().map(|a| a.attempt).collect::<Vec<_>>(), [2]);
+        assert_eq!(revision[0].resume_session.as_deref(), want, "agent resumes: {}", agent.contains("resume"));
+    }
 }

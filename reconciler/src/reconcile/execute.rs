@@ -37,10 +37,15 @@ fn update_of(a: &Attempt, t: Millis) -> AttemptUpdate {
         cost_usd: Some(a.cost_usd),
         tokens_in: Some(a.tokens_in),
         tokens_out: Some(a.tokens_out),
-        result: Some(if a.unconfined {
-            serde_json::json!({ "reason": a.reason, "summary": a.summary, "unconfined": true })
-        } else {
-            serde_json::json!({ "reason": a.reason, "summary": a.summary })
+        result: Some({
+            let mut result = serde_json::json!({ "reason": a.reason, "summary": a.summary });
+            if a.unconfined {
+                result["unconfined"] = serde_json::Value::Bool(true);
+            }
+            if let Some(id) = &a.session_id {
+                result["sessionId"] = serde_json::Value::String(id.clone());
+            }
+            result
         }),
         pushed_commit: a.pushed_commit.clone(),
     }
@@ -129,6 +134,10 @@ pub fn run_spec(
         max_tokens: spend.0,
         max_cost_usd: spend.1,
         feedback: revision.filter(|r| r.running && r.stage == a.stage).map(feedback_text),
+        resume_command: agent.spec.resume.as_ref().map(|r| r.command.clone()),
+        resume_session: a.resume_session.clone().filter(|_| agent.spec.resume.is_some()),
+        // The driver gives the agent a home that persists, where it can.
+        agent_home: None,
     })
 }
 
@@ -410,12 +419,38 @@ mod tests {
             reason: "Completed".into(),
             summary: String::new(),
             unconfined: false,
+            session_id: None,
+            resume_session: None,
         };
         let update = update_of(&a, 3);
         assert_eq!((update.tokens_in, update.tokens_out), (Some(11), Some(7)));
         let stored = update.result.expect("a result");
         assert_eq!(stored.get("unconfined"), None, "a confined run stores nothing extra");
-        let unconfined = update_of(&Attempt { unconfined: true, ..a }, 3).result.expect("a result");
+        let unconfined = update_of(&Attempt { unconfined: true, ..a.clone() }, 3).result.expect("a result");
         assert_eq!(unconfined["unconfined"], true, "an unconfined run says so in the store, and so in the status");
+        assert_eq!(stored.get("sessionId"), None, "no session id, none stored");
+        let with_session = Attempt { session_id: Some("495cc7e5-d22e".into()), ..a };
+        let stored = update_of(&with_session, 3).result.expect("a result");
+        assert_eq!(stored["sessionId"], "495cc7e5-d22e", "the session id is stored with the attempt");
+        let store_attempt = store::Attempt {
+            worker_name: "w".into(),
+            request: "r".into(),
+            generation: "g".into(),
+            stage: "s".into(),
+            repo: "../a.git".into(),
+            attempt: 1,
+            driver: "local".into(),
+            state: AttemptState::Failed,
+            created_at: 1,
+            started_at: Some(1),
+            finished_at: Some(2),
+            cost_usd: None,
+            tokens_in: None,
+            tokens_out: None,
+            pushed_commit: None,
+            result: Some(stored),
+        };
+        let read_back = crate::reconcile::observe::from_store(&store_attempt, "a");
+        assert_eq!(read_back.session_id.as_deref(), Some("495cc7e5-d22e"), "and read back for the planner");
     }
 }

@@ -33,6 +33,8 @@ pub fn from_store(a: &store::Attempt, agent: &str) -> plan::Attempt {
         reason: field("reason"),
         summary: field("summary"),
         unconfined: a.result.as_ref().and_then(|r| r.get("unconfined")).and_then(serde_json::Value::as_bool).unwrap_or(false),
+        session_id: Some(field("sessionId")).filter(|id| crate::ids::is_session_id(id)),
+        resume_session: None,
     }
 }
 
@@ -90,6 +92,7 @@ pub fn apply_result(attempt: &mut plan::Attempt, result: &RunResult) {
     attempt.reason = result.reason.clone();
     attempt.summary = if result.summary.is_empty() { result.message.clone() } else { result.summary.clone() };
     attempt.unconfined = result.unconfined.is_some();
+    attempt.session_id = result.session_id.clone().filter(|id| crate::ids::is_session_id(id));
 }
 
 /// Gathers the observed state for one pass.
@@ -352,6 +355,7 @@ mod tests {
             started_at: "2026-01-01T00:00:00Z".into(),
             finished_at: "2026-01-01T00:01:00Z".into(),
             unconfined: None,
+            session_id: None,
         }
     }
 
@@ -411,6 +415,16 @@ mod tests {
         assert!(!planned.unconfined);
         let unconfined = store::Attempt { result: Some(serde_json::json!({ "reason": "Completed", "unconfined": true })), ..stored };
         assert!(from_store(&unconfined, "a").unconfined, "an unconfined run read back from the store is still marked");
+    }
+
+    #[test]
+    fn a_result_s_session_id_reaches_the_attempt_and_a_malformed_one_does_not() {
+        let mut a = attempt();
+        apply_result(&mut a, &RunResult { session_id: Some("thr_01".into()), ..result(1, 1, 0.0) });
+        assert_eq!(a.session_id.as_deref(), Some("thr_01"));
+        let mut a = attempt();
+        apply_result(&mut a, &RunResult { session_id: Some("--dangerous".into()), ..result(1, 1, 0.0) });
+        assert_eq!(a.session_id, None, "a result.json written by hand is checked again");
     }
 }
 

@@ -51,6 +51,7 @@ pub fn render_with(
             // before it was (a store from an older Hadron).
             summary: crate::workers::usage::cap_summary(&a.summary),
             unconfined: a.unconfined,
+            session_id: a.session_id.clone(),
         })
         .collect();
     let mut outputs: BTreeMap<&str, Output> = BTreeMap::new();
@@ -330,5 +331,19 @@ mod tests {
         let status = render(&view, None, &"b".repeat(40), 1_700_000_200_000, &BTreeMap::new());
         let summary = &status.status.stages[0].summary;
         assert!(summary.len() <= crate::workers::usage::SUMMARY_MAX_BYTES && summary.ends_with("kept]"), "{} bytes", summary.len());
+    }
+
+    #[test]
+    fn the_session_id_is_in_the_stage_entry_and_absent_without_one() {
+        let mut view = view_with("req-s", "done", 0.5, Phase::Succeeded);
+        let plain = to_yaml(&render(&view, None, &"b".repeat(40), 1_700_000_200_000, &BTreeMap::new()));
+        assert!(!plain.contains("sessionId"), "omitted when absent:\n{plain}");
+        view.attempts[0].session_id = Some("495cc7e5-d22e-4192-92ba-4ce2d14827a6".to_owned());
+        let status = render(&view, None, &"b".repeat(40), 1_700_000_200_000, &BTreeMap::new());
+        assert_eq!(status.status.stages[0].session_id.as_deref(), Some("495cc7e5-d22e-4192-92ba-4ce2d14827a6"));
+        let text = to_yaml(&status);
+        assert!(text.contains("    sessionId: 495cc7e5-d22e-4192-92ba-4ce2d14827a6\n"), "{text}");
+        assert_eq!(text, to_yaml(&render(&view, None, &"b".repeat(40), 1_700_000_200_000, &BTreeMap::new())), "deterministic");
+        reads_back_as_rendered(&view, None).expect("a status with a session id reads back as rendered");
     }
 }

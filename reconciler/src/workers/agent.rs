@@ -58,7 +58,10 @@ impl Worker<'_> {
         }
         let out_dir = self.run_dir.join(AGENT_OUT_DIR);
         let tmp_dir = self.run_dir.join(AGENT_TMP_DIR);
-        for dir in [&out_dir, &tmp_dir.join("home")] {
+        // A home that persists across the stage's attempts (an agent that
+        // resumes sessions, on the local driver), else one of this run's own.
+        let home = s.agent_home.as_deref().map(std::path::PathBuf::from);
+        for dir in [&out_dir, &tmp_dir.join("home")].into_iter().chain(home.as_ref()) {
             std::fs::create_dir_all(dir).map_err(|e| (WorkerError::io(dir, e), String::new()))?;
         }
         let confinement = self.confinement().map_err(|e| (e, String::new()))?;
@@ -94,6 +97,7 @@ impl Worker<'_> {
                     proxy_socket: allow_list.then_some(socket.as_path()),
                     program: program.as_deref(),
                     relay: relay.as_deref().filter(|_| allow_list),
+                    home: home.as_deref(),
                 };
                 let (bwrap, args) = sandbox.command(&layout, argv);
                 (bwrap.into_os_string(), args)
@@ -111,6 +115,8 @@ impl Worker<'_> {
             // Inside the sandbox the agent's home and temporary folder are
             // its own (set by the sandbox); the worker's are not shown.
             cmd.env_remove("HOME").env_remove("TMPDIR");
+        } else if let Some(home) = &home {
+            cmd.env("HOME", home);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("HADRON_PROMPT_FILE", prompt_path)
@@ -130,8 +136,12 @@ impl Worker<'_> {
             network_word(&s.network)
         ));
         let budget = s.max_workspace_bytes.unwrap_or(DEFAULT_MAX_WORKSPACE_BYTES);
-        let watched = [self.workspace.clone(), tmp_dir.clone(), out_dir.clone()];
-        let baseline = workspace_size::measure(&[&self.workspace]).bytes;
+        let mut watched = vec![self.workspace.clone(), tmp_dir.clone(), out_dir.clone()];
+        // What the persistent home holds from earlier attempts is not this one's.
+        let mut before: Vec<&Path> = vec![&self.workspace];
+        before.extend(home.as_deref());
+        let baseline = workspace_size::measure(&before).bytes;
+        watched.extend(home.clone());
         // No single file of the agent's may outgrow the whole budget: the
         // kernel stops the write (SIGXFSZ) before the disk fills. The
         // limit is set for the spawn only (the child inherits it).

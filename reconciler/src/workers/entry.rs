@@ -103,6 +103,7 @@ fn run_worker_in(run_json: &Path, run_dir: &Path) -> RunResult {
                 started_at: started_at.clone(),
                 finished_at: started_at,
                 unconfined: None,
+                session_id: None,
             };
         }
         Err(e) => {
@@ -216,18 +217,27 @@ impl Worker<'_> {
             Ok((status, _)) => status,
             Err((e, _)) => return Err(e),
         };
-        if let Some(usage) = &self.usage {
-            if let Some(id) = &usage.session_id {
-                self.log.line(&format!("{} session {}", self.spec.output.as_str(), self.log.redact(id)));
+        if let Some(usage) = &mut self.usage {
+            match usage.session_id.take() {
+                Some(id) if crate::ids::is_session_id(&id) => {
+                    self.log.line(&format!("{} session {}", self.spec.output.as_str(), self.log.redact(&id)));
+                    usage.session_id = Some(id);
+                }
+                Some(id) => self.log.line(&format!(
+                    "{} printed a session id Hadron does not accept ({} characters; not a letter or digit followed by up to 127 of letters, digits and `._:-`); it is dropped, and a retry cannot resume that session",
+                    self.spec.output.as_str(),
+                    id.chars().count()
+                )),
+                None => {}
             }
-            if let Some(f) = &usage.failure {
-                return Err(WorkerError::AgentReportedFailure {
-                    cli: f.cli,
-                    reason: self.log.redact(&f.reason),
-                    message: self.log.redact(&f.message),
-                    retryable: f.retryable,
-                });
-            }
+        }
+        if let Some(f) = self.usage.as_ref().and_then(|u| u.failure.as_ref()) {
+            return Err(WorkerError::AgentReportedFailure {
+                cli: f.cli,
+                reason: self.log.redact(&f.reason),
+                message: self.log.redact(&f.message),
+                retryable: f.retryable,
+            });
         }
         if !status.success() {
             let status = match (status.code(), status.signal()) {

@@ -158,8 +158,13 @@ pub fn labels(spec: &RunSpec) -> BTreeMap<String, String> {
 }
 
 /// The run spec as the Secret holds it.
+///
+/// Resume is not offered on Kubernetes: a fresh pod has none of the CLI's
+/// session state from the attempt before, so the resume fields are left
+/// out and every attempt runs the agent's `command`.
 pub fn run_spec_json(spec: &RunSpec) -> String {
-    serde_json::to_string(spec).expect("because a RunSpec is plain data that always serialises")
+    let spec = RunSpec { resume_command: None, resume_session: None, agent_home: None, ..spec.clone() };
+    serde_json::to_string(&spec).expect("because a RunSpec is plain data that always serialises")
 }
 
 /// The Job of one worker, created under the leader `epoch` (2+ replicas).
@@ -484,6 +489,7 @@ pub fn observe_job(job: &Job, message: Option<&str>) -> Option<Observation> {
         started_at: started_at.clone().unwrap_or_default(),
         finished_at: at.map(|t| t.0.to_string()).unwrap_or_default(),
         unconfined: None,
+        session_id: None,
     };
     let state = if let Some(result) = result {
         WorkerState::Finished(result)

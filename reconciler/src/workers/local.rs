@@ -30,6 +30,18 @@ use super::{Driver, DriverError, Observation, WorkerState};
 use crate::ids::{Installation, is_dns_label};
 use crate::time::now_rfc3339;
 
+/// The folder of the runs folder holding the agents' persistent homes (not
+/// a DNS label, so never taken for a run).
+pub const AGENT_HOMES_DIR: &str = ".agent-homes";
+
+/// The name of the persistent home of run `worker`'s stage: its name with
+/// attempt number 0 (`hadron-<request>-<stage>-<n>-<hash>`).
+fn home_name_of(worker: &str) -> Option<String> {
+    let (rest, hash) = worker.rsplit_once('-')?;
+    let (head, attempt) = rest.rsplit_once('-')?;
+    (!attempt.is_empty() && attempt.bytes().all(|b| b.is_ascii_digit())).then(|| format!("{head}-0-{hash}"))
+}
+
 /// `pid.json`: the worker process.
 pub const PID_FILE: &str = "pid.json";
 
@@ -169,10 +181,56 @@ impl LocalDriver {
         self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// `spec` with a home for the agent that persists across the attempts
+    /// of its stage on its repo (`<runs>/.agent-homes/<installation>/<name>`,
+    /// the name the worker's with attempt number 0), when the agent resumes
+    /// sessions: the CLI keeps its sessions there.
+    fn with_agent_home(&self, spec: &RunSpec) -> RunSpec {
+        let mut spec = spec.clone();
+        if spec.resume_command.is_some() {
+            let name = crate::ids::worker_name(&self.installation, &spec.request, &spec.generation, &spec.stage, &spec.repo, 0);
+            spec.agent_home = Some(self.homes_dir().join(name).display().to_string());
+        }
+        spec
+    }
+
+    /// This installation's folder of persistent agent homes.
+    fn homes_dir(&self) -> PathBuf {
+        self.runs_dir.join(AGENT_HOMES_DIR).join(self.installation.as_str())
+    }
+
+    /// Removes the persistent homes no run folder refers to any more (every
+    /// attempt of their stage pruned) and untouched for `retention`.
+    fn prune_homes(&self, retention: Duration) -> Result<(), DriverError> {
+        let homes = self.homes_dir();
+        let Ok(entries) = std::fs::read_dir(&homes) else { return Ok(()) };
+        let runs: BTreeSet<String> = std::fs::read_dir(&self.runs_dir)
+            .map_err(|e| DriverError::io(&self.runs_dir, e))?
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|name| home_name_of(&name))
+            .collect();
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            let idle = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= retention));
+            if runs.contains(&name) || !idle || !is_dns_label(&name) {
+                continue;
+            }
+            let path = entry.path();
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DriverError::io(&path, e)),
+            }
+        }
+        Ok(())
+    }
+
     fn spawn(&self, spec: &RunSpec, dir: &Path) -> Result<(), DriverError> {
         let worker = &spec.worker;
         std::fs::create_dir_all(dir).map_err(|e| DriverError::io(dir, e))?;
         let run_json = dir.join(RUN_FILE);
+        let spec = &self.with_agent_home(spec);
         let json = serde_json::to_vec_pretty(spec).map_err(|e| DriverError::io(&run_json, std::io::Error::other(e)))?;
         write_atomic(&run_json, &json).map_err(|e| DriverError::io(&run_json, e))?;
         let open = |name: &str| {
@@ -500,6 +558,35 @@ impl Driver for LocalDriver {
             }
             removed += usize::from(expired);
         }
+        self.prune_homes(retention)?;
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_s_home_is_named_by_its_workers_and_kept_while_one_of_their_runs_is() {
+        let name = crate::ids::worker_name(&Installation::default(), "r", "g", "s", "../a.git", 3);
+        let home = crate::ids::worker_name(&Installation::default(), "r", "g", "s", "../a.git", 0);
+        assert_eq!(home_name_of(&name).as_deref(), Some(home.as_str()));
+        assert_eq!(home_name_of("nodash"), None);
+        assert_eq!(home_name_of("a-b-c"), None, "no attempt number");
+
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let driver = LocalDriver::new(tmp.path(), WorkerCommand::new("/bin/true", Vec::<String>::new())).expect("driver");
+        let orphan = crate::ids::worker_name(&Installation::default(), "r", "g", "other", "../a.git", 0);
+        let theirs = tmp.path().join(AGENT_HOMES_DIR).join("another").join(&orphan);
+        for dir in [driver.homes_dir().join(&home), driver.homes_dir().join(&orphan), theirs.clone(), tmp.path().join(&name)] {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+        }
+        driver.prune_homes(Duration::from_secs(3600)).expect("prune");
+        assert!(driver.homes_dir().join(&orphan).exists(), "a home touched within the retention stays");
+        driver.prune_homes(Duration::ZERO).expect("prune");
+        assert!(driver.homes_dir().join(&home).exists(), "a run of its stage is still there");
+        assert!(!driver.homes_dir().join(&orphan).exists(), "no run refers to it any more");
+        assert!(theirs.exists(), "another installation's homes are left alone");
     }
 }

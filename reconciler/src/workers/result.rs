@@ -27,6 +27,7 @@ impl RunResult {
             started_at: started_at.to_owned(),
             finished_at: now_rfc3339(),
             unconfined: None,
+            session_id: None,
         }
     }
 
@@ -92,10 +93,14 @@ pub(super) fn finish(
             started_at: started_at.to_owned(),
             finished_at: now_rfc3339(),
             unconfined: None,
+            session_id: None,
         },
         Err(error) => RunResult::failed(&spec.worker, error, &log_path, started_at),
     };
     result.unconfined = unconfined;
+    // Agent-written: kept only in the shape Hadron accepts (the worker has
+    // said in its log when it dropped one).
+    result.session_id = usage.as_ref().and_then(|u| u.session_id.clone()).filter(|id| crate::ids::is_session_id(id));
     match usage {
         Some(Usage { invalid: Some(error), .. }) => result.refuse_usage(&error),
         Some(usage) => {
@@ -110,4 +115,32 @@ pub(super) fn finish(
     result.message = cap_summary(&result.message);
     let _ = result.write(&run_dir.join(RESULT_FILE));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished_with_session(id: &str) -> RunResult {
+        let dir = tempfile::tempdir().expect("a temporary run dir");
+        let usage = Usage { session_id: Some(id.to_owned()), ..Usage::default() };
+        let done = Done { commit: "0".repeat(40), message: "pushed".to_owned() };
+        let result = finish(&super::super::spec::sample(), Ok(done), Some(usage), None, dir.path(), "2026-01-01T00:00:00Z");
+        let written = RunResult::read(&dir.path().join(RESULT_FILE)).expect("result.json is written");
+        assert_eq!(written, result, "result.json holds what is returned");
+        result
+    }
+
+    #[test]
+    fn a_session_id_reaches_result_json_only_in_the_accepted_shape() {
+        let kept = finished_with_session("495cc7e5-d22e-4192-92ba-4ce2d14827a6");
+        assert_eq!(kept.session_id.as_deref(), Some("495cc7e5-d22e-4192-92ba-4ce2d14827a6"));
+        let json = serde_json::to_value(&kept).expect("json");
+        assert_eq!(json["sessionId"], "495cc7e5-d22e-4192-92ba-4ce2d14827a6");
+        for bad in ["--dangerous", "a b", "../../etc", &"a".repeat(129)] {
+            assert_eq!(finished_with_session(bad).session_id, None, "{bad:?} is dropped");
+        }
+        let none = serde_json::to_value(finished_with_session("-x")).expect("json");
+        assert!(none.get("sessionId").is_none(), "absent, not null: {none}");
+    }
 }

@@ -120,7 +120,18 @@ pub struct SandboxLayout<'a> {
     /// Hadron's own binary, shown read-only at [`RELAY_INSIDE`] to run the
     /// loopback relay to the proxy, when the network is an allow list.
     pub relay: Option<&'a Path>,
+    /// A home that persists across the attempts of a stage (an agent that
+    /// resumes sessions), shown read-write as its home `/tmp/home`; without
+    /// it the home is the private `/tmp`'s. With it the workspace is also
+    /// shown at [`STABLE_WORKSPACE_INSIDE`] and the agent starts there: a
+    /// CLI that files its sessions by working directory (Claude Code) finds
+    /// the session of an earlier attempt, whose workspace had another path.
+    pub home: Option<&'a Path>,
 }
+
+/// Where the workspace is shown too, and the agent starts, when it has a
+/// persistent home: the same path for every attempt of a stage.
+pub const STABLE_WORKSPACE_INSIDE: &str = "/workspace";
 
 /// Where the proxy's socket is inside the sandbox.
 pub const PROXY_SOCKET_INSIDE: &str = "/run/hadron/proxy.sock";
@@ -190,6 +201,9 @@ impl Sandbox {
         // a shared folder) is mounted on top of it, not hidden by it.
         push(&[&"--proc", &"/proc", &"--dev", &"/dev"]);
         push(&[&"--bind", &layout.tmp, &"/tmp"]);
+        if let Some(home) = layout.home {
+            push(&[&"--bind", &home, &"/tmp/home"]);
+        }
         for extra in std::env::var(READ_ONLY_ENV).unwrap_or_default().split(':').filter(|p| p.starts_with('/')) {
             push(&[&"--ro-bind-try", &extra, &extra]);
         }
@@ -203,7 +217,10 @@ impl Sandbox {
         push(&[&"--ro-bind", &layout.prompt, &layout.prompt]);
         push(&[&"--bind", &layout.report_dir, &layout.report_dir]);
         push(&[&"--setenv", &"HOME", &"/tmp/home", &"--setenv", &"TMPDIR", &"/tmp"]);
-        push(&[&"--chdir", &layout.workspace]);
+        match layout.home {
+            Some(_) => push(&[&"--bind", &layout.workspace, &STABLE_WORKSPACE_INSIDE, &"--chdir", &STABLE_WORKSPACE_INSIDE]),
+            None => push(&[&"--chdir", &layout.workspace]),
+        }
         let relayed = match (layout.network, layout.proxy_socket, layout.relay) {
             (WorkerNetwork::Allow(_), Some(socket), Some(relay)) => {
                 push(&[&"--ro-bind", &socket, &PROXY_SOCKET_INSIDE, &"--ro-bind", &relay, &RELAY_INSIDE]);
@@ -273,6 +290,7 @@ mod tests {
             proxy_socket: Some(dir),
             program: None,
             relay: Some(dir),
+            home: None,
         }
     }
 
@@ -308,6 +326,16 @@ mod tests {
         let tmp = args.windows(2).position(|w| w[1] == "/tmp").expect("the private /tmp");
         let shown = args.iter().position(|a| a == "/tmp/tools/agent").expect("the program");
         assert!(tmp < shown, "{args:?}");
+        assert!(!args.windows(3).any(|w| w[0] == "--bind" && w[2] == "/tmp/home"), "no persistent home unless given one: {args:?}");
+        // A persistent home is shown as the agent's home, over the private /tmp.
+        let home = Path::new("/runs/.agent-homes/h");
+        let with_home = SandboxLayout { home: Some(home), ..layout(&WorkerNetwork::None, dir) };
+        let args = strings(&sandbox.command(&with_home, &argv).1);
+        let bound = args.windows(3).position(|w| w[0] == "--bind" && w[1] == "/runs/.agent-homes/h" && w[2] == "/tmp/home");
+        assert!(bound.is_some_and(|at| at > tmp), "{args:?}");
+        let chdir = args.windows(2).find(|w| w[0] == "--chdir").expect("a working directory");
+        assert_eq!(chdir[1], STABLE_WORKSPACE_INSIDE, "the same working directory for every attempt: {args:?}");
+        assert!(args.windows(3).any(|w| w[0] == "--bind" && w[1] == "/runs/w" && w[2] == STABLE_WORKSPACE_INSIDE), "{args:?}");
     }
 
     #[test]

@@ -123,6 +123,21 @@ pub struct RunSpec {
     /// (Markdown, with who asked): the prompt's `{{feedback}}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback: Option<String>,
+    /// The agent's `spec.resume.command`, when it has one: run instead of
+    /// `command` when `resume_session` is set, with `{{sessionId}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_command: Option<Vec<String>>,
+    /// The session of the failed attempt before this one that this attempt
+    /// continues (the planner sets it for a retry of an agent with
+    /// `resume`); checked again by the worker before it reaches the argv.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_session: Option<String>,
+    /// A home for the agent that persists across the attempts of one stage
+    /// on one repo, where the CLI keeps its sessions: set by the local
+    /// driver for an agent with `resume` (shown as the agent's `HOME`);
+    /// absent elsewhere (a fresh home per attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_home: Option<String>,
 }
 
 /// What an agent may reach on the network.
@@ -247,6 +262,11 @@ pub struct RunResult {
     /// Why the agent ran unconfined (no sandbox), when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unconfined: Option<String>,
+    /// The agent CLI's session id (Claude's `session_id`, Codex's
+    /// `thread_id`, OpenCode's `sessionID`, Gemini's `session_id`), when it
+    /// printed one that passes [`is_session_id`](crate::ids::is_session_id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 impl RunResult {
@@ -294,6 +314,9 @@ pub(crate) fn sample() -> RunSpec {
         max_tokens: None,
         max_cost_usd: None,
         feedback: None,
+        resume_command: None,
+        resume_session: None,
+        agent_home: None,
     }
 }
 

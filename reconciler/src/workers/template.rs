@@ -26,10 +26,21 @@ impl Worker<'_> {
     }
 
     pub(super) fn render_command(&self, prompt_path: &Path) -> Result<Vec<String>, WorkerError> {
-        let data = command_data(self.spec, prompt_path, &self.workspace);
+        let mut data = command_data(self.spec, prompt_path, &self.workspace);
+        let command = match resume_of(self.spec) {
+            Ok(Some((command, session))) => {
+                self.log.line(&format!("resuming {} session {session} (attempt {})", self.spec.output.as_str(), self.spec.attempt));
+                data["sessionId"] = serde_json::Value::String(session.to_owned());
+                command
+            }
+            Ok(None) => &self.spec.command,
+            Err(why) => {
+                self.log.line(&format!("not resuming: {why}; the agent's command starts a new session"));
+                &self.spec.command
+            }
+        };
         let hb = unescaped_repo_templates();
-        self.spec
-            .command
+        command
             .iter()
             .enumerate()
             .map(|(i, element)| {
@@ -37,6 +48,21 @@ impl Worker<'_> {
                     .map_err(|e| WorkerError::TemplateFailed(format!("command element {i}: {}", render_error(&e))))
             })
             .collect()
+    }
+}
+
+/// The resume command and the session it continues, when this attempt
+/// resumes one: `Ok(None)` when it does not, `Err` (why not) when the spec
+/// asks for a resume the worker refuses.
+fn resume_of(s: &RunSpec) -> Result<Option<(&Vec<String>, &str)>, String> {
+    let Some(session) = s.resume_session.as_deref() else { return Ok(None) };
+    // Checked again here: the id goes into the argument list.
+    if !crate::ids::is_session_id(session) {
+        return Err(format!("the session id to resume is not one Hadron accepts ({} characters)", session.chars().count()));
+    }
+    match &s.resume_command {
+        Some(command) if !command.is_empty() => Ok(Some((command, session))),
+        _ => Err("the agent has no `resume.command`".to_owned()),
     }
 }
 
@@ -147,6 +173,27 @@ mod tests {
         s.feedback = None;
         let plain = unescaped_repo_templates().render_template(&s.prompt_template, &prompt_data(&s)).expect("renders");
         assert!(!plain.contains("reviewer"), "no feedback, no section: {plain}");
+    }
+
+    #[test]
+    fn a_retry_resumes_only_a_well_formed_session_with_a_resume_command() {
+        let resume = vec!["claude".to_owned(), "--resume".to_owned(), "{{sessionId}}".to_owned()];
+        let mut s = spec();
+        assert_eq!(resume_of(&s), Ok(None), "a first attempt resumes nothing");
+        s.resume_command = Some(resume.clone());
+        assert_eq!(resume_of(&s), Ok(None), "nor does a retry without a session");
+        s.resume_session = Some("495cc7e5-d22e".into());
+        assert_eq!(resume_of(&s), Ok(Some((&resume, "495cc7e5-d22e"))));
+        for bad in ["--dangerous", "-x", "a b", ""] {
+            s.resume_session = Some(bad.into());
+            assert!(resume_of(&s).is_err(), "{bad:?} never reaches the argument list");
+        }
+        s.resume_session = Some("ses-1".into());
+        s.resume_command = None;
+        assert!(resume_of(&s).is_err(), "no resume command, no resume");
+        let mut data = command_data(&s, Path::new("/run/prompt.md"), Path::new("/run/workspace"));
+        data["sessionId"] = serde_json::Value::String("ses-1".into());
+        assert_eq!(keys(&data), crate::model::template_vars::RESUME_COMMAND_VARIABLES.iter().copied().collect());
     }
 
     #[test]

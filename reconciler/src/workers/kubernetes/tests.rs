@@ -158,6 +158,7 @@ pub(super) fn result(worker: &str) -> RunResult {
         started_at: "2026-11-30T00:00:00Z".to_owned(),
         finished_at: "2026-11-30T00:01:00Z".to_owned(),
         unconfined: None,
+        session_id: None,
     }
 }
 
@@ -524,4 +525,19 @@ fn clone_urls_name_their_host_and_port() {
     for (url, expected) in cases {
         assert_eq!(clone_endpoint(url), expected.map(|(h, p)| (h.to_owned(), p)), "{url}");
     }
+}
+
+#[test]
+fn a_pod_is_never_asked_to_resume_a_session_it_cannot_have() {
+    let spec = RunSpec {
+        resume_command: Some(vec!["claude".into(), "--resume".into(), "{{sessionId}}".into()]),
+        resume_session: Some("ses-1".into()),
+        agent_home: Some("/runs/.agent-homes/h".into()),
+        ..sample()
+    };
+    let json: serde_json::Value = serde_json::from_str(&run_spec_json(&spec)).expect("json");
+    for key in ["resumeCommand", "resumeSession", "agentHome"] {
+        assert!(json.get(key).is_none(), "{key} is left out of the pod's run spec: {json}");
+    }
+    assert_eq!(json["command"], serde_json::json!(["agent", "{{promptFile}}"]), "every attempt runs the command");
 }
