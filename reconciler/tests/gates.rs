@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use git::{git, git_command};
 use hadron::gates::{
-    ApprovalBranches, GateDecision, OpenOutcome, Person, approve_as_person, approver_of, decide, render_approval, requester_of,
+    ApprovalBranches, GateDecision, OpenOutcome, Person, Proposal, approve_as_person, approver_of, decide, render_approval, requester_of,
 };
 use hadron::model::{Approval, ApproverPolicy};
 
@@ -121,7 +121,11 @@ fn open_creates_is_idempotent_and_updates_without_force() -> Result<()> {
     let branches = fx.branches()?;
     let main0 = fx.rev("refs/heads/main")?;
 
-    let c1 = match branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "implement: done")? {
+    let c1 = match branches.open(
+        &fx.url,
+        "main",
+        &Proposal { request: "fix", gate: "review", generation: "gen1", revision: 0, summary: "implement: done" },
+    )? {
         OpenOutcome::Created { commit } => commit,
         other => bail!("expected Created, got {other:?}"),
     };
@@ -136,13 +140,21 @@ fn open_creates_is_idempotent_and_updates_without_force() -> Result<()> {
     assert_only_approval_differs(&fx, "review")?;
 
     // Again: nothing pushed.
-    let again = branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "implement: done")?;
+    let again = branches.open(
+        &fx.url,
+        "main",
+        &Proposal { request: "fix", gate: "review", generation: "gen1", revision: 0, summary: "implement: done" },
+    )?;
     assert_eq!(again, OpenOutcome::AlreadyOpen { commit: c1.clone() });
     assert_eq!(fx.rev(BRANCH)?, c1);
     assert_eq!(git(&fx.remote, ADMIN, &["rev-list", "--count", BRANCH])?, "3");
 
     // New generation, main unchanged: one commit on top of the branch.
-    let c2 = match branches.open(&fx.url, "main", "fix", "review", "gen2", 0, "implement: redone")? {
+    let c2 = match branches.open(
+        &fx.url,
+        "main",
+        &Proposal { request: "fix", gate: "review", generation: "gen2", revision: 0, summary: "implement: redone" },
+    )? {
         OpenOutcome::Updated { commit, previous } => {
             assert_eq!(previous, c1);
             commit
@@ -157,13 +169,14 @@ fn open_creates_is_idempotent_and_updates_without_force() -> Result<()> {
     // New generation after main moved: still a fast-forward of the branch
     // (the remote refuses anything else), tree = new main + file.
     let main1 = fx.move_main(CAROL, "docs/notes.md")?;
-    let c3 = match branches.open(&fx.url, "main", "fix", "review", "gen3", 0, "")? {
-        OpenOutcome::Updated { commit, previous } => {
-            assert_eq!(previous, c2);
-            commit
-        }
-        other => bail!("expected Updated, got {other:?}"),
-    };
+    let c3 =
+        match branches.open(&fx.url, "main", &Proposal { request: "fix", gate: "review", generation: "gen3", revision: 0, summary: "" })? {
+            OpenOutcome::Updated { commit, previous } => {
+                assert_eq!(previous, c2);
+                commit
+            }
+            other => bail!("expected Updated, got {other:?}"),
+        };
     git(&fx.remote, ADMIN, &["merge-base", "--is-ancestor", &c2, &c3]).context("old head is an ancestor")?;
     git(&fx.remote, ADMIN, &["merge-base", "--is-ancestor", &main1, &c3]).context("new main is an ancestor")?;
     assert_eq!(git(&fx.remote, ADMIN, &["rev-list", "--count", &format!("{c2}..{c3}")])?, "2", "new main commit + one");
@@ -193,13 +206,16 @@ fn rejected_pushes_are_retried_then_reported() -> Result<()> {
     let fx = Fixture::new()?;
     let branches = fx.branches()?;
     let log = hook_declining(&fx, 1)?;
-    let outcome = branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "")?;
+    let outcome =
+        branches.open(&fx.url, "main", &Proposal { request: "fix", gate: "review", generation: "gen1", revision: 0, summary: "" })?;
     assert!(matches!(outcome, OpenOutcome::Created { .. }), "{outcome:?}");
     assert_eq!(std::fs::read_to_string(&log)?.lines().count(), 2, "declined once, then pushed");
 
     std::fs::remove_file(&log)?;
     hook_declining(&fx, 100)?;
-    let err = branches.open(&fx.url, "main", "fix", "review", "gen2", 0, "").expect_err("always declined");
+    let err = branches
+        .open(&fx.url, "main", &Proposal { request: "fix", gate: "review", generation: "gen2", revision: 0, summary: "" })
+        .expect_err("always declined");
     assert_eq!(err.reason(), "PushRejected");
     assert_eq!(std::fs::read_to_string(&log)?.lines().count(), 3, "three attempts");
     assert!(fx.show(&format!("{BRANCH}:approvals/fix/review.yaml"))?.contains("gen1"), "the branch is unchanged");
@@ -211,12 +227,17 @@ fn refuses_names_that_are_not_labels() -> Result<()> {
     let fx = Fixture::new()?;
     let branches = fx.branches()?;
     for (request, gate) in [("../fix", "review"), ("fix", "review/../../x"), ("fix", "--force")] {
-        let err = branches.open(&fx.url, "main", request, gate, "g", 0, "").expect_err("refused");
+        let err =
+            branches.open(&fx.url, "main", &Proposal { request, gate, generation: "g", revision: 0, summary: "" }).expect_err("refused");
         assert_eq!(err.reason(), "InvalidName", "{request} {gate}");
     }
-    let err = branches.open("--upload-pack=touch /tmp/x", "main", "fix", "review", "g", 0, "").expect_err("refused");
+    let err = branches
+        .open("--upload-pack=touch /tmp/x", "main", &Proposal { request: "fix", gate: "review", generation: "g", revision: 0, summary: "" })
+        .expect_err("refused");
     assert_eq!(err.reason(), "InvalidRemoteUrl");
-    let err = branches.open(&fx.url, "no-such-branch", "fix", "review", "g", 0, "").expect_err("refused");
+    let err = branches
+        .open(&fx.url, "no-such-branch", &Proposal { request: "fix", gate: "review", generation: "g", revision: 0, summary: "" })
+        .expect_err("refused");
     assert_eq!(err.reason(), "BaseBranchMissing");
     Ok(())
 }
@@ -225,7 +246,11 @@ fn refuses_names_that_are_not_labels() -> Result<()> {
 fn approve_as_person_is_attributed_to_bob() -> Result<()> {
     let fx = Fixture::new()?;
     let branches = fx.branches()?;
-    branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "implement: done")?;
+    branches.open(
+        &fx.url,
+        "main",
+        &Proposal { request: "fix", gate: "review", generation: "gen1", revision: 0, summary: "implement: done" },
+    )?;
     let work = fx.root.join("bob-approve");
     let merge = approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1, None)?;
     assert_eq!(fx.rev("refs/heads/main")?, merge, "the merge was pushed to main");
@@ -247,7 +272,11 @@ fn approve_as_person_is_attributed_to_bob() -> Result<()> {
 
     // Opening again for the approved generation: already approved. The
     // lookups work the same on Hadron's private mirror.
-    let outcome = branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "implement: done")?;
+    let outcome = branches.open(
+        &fx.url,
+        "main",
+        &Proposal { request: "fix", gate: "review", generation: "gen1", revision: 0, summary: "implement: done" },
+    )?;
     assert_eq!(outcome, OpenOutcome::AlreadyApproved { commit: merge.clone() });
     let mirror = gix::open(branches.mirror_dir(&fx.url))?;
     let mirror_main = mirror.find_reference("refs/remotes/origin/main")?.peel_to_id()?.detach();
@@ -255,7 +284,7 @@ fn approve_as_person_is_attributed_to_bob() -> Result<()> {
 
     // After an edit the approval is stale; a new branch commit sits on main.
     assert_eq!(decide(Some(&approval), Ok(&approver), Ok(&requester), &policy, "gen2"), GateDecision::Stale { given_for: "gen1".into() });
-    match branches.open(&fx.url, "main", "fix", "review", "gen2", 0, "")? {
+    match branches.open(&fx.url, "main", &Proposal { request: "fix", gate: "review", generation: "gen2", revision: 0, summary: "" })? {
         OpenOutcome::Updated { commit, .. } => assert_eq!(fx.rev(&format!("{commit}^"))?, merge),
         other => bail!("expected Updated, got {other:?}"),
     }
@@ -287,7 +316,7 @@ fn plain_git_merge_by_bob_and_request_from_a_merged_pr() -> Result<()> {
     git(&carol, CAROL, &["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
 
     let branches = fx.branches()?;
-    branches.open(&fx.url, "main", "other", "review", "g1", 0, "")?;
+    branches.open(&fx.url, "main", &Proposal { request: "other", gate: "review", generation: "g1", revision: 0, summary: "" })?;
     // Bob approves with nothing but git.
     let bob = fx.clone_as("bob-wt", BOB)?;
     git(&bob, BOB, &["merge", "--no-ff", "-m", "Approve other/review", "origin/hadron/approve/other/review"])?;
@@ -304,7 +333,7 @@ fn plain_git_merge_by_bob_and_request_from_a_merged_pr() -> Result<()> {
 
     // A direct commit: bob cherry-picks hadron's approval commit. The
     // committer (bob), not the author (hadron), is the approver.
-    branches.open(&fx.url, "main", "other", "security", "g1", 0, "")?;
+    branches.open(&fx.url, "main", &Proposal { request: "other", gate: "security", generation: "g1", revision: 0, summary: "" })?;
     git(&bob, BOB, &["fetch", "--quiet", "origin"])?;
     git(&bob, BOB, &["cherry-pick", "origin/hadron/approve/other/security"])?;
     git(&bob, BOB, &["push", "--quiet", "origin", "main"])?;
@@ -317,7 +346,7 @@ fn plain_git_merge_by_bob_and_request_from_a_merged_pr() -> Result<()> {
 
     // A fast-forward: main takes hadron's commit as is, so hadron is the
     // "approver" and the policy rejects it.
-    branches.open(&fx.url, "main", "fix", "review", "g1", 0, "")?;
+    branches.open(&fx.url, "main", &Proposal { request: "fix", gate: "review", generation: "g1", revision: 0, summary: "" })?;
     git(&bob, BOB, &["fetch", "--quiet", "origin"])?;
     git(&bob, BOB, &["merge", "--quiet", "--ff-only", "origin/hadron/approve/fix/review"])?;
     git(&bob, BOB, &["push", "--quiet", "origin", "main"])?;
@@ -341,8 +370,8 @@ fn plain_git_merge_by_bob_and_request_from_a_merged_pr() -> Result<()> {
 fn decisions_for_requester_outsider_stale_and_missing() -> Result<()> {
     let fx = Fixture::new()?;
     let branches = fx.branches()?;
-    branches.open(&fx.url, "main", "fix", "review", "gen1", 0, "")?;
-    branches.open(&fx.url, "main", "fix", "security", "gen1", 0, "")?;
+    branches.open(&fx.url, "main", &Proposal { request: "fix", gate: "review", generation: "gen1", revision: 0, summary: "" })?;
+    branches.open(&fx.url, "main", &Proposal { request: "fix", gate: "security", generation: "gen1", revision: 0, summary: "" })?;
     let work = fx.root.join("approvals");
     let by_alice = approve_as_person(&fx.url, "main", "fix", "review", &work, ALICE.0, ALICE.1, None)?;
     let by_carol = approve_as_person(&fx.url, "main", "fix", "security", &work, CAROL.0, CAROL.1, None)?;
@@ -404,7 +433,7 @@ fn the_requester_cannot_approve_under_another_email_or_name() -> Result<()> {
     let work = fx.root.join("approvals");
     let policy = ApproverPolicy { users: vec!["alice".into(), "alice@example.com".into(), "bob".into()], teams: vec![] };
     for (gate, who) in [("review", ("alice", "other@example.com")), ("security", ("Alice Liddell", "ALICE@example.com"))] {
-        branches.open(&fx.url, "main", "fix", gate, "gen1", 0, "")?;
+        branches.open(&fx.url, "main", &Proposal { request: "fix", gate, generation: "gen1", revision: 0, summary: "" })?;
         // What `hadron approve fix <gate> --as <name> --email <email>` does.
         let merge = approve_as_person(&fx.url, "main", "fix", gate, &work, who.0, who.1, None)?;
         let repo = fx.repo()?;
@@ -425,7 +454,7 @@ fn the_requester_cannot_approve_under_another_email_or_name() -> Result<()> {
         assert!(matches!(&unknown, GateDecision::Rejected { why, .. } if why.contains("could not be determined")), "{unknown:?}");
     }
     // Bob, listed, is someone else: his merge counts.
-    branches.open(&fx.url, "main", "fix", "review", "gen2", 0, "")?;
+    branches.open(&fx.url, "main", &Proposal { request: "fix", gate: "review", generation: "gen2", revision: 0, summary: "" })?;
     approve_as_person(&fx.url, "main", "fix", "review", &work, BOB.0, BOB.1, None)?;
     let repo = fx.repo()?;
     let head = oid(&fx.rev("refs/heads/main")?)?;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use git::{HUMAN, git, git_with};
-use gitea_double::{GiteaDouble, gitea_fixtures};
+use gitea_double::{GiteaDouble, NewReview, gitea_fixtures};
 use hadron::model::kinds::{Phase, RequestStatus};
 use serde_json::{Value, json};
 
@@ -800,10 +800,12 @@ async fn a_review_asking_for_changes_re_runs_the_stage_with_its_comments() -> Re
     // on an older head, and one a maintainer dismissed.
     double.add_user("erin", "erin@example.com");
     let head = git(&control, HUMAN, &["rev-parse", &format!("refs/heads/{branch}")])?;
-    double.add_review("acme/control", number, "erin", "REQUEST_CHANGES", "Erin is no approver.", None, &[]);
-    double.add_review("acme/control", number, "carol", "REQUEST_CHANGES", "Carol asked for this work.", None, &[]);
-    double.add_review("acme/control", number, "dave", "REQUEST_CHANGES", "On an older head.", Some(&"0".repeat(40)), &[]);
-    let dismissed = double.add_review("acme/control", number, "dave", "REQUEST_CHANGES", "Dismissed.", None, &[]);
+    let changes = |user, body| NewReview { user, state: "REQUEST_CHANGES", body, ..NewReview::default() };
+    double.add_review("acme/control", number, changes("erin", "Erin is no approver."));
+    double.add_review("acme/control", number, changes("carol", "Carol asked for this work."));
+    let older = "0".repeat(40);
+    double.add_review("acme/control", number, NewReview { commit: Some(&older), ..changes("dave", "On an older head.") });
+    let dismissed = double.add_review("acme/control", number, changes("dave", "Dismissed."));
     double.dismiss_review(dismissed);
     for _ in 0..2 {
         let before = passes(&scrape(&http, &hadron).await?);
@@ -821,25 +823,22 @@ async fn a_review_asking_for_changes_re_runs_the_stage_with_its_comments() -> Re
     ensure!(implements() == 1, "no review that does not count re-ran implement:\n{}", notes());
 
     // Dave, an approver, asks for changes on the current head, with two line comments.
-    double.add_review(
-        "acme/control",
-        number,
-        "dave",
-        "REQUEST_CHANGES",
-        "Close, but not yet.",
-        None,
-        &[("approvals/revised/review.yaml", 3, "Name the health check endpoint."), ("README.md", 12, "Document the exit code.")],
-    );
+    let lines = &[("approvals/revised/review.yaml", 3, "Name the health check endpoint."), ("README.md", 12, "Document the exit code.")];
+    double.add_review("acme/control", number, NewReview { comments: lines, ..changes("dave", "Close, but not yet.") });
     ensure!(send_hook(&http, &hadron, "pull_request_rejected", &review_hook(&head)?).await? == 202);
     wait_for(&hadron, "the revision to run and the gate to ask again", Duration::from_secs(120), || {
-        status_of(&control, "revised").is_some_and(|s| {
-            s.status.phase == Phase::WaitingForApproval && s.status.revision.as_ref().is_some_and(|r| r.state == "Ready")
-        })
+        status_of(&control, "revised")
+            .is_some_and(|s| s.status.phase == Phase::WaitingForApproval && s.status.revision.as_ref().is_some_and(|r| r.state == "Ready"))
     })
     .await?;
     let note = notes();
     ensure!(implements() == 2, "implement ran again:\n{note}");
-    for said in ["Close, but not yet.", "`approvals/revised/review.yaml` line 3: Name the health check endpoint.", "`README.md` line 12: Document the exit code.", "asked by dave at gate review"] {
+    for said in [
+        "Close, but not yet.",
+        "`approvals/revised/review.yaml` line 3: Name the health check endpoint.",
+        "`README.md` line 12: Document the exit code.",
+        "asked by dave at gate review",
+    ] {
         ensure!(note.contains(said), "the agent's prompt holds {said:?}:\n{note}");
     }
     let revision = status_of(&control, "revised").context("status")?.status.revision.context("revision")?;
@@ -853,7 +852,10 @@ async fn a_review_asking_for_changes_re_runs_the_stage_with_its_comments() -> Re
     // Hadron said so on the PR: when the revision started, and when it was ready.
     let said: Vec<String> = double.comments("acme/control", number).into_iter().map(|c| c.body).collect();
     ensure!(said.iter().filter(|c| c.contains("running revision 1 of 3")).count() == 1, "{said:#?}");
-    ensure!(said.iter().filter(|c| c.contains("Revision 1 of 3 is ready") && c.contains("@dave please look again")).count() == 1, "{said:#?}");
+    ensure!(
+        said.iter().filter(|c| c.contains("Revision 1 of 3 is ready") && c.contains("@dave please look again")).count() == 1,
+        "{said:#?}"
+    );
 
     // Dave merges it: revision 1 is approved and polish runs.
     let dave = Person::clone_as(&control, tmp.path().join("dave"), "Dave", "dave@example.com")?;

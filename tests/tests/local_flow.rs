@@ -66,7 +66,9 @@ fn asking_for_changes_re_runs_the_stage_with_the_feedback_until_the_gates_revisi
     let root = tmp.path();
     example_in(root);
     let request = root.join("example-repo/requests/add-healthz.yaml");
-    let yaml = std::fs::read_to_string(&request).expect("read").replace("      after: implement\n", "      after: implement\n      maxRevisions: 1\n");
+    let yaml = std::fs::read_to_string(&request)
+        .expect("read")
+        .replace("      after: implement\n", "      after: implement\n      maxRevisions: 1\n");
     std::fs::write(&request, yaml).expect("write");
     let up = || {
         let out = hadron(root, &["up", "example-repo", "--exit-when-idle", "--listen", "127.0.0.1:0"]);
@@ -87,7 +89,10 @@ fn asking_for_changes_re_runs_the_stage_with_the_feedback_until_the_gates_revisi
     assert!(said.contains("revision 1 of 1"), "terminal 1 names the revision:\n{said}");
     let after = status();
     assert!(after.contains("phase: WaitingForApproval") && after.contains("revision 1 of 1 is ready"), "{after}");
-    assert!(after.contains("requestedBy: bob") && after.contains("Also say what healthz.sh checks.") && after.contains("state: Ready"), "{after}");
+    assert!(
+        after.contains("requestedBy: bob") && after.contains("Also say what healthz.sh checks.") && after.contains("state: Ready"),
+        "{after}"
+    );
     assert!(after.contains("attempt: 2"), "the revision is attempt 2 of implement: {after}");
     // The agent (the example's script appends its prompt to a note) saw the feedback, on the same branch.
     let note = notes();

@@ -139,7 +139,13 @@ fn plan_says_when_an_approval_asks_for_changes_and_when_no_revision_is_left() {
     std::fs::write(&approval, format!("{given}  decision: changes\n")).expect("write");
     let out = plan(&dir, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("approvals/add-healthz/review.yaml:") && text(&out).contains("decision: changes` needs `feedback`") && text(&out).contains("add `feedback:` under spec"), "{}", text(&out));
+    assert!(
+        text(&out).contains("approvals/add-healthz/review.yaml:")
+            && text(&out).contains("decision: changes` needs `feedback`")
+            && text(&out).contains("add `feedback:` under spec"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

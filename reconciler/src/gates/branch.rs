@@ -55,6 +55,22 @@ pub enum OpenOutcome {
 ///
 /// Calls block (git processes and object-store I/O): from async code, run
 /// them on a blocking thread. Calls on one instance (and its clones) are
+/// What an approval branch proposes: the approval file Hadron writes for
+/// `revision` of the work of `request`'s `generation`, at `gate`.
+#[derive(Debug, Clone, Copy)]
+pub struct Proposal<'a> {
+    /// The request.
+    pub request: &'a str,
+    /// The gate.
+    pub gate: &'a str,
+    /// The generation being approved.
+    pub generation: &'a str,
+    /// The revision of the work (0: the stage's first result).
+    pub revision: u32,
+    /// The results so far, for the approver.
+    pub summary: &'a str,
+}
+
 /// serialised, so they never fetch into the same mirror at once.
 #[derive(Debug, Clone)]
 pub struct ApprovalBranches {
@@ -91,17 +107,8 @@ impl ApprovalBranches {
     ///
     /// Never force-pushes. A push rejected because the remote moved meanwhile
     /// is retried after a fresh fetch.
-    pub fn open(
-        &self,
-        remote_url: &str,
-        base_branch: &str,
-        request: &str,
-        gate: &str,
-        generation: &str,
-        revision: u32,
-        summary: &str,
-    ) -> Result<OpenOutcome, GateError> {
-        self.open_with(remote_url, base_branch, request, gate, generation, revision, summary, false)
+    pub fn open(&self, remote_url: &str, base_branch: &str, proposal: &Proposal) -> Result<OpenOutcome, GateError> {
+        self.open_with(remote_url, base_branch, proposal, false)
     }
 
     /// [`ApprovalBranches::open`], also when the base branch already holds
@@ -109,31 +116,12 @@ impl ApprovalBranches {
     /// merged by someone not allowed), so the branch is opened once more with
     /// this `summary` (which must differ from the merged one) for an allowed
     /// approver to merge.
-    pub fn reopen(
-        &self,
-        remote_url: &str,
-        base_branch: &str,
-        request: &str,
-        gate: &str,
-        generation: &str,
-        revision: u32,
-        summary: &str,
-    ) -> Result<OpenOutcome, GateError> {
-        self.open_with(remote_url, base_branch, request, gate, generation, revision, summary, true)
+    pub fn reopen(&self, remote_url: &str, base_branch: &str, proposal: &Proposal) -> Result<OpenOutcome, GateError> {
+        self.open_with(remote_url, base_branch, proposal, true)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn open_with(
-        &self,
-        remote_url: &str,
-        base_branch: &str,
-        request: &str,
-        gate: &str,
-        generation: &str,
-        revision: u32,
-        summary: &str,
-        reopen: bool,
-    ) -> Result<OpenOutcome, GateError> {
+    fn open_with(&self, remote_url: &str, base_branch: &str, proposal: &Proposal, reopen: bool) -> Result<OpenOutcome, GateError> {
+        let Proposal { request, gate, generation, revision, summary } = *proposal;
         check_names(request, gate)?;
         check_url(remote_url)?;
         if !is_branch_name(base_branch) {
@@ -153,7 +141,7 @@ impl ApprovalBranches {
         for _ in 0..PUSH_ATTEMPTS {
             self.fetch(&mirror, remote_url)?;
             let repo = crate::git::open(&mirror).map_err(|e| GateError::object("open mirror", e))?;
-            let plan = plan(&repo, &self.identity, base_branch, request, gate, generation, &content, reopen)?;
+            let plan = plan(&repo, &self.identity, base_branch, proposal, &content, reopen)?;
             let (commit, previous) = match plan {
                 Plan::Done(outcome) => return Ok(outcome),
                 Plan::Push { commit, previous } => (commit, previous),
@@ -249,21 +237,15 @@ fn signature(who: &Person) -> gix::actor::Signature {
 /// Decides what to push (or that nothing needs pushing) from the mirror's view of the remote.
 // Each argument is a distinct input of the decision; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
-/// The revision the approval file `content` (Hadron's own rendering) is for.
-fn revision_of(content: &str) -> u32 {
-    serde_saphyr::from_str::<Approval>(content).map_or(0, |a| a.spec.revision)
-}
-
 fn plan(
     repo: &gix::Repository,
     who: &Person,
     base_branch: &str,
-    request: &str,
-    gate: &str,
-    generation: &str,
+    proposal: &Proposal,
     content: &str,
     reopen: bool,
 ) -> Result<Plan, GateError> {
+    let Proposal { request, gate, generation, .. } = *proposal;
     let base = resolve(repo, &format!("refs/remotes/origin/{base_branch}"))?
         .ok_or_else(|| GateError::BaseBranchMissing(base_branch.to_owned()))?;
     let base_tree = tree_of(repo, base)?;
@@ -284,7 +266,7 @@ fn plan(
             // it are not an approval, the branch is opened to be merged.
             .is_some_and(|a| {
                 a.spec.generation == generation
-                    && a.spec.revision == revision_of(content)
+                    && a.spec.revision == proposal.revision
                     && a.spec.decision == crate::model::kinds::ApprovalDecision::Approve
             });
         if approved && (!reopen || bytes == content.as_bytes()) {

@@ -23,7 +23,7 @@ use crate::model::kinds::ApprovalDecision;
 use crate::model::{API_VERSION, Approval, ApprovalSpec, ApproverPolicy, Metadata};
 
 pub use approve::approve_as_person;
-pub use branch::{ApprovalBranches, OpenOutcome};
+pub use branch::{ApprovalBranches, OpenOutcome, Proposal};
 pub use history::{approver_of, requester_of};
 
 /// Errors of the approval gate machinery.

@@ -474,7 +474,12 @@ pub fn token_revision(token: &str) -> u32 {
 /// The revision of `stage`'s work that a gate after it reviews, from the
 /// attempts of `request`'s `generation`: the one every repo has reached
 /// (0 for the stage's first result; one more per round of changes).
-pub fn gate_revision<'a>(attempts: impl Iterator<Item = &'a Attempt> + Clone, request: &ChangeRequest, generation: &str, stage: &str) -> u32 {
+pub fn gate_revision<'a>(
+    attempts: impl Iterator<Item = &'a Attempt> + Clone,
+    request: &ChangeRequest,
+    generation: &str,
+    stage: &str,
+) -> u32 {
     let name = &request.metadata.name;
     request
         .spec
@@ -484,7 +489,11 @@ pub fn gate_revision<'a>(attempts: impl Iterator<Item = &'a Attempt> + Clone, re
             let n = attempts
                 .clone()
                 .filter(|a| {
-                    &a.request == name && a.generation == generation && a.stage == stage && a.repo == r.url && a.state == AttemptState::Succeeded
+                    &a.request == name
+                        && a.generation == generation
+                        && a.stage == stage
+                        && a.repo == r.url
+                        && a.state == AttemptState::Succeeded
                 })
                 .count();
             u32::try_from(n).unwrap_or(u32::MAX)

@@ -160,7 +160,11 @@ fn starting(p: &Pipeline, stage: &Stage) -> Decision {
         ),
         _ => format!("stage {} starting", stage.name),
     };
-    Decision { phase: if p.current.iter().any(|a| a.state.is_live()) { Phase::Running } else { Phase::Pending }, reason: "Progressing", message }
+    Decision {
+        phase: if p.current.iter().any(|a| a.state.is_live()) { Phase::Running } else { Phase::Pending },
+        reason: "Progressing",
+        message,
+    }
 }
 
 /// A stage with workers running or a retry scheduled; the retry's time is

@@ -308,7 +308,8 @@ async fn execute_one(
             if inserted.existed && inserted.attempt.state != store::AttemptState::Pending {
                 return Ok(());
             }
-            let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.cfg.plan.installation, &ctx.catalog.loaded().desired, a, all, changes, t) else {
+            let Some(spec) = run_spec(&ctx.cfg.control_url, &ctx.cfg.plan.installation, &ctx.catalog.loaded().desired, a, all, changes, t)
+            else {
                 return Ok(());
             };
             crate::fault::reach("worker-start", None);
@@ -377,7 +378,8 @@ async fn execute_one(
             let (url, branch) = (ctx.cfg.control_url.clone(), ctx.cfg.branch.clone());
             let (r, g, gen_, rev, s, again) = (request.clone(), gate.clone(), generation.clone(), *work_revision, summary.clone(), *reopen);
             tokio::task::spawn_blocking(move || {
-                if again { gates.reopen(&url, &branch, &r, &g, &gen_, rev, &s) } else { gates.open(&url, &branch, &r, &g, &gen_, rev, &s) }
+                let proposal = crate::gates::Proposal { request: &r, gate: &g, generation: &gen_, revision: rev, summary: &s };
+                if again { gates.reopen(&url, &branch, &proposal) } else { gates.open(&url, &branch, &proposal) }
             })
             .await
             .map_err(|e| ReconcileError::Join(e.to_string()))??;

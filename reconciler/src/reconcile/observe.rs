@@ -231,8 +231,10 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge_step::Fo
                         ApprovalState::Approved { revision, .. } | ApprovalState::ChangesRequested { revision, .. } => *revision >= current,
                         _ => false,
                     };
-                    let opened_for_current =
-                        observed.approval_branches.get(&key).is_some_and(|t| t.starts_with(generation.as_str()) && plan::token_revision(t) == current);
+                    let opened_for_current = observed
+                        .approval_branches
+                        .get(&key)
+                        .is_some_and(|t| t.starts_with(generation.as_str()) && plan::token_revision(t) == current);
                     let state = match forge.as_deref_mut() {
                         Some(forge) if !decided_here && opened_for_current => {
                             match forge
@@ -336,6 +338,40 @@ pub fn ci_state(statuses: &[(String, String)], required: &[String]) -> CiState {
     }
 }
 
+/// An approval that counts, read for its revision and decision: approved,
+/// or changes asked (with the feedback, capped at
+/// [`FEEDBACK_MAX_BYTES`]). Other states are kept as they are.
+fn decided(state: ApprovalState, approval: &crate::model::Approval, commit: &str) -> ApprovalState {
+    let spec = &approval.spec;
+    match state {
+        ApprovalState::Approved { by, .. } if spec.decision == crate::model::kinds::ApprovalDecision::Changes => {
+            ApprovalState::ChangesRequested {
+                by,
+                revision: spec.revision,
+                feedback: cap_feedback(&spec.feedback),
+                commit: commit.to_owned(),
+            }
+        }
+        ApprovalState::Approved { by, .. } => ApprovalState::Approved { by, revision: spec.revision },
+        other => other,
+    }
+}
+
+/// The most feedback an agent is given, in bytes.
+pub const FEEDBACK_MAX_BYTES: usize = 16 * 1024;
+
+/// `text` cut at [`FEEDBACK_MAX_BYTES`] on a character boundary, saying so.
+fn cap_feedback(text: &str) -> String {
+    if text.len() <= FEEDBACK_MAX_BYTES {
+        return text.to_owned();
+    }
+    let mut end = FEEDBACK_MAX_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[feedback cut at {FEEDBACK_MAX_BYTES} bytes]", &text[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,38 +462,4 @@ mod tests {
         apply_result(&mut a, &RunResult { session_id: Some("--dangerous".into()), ..result(1, 1, 0.0) });
         assert_eq!(a.session_id, None, "a result.json written by hand is checked again");
     }
-}
-
-/// An approval that counts, read for its revision and decision: approved,
-/// or changes asked (with the feedback, capped at
-/// [`FEEDBACK_MAX_BYTES`]). Other states are kept as they are.
-fn decided(state: ApprovalState, approval: &crate::model::Approval, commit: &str) -> ApprovalState {
-    let spec = &approval.spec;
-    match state {
-        ApprovalState::Approved { by, .. } if spec.decision == crate::model::kinds::ApprovalDecision::Changes => {
-            ApprovalState::ChangesRequested {
-                by,
-                revision: spec.revision,
-                feedback: cap_feedback(&spec.feedback),
-                commit: commit.to_owned(),
-            }
-        }
-        ApprovalState::Approved { by, .. } => ApprovalState::Approved { by, revision: spec.revision },
-        other => other,
-    }
-}
-
-/// The most feedback an agent is given, in bytes.
-pub const FEEDBACK_MAX_BYTES: usize = 16 * 1024;
-
-/// `text` cut at [`FEEDBACK_MAX_BYTES`] on a character boundary, saying so.
-fn cap_feedback(text: &str) -> String {
-    if text.len() <= FEEDBACK_MAX_BYTES {
-        return text.to_owned();
-    }
-    let mut end = FEEDBACK_MAX_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n[feedback cut at {FEEDBACK_MAX_BYTES} bytes]", &text[..end])
 }

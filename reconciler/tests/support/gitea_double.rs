@@ -359,6 +359,21 @@ pub struct CommentRec {
     pub user: String,
 }
 
+/// A review a person submits (see [`GiteaDouble::add_review`]).
+#[derive(Debug, Clone, Default)]
+pub struct NewReview<'a> {
+    /// Reviewer's login.
+    pub user: &'a str,
+    /// `APPROVED`, `COMMENT`, `REQUEST_CHANGES`, …
+    pub state: &'a str,
+    /// The review's text.
+    pub body: &'a str,
+    /// The head it was given on (default: the PR's current head).
+    pub commit: Option<&'a str>,
+    /// `(path, line, text)` of each line comment.
+    pub comments: &'a [(&'a str, u64, &'a str)],
+}
+
 /// A review of a PR, with its line comments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewRec {
@@ -692,7 +707,8 @@ impl GiteaDouble {
     /// A person submits a review of PR `number` on its current head (or on
     /// `commit`, an older head), with line comments `(path, line, text)`;
     /// returns its id. Gitea calls a review stale once the head moves on.
-    pub fn add_review(&self, repo: &str, number: u64, user: &str, state: &str, body: &str, commit: Option<&str>, comments: &[(&str, u64, &str)]) -> u64 {
+    pub fn add_review(&self, repo: &str, number: u64, review: NewReview) -> u64 {
+        let NewReview { user, state, body, commit, comments } = review;
         let pr = self.st().pulls.iter().find(|pr| pr.repo == repo && pr.number == number).cloned();
         let head = pr.map(|pr| self.head_of(&pr)).unwrap_or_default();
         let mut st = self.st();
@@ -972,7 +988,9 @@ impl GiteaDouble {
                 json_response(200, &Value::Array(paged(reviews.iter().map(|r| self.review_json(r)).collect())))
             }
             "repoGetPullReviewComments" => {
-                let (Ok(index), Ok(id)) = (p["index"].parse::<u64>(), p["id"].parse::<u64>()) else { return message(404, "no such review") };
+                let (Ok(index), Ok(id)) = (p["index"].parse::<u64>(), p["id"].parse::<u64>()) else {
+                    return message(404, "no such review");
+                };
                 let Some(review) = self.st().reviews.iter().find(|r| r.repo == repo && r.pr == index && r.id == id).cloned() else {
                     return message(404, "review does not exist");
                 };
