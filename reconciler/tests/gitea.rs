@@ -787,8 +787,10 @@ mod approval_identity {
         w.s.double.merge_pr(CONTROL, second, "mallory", m2);
         let mallory = person("Mallory", m2);
         decided_alike(&mut w, "g1", &mallory, &alice_only, "g1", "mallory is not an allowed approver").await?;
-        decided_alike(&mut w, "g1", &mallory, &policy(&["alice", "mallory"], &[]), "g1", "Approved { by: \"mallory\", revision: 0 }").await?;
-        decided_alike(&mut w, "g1", &mallory, &policy(&["alice"], &["acme/leads"]), "g1", "Approved { by: \"mallory\", revision: 0 }").await?;
+        decided_alike(&mut w, "g1", &mallory, &policy(&["alice", "mallory"], &[]), "g1", "Approved { by: \"mallory\", revision: 0 }")
+            .await?;
+        decided_alike(&mut w, "g1", &mallory, &policy(&["alice"], &["acme/leads"]), "g1", "Approved { by: \"mallory\", revision: 0 }")
+            .await?;
         decided_alike(&mut w, "g1", &mallory, &alice_only, "g1", "mallory is not an allowed approver").await?;
         // A commit that is no PR's merge, named as alice's.
         decided_alike(
