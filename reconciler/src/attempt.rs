@@ -106,10 +106,16 @@ const SUMMARY_MARKER_BYTES: usize = 64;
 /// `… [cut: 3.0 MiB reported, 4.0 KiB kept]`. The result never exceeds
 /// [`SUMMARY_MAX_BYTES`].
 pub fn cap_summary(text: &str) -> String {
-    if text.len() <= SUMMARY_MAX_BYTES {
+    cap_text(text, SUMMARY_MAX_BYTES)
+}
+
+/// [`cap_summary`] for any bound of at least 128 bytes: `text` if it fits
+/// `max` bytes, else its start and the marker, never more than `max` bytes.
+pub fn cap_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
         return text.to_owned();
     }
-    let kept = text.floor_char_boundary(SUMMARY_MAX_BYTES - SUMMARY_MARKER_BYTES);
+    let kept = text.floor_char_boundary(max.saturating_sub(SUMMARY_MARKER_BYTES));
     format!("{}… [cut: {} reported, {} kept]", &text[..kept], human_bytes(text.len() as u64), human_bytes(kept as u64))
 }
 

@@ -162,29 +162,35 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge_step::Fo
                         continue;
                     }
                     let approval = desired.approvals.get(&key).map(|a| a.as_ref());
-                    // Who asked (and who merged) from the history: needed for
-                    // an approval file, and for a review asking for changes.
-                    if approval.is_none() && forge.is_none() {
-                        observed.approvals.insert(key, ApprovalState::Waiting);
-                        continue;
-                    }
-                    let (approver, requester) = match head {
-                        Some(head) => {
-                            let mirror = mirror.clone();
-                            let (name, gate_name) = (name.clone(), gate.name.clone());
-                            tokio::task::spawn_blocking(move || history_facts(&mirror, head.id(), &name, &gate_name))
-                                .await
-                                .map_err(|e| ReconcileError::Join(e.to_string()))?
+                    // Who merged and who asked, from the history (a walk of
+                    // it): read now for an approval file, and for a review
+                    // only once one may count (below).
+                    let read_facts = || {
+                        let (mirror, head) = (mirror.clone(), head.as_ref().map(|h| h.id()));
+                        let (name, gate_name) = (name.clone(), gate.name.clone());
+                        async move {
+                            match head {
+                                Some(head) => tokio::task::spawn_blocking(move || history_facts(&mirror, head, &name, &gate_name))
+                                    .await
+                                    .map_err(|e| ReconcileError::Join(e.to_string())),
+                                None => {
+                                    let why = "the control repo has not been read yet".to_owned();
+                                    Ok((Err(why.clone()), Err(why)))
+                                }
+                            }
                         }
+                    };
+                    let mut facts = match approval {
+                        Some(_) => Some(read_facts().await?),
+                        None if forge.is_some() => None,
                         None => {
-                            let why = "the control repo has not been read yet".to_owned();
-                            (Err(why.clone()), Err(why))
+                            observed.approvals.insert(key, ApprovalState::Waiting);
+                            continue;
                         }
                     };
                     let policy = &desired.settings.spec.approvers;
-                    let state = match approval {
-                        None => ApprovalState::Waiting,
-                        Some(approval) => {
+                    let state = match (approval, facts.as_ref()) {
+                        (Some(approval), Some((approver, requester))) => {
                             let state = if let Some(forge) = forge.as_deref_mut() {
                                 forge
                                     .decide_approval(
@@ -222,6 +228,7 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge_step::Fo
                             // checked above, the same for both.
                             decided(state, approval, approver.as_ref().map(|a| a.commit.as_str()).unwrap_or_default())
                         }
+                        _ => ApprovalState::Waiting,
                     };
                     // With Gitea, a review asking for changes on the open
                     // approval PR of the current revision decides too, unless
@@ -237,14 +244,18 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge_step::Fo
                         .is_some_and(|t| t.starts_with(generation.as_str()) && plan::token_revision(t) == current);
                     let state = match forge.as_deref_mut() {
                         Some(forge) if !decided_here && opened_for_current => {
-                            match forge
-                                .changes_asked_by_review(&ctx.store, name, &gate.name, requester.as_ref().map_err(String::as_str), policy)
-                                .await?
-                            {
+                            if facts.is_none() {
+                                facts = Some(read_facts().await?);
+                            }
+                            let requester = match facts.as_ref() {
+                                Some((_, requester)) => requester.as_ref().map_err(String::as_str),
+                                None => Err("the history was not read"),
+                            };
+                            match forge.changes_asked_by_review(&ctx.store, name, &gate.name, requester, policy).await? {
                                 Some((by, feedback, review)) => ApprovalState::ChangesRequested {
                                     by,
                                     revision: current,
-                                    feedback: cap_feedback(&feedback),
+                                    feedback: crate::attempt::cap_text(&feedback, FEEDBACK_MAX_BYTES),
                                     commit: format!("review-{review}"),
                                 },
                                 None => state,
@@ -252,7 +263,7 @@ pub async fn observe(ctx: &Context, mut forge: Option<&mut super::forge_step::Fo
                         }
                         _ => state,
                     };
-                    if let (ApprovalState::Approved { by, revision }, Ok(approver)) = (&state, &approver) {
+                    if let (ApprovalState::Approved { by, revision }, Some((Ok(approver), _))) = (&state, facts.as_ref()) {
                         let record = store::PassedGate {
                             generation: generation.clone(),
                             by: by.clone(),
@@ -348,7 +359,7 @@ fn decided(state: ApprovalState, approval: &crate::model::Approval, commit: &str
             ApprovalState::ChangesRequested {
                 by,
                 revision: spec.revision,
-                feedback: cap_feedback(&spec.feedback),
+                feedback: crate::attempt::cap_text(&spec.feedback, FEEDBACK_MAX_BYTES),
                 commit: commit.to_owned(),
             }
         }
@@ -359,18 +370,6 @@ fn decided(state: ApprovalState, approval: &crate::model::Approval, commit: &str
 
 /// The most feedback an agent is given, in bytes.
 pub const FEEDBACK_MAX_BYTES: usize = 16 * 1024;
-
-/// `text` cut at [`FEEDBACK_MAX_BYTES`] on a character boundary, saying so.
-fn cap_feedback(text: &str) -> String {
-    if text.len() <= FEEDBACK_MAX_BYTES {
-        return text.to_owned();
-    }
-    let mut end = FEEDBACK_MAX_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n[feedback cut at {FEEDBACK_MAX_BYTES} bytes]", &text[..end])
-}
 
 #[cfg(test)]
 mod tests {
